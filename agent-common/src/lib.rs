@@ -1,0 +1,28 @@
+//! Types shared by the eBPF programs (`agent-ebpf`) and the agent (`agent`).
+//!
+//! Every type that crosses the kernel/user boundary follows the same rules:
+//! `#[repr(C)]`, no invalid bit patterns (kinds are `u32` with named
+//! constants, never Rust enums or `bool`), no implicit padding (explicit
+//! `_pad` fields, and a compile-time size assertion next to each type).
+#![no_std]
+
+pub mod event;
+pub mod http;
+pub mod stats;
+pub mod target;
+
+/// Implements `aya::Pod` for the listed shared types on the user-space side.
+#[cfg(feature = "user")]
+macro_rules! impl_pod {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            // SAFETY: the type is `#[repr(C)]`, made of integers and integer
+            // arrays only (every bit pattern is valid) and has no implicit
+            // padding; its size is asserted where it is defined.
+            unsafe impl aya::Pod for $ty {}
+        )*
+    };
+}
+
+#[cfg(feature = "user")]
+impl_pod!(target::TargetConfig, target::GoOffsets);

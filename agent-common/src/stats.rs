@@ -1,0 +1,24 @@
+//! Indices of the per-CPU counters the eBPF programs keep in the `STATS` map.
+//!
+//! Every drop or failure on the kernel side increments one of these; the
+//! agent sums them over CPUs and reports them while running and at exit.
+
+/// A ring-buffer reserve failed: the buffer was full and a record was lost.
+pub const RINGBUF_FULL: u32 = 0;
+/// Reading the target's memory failed (a string or struct field).
+pub const READ_FAILED: u32 = 1;
+/// The probe fired for a target slot with no configuration.
+pub const NO_CONFIG: u32 = 2;
+/// Records written to the ring buffer.
+pub const EVENTS_WRITTEN: u32 = 3;
+
+/// Number of counters in the `STATS` map.
+pub const COUNT: u32 = 4;
+
+/// Human-readable names, indexed by counter.
+pub const NAMES: [&str; COUNT as usize] = [
+    "ringbuf_full",
+    "read_failed",
+    "no_config",
+    "events_written",
+];

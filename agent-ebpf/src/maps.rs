@@ -1,0 +1,38 @@
+//! The maps shared with the agent.
+
+use agent_common::{
+    http::MAX_RECORD,
+    stats,
+    target::{MAX_TARGETS, TargetConfig},
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+
+/// Records for the agent. Its size is set by the agent at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 21, 0);
+
+/// Per-CPU counters, indexed by `agent_common::stats::*`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+/// Per-target configuration, indexed by the target slot in the attach cookie.
+#[map]
+pub static TARGETS: Array<TargetConfig> = Array::with_max_entries(MAX_TARGETS, 0);
+
+/// One all-zero record, never written: copied over each reserved record
+/// first, so no byte of a record reaches user space uninitialised.
+#[map]
+pub static ZERO: Array<[u8; MAX_RECORD]> = Array::with_max_entries(1, 0);
+
+/// Adds one to counter `index` on this CPU.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from the map lookup and is valid for this
+        // CPU's value; per-CPU values are never touched concurrently.
+        unsafe { *counter += 1 };
+    }
+}

@@ -1,0 +1,76 @@
+//! Writing records to the ring buffer without a wakeup per record.
+
+use agent_common::{event::EventHeader, http::MAX_RECORD, stats};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, generated},
+    maps::ring_buf::RingBufEntry,
+    programs::ProbeContext,
+};
+
+use crate::maps::{EVENTS, ZERO, count};
+
+/// Unread bytes in the ring buffer past which a record wakes the agent up.
+/// Below it the agent drains on its own timer, so most records cost no wakeup.
+const WAKEUP_THRESHOLD: u64 = 256 * 1024;
+
+/// Reserves a zeroed record of type `T`, counting a full ring buffer.
+#[inline(always)]
+pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
+    const { assert!(core::mem::size_of::<T>() <= MAX_RECORD) };
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        count(stats::RINGBUF_FULL);
+        return None;
+    };
+    let Some(zero) = ZERO.get_ptr(0) else {
+        entry.discard(0);
+        return None;
+    };
+    let dst = entry.as_mut_ptr().cast::<u8>();
+    // SAFETY: the entry was reserved for a `T`, so `dst` is valid for
+    // size_of::<T>() bytes.
+    let dst = unsafe { core::slice::from_raw_parts_mut(dst, core::mem::size_of::<T>()) };
+    // SAFETY: `zero` points at a MAX_RECORD-byte map value, at least as long
+    // as `dst`.
+    if unsafe { bpf_probe_read_kernel_buf(zero.cast(), dst) }.is_err() {
+        entry.discard(0);
+        count(stats::READ_FAILED);
+        return None;
+    }
+    Some(entry)
+}
+
+/// Fills in the header common to every record.
+#[inline(always)]
+pub fn header(ctx: &ProbeContext, kind: u32, goid: u64) -> EventHeader {
+    // SAFETY: bpf_get_attach_cookie takes the program's context.
+    let cookie = unsafe { generated::bpf_get_attach_cookie(ctx.regs.cast()) };
+    EventHeader {
+        kind,
+        target: (cookie >> 32) as u32,
+        tid: bpf_get_current_pid_tgid() as u32,
+        site: cookie as u32,
+        goid,
+        // SAFETY: no preconditions.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// The target slot this probe was attached for.
+#[inline(always)]
+pub fn target_slot(ctx: &ProbeContext) -> u32 {
+    // SAFETY: as in `header`.
+    (unsafe { generated::bpf_get_attach_cookie(ctx.regs.cast()) } >> 32) as u32
+}
+
+/// Submits a record; wakes the agent only once enough data is waiting.
+#[inline(always)]
+pub fn submit<T>(entry: RingBufEntry<T>) {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_THRESHOLD {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+    count(stats::EVENTS_WRITTEN);
+}
