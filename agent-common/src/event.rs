@@ -4,6 +4,8 @@
 pub const KIND_HTTP_SERVER_START: u32 = 1;
 /// `EventHeader::kind` of an [`crate::http::HttpServerEnd`] record.
 pub const KIND_HTTP_SERVER_END: u32 = 2;
+/// `EventHeader::kind` of a [`crate::usdt::UsdtRecord`].
+pub const KIND_USDT: u32 = 3;
 
 /// Fixed header of every record the eBPF programs write to the ring buffer.
 #[repr(C)]

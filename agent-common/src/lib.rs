@@ -10,6 +10,7 @@ pub mod event;
 pub mod http;
 pub mod stats;
 pub mod target;
+pub mod usdt;
 
 /// Implements `aya::Pod` for the listed shared types on the user-space side.
 #[cfg(feature = "user")]
@@ -25,4 +26,9 @@ macro_rules! impl_pod {
 }
 
 #[cfg(feature = "user")]
-impl_pod!(target::TargetConfig, target::GoOffsets);
+impl_pod!(
+    target::TargetConfig,
+    target::GoOffsets,
+    usdt::UsdtSpec,
+    usdt::UsdtArgSpec,
+);
