@@ -9,6 +9,7 @@ mod go;
 mod http_server;
 mod maps;
 mod record;
+mod usdt;
 
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 

@@ -1,0 +1,260 @@
+//! USDT probes: one program for every site. A site's argument specs come
+//! from `USDT_SPECS`, indexed by the site index in the low 32 bits of the
+//! attach cookie (libbpf's design, with the cookie instead of an ip lookup).
+//!
+//! Each hit writes one `UsdtRecord`: up to 12 argument values, sign- or
+//! zero-extended by their size, and the bytes of the arguments the spec marks
+//! as strings, back to back in the record's string area.
+
+use agent_common::{
+    event::KIND_USDT,
+    stats,
+    usdt::{
+        ARG_CONST, ARG_REG, ARG_REG_DEREF, ARG_SIB, PT_REGS_SLOTS, STR_NUL, STR_PTR_LEN,
+        USDT_MAX_ARGS, USDT_MAX_SITES, USDT_STR_BUF, USDT_STR_CAP_MAX, UsdtArgSpec, UsdtRecord,
+        UsdtSpec,
+    },
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{
+            bpf_get_attach_cookie, bpf_probe_read_user as read_user_raw,
+            bpf_probe_read_user_str as read_user_str_raw,
+        },
+    },
+    macros::{map, uprobe},
+    maps::Array,
+    programs::ProbeContext,
+};
+
+use crate::{
+    maps::count,
+    record::{header, reserve, submit},
+};
+
+/// Argument specs, indexed by site index (low 32 bits of the attach cookie).
+#[map]
+pub static USDT_SPECS: Array<UsdtSpec> = Array::with_max_entries(USDT_MAX_SITES, 0);
+
+/// Every USDT probe site.
+#[uprobe]
+pub fn usdt_probe(ctx: ProbeContext) -> u32 {
+    try_usdt_probe(&ctx);
+    0
+}
+
+/// Strings up to this many bytes may start anywhere up to
+/// `USDT_STR_BUF - SMALL_STR`; longer ones up to `USDT_STR_BUF - CAP_MAX`.
+/// Two bounded paths let the verifier prove every copy stays in the record.
+const SMALL_STR: usize = 64;
+const CAP_MAX: usize = USDT_STR_CAP_MAX as usize;
+
+#[inline(always)]
+fn try_usdt_probe(ctx: &ProbeContext) {
+    // SAFETY: bpf_get_attach_cookie takes the program's context.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.regs.cast()) };
+    let site = cookie as u32;
+    let spec = match USDT_SPECS.get(site) {
+        Some(spec) if spec.active != 0 => spec,
+        _ => {
+            count(stats::NO_CONFIG);
+            return;
+        }
+    };
+    let Some(mut entry) = reserve::<UsdtRecord>() else {
+        return;
+    };
+    let rec: &mut UsdtRecord = {
+        let ptr = entry.as_mut_ptr();
+        // SAFETY: `reserve` zeroed the whole record, and every bit pattern is
+        // a valid `UsdtRecord`.
+        unsafe { &mut *ptr }
+    };
+    rec.header = header(ctx, KIND_USDT, 0);
+    let mut arg_count = spec.arg_count as usize;
+    if arg_count > USDT_MAX_ARGS {
+        arg_count = USDT_MAX_ARGS;
+    }
+    rec.arg_count = arg_count as u32;
+
+    // The failure and truncation bit sets live in the record, not in
+    // registers: a register holding a different constant on each path would
+    // keep the verifier from pruning, 2^12 paths deep.
+    for i in 0..USDT_MAX_ARGS {
+        if i >= arg_count {
+            break;
+        }
+        match fetch(ctx, &spec.args[i]) {
+            Some(value) => rec.args[i] = value,
+            None => rec.failed |= 1 << i,
+        }
+    }
+
+    // The running offset into `strings` lives in the record too: loaded
+    // back as an unknown value each round, its bounds are re-checked and the
+    // verifier's states for each round collapse into one.
+    for i in 0..USDT_MAX_ARGS {
+        if i >= arg_count {
+            break;
+        }
+        let arg = &spec.args[i];
+        if arg.str_mode != STR_NUL && arg.str_mode != STR_PTR_LEN {
+            continue;
+        }
+        if rec.failed & (1 << i) != 0 {
+            continue;
+        }
+        let src = rec.args[i];
+        let mut cap = arg.str_cap as usize;
+        if cap > CAP_MAX {
+            cap = CAP_MAX;
+        }
+        let mut want = cap;
+        if arg.str_mode == STR_PTR_LEN {
+            let len_arg = arg.len_arg as usize;
+            if len_arg >= USDT_MAX_ARGS {
+                rec.failed |= 1 << i;
+                continue;
+            }
+            let len = rec.args[len_arg];
+            if len < want as u64 {
+                want = len as usize;
+            } else if len > want as u64 {
+                rec.truncated |= 1 << i;
+            }
+        }
+        if want == 0 || src == 0 {
+            continue;
+        }
+        let used = rec.str_used as usize;
+        let Some(dst) = rec.strings.get_mut(..) else {
+            continue;
+        };
+        let copied = if want <= SMALL_STR {
+            if used > USDT_STR_BUF - SMALL_STR {
+                rec.truncated |= 1 << i;
+                continue;
+            }
+            copy_str(dst, used, want, SMALL_STR, arg.str_mode, src)
+        } else {
+            if used > USDT_STR_BUF - CAP_MAX {
+                rec.truncated |= 1 << i;
+                continue;
+            }
+            copy_str(dst, used, want, CAP_MAX, arg.str_mode, src)
+        };
+        match copied {
+            Some((n, cut)) => {
+                rec.str_off[i] = used as u16;
+                rec.str_len[i] = n as u16;
+                if cut {
+                    rec.truncated |= 1 << i;
+                }
+                rec.str_used = (used + n) as u32;
+            }
+            None => rec.failed |= 1 << i,
+        }
+    }
+    if rec.failed != 0 {
+        count(stats::READ_FAILED);
+    }
+    submit(entry);
+}
+
+/// Copies at most `want` (<= `limit`) bytes of the string at `src` to
+/// `dst[off..]`, where `off <= dst.len() - limit`. Returns the bytes copied
+/// (without a NUL) and whether the string may have been cut short.
+#[inline(always)]
+fn copy_str(
+    dst: &mut [u8],
+    off: usize,
+    want: usize,
+    limit: usize,
+    mode: u8,
+    src: u64,
+) -> Option<(usize, bool)> {
+    if off > USDT_STR_BUF - limit || want > limit || want == 0 || dst.len() < USDT_STR_BUF {
+        return None;
+    }
+    // SAFETY: off + want <= USDT_STR_BUF <= dst.len(), checked above.
+    let dst = unsafe { dst.as_mut_ptr().add(off) };
+    if mode == STR_NUL {
+        // SAFETY: `dst` has room for `want` bytes; a bad `src` makes the
+        // helper fail.
+        let ret = unsafe { read_user_str_raw(dst.cast(), want as u32, src as *const _) };
+        if ret <= 0 {
+            return None;
+        }
+        // `ret` counts the NUL the helper always writes.
+        let n = (ret - 1) as usize;
+        Some((n, ret as usize >= want))
+    } else {
+        // SAFETY: as above.
+        let ret = unsafe { read_user_raw(dst.cast(), want as u32, src as *const _) };
+        if ret < 0 {
+            return None;
+        }
+        Some((want, false))
+    }
+}
+
+/// Value of the probed thread's register in `pt_regs` slot `index`.
+#[inline(always)]
+fn reg(ctx: &ProbeContext, index: u8) -> Option<u64> {
+    if index >= PT_REGS_SLOTS {
+        return None;
+    }
+    let ptr = ctx.regs.cast::<u64>().wrapping_add(index as usize);
+    // SAFETY: `ptr` is inside the saved `pt_regs` the kernel hands the
+    // program (index < PT_REGS_SLOTS); the helper copes with any address.
+    unsafe { bpf_probe_read_kernel(ptr) }.ok()
+}
+
+/// Reads `size` bytes at `addr` in the target, zero-extended.
+#[inline(always)]
+fn read_sized(addr: u64, size: u8) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user copes with any address: a bad one makes it
+    // fail, which is reported as `None`.
+    unsafe {
+        match size {
+            1 => bpf_probe_read_user(addr as *const u8).ok().map(u64::from),
+            2 => bpf_probe_read_user(addr as *const u16).ok().map(u64::from),
+            4 => bpf_probe_read_user(addr as *const u32).ok().map(u64::from),
+            _ => bpf_probe_read_user(addr as *const u64).ok(),
+        }
+    }
+}
+
+/// One argument's value, extended to 64 bits by its size and signedness.
+#[inline(always)]
+fn fetch(ctx: &ProbeContext, arg: &UsdtArgSpec) -> Option<u64> {
+    let raw = match arg.kind {
+        ARG_CONST => arg.val_off,
+        ARG_REG => reg(ctx, arg.reg)? >> (arg.reg_shift & 63),
+        ARG_REG_DEREF => {
+            let addr = reg(ctx, arg.reg)?.wrapping_add(arg.val_off);
+            read_sized(addr, arg.size)?
+        }
+        ARG_SIB => {
+            let base = reg(ctx, arg.reg)?;
+            let index = reg(ctx, arg.idx_reg)?;
+            let addr = base
+                .wrapping_add(index << (arg.scale_shift & 3))
+                .wrapping_add(arg.val_off);
+            read_sized(addr, arg.size)?
+        }
+        _ => return None,
+    };
+    let shift = match arg.size {
+        1 => 56,
+        2 => 48,
+        4 => 32,
+        _ => 0,
+    };
+    Some(if arg.signed != 0 {
+        ((raw << shift) as i64 >> shift) as u64
+    } else {
+        (raw << shift) >> shift
+    })
+}
