@@ -1,1 +1,206 @@
-//! (being written)
+//! The OpenTelemetry resource describing the traced process.
+//!
+//! Precedence for `service.name`: `--service-name`, then `OTEL_SERVICE_NAME`,
+//! then `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, then the executable's
+//! file name. Other attributes in `OTEL_RESOURCE_ATTRIBUTES` override the
+//! detected ones.
+
+use std::path::Path;
+
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
+
+/// What the agent knows about the traced process.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// The executable's path as the target sees it (`readlink /proc/N/exe`).
+    pub executable_path: String,
+    /// Go version from the binary's build info, e.g. `go1.26.8`.
+    pub runtime_version: Option<String>,
+    /// The main module path from the build info.
+    pub main_module: Option<String>,
+}
+
+/// Inputs to [`build`].
+#[derive(Clone, Debug, Default)]
+pub struct ResourceOptions {
+    /// `--service-name`.
+    pub service_name: Option<String>,
+    /// `OTEL_SERVICE_NAME`.
+    pub env_service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`.
+    pub env_attributes: Option<String>,
+}
+
+impl ResourceOptions {
+    /// The options from the process environment and a flag.
+    pub fn from_env(service_name: Option<String>) -> Self {
+        Self {
+            service_name,
+            env_service_name: std::env::var("OTEL_SERVICE_NAME")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            env_attributes: std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok(),
+        }
+    }
+}
+
+/// Parses `OTEL_RESOURCE_ATTRIBUTES` (`key=value,key2=value2`, values
+/// percent-encoded). Malformed members are skipped and returned as warnings.
+pub fn parse_attributes(raw: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let mut attributes = Vec::new();
+    let mut warnings = Vec::new();
+    for member in raw.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        match member.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                attributes.push((percent_decode(key.trim()), percent_decode(value.trim())));
+            }
+            _ => warnings.push(format!(
+                "ignoring malformed OTEL_RESOURCE_ATTRIBUTES member {member:?}"
+            )),
+        }
+    }
+    (attributes, warnings)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(byte) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Builds the resource. Returns warnings for the caller to log.
+pub fn build(process: Option<&ProcessInfo>, options: &ResourceOptions) -> (Resource, Vec<String>) {
+    let (env_attributes, warnings) = options
+        .env_attributes
+        .as_deref()
+        .map(parse_attributes)
+        .unwrap_or_default();
+    let env_service = env_attributes
+        .iter()
+        .find(|(k, _)| k == "service.name")
+        .map(|(_, v)| v.clone());
+    let default_service = process
+        .and_then(|p| {
+            Path::new(&p.executable_path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "unknown_service".to_owned());
+    let service_name = options
+        .service_name
+        .clone()
+        .or_else(|| options.env_service_name.clone())
+        .or(env_service)
+        .unwrap_or(default_service);
+
+    let mut attributes = vec![
+        KeyValue::new("telemetry.sdk.name", "opentelemetry"),
+        KeyValue::new("telemetry.sdk.language", "rust"),
+        KeyValue::new("telemetry.sdk.version", SDK_VERSION),
+        KeyValue::new("telemetry.distro.name", "agent"),
+        KeyValue::new("telemetry.distro.version", env!("CARGO_PKG_VERSION")),
+    ];
+    if let Ok(host) = nix::unistd::gethostname() {
+        attributes.push(KeyValue::new(
+            "host.name",
+            host.to_string_lossy().into_owned(),
+        ));
+    }
+    if let Some(p) = process {
+        attributes.push(KeyValue::new("process.pid", i64::from(p.pid)));
+        attributes.push(KeyValue::new(
+            "process.executable.path",
+            p.executable_path.clone(),
+        ));
+        if let Some(name) = Path::new(&p.executable_path).file_name() {
+            attributes.push(KeyValue::new(
+                "process.executable.name",
+                name.to_string_lossy().into_owned(),
+            ));
+        }
+        attributes.push(KeyValue::new("process.runtime.name", "go"));
+        if let Some(version) = &p.runtime_version {
+            attributes.push(KeyValue::new("process.runtime.version", version.clone()));
+        }
+    }
+    for (key, value) in env_attributes {
+        if key == "service.name" {
+            continue;
+        }
+        attributes.retain(|kv| kv.key.as_str() != key);
+        attributes.push(KeyValue::new(key, value));
+    }
+    attributes.push(KeyValue::new("service.name", service_name));
+    let resource = Resource::builder_empty().with_attributes(attributes).build();
+    (resource, warnings)
+}
+
+/// The opentelemetry crate version the spans are built with.
+const SDK_VERSION: &str = "0.33.1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::Key;
+
+    fn get(resource: &Resource, key: &'static str) -> Option<String> {
+        resource.get(&Key::from_static_str(key)).map(|v| v.to_string())
+    }
+
+    #[test]
+    fn service_name_precedence() {
+        let process = ProcessInfo {
+            pid: 42,
+            executable_path: "/srv/bin/shop".into(),
+            runtime_version: Some("go1.26.8".into()),
+            main_module: None,
+        };
+        let mut options = ResourceOptions {
+            env_attributes: Some("service.name=from-attrs,deployment.environment=prod".into()),
+            ..Default::default()
+        };
+        let (r, _) = build(Some(&process), &options);
+        assert_eq!(get(&r, "service.name").as_deref(), Some("from-attrs"));
+        assert_eq!(get(&r, "deployment.environment").as_deref(), Some("prod"));
+        options.env_service_name = Some("from-env".into());
+        let (r, _) = build(Some(&process), &options);
+        assert_eq!(get(&r, "service.name").as_deref(), Some("from-env"));
+        options.service_name = Some("from-flag".into());
+        let (r, _) = build(Some(&process), &options);
+        assert_eq!(get(&r, "service.name").as_deref(), Some("from-flag"));
+        let (r, _) = build(Some(&process), &ResourceOptions::default());
+        assert_eq!(get(&r, "service.name").as_deref(), Some("shop"));
+        assert_eq!(get(&r, "process.pid").as_deref(), Some("42"));
+        assert_eq!(
+            get(&r, "process.runtime.version").as_deref(),
+            Some("go1.26.8")
+        );
+    }
+
+    #[test]
+    fn attributes_are_percent_decoded_and_malformed_members_reported() {
+        let (attrs, warnings) = parse_attributes("a=b%2Cc, x = y ,broken,=v");
+        assert_eq!(
+            attrs,
+            vec![("a".into(), "b,c".into()), ("x".into(), "y".into())]
+        );
+        assert_eq!(warnings.len(), 2);
+    }
+}

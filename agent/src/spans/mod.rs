@@ -1,1 +1,12 @@
-//! (being written)
+//! Turning decoded records into spans.
+//!
+//! - [`open`]: the bounded table of started-but-not-ended spans that every
+//!   pairing (per goroutine, per request id) goes through.
+//! - [`http`]: net/http server requests.
+//! - [`ids`]: trace and span ids.
+
+pub mod http;
+pub mod ids;
+pub mod open;
+
+pub use open::{OpenTable, PairingStats};

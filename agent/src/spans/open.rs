@@ -1,0 +1,225 @@
+//! A bounded table of open spans: starts waiting for their end.
+//!
+//! Every start goes in under a key (a goroutine, a request id); its end takes
+//! it out. Starts that never end expire after a time-to-live; when the table
+//! is full the oldest start is evicted. Nothing leaves silently: the caller
+//! gets what expired or was evicted back, and every outcome is counted.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::Hash,
+};
+
+/// Counters of one table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairingStats {
+    /// Starts put in.
+    pub started: u64,
+    /// Starts taken out by their end.
+    pub completed: u64,
+    /// Ends that found no start.
+    pub unmatched_ends: u64,
+    /// Starts that waited longer than the time-to-live.
+    pub expired: u64,
+    /// Starts pushed out because the table was full.
+    pub evicted: u64,
+    /// Starts that replaced an open start under the same key.
+    pub replaced: u64,
+}
+
+#[derive(Debug)]
+struct Entry<V> {
+    value: V,
+    opened_ns: u64,
+    seq: u64,
+}
+
+/// Open starts keyed by `K`.
+#[derive(Debug)]
+pub struct OpenTable<K, V> {
+    entries: HashMap<K, Entry<V>>,
+    /// (opened_ns, seq) -> key, oldest first.
+    order: BTreeMap<(u64, u64), K>,
+    capacity: usize,
+    ttl_ns: u64,
+    next_seq: u64,
+    stats: PairingStats,
+}
+
+impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
+    /// A table holding at most `capacity` starts, each for at most `ttl_ns`.
+    pub fn new(capacity: usize, ttl_ns: u64) -> Self {
+        Self {
+            entries: HashMap::with_capacity(capacity.min(4096)),
+            order: BTreeMap::new(),
+            capacity: capacity.max(1),
+            ttl_ns,
+            next_seq: 0,
+            stats: PairingStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> PairingStats {
+        self.stats
+    }
+
+    /// Open starts now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is open.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The open start under `key`.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.entries.get(key).map(|e| &e.value)
+    }
+
+    /// Puts a start in. Returns what it displaced: the start that was open
+    /// under the same key, or the oldest start when the table was full.
+    pub fn open(&mut self, key: K, value: V, now_ns: u64) -> Option<(K, V)> {
+        self.stats.started += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let displaced = if let Some(old) = self.entries.remove(&key) {
+            self.order.remove(&(old.opened_ns, old.seq));
+            self.stats.replaced += 1;
+            Some((key.clone(), old.value))
+        } else if self.entries.len() >= self.capacity {
+            self.pop_oldest().map(|kv| {
+                self.stats.evicted += 1;
+                kv
+            })
+        } else {
+            None
+        };
+        self.order.insert((now_ns, seq), key.clone());
+        self.entries.insert(
+            key,
+            Entry {
+                value,
+                opened_ns: now_ns,
+                seq,
+            },
+        );
+        displaced
+    }
+
+    /// Takes the start under `key` out for its end; counts an end with no start.
+    pub fn close(&mut self, key: &K) -> Option<V> {
+        match self.entries.remove(key) {
+            Some(entry) => {
+                self.order.remove(&(entry.opened_ns, entry.seq));
+                self.stats.completed += 1;
+                Some(entry.value)
+            }
+            None => {
+                self.stats.unmatched_ends += 1;
+                None
+            }
+        }
+    }
+
+    /// Takes the start under `key` out if `matches` says the end belongs to
+    /// it; otherwise leaves it and counts an unmatched end.
+    pub fn close_if(&mut self, key: &K, matches: impl FnOnce(&V) -> bool) -> Option<V> {
+        match self.entries.get(key) {
+            Some(entry) if matches(&entry.value) => self.close(key),
+            _ => {
+                self.stats.unmatched_ends += 1;
+                None
+            }
+        }
+    }
+
+    /// Removes and returns the starts older than the time-to-live.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<(K, V)> {
+        let mut out = Vec::new();
+        while let Some((&(opened_ns, _), _)) = self.order.first_key_value() {
+            if now_ns.saturating_sub(opened_ns) <= self.ttl_ns {
+                break;
+            }
+            if let Some(kv) = self.pop_oldest() {
+                self.stats.expired += 1;
+                out.push(kv);
+            }
+        }
+        out
+    }
+
+    /// Removes and returns every open start, oldest first (at shutdown).
+    pub fn drain(&mut self) -> Vec<(K, V)> {
+        let mut out = Vec::with_capacity(self.entries.len());
+        while let Some(kv) = self.pop_oldest() {
+            out.push(kv);
+        }
+        out
+    }
+
+    fn pop_oldest(&mut self) -> Option<(K, V)> {
+        let (_, key) = self.order.pop_first()?;
+        let entry = self.entries.remove(&key)?;
+        Some((key, entry.value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_and_counts() {
+        let mut t = OpenTable::new(8, 1_000);
+        assert!(t.open(1u64, "a", 10).is_none());
+        assert!(t.open(2, "b", 20).is_none());
+        assert_eq!(t.close(&1), Some("a"));
+        assert_eq!(t.close(&1), None);
+        let s = t.stats();
+        assert_eq!((s.started, s.completed, s.unmatched_ends), (2, 1, 1));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn full_table_evicts_the_oldest() {
+        let mut t = OpenTable::new(2, 1_000);
+        t.open(1u64, "a", 10);
+        t.open(2, "b", 20);
+        assert_eq!(t.open(3, "c", 30), Some((1, "a")));
+        assert_eq!(t.stats().evicted, 1);
+        assert_eq!(t.drain(), vec![(2, "b"), (3, "c")]);
+    }
+
+    #[test]
+    fn same_key_replaces() {
+        let mut t = OpenTable::new(4, 1_000);
+        t.open(7u64, "first", 10);
+        assert_eq!(t.open(7, "second", 20), Some((7, "first")));
+        assert_eq!(t.stats().replaced, 1);
+        assert_eq!(t.close(&7), Some("second"));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn old_starts_expire_in_order() {
+        let mut t = OpenTable::new(8, 100);
+        t.open(1u64, "a", 0);
+        t.open(2, "b", 50);
+        t.open(3, "c", 150);
+        assert_eq!(t.expire(160), vec![(1, "a"), (2, "b")]);
+        assert_eq!(t.stats().expired, 2);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn close_if_checks_the_match() {
+        let mut t = OpenTable::new(8, 100);
+        t.open(1u64, 0xaa_u64, 0);
+        assert_eq!(t.close_if(&1, |v| *v == 0xbb), None);
+        assert_eq!(t.stats().unmatched_ends, 1);
+        assert_eq!(t.close_if(&1, |v| *v == 0xaa), Some(0xaa));
+    }
+}
