@@ -1,1 +1,669 @@
-//! (being written)
+//! Go binary analysis: what the agent needs to know about a target before
+//! attaching probes, read from the executable alone.
+//!
+//! - [`GoBinary::build_info`]: Go version, modules, build settings
+//!   (`.go.buildinfo`, present even in stripped binaries).
+//! - [`GoBinary::function`]: a function's address and size, from `.symtab`
+//!   or, in stripped binaries, `.gopclntab` (Go 1.16/1.18/1.20 layouts).
+//! - [`GoBinary::struct_field_offset`]: DWARF first, else the per-Go-version
+//!   table, else an error (never a silent zero).
+//! - [`GoBinary::entry_site`] / [`GoBinary::return_sites`]: where to put
+//!   uprobes, preferring instructions the kernel emulates.
+//!
+//! The file is memory-mapped once; nothing is copied except DWARF (which
+//! must be decompressed), and that only on the first offset query.
+
+mod buildinfo;
+mod cursor;
+mod dwarf;
+mod offsets;
+mod pclntab;
+mod sites;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use object::LittleEndian as LE;
+use object::elf;
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
+
+pub use buildinfo::{BuildInfo, BuildInfoError, GoVersion, Module};
+pub use cursor::ReadError;
+pub use dwarf::{DwarfError, Member, StructLayout};
+pub use offsets::{
+    Implausible, NEEDED_FIELDS, OffsetTable, TableEntry, render as render_offset_table,
+};
+pub use pclntab::{PclnError, PclnVersion};
+pub use sites::kernel_emulates;
+
+type ElfHeader = elf::FileHeader64<LE>;
+
+/// Why a binary cannot be analysed at all.
+#[derive(Debug, thiserror::Error)]
+pub enum BinaryError {
+    #[error("cannot read {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not an ELF file")]
+    NotElf {
+        path: PathBuf,
+        #[source]
+        source: object::Error,
+    },
+    #[error("{path} is not an x86-64 little-endian ELF executable ({what})")]
+    NotX86_64 { path: PathBuf, what: String },
+    #[error("{path} is not a Go binary (no Go build info)")]
+    NotGo { path: PathBuf },
+    #[error("{path}: malformed Go build info at file offset {file_offset:#x}")]
+    BuildInfo {
+        path: PathBuf,
+        file_offset: u64,
+        #[source]
+        source: BuildInfoError,
+    },
+}
+
+/// Why a struct field offset is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error("struct {type_name} is not in this binary's DWARF (not linked in?)")]
+    NoSuchStruct { type_name: String },
+    #[error("{type_name} has no field {field:?} in this binary's DWARF")]
+    NoSuchField { type_name: String, field: String },
+    #[error(
+        "no DWARF, and the offset table has no {type_name}.{field} for Go {go_version} (table covers {covered})"
+    )]
+    NotInTable {
+        type_name: String,
+        field: String,
+        go_version: GoVersion,
+        covered: String,
+    },
+    #[error("reading DWARF failed")]
+    Dwarf(#[source] Arc<DwarfError>),
+    #[error("implausible offset for {type_name}.{field}")]
+    Implausible {
+        type_name: String,
+        field: String,
+        #[source]
+        source: Implausible,
+    },
+    #[error("the built-in offset table is malformed")]
+    Table(#[source] &'static serde_json::Error),
+}
+
+/// Why no probe site could be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    #[error("function {name} at {address:#x} is not backed by file bytes in any PT_LOAD segment")]
+    NotMapped { name: String, address: u64 },
+    #[error("function {name} at {address:#x}: the first instruction does not decode")]
+    Undecodable { name: String, address: u64 },
+    #[error(
+        "function {name} at {address:#x} has size {size}, larger than the {MAX_FUNCTION_BYTES}-byte limit"
+    )]
+    TooLarge {
+        name: String,
+        address: u64,
+        size: u64,
+    },
+}
+
+/// Larger "functions" are corrupt sizes.
+const MAX_FUNCTION_BYTES: u64 = 16 << 20;
+
+/// A function's address range (link-time virtual addresses).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Function {
+    pub name: String,
+    pub address: u64,
+    pub size: u64,
+}
+
+/// Where an offset came from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum OffsetSource {
+    Dwarf,
+    /// The checked-in table; `go_version` is the release it was measured on.
+    Table {
+        go_version: String,
+    },
+}
+
+/// A struct field's offset and size, checked for plausibility.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FieldOffset {
+    pub offset: u64,
+    /// The field's size in bytes (0 if DWARF did not say).
+    pub size: u64,
+    pub source: OffsetSource,
+}
+
+/// A place to attach a uprobe.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeSite {
+    /// Link-time virtual address.
+    pub address: u64,
+    /// Offset in the file (what uprobe attach takes).
+    pub file_offset: u64,
+    /// Intel syntax, e.g. `jbe 0x622eb4`.
+    pub instruction: String,
+    /// Whether the kernel emulates the instruction (cheap) instead of
+    /// single-stepping it.
+    pub emulated: bool,
+    /// Why this site was chosen.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Section {
+    pub(crate) name: String,
+    addr: u64,
+    pub(crate) file: Range<usize>,
+    pub(crate) compressed: bool,
+    nobits: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    vaddr: u64,
+    offset: u64,
+    filesz: u64,
+    writable: bool,
+}
+
+/// An opened Go executable.
+pub struct GoBinary {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    pie: bool,
+    pub(crate) sections: Vec<Section>,
+    segments: Vec<Segment>,
+    build_info: BuildInfo,
+    has_symtab: bool,
+    pclntab: Option<(Range<usize>, pclntab::PclnTab)>,
+    pclntab_error: Option<String>,
+    dwarf: OnceLock<Result<dwarf::DwarfIndex, Arc<DwarfError>>>,
+}
+
+impl std::fmt::Debug for GoBinary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoBinary")
+            .field("path", &self.path)
+            .field("go", &self.build_info.go_version_raw)
+            .field("pie", &self.pie)
+            .finish_non_exhaustive()
+    }
+}
+
+fn range(offset: u64, size: u64, len: usize) -> Option<Range<usize>> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(size).ok()?)?;
+    (end <= len).then_some(start..end)
+}
+
+impl GoBinary {
+    /// Maps and checks `path`, and reads its build info and function table
+    /// headers. Cheap: no symbol or DWARF walk happens here.
+    pub fn open(path: &Path) -> Result<GoBinary, BinaryError> {
+        let io = |source| BinaryError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the mapping is read-only and private to this process. If
+        // another process truncates the file while mapped, reads may fault;
+        // executables of running processes cannot be written (ETXTBSY), and
+        // every read below is bounds-checked against the mapped length.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Self::from_map(path, map)
+    }
+
+    fn from_map(path: &Path, map: memmap2::Mmap) -> Result<GoBinary, BinaryError> {
+        let data: &[u8] = &map;
+        let not_elf = |source| BinaryError::NotElf {
+            path: path.to_owned(),
+            source,
+        };
+        let not_x86 = |what: String| BinaryError::NotX86_64 {
+            path: path.to_owned(),
+            what,
+        };
+        if data.len() >= 6 && data.starts_with(b"\x7fELF") {
+            if data[4] != elf::ELFCLASS64.0 {
+                return Err(not_x86("32-bit ELF".to_owned()));
+            }
+            if data[5] != elf::ELFDATA2LSB.0 {
+                return Err(not_x86("big-endian ELF".to_owned()));
+            }
+        }
+        let header = ElfHeader::parse(data).map_err(not_elf)?;
+        let machine = header.e_machine.get(LE);
+        if machine != elf::EM_X86_64 {
+            return Err(not_x86(format!("e_machine {machine}")));
+        }
+        let pie = header.e_type.get(LE) == elf::ET_DYN;
+        let table = header.sections(LE, data).map_err(not_elf)?;
+        let mut sections = Vec::new();
+        let mut has_symtab = false;
+        for s in table.iter() {
+            let name = table.section_name(LE, s).unwrap_or_default();
+            let name = String::from_utf8_lossy(name).into_owned();
+            let sh_type = s.sh_type(LE);
+            if sh_type == elf::SHT_SYMTAB && s.sh_size(LE) > s.sh_entsize(LE) {
+                has_symtab = true;
+            }
+            let nobits = sh_type == elf::SHT_NOBITS;
+            let size = if nobits { 0 } else { s.sh_size(LE) };
+            let Some(file) = range(s.sh_offset(LE), size, data.len()) else {
+                continue;
+            };
+            sections.push(Section {
+                name,
+                addr: s.sh_addr(LE),
+                file,
+                compressed: s.sh_flags(LE).0 & elf::SHF_COMPRESSED.0 != 0,
+                nobits,
+            });
+        }
+        let mut segments = Vec::new();
+        for p in header.program_headers(LE, data).map_err(not_elf)? {
+            if p.p_type(LE) == elf::PT_LOAD {
+                segments.push(Segment {
+                    vaddr: p.p_vaddr(LE),
+                    offset: p.p_offset(LE),
+                    filesz: p.p_filesz(LE),
+                    writable: p.p_flags(LE).0 & elf::PF_W.0 != 0,
+                });
+            }
+        }
+        let mut bin = GoBinary {
+            path: path.to_owned(),
+            map,
+            pie,
+            sections,
+            segments,
+            build_info: BuildInfo {
+                go_version: GoVersion::new(0, 0, 0),
+                go_version_raw: String::new(),
+                main_package: String::new(),
+                main: Module::default(),
+                deps: Vec::new(),
+                settings: Vec::new(),
+            },
+            has_symtab,
+            pclntab: None,
+            pclntab_error: None,
+            dwarf: OnceLock::new(),
+        };
+        bin.build_info = bin.read_build_info()?;
+        match bin.read_pclntab() {
+            Ok(t) => bin.pclntab = t,
+            Err(e) => bin.pclntab_error = Some(error_chain(&e)),
+        }
+        Ok(bin)
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.map
+    }
+
+    fn section(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
+    /// `len` bytes the program sees at `vaddr` (file-backed part only).
+    fn read_vaddr(&self, vaddr: u64, len: u64) -> Option<&[u8]> {
+        let off = self.file_offset(vaddr)?;
+        let seg = self.segment(vaddr)?;
+        let seg_end = seg.offset.checked_add(seg.filesz)?;
+        let end = off.checked_add(len)?;
+        if end > seg_end {
+            return None;
+        }
+        self.data().get(range(off, len, self.data().len())?)
+    }
+
+    fn segment(&self, vaddr: u64) -> Option<&Segment> {
+        self.segments
+            .iter()
+            .find(|s| vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)
+    }
+
+    fn read_build_info(&self) -> Result<BuildInfo, BinaryError> {
+        let data = self.data();
+        // The section, else a 16-byte aligned magic in a writable segment
+        // (what Go's debug/buildinfo does when section headers are gone).
+        let start = match self.section(".go.buildinfo") {
+            Some(s) => Some(s.file.start),
+            None => self.segments.iter().filter(|s| s.writable).find_map(|s| {
+                let r = range(s.offset, s.filesz, data.len())?;
+                Some(r.start + buildinfo::find_magic(&data[r])?)
+            }),
+        };
+        let Some(start) = start else {
+            return Err(BinaryError::NotGo {
+                path: self.path.clone(),
+            });
+        };
+        let blob = &data[start..];
+        if !blob.starts_with(buildinfo::MAGIC) {
+            return Err(BinaryError::NotGo {
+                path: self.path.clone(),
+            });
+        }
+        let read = |vaddr: u64, len: u64| self.read_vaddr(vaddr, len);
+        buildinfo::parse(blob, &read).map_err(|source| BinaryError::BuildInfo {
+            path: self.path.clone(),
+            file_offset: start as u64,
+            source,
+        })
+    }
+
+    fn read_pclntab(&self) -> Result<Option<(Range<usize>, pclntab::PclnTab)>, PclnError> {
+        let Some(section) = self.section(".gopclntab") else {
+            return Ok(None);
+        };
+        let data = &self.data()[section.file.clone()];
+        let text = self
+            .symbol("runtime.text")
+            .map(|f| f.address)
+            .or_else(|| self.section(".text").map(|s| s.addr));
+        let tab = pclntab::PclnTab::parse(data, text)?;
+        Ok(Some((section.file.clone(), tab)))
+    }
+
+    /// The file this was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn build_info(&self) -> &BuildInfo {
+        &self.build_info
+    }
+
+    /// Position-independent (ET_DYN): addresses are relative to the load base.
+    pub fn is_pie(&self) -> bool {
+        self.pie
+    }
+
+    /// Whether `.symtab` is present (not `-ldflags=-s`).
+    pub fn has_symtab(&self) -> bool {
+        self.has_symtab
+    }
+
+    /// Whether `.debug_info` is present (not `-ldflags=-w`).
+    pub fn has_dwarf(&self) -> bool {
+        self.section(".debug_info")
+            .or_else(|| self.section(".zdebug_info"))
+            .is_some_and(|s| !s.nobits && !s.file.is_empty())
+    }
+
+    /// The pclntab layout, if the table was found and parsed.
+    pub fn pclntab_version(&self) -> Option<PclnVersion> {
+        self.pclntab.as_ref().map(|(_, t)| t.version)
+    }
+
+    /// Why the pclntab could not be used, if it could not.
+    pub fn pclntab_error(&self) -> Option<&str> {
+        self.pclntab_error.as_deref()
+    }
+
+    /// Number of functions in the pclntab.
+    pub fn pclntab_len(&self) -> usize {
+        self.pclntab.as_ref().map_or(0, |(_, t)| t.len())
+    }
+
+    fn symbol(&self, name: &str) -> Option<Function> {
+        let data = self.data();
+        let header = ElfHeader::parse(data).ok()?;
+        let table = header.sections(LE, data).ok()?;
+        let symbols = table.symbols(LE, data, elf::SHT_SYMTAB).ok()?;
+        let strings = symbols.strings();
+        symbols.iter().find_map(|sym| {
+            let st_type = sym.st_type();
+            if st_type != elf::STT_FUNC && st_type != elf::STT_NOTYPE {
+                return None;
+            }
+            (sym.name(LE, strings).ok()? == name.as_bytes()).then(|| Function {
+                name: name.to_owned(),
+                address: sym.st_value(LE),
+                size: sym.st_size(LE),
+            })
+        })
+    }
+
+    fn pcln_function(&self, name: &str) -> Option<Function> {
+        let (r, tab) = self.pclntab.as_ref()?;
+        let data = self.data().get(r.clone())?;
+        let f = tab.find(data, name).ok()??;
+        Some(Function {
+            name: name.to_owned(),
+            address: f.entry,
+            size: f.end.saturating_sub(f.entry),
+        })
+    }
+
+    /// A function by its Go symbol name (`net/http.(*response).finishRequest`):
+    /// `.symtab` when present, else `.gopclntab`. Sizes from the pclntab
+    /// run to the next function (they include alignment padding).
+    pub fn function(&self, name: &str) -> Option<Function> {
+        if self.has_symtab
+            && let Some(mut f) = self.symbol(name).filter(|f| f.address != 0)
+        {
+            if f.size == 0
+                && let Some(p) = self.pcln_function(name)
+            {
+                f.size = p.size;
+            }
+            return Some(f);
+        }
+        self.pcln_function(name)
+    }
+
+    /// The function containing `address` (pclntab only).
+    pub fn function_at(&self, address: u64) -> Option<Function> {
+        let (r, tab) = self.pclntab.as_ref()?;
+        let data = self.data().get(r.clone())?;
+        let f = tab.lookup(data, address).ok()??;
+        Some(Function {
+            name: String::from_utf8_lossy(f.name).into_owned(),
+            address: f.entry,
+            size: f.end.saturating_sub(f.entry),
+        })
+    }
+
+    /// File offset of a link-time virtual address, via the PT_LOAD segment
+    /// that maps it (works the same for PIE and non-PIE executables).
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        let seg = self.segment(vaddr)?;
+        seg.offset.checked_add(vaddr - seg.vaddr)
+    }
+
+    fn dwarf(&self) -> Option<Result<&dwarf::DwarfIndex, Arc<DwarfError>>> {
+        if !self.has_dwarf() {
+            return None;
+        }
+        let loaded = self.dwarf.get_or_init(|| {
+            dwarf::DwarfIndex::load(|name| {
+                let zname = name.replacen(".debug_", ".zdebug_", 1);
+                let Some(s) = self.section(name).or_else(|| self.section(&zname)) else {
+                    return Ok(Arc::from(&[][..]));
+                };
+                dwarf::section_bytes(&dwarf::RawSection {
+                    name: &s.name,
+                    data: &self.data()[s.file.clone()],
+                    compressed: s.compressed,
+                })
+            })
+            .map_err(Arc::new)
+        });
+        Some(loaded.as_ref().map_err(Arc::clone))
+    }
+
+    /// The layout of a struct from DWARF (`fields` empty: all members).
+    /// `None` if the binary has no DWARF.
+    pub fn dwarf_struct(
+        &self,
+        type_name: &str,
+        fields: &[&str],
+    ) -> Option<Result<Option<StructLayout>, OffsetError>> {
+        let index = match self.dwarf()? {
+            Ok(index) => index,
+            Err(e) => return Some(Err(OffsetError::Dwarf(e))),
+        };
+        Some(
+            index
+                .layout(type_name, fields)
+                .map_err(|e| OffsetError::Dwarf(Arc::new(e))),
+        )
+    }
+
+    /// Offset of `field` in `type_name` (`runtime.g`, `net/http.Request`,
+    /// `net/url.URL`): DWARF when the binary has it, else the table for
+    /// this Go release, else an error. Every offset is plausibility-checked.
+    pub fn struct_field_offset(
+        &self,
+        type_name: &str,
+        field: &str,
+    ) -> Result<FieldOffset, OffsetError> {
+        let implausible = |source| OffsetError::Implausible {
+            type_name: type_name.to_owned(),
+            field: field.to_owned(),
+            source,
+        };
+        if let Some(layout) = self.dwarf_struct(type_name, &[field]) {
+            let layout = layout?.ok_or_else(|| OffsetError::NoSuchStruct {
+                type_name: type_name.to_owned(),
+            })?;
+            let (_, m) = layout
+                .members
+                .iter()
+                .find(|(name, _)| name == field)
+                .ok_or_else(|| OffsetError::NoSuchField {
+                    type_name: type_name.to_owned(),
+                    field: field.to_owned(),
+                })?;
+            offsets::check(m.offset, m.size, m.align, layout.size).map_err(implausible)?;
+            return Ok(FieldOffset {
+                offset: m.offset,
+                size: m.size,
+                source: OffsetSource::Dwarf,
+            });
+        }
+        let table = OffsetTable::builtin().map_err(OffsetError::Table)?;
+        let version = self.build_info.go_version;
+        let found = table.entry(version).and_then(|e| {
+            let s = e.structs.get(type_name)?;
+            let f = s.fields.get(field)?;
+            Some((e, s, f))
+        });
+        let Some((entry, s, f)) = found else {
+            return Err(OffsetError::NotInTable {
+                type_name: type_name.to_owned(),
+                field: field.to_owned(),
+                go_version: version,
+                covered: table.versions().join(", "),
+            });
+        };
+        offsets::check(f.offset, f.size, f.align, s.size).map_err(implausible)?;
+        Ok(FieldOffset {
+            offset: f.offset,
+            size: f.size,
+            source: OffsetSource::Table {
+                go_version: entry.go.clone(),
+            },
+        })
+    }
+
+    /// A table entry for this binary from its DWARF (the generator behind
+    /// `cargo xtask offsets`).
+    pub fn offset_table_entry(&self) -> Result<TableEntry, String> {
+        if !self.has_dwarf() {
+            return Err(format!("{} has no DWARF", self.path.display()));
+        }
+        let go = self.build_info.go_version.to_string();
+        offsets::entry_from_layouts(&go, |name, fields| {
+            self.dwarf_struct(name, fields)?.ok().flatten()
+        })
+    }
+
+    fn code(&self, func: &Function) -> Result<(&[u8], u64), SiteError> {
+        if func.size > MAX_FUNCTION_BYTES {
+            return Err(SiteError::TooLarge {
+                name: func.name.clone(),
+                address: func.address,
+                size: func.size,
+            });
+        }
+        let not_mapped = || SiteError::NotMapped {
+            name: func.name.clone(),
+            address: func.address,
+        };
+        let seg = self.segment(func.address).ok_or_else(not_mapped)?;
+        let start = self.file_offset(func.address).ok_or_else(not_mapped)?;
+        // Clamp to the segment's file bytes: a bad size cannot read past it.
+        let avail = seg.filesz - (func.address - seg.vaddr);
+        let len = func.size.min(avail);
+        let bytes = range(start, len, self.data().len())
+            .and_then(|r| self.data().get(r))
+            .ok_or_else(not_mapped)?;
+        Ok((bytes, start))
+    }
+
+    /// The cheapest probe site at or after `func`'s entry where the kernel
+    /// emulates the instruction and no skipped instruction wrote any of
+    /// `preserve` or R14 (the goroutine). Falls back to the entry, with the
+    /// reason, when there is none.
+    pub fn entry_site(
+        &self,
+        func: &Function,
+        preserve: &[iced_x86::Register],
+    ) -> Result<ProbeSite, SiteError> {
+        let (code, file_offset) = self.code(func)?;
+        let site =
+            sites::entry(code, func.address, preserve).ok_or_else(|| SiteError::Undecodable {
+                name: func.name.clone(),
+                address: func.address,
+            })?;
+        Ok(ProbeSite {
+            address: func.address + site.offset,
+            file_offset: file_offset + site.offset,
+            instruction: site.instruction,
+            emulated: site.emulated,
+            reason: site.reason,
+        })
+    }
+
+    /// Every `ret` in `func`'s body (decoded, so `c3` bytes inside other
+    /// instructions do not count).
+    pub fn return_sites(&self, func: &Function) -> Result<Vec<ProbeSite>, SiteError> {
+        let (code, file_offset) = self.code(func)?;
+        Ok(sites::returns(code, func.address)
+            .into_iter()
+            .map(|s| ProbeSite {
+                address: func.address + s.offset,
+                file_offset: file_offset + s.offset,
+                instruction: s.instruction,
+                emulated: s.emulated,
+                reason: s.reason,
+            })
+            .collect())
+    }
+}
+
+/// An error and its sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

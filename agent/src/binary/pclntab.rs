@@ -1,0 +1,373 @@
+//! `.gopclntab`: the runtime's function table. It survives `-ldflags=-s -w`,
+//! so it names functions and their address ranges in stripped binaries.
+//!
+//! Layouts (little-endian, as the linker writes them for x86-64):
+//!
+//! | magic        | Go        | functab entry         | `_func` head             |
+//! |--------------|-----------|-----------------------|--------------------------|
+//! | `0xfffffffa` | 1.16–1.17 | (entry PC, funcoff) words | entry PC word, nameOff i32 |
+//! | `0xfffffff0` | 1.18–1.19 | (entryOff, funcoff) u32s  | entryOff u32, nameOff i32  |
+//! | `0xfffffff1` | 1.20+     | same as 1.18              | same as 1.18               |
+//!
+//! The header: magic u32, two pad bytes, minLC u8, ptrSize u8, then words:
+//! nfunc, nfiles, [textStart (1.18+)], funcnameOffset, cuOffset,
+//! filetabOffset, pctabOffset, pclnOffset (offsets from the header).
+
+use super::cursor::{Cursor, ReadError};
+
+const MAGIC_116: u32 = 0xffff_fffa;
+const MAGIC_118: u32 = 0xffff_fff0;
+const MAGIC_120: u32 = 0xffff_fff1;
+/// More functions than this is corruption: the largest real binaries hold a
+/// few hundred thousand.
+const MAX_FUNCS: u64 = 1 << 24;
+
+/// Which layout a table uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum PclnVersion {
+    Go116,
+    Go118,
+    Go120,
+}
+
+/// Why a pclntab could not be used. Offsets are from the table's start.
+#[derive(Debug, thiserror::Error)]
+pub enum PclnError {
+    #[error("unknown pclntab magic {magic:#x} (Go 1.16+ layouts only)")]
+    BadMagic { magic: u32 },
+    #[error("unsupported pclntab pointer size {ptr_size}")]
+    BadPointerSize { ptr_size: u8 },
+    #[error("implausible function count {nfunc}")]
+    TooManyFuncs { nfunc: u64 },
+    #[error("pclntab offset {value:#x} in header word at byte {offset} is outside the table")]
+    BadOffset { offset: usize, value: u64 },
+    #[error("truncated pclntab")]
+    Truncated(#[source] ReadError),
+    #[error(
+        "no text start: the header has none and no runtime.text symbol or .text section was found"
+    )]
+    NoTextStart,
+}
+
+impl From<ReadError> for PclnError {
+    fn from(e: ReadError) -> Self {
+        PclnError::Truncated(e)
+    }
+}
+
+/// A parsed header: positions within the table bytes, no copies.
+#[derive(Clone, Debug)]
+pub struct PclnTab {
+    pub version: PclnVersion,
+    ptr_size: u8,
+    nfunc: usize,
+    text_start: u64,
+    funcnametab: usize,
+    /// Start of `pclntable` (functab and the `_func` records).
+    pcln: usize,
+}
+
+/// One function as the table records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PclnFunc<'a> {
+    pub name: &'a [u8],
+    pub entry: u64,
+    /// The next function's entry (or the end of text): includes padding.
+    pub end: u64,
+}
+
+impl PclnTab {
+    /// Parses the header. `text_start` is used for 1.18+ tables whose
+    /// header field is zero (Go 1.26 stopped filling it; PIE leaves it to a
+    /// relocation): `runtime.text`, or the start of `.text`.
+    pub fn parse(data: &[u8], text_start: Option<u64>) -> Result<PclnTab, PclnError> {
+        let mut c = Cursor::new(data);
+        let magic = c.read_u32()?;
+        let version = match magic {
+            MAGIC_116 => PclnVersion::Go116,
+            MAGIC_118 => PclnVersion::Go118,
+            MAGIC_120 => PclnVersion::Go120,
+            _ => return Err(PclnError::BadMagic { magic }),
+        };
+        c.skip(3)?;
+        let ptr_size = c.read_u8()?;
+        if ptr_size != 8 && ptr_size != 4 {
+            return Err(PclnError::BadPointerSize { ptr_size });
+        }
+        let nfunc = c.read_word(ptr_size)?;
+        if nfunc > MAX_FUNCS {
+            return Err(PclnError::TooManyFuncs { nfunc });
+        }
+        let _nfiles = c.read_word(ptr_size)?;
+        let header_text = match version {
+            PclnVersion::Go116 => None,
+            _ => Some(c.read_word(ptr_size)?),
+        };
+        let offset_word = |c: &mut Cursor<'_>| -> Result<usize, PclnError> {
+            let at = c.pos();
+            let value = c.read_word(ptr_size)?;
+            usize::try_from(value)
+                .ok()
+                .filter(|&v| v < data.len())
+                .ok_or(PclnError::BadOffset { offset: at, value })
+        };
+        let funcnametab = offset_word(&mut c)?;
+        let _cu = offset_word(&mut c)?;
+        let _filetab = offset_word(&mut c)?;
+        let _pctab = offset_word(&mut c)?;
+        let pcln = offset_word(&mut c)?;
+        let text_start = match header_text {
+            None => 0,
+            Some(t) if t != 0 => t,
+            Some(_) => text_start.ok_or(PclnError::NoTextStart)?,
+        };
+        let tab = PclnTab {
+            version,
+            ptr_size,
+            nfunc: nfunc as usize,
+            text_start,
+            funcnametab,
+            pcln,
+        };
+        // The functab must fit: nfunc+1 pairs plus nothing else checked here.
+        let field = tab.field_size();
+        let functab_len = (tab.nfunc * 2 + 1)
+            .checked_mul(field)
+            .ok_or(PclnError::TooManyFuncs { nfunc })?;
+        Cursor::at(data, pcln).skip(functab_len)?;
+        Ok(tab)
+    }
+
+    /// Number of functions.
+    pub fn len(&self) -> usize {
+        self.nfunc
+    }
+
+    fn field_size(&self) -> usize {
+        match self.version {
+            PclnVersion::Go116 => usize::from(self.ptr_size),
+            _ => 4,
+        }
+    }
+
+    fn functab_word(&self, data: &[u8], index: usize) -> Result<u64, ReadError> {
+        let field = self.field_size();
+        // index <= 2*nfunc+1 and the functab was bounds-checked in parse.
+        let mut c = Cursor::at(data, self.pcln + index * field);
+        if field == 4 {
+            c.read_u32().map(u64::from)
+        } else {
+            c.read_u64()
+        }
+    }
+
+    fn entry_pc(&self, data: &[u8], i: usize) -> Result<u64, ReadError> {
+        let raw = self.functab_word(data, 2 * i)?;
+        Ok(match self.version {
+            PclnVersion::Go116 => raw,
+            _ => self.text_start.wrapping_add(raw),
+        })
+    }
+
+    /// The `i`th function (`i < len()`).
+    pub fn func<'a>(&self, data: &'a [u8], i: usize) -> Result<PclnFunc<'a>, PclnError> {
+        let entry = self.entry_pc(data, i)?;
+        let end = self.entry_pc(data, i + 1)?;
+        let funcoff = self.functab_word(data, 2 * i + 1)?;
+        let func_at = usize::try_from(funcoff)
+            .ok()
+            .and_then(|o| o.checked_add(self.pcln))
+            .ok_or(PclnError::BadOffset {
+                offset: self.pcln,
+                value: funcoff,
+            })?;
+        let mut c = Cursor::at(data, func_at);
+        c.skip(match self.version {
+            PclnVersion::Go116 => usize::from(self.ptr_size),
+            _ => 4,
+        })?;
+        let name_off = c.read_u32()?;
+        let name_at =
+            self.funcnametab
+                .checked_add(name_off as usize)
+                .ok_or(PclnError::BadOffset {
+                    offset: func_at,
+                    value: u64::from(name_off),
+                })?;
+        let name = Cursor::at(data, name_at).read_cstr()?;
+        Ok(PclnFunc { name, entry, end })
+    }
+
+    /// The function named `name` (a linear scan: no index is kept, to keep
+    /// memory flat; ~1 ms per 10k functions).
+    pub fn find<'a>(&self, data: &'a [u8], name: &str) -> Result<Option<PclnFunc<'a>>, PclnError> {
+        for i in 0..self.nfunc {
+            let f = self.func(data, i)?;
+            if f.name == name.as_bytes() {
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The function containing `pc` (binary search: the table is sorted).
+    pub fn lookup<'a>(&self, data: &'a [u8], pc: u64) -> Result<Option<PclnFunc<'a>>, PclnError> {
+        let (mut lo, mut hi) = (0usize, self.nfunc);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.entry_pc(data, mid + 1)? <= pc {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo >= self.nfunc {
+            return Ok(None);
+        }
+        let f = self.func(data, lo)?;
+        Ok((f.entry <= pc && pc < f.end).then_some(f))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A synthetic table in the given layout with functions (name, entryOff, size).
+    pub fn synth(version: PclnVersion, text: u64, funcs: &[(&str, u64, u64)]) -> Vec<u8> {
+        let magic = match version {
+            PclnVersion::Go116 => MAGIC_116,
+            PclnVersion::Go118 => MAGIC_118,
+            PclnVersion::Go120 => MAGIC_120,
+        };
+        let words = if version == PclnVersion::Go116 { 7 } else { 8 };
+        let header = 8 + 8 * words;
+        let mut names = Vec::new();
+        let mut name_offs = Vec::new();
+        for (name, _, _) in funcs {
+            name_offs.push(names.len() as u32);
+            names.extend_from_slice(name.as_bytes());
+            names.push(0);
+        }
+        let funcnametab = header;
+        let pcln = funcnametab + names.len();
+        let field = if version == PclnVersion::Go116 { 8 } else { 4 };
+        let functab_len = (funcs.len() * 2 + 1) * field;
+        let func_rec = if version == PclnVersion::Go116 { 12 } else { 8 };
+        let mut out = Vec::new();
+        out.extend_from_slice(&magic.to_le_bytes());
+        out.extend_from_slice(&[0, 0, 1, 8]);
+        out.extend_from_slice(&(funcs.len() as u64).to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        if version != PclnVersion::Go116 {
+            out.extend_from_slice(&text.to_le_bytes());
+        }
+        for off in [funcnametab, funcnametab, funcnametab, funcnametab, pcln] {
+            out.extend_from_slice(&(off as u64).to_le_bytes());
+        }
+        out.extend_from_slice(&names);
+        let base = if version == PclnVersion::Go116 {
+            text
+        } else {
+            0
+        };
+        let put = |out: &mut Vec<u8>, v: u64| {
+            if field == 4 {
+                out.extend_from_slice(&(v as u32).to_le_bytes());
+            } else {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+        for (i, (_, entry, _)) in funcs.iter().enumerate() {
+            put(&mut out, base + entry);
+            put(&mut out, (functab_len + i * func_rec) as u64);
+        }
+        let last = funcs.last().map_or(0, |f| f.1 + f.2);
+        put(&mut out, base + last);
+        for (i, (_, entry, _)) in funcs.iter().enumerate() {
+            if version == PclnVersion::Go116 {
+                out.extend_from_slice(&(base + entry).to_le_bytes());
+            } else {
+                out.extend_from_slice(&(*entry as u32).to_le_bytes());
+            }
+            out.extend_from_slice(&name_offs[i].to_le_bytes());
+        }
+        out
+    }
+
+    const FUNCS: &[(&str, u64, u64)] = &[
+        ("runtime.a", 0, 0x20),
+        ("main.main", 0x20, 0x40),
+        ("main.b", 0x60, 0x10),
+    ];
+
+    #[test]
+    fn every_layout_names_and_ranges() {
+        for version in [PclnVersion::Go116, PclnVersion::Go118, PclnVersion::Go120] {
+            let data = synth(version, 0x401000, FUNCS);
+            let tab = PclnTab::parse(&data, None).unwrap();
+            assert_eq!(tab.version, version);
+            assert_eq!(tab.len(), 3);
+            let f = tab.find(&data, "main.main").unwrap().unwrap();
+            assert_eq!((f.entry, f.end), (0x401020, 0x401060));
+            assert_eq!(tab.find(&data, "main.nope").unwrap(), None);
+            assert_eq!(
+                tab.lookup(&data, 0x401065).unwrap().unwrap().name,
+                b"main.b"
+            );
+            assert_eq!(
+                tab.lookup(&data, 0x401000).unwrap().unwrap().name,
+                b"runtime.a"
+            );
+            assert_eq!(tab.lookup(&data, 0x401070).unwrap(), None);
+            assert_eq!(tab.lookup(&data, 0x400fff).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn zero_text_start_uses_the_fallback() {
+        let data = synth(PclnVersion::Go120, 0, FUNCS);
+        assert!(matches!(
+            PclnTab::parse(&data, None),
+            Err(PclnError::NoTextStart)
+        ));
+        let tab = PclnTab::parse(&data, Some(0x1000)).unwrap();
+        assert_eq!(tab.find(&data, "main.b").unwrap().unwrap().entry, 0x1060);
+    }
+
+    #[test]
+    fn corrupt_tables_fail_cleanly() {
+        let data = synth(PclnVersion::Go118, 0x401000, FUNCS);
+        for len in 0..data.len() {
+            if let Ok(tab) = PclnTab::parse(&data[..len], None) {
+                for i in 0..tab.len() {
+                    let _ = tab.func(&data[..len], i);
+                }
+            }
+        }
+        let mut bad = data.clone();
+        bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            PclnTab::parse(&bad, None),
+            Err(PclnError::TooManyFuncs { .. })
+        ));
+        let mut bad = data.clone();
+        bad[64..72].copy_from_slice(&0xffff_ffffu64.to_le_bytes());
+        assert!(matches!(
+            PclnTab::parse(&bad, None),
+            Err(PclnError::BadOffset { offset: 64, .. })
+        ));
+        let mut bad = data.clone();
+        bad[0] = 0xfb;
+        assert!(matches!(
+            PclnTab::parse(&bad, None),
+            Err(PclnError::BadMagic { magic: 0xffff_fffb })
+        ));
+        // A name offset pointing past the end is an error, not a panic.
+        let mut bad = data.clone();
+        let n = bad.len();
+        bad[n - 4..].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+        let tab = PclnTab::parse(&bad, None).unwrap();
+        assert!(tab.func(&bad, 2).is_err());
+    }
+}
