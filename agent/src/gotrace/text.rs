@@ -75,7 +75,7 @@ fn read_args(mut s: &str, names: &[&str], line: usize) -> Result<Vec<u64>, TextE
 }
 
 /// Unquotes a Go double-quoted string literal into bytes.
-fn go_unquote(s: &str) -> Option<Vec<u8>> {
+pub fn go_unquote(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     if b.len() < 2 || b[0] != b'"' || b[b.len() - 1] != b'"' {
         return None;

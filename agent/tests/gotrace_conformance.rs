@@ -1,0 +1,412 @@
+//! Conformance of the Go execution-trace decoder with Go's own reader.
+//!
+//! The reference is Go's parser: `agent/tests/fixtures/tracedump` reads a
+//! trace with `golang.org/x/exp/trace` (a copy of the standard library's
+//! `internal/trace`) and prints the events in the same stable text form as
+//! `gotrace::dump_events`. Every test compares the two outputs line by line
+//! on the same bytes: Go's own test traces (`src/internal/trace/testdata`,
+//! including the ones that must fail), traces that small Go programs under
+//! `agent/tests/fixtures/traces/` write (with the installed Go and with older
+//! toolchains fetched through the module proxy, one per wire version), Go's
+//! fuzz corpus, and corrupted variants.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use agent::gotrace::{self, DecodeError};
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn goroot() -> PathBuf {
+    let out = Command::new("go")
+        .args(["env", "GOROOT"])
+        .output()
+        .expect("running `go env GOROOT`");
+    assert!(out.status.success(), "go env GOROOT failed");
+    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 GOROOT").trim())
+}
+
+fn work_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
+}
+
+/// Builds the reference dumper once per test binary.
+fn tracedump() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = work_dir().join("tracedump");
+        let st = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(".")
+            .current_dir(fixtures_dir().join("tracedump"))
+            .status()
+            .expect("running go build for tracedump");
+        assert!(st.success(), "building tracedump failed");
+        bin
+    })
+}
+
+/// Go's reader's output: the event lines, and the error if it failed.
+struct GoDump {
+    lines: Vec<String>,
+    error: Option<String>,
+    /// Go's reader panicked (it does on some corrupt inputs).
+    panicked: bool,
+}
+
+fn go_dump(trace: &[u8], name: &str) -> GoDump {
+    let path = work_dir().join(format!("{name}.bin"));
+    std::fs::write(&path, trace).expect("writing trace");
+    let out = Command::new(tracedump())
+        .arg(&path)
+        .output()
+        .expect("running tracedump");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (events, error) = match text.find("ERROR: ") {
+        Some(i) => (&text[..i], Some(text[i + 7..].trim_end().to_string())),
+        None => (&text[..], None),
+    };
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(0..=2)),
+        "tracedump on {name} died: {:?}",
+        out.status
+    );
+    if code == Some(1) {
+        assert!(error.is_some(), "tracedump failed without an error line on {name}");
+    }
+    GoDump {
+        lines: events.lines().map(str::to_string).collect(),
+        error,
+        panicked: code == Some(2),
+    }
+}
+
+/// Our output: the event lines, and the error if decoding failed.
+fn our_dump(trace: &[u8]) -> (Vec<String>, Result<gotrace::DumpSummary, DecodeError>) {
+    let mut out = Vec::new();
+    let res = gotrace::dump_events(trace, &mut out);
+    let text = String::from_utf8(out).expect("dump is UTF-8");
+    (text.lines().map(str::to_string).collect(), res)
+}
+
+fn first_difference(a: &[String], b: &[String]) -> String {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if x != y {
+            return format!("line {}:\n ours: {x}\n   go: {y}", i + 1);
+        }
+    }
+    format!("lengths differ: ours {} lines, go {} lines", a.len(), b.len())
+}
+
+/// Asserts our event stream equals Go's and both succeed.
+fn assert_same_as_go(trace: &[u8], name: &str) -> usize {
+    let go = go_dump(trace, name);
+    let (ours, res) = our_dump(trace);
+    assert!(!go.panicked, "Go's reader panicked on {name}");
+    assert_eq!(go.error, None, "Go's reader failed on {name}");
+    let summary = res.unwrap_or_else(|e| panic!("our decoder failed on {name}: {e}"));
+    assert!(
+        ours == go.lines,
+        "{name}: event streams differ: {}",
+        first_difference(&ours, &go.lines)
+    );
+    assert_eq!(summary.events as usize, ours.len());
+    ours.len()
+}
+
+/// Go's `.test` expectations are unanchored regular expressions; those in
+/// Go's test data are literal text between optional `.*`.
+fn pattern_matches(pattern: &str, msg: &str) -> bool {
+    let p = pattern.trim_start_matches(".*").trim_end_matches(".*");
+    msg.contains(p)
+}
+
+#[test]
+fn go_testdata_traces_match_go_reader() {
+    let dir = goroot().join("src/internal/trace/testdata/tests");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("reading Go's trace test data")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "test"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 20, "expected Go's trace tests in {dir:?}");
+    let (mut ok, mut failing) = (0, 0);
+    for path in &names {
+        let name = path.file_stem().and_then(|s| s.to_str()).expect("name");
+        let text = std::fs::read_to_string(path).expect("reading test");
+        let tc = gotrace::text::parse_test_file(&text)
+            .unwrap_or_else(|e| panic!("converting {name}: {e}"));
+        match &tc.expect_failure {
+            None => {
+                assert_same_as_go(&tc.trace, name);
+                ok += 1;
+            }
+            Some(pattern) => {
+                let go = go_dump(&tc.trace, name);
+                let (ours, res) = our_dump(&tc.trace);
+                let go_err = go.error.unwrap_or_else(|| panic!("Go accepted {name}"));
+                assert!(pattern_matches(pattern, &go_err), "{name}: Go said {go_err}");
+                let err = res.expect_err(&format!("{name} must fail"));
+                assert!(
+                    pattern_matches(pattern, &err.to_string()),
+                    "{name}: our error {err} does not match {pattern:?}"
+                );
+                assert!(err.offset().is_some(), "{name}: error without offset");
+                assert!(
+                    ours == go.lines,
+                    "{name}: events before the error differ: {}",
+                    first_difference(&ours, &go.lines)
+                );
+                failing += 1;
+            }
+        }
+    }
+    assert_eq!(ok + failing, names.len());
+    assert!(failing >= 2, "Go's test data has failing cases");
+}
+
+#[test]
+fn pre_go122_traces_are_refused() {
+    let dir = goroot().join("src/internal/trace/internal/tracev1/testdata");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("reading v1 test data") {
+        let path = e.expect("dir entry").path();
+        let data = std::fs::read(&path).expect("reading v1 trace");
+        match gotrace::Reader::new(&data[..]) {
+            Err(DecodeError::PreGo122 { version }) => {
+                assert!((11..=21).contains(&version), "{path:?}: version {version}");
+                let msg = DecodeError::PreGo122 { version }.to_string();
+                assert!(msg.contains("pre-1.22"), "{msg}");
+            }
+            other => panic!("{path:?}: expected PreGo122, got {other:?}"),
+        }
+        n += 1;
+    }
+    assert!(n >= 10, "expected Go's v1 test traces");
+}
+
+#[test]
+fn unknown_versions_and_garbage_are_refused() {
+    assert!(matches!(
+        gotrace::Reader::new(&b"go 1.27 trace\0\0\0"[..]),
+        Err(DecodeError::UnsupportedVersion { version: 27 })
+    ));
+    assert!(matches!(
+        gotrace::Reader::new(&b"not a trace at all"[..]),
+        Err(DecodeError::NotATrace)
+    ));
+    assert!(matches!(
+        gotrace::Reader::new(&b""[..]),
+        Err(DecodeError::NotATrace)
+    ));
+}
+
+/// Runs a fixture program with a toolchain (`None`: the installed Go) and
+/// returns the trace it wrote.
+fn generate(program: &str, toolchain: Option<&str>) -> Vec<u8> {
+    let out = work_dir().join(format!(
+        "{program}-{}.trace",
+        toolchain.unwrap_or("local")
+    ));
+    let mut cmd = Command::new("go");
+    cmd.args(["run", &format!("./traces/{program}")])
+        .arg(&out)
+        .current_dir(fixtures_dir());
+    if let Some(tc) = toolchain {
+        cmd.env("GOTOOLCHAIN", tc);
+    }
+    let res = cmd.output().expect("running go run");
+    assert!(
+        res.status.success(),
+        "go run ./traces/{program} ({toolchain:?}) failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    std::fs::read(&out).expect("reading generated trace")
+}
+
+fn check_fixtures(toolchain: Option<&str>, wire: &str, programs: &[&str]) {
+    for program in programs {
+        let trace = generate(program, toolchain);
+        assert!(
+            trace.starts_with(format!("go 1.{wire} trace").as_bytes()),
+            "{program}: unexpected header {:?}",
+            String::from_utf8_lossy(&trace[..16.min(trace.len())])
+        );
+        let n = assert_same_as_go(&trace, &format!("{program}-{wire}"));
+        assert!(n > 10, "{program}: only {n} events");
+        // The kinds of events each program is about must be there.
+        let (lines, _) = our_dump(&trace);
+        let has = |kind: &str| lines.iter().any(|l| l.contains(kind));
+        match *program {
+            "nested" | "crossgoroutine" => {
+                assert!(has(" TaskBegin ") && has(" RegionBegin ") && has(" Log "))
+            }
+            "cpusamples" => assert!(has(" StackSample "), "no CPU samples"),
+            "manygoroutines" => assert!(lines.len() > 10_000, "{}", lines.len()),
+            "flightrecorder" => assert!(has(" TaskBegin ") && has(" TaskEnd ")),
+            _ => {}
+        }
+    }
+}
+
+const PROGRAMS: &[&str] = &["nested", "crossgoroutine", "cpusamples", "manygoroutines"];
+
+#[test]
+fn generated_traces_match_go_reader_installed_go() {
+    let mut programs = PROGRAMS.to_vec();
+    programs.push("flightrecorder");
+    check_fixtures(None, "26", &programs);
+}
+
+#[test]
+fn generated_traces_match_go_reader_go1_22_wire_format() {
+    check_fixtures(Some("go1.22.12"), "22", PROGRAMS);
+}
+
+#[test]
+fn generated_traces_match_go_reader_go1_23_wire_format() {
+    check_fixtures(Some("go1.23.12"), "23", PROGRAMS);
+}
+
+#[test]
+fn generated_traces_match_go_reader_go1_25_wire_format() {
+    let mut programs = PROGRAMS.to_vec();
+    programs.push("flightrecorder");
+    check_fixtures(Some("go1.25.5"), "25", &programs);
+}
+
+/// Decodes Go's own fuzz corpus for its trace reader: same events, and an
+/// error exactly where Go fails.
+#[test]
+fn go_fuzz_corpus_matches_go_reader() {
+    let dir = goroot().join("src/internal/trace/testdata/fuzz/FuzzReader");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("reading Go's fuzz corpus") {
+        let path = e.expect("dir entry").path();
+        let text = std::fs::read_to_string(&path).expect("reading corpus file");
+        let data = go_fuzz_bytes(&text).unwrap_or_else(|| panic!("parsing {path:?}"));
+        let name = format!("fuzz-{}", path.file_name().and_then(|s| s.to_str()).unwrap_or("x"));
+        compare_outcomes(&data, &name);
+        n += 1;
+    }
+    assert!(n >= 10);
+}
+
+/// Parses Go's `go test fuzz v1` corpus file holding one `[]byte("...")`.
+fn go_fuzz_bytes(text: &str) -> Option<Vec<u8>> {
+    let line = text.lines().nth(1)?;
+    let lit = line.strip_prefix("[]byte(")?.strip_suffix(')')?;
+    gotrace::text::go_unquote(lit)
+}
+
+/// Compares outcomes on arbitrary (possibly corrupt) input: the same events
+/// until the end or the error, and an error exactly when Go fails. One
+/// deliberate divergence: Go's reader treats a bare `io.EOF` from a varint
+/// cut off at the end of a batch as the clean end of the trace; we report it.
+/// Returns whether the outcomes were compared (not for pre-1.22 traces, nor
+/// where Go's reader panics).
+fn compare_outcomes(data: &[u8], name: &str) -> bool {
+    if let (_, Err(DecodeError::PreGo122 { .. })) = our_dump(data) {
+        // Go converts v1 traces; we refuse them by design.
+        return false;
+    }
+    let go = go_dump(data, name);
+    if go.panicked {
+        // Go's reader panics on some corrupt inputs; ours must just not.
+        let _ = our_dump(data);
+        return false;
+    }
+    let (ours, res) = our_dump(data);
+    assert!(
+        ours == go.lines,
+        "{name}: events differ: {}",
+        first_difference(&ours, &go.lines)
+    );
+    match (&res, &go.error) {
+        (Ok(_), None) | (Err(_), Some(_)) => {}
+        (Err(DecodeError::Invalid { reason, .. }), None) if reason == "unexpected EOF" => {}
+        (Err(e), None) => panic!("{name}: Go succeeded, we failed: {e}"),
+        (Ok(_), Some(e)) => panic!("{name}: Go failed ({e}), we succeeded"),
+    }
+    if let Err(e) = &res {
+        assert!(
+            e.offset().is_some_and(|o| o <= data.len() as u64),
+            "{name}: error {e} has no offset within the input"
+        );
+    }
+    true
+}
+
+/// Corrupts a real trace in many deterministic ways (byte flips, bit
+/// flips, deletions, truncations) and compares outcomes with Go's reader.
+#[test]
+fn corrupted_traces_match_go_reader() {
+    let mut sources = vec![generate("nested", None)];
+    let text = std::fs::read_to_string(
+        goroot().join("src/internal/trace/testdata/tests/go122-annotations.test"),
+    )
+    .expect("reading go122-annotations.test");
+    sources.push(
+        gotrace::text::parse_test_file(&text)
+            .expect("converting")
+            .trace,
+    );
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let (mut compared, mut total) = (0, 0);
+    for (si, src) in sources.iter().enumerate() {
+        for i in 0..120 {
+            let mut b = src.clone();
+            if i % 10 == 0 {
+                b.truncate(16 + next(b.len() - 16));
+            } else {
+                for _ in 0..1 + next(3) {
+                    let pos = 16 + next(b.len() - 16);
+                    match next(3) {
+                        0 => b[pos] = next(256) as u8,
+                        1 => b[pos] ^= 1 << next(8),
+                        _ => {
+                            let end = (pos + 1 + next(8)).min(b.len());
+                            b.drain(pos..end);
+                        }
+                    }
+                }
+            }
+            total += 1;
+            if compare_outcomes(&b, &format!("mut-{si}-{i}")) {
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared * 10 >= total * 9, "compared only {compared} of {total}");
+}
+
+/// A truncated trace fails with the offset of the truncation point or
+/// before it, never a panic.
+#[test]
+fn truncated_traces_fail_with_offsets() {
+    let trace = generate("crossgoroutine", None);
+    let mut failures = 0;
+    for cut in (17..trace.len()).step_by(97) {
+        let (_, res) = our_dump(&trace[..cut]);
+        if let Err(e) = res {
+            let off = e.offset().expect("offset");
+            assert!(off <= cut as u64, "offset {off} past the cut {cut}");
+            failures += 1;
+        }
+    }
+    assert!(failures > 0);
+}
