@@ -14,7 +14,7 @@ pub const USDT_STR_CAP_MAX: u8 = 128;
 /// Bytes copied from a string argument when the mapping does not say.
 pub const USDT_STR_CAP_DEFAULT: u8 = 64;
 /// Bytes of the record's string area, shared by all string arguments.
-pub const USDT_STR_BUF: usize = 352;
+pub const USDT_STR_BUF: usize = 344;
 
 /// `UsdtArgSpec::kind`: the slot is unused.
 pub const ARG_NONE: u8 = 0;
@@ -113,12 +113,15 @@ pub struct UsdtRecord {
     /// Bit `i` set: string argument `i` was cut short (its cap, or no room
     /// left in `strings`).
     pub truncated: u32,
+    /// Bit `i` set: argument `i` is a string whose bytes are in `strings`.
+    pub str_mask: u32,
+    pub _pad: u32,
     /// String bytes of all string arguments, back to back.
     pub strings: [u8; USDT_STR_BUF],
 }
 
 const _: () = assert!(
     core::mem::size_of::<UsdtRecord>()
-        == 32 + 8 + 8 * USDT_MAX_ARGS + 4 * USDT_MAX_ARGS + 8 + USDT_STR_BUF
+        == 32 + 8 + 8 * USDT_MAX_ARGS + 4 * USDT_MAX_ARGS + 16 + USDT_STR_BUF
 );
 const _: () = assert!(core::mem::size_of::<UsdtRecord>() <= crate::http::MAX_RECORD);

@@ -124,7 +124,11 @@ fn try_usdt_probe(ctx: &ProbeContext) {
                 rec.truncated |= 1 << i;
             }
         }
-        if want == 0 || src == 0 {
+        if src == 0 {
+            continue;
+        }
+        if want == 0 {
+            rec.str_mask |= 1 << i;
             continue;
         }
         let used = rec.str_used as usize;
@@ -148,6 +152,7 @@ fn try_usdt_probe(ctx: &ProbeContext) {
             Some((n, cut)) => {
                 rec.str_off[i] = used as u16;
                 rec.str_len[i] = n as u16;
+                rec.str_mask |= 1 << i;
                 if cut {
                     rec.truncated |= 1 << i;
                 }

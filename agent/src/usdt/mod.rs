@@ -1,1 +1,172 @@
-//! (being written)
+//! USDT (`sys/sdt.h`) probes: discovery, argument specs, semaphores,
+//! attaching the `usdt_probe` program, decoding its records, and the mapping
+//! from probe pairs to spans.
+//!
+//! - [`probes_in_file`], [`probes_in_process`]: the `.note.stapsdt` notes of
+//!   an ELF file, or of a process's executable and every file it has mapped
+//!   executable (shared libraries, and `memfd:` or deleted files such as
+//!   libstapsdt's run-time probes, read through `/proc/N/map_files`).
+//! - [`args`]: the x86-64 argument specs and their kernel-side encoding.
+//! - [`semaphore`]: [`SemaphoreGuard`] turns a probe's semaphore on while it
+//!   lives.
+//! - [`attach`]: filling `USDT_SPECS`, attaching with cookies, decoding
+//!   records.
+//! - [`mapping`]: the TOML mapping from start/end probes to spans.
+
+pub mod args;
+pub mod attach;
+mod elf;
+pub mod mapping;
+pub mod process;
+pub mod semaphore;
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+pub use args::{ArgLocation, ArgSpec, ArgSpecError, Register};
+pub use attach::{
+    StringArg, StringArgs, StringMode, USDT_PROGRAM, USDT_SPEC_MAP, UsdtArg, UsdtAttachError,
+    UsdtAttachment, UsdtDecodeError, UsdtEvent, UsdtSite, UsdtSites, attach_usdt,
+    decode_usdt_record,
+};
+pub use semaphore::{SemaphoreError, SemaphoreGuard};
+
+/// A probe's semaphore: a `u16` the program tests before firing the probe
+/// (`PROVIDER_NAME_ENABLED()`); tracers increment it while attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Semaphore {
+    /// Link-time virtual address.
+    pub vaddr: u64,
+    /// Offset in the file.
+    pub file_offset: u64,
+}
+
+/// One USDT probe site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsdtProbe {
+    pub provider: String,
+    pub name: String,
+    /// The file as we can open it (for a process: through `/proc/N/root` or
+    /// `/proc/N/map_files`); the uprobe is attached to this path.
+    pub path: PathBuf,
+    /// Offset of the probe's instruction in the file: where the uprobe goes.
+    pub file_offset: u64,
+    /// Link-time virtual address of the probe (after the `.stapsdt.base`
+    /// adjustment).
+    pub vaddr: u64,
+    pub semaphore: Option<Semaphore>,
+    /// The argument string as found in the note.
+    pub arg_text: String,
+    /// The parsed arguments (empty when `args_error` is set).
+    pub args: Vec<ArgSpec>,
+    /// Why the argument string could not be parsed; such a probe is listed
+    /// but cannot be attached.
+    pub args_error: Option<ArgSpecError>,
+}
+
+/// Errors of USDT discovery.
+#[derive(Debug, thiserror::Error)]
+pub enum UsdtError {
+    #[error("reading {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing ELF file {path}")]
+    Elf {
+        path: PathBuf,
+        #[source]
+        source: object::read::Error,
+    },
+    #[error("{path}: not a little-endian x86-64 ELF file")]
+    UnsupportedElf { path: PathBuf },
+    #[error("{path}: bad USDT note at file offset {offset:#x}: {reason}")]
+    Note {
+        path: PathBuf,
+        offset: u64,
+        reason: &'static str,
+    },
+}
+
+/// The USDT probes of one ELF file.
+pub fn probes_in_file(path: impl AsRef<Path>) -> Result<Vec<UsdtProbe>, UsdtError> {
+    let path = path.as_ref();
+    let data = std::fs::read(path).map_err(|source| UsdtError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    elf::probes_in_image(path, &data)
+}
+
+/// The USDT probes of a process: its executable and every file it has
+/// mapped executable. Files that are not x86-64 ELF (or cannot be read) other
+/// than the executable are skipped.
+pub fn probes_in_process(pid: u32) -> Result<Vec<UsdtProbe>, UsdtError> {
+    let maps = process::read_maps(pid)?;
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    let exe_meta = std::fs::metadata(&exe).map_err(|source| UsdtError::Io {
+        path: exe.clone(),
+        source,
+    })?;
+    let mut probes = Vec::new();
+    let mut exe_seen = false;
+    for map in process::executable_files(&maps) {
+        let path = map.readable_path(pid);
+        let is_exe = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&path)
+                .is_ok_and(|m| m.ino() == exe_meta.ino() && m.dev() == exe_meta.dev())
+        };
+        match probes_in_file(&path) {
+            Ok(found) => probes.extend(found),
+            Err(err) if is_exe => return Err(err),
+            Err(err) => log::debug!("pid {pid}: skipping {}: {err}", map.path),
+        }
+        exe_seen |= is_exe;
+    }
+    if !exe_seen {
+        // No executable mapping of the executable itself (unusual): read it
+        // through the /proc/N/exe link.
+        probes.extend(probes_in_file(&exe)?);
+    }
+    Ok(probes)
+}
+
+/// The `agent probes --pid N` listing: one line per probe with its provider,
+/// name, file, address, file offset, semaphore and arguments.
+pub fn format_probe_list(probes: &[UsdtProbe]) -> String {
+    let mut out = String::new();
+    if probes.is_empty() {
+        out.push_str("no USDT probes found\n");
+        return out;
+    }
+    let mut current: Option<&Path> = None;
+    for probe in probes {
+        if current != Some(probe.path.as_path()) {
+            let _ = writeln!(out, "{}:", probe.path.display());
+            current = Some(probe.path.as_path());
+        }
+        let _ = write!(
+            out,
+            "  {}:{}  addr {:#x}  offset {:#x}",
+            probe.provider, probe.name, probe.vaddr, probe.file_offset
+        );
+        if let Some(sema) = probe.semaphore {
+            let _ = write!(out, "  semaphore {:#x}", sema.vaddr);
+        }
+        match &probe.args_error {
+            Some(err) => {
+                let _ = write!(out, "  args [unsupported: {}]", err.reason);
+            }
+            None => {
+                let args: Vec<String> = probe.args.iter().map(ToString::to_string).collect();
+                let _ = write!(out, "  args [{}]", args.join(" "));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,606 @@
+//! Attaching the `usdt_probe` program to USDT probes of one process, and
+//! decoding the records it writes.
+//!
+//! Each attached probe gets a site index: its argument specs go into the
+//! `USDT_SPECS` array map at that index, and the attach cookie carries it in
+//! its low 32 bits (the target slot in the high 32 bits), so the one program
+//! knows how to read the arguments of whichever site fired. [`UsdtSites`] is
+//! the table from site index back to the probe, for decoding.
+
+use std::{collections::BTreeSet, num::NonZeroU32};
+
+use agent_common::{
+    event::{EventHeader, KIND_USDT},
+    usdt::{
+        STR_NUL, STR_PTR_LEN, USDT_MAX_ARGS, USDT_MAX_SITES, USDT_STR_BUF, USDT_STR_CAP_DEFAULT,
+        USDT_STR_CAP_MAX, UsdtRecord, UsdtSpec,
+    },
+};
+use aya::{
+    Ebpf,
+    maps::{Array, MapError},
+    programs::{
+        ProgramError, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
+};
+
+use super::{
+    UsdtProbe,
+    args::{ArgSpecError, EncodeError},
+    semaphore::{SemaphoreError, SemaphoreGuard, runtime_address},
+};
+
+/// Name of the eBPF program for every USDT site.
+pub const USDT_PROGRAM: &str = "usdt_probe";
+/// Name of the array map of [`UsdtSpec`]s, indexed by site index.
+pub const USDT_SPEC_MAP: &str = "USDT_SPECS";
+
+/// How a string argument's bytes are found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StringMode {
+    /// The argument points at a NUL-terminated string.
+    Nul,
+    /// The argument points at bytes whose length is argument `len_arg`.
+    PtrLen { len_arg: u8 },
+}
+
+/// One argument to be read as a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StringArg {
+    /// Argument index.
+    pub arg: u8,
+    pub mode: StringMode,
+    /// Bytes copied at most (1..=128).
+    pub cap: u8,
+}
+
+impl StringArg {
+    /// A NUL-terminated string argument with the default cap.
+    pub fn nul(arg: u8) -> Self {
+        Self {
+            arg,
+            mode: StringMode::Nul,
+            cap: USDT_STR_CAP_DEFAULT,
+        }
+    }
+}
+
+/// Which arguments of which probes are strings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StringArgs {
+    entries: Vec<(Option<String>, String, StringArg)>,
+}
+
+impl StringArgs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Marks argument `arg.arg` of probe `provider:name` (any provider when
+    /// `None`) as a string.
+    pub fn add(&mut self, provider: Option<&str>, name: &str, arg: StringArg) {
+        let entry = (provider.map(str::to_owned), name.to_owned(), arg);
+        if !self.entries.contains(&entry) {
+            self.entries.push(entry);
+        }
+    }
+
+    /// The string arguments of `probe`, by argument index.
+    pub fn for_probe(&self, probe: &UsdtProbe) -> Vec<StringArg> {
+        let mut args: Vec<StringArg> = Vec::new();
+        for (provider, name, arg) in &self.entries {
+            if *name == probe.name
+                && provider.as_ref().is_none_or(|p| *p == probe.provider)
+                && !args.iter().any(|a| a.arg == arg.arg)
+            {
+                args.push(*arg);
+            }
+        }
+        args.sort_by_key(|a| a.arg);
+        args
+    }
+}
+
+/// One attached probe site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsdtSite {
+    pub index: u32,
+    pub target_slot: u32,
+    pub pid: u32,
+    pub probe: UsdtProbe,
+    pub strings: Vec<StringArg>,
+}
+
+/// The site table: site index (cookie low 32 bits, `EventHeader::site`) to
+/// the probe attached there. One per loaded eBPF object.
+#[derive(Debug, Default)]
+pub struct UsdtSites {
+    sites: Vec<Option<UsdtSite>>,
+}
+
+impl UsdtSites {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The site with index `index`, while attached.
+    pub fn get(&self, index: u32) -> Option<&UsdtSite> {
+        self.sites.get(index as usize)?.as_ref()
+    }
+
+    /// Provider and name of the probe a decoded record came from.
+    pub fn describe(&self, event: &UsdtEvent) -> Option<(&str, &str)> {
+        let site = self.get(event.site())?;
+        Some((&site.probe.provider, &site.probe.name))
+    }
+
+    /// Attached sites.
+    pub fn iter(&self) -> impl Iterator<Item = &UsdtSite> {
+        self.sites.iter().flatten()
+    }
+
+    fn allocate(&mut self, site: UsdtSite) -> Result<u32, UsdtAttachError> {
+        let index = match self.sites.iter().position(Option::is_none) {
+            Some(free) => free,
+            None if self.sites.len() < USDT_MAX_SITES as usize => {
+                self.sites.push(None);
+                self.sites.len() - 1
+            }
+            None => return Err(UsdtAttachError::SitesFull(USDT_MAX_SITES)),
+        };
+        self.sites[index] = Some(UsdtSite {
+            index: index as u32,
+            ..site
+        });
+        Ok(index as u32)
+    }
+
+    fn release(&mut self, index: u32) {
+        if let Some(slot) = self.sites.get_mut(index as usize) {
+            *slot = None;
+        }
+    }
+}
+
+/// Errors attaching USDT probes.
+#[derive(Debug, thiserror::Error)]
+pub enum UsdtAttachError {
+    #[error("the eBPF object has no program `{USDT_PROGRAM}`")]
+    NoProgram,
+    #[error("the eBPF object has no map `{USDT_SPEC_MAP}`")]
+    NoSpecMap,
+    #[error("pid 0 is not a process")]
+    InvalidPid,
+    #[error("all {0} USDT sites are in use")]
+    SitesFull(u32),
+    #[error("the `{USDT_PROGRAM}` program")]
+    Program(#[source] ProgramError),
+    #[error("the `{USDT_SPEC_MAP}` map")]
+    Map(#[source] MapError),
+    #[error("probe {provider}:{name}: unsupported argument spec")]
+    Args {
+        provider: String,
+        name: String,
+        #[source]
+        source: ArgSpecError,
+    },
+    #[error("probe {provider}:{name}")]
+    Encode {
+        provider: String,
+        name: String,
+        #[source]
+        source: EncodeError,
+    },
+    #[error("probe {provider}:{name}: string argument {arg}: {reason}")]
+    StringArg {
+        provider: String,
+        name: String,
+        arg: u8,
+        reason: &'static str,
+    },
+    #[error("attaching to probe {provider}:{name} at {path}+{offset:#x}")]
+    Attach {
+        provider: String,
+        name: String,
+        path: String,
+        offset: u64,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("activating the semaphore of probe {provider}:{name}")]
+    Semaphore {
+        provider: String,
+        name: String,
+        #[source]
+        source: SemaphoreError,
+    },
+}
+
+/// The probes attached to one process: detach with [`Self::detach`].
+/// Dropping it without detaching leaves the uprobes attached until the
+/// program is unloaded but still restores the semaphores.
+#[derive(Debug)]
+pub struct UsdtAttachment {
+    pid: u32,
+    sites: Vec<u32>,
+    links: Vec<UProbeLinkId>,
+    semaphores: Vec<SemaphoreGuard>,
+}
+
+impl UsdtAttachment {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Site indices of the attached probes.
+    pub fn sites(&self) -> &[u32] {
+        &self.sites
+    }
+
+    /// Detaches every uprobe, clears the sites' specs and then restores the
+    /// semaphores.
+    pub fn detach(self, ebpf: &mut Ebpf, sites: &mut UsdtSites) -> Result<(), UsdtAttachError> {
+        let Self {
+            pid: _,
+            sites: indices,
+            links,
+            semaphores,
+        } = self;
+        let mut result = Ok(());
+        match program(ebpf) {
+            Ok(prog) => {
+                for link in links {
+                    if let Err(err) = prog.detach(link) {
+                        result = Err(UsdtAttachError::Program(err));
+                    }
+                }
+            }
+            Err(err) => result = Err(err),
+        }
+        if let Some(map) = ebpf.map_mut(USDT_SPEC_MAP) {
+            match Array::<_, UsdtSpec>::try_from(map) {
+                Ok(mut specs) => {
+                    for &index in &indices {
+                        if let Err(err) = specs.set(index, UsdtSpec::default(), 0) {
+                            result = Err(UsdtAttachError::Map(err));
+                        }
+                    }
+                }
+                Err(err) => result = Err(UsdtAttachError::Map(err)),
+            }
+        }
+        for index in indices {
+            sites.release(index);
+        }
+        drop(semaphores);
+        result
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut UProbe, UsdtAttachError> {
+    let prog: &mut UProbe = ebpf
+        .program_mut(USDT_PROGRAM)
+        .ok_or(UsdtAttachError::NoProgram)?
+        .try_into()
+        .map_err(UsdtAttachError::Program)?;
+    Ok(prog)
+}
+
+/// Builds the kernel-side spec of `probe` with `strings` read as strings.
+pub fn build_spec(probe: &UsdtProbe, strings: &[StringArg]) -> Result<UsdtSpec, UsdtAttachError> {
+    if let Some(err) = &probe.args_error {
+        return Err(UsdtAttachError::Args {
+            provider: probe.provider.clone(),
+            name: probe.name.clone(),
+            source: err.clone(),
+        });
+    }
+    let mut spec = UsdtSpec {
+        arg_count: probe.args.len().min(USDT_MAX_ARGS) as u32,
+        active: 1,
+        ..UsdtSpec::default()
+    };
+    for (slot, arg) in spec.args.iter_mut().zip(&probe.args) {
+        *slot = arg.encode(probe.vaddr).map_err(|source| UsdtAttachError::Encode {
+            provider: probe.provider.clone(),
+            name: probe.name.clone(),
+            source,
+        })?;
+    }
+    for string in strings {
+        let bad = |reason| UsdtAttachError::StringArg {
+            provider: probe.provider.clone(),
+            name: probe.name.clone(),
+            arg: string.arg,
+            reason,
+        };
+        let index = string.arg as usize;
+        if index >= probe.args.len() {
+            return Err(bad("the probe has no such argument"));
+        }
+        if string.cap == 0 || string.cap > USDT_STR_CAP_MAX {
+            return Err(bad("the cap must be 1..=128 bytes"));
+        }
+        let slot = &mut spec.args[index];
+        slot.str_cap = string.cap;
+        match string.mode {
+            StringMode::Nul => slot.str_mode = STR_NUL,
+            StringMode::PtrLen { len_arg } => {
+                if len_arg as usize >= probe.args.len() || len_arg == string.arg {
+                    return Err(bad("the length argument does not exist"));
+                }
+                slot.str_mode = STR_PTR_LEN;
+                slot.len_arg = len_arg;
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// Attaches the `usdt_probe` program to `probes` in process `pid`: fills
+/// `USDT_SPECS`, attaches each site with cookie `(target_slot << 32) | site`,
+/// and activates semaphores (once per distinct semaphore). On error, what
+/// was attached is undone. The program is loaded if it was not.
+pub fn attach_usdt(
+    ebpf: &mut Ebpf,
+    sites: &mut UsdtSites,
+    target_slot: u32,
+    pid: u32,
+    probes: &[UsdtProbe],
+    strings: &StringArgs,
+) -> Result<UsdtAttachment, UsdtAttachError> {
+    let pid_nz = NonZeroU32::new(pid).ok_or(UsdtAttachError::InvalidPid)?;
+    // Every spec first: nothing is attached if one is refused.
+    let mut specs = Vec::with_capacity(probes.len());
+    for probe in probes {
+        let string_args = strings.for_probe(probe);
+        specs.push((build_spec(probe, &string_args)?, string_args));
+    }
+    {
+        let prog = program(ebpf)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(UsdtAttachError::Program)?;
+        }
+    }
+    let mut attachment = UsdtAttachment {
+        pid,
+        sites: Vec::new(),
+        links: Vec::new(),
+        semaphores: Vec::new(),
+    };
+    let result = attach_all(
+        ebpf,
+        sites,
+        target_slot,
+        pid_nz,
+        probes,
+        specs,
+        &mut attachment,
+    );
+    match result {
+        Ok(()) => Ok(attachment),
+        Err(err) => {
+            if let Err(undo) = attachment.detach(ebpf, sites) {
+                log::warn!("undoing a failed USDT attach: {undo}");
+            }
+            Err(err)
+        }
+    }
+}
+
+fn attach_all(
+    ebpf: &mut Ebpf,
+    sites: &mut UsdtSites,
+    target_slot: u32,
+    pid: NonZeroU32,
+    probes: &[UsdtProbe],
+    specs: Vec<(UsdtSpec, Vec<StringArg>)>,
+    attachment: &mut UsdtAttachment,
+) -> Result<(), UsdtAttachError> {
+    for (probe, (spec, strings)) in probes.iter().zip(specs) {
+        let index = sites.allocate(UsdtSite {
+            index: 0,
+            target_slot,
+            pid: pid.get(),
+            probe: probe.clone(),
+            strings,
+        })?;
+        attachment.sites.push(index);
+        {
+            let map = ebpf
+                .map_mut(USDT_SPEC_MAP)
+                .ok_or(UsdtAttachError::NoSpecMap)?;
+            let mut map = Array::<_, UsdtSpec>::try_from(map).map_err(UsdtAttachError::Map)?;
+            map.set(index, spec, 0).map_err(UsdtAttachError::Map)?;
+        }
+        let prog = program(ebpf)?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
+            cookie: Some((u64::from(target_slot) << 32) | u64::from(index)),
+        };
+        let link = prog
+            .attach(point, &probe.path, UProbeScope::OneProcess(pid))
+            .map_err(|source| UsdtAttachError::Attach {
+                provider: probe.provider.clone(),
+                name: probe.name.clone(),
+                path: probe.path.display().to_string(),
+                offset: probe.file_offset,
+                source,
+            })?;
+        attachment.links.push(link);
+    }
+    // Semaphores last, once the uprobes are in place, once per address.
+    let mut done = BTreeSet::new();
+    for probe in probes.iter().filter(|p| p.semaphore.is_some()) {
+        let sema_err = |source| UsdtAttachError::Semaphore {
+            provider: probe.provider.clone(),
+            name: probe.name.clone(),
+            source,
+        };
+        let address = runtime_address(pid.get(), probe).map_err(sema_err)?;
+        if !done.insert(address) {
+            continue;
+        }
+        let guard = SemaphoreGuard::activate_at(pid.get(), address).map_err(sema_err)?;
+        attachment.semaphores.push(guard);
+    }
+    Ok(())
+}
+
+/// One decoded argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsdtArg {
+    /// The value, sign- or zero-extended by the kernel side to 64 bits (the
+    /// pointer, for strings).
+    pub value: u64,
+    /// The argument could not be read (its value is 0).
+    pub failed: bool,
+    /// The string's bytes, for string arguments.
+    pub string: Option<Vec<u8>>,
+    /// The string was cut short (its cap, or no room left in the record).
+    pub truncated: bool,
+}
+
+impl UsdtArg {
+    pub fn as_u64(&self) -> u64 {
+        self.value
+    }
+
+    pub fn as_i64(&self) -> i64 {
+        self.value as i64
+    }
+
+    /// The string, with invalid UTF-8 replaced.
+    pub fn as_str(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.string.as_deref().map(String::from_utf8_lossy)
+    }
+}
+
+/// A decoded `usdt_probe` record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsdtEvent {
+    pub header: EventHeader,
+    pub args: Vec<UsdtArg>,
+}
+
+impl UsdtEvent {
+    /// The site index: look it up in [`UsdtSites`].
+    pub fn site(&self) -> u32 {
+        self.header.site
+    }
+}
+
+/// Why a record could not be decoded; `offset` is the byte offset in the
+/// record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UsdtDecodeError {
+    #[error("record of {len} bytes is shorter than a USDT record ({need} bytes)")]
+    Short { len: usize, need: usize },
+    #[error("record kind {0} is not a USDT record")]
+    Kind(u32),
+    #[error("bad field at byte {offset}: {reason}")]
+    Field { offset: usize, reason: &'static str },
+}
+
+/// A little-endian cursor over a record.
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let mut buf = [0; N];
+        // The caller checked the record's full length first.
+        if let Some(src) = self.data.get(self.pos..self.pos + N) {
+            buf.copy_from_slice(src);
+        }
+        self.pos += N;
+        buf
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.bytes())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.bytes())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.bytes())
+    }
+}
+
+/// Decodes a `usdt_probe` record (as drained from the ring buffer).
+pub fn decode_usdt_record(bytes: &[u8]) -> Result<UsdtEvent, UsdtDecodeError> {
+    let need = std::mem::size_of::<UsdtRecord>();
+    if bytes.len() < need {
+        return Err(UsdtDecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
+    }
+    let mut r = Reader {
+        data: bytes,
+        pos: 0,
+    };
+    let header = EventHeader {
+        kind: r.u32(),
+        target: r.u32(),
+        tid: r.u32(),
+        site: r.u32(),
+        goid: r.u64(),
+        ktime_ns: r.u64(),
+    };
+    if header.kind != KIND_USDT {
+        return Err(UsdtDecodeError::Kind(header.kind));
+    }
+    let count_at = r.pos;
+    let arg_count = r.u32() as usize;
+    let used_at = r.pos;
+    let str_used = r.u32() as usize;
+    if arg_count > USDT_MAX_ARGS {
+        return Err(UsdtDecodeError::Field {
+            offset: count_at,
+            reason: "more than 12 arguments",
+        });
+    }
+    if str_used > USDT_STR_BUF {
+        return Err(UsdtDecodeError::Field {
+            offset: used_at,
+            reason: "string area overflows",
+        });
+    }
+    let values: [u64; USDT_MAX_ARGS] = std::array::from_fn(|_| r.u64());
+    let offs: [u16; USDT_MAX_ARGS] = std::array::from_fn(|_| r.u16());
+    let lens_at = r.pos;
+    let lens: [u16; USDT_MAX_ARGS] = std::array::from_fn(|_| r.u16());
+    let failed = r.u32();
+    let truncated = r.u32();
+    let str_mask = r.u32();
+    let _pad = r.u32();
+    let strings_at = r.pos;
+    let strings = &bytes[strings_at..strings_at + USDT_STR_BUF];
+    let mut args = Vec::with_capacity(arg_count);
+    for i in 0..arg_count {
+        let string = if str_mask & (1 << i) != 0 {
+            let start = usize::from(offs[i]);
+            let end = start + usize::from(lens[i]);
+            if end > str_used {
+                return Err(UsdtDecodeError::Field {
+                    offset: lens_at + 2 * i,
+                    reason: "string outside the used string area",
+                });
+            }
+            Some(strings[start..end].to_vec())
+        } else {
+            None
+        };
+        args.push(UsdtArg {
+            value: values[i],
+            failed: failed & (1 << i) != 0,
+            string,
+            truncated: truncated & (1 << i) != 0,
+        });
+    }
+    Ok(UsdtEvent { header, args })
+}
