@@ -421,11 +421,11 @@ fn parse_arg(text: &str) -> PResult<ArgSpec> {
             ArgLocation::Const(c.integer()?)
         }
         Some(b'%') => {
-            let reg = c.register()?;
-            if c.peek() == Some(b':') {
+            let rest = &c.s[c.pos + 1..];
+            if rest.len() >= 3 && rest[2] == b':' && rest[1] == b's' {
                 return Err((c.pos, "segment-relative operands are not supported"));
             }
-            ArgLocation::Reg(reg)
+            ArgLocation::Reg(c.register()?)
         }
         Some(b'-' | b'+' | b'0'..=b'9' | b'(') => {
             let offset = if c.peek() == Some(b'(') { 0 } else { c.integer()? };
