@@ -1,1 +1,50 @@
-fn main() {}
+//! Project automation: `cargo xtask <command>`. It orchestrates cargo, go and
+//! the system's package manager; it does not replace them.
+
+mod bench;
+mod ci;
+mod demo;
+mod setup;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent): LLVM 22,
+    /// bpf-linker, the pinned nightly with rust-src, test tools; checks Go.
+    Setup,
+    /// What CI runs: setup, rustfmt, clippy, then every test (as root).
+    Ci,
+    /// Every test (as root: the tests load BPF programs into the kernel).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Build, start the bundled Go HTTP server, attach the agent, send a few
+    /// requests and show their spans on the console.
+    Demo,
+    /// Benchmarks; results go to BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Ci => ci::run(),
+        Command::Test { args } => ci::test(&args),
+        Command::Demo => demo::run(),
+        Command::Bench { which } => bench::run(which),
+    }
+}

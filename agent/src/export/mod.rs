@@ -6,7 +6,7 @@
 //! each batch to every sink; OTLP exports that fail are retried with backoff
 //! while the queue keeps absorbing (and, when full, counting) new spans.
 
-mod config;
+pub mod config;
 mod console;
 mod jsonl;
 mod otlp;

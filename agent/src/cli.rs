@@ -1,0 +1,157 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Turns what Go programs do into OpenTelemetry traces, without touching them.
+///
+/// `agent --pid N` attaches to a running Go program and exports one span per
+/// HTTP request it serves. Spans go to an OTLP collector when an endpoint is
+/// configured (flags or the standard OTEL_EXPORTER_OTLP_* variables), else to
+/// the console.
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+
+    #[command(flatten)]
+    pub export: ExportArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Decode Go execution-trace files into spans.
+    Decode(DecodeArgs),
+    /// Watch a directory and decode each new *.trace file once it is complete.
+    Watch(WatchArgs),
+    /// Show what the agent finds in a Go binary: version, modules, probe sites.
+    Inspect(InspectArgs),
+    /// List the USDT probes of a process or file.
+    Probes(ProbesArgs),
+}
+
+/// Tracing a live process.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// PID of the Go process to trace.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Ring-buffer size in bytes (rounded up to a power of two).
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub ring_buffer_size: u32,
+
+    /// Seconds a request may stay open before its span is exported as expired.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub span_ttl: u64,
+
+    /// Open requests tracked at most; the oldest is exported as evicted beyond.
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    pub max_open_spans: usize,
+
+    /// Spans queued for export at most; more are dropped and counted.
+    #[arg(long, value_name = "N", default_value_t = 8192)]
+    pub export_queue: usize,
+
+    /// Where entry probes sit: `cheapest` (an instruction the kernel emulates,
+    /// where the arguments are still in their registers) or `function-start`
+    /// (each function's first instruction, single-stepped: for comparison).
+    #[arg(long, value_name = "POLICY", default_value = "cheapest", value_parser = ["cheapest", "function-start"])]
+    pub entry_site: String,
+
+    /// Also write the exit summary as key=value lines to this file.
+    #[arg(long, value_name = "FILE")]
+    pub summary_file: Option<std::path::PathBuf>,
+}
+
+/// Where spans go.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ExportArgs {
+    /// OTLP endpoint, e.g. http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP).
+    #[arg(long, value_name = "URL", global = true)]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP protocol: grpc or http/protobuf (default: grpc on port 4317, else http/protobuf).
+    #[arg(long, value_name = "PROTOCOL", global = true)]
+    pub otlp_protocol: Option<String>,
+
+    /// Extra OTLP header KEY=VALUE (repeatable), after OTEL_EXPORTER_OTLP_HEADERS.
+    #[arg(long = "otlp-header", value_name = "KEY=VALUE", global = true)]
+    pub otlp_headers: Vec<String>,
+
+    /// Also write spans to: console, jsonl (stdout) or jsonl=FILE (OTLP JSON lines). Repeatable.
+    #[arg(long, value_name = "OUTPUT", global = true)]
+    pub output: Vec<String>,
+
+    /// service.name of the spans (default: OTEL_SERVICE_NAME, else the executable's name).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub service_name: Option<String>,
+}
+
+/// Logging.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct LogArgs {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DecodeArgs {
+    /// Trace files (Go 1.22+ execution traces).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// Print the decoded event stream instead of exporting spans.
+    #[arg(long, value_name = "WHAT", value_parser = ["events"])]
+    pub dump: Option<String>,
+
+    /// Wall-clock time (RFC 3339) of the trace's start, for traces without a clock snapshot.
+    #[arg(long, value_name = "TIME")]
+    pub anchor_time: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Directory to watch for *.trace files.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A Go binary.
+    #[arg(value_name = "BINARY", required_unless_present = "pid", conflicts_with = "pid")]
+    pub binary: Option<PathBuf>,
+
+    /// Inspect the executable of this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbesArgs {
+    /// List probes of this process (executable and mapped libraries).
+    #[arg(long, value_name = "PID", required_unless_present = "file", conflicts_with = "file")]
+    pub pid: Option<u32>,
+
+    /// List probes of this ELF file.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}

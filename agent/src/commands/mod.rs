@@ -1,0 +1,35 @@
+//! One module per command.
+
+mod trace;
+
+use std::process::ExitCode;
+
+use agent::export::{ExportConfig, config::ExportInputs};
+
+use crate::cli::{Cli, Command, ExportArgs};
+
+/// Runs the command the command line asked for.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        None => match cli.trace.pid {
+            Some(pid) => trace::run(pid, &cli.trace, &cli.export).await,
+            None => anyhow::bail!("nothing to do: give --pid N to trace a process (see --help)"),
+        },
+        Some(Command::Decode(_) | Command::Watch(_) | Command::Inspect(_) | Command::Probes(_)) => {
+            anyhow::bail!("this command is not available in this build")
+        }
+    }
+}
+
+/// The export configuration from flags and environment.
+pub fn export_config(args: &ExportArgs) -> anyhow::Result<ExportConfig> {
+    Ok(ExportConfig::resolve(
+        &ExportInputs {
+            endpoint: args.otlp_endpoint.clone(),
+            protocol: args.otlp_protocol.clone(),
+            headers: args.otlp_headers.clone(),
+            outputs: args.output.clone(),
+        },
+        |name| std::env::var(name).ok(),
+    )?)
+}

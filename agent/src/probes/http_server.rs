@@ -1,0 +1,193 @@
+//! The net/http server probes: which functions, which sites, which struct
+//! offsets, for one Go binary.
+//!
+//! - start: `net/http.serverHandler.ServeHTTP(rw, req)`, reads `req` (RDI)
+//!   and the ResponseWriter's data pointer (RCX);
+//! - end: `net/http.(*response).finishRequest()`, reads the receiver (RAX).
+//!
+//! Both at the cheapest entry site the binary analysis finds (the `JBE` after
+//! the stack check, which the kernel emulates) where those registers still
+//! hold the arguments.
+
+use agent_common::target::{GoOffsets, OFFSET_ABSENT, TargetConfig};
+use iced_x86::Register;
+
+use super::{ProbeError, Probes};
+use crate::{
+    binary::{GoBinary, OffsetError, ProbeSite, SiteError},
+    target::Target,
+};
+
+/// The function whose entry starts a request.
+pub const START_FUNCTION: &str = "net/http.serverHandler.ServeHTTP";
+/// The function whose entry ends it.
+pub const END_FUNCTION: &str = "net/http.(*response).finishRequest";
+
+/// Why the probes cannot be planned for a binary.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("the program does not serve HTTP with net/http ({function} not found)")]
+    NoFunction { function: &'static str },
+    #[error("no usable offset for {type_name}.{field}")]
+    Offset {
+        type_name: &'static str,
+        field: &'static str,
+        #[source]
+        source: OffsetError,
+    },
+    #[error("no probe site in {function}")]
+    Site {
+        function: &'static str,
+        #[source]
+        source: SiteError,
+    },
+}
+
+/// Where and how to probe one binary.
+#[derive(Clone, Debug)]
+pub struct HttpServerPlan {
+    pub offsets: GoOffsets,
+    pub start: ProbeSite,
+    pub end: ProbeSite,
+    /// Optional fields this binary lacks (logged, not fatal).
+    pub missing: Vec<String>,
+}
+
+type Field = (&'static str, &'static str);
+
+const REQUIRED: [Field; 5] = [
+    ("runtime.g", "goid"),
+    ("net/http.Request", "Method"),
+    ("net/http.Request", "URL"),
+    ("net/url.URL", "Path"),
+    ("net/http.response", "status"),
+];
+
+/// Where entry probes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SitePolicy {
+    /// The cheapest site where the arguments are still in their registers.
+    Cheapest,
+    /// The function's first instruction (for comparing costs).
+    FunctionStart,
+}
+
+/// Resolves functions, sites and offsets.
+pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanError> {
+    let mut missing = Vec::new();
+    let required = |(type_name, field): Field| {
+        bin.struct_field_offset(type_name, field)
+            .map(|f| f.offset)
+            .map_err(|source| PlanError::Offset {
+                type_name,
+                field,
+                source,
+            })
+    };
+    let [goid, method, url, path, status] = REQUIRED;
+    let mut offsets = GoOffsets {
+        g_goid: required(goid)?,
+        request_method: required(method)?,
+        request_url: required(url)?,
+        url_path: required(path)?,
+        response_status: required(status)?,
+        ..GoOffsets::ABSENT
+    };
+    let mut optional = |(type_name, field): Field| match bin.struct_field_offset(type_name, field) {
+        Ok(f) => f.offset,
+        Err(err) => {
+            missing.push(format!("{type_name}.{field}: {err}"));
+            OFFSET_ABSENT
+        }
+    };
+    offsets.request_host = optional(("net/http.Request", "Host"));
+    offsets.request_remote_addr = optional(("net/http.Request", "RemoteAddr"));
+    offsets.request_content_length = optional(("net/http.Request", "ContentLength"));
+    offsets.request_proto_major = optional(("net/http.Request", "ProtoMajor"));
+    offsets.request_proto_minor = optional(("net/http.Request", "ProtoMinor"));
+    offsets.response_req = optional(("net/http.response", "req"));
+    offsets.response_written = optional(("net/http.response", "written"));
+    // Request.Pattern exists from Go 1.23 on.
+    offsets.request_pattern = if bin.build_info().go_version.minor >= 23
+        || bin.build_info().go_version.major > 1
+    {
+        optional(("net/http.Request", "Pattern"))
+    } else {
+        OFFSET_ABSENT
+    };
+
+    let site = |function: &'static str, preserve: &[Register]| {
+        let func = bin
+            .function(function)
+            .ok_or(PlanError::NoFunction { function })?;
+        match policy {
+            SitePolicy::Cheapest => bin
+                .entry_site(&func, preserve)
+                .map_err(|source| PlanError::Site { function, source }),
+            SitePolicy::FunctionStart => {
+                let file_offset =
+                    bin.file_offset(func.address)
+                        .ok_or_else(|| PlanError::Site {
+                            function,
+                            source: SiteError::NotMapped {
+                                name: func.name.clone(),
+                                address: func.address,
+                            },
+                        })?;
+                Ok(ProbeSite {
+                    address: func.address,
+                    file_offset,
+                    instruction: "(first instruction)".to_owned(),
+                    emulated: false,
+                    reason: "--entry-site function-start".to_owned(),
+                })
+            }
+        }
+    };
+    let start = site(START_FUNCTION, &[Register::RCX, Register::RDI])?;
+    let end = site(END_FUNCTION, &[Register::RAX])?;
+    Ok(HttpServerPlan {
+        offsets,
+        start,
+        end,
+        missing,
+    })
+}
+
+/// Site indices in the attach cookie's low half.
+pub const SITE_START: u32 = 0;
+/// See [`SITE_START`].
+pub const SITE_END: u32 = 1;
+
+/// Writes the target's configuration and attaches both probes.
+pub fn attach(
+    probes: &mut Probes,
+    target: &Target,
+    slot: u32,
+    plan: &HttpServerPlan,
+) -> Result<(), ProbeError> {
+    probes.set_target(
+        slot,
+        &TargetConfig {
+            active: 1,
+            _pad: 0,
+            offsets: plan.offsets,
+        },
+    )?;
+    let cookie = |site: u32| (u64::from(slot) << 32) | u64::from(site);
+    probes.attach(
+        "http_server_start",
+        &target.exe_path,
+        target.pid,
+        plan.start.file_offset,
+        cookie(SITE_START),
+    )?;
+    probes.attach(
+        "http_server_end",
+        &target.exe_path,
+        target.pid,
+        plan.end.file_offset,
+        cookie(SITE_END),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! End to end, as root: a Go HTTP server built from source, the agent
+//! attached to it as a separate process with `--pid`, and OTLP receivers on
+//! real sockets. Every request must arrive as exactly one span with exact
+//! attribute values.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use nix::sys::signal::Signal;
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    trace::v1::{span::SpanKind, status::StatusCode},
+};
+use support::{
+    agent::{Agent, command},
+    fixture,
+    http_client::Connection,
+    otlp::{FlatSpan, Receiver, flatten},
+};
+
+/// A request the test sends and what its span must say.
+struct Case {
+    method: &'static str,
+    target: &'static str,
+    path: &'static str,
+    body: &'static [u8],
+    status: u16,
+    /// ServeMux pattern (Go 1.23+ records it on the request).
+    route: Option<&'static str>,
+    response_body: Option<u64>,
+}
+
+const FIRST_CONNECTION: [Case; 3] = [
+    Case {
+        method: "GET",
+        target: "/hello",
+        path: "/hello",
+        body: b"",
+        status: 200,
+        route: Some("/hello"),
+        response_body: Some(5),
+    },
+    Case {
+        method: "POST",
+        target: "/items/abc",
+        path: "/items/abc",
+        body: b"hello world",
+        status: 201,
+        route: Some("/items/"),
+        response_body: Some(6),
+    },
+    Case {
+        method: "PUT",
+        target: "/fail",
+        path: "/fail",
+        body: b"",
+        status: 500,
+        route: Some("/fail"),
+        response_body: None,
+    },
+];
+
+const SECOND_CONNECTION: [Case; 3] = [
+    Case {
+        method: "DELETE",
+        target: "/missing",
+        path: "/missing",
+        body: b"",
+        status: 404,
+        route: None,
+        response_body: None,
+    },
+    Case {
+        method: "GET",
+        target: "/slow?ms=30",
+        path: "/slow",
+        body: b"",
+        status: 200,
+        route: Some("/slow"),
+        response_body: Some(4),
+    },
+    Case {
+        method: "PATCH",
+        target: "/items/z",
+        path: "/items/z",
+        body: b"x",
+        status: 200,
+        route: Some("/items/"),
+        response_body: Some(3),
+    },
+];
+
+/// Sends every case; returns the local ports of the two connections.
+fn send_requests(addr: SocketAddr) -> [u16; 2] {
+    let mut ports = [0; 2];
+    for (i, cases) in [&FIRST_CONNECTION[..], &SECOND_CONNECTION[..]].into_iter().enumerate() {
+        let mut conn = Connection::open(addr);
+        ports[i] = conn.local_port();
+        for case in cases {
+            let (status, _) = conn.request(case.method, case.target, case.body);
+            assert_eq!(status, case.status, "{} {}", case.method, case.target);
+        }
+    }
+    ports
+}
+
+fn go_minor(version: &str) -> u32 {
+    version
+        .trim_start_matches("go")
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .expect("go version")
+}
+
+/// Checks the spans against the cases, exactly.
+fn check_spans(spans: &[FlatSpan], addr: SocketAddr, ports: [u16; 2], started: SystemTime) {
+    assert_eq!(
+        spans.len(),
+        6,
+        "exactly one span per request: {:#?}",
+        spans.iter().map(|s| &s.span.name).collect::<Vec<_>>()
+    );
+    let by_name: BTreeMap<&str, &FlatSpan> =
+        spans.iter().map(|s| (s.span.name.as_str(), s)).collect();
+    let version = fixture::go_version();
+    let records_route = go_minor(&version) >= 23;
+    let now = SystemTime::now();
+    let mut goroutines = [None, None];
+    for (conn, cases) in [&FIRST_CONNECTION[..], &SECOND_CONNECTION[..]].into_iter().enumerate() {
+        for case in cases {
+            let name = format!("{} {}", case.method, case.path);
+            let span = by_name
+                .get(name.as_str())
+                .unwrap_or_else(|| panic!("no span {name:?} in {:?}", by_name.keys()));
+            assert_eq!(span.span.kind, SpanKind::Server as i32, "{name}");
+            assert_eq!(span.scope, "agent/net/http");
+            assert_eq!(span.span.parent_span_id, Vec::<u8>::new(), "{name} is a root span");
+            assert_eq!(span.span.trace_id.len(), 16);
+            assert_eq!(span.span.span_id.len(), 8);
+            let a = |k: &str| span.attr(k).map(str::to_owned);
+            assert_eq!(a("http.request.method").as_deref(), Some(case.method), "{name}");
+            assert_eq!(a("url.path").as_deref(), Some(case.path), "{name}");
+            assert_eq!(
+                a("http.response.status_code"),
+                Some(case.status.to_string()),
+                "{name}"
+            );
+            assert_eq!(a("server.address").as_deref(), Some("127.0.0.1"), "{name}");
+            assert_eq!(a("server.port"), Some(addr.port().to_string()), "{name}");
+            assert_eq!(a("client.address").as_deref(), Some("127.0.0.1"), "{name}");
+            assert_eq!(a("client.port"), Some(ports[conn].to_string()), "{name}");
+            assert_eq!(a("network.protocol.name").as_deref(), Some("http"));
+            assert_eq!(a("network.protocol.version").as_deref(), Some("1.1"));
+            let body_size = (!case.body.is_empty()).then(|| case.body.len().to_string());
+            assert_eq!(a("http.request.body.size"), body_size, "{name}");
+            if let Some(size) = case.response_body {
+                assert_eq!(a("http.response.body.size"), Some(size.to_string()), "{name}");
+            }
+            if records_route {
+                assert_eq!(a("http.route").as_deref(), case.route, "{name}");
+            }
+            let status = span.span.status.as_ref().map_or(0, |s| s.code);
+            if case.status >= 500 {
+                assert_eq!(status, StatusCode::Error as i32, "{name}");
+                assert_eq!(a("error.type"), Some(case.status.to_string()));
+            } else {
+                assert_eq!(status, StatusCode::Unset as i32, "{name}");
+                assert_eq!(a("error.type"), None);
+            }
+            assert!(a("agent.span.incomplete").is_none(), "{name} is complete");
+            // One connection is served by one goroutine: its requests share it.
+            let goid: u64 = a("goroutine.id").expect("goroutine.id").parse().expect("goid");
+            assert!(goid > 0);
+            match goroutines[conn] {
+                None => goroutines[conn] = Some(goid),
+                Some(g) => assert_eq!(g, goid, "{name}: same connection, same goroutine"),
+            }
+            let start = UNIX_EPOCH + Duration::from_nanos(span.span.start_time_unix_nano);
+            let end = UNIX_EPOCH + Duration::from_nanos(span.span.end_time_unix_nano);
+            assert!(started <= start && start <= end && end <= now, "{name}: wall-clock times");
+        }
+    }
+    assert_ne!(goroutines[0], goroutines[1], "two connections, two goroutines");
+    assert!(by_name["GET /slow"].duration() >= Duration::from_millis(30));
+}
+
+fn check_resource(span: &FlatSpan, fixture_pid: u32, binary: &Path, service: &str) {
+    let r = &span.resource;
+    assert_eq!(r.get("service.name").map(String::as_str), Some(service));
+    assert_eq!(r.get("process.pid"), Some(&fixture_pid.to_string()));
+    assert_eq!(
+        r.get("process.executable.path").map(String::as_str),
+        Some(binary.to_str().expect("utf-8 path"))
+    );
+    assert_eq!(r.get("process.runtime.name").map(String::as_str), Some("go"));
+    assert_eq!(r.get("process.runtime.version"), Some(&fixture::go_version()));
+    let host = nix::unistd::gethostname().expect("hostname");
+    assert_eq!(r.get("host.name").map(String::as_str), host.to_str());
+    assert_eq!(r.get("telemetry.sdk.language").map(String::as_str), Some("rust"));
+    assert_eq!(r.get("telemetry.sdk.name").map(String::as_str), Some("opentelemetry"));
+}
+
+#[test]
+fn grpc_export_and_target_exit() {
+    let binary = fixture::build("httpserver", &[]);
+    let (mut server, addr) = fixture::start_httpserver(&binary);
+    let receiver = Receiver::grpc();
+    let mut cmd = command();
+    cmd.args(["--pid", &server.pid().to_string()])
+        .args(["--otlp-endpoint", &receiver.url(), "--otlp-protocol", "grpc"]);
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    let started = SystemTime::now();
+    let ports = send_requests(addr);
+    receiver.wait_for_spans(6, Duration::from_secs(20));
+
+    // The target exits: the agent flushes and exits 0 on its own.
+    server.terminate();
+    let status = agent.wait(Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status}");
+    agent.wait_for_stderr("exited", Duration::from_secs(1));
+    let spans = receiver.spans();
+    check_spans(&spans, addr, ports, started);
+    check_resource(&spans[0], server.pid(), &binary, "httpserver");
+    let summary = agent.wait_for_stderr("spans exported", Duration::from_secs(1));
+    assert!(summary.contains("agent: 6 spans exported"), "{summary}");
+    assert!(summary.contains("ring buffer full: 0 records"), "{summary}");
+}
+
+#[test]
+fn http_export_with_standard_variables_and_sigterm() {
+    let binary = fixture::build("httpserver", &[]);
+    let (server, addr) = fixture::start_httpserver(&binary);
+    let receiver = Receiver::http();
+    let mut cmd = command();
+    cmd.args(["--pid", &server.pid().to_string()])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cr3t")
+        .env("OTEL_SERVICE_NAME", "checkout")
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=test,service.namespace=shop",
+        );
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    let started = SystemTime::now();
+    let ports = send_requests(addr);
+    receiver.wait_for_spans(6, Duration::from_secs(20));
+
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait(Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status}");
+    let spans = receiver.spans();
+    check_spans(&spans, addr, ports, started);
+    check_resource(&spans[0], server.pid(), &binary, "checkout");
+    let r = &spans[0].resource;
+    assert_eq!(r.get("deployment.environment.name").map(String::as_str), Some("test"));
+    assert_eq!(r.get("service.namespace").map(String::as_str), Some("shop"));
+    for received in receiver.received() {
+        assert_eq!(
+            received.headers.get("x-api-key").map(String::as_str),
+            Some("s3cr3t")
+        );
+    }
+}
+
+#[test]
+fn jsonl_output_and_sigint() {
+    let binary = fixture::build("httpserver", &[]);
+    let (server, addr) = fixture::start_httpserver(&binary);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spans.jsonl");
+    let mut cmd = command();
+    cmd.args(["--pid", &server.pid().to_string()])
+        .arg(format!("--output=jsonl={}", path.display()))
+        .args(["--service-name", "from-flag"]);
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    let started = SystemTime::now();
+    let ports = send_requests(addr);
+    // Spans are exported in batches within 200 ms; SIGINT flushes the rest.
+    std::thread::sleep(Duration::from_millis(300));
+    agent.signal(Signal::SIGINT);
+    let status = agent.wait(Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status}");
+
+    let text = std::fs::read_to_string(&path).expect("jsonl written");
+    let requests: Vec<ExportTraceServiceRequest> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is an OTLP JSON request"))
+        .collect();
+    assert!(!requests.is_empty());
+    // The OTLP JSON encoding: hex ids, camelCase fields, enums as integers.
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().expect("line")).expect("json");
+    let span = &first["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+    assert_eq!(span["traceId"].as_str().map(str::len), Some(32), "{span}");
+    assert_eq!(span["spanId"].as_str().map(str::len), Some(16), "{span}");
+    assert_eq!(span["kind"], 2, "{span}");
+    let spans = flatten(requests.iter());
+    check_spans(&spans, addr, ports, started);
+    check_resource(&spans[0], server.pid(), &binary, "from-flag");
+}
+
+#[test]
+fn console_output_by_default() {
+    let binary = fixture::build("httpserver", &[]);
+    let (server, addr) = fixture::start_httpserver(&binary);
+    let mut cmd = command();
+    cmd.args(["--pid", &server.pid().to_string()]);
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    let mut conn = Connection::open(addr);
+    assert_eq!(conn.request("GET", "/hello", b"").0, 200);
+    assert_eq!(conn.request("PUT", "/fail", b"").0, 500);
+    std::thread::sleep(Duration::from_millis(300));
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait(Duration::from_secs(10)).success());
+    let out = agent.stdout_lines();
+    let traces = out.iter().filter(|l| l.starts_with("trace ")).count();
+    assert_eq!(traces, 2, "one trace per request:\n{}", out.join("\n"));
+    assert!(
+        out.iter().any(|l| l.starts_with("  GET /hello Server ")),
+        "{}",
+        out.join("\n")
+    );
+    assert!(
+        out.iter().any(|l| l.starts_with("  PUT /fail Server ") && l.ends_with(" ERROR")),
+        "{}",
+        out.join("\n")
+    );
+    assert!(
+        out.iter().any(|l| l.contains("http.response.status_code=500")),
+        "{}",
+        out.join("\n")
+    );
+}

@@ -1,0 +1,128 @@
+//! Go programs the tests build from source in `agent/tests/fixtures`.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+/// The Go module with the fixtures.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The `go` command: `$GO` if set, else `go` on PATH.
+pub fn go() -> String {
+    std::env::var("GO").unwrap_or_else(|_| "go".to_owned())
+}
+
+/// Builds `fixtures/<name>` with extra `go build` flags, once per test binary
+/// and flag set. Panics with Go's output on failure.
+pub fn build(name: &str, flags: &[&str]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let key = format!("{name} {}", flags.join(" "));
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .expect("fixture lock");
+    if let Some(path) = built.get(&key) {
+        return path.clone();
+    }
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&out_dir).expect("create fixture dir");
+    let suffix: String = flags
+        .join("_")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let out = out_dir.join(if suffix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}-{suffix}")
+    });
+    let output = Command::new(go())
+        .current_dir(fixtures_dir())
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(format!("./{name}"))
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("run go build (is Go installed?)");
+    assert!(
+        output.status.success(),
+        "go build {name} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    built.insert(key, out.clone());
+    out
+}
+
+/// The Go version string (`go1.26.8`) the fixtures are built with.
+pub fn go_version() -> String {
+    let output = Command::new(go())
+        .args(["env", "GOVERSION"])
+        .current_dir(fixtures_dir())
+        .output()
+        .expect("go env");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+pub struct Running {
+    pub child: Child,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and reaps the process.
+    pub fn terminate(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a built HTTP server fixture and waits for its address. The
+/// fixtures' go.mod says `go 1.19`, which selects Go 1.21's ServeMux; the
+/// fixture runs with Go 1.22's (which records `Request.Pattern`) instead.
+pub fn start_httpserver(binary: &Path) -> (Running, SocketAddr) {
+    let mut child = Command::new(binary)
+        .env("GODEBUG", "httpmuxgo121=0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start fixture");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        assert!(Instant::now() < deadline, "fixture did not start");
+        let line = lines
+            .next()
+            .expect("fixture exited before listening")
+            .expect("read fixture stdout");
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            break addr.parse().expect("fixture address");
+        }
+    };
+    // Keep draining stdout so the fixture never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Running { child }, addr)
+}

@@ -1,0 +1,284 @@
+//! OTLP receivers on real sockets: gRPC (tonic) and HTTP/protobuf (hyper),
+//! decoding what the agent sends into flat, assertable spans.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    trace::v1::Span,
+};
+use prost::Message as _;
+
+/// One export request and the headers (or gRPC metadata) it came with.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub request: ExportTraceServiceRequest,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A span with its resource and scope, attributes as strings.
+#[derive(Clone, Debug)]
+pub struct FlatSpan {
+    pub resource: BTreeMap<String, String>,
+    pub scope: String,
+    pub span: Span,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl FlatSpan {
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_nanos(
+            self.span
+                .end_time_unix_nano
+                .saturating_sub(self.span.start_time_unix_nano),
+        )
+    }
+}
+
+/// Renders an attribute value the way assertions compare it.
+pub fn value_to_string(value: &AnyValue) -> String {
+    match &value.value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::ArrayValue(a)) => format!(
+            "[{}]",
+            a.values
+                .iter()
+                .map(value_to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+pub fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value.as_ref().map(value_to_string).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Flattens export requests into spans.
+pub fn flatten<'a>(requests: impl IntoIterator<Item = &'a ExportTraceServiceRequest>) -> Vec<FlatSpan> {
+    let mut out = Vec::new();
+    for request in requests {
+        for rs in &request.resource_spans {
+            let resource = rs
+                .resource
+                .as_ref()
+                .map(|r| attributes(&r.attributes))
+                .unwrap_or_default();
+            for ss in &rs.scope_spans {
+                let scope = ss.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                for span in &ss.spans {
+                    out.push(FlatSpan {
+                        resource: resource.clone(),
+                        scope: scope.clone(),
+                        attributes: attributes(&span.attributes),
+                        span: span.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+type Store = Arc<Mutex<Vec<Received>>>;
+
+/// A running receiver.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    store: Store,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver").field("addr", &self.addr).finish()
+    }
+}
+
+struct GrpcService {
+    store: Store,
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcService {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let headers = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
+        self.store.lock().expect("store").push(Received {
+            request: request.into_inner(),
+            headers,
+        });
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("receiver runtime")
+}
+
+impl Receiver {
+    /// An OTLP/gRPC receiver on 127.0.0.1.
+    pub fn grpc() -> Self {
+        let runtime = runtime();
+        let store: Store = Arc::default();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let service = TraceServiceServer::new(GrpcService {
+            store: store.clone(),
+        });
+        runtime.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Self {
+            addr,
+            store,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// An OTLP/HTTP (protobuf) receiver on 127.0.0.1, answering POST /v1/traces.
+    pub fn http() -> Self {
+        use http_body_util::BodyExt as _;
+        let runtime = runtime();
+        let store: Store = Arc::default();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accept_store = store.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { break };
+                let store = accept_store.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                                .collect();
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let status = match (path.as_str(), body) {
+                                ("/v1/traces", Ok(bytes)) => match ExportTraceServiceRequest::decode(bytes) {
+                                    Ok(request) => {
+                                        store.lock().expect("store").push(Received { request, headers });
+                                        200
+                                    }
+                                    Err(_) => 400,
+                                },
+                                _ => 404,
+                            };
+                            let body = if status == 200 {
+                                ExportTraceServiceResponse::default().encode_to_vec()
+                            } else {
+                                Vec::new()
+                            };
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/x-protobuf")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            store,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The base URL of the receiver.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.store.lock().expect("store").clone()
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<FlatSpan> {
+        let received = self.received();
+        flatten(received.iter().map(|r| &r.request))
+    }
+
+    /// Waits until at least `n` spans arrived (panics after `timeout`).
+    pub fn wait_for_spans(&self, n: usize, timeout: Duration) -> Vec<FlatSpan> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if spans.len() >= n {
+                return spans;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} spans, got {} within {timeout:?}: {spans:#?}",
+                spans.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! `cargo xtask bench ...`: benchmarks whose figures go to BENCHMARKS.md.
+//!
+//! Every figure is a median over alternating rounds, next to a baseline
+//! measured in the same run: these machines are noisy.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+
+use crate::{
+    demo::{build_all, start_agent, start_fixture, terminate},
+    util::{is_root, root},
+};
+
+#[derive(Debug, Subcommand)]
+pub enum Which {
+    /// Throughput of the Go HTTP fixture under wrk, untraced vs traced; the
+    /// agent's CPU per 1,000 spans and peak RSS.
+    Http {
+        /// Alternating rounds per configuration.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// wrk connections.
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+    },
+}
+
+pub fn run(which: Which) -> anyhow::Result<()> {
+    match which {
+        Which::Http {
+            rounds,
+            seconds,
+            connections,
+        } => http(rounds, seconds, connections),
+    }
+}
+
+/// An OTLP/HTTP sink that accepts and discards every export.
+fn start_sink() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || serve_sink(stream));
+        }
+    });
+    Ok(addr)
+}
+
+fn serve_sink(stream: TcpStream) {
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut first = true;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let line = line.trim_end();
+            if line.is_empty() && !first {
+                break;
+            }
+            first = false;
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let response = "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn wrk(addr: SocketAddr, seconds: u64, connections: u32) -> anyhow::Result<f64> {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .arg(format!("http://{addr}/hello"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running wrk (cargo xtask setup installs it)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+}
+
+/// utime + stime of `pid`, in milliseconds.
+fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat; after the comm, state is index 0 (field 3).
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    let ticks = 100.0; // USER_HZ on Linux
+    Ok((utime + stime) * 1000.0 / ticks)
+}
+
+fn peak_rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM")?;
+    Ok(kb / 1024.0)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+struct TracedRound {
+    rps: f64,
+    cpu_per_1000: f64,
+    rss_mb: f64,
+    spans: u64,
+}
+
+fn traced_round(
+    agent: &Path,
+    pid: u32,
+    addr: SocketAddr,
+    sink: SocketAddr,
+    extra: &[&str],
+    seconds: u64,
+    connections: u32,
+) -> anyhow::Result<TracedRound> {
+    let summary_file = tempfile_path("agent-bench-summary");
+    let mut args = vec![
+        "--pid".to_owned(),
+        pid.to_string(),
+        "--otlp-endpoint".to_owned(),
+        format!("http://{sink}"),
+        "--otlp-protocol".to_owned(),
+        "http/protobuf".to_owned(),
+        "--summary-file".to_owned(),
+        summary_file.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let guard = start_agent(agent, &args)?;
+    let agent_pid = guard.0.id();
+    let cpu_before = cpu_ms(agent_pid)?;
+    let rps = wrk(addr, seconds, connections)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu = cpu_ms(agent_pid)? - cpu_before;
+    let rss_mb = peak_rss_mb(agent_pid)?;
+    let status = terminate(guard)?;
+    if !status.success() {
+        bail!("agent exited with {status}");
+    }
+    let summary = std::fs::read_to_string(&summary_file).context("agent summary file")?;
+    let _ = std::fs::remove_file(&summary_file);
+    let spans: u64 = summary
+        .lines()
+        .find_map(|l| l.strip_prefix("spans_exported="))
+        .and_then(|v| v.trim().parse().ok())
+        .context("spans_exported in summary")?;
+    if spans == 0 {
+        bail!("the agent exported no spans");
+    }
+    Ok(TracedRound {
+        rps,
+        cpu_per_1000: cpu / spans as f64 * 1000.0,
+        rss_mb,
+        spans,
+    })
+}
+
+fn tempfile_path(prefix: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()))
+}
+
+fn http(rounds: usize, seconds: u64, connections: u32) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the benchmark loads BPF programs: run it as root (sudo -E cargo xtask bench http)");
+    }
+    crate::setup::run()?;
+    let (agent, fixture) = build_all()?;
+    let sink = start_sink()?;
+    // GOMAXPROCS stays at the machine's 2 cores; wrk uses one thread.
+    let (server, addr) = start_fixture(&fixture, &[])?;
+    let pid = server.0.id();
+    let configs: [(&str, &[&str]); 2] = [
+        ("traced, emulated entry sites (default)", &[]),
+        (
+            "traced, probes on each function's first instruction (single-stepped)",
+            &["--entry-site", "function-start"],
+        ),
+    ];
+    let mut untraced = Vec::new();
+    let mut traced: Vec<Vec<TracedRound>> = configs.iter().map(|_| Vec::new()).collect();
+    // Warm up the server and the page cache.
+    wrk(addr, 1, connections)?;
+    for round in 0..rounds {
+        let rps = wrk(addr, seconds, connections)?;
+        eprintln!("bench: round {round}: untraced {rps:.0} req/s");
+        untraced.push(rps);
+        for (i, (name, extra)) in configs.iter().enumerate() {
+            let r = traced_round(&agent, pid, addr, sink, extra, seconds, connections)?;
+            eprintln!(
+                "bench: round {round}: {name}: {:.0} req/s, {} spans, {:.3} ms CPU / 1000 spans, {:.1} MB peak RSS",
+                r.rps, r.spans, r.cpu_per_1000, r.rss_mb
+            );
+            traced[i].push(r);
+        }
+    }
+    drop(server);
+    let base = median(&mut untraced.clone());
+    let mut table = String::new();
+    table.push_str("| configuration | req/s (median) | vs untraced | agent CPU per 1,000 spans (median) | agent peak RSS (median) |\n");
+    table.push_str("|---|---:|---:|---:|---:|\n");
+    table.push_str(&format!("| untraced | {base:.0} | 1.00x | - | - |\n"));
+    for ((name, _), rounds) in configs.iter().zip(&traced) {
+        let rps = median(&mut rounds.iter().map(|r| r.rps).collect::<Vec<_>>());
+        let cpu = median(&mut rounds.iter().map(|r| r.cpu_per_1000).collect::<Vec<_>>());
+        let rss = median(&mut rounds.iter().map(|r| r.rss_mb).collect::<Vec<_>>());
+        table.push_str(&format!(
+            "| {name} | {rps:.0} | {:.2}x | {cpu:.2} ms | {rss:.1} MB |\n",
+            rps / base
+        ));
+    }
+    let section = format!(
+        "## HTTP server tracing\n\n\
+         Command: `sudo -E cargo xtask bench http --rounds {rounds} --seconds {seconds} --connections {connections}`\n\n\
+         The Go HTTP fixture (`agent/tests/fixtures/httpserver`, GET /hello) under `wrk -t1 -c{connections}` on loopback, \
+         {rounds} alternating rounds of {seconds} s per configuration in one run; the traced runs export every span \
+         over OTLP/HTTP to a local sink. Agent CPU is utime+stime of the agent process over the run divided by the spans \
+         it exported; peak RSS is its VmHWM.\n\n{table}"
+    );
+    print!("{section}");
+    write_section("http", &section)
+}
+
+/// Replaces (or appends) the marked section `name` of BENCHMARKS.md.
+pub fn write_section(name: &str, body: &str) -> anyhow::Result<()> {
+    let path = root().join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
+    let start = format!("<!-- bench:{name}:start -->");
+    let end = format!("<!-- bench:{name}:end -->");
+    let block = format!("{start}\n{body}{end}\n");
+    let new = match (text.find(&start), text.find(&end)) {
+        (Some(s), Some(e)) if e > s => {
+            format!("{}{block}{}", &text[..s], &text[e + end.len()..].trim_start_matches('\n'))
+        }
+        _ => format!("{}\n{block}", text.trim_end()),
+    };
+    std::fs::write(&path, new)?;
+    eprintln!("bench: wrote the {name} section of {}", path.display());
+    Ok(())
+}
