@@ -79,7 +79,10 @@ fn go_dump(trace: &[u8], name: &str) -> GoDump {
         out.status
     );
     if code == Some(1) {
-        assert!(error.is_some(), "tracedump failed without an error line on {name}");
+        assert!(
+            error.is_some(),
+            "tracedump failed without an error line on {name}"
+        );
     }
     GoDump {
         lines: events.lines().map(str::to_string).collect(),
@@ -102,7 +105,11 @@ fn first_difference(a: &[String], b: &[String]) -> String {
             return format!("line {}:\n ours: {x}\n   go: {y}", i + 1);
         }
     }
-    format!("lengths differ: ours {} lines, go {} lines", a.len(), b.len())
+    format!(
+        "lengths differ: ours {} lines, go {} lines",
+        a.len(),
+        b.len()
+    )
 }
 
 /// Asserts our event stream equals Go's and both succeed.
@@ -153,7 +160,10 @@ fn go_testdata_traces_match_go_reader() {
                 let go = go_dump(&tc.trace, name);
                 let (ours, res) = our_dump(&tc.trace);
                 let go_err = go.error.unwrap_or_else(|| panic!("Go accepted {name}"));
-                assert!(pattern_matches(pattern, &go_err), "{name}: Go said {go_err}");
+                assert!(
+                    pattern_matches(pattern, &go_err),
+                    "{name}: Go said {go_err}"
+                );
                 let err = res.expect_err(&format!("{name} must fail"));
                 assert!(
                     pattern_matches(pattern, &err.to_string()),
@@ -212,10 +222,7 @@ fn unknown_versions_and_garbage_are_refused() {
 /// Runs a fixture program with a toolchain (`None`: the installed Go) and
 /// returns the trace it wrote.
 fn generate(program: &str, toolchain: Option<&str>) -> Vec<u8> {
-    let out = work_dir().join(format!(
-        "{program}-{}.trace",
-        toolchain.unwrap_or("local")
-    ));
+    let out = work_dir().join(format!("{program}-{}.trace", toolchain.unwrap_or("local")));
     let mut cmd = Command::new("go");
     cmd.args(["run", &format!("./traces/{program}")])
         .arg(&out)
@@ -293,7 +300,10 @@ fn go_fuzz_corpus_matches_go_reader() {
         let path = e.expect("dir entry").path();
         let text = std::fs::read_to_string(&path).expect("reading corpus file");
         let data = go_fuzz_bytes(&text).unwrap_or_else(|| panic!("parsing {path:?}"));
-        let name = format!("fuzz-{}", path.file_name().and_then(|s| s.to_str()).unwrap_or("x"));
+        let name = format!(
+            "fuzz-{}",
+            path.file_name().and_then(|s| s.to_str()).unwrap_or("x")
+        );
         compare_outcomes(&data, &name);
         n += 1;
     }
@@ -391,7 +401,10 @@ fn corrupted_traces_match_go_reader() {
             }
         }
     }
-    assert!(compared * 10 >= total * 9, "compared only {compared} of {total}");
+    assert!(
+        compared * 10 >= total * 9,
+        "compared only {compared} of {total}"
+    );
 }
 
 /// A truncated trace fails with the offset of the truncation point or

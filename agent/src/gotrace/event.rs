@@ -56,10 +56,26 @@ fn kind_of(typ: u8) -> EventKind {
     match typ {
         CPU_SAMPLE => StackSample,
         PROCS_CHANGE | HEAP_ALLOC | HEAP_GOAL => Metric,
-        PROC_START | PROC_STOP | PROC_STEAL | PROC_STATUS | GO_CREATE | GO_CREATE_SYSCALL
-        | GO_START | GO_DESTROY | GO_DESTROY_SYSCALL | GO_STOP | GO_BLOCK | GO_UNBLOCK
-        | GO_SYSCALL_BEGIN | GO_SYSCALL_END | GO_SYSCALL_END_BLOCKED | GO_STATUS | GO_SWITCH
-        | GO_SWITCH_DESTROY | GO_CREATE_BLOCKED | GO_STATUS_STACK => StateTransition,
+        PROC_START
+        | PROC_STOP
+        | PROC_STEAL
+        | PROC_STATUS
+        | GO_CREATE
+        | GO_CREATE_SYSCALL
+        | GO_START
+        | GO_DESTROY
+        | GO_DESTROY_SYSCALL
+        | GO_STOP
+        | GO_BLOCK
+        | GO_UNBLOCK
+        | GO_SYSCALL_BEGIN
+        | GO_SYSCALL_END
+        | GO_SYSCALL_END_BLOCKED
+        | GO_STATUS
+        | GO_SWITCH
+        | GO_SWITCH_DESTROY
+        | GO_CREATE_BLOCKED
+        | GO_STATUS_STACK => StateTransition,
         STW_BEGIN | GC_BEGIN | GC_SWEEP_BEGIN | GC_MARK_ASSIST_BEGIN => RangeBegin,
         GC_ACTIVE | GC_SWEEP_ACTIVE | GC_MARK_ASSIST_ACTIVE => RangeActive,
         STW_END | GC_END | GC_SWEEP_END | GC_MARK_ASSIST_END => RangeEnd,
@@ -266,7 +282,12 @@ pub struct Event<'a> {
 static EMPTY_BATCHES: [ExperimentalBatch; 0] = [];
 
 impl<'a> Event<'a> {
-    pub(crate) fn new(raw: OrderedEvent, tables: Option<&'a Tables>, gnum: u64, ver: Version) -> Self {
+    pub(crate) fn new(
+        raw: OrderedEvent,
+        tables: Option<&'a Tables>,
+        gnum: u64,
+        ver: Version,
+    ) -> Self {
         Event {
             raw,
             tables,
@@ -322,7 +343,10 @@ impl<'a> Event<'a> {
     }
 
     fn extra(&self, i: usize) -> u64 {
-        let base = SPECS[self.raw.base.typ as usize].args.len().saturating_sub(1);
+        let base = SPECS[self.raw.base.typ as usize]
+            .args
+            .len()
+            .saturating_sub(1);
         self.arg(base + i)
     }
 
@@ -431,7 +455,10 @@ impl<'a> Event<'a> {
         if self.raw.base.typ != ev::GC_SWEEP_END {
             return Vec::new();
         }
-        vec![("bytes swept", self.arg(0)), ("bytes reclaimed", self.arg(1))]
+        vec![
+            ("bytes swept", self.arg(0)),
+            ("bytes reclaimed", self.arg(1)),
+        ]
     }
 
     pub fn task(&self) -> Option<Task<'a>> {

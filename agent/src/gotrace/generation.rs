@@ -485,7 +485,10 @@ fn validate_stack_strings(t: &Tables, offset: u64) -> Result<(), GenError> {
     };
     for (id, s) in t.stacks.dense.iter().enumerate() {
         if let Some(s) = s {
-            check(id as u64, t.pc_arena.get(s.start..s.start + s.len).unwrap_or(&[]))?;
+            check(
+                id as u64,
+                t.pc_arena.get(s.start..s.start + s.len).unwrap_or(&[]),
+            )?;
         }
     }
     for (id, s) in t.stacks.sparse.iter() {
@@ -550,7 +553,8 @@ fn err_at(c: &Cursor<'_>, msg: impl Into<String>) -> GenError {
 
 fn add_strings(t: &mut Tables, b: &RawBatch) -> Result<(), GenError> {
     let mut c = Cursor::new(&b.data, b.offset);
-    c.read_u8().map_err(|_| err_at(&c, "missing strings batch header"))?;
+    c.read_u8()
+        .map_err(|_| err_at(&c, "missing strings batch header"))?;
     while !c.is_empty() {
         let at = c.offset();
         let e = c.read_u8().map_err(|_| err_at(&c, "unexpected EOF"))?;
@@ -597,7 +601,8 @@ fn add_strings(t: &mut Tables, b: &RawBatch) -> Result<(), GenError> {
 
 fn add_stacks(t: &mut Tables, b: &RawBatch) -> Result<(), GenError> {
     let mut c = Cursor::new(&b.data, b.offset);
-    c.read_u8().map_err(|_| err_at(&c, "missing stacks batch header"))?;
+    c.read_u8()
+        .map_err(|_| err_at(&c, "missing stacks batch header"))?;
     while !c.is_empty() {
         let at = c.offset();
         let e = c.read_u8().map_err(|_| err_at(&c, "unexpected EOF"))?;
@@ -679,7 +684,8 @@ fn add_cpu_samples(out: &mut Vec<CpuSample>, b: &RawBatch) -> Result<(), GenErro
 fn set_sync_batch(t: &mut Tables, b: &RawBatch, ver: Version) -> Result<(), GenError> {
     let mut c = Cursor::new(&b.data, b.offset);
     if ver >= Version::GO125 {
-        c.read_u8().map_err(|_| err_at(&c, "missing sync batch header"))?;
+        c.read_u8()
+            .map_err(|_| err_at(&c, "missing sync batch header"))?;
     }
     let mut last_ts = b.time;
     while !c.is_empty() {

@@ -150,7 +150,8 @@ pub(crate) fn freq_mul(freq: f64, t: u64) -> i64 {
 #[inline]
 fn go_f64_to_i64(f: f64) -> i64 {
     // CVTTSD2SQ yields 0x8000000000000000 for NaN and out-of-range values.
-    if f.is_nan() || f >= 9.223_372_036_854_775_807e18 || f < -9.223_372_036_854_775_808e18 {
+    const TWO_63: f64 = (1u64 << 63) as f64;
+    if f.is_nan() || !(-TWO_63..TWO_63).contains(&f) {
         i64::MIN
     } else {
         f as i64

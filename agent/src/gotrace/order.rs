@@ -190,11 +190,12 @@ enum GcState {
     Running,
 }
 
+/// Whether a resource must be absent, may be anything, or must be present.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Constraint {
-    MustNotHave,
-    MayHave,
-    MustHave,
+    Absent,
+    Any,
+    Present,
 }
 use Constraint::*;
 
@@ -206,17 +207,17 @@ struct Reqs {
 }
 
 const USER_GO_REQS: Reqs = Reqs {
-    m: MustHave,
-    p: MustHave,
-    g: MustHave,
+    m: Present,
+    p: Present,
+    g: Present,
 };
 
 fn validate_ctx(ctx: SchedCtx, r: Reqs) -> Result<(), String> {
     fn check(have: bool, c: Constraint, what: &str) -> Result<(), String> {
-        if c == MustHave && !have {
+        if c == Present && !have {
             return Err(format!("expected a {what} but didn't have one"));
         }
-        if c == MustNotHave && have {
+        if c == Absent && have {
             return Err(format!("expected no {what} but had one"));
         }
         Ok(())
@@ -357,11 +358,12 @@ impl Ordering {
             SPAN..=GOROUTINE_STACK_FREE => self.advance_alloc_free(e, cur)?,
             t => return Err(format!("bad event type found while ordering: {t}")),
         };
-        if ok && m != NO_THREAD {
-            if let Some(ms) = self.m_states.get_mut(&m) {
-                ms.p = new_ctx.p;
-                ms.g = new_ctx.g;
-            }
+        if ok
+            && m != NO_THREAD
+            && let Some(ms) = self.m_states.get_mut(&m)
+        {
+            ms.p = new_ctx.p;
+            ms.g = new_ctx.g;
         }
         Ok(ok)
     }
@@ -437,16 +439,15 @@ impl Ordering {
         let pid = e.args[0] as i64;
         let seq = Seq::new(gnum, e.args[1]);
         match self.p_states.get(&pid) {
-            Some(s)
-                if s.status == procstatus::IDLE && seq.succeeds(s.seq) && cur.p == NO_PROC => {}
+            Some(s) if s.status == procstatus::IDLE && seq.succeeds(s.seq) && cur.p == NO_PROC => {}
             _ => return Ok((cur, false)),
         }
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MustNotHave,
-                g: MayHave,
+                m: Present,
+                p: Absent,
+                g: Any,
             },
         )?;
         if let Some(s) = self.p_states.get_mut(&pid) {
@@ -475,9 +476,9 @@ impl Ordering {
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MustHave,
-                g: MayHave,
+                m: Present,
+                p: Present,
+                g: Any,
             },
         )?;
         state.status = procstatus::IDLE;
@@ -503,9 +504,9 @@ impl Ordering {
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MayHave,
-                g: MayHave,
+                m: Present,
+                p: Any,
+                g: Any,
             },
         )?;
         set_extra(e, 0, old_status);
@@ -610,18 +611,18 @@ impl Ordering {
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MustHave,
-                g: MayHave,
+                m: Present,
+                p: Present,
+                g: Any,
             },
         )?;
-        if let Some(s) = self.g_states.get(&cur.g) {
-            if s.status != gostatus::RUNNING {
-                return Err(format!(
-                    "{} event for goroutine that's not Running",
-                    self.ev_name(e.typ)
-                ));
-            }
+        if let Some(s) = self.g_states.get(&cur.g)
+            && s.status != gostatus::RUNNING
+        {
+            return Err(format!(
+                "{} event for goroutine that's not Running",
+                self.ev_name(e.typ)
+            ));
         }
         let newgid = e.args[0] as i64;
         if self.g_states.contains_key(&newgid) {
@@ -693,9 +694,9 @@ impl Ordering {
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MustHave,
-                g: MustNotHave,
+                m: Present,
+                p: Present,
+                g: Absent,
             },
         )?;
         if let Some(s) = self.g_states.get_mut(&gid) {
@@ -819,9 +820,9 @@ impl Ordering {
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MayHave,
-                g: MustHave,
+                m: Present,
+                p: Any,
+                g: Present,
             },
         )?;
         let state = self.running_g_state(e.typ, cur.g, gostatus::SYSCALL)?;
@@ -836,9 +837,9 @@ impl Ordering {
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MayHave,
-                g: MustNotHave,
+                m: Present,
+                p: Any,
+                g: Absent,
             },
         )?;
         let newgid = e.args[0] as i64;
@@ -861,9 +862,9 @@ impl Ordering {
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MayHave,
-                g: MustHave,
+                m: Present,
+                p: Any,
+                g: Present,
             },
         )?;
         self.running_g_state(e.typ, cur.g, gostatus::SYSCALL)?;
@@ -913,10 +914,7 @@ impl Ordering {
         }
         let name_id = e.args[2];
         let Some(name) = tables.string(name_id) else {
-            return Err(format!(
-                "invalid string ID {name_id} for {} event",
-                e.typ
-            ));
+            return Err(format!("invalid string ID {name_id} for {} event", e.typ));
         };
         self.active_tasks.insert(
             id,
@@ -960,10 +958,7 @@ impl Ordering {
         let tid = e.args[0];
         let name_id = e.args[1];
         let Some(name) = tables.string(name_id) else {
-            return Err(format!(
-                "invalid string ID {name_id} for {} event",
-                e.typ
-            ));
+            return Err(format!("invalid string ID {name_id} for {} event", e.typ));
         };
         let Some(g) = self.g_states.get_mut(&cur.g) else {
             return Err(format!(
@@ -986,10 +981,7 @@ impl Ordering {
         let tid = e.args[0];
         let name_id = e.args[1];
         let Some(name) = tables.string(name_id) else {
-            return Err(format!(
-                "invalid string ID {name_id} for {} event",
-                e.typ
-            ));
+            return Err(format!("invalid string ID {name_id} for {} event", e.typ));
         };
         let Some(g) = self.g_states.get_mut(&cur.g) else {
             return Err(format!(
@@ -1074,9 +1066,9 @@ impl Ordering {
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MustHave,
-                g: MayHave,
+                m: Present,
+                p: Present,
+                g: Any,
             },
         )?;
         self.push(*e, cur);
@@ -1087,13 +1079,16 @@ impl Ordering {
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MustHave,
-                g: MayHave,
+                m: Present,
+                p: Present,
+                g: Any,
             },
         )?;
         let Some(p) = self.p_states.get_mut(&cur.p) else {
-            return Err(format!("uninitialized proc {} found during GCSweepBegin", cur.p));
+            return Err(format!(
+                "uninitialized proc {} found during GCSweepBegin",
+                cur.p
+            ));
         };
         p.ranges.begin_range(make_range_type(e.typ, 0))?;
         self.push(*e, cur);
@@ -1104,12 +1099,9 @@ impl Ordering {
         let pid = e.args[0] as i64;
         let initial = gnum == self.initial_gen;
         let Some(p) = self.p_states.get_mut(&pid) else {
-            return Err(format!(
-                "encountered GCSweepActive for unknown proc {pid}"
-            ));
+            return Err(format!("encountered GCSweepActive for unknown proc {pid}"));
         };
-        p.ranges
-            .active_range(make_range_type(e.typ, 0), initial)?;
+        p.ranges.active_range(make_range_type(e.typ, 0), initial)?;
         self.push(*e, cur);
         Ok((cur, true))
     }
@@ -1118,13 +1110,16 @@ impl Ordering {
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MustHave,
-                g: MayHave,
+                m: Present,
+                p: Present,
+                g: Any,
             },
         )?;
         let Some(p) = self.p_states.get_mut(&cur.p) else {
-            return Err(format!("uninitialized proc {} found during GCSweepEnd", cur.p));
+            return Err(format!(
+                "uninitialized proc {} found during GCSweepEnd",
+                cur.p
+            ));
         };
         p.ranges.end_range(e.typ)?;
         self.push(*e, cur);
@@ -1150,12 +1145,9 @@ impl Ordering {
         let initial = gnum == self.initial_gen;
         let name = self.ev_name(e.typ);
         let Some(g) = self.g_states.get_mut(&gid) else {
-            return Err(format!(
-                "uninitialized goroutine {gid} found during {name}"
-            ));
+            return Err(format!("uninitialized goroutine {gid} found during {name}"));
         };
-        g.ranges
-            .active_range(make_range_type(e.typ, 0), initial)?;
+        g.ranges.active_range(make_range_type(e.typ, 0), initial)?;
         self.push(*e, cur);
         Ok((cur, true))
     }
@@ -1180,9 +1172,9 @@ impl Ordering {
         validate_ctx(
             cur,
             Reqs {
-                m: MustHave,
-                p: MayHave,
-                g: MayHave,
+                m: Present,
+                p: Any,
+                g: Any,
             },
         )?;
         self.push(*e, cur);

@@ -250,7 +250,9 @@ impl<R: Read> Reader<R> {
     /// error the reader returns that error again.
     pub fn read_event(&mut self) -> Result<Option<Event<'_>>, DecodeError> {
         if let Some(msg) = &self.failed {
-            return Err(DecodeError::Fused { reason: msg.clone() });
+            return Err(DecodeError::Fused {
+                reason: msg.clone(),
+            });
         }
         match self.step() {
             Ok(Step::Done) => {
@@ -365,25 +367,25 @@ impl<R: Read> Reader<R> {
             ));
         };
         // Inject a CPU sample if it comes next.
-        if let Some(s) = g.cpu_samples.get(self.cpu_next) {
-            if self.frontier.is_empty() || s.time < self.frontier[0].ev.time {
-                let s = *s;
-                self.cpu_next += 1;
-                return Ok(Step::Event(OrderedEvent {
-                    base: BaseEvent {
-                        typ: ev::CPU_SAMPLE,
-                        time: s.time,
-                        args: [s.stack, 0, 0, 0],
-                    },
-                    ctx: SchedCtx {
-                        g: s.g,
-                        p: s.p,
-                        m: s.m,
-                    },
-                    offset: 0,
-                    has_table: true,
-                }));
-            }
+        if let Some(s) = g.cpu_samples.get(self.cpu_next)
+            && (self.frontier.is_empty() || s.time < self.frontier[0].ev.time)
+        {
+            let s = *s;
+            self.cpu_next += 1;
+            return Ok(Step::Event(OrderedEvent {
+                base: BaseEvent {
+                    typ: ev::CPU_SAMPLE,
+                    time: s.time,
+                    args: [s.stack, 0, 0, 0],
+                },
+                ctx: SchedCtx {
+                    g: s.g,
+                    p: s.p,
+                    m: s.m,
+                },
+                offset: 0,
+                has_table: true,
+            }));
         }
         if self.frontier.is_empty() {
             return Err(DecodeError::invalid(

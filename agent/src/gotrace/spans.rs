@@ -1,28 +1,694 @@
-//! Span mapping (being written).
-use std::io::Read;
+//! Mapping the decoded event stream to OpenTelemetry spans.
+//!
+//! - Each task is a span; a child task is a child span of its parent task. A
+//!   task that ends on another goroutine is still one span (it is keyed by
+//!   task ID, not goroutine).
+//! - Each region is a child span of the enclosing region on the same
+//!   goroutine (same task), else of its task; a region of the background
+//!   task with no enclosing region is a root span.
+//! - Each `trace.Log` is a span event on the innermost region of its
+//!   goroutine (same task), else on its task's span.
+//! - Ranges (GC mark phase, stop-the-world, mark assist, sweep) are internal
+//!   spans; goroutine-scoped ones are children of the goroutine's current
+//!   region or task, the others are roots.
+//! - A goroutine blocking (`Running -> Waiting`) or being woken
+//!   (`Waiting -> Runnable`) while inside a region, or inside a task it began,
+//!   is a span event on that span, with the reason.
+//! - A task, region or range whose begin is not in the trace (a flight
+//!   recorder window starts in the middle of things) starts at the first
+//!   event of the trace; one still open at the end ends at the last event.
+//!   Both are exported and marked with `go.trace.truncated`.
+//! - Times: wall clock from the generation's clock snapshot (Go 1.25+); for
+//!   older traces the first event is anchored to
+//!   [`SpanOptions::anchor_wall_time`] (default: now) and every span carries
+//!   `go.trace.time.approximate = true`.
+//!
+//! Memory: open spans are kept until they end; events per span are capped
+//! ([`MAX_EVENTS_PER_SPAN`]), and the table of ended tasks kept to link late
+//! children is bounded ([`ENDED_TASKS_KEPT`]).
 
-use super::DecodeError;
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::io::Read;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::trace::{
+    Event as OtelEvent, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
+use super::event::{Event, EventKind, Resource, Stack};
+use super::{DecodeError, IdMap, NO_GOROUTINE, NO_TASK, Reader, goroutine_state};
+
+/// Span events kept per span; more are counted as dropped.
+pub const MAX_EVENTS_PER_SPAN: usize = 256;
+/// Ended tasks remembered so that children beginning later still link.
+pub const ENDED_TASKS_KEPT: usize = 1 << 16;
 
 /// Options for [`trace_to_spans`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SpanOptions {
-    pub anchor_wall_time: Option<std::time::SystemTime>,
+    /// Wall-clock time of the trace's first event, for traces without a
+    /// clock snapshot (before Go 1.25). `None`: the time of decoding.
+    pub anchor_wall_time: Option<SystemTime>,
+    /// Frames kept in `code.stacktrace.frames` (0: no frame list).
     pub max_frames: usize,
-    pub extra_attributes: Vec<opentelemetry::KeyValue>,
+    /// Attributes added to every span (e.g. the dump's identity).
+    pub extra_attributes: Vec<KeyValue>,
+}
+
+impl Default for SpanOptions {
+    fn default() -> Self {
+        SpanOptions {
+            anchor_wall_time: None,
+            max_frames: 16,
+            extra_attributes: Vec::new(),
+        }
+    }
 }
 
 /// What [`trace_to_spans`] produced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpanSummary {
+    /// Events decoded.
+    pub events: u64,
+    /// Spans handed to the sink, by kind.
     pub spans: u64,
+    pub tasks: u64,
+    pub regions: u64,
+    pub ranges: u64,
+    /// Spans marked truncated.
+    pub truncated: u64,
+    /// Logs attached as span events.
+    pub logs: u64,
+    /// Logs outside any task or region (not exported).
+    pub unattached_logs: u64,
+    /// Whether wall-clock times are approximate (no clock snapshot).
+    pub approximate_time: bool,
 }
 
+/// Decodes a trace and hands every span to `sink`, in the order the spans
+/// end.
 pub fn trace_to_spans(
     input: impl Read,
-    _opts: &SpanOptions,
-    _sink: &mut dyn FnMut(opentelemetry_sdk::trace::SpanData),
+    opts: &SpanOptions,
+    sink: &mut dyn FnMut(SpanData),
 ) -> Result<SpanSummary, DecodeError> {
-    let mut r = super::Reader::new(input)?;
-    while r.read_event()?.is_some() {}
-    Ok(SpanSummary::default())
+    let mut r = Reader::new(input)?;
+    let mut m = Mapper::new(opts, sink);
+    while let Some(e) = r.read_event()? {
+        m.summary.events += 1;
+        m.event(&e);
+    }
+    m.finish();
+    Ok(m.summary)
+}
+
+/// Generates span and trace IDs (SplitMix64 from a random seed).
+struct Ids(u64);
+
+impl Ids {
+    fn next(&mut self) -> u64 {
+        loop {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            if z != 0 {
+                return z;
+            }
+        }
+    }
+    fn span(&mut self) -> SpanId {
+        SpanId::from_bytes(self.next().to_be_bytes())
+    }
+    fn trace(&mut self) -> TraceId {
+        let hi = self.next().to_be_bytes();
+        let lo = self.next().to_be_bytes();
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&hi);
+        b[8..].copy_from_slice(&lo);
+        TraceId::from_bytes(b)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Task,
+    Region,
+    Range,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Task => "task",
+            Kind::Region => "region",
+            Kind::Range => "range",
+        }
+    }
+}
+
+/// A span begun and not yet exported.
+struct Open {
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: SpanId,
+    name: String,
+    kind: Kind,
+    start: i64,
+    begin_missing: bool,
+    goroutine: i64,
+    attrs: Vec<KeyValue>,
+    events: Vec<OtelEvent>,
+    dropped_events: u32,
+}
+
+struct OpenRegion {
+    task: u64,
+    name: Vec<u8>,
+    span: Open,
+}
+
+/// Converts trace time to wall time.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    trace: i64,
+    wall: SystemTime,
+}
+
+impl Clock {
+    fn wall(&self, t: i64) -> SystemTime {
+        let d = t.wrapping_sub(self.trace);
+        if d >= 0 {
+            self.wall
+                .checked_add(Duration::from_nanos(d as u64))
+                .unwrap_or(self.wall)
+        } else {
+            self.wall
+                .checked_sub(Duration::from_nanos(d.unsigned_abs()))
+                .unwrap_or(self.wall)
+        }
+    }
+}
+
+struct Mapper<'a> {
+    opts: &'a SpanOptions,
+    sink: &'a mut dyn FnMut(SpanData),
+    ids: Ids,
+    scope: InstrumentationScope,
+    clock: Option<Clock>,
+    approximate: bool,
+    first_time: Option<i64>,
+    last_time: i64,
+    tasks: IdMap<u64, Open>,
+    ended_tasks: IdMap<u64, (TraceId, SpanId)>,
+    ended_order: VecDeque<u64>,
+    /// Open regions per goroutine, innermost last.
+    regions: IdMap<i64, Vec<OpenRegion>>,
+    /// Tasks begun on each goroutine and not yet ended, innermost last.
+    g_tasks: IdMap<i64, Vec<u64>>,
+    ranges: Vec<((Vec<u8>, Resource), Open)>,
+    block_reason: IdMap<i64, String>,
+    summary: SpanSummary,
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl<'a> Mapper<'a> {
+    fn new(opts: &'a SpanOptions, sink: &'a mut dyn FnMut(SpanData)) -> Self {
+        Mapper {
+            opts,
+            sink,
+            ids: Ids(rand::random::<u64>()),
+            scope: InstrumentationScope::builder("agent.gotrace")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+            clock: None,
+            approximate: false,
+            first_time: None,
+            last_time: 0,
+            tasks: IdMap::default(),
+            ended_tasks: IdMap::default(),
+            ended_order: VecDeque::new(),
+            regions: IdMap::default(),
+            g_tasks: IdMap::default(),
+            ranges: Vec::new(),
+            block_reason: IdMap::default(),
+            summary: SpanSummary::default(),
+        }
+    }
+
+    fn window_start(&self) -> i64 {
+        self.first_time.unwrap_or(0)
+    }
+
+    fn wall(&self, t: i64) -> SystemTime {
+        match self.clock {
+            Some(c) => c.wall(t),
+            None => SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    fn event(&mut self, e: &Event<'_>) {
+        let t = e.time();
+        if self.first_time.is_none() {
+            self.first_time = Some(t);
+        }
+        self.last_time = t;
+        match e.kind() {
+            EventKind::Sync => self.sync(e),
+            EventKind::TaskBegin => self.task_begin(e),
+            EventKind::TaskEnd => self.task_end(e),
+            EventKind::RegionBegin => self.region_begin(e),
+            EventKind::RegionEnd => self.region_end(e),
+            EventKind::Log => self.log(e),
+            EventKind::RangeBegin | EventKind::RangeActive => self.range_begin(e),
+            EventKind::RangeEnd => self.range_end(e),
+            EventKind::StateTransition => self.transition(e),
+            _ => {}
+        }
+    }
+
+    fn sync(&mut self, e: &Event<'_>) {
+        let Some(s) = e.sync() else { return };
+        if let Some(c) = s.clock_snapshot {
+            let wall = if c.wall_sec >= 0 {
+                SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(c.wall_sec as u64)
+                    + Duration::from_nanos(c.wall_nsec as u64)
+            } else {
+                SystemTime::UNIX_EPOCH
+            };
+            self.clock = Some(Clock {
+                trace: c.trace,
+                wall,
+            });
+            self.approximate = false;
+        } else if self.clock.is_none() {
+            self.clock = Some(Clock {
+                trace: e.time(),
+                wall: self.opts.anchor_wall_time.unwrap_or_else(SystemTime::now),
+            });
+            self.approximate = true;
+            self.summary.approximate_time = true;
+        }
+    }
+
+    fn stack_attrs(&self, st: &Stack<'_>, out: &mut Vec<KeyValue>) {
+        let mut frames = st.frames();
+        let Some(top) = frames.next() else { return };
+        out.push(KeyValue::new("code.function.name", lossy(top.func)));
+        out.push(KeyValue::new("code.file.path", lossy(top.file)));
+        out.push(KeyValue::new("code.line.number", top.line as i64));
+        if self.opts.max_frames > 0 {
+            let list: Vec<StringValue> = std::iter::once(top)
+                .chain(frames)
+                .take(self.opts.max_frames)
+                .map(|f| {
+                    StringValue::from(format!("{} ({}:{})", lossy(f.func), lossy(f.file), f.line))
+                })
+                .collect();
+            out.push(KeyValue::new(
+                "code.stacktrace.frames",
+                Value::Array(Array::String(list)),
+            ));
+        }
+    }
+
+    fn open(
+        &mut self,
+        kind: Kind,
+        name: String,
+        parent: Option<(TraceId, SpanId)>,
+        e: &Event<'_>,
+        begin_missing: bool,
+    ) -> Open {
+        let (trace_id, parent) = match parent {
+            Some((t, s)) => (t, s),
+            None => (self.ids.trace(), SpanId::INVALID),
+        };
+        let mut attrs = Vec::with_capacity(8);
+        if !begin_missing {
+            self.stack_attrs(&e.stack(), &mut attrs);
+        }
+        Open {
+            trace_id,
+            span_id: self.ids.span(),
+            parent,
+            name,
+            kind,
+            start: if begin_missing {
+                self.window_start()
+            } else {
+                e.time()
+            },
+            begin_missing,
+            goroutine: e.goroutine(),
+            attrs,
+            events: Vec::new(),
+            dropped_events: 0,
+        }
+    }
+
+    fn emit(&mut self, mut o: Open, end: i64, end_missing: bool) {
+        let mut attrs = std::mem::take(&mut o.attrs);
+        attrs.push(KeyValue::new("goroutine.id", o.goroutine));
+        attrs.push(KeyValue::new("trace.event.kind", o.kind.as_str()));
+        if o.begin_missing || end_missing {
+            attrs.push(KeyValue::new("go.trace.truncated", true));
+            attrs.push(KeyValue::new(
+                "go.trace.truncated.side",
+                match (o.begin_missing, end_missing) {
+                    (true, true) => "both",
+                    (true, false) => "begin",
+                    _ => "end",
+                },
+            ));
+            self.summary.truncated += 1;
+        }
+        if self.approximate {
+            attrs.push(KeyValue::new("go.trace.time.approximate", true));
+        }
+        attrs.extend(self.opts.extra_attributes.iter().cloned());
+        let mut events = SpanEvents::default();
+        events.events = o.events;
+        events.dropped_count = o.dropped_events;
+        match o.kind {
+            Kind::Task => self.summary.tasks += 1,
+            Kind::Region => self.summary.regions += 1,
+            Kind::Range => self.summary.ranges += 1,
+        }
+        self.summary.spans += 1;
+        let end = end.max(o.start);
+        let span = SpanData {
+            span_context: SpanContext::new(
+                o.trace_id,
+                o.span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: o.parent,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: Cow::Owned(o.name),
+            start_time: self.wall(o.start),
+            end_time: self.wall(end),
+            attributes: attrs,
+            dropped_attributes_count: 0,
+            events,
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: self.scope.clone(),
+        };
+        (self.sink)(span);
+    }
+
+    fn add_event(o: &mut Open, ev: OtelEvent) {
+        if o.events.len() < MAX_EVENTS_PER_SPAN {
+            o.events.push(ev);
+        } else {
+            o.dropped_events = o.dropped_events.saturating_add(1);
+        }
+    }
+
+    fn task_name(typ: &[u8], id: u64) -> String {
+        if typ.is_empty() {
+            format!("task {id}")
+        } else {
+            lossy(typ)
+        }
+    }
+
+    /// The span of task `id`: open, recently ended, or a placeholder for a
+    /// task whose begin is not in the trace.
+    fn task_span(&mut self, id: u64, e: &Event<'_>) -> Option<(TraceId, SpanId)> {
+        if id == NO_TASK || id == super::BACKGROUND_TASK {
+            return None;
+        }
+        if let Some(o) = self.tasks.get(&id) {
+            return Some((o.trace_id, o.span_id));
+        }
+        if let Some(ids) = self.ended_tasks.get(&id) {
+            return Some(*ids);
+        }
+        let mut o = self.open(Kind::Task, Self::task_name(&[], id), None, e, true);
+        o.goroutine = NO_GOROUTINE;
+        o.attrs.push(KeyValue::new("go.task.id", id as i64));
+        let ids = (o.trace_id, o.span_id);
+        self.tasks.insert(id, o);
+        Some(ids)
+    }
+
+    fn task_begin(&mut self, e: &Event<'_>) {
+        let Some(t) = e.task() else { return };
+        let parent = self.task_span(t.parent, e);
+        let mut o = self.open(Kind::Task, Self::task_name(t.typ, t.id), parent, e, false);
+        o.attrs.push(KeyValue::new("go.task.id", t.id as i64));
+        if t.parent != NO_TASK {
+            o.attrs
+                .push(KeyValue::new("go.task.parent_id", t.parent as i64));
+        }
+        if let Some(old) = self.tasks.insert(t.id, o) {
+            // A placeholder (or a reused ID): export what we had.
+            let end = e.time();
+            self.emit(old, end, true);
+        }
+        self.g_tasks.entry(e.goroutine()).or_default().push(t.id);
+    }
+
+    fn remember_ended(&mut self, id: u64, ids: (TraceId, SpanId)) {
+        if self.ended_tasks.insert(id, ids).is_none() {
+            self.ended_order.push_back(id);
+        }
+        while self.ended_order.len() > ENDED_TASKS_KEPT {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.ended_tasks.remove(&old);
+            }
+        }
+    }
+
+    fn task_end(&mut self, e: &Event<'_>) {
+        let Some(t) = e.task() else { return };
+        let mut o = match self.tasks.remove(&t.id) {
+            Some(o) => o,
+            None => {
+                let parent = self.task_span(t.parent, e);
+                let mut o = self.open(Kind::Task, Self::task_name(t.typ, t.id), parent, e, true);
+                o.attrs.push(KeyValue::new("go.task.id", t.id as i64));
+                o
+            }
+        };
+        if o.goroutine == NO_GOROUTINE || o.begin_missing {
+            o.goroutine = e.goroutine();
+        } else if o.goroutine != e.goroutine() {
+            o.attrs
+                .push(KeyValue::new("go.task.end.goroutine.id", e.goroutine()));
+        }
+        if let Some(list) = self.g_tasks.get_mut(&o.goroutine)
+            && let Some(i) = list.iter().rposition(|x| *x == t.id)
+        {
+            list.remove(i);
+        }
+        self.remember_ended(t.id, (o.trace_id, o.span_id));
+        self.emit(o, e.time(), false);
+    }
+
+    /// The goroutine's current context: its innermost region, else the
+    /// innermost task it began.
+    fn context_of(&mut self, g: i64) -> Option<&mut Open> {
+        if let Some(r) = self.regions.get_mut(&g).and_then(|v| v.last_mut()) {
+            return Some(&mut r.span);
+        }
+        let id = *self.g_tasks.get(&g)?.last()?;
+        self.tasks.get_mut(&id)
+    }
+
+    fn context_ids(&mut self, g: i64) -> Option<(TraceId, SpanId)> {
+        self.context_of(g).map(|o| (o.trace_id, o.span_id))
+    }
+
+    fn region_parent(&mut self, g: i64, task: u64, e: &Event<'_>) -> Option<(TraceId, SpanId)> {
+        if let Some(r) = self.regions.get(&g).and_then(|v| v.last())
+            && (r.task == task || task == super::BACKGROUND_TASK)
+        {
+            return Some((r.span.trace_id, r.span.span_id));
+        }
+        self.task_span(task, e)
+    }
+
+    fn region_begin(&mut self, e: &Event<'_>) {
+        let Some(r) = e.region() else { return };
+        let g = e.goroutine();
+        let parent = self.region_parent(g, r.task, e);
+        let mut o = self.open(Kind::Region, lossy(r.typ), parent, e, false);
+        o.attrs.push(KeyValue::new("go.task.id", r.task as i64));
+        self.regions.entry(g).or_default().push(OpenRegion {
+            task: r.task,
+            name: r.typ.to_vec(),
+            span: o,
+        });
+    }
+
+    fn region_end(&mut self, e: &Event<'_>) {
+        let Some(r) = e.region() else { return };
+        let g = e.goroutine();
+        let matched = self
+            .regions
+            .get(&g)
+            .and_then(|v| v.last())
+            .is_some_and(|top| top.task == r.task && top.name == r.typ);
+        if matched {
+            if let Some(top) = self.regions.get_mut(&g).and_then(|v| v.pop()) {
+                self.emit(top.span, e.time(), false);
+            }
+            return;
+        }
+        // Began before the trace: parent is the task (regions still open
+        // on this goroutine began later, so they are inside it).
+        let parent = self.task_span(r.task, e);
+        let mut o = self.open(Kind::Region, lossy(r.typ), parent, e, true);
+        o.attrs.push(KeyValue::new("go.task.id", r.task as i64));
+        self.emit(o, e.time(), false);
+    }
+
+    fn log(&mut self, e: &Event<'_>) {
+        let Some(l) = e.log() else { return };
+        let g = e.goroutine();
+        let mut attrs = vec![
+            KeyValue::new("go.log.category", lossy(l.category)),
+            KeyValue::new("go.log.message", lossy(l.message)),
+            KeyValue::new("goroutine.id", g),
+        ];
+        self.stack_attrs(&e.stack(), &mut attrs);
+        let name = if l.category.is_empty() {
+            "log".to_string()
+        } else {
+            lossy(l.category)
+        };
+        let ev = OtelEvent::new(name, self.wall(e.time()), attrs, 0);
+        let in_region = self
+            .regions
+            .get(&g)
+            .and_then(|v| v.last())
+            .is_some_and(|r| r.task == l.task || l.task == super::BACKGROUND_TASK);
+        if in_region {
+            if let Some(r) = self.regions.get_mut(&g).and_then(|v| v.last_mut()) {
+                Self::add_event(&mut r.span, ev);
+                self.summary.logs += 1;
+            }
+            return;
+        }
+        if self.task_span(l.task, e).is_some()
+            && let Some(o) = self.tasks.get_mut(&l.task)
+        {
+            Self::add_event(o, ev);
+            self.summary.logs += 1;
+            return;
+        }
+        self.summary.unattached_logs += 1;
+    }
+
+    fn transition(&mut self, e: &Event<'_>) {
+        let Some(s) = e.state_transition() else {
+            return;
+        };
+        let Resource::Goroutine(g) = s.resource else {
+            return;
+        };
+        let (name, reason) =
+            if s.to == goroutine_state::WAITING && s.from == goroutine_state::RUNNING {
+                let reason = lossy(s.reason);
+                self.block_reason.insert(g, reason.clone());
+                ("goroutine.block", reason)
+            } else if s.from == goroutine_state::WAITING && s.to == goroutine_state::RUNNABLE {
+                let reason = self.block_reason.remove(&g).unwrap_or_default();
+                ("goroutine.unblock", reason)
+            } else {
+                return;
+            };
+        let wall = self.wall(e.time());
+        let mut attrs = vec![
+            KeyValue::new("goroutine.id", g),
+            KeyValue::new("go.block.reason", reason),
+        ];
+        if name == "goroutine.unblock" {
+            attrs.push(KeyValue::new("go.unblocked_by.goroutine.id", e.goroutine()));
+        } else if let Some(top) = s.stack.frames().next() {
+            attrs.push(KeyValue::new("code.function.name", lossy(top.func)));
+            attrs.push(KeyValue::new("code.line.number", top.line as i64));
+        }
+        if let Some(o) = self.context_of(g) {
+            Self::add_event(o, OtelEvent::new(name, wall, attrs, 0));
+        }
+    }
+
+    fn range_begin(&mut self, e: &Event<'_>) {
+        let Some(r) = e.range() else { return };
+        let key = (r.name.to_vec(), r.scope);
+        if self.ranges.iter().any(|(k, _)| *k == key) {
+            // RangeActive at a generation boundary for a range we know.
+            return;
+        }
+        let active = e.kind() == EventKind::RangeActive;
+        let parent = match r.scope {
+            Resource::Goroutine(g) => self.context_ids(g),
+            _ => None,
+        };
+        let mut o = self.open(Kind::Range, lossy(&r.name), parent, e, active);
+        if let Resource::Goroutine(g) = r.scope {
+            o.goroutine = g;
+        }
+        match r.scope {
+            Resource::Proc(p) => o.attrs.push(KeyValue::new("go.proc.id", p)),
+            Resource::Goroutine(_) | Resource::None | Resource::Thread(_) => {}
+        }
+        self.ranges.push((key, o));
+    }
+
+    fn range_end(&mut self, e: &Event<'_>) {
+        let Some(r) = e.range() else { return };
+        let key = (r.name.to_vec(), r.scope);
+        let attrs: Vec<KeyValue> = e
+            .range_attributes()
+            .into_iter()
+            .map(|(k, v)| KeyValue::new(format!("go.gc.{}", k.replace(' ', "_")), v as i64))
+            .collect();
+        let mut o = match self.ranges.iter().position(|(k, _)| *k == key) {
+            Some(i) => self.ranges.swap_remove(i).1,
+            None => {
+                let parent = match r.scope {
+                    Resource::Goroutine(g) => self.context_ids(g),
+                    _ => None,
+                };
+                self.open(Kind::Range, lossy(&r.name), parent, e, true)
+            }
+        };
+        o.attrs.extend(attrs);
+        self.emit(o, e.time(), false);
+    }
+
+    fn finish(&mut self) {
+        let end = self.last_time;
+        let mut gs: Vec<i64> = self.regions.keys().copied().collect();
+        gs.sort_unstable();
+        for g in gs {
+            while let Some(r) = self.regions.get_mut(&g).and_then(|v| v.pop()) {
+                self.emit(r.span, end, true);
+            }
+        }
+        for (_, o) in std::mem::take(&mut self.ranges) {
+            self.emit(o, end, true);
+        }
+        let mut tasks: Vec<(u64, Open)> = self.tasks.drain().collect();
+        tasks.sort_by_key(|(id, _)| *id);
+        for (_, o) in tasks {
+            self.emit(o, end, true);
+        }
+    }
 }

@@ -133,7 +133,11 @@ const fn timed(name: &'static str, args: &'static [&'static str]) -> Spec {
 }
 
 const fn structural(name: &'static str, args: &'static [&'static str]) -> Spec {
-    Spec { name, args, ..EMPTY }
+    Spec {
+        name,
+        args,
+        ..EMPTY
+    }
 }
 
 const fn stacks(mut s: Spec, ids: &'static [usize]) -> Spec {
@@ -202,8 +206,7 @@ const fn build() -> [Spec; 256] {
         &[1],
     );
     t[GO_UNBLOCK as usize] = stacks(timed("GoUnblock", &["dt", "g", "g_seq", "stack"]), &[3]);
-    t[GO_SYSCALL_BEGIN as usize] =
-        stacks(timed("GoSyscallBegin", &["dt", "p_seq", "stack"]), &[2]);
+    t[GO_SYSCALL_BEGIN as usize] = stacks(timed("GoSyscallBegin", &["dt", "p_seq", "stack"]), &[2]);
     t[GO_SYSCALL_END as usize] = start(timed("GoSyscallEnd", &["dt"]), GO_SYSCALL_BEGIN);
     t[GO_SYSCALL_END_BLOCKED as usize] =
         start(timed("GoSyscallEndBlocked", &["dt"]), GO_SYSCALL_BEGIN);
@@ -222,12 +225,12 @@ const fn build() -> [Spec; 256] {
         timed("GCSweepEnd", &["dt", "swept_value", "reclaimed_value"]),
         GC_SWEEP_BEGIN,
     );
-    t[GC_MARK_ASSIST_ACTIVE as usize] =
-        start(timed("GCMarkAssistActive", &["dt", "g"]), GC_MARK_ASSIST_BEGIN);
-    t[GC_MARK_ASSIST_BEGIN as usize] =
-        stacks(timed("GCMarkAssistBegin", &["dt", "stack"]), &[1]);
-    t[GC_MARK_ASSIST_END as usize] =
-        start(timed("GCMarkAssistEnd", &["dt"]), GC_MARK_ASSIST_BEGIN);
+    t[GC_MARK_ASSIST_ACTIVE as usize] = start(
+        timed("GCMarkAssistActive", &["dt", "g"]),
+        GC_MARK_ASSIST_BEGIN,
+    );
+    t[GC_MARK_ASSIST_BEGIN as usize] = stacks(timed("GCMarkAssistBegin", &["dt", "stack"]), &[1]);
+    t[GC_MARK_ASSIST_END as usize] = start(timed("GCMarkAssistEnd", &["dt"]), GC_MARK_ASSIST_BEGIN);
     t[HEAP_ALLOC as usize] = timed("HeapAlloc", &["dt", "heapalloc_value"]);
     t[HEAP_GOAL as usize] = timed("HeapGoal", &["dt", "heapgoal_value"]);
     t[GO_LABEL as usize] = strings(timed("GoLabel", &["dt", "label_string"]), &[1]);
@@ -291,8 +294,7 @@ const fn build() -> [Spec; 256] {
     t[HEAP_OBJECT_ALLOC as usize] = exp(timed("HeapObjectAlloc", &["dt", "id", "type"]));
     t[HEAP_OBJECT_FREE as usize] = exp(timed("HeapObjectFree", &["dt", "id"]));
     t[GOROUTINE_STACK as usize] = exp(timed("GoroutineStack", &["dt", "id", "order"]));
-    t[GOROUTINE_STACK_ALLOC as usize] =
-        exp(timed("GoroutineStackAlloc", &["dt", "id", "order"]));
+    t[GOROUTINE_STACK_ALLOC as usize] = exp(timed("GoroutineStackAlloc", &["dt", "id", "order"]));
     t[GOROUTINE_STACK_FREE as usize] = exp(timed("GoroutineStackFree", &["dt", "id"]));
     t
 }

@@ -62,14 +62,18 @@ fn read_args(mut s: &str, names: &[&str], line: usize) -> Result<Vec<u64>, TextE
         if arg != *name {
             return Err(err(format!("expected argument {name:?}, but got {arg:?}")));
         }
-        let v: u64 = val
-            .parse()
-            .map_err(|_| err(format!("failed to parse argument value {val:?} for arg {arg:?}")))?;
+        let v: u64 = val.parse().map_err(|_| {
+            err(format!(
+                "failed to parse argument value {val:?} for arg {arg:?}"
+            ))
+        })?;
         out.push(v);
         s = rest;
     }
     if !s.trim().is_empty() {
-        return Err(err(format!("unexpected text at the end of an event: {s:?}")));
+        return Err(err(format!(
+            "unexpected text at the end of an event: {s:?}"
+        )));
     }
     Ok(out)
 }
@@ -83,7 +87,8 @@ pub fn go_unquote(s: &str) -> Option<Vec<u8>> {
     let b = &b[1..b.len() - 1];
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
-    let hex = |x: &[u8]| -> Option<u32> { u32::from_str_radix(std::str::from_utf8(x).ok()?, 16).ok() };
+    let hex =
+        |x: &[u8]| -> Option<u32> { u32::from_str_radix(std::str::from_utf8(x).ok()?, 16).ok() };
     while i < b.len() {
         let c = b[i];
         if c != b'\\' {

@@ -101,10 +101,11 @@ impl DirWatcher {
                 self.pending.push_back(Err(WatchError::Overflow));
                 continue;
             }
-            if ev
-                .mask
-                .intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED)
-            {
+            if ev.mask.intersects(
+                AddWatchFlags::IN_DELETE_SELF
+                    | AddWatchFlags::IN_MOVE_SELF
+                    | AddWatchFlags::IN_IGNORED,
+            ) {
                 self.pending
                     .push_back(Err(WatchError::DirectoryGone(self.dir.clone())));
                 self.finished = true;
