@@ -18,18 +18,28 @@ fn reg(name: &str) -> agent::usdt::Register {
 fn constants() {
     assert_eq!(
         one("-4@$5"),
-        ArgSpec { size: 4, signed: true, location: ArgLocation::Const(5) }
+        ArgSpec {
+            size: 4,
+            signed: true,
+            location: ArgLocation::Const(5)
+        }
     );
     assert_eq!(one("-4@$-7").location, ArgLocation::Const(-7));
     assert_eq!(one("8@$0x10").location, ArgLocation::Const(16));
-    assert_eq!(one("-8@$1234567890123").location, ArgLocation::Const(1234567890123));
+    assert_eq!(
+        one("-8@$1234567890123").location,
+        ArgLocation::Const(1234567890123)
+    );
     // gcc prints large unsigned constants as negative numbers.
     assert_eq!(
         one("8@$-446744073709551616").location,
         ArgLocation::Const(18000000000000000000u64 as i64)
     );
     let spec = one("1@$-6").encode(0).expect("encode");
-    assert_eq!((spec.kind, spec.val_off, spec.size, spec.signed), (ARG_CONST, (-6i64) as u64, 1, 0));
+    assert_eq!(
+        (spec.kind, spec.val_off, spec.size, spec.signed),
+        (ARG_CONST, (-6i64) as u64, 1, 0)
+    );
 }
 
 #[test]
@@ -60,7 +70,11 @@ fn registers_of_every_width() {
         };
         assert_eq!((r.slot, r.shift), (slot, shift), "{text}");
         let spec = arg.encode(0).expect("encode");
-        assert_eq!((spec.kind, spec.reg, spec.reg_shift), (ARG_REG, slot, shift), "{text}");
+        assert_eq!(
+            (spec.kind, spec.reg, spec.reg_shift),
+            (ARG_REG, slot, shift),
+            "{text}"
+        );
     }
 }
 
@@ -68,40 +82,76 @@ fn registers_of_every_width() {
 fn register_dereferences() {
     assert_eq!(
         one("-4@-20(%rbp)").location,
-        ArgLocation::Deref { base: reg("rbp"), offset: -20 }
+        ArgLocation::Deref {
+            base: reg("rbp"),
+            offset: -20
+        }
     );
     assert_eq!(
         one("8@(%rsp)").location,
-        ArgLocation::Deref { base: reg("rsp"), offset: 0 }
+        ArgLocation::Deref {
+            base: reg("rsp"),
+            offset: 0
+        }
     );
     assert_eq!(
         one("-2@0x10(%rdi)").location,
-        ArgLocation::Deref { base: reg("rdi"), offset: 16 }
+        ArgLocation::Deref {
+            base: reg("rdi"),
+            offset: 16
+        }
     );
     let spec = one("-4@-20(%rbp)").encode(0).expect("encode");
-    assert_eq!((spec.kind, spec.reg, spec.val_off as i64), (ARG_REG_DEREF, 4, -20));
+    assert_eq!(
+        (spec.kind, spec.reg, spec.val_off as i64),
+        (ARG_REG_DEREF, 4, -20)
+    );
     // Numeric %rip offsets are relative to the probe's address (libbpf).
     let spec = one("8@24(%rip)").encode(0x1000).expect("encode");
-    assert_eq!((spec.kind, spec.reg, spec.val_off), (ARG_REG_DEREF, REG_IP, 24));
+    assert_eq!(
+        (spec.kind, spec.reg, spec.val_off),
+        (ARG_REG_DEREF, REG_IP, 24)
+    );
 }
 
 #[test]
 fn base_index_scale() {
     assert_eq!(
         one("8@(%rax,%rbx,8)").location,
-        ArgLocation::Sib { base: reg("rax"), index: reg("rbx"), scale: 8, offset: 0 }
+        ArgLocation::Sib {
+            base: reg("rax"),
+            index: reg("rbx"),
+            scale: 8,
+            offset: 0
+        }
     );
     assert_eq!(
         one("8@16(%rax,%rbx,8)").location,
-        ArgLocation::Sib { base: reg("rax"), index: reg("rbx"), scale: 8, offset: 16 }
+        ArgLocation::Sib {
+            base: reg("rax"),
+            index: reg("rbx"),
+            scale: 8,
+            offset: 16
+        }
     );
     assert_eq!(
         one("-4@-8(%rdi,%rsi)").location,
-        ArgLocation::Sib { base: reg("rdi"), index: reg("rsi"), scale: 1, offset: -8 }
+        ArgLocation::Sib {
+            base: reg("rdi"),
+            index: reg("rsi"),
+            scale: 1,
+            offset: -8
+        }
     );
     let spec = one("-4@8(%rdi,%rsi,4)").encode(0).expect("encode");
     assert_eq!(
-        (spec.kind, spec.reg, spec.idx_reg, spec.scale_shift, spec.val_off),
+        (
+            spec.kind,
+            spec.reg,
+            spec.idx_reg,
+            spec.scale_shift,
+            spec.val_off
+        ),
         (ARG_SIB, 14, 13, 2, 8)
     );
 }
@@ -111,17 +161,30 @@ fn rip_relative_symbols() {
     let arg = one("-4@fix_counter(%rip)");
     assert_eq!(
         arg.location,
-        ArgLocation::Symbol { symbol: "fix_counter".into(), addend: 0, address: None }
+        ArgLocation::Symbol {
+            symbol: "fix_counter".into(),
+            addend: 0,
+            address: None
+        }
     );
-    assert!(arg.encode(0x1000).is_err(), "unresolved symbols cannot be encoded");
+    assert!(
+        arg.encode(0x1000).is_err(),
+        "unresolved symbols cannot be encoded"
+    );
     let mut arg = one("4@fix_pair+8(%rip)");
-    let ArgLocation::Symbol { addend, address, .. } = &mut arg.location else {
+    let ArgLocation::Symbol {
+        addend, address, ..
+    } = &mut arg.location
+    else {
         panic!("not a symbol: {arg:?}");
     };
     assert_eq!(*addend, 8);
     *address = Some(0x5008);
     let spec = arg.encode(0x1000).expect("encode");
-    assert_eq!((spec.kind, spec.reg, spec.val_off), (ARG_REG_DEREF, REG_IP, 0x4008));
+    assert_eq!(
+        (spec.kind, spec.reg, spec.val_off),
+        (ARG_REG_DEREF, REG_IP, 0x4008)
+    );
     let ArgLocation::Symbol { addend, .. } = one("8@tbl-16(%rip)").location else {
         panic!("not a symbol");
     };
@@ -133,14 +196,27 @@ fn whole_argument_strings() {
     let args = parse_args("-4@%esi -4@-24(%rbp) -4@%ecx 2@%ax 8@%rdx").expect("parses");
     assert_eq!(args.len(), 5);
     assert!(parse_args("").expect("no arguments").is_empty());
-    let twelve = (0..12).map(|i| format!("8@$${i}")).collect::<Vec<_>>().join(" ");
-    assert_eq!(parse_args(&twelve.replace("$$", "$")).expect("12").len(), 12);
-    let thirteen = (0..13).map(|i| format!("8@${i}")).collect::<Vec<_>>().join(" ");
+    let twelve = (0..12)
+        .map(|i| format!("8@$${i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        parse_args(&twelve.replace("$$", "$")).expect("12").len(),
+        12
+    );
+    let thirteen = (0..13)
+        .map(|i| format!("8@${i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(parse_args(&thirteen).is_err());
     // Old notes without sizes read whole registers.
     assert_eq!(
         parse_args("%rdi").expect("no size")[0],
-        ArgSpec { size: 8, signed: false, location: ArgLocation::Reg(reg("rdi")) }
+        ArgSpec {
+            size: 8,
+            signed: false,
+            location: ArgLocation::Reg(reg("rdi"))
+        }
     );
 }
 

@@ -107,11 +107,16 @@ fn attaches_and_decodes_every_argument_form() {
         assert_eq!(event.header.target, 7, "target slot from the cookie");
         assert_eq!(event.header.goid, 0);
         assert!(event.header.tid > 0);
-        assert!(event.args.iter().all(|a| !a.failed), "{provider}:{name}: {event:#?}");
+        assert!(
+            event.args.iter().all(|a| !a.failed),
+            "{provider}:{name}: {event:#?}"
+        );
         by_name.entry(name.to_owned()).or_default().push(event);
     }
     let one = |name: &str| -> &UsdtEvent {
-        let v = by_name.get(name).unwrap_or_else(|| panic!("no record for {name}"));
+        let v = by_name
+            .get(name)
+            .unwrap_or_else(|| panic!("no record for {name}"));
         assert_eq!(v.len(), 1, "{name} fired once");
         v[0]
     };
@@ -177,7 +182,10 @@ fn attaches_and_decodes_every_argument_form() {
     let hre = one("http_request_end");
     assert_eq!(strs(hre)[0].as_deref(), Some("req-0001"));
     assert_eq!(ints(hre)[1..], [200, 15000000]);
-    assert_eq!(strs(one("tls_handshake_start")), s(&["req-0003", "api.example.com"]));
+    assert_eq!(
+        strs(one("tls_handshake_start")),
+        s(&["req-0003", "api.example.com"])
+    );
     assert_eq!(strs(one("tls_handshake_end")), s(&["req-0003", "TLS 1.3"]));
     let nds = one("net_dial_start");
     assert_eq!(strs(nds)[..2], s(&["req-0002", "db.internal"]));
@@ -187,7 +195,11 @@ fn attaches_and_decodes_every_argument_form() {
     assert_eq!(strs(one("request_end")), s(&["req-0004"]));
 
     let lib = &by_name["lib_probe"];
-    assert_eq!(lib.len(), 2, "library probe from the file and the memfd copy");
+    assert_eq!(
+        lib.len(),
+        2,
+        "library probe from the file and the memfd copy"
+    );
     let mut which: Vec<(i64, String, i64)> = lib
         .iter()
         .map(|e| {
@@ -213,9 +225,7 @@ fn attaches_and_decodes_every_argument_form() {
     // detached, and the semaphore is back to 0.
     target.fire();
     assert_eq!(drain(&mut ring).len(), probes.len());
-    attachment
-        .detach(&mut ebpf, &mut sites)
-        .expect("detaching");
+    attachment.detach(&mut ebpf, &mut sites).expect("detaching");
     assert_eq!(target.semaphore(), 0, "semaphore after detaching");
     assert_eq!(sites.iter().count(), 0);
     target.fire();

@@ -14,7 +14,11 @@ fn assert_matches_readelf(path: &std::path::Path) -> Vec<agent::usdt::UsdtProbe>
     let probes = probes_in_file(path).expect("reading the probes");
     let notes = readelf_notes(path);
     assert!(!notes.is_empty(), "readelf found no USDT notes");
-    assert_eq!(probes.len(), notes.len(), "probe count differs from readelf");
+    assert_eq!(
+        probes.len(),
+        notes.len(),
+        "probe count differs from readelf"
+    );
     let file = std::fs::File::open(path).expect("opening the fixture");
     for (probe, (provider, name, location, _base, semaphore, args)) in probes.iter().zip(&notes) {
         assert_eq!(&probe.provider, provider);
@@ -47,7 +51,10 @@ fn assert_matches_readelf(path: &std::path::Path) -> Vec<agent::usdt::UsdtProbe>
         let mut byte = [0u8; 1];
         file.read_exact_at(&mut byte, probe.file_offset)
             .expect("reading at the probe's file offset");
-        assert_eq!(byte[0], 0x90, "{provider}:{name}: no nop at the file offset");
+        assert_eq!(
+            byte[0], 0x90,
+            "{provider}:{name}: no nop at the file offset"
+        );
         if let Some(sema) = probe.semaphore {
             let mut value = [0u8; 2];
             file.read_exact_at(&mut value, sema.file_offset)
@@ -83,7 +90,10 @@ fn executable_notes_match_readelf() {
     ] {
         assert!(names.contains(&want), "probe {want} missing: {names:?}");
     }
-    let guarded = probes.iter().find(|p| p.name == "guarded").expect("guarded");
+    let guarded = probes
+        .iter()
+        .find(|p| p.name == "guarded")
+        .expect("guarded");
     assert!(guarded.semaphore.is_some());
     assert_eq!(
         probes.iter().filter(|p| p.semaphore.is_some()).count(),
@@ -113,7 +123,10 @@ fn process_probes_include_libraries_and_memfd_copies() {
     let exe_probes: Vec<_> = probes.iter().filter(|p| p.provider == "fixture").collect();
     assert_eq!(exe_probes.len(), from_file.len());
     for (a, b) in exe_probes.iter().zip(&from_file) {
-        assert_eq!((&a.name, a.vaddr, a.file_offset), (&b.name, b.vaddr, b.file_offset));
+        assert_eq!(
+            (&a.name, a.vaddr, a.file_offset),
+            (&b.name, b.vaddr, b.file_offset)
+        );
         assert!(
             a.path.starts_with(format!("/proc/{pid}/root/")),
             "exe probe path {}",
@@ -121,11 +134,15 @@ fn process_probes_include_libraries_and_memfd_copies() {
         );
     }
     let lib: Vec<_> = probes.iter().filter(|p| p.provider == "fixlib").collect();
-    assert_eq!(lib.len(), 2, "the library from its file and from the memfd: {lib:#?}");
+    assert_eq!(
+        lib.len(),
+        2,
+        "the library from its file and from the memfd: {lib:#?}"
+    );
     let root = format!("/proc/{pid}/root");
     assert!(
-        lib.iter()
-            .any(|p| p.path == std::path::Path::new(&root).join(fx.lib.strip_prefix("/").expect("absolute"))),
+        lib.iter().any(|p| p.path
+            == std::path::Path::new(&root).join(fx.lib.strip_prefix("/").expect("absolute"))),
         "library probe through /proc/N/root: {lib:#?}"
     );
     assert!(
@@ -142,9 +159,5 @@ fn process_probes_include_libraries_and_memfd_copies() {
         listing.contains("args [-4@$5 -4@$-7 -8@$1234567890123]"),
         "{listing}"
     );
-    assert_eq!(
-        listing.matches("fixlib:lib_probe").count(),
-        2,
-        "{listing}"
-    );
+    assert_eq!(listing.matches("fixlib:lib_probe").count(), 2, "{listing}");
 }

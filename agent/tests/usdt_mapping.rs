@@ -90,7 +90,10 @@ fn probe(provider: &str, name: &str) -> UsdtProbe {
 #[test]
 fn documented_example_parses() {
     let config = MappingConfig::from_toml_str(EXAMPLE).expect("the example parses");
-    assert_eq!(config.open_span_timeout, Some(std::time::Duration::from_secs(30)));
+    assert_eq!(
+        config.open_span_timeout,
+        Some(std::time::Duration::from_secs(30))
+    );
     assert_eq!(config.max_open_spans, Some(65536));
     // Two spans of the file, then the built-ins minus the one it replaces.
     assert_eq!(config.spans.len(), 2 + 3);
@@ -99,7 +102,10 @@ fn documented_example_parses() {
         .expect("http start");
     assert_eq!(role, Role::Start);
     assert_eq!(http.kind, SpanKind::Server);
-    assert!(config.find("other", "http_request_start").is_none(), "provider is checked");
+    assert!(
+        config.find("other", "http_request_start").is_none(),
+        "provider is checked"
+    );
     let (db, role) = config.find("db", "query_end").expect("db end");
     assert_eq!(role, Role::End);
     assert_eq!(db.start_args[1].ty, ArgType::Bytes { len_index: 2 });
@@ -163,11 +169,17 @@ fn builtins_cover_the_seed_events() {
         http.request_id(Role::Start, &start),
         Some(RequestId::Bytes(b"abc123".to_vec()))
     );
-    assert_eq!(http.request_id(Role::Start, &start), http.request_id(Role::End, &ok));
+    assert_eq!(
+        http.request_id(Role::Start, &start),
+        http.request_id(Role::End, &ok)
+    );
     assert_eq!(
         http.attributes(Role::Start, &start),
         [
-            ("http.request.method".to_owned(), ArgValue::Str("GET".into())),
+            (
+                "http.request.method".to_owned(),
+                ArgValue::Str("GET".into())
+            ),
             ("url.path".to_owned(), ArgValue::Str("/api/users".into())),
         ]
     );
@@ -184,7 +196,10 @@ fn builtins_cover_the_seed_events() {
     assert_eq!(
         dial.attributes(Role::Start, &start),
         [
-            ("server.address".to_owned(), ArgValue::Str("db.internal".into())),
+            (
+                "server.address".to_owned(),
+                ArgValue::Str("db.internal".into())
+            ),
             ("server.port".to_owned(), ArgValue::I64(5432)),
         ]
     );
@@ -230,23 +245,61 @@ id = {{ index = 0, type = "u64" }}
     };
     assert!(MappingConfig::from_toml_str(&base("", "")).is_ok());
     for (toml, want) in [
-        (base("b = { index = 1, type = \"i64\" }", ""), "index 1 is also argument"),
-        (base("b = { index = 12, type = \"i64\" }", ""), "index 12 is out of range"),
-        (base("b = { index = 2, type = \"float\" }", ""), "type \"float\" is not"),
+        (
+            base("b = { index = 1, type = \"i64\" }", ""),
+            "index 1 is also argument",
+        ),
+        (
+            base("b = { index = 12, type = \"i64\" }", ""),
+            "index 12 is out of range",
+        ),
+        (
+            base("b = { index = 2, type = \"float\" }", ""),
+            "type \"float\" is not",
+        ),
         (base("b = { index = 2, type = \"bytes\" }", ""), "needs len"),
-        (base("b = { index = 2, type = \"bytes\", len = \"zz\" }", ""), "len \"zz\" is not an argument"),
-        (base("b = { index = 2, type = \"bytes\", len = \"a\" }", ""), "is not an integer argument"),
-        (base("b = { index = 2, type = \"str\", cap = 200 }", ""), "cap 200 is not in 1..=128"),
-        (base("b = { index = 2, type = \"i64\", cap = 8 }", ""), "cap is only for strings"),
-        (base("b = { index = 2, type = \"i64\", attribute = \" \" }", ""), "attribute is empty"),
-        (base("", "status = { arg = \"a\", error_if = \"nonzero\" }"), "is not an integer"),
-        (base("", "status = { arg = \"id\", error_if = \"< 3\" }"), "is not \"nonzero\""),
-        (base("", "status = { arg = \"zz\", error_if = \"nonzero\" }"), "is not an argument"),
+        (
+            base("b = { index = 2, type = \"bytes\", len = \"zz\" }", ""),
+            "len \"zz\" is not an argument",
+        ),
+        (
+            base("b = { index = 2, type = \"bytes\", len = \"a\" }", ""),
+            "is not an integer argument",
+        ),
+        (
+            base("b = { index = 2, type = \"str\", cap = 200 }", ""),
+            "cap 200 is not in 1..=128",
+        ),
+        (
+            base("b = { index = 2, type = \"i64\", cap = 8 }", ""),
+            "cap is only for strings",
+        ),
+        (
+            base("b = { index = 2, type = \"i64\", attribute = \" \" }", ""),
+            "attribute is empty",
+        ),
+        (
+            base("", "status = { arg = \"a\", error_if = \"nonzero\" }"),
+            "is not an integer",
+        ),
+        (
+            base("", "status = { arg = \"id\", error_if = \"< 3\" }"),
+            "is not \"nonzero\"",
+        ),
+        (
+            base("", "status = { arg = \"zz\", error_if = \"nonzero\" }"),
+            "is not an argument",
+        ),
         (base("", "kind = \"sideways\""), "unknown variant"),
         (base("", "colour = 1"), "unknown field"),
     ] {
         let err = MappingConfig::from_toml_str(&toml).expect_err(want);
-        let text = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+        let text = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
         assert!(text.contains(want), "want {want:?} in {text:?}");
     }
     for (toml, want) in [
@@ -281,7 +334,12 @@ id = {{ index = 0, type = "u64" }}
         ("span = 3", "invalid type"),
     ] {
         let err = MappingConfig::from_toml_str(toml).expect_err(want);
-        let text = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+        let text = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
         assert!(text.contains(want), "want {want:?} in {text:?}");
     }
 }

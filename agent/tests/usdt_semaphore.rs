@@ -19,11 +19,17 @@ fn guard_increments_and_restores_the_semaphore() {
         .expect("fixture:guarded");
     assert!(guarded.semaphore.is_some());
     assert_eq!(target.semaphore(), 0);
-    assert_eq!(semaphore::read_semaphore(target.pid, guarded).expect("reading"), 0);
+    assert_eq!(
+        semaphore::read_semaphore(target.pid, guarded).expect("reading"),
+        0
+    );
 
     let first = SemaphoreGuard::activate(target.pid, guarded).expect("activating");
     assert_eq!(target.semaphore(), 1, "visible to the target");
-    assert_eq!(semaphore::read_semaphore(target.pid, guarded).expect("reading"), 1);
+    assert_eq!(
+        semaphore::read_semaphore(target.pid, guarded).expect("reading"),
+        1
+    );
     let address = semaphore::runtime_address(target.pid, guarded).expect("address");
     assert_eq!(first.address(), address);
     // The fixture is not PIE: the run-time address is the link-time one.

@@ -11,9 +11,7 @@
 
 use std::fmt;
 
-use agent_common::usdt::{
-    ARG_CONST, ARG_REG, ARG_REG_DEREF, ARG_SIB, REG_IP, UsdtArgSpec,
-};
+use agent_common::usdt::{ARG_CONST, ARG_REG, ARG_REG_DEREF, ARG_SIB, REG_IP, UsdtArgSpec};
 
 /// Arguments one probe may have.
 pub const MAX_ARGS: usize = agent_common::usdt::USDT_MAX_ARGS;
@@ -341,14 +339,13 @@ impl<'a> Cursor<'a> {
             self.eat(b'+');
             false
         };
-        let (radix, digits_start) = if self.s[self.pos..].starts_with(b"0x")
-            || self.s[self.pos..].starts_with(b"0X")
-        {
-            self.pos += 2;
-            (16, self.pos)
-        } else {
-            (10, self.pos)
-        };
+        let (radix, digits_start) =
+            if self.s[self.pos..].starts_with(b"0x") || self.s[self.pos..].starts_with(b"0X") {
+                self.pos += 2;
+                (16, self.pos)
+            } else {
+                (10, self.pos)
+            };
         while self.peek().is_some_and(|b| (b as char).is_digit(radix)) {
             self.pos += 1;
         }
@@ -357,7 +354,8 @@ impl<'a> Cursor<'a> {
         }
         let digits = std::str::from_utf8(&self.s[digits_start..self.pos])
             .map_err(|_| (start, "expected a number"))?;
-        let magnitude = u64::from_str_radix(digits, radix).map_err(|_| (start, "number too large"))?;
+        let magnitude =
+            u64::from_str_radix(digits, radix).map_err(|_| (start, "number too large"))?;
         // Two's complement: `-0x8000000000000000` and large unsigned
         // constants keep their bits.
         Ok(if negative {
@@ -428,7 +426,11 @@ fn parse_arg(text: &str) -> PResult<ArgSpec> {
             ArgLocation::Reg(c.register()?)
         }
         Some(b'-' | b'+' | b'0'..=b'9' | b'(') => {
-            let offset = if c.peek() == Some(b'(') { 0 } else { c.integer()? };
+            let offset = if c.peek() == Some(b'(') {
+                0
+            } else {
+                c.integer()?
+            };
             memory(&mut c, offset)?
         }
         Some(b) if b.is_ascii_alphabetic() || b == b'_' || b == b'.' => {
@@ -465,7 +467,10 @@ fn memory(c: &mut Cursor<'_>, offset: i64) -> PResult<ArgLocation> {
     c.expect(b'(', "expected '('")?;
     c.skip_spaces();
     if c.peek() == Some(b',') {
-        return Err((c.pos, "memory operands without a base register are not supported"));
+        return Err((
+            c.pos,
+            "memory operands without a base register are not supported",
+        ));
     }
     let base = c.register()?;
     c.skip_spaces();

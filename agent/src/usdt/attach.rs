@@ -175,7 +175,7 @@ pub enum UsdtAttachError {
     #[error("all {0} USDT sites are in use")]
     SitesFull(u32),
     #[error("the `{USDT_PROGRAM}` program")]
-    Program(#[source] ProgramError),
+    Program(#[source] Box<ProgramError>),
     #[error("the `{USDT_SPEC_MAP}` map")]
     Map(#[source] MapError),
     #[error("probe {provider}:{name}: unsupported argument spec")]
@@ -206,7 +206,7 @@ pub enum UsdtAttachError {
         path: String,
         offset: u64,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("activating the semaphore of probe {provider}:{name}")]
     Semaphore {
@@ -252,7 +252,7 @@ impl UsdtAttachment {
             Ok(prog) => {
                 for link in links {
                     if let Err(err) = prog.detach(link) {
-                        result = Err(UsdtAttachError::Program(err));
+                        result = Err(UsdtAttachError::Program(Box::new(err)));
                     }
                 }
             }
@@ -283,7 +283,7 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut UProbe, UsdtAttachError> {
         .program_mut(USDT_PROGRAM)
         .ok_or(UsdtAttachError::NoProgram)?
         .try_into()
-        .map_err(UsdtAttachError::Program)?;
+        .map_err(|e| UsdtAttachError::Program(Box::new(e)))?;
     Ok(prog)
 }
 
@@ -302,11 +302,13 @@ pub fn build_spec(probe: &UsdtProbe, strings: &[StringArg]) -> Result<UsdtSpec, 
         ..UsdtSpec::default()
     };
     for (slot, arg) in spec.args.iter_mut().zip(&probe.args) {
-        *slot = arg.encode(probe.vaddr).map_err(|source| UsdtAttachError::Encode {
-            provider: probe.provider.clone(),
-            name: probe.name.clone(),
-            source,
-        })?;
+        *slot = arg
+            .encode(probe.vaddr)
+            .map_err(|source| UsdtAttachError::Encode {
+                provider: probe.provider.clone(),
+                name: probe.name.clone(),
+                source,
+            })?;
     }
     for string in strings {
         let bad = |reason| UsdtAttachError::StringArg {
@@ -360,7 +362,7 @@ pub fn attach_usdt(
     {
         let prog = program(ebpf)?;
         if prog.fd().is_err() {
-            prog.load().map_err(UsdtAttachError::Program)?;
+            prog.load().map_err(|e| UsdtAttachError::Program(Box::new(e)))?;
         }
     }
     let mut attachment = UsdtAttachment {
@@ -426,7 +428,7 @@ fn attach_all(
                 name: probe.name.clone(),
                 path: probe.path.display().to_string(),
                 offset: probe.file_offset,
-                source,
+                source: Box::new(source),
             })?;
         attachment.links.push(link);
     }

@@ -121,9 +121,7 @@ pub(super) fn probes_in_image(path: &Path, data: &[u8]) -> Result<Vec<UsdtProbe>
             let name = cur.read_cstr().map_err(note_err)?;
             let arg_text = cur.read_cstr().map_err(note_err)?;
             let vaddr = match base_section {
-                Some(actual) if note_base != 0 => {
-                    pc.wrapping_add(actual).wrapping_sub(note_base)
-                }
+                Some(actual) if note_base != 0 => pc.wrapping_add(actual).wrapping_sub(note_base),
                 _ => pc,
             };
             let Some(offset) = file_offset(vaddr, true) else {

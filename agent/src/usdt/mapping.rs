@@ -108,7 +108,9 @@ pub enum ArgType {
     /// A pointer to a NUL-terminated string.
     Str,
     /// A pointer to `len` bytes, `len` being argument `len_index`.
-    Bytes { len_index: u8 },
+    Bytes {
+        len_index: u8,
+    },
 }
 
 /// One argument of a start or end probe.
@@ -205,7 +207,9 @@ impl NameTemplate {
                             Some(c) if c.is_ascii_alphanumeric() || c == '_' || c == '.' => {
                                 name.push(c)
                             }
-                            _ => return Err(format!("unterminated or invalid {{...}} in {text:?}")),
+                            _ => {
+                                return Err(format!("unterminated or invalid {{...}} in {text:?}"));
+                            }
                         }
                     }
                     if name.is_empty() {
@@ -591,10 +595,18 @@ fn validate_span(index: usize, raw: RawSpan) -> Result<SpanMapping, MappingError
         reason,
     };
     let name = NameTemplate::parse(&raw.name).map_err(|r| err(format!("name: {r}")))?;
-    let start = ProbeRef::parse(&raw.start)
-        .ok_or_else(|| err(format!("start: {:?} is not \"name\" or \"provider:name\"", raw.start)))?;
-    let end = ProbeRef::parse(&raw.end)
-        .ok_or_else(|| err(format!("end: {:?} is not \"name\" or \"provider:name\"", raw.end)))?;
+    let start = ProbeRef::parse(&raw.start).ok_or_else(|| {
+        err(format!(
+            "start: {:?} is not \"name\" or \"provider:name\"",
+            raw.start
+        ))
+    })?;
+    let end = ProbeRef::parse(&raw.end).ok_or_else(|| {
+        err(format!(
+            "end: {:?} is not \"name\" or \"provider:name\"",
+            raw.end
+        ))
+    })?;
     if start.overlaps(&end) {
         return Err(err(format!("start and end are the same probe {start}")));
     }
@@ -643,7 +655,10 @@ fn validate_span(index: usize, raw: RawSpan) -> Result<SpanMapping, MappingError
             if !matches!(arg.ty, ArgType::I64 | ArgType::U64) {
                 return Err(err(format!("status.arg {:?} is not an integer", s.arg)));
             }
-            Some(StatusRule { arg: s.arg, error_if })
+            Some(StatusRule {
+                arg: s.arg,
+                error_if,
+            })
         }
     };
     Ok(SpanMapping {
@@ -658,10 +673,7 @@ fn validate_span(index: usize, raw: RawSpan) -> Result<SpanMapping, MappingError
     })
 }
 
-fn validate_args(
-    table: &str,
-    raw: &BTreeMap<String, RawArg>,
-) -> Result<Vec<ArgMapping>, String> {
+fn validate_args(table: &str, raw: &BTreeMap<String, RawArg>) -> Result<Vec<ArgMapping>, String> {
     let mut args = Vec::with_capacity(raw.len());
     for (name, arg) in raw {
         let bad = |reason: String| format!("{table}.{name}: {reason}");
@@ -671,10 +683,7 @@ fn validate_args(
                 arg.index
             )));
         }
-        if let Some(other) = raw
-            .iter()
-            .find(|(n, a)| *n != name && a.index == arg.index)
-        {
+        if let Some(other) = raw.iter().find(|(n, a)| *n != name && a.index == arg.index) {
             return Err(bad(format!(
                 "index {} is also argument {:?}",
                 arg.index, other.0
@@ -715,7 +724,11 @@ fn validate_args(
             (_, Some(cap)) => cap,
             (_, None) => USDT_STR_CAP_DEFAULT,
         };
-        if arg.attribute.as_deref().is_some_and(|a| a.trim().is_empty()) {
+        if arg
+            .attribute
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
             return Err(bad("attribute is empty".into()));
         }
         args.push(ArgMapping {
