@@ -231,3 +231,128 @@ fn attaches_and_decodes_every_argument_form() {
     target.fire();
     assert!(drain(&mut ring).is_empty(), "no records once detached");
 }
+
+#[test]
+fn verifier_accepts_usdt_probe_with_room_to_spare() {
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .expect("loading the eBPF object (run as root)");
+    let prog: &mut aya::programs::UProbe = ebpf
+        .program_mut(agent::usdt::USDT_PROGRAM)
+        .expect("usdt_probe in the object")
+        .try_into()
+        .expect("usdt_probe is a uprobe");
+    prog.load().expect("the verifier accepts usdt_probe");
+    let insns = prog
+        .info()
+        .expect("program info")
+        .verified_instruction_count()
+        .expect("the kernel reports verified instructions");
+    println!("usdt_probe: {insns} instructions verified");
+    // The verifier's limit is 1,000,000: stay far from it, so that another
+    // kernel's verifier (or compiler) does not tip it over.
+    assert!(insns < 250_000, "{insns} instructions verified");
+}
+
+#[test]
+fn builtin_mappings_read_the_seed_events() {
+    use agent::usdt::mapping::{ArgValue, MappingConfig, RequestId, Role};
+
+    let fx = fixture("attach");
+    let mut target = Running::start(fx);
+    let pid = target.pid;
+    let config = MappingConfig::builtin();
+    let probes: Vec<_> = probes_in_process(pid)
+        .expect("discovering probes")
+        .into_iter()
+        .filter(|p| config.find(&p.provider, &p.name).is_some())
+        .collect();
+    assert_eq!(probes.len(), 8, "the seed's four pairs: {probes:#?}");
+    let mut ebpf = EbpfLoader::new()
+        .load(OBJECT)
+        .expect("loading the eBPF object (run as root)");
+    let mut sites = UsdtSites::new();
+    let _attachment = attach_usdt(
+        &mut ebpf,
+        &mut sites,
+        0,
+        pid,
+        &probes,
+        &config.string_args(),
+    )
+    .expect("attaching");
+    let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").expect("EVENTS map"))
+        .expect("EVENTS is a ring buffer");
+    target.fire();
+    let events = drain(&mut ring);
+    assert_eq!(events.len(), 8);
+
+    // Pair by request id, as the span engine does.
+    let mut starts = HashMap::new();
+    let mut spans = Vec::new();
+    for event in &events {
+        let (provider, name) = sites.describe(event).expect("site");
+        let (mapping, role) = config.find(provider, name).expect("mapped");
+        let id = mapping.request_id(role, event).expect("request id");
+        match role {
+            Role::Start => {
+                starts.insert(id, event);
+            }
+            Role::End => {
+                let start = starts.remove(&id).expect("start before end");
+                assert!(event.header.ktime_ns >= start.header.ktime_ns);
+                let mut attributes = mapping.attributes(Role::Start, start);
+                attributes.extend(mapping.attributes(Role::End, event));
+                spans.push((
+                    id,
+                    mapping.span_name(start, Some(event)),
+                    attributes,
+                    mapping.is_error(start, event),
+                ));
+            }
+        }
+    }
+    assert!(starts.is_empty());
+    spans.sort_by(|a, b| a.0.cmp(&b.0));
+    let id = |s: &str| RequestId::Bytes(s.as_bytes().to_vec());
+    let str_attr = |k: &str, v: &str| (k.to_owned(), ArgValue::Str(v.to_owned()));
+    assert_eq!(
+        spans,
+        [
+            (
+                id("req-0001"),
+                "HTTP GET /api/users?id=7".to_owned(),
+                vec![
+                    str_attr("http.request.method", "GET"),
+                    str_attr("url.path", "/api/users?id=7"),
+                    ("http.response.status_code".to_owned(), ArgValue::I64(200)),
+                ],
+                false
+            ),
+            (
+                id("req-0002"),
+                "net.Dial".to_owned(),
+                vec![
+                    str_attr("server.address", "db.internal"),
+                    ("server.port".to_owned(), ArgValue::I64(5432)),
+                ],
+                false
+            ),
+            (
+                id("req-0003"),
+                "TLS Handshake".to_owned(),
+                vec![
+                    str_attr("server.address", "api.example.com"),
+                    str_attr("tls.protocol.version", "TLS 1.3"),
+                ],
+                false
+            ),
+            (
+                id("req-0004"),
+                "Request".to_owned(),
+                vec![str_attr("request.id", "req-0004")],
+                false
+            ),
+        ]
+    );
+}
