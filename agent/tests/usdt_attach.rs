@@ -220,6 +220,15 @@ fn attaches_and_decodes_every_argument_form() {
     );
     // The two records come from two different sites (file and memfd).
     assert_ne!(lib[0].site(), lib[1].site());
+    // The library's guarded probe: its semaphores (one per copy, at the load
+    // address plus the link-time one) are on, and its %rip-relative argument
+    // is read at the load address too.
+    let mut guarded: Vec<i64> = by_name["lib_guarded"]
+        .iter()
+        .map(|e| e.args[0].as_i64())
+        .collect();
+    guarded.sort();
+    assert_eq!(guarded, [4243, 4244]);
 
     // Firing again gives the same records; the guarded probe stops once
     // detached, and the semaphore is back to 0.

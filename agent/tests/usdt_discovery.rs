@@ -108,9 +108,18 @@ fn executable_notes_match_readelf() {
 fn library_notes_match_readelf() {
     let fx = fixture("discovery");
     let probes = assert_matches_readelf(&fx.lib);
-    assert_eq!(probes.len(), 1);
+    assert_eq!(probes.len(), 2);
     assert_eq!(probes[0].provider, "fixlib");
     assert_eq!(probes[0].name, "lib_probe");
+    // A PIC library: its semaphore's file offset differs from its address.
+    let guarded = &probes[1];
+    assert_eq!(guarded.name, "lib_guarded");
+    let sema = guarded.semaphore.expect("lib_guarded has a semaphore");
+    assert_ne!(sema.vaddr, sema.file_offset);
+    assert!(matches!(
+        &guarded.args[0].location,
+        agent::usdt::ArgLocation::Symbol { symbol, address: Some(_), .. } if symbol == "fixlib_counter"
+    ));
 }
 
 #[test]
@@ -133,7 +142,7 @@ fn process_probes_include_libraries_and_memfd_copies() {
             a.path.display()
         );
     }
-    let lib: Vec<_> = probes.iter().filter(|p| p.provider == "fixlib").collect();
+    let lib: Vec<_> = probes.iter().filter(|p| p.name == "lib_probe").collect();
     assert_eq!(
         lib.len(),
         2,

@@ -32,6 +32,7 @@ pub fn fixture(name: &str) -> &'static Fixture {
             .args(["-shared", "-fPIC", "-O2", "-g", "-o"])
             .arg(&lib)
             .arg(fixtures_dir().join("usdt/lib/fixlib.c"))
+            .arg(fixtures_dir().join("usdt/lib/fixlib_guarded.c"))
             .status()
             .expect("running gcc");
         assert!(status.success(), "gcc failed to build the fixture library");
