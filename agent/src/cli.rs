@@ -133,7 +133,11 @@ pub struct WatchArgs {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// A Go binary.
-    #[arg(value_name = "BINARY", required_unless_present = "pid", conflicts_with = "pid")]
+    #[arg(
+        value_name = "BINARY",
+        required_unless_present = "pid",
+        conflicts_with = "pid"
+    )]
     pub binary: Option<PathBuf>,
 
     /// Inspect the executable of this process.
@@ -148,7 +152,12 @@ pub struct InspectArgs {
 #[derive(Debug, Args)]
 pub struct ProbesArgs {
     /// List probes of this process (executable and mapped libraries).
-    #[arg(long, value_name = "PID", required_unless_present = "file", conflicts_with = "file")]
+    #[arg(
+        long,
+        value_name = "PID",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
     pub pid: Option<u32>,
 
     /// List probes of this ELF file.

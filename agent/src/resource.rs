@@ -148,7 +148,9 @@ pub fn build(process: Option<&ProcessInfo>, options: &ResourceOptions) -> (Resou
         attributes.push(KeyValue::new(key, value));
     }
     attributes.push(KeyValue::new("service.name", service_name));
-    let resource = Resource::builder_empty().with_attributes(attributes).build();
+    let resource = Resource::builder_empty()
+        .with_attributes(attributes)
+        .build();
     (resource, warnings)
 }
 
@@ -161,7 +163,9 @@ mod tests {
     use opentelemetry::Key;
 
     fn get(resource: &Resource, key: &'static str) -> Option<String> {
-        resource.get(&Key::from_static_str(key)).map(|v| v.to_string())
+        resource
+            .get(&Key::from_static_str(key))
+            .map(|v| v.to_string())
     }
 
     #[test]

@@ -99,7 +99,10 @@ const SECOND_CONNECTION: [Case; 3] = [
 /// Sends every case; returns the local ports of the two connections.
 fn send_requests(addr: SocketAddr) -> [u16; 2] {
     let mut ports = [0; 2];
-    for (i, cases) in [&FIRST_CONNECTION[..], &SECOND_CONNECTION[..]].into_iter().enumerate() {
+    for (i, cases) in [&FIRST_CONNECTION[..], &SECOND_CONNECTION[..]]
+        .into_iter()
+        .enumerate()
+    {
         let mut conn = Connection::open(addr);
         ports[i] = conn.local_port();
         for case in cases {
@@ -133,7 +136,10 @@ fn check_spans(spans: &[FlatSpan], addr: SocketAddr, ports: [u16; 2], started: S
     let records_route = go_minor(&version) >= 23;
     let now = SystemTime::now();
     let mut goroutines = [None, None];
-    for (conn, cases) in [&FIRST_CONNECTION[..], &SECOND_CONNECTION[..]].into_iter().enumerate() {
+    for (conn, cases) in [&FIRST_CONNECTION[..], &SECOND_CONNECTION[..]]
+        .into_iter()
+        .enumerate()
+    {
         for case in cases {
             let name = format!("{} {}", case.method, case.path);
             let span = by_name
@@ -141,11 +147,19 @@ fn check_spans(spans: &[FlatSpan], addr: SocketAddr, ports: [u16; 2], started: S
                 .unwrap_or_else(|| panic!("no span {name:?} in {:?}", by_name.keys()));
             assert_eq!(span.span.kind, SpanKind::Server as i32, "{name}");
             assert_eq!(span.scope, "agent/net/http");
-            assert_eq!(span.span.parent_span_id, Vec::<u8>::new(), "{name} is a root span");
+            assert_eq!(
+                span.span.parent_span_id,
+                Vec::<u8>::new(),
+                "{name} is a root span"
+            );
             assert_eq!(span.span.trace_id.len(), 16);
             assert_eq!(span.span.span_id.len(), 8);
             let a = |k: &str| span.attr(k).map(str::to_owned);
-            assert_eq!(a("http.request.method").as_deref(), Some(case.method), "{name}");
+            assert_eq!(
+                a("http.request.method").as_deref(),
+                Some(case.method),
+                "{name}"
+            );
             assert_eq!(a("url.path").as_deref(), Some(case.path), "{name}");
             assert_eq!(
                 a("http.response.status_code"),
@@ -161,7 +175,11 @@ fn check_spans(spans: &[FlatSpan], addr: SocketAddr, ports: [u16; 2], started: S
             let body_size = (!case.body.is_empty()).then(|| case.body.len().to_string());
             assert_eq!(a("http.request.body.size"), body_size, "{name}");
             if let Some(size) = case.response_body {
-                assert_eq!(a("http.response.body.size"), Some(size.to_string()), "{name}");
+                assert_eq!(
+                    a("http.response.body.size"),
+                    Some(size.to_string()),
+                    "{name}"
+                );
             }
             if records_route {
                 assert_eq!(a("http.route").as_deref(), case.route, "{name}");
@@ -176,7 +194,10 @@ fn check_spans(spans: &[FlatSpan], addr: SocketAddr, ports: [u16; 2], started: S
             }
             assert!(a("agent.span.incomplete").is_none(), "{name} is complete");
             // One connection is served by one goroutine: its requests share it.
-            let goid: u64 = a("goroutine.id").expect("goroutine.id").parse().expect("goid");
+            let goid: u64 = a("goroutine.id")
+                .expect("goroutine.id")
+                .parse()
+                .expect("goid");
             assert!(goid > 0);
             match goroutines[conn] {
                 None => goroutines[conn] = Some(goid),
@@ -184,10 +205,16 @@ fn check_spans(spans: &[FlatSpan], addr: SocketAddr, ports: [u16; 2], started: S
             }
             let start = UNIX_EPOCH + Duration::from_nanos(span.span.start_time_unix_nano);
             let end = UNIX_EPOCH + Duration::from_nanos(span.span.end_time_unix_nano);
-            assert!(started <= start && start <= end && end <= now, "{name}: wall-clock times");
+            assert!(
+                started <= start && start <= end && end <= now,
+                "{name}: wall-clock times"
+            );
         }
     }
-    assert_ne!(goroutines[0], goroutines[1], "two connections, two goroutines");
+    assert_ne!(
+        goroutines[0], goroutines[1],
+        "two connections, two goroutines"
+    );
     assert!(by_name["GET /slow"].duration() >= Duration::from_millis(30));
 }
 
@@ -199,12 +226,24 @@ fn check_resource(span: &FlatSpan, fixture_pid: u32, binary: &Path, service: &st
         r.get("process.executable.path").map(String::as_str),
         Some(binary.to_str().expect("utf-8 path"))
     );
-    assert_eq!(r.get("process.runtime.name").map(String::as_str), Some("go"));
-    assert_eq!(r.get("process.runtime.version"), Some(&fixture::go_version()));
+    assert_eq!(
+        r.get("process.runtime.name").map(String::as_str),
+        Some("go")
+    );
+    assert_eq!(
+        r.get("process.runtime.version"),
+        Some(&fixture::go_version())
+    );
     let host = nix::unistd::gethostname().expect("hostname");
     assert_eq!(r.get("host.name").map(String::as_str), host.to_str());
-    assert_eq!(r.get("telemetry.sdk.language").map(String::as_str), Some("rust"));
-    assert_eq!(r.get("telemetry.sdk.name").map(String::as_str), Some("opentelemetry"));
+    assert_eq!(
+        r.get("telemetry.sdk.language").map(String::as_str),
+        Some("rust")
+    );
+    assert_eq!(
+        r.get("telemetry.sdk.name").map(String::as_str),
+        Some("opentelemetry")
+    );
 }
 
 #[test]
@@ -213,8 +252,12 @@ fn grpc_export_and_target_exit() {
     let (mut server, addr) = fixture::start_httpserver(&binary);
     let receiver = Receiver::grpc();
     let mut cmd = command();
-    cmd.args(["--pid", &server.pid().to_string()])
-        .args(["--otlp-endpoint", &receiver.url(), "--otlp-protocol", "grpc"]);
+    cmd.args(["--pid", &server.pid().to_string()]).args([
+        "--otlp-endpoint",
+        &receiver.url(),
+        "--otlp-protocol",
+        "grpc",
+    ]);
     let mut agent = Agent::start(cmd);
     agent.wait_attached();
     let started = SystemTime::now();
@@ -262,7 +305,10 @@ fn http_export_with_standard_variables_and_sigterm() {
     check_spans(&spans, addr, ports, started);
     check_resource(&spans[0], server.pid(), &binary, "checkout");
     let r = &spans[0].resource;
-    assert_eq!(r.get("deployment.environment.name").map(String::as_str), Some("test"));
+    assert_eq!(
+        r.get("deployment.environment.name").map(String::as_str),
+        Some("test")
+    );
     assert_eq!(r.get("service.namespace").map(String::as_str), Some("shop"));
     for received in receiver.received() {
         assert_eq!(
@@ -299,7 +345,8 @@ fn jsonl_output_and_sigint() {
         .collect();
     assert!(!requests.is_empty());
     // The OTLP JSON encoding: hex ids, camelCase fields, enums as integers.
-    let first: serde_json::Value = serde_json::from_str(text.lines().next().expect("line")).expect("json");
+    let first: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("line")).expect("json");
     let span = &first["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
     assert_eq!(span["traceId"].as_str().map(str::len), Some(32), "{span}");
     assert_eq!(span["spanId"].as_str().map(str::len), Some(16), "{span}");
@@ -332,12 +379,14 @@ fn console_output_by_default() {
         out.join("\n")
     );
     assert!(
-        out.iter().any(|l| l.starts_with("  PUT /fail Server ") && l.ends_with(" ERROR")),
+        out.iter()
+            .any(|l| l.starts_with("  PUT /fail Server ") && l.ends_with(" ERROR")),
         "{}",
         out.join("\n")
     );
     assert!(
-        out.iter().any(|l| l.contains("http.response.status_code=500")),
+        out.iter()
+            .any(|l| l.contains("http.response.status_code=500")),
         "{}",
         out.join("\n")
     );

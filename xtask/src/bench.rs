@@ -59,7 +59,9 @@ fn start_sink() -> anyhow::Result<SocketAddr> {
 }
 
 fn serve_sink(stream: TcpStream) {
-    let Ok(mut writer) = stream.try_clone() else { return };
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     loop {
         let mut length = 0usize;
@@ -85,7 +87,8 @@ fn serve_sink(stream: TcpStream) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let response = "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+        let response =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
         if writer.write_all(response.as_bytes()).is_err() {
             return;
         }
@@ -272,7 +275,11 @@ pub fn write_section(name: &str, body: &str) -> anyhow::Result<()> {
     let block = format!("{start}\n{body}{end}\n");
     let new = match (text.find(&start), text.find(&end)) {
         (Some(s), Some(e)) if e > s => {
-            format!("{}{block}{}", &text[..s], &text[e + end.len()..].trim_start_matches('\n'))
+            format!(
+                "{}{block}{}",
+                &text[..s],
+                &text[e + end.len()..].trim_start_matches('\n')
+            )
         }
         _ => format!("{}\n{block}", text.trim_end()),
     };

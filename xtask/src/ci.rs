@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::util::{is_root, root, exec};
+use crate::util::{exec, is_root, root};
 
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
@@ -15,7 +15,9 @@ fn cargo() -> Command {
 /// Every test, as root.
 pub fn test(extra: &[String]) -> anyhow::Result<()> {
     if !is_root() {
-        bail!("the tests load BPF programs into the kernel: run them as root (sudo -E cargo xtask test)");
+        bail!(
+            "the tests load BPF programs into the kernel: run them as root (sudo -E cargo xtask test)"
+        );
     }
     crate::setup::run()?;
     // Default members: agent-ebpf is built by the agent's build script.
@@ -36,4 +38,3 @@ pub fn run() -> anyhow::Result<()> {
     ]))?;
     test(&[])
 }
-

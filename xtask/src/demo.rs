@@ -9,22 +9,28 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{is_root, root, exec};
+use crate::util::{exec, is_root, root};
 
 /// Builds the agent (release) and the fixture; returns their paths.
 pub fn build_all() -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
     let root = root();
-    exec(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--release", "--locked", "-p", "agent"]))?;
+    exec(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "agent",
+    ]))?;
     let out = root.join("target/xtask");
     std::fs::create_dir_all(&out)?;
     let fixture = out.join("httpserver");
-    exec(Command::new("go")
-        .current_dir(root.join("agent/tests/fixtures"))
-        .args(["build", "-o"])
-        .arg(&fixture)
-        .arg("./httpserver"))?;
+    exec(
+        Command::new("go")
+            .current_dir(root.join("agent/tests/fixtures"))
+            .args(["build", "-o"])
+            .arg(&fixture)
+            .arg("./httpserver"),
+    )?;
     Ok((root.join("target/release/agent"), fixture))
 }
 
@@ -39,7 +45,10 @@ impl Drop for Guard {
 }
 
 /// Starts the fixture; returns it and its address.
-pub fn start_fixture(fixture: &std::path::Path, extra_env: &[(&str, &str)]) -> anyhow::Result<(Guard, SocketAddr)> {
+pub fn start_fixture(
+    fixture: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> anyhow::Result<(Guard, SocketAddr)> {
     let mut child = Command::new(fixture)
         .envs(extra_env.iter().copied())
         .stdout(Stdio::piped())
@@ -106,7 +115,9 @@ pub fn terminate(mut guard: Guard) -> anyhow::Result<std::process::ExitStatus> {
 
 pub fn run() -> anyhow::Result<()> {
     if !is_root() {
-        bail!("the demo loads BPF programs into the kernel: run it as root (sudo -E cargo xtask demo)");
+        bail!(
+            "the demo loads BPF programs into the kernel: run it as root (sudo -E cargo xtask demo)"
+        );
     }
     crate::setup::run()?;
     let (agent, fixture) = build_all()?;
@@ -120,7 +131,10 @@ pub fn run() -> anyhow::Result<()> {
         ("PUT", "/fail"),
         ("GET", "/nope"),
     ] {
-        eprintln!("demo: {method} {target} -> {}", request(addr, method, target)?);
+        eprintln!(
+            "demo: {method} {target} -> {}",
+            request(addr, method, target)?
+        );
     }
     std::thread::sleep(Duration::from_millis(500));
     let status = terminate(agent)?;
@@ -130,4 +144,3 @@ pub fn run() -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{is_root, output, root, exec};
+use crate::util::{exec, is_root, output, root};
 
 /// Debian packages: LLVM 22 for bpf-linker; wrk for the HTTP benchmark;
 /// systemtap-sdt-dev and gcc for the USDT fixtures; Go 1.19 for the version
@@ -43,10 +43,12 @@ fn apt() -> anyhow::Result<()> {
     }
     eprintln!("setup: installing {}", missing.join(" "));
     exec(Command::new("apt-get").args(["update", "-qq"]))?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn nightly() -> anyhow::Result<()> {
@@ -86,16 +88,18 @@ fn bpf_linker() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("setup: building bpf-linker against LLVM 22");
-    exec(Command::new("cargo")
-        .args([
-            "install",
-            "bpf-linker",
-            "--locked",
-            "--no-default-features",
-            "--features",
-            "llvm-22",
-        ])
-        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )
 }
 
 fn go() -> anyhow::Result<()> {
@@ -110,7 +114,9 @@ fn go() -> anyhow::Result<()> {
         .and_then(|m| m.parse().ok())
         .with_context(|| format!("setup: cannot read Go version {version:?}"))?;
     if minor < MIN_GO_MINOR {
-        bail!("setup: {version} is too old to build the test programs: install Go 1.{MIN_GO_MINOR} or newer");
+        bail!(
+            "setup: {version} is too old to build the test programs: install Go 1.{MIN_GO_MINOR} or newer"
+        );
     }
     eprintln!("setup: {version} present");
     Ok(())

@@ -130,8 +130,8 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         ring_buffer_bytes: args.ring_buffer_size,
     })?;
     http_server::attach(&mut probes, &target, 0, &plan)?;
-    let mut reader = RingBufReader::new(probes.take_ring_buffer()?)
-        .context("cannot watch the ring buffer")?;
+    let mut reader =
+        RingBufReader::new(probes.take_ring_buffer()?).context("cannot watch the ring buffer")?;
     let stats = probes.take_stats()?;
     let exit = ExitWatch::new(pid)?;
 
@@ -144,7 +144,6 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         },
     )?;
     let sender = pipeline.sender();
-    let export_stats = pipeline.stats();
     let clock = WallClock::measure();
     let mut builder = HttpSpanBuilder::new(
         clock,
@@ -172,19 +171,20 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     let mut last_report = Instant::now();
     let mut send = |span| sender.send(span);
 
-    let mut drain = |reader: &mut RingBufReader, builder: &mut HttpSpanBuilder, losses: &mut Losses| {
-        reader.drain(|bytes| match ringbuf::record::decode(bytes) {
-            Ok(Record::HttpServerStart(start)) => builder.on_start(&start, &mut send),
-            Ok(Record::HttpServerEnd(end)) => builder.on_end(&end, &mut send),
-            Ok(Record::Other { header, .. }) => {
-                log::trace!("ignoring record of kind {}", header.kind);
-            }
-            Err(err) => {
-                losses.bad_records += 1;
-                log::debug!("bad record: {err}");
-            }
-        });
-    };
+    let mut drain =
+        |reader: &mut RingBufReader, builder: &mut HttpSpanBuilder, losses: &mut Losses| {
+            reader.drain(|bytes| match ringbuf::record::decode(bytes) {
+                Ok(Record::HttpServerStart(start)) => builder.on_start(&start, &mut send),
+                Ok(Record::HttpServerEnd(end)) => builder.on_end(&end, &mut send),
+                Ok(Record::Other { header, .. }) => {
+                    log::trace!("ignoring record of kind {}", header.kind);
+                }
+                Err(err) => {
+                    losses.bad_records += 1;
+                    log::debug!("bad record: {err}");
+                }
+            });
+        };
 
     let stop = loop {
         tokio::select! {
@@ -201,7 +201,7 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
                 builder.expire(WallClock::monotonic_now_ns(), &mut |span| sender.send(span));
                 losses.kernel = stats.read();
                 losses.pairing = builder.stats();
-                losses.export = export_stats.snapshot();
+                losses.export = pipeline.snapshot();
                 let total = losses.total();
                 if total > reported_losses && last_report.elapsed() >= REPORT_INTERVAL {
                     log::warn!("losses so far: {}", losses.describe());

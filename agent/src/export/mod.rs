@@ -14,7 +14,7 @@ mod otlp;
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -23,7 +23,11 @@ use opentelemetry_sdk::{
     Resource,
     trace::{SpanData, SpanExporter as _},
 };
-use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
 
 pub use config::{ConfigError, ExportConfig, OtlpConfig, OtlpProtocol, Output};
 pub use console::ConsoleExporter;
@@ -34,14 +38,8 @@ pub use jsonl::{JsonlExporter, spans_to_json_line};
 pub struct ExportStats {
     /// Spans accepted into the queue.
     pub queued: AtomicU64,
-    /// Spans every sink accepted.
-    pub exported: AtomicU64,
     /// Spans dropped because the queue was full.
     pub dropped_queue_full: AtomicU64,
-    /// Spans dropped because a sink failed to take them after retries.
-    pub dropped_export_failed: AtomicU64,
-    /// Failed export attempts (each retry counts).
-    pub export_errors: AtomicU64,
 }
 
 impl ExportStats {
@@ -49,10 +47,9 @@ impl ExportStats {
     pub fn snapshot(&self) -> ExportSnapshot {
         ExportSnapshot {
             queued: self.queued.load(Ordering::Relaxed),
-            exported: self.exported.load(Ordering::Relaxed),
+            exported: 0,
             dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
-            dropped_export_failed: self.dropped_export_failed.load(Ordering::Relaxed),
-            export_errors: self.export_errors.load(Ordering::Relaxed),
+            dropped_export_failed: 0,
         }
     }
 }
@@ -60,11 +57,15 @@ impl ExportStats {
 /// Plain copy of [`ExportStats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportSnapshot {
+    /// Spans accepted into the queue.
     pub queued: u64,
+    /// Spans every sink delivered.
     pub exported: u64,
+    /// Spans dropped because the queue was full.
     pub dropped_queue_full: u64,
+    /// Spans the worst sink failed to deliver (after retries, or because its
+    /// own queue was full).
     pub dropped_export_failed: u64,
-    pub export_errors: u64,
 }
 
 impl ExportSnapshot {
@@ -89,7 +90,9 @@ impl SpanSender {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
-                self.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -130,7 +133,9 @@ impl Sink {
 
     fn shutdown(&mut self) {
         let result = match self {
-            Self::Otlp { exporter, .. } => exporter.shutdown_with_timeout(Duration::from_millis(200)),
+            Self::Otlp { exporter, .. } => {
+                exporter.shutdown_with_timeout(Duration::from_millis(200))
+            }
             Self::Console(c) => c.shutdown(),
             Self::Jsonl(j) => j.shutdown(),
         };
@@ -182,12 +187,22 @@ pub enum PipelineError {
 pub struct Pipeline {
     sender: SpanSender,
     stats: Arc<ExportStats>,
-    stopping: Arc<AtomicBool>,
-    task: JoinHandle<()>,
+    sink_stats: Vec<Arc<SinkStats>>,
+    stopping: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What one sink delivered and lost.
+#[derive(Debug, Default)]
+struct SinkStats {
+    delivered: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Pipeline {
-    /// Starts the pipeline on the current tokio runtime.
+    /// Starts the pipeline on the current tokio runtime: one batching task,
+    /// and one task per sink with its own bounded queue of batches, so a slow
+    /// or dead collector holds back no other output.
     pub fn start(
         config: &ExportConfig,
         resource: &Resource,
@@ -204,9 +219,9 @@ impl Pipeline {
                     endpoint: otlp.endpoint.clone(),
                 },
                 Output::Console => Sink::Console(ConsoleExporter::stdout()),
-                Output::Jsonl(path) => Sink::Jsonl(
-                    JsonlExporter::open(path.as_deref()).map_err(PipelineError::Jsonl)?,
-                ),
+                Output::Jsonl(path) => {
+                    Sink::Jsonl(JsonlExporter::open(path.as_deref()).map_err(PipelineError::Jsonl)?)
+                }
             };
             match &mut sink {
                 Sink::Otlp { exporter, .. } => exporter.set_resource(resource),
@@ -216,17 +231,35 @@ impl Pipeline {
             sinks.push(sink);
         }
         let stats = Arc::new(ExportStats::default());
-        let stopping = Arc::new(AtomicBool::new(false));
+        let (stopping, stop_rx) = watch::channel(false);
         let (tx, rx) = mpsc::channel(batch.queue_capacity.max(1));
-        let task = tokio::spawn(run(rx, sinks, batch, stats.clone(), stopping.clone()));
+        let batches_per_sink = (batch.queue_capacity / batch.max_batch.max(1)).max(2);
+        let mut tasks = Vec::new();
+        let mut sink_txs = Vec::new();
+        let mut sink_stats = Vec::new();
+        for sink in sinks {
+            let (sink_tx, sink_rx) = mpsc::channel(batches_per_sink);
+            let counters = Arc::new(SinkStats::default());
+            tasks.push(tokio::spawn(run_sink(
+                sink,
+                sink_rx,
+                batch,
+                counters.clone(),
+                stop_rx.clone(),
+            )));
+            sink_txs.push((sink_tx, counters.clone()));
+            sink_stats.push(counters);
+        }
+        tasks.insert(0, tokio::spawn(run_batcher(rx, sink_txs, batch, stop_rx)));
         Ok(Self {
             sender: SpanSender {
                 tx,
                 stats: stats.clone(),
             },
             stats,
+            sink_stats,
             stopping,
-            task,
+            tasks,
         })
     }
 
@@ -235,9 +268,10 @@ impl Pipeline {
         self.sender.clone()
     }
 
-    /// The pipeline's counters.
-    pub fn stats(&self) -> Arc<ExportStats> {
-        self.stats.clone()
+    /// Current counters: `exported` is what every sink delivered,
+    /// `dropped_export_failed` what the worst sink lost.
+    pub fn snapshot(&self) -> ExportSnapshot {
+        snapshot(&self.stats, &self.sink_stats)
     }
 
     /// Flushes what is queued and stops, within `deadline`. Every
@@ -247,25 +281,27 @@ impl Pipeline {
         let Self {
             sender,
             stats,
+            sink_stats,
             stopping,
-            mut task,
+            tasks,
         } = self;
         drop(sender);
         let deadline = Instant::now() + deadline;
-        // Past the retry budget, stop retrying: give the last attempts the
-        // remaining time, then abandon them.
+        // Near the deadline, stop retrying: the last attempts get the
+        // remaining time, then are abandoned.
         let soft = deadline - Duration::from_millis(300).min(deadline - Instant::now());
+        let mut all = futures_join(tasks);
         tokio::select! {
-            _ = &mut task => {}
-            _ = tokio::time::sleep_until(soft) => {
-                stopping.store(true, Ordering::Relaxed);
-                if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                    task.abort();
+            () = &mut all.wait => {}
+            () = tokio::time::sleep_until(soft) => {
+                let _ = stopping.send(true);
+                if tokio::time::timeout_at(deadline, &mut all.wait).await.is_err() {
+                    all.abort();
                     log::warn!("export did not finish in time; unexported spans are counted as dropped");
                 }
             }
         }
-        let mut snapshot = stats.snapshot();
+        let mut snapshot = snapshot(&stats, &sink_stats);
         // Whatever was queued and neither exported nor dropped is lost now.
         let accounted = snapshot.exported + snapshot.dropped_export_failed;
         if snapshot.queued > accounted {
@@ -275,14 +311,58 @@ impl Pipeline {
     }
 }
 
-async fn run(
+fn snapshot(stats: &ExportStats, sinks: &[Arc<SinkStats>]) -> ExportSnapshot {
+    let mut snapshot = stats.snapshot();
+    snapshot.exported = sinks
+        .iter()
+        .map(|s| s.delivered.load(Ordering::Relaxed))
+        .min()
+        .unwrap_or(0);
+    snapshot.dropped_export_failed = sinks
+        .iter()
+        .map(|s| s.failed.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0);
+    snapshot
+}
+
+/// Waits for every task; can abort the rest.
+struct JoinAll {
+    handles: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    wait: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl JoinAll {
+    fn abort(&self) {
+        if let Ok(handles) = self.handles.lock() {
+            for h in handles.iter() {
+                h.abort();
+            }
+        }
+    }
+}
+
+fn futures_join(tasks: Vec<JoinHandle<()>>) -> JoinAll {
+    let handles = Arc::new(std::sync::Mutex::new(
+        tasks.iter().map(JoinHandle::abort_handle).collect(),
+    ));
+    JoinAll {
+        handles,
+        wait: Box::pin(async move {
+            for task in tasks {
+                let _ = task.await;
+            }
+        }),
+    }
+}
+
+/// Collects spans into batches and hands each batch to every sink's queue.
+async fn run_batcher(
     mut rx: mpsc::Receiver<SpanData>,
-    mut sinks: Vec<Sink>,
+    sinks: Vec<(mpsc::Sender<Vec<SpanData>>, Arc<SinkStats>)>,
     config: BatchConfig,
-    stats: Arc<ExportStats>,
-    stopping: Arc<AtomicBool>,
+    stopping: watch::Receiver<bool>,
 ) {
-    let mut failing = vec![false; sinks.len()];
     loop {
         let mut batch = Vec::with_capacity(config.max_batch);
         if rx.recv_many(&mut batch, config.max_batch).await == 0 {
@@ -290,7 +370,7 @@ async fn run(
         }
         let deadline = Instant::now() + config.max_delay;
         let mut closed = false;
-        while batch.len() < config.max_batch && !stopping.load(Ordering::Relaxed) {
+        while batch.len() < config.max_batch && !*stopping.borrow() {
             let room = config.max_batch - batch.len();
             match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
                 Ok(0) => {
@@ -301,60 +381,83 @@ async fn run(
                 Err(_) => break,
             }
         }
-        export_batch(&sinks, &mut failing, batch, &config, &stats, &stopping).await;
+        let len = batch.len() as u64;
+        let mut batch = Some(batch);
+        for (i, (tx, counters)) in sinks.iter().enumerate() {
+            let copy = if i + 1 == sinks.len() {
+                batch.take().unwrap_or_default()
+            } else {
+                batch.clone().unwrap_or_default()
+            };
+            if tx.try_send(copy).is_err() {
+                counters.failed.fetch_add(len, Ordering::Relaxed);
+            }
+        }
         if closed {
             break;
         }
     }
-    for sink in &mut sinks {
-        sink.shutdown();
-    }
 }
 
-async fn export_batch(
-    sinks: &[Sink],
-    failing: &mut [bool],
-    batch: Vec<SpanData>,
-    config: &BatchConfig,
-    stats: &ExportStats,
-    stopping: &AtomicBool,
+/// Exports the batches of one sink, retrying where the sink can.
+async fn run_sink(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Vec<SpanData>>,
+    config: BatchConfig,
+    counters: Arc<SinkStats>,
+    mut stopping: watch::Receiver<bool>,
 ) {
-    let len = batch.len() as u64;
-    let mut all_ok = true;
-    for (index, sink) in sinks.iter().enumerate() {
+    let mut failing = false;
+    while let Some(batch) = rx.recv().await {
+        let len = batch.len() as u64;
         let give_up = Instant::now() + config.retry_for;
         let mut backoff = Duration::from_millis(100);
+        let mut pending = Some(batch);
         loop {
-            match sink.export(batch.clone()).await {
+            let Some(batch) = pending.take() else { break };
+            // Keep a copy only where a failure would be retried.
+            let keep = sink.retries().then(|| batch.clone());
+            match sink.export(batch).await {
                 Ok(()) => {
-                    if failing[index] {
+                    counters.delivered.fetch_add(len, Ordering::Relaxed);
+                    if failing {
                         log::info!("export to {} recovered", sink.name());
-                        failing[index] = false;
+                        failing = false;
                     }
                     break;
                 }
                 Err(err) => {
-                    stats.export_errors.fetch_add(1, Ordering::Relaxed);
-                    if !failing[index] {
+                    if !failing {
                         log::warn!("export to {} failed, retrying: {err}", sink.name());
-                        failing[index] = true;
+                        failing = true;
                     }
                     let now = Instant::now();
-                    if !sink.retries() || stopping.load(Ordering::Relaxed) || now + backoff > give_up
-                    {
-                        log::warn!("dropping {len} spans that {} did not take: {err}", sink.name());
-                        all_ok = false;
+                    let Some(kept) = keep else {
+                        log::warn!(
+                            "dropping {len} spans that {} did not take: {err}",
+                            sink.name()
+                        );
+                        counters.failed.fetch_add(len, Ordering::Relaxed);
+                        break;
+                    };
+                    if *stopping.borrow() || now + backoff > give_up {
+                        log::warn!(
+                            "dropping {len} spans that {} did not take: {err}",
+                            sink.name()
+                        );
+                        counters.failed.fetch_add(len, Ordering::Relaxed);
                         break;
                     }
-                    tokio::time::sleep(backoff).await;
+                    // Shutdown cuts the wait short.
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stopping.wait_for(|stop| *stop) => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    pending = Some(kept);
                 }
             }
         }
     }
-    if all_ok {
-        stats.exported.fetch_add(len, Ordering::Relaxed);
-    } else {
-        stats.dropped_export_failed.fetch_add(len, Ordering::Relaxed);
-    }
+    sink.shutdown();
 }

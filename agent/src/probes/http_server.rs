@@ -74,6 +74,14 @@ pub enum SitePolicy {
 
 /// Resolves functions, sites and offsets.
 pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanError> {
+    // A program without the functions does not serve HTTP with net/http:
+    // say that before any offset is looked up.
+    let start_func = bin.function(START_FUNCTION).ok_or(PlanError::NoFunction {
+        function: START_FUNCTION,
+    })?;
+    let end_func = bin.function(END_FUNCTION).ok_or(PlanError::NoFunction {
+        function: END_FUNCTION,
+    })?;
     let mut missing = Vec::new();
     let required = |(type_name, field): Field| {
         bin.struct_field_offset(type_name, field)
@@ -108,32 +116,28 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
     offsets.response_req = optional(("net/http.response", "req"));
     offsets.response_written = optional(("net/http.response", "written"));
     // Request.Pattern exists from Go 1.23 on.
-    offsets.request_pattern = if bin.build_info().go_version.minor >= 23
-        || bin.build_info().go_version.major > 1
-    {
-        optional(("net/http.Request", "Pattern"))
-    } else {
-        OFFSET_ABSENT
-    };
+    offsets.request_pattern =
+        if bin.build_info().go_version.minor >= 23 || bin.build_info().go_version.major > 1 {
+            optional(("net/http.Request", "Pattern"))
+        } else {
+            OFFSET_ABSENT
+        };
 
-    let site = |function: &'static str, preserve: &[Register]| {
-        let func = bin
-            .function(function)
-            .ok_or(PlanError::NoFunction { function })?;
+    let site = |function: &'static str, func: &crate::binary::Function, preserve: &[Register]| {
         match policy {
             SitePolicy::Cheapest => bin
-                .entry_site(&func, preserve)
+                .entry_site(func, preserve)
                 .map_err(|source| PlanError::Site { function, source }),
             SitePolicy::FunctionStart => {
-                let file_offset =
-                    bin.file_offset(func.address)
-                        .ok_or_else(|| PlanError::Site {
-                            function,
-                            source: SiteError::NotMapped {
-                                name: func.name.clone(),
-                                address: func.address,
-                            },
-                        })?;
+                let file_offset = bin
+                    .file_offset(func.address)
+                    .ok_or_else(|| PlanError::Site {
+                        function,
+                        source: SiteError::NotMapped {
+                            name: func.name.clone(),
+                            address: func.address,
+                        },
+                    })?;
                 Ok(ProbeSite {
                     address: func.address,
                     file_offset,
@@ -144,8 +148,8 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
             }
         }
     };
-    let start = site(START_FUNCTION, &[Register::RCX, Register::RDI])?;
-    let end = site(END_FUNCTION, &[Register::RAX])?;
+    let start = site(START_FUNCTION, &start_func, &[Register::RCX, Register::RDI])?;
+    let end = site(END_FUNCTION, &end_func, &[Register::RAX])?;
     Ok(HttpServerPlan {
         offsets,
         start,

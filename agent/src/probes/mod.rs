@@ -171,10 +171,12 @@ impl Probes {
                 map: "TARGETS",
                 source,
             })?;
-        targets.set(slot, config, 0).map_err(|source| ProbeError::Map {
-            map: "TARGETS",
-            source,
-        })
+        targets
+            .set(slot, config, 0)
+            .map_err(|source| ProbeError::Map {
+                map: "TARGETS",
+                source,
+            })
     }
 
     /// Attaches `program` at `offset` in the file at `path`, firing only in
@@ -273,8 +275,11 @@ impl Probes {
 /// failure is only logged.
 fn raise_memlock_limit() {
     use nix::sys::resource::{Resource, setrlimit};
-    if let Err(err) = setrlimit(Resource::RLIMIT_MEMLOCK, libc::RLIM_INFINITY, libc::RLIM_INFINITY)
-    {
+    if let Err(err) = setrlimit(
+        Resource::RLIMIT_MEMLOCK,
+        libc::RLIM_INFINITY,
+        libc::RLIM_INFINITY,
+    ) {
         log::debug!("cannot raise RLIMIT_MEMLOCK ({err}); relying on cgroup memory accounting");
     }
 }

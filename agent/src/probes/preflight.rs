@@ -12,9 +12,7 @@ pub enum PreflightError {
     Privileges,
     #[error("this kernel has no BTF ({0} is missing): it needs CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf(String),
-    #[error(
-        "this kernel cannot attach uprobes ({0} is missing): it needs CONFIG_UPROBE_EVENTS=y"
-    )]
+    #[error("this kernel cannot attach uprobes ({0} is missing): it needs CONFIG_UPROBE_EVENTS=y")]
     NoUprobes(String),
 }
 

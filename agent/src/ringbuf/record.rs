@@ -11,7 +11,11 @@ pub enum RecordError {
     #[error("record of {len} bytes is shorter than its header")]
     NoHeader { len: usize },
     #[error("record of kind {kind} has {len} bytes, expected at least {expected}")]
-    Short { kind: u32, len: usize, expected: usize },
+    Short {
+        kind: u32,
+        len: usize,
+        expected: usize,
+    },
     #[error("unknown record kind {kind}")]
     UnknownKind { kind: u32 },
 }
@@ -22,7 +26,10 @@ pub enum Record<'a> {
     HttpServerStart(HttpServerStart),
     HttpServerEnd(HttpServerEnd),
     /// A record of another probe family, handed on as bytes.
-    Other { header: EventHeader, bytes: &'a [u8] },
+    Other {
+        header: EventHeader,
+        bytes: &'a [u8],
+    },
 }
 
 /// Copies a `T` out of the front of `bytes`.
@@ -61,15 +68,25 @@ mod tests {
 
     #[test]
     fn short_and_unknown_records_are_errors() {
-        assert_eq!(decode(&[0; 4]).unwrap_err(), RecordError::NoHeader { len: 4 });
+        assert_eq!(
+            decode(&[0; 4]).unwrap_err(),
+            RecordError::NoHeader { len: 4 }
+        );
         let mut bytes = vec![0u8; 40];
         bytes[0] = KIND_HTTP_SERVER_START as u8;
         assert!(matches!(
             decode(&bytes),
-            Err(RecordError::Short { kind: KIND_HTTP_SERVER_START, len: 40, .. })
+            Err(RecordError::Short {
+                kind: KIND_HTTP_SERVER_START,
+                len: 40,
+                ..
+            })
         ));
         bytes[0] = 0;
-        assert_eq!(decode(&bytes).unwrap_err(), RecordError::UnknownKind { kind: 0 });
+        assert_eq!(
+            decode(&bytes).unwrap_err(),
+            RecordError::UnknownKind { kind: 0 }
+        );
         bytes[0] = 9;
         assert!(matches!(decode(&bytes), Ok(Record::Other { .. })));
     }

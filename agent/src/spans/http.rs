@@ -161,7 +161,10 @@ impl HttpSpanBuilder {
     /// A request's response is being finished.
     pub fn on_end(&mut self, rec: &HttpServerEnd, out: &mut impl FnMut(SpanData)) {
         let key = (rec.header.target, rec.header.goid);
-        if let Some(open) = self.open.close_if(&key, |open| open.response == rec.response) {
+        if let Some(open) = self
+            .open
+            .close_if(&key, |open| open.response == rec.response)
+        {
             out(self.span(key, open, rec.header.ktime_ns, Some(rec), None));
         }
     }
@@ -200,7 +203,10 @@ impl HttpSpanBuilder {
             attributes.push(KeyValue::new("http.request.method", method.clone()));
         } else {
             attributes.push(KeyValue::new("http.request.method", "_OTHER"));
-            attributes.push(KeyValue::new("http.request.method_original", method.clone()));
+            attributes.push(KeyValue::new(
+                "http.request.method_original",
+                method.clone(),
+            ));
         }
         if let Some(path) = open.path {
             attributes.push(KeyValue::new("url.path", path));
@@ -360,8 +366,12 @@ mod tests {
     fn start_and_end_make_one_server_span() {
         let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
         let mut spans = Vec::new();
-        b.on_start(&start(7, 1_000, 0xa, "POST", "/items/x"), &mut |s| spans.push(s));
-        b.on_start(&start(7, 1_500, 0xa, "POST", "/items/x"), &mut |s| spans.push(s));
+        b.on_start(&start(7, 1_000, 0xa, "POST", "/items/x"), &mut |s| {
+            spans.push(s)
+        });
+        b.on_start(&start(7, 1_500, 0xa, "POST", "/items/x"), &mut |s| {
+            spans.push(s)
+        });
         assert!(spans.is_empty());
         b.on_end(&end(7, 3_000, 0xa, 503), &mut |s| spans.push(s));
         assert_eq!(spans.len(), 1);
@@ -379,7 +389,10 @@ mod tests {
         assert_eq!(attr(s, "error.type").as_deref(), Some("503"));
         assert!(matches!(s.status, Status::Error { .. }));
         assert_eq!(
-            s.end_time.duration_since(s.start_time).expect("ordered").as_nanos(),
+            s.end_time
+                .duration_since(s.start_time)
+                .expect("ordered")
+                .as_nanos(),
             2_000,
             "the duplicate start must not move the start time"
         );
@@ -396,9 +409,18 @@ mod tests {
         b.on_start(&start(2, 10, 0xb, "PURGE", "/c"), &mut |s| spans.push(s));
         b.on_end(&end(2, 20, 0xb, 0), &mut |s| spans.push(s));
         assert_eq!(spans[0].name, "HTTP /c");
-        assert_eq!(attr(&spans[0], "http.request.method").as_deref(), Some("_OTHER"));
-        assert_eq!(attr(&spans[0], "http.request.method_original").as_deref(), Some("PURGE"));
-        assert_eq!(attr(&spans[0], "http.response.status_code").as_deref(), Some("200"));
+        assert_eq!(
+            attr(&spans[0], "http.request.method").as_deref(),
+            Some("_OTHER")
+        );
+        assert_eq!(
+            attr(&spans[0], "http.request.method_original").as_deref(),
+            Some("PURGE")
+        );
+        assert_eq!(
+            attr(&spans[0], "http.response.status_code").as_deref(),
+            Some("200")
+        );
         assert!(matches!(spans[0].status, Status::Unset));
     }
 
@@ -410,16 +432,25 @@ mod tests {
         b.on_start(&start(2, 150, 0xb, "GET", "/b"), &mut |s| spans.push(s));
         b.expire(200, &mut |s| spans.push(s));
         assert_eq!(spans.len(), 1);
-        assert_eq!(attr(&spans[0], "agent.span.incomplete").as_deref(), Some("expired"));
+        assert_eq!(
+            attr(&spans[0], "agent.span.incomplete").as_deref(),
+            Some("expired")
+        );
         b.finish(300, &mut |s| spans.push(s));
-        assert_eq!(attr(&spans[1], "agent.span.incomplete").as_deref(), Some("shutdown"));
+        assert_eq!(
+            attr(&spans[1], "agent.span.incomplete").as_deref(),
+            Some("shutdown")
+        );
         assert!(attr(&spans[1], "http.response.status_code").is_none());
     }
 
     #[test]
     fn host_port_forms() {
         assert_eq!(split_host_port("a.b:80"), (Cow::Borrowed("a.b"), Some(80)));
-        assert_eq!(split_host_port("[::1]:8080"), (Cow::Borrowed("::1"), Some(8080)));
+        assert_eq!(
+            split_host_port("[::1]:8080"),
+            (Cow::Borrowed("::1"), Some(8080))
+        );
         assert_eq!(split_host_port("a.b"), (Cow::Borrowed("a.b"), None));
         assert_eq!(split_host_port("::1"), (Cow::Borrowed("::1"), None));
     }

@@ -90,7 +90,10 @@ impl Agent {
                 if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
                     return line.clone();
                 }
-                panic!("agent exited ({status}) before printing {needle:?}:\n{}", lines.join("\n"));
+                panic!(
+                    "agent exited ({status}) before printing {needle:?}:\n{}",
+                    lines.join("\n")
+                );
             }
             assert!(
                 Instant::now() < deadline,

@@ -37,7 +37,9 @@ impl Connection {
         stream.write_all(head.as_bytes()).expect("write request");
         stream.write_all(body).expect("write body");
         let mut status_line = String::new();
-        self.reader.read_line(&mut status_line).expect("status line");
+        self.reader
+            .read_line(&mut status_line)
+            .expect("status line");
         let status: u16 = status_line
             .split_whitespace()
             .nth(1)
@@ -66,6 +68,10 @@ impl Connection {
 impl Connection {
     /// The client-side port of the connection.
     pub fn local_port(&self) -> u16 {
-        self.reader.get_ref().local_addr().expect("local addr").port()
+        self.reader
+            .get_ref()
+            .local_addr()
+            .expect("local addr")
+            .port()
     }
 }

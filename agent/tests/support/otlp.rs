@@ -80,7 +80,9 @@ pub fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
 }
 
 /// Flattens export requests into spans.
-pub fn flatten<'a>(requests: impl IntoIterator<Item = &'a ExportTraceServiceRequest>) -> Vec<FlatSpan> {
+pub fn flatten<'a>(
+    requests: impl IntoIterator<Item = &'a ExportTraceServiceRequest>,
+) -> Vec<FlatSpan> {
     let mut out = Vec::new();
     for request in requests {
         for rs in &request.resource_spans {
@@ -90,7 +92,11 @@ pub fn flatten<'a>(requests: impl IntoIterator<Item = &'a ExportTraceServiceRequ
                 .map(|r| attributes(&r.attributes))
                 .unwrap_or_default();
             for ss in &rs.scope_spans {
-                let scope = ss.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                let scope = ss
+                    .scope
+                    .as_ref()
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
                 for span in &ss.spans {
                     out.push(FlatSpan {
                         resource: resource.clone(),
@@ -116,7 +122,9 @@ pub struct Receiver {
 
 impl std::fmt::Debug for Receiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Receiver").field("addr", &self.addr).finish()
+        f.debug_struct("Receiver")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -194,40 +202,51 @@ impl Receiver {
         let accept_store = store.clone();
         runtime.spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { break };
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
                 let store = accept_store.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let store = store.clone();
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            let headers = req
-                                .headers()
-                                .iter()
-                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-                                .collect();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            let status = match (path.as_str(), body) {
-                                ("/v1/traces", Ok(bytes)) => match ExportTraceServiceRequest::decode(bytes) {
-                                    Ok(request) => {
-                                        store.lock().expect("store").push(Received { request, headers });
-                                        200
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let store = store.clone();
+                            async move {
+                                let path = req.uri().path().to_owned();
+                                let headers = req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or_default().to_owned())
+                                    })
+                                    .collect();
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                                let status = match (path.as_str(), body) {
+                                    ("/v1/traces", Ok(bytes)) => {
+                                        match ExportTraceServiceRequest::decode(bytes) {
+                                            Ok(request) => {
+                                                store
+                                                    .lock()
+                                                    .expect("store")
+                                                    .push(Received { request, headers });
+                                                200
+                                            }
+                                            Err(_) => 400,
+                                        }
                                     }
-                                    Err(_) => 400,
-                                },
-                                _ => 404,
-                            };
-                            let body = if status == 200 {
-                                ExportTraceServiceResponse::default().encode_to_vec()
-                            } else {
-                                Vec::new()
-                            };
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", "application/x-protobuf")
-                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                        }
-                    });
+                                    _ => 404,
+                                };
+                                let body = if status == 200 {
+                                    ExportTraceServiceResponse::default().encode_to_vec()
+                                } else {
+                                    Vec::new()
+                                };
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/x-protobuf")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                            }
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
