@@ -362,7 +362,8 @@ pub fn attach_usdt(
     {
         let prog = program(ebpf)?;
         if prog.fd().is_err() {
-            prog.load().map_err(|e| UsdtAttachError::Program(Box::new(e)))?;
+            prog.load()
+                .map_err(|e| UsdtAttachError::Program(Box::new(e)))?;
         }
     }
     let mut attachment = UsdtAttachment {

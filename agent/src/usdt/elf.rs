@@ -85,9 +85,10 @@ pub(super) fn probes_in_image(path: &Path, data: &[u8]) -> Result<Vec<UsdtProbe>
             }
             let start = ph.p_vaddr(endian);
             let end = start.checked_add(ph.p_filesz(endian))?;
-            (start..end)
-                .contains(&vaddr)
-                .then(|| vaddr - start + ph.p_offset(endian))
+            if !(start..end).contains(&vaddr) {
+                return None;
+            }
+            (vaddr - start).checked_add(ph.p_offset(endian))
         })
     };
 

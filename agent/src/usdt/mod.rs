@@ -101,6 +101,12 @@ pub fn probes_in_file(path: impl AsRef<Path>) -> Result<Vec<UsdtProbe>, UsdtErro
     elf::probes_in_image(path, &data)
 }
 
+/// The USDT probes of an ELF image already in memory; `path` is recorded in
+/// the probes (and used for attaching).
+pub fn probes_in_elf(path: impl AsRef<Path>, data: &[u8]) -> Result<Vec<UsdtProbe>, UsdtError> {
+    elf::probes_in_image(path.as_ref(), data)
+}
+
 /// The USDT probes of a process: its executable and every file it has
 /// mapped executable. Files that are not x86-64 ELF (or cannot be read) other
 /// than the executable are skipped.

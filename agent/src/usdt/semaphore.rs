@@ -141,7 +141,7 @@ pub fn runtime_address(pid: u32, probe: &UsdtProbe) -> Result<u64, SemaphoreErro
     })?;
     maps.iter()
         .find(|m| m.inode == meta.ino() && m.covers_file_offset(sema.file_offset))
-        .map(|m| m.start + (sema.file_offset - m.offset))
+        .map(|m| m.start.wrapping_add(sema.file_offset - m.offset))
         .ok_or(SemaphoreError::NotMapped {
             pid,
             path: probe.path.clone(),
