@@ -160,9 +160,19 @@ fn process_probes_include_libraries_and_memfd_copies() {
         "memfd library probe through /proc/N/map_files: {lib:#?}"
     );
     assert_eq!(lib[0].file_offset, lib[1].file_offset);
+    assert!(
+        lib.iter()
+            .any(|p| p.module.starts_with("/memfd:usdt-fixlib")),
+        "the memfd's name as the process sees it: {lib:#?}"
+    );
+    assert!(lib.iter().any(|p| p.module == fx.lib.display().to_string()));
 
     let listing = format_probe_list(&probes);
     assert!(listing.contains("fixture:guarded"), "{listing}");
+    assert!(
+        listing.contains("/memfd:usdt-fixlib (deleted) (read via /proc/"),
+        "{listing}"
+    );
     assert!(listing.contains("semaphore 0x"), "{listing}");
     assert!(
         listing.contains("args [-4@$5 -4@$-7 -8@$1234567890123]"),

@@ -78,6 +78,7 @@ fn probe(provider: &str, name: &str) -> UsdtProbe {
         provider: provider.into(),
         name: name.into(),
         path: "/bin/x".into(),
+        module: "/bin/x".into(),
         file_offset: 0,
         vaddr: 0,
         semaphore: None,

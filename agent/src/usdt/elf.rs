@@ -155,6 +155,7 @@ pub(super) fn probes_in_image(path: &Path, data: &[u8]) -> Result<Vec<UsdtProbe>
                 provider: provider.to_owned(),
                 name: name.to_owned(),
                 path: path.to_owned(),
+                module: path.display().to_string(),
                 file_offset: offset,
                 vaddr,
                 semaphore,

@@ -51,6 +51,9 @@ pub struct UsdtProbe {
     /// The file as we can open it (for a process: through `/proc/N/root` or
     /// `/proc/N/map_files`); the uprobe is attached to this path.
     pub path: PathBuf,
+    /// The file as the target names it: its `/proc/N/maps` path (such as
+    /// `/memfd:name (deleted)`) for a process's probes, else `path`.
+    pub module: String,
     /// Offset of the probe's instruction in the file: where the uprobe goes.
     pub file_offset: u64,
     /// Link-time virtual address of the probe (after the `.stapsdt.base`
@@ -127,7 +130,10 @@ pub fn probes_in_process(pid: u32) -> Result<Vec<UsdtProbe>, UsdtError> {
                 .is_ok_and(|m| m.ino() == exe_meta.ino() && m.dev() == exe_meta.dev())
         };
         match probes_in_file(&path) {
-            Ok(found) => probes.extend(found),
+            Ok(found) => probes.extend(found.into_iter().map(|p| UsdtProbe {
+                module: map.path.clone(),
+                ..p
+            })),
             Err(err) if is_exe => return Err(err),
             Err(err) => log::debug!("pid {pid}: skipping {}: {err}", map.path),
         }
@@ -152,7 +158,11 @@ pub fn format_probe_list(probes: &[UsdtProbe]) -> String {
     let mut current: Option<&Path> = None;
     for probe in probes {
         if current != Some(probe.path.as_path()) {
-            let _ = writeln!(out, "{}:", probe.path.display());
+            if Path::new(&probe.module) == probe.path {
+                let _ = writeln!(out, "{}:", probe.module);
+            } else {
+                let _ = writeln!(out, "{} (read via {}):", probe.module, probe.path.display());
+            }
             current = Some(probe.path.as_path());
         }
         let _ = write!(
