@@ -132,9 +132,7 @@ fn try_usdt_probe(ctx: &ProbeContext) {
             continue;
         }
         let used = rec.str_used as usize;
-        let Some(dst) = rec.strings.get_mut(..) else {
-            continue;
-        };
+        let dst: &mut [u8] = &mut rec.strings;
         let copied = if want <= SMALL_STR {
             if used > USDT_STR_BUF - SMALL_STR {
                 rec.truncated |= 1 << i;

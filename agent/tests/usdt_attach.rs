@@ -31,7 +31,17 @@ fn string_args() -> StringArgs {
     nul("http_request_end", &[0], &mut strings);
     nul("tls_handshake_start", &[0, 1], &mut strings);
     nul("tls_handshake_end", &[0, 1], &mut strings);
-    nul("net_dial_start", &[0, 1], &mut strings);
+    nul("net_dial_start", &[0], &mut strings);
+    // A cap shorter than the string: cut to cap - 1 bytes and the NUL.
+    strings.add(
+        Some("fixture"),
+        "net_dial_start",
+        StringArg {
+            arg: 1,
+            mode: StringMode::Nul,
+            cap: 5,
+        },
+    );
     nul("net_dial_end", &[0], &mut strings);
     nul("request_start", &[0], &mut strings);
     nul("request_end", &[0], &mut strings);
@@ -188,7 +198,9 @@ fn attaches_and_decodes_every_argument_form() {
     );
     assert_eq!(strs(one("tls_handshake_end")), s(&["req-0003", "TLS 1.3"]));
     let nds = one("net_dial_start");
-    assert_eq!(strs(nds)[..2], s(&["req-0002", "db.internal"]));
+    assert_eq!(strs(nds)[..2], s(&["req-0002", "db.i"]));
+    assert!(nds.args[1].truncated, "cut at its cap");
+    assert!(!nds.args[0].truncated);
     assert_eq!(nds.args[2].as_i64(), 5432);
     assert_eq!(ints(one("net_dial_end"))[1], 0);
     assert_eq!(strs(one("request_start")), s(&["req-0004"]));
