@@ -96,7 +96,8 @@ impl ExportConfig {
         };
         if let Some(endpoint) = endpoint {
             let endpoint = endpoint.trim().to_owned();
-            let port = endpoint_port(&endpoint).ok_or_else(|| ConfigError::Endpoint(endpoint.clone()))?;
+            let port =
+                endpoint_port(&endpoint).ok_or_else(|| ConfigError::Endpoint(endpoint.clone()))?;
             let protocol = match inputs
                 .protocol
                 .clone()
@@ -108,15 +109,20 @@ impl ExportConfig {
                 None => OtlpProtocol::HttpProtobuf,
             };
             let endpoint = match protocol {
-                OtlpProtocol::HttpProtobuf if !signal_specific && !endpoint.ends_with("/v1/traces") => {
+                OtlpProtocol::HttpProtobuf
+                    if !signal_specific && !endpoint.ends_with("/v1/traces") =>
+                {
                     format!("{}/v1/traces", endpoint.trim_end_matches('/'))
                 }
                 _ => endpoint,
             };
             let mut headers = BTreeMap::new();
-            for raw in [env("OTEL_EXPORTER_OTLP_HEADERS"), env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")]
-                .into_iter()
-                .flatten()
+            for raw in [
+                env("OTEL_EXPORTER_OTLP_HEADERS"),
+                env("OTEL_EXPORTER_OTLP_TRACES_HEADERS"),
+            ]
+            .into_iter()
+            .flatten()
             {
                 for member in raw.split(',').filter(|m| !m.trim().is_empty()) {
                     let (k, v) = parse_header(member)?;
@@ -131,7 +137,9 @@ impl ExportConfig {
                 .or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT"))
             {
                 Some(ms) => Duration::from_millis(
-                    ms.trim().parse().map_err(|_| ConfigError::Timeout(ms.clone()))?,
+                    ms.trim()
+                        .parse()
+                        .map_err(|_| ConfigError::Timeout(ms.clone()))?,
                 ),
                 None => Duration::from_secs(10),
             };
@@ -197,9 +205,16 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs: Vec<(String, String)> =
-            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
     }
 
     fn otlp(config: &ExportConfig) -> &OtlpConfig {
@@ -274,7 +289,8 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected() {
-        let bad = |inputs: ExportInputs| ExportConfig::resolve(&inputs, env_of(&[])).expect_err("bad");
+        let bad =
+            |inputs: ExportInputs| ExportConfig::resolve(&inputs, env_of(&[])).expect_err("bad");
         assert_eq!(
             bad(ExportInputs {
                 endpoint: Some("collector:4317".into()),

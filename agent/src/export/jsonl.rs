@@ -10,7 +10,10 @@ use std::{
 
 use opentelemetry_proto::{
     tonic::collector::trace::v1::ExportTraceServiceRequest,
-    transform::{common::tonic::ResourceAttributesWithSchema, trace::tonic::group_spans_by_resource_and_scope},
+    transform::{
+        common::tonic::ResourceAttributesWithSchema,
+        trace::tonic::group_spans_by_resource_and_scope,
+    },
 };
 use opentelemetry_sdk::{
     Resource,
@@ -32,7 +35,9 @@ pub struct JsonlExporter {
 
 impl std::fmt::Debug for JsonlExporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonlExporter").field("path", &self.path).finish()
+        f.debug_struct("JsonlExporter")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -83,7 +88,9 @@ impl SpanExporter for JsonlExporter {
         let result = match &mut *out {
             Destination::Stdout => {
                 let mut stdout = std::io::stdout().lock();
-                stdout.write_all(line.as_bytes()).and_then(|()| stdout.flush())
+                stdout
+                    .write_all(line.as_bytes())
+                    .and_then(|()| stdout.flush())
             }
             Destination::File(file) => file.write_all(line.as_bytes()).and_then(|()| file.flush()),
         };

@@ -16,7 +16,8 @@ pub fn build(config: &OtlpConfig) -> Result<SpanExporter, ExporterBuildError> {
         OtlpProtocol::Grpc => {
             let mut metadata = tonic::metadata::MetadataMap::new();
             for (key, value) in &config.headers {
-                let key = tonic::metadata::MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes());
+                let key =
+                    tonic::metadata::MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes());
                 let value = value.parse();
                 match (key, value) {
                     (Ok(key), Ok(value)) => {
