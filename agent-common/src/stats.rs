@@ -16,9 +16,5 @@ pub const EVENTS_WRITTEN: u32 = 3;
 pub const COUNT: u32 = 4;
 
 /// Human-readable names, indexed by counter.
-pub const NAMES: [&str; COUNT as usize] = [
-    "ringbuf_full",
-    "read_failed",
-    "no_config",
-    "events_written",
-];
+pub const NAMES: [&str; COUNT as usize] =
+    ["ringbuf_full", "read_failed", "no_config", "events_written"];
