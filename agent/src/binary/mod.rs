@@ -16,6 +16,7 @@
 mod buildinfo;
 mod cursor;
 mod dwarf;
+mod inspect;
 mod offsets;
 mod pclntab;
 mod sites;
@@ -31,6 +32,7 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
 pub use buildinfo::{BuildInfo, BuildInfoError, GoVersion, Module};
 pub use cursor::ReadError;
 pub use dwarf::{DwarfError, Member, StructLayout};
+pub use inspect::{BUILTIN_PROBES, BuiltinProbe, FieldReport, InspectReport, ProbeReport, inspect};
 pub use offsets::{
     Implausible, NEEDED_FIELDS, OffsetTable, TableEntry, render as render_offset_table,
 };
@@ -174,6 +176,7 @@ struct Segment {
     offset: u64,
     filesz: u64,
     writable: bool,
+    executable: bool,
 }
 
 /// An opened Go executable.
@@ -278,6 +281,7 @@ impl GoBinary {
                     offset: p.p_offset(LE),
                     filesz: p.p_filesz(LE),
                     writable: p.p_flags(LE).0 & elf::PF_W.0 != 0,
+                    executable: p.p_flags(LE).0 & elf::PF_X.0 != 0,
                 });
             }
         }
@@ -365,16 +369,83 @@ impl GoBinary {
     }
 
     fn read_pclntab(&self) -> Result<Option<(Range<usize>, pclntab::PclnTab)>, PclnError> {
-        let Some(section) = self.section(".gopclntab") else {
-            return Ok(None);
-        };
-        let data = &self.data()[section.file.clone()];
         let text = self
             .symbol("runtime.text")
             .map(|f| f.address)
             .or_else(|| self.section(".text").map(|s| s.addr));
-        let tab = pclntab::PclnTab::parse(data, text)?;
-        Ok(Some((section.file.clone(), tab)))
+        // `.data.rel.ro.gopclntab`: PIE builds before Go 1.26.
+        let section = self
+            .section(".gopclntab")
+            .or_else(|| self.section(".data.rel.ro.gopclntab"));
+        if let Some(section) = section {
+            let data = &self.data()[section.file.clone()];
+            let tab = pclntab::PclnTab::parse(data, text)?;
+            return Ok(Some((section.file.clone(), tab)));
+        }
+        // No section header: the symbol if there is one, else a scan of
+        // the data segments for a header whose functions land in code.
+        let mut candidates: Vec<Range<usize>> = Vec::new();
+        if let Some(start) = self
+            .symbol_any("runtime.pclntab")
+            .and_then(|s| self.file_offset(s.address))
+            && let Some(seg_end) = self.segment_file_end(start)
+        {
+            candidates.push(start as usize..seg_end);
+        }
+        for seg in self
+            .segments
+            .iter()
+            .filter(|s| !s.writable && !s.executable)
+        {
+            let Some(r) = range(seg.offset, seg.filesz, self.data().len()) else {
+                continue;
+            };
+            let base = r.start;
+            candidates.extend(
+                pclntab::header_candidates(&self.data()[r.clone()]).map(|at| base + at..r.end),
+            );
+        }
+        let mut first_error = None;
+        for r in candidates {
+            let data = &self.data()[r.clone()];
+            match pclntab::PclnTab::parse(data, text) {
+                Ok(tab) if self.plausible_pclntab(data, &tab) => return Ok(Some((r, tab))),
+                Ok(_) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// A table found by scanning must describe real code: a function at
+    /// the start, the middle and the end, each in an executable segment.
+    fn plausible_pclntab(&self, data: &[u8], tab: &pclntab::PclnTab) -> bool {
+        if tab.len() == 0 {
+            return false;
+        }
+        [0, tab.len() / 2, tab.len() - 1].iter().all(|&i| {
+            tab.func(data, i).is_ok_and(|f| {
+                f.entry < f.end
+                    && !f.name.is_empty()
+                    && self.segment(f.entry).is_some_and(|s| s.executable)
+            })
+        })
+    }
+
+    /// End (file offset) of the segment containing file offset `off`.
+    fn segment_file_end(&self, off: u64) -> Option<usize> {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| off >= s.offset && off - s.offset < s.filesz)?;
+        usize::try_from(seg.offset.checked_add(seg.filesz)?)
+            .ok()
+            .filter(|&end| end <= self.data().len())
     }
 
     /// The file this was opened from.
@@ -418,15 +489,28 @@ impl GoBinary {
         self.pclntab.as_ref().map_or(0, |(_, t)| t.len())
     }
 
+    /// A function symbol (`STT_FUNC`, or `STT_NOTYPE` for assembly
+    /// markers such as `runtime.text`).
     fn symbol(&self, name: &str) -> Option<Function> {
+        self.find_symbol(name, |t| t == elf::STT_FUNC || t == elf::STT_NOTYPE)
+    }
+
+    /// A symbol of any type (`runtime.pclntab` is data).
+    fn symbol_any(&self, name: &str) -> Option<Function> {
+        self.find_symbol(name, |_| true)
+    }
+
+    fn find_symbol(&self, name: &str, want: impl Fn(elf::SymbolType) -> bool) -> Option<Function> {
+        if !self.has_symtab {
+            return None;
+        }
         let data = self.data();
         let header = ElfHeader::parse(data).ok()?;
         let table = header.sections(LE, data).ok()?;
         let symbols = table.symbols(LE, data, elf::SHT_SYMTAB).ok()?;
         let strings = symbols.strings();
         symbols.iter().find_map(|sym| {
-            let st_type = sym.st_type();
-            if st_type != elf::STT_FUNC && st_type != elf::STT_NOTYPE {
+            if !want(sym.st_type()) {
                 return None;
             }
             (sym.name(LE, strings).ok()? == name.as_bytes()).then(|| Function {
@@ -463,6 +547,25 @@ impl GoBinary {
             return Some(f);
         }
         self.pcln_function(name)
+    }
+
+    /// Every function in the pclntab, in address order (stops at the first
+    /// malformed record).
+    pub fn functions(&self) -> impl Iterator<Item = Function> + '_ {
+        let table = self
+            .pclntab
+            .as_ref()
+            .and_then(|(r, tab)| Some((self.data().get(r.clone())?, tab)));
+        let n = table.map_or(0, |(_, tab)| tab.len());
+        (0..n).map_while(move |i| {
+            let (data, tab) = table?;
+            let f = tab.func(data, i).ok()?;
+            Some(Function {
+                name: String::from_utf8_lossy(f.name).into_owned(),
+                address: f.entry,
+                size: f.end.saturating_sub(f.entry),
+            })
+        })
     }
 
     /// The function containing `address` (pclntab only).

@@ -76,6 +76,18 @@ pub struct PclnFunc<'a> {
     pub end: u64,
 }
 
+/// Offsets in `data` (8-byte aligned) where a pclntab header for x86-64
+/// could start: a known magic, two zero pad bytes, minLC 1, ptrSize 8.
+/// Used when there is no `.gopclntab` section (PIE builds before Go 1.26
+/// put the table inside `.data.rel.ro`).
+pub fn header_candidates(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    data.chunks_exact(8).enumerate().filter_map(|(i, w)| {
+        let magic = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+        let known = matches!(magic, MAGIC_116 | MAGIC_118 | MAGIC_120);
+        (known && w[4..] == [0, 0, 1, 8]).then_some(i * 8)
+    })
+}
+
 impl PclnTab {
     /// Parses the header. `text_start` is used for 1.18+ tables whose
     /// header field is zero (Go 1.26 stopped filling it; PIE leaves it to a
@@ -322,6 +334,15 @@ pub(crate) mod tests {
             assert_eq!(tab.lookup(&data, 0x401070).unwrap(), None);
             assert_eq!(tab.lookup(&data, 0x400fff).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn candidates_are_aligned_headers() {
+        let mut data = vec![0u8; 40];
+        data[4..12].copy_from_slice(&[0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8]);
+        data[16..24].copy_from_slice(&[0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8]);
+        data[24..32].copy_from_slice(&[0xfb, 0xff, 0xff, 0xff, 0, 0, 1, 8]);
+        assert_eq!(header_candidates(&data).collect::<Vec<_>>(), vec![16]);
     }
 
     #[test]
