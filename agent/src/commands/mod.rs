@@ -1,6 +1,10 @@
 //! One module per command.
 
+mod decode;
+mod inspect;
+mod probes;
 mod trace;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -15,9 +19,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Some(pid) => trace::run(pid, &cli.trace, &cli.export).await,
             None => anyhow::bail!("nothing to do: give --pid N to trace a process (see --help)"),
         },
-        Some(Command::Decode(_) | Command::Watch(_) | Command::Inspect(_) | Command::Probes(_)) => {
-            anyhow::bail!("this command is not available in this build")
-        }
+        Some(Command::Decode(args)) => decode::run(&args, &cli.export).await,
+        Some(Command::Watch(args)) => watch::run(&args, &cli.export).await,
+        Some(Command::Inspect(args)) => inspect::run(&args),
+        Some(Command::Probes(args)) => probes::run(&args),
     }
 }
 

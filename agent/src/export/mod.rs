@@ -461,3 +461,21 @@ async fn run_sink(
     }
     sink.shutdown();
 }
+
+impl SpanSender {
+    /// Queues a span, waiting for room: for producers that are not real time
+    /// (decoding a file), where dropping would lose what a wait can keep.
+    /// Must not be called from async code.
+    pub fn send_blocking(&self, span: SpanData) {
+        match self.tx.blocking_send(span) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

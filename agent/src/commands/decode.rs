@@ -1,0 +1,143 @@
+//! `agent decode FILE...`: Go execution traces to spans, through the same
+//! export pipeline as the live agent; `--dump events` prints the decoded
+//! event stream instead.
+
+use std::{
+    fs::File,
+    io::{BufReader, BufWriter, Write as _},
+    path::Path,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use agent::{
+    export::{BatchConfig, Pipeline, SpanSender},
+    gotrace::{self, SpanOptions, SpanSummary},
+    resource::{self, ResourceOptions},
+};
+use anyhow::Context as _;
+
+use crate::cli::{DecodeArgs, ExportArgs};
+
+/// How long exporting may take after the last file is decoded.
+const FLUSH_BUDGET: Duration = Duration::from_secs(30);
+
+/// Parses `--anchor-time`.
+pub fn parse_anchor(raw: Option<&str>) -> anyhow::Result<Option<SystemTime>> {
+    raw.map(|s| {
+        s.parse::<jiff::Timestamp>()
+            .map(SystemTime::from)
+            .with_context(|| {
+                format!("invalid --anchor-time {s:?}: expected RFC 3339, e.g. 2026-11-21T10:00:00Z")
+            })
+    })
+    .transpose()
+}
+
+/// Decodes one file into spans on a blocking thread.
+pub async fn decode_file(
+    path: &Path,
+    options: SpanOptions,
+    sender: SpanSender,
+) -> anyhow::Result<SpanSummary> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let display = path.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        gotrace::trace_to_spans(
+            BufReader::with_capacity(1 << 20, file),
+            &options,
+            &mut |span| {
+                sender.send_blocking(span);
+            },
+        )
+        .with_context(|| format!("{display}: not a valid Go execution trace"))
+    })
+    .await
+    .context("decoder thread failed")?
+}
+
+fn dump(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut failed = 0;
+    for path in files {
+        let result = File::open(path)
+            .with_context(|| format!("cannot open {}", path.display()))
+            .and_then(|file| {
+                gotrace::dump_events(BufReader::with_capacity(1 << 20, file), &mut out)
+                    .with_context(|| format!("{}: not a valid Go execution trace", path.display()))
+            });
+        if let Err(err) = result {
+            out.flush().ok();
+            eprintln!("agent: {err:#}");
+            failed += 1;
+        }
+    }
+    out.flush().context("writing the event dump")?;
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn run(args: &DecodeArgs, export: &ExportArgs) -> anyhow::Result<ExitCode> {
+    if args.dump.is_some() {
+        return dump(&args.files);
+    }
+    let anchor = parse_anchor(args.anchor_time.as_deref())?;
+    let config = super::export_config(export)?;
+    let (resource, warnings) = resource::build(
+        None,
+        &ResourceOptions::from_env(export.service_name.clone()),
+    );
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    let pipeline = Pipeline::start(&config, &resource, BatchConfig::default())?;
+    let mut failed = 0;
+    for path in &args.files {
+        let options = SpanOptions {
+            anchor_wall_time: anchor,
+            extra_attributes: vec![opentelemetry::KeyValue::new(
+                "trace.file.path",
+                path.display().to_string(),
+            )],
+            ..SpanOptions::default()
+        };
+        match decode_file(path, options, pipeline.sender()).await {
+            Ok(summary) => log::info!(
+                "{}: {} events, {} spans ({} tasks, {} regions, {} ranges, {} truncated){}",
+                path.display(),
+                summary.events,
+                summary.spans,
+                summary.tasks,
+                summary.regions,
+                summary.ranges,
+                summary.truncated,
+                if summary.approximate_time {
+                    "; no clock snapshot: wall-clock times are approximate"
+                } else {
+                    ""
+                }
+            ),
+            Err(err) => {
+                eprintln!("agent: {err:#}");
+                failed += 1;
+            }
+        }
+    }
+    let snapshot = pipeline.shutdown(FLUSH_BUDGET).await;
+    eprintln!(
+        "agent: {} spans exported from {} of {} files; {} dropped",
+        snapshot.exported,
+        args.files.len() - failed,
+        args.files.len(),
+        snapshot.dropped()
+    );
+    Ok(if failed == 0 && snapshot.dropped() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
