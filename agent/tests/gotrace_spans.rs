@@ -155,6 +155,15 @@ fn find<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
     all[0]
 }
 
+/// Log events of a span: (category, message).
+fn logs(s: &SpanData) -> Vec<(String, String)> {
+    events(s)
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("goroutine."))
+        .collect()
+}
+
+/// All span events: (name, message or block reason).
 fn events(s: &SpanData) -> Vec<(String, String)> {
     s.events
         .iter()
@@ -220,26 +229,20 @@ fn nested_tasks_regions_and_logs() {
     }
     assert_eq!(attr_i64(root, "go.task.id"), Some(1));
     assert_eq!(
-        events(root),
+        logs(root),
         vec![
             ("phase".to_string(), "start".to_string()),
             ("phase".to_string(), "end".to_string())
         ]
     );
     let inner = find(&spans, "inner");
-    assert_eq!(
-        events(inner),
-        vec![("inner".to_string(), "n=42".to_string())]
-    );
+    assert_eq!(logs(inner), vec![("inner".to_string(), "n=42".to_string())]);
     assert_eq!(
         attr_str(inner, "code.function.name").as_deref(),
         Some("main.main.func1")
     );
     let child = find(&spans, "child");
-    assert_eq!(
-        events(child),
-        vec![("child".to_string(), "done".to_string())]
-    );
+    assert_eq!(logs(child), vec![("child".to_string(), "done".to_string())]);
     assert_eq!(attr_i64(child, "go.task.parent_id"), Some(1));
 
     // The sleep inside the region: a block with its reason, then the wake-up.
@@ -307,11 +310,11 @@ fn tasks_across_goroutines() {
         attr_i64(request, "goroutine.id")
     );
     assert_eq!(
-        events(request),
+        logs(request),
         vec![("request".to_string(), "accepted".to_string())]
     );
     assert_eq!(
-        events(find(&spans, "compute")),
+        logs(find(&spans, "compute")),
         vec![("compute".to_string(), "step".to_string())]
     );
     // The background region blocks on a channel until the worker is done.
@@ -399,7 +402,7 @@ fn flight_recorder_dump_keeps_truncated_spans() {
         })
         .expect("a complete request");
     assert_eq!(
-        events(complete),
+        logs(complete),
         vec![("http.path".to_string(), "/work".to_string())]
     );
     assert!(summary.truncated >= 3);

@@ -273,7 +273,7 @@ pub struct Experimental {
 /// One event of the trace, valid until the next `read_event` call.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
-    raw: OrderedEvent,
+    raw: &'a OrderedEvent,
     tables: Option<&'a Tables>,
     gnum: u64,
     ver: Version,
@@ -283,7 +283,7 @@ static EMPTY_BATCHES: [ExperimentalBatch; 0] = [];
 
 impl<'a> Event<'a> {
     pub(crate) fn new(
-        raw: OrderedEvent,
+        raw: &'a OrderedEvent,
         tables: Option<&'a Tables>,
         gnum: u64,
         ver: Version,

@@ -42,13 +42,12 @@ impl From<SourceError> for GenError {
     }
 }
 
-/// A batch header plus where its data lives.
-#[derive(Debug, Clone, Copy)]
+/// An event batch: its base time, its data, and where the data was in the
+/// input.
+#[derive(Debug)]
 pub(crate) struct Batch {
     pub time: u64,
-    /// Start of the data in the generation's arena.
-    pub start: usize,
-    pub len: usize,
+    pub data: Box<[u8]>,
     /// Byte offset of the data in the input.
     pub offset: u64,
 }
@@ -136,6 +135,8 @@ pub(crate) struct CpuSample {
     pub g: i64,
     pub time: i64,
     pub stack: u64,
+    /// Byte offset of the sample in the input.
+    pub offset: u64,
 }
 
 /// An experimental batch: the raw data of one thread for one experiment.
@@ -163,6 +164,7 @@ pub(crate) struct Tables {
     stacks: DataTable<StackRef>,
     pcs: IdMap<u64, FrameRec>,
     extra_strings: Vec<Box<[u8]>>,
+    extra_ids: std::collections::HashMap<Box<[u8]>, u64>,
     pub exp_batches: Vec<ExperimentalBatch>,
 }
 
@@ -196,11 +198,13 @@ impl Tables {
         if s.is_empty() {
             return 0;
         }
-        if let Some(i) = self.extra_strings.iter().position(|e| &**e == s) {
-            return i as u64 + 1;
+        if let Some(id) = self.extra_ids.get(s) {
+            return *id;
         }
         self.extra_strings.push(s.into());
-        self.extra_strings.len() as u64
+        let id = self.extra_strings.len() as u64;
+        self.extra_ids.insert(s.into(), id);
+        id
     }
 
     pub(crate) fn extra_string(&self, id: u64) -> &[u8] {
@@ -218,7 +222,6 @@ impl Tables {
 #[derive(Debug, Default)]
 pub(crate) struct Generation {
     pub gnum: u64,
-    pub data: Vec<u8>,
     pub batches: Vec<Batch>,
     /// Event batches per thread, threads in order of first appearance.
     pub per_m: Vec<(i64, Vec<u32>)>,
@@ -226,12 +229,6 @@ pub(crate) struct Generation {
     pub cpu_samples: Vec<CpuSample>,
     pub min_ts: u64,
     pub tables: Tables,
-}
-
-impl Generation {
-    pub(crate) fn batch_data(&self, b: &Batch) -> &[u8] {
-        self.data.get(b.start..b.start + b.len).unwrap_or(&[])
-    }
 }
 
 /// A batch read but not yet filed, with the arena it was read into.
@@ -304,6 +301,7 @@ pub(crate) fn read_batch<R: Read>(
     let offset = src.offset();
     let mut data = scratch;
     data.clear();
+    data.reserve_exact(size as usize);
     let n = src.read_into(&mut data, size as usize)?;
     if n != size as usize {
         return Err(GenError::new(
@@ -530,13 +528,10 @@ fn process_batch(g: &mut Generation, b: RawBatch, ver: Version) -> Result<(), Ge
                     g.per_m.len() - 1
                 }
             };
-            let start = g.data.len();
-            g.data.extend_from_slice(&b.data);
             let bi = g.batches.len() as u32;
             g.batches.push(Batch {
                 time: b.time,
-                start,
-                len: b.data.len(),
+                data: b.data.into_boxed_slice(),
                 offset: b.offset,
             });
             if let Some((_, list)) = g.per_m.get_mut(idx) {
@@ -676,6 +671,7 @@ fn add_cpu_samples(out: &mut Vec<CpuSample>, b: &RawBatch) -> Result<(), GenErro
             p: v[2] as i64,
             g: if v[3] == 0 { NO_GOROUTINE } else { v[3] as i64 },
             stack: v[4],
+            offset: at,
         });
     }
     Ok(())

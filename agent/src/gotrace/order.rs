@@ -5,8 +5,6 @@
 //! thread may be emitted yet. The structure and the error messages follow
 //! Go's reader closely on purpose: Go's reader is the specification.
 
-use std::collections::VecDeque;
-
 use super::generation::Tables;
 use super::spec::{SPECS, Version, ev, gostatus, procstatus};
 use super::{IdMap, NO_GOROUTINE, NO_PROC, NO_TASK, NO_THREAD, goroutine_state, proc_state};
@@ -250,12 +248,18 @@ pub(crate) struct Ordering {
     ver: Version,
     g_states: IdMap<i64, GState>,
     p_states: IdMap<i64, PState>,
-    m_states: IdMap<i64, MState>,
+    /// Thread states, by slot; `None` until the thread's first event (Go
+    /// creates the state lazily and some checks depend on its existence).
+    m_slots: Vec<(i64, Option<MState>)>,
+    m_index: IdMap<i64, u32>,
     active_tasks: IdMap<u64, TaskState>,
     gc_seq: u64,
     gc_state: GcState,
     initial_gen: u64,
-    queue: VecDeque<OrderedEvent>,
+    /// Events ready to be emitted, from `queue_head` on. The reader drains
+    /// it before advancing again, so a plain vector suffices.
+    queue: Vec<OrderedEvent>,
+    queue_head: usize,
     /// Offset of the event being advanced, stamped on everything queued.
     cur_offset: u64,
 }
@@ -266,18 +270,60 @@ impl Ordering {
             ver,
             g_states: IdMap::default(),
             p_states: IdMap::default(),
-            m_states: IdMap::default(),
+            m_slots: Vec::new(),
+            m_index: IdMap::default(),
             active_tasks: IdMap::default(),
             gc_seq: 0,
             gc_state: GcState::Undetermined,
             initial_gen: 0,
-            queue: VecDeque::new(),
+            queue: Vec::with_capacity(8),
+            queue_head: 0,
             cur_offset: 0,
         }
     }
 
+    /// The slot of thread `m`, created (without state) if new.
+    pub(crate) fn m_slot(&mut self, m: i64) -> u32 {
+        if let Some(&i) = self.m_index.get(&m) {
+            return i;
+        }
+        self.m_slots.push((m, None));
+        let i = (self.m_slots.len() - 1) as u32;
+        self.m_index.insert(m, i);
+        i
+    }
+
+    fn m_get(&self, m: i64) -> Option<&MState> {
+        let i = *self.m_index.get(&m)?;
+        self.m_slots.get(i as usize)?.1.as_ref()
+    }
+
+    fn m_get_mut(&mut self, m: i64) -> Option<&mut MState> {
+        let i = *self.m_index.get(&m)?;
+        self.m_slots.get_mut(i as usize)?.1.as_mut()
+    }
+
+    fn m_insert(&mut self, m: i64, st: MState) {
+        let i = self.m_slot(m) as usize;
+        if let Some(slot) = self.m_slots.get_mut(i) {
+            slot.1 = Some(st);
+        }
+    }
+
+    #[inline]
     pub(crate) fn next(&mut self) -> Option<OrderedEvent> {
-        self.queue.pop_front()
+        match self.queue.get(self.queue_head) {
+            Some(e) => {
+                let e = *e;
+                self.queue_head += 1;
+                Some(e)
+            }
+            None => {
+                self.queue.clear();
+                self.queue_head = 0;
+                None
+            }
+        }
     }
 
     fn ev_name(&self, typ: u8) -> String {
@@ -288,7 +334,7 @@ impl Ordering {
     }
 
     fn push(&mut self, base: BaseEvent, ctx: SchedCtx) {
-        self.queue.push_back(OrderedEvent {
+        self.queue.push(OrderedEvent {
             base,
             ctx,
             offset: self.cur_offset,
@@ -304,6 +350,7 @@ impl Ordering {
         e: &mut BaseEvent,
         tables: &mut Tables,
         m: i64,
+        m_slot: u32,
         gnum: u64,
         offset: u64,
     ) -> Result<bool, String> {
@@ -316,7 +363,14 @@ impl Ordering {
             cur.p = NO_PROC;
             cur.g = NO_GOROUTINE;
         } else {
-            let ms = self.m_states.entry(m).or_insert(MState {
+            let slot = match self.m_slots.get_mut(m_slot as usize) {
+                Some(s) if s.0 == m => s,
+                _ => {
+                    let i = self.m_slot(m) as usize;
+                    &mut self.m_slots[i]
+                }
+            };
+            let ms = slot.1.get_or_insert(MState {
                 g: NO_GOROUTINE,
                 p: NO_PROC,
             });
@@ -360,7 +414,7 @@ impl Ordering {
         };
         if ok
             && m != NO_THREAD
-            && let Some(ms) = self.m_states.get_mut(&m)
+            && let Some(ms) = self.m_get_mut(m)
         {
             ms.p = new_ctx.p;
             ms.g = new_ctx.g;
@@ -417,7 +471,8 @@ impl Ordering {
             // Find the context this P is bound to (Go takes the last match of
             // a map iteration; there is at most one binding).
             let mut found = false;
-            for (mid, ms) in self.m_states.iter() {
+            for (mid, ms) in self.m_slots.iter() {
+                let Some(ms) = ms else { continue };
                 if ms.p == pid {
                     cur.m = *mid;
                     cur.p = pid;
@@ -531,7 +586,7 @@ impl Ordering {
             self.push(*e, cur);
             return Ok((new_ctx, true));
         }
-        let Some(ms) = self.m_states.get_mut(&mid) else {
+        let Some(ms) = self.m_get_mut(mid) else {
             return Err(format!("stole proc from non-existent thread {mid}"));
         };
         if ms.p != pid {
@@ -589,7 +644,7 @@ impl Ordering {
                 }
                 new_ctx.g = gid;
             } else {
-                if let Some(ms) = self.m_states.get(&mid) {
+                if let Some(ms) = self.m_get(mid) {
                     if ms.g != gid {
                         return Err(format!(
                             "inconsistent thread for syscalling goroutine {gid}: thread has goroutine {}",
@@ -598,7 +653,7 @@ impl Ordering {
                     }
                     cur.g = ms.g;
                 } else {
-                    self.m_states.insert(mid, MState { g: gid, p: NO_PROC });
+                    self.m_insert(mid, MState { g: gid, p: NO_PROC });
                 }
                 cur.m = mid;
             }

@@ -57,6 +57,8 @@ fn read_timed_base_event(b: &[u8], e: &mut BaseEvent) -> Result<(usize, u64), St
 #[derive(Debug, Clone)]
 struct BatchCursor {
     m: i64,
+    /// The thread's slot in the ordering.
+    m_slot: u32,
     /// Index into `Generation::per_m`.
     mi: usize,
     last_ts: i64,
@@ -67,27 +69,28 @@ struct BatchCursor {
 }
 
 impl BatchCursor {
+    #[inline]
     fn next_event(&mut self, g: &Generation) -> Result<bool, GenError> {
         let Some((_, list)) = g.per_m.get(self.mi) else {
             return Ok(false);
         };
-        while let Some(&bi) = list.get(self.idx) {
-            if g.batches[bi as usize].len != self.data_off {
-                break;
+        let b = loop {
+            let Some(&bi) = list.get(self.idx) else {
+                return Ok(false);
+            };
+            let b = &g.batches[bi as usize];
+            if b.data.len() != self.data_off {
+                break b;
             }
             self.idx += 1;
             self.data_off = 0;
             self.last_ts = 0;
-        }
-        let Some(&bi) = list.get(self.idx) else {
-            return Ok(false);
         };
-        let b = &g.batches[bi as usize];
         let freq = g.tables.freq;
         if self.last_ts == 0 {
             self.last_ts = freq_mul(freq, b.time);
         }
-        let data = g.batch_data(b).get(self.data_off..).unwrap_or(&[]);
+        let data = b.data.get(self.data_off..).unwrap_or(&[]);
         let off = b.offset + self.data_off as u64;
         let (n, tsdiff) =
             read_timed_base_event(data, &mut self.ev).map_err(|m| GenError::new(off, m))?;
@@ -99,17 +102,25 @@ impl BatchCursor {
     }
 }
 
-fn heap_sift_up(h: &mut [BatchCursor], mut i: usize) -> usize {
-    while i > 0 && h[(i - 1) / 2].ev.time > h[i].ev.time {
+/// The frontier: a binary min-heap (by next event time) of indices into the
+/// cursors, operated exactly as Go's `heapInsert`/`heapUpdate`/`heapRemove`
+/// so that ties resolve the same way.
+#[inline]
+fn time_of(c: &[BatchCursor], i: u32) -> i64 {
+    c[i as usize].ev.time
+}
+
+fn heap_sift_up(h: &mut [u32], c: &[BatchCursor], mut i: usize) -> usize {
+    while i > 0 && time_of(c, h[(i - 1) / 2]) > time_of(c, h[i]) {
         h.swap((i - 1) / 2, i);
         i = (i - 1) / 2;
     }
     i
 }
 
-fn heap_sift_down(h: &mut [BatchCursor], mut i: usize) -> usize {
+fn heap_sift_down(h: &mut [u32], c: &[BatchCursor], mut i: usize) -> usize {
     loop {
-        let m = min3(h, i, 2 * i + 1, 2 * i + 2);
+        let m = min3(h, c, i, 2 * i + 1, 2 * i + 2);
         if m == i {
             break;
         }
@@ -119,36 +130,36 @@ fn heap_sift_down(h: &mut [BatchCursor], mut i: usize) -> usize {
     i
 }
 
-fn min3(b: &[BatchCursor], i0: usize, i1: usize, i2: usize) -> usize {
+fn min3(h: &[u32], c: &[BatchCursor], i0: usize, i1: usize, i2: usize) -> usize {
     let mut min_idx = i0;
     let mut min_t = i64::MAX;
-    if i0 < b.len() {
-        min_t = b[i0].ev.time;
+    if i0 < h.len() {
+        min_t = time_of(c, h[i0]);
     }
-    if i1 < b.len() && b[i1].ev.time < min_t {
-        min_t = b[i1].ev.time;
+    if i1 < h.len() && time_of(c, h[i1]) < min_t {
+        min_t = time_of(c, h[i1]);
         min_idx = i1;
     }
-    if i2 < b.len() && b[i2].ev.time < min_t {
+    if i2 < h.len() && time_of(c, h[i2]) < min_t {
         min_idx = i2;
     }
     min_idx
 }
 
-fn heap_insert(h: &mut Vec<BatchCursor>, bc: BatchCursor) {
+fn heap_insert(h: &mut Vec<u32>, c: &[BatchCursor], bc: u32) {
     h.push(bc);
     let n = h.len() - 1;
-    heap_sift_up(h, n);
+    heap_sift_up(h, c, n);
 }
 
-fn heap_update(h: &mut [BatchCursor], i: usize) {
-    if heap_sift_up(h, i) != i {
+fn heap_update(h: &mut [u32], c: &[BatchCursor], i: usize) {
+    if heap_sift_up(h, c, i) != i {
         return;
     }
-    heap_sift_down(h, i);
+    heap_sift_down(h, c, i);
 }
 
-fn heap_remove(h: &mut Vec<BatchCursor>, mut i: usize) {
+fn heap_remove(h: &mut Vec<u32>, c: &[BatchCursor], mut i: usize) {
     while i > 0 {
         h.swap((i - 1) / 2, i);
         i = (i - 1) / 2;
@@ -156,7 +167,7 @@ fn heap_remove(h: &mut Vec<BatchCursor>, mut i: usize) {
     let last = h.len() - 1;
     h.swap(0, last);
     h.pop();
-    heap_sift_down(h, 0);
+    heap_sift_down(h, c, 0);
 }
 
 /// Statistics about what was read so far.
@@ -179,8 +190,12 @@ pub struct Reader<R: Read> {
     src: Source<R>,
     ver: Version,
     last_ts: i64,
-    gnum: Option<Generation>,
-    frontier: Vec<BatchCursor>,
+    generation: Option<Generation>,
+    /// Whether a generation was ever installed (Go's `r.gen != nil` test in
+    /// the pre-1.26 path; we drop generations as soon as they are done).
+    had_generation: bool,
+    cursors: Vec<BatchCursor>,
+    frontier: Vec<u32>,
     cpu_next: usize,
     order: Ordering,
     syncs: u64,
@@ -191,7 +206,7 @@ pub struct Reader<R: Read> {
     spill_err_sync: bool,
     /// Set once an error was returned: the reader is fused.
     failed: Option<String>,
-    cur: Option<OrderedEvent>,
+    cur: OrderedEvent,
     stats: ReadStats,
 }
 
@@ -204,10 +219,11 @@ impl<R: Read> std::fmt::Debug for Reader<R> {
     }
 }
 
-enum Step {
-    Event(OrderedEvent),
-    Done,
-}
+const NO_CTX: SchedCtx = SchedCtx {
+    g: NO_GOROUTINE,
+    p: NO_PROC,
+    m: NO_THREAD,
+};
 
 impl<R: Read> Reader<R> {
     /// Reads the header and prepares to read events.
@@ -218,7 +234,9 @@ impl<R: Read> Reader<R> {
             src,
             ver,
             last_ts: 0,
-            gnum: None,
+            generation: None,
+            had_generation: false,
+            cursors: Vec::new(),
             frontier: Vec::new(),
             cpu_next: 0,
             order: Ordering::new(ver),
@@ -229,7 +247,12 @@ impl<R: Read> Reader<R> {
             spill_err: None,
             spill_err_sync: false,
             failed: None,
-            cur: None,
+            cur: OrderedEvent {
+                base: BaseEvent::default(),
+                ctx: NO_CTX,
+                offset: 0,
+                has_table: false,
+            },
             stats: ReadStats::default(),
         })
     }
@@ -247,32 +270,31 @@ impl<R: Read> Reader<R> {
     }
 
     /// Reads the next event; `Ok(None)` at the end of the trace. After an
-    /// error the reader returns that error again.
+    /// error the reader returns [`DecodeError::Fused`].
+    #[inline]
     pub fn read_event(&mut self) -> Result<Option<Event<'_>>, DecodeError> {
         if let Some(msg) = &self.failed {
             return Err(DecodeError::Fused {
                 reason: msg.clone(),
             });
         }
-        match self.step() {
-            Ok(Step::Done) => {
-                self.cur = None;
-                Ok(None)
+        match self.step().and_then(|more| {
+            if more {
+                self.fixup()?;
             }
-            Ok(Step::Event(mut e)) => {
-                if let Err(err) = self.fixup(&mut e) {
-                    self.failed = Some(err.to_string());
-                    return Err(err);
-                }
+            Ok(more)
+        }) {
+            Ok(false) => Ok(None),
+            Ok(true) => {
                 self.stats.events += 1;
-                self.cur = Some(e);
-                let tables = if e.has_table {
-                    self.gnum.as_ref().map(|g| &g.tables)
+                let g = self.generation.as_ref();
+                let tables = if self.cur.has_table {
+                    g.map(|g| &g.tables)
                 } else {
                     None
                 };
-                let gnum = self.gnum.as_ref().map(|g| g.gnum).unwrap_or(0);
-                Ok(Some(Event::new(e, tables, gnum, self.ver)))
+                let gnum = g.map(|g| g.gnum).unwrap_or(0);
+                Ok(Some(Event::new(&self.cur, tables, gnum, self.ver)))
             }
             Err(err) => {
                 self.failed = Some(err.to_string());
@@ -283,27 +305,29 @@ impl<R: Read> Reader<R> {
 
     /// Go's deferred fix-up in `ReadEvent`: validate table references and
     /// make timestamps strictly increasing.
-    fn fixup(&mut self, e: &mut OrderedEvent) -> Result<(), DecodeError> {
-        if e.base.typ != ev::SYNC_EVENT {
+    #[inline]
+    fn fixup(&mut self) -> Result<(), DecodeError> {
+        let e = &mut self.cur;
+        if e.base.typ != ev::SYNC_EVENT
+            && let Some(g) = &self.generation
+        {
             let spec = &SPECS[e.base.typ as usize];
-            if let Some(g) = &self.gnum {
-                for &i in spec.stack_ids {
-                    let id = e.base.args.get(i - 1).copied().unwrap_or(0);
-                    if !g.tables.has_stack(id) {
-                        return Err(DecodeError::invalid(
-                            e.offset,
-                            format!("found invalid stack ID {id} for event {}", spec.name),
-                        ));
-                    }
+            for &i in spec.stack_ids {
+                let id = e.base.args.get(i - 1).copied().unwrap_or(0);
+                if !g.tables.has_stack(id) {
+                    return Err(DecodeError::invalid(
+                        e.offset,
+                        format!("found invalid stack ID {id} for event {}", spec.name),
+                    ));
                 }
-                for &i in spec.string_ids {
-                    let id = e.base.args.get(i - 1).copied().unwrap_or(0);
-                    if !g.tables.has_string(id) {
-                        return Err(DecodeError::invalid(
-                            e.offset,
-                            format!("found invalid string ID {id} for event {}", spec.name),
-                        ));
-                    }
+            }
+            for &i in spec.string_ids {
+                let id = e.base.args.get(i - 1).copied().unwrap_or(0);
+                if !g.tables.has_string(id) {
+                    return Err(DecodeError::invalid(
+                        e.offset,
+                        format!("found invalid string ID {id} for event {}", spec.name),
+                    ));
                 }
             }
         }
@@ -314,53 +338,39 @@ impl<R: Read> Reader<R> {
         Ok(())
     }
 
-    fn sync_event(&mut self, has_table: bool, time: i64) -> Step {
+    fn sync_event(&mut self, has_table: bool, time: i64) -> bool {
         self.syncs += 1;
-        Step::Event(OrderedEvent {
+        self.cur = OrderedEvent {
             base: BaseEvent {
                 typ: ev::SYNC_EVENT,
                 time,
                 args: [self.syncs, 0, 0, 0],
             },
-            ctx: SchedCtx {
-                g: NO_GOROUTINE,
-                p: NO_PROC,
-                m: NO_THREAD,
-            },
+            ctx: NO_CTX,
             offset: self.src.offset(),
             has_table,
-        })
+        };
+        true
     }
 
-    fn step(&mut self) -> Result<Step, DecodeError> {
+    /// Produces the next event into `self.cur`; false at the end.
+    #[inline]
+    fn step(&mut self) -> Result<bool, DecodeError> {
         if self.done {
-            return Ok(Step::Done);
+            return Ok(false);
         }
         if let Some(e) = self.order.next() {
-            return Ok(Step::Event(e));
+            self.cur = e;
+            return Ok(true);
         }
         let cpu_left = self
-            .gnum
+            .generation
             .as_ref()
-            .map(|g| self.cpu_next < g.cpu_samples.len())
-            .unwrap_or(false);
+            .is_some_and(|g| self.cpu_next < g.cpu_samples.len());
         if self.frontier.is_empty() && !cpu_left {
-            if self.ver < Version::GO126 {
-                return self.next_gen_with_spill();
-            }
-            if let Some(e) = self.read_gen_err.take() {
-                return Err(e.into());
-            }
-            match read_generation(&mut self.src, self.ver) {
-                Err(e) => {
-                    self.read_gen_err = Some(e);
-                    self.gnum = None;
-                    return Ok(self.sync_event(false, self.last_ts));
-                }
-                Ok(g) => return self.install_gen(g),
-            }
+            return self.next_generation();
         }
-        let Some(g) = self.gnum.as_mut() else {
+        let Some(g) = self.generation.as_ref() else {
             return Err(DecodeError::invalid(
                 self.src.offset(),
                 "internal error: no generation",
@@ -368,11 +378,10 @@ impl<R: Read> Reader<R> {
         };
         // Inject a CPU sample if it comes next.
         if let Some(s) = g.cpu_samples.get(self.cpu_next)
-            && (self.frontier.is_empty() || s.time < self.frontier[0].ev.time)
+            && (self.frontier.is_empty() || s.time < time_of(&self.cursors, self.frontier[0]))
         {
-            let s = *s;
             self.cpu_next += 1;
-            return Ok(Step::Event(OrderedEvent {
+            self.cur = OrderedEvent {
                 base: BaseEvent {
                     typ: ev::CPU_SAMPLE,
                     time: s.time,
@@ -383,9 +392,10 @@ impl<R: Read> Reader<R> {
                     p: s.p,
                     m: s.m,
                 },
-                offset: 0,
+                offset: s.offset,
                 has_table: true,
-            }));
+            };
+            return Ok(true);
         }
         if self.frontier.is_empty() {
             return Err(DecodeError::invalid(
@@ -394,8 +404,10 @@ impl<R: Read> Reader<R> {
             ));
         }
         if !self.try_advance(0)? {
-            let frontier = &mut self.frontier;
-            super::pdqsort::sort_by(frontier, |a, b| a.ev.time < b.ev.time);
+            let cursors = &self.cursors;
+            super::pdqsort::sort_by(&mut self.frontier, |a, b| {
+                time_of(cursors, *a) < time_of(cursors, *b)
+            });
             let mut success = false;
             for i in 1..self.frontier.len() {
                 if self.try_advance(i)? {
@@ -408,7 +420,10 @@ impl<R: Read> Reader<R> {
             }
         }
         match self.order.next() {
-            Some(e) => Ok(Step::Event(e)),
+            Some(e) => {
+                self.cur = e;
+                Ok(true)
+            }
             None => Err(DecodeError::invalid(
                 self.src.offset(),
                 "internal error: advance successful, but queue is empty",
@@ -416,12 +431,32 @@ impl<R: Read> Reader<R> {
         }
     }
 
+    fn next_generation(&mut self) -> Result<bool, DecodeError> {
+        // The previous generation is done: free it before reading the next.
+        self.generation = None;
+        self.cursors.clear();
+        if self.ver < Version::GO126 {
+            return self.next_gen_with_spill();
+        }
+        if let Some(e) = self.read_gen_err.take() {
+            return Err(e.into());
+        }
+        match read_generation(&mut self.src, self.ver) {
+            Err(e) => {
+                self.read_gen_err = Some(e);
+                Ok(self.sync_event(false, self.last_ts))
+            }
+            Ok(g) => self.install_gen(g),
+        }
+    }
+
     fn stuck_error(&self) -> DecodeError {
         use std::fmt::Write;
         let mut s = String::new();
-        let gnum = self.gnum.as_ref().map(|g| g.gnum).unwrap_or(0);
+        let gnum = self.generation.as_ref().map(|g| g.gnum).unwrap_or(0);
         let _ = write!(s, "broken trace: failed to advance: frontier: [gen={gnum}]");
-        for bc in &self.frontier {
+        for &ci in &self.frontier {
+            let bc = &self.cursors[ci as usize];
             let spec = &SPECS[bc.ev.typ as usize];
             let _ = write!(s, " M {} [{} time={}", bc.m, spec.name, bc.ev.time);
             for (i, a) in spec.args.iter().skip(1).enumerate() {
@@ -429,31 +464,44 @@ impl<R: Read> Reader<R> {
             }
             s.push(']');
         }
-        let off = self.frontier.first().map(|b| b.ev_offset).unwrap_or(0);
+        let off = self
+            .frontier
+            .first()
+            .map(|&ci| self.cursors[ci as usize].ev_offset)
+            .unwrap_or(0);
         DecodeError::invalid(off, s)
     }
 
+    #[inline]
     fn try_advance(&mut self, i: usize) -> Result<bool, DecodeError> {
-        let Some(g) = self.gnum.as_mut() else {
+        let Some(g) = self.generation.as_mut() else {
             return Ok(false);
         };
-        let bc = &mut self.frontier[i];
+        let ci = self.frontier[i] as usize;
+        let bc = &mut self.cursors[ci];
         let ok = self
             .order
-            .advance(&mut bc.ev, &mut g.tables, bc.m, g.gnum, bc.ev_offset)
+            .advance(
+                &mut bc.ev,
+                &mut g.tables,
+                bc.m,
+                bc.m_slot,
+                g.gnum,
+                bc.ev_offset,
+            )
             .map_err(|m| DecodeError::invalid(bc.ev_offset, m))?;
         if !ok {
             return Ok(false);
         }
         if bc.next_event(g)? {
-            heap_update(&mut self.frontier, i);
+            heap_update(&mut self.frontier, &self.cursors, i);
         } else {
-            heap_remove(&mut self.frontier, i);
+            heap_remove(&mut self.frontier, &self.cursors, i);
         }
         Ok(true)
     }
 
-    fn next_gen_with_spill(&mut self) -> Result<Step, DecodeError> {
+    fn next_gen_with_spill(&mut self) -> Result<bool, DecodeError> {
         if self.spill_err.is_some() {
             if self.spill_err_sync {
                 let e = self.spill_err.take().map(DecodeError::from);
@@ -462,14 +510,13 @@ impl<R: Read> Reader<R> {
             self.spill_err_sync = true;
             return Ok(self.sync_event(false, self.last_ts));
         }
-        if self.gnum.is_some() && self.spill.is_none() {
+        if self.had_generation && self.spill.is_none() {
             self.done = true;
             return Ok(self.sync_event(false, self.last_ts));
         }
         let spill = self.spill.take();
         match read_generation_with_spill(&mut self.src, spill, self.ver) {
             Err(e) => {
-                self.gnum = None;
                 self.spill_err = Some(e);
                 self.spill_err_sync = true;
                 Ok(self.sync_event(false, self.last_ts))
@@ -482,23 +529,20 @@ impl<R: Read> Reader<R> {
         }
     }
 
-    fn install_gen(&mut self, g: Option<Generation>) -> Result<Step, DecodeError> {
+    fn install_gen(&mut self, g: Option<Generation>) -> Result<bool, DecodeError> {
         let Some(g) = g else {
-            self.gnum = None;
             self.done = true;
             return Ok(self.sync_event(false, self.last_ts));
         };
-        // Drop the previous generation before building the next frontier.
-        self.gnum = Some(g);
         self.stats.generations += 1;
+        self.had_generation = true;
         self.cpu_next = 0;
-        let Some(g) = self.gnum.as_ref() else {
-            return Ok(Step::Done);
-        };
         self.frontier.clear();
+        self.cursors.clear();
         for (mi, (m, _)) in g.per_m.iter().enumerate() {
             let mut bc = BatchCursor {
                 m: *m,
+                m_slot: self.order.m_slot(*m),
                 mi,
                 last_ts: 0,
                 idx: 0,
@@ -506,12 +550,15 @@ impl<R: Read> Reader<R> {
                 ev: BaseEvent::default(),
                 ev_offset: 0,
             };
-            if !bc.next_event(g)? {
+            if !bc.next_event(&g)? {
                 continue;
             }
-            heap_insert(&mut self.frontier, bc);
+            self.cursors.push(bc);
+            let ci = (self.cursors.len() - 1) as u32;
+            heap_insert(&mut self.frontier, &self.cursors, ci);
         }
         let t = freq_mul(g.tables.freq, g.min_ts);
+        self.generation = Some(g);
         Ok(self.sync_event(true, t))
     }
 }
