@@ -102,7 +102,7 @@ impl SpanSender {
 #[derive(Debug)]
 enum Sink {
     Otlp {
-        exporter: opentelemetry_otlp::SpanExporter,
+        exporter: Box<opentelemetry_otlp::SpanExporter>,
         endpoint: String,
     },
     Console(ConsoleExporter),
@@ -212,9 +212,11 @@ impl Pipeline {
         for output in &config.outputs {
             let mut sink = match output {
                 Output::Otlp(otlp) => Sink::Otlp {
-                    exporter: otlp::build(otlp).map_err(|source| PipelineError::Otlp {
-                        endpoint: otlp.endpoint.clone(),
-                        source,
+                    exporter: otlp::build(otlp).map(Box::new).map_err(|source| {
+                        PipelineError::Otlp {
+                            endpoint: otlp.endpoint.clone(),
+                            source,
+                        }
                     })?,
                     endpoint: otlp.endpoint.clone(),
                 },
@@ -413,8 +415,7 @@ async fn run_sink(
         let give_up = Instant::now() + config.retry_for;
         let mut backoff = Duration::from_millis(100);
         let mut pending = Some(batch);
-        loop {
-            let Some(batch) = pending.take() else { break };
+        while let Some(batch) = pending.take() {
             // Keep a copy only where a failure would be retried.
             let keep = sink.retries().then(|| batch.clone());
             match sink.export(batch).await {

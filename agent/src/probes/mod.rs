@@ -37,12 +37,12 @@ pub enum ProbeError {
     )]
     Permission(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("loading the eBPF object failed")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("the kernel rejected eBPF program {program}")]
     Program {
         program: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("eBPF object has no {0}")]
     Missing(&'static str),
@@ -50,7 +50,7 @@ pub enum ProbeError {
     Map {
         map: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("attaching {program} to {path} at file offset {offset:#x} failed")]
     Attach {
@@ -58,7 +58,7 @@ pub enum ProbeError {
         path: String,
         offset: u64,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("target slot {0} is out of range (at most {MAX_TARGETS} targets)")]
     Slot(u32),
@@ -128,7 +128,7 @@ impl Probes {
                 if is_permission_error(&e) {
                     ProbeError::Permission(Box::new(e))
                 } else {
-                    ProbeError::Load(e)
+                    ProbeError::Load(Box::new(e))
                 }
             })?;
         for name in PROGRAMS {
@@ -138,7 +138,7 @@ impl Probes {
                 .try_into()
                 .map_err(|source| ProbeError::Program {
                     program: name,
-                    source,
+                    source: Box::new(source),
                 })?;
             program.load().map_err(|source| {
                 if is_permission_error(&source) {
@@ -146,7 +146,7 @@ impl Probes {
                 } else {
                     ProbeError::Program {
                         program: name,
-                        source,
+                        source: Box::new(source),
                     }
                 }
             })?;
@@ -169,13 +169,13 @@ impl Probes {
         let mut targets: Array<&mut MapData, TargetConfig> =
             Array::try_from(map).map_err(|source| ProbeError::Map {
                 map: "TARGETS",
-                source,
+                source: Box::new(source),
             })?;
         targets
             .set(slot, config, 0)
             .map_err(|source| ProbeError::Map {
                 map: "TARGETS",
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -196,7 +196,10 @@ impl Probes {
             .program_mut(program)
             .ok_or(ProbeError::Missing(program))?
             .try_into()
-            .map_err(|source| ProbeError::Program { program, source })?;
+            .map_err(|source| ProbeError::Program {
+                program,
+                source: Box::new(source),
+            })?;
         let pid = std::num::NonZeroU32::new(pid).ok_or(ProbeError::Slot(0))?;
         let link = uprobe
             .attach(
@@ -211,7 +214,7 @@ impl Probes {
                 program,
                 path: path.display().to_string(),
                 offset,
-                source,
+                source: Box::new(source),
             })?;
         self.attached.push(AttachedSite {
             program,
@@ -246,7 +249,7 @@ impl Probes {
             .ok_or(ProbeError::Missing("EVENTS"))?;
         RingBuf::try_from(map).map_err(|source| ProbeError::Map {
             map: "EVENTS",
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -259,7 +262,7 @@ impl Probes {
         let array: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
                 map: "STATS",
-                source,
+                source: Box::new(source),
             })?;
         Ok(StatsReader::new(array))
     }

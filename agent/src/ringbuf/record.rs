@@ -22,6 +22,10 @@ pub enum RecordError {
 
 /// A decoded record.
 #[derive(Clone, Copy, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a record lives on the stack for one dispatch; boxing would allocate per event"
+)]
 pub enum Record<'a> {
     HttpServerStart(HttpServerStart),
     HttpServerEnd(HttpServerEnd),

@@ -90,10 +90,11 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
             self.stats.replaced += 1;
             Some((key.clone(), old.value))
         } else if self.entries.len() >= self.capacity {
-            self.pop_oldest().map(|kv| {
+            let oldest = self.pop_oldest();
+            if oldest.is_some() {
                 self.stats.evicted += 1;
-                kv
-            })
+            }
+            oldest
         } else {
             None
         };
