@@ -8,5 +8,6 @@
 pub mod http;
 pub mod ids;
 pub mod open;
+pub mod usdt;
 
 pub use open::{OpenTable, PairingStats};

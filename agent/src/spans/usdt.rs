@@ -1,0 +1,880 @@
+//! USDT probe pairs: start and end events paired by request id into spans,
+//! as the [`MappingConfig`] says.
+//!
+//! - Pairing is by (target slot, mapping, request id): a start and its end
+//!   may fire on different threads or goroutines.
+//! - Nesting: each thread (the goroutine when the record carries a goroutine
+//!   id, else the kernel thread) keeps a stack of the spans it started that
+//!   are still open; a span started while another is open on the same stack
+//!   becomes its child (same trace id, the other's span id as parent).
+//! - Starts that never end expire after the mapping's `open_span_timeout_ms`
+//!   (else the agent's `--span-ttl`); the table of open starts holds at most
+//!   `max_open_spans` (else `--max-open-spans`) and evicts the oldest. Both
+//!   are exported marked `agent.span.incomplete` and counted, as are ends
+//!   that find no start and events whose request id could not be read.
+
+use std::{borrow::Cow, collections::HashMap, time::Duration};
+
+use opentelemetry::{
+    InstrumentationScope, KeyValue,
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
+use super::{OpenTable, PairingStats, http::Incomplete, ids::IdGenerator};
+use crate::{
+    clock::WallClock,
+    usdt::{
+        UsdtEvent,
+        mapping::{self, ArgValue, MappingConfig, RequestId, Role},
+    },
+};
+
+/// An open span's key: (target slot, mapping index, request id).
+type Key = (u32, usize, RequestId);
+
+/// Whose stack a span is on: (target slot, goroutine id or thread id, is a
+/// goroutine id).
+type ThreadKey = (u32, u64, bool);
+
+fn thread_of(event: &UsdtEvent) -> ThreadKey {
+    let h = &event.header;
+    if h.goid != 0 {
+        (h.target, h.goid, true)
+    } else {
+        (h.target, u64::from(h.tid), false)
+    }
+}
+
+/// A start waiting for its end.
+#[derive(Debug)]
+struct OpenSpan {
+    start: UsdtEvent,
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: SpanId,
+    thread: ThreadKey,
+}
+
+/// Counters of USDT pairing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsdtStats {
+    pub pairing: PairingStats,
+    /// Events whose request id could not be read (dropped, no span).
+    pub unreadable_ids: u64,
+    /// Events of probes no mapping names.
+    pub unmapped: u64,
+}
+
+impl UsdtStats {
+    /// Events that did not become a complete span.
+    pub fn lost(&self) -> u64 {
+        self.pairing.unmatched_ends
+            + self.pairing.expired
+            + self.pairing.evicted
+            + self.pairing.replaced
+            + self.unreadable_ids
+            + self.unmapped
+    }
+}
+
+/// Builds spans from USDT events.
+#[derive(Debug)]
+pub struct UsdtSpanBuilder {
+    config: MappingConfig,
+    open: OpenTable<Key, OpenSpan>,
+    stacks: HashMap<ThreadKey, Vec<Key>>,
+    clock: WallClock,
+    ids: IdGenerator,
+    scope: InstrumentationScope,
+    unreadable_ids: u64,
+    unmapped: u64,
+}
+
+fn kind(kind: mapping::SpanKind) -> SpanKind {
+    match kind {
+        mapping::SpanKind::Internal => SpanKind::Internal,
+        mapping::SpanKind::Server => SpanKind::Server,
+        mapping::SpanKind::Client => SpanKind::Client,
+        mapping::SpanKind::Producer => SpanKind::Producer,
+        mapping::SpanKind::Consumer => SpanKind::Consumer,
+    }
+}
+
+fn incomplete_str(reason: Incomplete) -> &'static str {
+    match reason {
+        Incomplete::Expired => "expired",
+        Incomplete::Evicted => "evicted",
+        Incomplete::Replaced => "replaced",
+        Incomplete::Shutdown => "shutdown",
+    }
+}
+
+fn key_value(key: String, value: ArgValue) -> KeyValue {
+    match value {
+        ArgValue::I64(v) => KeyValue::new(key, v),
+        ArgValue::U64(v) => match i64::try_from(v) {
+            Ok(v) => KeyValue::new(key, v),
+            Err(_) => KeyValue::new(key, v.to_string()),
+        },
+        ArgValue::Str(s) => KeyValue::new(key, s),
+    }
+}
+
+impl UsdtSpanBuilder {
+    /// A builder for `config`'s spans. The mapping's own limits win over
+    /// `default_capacity` open starts and `default_ttl`.
+    pub fn new(
+        config: MappingConfig,
+        clock: WallClock,
+        default_capacity: usize,
+        default_ttl: Duration,
+    ) -> Self {
+        let capacity = config.max_open_spans.unwrap_or(default_capacity);
+        let ttl = config.open_span_timeout.unwrap_or(default_ttl);
+        let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        Self {
+            config,
+            open: OpenTable::new(capacity, ttl_ns),
+            stacks: HashMap::new(),
+            clock,
+            ids: IdGenerator::default(),
+            scope: InstrumentationScope::builder("agent/usdt")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+            unreadable_ids: 0,
+            unmapped: 0,
+        }
+    }
+
+    /// The mapping in use.
+    pub fn config(&self) -> &MappingConfig {
+        &self.config
+    }
+
+    /// Which mapping (by index) and which end of it probe `provider:name`
+    /// is; resolve once per attached site and pass it to [`Self::on_event`].
+    pub fn resolve(&self, provider: &str, name: &str) -> Option<(usize, Role)> {
+        self.config.spans.iter().enumerate().find_map(|(i, s)| {
+            if s.start.matches(provider, name) {
+                Some((i, Role::Start))
+            } else if s.end.matches(provider, name) {
+                Some((i, Role::End))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> UsdtStats {
+        UsdtStats {
+            pairing: self.open.stats(),
+            unreadable_ids: self.unreadable_ids,
+            unmapped: self.unmapped,
+        }
+    }
+
+    /// Starts waiting for their end.
+    pub fn open_spans(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Counts an event of a probe no mapping names (a site the agent could
+    /// not resolve).
+    pub fn on_unmapped(&mut self) {
+        self.unmapped += 1;
+    }
+
+    /// One event of probe `resolved` (from [`Self::resolve`]).
+    pub fn on_event(
+        &mut self,
+        resolved: (usize, Role),
+        event: UsdtEvent,
+        out: &mut impl FnMut(SpanData),
+    ) {
+        let (index, role) = resolved;
+        let Some(mapping) = self.config.spans.get(index) else {
+            self.unmapped += 1;
+            return;
+        };
+        let Some(id) = mapping.request_id(role, &event) else {
+            self.unreadable_ids += 1;
+            return;
+        };
+        let key = (event.header.target, index, id);
+        match role {
+            Role::Start => self.on_start(key, event, out),
+            Role::End => self.on_end(&key, &event, out),
+        }
+    }
+
+    fn on_start(&mut self, key: Key, event: UsdtEvent, out: &mut impl FnMut(SpanData)) {
+        let thread = thread_of(&event);
+        let parent = self
+            .stacks
+            .get(&thread)
+            .and_then(|stack| stack.last())
+            .and_then(|top| self.open.get(top))
+            .map(|p| (p.trace_id, p.span_id));
+        let (trace_id, parent) = match parent {
+            Some((trace_id, span_id)) => (trace_id, span_id),
+            None => (self.ids.trace_id(), SpanId::INVALID),
+        };
+        let now = event.header.ktime_ns;
+        let span = OpenSpan {
+            start: event,
+            trace_id,
+            span_id: self.ids.span_id(),
+            parent,
+            thread,
+        };
+        let displaced = self.open.open(key.clone(), span, now);
+        if let Some((old_key, old)) = displaced {
+            let reason = if old_key == key {
+                Incomplete::Replaced
+            } else {
+                Incomplete::Evicted
+            };
+            self.unstack(&old_key, old.thread);
+            out(self.span(old_key.1, old, now, None, Some(reason)));
+        }
+        self.stacks.entry(thread).or_default().push(key);
+    }
+
+    fn on_end(&mut self, key: &Key, event: &UsdtEvent, out: &mut impl FnMut(SpanData)) {
+        if let Some(open) = self.open.close(key) {
+            self.unstack(key, open.thread);
+            out(self.span(key.1, open, event.header.ktime_ns, Some(event), None));
+        }
+    }
+
+    /// Takes `key` off `thread`'s stack (wherever it is: ends may come out
+    /// of order), dropping the stack once empty.
+    fn unstack(&mut self, key: &Key, thread: ThreadKey) {
+        if let Some(stack) = self.stacks.get_mut(&thread) {
+            if let Some(pos) = stack.iter().rposition(|k| k == key) {
+                stack.remove(pos);
+            }
+            if stack.is_empty() {
+                self.stacks.remove(&thread);
+            }
+        }
+    }
+
+    /// Exports starts open longer than the timeout, marked expired.
+    pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(SpanData)) {
+        for (key, open) in self.open.expire(now_ns) {
+            self.unstack(&key, open.thread);
+            out(self.span(key.1, open, now_ns, None, Some(Incomplete::Expired)));
+        }
+    }
+
+    /// Exports every open start, marked as cut short by shutdown.
+    pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(SpanData)) {
+        for (key, open) in self.open.drain() {
+            out(self.span(key.1, open, now_ns, None, Some(Incomplete::Shutdown)));
+        }
+        self.stacks.clear();
+    }
+
+    fn span(
+        &self,
+        index: usize,
+        open: OpenSpan,
+        end_ns: u64,
+        end: Option<&UsdtEvent>,
+        incomplete: Option<Incomplete>,
+    ) -> SpanData {
+        let start_ns = open.start.header.ktime_ns;
+        let mut attributes = Vec::with_capacity(8);
+        let mut name = Cow::Borrowed("?");
+        let mut span_kind = SpanKind::Internal;
+        let mut status = Status::Unset;
+        if let Some(mapping) = self.config.spans.get(index) {
+            name = Cow::Owned(mapping.span_name(&open.start, end));
+            span_kind = kind(mapping.kind);
+            for (k, v) in mapping.attributes(Role::Start, &open.start) {
+                attributes.push(key_value(k, v));
+            }
+            if let Some(end) = end {
+                for (k, v) in mapping.attributes(Role::End, end) {
+                    attributes.push(key_value(k, v));
+                }
+                if mapping.is_error(&open.start, end) {
+                    let description = mapping.status.as_ref().map_or(String::new(), |rule| {
+                        let value = mapping
+                            .end_args
+                            .iter()
+                            .map(|a| (a, end))
+                            .chain(mapping.start_args.iter().map(|a| (a, &open.start)))
+                            .find(|(a, _)| a.name == rule.arg)
+                            .and_then(|(a, e)| mapping::SpanMapping::value(a, e));
+                        match value {
+                            Some(v) => format!("{} = {v}", rule.arg),
+                            None => rule.arg.clone(),
+                        }
+                    });
+                    status = Status::error(description);
+                }
+            }
+        }
+        attributes.push(KeyValue::new("thread.id", i64::from(open.start.header.tid)));
+        if open.start.header.goid != 0 {
+            attributes.push(KeyValue::new(
+                "goroutine.id",
+                i64::try_from(open.start.header.goid).unwrap_or(i64::MAX),
+            ));
+        }
+        if let Some(reason) = incomplete {
+            attributes.push(KeyValue::new(
+                "agent.span.incomplete",
+                incomplete_str(reason),
+            ));
+        }
+        SpanData {
+            span_context: SpanContext::new(
+                open.trace_id,
+                open.span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: open.parent,
+            parent_span_is_remote: false,
+            span_kind,
+            name,
+            start_time: self.clock.to_system_time(start_ns),
+            end_time: self.clock.to_system_time(end_ns.max(start_ns)),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use agent_common::event::{EventHeader, KIND_USDT};
+
+    use super::*;
+    use crate::usdt::UsdtArg;
+
+    fn ev(tid: u32, goid: u64, t: u64, args: &[Arg]) -> UsdtEvent {
+        UsdtEvent {
+            header: EventHeader {
+                kind: KIND_USDT,
+                target: 0,
+                tid,
+                site: 0,
+                goid,
+                ktime_ns: t,
+            },
+            args: args
+                .iter()
+                .map(|a| match a {
+                    Arg::I(v) => UsdtArg {
+                        value: *v as u64,
+                        failed: false,
+                        string: None,
+                        truncated: false,
+                    },
+                    Arg::S(s) => UsdtArg {
+                        value: 0x7000,
+                        failed: false,
+                        string: Some(s.as_bytes().to_vec()),
+                        truncated: false,
+                    },
+                    Arg::Failed => UsdtArg {
+                        value: 0,
+                        failed: true,
+                        string: None,
+                        truncated: false,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    enum Arg {
+        I(i64),
+        S(&'static str),
+        Failed,
+    }
+    use Arg::{Failed, I, S};
+
+    fn builder(config: MappingConfig) -> UsdtSpanBuilder {
+        UsdtSpanBuilder::new(
+            config,
+            WallClock::with_offset_ns(1_000_000_000_000),
+            1024,
+            Duration::from_secs(30),
+        )
+    }
+
+    fn attrs(span: &SpanData) -> Vec<(String, String)> {
+        span.attributes
+            .iter()
+            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn nanos(t: std::time::SystemTime) -> u128 {
+        t.duration_since(UNIX_EPOCH)
+            .expect("after epoch")
+            .as_nanos()
+    }
+
+    /// Feeds `probe` with `event`; spans go to `out`.
+    fn feed(b: &mut UsdtSpanBuilder, probe: &str, event: UsdtEvent, out: &mut Vec<SpanData>) {
+        let resolved = b.resolve("fixture", probe).expect("mapped probe");
+        b.on_event(resolved, event, &mut |s| out.push(s));
+    }
+
+    #[test]
+    fn the_seed_sequence_nests_on_one_thread() {
+        let mut b = builder(MappingConfig::builtin());
+        let mut spans = Vec::new();
+        let t = 7;
+        feed(
+            &mut b,
+            "request_start",
+            ev(t, 0, 100, &[S("req-4")]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "http_request_start",
+            ev(t, 0, 200, &[S("req-1"), S("GET"), S("/api/users")]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "net_dial_start",
+            ev(t, 0, 300, &[S("req-2"), S("db.internal"), I(5432)]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "tls_handshake_start",
+            ev(t, 0, 400, &[S("req-3"), S("api.example.com")]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "tls_handshake_end",
+            ev(t, 0, 500, &[S("req-3"), S("TLS 1.3")]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "net_dial_end",
+            ev(t, 0, 600, &[S("req-2"), I(0)]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "http_request_end",
+            ev(t, 0, 700, &[S("req-1"), I(200), I(15_000_000)]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "request_end",
+            ev(t, 0, 800, &[S("req-4")]),
+            &mut spans,
+        );
+        assert_eq!(spans.len(), 4);
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(
+            names,
+            [
+                "TLS Handshake",
+                "net.Dial",
+                "HTTP GET /api/users",
+                "Request"
+            ]
+        );
+        let (tls, dial, http, req) = (&spans[0], &spans[1], &spans[2], &spans[3]);
+        assert_eq!(req.parent_span_id, SpanId::INVALID);
+        assert_eq!(http.parent_span_id, req.span_context.span_id());
+        assert_eq!(dial.parent_span_id, http.span_context.span_id());
+        assert_eq!(tls.parent_span_id, dial.span_context.span_id());
+        let trace = req.span_context.trace_id();
+        assert!(spans.iter().all(|s| s.span_context.trace_id() == trace));
+        assert_eq!(
+            [tls.span_kind.clone(), dial.span_kind.clone()],
+            [SpanKind::Internal, SpanKind::Client]
+        );
+        assert_eq!(
+            [http.span_kind.clone(), req.span_kind.clone()],
+            [SpanKind::Server, SpanKind::Internal]
+        );
+        assert_eq!(
+            attrs(http),
+            pairs(&[
+                ("http.request.method", "GET"),
+                ("url.path", "/api/users"),
+                ("http.response.status_code", "200"),
+                ("thread.id", "7"),
+            ])
+        );
+        assert_eq!(
+            attrs(dial),
+            pairs(&[
+                ("server.address", "db.internal"),
+                ("server.port", "5432"),
+                ("thread.id", "7"),
+            ])
+        );
+        assert_eq!(
+            attrs(tls),
+            pairs(&[
+                ("server.address", "api.example.com"),
+                ("tls.protocol.version", "TLS 1.3"),
+                ("thread.id", "7"),
+            ])
+        );
+        assert_eq!(
+            attrs(req),
+            pairs(&[("request.id", "req-4"), ("thread.id", "7")])
+        );
+        assert_eq!(nanos(http.start_time), 1_000_000_000_200);
+        assert_eq!(nanos(http.end_time), 1_000_000_000_700);
+        assert_eq!(nanos(tls.start_time), 1_000_000_000_400);
+        assert_eq!(nanos(tls.end_time), 1_000_000_000_500);
+        assert!(spans.iter().all(|s| s.status == Status::Unset));
+        let stats = b.stats();
+        assert_eq!(stats.pairing.started, 4);
+        assert_eq!(stats.pairing.completed, 4);
+        assert_eq!(stats.lost(), 0);
+        assert_eq!(b.open_spans(), 0);
+        assert!(b.stacks.is_empty());
+    }
+
+    #[test]
+    fn pairs_across_threads_and_parents_by_goroutine() {
+        let mut b = builder(MappingConfig::builtin());
+        let mut spans = Vec::new();
+        // Goroutine 42 starts on thread 1, its end comes on thread 2.
+        feed(
+            &mut b,
+            "request_start",
+            ev(1, 42, 10, &[S("a")]),
+            &mut spans,
+        );
+        // Same goroutine, now on thread 3: a child.
+        feed(
+            &mut b,
+            "tls_handshake_start",
+            ev(3, 42, 20, &[S("t"), S("h")]),
+            &mut spans,
+        );
+        // Another goroutine on thread 1: not a child of anything.
+        feed(
+            &mut b,
+            "request_start",
+            ev(1, 43, 25, &[S("b")]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "tls_handshake_end",
+            ev(2, 42, 30, &[S("t"), S("1.2")]),
+            &mut spans,
+        );
+        feed(&mut b, "request_end", ev(2, 99, 40, &[S("a")]), &mut spans);
+        feed(&mut b, "request_end", ev(1, 43, 50, &[S("b")]), &mut spans);
+        assert_eq!(spans.len(), 3);
+        let (tls, a, other) = (&spans[0], &spans[1], &spans[2]);
+        assert_eq!(tls.parent_span_id, a.span_context.span_id());
+        assert_eq!(tls.span_context.trace_id(), a.span_context.trace_id());
+        assert_eq!(other.parent_span_id, SpanId::INVALID);
+        assert_ne!(other.span_context.trace_id(), a.span_context.trace_id());
+        assert_eq!(nanos(a.end_time) - nanos(a.start_time), 30);
+        assert_eq!(
+            attrs(a),
+            pairs(&[
+                ("request.id", "a"),
+                ("thread.id", "1"),
+                ("goroutine.id", "42")
+            ])
+        );
+        assert_eq!(b.stats().lost(), 0);
+        assert!(b.stacks.is_empty());
+    }
+
+    #[test]
+    fn a_closed_parent_is_no_longer_a_parent() {
+        let mut b = builder(MappingConfig::builtin());
+        let mut spans = Vec::new();
+        feed(&mut b, "request_start", ev(5, 0, 10, &[S("p")]), &mut spans);
+        feed(&mut b, "request_end", ev(5, 0, 20, &[S("p")]), &mut spans);
+        feed(&mut b, "request_start", ev(5, 0, 30, &[S("q")]), &mut spans);
+        feed(&mut b, "request_end", ev(5, 0, 40, &[S("q")]), &mut spans);
+        assert_eq!(spans[1].parent_span_id, SpanId::INVALID);
+        // Out-of-order ends: the inner span's parent ends first.
+        feed(&mut b, "request_start", ev(5, 0, 50, &[S("x")]), &mut spans);
+        feed(&mut b, "request_start", ev(5, 0, 60, &[S("y")]), &mut spans);
+        feed(&mut b, "request_end", ev(5, 0, 70, &[S("x")]), &mut spans);
+        feed(&mut b, "request_start", ev(5, 0, 80, &[S("z")]), &mut spans);
+        feed(&mut b, "request_end", ev(5, 0, 90, &[S("y")]), &mut spans);
+        feed(&mut b, "request_end", ev(5, 0, 100, &[S("z")]), &mut spans);
+        let by_id = |id: &str| {
+            spans
+                .iter()
+                .find(|s| attrs(s).contains(&("request.id".to_owned(), id.to_owned())))
+                .expect("span")
+        };
+        assert_eq!(by_id("y").parent_span_id, by_id("x").span_context.span_id());
+        assert_eq!(by_id("z").parent_span_id, by_id("y").span_context.span_id());
+        assert!(b.stacks.is_empty());
+    }
+
+    #[test]
+    fn status_from_the_rule() {
+        let mut b = builder(MappingConfig::builtin());
+        let mut spans = Vec::new();
+        feed(
+            &mut b,
+            "http_request_start",
+            ev(1, 0, 10, &[S("r"), S("POST"), S("/x")]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "http_request_end",
+            ev(1, 0, 20, &[S("r"), I(503)]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "net_dial_start",
+            ev(1, 0, 30, &[S("d"), S("h"), I(80)]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "net_dial_end",
+            ev(1, 0, 40, &[S("d"), I(-111)]),
+            &mut spans,
+        );
+        assert_eq!(spans[0].name, "HTTP POST /x");
+        assert_eq!(spans[0].status, Status::error("status_code = 503"));
+        assert_eq!(spans[1].status, Status::error("error = -111"));
+        // The error argument has no attribute: not among the attributes.
+        assert_eq!(
+            attrs(&spans[1]),
+            pairs(&[
+                ("server.address", "h"),
+                ("server.port", "80"),
+                ("thread.id", "1"),
+            ])
+        );
+    }
+
+    #[test]
+    fn unmatched_ends_unreadable_ids_and_replaced_starts_are_counted() {
+        let mut b = builder(MappingConfig::builtin());
+        let mut spans = Vec::new();
+        feed(
+            &mut b,
+            "request_end",
+            ev(1, 0, 10, &[S("nobody")]),
+            &mut spans,
+        );
+        feed(&mut b, "request_start", ev(1, 0, 20, &[Failed]), &mut spans);
+        feed(
+            &mut b,
+            "request_start",
+            ev(1, 0, 30, &[S("dup")]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "request_start",
+            ev(2, 0, 40, &[S("dup")]),
+            &mut spans,
+        );
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            attrs(&spans[0]),
+            pairs(&[
+                ("request.id", "dup"),
+                ("thread.id", "1"),
+                ("agent.span.incomplete", "replaced"),
+            ])
+        );
+        assert_eq!(nanos(spans[0].end_time), 1_000_000_000_040);
+        // A different mapping with the same id is a different span.
+        feed(
+            &mut b,
+            "tls_handshake_start",
+            ev(2, 0, 45, &[S("dup"), S("h")]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "tls_handshake_end",
+            ev(2, 0, 46, &[S("dup"), S("v")]),
+            &mut spans,
+        );
+        feed(&mut b, "request_end", ev(3, 0, 50, &[S("dup")]), &mut spans);
+        assert_eq!(spans.len(), 3);
+        assert_eq!(spans[1].name, "TLS Handshake");
+        assert_eq!(spans[1].parent_span_id, spans[2].span_context.span_id());
+        assert_eq!(
+            attrs(&spans[2]),
+            pairs(&[("request.id", "dup"), ("thread.id", "2")])
+        );
+        b.on_unmapped();
+        let stats = b.stats();
+        assert_eq!(stats.pairing.unmatched_ends, 1);
+        assert_eq!(stats.pairing.replaced, 1);
+        assert_eq!(stats.unreadable_ids, 1);
+        assert_eq!(stats.unmapped, 1);
+        assert_eq!(stats.lost(), 4);
+    }
+
+    #[test]
+    fn starts_expire_after_the_mapping_timeout() {
+        let config = MappingConfig::from_toml_str("open_span_timeout_ms = 1\n").expect("toml");
+        let mut b = builder(config);
+        let mut spans = Vec::new();
+        feed(
+            &mut b,
+            "request_start",
+            ev(1, 0, 0, &[S("old")]),
+            &mut spans,
+        );
+        feed(
+            &mut b,
+            "request_start",
+            ev(1, 0, 900_000, &[S("young")]),
+            &mut spans,
+        );
+        b.expire(1_500_000, &mut |s| spans.push(s));
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            attrs(&spans[0]),
+            pairs(&[
+                ("request.id", "old"),
+                ("thread.id", "1"),
+                ("agent.span.incomplete", "expired"),
+            ])
+        );
+        assert_eq!(nanos(spans[0].start_time), 1_000_000_000_000);
+        assert_eq!(nanos(spans[0].end_time), 1_000_001_500_000);
+        assert_eq!(b.stats().pairing.expired, 1);
+        // "young" was started while "old" was open: its child.
+        feed(
+            &mut b,
+            "request_end",
+            ev(1, 0, 2_000_000, &[S("young")]),
+            &mut spans,
+        );
+        assert_eq!(spans[1].parent_span_id, spans[0].span_context.span_id());
+        // The expired start's end now finds nothing.
+        feed(
+            &mut b,
+            "request_end",
+            ev(1, 0, 2_000_001, &[S("old")]),
+            &mut spans,
+        );
+        assert_eq!(b.stats().pairing.unmatched_ends, 1);
+        assert!(b.stacks.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_oldest_and_unstacks_it() {
+        let config = MappingConfig::from_toml_str("max_open_spans = 2\n").expect("toml");
+        let mut b = builder(config);
+        let mut spans = Vec::new();
+        for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+            feed(
+                &mut b,
+                "request_start",
+                ev(10 + i as u32, 0, 100 * (i as u64 + 1), &[S(id)]),
+                &mut spans,
+            );
+        }
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            attrs(&spans[0]),
+            pairs(&[
+                ("request.id", "a"),
+                ("thread.id", "10"),
+                ("agent.span.incomplete", "evicted"),
+            ])
+        );
+        assert_eq!(b.stats().pairing.evicted, 1);
+        assert_eq!(b.open_spans(), 2);
+        assert!(!b.stacks.contains_key(&(0, 10, false)));
+        b.finish(1_000, &mut |s| spans.push(s));
+        assert_eq!(spans.len(), 3);
+        assert_eq!(
+            spans[2].attributes.last().map(|kv| kv.value.to_string()),
+            Some("shutdown".to_owned())
+        );
+    }
+
+    #[test]
+    fn custom_mapping_with_integer_ids_and_unsigned_values() {
+        let config = MappingConfig::from_toml_str(
+            r#"
+builtins = false
+[[span]]
+name = "job {kind}"
+kind = "consumer"
+start = "app:job_begin"
+end = "app:job_done"
+request_id = "id"
+status = { arg = "rc", error_if = "nonzero" }
+[span.start_args]
+id = { index = 0, type = "u64", attribute = "job.id" }
+kind = { index = 1, type = "str", attribute = "job.kind" }
+big = { index = 2, type = "u64", attribute = "job.big" }
+[span.end_args]
+id = { index = 0, type = "u64" }
+rc = { index = 1, type = "i64", attribute = "job.rc" }
+"#,
+        )
+        .expect("toml");
+        let mut b = builder(config);
+        assert_eq!(b.resolve("other", "job_begin"), None);
+        assert_eq!(b.resolve("app", "request_start"), None);
+        let start = b.resolve("app", "job_begin").expect("start");
+        let end = b.resolve("app", "job_done").expect("end");
+        let mut spans = Vec::new();
+        b.on_event(start, ev(1, 0, 10, &[I(9), S("resize"), I(-1)]), &mut |s| {
+            spans.push(s)
+        });
+        b.on_event(end, ev(4, 0, 25, &[I(9), I(0)]), &mut |s| spans.push(s));
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].name, "job resize");
+        assert_eq!(spans[0].span_kind, SpanKind::Consumer);
+        assert_eq!(spans[0].status, Status::Unset);
+        assert_eq!(
+            attrs(&spans[0]),
+            pairs(&[
+                ("job.id", "9"),
+                ("job.kind", "resize"),
+                ("job.big", "18446744073709551615"),
+                ("job.rc", "0"),
+                ("thread.id", "1"),
+            ])
+        );
+        assert_eq!(spans[0].instrumentation_scope.name(), "agent/usdt");
+    }
+}
