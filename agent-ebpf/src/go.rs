@@ -71,5 +71,9 @@ pub fn read_string<const CAP: usize>(base: u64, offset: u64, dst: &mut [u8; CAP]
     if ret < 0 {
         return None;
     }
-    Some(if len > u32::MAX as u64 { u32::MAX } else { len as u32 })
+    Some(if len > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        len as u32
+    })
 }

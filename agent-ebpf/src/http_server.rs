@@ -45,7 +45,9 @@ pub fn start(ctx: &ProbeContext) {
     };
     let request = reg(ctx, Reg::Rdi);
     let response = reg(ctx, Reg::Rcx);
-    let Some(mut entry) = reserve::<HttpServerStart>() else { return };
+    let Some(mut entry) = reserve::<HttpServerStart>() else {
+        return;
+    };
     let rec: &mut HttpServerStart = {
         let ptr = entry.as_mut_ptr();
         // SAFETY: `reserve` zeroed the whole record, and every bit pattern is
@@ -110,7 +112,9 @@ pub fn end(ctx: &ProbeContext) {
         return;
     };
     let response = reg(ctx, Reg::Rax);
-    let Some(mut entry) = reserve::<HttpServerEnd>() else { return };
+    let Some(mut entry) = reserve::<HttpServerEnd>() else {
+        return;
+    };
     let rec: &mut HttpServerEnd = {
         let ptr = entry.as_mut_ptr();
         // SAFETY: as in `start`.

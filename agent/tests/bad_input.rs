@@ -221,7 +221,16 @@ fn dead_collector_loses_nothing_captured() {
     for path in ["/hello", "/items/a", "/fail"] {
         conn.request("GET", path, b"");
     }
-    agent.wait_for_stderr("failed, retrying", Duration::from_secs(20));
+    // The JSONL output gets the spans while the OTLP exporter is still
+    // retrying the dead collector.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&jsonl).map_or(0, |t| t.matches("\"spanId\"").count()) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spans reached the JSONL output"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     agent.signal(Signal::SIGTERM);
     let status = agent.wait(Duration::from_secs(10));
     assert!(status.success(), "{status}");

@@ -118,10 +118,6 @@ impl Sink {
         }
     }
 
-    fn retries(&self) -> bool {
-        matches!(self, Self::Otlp { .. })
-    }
-
     async fn export(&self, batch: Vec<SpanData>) -> Result<(), String> {
         let result = match self {
             Self::Otlp { exporter, .. } => exporter.export(batch).await,
@@ -154,8 +150,6 @@ pub struct BatchConfig {
     pub max_batch: usize,
     /// How long a span may wait for its batch to fill.
     pub max_delay: Duration,
-    /// How long one batch is retried before it is dropped.
-    pub retry_for: Duration,
 }
 
 impl Default for BatchConfig {
@@ -164,7 +158,6 @@ impl Default for BatchConfig {
             queue_capacity: 8192,
             max_batch: 512,
             max_delay: Duration::from_millis(200),
-            retry_for: Duration::from_secs(30),
         }
     }
 }
@@ -242,13 +235,7 @@ impl Pipeline {
         for sink in sinks {
             let (sink_tx, sink_rx) = mpsc::channel(batches_per_sink);
             let counters = Arc::new(SinkStats::default());
-            tasks.push(tokio::spawn(run_sink(
-                sink,
-                sink_rx,
-                batch,
-                counters.clone(),
-                stop_rx.clone(),
-            )));
+            tasks.push(tokio::spawn(run_sink(sink, sink_rx, counters.clone())));
             sink_txs.push((sink_tx, counters.clone()));
             sink_stats.push(counters);
         }
@@ -289,7 +276,7 @@ impl Pipeline {
         } = self;
         drop(sender);
         let deadline = Instant::now() + deadline;
-        // Near the deadline, stop retrying: the last attempts get the
+        // Near the deadline, stop batching: the last exports get the
         // remaining time, then are abandoned.
         let soft = deadline - Duration::from_millis(300).min(deadline - Instant::now());
         let mut all = futures_join(tasks);
@@ -401,61 +388,33 @@ async fn run_batcher(
     }
 }
 
-/// Exports the batches of one sink, retrying where the sink can.
-async fn run_sink(
-    mut sink: Sink,
-    mut rx: mpsc::Receiver<Vec<SpanData>>,
-    config: BatchConfig,
-    counters: Arc<SinkStats>,
-    mut stopping: watch::Receiver<bool>,
-) {
+/// Exports the batches of one sink. OTLP exporters retry inside (see
+/// `otlp::retry_policy`); what still fails is counted and logged.
+async fn run_sink(mut sink: Sink, mut rx: mpsc::Receiver<Vec<SpanData>>, counters: Arc<SinkStats>) {
     let mut failing = false;
     while let Some(batch) = rx.recv().await {
         let len = batch.len() as u64;
-        let give_up = Instant::now() + config.retry_for;
-        let mut backoff = Duration::from_millis(100);
-        let mut pending = Some(batch);
-        while let Some(batch) = pending.take() {
-            // Keep a copy only where a failure would be retried.
-            let keep = sink.retries().then(|| batch.clone());
-            match sink.export(batch).await {
-                Ok(()) => {
-                    counters.delivered.fetch_add(len, Ordering::Relaxed);
-                    if failing {
-                        log::info!("export to {} recovered", sink.name());
-                        failing = false;
-                    }
-                    break;
+        match sink.export(batch).await {
+            Ok(()) => {
+                counters.delivered.fetch_add(len, Ordering::Relaxed);
+                if failing {
+                    log::info!("export to {} recovered", sink.name());
+                    failing = false;
                 }
-                Err(err) => {
-                    if !failing {
-                        log::warn!("export to {} failed, retrying: {err}", sink.name());
-                        failing = true;
-                    }
-                    let now = Instant::now();
-                    let Some(kept) = keep else {
-                        log::warn!(
-                            "dropping {len} spans that {} did not take: {err}",
-                            sink.name()
-                        );
-                        counters.failed.fetch_add(len, Ordering::Relaxed);
-                        break;
-                    };
-                    if *stopping.borrow() || now + backoff > give_up {
-                        log::warn!(
-                            "dropping {len} spans that {} did not take: {err}",
-                            sink.name()
-                        );
-                        counters.failed.fetch_add(len, Ordering::Relaxed);
-                        break;
-                    }
-                    // Shutdown cuts the wait short.
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        _ = stopping.wait_for(|stop| *stop) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    pending = Some(kept);
+            }
+            Err(err) => {
+                counters.failed.fetch_add(len, Ordering::Relaxed);
+                if !failing {
+                    log::warn!(
+                        "export to {} failed, dropping spans until it recovers: {err}",
+                        sink.name()
+                    );
+                    failing = true;
+                } else {
+                    log::debug!(
+                        "dropped {len} spans that {} did not take: {err}",
+                        sink.name()
+                    );
                 }
             }
         }

@@ -2,12 +2,25 @@
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use opentelemetry_otlp::{
-    ExporterBuildError, Protocol, SpanExporter, WithExportConfig as _, WithHttpConfig as _,
-    WithTonicConfig as _,
+    ExporterBuildError, Protocol, RetryPolicy, SpanExporter, WithExportConfig as _,
+    WithHttpConfig as _, WithTonicConfig as _,
 };
 
 use super::config::{OtlpConfig, OtlpProtocol};
+
+/// Retries of one batch: the exporter encodes the batch once and retries
+/// what the OTLP spec calls retryable (unavailable, throttled, 502/503/504,
+/// transport errors) with exponential backoff: 100 ms doubling to 5 s, eight
+/// times, about 20 s in all, while the queue in front keeps absorbing spans.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_retries(8)
+        .with_initial_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+}
 
 /// Creates the exporter. gRPC channels connect lazily, so a collector that
 /// is down at start-up does not stop tracing: exports fail and are retried.
@@ -31,6 +44,7 @@ pub fn build(config: &OtlpConfig) -> Result<SpanExporter, ExporterBuildError> {
                 .with_endpoint(config.endpoint.clone())
                 .with_timeout(config.timeout)
                 .with_metadata(metadata)
+                .with_retry_policy(retry_policy())
                 .build()
         }
         OtlpProtocol::HttpProtobuf => SpanExporter::builder()
@@ -38,6 +52,7 @@ pub fn build(config: &OtlpConfig) -> Result<SpanExporter, ExporterBuildError> {
             .with_endpoint(config.endpoint.clone())
             .with_protocol(Protocol::HttpBinary)
             .with_timeout(config.timeout)
+            .with_retry_policy(retry_policy())
             .with_headers(
                 config
                     .headers

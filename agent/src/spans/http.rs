@@ -25,7 +25,7 @@ struct OpenRequest {
     start_ns: u64,
     response: u64,
     tid: u32,
-    method: Option<String>,
+    method: Option<Method>,
     path: Option<String>,
     host: Option<String>,
     remote: Option<String>,
@@ -77,6 +77,34 @@ fn text(bytes: &[u8], len: u32) -> String {
 const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
+
+/// A request method: the standard ones without an allocation.
+#[derive(Debug)]
+enum Method {
+    Known(&'static str),
+    Other(String),
+}
+
+impl Method {
+    fn parse(bytes: &[u8], len: u32) -> Self {
+        let n = (len as usize).min(bytes.len());
+        let raw = &bytes[..n];
+        match KNOWN_METHODS.iter().find(|m| m.as_bytes() == raw) {
+            Some(known) => Self::Known(known),
+            None => Self::Other(String::from_utf8_lossy(raw).into_owned()),
+        }
+    }
+}
+
+/// Splits `host[:port]` in place: the string keeps the host.
+fn take_host_port(mut s: String) -> (String, Option<i64>) {
+    let (host, port) = split_host_port(&s);
+    let range = host.as_ptr() as usize - s.as_ptr() as usize;
+    let (start, len) = (range, host.len());
+    s.truncate(start + len);
+    s.drain(..start);
+    (s, port)
+}
 
 /// Splits `host[:port]` / `[v6]:port`.
 fn split_host_port(s: &str) -> (Cow<'_, str>, Option<i64>) {
@@ -141,7 +169,7 @@ impl HttpSpanBuilder {
             start_ns: rec.header.ktime_ns,
             response: rec.response,
             tid: rec.header.tid,
-            method: has(FIELD_METHOD).then(|| text(&rec.method, rec.method_len)),
+            method: has(FIELD_METHOD).then(|| Method::parse(&rec.method, rec.method_len)),
             path: has(FIELD_PATH).then(|| text(&rec.path, rec.path_len)),
             host: has(FIELD_HOST).then(|| text(&rec.host, rec.host_len)),
             remote: has(FIELD_REMOTE).then(|| text(&rec.remote, rec.remote_len)),
@@ -191,46 +219,56 @@ impl HttpSpanBuilder {
         end: Option<&HttpServerEnd>,
         incomplete: Option<Incomplete>,
     ) -> SpanData {
-        let mut attributes = Vec::with_capacity(16);
-        let method = open.method.unwrap_or_default();
-        let known = KNOWN_METHODS.contains(&method.as_str());
-        let name_method = if known { method.as_str() } else { "HTTP" };
+        let mut attributes = Vec::with_capacity(18);
+        let name_method = match &open.method {
+            Some(Method::Known(m)) => m,
+            _ => "HTTP",
+        };
         let name = match &open.path {
-            Some(path) if !path.is_empty() => format!("{name_method} {path}"),
+            Some(path) if !path.is_empty() => {
+                let mut name = String::with_capacity(name_method.len() + 1 + path.len());
+                name.push_str(name_method);
+                name.push(' ');
+                name.push_str(path);
+                name
+            }
             _ => name_method.to_owned(),
         };
-        if known {
-            attributes.push(KeyValue::new("http.request.method", method.clone()));
-        } else {
-            attributes.push(KeyValue::new("http.request.method", "_OTHER"));
-            attributes.push(KeyValue::new(
-                "http.request.method_original",
-                method.clone(),
-            ));
+        match open.method {
+            Some(Method::Known(method)) => {
+                attributes.push(KeyValue::new("http.request.method", method));
+            }
+            Some(Method::Other(method)) => {
+                attributes.push(KeyValue::new("http.request.method", "_OTHER"));
+                attributes.push(KeyValue::new("http.request.method_original", method));
+            }
+            None => {}
         }
         if let Some(path) = open.path {
             attributes.push(KeyValue::new("url.path", path));
         }
-        if let Some(host) = open.host.as_deref().filter(|h| !h.is_empty()) {
-            let (address, port) = split_host_port(host);
-            attributes.push(KeyValue::new("server.address", address.into_owned()));
+        if let Some(host) = open.host.filter(|h| !h.is_empty()) {
+            let (address, port) = take_host_port(host);
+            attributes.push(KeyValue::new("server.address", address));
             if let Some(port) = port {
                 attributes.push(KeyValue::new("server.port", port));
             }
         }
-        if let Some(remote) = open.remote.as_deref().filter(|r| !r.is_empty()) {
-            let (address, port) = split_host_port(remote);
-            attributes.push(KeyValue::new("client.address", address.into_owned()));
+        if let Some(remote) = open.remote.filter(|r| !r.is_empty()) {
+            let (address, port) = take_host_port(remote);
+            attributes.push(KeyValue::new("client.address", address));
             if let Some(port) = port {
                 attributes.push(KeyValue::new("client.port", port));
             }
         }
         if let Some((major, minor)) = open.proto {
             attributes.push(KeyValue::new("network.protocol.name", "http"));
-            let version = if minor == 0 && major >= 2 {
-                major.to_string()
-            } else {
-                format!("{major}.{minor}")
+            let version = match (major, minor) {
+                (1, 1) => opentelemetry::Value::from("1.1"),
+                (1, 0) => opentelemetry::Value::from("1.0"),
+                (2, 0) => opentelemetry::Value::from("2"),
+                (3, 0) => opentelemetry::Value::from("3"),
+                (major, minor) => opentelemetry::Value::from(format!("{major}.{minor}")),
             };
             attributes.push(KeyValue::new("network.protocol.version", version));
         }
@@ -453,5 +491,14 @@ mod tests {
         );
         assert_eq!(split_host_port("a.b"), (Cow::Borrowed("a.b"), None));
         assert_eq!(split_host_port("::1"), (Cow::Borrowed("::1"), None));
+        assert_eq!(
+            take_host_port("[::1]:8080".into()),
+            ("::1".to_owned(), Some(8080))
+        );
+        assert_eq!(
+            take_host_port("a.b:80".into()),
+            ("a.b".to_owned(), Some(80))
+        );
+        assert_eq!(take_host_port("a.b".into()), ("a.b".to_owned(), None));
     }
 }
