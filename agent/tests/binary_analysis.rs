@@ -46,6 +46,12 @@ enum Kind {
     /// `-ldflags="-s -w"`: no symbol table, no DWARF.
     Stripped,
     Pie,
+    /// Linked by the system linker (`-linkmode=external`), as cgo programs
+    /// are: C start-up code precedes Go code in `.text`.
+    External,
+    ExternalStripped,
+    ExternalPie,
+    ExternalPieStripped,
 }
 
 impl Toolchain {
@@ -154,6 +160,18 @@ fn build(tc: Toolchain, kind: Kind) -> PathBuf {
         }
         Kind::Pie => {
             cmd.arg("-buildmode=pie");
+        }
+        Kind::External => {
+            cmd.arg("-ldflags=-linkmode=external");
+        }
+        Kind::ExternalStripped => {
+            cmd.arg("-ldflags=-s -w -linkmode=external");
+        }
+        Kind::ExternalPie => {
+            cmd.args(["-buildmode=pie", "-ldflags=-linkmode=external"]);
+        }
+        Kind::ExternalPieStripped => {
+            cmd.args(["-buildmode=pie", "-ldflags=-s -w -linkmode=external"]);
         }
     }
     cmd.arg("./httpserver").current_dir(FIXTURES);
@@ -500,6 +518,59 @@ fn go1_25() {
 #[test]
 fn newest_local_toolchain() {
     check_release(Toolchain::Local, PclnVersion::Go120);
+}
+
+/// External linking (what cgo programs get): stripped builds must find
+/// `runtime.text` through the moduledata (or its relocations in PIE), not
+/// the start of `.text`, which holds C start-up code first.
+fn check_external(tc: Toolchain) {
+    assert!(
+        Command::new("gcc")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "external linking needs gcc (apt-get install gcc)"
+    );
+    let plain = build(tc, Kind::External);
+    let stripped = build(tc, Kind::ExternalStripped);
+    let pie = build(tc, Kind::ExternalPie);
+    let pie_stripped = build(tc, Kind::ExternalPieStripped);
+    for path in [&plain, &stripped, &pie, &pie_stripped] {
+        let bin = open(path);
+        let ldflags = bin.build_info().setting("-ldflags").unwrap_or_default();
+        assert!(ldflags.contains("-linkmode=external"), "{ldflags}");
+    }
+    // The hazard this guards against is real in these builds: `.text`
+    // starts before `runtime.text`.
+    let runtime_text = nm(&plain)["runtime.text"];
+    let sections = run(Command::new("readelf").arg("-SW").arg(&plain), "readelf");
+    let text_section = sections
+        .lines()
+        .find_map(|l| {
+            let rest = l.split_once("] ")?.1;
+            let mut parts = rest.split_whitespace();
+            (parts.next()? == ".text").then_some(())?;
+            u64::from_str_radix(parts.nth(1)?, 16).ok()
+        })
+        .expect(".text in readelf -S");
+    assert!(
+        text_section < runtime_text,
+        "{text_section:#x} vs {runtime_text:#x}"
+    );
+    check_sites(&plain, &plain);
+    check_sites(&stripped, &plain);
+    check_sites(&pie, &pie);
+    check_sites(&pie_stripped, &pie);
+}
+
+#[test]
+fn external_linking_newest() {
+    check_external(Toolchain::Local);
+}
+
+#[test]
+fn external_linking_go1_22() {
+    check_external(Toolchain::Proxy("go1.22.12"));
 }
 
 #[test]

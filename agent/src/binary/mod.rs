@@ -369,17 +369,13 @@ impl GoBinary {
     }
 
     fn read_pclntab(&self) -> Result<Option<(Range<usize>, pclntab::PclnTab)>, PclnError> {
-        let text = self
-            .symbol("runtime.text")
-            .map(|f| f.address)
-            .or_else(|| self.section(".text").map(|s| s.addr));
         // `.data.rel.ro.gopclntab`: PIE builds before Go 1.26.
         let section = self
             .section(".gopclntab")
             .or_else(|| self.section(".data.rel.ro.gopclntab"));
         if let Some(section) = section {
             let data = &self.data()[section.file.clone()];
-            let tab = pclntab::PclnTab::parse(data, text)?;
+            let tab = pclntab::PclnTab::parse(data, |names| self.text_start(section.addr, names))?;
             return Ok(Some((section.file.clone(), tab)));
         }
         // No section header: the symbol if there is one, else a scan of
@@ -392,11 +388,7 @@ impl GoBinary {
         {
             candidates.push(start as usize..seg_end);
         }
-        for seg in self
-            .segments
-            .iter()
-            .filter(|s| !s.writable && !s.executable)
-        {
+        for seg in self.segments.iter().filter(|s| !s.executable) {
             let Some(r) = range(seg.offset, seg.filesz, self.data().len()) else {
                 continue;
             };
@@ -408,7 +400,10 @@ impl GoBinary {
         let mut first_error = None;
         for r in candidates {
             let data = &self.data()[r.clone()];
-            match pclntab::PclnTab::parse(data, text) {
+            let Some(vaddr) = self.vaddr_of_file_offset(r.start as u64) else {
+                continue;
+            };
+            match pclntab::PclnTab::parse(data, |names| self.text_start(vaddr, names)) {
                 Ok(tab) if self.plausible_pclntab(data, &tab) => return Ok(Some((r, tab))),
                 Ok(_) => {}
                 Err(e) => {
@@ -420,6 +415,103 @@ impl GoBinary {
             Some(e) => Err(e),
             None => Ok(None),
         }
+    }
+
+    /// Where Go code starts (`runtime.text`), for pclntabs that store
+    /// entries as offsets from it: the symbol; else `moduledata.text`;
+    /// else the start of `.text` (right for the Go linker's internal
+    /// linking, where `.text` begins with `runtime.text`; with external
+    /// linking C start-up code may come first, which is why moduledata is
+    /// tried before).
+    fn text_start(&self, pclntab_vaddr: u64, funcnametab_offset: usize) -> Option<u64> {
+        if let Some(f) = self.symbol("runtime.text") {
+            return Some(f.address);
+        }
+        let funcnametab = pclntab_vaddr.checked_add(funcnametab_offset as u64)?;
+        self.moduledata_text(pclntab_vaddr, funcnametab)
+            .or_else(|| self.section(".text").map(|s| s.addr))
+    }
+
+    /// `runtime.firstmoduledata.text`. The moduledata starts with
+    /// `pcHeader *pcHeader` (the pclntab address) and the `funcnametab`
+    /// slice; `text` is the 23rd word (Go 1.16 to 1.26). In PIE the words
+    /// are zero in the file and filled by `R_X86_64_RELATIVE` relocations,
+    /// whose addends are read instead.
+    fn moduledata_text(&self, pclntab_vaddr: u64, funcnametab: u64) -> Option<u64> {
+        const TEXT_WORD: u64 = 22;
+        let is_code = |text: u64| self.segment(text).is_some_and(|s| s.executable);
+        for seg in self.segments.iter().filter(|s| !s.executable) {
+            let Some(r) = range(seg.offset, seg.filesz, self.data().len()) else {
+                continue;
+            };
+            let words = &self.data()[r];
+            let word = |i: usize| -> Option<u64> {
+                let b = words.get(i * 8..i * 8 + 8)?;
+                Some(u64::from_le_bytes(b.try_into().ok()?))
+            };
+            for i in 0..words.len() / 8 {
+                if word(i) == Some(pclntab_vaddr)
+                    && word(i + 1) == Some(funcnametab)
+                    && let Some(text) = word(i + TEXT_WORD as usize)
+                    && is_code(text)
+                {
+                    return Some(text);
+                }
+            }
+        }
+        // PIE: find the relocation that writes the pclntab address, check
+        // the next word gets funcnametab, and take the addend for `text`.
+        let relocs = self.relative_relocations();
+        let md = relocs.iter().find_map(|&(at, addend)| {
+            let next = at.checked_add(8)?;
+            (addend == pclntab_vaddr && relocs.iter().any(|&(o, a)| o == next && a == funcnametab))
+                .then_some(at)
+        })?;
+        let text_at = md.checked_add(TEXT_WORD * 8)?;
+        relocs
+            .iter()
+            .find(|&&(o, _)| o == text_at)
+            .map(|&(_, addend)| addend)
+            .filter(|&t| is_code(t))
+    }
+
+    /// Every `R_X86_64_RELATIVE` relocation (target address, addend) in the
+    /// `SHT_RELA` sections.
+    fn relative_relocations(&self) -> Vec<(u64, u64)> {
+        const R_X86_64_RELATIVE: u64 = 8;
+        let data = self.data();
+        let Ok(header) = ElfHeader::parse(data) else {
+            return Vec::new();
+        };
+        let Ok(table) = header.sections(LE, data) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for s in table.iter().filter(|s| s.sh_type(LE) == elf::SHT_RELA) {
+            let Some(r) = range(s.sh_offset(LE), s.sh_size(LE), data.len()) else {
+                continue;
+            };
+            for rela in data[r].chunks_exact(24) {
+                let mut c = cursor::Cursor::new(rela);
+                let (Ok(offset), Ok(info), Ok(addend)) = (c.read_u64(), c.read_u64(), c.read_u64())
+                else {
+                    continue;
+                };
+                if info & 0xffff_ffff == R_X86_64_RELATIVE {
+                    out.push((offset, addend));
+                }
+            }
+        }
+        out
+    }
+
+    /// The link-time address of a file offset (inverse of [`Self::file_offset`]).
+    fn vaddr_of_file_offset(&self, off: u64) -> Option<u64> {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| off >= s.offset && off - s.offset < s.filesz)?;
+        seg.vaddr.checked_add(off - seg.offset)
     }
 
     /// A table found by scanning must describe real code: a function at

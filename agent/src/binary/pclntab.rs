@@ -89,10 +89,13 @@ pub fn header_candidates(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
 }
 
 impl PclnTab {
-    /// Parses the header. `text_start` is used for 1.18+ tables whose
-    /// header field is zero (Go 1.26 stopped filling it; PIE leaves it to a
-    /// relocation): `runtime.text`, or the start of `.text`.
-    pub fn parse(data: &[u8], text_start: Option<u64>) -> Result<PclnTab, PclnError> {
+    /// Parses the header. `text_start(funcnametab_offset)` is asked for the
+    /// text start of 1.18+ tables whose header field is zero (Go 1.26
+    /// stopped filling it; PIE leaves it to a relocation).
+    pub fn parse(
+        data: &[u8],
+        text_start: impl FnOnce(usize) -> Option<u64>,
+    ) -> Result<PclnTab, PclnError> {
         let mut c = Cursor::new(data);
         let magic = c.read_u32()?;
         let version = match magic {
@@ -131,7 +134,7 @@ impl PclnTab {
         let text_start = match header_text {
             None => 0,
             Some(t) if t != 0 => t,
-            Some(_) => text_start.ok_or(PclnError::NoTextStart)?,
+            Some(_) => text_start(funcnametab).ok_or(PclnError::NoTextStart)?,
         };
         let tab = PclnTab {
             version,
@@ -317,7 +320,7 @@ pub(crate) mod tests {
     fn every_layout_names_and_ranges() {
         for version in [PclnVersion::Go116, PclnVersion::Go118, PclnVersion::Go120] {
             let data = synth(version, 0x401000, FUNCS);
-            let tab = PclnTab::parse(&data, None).unwrap();
+            let tab = PclnTab::parse(&data, |_| None).unwrap();
             assert_eq!(tab.version, version);
             assert_eq!(tab.len(), 3);
             let f = tab.find(&data, "main.main").unwrap().unwrap();
@@ -349,10 +352,10 @@ pub(crate) mod tests {
     fn zero_text_start_uses_the_fallback() {
         let data = synth(PclnVersion::Go120, 0, FUNCS);
         assert!(matches!(
-            PclnTab::parse(&data, None),
+            PclnTab::parse(&data, |_| None),
             Err(PclnError::NoTextStart)
         ));
-        let tab = PclnTab::parse(&data, Some(0x1000)).unwrap();
+        let tab = PclnTab::parse(&data, |_| Some(0x1000)).unwrap();
         assert_eq!(tab.find(&data, "main.b").unwrap().unwrap().entry, 0x1060);
     }
 
@@ -360,7 +363,7 @@ pub(crate) mod tests {
     fn corrupt_tables_fail_cleanly() {
         let data = synth(PclnVersion::Go118, 0x401000, FUNCS);
         for len in 0..data.len() {
-            if let Ok(tab) = PclnTab::parse(&data[..len], None) {
+            if let Ok(tab) = PclnTab::parse(&data[..len], |_| None) {
                 for i in 0..tab.len() {
                     let _ = tab.func(&data[..len], i);
                 }
@@ -369,26 +372,26 @@ pub(crate) mod tests {
         let mut bad = data.clone();
         bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(
-            PclnTab::parse(&bad, None),
+            PclnTab::parse(&bad, |_| None),
             Err(PclnError::TooManyFuncs { .. })
         ));
         let mut bad = data.clone();
         bad[64..72].copy_from_slice(&0xffff_ffffu64.to_le_bytes());
         assert!(matches!(
-            PclnTab::parse(&bad, None),
+            PclnTab::parse(&bad, |_| None),
             Err(PclnError::BadOffset { offset: 64, .. })
         ));
         let mut bad = data.clone();
         bad[0] = 0xfb;
         assert!(matches!(
-            PclnTab::parse(&bad, None),
+            PclnTab::parse(&bad, |_| None),
             Err(PclnError::BadMagic { magic: 0xffff_fffb })
         ));
         // A name offset pointing past the end is an error, not a panic.
         let mut bad = data.clone();
         let n = bad.len();
         bad[n - 4..].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
-        let tab = PclnTab::parse(&bad, None).unwrap();
+        let tab = PclnTab::parse(&bad, |_| None).unwrap();
         assert!(tab.func(&bad, 2).is_err());
     }
 }
