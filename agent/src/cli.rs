@@ -41,7 +41,8 @@ pub enum Command {
 /// Tracing a live process.
 #[derive(Debug, Args)]
 pub struct TraceArgs {
-    /// PID of the Go process to trace.
+    /// PID of the process to trace (a Go program serving HTTP with net/http,
+    /// or any program with USDT probes a mapping names).
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
 
@@ -70,6 +71,15 @@ pub struct TraceArgs {
     /// Also write the exit summary as key=value lines to this file.
     #[arg(long, value_name = "FILE")]
     pub summary_file: Option<std::path::PathBuf>,
+
+    /// USDT mapping file (TOML): which probe pairs become spans, merged with
+    /// the built-in mappings (see the README's "USDT probes" section).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_usdt")]
+    pub usdt_config: Option<PathBuf>,
+
+    /// Do not attach to the target's USDT probes.
+    #[arg(long)]
+    pub no_usdt: bool,
 }
 
 /// Where spans go.

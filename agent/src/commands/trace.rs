@@ -1,9 +1,13 @@
-//! `agent --pid N`: attach to a running Go program and export its requests.
+//! `agent --pid N`: attach to a running process and export its requests:
+//! net/http server requests of a Go program, and the USDT probe pairs a
+//! mapping names (any language).
 
 use std::{
     process::ExitCode,
     time::{Duration, Instant},
 };
+
+use agent_common::event::KIND_USDT;
 
 use agent::{
     binary::{GoBinary, GoVersion},
@@ -12,8 +16,16 @@ use agent::{
     probes::{self, KernelStats, LoadOptions, Probes, http_server},
     resource::{self, ProcessInfo, ResourceOptions},
     ringbuf::{self, Record, RingBufReader},
-    spans::{PairingStats, http::HttpSpanBuilder},
+    spans::{
+        PairingStats,
+        http::HttpSpanBuilder,
+        usdt::{UsdtSpanBuilder, UsdtStats},
+    },
     target::{ExitWatch, Target},
+    usdt::{
+        UsdtAttachment, UsdtProbe, UsdtSites, attach_usdt, decode_usdt_record,
+        mapping::{MappingConfig, Role},
+    },
 };
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -48,6 +60,7 @@ enum Stop {
 struct Losses {
     kernel: KernelStats,
     pairing: PairingStats,
+    usdt: UsdtStats,
     export: ExportSnapshot,
     bad_records: u64,
 }
@@ -55,12 +68,17 @@ struct Losses {
 impl Losses {
     fn describe(&self) -> String {
         format!(
-            "ring buffer full: {} records, unreadable records: {}, ends without start: {}, expired: {}, evicted: {}, export queue full: {} spans, export failed: {} spans",
+            "ring buffer full: {} records, unreadable records: {}, ends without start: {}, expired: {}, evicted: {}, USDT ends without start: {}, USDT expired: {}, USDT evicted: {}, USDT replaced: {}, USDT unreadable request ids: {}, export queue full: {} spans, export failed: {} spans",
             self.kernel.ringbuf_full,
             self.bad_records,
             self.pairing.unmatched_ends,
             self.pairing.expired,
             self.pairing.evicted,
+            self.usdt.pairing.unmatched_ends,
+            self.usdt.pairing.expired,
+            self.usdt.pairing.evicted,
+            self.usdt.pairing.replaced,
+            self.usdt.unreadable_ids,
             self.export.dropped_queue_full,
             self.export.dropped_export_failed,
         )
@@ -72,13 +90,24 @@ impl Losses {
             + self.pairing.unmatched_ends
             + self.pairing.expired
             + self.pairing.evicted
+            + self.usdt.lost()
             + self.export.dropped()
     }
 }
 
-pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Result<ExitCode> {
-    probes::preflight()?;
-    let target = Target::open(pid)?;
+/// What the Go analysis found: the net/http probe plan.
+struct HttpTarget {
+    plan: http_server::HttpServerPlan,
+}
+
+/// Analyses the executable for net/http probes; the error says why the
+/// process cannot be traced that way (not Go, too old, no net/http).
+fn plan_http(
+    pid: u32,
+    target: &Target,
+    args: &TraceArgs,
+    process: &mut ProcessInfo,
+) -> anyhow::Result<HttpTarget> {
     let bin = GoBinary::open(&target.exe_path).with_context(|| {
         format!(
             "PID {pid} ({}) cannot be traced",
@@ -86,6 +115,8 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         )
     })?;
     let info = bin.build_info();
+    process.runtime_version = Some(info.go_version_raw.clone());
+    process.main_module = Some(info.main.path.clone()).filter(|p| !p.is_empty());
     if info.go_version < MIN_GO {
         anyhow::bail!(
             "PID {pid} ({}) was built with {}: the agent needs Go 1.17 or newer (register-based calling convention)",
@@ -108,14 +139,127 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         log::debug!("optional field unavailable: {missing}");
     }
     log::debug!("struct offsets: {:?}", plan.offsets);
-    let process = ProcessInfo {
+    Ok(HttpTarget { plan })
+}
+
+/// The USDT probes of `pid` that the mapping names and that can be
+/// attached, or why there are none.
+fn usdt_probes(pid: u32, config: &MappingConfig) -> Result<Vec<UsdtProbe>, String> {
+    let all = agent::usdt::probes_in_process(pid).map_err(|err| {
+        format!(
+            "reading its USDT probes failed: {:#}",
+            anyhow::Error::new(err)
+        )
+    })?;
+    let found = all.len();
+    let mut usable = Vec::new();
+    for probe in all {
+        if config.find(&probe.provider, &probe.name).is_none() {
+            continue;
+        }
+        if let Some(err) = &probe.args_error {
+            log::warn!(
+                "USDT probe {}:{} in {}: cannot read its arguments ({}); not attached",
+                probe.provider,
+                probe.name,
+                probe.module,
+                err.reason
+            );
+            continue;
+        }
+        usable.push(probe);
+    }
+    if usable.is_empty() {
+        return Err(format!(
+            "it has no USDT probes that a mapping names ({found} USDT probes found)"
+        ));
+    }
+    Ok(usable)
+}
+
+/// The USDT mapping: the built-ins, merged with `--usdt-config`.
+fn usdt_config(args: &TraceArgs) -> anyhow::Result<Option<MappingConfig>> {
+    if args.no_usdt {
+        return Ok(None);
+    }
+    Ok(Some(match &args.usdt_config {
+        Some(path) => MappingConfig::from_file(path)
+            .with_context(|| format!("invalid --usdt-config {}", path.display()))?,
+        None => MappingConfig::builtin(),
+    }))
+}
+
+/// Attached USDT probes and what their records become.
+struct UsdtSession {
+    sites: UsdtSites,
+    attachment: Option<UsdtAttachment>,
+    /// Site index -> (mapping index, role).
+    resolved: Vec<Option<(usize, Role)>>,
+    builder: UsdtSpanBuilder,
+}
+
+impl UsdtSession {
+    /// Decodes one USDT record and feeds the builder.
+    fn on_record(
+        &mut self,
+        bytes: &[u8],
+        losses: &mut Losses,
+        out: &mut impl FnMut(opentelemetry_sdk::trace::SpanData),
+    ) {
+        match decode_usdt_record(bytes) {
+            Ok(event) => match self.resolved.get(event.site() as usize).copied().flatten() {
+                Some(resolved) => self.builder.on_event(resolved, event, out),
+                None => self.builder.on_unmapped(),
+            },
+            Err(err) => {
+                losses.bad_records += 1;
+                log::debug!("bad USDT record: {err}");
+            }
+        }
+    }
+
+    /// Detaches the uprobes and restores the semaphores.
+    fn detach(&mut self, probes: &mut Probes) {
+        if let Some(attachment) = self.attachment.take()
+            && let Err(err) = attachment.detach(probes.ebpf_mut(), &mut self.sites)
+        {
+            log::warn!("detaching USDT probes: {:#}", anyhow::Error::new(err));
+        }
+    }
+}
+
+pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Result<ExitCode> {
+    probes::preflight()?;
+    let target = Target::open(pid)?;
+    let mut process = ProcessInfo {
         pid,
         executable_path: target.exe_in_target.display().to_string(),
-        runtime_version: Some(info.go_version_raw.clone()),
-        main_module: Some(info.main.path.clone()).filter(|p| !p.is_empty()),
+        runtime_version: None,
+        main_module: None,
     };
-    let go_version = info.go_version_raw.clone();
-    drop(bin);
+    let mapping = usdt_config(args)?;
+    let http = plan_http(pid, &target, args, &mut process);
+    let usdt = match &mapping {
+        Some(config) => usdt_probes(pid, config),
+        None => Err("USDT probes are off (--no-usdt)".to_owned()),
+    };
+    let (http, usdt_found) = match (http, usdt) {
+        (Err(http_err), Err(usdt_err)) => {
+            return Err(http_err.context(format!(
+                "PID {pid} ({}) has nothing to trace: {usdt_err}, and no net/http server",
+                target.exe_in_target.display()
+            )));
+        }
+        (Ok(http), Err(usdt_err)) => {
+            log::debug!("no USDT probes attached: {usdt_err}");
+            (Some(http), Vec::new())
+        }
+        (Err(http_err), Ok(found)) => {
+            log::info!("no net/http probes: {http_err:#}");
+            (None, found)
+        }
+        (Ok(http), Ok(found)) => (Some(http), found),
+    };
 
     let export_config = super::export_config(export)?;
     let (resource, warnings) = resource::build(
@@ -129,22 +273,111 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     let mut probes = Probes::load(LoadOptions {
         ring_buffer_bytes: args.ring_buffer_size,
     })?;
-    http_server::attach(&mut probes, &target, 0, &plan)?;
+    if let Some(http) = &http {
+        http_server::attach(&mut probes, &target, 0, &http.plan)?;
+        log::info!(
+            "net/http: {} probes (start at {:#x}: {}, end at {:#x}: {})",
+            probes.attached().len(),
+            http.plan.start.address,
+            http.plan.start.instruction,
+            http.plan.end.address,
+            http.plan.end.instruction,
+        );
+    }
+    let clock = WallClock::measure();
+    let ttl = Duration::from_secs(args.span_ttl);
+    let mut usdt = UsdtSession {
+        sites: UsdtSites::new(),
+        attachment: None,
+        resolved: Vec::new(),
+        builder: UsdtSpanBuilder::new(
+            mapping.unwrap_or_else(MappingConfig::builtin),
+            clock,
+            args.max_open_spans,
+            ttl,
+        ),
+    };
+    if !usdt_found.is_empty() {
+        let strings = usdt.builder.config().string_args();
+        let attachment = attach_usdt(
+            probes.ebpf_mut(),
+            &mut usdt.sites,
+            0,
+            pid,
+            &usdt_found,
+            &strings,
+        )
+        .with_context(|| format!("cannot attach to the USDT probes of PID {pid}"))?;
+        for site in usdt.sites.iter() {
+            let index = site.index as usize;
+            if usdt.resolved.len() <= index {
+                usdt.resolved.resize(index + 1, None);
+            }
+            usdt.resolved[index] = usdt.builder.resolve(&site.probe.provider, &site.probe.name);
+        }
+        usdt.attachment = Some(attachment);
+        let mut names: Vec<String> = usdt_found
+            .iter()
+            .map(|p| format!("{}:{}", p.provider, p.name))
+            .collect();
+        names.sort();
+        names.dedup();
+        let guarded = usdt_found.iter().filter(|p| p.semaphore.is_some()).count();
+        log::info!(
+            "USDT: {} probes at {} sites ({} semaphore-guarded): {}",
+            names.len(),
+            usdt_found.len(),
+            guarded,
+            names.join(", ")
+        );
+    }
+    // From here on, errors detach the USDT probes (restoring semaphores)
+    // before returning.
+    let result = session(
+        pid,
+        args,
+        &export_config,
+        &resource,
+        &target,
+        &mut probes,
+        &mut usdt,
+        process.runtime_version.as_deref(),
+        clock,
+    )
+    .await;
+    usdt.detach(&mut probes);
+    result
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call, from run: the session's parts"
+)]
+async fn session(
+    pid: u32,
+    args: &TraceArgs,
+    export_config: &agent::export::ExportConfig,
+    resource: &opentelemetry_sdk::Resource,
+    target: &Target,
+    probes: &mut Probes,
+    usdt: &mut UsdtSession,
+    go_version: Option<&str>,
+    clock: WallClock,
+) -> anyhow::Result<ExitCode> {
     let mut reader =
         RingBufReader::new(probes.take_ring_buffer()?).context("cannot watch the ring buffer")?;
     let stats = probes.take_stats()?;
     let exit = ExitWatch::new(pid)?;
 
     let pipeline = Pipeline::start(
-        &export_config,
-        &resource,
+        export_config,
+        resource,
         BatchConfig {
             queue_capacity: args.export_queue,
             ..BatchConfig::default()
         },
     )?;
     let sender = pipeline.sender();
-    let clock = WallClock::measure();
     let mut builder = HttpSpanBuilder::new(
         clock,
         args.max_open_spans,
@@ -152,13 +385,11 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     );
 
     log::info!(
-        "attached to PID {pid} ({}, {go_version}): {} probes (start at {:#x}: {}, end at {:#x}: {})",
+        "attached to PID {pid} ({}, {}): {} net/http probes, {} USDT probes",
         target.exe_in_target.display(),
+        go_version.unwrap_or("not Go"),
         probes.attached().len(),
-        plan.start.address,
-        plan.start.instruction,
-        plan.end.address,
-        plan.end.instruction,
+        usdt.attachment.as_ref().map_or(0, |a| a.sites().len()),
     );
 
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -171,20 +402,25 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     let mut last_report = Instant::now();
     let mut send = |span| sender.send(span);
 
-    let mut drain =
-        |reader: &mut RingBufReader, builder: &mut HttpSpanBuilder, losses: &mut Losses| {
-            reader.drain(|bytes| match ringbuf::record::decode(bytes) {
-                Ok(Record::HttpServerStart(start)) => builder.on_start(&start, &mut send),
-                Ok(Record::HttpServerEnd(end)) => builder.on_end(&end, &mut send),
-                Ok(Record::Other { header, .. }) => {
-                    log::trace!("ignoring record of kind {}", header.kind);
-                }
-                Err(err) => {
-                    losses.bad_records += 1;
-                    log::debug!("bad record: {err}");
-                }
-            });
-        };
+    let mut drain = |reader: &mut RingBufReader,
+                     builder: &mut HttpSpanBuilder,
+                     usdt: &mut UsdtSession,
+                     losses: &mut Losses| {
+        reader.drain(|bytes| match ringbuf::record::decode(bytes) {
+            Ok(Record::HttpServerStart(start)) => builder.on_start(&start, &mut send),
+            Ok(Record::HttpServerEnd(end)) => builder.on_end(&end, &mut send),
+            Ok(Record::Other { header, bytes }) if header.kind == KIND_USDT => {
+                usdt.on_record(bytes, losses, &mut send);
+            }
+            Ok(Record::Other { header, .. }) => {
+                log::trace!("ignoring record of kind {}", header.kind);
+            }
+            Err(err) => {
+                losses.bad_records += 1;
+                log::debug!("bad record: {err}");
+            }
+        });
+    };
 
     let stop = loop {
         tokio::select! {
@@ -198,9 +434,12 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
             }
             _ = drain_tick.tick() => {}
             _ = housekeeping.tick() => {
-                builder.expire(WallClock::monotonic_now_ns(), &mut |span| sender.send(span));
+                let now = WallClock::monotonic_now_ns();
+                builder.expire(now, &mut |span| sender.send(span));
+                usdt.builder.expire(now, &mut |span| sender.send(span));
                 losses.kernel = stats.read();
                 losses.pairing = builder.stats();
+                losses.usdt = usdt.builder.stats();
                 losses.export = pipeline.snapshot();
                 let total = losses.total();
                 if total > reported_losses && last_report.elapsed() >= REPORT_INTERVAL {
@@ -210,7 +449,7 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
                 }
             }
         }
-        drain(&mut reader, &mut builder, &mut losses);
+        drain(&mut reader, &mut builder, usdt, &mut losses);
     };
 
     match stop {
@@ -218,12 +457,15 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         Stop::TargetExited => log::info!("PID {pid} exited"),
     }
     probes.detach_all();
-    drain(&mut reader, &mut builder, &mut losses);
-    builder.finish(WallClock::monotonic_now_ns(), &mut |span| sender.send(span));
+    usdt.detach(probes);
+    drain(&mut reader, &mut builder, usdt, &mut losses);
+    let now = WallClock::monotonic_now_ns();
+    builder.finish(now, &mut |span| sender.send(span));
+    usdt.builder.finish(now, &mut |span| sender.send(span));
     losses.kernel = stats.read();
     losses.pairing = builder.stats();
+    losses.usdt = usdt.builder.stats();
     drop(sender);
-    drop(probes);
     losses.export = pipeline.shutdown(SHUTDOWN_BUDGET).await;
     eprintln!(
         "agent: {} spans exported; {} records from the kernel; losses: {}",
@@ -233,7 +475,7 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     );
     if let Some(path) = &args.summary_file {
         let summary = format!(
-            "spans_exported={}\nrecords={}\nringbuf_full={}\nbad_records={}\nunmatched_ends={}\nexpired={}\nevicted={}\ndropped_queue_full={}\ndropped_export_failed={}\n",
+            "spans_exported={}\nrecords={}\nringbuf_full={}\nbad_records={}\nunmatched_ends={}\nexpired={}\nevicted={}\nusdt_started={}\nusdt_completed={}\nusdt_unmatched_ends={}\nusdt_expired={}\nusdt_evicted={}\nusdt_replaced={}\nusdt_unreadable_ids={}\nusdt_unmapped={}\ndropped_queue_full={}\ndropped_export_failed={}\n",
             losses.export.exported,
             losses.kernel.events_written,
             losses.kernel.ringbuf_full,
@@ -241,6 +483,14 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
             losses.pairing.unmatched_ends,
             losses.pairing.expired,
             losses.pairing.evicted,
+            losses.usdt.pairing.started,
+            losses.usdt.pairing.completed,
+            losses.usdt.pairing.unmatched_ends,
+            losses.usdt.pairing.expired,
+            losses.usdt.pairing.evicted,
+            losses.usdt.pairing.replaced,
+            losses.usdt.unreadable_ids,
+            losses.usdt.unmapped,
             losses.export.dropped_queue_full,
             losses.export.dropped_export_failed,
         );
