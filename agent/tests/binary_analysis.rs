@@ -620,6 +620,48 @@ fn inspect_reports_sites_offsets_and_reasons() {
 }
 
 #[test]
+fn unreadable_dwarf_falls_back_to_the_table() {
+    let plain_path = build(Toolchain::Local, Kind::Plain);
+    let sections = run(
+        Command::new("readelf").arg("-SW").arg(&plain_path),
+        "readelf",
+    );
+    // [Nr] Name Type Address Off Size ...: the file offset of .debug_info.
+    let offset = sections
+        .lines()
+        .find_map(|l| {
+            let rest = l.split_once("] ")?.1;
+            let parts: Vec<&str> = rest.split_whitespace().collect();
+            (parts.first() == Some(&".debug_info")).then_some(())?;
+            usize::from_str_radix(parts.get(3)?, 16).ok()
+        })
+        .expect(".debug_info in readelf -S");
+    let mut bytes = std::fs::read(&plain_path).expect("read");
+    // Keep the compression header, garble the zlib stream after it.
+    for b in &mut bytes[offset + 24..offset + 24 + 256] {
+        *b = 0xa5;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garbled = dir.path().join("garbled-dwarf");
+    std::fs::write(&garbled, &bytes).expect("write");
+    let good = open(&plain_path);
+    let bad = open(&garbled);
+    assert!(bad.has_dwarf());
+    for (type_name, field) in [("runtime.g", "goid"), ("net/http.Request", "URL")] {
+        let want = good.struct_field_offset(type_name, field).expect("DWARF");
+        let got = bad.struct_field_offset(type_name, field).expect("table");
+        assert_eq!(want.source, OffsetSource::Dwarf);
+        assert!(matches!(got.source, OffsetSource::Table { .. }), "{got:?}");
+        assert_eq!((got.offset, got.size), (want.offset, want.size));
+    }
+    // Not in the table either: the DWARF error is what is reported.
+    match bad.struct_field_offset("net/http.Server", "Addr") {
+        Err(OffsetError::Dwarf(_)) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn open_errors_say_what_is_wrong() {
     let missing = Path::new("/nonexistent/agent-test-binary");
     match GoBinary::open(missing) {

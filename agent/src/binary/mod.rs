@@ -731,24 +731,31 @@ impl GoBinary {
             field: field.to_owned(),
             source,
         };
-        if let Some(layout) = self.dwarf_struct(type_name, &[field]) {
-            let layout = layout?.ok_or_else(|| OffsetError::NoSuchStruct {
-                type_name: type_name.to_owned(),
-            })?;
-            let (_, m) = layout
-                .members
-                .iter()
-                .find(|(name, _)| name == field)
-                .ok_or_else(|| OffsetError::NoSuchField {
+        // Unreadable DWARF falls back to the table; if the table has
+        // nothing either, the DWARF error is the one reported.
+        let mut dwarf_error = None;
+        match self.dwarf_struct(type_name, &[field]) {
+            Some(Err(OffsetError::Dwarf(e))) => dwarf_error = Some(e),
+            None => {}
+            Some(layout) => {
+                let layout = layout?.ok_or_else(|| OffsetError::NoSuchStruct {
                     type_name: type_name.to_owned(),
-                    field: field.to_owned(),
                 })?;
-            offsets::check(m.offset, m.size, m.align, layout.size).map_err(implausible)?;
-            return Ok(FieldOffset {
-                offset: m.offset,
-                size: m.size,
-                source: OffsetSource::Dwarf,
-            });
+                let (_, m) = layout
+                    .members
+                    .iter()
+                    .find(|(name, _)| name == field)
+                    .ok_or_else(|| OffsetError::NoSuchField {
+                        type_name: type_name.to_owned(),
+                        field: field.to_owned(),
+                    })?;
+                offsets::check(m.offset, m.size, m.align, layout.size).map_err(implausible)?;
+                return Ok(FieldOffset {
+                    offset: m.offset,
+                    size: m.size,
+                    source: OffsetSource::Dwarf,
+                });
+            }
         }
         let table = OffsetTable::builtin().map_err(OffsetError::Table)?;
         let version = self.build_info.go_version;
@@ -758,6 +765,9 @@ impl GoBinary {
             Some((e, s, f))
         });
         let Some((entry, s, f)) = found else {
+            if let Some(e) = dwarf_error {
+                return Err(OffsetError::Dwarf(e));
+            }
             return Err(OffsetError::NotInTable {
                 type_name: type_name.to_owned(),
                 field: field.to_owned(),

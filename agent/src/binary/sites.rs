@@ -38,19 +38,40 @@ fn format(ins: &Instruction) -> String {
     out
 }
 
-/// Whether the kernel's x86 uprobe code emulates this instruction rather
-/// than single-stepping it (arch/x86/kernel/uprobes.c: `branch_setup_xol_ops`,
-/// `push_setup_xol_ops`; NOPs since the 6.x NOP emulation). Branches with an
-/// operand-size prefix are not emulated, so the encoded length must be the
-/// plain one.
-pub fn kernel_emulates(ins: &Instruction) -> Option<&'static str> {
+/// The NOP encodings the kernel recognises as such (`x86_nops[len]`,
+/// arch/x86/include/asm/nops.h), by length.
+const KERNEL_NOPS: [&[u8]; 9] = [
+    &[],
+    &[0x90],
+    &[0x66, 0x90],
+    &[0x0f, 0x1f, 0x00],
+    &[0x0f, 0x1f, 0x40, 0x00],
+    &[0x0f, 0x1f, 0x44, 0x00, 0x00],
+    &[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
+    &[0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00],
+    &[0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
+];
+
+/// Whether the kernel's x86 uprobe code emulates this instruction (whose
+/// encoding is `bytes`) rather than single-stepping it
+/// (arch/x86/kernel/uprobes.c: `branch_setup_xol_ops` for `call rel32`,
+/// `jmp`, `jcc`, `0x90` and the `x86_nops` encodings; `push_setup_xol_ops`
+/// for `push reg`). Branches with a prefix (`0x66`) are single-stepped, so
+/// the encoded length must be the plain one.
+pub fn kernel_emulates(ins: &Instruction, bytes: &[u8]) -> Option<&'static str> {
     let len = ins.len();
+    let bytes = bytes.get(..len)?;
+    if KERNEL_NOPS.get(len).is_some_and(|nop| *nop == bytes) {
+        return Some("nop");
+    }
     match ins.code() {
         Code::Call_rel32_64 if len == 5 => Some("call"),
         Code::Jmp_rel8_64 if len == 2 => Some("jmp"),
         Code::Jmp_rel32_64 if len == 5 => Some("jmp"),
-        Code::Nopd | Code::Nopq | Code::Nop_rm16 | Code::Nop_rm32 | Code::Nop_rm64 => Some("nop"),
-        Code::Push_r64 if len <= 2 => Some("push"),
+        // `prefix* + 0x90` is emulated like a zero-length jump.
+        Code::Nopd | Code::Nopq | Code::Nopw if bytes.last() == Some(&0x90) => Some("nop"),
+        // 0x50+r, or 0x41 0x50+r for r8-r15; other prefixes are stepped.
+        Code::Push_r64 if len == 1 || bytes.first() == Some(&0x41) => Some("push"),
         _ if ins.is_jcc_short() && len == 2 => Some("jcc"),
         _ if ins.is_jcc_near() && len == 6 => Some("jcc"),
         _ => None,
@@ -91,6 +112,7 @@ fn reg_list(regs: &[Register]) -> String {
 pub fn entry(code: &[u8], ip: u64, preserve: &[Register]) -> Option<Site> {
     let mut keep: Vec<Register> = preserve.iter().map(|r| r.full_register()).collect();
     keep.push(Register::R14);
+    keep.sort_by_key(|r| *r as u32);
     keep.dedup();
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     let mut info = InstructionInfoFactory::new();
@@ -99,7 +121,7 @@ pub fn entry(code: &[u8], ip: u64, preserve: &[Register]) -> Option<Site> {
     let fallback = |first: &Instruction, why: String| Site {
         offset: 0,
         instruction: format(first),
-        emulated: kernel_emulates(first).is_some(),
+        emulated: kernel_emulates(first, code).is_some(),
         reason: why,
     };
     for _ in 0..MAX_LOOKAHEAD {
@@ -123,7 +145,11 @@ pub fn entry(code: &[u8], ip: u64, preserve: &[Register]) -> Option<Site> {
             skipped.push(format(&ins));
             continue;
         }
-        if let Some(kind) = kernel_emulates(&ins) {
+        let bytes = usize::try_from(offset)
+            .ok()
+            .and_then(|o| code.get(o..))
+            .unwrap_or_default();
+        if let Some(kind) = kernel_emulates(&ins, bytes) {
             let reason = if skipped.is_empty() {
                 format!(
                     "the entry instruction is a {kind}, which the kernel emulates (~0.7 us/hit)"
@@ -266,15 +292,30 @@ mod tests {
 
     #[test]
     fn classification() {
-        let decode = |b: &[u8]| Decoder::with_ip(64, b, 0, DecoderOptions::NONE).decode();
-        assert_eq!(kernel_emulates(&decode(&[0xe8, 0, 0, 0, 0])), Some("call"));
-        assert_eq!(kernel_emulates(&decode(&[0x76, 0x10])), Some("jcc"));
-        assert_eq!(kernel_emulates(&decode(&[0x41, 0x56])), Some("push"));
-        assert_eq!(kernel_emulates(&decode(&[0x90])), Some("nop"));
-        assert_eq!(kernel_emulates(&decode(&[0xc3])), None);
-        assert_eq!(kernel_emulates(&decode(&[0x5d])), None);
-        assert_eq!(kernel_emulates(&decode(&[0xff, 0xd0])), None); // call rax
-        assert_eq!(kernel_emulates(&decode(&[0x66, 0xe9, 0, 0])), None);
+        let emulated = |b: &[u8]| {
+            let ins = Decoder::with_ip(64, b, 0, DecoderOptions::NONE).decode();
+            kernel_emulates(&ins, b)
+        };
+        assert_eq!(emulated(&[0xe8, 0, 0, 0, 0]), Some("call"));
+        assert_eq!(emulated(&[0x76, 0x10]), Some("jcc"));
+        assert_eq!(emulated(&[0x0f, 0x86, 0x8a, 0, 0, 0]), Some("jcc"));
+        assert_eq!(emulated(&[0xeb, 0x10]), Some("jmp"));
+        assert_eq!(emulated(&[0x55]), Some("push"));
+        assert_eq!(emulated(&[0x41, 0x56]), Some("push"));
+        assert_eq!(emulated(&[0x90]), Some("nop"));
+        assert_eq!(emulated(&[0x0f, 0x1f, 0x00]), Some("nop")); // Go's NOPL
+        assert_eq!(emulated(&[0x0f, 0x1f, 0x44, 0x00, 0x00]), Some("nop"));
+        // A NOP encoding outside the kernel's table is single-stepped.
+        assert_eq!(emulated(&[0x0f, 0x1f, 0x40, 0x08]), None);
+        assert_eq!(emulated(&[0xc3]), None);
+        assert_eq!(emulated(&[0x5d]), None); // pop rbp
+        assert_eq!(emulated(&[0xff, 0xd0]), None); // call rax
+        assert_eq!(emulated(&[0x66, 0xe9, 0, 0]), None);
+        assert_eq!(emulated(&[0x48, 0x83, 0xec, 0x20]), None); // sub rsp, 0x20
+        assert_eq!(emulated(&[0x49, 0x3b, 0x66, 0x10]), None); // cmp rsp, [r14+0x10]
+        // Truncated bytes never classify.
+        let ins = Decoder::with_ip(64, &[0xe8, 0, 0, 0, 0], 0, DecoderOptions::NONE).decode();
+        assert_eq!(kernel_emulates(&ins, &[0xe8]), None);
     }
 
     #[test]
