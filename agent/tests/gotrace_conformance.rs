@@ -222,8 +222,20 @@ fn unknown_versions_and_garbage_are_refused() {
 /// Runs a fixture program with a toolchain (`None`: the installed Go) and
 /// returns the trace it wrote.
 fn generate(program: &str, toolchain: Option<&str>) -> Vec<u8> {
-    let out = work_dir().join(format!("{program}-{}.trace", toolchain.unwrap_or("local")));
+    generate_with(program, toolchain, None)
+}
+
+/// Like [`generate`], with an optional `GODEBUG` setting.
+fn generate_with(program: &str, toolchain: Option<&str>, godebug: Option<&str>) -> Vec<u8> {
+    let out = work_dir().join(format!(
+        "{program}-{}-{}.trace",
+        toolchain.unwrap_or("local"),
+        godebug.unwrap_or("default").replace(['=', ','], "_")
+    ));
     let mut cmd = Command::new("go");
+    if let Some(d) = godebug {
+        cmd.env("GODEBUG", d);
+    }
     cmd.args(["run", &format!("./traces/{program}")])
         .arg(&out)
         .current_dir(fixtures_dir());
@@ -288,6 +300,20 @@ fn generated_traces_match_go_reader_go1_25_wire_format() {
     let mut programs = PROGRAMS.to_vec();
     programs.push("flightrecorder");
     check_fixtures(Some("go1.25.5"), "25", &programs);
+}
+
+/// The alloc/free experiment (`GODEBUG=traceallocfree=1`, Go 1.23+):
+/// experimental batches in the Sync events and experimental events.
+#[test]
+fn experimental_events_match_go_reader() {
+    for (tc, wire) in [(None, "26"), (Some("go1.23.12"), "23")] {
+        let trace = generate_with("nested", tc, Some("traceallocfree=1"));
+        assert!(trace.starts_with(format!("go 1.{wire} trace").as_bytes()));
+        assert_same_as_go(&trace, &format!("allocfree-{wire}"));
+        let (lines, _) = our_dump(&trace);
+        assert!(lines.iter().any(|l| l.contains(" ExpBatches=[AllocFree:")));
+        assert!(lines.iter().any(|l| l.contains(" Experimental Name=")));
+    }
 }
 
 /// Decodes Go's own fuzz corpus for its trace reader: same events, and an
