@@ -37,3 +37,11 @@ for bin in "$@"; do
     size=$(stat -c %s "$bin")
     printf '%-60s %8.1f %10s %10s %12.1f %10s\n' "$bin" "$(bc -l <<< "$size/1048576")" "$ms" "$max" "$(bc -l <<< "$rss/1024")" "$funcs"
 done
+
+# Cost per uprobe hit at each kind of site (root only: perf_event_open).
+if [ "$(id -u)" = 0 ] && [ "${SITE_COST:-1}" = 1 ]; then
+    sitecost=target/tmp/bench-analysis/sitecost
+    (cd agent/tests/fixtures && GOTOOLCHAIN=local go build -o "../../../$sitecost" ./sitecost)
+    echo
+    "$analyze" --site-cost "$sitecost" "${CALLS:-100000}" "${ROUNDS:-5}"
+fi
