@@ -6,6 +6,12 @@ pub const KIND_HTTP_SERVER_START: u32 = 1;
 pub const KIND_HTTP_SERVER_END: u32 = 2;
 /// `EventHeader::kind` of a [`crate::usdt::UsdtRecord`].
 pub const KIND_USDT: u32 = 3;
+/// `EventHeader::kind` of a [`crate::flight::FlightStart`] record.
+pub const KIND_FLIGHT_START: u32 = 4;
+/// `EventHeader::kind` of a [`crate::flight::FlightChunk`] record.
+pub const KIND_FLIGHT_CHUNK: u32 = 5;
+/// `EventHeader::kind` of a [`crate::flight::FlightEnd`] record.
+pub const KIND_FLIGHT_END: u32 = 6;
 
 /// Fixed header of every record the eBPF programs write to the ring buffer.
 #[repr(C)]

@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod event;
+pub mod flight;
 pub mod http;
 pub mod stats;
 pub mod target;
@@ -31,4 +32,7 @@ impl_pod!(
     target::GoOffsets,
     usdt::UsdtSpec,
     usdt::UsdtArgSpec,
+    flight::FlightConfig,
+    flight::FlightKey,
+    flight::FlightState,
 );

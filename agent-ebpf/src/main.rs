@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod flight;
 mod go;
 mod http_server;
 mod maps;

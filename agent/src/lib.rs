@@ -14,6 +14,7 @@
 pub mod binary;
 pub mod clock;
 pub mod export;
+pub mod flight;
 pub mod gotrace;
 pub mod probes;
 pub mod resource;

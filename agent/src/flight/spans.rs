@@ -1,0 +1,130 @@
+//! Turning a captured dump into spans, and saving its bytes.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::trace::SpanData;
+
+use super::{CompletedDump, FlightError};
+use crate::{
+    clock::WallClock,
+    gotrace::{SpanOptions, SpanSummary, trace_to_spans},
+};
+
+/// Options for [`dump_to_spans`].
+#[derive(Clone, Debug)]
+pub struct DumpSpanOptions {
+    /// Converts the dump's kernel times to wall time.
+    pub clock: WallClock,
+    /// Frames kept per span (`code.stacktrace.frames`).
+    pub max_frames: usize,
+    /// Attributes added to every span besides the dump's identity.
+    pub extra_attributes: Vec<KeyValue>,
+}
+
+impl Default for DumpSpanOptions {
+    fn default() -> Self {
+        Self {
+            clock: WallClock::measure(),
+            max_frames: 16,
+            extra_attributes: Vec::new(),
+        }
+    }
+}
+
+/// The wall time WriteTo returned (or entered, if the return was not seen).
+pub fn dump_time(dump: &CompletedDump, clock: &WallClock) -> SystemTime {
+    let ktime = if dump.end_ktime_ns != 0 {
+        dump.end_ktime_ns
+    } else {
+        dump.start_ktime_ns
+    };
+    clock.to_system_time(ktime)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t).map_or_else(|_| String::new(), |ts| ts.to_string())
+}
+
+/// The attributes every span of `dump` carries.
+pub fn dump_attributes(dump: &CompletedDump, clock: &WallClock) -> Vec<KeyValue> {
+    let mut attrs = vec![
+        KeyValue::new("flight_recorder.dump.id", dump.id.clone()),
+        KeyValue::new("flight_recorder.dump.time", rfc3339(dump_time(dump, clock))),
+        KeyValue::new("flight_recorder.dump.size", dump.bytes.len() as i64),
+        KeyValue::new("flight_recorder.dump.complete", dump.complete),
+        KeyValue::new("flight_recorder.dump.goroutine", dump.goid as i64),
+        KeyValue::new("flight_recorder.recorder", dump.recorder),
+        KeyValue::new("process.pid", i64::from(dump.pid)),
+    ];
+    if let Some(writer) = &dump.writer {
+        attrs.push(KeyValue::new("flight_recorder.dump.writer", writer.clone()));
+    }
+    if dump.write_error {
+        attrs.push(KeyValue::new("flight_recorder.dump.write_error", true));
+    }
+    attrs
+}
+
+/// Decodes `dump` and hands its spans (tasks, regions with logs, runtime
+/// ranges) to `sink`, each carrying the dump's identity
+/// (`flight_recorder.dump.id`, `.time`, `.size`, ...). Traces without a
+/// clock snapshot are anchored at the time WriteTo was entered.
+pub fn dump_to_spans(
+    dump: &CompletedDump,
+    options: &DumpSpanOptions,
+    sink: &mut dyn FnMut(SpanData),
+) -> Result<SpanSummary, FlightError> {
+    let mut extra = dump_attributes(dump, &options.clock);
+    extra.extend(options.extra_attributes.iter().cloned());
+    let opts = SpanOptions {
+        anchor_wall_time: Some(options.clock.to_system_time(dump.start_ktime_ns)),
+        max_frames: options.max_frames,
+        extra_attributes: extra,
+    };
+    trace_to_spans(&dump.bytes[..], &opts, sink).map_err(FlightError::Decode)
+}
+
+/// The file name `dump` is saved under: `<pid>-<time>-<id>.trace`, time as
+/// `YYYYMMDDTHHMMSS.mmmZ` (UTC), `id` the dump id in hex;
+/// `.incomplete.trace` for an incomplete capture.
+pub fn dump_file_name(dump: &CompletedDump, clock: &WallClock) -> String {
+    let time = jiff::Timestamp::try_from(dump_time(dump, clock))
+        .map(|ts| ts.strftime("%Y%m%dT%H%M%S%.3fZ").to_string())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let suffix = if dump.complete {
+        "trace"
+    } else {
+        "incomplete.trace"
+    };
+    format!("{}-{time}-{:x}.{suffix}", dump.pid, dump.dump_id)
+}
+
+/// Saves the exact bytes of `dump` in `dir` (created if missing), for `go
+/// tool trace`: written to a temporary name, then renamed, so a watcher
+/// never sees a partial file. Returns the path.
+pub fn save_dump(
+    dir: &Path,
+    dump: &CompletedDump,
+    clock: &WallClock,
+) -> Result<PathBuf, FlightError> {
+    let name = dump_file_name(dump, clock);
+    let path = dir.join(&name);
+    let save_err = |source| FlightError::Save {
+        path: path.clone(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(save_err)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = fs::File::create(&tmp).map_err(save_err)?;
+    file.write_all(&dump.bytes).map_err(save_err)?;
+    file.sync_all().map_err(save_err)?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(save_err)?;
+    Ok(path)
+}
