@@ -85,6 +85,17 @@ pub enum OffsetError {
         go_version: GoVersion,
         covered: String,
     },
+    /// The table was measured on this Go release and the field was not
+    /// there: the release does not have it (e.g. `Request.Pattern` < 1.23).
+    #[error(
+        "{type_name} has no field {field:?} in Go {go_version} (offset table measured on Go {measured})"
+    )]
+    AbsentInRelease {
+        type_name: String,
+        field: String,
+        go_version: GoVersion,
+        measured: String,
+    },
     #[error("reading DWARF failed")]
     Dwarf(#[source] Arc<DwarfError>),
     #[error("implausible offset for {type_name}.{field}")]
@@ -768,6 +779,22 @@ impl GoBinary {
             if let Some(e) = dwarf_error {
                 return Err(OffsetError::Dwarf(e));
             }
+            // A field the generator looks for, missing from an entry that
+            // has its struct: this release does not have the field.
+            let wanted = NEEDED_FIELDS
+                .iter()
+                .any(|(t, fields)| *t == type_name && fields.contains(&field));
+            if let Some(entry) = table.entry(version)
+                && wanted
+                && entry.structs.contains_key(type_name)
+            {
+                return Err(OffsetError::AbsentInRelease {
+                    type_name: type_name.to_owned(),
+                    field: field.to_owned(),
+                    go_version: version,
+                    measured: entry.go.clone(),
+                });
+            }
             return Err(OffsetError::NotInTable {
                 type_name: type_name.to_owned(),
                 field: field.to_owned(),
@@ -860,6 +887,12 @@ impl GoBinary {
             .collect())
     }
 }
+
+// The agent shares one analysis across tasks.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<GoBinary>();
+};
 
 /// An error and its sources, joined with ": ".
 pub fn error_chain(e: &dyn std::error::Error) -> String {
