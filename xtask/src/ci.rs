@@ -1,8 +1,11 @@
 //! `cargo xtask ci` and `cargo xtask test`.
 
-use std::process::Command;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use crate::util::{exec, is_root, root};
 
@@ -21,7 +24,46 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     crate::setup::run()?;
     // Default members: agent-ebpf is built by the agent's build script.
-    exec(cargo().args(["test", "--locked"]).args(extra))
+    let mut cmd = cargo();
+    cmd.args(["test", "--locked"]).args(extra);
+    eprintln!("+ {}", crate::util::describe(&cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n
+                    .trim_start_matches("ok.")
+                    .trim_start_matches("FAILED.")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    // One closing line with the totals over every test binary.
+    println!("{passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
 }
 
 /// Exactly what CI does.
