@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# USDT: the agent against the design it replaces (bpftrace printing one JSON
+# line per event, piped to a small consumer that pairs them by request id),
+# in one run, as root.
+#
+# The traced program is the USDT fixture (agent/tests/fixtures/usdt) in its
+# flood mode: `flood N ITER` fires N request_start/request_end pairs with
+# ids "f-<i>" back to back, ITER iterations of busy work inside each pair,
+# and reports pairs/s. Each round runs, in rotating order:
+#   untraced  the fixture alone
+#   agent     `agent --pid P --output jsonl=/dev/null` (spans built, paired,
+#             serialized as OTLP JSON lines)
+#   bpftrace  `bpftrace -p P` on both probes, printf one JSON line per event,
+#             piped to a python3 consumer that pairs them like the seed's
+#             span manager and writes each span as one JSON line to /dev/null
+# at two work levels: ITER=0 (the probes alone: the flood rate, for loss) and
+# ITER=$WORK (a request that does some work of its own).
+#
+# Reported (medians over rounds): pairs/s and the ratio to untraced; CPU of
+# the tracer processes (utime+stime from /proc/PID/stat, from just before
+# the flood until they are idle again) per 1,000 spans; events lost (the
+# agent's summary: ring buffer full, unmatched, ...; bpftrace: its "Lost N
+# events" lines and the consumer's unpaired starts/ends).
+#
+# Usage: scripts/bench-usdt.sh [ROUNDS] [N_FLOOD] [N_WORK] [WORK]
+set -euo pipefail
+
+ROUNDS=${1:-5}
+N_FLOOD=${2:-200000}
+N_WORK=${3:-50000}
+WORK=${4:-6000}
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${BENCH_DIR:-/tmp/bench-usdt}
+mkdir -p "$OUT"
+
+command -v bpftrace >/dev/null || {
+    echo "bpftrace not found: apt-get install -y bpftrace" >&2
+    exit 1
+}
+
+echo "building the fixture and the agent (release)..." >&2
+gcc -shared -fPIC -O2 -g -o "$OUT/libfix.so" \
+    "$ROOT/agent/tests/fixtures/usdt/lib/fixlib.c" \
+    "$ROOT/agent/tests/fixtures/usdt/lib/fixlib_guarded.c"
+(cd "$ROOT/agent/tests/fixtures" && CGO_ENABLED=1 go build -o "$OUT/usdt" ./usdt)
+(cd "$ROOT" && cargo build --release -p agent --bin agent >&2)
+AGENT=${AGENT:-$ROOT/target/release/agent}
+
+cat >"$OUT/trace.bt" <<'EOF'
+usdt:__EXE__:fixture:request_start
+{
+    printf("{\"event\":\"request_start\",\"data\":{\"request_id\":\"%s\",\"timestamp\":%llu}}\n", str(arg0), nsecs);
+}
+usdt:__EXE__:fixture:request_end
+{
+    printf("{\"event\":\"request_end\",\"data\":{\"request_id\":\"%s\",\"timestamp\":%llu}}\n", str(arg0), nsecs);
+}
+EOF
+
+cat >"$OUT/consumer.py" <<'EOF'
+# The seed's pipeline, reduced: parse each JSON event line, pair start/end
+# by request_id, make a span record and write it out as one JSON line.
+# Counts are of the flood's ids ("f-..."); warm-up pairs ("w...") only
+# signal that bpftrace is attached.
+import json, re, sys
+out = open("/dev/null", "w")
+open_spans = {}
+spans = unmatched_ends = bad = lost = 0
+status_path = sys.argv[1]
+ready = False
+for line in sys.stdin:
+    if not line.startswith("{"):
+        # bpftrace reports perf-buffer overruns on its output stream.
+        m = re.search(r"Lost (\d+) events", line)
+        if m:
+            lost += int(m.group(1))
+        continue
+    try:
+        ev = json.loads(line)
+    except ValueError:
+        bad += 1
+        continue
+    data = ev["data"]
+    rid = data["request_id"]
+    if ev["event"] == "request_start":
+        open_spans[rid] = data["timestamp"]
+    else:
+        start = open_spans.pop(rid, None)
+        if start is None:
+            unmatched_ends += rid.startswith("f-")
+            continue
+        span = {"name": "Request", "attributes": {"request.id": rid},
+                "start": start, "end": data["timestamp"]}
+        out.write(json.dumps(span) + "\n")
+        if rid.startswith("f-"):
+            spans += 1
+        elif not ready:
+            ready = True
+            open(status_path + ".ready", "w").close()
+unended = sum(1 for rid in open_spans if rid.startswith("f-"))
+with open(status_path, "w") as f:
+    json.dump({"spans": spans, "unmatched_ends": unmatched_ends,
+               "unended_starts": unended, "bad_lines": bad, "lost": lost}, f)
+EOF
+
+python3 - "$OUT" "$AGENT" "$ROUNDS" "$N_FLOOD" "$N_WORK" "$WORK" <<'EOF'
+import json, os, re, signal, statistics, subprocess, sys, time
+
+out, agent_bin, rounds, n_flood, n_work, work = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+TCK = os.sysconf("SC_CLK_TCK")
+
+def cpu(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TCK
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+def wait_idle(pids, quiet=0.6, limit=120):
+    """Waits until the processes' CPU stops growing; returns their CPU."""
+    last, since, end = None, time.time(), time.time() + limit
+    while time.time() < end:
+        now = [cpu(p) for p in pids]
+        if now != last:
+            last, since = now, time.time()
+        elif time.time() - since >= quiet:
+            break
+        time.sleep(0.1)
+    return sum(c for c in last if c is not None)
+
+class Fixture:
+    def __init__(self):
+        self.p = subprocess.Popen([f"{out}/usdt", f"{out}/libfix.so"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, bufsize=1)
+        line = self.p.stdout.readline().split()
+        assert line[0] == "ready", line
+        self.pid = int(line[1])
+    def cmd(self, c):
+        self.p.stdin.write(c + "\n"); self.p.stdin.flush()
+        return self.p.stdout.readline().strip()
+    def flood(self, n, it):
+        f = self.cmd(f"flood {n} {it}").split()
+        return float(f[4])
+    def close(self):
+        try:
+            self.cmd("quit")
+        except BrokenPipeError:
+            pass
+        self.p.wait(10)
+
+def run_untraced(n, it):
+    fx = Fixture()
+    rate = fx.flood(n, it)
+    fx.close()
+    return {"rate": rate}
+
+def run_agent(n, it, tag):
+    fx = Fixture()
+    summary = f"{out}/agent-summary-{tag}.txt"
+    err = open(f"{out}/agent-stderr-{tag}.txt", "w+")
+    a = subprocess.Popen([agent_bin, "--pid", str(fx.pid), "--output", "jsonl=/dev/null",
+                          "--summary-file", summary], stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 60
+    while True:
+        err.seek(0)
+        if "attached to PID" in err.read():
+            break
+        assert a.poll() is None and time.time() < deadline, "agent did not attach"
+        time.sleep(0.05)
+    before = wait_idle([a.pid], quiet=0.3)
+    rate = fx.flood(n, it)
+    after = wait_idle([a.pid])
+    a.send_signal(signal.SIGINT)
+    a.wait(30)
+    fx.close()
+    s = dict(l.split("=") for l in open(summary).read().split())
+    s = {k: int(v) for k, v in s.items()}
+    lost = (s["ringbuf_full"] + s["bad_records"] + s["usdt_unmatched_ends"] + s["usdt_expired"]
+            + s["usdt_evicted"] + s["usdt_replaced"] + s["usdt_unreadable_ids"]
+            + s["dropped_queue_full"] + s["dropped_export_failed"])
+    spans = s["usdt_completed"]
+    return {"rate": rate, "cpu": after - before, "spans": spans, "lost_events": 2 * n - 2 * spans,
+            "reported_loss": lost, "ringbuf_full": s["ringbuf_full"], "summary": s}
+
+def run_bpftrace(n, it, tag):
+    fx = Fixture()
+    status = f"{out}/consumer-{tag}.json"
+    for p in (status, status + ".ready"):
+        if os.path.exists(p):
+            os.remove(p)
+    script = open(f"{out}/trace.bt").read().replace("__EXE__", f"/proc/{fx.pid}/exe")
+    with open(f"{out}/trace-{tag}.bt", "w") as f:
+        f.write(script)
+    err = open(f"{out}/bpftrace-stderr-{tag}.txt", "w+")
+    bt = subprocess.Popen(["bpftrace", "-p", str(fx.pid), f"{out}/trace-{tag}.bt"],
+                          stdout=subprocess.PIPE, stderr=err)
+    con = subprocess.Popen([sys.executable, f"{out}/consumer.py", status], stdin=bt.stdout)
+    bt.stdout.close()
+    deadline, i = time.time() + 120, 0
+    while not os.path.exists(status + ".ready"):
+        assert bt.poll() is None and time.time() < deadline, "bpftrace did not attach: " + open(err.name).read()[-2000:]
+        fx.cmd(f"start w{i}"); fx.cmd(f"end w{i}"); i += 1
+        time.sleep(0.2)
+    before = wait_idle([bt.pid, con.pid], quiet=0.3)
+    rate = fx.flood(n, it)
+    after = wait_idle([bt.pid, con.pid])
+    bt.send_signal(signal.SIGINT)
+    bt.wait(30)
+    con.wait(60)
+    fx.close()
+    c = json.load(open(status))
+    err.seek(0)
+    text = err.read()
+    lost_lines = c["lost"] + sum(int(m) for m in re.findall(r"Lost (\d+) events", text))
+    spans = c["spans"]
+    return {"rate": rate, "cpu": after - before, "spans": spans, "lost_events": 2 * n - 2 * spans,
+            "reported_loss": lost_lines + c["unmatched_ends"] + c["unended_starts"],
+            "bpftrace_lost_lines": lost_lines, "unmatched_ends": c["unmatched_ends"],
+            "unended_starts": c["unended_starts"]}
+
+results = {}
+modes = ["untraced", "agent", "bpftrace"]
+for level, (n, it) in {"flood": (n_flood, 0), "work": (n_work, work)}.items():
+    for r in range(rounds):
+        order = modes[r % 3:] + modes[:r % 3]
+        for m in order:
+            tag = f"{level}-{m}-{r}"
+            if m == "untraced":
+                res = run_untraced(n, it)
+            elif m == "agent":
+                res = run_agent(n, it, tag)
+            else:
+                res = run_bpftrace(n, it, tag)
+            results.setdefault((level, m), []).append(res)
+            print(f"{tag}: " + json.dumps({k: v for k, v in res.items() if k != "summary"}), file=sys.stderr, flush=True)
+
+json.dump({f"{k[0]}/{k[1]}": v for k, v in results.items()}, open(f"{out}/results.json", "w"), indent=1)
+
+def med(level, m, key):
+    return statistics.median(x[key] for x in results[(level, m)])
+
+print(f"rounds={rounds} flood: N={n_flood} pairs, ITER=0; work: N={n_work} pairs, ITER={work}")
+print()
+print("| load | tracer | pairs/s (median) | vs untraced | added per pair (µs) | tracer CPU ms per 1,000 spans | spans/pairs (median) | events lost (max over rounds) | loss reported (max) |")
+print("|---|---|---|---|---|---|---|---|---|")
+for level, n in (("flood", n_flood), ("work", n_work)):
+    base = med(level, "untraced", "rate")
+    print(f"| {level} | untraced | {base:,.0f} | 1.00x | - | - | - | - | - |")
+    for m in ("agent", "bpftrace"):
+        rate = med(level, m, "rate")
+        per_k = statistics.median(x["cpu"] / max(x["spans"], 1) * 1000 * 1000 for x in results[(level, m)])
+        spans = med(level, m, "spans")
+        lost = max(x["lost_events"] for x in results[(level, m)])
+        reported = max(x["reported_loss"] for x in results[(level, m)])
+        added = (1 / rate - 1 / base) * 1e6
+        print(f"| {level} | {m} | {rate:,.0f} | {rate / base:.2f}x | {added:.2f} | {per_k:.1f} | {spans:,.0f}/{n:,} | {lost:,} | {reported:,} |")
+EOF
