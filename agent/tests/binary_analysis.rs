@@ -134,13 +134,20 @@ fn run(cmd: &mut Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Builds the fixture once per (toolchain, kind) into cargo's per-test temp
-/// dir; builds are serialised (two cores, and the Go build cache is shared).
+/// Builds the net/http fixture once per (toolchain, kind).
 fn build(tc: Toolchain, kind: Kind) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<(Toolchain, Kind), PathBuf>>> = OnceLock::new();
+    build_package(tc, kind, "httpserver")
+}
+
+/// Builds `tests/fixtures/<package>` once per (toolchain, kind) into cargo's
+/// per-test temp dir; builds are serialised (two cores, and the Go build
+/// cache is shared).
+fn build_package(tc: Toolchain, kind: Kind, package: &'static str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<(Toolchain, Kind, &'static str), PathBuf>>> =
+        OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = built.get(&(tc, kind)) {
+    if let Some(p) = built.get(&(tc, kind, package)) {
         return p.clone();
     }
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("binary_analysis");
@@ -150,7 +157,7 @@ fn build(tc: Toolchain, kind: Kind) -> PathBuf {
         Toolchain::Debian119 => "debian-go1.19".to_owned(),
         Toolchain::Proxy(v) => v.to_owned(),
     };
-    let out = dir.join(format!("httpserver-{name}-{kind:?}"));
+    let out = dir.join(format!("{package}-{name}-{kind:?}"));
     let mut cmd = tc.command();
     cmd.arg("build").arg("-o").arg(&out);
     match kind {
@@ -174,14 +181,14 @@ fn build(tc: Toolchain, kind: Kind) -> PathBuf {
             cmd.args(["-buildmode=pie", "-ldflags=-s -w -linkmode=external"]);
         }
     }
-    cmd.arg("./httpserver").current_dir(FIXTURES);
+    cmd.arg(format!("./{package}")).current_dir(FIXTURES);
     run(
         &mut cmd,
         &format!(
             "building the fixture with {tc:?} ({kind:?}); a proxy toolchain needs the Go module proxy"
         ),
     );
-    built.insert((tc, kind), out.clone());
+    built.insert((tc, kind, package), out.clone());
     out
 }
 
@@ -571,6 +578,33 @@ fn external_linking_newest() {
 #[test]
 fn external_linking_go1_22() {
     check_external(Toolchain::Proxy("go1.22.12"));
+}
+
+/// A real cgo program (C code and the C compiler's DWARF next to Go's,
+/// linked by the system linker): the same functions, sites and offsets.
+fn check_cgo(tc: Toolchain) {
+    let plain = build_package(tc, Kind::Plain, "cgohttp");
+    let stripped = build_package(tc, Kind::Stripped, "cgohttp");
+    for path in [&plain, &stripped] {
+        let bin = open(path);
+        assert_eq!(bin.build_info().setting("CGO_ENABLED"), Some("1"));
+        assert_eq!(bin.build_info().main_package, "agent.test/fixtures/cgohttp");
+    }
+    // The C function is in the binary (and so in .text before Go code).
+    assert!(nm(&plain).keys().any(|name| name.contains("answer")));
+    check_sites(&plain, &plain);
+    check_sites(&stripped, &plain);
+    check_offsets(&plain, &stripped);
+}
+
+#[test]
+fn cgo_newest() {
+    check_cgo(Toolchain::Local);
+}
+
+#[test]
+fn cgo_go1_19_debian() {
+    check_cgo(Toolchain::Debian119);
 }
 
 #[test]

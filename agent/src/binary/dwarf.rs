@@ -147,35 +147,35 @@ impl DwarfIndex {
         let debug_abbrev = gimli::DebugAbbrev::from(slice(&sections.abbrev));
         let debug_str = gimli::DebugStr::from(slice(&sections.str));
         let mut units = debug_info.units();
-        while let Some(header) = units.next().map_err(gimli_err(0))? {
+        // A unit that does not parse (a C compiler's DWARF in a cgo binary
+        // using forms we do not need) is skipped; the first error is kept
+        // for when nothing could be indexed at all.
+        let mut first_error = None;
+        loop {
+            let header = match units.next() {
+                Ok(Some(header)) => header,
+                Ok(None) => break,
+                Err(e) => {
+                    first_error.get_or_insert(DwarfError::Gimli {
+                        offset: unit_starts.last().map_or(0, |&o| o as u64),
+                        source: e,
+                    });
+                    break;
+                }
+            };
             let unit_at = header.offset().0 as u64;
             unit_starts.push(header.offset().0);
-            let abbrevs = header
-                .abbreviations(&debug_abbrev)
-                .map_err(gimli_err(unit_at))?;
-            let mut tree = header
-                .entries_tree(&abbrevs, None)
-                .map_err(gimli_err(unit_at))?;
-            let root = tree.root().map_err(gimli_err(unit_at))?;
-            let mut children = root.children();
-            // Go's type DIEs are direct children of their unit; subtrees
-            // (functions, members) are skipped without being decoded.
-            while let Some(child) = children.next().map_err(gimli_err(unit_at))? {
-                let entry = child.entry();
-                if entry.tag() != gimli::DW_TAG_structure_type {
-                    continue;
-                }
-                let Some(name) = entry
-                    .attr_value(gimli::DW_AT_name)
-                    .and_then(|v| v.string_value(&debug_str))
-                else {
-                    continue;
-                };
-                let name = String::from_utf8_lossy(name.slice()).into_owned();
-                if let Some(off) = entry.offset().to_debug_info_offset(&header) {
-                    structs.entry(name).or_insert(off);
-                }
+            if let Err(source) = index_unit(&header, &debug_abbrev, &debug_str, &mut structs) {
+                first_error.get_or_insert(DwarfError::Gimli {
+                    offset: unit_at,
+                    source,
+                });
             }
+        }
+        if let Some(e) = first_error
+            && structs.is_empty()
+        {
+            return Err(e);
         }
         Ok(DwarfIndex {
             sections,
@@ -255,6 +255,38 @@ fn type_ref(header: &Header<'_>, value: Option<AttributeValue<R<'_>>>) -> Option
         AttributeValue::DebugInfoRef(r) => Some(r),
         _ => None,
     }
+}
+
+/// Records the named struct DIEs among `header`'s top-level children.
+fn index_unit(
+    header: &Header<'_>,
+    debug_abbrev: &gimli::DebugAbbrev<R<'_>>,
+    debug_str: &gimli::DebugStr<R<'_>>,
+    structs: &mut HashMap<String, DebugInfoOffset>,
+) -> gimli::Result<()> {
+    let abbrevs = header.abbreviations(debug_abbrev)?;
+    let mut tree = header.entries_tree(&abbrevs, None)?;
+    let root = tree.root()?;
+    let mut children = root.children();
+    // Go's type DIEs are direct children of their unit; subtrees
+    // (functions, members) are skipped without being decoded.
+    while let Some(child) = children.next()? {
+        let entry = child.entry();
+        if entry.tag() != gimli::DW_TAG_structure_type {
+            continue;
+        }
+        let Some(name) = entry
+            .attr_value(gimli::DW_AT_name)
+            .and_then(|v| v.string_value(debug_str))
+        else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(name.slice()).into_owned();
+        if let Some(off) = entry.offset().to_debug_info_offset(header) {
+            structs.entry(name).or_insert(off);
+        }
+    }
+    Ok(())
 }
 
 struct Types<'i, 'a> {
