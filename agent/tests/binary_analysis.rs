@@ -143,8 +143,8 @@ fn build(tc: Toolchain, kind: Kind) -> PathBuf {
 /// per-test temp dir; builds are serialised (two cores, and the Go build
 /// cache is shared).
 fn build_package(tc: Toolchain, kind: Kind, package: &'static str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<(Toolchain, Kind, &'static str), PathBuf>>> =
-        OnceLock::new();
+    type Builds = HashMap<(Toolchain, Kind, &'static str), PathBuf>;
+    static BUILT: OnceLock<Mutex<Builds>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = built.get(&(tc, kind, package)) {
