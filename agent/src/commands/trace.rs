@@ -251,7 +251,11 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
             )));
         }
         (Ok(http), Err(usdt_err)) => {
-            log::debug!("no USDT probes attached: {usdt_err}");
+            if args.usdt_config.is_some() {
+                log::warn!("no USDT probes attached: {usdt_err}");
+            } else {
+                log::debug!("no USDT probes attached: {usdt_err}");
+            }
             (Some(http), Vec::new())
         }
         (Err(http_err), Ok(found)) => {

@@ -83,7 +83,10 @@ impl UsdtStats {
 pub struct UsdtSpanBuilder {
     config: MappingConfig,
     open: OpenTable<Key, OpenSpan>,
-    stacks: HashMap<ThreadKey, Vec<Key>>,
+    /// Per thread, the open spans it started, innermost last. Every span
+    /// leaving the table (end, expiry, eviction, replacement) leaves its
+    /// stack too, so the top is always an open span.
+    stacks: HashMap<ThreadKey, Vec<(TraceId, SpanId)>>,
     clock: WallClock,
     ids: IdGenerator,
     scope: InstrumentationScope,
@@ -211,53 +214,53 @@ impl UsdtSpanBuilder {
 
     fn on_start(&mut self, key: Key, event: UsdtEvent, out: &mut impl FnMut(SpanData)) {
         let thread = thread_of(&event);
-        let parent = self
-            .stacks
-            .get(&thread)
-            .and_then(|stack| stack.last())
-            .and_then(|top| self.open.get(top))
-            .map(|p| (p.trace_id, p.span_id));
-        let (trace_id, parent) = match parent {
-            Some((trace_id, span_id)) => (trace_id, span_id),
+        let (trace_id, parent) = match self.stacks.get(&thread).and_then(|s| s.last()) {
+            Some(&(trace_id, span_id)) => (trace_id, span_id),
             None => (self.ids.trace_id(), SpanId::INVALID),
         };
         let now = event.header.ktime_ns;
+        let span_id = self.ids.span_id();
         let span = OpenSpan {
             start: event,
             trace_id,
-            span_id: self.ids.span_id(),
+            span_id,
             parent,
             thread,
         };
-        let displaced = self.open.open(key.clone(), span, now);
+        let displaced = self.open.open(key, span, now);
         if let Some((old_key, old)) = displaced {
-            let reason = if old_key == key {
+            // The same key is in the table again (the new start) when it
+            // was replaced; an evicted start's key is gone.
+            let reason = if self.open.get(&old_key).is_some() {
                 Incomplete::Replaced
             } else {
                 Incomplete::Evicted
             };
-            self.unstack(&old_key, old.thread);
+            self.unstack(&old);
             out(self.span(old_key.1, old, now, None, Some(reason)));
         }
-        self.stacks.entry(thread).or_default().push(key);
+        self.stacks
+            .entry(thread)
+            .or_default()
+            .push((trace_id, span_id));
     }
 
     fn on_end(&mut self, key: &Key, event: &UsdtEvent, out: &mut impl FnMut(SpanData)) {
         if let Some(open) = self.open.close(key) {
-            self.unstack(key, open.thread);
+            self.unstack(&open);
             out(self.span(key.1, open, event.header.ktime_ns, Some(event), None));
         }
     }
 
-    /// Takes `key` off `thread`'s stack (wherever it is: ends may come out
-    /// of order), dropping the stack once empty.
-    fn unstack(&mut self, key: &Key, thread: ThreadKey) {
-        if let Some(stack) = self.stacks.get_mut(&thread) {
-            if let Some(pos) = stack.iter().rposition(|k| k == key) {
+    /// Takes `open` off its thread's stack (wherever it is: ends may come
+    /// out of order), dropping the stack once empty.
+    fn unstack(&mut self, open: &OpenSpan) {
+        if let Some(stack) = self.stacks.get_mut(&open.thread) {
+            if let Some(pos) = stack.iter().rposition(|&(_, id)| id == open.span_id) {
                 stack.remove(pos);
             }
             if stack.is_empty() {
-                self.stacks.remove(&thread);
+                self.stacks.remove(&open.thread);
             }
         }
     }
@@ -265,7 +268,7 @@ impl UsdtSpanBuilder {
     /// Exports starts open longer than the timeout, marked expired.
     pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(SpanData)) {
         for (key, open) in self.open.expire(now_ns) {
-            self.unstack(&key, open.thread);
+            self.unstack(&open);
             out(self.span(key.1, open, now_ns, None, Some(Incomplete::Expired)));
         }
     }
