@@ -37,14 +37,15 @@ bytes=$(stat -c %s "$trace")
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-# measure NAME CMD...: appends "wall_seconds rss_kb events" to $tmp/NAME.
+# measure NAME CMD...: appends "wall_s rss_kb cpu_s events" to $tmp/NAME.
 measure() {
     local name="$1"
     shift
-    /usr/bin/time -f "%e %M" -o "$tmp/time" "$@" >"$tmp/stdout"
+    /usr/bin/time -f "%e %M %U %S" -o "$tmp/time" "$@" >"$tmp/stdout"
     local events
     events=$(grep -oE '^[0-9]+$|events=[0-9]+' "$tmp/stdout" | grep -oE '[0-9]+' | head -1)
-    echo "$(cat "$tmp/time") $events" >>"$tmp/$name"
+    read -r wall rss user sys <"$tmp/time"
+    echo "$wall $rss $(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}') $events" >>"$tmp/$name"
 }
 
 # Warm the page cache, then alternate.
@@ -59,22 +60,26 @@ rust_s=$(cut -d' ' -f1 "$tmp/rust" | median)
 go_s=$(cut -d' ' -f1 "$tmp/go" | median)
 rust_kb=$(cut -d' ' -f2 "$tmp/rust" | median)
 go_kb=$(cut -d' ' -f2 "$tmp/go" | median)
-rust_ev=$(cut -d' ' -f3 "$tmp/rust" | sort -u)
-go_ev=$(cut -d' ' -f3 "$tmp/go" | sort -u)
+rust_cpu=$(cut -d' ' -f3 "$tmp/rust" | median)
+go_cpu=$(cut -d' ' -f3 "$tmp/go" | median)
+rust_ev=$(cut -d' ' -f4 "$tmp/rust" | sort -u)
+go_ev=$(cut -d' ' -f4 "$tmp/go" | sort -u)
+load=$(cut -d' ' -f1-3 /proc/loadavg)
 if [[ "$rust_ev" != "$go_ev" || $(echo "$rust_ev" | wc -l) != 1 ]]; then
     echo "event counts disagree: rust=[$rust_ev] go=[$go_ev]" >&2
     exit 1
 fi
 
 report=$(
-    awk -v b="$bytes" -v ev="$rust_ev" -v rs="$rust_s" -v gs="$go_s" -v rk="$rust_kb" -v gk="$go_kb" -v n="$runs" 'BEGIN {
+    awk -v b="$bytes" -v ev="$rust_ev" -v rs="$rust_s" -v gs="$go_s" -v rk="$rust_kb" -v gk="$go_kb" \
+        -v rc="$rust_cpu" -v gc="$go_cpu" -v n="$runs" -v load="$load" 'BEGIN {
         mb = b / 1e6
-        printf "| reader | median wall (s) | MB/s | events/s | peak RSS (MB) |\n"
-        printf "|---|---:|---:|---:|---:|\n"
-        printf "| agent::gotrace (`decode_bench`) | %.2f | %.1f | %.2fM | %.1f |\n", rs, mb / rs, ev / rs / 1e6, rk / 1024
-        printf "| Go x/exp/trace (`tracedump -count`) | %.2f | %.1f | %.2fM | %.1f |\n", gs, mb / gs, ev / gs / 1e6, gk / 1024
-        printf "\nThroughput: **%.2fx** Go'\''s (target >= 2x). Peak memory: **%.2f** of Go'\''s (target <= 0.25).\n", gs / rs, rk / gk
-        printf "Trace: %.1f MB, %d events; medians of %d alternating runs each.\n", mb, ev, n
+        printf "| reader | median wall (s) | MB/s | events/s | median CPU (s) | peak RSS (MB) |\n"
+        printf "|---|---:|---:|---:|---:|---:|\n"
+        printf "| agent::gotrace (`decode_bench`) | %.2f | %.1f | %.2fM | %.2f | %.1f |\n", rs, mb / rs, ev / rs / 1e6, rc, rk / 1024
+        printf "| Go x/exp/trace (`tracedump -count`) | %.2f | %.1f | %.2fM | %.2f | %.1f |\n", gs, mb / gs, ev / gs / 1e6, gc, gk / 1024
+        printf "\nThroughput (wall): **%.2fx** Go'\''s (target >= 2x); CPU time: %.2fx less. Peak memory: **%.2f** of Go'\''s (target <= 0.25).\n", gs / rs, gc / rc, rk / gk
+        printf "Trace: %.1f MB, %d events; medians of %d alternating runs each; load average at the end: %s.\n", mb, ev, n, load
     }'
 )
 echo "$report"

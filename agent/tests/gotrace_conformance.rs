@@ -99,6 +99,17 @@ fn our_dump(trace: &[u8]) -> (Vec<String>, Result<gotrace::DumpSummary, DecodeEr
     (text.lines().map(str::to_string).collect(), res)
 }
 
+/// Our output in file mode (`Reader::from_file`, batches read when needed),
+/// on the file `go_dump` wrote for `name`.
+fn our_file_dump(name: &str) -> (Vec<String>, Result<gotrace::DumpSummary, DecodeError>) {
+    let path = work_dir().join(format!("{name}.bin"));
+    let file = std::fs::File::open(&path).expect("opening trace file");
+    let mut out = Vec::new();
+    let res = gotrace::Reader::from_file(file).and_then(|r| gotrace::dump_reader(r, &mut out));
+    let text = String::from_utf8(out).expect("dump is UTF-8");
+    (text.lines().map(str::to_string).collect(), res)
+}
+
 fn first_difference(a: &[String], b: &[String]) -> String {
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         if x != y {
@@ -125,6 +136,13 @@ fn assert_same_as_go(trace: &[u8], name: &str) -> usize {
         first_difference(&ours, &go.lines)
     );
     assert_eq!(summary.events as usize, ours.len());
+    let (from_file, res) = our_file_dump(name);
+    res.unwrap_or_else(|e| panic!("file mode failed on {name}: {e}"));
+    assert!(
+        from_file == ours,
+        "{name}: file mode differs: {}",
+        first_difference(&from_file, &ours)
+    );
     ours.len()
 }
 
@@ -378,6 +396,12 @@ fn compare_outcomes(data: &[u8], name: &str) -> bool {
             "{name}: error {e} has no offset within the input"
         );
     }
+    let (from_file, file_res) = our_file_dump(name);
+    assert!(
+        from_file == ours && file_res.is_ok() == res.is_ok(),
+        "{name}: file mode differs: {}",
+        first_difference(&from_file, &ours)
+    );
     true
 }
 

@@ -25,7 +25,7 @@ impl std::fmt::Display for CursorError {
 
 /// Decodes an unsigned LEB128 varint at the start of `buf` with the exact
 /// semantics of Go's `binary.Uvarint`: `Ok((value, len))`, or why not.
-#[inline]
+#[inline(always)]
 pub(crate) fn uvarint(buf: &[u8]) -> Result<(u64, usize), CursorError> {
     // Fast path: one byte.
     match buf.first() {
@@ -214,6 +214,20 @@ impl<R: Read> Source<R> {
             }
             let take = (n - got).min(self.end - self.pos);
             out.extend_from_slice(&self.buf[self.pos..self.pos + take]);
+            self.pos += take;
+            got += take;
+        }
+        Ok(got)
+    }
+
+    /// Skips up to `n` bytes; returns how many were available.
+    pub(crate) fn skip(&mut self, n: usize) -> Result<usize, SourceError> {
+        let mut got = 0;
+        while got < n {
+            if !self.fill()? {
+                break;
+            }
+            let take = (n - got).min(self.end - self.pos);
             self.pos += take;
             got += take;
         }

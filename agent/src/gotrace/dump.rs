@@ -30,8 +30,15 @@ pub struct DumpSummary {
 /// Decodes a trace and writes every event in the stable text form, one per
 /// line. On a decoding error, the events before it have been written.
 pub fn dump_events(input: impl Read, out: &mut dyn Write) -> Result<DumpSummary, DecodeError> {
+    dump_reader(Reader::new(input)?, out)
+}
+
+/// [`dump_events`] over a reader already made (e.g. [`Reader::from_file`]).
+pub fn dump_reader<R: Read>(
+    mut r: Reader<R>,
+    out: &mut dyn Write,
+) -> Result<DumpSummary, DecodeError> {
     let mut w = BufWriter::with_capacity(64 << 10, out);
-    let mut r = Reader::new(input)?;
     let mut line = Vec::with_capacity(256);
     let res = loop {
         match r.read_event() {

@@ -4,7 +4,8 @@ use std::borrow::Cow;
 
 use super::generation::{ExperimentalBatch, Tables};
 use super::order::OrderedEvent;
-use super::spec::{SPECS, Version, ev, procstatus};
+use super::reader::Core;
+use super::spec::{SPECS, ev, procstatus};
 use super::{goroutine_state, proc_state};
 
 /// The kind of an event (Go's `trace.EventKind`).
@@ -271,79 +272,82 @@ pub struct Experimental {
 }
 
 /// One event of the trace, valid until the next `read_event` call.
+///
+/// A single reference to the reader's state, so that returning it is cheap.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
-    raw: &'a OrderedEvent,
-    tables: Option<&'a Tables>,
-    gnum: u64,
-    ver: Version,
+    core: &'a Core,
 }
 
 static EMPTY_BATCHES: [ExperimentalBatch; 0] = [];
 
 impl<'a> Event<'a> {
-    pub(crate) fn new(
-        raw: &'a OrderedEvent,
-        tables: Option<&'a Tables>,
-        gnum: u64,
-        ver: Version,
-    ) -> Self {
-        Event {
-            raw,
-            tables,
-            gnum,
-            ver,
+    pub(crate) fn new(core: &'a Core) -> Self {
+        Event { core }
+    }
+
+    #[inline]
+    fn raw(&self) -> &'a OrderedEvent {
+        &self.core.cur
+    }
+
+    #[inline]
+    fn tables(&self) -> Option<&'a Tables> {
+        if self.core.cur.base.has_table {
+            self.core.generation.as_ref().map(|g| &g.tables)
+        } else {
+            None
         }
     }
 
     pub fn kind(&self) -> EventKind {
-        kind_of(self.raw.base.typ)
+        kind_of(self.raw().base.typ)
     }
 
     /// The wire event type this came from (255 for Sync).
     pub fn wire_type(&self) -> u8 {
-        self.raw.base.typ
+        self.raw().base.typ
     }
 
     /// Timestamp in nanoseconds of the trace clock.
     pub fn time(&self) -> i64 {
-        self.raw.base.time
+        self.raw().base.time
     }
 
     /// Goroutine executing when the event happened ([`NO_GOROUTINE`](super::NO_GOROUTINE) if none).
     pub fn goroutine(&self) -> i64 {
-        self.raw.ctx.g
+        self.raw().ctx.g
     }
 
     pub fn proc(&self) -> i64 {
-        self.raw.ctx.p
+        self.raw().ctx.p
     }
 
     pub fn thread(&self) -> i64 {
-        self.raw.ctx.m
+        self.raw().ctx.m
     }
 
     /// The generation this event belongs to.
     pub fn generation(&self) -> u64 {
-        self.gnum
+        self.core.generation.as_ref().map(|g| g.gnum).unwrap_or(0)
     }
 
     /// Byte offset in the input of the wire event this came from.
     pub fn offset(&self) -> u64 {
-        self.raw.offset
+        self.raw().offset
     }
 
     /// The trace's Go version.
     pub fn go_version(&self) -> u32 {
-        self.ver.0
+        self.core.ver.0
     }
 
     fn arg(&self, i: usize) -> u64 {
-        self.raw.base.args.get(i).copied().unwrap_or(0)
+        self.raw().base.args.get(i).copied().unwrap_or(0)
     }
 
     fn extra(&self, i: usize) -> u64 {
-        let base = SPECS[self.raw.base.typ as usize]
+        let base = SPECS[self.raw().base.typ as usize]
             .args
             .len()
             .saturating_sub(1);
@@ -351,7 +355,7 @@ impl<'a> Event<'a> {
     }
 
     fn string(&self, id: u64) -> &'a [u8] {
-        self.tables.and_then(|t| t.string(id)).unwrap_or(&[])
+        self.tables().and_then(|t| t.string(id)).unwrap_or(&[])
     }
 
     fn stack_of(&self, id: u64) -> Stack<'a> {
@@ -362,14 +366,14 @@ impl<'a> Event<'a> {
             };
         }
         Stack {
-            tables: self.tables,
+            tables: self.tables(),
             id,
         }
     }
 
     /// The stack of the current execution context (Go's `Event.Stack`).
     pub fn stack(&self) -> Stack<'a> {
-        let typ = self.raw.base.typ;
+        let typ = self.raw().base.typ;
         if typ == ev::SYNC_EVENT {
             return Stack {
                 tables: None,
@@ -378,7 +382,7 @@ impl<'a> Event<'a> {
         }
         if typ == ev::CPU_SAMPLE {
             return Stack {
-                tables: self.tables,
+                tables: self.tables(),
                 id: self.arg(0),
             };
         }
@@ -392,7 +396,7 @@ impl<'a> Event<'a> {
     }
 
     pub fn metric(&self) -> Option<Metric> {
-        let name = match self.raw.base.typ {
+        let name = match self.raw().base.typ {
             ev::PROCS_CHANGE => "/sched/gomaxprocs:threads",
             ev::HEAP_ALLOC => "/memory/classes/heap/objects:bytes",
             ev::HEAP_GOAL => "/gc/heap/goal:bytes",
@@ -405,15 +409,15 @@ impl<'a> Event<'a> {
     }
 
     pub fn label(&self) -> Option<Label<'a>> {
-        (self.raw.base.typ == ev::GO_LABEL).then(|| Label {
+        (self.raw().base.typ == ev::GO_LABEL).then(|| Label {
             label: self.string(self.arg(0)),
-            resource: Resource::Goroutine(self.raw.ctx.g),
+            resource: Resource::Goroutine(self.raw().ctx.g),
         })
     }
 
     pub fn range(&self) -> Option<Range<'a>> {
         use ev::*;
-        let typ = self.raw.base.typ;
+        let typ = self.raw().base.typ;
         Some(match typ {
             STW_BEGIN | STW_END => Range {
                 name: Cow::Owned(
@@ -424,7 +428,7 @@ impl<'a> Event<'a> {
                     ]
                     .concat(),
                 ),
-                scope: Resource::Goroutine(self.raw.ctx.g),
+                scope: Resource::Goroutine(self.raw().ctx.g),
             },
             GC_BEGIN | GC_ACTIVE | GC_END => Range {
                 name: Cow::Borrowed(b"GC concurrent mark phase"),
@@ -435,7 +439,7 @@ impl<'a> Event<'a> {
                 scope: Resource::Proc(if typ == GC_SWEEP_ACTIVE {
                     self.arg(0) as i64
                 } else {
-                    self.raw.ctx.p
+                    self.raw().ctx.p
                 }),
             },
             GC_MARK_ASSIST_BEGIN | GC_MARK_ASSIST_ACTIVE | GC_MARK_ASSIST_END => Range {
@@ -443,7 +447,7 @@ impl<'a> Event<'a> {
                 scope: Resource::Goroutine(if typ == GC_MARK_ASSIST_ACTIVE {
                     self.arg(0) as i64
                 } else {
-                    self.raw.ctx.g
+                    self.raw().ctx.g
                 }),
             },
             _ => return None,
@@ -452,7 +456,7 @@ impl<'a> Event<'a> {
 
     /// Attributes of a completed range (only sweeps have any).
     pub fn range_attributes(&self) -> Vec<(&'static str, u64)> {
-        if self.raw.base.typ != ev::GC_SWEEP_END {
+        if self.raw().base.typ != ev::GC_SWEEP_END {
             return Vec::new();
         }
         vec![
@@ -462,7 +466,7 @@ impl<'a> Event<'a> {
     }
 
     pub fn task(&self) -> Option<Task<'a>> {
-        match self.raw.base.typ {
+        match self.raw().base.typ {
             ev::USER_TASK_BEGIN => Some(Task {
                 id: self.arg(0),
                 parent: self.arg(1),
@@ -472,7 +476,7 @@ impl<'a> Event<'a> {
                 id: self.arg(0),
                 parent: self.extra(0),
                 typ: self
-                    .tables
+                    .tables()
                     .map(|t| t.extra_string(self.extra(1)))
                     .unwrap_or(&[]),
             }),
@@ -482,7 +486,7 @@ impl<'a> Event<'a> {
 
     pub fn region(&self) -> Option<Region<'a>> {
         matches!(
-            self.raw.base.typ,
+            self.raw().base.typ,
             ev::USER_REGION_BEGIN | ev::USER_REGION_END
         )
         .then(|| Region {
@@ -492,7 +496,7 @@ impl<'a> Event<'a> {
     }
 
     pub fn log(&self) -> Option<Log<'a>> {
-        (self.raw.base.typ == ev::USER_LOG).then(|| Log {
+        (self.raw().base.typ == ev::USER_LOG).then(|| Log {
             task: self.arg(0),
             category: self.string(self.arg(1)),
             message: self.string(self.arg(2)),
@@ -502,8 +506,8 @@ impl<'a> Event<'a> {
     pub fn state_transition(&self) -> Option<StateTransition<'a>> {
         use ev::*;
         use goroutine_state as gs;
-        let typ = self.raw.base.typ;
-        let ctx = self.raw.ctx;
+        let typ = self.raw().base.typ;
+        let ctx = self.raw().ctx;
         let none = Stack {
             tables: None,
             id: 0,
@@ -546,7 +550,7 @@ impl<'a> Event<'a> {
                 };
                 let mut s = go(self.arg(0) as i64, gs::NOT_EXIST, to);
                 s.stack = Stack {
-                    tables: self.tables,
+                    tables: self.tables(),
                     id: self.arg(1),
                 };
                 s
@@ -589,7 +593,7 @@ impl<'a> Event<'a> {
     }
 
     pub fn sync(&self) -> Option<Sync<'a>> {
-        if self.raw.base.typ != ev::SYNC_EVENT {
+        if self.raw().base.typ != ev::SYNC_EVENT {
             return None;
         }
         let mut s = Sync {
@@ -597,7 +601,7 @@ impl<'a> Event<'a> {
             clock_snapshot: None,
             experimental_batches: &EMPTY_BATCHES,
         };
-        if let Some(t) = self.tables {
+        if let Some(t) = self.tables() {
             s.experimental_batches = &t.exp_batches;
             if t.has_clock_snapshot {
                 s.clock_snapshot = Some(ClockSnapshot {
@@ -612,7 +616,7 @@ impl<'a> Event<'a> {
     }
 
     pub fn experimental(&self) -> Option<Experimental> {
-        let typ = self.raw.base.typ;
+        let typ = self.raw().base.typ;
         if kind_of(typ) != EventKind::Experimental {
             return None;
         }
@@ -621,7 +625,7 @@ impl<'a> Event<'a> {
             name: spec.name,
             experiment: super::spec::experiment_name(spec.experiment).unwrap_or("Unknown"),
             arg_names: spec.args.get(1..).unwrap_or(&[]),
-            args: self.raw.base.args,
+            args: self.raw().base.args,
         })
     }
 }

@@ -47,7 +47,10 @@ impl From<SourceError> for GenError {
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub time: u64,
+    /// The data, or empty if it is to be read from the file when needed.
     pub data: Box<[u8]>,
+    /// Length of the data.
+    pub len: usize,
     /// Byte offset of the data in the input.
     pub offset: u64,
 }
@@ -115,7 +118,7 @@ impl<T: Copy + Default> DataTable<T> {
         self.dense = dense;
     }
 
-    #[inline]
+    #[inline(always)]
     fn get(&self, id: u64) -> Option<T> {
         if id == 0 {
             return Some(T::default());
@@ -176,10 +179,12 @@ impl Tables {
         self.str_arena.get(s.start..s.start + s.len)
     }
 
+    #[inline]
     pub(crate) fn has_string(&self, id: u64) -> bool {
         self.strings.get(id).is_some()
     }
 
+    #[inline]
     pub(crate) fn has_stack(&self, id: u64) -> bool {
         self.stacks.get(id).is_some()
     }
@@ -238,6 +243,9 @@ pub(crate) struct RawBatch {
     pub time: u64,
     pub exp: u8,
     pub data: Vec<u8>,
+    /// Length of the batch data; longer than `data` if the data was skipped
+    /// to be read from the file later.
+    pub len: usize,
     pub offset: u64,
     pub end_of_generation: bool,
 }
@@ -247,10 +255,23 @@ pub(crate) enum ReadBatch {
     Batch(RawBatch),
 }
 
-/// Reads the next batch (Go's `readBatch`).
+/// Whether a batch whose data starts with `first` holds events (as opposed to
+/// the structural batches the generation reader keeps in memory).
+fn is_event_batch(first: u8, ver: Version) -> bool {
+    match first {
+        ev::STRINGS | ev::STACKS | ev::CPU_SAMPLES | ev::END_OF_GENERATION => false,
+        ev::FREQUENCY => ver >= Version::GO125,
+        ev::SYNC => ver < Version::GO125,
+        _ => true,
+    }
+}
+
+/// Reads the next batch (Go's `readBatch`). With `lazy`, the data of event
+/// batches is skipped (only its first byte is kept): the reader reads it from
+/// the file when it gets there.
 pub(crate) fn read_batch<R: Read>(
     src: &mut Source<R>,
-    scratch: Vec<u8>,
+    lazy: Option<Version>,
 ) -> Result<ReadBatch, GenError> {
     let start = src.offset();
     let Some(b) = src.read_byte_opt()? else {
@@ -263,6 +284,7 @@ pub(crate) fn read_batch<R: Read>(
             time: 0,
             exp: 0,
             data: vec![b],
+            len: 1,
             offset: start,
             end_of_generation: true,
         }));
@@ -299,10 +321,22 @@ pub(crate) fn read_batch<R: Read>(
         ));
     }
     let offset = src.offset();
-    let mut data = scratch;
-    data.clear();
-    data.reserve_exact(size as usize);
-    let n = src.read_into(&mut data, size as usize)?;
+    let mut data = Vec::new();
+    let n = match lazy {
+        Some(ver) if exp == spec::NO_EXPERIMENT && size > 0 => {
+            let n = src.read_into(&mut data, 1)?;
+            if data.first().is_some_and(|&f| is_event_batch(f, ver)) {
+                n + src.skip(size as usize - 1)?
+            } else {
+                data.reserve_exact(size as usize - n);
+                n + src.read_into(&mut data, size as usize - n)?
+            }
+        }
+        _ => {
+            data.reserve_exact(size as usize);
+            src.read_into(&mut data, size as usize)?
+        }
+    };
     if n != size as usize {
         return Err(GenError::new(
             src.offset(),
@@ -315,6 +349,7 @@ pub(crate) fn read_batch<R: Read>(
         time: ts,
         exp,
         data,
+        len: size as usize,
         offset,
         end_of_generation: false,
     }))
@@ -341,10 +376,11 @@ pub(crate) struct GenRead {
 pub(crate) fn read_generation<R: Read>(
     src: &mut Source<R>,
     ver: Version,
+    lazy: bool,
 ) -> Result<Option<Generation>, GenError> {
     let mut g = Generation::default();
     loop {
-        let b = match read_batch(src, Vec::new())? {
+        let b = match read_batch(src, lazy.then_some(ver))? {
             ReadBatch::Eof => {
                 if !g.per_m.is_empty() {
                     return Err(GenError::new(
@@ -389,6 +425,7 @@ pub(crate) fn read_generation_with_spill<R: Read>(
     src: &mut Source<R>,
     spill: Option<RawBatch>,
     ver: Version,
+    lazy: bool,
 ) -> Result<GenRead, GenError> {
     let mut g = Generation::default();
     if let Some(s) = spill {
@@ -399,7 +436,7 @@ pub(crate) fn read_generation_with_spill<R: Read>(
     let mut spill = None;
     let mut spill_err = None;
     loop {
-        let b = match read_batch(src, Vec::new()) {
+        let b = match read_batch(src, lazy.then_some(ver)) {
             Ok(ReadBatch::Eof) => break,
             Ok(ReadBatch::Batch(b)) => b,
             Err(e) => {
@@ -529,9 +566,15 @@ fn process_batch(g: &mut Generation, b: RawBatch, ver: Version) -> Result<(), Ge
                 }
             };
             let bi = g.batches.len() as u32;
+            let data = if b.data.len() == b.len {
+                b.data.into_boxed_slice()
+            } else {
+                Box::default()
+            };
             g.batches.push(Batch {
                 time: b.time,
-                data: b.data.into_boxed_slice(),
+                data,
+                len: b.len,
                 offset: b.offset,
             });
             if let Some((_, list)) = g.per_m.get_mut(idx) {

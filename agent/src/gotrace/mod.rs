@@ -30,14 +30,14 @@ pub mod watch;
 
 use std::hash::{BuildHasherDefault, Hasher};
 
-pub use dump::{DumpSummary, dump_events, write_event};
+pub use dump::{DumpSummary, dump_events, dump_reader, write_event};
 pub use event::{
     ClockSnapshot, Event, EventKind, Experimental, Label, Log, Metric, Range, Region, Resource,
     Stack, StackFrame, StateTransition, Sync, Task, go_state_name, proc_state_name,
 };
 pub use generation::ExperimentalBatch;
 pub use reader::{ReadStats, Reader};
-pub use spans::{SpanOptions, SpanSummary, trace_to_spans};
+pub use spans::{SpanOptions, SpanSummary, reader_to_spans, trace_to_spans};
 
 /// No thread (Go's `NoThread`).
 pub const NO_THREAD: i64 = -1;

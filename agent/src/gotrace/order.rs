@@ -22,6 +22,10 @@ pub(crate) struct SchedCtx {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct BaseEvent {
     pub typ: u8,
+    /// For ordered events: false for Sync events that carry no generation
+    /// (Go's nil table). Kept here rather than in [`OrderedEvent`] so that
+    /// the latter has no tail padding (copies of it are on the hot path).
+    pub has_table: bool,
     pub time: i64,
     pub args: [u64; 4],
 }
@@ -34,9 +38,9 @@ pub(crate) struct OrderedEvent {
     pub ctx: SchedCtx,
     /// Byte offset in the input of the wire event this came from.
     pub offset: u64,
-    /// False for Sync events that carry no generation (Go's nil table).
-    pub has_table: bool,
 }
+
+const _: () = assert!(std::mem::size_of::<OrderedEvent>() == 80);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Seq {
@@ -127,7 +131,8 @@ struct GState {
     id: i64,
     status: u64,
     seq: Seq,
-    regions: Vec<(u64, Box<[u8]>)>,
+    /// Active regions: (task, interned name).
+    regions: Vec<(u64, u32)>,
     ranges: RangeState,
 }
 
@@ -142,19 +147,19 @@ impl GState {
         }
     }
 
-    fn end_region(&mut self, task: u64, name: &[u8]) -> Result<(), String> {
+    fn end_region(&mut self, task: u64, name: u32, names: &Names) -> Result<(), String> {
         let Some(last) = self.regions.last() else {
             // Regions that began before tracing started are unknown.
             return Ok(());
         };
-        if last.0 != task || &*last.1 != name {
+        if last.0 != task || last.1 != name {
             return Err(format!(
                 "misuse of region in goroutine {}: region end {{{} {}}} when the inner-most active region start event is {{{} {}}}",
                 self.id,
                 task,
-                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(names.get(name)),
                 last.0,
-                String::from_utf8_lossy(&last.1)
+                String::from_utf8_lossy(names.get(last.1))
             ));
         }
         self.regions.pop();
@@ -177,8 +182,55 @@ struct MState {
 
 #[derive(Debug)]
 struct TaskState {
-    name: Box<[u8]>,
+    /// Interned name.
+    name: u32,
     parent: u64,
+}
+
+/// Task and region names, interned: Go compares them by value across
+/// generations (whose string IDs differ), and interning spares an allocation
+/// per task and region. Grows with the number of distinct names.
+#[derive(Debug, Default)]
+pub(crate) struct Names {
+    ids: std::collections::HashMap<Box<[u8]>, u32>,
+    list: Vec<Box<[u8]>>,
+    /// This generation's string ID -> name.
+    by_sid: IdMap<u64, u32>,
+    /// Name -> this generation's extra-string ID.
+    extra: IdMap<u32, u64>,
+}
+
+impl Names {
+    fn intern(&mut self, sid: u64, tables: &Tables) -> Option<u32> {
+        if let Some(&n) = self.by_sid.get(&sid) {
+            return Some(n);
+        }
+        let bytes = tables.string(sid)?;
+        let n = match self.ids.get(bytes) {
+            Some(&n) => n,
+            None => {
+                let n = self.list.len() as u32;
+                self.list.push(bytes.into());
+                self.ids.insert(bytes.into(), n);
+                n
+            }
+        };
+        self.by_sid.insert(sid, n);
+        Some(n)
+    }
+
+    fn get(&self, n: u32) -> &[u8] {
+        self.list.get(n as usize).map(|b| &**b).unwrap_or(&[])
+    }
+
+    fn extra_string(&mut self, n: u32, tables: &mut Tables) -> u64 {
+        if let Some(&id) = self.extra.get(&n) {
+            return id;
+        }
+        let id = tables.add_extra_string(self.list.get(n as usize).map(|b| &**b).unwrap_or(&[]));
+        self.extra.insert(n, id);
+        id
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +305,7 @@ pub(crate) struct Ordering {
     m_slots: Vec<(i64, Option<MState>)>,
     m_index: IdMap<i64, u32>,
     active_tasks: IdMap<u64, TaskState>,
+    names: Names,
     gc_seq: u64,
     gc_state: GcState,
     initial_gen: u64,
@@ -273,6 +326,7 @@ impl Ordering {
             m_slots: Vec::new(),
             m_index: IdMap::default(),
             active_tasks: IdMap::default(),
+            names: Names::default(),
             gc_seq: 0,
             gc_state: GcState::Undetermined,
             initial_gen: 0,
@@ -280,6 +334,12 @@ impl Ordering {
             queue_head: 0,
             cur_offset: 0,
         }
+    }
+
+    /// Called when a new generation (with new string IDs) is installed.
+    pub(crate) fn new_generation(&mut self) {
+        self.names.by_sid.clear();
+        self.names.extra.clear();
     }
 
     /// The slot of thread `m`, created (without state) if new.
@@ -333,12 +393,12 @@ impl Ordering {
         }
     }
 
-    fn push(&mut self, base: BaseEvent, ctx: SchedCtx) {
+    fn push(&mut self, mut base: BaseEvent, ctx: SchedCtx) {
+        base.has_table = true;
         self.queue.push(OrderedEvent {
             base,
             ctx,
             offset: self.cur_offset,
-            has_table: true,
         });
     }
 
@@ -791,6 +851,7 @@ impl Ordering {
         let mk = |typ: u8, args: &[u64]| {
             let mut b = BaseEvent {
                 typ,
+                has_table: true,
                 time: e.time,
                 args: [0; 4],
             };
@@ -942,6 +1003,7 @@ impl Ordering {
             new_ctx.p = NO_PROC;
             let mut extra_ev = BaseEvent {
                 typ: ev::PROC_STEAL,
+                has_table: true,
                 time: e.time,
                 args: [cur.p as u64, 0, 0, 0],
             };
@@ -968,16 +1030,10 @@ impl Ordering {
             e.args[1] = NO_TASK;
         }
         let name_id = e.args[2];
-        let Some(name) = tables.string(name_id) else {
+        let Some(name) = self.names.intern(name_id, tables) else {
             return Err(format!("invalid string ID {name_id} for {} event", e.typ));
         };
-        self.active_tasks.insert(
-            id,
-            TaskState {
-                name: name.into(),
-                parent,
-            },
-        );
+        self.active_tasks.insert(id, TaskState { name, parent });
         validate_ctx(cur, USER_GO_REQS)?;
         self.push(*e, cur);
         Ok((cur, true))
@@ -992,7 +1048,7 @@ impl Ordering {
         let id = e.args[0];
         if let Some(ts) = self.active_tasks.remove(&id) {
             set_extra(e, 0, ts.parent);
-            let sid = tables.add_extra_string(&ts.name);
+            let sid = self.names.extra_string(ts.name, tables);
             set_extra(e, 1, sid);
         } else {
             set_extra(e, 0, NO_TASK);
@@ -1012,7 +1068,7 @@ impl Ordering {
         validate_ctx(cur, USER_GO_REQS)?;
         let tid = e.args[0];
         let name_id = e.args[1];
-        let Some(name) = tables.string(name_id) else {
+        let Some(name) = self.names.intern(name_id, tables) else {
             return Err(format!("invalid string ID {name_id} for {} event", e.typ));
         };
         let Some(g) = self.g_states.get_mut(&cur.g) else {
@@ -1021,7 +1077,7 @@ impl Ordering {
                 cur.g
             ));
         };
-        g.regions.push((tid, name.into()));
+        g.regions.push((tid, name));
         self.push(*e, cur);
         Ok((cur, true))
     }
@@ -1035,7 +1091,7 @@ impl Ordering {
         validate_ctx(cur, USER_GO_REQS)?;
         let tid = e.args[0];
         let name_id = e.args[1];
-        let Some(name) = tables.string(name_id) else {
+        let Some(name) = self.names.intern(name_id, tables) else {
             return Err(format!("invalid string ID {name_id} for {} event", e.typ));
         };
         let Some(g) = self.g_states.get_mut(&cur.g) else {
@@ -1044,7 +1100,7 @@ impl Ordering {
                 cur.g
             ));
         };
-        g.end_region(tid, name)?;
+        g.end_region(tid, name, &self.names)?;
         self.push(*e, cur);
         Ok((cur, true))
     }

@@ -1,13 +1,14 @@
 //! The streaming reader: a port of `internal/trace/reader.go` and
 //! `batchcursor.go`. It holds one generation at a time.
 
+use std::fs::File;
 use std::io::Read;
 
 use super::DecodeError;
 use super::cursor::{Source, uvarint};
 use super::event::Event;
 use super::generation::{
-    GenError, Generation, RawBatch, read_generation, read_generation_with_spill,
+    Batch, GenError, Generation, RawBatch, read_generation, read_generation_with_spill,
 };
 use super::order::{BaseEvent, OrderedEvent, Ordering, SchedCtx};
 use super::spec::{NUM_SPECS, SPECS, Version, ev};
@@ -56,6 +57,10 @@ fn read_timed_base_event(b: &[u8], e: &mut BaseEvent) -> Result<(usize, u64), St
 
 #[derive(Debug, Clone)]
 struct BatchCursor {
+    /// Data of the current batch when it is read from the file lazily.
+    buf: Vec<u8>,
+    /// Which batch (index into `Generation::batches`) `buf` holds.
+    buf_batch: Option<u32>,
     m: i64,
     /// The thread's slot in the ordering.
     m_slot: u32,
@@ -70,17 +75,17 @@ struct BatchCursor {
 
 impl BatchCursor {
     #[inline]
-    fn next_event(&mut self, g: &Generation) -> Result<bool, GenError> {
+    fn next_event(&mut self, g: &Generation, file: Option<&File>) -> Result<bool, GenError> {
         let Some((_, list)) = g.per_m.get(self.mi) else {
             return Ok(false);
         };
-        let b = loop {
+        let (bi, b) = loop {
             let Some(&bi) = list.get(self.idx) else {
                 return Ok(false);
             };
             let b = &g.batches[bi as usize];
-            if b.data.len() != self.data_off {
-                break b;
+            if b.len != self.data_off {
+                break (bi, b);
             }
             self.idx += 1;
             self.data_off = 0;
@@ -90,7 +95,16 @@ impl BatchCursor {
         if self.last_ts == 0 {
             self.last_ts = freq_mul(freq, b.time);
         }
-        let data = b.data.get(self.data_off..).unwrap_or(&[]);
+        let all: &[u8] = if b.data.len() == b.len {
+            &b.data
+        } else {
+            if self.buf_batch != Some(bi) {
+                load_batch(&mut self.buf, file, b)?;
+                self.buf_batch = Some(bi);
+            }
+            &self.buf
+        };
+        let data = all.get(self.data_off..).unwrap_or(&[]);
         let off = b.offset + self.data_off as u64;
         let (n, tsdiff) =
             read_timed_base_event(data, &mut self.ev).map_err(|m| GenError::new(off, m))?;
@@ -100,6 +114,24 @@ impl BatchCursor {
         self.ev_offset = off;
         Ok(true)
     }
+}
+
+/// Reads a batch's data from the file (lazy mode).
+fn load_batch(buf: &mut Vec<u8>, file: Option<&File>, b: &Batch) -> Result<(), GenError> {
+    use std::os::unix::fs::FileExt;
+    let Some(file) = file else {
+        return Err(GenError::new(
+            b.offset,
+            "internal error: batch data not loaded",
+        ));
+    };
+    buf.clear();
+    buf.resize(b.len, 0);
+    file.read_exact_at(buf, b.offset).map_err(|e| GenError {
+        offset: b.offset,
+        msg: "reading batch data".into(),
+        io: Some(e),
+    })
 }
 
 /// The frontier: a binary min-heap (by next event time) of indices into the
@@ -181,6 +213,14 @@ pub struct ReadStats {
     pub events: u64,
 }
 
+/// What an [`Event`] refers to: the current event and its generation.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) cur: OrderedEvent,
+    pub(crate) generation: Option<Generation>,
+    pub(crate) ver: Version,
+}
+
 /// A streaming reader of Go 1.22+ execution traces.
 ///
 /// It yields the same event stream as Go's `internal/trace.Reader` (and
@@ -188,9 +228,8 @@ pub struct ReadStats {
 /// same timestamps. It holds one generation of the trace in memory at a time.
 pub struct Reader<R: Read> {
     src: Source<R>,
-    ver: Version,
+    core: Core,
     last_ts: i64,
-    generation: Option<Generation>,
     /// Whether a generation was ever installed (Go's `r.gen != nil` test in
     /// the pre-1.26 path; we drop generations as soon as they are done).
     had_generation: bool,
@@ -206,14 +245,16 @@ pub struct Reader<R: Read> {
     spill_err_sync: bool,
     /// Set once an error was returned: the reader is fused.
     failed: Option<String>,
-    cur: OrderedEvent,
     stats: ReadStats,
+    /// In file mode, a handle to read event batches from when they are
+    /// needed, instead of holding a whole generation in memory.
+    file: Option<File>,
 }
 
 impl<R: Read> std::fmt::Debug for Reader<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
-            .field("version", &self.ver)
+            .field("version", &self.core.ver)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -225,6 +266,22 @@ const NO_CTX: SchedCtx = SchedCtx {
     m: NO_THREAD,
 };
 
+impl Reader<File> {
+    /// A reader over a trace file that reads each batch of events from the
+    /// file when it gets to it (with `pread`), instead of holding the whole
+    /// generation in memory: memory stays at the generation's string and
+    /// stack tables plus one batch (at most 64 KiB) per thread. The event
+    /// stream is the same as with [`Reader::new`].
+    pub fn from_file(file: File) -> Result<Self, DecodeError> {
+        let handle = file
+            .try_clone()
+            .map_err(|source| DecodeError::Io { offset: 0, source })?;
+        let mut r = Reader::new(file)?;
+        r.file = Some(handle);
+        Ok(r)
+    }
+}
+
 impl<R: Read> Reader<R> {
     /// Reads the header and prepares to read events.
     pub fn new(r: R) -> Result<Self, DecodeError> {
@@ -232,9 +289,16 @@ impl<R: Read> Reader<R> {
         let ver = read_header(&mut src)?;
         Ok(Reader {
             src,
-            ver,
+            core: Core {
+                cur: OrderedEvent {
+                    base: BaseEvent::default(),
+                    ctx: NO_CTX,
+                    offset: 0,
+                },
+                generation: None,
+                ver,
+            },
             last_ts: 0,
-            generation: None,
             had_generation: false,
             cursors: Vec::new(),
             frontier: Vec::new(),
@@ -247,19 +311,14 @@ impl<R: Read> Reader<R> {
             spill_err: None,
             spill_err_sync: false,
             failed: None,
-            cur: OrderedEvent {
-                base: BaseEvent::default(),
-                ctx: NO_CTX,
-                offset: 0,
-                has_table: false,
-            },
             stats: ReadStats::default(),
+            file: None,
         })
     }
 
     /// The trace's Go version (the `N` in Go 1.N).
     pub fn go_version(&self) -> u32 {
-        self.ver.0
+        self.core.ver.0
     }
 
     /// What was read so far.
@@ -287,14 +346,7 @@ impl<R: Read> Reader<R> {
             Ok(false) => Ok(None),
             Ok(true) => {
                 self.stats.events += 1;
-                let g = self.generation.as_ref();
-                let tables = if self.cur.has_table {
-                    g.map(|g| &g.tables)
-                } else {
-                    None
-                };
-                let gnum = g.map(|g| g.gnum).unwrap_or(0);
-                Ok(Some(Event::new(&self.cur, tables, gnum, self.ver)))
+                Ok(Some(Event::new(&self.core)))
             }
             Err(err) => {
                 self.failed = Some(err.to_string());
@@ -307,9 +359,9 @@ impl<R: Read> Reader<R> {
     /// make timestamps strictly increasing.
     #[inline]
     fn fixup(&mut self) -> Result<(), DecodeError> {
-        let e = &mut self.cur;
+        let e = &mut self.core.cur;
         if e.base.typ != ev::SYNC_EVENT
-            && let Some(g) = &self.generation
+            && let Some(g) = &self.core.generation
         {
             let spec = &SPECS[e.base.typ as usize];
             for &i in spec.stack_ids {
@@ -340,37 +392,38 @@ impl<R: Read> Reader<R> {
 
     fn sync_event(&mut self, has_table: bool, time: i64) -> bool {
         self.syncs += 1;
-        self.cur = OrderedEvent {
+        self.core.cur = OrderedEvent {
             base: BaseEvent {
                 typ: ev::SYNC_EVENT,
+                has_table,
                 time,
                 args: [self.syncs, 0, 0, 0],
             },
             ctx: NO_CTX,
             offset: self.src.offset(),
-            has_table,
         };
         true
     }
 
-    /// Produces the next event into `self.cur`; false at the end.
+    /// Produces the next event into `self.core.cur`; false at the end.
     #[inline]
     fn step(&mut self) -> Result<bool, DecodeError> {
         if self.done {
             return Ok(false);
         }
         if let Some(e) = self.order.next() {
-            self.cur = e;
+            self.core.cur = e;
             return Ok(true);
         }
         let cpu_left = self
+            .core
             .generation
             .as_ref()
             .is_some_and(|g| self.cpu_next < g.cpu_samples.len());
         if self.frontier.is_empty() && !cpu_left {
             return self.next_generation();
         }
-        let Some(g) = self.generation.as_ref() else {
+        let Some(g) = self.core.generation.as_ref() else {
             return Err(DecodeError::invalid(
                 self.src.offset(),
                 "internal error: no generation",
@@ -381,9 +434,10 @@ impl<R: Read> Reader<R> {
             && (self.frontier.is_empty() || s.time < time_of(&self.cursors, self.frontier[0]))
         {
             self.cpu_next += 1;
-            self.cur = OrderedEvent {
+            self.core.cur = OrderedEvent {
                 base: BaseEvent {
                     typ: ev::CPU_SAMPLE,
+                    has_table: true,
                     time: s.time,
                     args: [s.stack, 0, 0, 0],
                 },
@@ -393,7 +447,6 @@ impl<R: Read> Reader<R> {
                     m: s.m,
                 },
                 offset: s.offset,
-                has_table: true,
             };
             return Ok(true);
         }
@@ -421,7 +474,7 @@ impl<R: Read> Reader<R> {
         }
         match self.order.next() {
             Some(e) => {
-                self.cur = e;
+                self.core.cur = e;
                 Ok(true)
             }
             None => Err(DecodeError::invalid(
@@ -433,15 +486,15 @@ impl<R: Read> Reader<R> {
 
     fn next_generation(&mut self) -> Result<bool, DecodeError> {
         // The previous generation is done: free it before reading the next.
-        self.generation = None;
+        self.core.generation = None;
         self.cursors.clear();
-        if self.ver < Version::GO126 {
+        if self.core.ver < Version::GO126 {
             return self.next_gen_with_spill();
         }
         if let Some(e) = self.read_gen_err.take() {
             return Err(e.into());
         }
-        match read_generation(&mut self.src, self.ver) {
+        match read_generation(&mut self.src, self.core.ver, self.file.is_some()) {
             Err(e) => {
                 self.read_gen_err = Some(e);
                 Ok(self.sync_event(false, self.last_ts))
@@ -453,7 +506,7 @@ impl<R: Read> Reader<R> {
     fn stuck_error(&self) -> DecodeError {
         use std::fmt::Write;
         let mut s = String::new();
-        let gnum = self.generation.as_ref().map(|g| g.gnum).unwrap_or(0);
+        let gnum = self.core.generation.as_ref().map(|g| g.gnum).unwrap_or(0);
         let _ = write!(s, "broken trace: failed to advance: frontier: [gen={gnum}]");
         for &ci in &self.frontier {
             let bc = &self.cursors[ci as usize];
@@ -474,7 +527,7 @@ impl<R: Read> Reader<R> {
 
     #[inline]
     fn try_advance(&mut self, i: usize) -> Result<bool, DecodeError> {
-        let Some(g) = self.generation.as_mut() else {
+        let Some(g) = self.core.generation.as_mut() else {
             return Ok(false);
         };
         let ci = self.frontier[i] as usize;
@@ -493,7 +546,7 @@ impl<R: Read> Reader<R> {
         if !ok {
             return Ok(false);
         }
-        if bc.next_event(g)? {
+        if bc.next_event(g, self.file.as_ref())? {
             heap_update(&mut self.frontier, &self.cursors, i);
         } else {
             heap_remove(&mut self.frontier, &self.cursors, i);
@@ -515,7 +568,7 @@ impl<R: Read> Reader<R> {
             return Ok(self.sync_event(false, self.last_ts));
         }
         let spill = self.spill.take();
-        match read_generation_with_spill(&mut self.src, spill, self.ver) {
+        match read_generation_with_spill(&mut self.src, spill, self.core.ver, self.file.is_some()) {
             Err(e) => {
                 self.spill_err = Some(e);
                 self.spill_err_sync = true;
@@ -536,11 +589,14 @@ impl<R: Read> Reader<R> {
         };
         self.stats.generations += 1;
         self.had_generation = true;
+        self.order.new_generation();
         self.cpu_next = 0;
         self.frontier.clear();
         self.cursors.clear();
         for (mi, (m, _)) in g.per_m.iter().enumerate() {
             let mut bc = BatchCursor {
+                buf: Vec::new(),
+                buf_batch: None,
                 m: *m,
                 m_slot: self.order.m_slot(*m),
                 mi,
@@ -550,7 +606,7 @@ impl<R: Read> Reader<R> {
                 ev: BaseEvent::default(),
                 ev_offset: 0,
             };
-            if !bc.next_event(&g)? {
+            if !bc.next_event(&g, self.file.as_ref())? {
                 continue;
             }
             self.cursors.push(bc);
@@ -558,7 +614,7 @@ impl<R: Read> Reader<R> {
             heap_insert(&mut self.frontier, &self.cursors, ci);
         }
         let t = freq_mul(g.tables.freq, g.min_ts);
-        self.generation = Some(g);
+        self.core.generation = Some(g);
         Ok(self.sync_event(true, t))
     }
 }

@@ -95,7 +95,16 @@ pub fn trace_to_spans(
     opts: &SpanOptions,
     sink: &mut dyn FnMut(SpanData),
 ) -> Result<SpanSummary, DecodeError> {
-    let mut r = Reader::new(input)?;
+    reader_to_spans(Reader::new(input)?, opts, sink)
+}
+
+/// [`trace_to_spans`] over a reader already made (e.g.
+/// [`Reader::from_file`], which keeps memory low on large files).
+pub fn reader_to_spans<R: Read>(
+    mut r: Reader<R>,
+    opts: &SpanOptions,
+    sink: &mut dyn FnMut(SpanData),
+) -> Result<SpanSummary, DecodeError> {
     let mut m = Mapper::new(opts, sink);
     while let Some(e) = r.read_event()? {
         m.summary.events += 1;
