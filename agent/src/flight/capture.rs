@@ -383,3 +383,220 @@ impl FlightCapture {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use agent_common::flight::VARIANT_RUNTIME;
+
+    use super::*;
+
+    fn bytes_of<T: Copy>(t: &T) -> Vec<u8> {
+        // SAFETY: the flight records are #[repr(C)] integers with no padding
+        // (sizes asserted in agent-common): every byte is initialised.
+        unsafe { std::slice::from_raw_parts((t as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn header(kind: u32, ktime: u64) -> EventHeader {
+        EventHeader {
+            kind,
+            target: 3,
+            tid: 100,
+            site: VARIANT_RUNTIME,
+            goid: 42,
+            ktime_ns: ktime,
+        }
+    }
+
+    const ID: u64 = 0x1234;
+
+    fn start() -> Vec<u8> {
+        bytes_of(&FlightStart {
+            header: header(KIND_FLIGHT_START, 1_000),
+            dump_id: ID,
+            recorder: 0xc000,
+            writer_itab: 0x77,
+            writer_data: 0xc100,
+            writer_type: 0,
+        })
+    }
+
+    fn chunk(seq: u32, offset: u64, data: &[u8], pad_to: usize) -> Vec<u8> {
+        let mut out = bytes_of(&FlightChunkHeader {
+            header: header(KIND_FLIGHT_CHUNK, 2_000),
+            dump_id: ID,
+            offset,
+            seq,
+            len: data.len() as u32,
+            write_index: seq,
+            flags: 0,
+        });
+        out.extend_from_slice(data);
+        out.resize(64 + pad_to, 0);
+        out
+    }
+
+    fn end(returned: i64, offered: u64, chunks: u32, lost: u32, err: bool) -> Vec<u8> {
+        bytes_of(&FlightEnd {
+            header: header(KIND_FLIGHT_END, 3_000),
+            dump_id: ID,
+            returned,
+            err_itab: u64::from(err),
+            err_data: 0,
+            offered,
+            lost_bytes: u64::from(lost) * 4,
+            chunks,
+            writes: chunks,
+            lost_chunks: lost,
+            failed_chunks: 0,
+        })
+    }
+
+    fn capture() -> FlightCapture {
+        let mut c = FlightCapture::new(CaptureOptions::default());
+        c.targets.insert(
+            3,
+            TargetInfo {
+                pid: 77,
+                writer_itabs: [(0x77, "*os.File".to_owned())].into(),
+                types: TypeNames::default(),
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn whole_dump_in_order_is_complete() {
+        let mut c = capture();
+        assert!(c.on_bytes(&start()).is_none());
+        assert!(c.on_bytes(&chunk(0, 0, b"go 1.26 ", 256)).is_none());
+        assert!(c.on_bytes(&chunk(1, 8, b"trace", 256)).is_none());
+        let d = c.on_bytes(&end(13, 13, 2, 0, false)).expect("dump");
+        assert!(d.complete, "{:?}", d.problems);
+        assert_eq!(d.bytes, b"go 1.26 trace");
+        assert_eq!((d.pid, d.goid, d.tid, d.slot), (77, 42, 100, 3));
+        assert_eq!(d.id, "77-1234");
+        assert_eq!(d.writer.as_deref(), Some("*os.File"));
+        assert_eq!((d.start_ktime_ns, d.end_ktime_ns), (1_000, 3_000));
+        assert_eq!(c.open_dumps(), 0);
+    }
+
+    #[test]
+    fn a_missing_chunk_is_reported_never_silently_partial() {
+        let mut c = capture();
+        c.on_bytes(&start());
+        c.on_bytes(&chunk(0, 0, b"abcd", 256));
+        c.on_bytes(&chunk(2, 8, b"ijkl", 256));
+        let d = c.on_bytes(&end(12, 12, 3, 0, false)).expect("dump");
+        assert!(!d.complete);
+        assert!(
+            d.problems.iter().any(|p| p.contains("1 chunks missing")),
+            "{:?}",
+            d.problems
+        );
+        assert!(
+            d.problems
+                .iter()
+                .any(|p| p.contains("2 chunks received, the kernel wrote 3"))
+        );
+        // The offsets stay right: zeroes stand in for the gap.
+        assert_eq!(d.bytes, b"abcd\0\0\0\0ijkl");
+    }
+
+    #[test]
+    fn kernel_side_losses_and_a_lost_start_are_reported() {
+        let mut c = capture();
+        c.on_bytes(&chunk(0, 0, b"abcd", 256));
+        let d = c.on_bytes(&end(8, 8, 2, 1, false)).expect("dump");
+        assert!(!d.complete);
+        assert!(
+            d.problems.iter().any(|p| p.contains("lost in the kernel")),
+            "{:?}",
+            d.problems
+        );
+        assert!(
+            d.problems
+                .iter()
+                .any(|p| p.contains("start of the dump was not seen"))
+        );
+    }
+
+    #[test]
+    fn a_failed_write_keeps_what_the_writer_accepted() {
+        let mut c = capture();
+        c.on_bytes(&start());
+        c.on_bytes(&chunk(0, 0, b"abcdefgh", 256));
+        let d = c.on_bytes(&end(5, 8, 1, 0, true)).expect("dump");
+        assert!(d.complete, "{:?}", d.problems);
+        assert!(d.write_error);
+        assert_eq!(d.bytes, b"abcde");
+    }
+
+    #[test]
+    fn a_dump_without_an_end_expires_incomplete() {
+        let mut c = capture();
+        c.on_bytes(&start());
+        c.on_bytes(&chunk(0, 0, b"abcd", 256));
+        assert!(c.expire(2_000 + 1_000_000_000).is_empty());
+        let expired = c.expire(2_000 + 31_000_000_000);
+        assert_eq!(expired.len(), 1);
+        assert!(!expired[0].complete);
+        assert_eq!(expired[0].returned, -1);
+        assert!(
+            expired[0]
+                .problems
+                .iter()
+                .any(|p| p.contains("return was not seen"))
+        );
+        assert_eq!(c.open_dumps(), 0);
+    }
+
+    #[test]
+    fn truncated_and_foreign_records_are_counted_not_trusted() {
+        let mut c = capture();
+        assert!(c.on_bytes(&[1, 2, 3]).is_none());
+        let mut short = chunk(0, 0, b"abcd", 256);
+        short.truncate(66);
+        assert!(c.on_bytes(&short).is_none());
+        assert_eq!(c.bad_records, 2);
+        // Another family's record is ignored.
+        let other = bytes_of(&header(1, 5));
+        assert!(c.on_bytes(&other).is_none());
+        assert_eq!(c.bad_records, 2);
+    }
+
+    #[test]
+    fn too_many_open_dumps_are_dropped_and_counted() {
+        let mut c = FlightCapture::new(CaptureOptions {
+            max_open_dumps: 1,
+            ..CaptureOptions::default()
+        });
+        c.on_bytes(&start());
+        let mut other = FlightStart {
+            header: header(KIND_FLIGHT_START, 1_500),
+            dump_id: ID + 1,
+            ..FlightStart::default()
+        };
+        other.header.goid = 43;
+        c.on_bytes(&bytes_of(&other));
+        assert_eq!(c.dropped_dumps, 1);
+        assert_eq!(c.open_dumps(), 1);
+    }
+
+    #[test]
+    fn a_dump_over_the_byte_limit_is_incomplete() {
+        let mut c = FlightCapture::new(CaptureOptions {
+            max_dump_bytes: 6,
+            ..CaptureOptions::default()
+        });
+        c.on_bytes(&start());
+        c.on_bytes(&chunk(0, 0, b"abcd", 256));
+        c.on_bytes(&chunk(1, 4, b"efgh", 256));
+        let d = c.on_bytes(&end(8, 8, 2, 0, false)).expect("dump");
+        assert!(!d.complete);
+        assert!(
+            d.problems.iter().any(|p| p.contains("capture limit")),
+            "{:?}",
+            d.problems
+        );
+    }
+}

@@ -51,12 +51,17 @@ pub fn interface_calls(code: &[u8], ip: u64) -> Vec<u64> {
         // Drop registers this instruction overwrites, then add the loaded one.
         if ins.op_count() > 0 && ins.op0_kind() == OpKind::Register {
             let dst = ins.op0_register().full_register();
+            // A register-to-register copy of a loaded pointer carries it.
+            let copied = ins.mnemonic() == Mnemonic::Mov
+                && ins.op_count() == 2
+                && ins.op1_kind() == OpKind::Register
+                && loaded_fun0.contains(&ins.op1_register().full_register());
             loaded_fun0.retain(|r| *r != dst);
-            if ins.mnemonic() == Mnemonic::Mov
+            let loaded = ins.mnemonic() == Mnemonic::Mov
                 && ins.op_count() == 2
                 && ins.op1_kind() == OpKind::Memory
-                && is_fun0_load(&ins)
-            {
+                && is_fun0_load(&ins);
+            if loaded || copied {
                 loaded_fun0.push(dst);
             }
         }
@@ -95,6 +100,11 @@ mod tests {
         // call [rdx+0x18]
         let direct = [0xff, 0x52, 0x18];
         assert_eq!(interface_calls(&direct, 0), vec![0]);
+        // Go 1.26 x/exp: mov rcx, [rcx+0x18]; mov rbx, rax; mov rdx, rcx; call rdx
+        let copied = [
+            0x48, 0x8b, 0x49, 0x18, 0x48, 0x89, 0xc3, 0x48, 0x89, 0xca, 0xff, 0xd2,
+        ];
+        assert_eq!(interface_calls(&copied, 0), vec![10]);
         // The register is overwritten between the load and the call.
         let clobbered = [0x48, 0x8b, 0x52, 0x18, 0x31, 0xd2, 0xff, 0xd2];
         assert!(interface_calls(&clobbered, 0).is_empty());

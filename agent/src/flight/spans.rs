@@ -128,3 +128,64 @@ pub fn save_dump(
     fs::rename(&tmp, &path).map_err(save_err)?;
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_say_pid_time_id_and_completeness() {
+        let clock = WallClock::with_offset_ns(1_700_000_000_000_000_000);
+        let mut dump = CompletedDump {
+            slot: 0,
+            pid: 9,
+            dump_id: 0xff,
+            id: "9-ff".to_owned(),
+            recorder: "runtime/trace",
+            goid: 1,
+            tid: 9,
+            start_ktime_ns: 1_000_000,
+            end_ktime_ns: 2_000_000,
+            writer: Some("*os.File".to_owned()),
+            writer_itab: 1,
+            writer_data: 2,
+            bytes: Vec::new(),
+            returned: 0,
+            offered: 0,
+            writes: 1,
+            chunks: 1,
+            write_error: false,
+            complete: true,
+            problems: Vec::new(),
+        };
+        assert_eq!(
+            dump_file_name(&dump, &clock),
+            "9-20231114T221320.002Z-ff.trace"
+        );
+        dump.complete = false;
+        assert_eq!(
+            dump_file_name(&dump, &clock),
+            "9-20231114T221320.002Z-ff.incomplete.trace"
+        );
+        let attrs = dump_attributes(&dump, &clock);
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.clone())
+        };
+        assert_eq!(get("flight_recorder.dump.id"), Some("9-ff".into()));
+        assert_eq!(
+            get("flight_recorder.dump.time"),
+            Some("2023-11-14T22:13:20.002Z".into())
+        );
+        assert_eq!(get("flight_recorder.dump.size"), Some(0i64.into()));
+        assert_eq!(get("flight_recorder.dump.complete"), Some(false.into()));
+        assert_eq!(get("flight_recorder.dump.writer"), Some("*os.File".into()));
+        // Not a trace: an error, not a panic.
+        assert!(matches!(
+            dump_to_spans(&dump, &DumpSpanOptions::default(), &mut |_| {}),
+            Err(FlightError::Decode(_))
+        ));
+    }
+}
