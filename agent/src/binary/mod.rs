@@ -4,11 +4,15 @@
 //! - [`GoBinary::build_info`]: Go version, modules, build settings
 //!   (`.go.buildinfo`, present even in stripped binaries).
 //! - [`GoBinary::function`]: a function's address and size, from `.symtab`
-//!   or, in stripped binaries, `.gopclntab` (Go 1.16/1.18/1.20 layouts).
+//!   or, in stripped binaries, `.gopclntab` (Go 1.16/1.18/1.20 layouts;
+//!   found by section, symbol or scan; entry offsets based on `runtime.text`
+//!   from the symbol, the moduledata or its PIE relocations, so externally
+//!   linked cgo binaries resolve correctly).
 //! - [`GoBinary::struct_field_offset`]: DWARF first, else the per-Go-version
 //!   table, else an error (never a silent zero).
 //! - [`GoBinary::entry_site`] / [`GoBinary::return_sites`]: where to put
 //!   uprobes, preferring instructions the kernel emulates.
+//! - [`inspect`]: all of the above for the built-in probes (`agent inspect`).
 //!
 //! The file is memory-mapped once; nothing is copied except DWARF (which
 //! must be decompressed), and that only on the first offset query.

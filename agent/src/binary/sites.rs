@@ -1,11 +1,16 @@
 //! Probe sites: where in a function a uprobe costs least.
 //!
 //! The kernel emulates a few x86 instructions under a uprobe (direct
-//! `call`, `jmp`, `jcc`, `nop`, `push reg`: ~0.7 us per hit here) and
-//! single-steps the rest out of line (~9 us). A Go function starts with
+//! `call`, `jmp`, `jcc`, the `x86_nops` encodings, `push reg`) and
+//! single-steps the rest out of line, roughly 13x dearer (BENCHMARKS.md,
+//! "Cost per uprobe hit by site kind"). A Go function starts with
 //! `cmp rsp, [r14+10h]` (single-stepped), then the `jbe` to morestack
 //! (emulated), then `push rbp` (emulated): probing the `jbe` sees the same
 //! argument registers as the entry, because `cmp` writes only flags.
+//!
+//! The `jbe` runs on every call, like the entry. When the stack must grow,
+//! morestack restarts the function from its entry, so the site is hit once
+//! more for that call: exactly as an entry probe would be.
 
 use iced_x86::{
     Code, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, InstructionInfoFactory,
