@@ -53,6 +53,7 @@ cat "$trace" >/dev/null
 for ((i = 0; i < runs; i++)); do
     measure rust "$rust_bin" "$trace"
     measure go "$go_bin" -count "$trace"
+    measure stream "$rust_bin" --stream "$trace"
 done
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
@@ -60,25 +61,32 @@ rust_s=$(cut -d' ' -f1 "$tmp/rust" | median)
 go_s=$(cut -d' ' -f1 "$tmp/go" | median)
 rust_kb=$(cut -d' ' -f2 "$tmp/rust" | median)
 go_kb=$(cut -d' ' -f2 "$tmp/go" | median)
+stream_s=$(cut -d' ' -f1 "$tmp/stream" | median)
+stream_kb=$(cut -d' ' -f2 "$tmp/stream" | median)
+stream_cpu=$(cut -d' ' -f3 "$tmp/stream" | median)
 rust_cpu=$(cut -d' ' -f3 "$tmp/rust" | median)
 go_cpu=$(cut -d' ' -f3 "$tmp/go" | median)
 rust_ev=$(cut -d' ' -f4 "$tmp/rust" | sort -u)
 go_ev=$(cut -d' ' -f4 "$tmp/go" | sort -u)
+stream_ev=$(cut -d' ' -f4 "$tmp/stream" | sort -u)
 load=$(cut -d' ' -f1-3 /proc/loadavg)
-if [[ "$rust_ev" != "$go_ev" || $(echo "$rust_ev" | wc -l) != 1 ]]; then
-    echo "event counts disagree: rust=[$rust_ev] go=[$go_ev]" >&2
+if [[ "$rust_ev" != "$go_ev" || "$stream_ev" != "$go_ev" || $(echo "$rust_ev" | wc -l) != 1 ]]; then
+    echo "event counts disagree: rust=[$rust_ev] stream=[$stream_ev] go=[$go_ev]" >&2
     exit 1
 fi
 
 report=$(
     awk -v b="$bytes" -v ev="$rust_ev" -v rs="$rust_s" -v gs="$go_s" -v rk="$rust_kb" -v gk="$go_kb" \
-        -v rc="$rust_cpu" -v gc="$go_cpu" -v n="$runs" -v load="$load" 'BEGIN {
+        -v rc="$rust_cpu" -v gc="$go_cpu" -v n="$runs" -v load="$load" \
+        -v ss="$stream_s" -v sk="$stream_kb" -v sc="$stream_cpu" 'BEGIN {
         mb = b / 1e6
         printf "| reader | median wall (s) | MB/s | events/s | median CPU (s) | peak RSS (MB) |\n"
         printf "|---|---:|---:|---:|---:|---:|\n"
-        printf "| agent::gotrace (`decode_bench`) | %.2f | %.1f | %.2fM | %.2f | %.1f |\n", rs, mb / rs, ev / rs / 1e6, rc, rk / 1024
+        printf "| agent::gotrace, `Reader::from_file` (`decode_bench`) | %.2f | %.1f | %.2fM | %.2f | %.1f |\n", rs, mb / rs, ev / rs / 1e6, rc, rk / 1024
+        printf "| agent::gotrace, `Reader::new` over `io::Read` (`decode_bench --stream`) | %.2f | %.1f | %.2fM | %.2f | %.1f |\n", ss, mb / ss, ev / ss / 1e6, sc, sk / 1024
         printf "| Go x/exp/trace (`tracedump -count`) | %.2f | %.1f | %.2fM | %.2f | %.1f |\n", gs, mb / gs, ev / gs / 1e6, gc, gk / 1024
-        printf "\nThroughput (wall): **%.2fx** Go'\''s (target >= 2x); CPU time: %.2fx less. Peak memory: **%.2f** of Go'\''s (target <= 0.25).\n", gs / rs, gc / rc, rk / gk
+        printf "\n`from_file`: throughput (wall) **%.2fx** Go'\''s (target >= 2x), CPU time %.2fx less, peak memory **%.3f** of Go'\''s (target <= 0.25).\n", gs / rs, gc / rc, rk / gk
+        printf "Stream (`io::Read`, one generation in memory): throughput **%.2fx**, CPU time %.2fx less, peak memory **%.3f** of Go'\''s.\n", gs / ss, gc / sc, sk / gk
         printf "Trace: %.1f MB, %d events; medians of %d alternating runs each; load average at the end: %s.\n", mb, ev, n, load
     }'
 )
@@ -102,20 +110,16 @@ try:
     text = open(path).read()
 except FileNotFoundError:
     text = "# Benchmarks\n"
-head = "## Trace decoder"
-if head not in text:
-    intro = (head + "\n\nThe Go execution-trace decoder (`agent::gotrace::Reader`) against Go's own "
-             "parser (`golang.org/x/exp/trace`), reading every event of the same ~50 MB trace "
-             "(`scripts/bench-trace.sh`). Targets: at least 2x Go's throughput, at most a quarter "
-             "of its peak memory.\n\n")
-    text = text.rstrip("\n") + "\n\n" + intro + entry
+start, end = "<!-- bench:trace-decoder:start -->", "<!-- bench:trace-decoder:end -->"
+if start not in text or end not in text:
+    intro = ("## Trace decoder\n\nThe Go execution-trace decoder (`agent::gotrace::Reader`) against "
+             "Go's own parser (`golang.org/x/exp/trace`), reading every event of the same ~50 MB "
+             "trace (`scripts/bench-trace.sh`, which appends one entry per run here). Targets: at "
+             "least 2x Go's throughput, at most a quarter of its peak memory.\n\n")
+    text = text.rstrip("\n") + "\n\n" + start + "\n" + intro + entry + end + "\n"
 else:
-    start = text.index(head) + len(head)
-    nxt = text.find("\n## ", start)
-    if nxt < 0:
-        text = text.rstrip("\n") + "\n\n" + entry
-    else:
-        text = text[:nxt].rstrip("\n") + "\n\n" + entry + text[nxt:]
+    k = text.index(end)
+    text = text[:k].rstrip("\n") + "\n\n" + entry + text[k:]
 open(path, "w").write(text)
 EOF
     echo "recorded in BENCHMARKS.md" >&2
