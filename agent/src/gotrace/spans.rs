@@ -30,6 +30,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{
@@ -221,6 +222,9 @@ struct Mapper<'a> {
     g_tasks: IdMap<i64, Vec<u64>>,
     ranges: Vec<((Vec<u8>, Resource), Open)>,
     block_reason: IdMap<i64, String>,
+    /// Attributes derived from each stack of the current generation (stack
+    /// IDs are per generation; cleared at each Sync).
+    stack_cache: IdMap<u64, Vec<KeyValue>>,
     summary: SpanSummary,
 }
 
@@ -248,6 +252,7 @@ impl<'a> Mapper<'a> {
             g_tasks: IdMap::default(),
             ranges: Vec::new(),
             block_reason: IdMap::default(),
+            stack_cache: IdMap::default(),
             summary: SpanSummary::default(),
         }
     }
@@ -284,6 +289,7 @@ impl<'a> Mapper<'a> {
     }
 
     fn sync(&mut self, e: &Event<'_>) {
+        self.stack_cache.clear();
         let Some(s) = e.sync() else { return };
         if let Some(c) = s.clock_snapshot {
             let wall = if c.wall_sec >= 0 {
@@ -308,25 +314,43 @@ impl<'a> Mapper<'a> {
         }
     }
 
-    fn stack_attrs(&self, st: &Stack<'_>, out: &mut Vec<KeyValue>) {
-        let mut frames = st.frames();
-        let Some(top) = frames.next() else { return };
-        out.push(KeyValue::new("code.function.name", lossy(top.func)));
-        out.push(KeyValue::new("code.file.path", lossy(top.file)));
-        out.push(KeyValue::new("code.line.number", top.line as i64));
-        if self.opts.max_frames > 0 {
-            let list: Vec<StringValue> = std::iter::once(top)
-                .chain(frames)
-                .take(self.opts.max_frames)
-                .map(|f| {
-                    StringValue::from(format!("{} ({}:{})", lossy(f.func), lossy(f.file), f.line))
-                })
-                .collect();
-            out.push(KeyValue::new(
-                "code.stacktrace.frames",
-                Value::Array(Array::String(list)),
-            ));
+    fn stack_attrs(&mut self, st: &Stack<'_>, out: &mut Vec<KeyValue>) {
+        let id = st.id();
+        if id == 0 {
+            return;
         }
+        if let Some(cached) = self.stack_cache.get(&id) {
+            out.extend(cached.iter().cloned());
+            return;
+        }
+        let mut attrs = Vec::with_capacity(4);
+        let mut frames = st.frames();
+        if let Some(top) = frames.next() {
+            let s = |b: &[u8]| Value::from(Arc::<str>::from(lossy(b)));
+            attrs.push(KeyValue::new("code.function.name", s(top.func)));
+            attrs.push(KeyValue::new("code.file.path", s(top.file)));
+            attrs.push(KeyValue::new("code.line.number", top.line as i64));
+            if self.opts.max_frames > 0 {
+                let list: Vec<StringValue> = std::iter::once(top)
+                    .chain(frames)
+                    .take(self.opts.max_frames)
+                    .map(|f| {
+                        StringValue::from(Arc::<str>::from(format!(
+                            "{} ({}:{})",
+                            lossy(f.func),
+                            lossy(f.file),
+                            f.line
+                        )))
+                    })
+                    .collect();
+                attrs.push(KeyValue::new(
+                    "code.stacktrace.frames",
+                    Value::Array(Array::String(list)),
+                ));
+            }
+        }
+        out.extend(attrs.iter().cloned());
+        self.stack_cache.insert(id, attrs);
     }
 
     fn open(
