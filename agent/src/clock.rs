@@ -56,6 +56,12 @@ impl WallClock {
         UNIX_EPOCH + Duration::from_nanos(wall)
     }
 
+    /// Nanoseconds since the Unix epoch of monotonic instant `mono_ns`.
+    pub fn to_unix_ns(&self, mono_ns: u64) -> u64 {
+        let wall = i128::from(mono_ns) + self.offset_ns;
+        u64::try_from(wall.max(0)).unwrap_or(u64::MAX)
+    }
+
     /// The current monotonic time, in the clock `bpf_ktime_get_ns` uses.
     pub fn monotonic_now_ns() -> u64 {
         u64::try_from(read_ns(ClockId::CLOCK_MONOTONIC)).unwrap_or(0)

@@ -405,14 +405,15 @@ async fn session(
     let mut reported_losses = 0;
     let mut last_report = Instant::now();
     let mut send = |span| sender.send(span);
+    let mut send_encoded = |span| sender.send_encoded(span);
 
     let mut drain = |reader: &mut RingBufReader,
                      builder: &mut HttpSpanBuilder,
                      usdt: &mut UsdtSession,
                      losses: &mut Losses| {
         reader.drain(|bytes| match ringbuf::record::decode(bytes) {
-            Ok(Record::HttpServerStart(start)) => builder.on_start(&start, &mut send),
-            Ok(Record::HttpServerEnd(end)) => builder.on_end(&end, &mut send),
+            Ok(Record::HttpServerStart(start)) => builder.on_start(&start, &mut send_encoded),
+            Ok(Record::HttpServerEnd(end)) => builder.on_end(&end, &mut send_encoded),
             Ok(Record::Other { header, bytes }) if header.kind == KIND_USDT => {
                 usdt.on_record(bytes, losses, &mut send);
             }
@@ -439,7 +440,7 @@ async fn session(
             _ = drain_tick.tick() => {}
             _ = housekeeping.tick() => {
                 let now = WallClock::monotonic_now_ns();
-                builder.expire(now, &mut |span| sender.send(span));
+                builder.expire(now, &mut |span| sender.send_encoded(span));
                 usdt.builder.expire(now, &mut |span| sender.send(span));
                 losses.kernel = stats.read();
                 losses.pairing = builder.stats();
@@ -464,7 +465,7 @@ async fn session(
     usdt.detach(probes);
     drain(&mut reader, &mut builder, usdt, &mut losses);
     let now = WallClock::monotonic_now_ns();
-    builder.finish(now, &mut |span| sender.send(span));
+    builder.finish(now, &mut |span| sender.send_encoded(span));
     usdt.builder.finish(now, &mut |span| sender.send(span));
     losses.kernel = stats.read();
     losses.pairing = builder.stats();

@@ -8,18 +8,7 @@ use std::{
     sync::Mutex,
 };
 
-use opentelemetry_proto::{
-    tonic::collector::trace::v1::ExportTraceServiceRequest,
-    transform::{
-        common::tonic::ResourceAttributesWithSchema,
-        trace::tonic::group_spans_by_resource_and_scope,
-    },
-};
-use opentelemetry_sdk::{
-    Resource,
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{SpanData, SpanExporter},
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 enum Destination {
     Stdout,
@@ -30,7 +19,6 @@ enum Destination {
 pub struct JsonlExporter {
     path: Option<PathBuf>,
     out: Mutex<Destination>,
-    resource: ResourceAttributesWithSchema,
 }
 
 impl std::fmt::Debug for JsonlExporter {
@@ -39,17 +27,6 @@ impl std::fmt::Debug for JsonlExporter {
             .field("path", &self.path)
             .finish()
     }
-}
-
-/// Encodes one batch as one OTLP JSON line (without the newline).
-pub fn spans_to_json_line(
-    batch: Vec<SpanData>,
-    resource: &ResourceAttributesWithSchema,
-) -> Result<String, serde_json::Error> {
-    let request = ExportTraceServiceRequest {
-        resource_spans: group_spans_by_resource_and_scope(batch, resource),
-    };
-    serde_json::to_string(&request)
 }
 
 impl JsonlExporter {
@@ -64,7 +41,6 @@ impl JsonlExporter {
         Ok(Self {
             path: path.map(Path::to_path_buf),
             out: Mutex::new(out),
-            resource: ResourceAttributesWithSchema::from(&Resource::builder_empty().build()),
         })
     }
 
@@ -74,17 +50,15 @@ impl JsonlExporter {
             .as_ref()
             .map_or_else(|| "stdout".to_owned(), |p| p.display().to_string())
     }
-}
 
-impl SpanExporter for JsonlExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut line = spans_to_json_line(batch, &self.resource)
-            .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+    /// Writes one request as one line, flushed.
+    pub fn export(&self, request: &ExportTraceServiceRequest) -> Result<(), String> {
+        let mut line = serde_json::to_string(request).map_err(|e| e.to_string())?;
         line.push('\n');
         let mut out = self
             .out
             .lock()
-            .map_err(|_| OTelSdkError::InternalFailure("JSONL writer poisoned".into()))?;
+            .map_err(|_| "JSONL writer poisoned".to_owned())?;
         let result = match &mut *out {
             Destination::Stdout => {
                 let mut stdout = std::io::stdout().lock();
@@ -94,20 +68,16 @@ impl SpanExporter for JsonlExporter {
             }
             Destination::File(file) => file.write_all(line.as_bytes()).and_then(|()| file.flush()),
         };
-        result.map_err(|e| OTelSdkError::InternalFailure(e.to_string()))
+        result.map_err(|e| e.to_string())
     }
 
-    fn shutdown_with_timeout(&self, _timeout: std::time::Duration) -> OTelSdkResult {
+    /// Flushes the file.
+    pub fn flush(&self) -> Result<(), String> {
         if let Ok(mut out) = self.out.lock()
             && let Destination::File(file) = &mut *out
         {
-            file.flush()
-                .map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+            file.flush().map_err(|e| e.to_string())?;
         }
         Ok(())
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = ResourceAttributesWithSchema::from(resource);
     }
 }

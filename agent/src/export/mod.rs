@@ -1,28 +1,42 @@
 //! The export pipeline: a bounded queue off the event path, batching, and
 //! one or more sinks (OTLP over gRPC or HTTP, the console, a JSONL file).
 //!
-//! Producers call [`SpanSender::send`], which never blocks: when the queue is
-//! full the span is dropped and counted. One task batches the queue and hands
-//! each batch to every sink; OTLP exports that fail are retried with backoff
-//! while the queue keeps absorbing (and, when full, counting) new spans.
+//! Spans travel as encoded OTLP `Span` messages ([`EncodedSpan`]): the hot
+//! path writes them straight from the ring-buffer record ([`wire`]), other
+//! producers hand in `SpanData`, encoded once at the sender. Producers call
+//! [`SpanSender::send`], which never blocks: when the queue is full the span
+//! is dropped and counted. One task batches the queue into one encoded
+//! `ExportTraceServiceRequest` per batch and hands it to every sink; each sink
+//! has its own task and bounded queue, so a slow or dead collector holds back
+//! no other output. OTLP sends are retried on the same bytes.
 
 pub mod config;
 mod console;
 mod jsonl;
-mod otlp;
+pub mod transport;
+pub mod wire;
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use opentelemetry_sdk::{
-    Resource,
-    trace::{SpanData, SpanExporter as _},
+use bytes::Bytes;
+use opentelemetry::InstrumentationScope;
+use opentelemetry_proto::{
+    tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        common::v1::InstrumentationScope as ProtoScope, resource::v1::Resource as ProtoResource,
+        trace::v1::Span as ProtoSpan,
+    },
+    transform::common::tonic::ResourceAttributesWithSchema,
 };
+use opentelemetry_sdk::{Resource, trace::SpanData};
+use prost::Message as _;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -30,31 +44,48 @@ use tokio::{
 };
 
 pub use config::{ConfigError, ExportConfig, OtlpConfig, OtlpProtocol, Output};
-pub use console::ConsoleExporter;
-pub use jsonl::{JsonlExporter, spans_to_json_line};
+pub use console::{ConsoleExporter, render};
+pub use jsonl::JsonlExporter;
 
-/// Counters of the pipeline, shared with whoever reports them.
-#[derive(Debug, Default)]
-pub struct ExportStats {
-    /// Spans accepted into the queue.
-    pub queued: AtomicU64,
-    /// Spans dropped because the queue was full.
-    pub dropped_queue_full: AtomicU64,
+/// A span ready for export: its encoded `Span` message and the encoded
+/// `InstrumentationScope` it belongs to.
+#[derive(Clone, Debug)]
+pub struct EncodedSpan {
+    pub scope: Arc<[u8]>,
+    pub bytes: Vec<u8>,
 }
 
-impl ExportStats {
-    /// A point-in-time copy.
-    pub fn snapshot(&self) -> ExportSnapshot {
-        ExportSnapshot {
-            queued: self.queued.load(Ordering::Relaxed),
-            exported: 0,
-            dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
-            dropped_export_failed: 0,
-        }
+/// Encodes an `InstrumentationScope` message.
+pub fn encode_scope(scope: &InstrumentationScope) -> Arc<[u8]> {
+    ProtoScope {
+        name: scope.name().to_owned(),
+        version: scope.version().map(str::to_owned).unwrap_or_default(),
+        attributes: Vec::new(),
+        dropped_attributes_count: 0,
     }
+    .encode_to_vec()
+    .into()
 }
 
-/// Plain copy of [`ExportStats`].
+/// Encodes the resource once per pipeline.
+fn encode_resource(resource: &Resource) -> Vec<u8> {
+    let attributes = ResourceAttributesWithSchema::from(resource);
+    ProtoResource {
+        attributes: attributes.attributes.0,
+        dropped_attributes_count: 0,
+        entity_refs: Vec::new(),
+    }
+    .encode_to_vec()
+}
+
+/// Counters of the pipeline's front, shared with the senders.
+#[derive(Debug, Default)]
+struct QueueStats {
+    queued: AtomicU64,
+    dropped_queue_full: AtomicU64,
+}
+
+/// A point-in-time copy of the pipeline's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportSnapshot {
     /// Spans accepted into the queue.
@@ -75,26 +106,73 @@ impl ExportSnapshot {
     }
 }
 
+type ScopeCache = HashMap<(String, Option<String>), Arc<[u8]>>;
+
 /// Hands spans to the pipeline; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SpanSender {
-    tx: mpsc::Sender<SpanData>,
-    stats: Arc<ExportStats>,
+    tx: mpsc::Sender<EncodedSpan>,
+    stats: Arc<QueueStats>,
+    scopes: Arc<Mutex<ScopeCache>>,
 }
 
 impl SpanSender {
-    /// Queues a span; never blocks. A full queue drops the span and counts it.
-    pub fn send(&self, span: SpanData) {
-        match self.tx.try_send(span) {
-            Ok(()) => {
-                self.stats.queued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.stats
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+    fn encode(&self, span: SpanData) -> EncodedSpan {
+        let key = (
+            span.instrumentation_scope.name().to_owned(),
+            span.instrumentation_scope.version().map(str::to_owned),
+        );
+        let scope = match self.scopes.lock() {
+            Ok(mut cache) => cache
+                .entry(key)
+                .or_insert_with(|| encode_scope(&span.instrumentation_scope))
+                .clone(),
+            Err(_) => encode_scope(&span.instrumentation_scope),
+        };
+        EncodedSpan {
+            scope,
+            bytes: ProtoSpan::from(span).encode_to_vec(),
         }
+    }
+
+    fn accepted(&self, result: bool) {
+        let counter = if result {
+            &self.stats.queued
+        } else {
+            &self.stats.dropped_queue_full
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queues an encoded span; never blocks. A full queue drops it, counted.
+    pub fn send_encoded(&self, span: EncodedSpan) {
+        self.accepted(self.tx.try_send(span).is_ok());
+    }
+
+    /// Queues a span; never blocks. A full queue drops it, counted.
+    pub fn send(&self, span: SpanData) {
+        self.send_encoded(self.encode(span));
+    }
+
+    /// Queues a span, waiting for room: for producers that are not real time
+    /// (decoding a file), where dropping would lose what a wait can keep.
+    /// Must not be called from async code.
+    pub fn send_blocking(&self, span: SpanData) {
+        let span = self.encode(span);
+        self.accepted(self.tx.blocking_send(span).is_ok());
+    }
+}
+
+/// One batch, encoded once for every sink.
+#[derive(Debug)]
+struct Batch {
+    body: Bytes,
+    spans: u64,
+}
+
+impl Batch {
+    fn decode(&self) -> Result<ExportTraceServiceRequest, String> {
+        ExportTraceServiceRequest::decode(self.body.clone()).map_err(|e| e.to_string())
     }
 }
 
@@ -102,7 +180,7 @@ impl SpanSender {
 #[derive(Debug)]
 enum Sink {
     Otlp {
-        exporter: Box<opentelemetry_otlp::SpanExporter>,
+        transport: Box<transport::Transport>,
         endpoint: String,
     },
     Console(ConsoleExporter),
@@ -118,22 +196,26 @@ impl Sink {
         }
     }
 
-    async fn export(&self, batch: Vec<SpanData>) -> Result<(), String> {
-        let result = match self {
-            Self::Otlp { exporter, .. } => exporter.export(batch).await,
-            Self::Console(c) => c.export(batch).await,
-            Self::Jsonl(j) => j.export(batch).await,
-        };
-        result.map_err(|e| e.to_string())
+    async fn export(
+        &mut self,
+        batch: &Batch,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        match self {
+            Self::Otlp { transport, .. } => {
+                transport::send_with_retry(transport, batch.body.clone(), stopping)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Self::Console(c) => c.export(&batch.decode()?),
+            Self::Jsonl(j) => j.export(&batch.decode()?),
+        }
     }
 
     fn shutdown(&mut self) {
         let result = match self {
-            Self::Otlp { exporter, .. } => {
-                exporter.shutdown_with_timeout(Duration::from_millis(200))
-            }
-            Self::Console(c) => c.shutdown(),
-            Self::Jsonl(j) => j.shutdown(),
+            Self::Otlp { .. } | Self::Console(_) => Ok(()),
+            Self::Jsonl(j) => j.flush(),
         };
         if let Err(err) = result {
             log::warn!("closing {}: {err}", self.name());
@@ -165,24 +247,14 @@ impl Default for BatchConfig {
 /// Failure to start the pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("cannot create the OTLP exporter for {endpoint}")]
+    #[error("cannot set up the OTLP exporter for {endpoint}")]
     Otlp {
         endpoint: String,
         #[source]
-        source: opentelemetry_otlp::ExporterBuildError,
+        source: transport::TransportError,
     },
     #[error("cannot open the JSONL output")]
     Jsonl(#[source] std::io::Error),
-}
-
-/// A running pipeline.
-#[derive(Debug)]
-pub struct Pipeline {
-    sender: SpanSender,
-    stats: Arc<ExportStats>,
-    sink_stats: Vec<Arc<SinkStats>>,
-    stopping: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 /// What one sink delivered and lost.
@@ -192,10 +264,18 @@ struct SinkStats {
     failed: AtomicU64,
 }
 
+/// A running pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    sender: SpanSender,
+    stats: Arc<QueueStats>,
+    sink_stats: Vec<Arc<SinkStats>>,
+    stopping: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
 impl Pipeline {
-    /// Starts the pipeline on the current tokio runtime: one batching task,
-    /// and one task per sink with its own bounded queue of batches, so a slow
-    /// or dead collector holds back no other output.
+    /// Starts the pipeline on the current tokio runtime.
     pub fn start(
         config: &ExportConfig,
         resource: &Resource,
@@ -203,29 +283,24 @@ impl Pipeline {
     ) -> Result<Self, PipelineError> {
         let mut sinks = Vec::new();
         for output in &config.outputs {
-            let mut sink = match output {
+            sinks.push(match output {
                 Output::Otlp(otlp) => Sink::Otlp {
-                    exporter: otlp::build(otlp).map(Box::new).map_err(|source| {
+                    transport: Box::new(transport::Transport::new(otlp).map_err(|source| {
                         PipelineError::Otlp {
                             endpoint: otlp.endpoint.clone(),
                             source,
                         }
-                    })?,
+                    })?),
                     endpoint: otlp.endpoint.clone(),
                 },
                 Output::Console => Sink::Console(ConsoleExporter::stdout()),
                 Output::Jsonl(path) => {
                     Sink::Jsonl(JsonlExporter::open(path.as_deref()).map_err(PipelineError::Jsonl)?)
                 }
-            };
-            match &mut sink {
-                Sink::Otlp { exporter, .. } => exporter.set_resource(resource),
-                Sink::Console(c) => c.set_resource(resource),
-                Sink::Jsonl(j) => j.set_resource(resource),
-            }
-            sinks.push(sink);
+            });
         }
-        let stats = Arc::new(ExportStats::default());
+        let resource = encode_resource(resource);
+        let stats = Arc::new(QueueStats::default());
         let (stopping, stop_rx) = watch::channel(false);
         let (tx, rx) = mpsc::channel(batch.queue_capacity.max(1));
         let batches_per_sink = (batch.queue_capacity / batch.max_batch.max(1)).max(2);
@@ -235,15 +310,24 @@ impl Pipeline {
         for sink in sinks {
             let (sink_tx, sink_rx) = mpsc::channel(batches_per_sink);
             let counters = Arc::new(SinkStats::default());
-            tasks.push(tokio::spawn(run_sink(sink, sink_rx, counters.clone())));
+            tasks.push(tokio::spawn(run_sink(
+                sink,
+                sink_rx,
+                counters.clone(),
+                stop_rx.clone(),
+            )));
             sink_txs.push((sink_tx, counters.clone()));
             sink_stats.push(counters);
         }
-        tasks.insert(0, tokio::spawn(run_batcher(rx, sink_txs, batch, stop_rx)));
+        tasks.insert(
+            0,
+            tokio::spawn(run_batcher(rx, resource, sink_txs, batch, stop_rx)),
+        );
         Ok(Self {
             sender: SpanSender {
                 tx,
                 stats: stats.clone(),
+                scopes: Arc::default(),
             },
             stats,
             sink_stats,
@@ -276,16 +360,23 @@ impl Pipeline {
         } = self;
         drop(sender);
         let deadline = Instant::now() + deadline;
-        // Near the deadline, stop batching: the last exports get the
-        // remaining time, then are abandoned.
+        // Near the deadline, stop batching and retrying: the last sends get
+        // the remaining time, then are abandoned.
         let soft = deadline - Duration::from_millis(300).min(deadline - Instant::now());
-        let mut all = futures_join(tasks);
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let mut all = Box::pin(async move {
+            for task in tasks {
+                let _ = task.await;
+            }
+        });
         tokio::select! {
-            () = &mut all.wait => {}
+            () = &mut all => {}
             () = tokio::time::sleep_until(soft) => {
                 let _ = stopping.send(true);
-                if tokio::time::timeout_at(deadline, &mut all.wait).await.is_err() {
-                    all.abort();
+                if tokio::time::timeout_at(deadline, &mut all).await.is_err() {
+                    for abort in &aborts {
+                        abort.abort();
+                    }
                     log::warn!("export did not finish in time; unexported spans are counted as dropped");
                 }
             }
@@ -300,68 +391,56 @@ impl Pipeline {
     }
 }
 
-fn snapshot(stats: &ExportStats, sinks: &[Arc<SinkStats>]) -> ExportSnapshot {
-    let mut snapshot = stats.snapshot();
-    snapshot.exported = sinks
-        .iter()
-        .map(|s| s.delivered.load(Ordering::Relaxed))
-        .min()
-        .unwrap_or(0);
-    snapshot.dropped_export_failed = sinks
-        .iter()
-        .map(|s| s.failed.load(Ordering::Relaxed))
-        .max()
-        .unwrap_or(0);
-    snapshot
+fn snapshot(stats: &QueueStats, sinks: &[Arc<SinkStats>]) -> ExportSnapshot {
+    ExportSnapshot {
+        queued: stats.queued.load(Ordering::Relaxed),
+        dropped_queue_full: stats.dropped_queue_full.load(Ordering::Relaxed),
+        exported: sinks
+            .iter()
+            .map(|s| s.delivered.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0),
+        dropped_export_failed: sinks
+            .iter()
+            .map(|s| s.failed.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0),
+    }
 }
 
-/// Waits for every task; can abort the rest.
-struct JoinAll {
-    handles: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-    wait: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-}
-
-impl JoinAll {
-    fn abort(&self) {
-        if let Ok(handles) = self.handles.lock() {
-            for h in handles.iter() {
-                h.abort();
-            }
+/// Encodes a batch of spans, grouped by scope, into one request body.
+fn encode_batch(resource: &[u8], spans: &[EncodedSpan]) -> Bytes {
+    let mut scopes: Vec<(&[u8], Vec<&[u8]>)> = Vec::new();
+    for span in spans {
+        let scope: &[u8] = &span.scope;
+        match scopes.iter_mut().find(|(s, _)| *s == scope) {
+            Some((_, list)) => list.push(&span.bytes),
+            None => scopes.push((scope, vec![&span.bytes])),
         }
     }
+    let grouped: Vec<(&[u8], &[&[u8]])> = scopes.iter().map(|(s, l)| (*s, l.as_slice())).collect();
+    Bytes::from(wire::request(resource, &grouped))
 }
 
-fn futures_join(tasks: Vec<JoinHandle<()>>) -> JoinAll {
-    let handles = Arc::new(std::sync::Mutex::new(
-        tasks.iter().map(JoinHandle::abort_handle).collect(),
-    ));
-    JoinAll {
-        handles,
-        wait: Box::pin(async move {
-            for task in tasks {
-                let _ = task.await;
-            }
-        }),
-    }
-}
-
-/// Collects spans into batches and hands each batch to every sink's queue.
+/// Collects spans into batches and hands each encoded batch to every sink.
 async fn run_batcher(
-    mut rx: mpsc::Receiver<SpanData>,
-    sinks: Vec<(mpsc::Sender<Vec<SpanData>>, Arc<SinkStats>)>,
+    mut rx: mpsc::Receiver<EncodedSpan>,
+    resource: Vec<u8>,
+    sinks: Vec<(mpsc::Sender<Arc<Batch>>, Arc<SinkStats>)>,
     config: BatchConfig,
     stopping: watch::Receiver<bool>,
 ) {
+    let mut spans = Vec::with_capacity(config.max_batch);
     loop {
-        let mut batch = Vec::with_capacity(config.max_batch);
-        if rx.recv_many(&mut batch, config.max_batch).await == 0 {
+        spans.clear();
+        if rx.recv_many(&mut spans, config.max_batch).await == 0 {
             break;
         }
         let deadline = Instant::now() + config.max_delay;
         let mut closed = false;
-        while batch.len() < config.max_batch && !*stopping.borrow() {
-            let room = config.max_batch - batch.len();
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+        while spans.len() < config.max_batch && !*stopping.borrow() {
+            let room = config.max_batch - spans.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut spans, room)).await {
                 Ok(0) => {
                     closed = true;
                     break;
@@ -370,16 +449,13 @@ async fn run_batcher(
                 Err(_) => break,
             }
         }
-        let len = batch.len() as u64;
-        let mut batch = Some(batch);
-        for (i, (tx, counters)) in sinks.iter().enumerate() {
-            let copy = if i + 1 == sinks.len() {
-                batch.take().unwrap_or_default()
-            } else {
-                batch.clone().unwrap_or_default()
-            };
-            if tx.try_send(copy).is_err() {
-                counters.failed.fetch_add(len, Ordering::Relaxed);
+        let batch = Arc::new(Batch {
+            body: encode_batch(&resource, &spans),
+            spans: spans.len() as u64,
+        });
+        for (tx, counters) in &sinks {
+            if tx.try_send(batch.clone()).is_err() {
+                counters.failed.fetch_add(batch.spans, Ordering::Relaxed);
             }
         }
         if closed {
@@ -388,54 +464,40 @@ async fn run_batcher(
     }
 }
 
-/// Exports the batches of one sink. OTLP exporters retry inside (see
-/// `otlp::retry_policy`); what still fails is counted and logged.
-async fn run_sink(mut sink: Sink, mut rx: mpsc::Receiver<Vec<SpanData>>, counters: Arc<SinkStats>) {
+/// Exports the batches of one sink; what fails is counted and logged.
+async fn run_sink(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Arc<Batch>>,
+    counters: Arc<SinkStats>,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut failing = false;
     while let Some(batch) = rx.recv().await {
-        let len = batch.len() as u64;
-        match sink.export(batch).await {
+        match sink.export(&batch, &mut stopping).await {
             Ok(()) => {
-                counters.delivered.fetch_add(len, Ordering::Relaxed);
+                counters.delivered.fetch_add(batch.spans, Ordering::Relaxed);
                 if failing {
                     log::info!("export to {} recovered", sink.name());
                     failing = false;
                 }
             }
             Err(err) => {
-                counters.failed.fetch_add(len, Ordering::Relaxed);
-                if !failing {
+                counters.failed.fetch_add(batch.spans, Ordering::Relaxed);
+                if failing {
+                    log::debug!(
+                        "dropped {} spans that {} did not take: {err}",
+                        batch.spans,
+                        sink.name()
+                    );
+                } else {
                     log::warn!(
                         "export to {} failed, dropping spans until it recovers: {err}",
                         sink.name()
                     );
                     failing = true;
-                } else {
-                    log::debug!(
-                        "dropped {len} spans that {} did not take: {err}",
-                        sink.name()
-                    );
                 }
             }
         }
     }
     sink.shutdown();
-}
-
-impl SpanSender {
-    /// Queues a span, waiting for room: for producers that are not real time
-    /// (decoding a file), where dropping would lose what a wait can keep.
-    /// Must not be called from async code.
-    pub fn send_blocking(&self, span: SpanData) {
-        match self.tx.blocking_send(span) {
-            Ok(()) => {
-                self.stats.queued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.stats
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
 }

@@ -7,14 +7,13 @@ use agent_common::http::{
     END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
     FIELD_METHOD, FIELD_PATH, FIELD_PROTO, FIELD_REMOTE, HttpServerEnd, HttpServerStart,
 };
-use opentelemetry::{
-    InstrumentationScope, KeyValue,
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
-};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use opentelemetry::{InstrumentationScope, trace::SpanKind};
 
 use super::{OpenTable, PairingStats, ids::IdGenerator};
-use crate::clock::WallClock;
+use crate::{
+    clock::WallClock,
+    export::{EncodedSpan, encode_scope, wire::SpanWriter},
+};
 
 /// Key of an open request: (target slot, goroutine id).
 type Key = (u32, u64);
@@ -63,7 +62,8 @@ pub struct HttpSpanBuilder {
     open: OpenTable<Key, OpenRequest>,
     clock: WallClock,
     ids: IdGenerator,
-    scope: InstrumentationScope,
+    /// The encoded `InstrumentationScope` of every span.
+    scope: std::sync::Arc<[u8]>,
     /// Start records that repeated an open start (a probe hit twice when the
     /// goroutine's stack grew at function entry).
     duplicates: u64,
@@ -96,16 +96,6 @@ impl Method {
     }
 }
 
-/// Splits `host[:port]` in place: the string keeps the host.
-fn take_host_port(mut s: String) -> (String, Option<i64>) {
-    let (host, port) = split_host_port(&s);
-    let range = host.as_ptr() as usize - s.as_ptr() as usize;
-    let (start, len) = (range, host.len());
-    s.truncate(start + len);
-    s.drain(..start);
-    (s, port)
-}
-
 /// Splits `host[:port]` / `[v6]:port`.
 fn split_host_port(s: &str) -> (Cow<'_, str>, Option<i64>) {
     if let Some(rest) = s.strip_prefix('[')
@@ -130,9 +120,11 @@ impl HttpSpanBuilder {
             open: OpenTable::new(capacity, ttl_ns),
             clock,
             ids: IdGenerator::default(),
-            scope: InstrumentationScope::builder("agent/net/http")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
+            scope: encode_scope(
+                &InstrumentationScope::builder("agent/net/http")
+                    .with_version(env!("CARGO_PKG_VERSION"))
+                    .build(),
+            ),
             duplicates: 0,
         }
     }
@@ -153,7 +145,7 @@ impl HttpSpanBuilder {
     }
 
     /// A request started.
-    pub fn on_start(&mut self, rec: &HttpServerStart, out: &mut impl FnMut(SpanData)) {
+    pub fn on_start(&mut self, rec: &HttpServerStart, out: &mut impl FnMut(EncodedSpan)) {
         let key = (rec.header.target, rec.header.goid);
         if let Some(open) = self.open.get(&key)
             && open.response == rec.response
@@ -187,7 +179,7 @@ impl HttpSpanBuilder {
     }
 
     /// A request's response is being finished.
-    pub fn on_end(&mut self, rec: &HttpServerEnd, out: &mut impl FnMut(SpanData)) {
+    pub fn on_end(&mut self, rec: &HttpServerEnd, out: &mut impl FnMut(EncodedSpan)) {
         let key = (rec.header.target, rec.header.goid);
         if let Some(open) = self
             .open
@@ -198,14 +190,14 @@ impl HttpSpanBuilder {
     }
 
     /// Exports requests open longer than the time-to-live, marked expired.
-    pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(SpanData)) {
+    pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
         for (key, open) in self.open.expire(now_ns) {
             out(self.span(key, open, now_ns, None, Some(Incomplete::Expired)));
         }
     }
 
     /// Exports every open request, marked as cut short by shutdown.
-    pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(SpanData)) {
+    pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
         for (key, open) in self.open.drain() {
             out(self.span(key, open, now_ns, None, Some(Incomplete::Shutdown)));
         }
@@ -218,110 +210,97 @@ impl HttpSpanBuilder {
         end_ns: u64,
         end: Option<&HttpServerEnd>,
         incomplete: Option<Incomplete>,
-    ) -> SpanData {
-        let mut attributes = Vec::with_capacity(18);
+    ) -> EncodedSpan {
+        let mut bytes = Vec::with_capacity(512);
+        let mut w = SpanWriter::new(&mut bytes);
+        w.ids(self.ids.trace_id(), self.ids.span_id(), None);
         let name_method = match &open.method {
             Some(Method::Known(m)) => m,
             _ => "HTTP",
         };
-        let name = match &open.path {
-            Some(path) if !path.is_empty() => {
-                let mut name = String::with_capacity(name_method.len() + 1 + path.len());
-                name.push_str(name_method);
-                name.push(' ');
-                name.push_str(path);
-                name
-            }
-            _ => name_method.to_owned(),
+        match &open.path {
+            Some(path) if !path.is_empty() => w.name(&[name_method, " ", path]),
+            _ => w.name(&[name_method]),
         };
-        match open.method {
+        w.kind(&SpanKind::Server).times(
+            self.clock.to_unix_ns(open.start_ns),
+            self.clock.to_unix_ns(end_ns.max(open.start_ns)),
+        );
+        match &open.method {
             Some(Method::Known(method)) => {
-                attributes.push(KeyValue::new("http.request.method", method));
+                w.attr_str("http.request.method", method);
             }
             Some(Method::Other(method)) => {
-                attributes.push(KeyValue::new("http.request.method", "_OTHER"));
-                attributes.push(KeyValue::new("http.request.method_original", method));
+                w.attr_str("http.request.method", "_OTHER");
+                w.attr_str("http.request.method_original", method);
             }
             None => {}
         }
-        if let Some(path) = open.path {
-            attributes.push(KeyValue::new("url.path", path));
+        if let Some(path) = &open.path {
+            w.attr_str("url.path", path);
         }
-        if let Some(host) = open.host.filter(|h| !h.is_empty()) {
-            let (address, port) = take_host_port(host);
-            attributes.push(KeyValue::new("server.address", address));
+        if let Some(host) = open.host.as_deref().filter(|h| !h.is_empty()) {
+            let (address, port) = split_host_port(host);
+            w.attr_str("server.address", &address);
             if let Some(port) = port {
-                attributes.push(KeyValue::new("server.port", port));
+                w.attr_int("server.port", port);
             }
         }
-        if let Some(remote) = open.remote.filter(|r| !r.is_empty()) {
-            let (address, port) = take_host_port(remote);
-            attributes.push(KeyValue::new("client.address", address));
+        if let Some(remote) = open.remote.as_deref().filter(|r| !r.is_empty()) {
+            let (address, port) = split_host_port(remote);
+            w.attr_str("client.address", &address);
             if let Some(port) = port {
-                attributes.push(KeyValue::new("client.port", port));
+                w.attr_int("client.port", port);
             }
         }
         if let Some((major, minor)) = open.proto {
-            attributes.push(KeyValue::new("network.protocol.name", "http"));
-            let version = match (major, minor) {
-                (1, 1) => opentelemetry::Value::from("1.1"),
-                (1, 0) => opentelemetry::Value::from("1.0"),
-                (2, 0) => opentelemetry::Value::from("2"),
-                (3, 0) => opentelemetry::Value::from("3"),
-                (major, minor) => opentelemetry::Value::from(format!("{major}.{minor}")),
+            w.attr_str("network.protocol.name", "http");
+            match (major, minor) {
+                (1, 1) => w.attr_str("network.protocol.version", "1.1"),
+                (1, 0) => w.attr_str("network.protocol.version", "1.0"),
+                (major, 0) if major >= 2 => {
+                    w.attr_str("network.protocol.version", &major.to_string())
+                }
+                (major, minor) => {
+                    w.attr_str("network.protocol.version", &format!("{major}.{minor}"))
+                }
             };
-            attributes.push(KeyValue::new("network.protocol.version", version));
         }
         if let Some(length) = open.content_length.filter(|l| *l > 0) {
-            attributes.push(KeyValue::new("http.request.body.size", length));
+            w.attr_int("http.request.body.size", length);
         }
-        let mut status = Status::Unset;
+        let mut error = false;
         if let Some(end) = end {
             if end.fields & END_FIELD_STATUS != 0 {
                 // net/http answers 200 when the handler wrote no header;
                 // finishRequest writes it after the probe has read 0.
                 let code = if end.status == 0 { 200 } else { end.status };
-                attributes.push(KeyValue::new("http.response.status_code", code));
+                w.attr_int("http.response.status_code", code);
                 if code >= 500 {
-                    attributes.push(KeyValue::new("error.type", code.to_string()));
-                    status = Status::error("");
+                    w.attr_str("error.type", &code.to_string());
+                    error = true;
                 }
             }
             if end.fields & END_FIELD_WRITTEN != 0 {
-                attributes.push(KeyValue::new("http.response.body.size", end.written));
+                w.attr_int("http.response.body.size", end.written);
             }
             if end.fields & END_FIELD_PATTERN != 0 && end.pattern_len > 0 {
-                attributes.push(KeyValue::new(
-                    "http.route",
-                    text(&end.pattern, end.pattern_len),
-                ));
+                let n = (end.pattern_len as usize).min(end.pattern.len());
+                w.attr_str("http.route", &String::from_utf8_lossy(&end.pattern[..n]));
             }
         }
-        attributes.push(KeyValue::new("goroutine.id", key.1 as i64));
-        attributes.push(KeyValue::new("thread.id", i64::from(open.tid)));
+        w.attr_int("goroutine.id", key.1 as i64);
+        w.attr_int("thread.id", i64::from(open.tid));
         if let Some(reason) = incomplete {
-            attributes.push(KeyValue::new("agent.span.incomplete", reason.as_str()));
+            w.attr_str("agent.span.incomplete", reason.as_str());
         }
-        SpanData {
-            span_context: SpanContext::new(
-                self.ids.trace_id(),
-                self.ids.span_id(),
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Server,
-            name: Cow::Owned(name),
-            start_time: self.clock.to_system_time(open.start_ns),
-            end_time: self.clock.to_system_time(end_ns.max(open.start_ns)),
-            attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: self.scope.clone(),
+        if error {
+            w.status_error("");
+        }
+        w.flags(0x1);
+        EncodedSpan {
+            scope: self.scope.clone(),
+            bytes,
         }
     }
 }
@@ -332,6 +311,9 @@ mod tests {
         event::{EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START},
         http::{HOST_CAP, METHOD_CAP, PATH_CAP, PATTERN_CAP, REMOTE_CAP},
     };
+
+    use opentelemetry_proto::tonic::{common::v1::any_value::Value, trace::v1::Span as ProtoSpan};
+    use prost::Message as _;
 
     use super::*;
 
@@ -393,11 +375,21 @@ mod tests {
         }
     }
 
-    fn attr(span: &SpanData, key: &str) -> Option<String> {
+    fn decode(span: &EncodedSpan) -> ProtoSpan {
+        ProtoSpan::decode(span.bytes.as_slice()).expect("a valid OTLP Span")
+    }
+
+    fn attr(span: &ProtoSpan, key: &str) -> Option<String> {
         span.attributes
             .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.to_string())
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+            .map(|v| match v {
+                Value::StringValue(s) => s.clone(),
+                Value::IntValue(i) => i.to_string(),
+                other => format!("{other:?}"),
+            })
     }
 
     #[test]
@@ -413,9 +405,9 @@ mod tests {
         assert!(spans.is_empty());
         b.on_end(&end(7, 3_000, 0xa, 503), &mut |s| spans.push(s));
         assert_eq!(spans.len(), 1);
-        let s = &spans[0];
+        let s = &decode(&spans[0]);
         assert_eq!(s.name, "POST /items/x");
-        assert_eq!(s.span_kind, SpanKind::Server);
+        assert_eq!(s.kind, 2, "SERVER");
         assert_eq!(attr(s, "http.request.method").as_deref(), Some("POST"));
         assert_eq!(attr(s, "url.path").as_deref(), Some("/items/x"));
         assert_eq!(attr(s, "http.response.status_code").as_deref(), Some("503"));
@@ -425,12 +417,9 @@ mod tests {
         assert_eq!(attr(s, "network.protocol.version").as_deref(), Some("1.1"));
         assert_eq!(attr(s, "goroutine.id").as_deref(), Some("7"));
         assert_eq!(attr(s, "error.type").as_deref(), Some("503"));
-        assert!(matches!(s.status, Status::Error { .. }));
+        assert_eq!(s.status.as_ref().map(|st| st.code), Some(2), "ERROR");
         assert_eq!(
-            s.end_time
-                .duration_since(s.start_time)
-                .expect("ordered")
-                .as_nanos(),
+            s.end_time_unix_nano - s.start_time_unix_nano,
             2_000,
             "the duplicate start must not move the start time"
         );
@@ -446,6 +435,7 @@ mod tests {
         assert_eq!(b.stats().unmatched_ends, 1);
         b.on_start(&start(2, 10, 0xb, "PURGE", "/c"), &mut |s| spans.push(s));
         b.on_end(&end(2, 20, 0xb, 0), &mut |s| spans.push(s));
+        let spans: Vec<ProtoSpan> = spans.iter().map(decode).collect();
         assert_eq!(spans[0].name, "HTTP /c");
         assert_eq!(
             attr(&spans[0], "http.request.method").as_deref(),
@@ -459,7 +449,7 @@ mod tests {
             attr(&spans[0], "http.response.status_code").as_deref(),
             Some("200")
         );
-        assert!(matches!(spans[0].status, Status::Unset));
+        assert_eq!(spans[0].status, None, "UNSET");
     }
 
     #[test]
@@ -471,10 +461,11 @@ mod tests {
         b.expire(200, &mut |s| spans.push(s));
         assert_eq!(spans.len(), 1);
         assert_eq!(
-            attr(&spans[0], "agent.span.incomplete").as_deref(),
+            attr(&decode(&spans[0]), "agent.span.incomplete").as_deref(),
             Some("expired")
         );
         b.finish(300, &mut |s| spans.push(s));
+        let spans: Vec<ProtoSpan> = spans.iter().map(decode).collect();
         assert_eq!(
             attr(&spans[1], "agent.span.incomplete").as_deref(),
             Some("shutdown")
@@ -491,14 +482,5 @@ mod tests {
         );
         assert_eq!(split_host_port("a.b"), (Cow::Borrowed("a.b"), None));
         assert_eq!(split_host_port("::1"), (Cow::Borrowed("::1"), None));
-        assert_eq!(
-            take_host_port("[::1]:8080".into()),
-            ("::1".to_owned(), Some(8080))
-        );
-        assert_eq!(
-            take_host_port("a.b:80".into()),
-            ("a.b".to_owned(), Some(80))
-        );
-        assert_eq!(take_host_port("a.b".into()), ("a.b".to_owned(), None));
     }
 }
