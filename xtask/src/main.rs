@@ -4,6 +4,7 @@
 mod bench;
 mod ci;
 mod demo;
+mod offsets;
 mod setup;
 mod util;
 
@@ -32,6 +33,9 @@ enum Command {
     /// Build, start the bundled Go HTTP server, attach the agent, send a few
     /// requests and show their spans on the console.
     Demo,
+    /// Regenerate the per-Go-version struct offset table from DWARF of real
+    /// builds (agent/src/binary/offsets_table.json).
+    Offsets,
     /// Benchmarks; results go to BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -45,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ci => ci::run(),
         Command::Test { args } => ci::test(&args),
         Command::Demo => demo::run(),
+        Command::Offsets => offsets::run(&util::root().join("agent/src/binary/offsets_table.json")),
         Command::Bench { which } => bench::run(which),
     }
 }
