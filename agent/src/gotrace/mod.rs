@@ -2,19 +2,32 @@
 //! OpenTelemetry spans.
 //!
 //! - [`Reader`] streams a trace generation by generation and yields the
-//!   same events, in the same order, as Go's own reader
-//!   (`internal/trace`, `golang.org/x/exp/trace`). Its ordering state machine
-//!   is a port of Go's `order.go`.
-//! - [`dump_events`] prints the event stream in a stable text form, one event
-//!   per line (`agent decode --dump events`).
-//! - [`trace_to_spans`] turns tasks, regions, logs and runtime ranges into
-//!   [`SpanData`](opentelemetry_sdk::trace::SpanData).
+//!   same events, in the same order, with the same timestamps, as Go's own
+//!   reader (`internal/trace`, `golang.org/x/exp/trace`): its ordering state
+//!   machine is a port of Go's `order.go`, and the conformance tests compare
+//!   the two event streams. [`Reader::new`] takes any `io::Read` and holds one
+//!   generation at a time; [`Reader::from_file`] reads each batch of events
+//!   from the file when it gets to it, and holds only the generation's string
+//!   and stack tables.
+//! - [`dump_events`] / [`dump_reader`] print the event stream in a stable
+//!   text form, one event per line (`agent decode --dump events`).
+//! - [`trace_to_spans`] / [`reader_to_spans`] turn tasks, regions, logs and
+//!   runtime ranges into [`SpanData`](opentelemetry_sdk::trace::SpanData)
+//!   (see the `spans` module docs for the mapping).
 //! - [`watch`] yields new `*.trace` files in a directory once complete.
+//! - [`text`] converts Go's text form of traces (its test data) to bytes.
 //!
-//! Pre-1.22 traces (the v1 format) are refused with
+//! Errors carry the byte offset where the input went wrong; corrupt input
+//! is an error, never a panic, and no allocation is sized by untrusted
+//! numbers beyond the format's own limits (64 KiB batches, 1 KiB strings,
+//! 128 frames). Pre-1.22 traces (the v1 format) are refused with
 //! [`DecodeError::PreGo122`]. Go 1.27's format is not known to this decoder
 //! (Go's own reader at 1.26 refuses it too): it is refused with
 //! [`DecodeError::UnsupportedVersion`].
+//!
+//! One deliberate difference from Go's reader: Go treats a bare `io.EOF`
+//! from a varint cut off at the very end of a batch as the clean end of the
+//! trace; this decoder reports it as an error.
 
 mod cursor;
 mod dump;
