@@ -50,7 +50,10 @@ pub use event::{
 };
 pub use generation::ExperimentalBatch;
 pub use reader::{ReadStats, Reader};
-pub use spans::{SpanOptions, SpanSummary, reader_to_spans, trace_to_spans};
+pub use spans::{
+    ENDED_TASKS_KEPT, MAX_EVENTS_PER_SPAN, SpanOptions, SpanSummary, reader_to_spans,
+    trace_to_spans,
+};
 
 /// No thread (Go's `NoThread`).
 pub const NO_THREAD: i64 = -1;

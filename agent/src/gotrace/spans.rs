@@ -90,7 +90,34 @@ pub struct SpanSummary {
 }
 
 /// Decodes a trace and hands every span to `sink`, in the order the spans
-/// end.
+/// end. The mapping:
+///
+/// - Each task is a span; a child task is a child span of its parent task. A
+///   task that ends on another goroutine is still one span (it is keyed by
+///   task ID, not goroutine).
+/// - Each region is a child span of the enclosing region on the same
+///   goroutine (same task), else of its task; a region of the background
+///   task with no enclosing region is a root span.
+/// - Each `trace.Log` is a span event on the innermost region of its
+///   goroutine (same task), else on its task's span.
+/// - Ranges (GC mark phase, stop-the-world, mark assist, sweep) are internal
+///   spans; goroutine-scoped ones are children of the goroutine's current
+///   region or task, the others are roots.
+/// - A goroutine blocking (`Running -> Waiting`) or being woken
+///   (`Waiting -> Runnable`) while inside a region, or inside a task it began,
+///   is a span event on that span, with the reason.
+/// - A task, region or range whose begin is not in the trace (a flight
+///   recorder window starts in the middle of things) starts at the first
+///   event of the trace; one still open at the end ends at the last event.
+///   Both are exported and marked with `go.trace.truncated`.
+/// - Times: wall clock from the generation's clock snapshot (Go 1.25+); for
+///   older traces the first event is anchored to
+///   [`SpanOptions::anchor_wall_time`] (default: now) and every span carries
+///   `go.trace.time.approximate = true`.
+///
+/// Memory: open spans are kept until they end; events per span are capped
+/// ([`MAX_EVENTS_PER_SPAN`]), and the table of ended tasks kept to link late
+/// children is bounded ([`ENDED_TASKS_KEPT`]).
 pub fn trace_to_spans(
     input: impl Read,
     opts: &SpanOptions,
