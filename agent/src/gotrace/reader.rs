@@ -272,12 +272,19 @@ impl Reader<File> {
     /// generation in memory: memory stays at the generation's string and
     /// stack tables plus one batch (at most 64 KiB) per thread. The event
     /// stream is the same as with [`Reader::new`].
+    ///
+    /// A file that is not a regular file (a pipe, a character device) cannot
+    /// be read at an offset: it is read as a stream, as by [`Reader::new`].
     pub fn from_file(file: File) -> Result<Self, DecodeError> {
-        let handle = file
-            .try_clone()
-            .map_err(|source| DecodeError::Io { offset: 0, source })?;
+        let io = |source| DecodeError::Io { offset: 0, source };
+        let regular = file.metadata().map_err(io)?.is_file();
+        let handle = if regular {
+            Some(file.try_clone().map_err(io)?)
+        } else {
+            None
+        };
         let mut r = Reader::new(file)?;
-        r.file = Some(handle);
+        r.file = handle;
         Ok(r)
     }
 }
