@@ -358,10 +358,21 @@ fn old_traces_get_approximate_anchored_times() {
 
 #[test]
 fn flight_recorder_dump_keeps_truncated_spans() {
-    let trace = generate("flightrecorder", None);
+    // Go 1.26 (end-of-generation markers) and Go 1.25 (the first with
+    // runtime/trace.FlightRecorder).
+    for toolchain in [None, Some("go1.25.5")] {
+        check_flight_recorder_dump(&generate("flightrecorder", toolchain));
+    }
+}
+
+fn check_flight_recorder_dump(trace: &[u8]) {
     let (o, extra) = opts(8, None);
-    let (spans, summary) = spans_of(&trace, &o);
+    let (spans, summary) = spans_of(trace, &o);
     check_invariants(&spans, &extra);
+    assert!(
+        !summary.approximate_time,
+        "Go 1.25+ traces have clock snapshots"
+    );
     assert!(summary.tasks > 10, "{summary:?}");
     // The held requests were in flight during the dump: their task and
     // handler region are exported, marked truncated at the end.
