@@ -1,0 +1,225 @@
+//! The agent on the binaries people ship: the HTTP fixture built by every Go
+//! release from 1.17 to the newest, plain and stripped (`-s -w`), plus a PIE
+//! and a cgo build, each traced for real. Every build must give the same
+//! correct spans. Toolchains come from Debian (Go 1.19) and the module proxy
+//! (`GOTOOLCHAIN=goX.Y.Z`, cached by the go command).
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use support::{
+    agent::{Agent, command},
+    fixture::{fixtures_dir, start_httpserver},
+    http_client::Connection,
+    otlp::Receiver,
+};
+
+const DEBIAN_GO_119: &str = "/usr/lib/go-1.19/bin/go";
+
+#[derive(Clone, Copy, Debug)]
+enum Build {
+    Plain,
+    Stripped,
+    Pie,
+    Cgo,
+}
+
+/// Builds the fixture with `toolchain` ("local", "debian-1.19" or a release).
+fn build(toolchain: &str, kind: Build) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("version_matrix");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let out = dir.join(format!("httpserver-{toolchain}-{kind:?}"));
+    let mut cmd = match toolchain {
+        "debian-1.19" => {
+            assert!(
+                Path::new(DEBIAN_GO_119).exists(),
+                "Go 1.19 is needed at {DEBIAN_GO_119}: `cargo xtask setup` installs Debian's golang-1.19-go"
+            );
+            let mut c = Command::new(DEBIAN_GO_119);
+            c.env("GOTOOLCHAIN", "local");
+            c
+        }
+        "local" => {
+            let mut c = Command::new("go");
+            c.env("GOTOOLCHAIN", "local");
+            c
+        }
+        release => {
+            let mut c = Command::new("go");
+            c.env("GOTOOLCHAIN", release);
+            c
+        }
+    };
+    // Go 1.17 rejects -buildvcs, which GOFLAGS may carry on build machines.
+    cmd.env("GOFLAGS", "-mod=mod").current_dir(fixtures_dir());
+    cmd.arg("build").arg("-o").arg(&out);
+    let package = match kind {
+        Build::Plain => "./httpserver",
+        Build::Stripped => {
+            cmd.arg("-ldflags=-s -w");
+            "./httpserver"
+        }
+        Build::Pie => {
+            cmd.arg("-buildmode=pie");
+            "./httpserver"
+        }
+        Build::Cgo => {
+            cmd.env("CGO_ENABLED", "1");
+            "./cgohttp"
+        }
+    };
+    if !matches!(kind, Build::Cgo) {
+        cmd.env("CGO_ENABLED", "0");
+    }
+    let output = cmd.arg(package).output().expect("run go build");
+    assert!(
+        output.status.success(),
+        "{toolchain} {kind:?}: go build failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// Traces one build and checks its spans.
+fn trace(toolchain: &str, kind: Build) {
+    let binary = build(toolchain, kind);
+    let (server, addr) = start_httpserver(&binary);
+    let receiver = Receiver::grpc();
+    let mut cmd = command();
+    cmd.args(["--pid", &server.pid().to_string()]).args([
+        "--otlp-endpoint",
+        &receiver.url(),
+        "--otlp-protocol",
+        "grpc",
+    ]);
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    let mut conn = Connection::open(addr);
+    // The cgo fixture answers 200 to everything (its handler calls C).
+    let cases = match kind {
+        Build::Cgo => [
+            ("GET", "/hello", 200),
+            ("POST", "/items/m", 200),
+            ("PUT", "/fail", 200),
+        ],
+        _ => [
+            ("GET", "/hello", 200),
+            ("POST", "/items/m", 201),
+            ("PUT", "/fail", 500),
+        ],
+    };
+    for (method, path, status) in cases {
+        assert_eq!(
+            conn.request(method, path, b"xy").0,
+            status,
+            "{toolchain} {kind:?}"
+        );
+    }
+    let spans = receiver.wait_for_spans(cases.len(), Duration::from_secs(20));
+    drop(server);
+    assert!(agent.wait(Duration::from_secs(10)).success());
+    assert_eq!(
+        spans.len(),
+        cases.len(),
+        "{toolchain} {kind:?}: one span per request"
+    );
+    let mut goroutine = None;
+    for (method, path, status) in cases {
+        let name = format!("{method} {path}");
+        let span = spans
+            .iter()
+            .find(|s| s.span.name == name)
+            .unwrap_or_else(|| panic!("{toolchain} {kind:?}: no span {name}"));
+        let what = format!("{toolchain} {kind:?} {name}");
+        assert_eq!(span.attr("http.request.method"), Some(method), "{what}");
+        assert_eq!(span.attr("url.path"), Some(path), "{what}");
+        assert_eq!(
+            span.attr("http.response.status_code"),
+            Some(status.to_string().as_str()),
+            "{what}"
+        );
+        assert_eq!(
+            span.attr("server.port"),
+            Some(addr.port().to_string().as_str()),
+            "{what}"
+        );
+        assert_eq!(span.attr("client.address"), Some("127.0.0.1"), "{what}");
+        assert_eq!(span.attr("http.request.body.size"), Some("2"), "{what}");
+        assert_eq!(span.attr("network.protocol.version"), Some("1.1"), "{what}");
+        let goid = span.attr("goroutine.id").expect("goroutine.id").to_owned();
+        assert_ne!(goid, "0", "{what}");
+        // One keep-alive connection: one goroutine for all three.
+        assert_eq!(
+            *goroutine.get_or_insert_with(|| goid.clone()),
+            goid,
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn go_1_17() {
+    trace("go1.17.13", Build::Plain);
+    trace("go1.17.13", Build::Stripped);
+}
+
+#[test]
+fn go_1_18() {
+    trace("go1.18.10", Build::Plain);
+    trace("go1.18.10", Build::Stripped);
+}
+
+#[test]
+fn go_1_19_debian() {
+    trace("debian-1.19", Build::Plain);
+    trace("debian-1.19", Build::Stripped);
+}
+
+#[test]
+fn go_1_20() {
+    trace("go1.20.14", Build::Plain);
+    trace("go1.20.14", Build::Stripped);
+}
+
+#[test]
+fn go_1_21() {
+    trace("go1.21.13", Build::Plain);
+    trace("go1.21.13", Build::Stripped);
+}
+
+#[test]
+fn go_1_22() {
+    trace("go1.22.12", Build::Plain);
+    trace("go1.22.12", Build::Stripped);
+}
+
+#[test]
+fn go_1_23() {
+    trace("go1.23.12", Build::Plain);
+    trace("go1.23.12", Build::Stripped);
+}
+
+#[test]
+fn go_1_24() {
+    trace("go1.24.13", Build::Plain);
+    trace("go1.24.13", Build::Stripped);
+}
+
+#[test]
+fn go_1_25() {
+    trace("go1.25.8", Build::Plain);
+    trace("go1.25.8", Build::Stripped);
+}
+
+#[test]
+fn newest_plain_stripped_pie_and_cgo() {
+    trace("local", Build::Plain);
+    trace("local", Build::Stripped);
+    trace("local", Build::Pie);
+    trace("local", Build::Cgo);
+}
