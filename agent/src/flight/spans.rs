@@ -7,7 +7,9 @@ use std::{
     time::SystemTime,
 };
 
-use opentelemetry::KeyValue;
+use std::sync::Arc;
+
+use opentelemetry::{KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 
 use super::{CompletedDump, FlightError};
@@ -51,11 +53,19 @@ fn rfc3339(t: SystemTime) -> String {
     jiff::Timestamp::try_from(t).map_or_else(|_| String::new(), |ts| ts.to_string())
 }
 
+/// A string value that is cheap to clone (one per span of the dump).
+fn shared(s: &str) -> Value {
+    Value::String(StringValue::from(Arc::<str>::from(s)))
+}
+
 /// The attributes every span of `dump` carries.
 pub fn dump_attributes(dump: &CompletedDump, clock: &WallClock) -> Vec<KeyValue> {
     let mut attrs = vec![
-        KeyValue::new("flight_recorder.dump.id", dump.id.clone()),
-        KeyValue::new("flight_recorder.dump.time", rfc3339(dump_time(dump, clock))),
+        KeyValue::new("flight_recorder.dump.id", shared(&dump.id)),
+        KeyValue::new(
+            "flight_recorder.dump.time",
+            shared(&rfc3339(dump_time(dump, clock))),
+        ),
         KeyValue::new("flight_recorder.dump.size", dump.bytes.len() as i64),
         KeyValue::new("flight_recorder.dump.complete", dump.complete),
         KeyValue::new("flight_recorder.dump.goroutine", dump.goid as i64),
@@ -63,7 +73,7 @@ pub fn dump_attributes(dump: &CompletedDump, clock: &WallClock) -> Vec<KeyValue>
         KeyValue::new("process.pid", i64::from(dump.pid)),
     ];
     if let Some(writer) = &dump.writer {
-        attrs.push(KeyValue::new("flight_recorder.dump.writer", writer.clone()));
+        attrs.push(KeyValue::new("flight_recorder.dump.writer", shared(writer)));
     }
     if dump.write_error {
         attrs.push(KeyValue::new("flight_recorder.dump.write_error", true));
