@@ -63,10 +63,14 @@ pub fn target_slot(ctx: &ProbeContext) -> u32 {
     (unsafe { generated::bpf_get_attach_cookie(ctx.regs.cast()) } >> 32) as u32
 }
 
-/// Submits a record; wakes the agent only once enough data is waiting.
+/// Submits a record; wakes the agent only when this record takes the unread
+/// data past the threshold, so a backlog costs one wakeup, not one per record.
 #[inline(always)]
 pub fn submit<T>(entry: RingBufEntry<T>) {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_THRESHOLD {
+    // Unread bytes include this reserved record (and its 8-byte header).
+    let size = ((core::mem::size_of::<T>() + 8 + 7) & !7) as u64;
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if avail >= WAKEUP_THRESHOLD && avail < WAKEUP_THRESHOLD + size {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
