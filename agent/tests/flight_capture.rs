@@ -56,10 +56,6 @@ fn build_xexp() -> PathBuf {
     out
 }
 
-fn start_fixture(args: &[&str]) -> (Running, SocketAddr) {
-    start(&fixture::build("flightrec", &[]), args)
-}
-
 fn start(binary: &Path, args: &[&str]) -> (Running, SocketAddr) {
     let mut child = Command::new(binary)
         .args(args)
@@ -200,7 +196,7 @@ fn check_complete_from(
     assert!(dump.goid > 0);
     assert!(dump.end_ktime_ns > dump.start_ktime_ns);
     assert!(
-        dump.bytes.starts_with(b"go 1.26 trace\0\0\0"),
+        dump.bytes.starts_with(b"go 1.2") && dump.bytes[8..16] == *b"trace\0\0\0",
         "trace header"
     );
     assert!(
@@ -246,7 +242,38 @@ fn plan_finds_write_to_sites() {
 
 #[test]
 fn dumps_to_file_pipe_tcp_and_http_are_captured_byte_identical() {
-    let (_fixture, addr) = start_fixture(&["-load", "2"]);
+    destinations(&fixture::build("flightrec", &[]), b"go 1.26 trace");
+}
+
+/// The same with the fixture built by Go 1.25 (the first release with
+/// runtime/trace.FlightRecorder; from the module cache, no network).
+#[test]
+fn go_1_25_dumps_are_captured_byte_identical() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures/flightrec-go1.25.5");
+    let res = Command::new(fixture::go())
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg("./flightrec")
+        .current_dir(fixture::fixtures_dir())
+        .env("CGO_ENABLED", "0")
+        .env("GOTOOLCHAIN", "go1.25.5")
+        .env("GOPROXY", "off")
+        .output()
+        .expect("go build with go1.25.5");
+    assert!(
+        res.status.success(),
+        "go build flightrec with go1.25.5 failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let bin = GoBinary::open(&out).expect("open");
+    assert_eq!(bin.build_info().go_version_raw, "go1.25.5");
+    destinations(&out, b"go 1.25 trace");
+}
+
+/// Dumps of `binary` (a flightrec build) to a file, a pipe, a TCP socket
+/// and an HTTP response, each captured whole and byte-identical.
+fn destinations(binary: &Path, header: &[u8]) {
+    let (_fixture, addr) = start(binary, &["-load", "2"]);
     let (capture, _plan) = Capture::attach(_fixture.pid());
     let dir = work_dir();
     // Let the workload fill the window with tasks.
@@ -259,6 +286,7 @@ fn dumps_to_file_pipe_tcp_and_http_are_captured_byte_identical() {
     let n = written(&body);
     let dump = capture.next_dump();
     let on_disk = std::fs::read(&path).expect("the program's file");
+    assert!(dump.bytes.starts_with(header), "{:?}", &dump.bytes[..16]);
     check_complete(&dump, &on_disk, n, "*os.File");
     assert_eq!(dump.pid, _fixture.pid());
     let regions = check_spans(&dump, &path);
@@ -301,6 +329,34 @@ fn dumps_to_file_pipe_tcp_and_http_are_captured_byte_identical() {
     assert!(status.contains("200"), "{status}");
     let dump = capture.next_dump();
     check_complete(&dump, &body, body.len() as i64, "*net/http.response");
+
+    // A peer that hangs up at once: WriteTo fails part-way. The capture is
+    // still whole: exactly the n bytes the socket accepted, and the error
+    // is reported.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let peer = listener.local_addr().expect("addr");
+    let closer = thread::spawn(move || drop(listener.accept().expect("accept")));
+    // The program waits until the peer has hung up before writing.
+    let (_, body) = get(addr, &format!("/dump?to=tcp&addr={peer}&delay=200ms"));
+    closer.join().expect("closer");
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(
+        !text.ends_with("err=<nil>"),
+        "the write did not fail: {text}"
+    );
+    let n: i64 = text
+        .trim_start_matches("n=")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad answer {text:?}"));
+    let dump = capture.next_dump();
+    assert!(dump.complete, "{:?}", dump.problems);
+    assert!(dump.write_error);
+    assert_eq!(dump.returned, n);
+    assert_eq!(dump.bytes.len() as i64, n);
+    assert!((n as u64) < dump.offered, "n={n} offered={}", dump.offered);
+    assert!(dump.bytes.starts_with(header));
 
     let capture = capture.finish();
     assert_eq!(capture.bad_records, 0);
