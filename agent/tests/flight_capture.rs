@@ -289,7 +289,28 @@ fn destinations(binary: &Path, header: &[u8]) {
     assert!(dump.bytes.starts_with(header), "{:?}", &dump.bytes[..16]);
     check_complete(&dump, &on_disk, n, "*os.File");
     assert_eq!(dump.pid, _fixture.pid());
-    let regions = check_spans(&dump, &path);
+    // --save-dumps: the saved copy is the program's file, byte for byte,
+    // and Go's parser reads the same tasks, regions and logs from it as the
+    // spans carry.
+    let save_dir = dir.path().join("saved");
+    let mut spans = 0;
+    let outcome = flight::handle_dump(
+        &dump,
+        &DumpSpanOptions::default(),
+        Some(&save_dir),
+        &mut |_| spans += 1,
+    )
+    .expect("handle dump");
+    let saved = outcome.saved.expect("saved");
+    assert_eq!(std::fs::read(&saved).expect("saved copy"), on_disk);
+    let name = saved.file_name().and_then(|n| n.to_str()).expect("name");
+    assert!(
+        name.starts_with(&format!("{}-", _fixture.pid()))
+            && name.ends_with(&format!("-{:x}.trace", dump.dump_id)),
+        "{name}"
+    );
+    assert_eq!(outcome.summary.map(|s| s.spans), Some(spans));
+    let regions = check_spans(&dump, &saved);
     for name in ["parse", "compute", "inner"] {
         assert!(
             regions.get(name).copied().unwrap_or(0) > 0,

@@ -58,7 +58,10 @@ use crate::{
 
 pub use capture::{CaptureOptions, CompletedDump, FlightCapture};
 pub use sites::interface_calls;
-pub use spans::{DumpSpanOptions, dump_to_spans, save_dump};
+pub use spans::{
+    DumpOutcome, DumpSpanOptions, dump_attributes, dump_file_name, dump_to_spans, handle_dump,
+    save_dump,
+};
 
 /// `runtime/trace`'s flight recorder (Go 1.25+).
 pub const RUNTIME_WRITE_TO: &str = "runtime/trace.(*FlightRecorder).WriteTo";

@@ -139,6 +139,50 @@ pub fn save_dump(
     Ok(path)
 }
 
+/// What [`handle_dump`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpOutcome {
+    /// Where the bytes were saved, if a directory was given.
+    pub saved: Option<PathBuf>,
+    /// The spans produced; `None` for an incomplete capture (not decoded).
+    pub summary: Option<SpanSummary>,
+}
+
+/// Everything the agent does with a dump WriteTo finished: saves its exact
+/// bytes to `save_dir` (`--save-dumps DIR`, incomplete captures too, named
+/// `.incomplete.trace`), then, when the capture is complete, decodes it into
+/// spans for `sink`. An incomplete capture is logged with its problems and
+/// not decoded (its gaps would decode into nonsense or fail).
+pub fn handle_dump(
+    dump: &CompletedDump,
+    options: &DumpSpanOptions,
+    save_dir: Option<&Path>,
+    sink: &mut dyn FnMut(SpanData),
+) -> Result<DumpOutcome, FlightError> {
+    let saved = match save_dir {
+        Some(dir) => Some(save_dump(dir, dump, &options.clock)?),
+        None => None,
+    };
+    if !dump.complete {
+        log::warn!(
+            "flight-recorder dump {} of pid {} ({} bytes) was not captured whole, not decoded: {}",
+            dump.id,
+            dump.pid,
+            dump.bytes.len(),
+            dump.problems.join("; ")
+        );
+        return Ok(DumpOutcome {
+            saved,
+            summary: None,
+        });
+    }
+    let summary = dump_to_spans(dump, options, sink)?;
+    Ok(DumpOutcome {
+        saved,
+        summary: Some(summary),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +241,16 @@ mod tests {
             dump_to_spans(&dump, &DumpSpanOptions::default(), &mut |_| {}),
             Err(FlightError::Decode(_))
         ));
+        // An incomplete capture is saved but not decoded.
+        let dir = std::env::temp_dir().join(format!("flight-handle-{}", std::process::id()));
+        let opts = DumpSpanOptions {
+            clock,
+            ..DumpSpanOptions::default()
+        };
+        let outcome = handle_dump(&dump, &opts, Some(&dir), &mut |_| {}).expect("handled");
+        assert_eq!(outcome.summary, None);
+        let saved = outcome.saved.expect("saved");
+        assert!(saved.ends_with("9-20231114T221320.002Z-ff.incomplete.trace"));
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }
