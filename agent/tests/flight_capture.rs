@@ -432,6 +432,81 @@ fn x_exp_trace_flight_recorder_dumps_are_captured() {
     capture.finish();
 }
 
+/// The reader thread as the live agent runs it: dumps saved, decoded, and
+/// every span handed to the sink with the dump's identity.
+#[test]
+fn reader_thread_saves_and_decodes_dumps() {
+    let binary = fixture::build("flightrec", &[]);
+    let (fixture, addr) = start(&binary, &["-load", "1"]);
+    let target = Target::open(fixture.pid()).expect("target");
+    let bin = GoBinary::open(&target.exe_path).expect("open binary");
+    let plan = flight::plan(&bin).expect("plan").expect("flight recorder");
+    let mut probes = Probes::load(LoadOptions::default()).expect("load eBPF (run as root)");
+    let attachment = flight::attach(probes.ebpf_mut(), &target, 5, &plan).expect("attach");
+    let ring = flight::take_ring_buffer(probes.ebpf_mut()).expect("ring");
+    let dir = work_dir();
+    let save_dir = dir.path().join("dumps");
+    let (tx, spans) = mpsc::channel();
+    let reader = flight::FlightReader::spawn(
+        ring,
+        flight::ReaderConfig {
+            save_dir: Some(save_dir.clone()),
+            ..flight::ReaderConfig::default()
+        },
+        move |s| {
+            let _ = tx.send(s);
+        },
+    )
+    .expect("spawn reader");
+    reader.watch(&attachment);
+    thread::sleep(Duration::from_millis(300));
+
+    let (_, body) = get(addr, "/dump?to=http");
+    // Wait for the saved file, then for the spans to stop coming.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let saved = loop {
+        let files: Vec<PathBuf> = std::fs::read_dir(&save_dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        if let Some(f) = files
+            .into_iter()
+            .find(|f| f.extension().is_some_and(|e| e == "trace"))
+        {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no dump saved");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(std::fs::read(&saved).expect("saved"), body);
+    let mut received = Vec::new();
+    while let Ok(s) = spans.recv_timeout(Duration::from_secs(2)) {
+        received.push(s);
+    }
+    let stats = reader.stop();
+    assert_eq!(stats.dumps, 1, "{stats:?}");
+    assert_eq!(stats.complete, 1);
+    assert_eq!(stats.saved, 1);
+    assert_eq!(stats.errors, 0);
+    assert_eq!(stats.spans as usize, received.len());
+    assert!(
+        received
+            .iter()
+            .any(|s| attr_str(s, "trace.event.kind") == "task")
+    );
+    let id = format!("{}-", fixture.pid());
+    assert!(
+        received
+            .iter()
+            .all(|s| attr_str(s, "flight_recorder.dump.id").starts_with(&id))
+    );
+    assert!(
+        received
+            .iter()
+            .all(|s| attr_str(s, "flight_recorder.dump.writer") == "*net/http.response")
+    );
+    attachment.detach(probes.ebpf_mut()).expect("detach");
+}
+
 fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a Value> {
     s.attributes
         .iter()

@@ -24,6 +24,7 @@
 //! writer, a `bufio.Writer` that has not flushed yet.
 
 mod capture;
+mod reader;
 mod sites;
 mod spans;
 
@@ -57,6 +58,7 @@ use crate::{
 };
 
 pub use capture::{CaptureOptions, CompletedDump, FlightCapture};
+pub use reader::{FlightReader, ReaderConfig, ReaderStats};
 pub use sites::interface_calls;
 pub use spans::{
     DumpOutcome, DumpSpanOptions, dump_attributes, dump_file_name, dump_to_spans, handle_dump,
@@ -393,6 +395,17 @@ pub struct FlightAttachment {
 }
 
 impl FlightAttachment {
+    /// The same target without the links (for the reader thread).
+    pub(crate) fn shallow_clone(&self) -> Self {
+        Self {
+            pid: self.pid,
+            slot: self.slot,
+            writer_itabs: self.writer_itabs.clone(),
+            types: self.types.clone(),
+            links: Vec::new(),
+        }
+    }
+
     /// Number of uprobes attached.
     pub fn probes(&self) -> usize {
         self.links.len()
