@@ -16,7 +16,21 @@
 //!    when WriteTo returns, complete or marked incomplete with the reasons.
 //! 4. [`dump_to_spans`] decodes it through [`crate::gotrace`] into spans
 //!    carrying the dump's identity; [`save_dump`] keeps the exact bytes for
-//!    `go tool trace`.
+//!    `go tool trace`; [`handle_dump`] does both (`--save-dumps DIR`).
+//! 5. [`FlightReader`] runs 3 and 4 on a thread of its own, woken by the
+//!    ring buffer, handing every span to a sink.
+//!
+//! Wiring into a session (after [`crate::probes::Probes::load`]):
+//!
+//! ```text
+//! let plan = flight::plan(&go_binary)?;                // None: no flight recorder
+//! let att = flight::attach(probes.ebpf_mut(), &target, slot, &plan)?;
+//! let ring = flight::take_ring_buffer(probes.ebpf_mut())?;   // once per object
+//! let reader = FlightReader::spawn(ring, ReaderConfig { save_dir, ..Default::default() },
+//!                                  move |span| sender.send_blocking(span))?;
+//! reader.watch(&att);
+//! // at exit: att.detach(probes.ebpf_mut())?; let stats = reader.stop();
+//! ```
 //!
 //! Capturing at the `w.Write` call sites (instead of the write syscalls)
 //! yields the dump's own bytes for any writer: a file, a pipe, a socket, an
