@@ -12,16 +12,20 @@
 set -euo pipefail
 
 secs="${1:-60}"
-cd "$(dirname "$0")/../agent/fuzz"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root/agent/fuzz"
+# The nightly that `cargo xtask setup` installs (it also builds the eBPF
+# programs, which the fuzz build compiles through the agent's build script).
+toolchain="$(cat "$root/agent-ebpf/nightly-toolchain")"
 
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-cargo +nightly fuzz run gotrace_decode "$work" corpus/gotrace_decode -- \
+cargo "+$toolchain" fuzz run gotrace_decode "$work" corpus/gotrace_decode -- \
     -max_total_time="$secs" \
     -max_len=262144 \
     -rss_limit_mb=2048 \

@@ -78,5 +78,12 @@ pub fn run() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The decoder's fuzz target, for a bounded time on the stored corpus.
+    exec(
+        Command::new("bash")
+            .arg(root().join("scripts/fuzz-gotrace.sh"))
+            .arg("60"),
+    )?;
+    // Last, so that CI's output ends with the test totals.
     test(&[])
 }

@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    io::{BufReader, BufWriter, Write as _},
+    io::{BufWriter, Write as _},
     path::Path,
     process::ExitCode,
     time::{Duration, SystemTime},
@@ -43,14 +43,13 @@ pub async fn decode_file(
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let display = path.display().to_string();
     tokio::task::spawn_blocking(move || {
-        gotrace::trace_to_spans(
-            BufReader::with_capacity(1 << 20, file),
-            &options,
-            &mut |span| {
-                sender.send_blocking(span);
-            },
-        )
-        .with_context(|| format!("{display}: not a valid Go execution trace"))
+        gotrace::Reader::from_file(file)
+            .and_then(|reader| {
+                gotrace::reader_to_spans(reader, &options, &mut |span| {
+                    sender.send_blocking(span);
+                })
+            })
+            .with_context(|| format!("{display}: not a valid Go execution trace"))
     })
     .await
     .context("decoder thread failed")?
@@ -64,7 +63,8 @@ fn dump(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
         let result = File::open(path)
             .with_context(|| format!("cannot open {}", path.display()))
             .and_then(|file| {
-                gotrace::dump_events(BufReader::with_capacity(1 << 20, file), &mut out)
+                gotrace::Reader::from_file(file)
+                    .and_then(|reader| gotrace::dump_reader(reader, &mut out))
                     .with_context(|| format!("{}: not a valid Go execution trace", path.display()))
             });
         if let Err(err) = result {

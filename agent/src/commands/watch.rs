@@ -90,13 +90,11 @@ fn decode_one(path: &PathBuf, sender: &agent::export::SpanSender) {
         )],
         ..SpanOptions::default()
     };
-    let result = gotrace::trace_to_spans(
-        std::io::BufReader::with_capacity(1 << 20, file),
-        &options,
-        &mut |span| {
+    let result = gotrace::Reader::from_file(file).and_then(|reader| {
+        gotrace::reader_to_spans(reader, &options, &mut |span| {
             sender.send_blocking(span);
-        },
-    );
+        })
+    });
     match result {
         Ok(summary) => log::info!(
             "{}: {} events, {} spans",
