@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{span::SpanKind, status::StatusCode},
 };
 use support::{
-    agent::{Agent, command},
+    agent::{Agent, attach_grpc, command},
     fixture,
     http_client::Connection,
     otlp::{FlatSpan, Receiver, flatten},
@@ -251,15 +251,7 @@ fn grpc_export_and_target_exit() {
     let binary = fixture::build("httpserver", &[]);
     let (mut server, addr) = fixture::start_httpserver(&binary);
     let receiver = Receiver::grpc();
-    let mut cmd = command();
-    cmd.args(["--pid", &server.pid().to_string()]).args([
-        "--otlp-endpoint",
-        &receiver.url(),
-        "--otlp-protocol",
-        "grpc",
-    ]);
-    let mut agent = Agent::start(cmd);
-    agent.wait_attached();
+    let mut agent = attach_grpc(server.pid(), &receiver);
     let started = SystemTime::now();
     let ports = send_requests(addr);
     receiver.wait_for_spans(6, Duration::from_secs(20));

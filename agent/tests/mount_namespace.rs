@@ -13,7 +13,7 @@ use std::{
 };
 
 use support::{
-    agent::{Agent, command},
+    agent::attach_grpc,
     fixture::{self, Running},
     http_client::Connection,
     otlp::Receiver,
@@ -53,15 +53,7 @@ fn target_in_another_mount_namespace() {
     );
 
     let receiver = Receiver::grpc();
-    let mut cmd = command();
-    cmd.args(["--pid", &server.pid().to_string()]).args([
-        "--otlp-endpoint",
-        &receiver.url(),
-        "--otlp-protocol",
-        "grpc",
-    ]);
-    let mut agent = Agent::start(cmd);
-    agent.wait_attached();
+    let mut agent = attach_grpc(server.pid(), &receiver);
     let mut conn = Connection::open(addr);
     assert_eq!(conn.request("GET", "/hello", b"").0, 200);
     assert_eq!(conn.request("POST", "/items/ns", b"abc").0, 201);

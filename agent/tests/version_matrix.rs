@@ -13,7 +13,7 @@ use std::{
 };
 
 use support::{
-    agent::{Agent, command},
+    agent::attach_grpc,
     fixture::{fixtures_dir, start_httpserver},
     http_client::Connection,
     otlp::Receiver,
@@ -90,15 +90,7 @@ fn trace(toolchain: &str, kind: Build) {
     let binary = build(toolchain, kind);
     let (server, addr) = start_httpserver(&binary);
     let receiver = Receiver::grpc();
-    let mut cmd = command();
-    cmd.args(["--pid", &server.pid().to_string()]).args([
-        "--otlp-endpoint",
-        &receiver.url(),
-        "--otlp-protocol",
-        "grpc",
-    ]);
-    let mut agent = Agent::start(cmd);
-    agent.wait_attached();
+    let mut agent = attach_grpc(server.pid(), &receiver);
     let mut conn = Connection::open(addr);
     // The cgo fixture answers 200 to everything (its handler calls C).
     let cases = match kind {

@@ -11,9 +11,8 @@ use std::{
 };
 
 use agent::{
-    export::{BatchConfig, Pipeline, SpanSender},
+    export::{BatchConfig, SpanSender},
     gotrace::{self, SpanOptions, SpanSummary},
-    resource::{self, ResourceOptions},
 };
 use anyhow::Context as _;
 
@@ -86,15 +85,7 @@ pub async fn run(args: &DecodeArgs, export: &ExportArgs) -> anyhow::Result<ExitC
         return dump(&args.files);
     }
     let anchor = parse_anchor(args.anchor_time.as_deref())?;
-    let config = super::export_config(export)?;
-    let (resource, warnings) = resource::build(
-        None,
-        &ResourceOptions::from_env(export.service_name.clone()),
-    );
-    for warning in warnings {
-        log::warn!("{warning}");
-    }
-    let pipeline = Pipeline::start(&config, &resource, BatchConfig::default())?;
+    let pipeline = super::start_pipeline(export, None, BatchConfig::default())?;
     let mut failed = 0;
     for path in &args.files {
         let options = SpanOptions {

@@ -26,6 +26,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Starts the export pipeline for `process` (none for trace files): the
+/// resource from flags and environment, warnings about it logged.
+pub fn start_pipeline(
+    export: &ExportArgs,
+    process: Option<&agent::resource::ProcessInfo>,
+    batch: agent::export::BatchConfig,
+) -> anyhow::Result<agent::export::Pipeline> {
+    let config = export_config(export)?;
+    let (resource, warnings) = agent::resource::build(
+        process,
+        &agent::resource::ResourceOptions::from_env(export.service_name.clone()),
+    );
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    Ok(agent::export::Pipeline::start(&config, &resource, batch)?)
+}
+
 /// The export configuration from flags and environment.
 pub fn export_config(args: &ExportArgs) -> anyhow::Result<ExportConfig> {
     Ok(ExportConfig::resolve(

@@ -5,9 +5,8 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use agent::{
-    export::{BatchConfig, Pipeline},
+    export::BatchConfig,
     gotrace::{self, SpanOptions, watch::WatchError},
-    resource::{self, ResourceOptions},
 };
 use anyhow::Context as _;
 use tokio::{
@@ -22,15 +21,7 @@ const SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
 pub async fn run(args: &WatchArgs, export: &ExportArgs) -> anyhow::Result<ExitCode> {
     let watcher = gotrace::watch::watch_dir(&args.dir)
         .with_context(|| format!("cannot watch {}", args.dir.display()))?;
-    let config = super::export_config(export)?;
-    let (resource, warnings) = resource::build(
-        None,
-        &ResourceOptions::from_env(export.service_name.clone()),
-    );
-    for warning in warnings {
-        log::warn!("{warning}");
-    }
-    let pipeline = Pipeline::start(&config, &resource, BatchConfig::default())?;
+    let pipeline = super::start_pipeline(export, None, BatchConfig::default())?;
     log::info!("watching {} for *.trace files", args.dir.display());
 
     // The watcher blocks on inotify: it runs on its own thread, and decodes

@@ -155,3 +155,18 @@ impl Drop for Agent {
         }
     }
 }
+
+/// Starts the agent on `pid`, exporting over gRPC to `receiver`, and waits
+/// until it has attached.
+pub fn attach_grpc(pid: u32, receiver: &super::otlp::Receiver) -> Agent {
+    let mut cmd = command();
+    cmd.args(["--pid", &pid.to_string()]).args([
+        "--otlp-endpoint",
+        &receiver.url(),
+        "--otlp-protocol",
+        "grpc",
+    ]);
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    agent
+}
