@@ -22,6 +22,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT,
 #[map]
 pub static TARGETS: Array<TargetConfig> = Array::with_max_entries(MAX_TARGETS, 0);
 
+/// When this CPU last forced a ring-buffer wakeup (`bpf_ktime_get_ns`).
+#[map]
+pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// One all-zero record, never written: copied over each reserved record
 /// first, so no byte of a record reaches user space uninitialised.
 #[map]

@@ -8,11 +8,14 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 
-use crate::maps::{EVENTS, ZERO, count};
+use crate::maps::{EVENTS, LAST_WAKEUP, ZERO, count};
 
-/// Unread bytes in the ring buffer past which a record wakes the agent up.
+/// Unread bytes in the ring buffer past which records wake the agent up.
 /// Below it the agent drains on its own timer, so most records cost no wakeup.
 const WAKEUP_THRESHOLD: u64 = 256 * 1024;
+
+/// Shortest time between two forced wakeups from one CPU.
+const WAKEUP_INTERVAL_NS: u64 = 100_000;
 
 /// Reserves a zeroed record of type `T`, counting a full ring buffer.
 #[inline(always)]
@@ -63,18 +66,27 @@ pub fn target_slot(ctx: &ProbeContext) -> u32 {
     (unsafe { generated::bpf_get_attach_cookie(ctx.regs.cast()) } >> 32) as u32
 }
 
-/// Submits a record; wakes the agent only when this record takes the unread
-/// data past the threshold, so a backlog costs one wakeup, not one per record.
+/// Submits a record without waking the agent, unless a backlog has built up:
+/// then at most one forced wakeup per CPU every `WAKEUP_INTERVAL_NS`, so a
+/// flood costs a few thousand wakeups a second, not one per record, and the
+/// agent never sleeps through a filling buffer (below the threshold its 10 ms
+/// timer drains).
 #[inline(always)]
 pub fn submit<T>(entry: RingBufEntry<T>) {
-    // Unread bytes include this reserved record (and its 8-byte header).
-    let size = ((core::mem::size_of::<T>() + 8 + 7) & !7) as u64;
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let flags = if avail >= WAKEUP_THRESHOLD && avail < WAKEUP_THRESHOLD + size {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let mut flags = BPF_RB_NO_WAKEUP;
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_THRESHOLD
+        && let Some(last) = LAST_WAKEUP.get_ptr_mut(0)
+    {
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: the pointer is this CPU's map value, which nothing else
+        // touches while this program runs.
+        let last = unsafe { &mut *last };
+        if now.wrapping_sub(*last) >= WAKEUP_INTERVAL_NS {
+            *last = now;
+            flags = BPF_RB_FORCE_WAKEUP;
+        }
+    }
     entry.submit(flags as u64);
     count(stats::EVENTS_WRITTEN);
 }

@@ -68,6 +68,14 @@ pub struct TraceArgs {
     #[arg(long, value_name = "POLICY", default_value = "cheapest", value_parser = ["cheapest", "function-start"])]
     pub entry_site: String,
 
+    /// Save each captured flight-recorder dump to this directory (for `go tool trace`).
+    #[arg(long, value_name = "DIR")]
+    pub save_dumps: Option<std::path::PathBuf>,
+
+    /// Do not capture runtime/trace flight-recorder dumps.
+    #[arg(long)]
+    pub no_flight_recorder: bool,
+
     /// Also write the exit summary as key=value lines to this file.
     #[arg(long, value_name = "FILE")]
     pub summary_file: Option<std::path::PathBuf>,

@@ -13,6 +13,7 @@ use agent::{
     binary::{GoBinary, GoVersion},
     clock::WallClock,
     export::{BatchConfig, ExportSnapshot, Pipeline},
+    flight::{self, FlightReader, ReaderConfig, ReaderStats},
     probes::{self, KernelStats, LoadOptions, Probes, http_server},
     resource::{self, ProcessInfo, ResourceOptions},
     ringbuf::{self, Record, RingBufReader},
@@ -63,6 +64,8 @@ struct Losses {
     usdt: UsdtStats,
     export: ExportSnapshot,
     bad_records: u64,
+    /// Flight-recorder dumps, once the reader has stopped.
+    flight: Option<ReaderStats>,
 }
 
 impl Losses {
@@ -81,7 +84,12 @@ impl Losses {
             self.usdt.unreadable_ids,
             self.export.dropped_queue_full,
             self.export.dropped_export_failed,
-        )
+        ) + &self.flight.map_or_else(String::new, |f| {
+            format!(
+                ", flight-recorder dumps: {} ({} complete, {} incomplete, {} dropped, {} failed to decode or save)",
+                f.dumps, f.complete, f.incomplete, f.dropped_dumps, f.errors
+            )
+        })
     }
 
     fn total(&self) -> u64 {
@@ -92,6 +100,9 @@ impl Losses {
             + self.pairing.evicted
             + self.usdt.lost()
             + self.export.dropped()
+            + self
+                .flight
+                .map_or(0, |f| f.incomplete + f.dropped_dumps + f.errors)
     }
 }
 
@@ -100,14 +111,21 @@ struct HttpTarget {
     plan: http_server::HttpServerPlan,
 }
 
+/// What the Go binary offers: net/http probes (or why not) and a flight
+/// recorder to catch dumps of.
+struct GoTarget {
+    http: anyhow::Result<HttpTarget>,
+    flight: Option<flight::FlightPlan>,
+}
+
 /// Analyses the executable for net/http probes; the error says why the
 /// process cannot be traced that way (not Go, too old, no net/http).
-fn plan_http(
+fn plan_go(
     pid: u32,
     target: &Target,
     args: &TraceArgs,
     process: &mut ProcessInfo,
-) -> anyhow::Result<HttpTarget> {
+) -> anyhow::Result<GoTarget> {
     let bin = GoBinary::open(&target.exe_path).with_context(|| {
         format!(
             "PID {pid} ({}) cannot be traced",
@@ -124,22 +142,40 @@ fn plan_http(
             info.go_version_raw
         );
     }
+    let flight = if args.no_flight_recorder {
+        None
+    } else {
+        match flight::plan(&bin) {
+            Ok(plan) => plan,
+            Err(err) => {
+                log::warn!(
+                    "flight-recorder dumps will not be captured: {:#}",
+                    anyhow::Error::new(err)
+                );
+                None
+            }
+        }
+    };
     let policy = match args.entry_site.as_str() {
         "function-start" => http_server::SitePolicy::FunctionStart,
         _ => http_server::SitePolicy::Cheapest,
     };
-    let plan = http_server::plan(&bin, policy).with_context(|| {
-        format!(
-            "PID {pid} ({}, {}) cannot be traced",
-            target.exe_in_target.display(),
-            info.go_version_raw
-        )
-    })?;
-    for missing in &plan.missing {
-        log::debug!("optional field unavailable: {missing}");
-    }
-    log::debug!("struct offsets: {:?}", plan.offsets);
-    Ok(HttpTarget { plan })
+    let http = http_server::plan(&bin, policy)
+        .with_context(|| {
+            format!(
+                "PID {pid} ({}, {}) cannot be traced",
+                target.exe_in_target.display(),
+                info.go_version_raw
+            )
+        })
+        .map(|plan| {
+            for missing in &plan.missing {
+                log::debug!("optional field unavailable: {missing}");
+            }
+            log::debug!("struct offsets: {:?}", plan.offsets);
+            HttpTarget { plan }
+        });
+    Ok(GoTarget { http, flight })
 }
 
 /// The USDT probes of `pid` that the mapping names and that can be
@@ -238,12 +274,19 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         main_module: None,
     };
     let mapping = usdt_config(args)?;
-    let http = plan_http(pid, &target, args, &mut process);
+    let (http, flight_plan) = match plan_go(pid, &target, args, &mut process) {
+        Ok(go) => (go.http, go.flight),
+        Err(err) => (Err(err), None),
+    };
     let usdt = match &mapping {
         Some(config) => usdt_probes(pid, config),
         None => Err("USDT probes are off (--no-usdt)".to_owned()),
     };
     let (http, usdt_found) = match (http, usdt) {
+        (Err(http_err), Err(usdt_err)) if flight_plan.is_some() => {
+            log::info!("no net/http probes: {http_err:#}; no USDT probes: {usdt_err}");
+            (None, Vec::new())
+        }
         (Err(http_err), Err(usdt_err)) => {
             return Err(http_err.context(format!(
                 "PID {pid} ({}) has nothing to trace: {usdt_err}, and no net/http server",
@@ -276,6 +319,11 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
 
     let mut probes = Probes::load(LoadOptions {
         ring_buffer_bytes: args.ring_buffer_size,
+        flight_ring_bytes: if flight_plan.is_some() {
+            16 << 20
+        } else {
+            4096
+        },
     })?;
     if let Some(http) = &http {
         http_server::attach(&mut probes, &target, 0, &http.plan)?;
@@ -335,6 +383,19 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
             names.join(", ")
         );
     }
+    let flight = match &flight_plan {
+        Some(plan) => {
+            let attachment = flight::attach(probes.ebpf_mut(), &target, 0, plan)
+                .with_context(|| format!("cannot attach to the flight recorder of PID {pid}"))?;
+            let ring = flight::take_ring_buffer(probes.ebpf_mut())?;
+            log::info!(
+                "flight recorder: {} probes on WriteTo and its writes",
+                attachment.probes()
+            );
+            Some((attachment, ring))
+        }
+        None => None,
+    };
     // From here on, errors detach the USDT probes (restoring semaphores)
     // before returning.
     let result = session(
@@ -345,6 +406,7 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         &target,
         &mut probes,
         &mut usdt,
+        flight,
         process.runtime_version.as_deref(),
         clock,
     )
@@ -365,6 +427,10 @@ async fn session(
     target: &Target,
     probes: &mut Probes,
     usdt: &mut UsdtSession,
+    flight: Option<(
+        flight::FlightAttachment,
+        aya::maps::RingBuf<aya::maps::MapData>,
+    )>,
     go_version: Option<&str>,
     clock: WallClock,
 ) -> anyhow::Result<ExitCode> {
@@ -382,6 +448,25 @@ async fn session(
         },
     )?;
     let sender = pipeline.sender();
+    // Dumps are reassembled and decoded on a thread of their own: decoding a
+    // 10 MiB dump takes about a second and must not hold the event loop.
+    let mut flight = match flight {
+        Some((attachment, ring)) => {
+            let dump_sender = sender.clone();
+            let reader = FlightReader::spawn(
+                ring,
+                ReaderConfig {
+                    save_dir: args.save_dumps.clone(),
+                    ..ReaderConfig::default()
+                },
+                move |span| dump_sender.send_blocking(span),
+            )
+            .context("cannot start the flight-recorder reader")?;
+            reader.watch(&attachment);
+            Some((attachment, reader))
+        }
+        None => None,
+    };
     let mut builder = HttpSpanBuilder::new(
         clock,
         args.max_open_spans,
@@ -463,6 +548,15 @@ async fn session(
     }
     probes.detach_all();
     usdt.detach(probes);
+    if let Some((attachment, reader)) = flight.take() {
+        if let Err(err) = attachment.detach(probes.ebpf_mut()) {
+            log::warn!(
+                "detaching the flight-recorder probes: {:#}",
+                anyhow::Error::new(err)
+            );
+        }
+        losses.flight = Some(reader.stop());
+    }
     drain(&mut reader, &mut builder, usdt, &mut losses);
     let now = WallClock::monotonic_now_ns();
     builder.finish(now, &mut |span| sender.send_encoded(span));
@@ -480,7 +574,7 @@ async fn session(
     );
     if let Some(path) = &args.summary_file {
         let summary = format!(
-            "spans_exported={}\nrecords={}\nringbuf_full={}\nbad_records={}\nunmatched_ends={}\nexpired={}\nevicted={}\nusdt_started={}\nusdt_completed={}\nusdt_unmatched_ends={}\nusdt_expired={}\nusdt_evicted={}\nusdt_replaced={}\nusdt_unreadable_ids={}\nusdt_unmapped={}\ndropped_queue_full={}\ndropped_export_failed={}\n",
+            "spans_exported={}\nrecords={}\nringbuf_full={}\nbad_records={}\nunmatched_ends={}\nexpired={}\nevicted={}\nusdt_started={}\nusdt_completed={}\nusdt_unmatched_ends={}\nusdt_expired={}\nusdt_evicted={}\nusdt_replaced={}\nusdt_unreadable_ids={}\nusdt_unmapped={}\ndropped_queue_full={}\ndropped_export_failed={}\nflight_dumps={}\nflight_dumps_complete={}\nflight_spans={}\n",
             losses.export.exported,
             losses.kernel.events_written,
             losses.kernel.ringbuf_full,
@@ -498,6 +592,9 @@ async fn session(
             losses.usdt.unmapped,
             losses.export.dropped_queue_full,
             losses.export.dropped_export_failed,
+            losses.flight.map_or(0, |f| f.dumps),
+            losses.flight.map_or(0, |f| f.complete),
+            losses.flight.map_or(0, |f| f.spans),
         );
         std::fs::write(path, summary)
             .with_context(|| format!("cannot write the summary to {}", path.display()))?;

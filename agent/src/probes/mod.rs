@@ -83,12 +83,16 @@ fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
 pub struct LoadOptions {
     /// Ring-buffer size in bytes: a power of two, at least one page.
     pub ring_buffer_bytes: u32,
+    /// Size of the flight-recorder dump ring (`FLIGHT_RING`): 16 MiB holds a
+    /// default-size dump; one page when there is no flight recorder to catch.
+    pub flight_ring_bytes: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             ring_buffer_bytes: 4 << 20,
+            flight_ring_bytes: 16 << 20,
         }
     }
 }
@@ -123,6 +127,10 @@ impl Probes {
         let size = options.ring_buffer_bytes.max(4096).next_power_of_two();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", size)
+            .map_max_entries(
+                "FLIGHT_RING",
+                options.flight_ring_bytes.max(4096).next_power_of_two(),
+            )
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if is_permission_error(&e) {
