@@ -135,8 +135,10 @@ pub fn build(process: Option<&ProcessInfo>, options: &ResourceOptions) -> (Resou
                 name.to_string_lossy().into_owned(),
             ));
         }
-        attributes.push(KeyValue::new("process.runtime.name", "go"));
+        // The runtime is Go only where the binary has Go build info (USDT
+        // targets may be C programs).
         if let Some(version) = &p.runtime_version {
+            attributes.push(KeyValue::new("process.runtime.name", "go"));
             attributes.push(KeyValue::new("process.runtime.version", version.clone()));
         }
     }
@@ -196,6 +198,13 @@ mod tests {
             get(&r, "process.runtime.version").as_deref(),
             Some("go1.26.8")
         );
+        assert_eq!(get(&r, "process.runtime.name").as_deref(), Some("go"));
+        let c_program = ProcessInfo {
+            runtime_version: None,
+            ..process.clone()
+        };
+        let (r, _) = build(Some(&c_program), &ResourceOptions::default());
+        assert_eq!(get(&r, "process.runtime.name"), None, "not a Go program");
     }
 
     #[test]
