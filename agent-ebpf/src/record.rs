@@ -12,7 +12,7 @@ use crate::maps::{EVENTS, LAST_WAKEUP, ZERO, count};
 
 /// Unread bytes in the ring buffer past which records wake the agent up.
 /// Below it the agent drains on its own timer, so most records cost no wakeup.
-const WAKEUP_THRESHOLD: u64 = 256 * 1024;
+const WAKEUP_THRESHOLD: u64 = 1024 * 1024;
 
 /// Shortest time between two forced wakeups from one CPU.
 const WAKEUP_INTERVAL_NS: u64 = 100_000;
