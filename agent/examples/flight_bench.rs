@@ -226,6 +226,10 @@ fn run(pid: u32, addr: SocketAddr, dumps: usize, min_bytes: usize) -> anyhow::Re
     let reader = {
         let stop = Arc::clone(&reader_stop);
         thread::spawn(move || {
+            // As the agent's decoder thread: the lowest CPU priority, so the
+            // traced program does not share its cores with the decoding.
+            // SAFETY: setpriority on this thread's own id; no memory passed.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
             let opts = DumpSpanOptions::default();
             let fd = ring.as_raw_fd();
             while !stop.load(Ordering::Relaxed) {

@@ -1,6 +1,8 @@
-//! A thread that drains `FLIGHT_RING`: reassembles dumps, saves them and
-//! decodes them into spans, off the async runtime (decoding a 10 MiB dump
-//! takes about a second of CPU).
+//! Two threads off the async runtime: one drains `FLIGHT_RING` and
+//! reassembles dumps (at normal priority, so the ring never waits on a
+//! decode), one saves each dump and decodes it into spans at the lowest CPU
+//! priority (nice 19): decoding a 10 MiB dump takes about 300 ms of CPU,
+//! which the traced program should not have to share.
 
 use std::{
     io,
@@ -27,6 +29,9 @@ use crate::clock::WallClock;
 const POLL_MS: i32 = 100;
 /// How often dumps with no end are expired.
 const EXPIRE_EVERY_NS: u64 = 1_000_000_000;
+/// Reassembled dumps waiting for the decoder at most; beyond, the reader
+/// waits (and the ring buffers what arrives meanwhile).
+const PENDING_DUMPS: usize = 2;
 
 /// What the reader thread does with dumps.
 #[derive(Clone, Debug, Default)]
@@ -63,6 +68,7 @@ pub struct FlightReader {
     stop: Arc<AtomicBool>,
     commands: mpsc::Sender<Command>,
     handle: Option<thread::JoinHandle<ReaderStats>>,
+    decoder: Option<thread::JoinHandle<ReaderStats>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -84,14 +90,20 @@ impl FlightReader {
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (commands, rx) = mpsc::channel();
+        let (dumps, pending) = mpsc::sync_channel(PENDING_DUMPS);
+        let capture = config.capture;
+        let decoder = thread::Builder::new()
+            .name("flight-decode".to_owned())
+            .spawn(move || decode(pending, config, sink))?;
         let thread_stop = Arc::clone(&stop);
         let handle = thread::Builder::new()
             .name("flight-reader".to_owned())
-            .spawn(move || run(ring, config, sink, rx, &thread_stop))?;
+            .spawn(move || run(ring, capture, dumps, rx, &thread_stop))?;
         Ok(Self {
             stop,
             commands,
             handle: Some(handle),
+            decoder: Some(decoder),
         })
     }
 
@@ -112,10 +124,23 @@ impl FlightReader {
     /// counters.
     pub fn stop(mut self) -> ReaderStats {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle
+        // The reader drains what is waiting, hands the last dumps on and
+        // closes the channel; the decoder then finishes them.
+        let reader = self
+            .handle
             .take()
             .and_then(|h| h.join().ok())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let decoded = self
+            .decoder
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        ReaderStats {
+            bad_records: reader.bad_records,
+            dropped_dumps: reader.dropped_dumps,
+            ..decoded
+        }
     }
 }
 
@@ -166,14 +191,37 @@ fn handle(
     stats.spans += spans;
 }
 
-fn run(
-    mut ring: RingBuf<MapData>,
+/// The decoder thread: saves and decodes each dump, at the lowest priority.
+fn decode(
+    pending: mpsc::Receiver<CompletedDump>,
     config: ReaderConfig,
     mut sink: impl FnMut(SpanData),
+) -> ReaderStats {
+    // SAFETY: setpriority on this thread's own id (PRIO_PROCESS with a tid
+    // sets one thread's nice value on Linux); no memory is passed.
+    let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if ret != 0 {
+        log::debug!(
+            "cannot lower the dump decoder's priority: {}",
+            io::Error::last_os_error()
+        );
+    }
+    let mut stats = ReaderStats::default();
+    for dump in pending {
+        handle(&dump, &config, &mut sink, &mut stats);
+    }
+    stats
+}
+
+/// The reader thread: drains the ring, reassembles, hands dumps on.
+fn run(
+    mut ring: RingBuf<MapData>,
+    options: CaptureOptions,
+    dumps: mpsc::SyncSender<CompletedDump>,
     commands: mpsc::Receiver<Command>,
     stop: &AtomicBool,
 ) -> ReaderStats {
-    let mut capture = FlightCapture::new(config.capture);
+    let mut capture = FlightCapture::new(options);
     let mut stats = ReaderStats::default();
     let mut last_expire = WallClock::monotonic_now_ns();
     let fd = ring.as_raw_fd();
@@ -191,14 +239,15 @@ fn run(
                 done.push(dump);
             }
         }
-        for dump in &done {
-            handle(dump, &config, &mut sink, &mut stats);
-        }
         let now = WallClock::monotonic_now_ns();
         if now.saturating_sub(last_expire) >= EXPIRE_EVERY_NS {
             last_expire = now;
-            for dump in capture.expire(now) {
-                handle(&dump, &config, &mut sink, &mut stats);
+            done.extend(capture.expire(now));
+        }
+        for dump in done {
+            if dumps.send(dump).is_err() {
+                // The decoder is gone (it panicked): nothing can take dumps.
+                stats.dropped_dumps += 1;
             }
         }
         if stopping {
