@@ -68,41 +68,146 @@ struct Losses {
     flight: Option<ReaderStats>,
 }
 
+/// One counter of a session: its key in `--summary-file`, its words in the
+/// exit line (`None`: not shown there) and whether it is a loss.
+struct Counter {
+    key: &'static str,
+    label: Option<(&'static str, &'static str)>,
+    value: u64,
+    loss: bool,
+}
+
+const fn counter(
+    key: &'static str,
+    label: Option<(&'static str, &'static str)>,
+    value: u64,
+    loss: bool,
+) -> Counter {
+    Counter {
+        key,
+        label,
+        value,
+        loss,
+    }
+}
+
 impl Losses {
-    fn describe(&self) -> String {
-        format!(
-            "ring buffer full: {} records, unreadable records: {}, ends without start: {}, expired: {}, evicted: {}, USDT ends without start: {}, USDT expired: {}, USDT evicted: {}, USDT replaced: {}, USDT unreadable request ids: {}, export queue full: {} spans, export failed: {} spans",
-            self.kernel.ringbuf_full,
-            self.bad_records,
-            self.pairing.unmatched_ends,
-            self.pairing.expired,
-            self.pairing.evicted,
-            self.usdt.pairing.unmatched_ends,
-            self.usdt.pairing.expired,
-            self.usdt.pairing.evicted,
-            self.usdt.pairing.replaced,
-            self.usdt.unreadable_ids,
-            self.export.dropped_queue_full,
-            self.export.dropped_export_failed,
-        ) + &self.flight.map_or_else(String::new, |f| {
-            format!(
-                ", flight-recorder dumps: {} ({} complete, {} incomplete, {} dropped, {} failed to decode or save)",
-                f.dumps, f.complete, f.incomplete, f.dropped_dumps, f.errors
-            )
-        })
+    /// Every counter, in the order the exit line and the summary file list
+    /// them.
+    fn counters(&self) -> Vec<Counter> {
+        let flight = self.flight.unwrap_or_default();
+        let (u, p) = (&self.usdt, &self.pairing);
+        vec![
+            counter("spans_exported", None, self.export.exported, false),
+            counter("records", None, self.kernel.events_written, false),
+            counter(
+                "ringbuf_full",
+                Some(("ring buffer full", " records")),
+                self.kernel.ringbuf_full,
+                true,
+            ),
+            counter(
+                "bad_records",
+                Some(("unreadable records", "")),
+                self.bad_records,
+                true,
+            ),
+            counter(
+                "unmatched_ends",
+                Some(("ends without start", "")),
+                p.unmatched_ends,
+                true,
+            ),
+            counter("expired", Some(("expired", "")), p.expired, true),
+            counter("evicted", Some(("evicted", "")), p.evicted, true),
+            counter("usdt_started", None, u.pairing.started, false),
+            counter("usdt_completed", None, u.pairing.completed, false),
+            counter(
+                "usdt_unmatched_ends",
+                Some(("USDT ends without start", "")),
+                u.pairing.unmatched_ends,
+                true,
+            ),
+            counter(
+                "usdt_expired",
+                Some(("USDT expired", "")),
+                u.pairing.expired,
+                true,
+            ),
+            counter(
+                "usdt_evicted",
+                Some(("USDT evicted", "")),
+                u.pairing.evicted,
+                true,
+            ),
+            counter(
+                "usdt_replaced",
+                Some(("USDT replaced", "")),
+                u.pairing.replaced,
+                true,
+            ),
+            counter(
+                "usdt_unreadable_ids",
+                Some(("USDT unreadable request ids", "")),
+                u.unreadable_ids,
+                true,
+            ),
+            counter("usdt_unmapped", None, u.unmapped, true),
+            counter(
+                "dropped_queue_full",
+                Some(("export queue full", " spans")),
+                self.export.dropped_queue_full,
+                true,
+            ),
+            counter(
+                "dropped_export_failed",
+                Some(("export failed", " spans")),
+                self.export.dropped_export_failed,
+                true,
+            ),
+            counter("flight_dumps", None, flight.dumps, false),
+            counter("flight_dumps_complete", None, flight.complete, false),
+            counter("flight_dumps_incomplete", None, flight.incomplete, true),
+            counter("flight_dumps_dropped", None, flight.dropped_dumps, true),
+            counter("flight_dumps_failed", None, flight.errors, true),
+            counter("flight_spans", None, flight.spans, false),
+        ]
     }
 
+    /// The losses, for the log and the exit line.
+    fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .counters()
+            .into_iter()
+            .filter_map(|c| {
+                c.label
+                    .map(|(words, unit)| format!("{words}: {}{unit}", c.value))
+            })
+            .collect();
+        if let Some(f) = self.flight {
+            parts.push(format!(
+                "flight-recorder dumps: {} ({} complete, {} incomplete, {} dropped, {} failed to decode or save)",
+                f.dumps, f.complete, f.incomplete, f.dropped_dumps, f.errors
+            ));
+        }
+        parts.join(", ")
+    }
+
+    /// Everything lost, summed.
     fn total(&self) -> u64 {
-        self.kernel.ringbuf_full
-            + self.bad_records
-            + self.pairing.unmatched_ends
-            + self.pairing.expired
-            + self.pairing.evicted
-            + self.usdt.lost()
-            + self.export.dropped()
-            + self
-                .flight
-                .map_or(0, |f| f.incomplete + f.dropped_dumps + f.errors)
+        self.counters()
+            .iter()
+            .filter(|c| c.loss)
+            .map(|c| c.value)
+            .sum()
+    }
+
+    /// The `--summary-file` text: one `key=value` line per counter.
+    fn summary_file(&self) -> String {
+        self.counters()
+            .iter()
+            .map(|c| format!("{}={}\n", c.key, c.value))
+            .collect()
     }
 }
 
@@ -573,29 +678,7 @@ async fn session(
         losses.describe()
     );
     if let Some(path) = &args.summary_file {
-        let summary = format!(
-            "spans_exported={}\nrecords={}\nringbuf_full={}\nbad_records={}\nunmatched_ends={}\nexpired={}\nevicted={}\nusdt_started={}\nusdt_completed={}\nusdt_unmatched_ends={}\nusdt_expired={}\nusdt_evicted={}\nusdt_replaced={}\nusdt_unreadable_ids={}\nusdt_unmapped={}\ndropped_queue_full={}\ndropped_export_failed={}\nflight_dumps={}\nflight_dumps_complete={}\nflight_spans={}\n",
-            losses.export.exported,
-            losses.kernel.events_written,
-            losses.kernel.ringbuf_full,
-            losses.bad_records,
-            losses.pairing.unmatched_ends,
-            losses.pairing.expired,
-            losses.pairing.evicted,
-            losses.usdt.pairing.started,
-            losses.usdt.pairing.completed,
-            losses.usdt.pairing.unmatched_ends,
-            losses.usdt.pairing.expired,
-            losses.usdt.pairing.evicted,
-            losses.usdt.pairing.replaced,
-            losses.usdt.unreadable_ids,
-            losses.usdt.unmapped,
-            losses.export.dropped_queue_full,
-            losses.export.dropped_export_failed,
-            losses.flight.map_or(0, |f| f.dumps),
-            losses.flight.map_or(0, |f| f.complete),
-            losses.flight.map_or(0, |f| f.spans),
-        );
+        let summary = losses.summary_file();
         std::fs::write(path, summary)
             .with_context(|| format!("cannot write the summary to {}", path.display()))?;
     }
