@@ -158,15 +158,7 @@ impl UsdtSpanBuilder {
     /// Which mapping (by index) and which end of it probe `provider:name`
     /// is; resolve once per attached site and pass it to [`Self::on_event`].
     pub fn resolve(&self, provider: &str, name: &str) -> Option<(usize, Role)> {
-        self.config.spans.iter().enumerate().find_map(|(i, s)| {
-            if s.start.matches(provider, name) {
-                Some((i, Role::Start))
-            } else if s.end.matches(provider, name) {
-                Some((i, Role::End))
-            } else {
-                None
-            }
-        })
+        self.config.find_index(provider, name)
     }
 
     /// Counters so far.

@@ -549,11 +549,17 @@ impl MappingConfig {
 
     /// The span mapping probe `provider:name` starts or ends.
     pub fn find(&self, provider: &str, name: &str) -> Option<(&SpanMapping, Role)> {
-        self.spans.iter().find_map(|s| {
+        self.find_index(provider, name)
+            .map(|(index, role)| (&self.spans[index], role))
+    }
+
+    /// Like [`Self::find`], with the mapping's index in `spans`.
+    pub fn find_index(&self, provider: &str, name: &str) -> Option<(usize, Role)> {
+        self.spans.iter().enumerate().find_map(|(i, s)| {
             if s.start.matches(provider, name) {
-                Some((s, Role::Start))
+                Some((i, Role::Start))
             } else if s.end.matches(provider, name) {
-                Some((s, Role::End))
+                Some((i, Role::End))
             } else {
                 None
             }
