@@ -4,29 +4,16 @@
 
 mod support;
 
-use std::{collections::BTreeMap, path::PathBuf, process::Command, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use nix::sys::signal::Signal;
 use support::{
     agent::{Agent, command},
-    fixture::fixtures_dir,
     otlp::{FlatSpan, Receiver},
 };
 
 fn generate(dir: &std::path::Path, program: &str) -> PathBuf {
-    let out = dir.join(format!("{program}.trace"));
-    let res = Command::new(support::fixture::go())
-        .args(["run", &format!("./traces/{program}")])
-        .arg(&out)
-        .current_dir(fixtures_dir())
-        .output()
-        .expect("go run");
-    assert!(
-        res.status.success(),
-        "go run ./traces/{program}: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    out
+    support::fixture::generate_trace(dir, program, None, None)
 }
 
 fn by_name(spans: &[FlatSpan]) -> BTreeMap<String, &FlatSpan> {

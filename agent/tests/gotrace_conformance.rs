@@ -10,6 +10,8 @@
 //! toolchains fetched through the module proxy, one per wire version), Go's
 //! fuzz corpus, and corrupted variants.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -245,28 +247,8 @@ fn generate(program: &str, toolchain: Option<&str>) -> Vec<u8> {
 
 /// Like [`generate`], with an optional `GODEBUG` setting.
 fn generate_with(program: &str, toolchain: Option<&str>, godebug: Option<&str>) -> Vec<u8> {
-    let out = work_dir().join(format!(
-        "{program}-{}-{}.trace",
-        toolchain.unwrap_or("local"),
-        godebug.unwrap_or("default").replace(['=', ','], "_")
-    ));
-    let mut cmd = Command::new("go");
-    if let Some(d) = godebug {
-        cmd.env("GODEBUG", d);
-    }
-    cmd.args(["run", &format!("./traces/{program}")])
-        .arg(&out)
-        .current_dir(fixtures_dir());
-    if let Some(tc) = toolchain {
-        cmd.env("GOTOOLCHAIN", tc);
-    }
-    let res = cmd.output().expect("running go run");
-    assert!(
-        res.status.success(),
-        "go run ./traces/{program} ({toolchain:?}) failed: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    std::fs::read(&out).expect("reading generated trace")
+    let path = support::fixture::generate_trace(work_dir(), program, toolchain, godebug);
+    std::fs::read(path).expect("reading generated trace")
 }
 
 fn check_fixtures(toolchain: Option<&str>, wire: &str, programs: &[&str]) {

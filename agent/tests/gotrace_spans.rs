@@ -1,9 +1,10 @@
 //! Span mapping of Go execution traces: exact span trees on traces written
 //! by the Go programs under `agent/tests/fixtures/traces/`.
 
+mod support;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -12,10 +13,6 @@ use opentelemetry::trace::SpanId;
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 fn work_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
@@ -23,21 +20,8 @@ fn work_dir() -> &'static Path {
 }
 
 fn generate(program: &str, toolchain: Option<&str>) -> Vec<u8> {
-    let out = work_dir().join(format!("{program}-{}.trace", toolchain.unwrap_or("local")));
-    let mut cmd = Command::new("go");
-    cmd.args(["run", &format!("./traces/{program}")])
-        .arg(&out)
-        .current_dir(fixtures_dir());
-    if let Some(tc) = toolchain {
-        cmd.env("GOTOOLCHAIN", tc);
-    }
-    let res = cmd.output().expect("running go run");
-    assert!(
-        res.status.success(),
-        "go run ./traces/{program} failed: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    std::fs::read(&out).expect("reading trace")
+    let path = support::fixture::generate_trace(work_dir(), program, toolchain, None);
+    std::fs::read(path).expect("reading trace")
 }
 
 fn spans_of(trace: &[u8], opts: &SpanOptions) -> (Vec<SpanData>, SpanSummary) {

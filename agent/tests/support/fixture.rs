@@ -126,3 +126,38 @@ pub fn start_httpserver(binary: &Path) -> (Running, SocketAddr) {
     std::thread::spawn(move || for _ in lines {});
     (Running { child }, addr)
 }
+
+/// Runs the trace-writing program `traces/<program>` with a toolchain
+/// (`None`: the installed Go) and an optional `GODEBUG`, and returns the path
+/// of the execution trace it wrote into `dir`.
+pub fn generate_trace(
+    dir: &Path,
+    program: &str,
+    toolchain: Option<&str>,
+    godebug: Option<&str>,
+) -> PathBuf {
+    let out = dir.join(format!(
+        "{program}-{}-{}.trace",
+        toolchain.unwrap_or("local"),
+        godebug.unwrap_or("default").replace(['=', ','], "_")
+    ));
+    let mut cmd = Command::new(go());
+    if let Some(d) = godebug {
+        cmd.env("GODEBUG", d);
+    }
+    if let Some(tc) = toolchain {
+        cmd.env("GOTOOLCHAIN", tc);
+    }
+    let res = cmd
+        .args(["run", &format!("./traces/{program}")])
+        .arg(&out)
+        .current_dir(fixtures_dir())
+        .output()
+        .expect("running go run");
+    assert!(
+        res.status.success(),
+        "go run ./traces/{program} ({toolchain:?}) failed: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    out
+}
