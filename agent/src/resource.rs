@@ -18,8 +18,6 @@ pub struct ProcessInfo {
     pub executable_path: String,
     /// Go version from the binary's build info, e.g. `go1.26.8`.
     pub runtime_version: Option<String>,
-    /// The main module path from the build info.
-    pub main_module: Option<String>,
 }
 
 /// Inputs to [`build`].
@@ -176,7 +174,6 @@ mod tests {
             pid: 42,
             executable_path: "/srv/bin/shop".into(),
             runtime_version: Some("go1.26.8".into()),
-            main_module: None,
         };
         let mut options = ResourceOptions {
             env_attributes: Some("service.name=from-attrs,deployment.environment=prod".into()),

@@ -239,7 +239,6 @@ fn plan_go(
     })?;
     let info = bin.build_info();
     process.runtime_version = Some(info.go_version_raw.clone());
-    process.main_module = Some(info.main.path.clone()).filter(|p| !p.is_empty());
     if info.go_version < MIN_GO {
         anyhow::bail!(
             "PID {pid} ({}) was built with {}: the agent needs Go 1.17 or newer (register-based calling convention)",
@@ -376,7 +375,6 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         pid,
         executable_path: target.exe_in_target.display().to_string(),
         runtime_version: None,
-        main_module: None,
     };
     let mapping = usdt_config(args)?;
     let (http, flight_plan) = match plan_go(pid, &target, args, &mut process) {
