@@ -12,7 +12,7 @@ use agent_common::event::KIND_USDT;
 use agent::{
     binary::{GoBinary, GoVersion},
     clock::WallClock,
-    export::{BatchConfig, ExportSnapshot, Pipeline},
+    export::{BatchConfig, EncodedSpan, ExportSnapshot, Pipeline},
     flight::{self, FlightReader, ReaderConfig, ReaderStats},
     probes::{self, KernelStats, LoadOptions, Probes, http_server},
     resource::{self, ProcessInfo, ResourceOptions},
@@ -340,12 +340,7 @@ struct UsdtSession {
 
 impl UsdtSession {
     /// Decodes one USDT record and feeds the builder.
-    fn on_record(
-        &mut self,
-        bytes: &[u8],
-        losses: &mut Losses,
-        out: &mut impl FnMut(opentelemetry_sdk::trace::SpanData),
-    ) {
+    fn on_record(&mut self, bytes: &[u8], losses: &mut Losses, out: &mut impl FnMut(EncodedSpan)) {
         match decode_usdt_record(bytes) {
             Ok(event) => match self.resolved.get(event.site() as usize).copied().flatten() {
                 Some(resolved) => self.builder.on_event(resolved, event, out),
@@ -592,16 +587,15 @@ async fn session(
     let mut losses = Losses::default();
     let mut reported_losses = 0;
     let mut last_report = Instant::now();
-    let mut send = |span| sender.send(span);
-    let mut send_encoded = |span| sender.send_encoded(span);
+    let mut send = |span| sender.send_encoded(span);
 
     let mut drain = |reader: &mut RingBufReader,
                      builder: &mut HttpSpanBuilder,
                      usdt: &mut UsdtSession,
                      losses: &mut Losses| {
         reader.drain(|bytes| match ringbuf::record::decode(bytes) {
-            Ok(Record::HttpServerStart(start)) => builder.on_start(&start, &mut send_encoded),
-            Ok(Record::HttpServerEnd(end)) => builder.on_end(&end, &mut send_encoded),
+            Ok(Record::HttpServerStart(start)) => builder.on_start(&start, &mut send),
+            Ok(Record::HttpServerEnd(end)) => builder.on_end(&end, &mut send),
             Ok(Record::Other { header, bytes }) if header.kind == KIND_USDT => {
                 usdt.on_record(bytes, losses, &mut send);
             }
@@ -629,7 +623,7 @@ async fn session(
             _ = housekeeping.tick() => {
                 let now = WallClock::monotonic_now_ns();
                 builder.expire(now, &mut |span| sender.send_encoded(span));
-                usdt.builder.expire(now, &mut |span| sender.send(span));
+                usdt.builder.expire(now, &mut |span| sender.send_encoded(span));
                 losses.kernel = stats.read();
                 losses.pairing = builder.stats();
                 losses.usdt = usdt.builder.stats();
@@ -663,7 +657,8 @@ async fn session(
     drain(&mut reader, &mut builder, usdt, &mut losses);
     let now = WallClock::monotonic_now_ns();
     builder.finish(now, &mut |span| sender.send_encoded(span));
-    usdt.builder.finish(now, &mut |span| sender.send(span));
+    usdt.builder
+        .finish(now, &mut |span| sender.send_encoded(span));
     losses.kernel = stats.read();
     losses.pairing = builder.stats();
     losses.usdt = usdt.builder.stats();

@@ -13,17 +13,18 @@
 //!   are exported marked `agent.span.incomplete` and counted, as are ends
 //!   that find no start and events whose request id could not be read.
 
-use std::{borrow::Cow, collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use foldhash::fast::RandomState;
 use opentelemetry::{
-    InstrumentationScope, KeyValue,
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+    InstrumentationScope,
+    trace::{SpanId, SpanKind, TraceId},
 };
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use super::{OpenTable, PairingStats, http::Incomplete, ids::IdGenerator};
 use crate::{
     clock::WallClock,
+    export::{EncodedSpan, encode_scope, wire::SpanWriter},
     usdt::{
         UsdtEvent,
         mapping::{self, ArgValue, MappingConfig, RequestId, Role},
@@ -86,10 +87,11 @@ pub struct UsdtSpanBuilder {
     /// Per thread, the open spans it started, innermost last. Every span
     /// leaving the table (end, expiry, eviction, replacement) leaves its
     /// stack too, so the top is always an open span.
-    stacks: HashMap<ThreadKey, Vec<(TraceId, SpanId)>>,
+    stacks: HashMap<ThreadKey, Vec<(TraceId, SpanId)>, RandomState>,
     clock: WallClock,
     ids: IdGenerator,
-    scope: InstrumentationScope,
+    /// The encoded `InstrumentationScope` of every span.
+    scope: Arc<[u8]>,
     unreadable_ids: u64,
     unmapped: u64,
 }
@@ -113,15 +115,16 @@ fn incomplete_str(reason: Incomplete) -> &'static str {
     }
 }
 
-fn key_value(key: String, value: ArgValue) -> KeyValue {
+/// Writes one attribute; a u64 beyond i64 becomes its decimal string.
+fn put_attr(span: &mut SpanWriter<'_>, key: &str, value: &ArgValue) {
     match value {
-        ArgValue::I64(v) => KeyValue::new(key, v),
-        ArgValue::U64(v) => match i64::try_from(v) {
-            Ok(v) => KeyValue::new(key, v),
-            Err(_) => KeyValue::new(key, v.to_string()),
+        ArgValue::I64(v) => span.attr_int(key, *v),
+        ArgValue::U64(v) => match i64::try_from(*v) {
+            Ok(v) => span.attr_int(key, v),
+            Err(_) => span.attr_str(key, &v.to_string()),
         },
-        ArgValue::Str(s) => KeyValue::new(key, s),
-    }
+        ArgValue::Str(s) => span.attr_str(key, s),
+    };
 }
 
 impl UsdtSpanBuilder {
@@ -139,12 +142,14 @@ impl UsdtSpanBuilder {
         Self {
             config,
             open: OpenTable::new(capacity, ttl_ns),
-            stacks: HashMap::new(),
+            stacks: HashMap::default(),
             clock,
             ids: IdGenerator::default(),
-            scope: InstrumentationScope::builder("agent/usdt")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
+            scope: encode_scope(
+                &InstrumentationScope::builder("agent/usdt")
+                    .with_version(env!("CARGO_PKG_VERSION"))
+                    .build(),
+            ),
             unreadable_ids: 0,
             unmapped: 0,
         }
@@ -186,7 +191,7 @@ impl UsdtSpanBuilder {
         &mut self,
         resolved: (usize, Role),
         event: UsdtEvent,
-        out: &mut impl FnMut(SpanData),
+        out: &mut impl FnMut(EncodedSpan),
     ) {
         let (index, role) = resolved;
         let Some(mapping) = self.config.spans.get(index) else {
@@ -204,7 +209,7 @@ impl UsdtSpanBuilder {
         }
     }
 
-    fn on_start(&mut self, key: Key, event: UsdtEvent, out: &mut impl FnMut(SpanData)) {
+    fn on_start(&mut self, key: Key, event: UsdtEvent, out: &mut impl FnMut(EncodedSpan)) {
         let thread = thread_of(&event);
         let (trace_id, parent) = match self.stacks.get(&thread).and_then(|s| s.last()) {
             Some(&(trace_id, span_id)) => (trace_id, span_id),
@@ -237,7 +242,7 @@ impl UsdtSpanBuilder {
             .push((trace_id, span_id));
     }
 
-    fn on_end(&mut self, key: &Key, event: &UsdtEvent, out: &mut impl FnMut(SpanData)) {
+    fn on_end(&mut self, key: &Key, event: &UsdtEvent, out: &mut impl FnMut(EncodedSpan)) {
         if let Some(open) = self.open.close(key) {
             self.unstack(&open);
             out(self.span(key.1, open, event.header.ktime_ns, Some(event), None));
@@ -258,7 +263,7 @@ impl UsdtSpanBuilder {
     }
 
     /// Exports starts open longer than the timeout, marked expired.
-    pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(SpanData)) {
+    pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
         for (key, open) in self.open.expire(now_ns) {
             self.unstack(&open);
             out(self.span(key.1, open, now_ns, None, Some(Incomplete::Expired)));
@@ -266,7 +271,7 @@ impl UsdtSpanBuilder {
     }
 
     /// Exports every open start, marked as cut short by shutdown.
-    pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(SpanData)) {
+    pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
         for (key, open) in self.open.drain() {
             out(self.span(key.1, open, now_ns, None, Some(Incomplete::Shutdown)));
         }
@@ -280,85 +285,156 @@ impl UsdtSpanBuilder {
         end_ns: u64,
         end: Option<&UsdtEvent>,
         incomplete: Option<Incomplete>,
-    ) -> SpanData {
+    ) -> EncodedSpan {
         let start_ns = open.start.header.ktime_ns;
-        let mut attributes = Vec::with_capacity(8);
-        let mut name = Cow::Borrowed("?");
-        let mut span_kind = SpanKind::Internal;
-        let mut status = Status::Unset;
-        if let Some(mapping) = self.config.spans.get(index) {
-            name = Cow::Owned(mapping.span_name(&open.start, end));
-            span_kind = kind(mapping.kind);
-            for (k, v) in mapping.attributes(Role::Start, &open.start) {
-                attributes.push(key_value(k, v));
-            }
-            if let Some(end) = end {
-                for (k, v) in mapping.attributes(Role::End, end) {
-                    attributes.push(key_value(k, v));
-                }
-                if mapping.is_error(&open.start, end) {
-                    let description = mapping.status.as_ref().map_or(String::new(), |rule| {
-                        let value = mapping
-                            .end_args
-                            .iter()
-                            .map(|a| (a, end))
-                            .chain(mapping.start_args.iter().map(|a| (a, &open.start)))
-                            .find(|(a, _)| a.name == rule.arg)
-                            .and_then(|(a, e)| mapping::SpanMapping::value(a, e));
-                        match value {
-                            Some(v) => format!("{} = {v}", rule.arg),
-                            None => rule.arg.clone(),
-                        }
-                    });
-                    status = Status::error(description);
+        let mapping = self.config.spans.get(index);
+        let name = mapping.map(|m| m.span_name(&open.start, end));
+        let kind = mapping.map_or(SpanKind::Internal, |m| self::kind(m.kind));
+        let mut bytes = Vec::with_capacity(256);
+        let mut span = SpanWriter::new(&mut bytes);
+        span.ids(open.trace_id, open.span_id, Some(open.parent))
+            .name(&[name.as_deref().unwrap_or("?")])
+            .kind(&kind)
+            .times(
+                self.clock.to_unix_ns(start_ns),
+                self.clock.to_unix_ns(end_ns.max(start_ns)),
+            );
+        if let Some(mapping) = mapping {
+            let events = [(Role::Start, Some(&open.start)), (Role::End, end)];
+            for (role, event) in events {
+                let Some(event) = event else { continue };
+                for arg in mapping.args(role) {
+                    if let Some(key) = &arg.attribute
+                        && let Some(value) = mapping::SpanMapping::value(arg, event)
+                    {
+                        put_attr(&mut span, key, &value);
+                    }
                 }
             }
         }
-        attributes.push(KeyValue::new("thread.id", i64::from(open.start.header.tid)));
+        span.attr_int("thread.id", i64::from(open.start.header.tid));
         if open.start.header.goid != 0 {
-            attributes.push(KeyValue::new(
+            span.attr_int(
                 "goroutine.id",
                 i64::try_from(open.start.header.goid).unwrap_or(i64::MAX),
-            ));
+            );
         }
         if let Some(reason) = incomplete {
-            attributes.push(KeyValue::new(
-                "agent.span.incomplete",
-                incomplete_str(reason),
-            ));
+            span.attr_str("agent.span.incomplete", incomplete_str(reason));
         }
-        SpanData {
-            span_context: SpanContext::new(
-                open.trace_id,
-                open.span_id,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::NONE,
-            ),
-            parent_span_id: open.parent,
-            parent_span_is_remote: false,
-            span_kind,
-            name,
-            start_time: self.clock.to_system_time(start_ns),
-            end_time: self.clock.to_system_time(end_ns.max(start_ns)),
-            attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: self.scope.clone(),
+        if let (Some(mapping), Some(end)) = (mapping, end)
+            && mapping.is_error(&open.start, end)
+        {
+            span.status_error(&self.error_description(mapping, &open.start, end));
+        }
+        span.flags(TRACE_FLAGS_SAMPLED);
+        EncodedSpan {
+            scope: Arc::clone(&self.scope),
+            bytes,
+        }
+    }
+
+    /// The status message of a span its rule marks as an error: `arg = value`.
+    fn error_description(
+        &self,
+        mapping: &mapping::SpanMapping,
+        start: &UsdtEvent,
+        end: &UsdtEvent,
+    ) -> String {
+        let Some(rule) = mapping.status.as_ref() else {
+            return String::new();
+        };
+        let value = mapping
+            .end_args
+            .iter()
+            .map(|a| (a, end))
+            .chain(mapping.start_args.iter().map(|a| (a, start)))
+            .find(|(a, _)| a.name == rule.arg)
+            .and_then(|(a, e)| mapping::SpanMapping::value(a, e));
+        match value {
+            Some(v) => format!("{} = {v}", rule.arg),
+            None => rule.arg.clone(),
         }
     }
 }
+
+/// W3C trace flags: sampled.
+const TRACE_FLAGS_SAMPLED: u32 = 1;
 
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use agent_common::event::{EventHeader, KIND_USDT};
+    use opentelemetry::{
+        KeyValue, Value as OtelValue,
+        trace::{SpanContext, Status, TraceFlags, TraceState},
+    };
+    use opentelemetry_proto::tonic::{
+        common::v1::{InstrumentationScope as ProtoScope, any_value::Value},
+        trace::v1::Span as ProtoSpan,
+    };
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+    use prost::Message as _;
 
     use super::*;
     use crate::usdt::UsdtArg;
+
+    /// What the builder wrote, decoded back (with prost) into the SDK's
+    /// span type the assertions read.
+    fn decode(encoded: EncodedSpan) -> SpanData {
+        let span = ProtoSpan::decode(encoded.bytes.as_slice()).expect("a valid Span");
+        let scope = ProtoScope::decode(&encoded.scope[..]).expect("a valid scope");
+        let id8 = |b: &[u8]| SpanId::from_bytes(b.try_into().unwrap_or([0; 8]));
+        let time = |ns| UNIX_EPOCH + Duration::from_nanos(ns);
+        let attributes = span
+            .attributes
+            .iter()
+            .map(|kv| {
+                let value = match kv.value.as_ref().and_then(|v| v.value.clone()) {
+                    Some(Value::IntValue(v)) => OtelValue::I64(v),
+                    Some(Value::StringValue(v)) => OtelValue::from(v),
+                    other => panic!("unexpected attribute value {other:?}"),
+                };
+                KeyValue::new(kv.key.clone(), value)
+            })
+            .collect();
+        let status = match span.status {
+            Some(s) if s.code == 2 => Status::error(s.message),
+            _ => Status::Unset,
+        };
+        let kind = match span.kind {
+            2 => SpanKind::Server,
+            3 => SpanKind::Client,
+            4 => SpanKind::Producer,
+            5 => SpanKind::Consumer,
+            _ => SpanKind::Internal,
+        };
+        assert_eq!(span.flags, 1, "sampled");
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from_bytes(span.trace_id.as_slice().try_into().expect("16 bytes")),
+                id8(&span.span_id),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: id8(&span.parent_span_id),
+            parent_span_is_remote: false,
+            span_kind: kind,
+            name: span.name.into(),
+            start_time: time(span.start_time_unix_nano),
+            end_time: time(span.end_time_unix_nano),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: InstrumentationScope::builder(scope.name)
+                .with_version(scope.version)
+                .build(),
+        }
+    }
 
     fn ev(tid: u32, goid: u64, t: u64, args: &[Arg]) -> UsdtEvent {
         UsdtEvent {
@@ -434,7 +510,7 @@ mod tests {
     /// Feeds `probe` with `event`; spans go to `out`.
     fn feed(b: &mut UsdtSpanBuilder, probe: &str, event: UsdtEvent, out: &mut Vec<SpanData>) {
         let resolved = b.resolve("fixture", probe).expect("mapped probe");
-        b.on_event(resolved, event, &mut |s| out.push(s));
+        b.on_event(resolved, event, &mut |s| out.push(decode(s)));
     }
 
     #[test]
@@ -759,7 +835,7 @@ mod tests {
             ev(1, 0, 900_000, &[S("young")]),
             &mut spans,
         );
-        b.expire(1_500_000, &mut |s| spans.push(s));
+        b.expire(1_500_000, &mut |s| spans.push(decode(s)));
         assert_eq!(spans.len(), 1);
         assert_eq!(
             attrs(&spans[0]),
@@ -816,7 +892,7 @@ mod tests {
         assert_eq!(b.stats().pairing.evicted, 1);
         assert_eq!(b.open_spans(), 2);
         assert!(!b.stacks.contains_key(&(0, 10, false)));
-        b.finish(1_000, &mut |s| spans.push(s));
+        b.finish(1_000, &mut |s| spans.push(decode(s)));
         assert_eq!(spans.len(), 3);
         assert_eq!(
             spans[2].attributes.last().map(|kv| kv.value.to_string()),
@@ -853,9 +929,11 @@ rc = { index = 1, type = "i64", attribute = "job.rc" }
         let end = b.resolve("app", "job_done").expect("end");
         let mut spans = Vec::new();
         b.on_event(start, ev(1, 0, 10, &[I(9), S("resize"), I(-1)]), &mut |s| {
-            spans.push(s)
+            spans.push(decode(s))
         });
-        b.on_event(end, ev(4, 0, 25, &[I(9), I(0)]), &mut |s| spans.push(s));
+        b.on_event(end, ev(4, 0, 25, &[I(9), I(0)]), &mut |s| {
+            spans.push(decode(s))
+        });
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].name, "job resize");
         assert_eq!(spans[0].span_kind, SpanKind::Consumer);
