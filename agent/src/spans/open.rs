@@ -10,6 +10,8 @@ use std::{
     hash::Hash,
 };
 
+use foldhash::fast::RandomState;
+
 /// Counters of one table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PairingStats {
@@ -37,7 +39,7 @@ struct Entry<V> {
 /// Open starts keyed by `K`.
 #[derive(Debug)]
 pub struct OpenTable<K, V> {
-    entries: HashMap<K, Entry<V>>,
+    entries: HashMap<K, Entry<V>, RandomState>,
     /// (opened_ns, seq) -> key, oldest first.
     order: BTreeMap<(u64, u64), K>,
     capacity: usize,
@@ -50,7 +52,7 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
     /// A table holding at most `capacity` starts, each for at most `ttl_ns`.
     pub fn new(capacity: usize, ttl_ns: u64) -> Self {
         Self {
-            entries: HashMap::with_capacity(capacity.min(4096)),
+            entries: HashMap::with_capacity_and_hasher(capacity.min(4096), RandomState::default()),
             order: BTreeMap::new(),
             capacity: capacity.max(1),
             ttl_ns,
