@@ -4,6 +4,9 @@
 //! failure is counted in the per-CPU `STATS` map, never silently ignored.
 #![no_std]
 #![no_main]
+// Inline assembly: constant-offset context loads the verifier accepts (see
+// `usdt::reg`).
+#![feature(asm_experimental_arch)]
 
 mod flight;
 mod go;

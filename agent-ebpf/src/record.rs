@@ -43,11 +43,31 @@ pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
     Some(entry)
 }
 
+/// Reserves a record of type `T` without zeroing it: its bytes are whatever
+/// the ring held there before (zeros at creation, then older records). For
+/// records whose writer sets every field the agent reads; saves a helper call
+/// and a copy of the whole record per event.
+#[inline(always)]
+pub fn reserve_unzeroed<T: 'static>() -> Option<RingBufEntry<T>> {
+    const { assert!(core::mem::size_of::<T>() <= MAX_RECORD) };
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        count(stats::RINGBUF_FULL);
+    }
+    entry
+}
+
 /// Fills in the header common to every record.
 #[inline(always)]
 pub fn header(ctx: &ProbeContext, kind: u32, goid: u64) -> EventHeader {
     // SAFETY: bpf_get_attach_cookie takes the program's context.
     let cookie = unsafe { generated::bpf_get_attach_cookie(ctx.regs.cast()) };
+    header_from_cookie(cookie, kind, goid)
+}
+
+/// [`header`] for a program that already read its attach cookie.
+#[inline(always)]
+pub fn header_from_cookie(cookie: u64, kind: u32, goid: u64) -> EventHeader {
     EventHeader {
         kind,
         target: (cookie >> 32) as u32,

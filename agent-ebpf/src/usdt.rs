@@ -6,6 +6,8 @@
 //! zero-extended by their size, and the bytes of the arguments the spec marks
 //! as strings, back to back in the record's string area.
 
+use core::mem::offset_of;
+
 use agent_common::{
     event::KIND_USDT,
     stats,
@@ -16,8 +18,9 @@ use agent_common::{
     },
 };
 use aya_ebpf::{
+    bindings::pt_regs,
     helpers::{
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_probe_read_user,
         generated::{
             bpf_get_attach_cookie, bpf_probe_read_user as read_user_raw,
             bpf_probe_read_user_str as read_user_str_raw,
@@ -30,7 +33,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::count,
-    record::{header, reserve, submit},
+    record::{header_from_cookie, reserve_unzeroed, submit},
 };
 
 /// Argument specs, indexed by site index (low 32 bits of the attach cookie).
@@ -62,16 +65,21 @@ fn try_usdt_probe(ctx: &ProbeContext) {
             return;
         }
     };
-    let Some(mut entry) = reserve::<UsdtRecord>() else {
+    let Some(mut entry) = reserve_unzeroed::<UsdtRecord>() else {
         return;
     };
     let rec: &mut UsdtRecord = {
         let ptr = entry.as_mut_ptr();
-        // SAFETY: `reserve` zeroed the whole record, and every bit pattern is
-        // a valid `UsdtRecord`.
+        // SAFETY: the entry holds size_of::<UsdtRecord>() initialized bytes
+        // (ring memory is zeroed at creation and then holds older records),
+        // and every bit pattern is a valid `UsdtRecord`.
         unsafe { &mut *ptr }
     };
-    rec.header = header(ctx, KIND_USDT, 0);
+    // Every field the agent reads is set below; the string area only up to
+    // `str_used`, which is all the agent looks at.
+    rec.header = header_from_cookie(cookie, KIND_USDT, 0);
+    rec.str_used = 0;
+    zero_bookkeeping(rec);
     let mut arg_count = spec.arg_count as usize;
     if arg_count > USDT_MAX_ARGS {
         arg_count = USDT_MAX_ARGS;
@@ -87,7 +95,10 @@ fn try_usdt_probe(ctx: &ProbeContext) {
         }
         match fetch(ctx, &spec.args[i]) {
             Some(value) => rec.args[i] = value,
-            None => rec.failed |= 1 << i,
+            None => {
+                rec.args[i] = 0;
+                rec.failed |= 1 << i;
+            }
         }
     }
 
@@ -165,6 +176,25 @@ fn try_usdt_probe(ctx: &ProbeContext) {
     submit(entry);
 }
 
+/// Bytes from `str_off` up to `strings`: the string offsets and lengths and
+/// the bit sets, all zero before an event is read.
+const BOOKKEEPING_WORDS: usize =
+    (offset_of!(UsdtRecord, strings) - offset_of!(UsdtRecord, str_off)) / 8;
+const _: () = assert!(offset_of!(UsdtRecord, str_off) % 8 == 0);
+
+/// Zeroes the record's bookkeeping fields with one 8-byte store per word.
+/// Assigning the arrays instead makes LLVM call `memset`, which the BPF
+/// target implements one byte per loop round: it cost half the program.
+#[inline(always)]
+fn zero_bookkeeping(rec: &mut UsdtRecord) {
+    let words = core::ptr::addr_of_mut!(rec.str_off).cast::<u64>();
+    for i in 0..BOOKKEEPING_WORDS {
+        // SAFETY: the words lie inside `rec` (from `str_off`, 8-aligned, up
+        // to `strings`); volatile keeps LLVM from folding them into memset.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+}
+
 /// Copies at most `want` (<= `limit`) bytes of the string at `src` to
 /// `dst[off..]`, where `off <= dst.len() - limit`. Returns the bytes copied
 /// (without a NUL) and whether the string may have been cut short.
@@ -202,16 +232,58 @@ fn copy_str(
     }
 }
 
-/// Value of the probed thread's register in `pt_regs` slot `index`.
+/// Loads the 8-byte slot at byte offset `$off` of the program's context.
+///
+/// In assembly because the verifier only allows context loads at constant
+/// offsets, and LLVM merges a `match` of plain field loads into one load
+/// at a computed offset, which it rejects.
+macro_rules! ctx_slot {
+    ($regs:expr, $off:literal) => {{
+        let value: u64;
+        // SAFETY: `$regs` is the context pointer and `$off` a slot inside
+        // `struct pt_regs`; the load has no other effect.
+        unsafe {
+            core::arch::asm!(
+                concat!("{v} = *(u64 *)({r} + ", $off, ")"),
+                v = out(reg) value,
+                r = in(reg) $regs,
+                options(readonly, nostack, preserves_flags),
+            )
+        };
+        value
+    }};
+}
+
+/// Value of the probed thread's register in `pt_regs` slot `index`: one
+/// context load, no helper call (`bpf_probe_read_kernel` cost a call each).
 #[inline(always)]
 fn reg(ctx: &ProbeContext, index: u8) -> Option<u64> {
-    if index >= PT_REGS_SLOTS {
-        return None;
-    }
-    let ptr = ctx.regs.cast::<u64>().wrapping_add(index as usize);
-    // SAFETY: `ptr` is inside the saved `pt_regs` the kernel hands the
-    // program (index < PT_REGS_SLOTS); the helper copes with any address.
-    unsafe { bpf_probe_read_kernel(ptr) }.ok()
+    const { assert!(core::mem::size_of::<pt_regs>() == PT_REGS_SLOTS as usize * 8) };
+    let r = ctx.regs;
+    Some(match index {
+        0 => ctx_slot!(r, 0),
+        1 => ctx_slot!(r, 8),
+        2 => ctx_slot!(r, 16),
+        3 => ctx_slot!(r, 24),
+        4 => ctx_slot!(r, 32),
+        5 => ctx_slot!(r, 40),
+        6 => ctx_slot!(r, 48),
+        7 => ctx_slot!(r, 56),
+        8 => ctx_slot!(r, 64),
+        9 => ctx_slot!(r, 72),
+        10 => ctx_slot!(r, 80),
+        11 => ctx_slot!(r, 88),
+        12 => ctx_slot!(r, 96),
+        13 => ctx_slot!(r, 104),
+        14 => ctx_slot!(r, 112),
+        15 => ctx_slot!(r, 120),
+        16 => ctx_slot!(r, 128),
+        17 => ctx_slot!(r, 136),
+        18 => ctx_slot!(r, 144),
+        19 => ctx_slot!(r, 152),
+        20 => ctx_slot!(r, 160),
+        _ => return None,
+    })
 }
 
 /// Reads `size` bytes at `addr` in the target, zero-extended.
