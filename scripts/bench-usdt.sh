@@ -8,8 +8,9 @@
 # ids "f-<i>" back to back, ITER iterations of busy work inside each pair,
 # and reports pairs/s. Each round runs, in rotating order:
 #   untraced  the fixture alone
-#   agent     `agent --pid P --output jsonl=/dev/null` (spans built, paired,
-#             serialized as OTLP JSON lines)
+#   agent     `agent --pid P --otlp-endpoint http://SINK` (spans built,
+#             paired, encoded as OTLP protobuf and exported over HTTP to a
+#             local sink that discards them: `cargo xtask sink`)
 #   bpftrace  `bpftrace -p P` on both probes, printf one JSON line per event,
 #             piped to a python3 consumer that pairs them like the seed's
 #             span manager and writes each span as one JSON line to /dev/null
@@ -45,7 +46,9 @@ gcc -shared -fPIC -O2 -g -o "$OUT/libfix.so" \
     "$ROOT/agent/tests/fixtures/usdt/lib/fixlib_guarded.c"
 (cd "$ROOT/agent/tests/fixtures" && CGO_ENABLED=1 go build -o "$OUT/usdt" ./usdt)
 (cd "$ROOT" && cargo build --release -p agent --bin agent >&2)
+(cd "$ROOT" && cargo build -p xtask >&2)
 AGENT=${AGENT:-$ROOT/target/release/agent}
+SINK_BIN=$ROOT/target/debug/xtask
 
 cat >"$OUT/trace.bt" <<'EOF'
 usdt:__EXE__:fixture:request_start
@@ -104,11 +107,15 @@ with open(status_path, "w") as f:
                "unended_starts": unended, "bad_lines": bad, "lost": lost}, f)
 EOF
 
-python3 - "$OUT" "$AGENT" "$ROUNDS" "$N_FLOOD" "$N_WORK" "$WORK" <<'EOF'
+python3 - "$OUT" "$AGENT" "$SINK_BIN" "$ROUNDS" "$N_FLOOD" "$N_WORK" "$WORK" <<'EOF'
 import json, os, re, signal, statistics, subprocess, sys, time
 
-out, agent_bin, rounds, n_flood, n_work, work = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+out, agent_bin, sink_bin, rounds, n_flood, n_work, work = *sys.argv[1:4], *map(int, sys.argv[4:])
 TCK = os.sysconf("SC_CLK_TCK")
+
+# One OTLP/HTTP sink for the whole run; it accepts and discards exports.
+sink = subprocess.Popen([sink_bin, "sink"], stdout=subprocess.PIPE, text=True)
+sink_addr = sink.stdout.readline().split()[-1]
 
 def cpu(pid):
     try:
@@ -160,7 +167,7 @@ def run_agent(n, it, tag):
     fx = Fixture()
     summary = f"{out}/agent-summary-{tag}.txt"
     err = open(f"{out}/agent-stderr-{tag}.txt", "w+")
-    a = subprocess.Popen([agent_bin, "--pid", str(fx.pid), "--output", "jsonl=/dev/null",
+    a = subprocess.Popen([agent_bin, "--pid", str(fx.pid), "--otlp-endpoint", f"http://{sink_addr}",
                           "--summary-file", summary], stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.time() + 60
     while True:
@@ -236,6 +243,7 @@ for level, (n, it) in {"flood": (n_flood, 0), "work": (n_work, work)}.items():
             results.setdefault((level, m), []).append(res)
             print(f"{tag}: " + json.dumps({k: v for k, v in res.items() if k != "summary"}), file=sys.stderr, flush=True)
 
+sink.kill()
 json.dump({f"{k[0]}/{k[1]}": v for k, v in results.items()}, open(f"{out}/results.json", "w"), indent=1)
 
 def med(level, m, key):

@@ -50,12 +50,24 @@ pub fn run(which: Which) -> anyhow::Result<()> {
 fn start_sink() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || serve_sink(stream));
-        }
-    });
+    std::thread::spawn(move || accept_sink(&listener));
     Ok(addr)
+}
+
+fn accept_sink(listener: &TcpListener) {
+    for stream in listener.incoming().map_while(Result::ok) {
+        std::thread::spawn(move || serve_sink(stream));
+    }
+}
+
+/// `cargo xtask sink`: the same sink in the foreground. Prints
+/// `listening on ADDR` once bound.
+pub fn serve_sink_forever(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    accept_sink(&listener);
+    Ok(())
 }
 
 fn serve_sink(stream: TcpStream) {

@@ -41,6 +41,13 @@ enum Command {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// An OTLP/HTTP sink that accepts and discards every export, for
+    /// benchmark scripts: prints its address, serves until killed.
+    Sink {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => demo::run(),
         Command::Offsets => offsets::run(&util::root().join("agent/src/binary/offsets_table.json")),
         Command::Bench { which } => bench::run(which),
+        Command::Sink { listen } => bench::serve_sink_forever(listen),
     }
 }
