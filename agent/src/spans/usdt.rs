@@ -211,12 +211,14 @@ impl UsdtSpanBuilder {
 
     fn on_start(&mut self, key: Key, event: UsdtEvent, out: &mut impl FnMut(EncodedSpan)) {
         let thread = thread_of(&event);
-        let (trace_id, parent) = match self.stacks.get(&thread).and_then(|s| s.last()) {
+        let stack = self.stacks.entry(thread).or_default();
+        let (trace_id, parent) = match stack.last() {
             Some(&(trace_id, span_id)) => (trace_id, span_id),
             None => (self.ids.trace_id(), SpanId::INVALID),
         };
-        let now = event.header.ktime_ns;
         let span_id = self.ids.span_id();
+        stack.push((trace_id, span_id));
+        let now = event.header.ktime_ns;
         let span = OpenSpan {
             start: event,
             trace_id,
@@ -236,10 +238,6 @@ impl UsdtSpanBuilder {
             self.unstack(&old);
             out(self.span(old_key.1, old, now, None, Some(reason)));
         }
-        self.stacks
-            .entry(thread)
-            .or_default()
-            .push((trace_id, span_id));
     }
 
     fn on_end(&mut self, key: &Key, event: &UsdtEvent, out: &mut impl FnMut(EncodedSpan)) {
@@ -250,13 +248,15 @@ impl UsdtSpanBuilder {
     }
 
     /// Takes `open` off its thread's stack (wherever it is: ends may come
-    /// out of order), dropping the stack once empty.
+    /// out of order). An emptied stack stays for the thread's next span
+    /// (no allocation per span) while few threads have one; past
+    /// `IDLE_STACKS_KEPT` it is dropped, so exited threads cannot pile up.
     fn unstack(&mut self, open: &OpenSpan) {
         if let Some(stack) = self.stacks.get_mut(&open.thread) {
             if let Some(pos) = stack.iter().rposition(|&(_, id)| id == open.span_id) {
                 stack.remove(pos);
             }
-            if stack.is_empty() {
+            if stack.is_empty() && self.stacks.len() > IDLE_STACKS_KEPT {
                 self.stacks.remove(&open.thread);
             }
         }
@@ -357,6 +357,9 @@ impl UsdtSpanBuilder {
         }
     }
 }
+
+/// Threads whose empty span stack is kept for reuse.
+const IDLE_STACKS_KEPT: usize = 1024;
 
 /// W3C trace flags: sampled.
 const TRACE_FLAGS_SAMPLED: u32 = 1;
@@ -631,7 +634,7 @@ mod tests {
         assert_eq!(stats.pairing.completed, 4);
         assert_eq!(stats.lost(), 0);
         assert_eq!(b.open_spans(), 0);
-        assert!(b.stacks.is_empty());
+        assert!(b.stacks.values().all(Vec::is_empty));
     }
 
     #[test]
@@ -683,7 +686,7 @@ mod tests {
             ])
         );
         assert_eq!(b.stats().lost(), 0);
-        assert!(b.stacks.is_empty());
+        assert!(b.stacks.values().all(Vec::is_empty));
     }
 
     #[test]
@@ -710,7 +713,7 @@ mod tests {
         };
         assert_eq!(by_id("y").parent_span_id, by_id("x").span_context.span_id());
         assert_eq!(by_id("z").parent_span_id, by_id("y").span_context.span_id());
-        assert!(b.stacks.is_empty());
+        assert!(b.stacks.values().all(Vec::is_empty));
     }
 
     #[test]
@@ -864,7 +867,7 @@ mod tests {
             &mut spans,
         );
         assert_eq!(b.stats().pairing.unmatched_ends, 1);
-        assert!(b.stacks.is_empty());
+        assert!(b.stacks.values().all(Vec::is_empty));
     }
 
     #[test]
@@ -891,7 +894,7 @@ mod tests {
         );
         assert_eq!(b.stats().pairing.evicted, 1);
         assert_eq!(b.open_spans(), 2);
-        assert!(!b.stacks.contains_key(&(0, 10, false)));
+        assert!(b.stacks.get(&(0, 10, false)).is_none_or(Vec::is_empty));
         b.finish(1_000, &mut |s| spans.push(decode(s)));
         assert_eq!(spans.len(), 3);
         assert_eq!(

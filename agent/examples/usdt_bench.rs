@@ -1,0 +1,115 @@
+//! The agent's user-space cost per USDT span, without the kernel: decodes
+//! synthetic `request_start`/`request_end` records (string ids `f-<i>`, as
+//! the USDT fixture's flood fires them), pairs them with the built-in
+//! mapping, encodes each span as OTLP protobuf and assembles export bodies
+//! of 512 spans. Prints the median over runs of the time per span.
+//!
+//!     cargo run --release -p agent --example usdt_bench -- [PAIRS] [RUNS]
+//!
+//! For comparing builds of the span path; the end-to-end figures (with the
+//! kernel, the ring buffer and the exporter) come from
+//! `scripts/bench-usdt.sh`.
+
+use std::time::{Duration, Instant};
+
+use agent::{
+    clock::WallClock,
+    export::{EncodedSpan, wire},
+    spans::usdt::UsdtSpanBuilder,
+    usdt::{decode_usdt_record, mapping::MappingConfig},
+};
+use agent_common::{
+    event::{EventHeader, KIND_USDT},
+    usdt::{USDT_MAX_ARGS, USDT_STR_BUF, UsdtRecord},
+};
+
+fn record(site: u32, tid: u32, t: u64, id: &str) -> Vec<u8> {
+    let mut strings = [0u8; USDT_STR_BUF];
+    strings[..id.len()].copy_from_slice(id.as_bytes());
+    let mut str_len = [0u16; USDT_MAX_ARGS];
+    str_len[0] = id.len() as u16;
+    let mut args = [0u64; USDT_MAX_ARGS];
+    args[0] = 0x7000_0000;
+    let rec = UsdtRecord {
+        header: EventHeader {
+            kind: KIND_USDT,
+            target: 0,
+            tid,
+            site,
+            goid: 0,
+            ktime_ns: t,
+        },
+        arg_count: 1,
+        str_used: id.len() as u32,
+        args,
+        str_off: [0; USDT_MAX_ARGS],
+        str_len,
+        failed: 0,
+        truncated: 0,
+        str_mask: 1,
+        _pad: 0,
+        strings,
+    };
+    let ptr = (&raw const rec).cast::<u8>();
+    // SAFETY: `UsdtRecord` is `repr(C)` plain data without padding (its size
+    // is asserted in agent-common), so all its bytes are initialized.
+    unsafe { std::slice::from_raw_parts(ptr, size_of::<UsdtRecord>()) }.to_vec()
+}
+
+fn run(records: &[(bool, Vec<u8>)]) -> (Duration, usize) {
+    let mut builder = UsdtSpanBuilder::new(
+        MappingConfig::builtin(),
+        WallClock::with_offset_ns(0),
+        65_536,
+        Duration::from_secs(30),
+    );
+    let start = builder
+        .resolve("fixture", "request_start")
+        .expect("built-in mapping");
+    let end = builder
+        .resolve("fixture", "request_end")
+        .expect("built-in mapping");
+    let resource: &[u8] = &[];
+    let scope: &[u8] = &[];
+    let mut batch: Vec<EncodedSpan> = Vec::with_capacity(512);
+    let mut bodies = 0usize;
+    let t0 = Instant::now();
+    for (is_start, bytes) in records {
+        let event = decode_usdt_record(bytes).expect("well-formed record");
+        let role = if *is_start { start } else { end };
+        builder.on_event(role, event, &mut |span| batch.push(span));
+        if batch.len() == 512 {
+            let spans: Vec<&[u8]> = batch.iter().map(|s| s.bytes.as_slice()).collect();
+            bodies += wire::request(resource, &[(scope, &spans)]).len();
+            batch.clear();
+        }
+    }
+    (t0.elapsed(), bodies)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let pairs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(500_000);
+    let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(7);
+    let mut records = Vec::with_capacity(2 * pairs);
+    for i in 0..pairs {
+        let id = format!("f-{i}");
+        let t = 1_000 * i as u64;
+        records.push((true, record(0, 7, t, &id)));
+        records.push((false, record(1, 7, t + 500, &id)));
+    }
+    let mut per_span: Vec<f64> = (0..runs)
+        .map(|_| {
+            let (took, bytes) = run(&records);
+            assert!(bytes > 0);
+            took.as_nanos() as f64 / pairs as f64
+        })
+        .collect();
+    per_span.sort_by(f64::total_cmp);
+    println!(
+        "{pairs} spans x {runs} runs: median {:.0} ns per span (min {:.0}, max {:.0})",
+        per_span[runs / 2],
+        per_span[0],
+        per_span[runs - 1]
+    );
+}
