@@ -39,6 +39,14 @@ pub struct GoOffsets {
     pub response_status: u64,
     /// `net/http.response.written` (int64).
     pub response_written: u64,
+    /// `net/http.http2responseWriter.rws` (*http2responseWriterState).
+    pub h2_writer_rws: u64,
+    /// `net/http.http2responseWriterState.req` (*Request).
+    pub h2_state_req: u64,
+    /// `net/http.http2responseWriterState.status` (int).
+    pub h2_state_status: u64,
+    /// `net/http.http2responseWriterState.wroteBytes` (int64).
+    pub h2_state_wrote_bytes: u64,
 }
 
 impl GoOffsets {
@@ -57,10 +65,14 @@ impl GoOffsets {
         response_req: OFFSET_ABSENT,
         response_status: OFFSET_ABSENT,
         response_written: OFFSET_ABSENT,
+        h2_writer_rws: OFFSET_ABSENT,
+        h2_state_req: OFFSET_ABSENT,
+        h2_state_status: OFFSET_ABSENT,
+        h2_state_wrote_bytes: OFFSET_ABSENT,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<GoOffsets>() == 13 * 8);
+const _: () = assert!(core::mem::size_of::<GoOffsets>() == 17 * 8);
 
 /// One entry of the `TARGETS` array map.
 #[repr(C)]
@@ -72,4 +84,4 @@ pub struct TargetConfig {
     pub offsets: GoOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 + 13 * 8);
+const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 + 17 * 8);

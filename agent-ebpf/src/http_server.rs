@@ -1,6 +1,7 @@
 //! net/http server probes: one record when a request reaches
-//! `serverHandler.ServeHTTP`, one when `(*response).finishRequest` starts.
-//! The agent pairs them per goroutine into a SERVER span.
+//! `serverHandler.ServeHTTP`, one when `(*response).finishRequest` starts
+//! (HTTP/1) or `(*http2responseWriter).handlerDone` does (HTTP/2). The agent
+//! pairs them per goroutine into a SERVER span.
 //!
 //! Both probes sit on an instruction the kernel emulates (the `JBE` after the
 //! stack check, or a `PUSHQ BP`), where the argument registers still hold the
@@ -135,6 +136,50 @@ pub fn end(ctx: &ProbeContext) {
         fields |= END_FIELD_WRITTEN;
     }
     if let Some(request) = read_field::<u64>(response, off.response_req)
+        && let Some(len) = read_string(request, off.request_pattern, &mut rec.pattern)
+    {
+        rec.pattern_len = len;
+        fields |= END_FIELD_PATTERN;
+    }
+    rec.fields = fields;
+    submit(entry);
+}
+
+/// `func (w *http2responseWriter) handlerDone()`: RAX = w, the same pointer
+/// the start saw as the ResponseWriter's data. Status and body size live in
+/// `w.rws` (an `http2responseWriterState`), which is still set here.
+pub fn end_h2(ctx: &ProbeContext) {
+    let Some(config) = config(ctx) else { return };
+    let off = &config.offsets;
+    let Some(goid) = goid(ctx, off.g_goid) else {
+        count(stats::READ_FAILED);
+        return;
+    };
+    let writer = reg(ctx, Reg::Rax);
+    let Some(mut entry) = reserve::<HttpServerEnd>() else {
+        return;
+    };
+    let rec: &mut HttpServerEnd = {
+        let ptr = entry.as_mut_ptr();
+        // SAFETY: as in `start`.
+        unsafe { &mut *ptr }
+    };
+    rec.header = header(ctx, KIND_HTTP_SERVER_END, goid);
+    rec.response = writer;
+    let mut fields = 0;
+    let state = read_field::<u64>(writer, off.h2_writer_rws).unwrap_or(0);
+    match read_field::<i64>(state, off.h2_state_status) {
+        Some(status) => {
+            rec.status = status;
+            fields |= END_FIELD_STATUS;
+        }
+        None => count(stats::READ_FAILED),
+    }
+    if let Some(written) = read_field::<i64>(state, off.h2_state_wrote_bytes) {
+        rec.written = written;
+        fields |= END_FIELD_WRITTEN;
+    }
+    if let Some(request) = read_field::<u64>(state, off.h2_state_req)
         && let Some(len) = read_string(request, off.request_pattern, &mut rec.pattern)
     {
         rec.pattern_len = len;

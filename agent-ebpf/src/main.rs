@@ -31,6 +31,13 @@ pub fn http_server_end(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Entry site of `net/http.(*http2responseWriter).handlerDone`.
+#[uprobe]
+pub fn http2_server_end(ctx: ProbeContext) -> u32 {
+    http_server::end_h2(&ctx);
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {

@@ -632,7 +632,8 @@ fn inspect_reports_sites_offsets_and_reasons() {
     let stripped = open(&build(Toolchain::Local, Kind::Stripped));
     let report = inspect(&stripped);
     assert!(!report.has_symtab && !report.has_dwarf);
-    assert_eq!(report.probes.len(), 2);
+    // Start, HTTP/1 end, HTTP/2 end.
+    assert_eq!(report.probes.len(), 3);
     for probe in &report.probes {
         assert_eq!(probe.error, None, "{}", probe.name);
         let entry = probe.entry.as_ref().expect("entry site");
@@ -646,6 +647,10 @@ fn inspect_reports_sites_offsets_and_reasons() {
     let json = serde_json::to_value(&report).expect("serialising the report");
     assert_eq!(json["probes"][0]["function_name"], SERVE_HTTP);
     assert_eq!(json["probes"][1]["preserve"][0], "rax");
+    assert_eq!(
+        json["probes"][2]["function_name"],
+        "net/http.(*http2responseWriter).handlerDone"
+    );
     assert_eq!(json["has_dwarf"], false);
     let text = report.to_string();
     assert!(text.contains("stripped (no .symtab)"), "{text}");

@@ -383,3 +383,129 @@ fn console_output_by_default() {
         out.join("\n")
     );
 }
+
+/// One request of the HTTP/2 test: method, target, body, status, response
+/// body size.
+type H2Case = (&'static str, &'static str, &'static str, u16, i64);
+
+const H2_CASES: [H2Case; 4] = [
+    ("GET", "/hello", "", 200, 5),
+    ("POST", "/items/h2", "twelve bytes", 201, 5),
+    ("PUT", "/fail", "", 500, 18),
+    ("DELETE", "/missing", "", 404, 19),
+];
+
+/// HTTPS with ALPN: HTTP/2 requests (one connection, one stream and one
+/// goroutine per request, ended by `http2responseWriter.handlerDone`) and an
+/// HTTP/1.1 request over TLS, each exactly one span.
+#[test]
+fn http2_and_tls_requests() {
+    let binary = fixture::build("httpserver", &[]);
+    let (server, addr) = fixture::start_httpserver_with(&binary, &["-tls"]);
+    let receiver = Receiver::grpc();
+    let mut agent = attach_grpc(server.pid(), &receiver);
+
+    // One curl run: its requests share one HTTP/2 connection.
+    let mut curl = std::process::Command::new("curl");
+    for (i, (method, target, body, _, _)) in H2_CASES.iter().enumerate() {
+        if i > 0 {
+            curl.arg("--next");
+        }
+        curl.args(["-sk", "--http2", "-X", method, "-o", "/dev/null"])
+            .args(["-w", "%{http_code} %{http_version}\\n"]);
+        if !body.is_empty() {
+            curl.args(["--data-binary", body]);
+        }
+        curl.arg(format!("https://{addr}{target}"));
+    }
+    let out = curl.output().expect("curl (cargo xtask setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let expected: Vec<String> = H2_CASES
+        .iter()
+        .map(|(_, _, _, status, _)| format!("{status} 2"))
+        .collect();
+    assert_eq!(text.lines().collect::<Vec<_>>(), expected, "curl: {out:?}");
+    // And HTTP/1.1 over TLS: the HTTP/1 end probe.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .arg(format!("https://{addr}/slow?ms=20"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 1.1");
+
+    receiver.wait_for_spans(H2_CASES.len() + 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    agent.signal(Signal::SIGINT);
+    assert!(agent.wait(Duration::from_secs(10)).success());
+    let spans = receiver.spans();
+    let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
+    assert_eq!(
+        spans.len(),
+        H2_CASES.len() + 1,
+        "one span per request: {names:?}"
+    );
+    let records_route = go_minor(&fixture::go_version()) >= 23;
+    let mut h2_ports = Vec::new();
+    let mut goroutines = Vec::new();
+    for (method, target, body, status, response_size) in H2_CASES {
+        let name = format!("{method} {target}");
+        let span = spans
+            .iter()
+            .find(|s| s.span.name == name)
+            .unwrap_or_else(|| panic!("no span {name:?} in {names:?}"));
+        let a = |k: &str| span.attr(k).map(str::to_owned);
+        assert_eq!(a("http.request.method").as_deref(), Some(method), "{name}");
+        assert_eq!(a("url.path").as_deref(), Some(target), "{name}");
+        assert_eq!(
+            a("http.response.status_code"),
+            Some(status.to_string()),
+            "{name}"
+        );
+        assert_eq!(
+            a("network.protocol.version").as_deref(),
+            Some("2"),
+            "{name}"
+        );
+        assert_eq!(
+            a("http.response.body.size"),
+            Some(response_size.to_string()),
+            "{name}"
+        );
+        let request_size = (!body.is_empty()).then(|| body.len().to_string());
+        assert_eq!(a("http.request.body.size"), request_size, "{name}");
+        assert_eq!(a("server.port"), Some(addr.port().to_string()), "{name}");
+        assert!(a("agent.span.incomplete").is_none(), "{name} is complete");
+        if records_route && status != 404 {
+            assert!(a("http.route").is_some(), "{name}: route");
+        }
+        let error = span.span.status.as_ref().map_or(0, |s| s.code);
+        let expected = if status >= 500 {
+            StatusCode::Error
+        } else {
+            StatusCode::Unset
+        };
+        assert_eq!(error, expected as i32, "{name}");
+        h2_ports.push(a("client.port").expect("client.port"));
+        goroutines.push(a("goroutine.id").expect("goroutine.id"));
+    }
+    h2_ports.dedup();
+    assert_eq!(h2_ports.len(), 1, "one HTTP/2 connection: {h2_ports:?}");
+    goroutines.sort();
+    goroutines.dedup();
+    assert_eq!(goroutines.len(), H2_CASES.len(), "one goroutine per stream");
+
+    let tls1 = spans
+        .iter()
+        .find(|s| s.span.name == "GET /slow")
+        .unwrap_or_else(|| panic!("no HTTP/1.1 span in {names:?}"));
+    assert_eq!(tls1.attr("network.protocol.version"), Some("1.1"));
+    assert_eq!(tls1.attr("http.response.status_code"), Some("200"));
+    assert!(tls1.duration() >= Duration::from_millis(20));
+}

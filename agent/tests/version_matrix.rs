@@ -2,7 +2,9 @@
 //! release from 1.17 to the newest, plain and stripped (`-s -w`), plus a PIE
 //! and a cgo build, each traced for real. Every build must give the same
 //! correct spans. Toolchains come from Debian (Go 1.19) and the module proxy
-//! (`GOTOOLCHAIN=goX.Y.Z`, cached by the go command).
+//! (`GOTOOLCHAIN=goX.Y.Z`, cached by the go command). HTTP/2 is checked on
+//! both layouts of the bundled HTTP/2 server's structs (1.17-1.19 and 1.20
+//! on), stripped (offsets from the table), and on the newest release.
 
 mod support;
 
@@ -14,7 +16,7 @@ use std::{
 
 use support::{
     agent::attach_grpc,
-    fixture::{fixtures_dir, start_httpserver},
+    fixture::{fixtures_dir, start_httpserver, start_httpserver_with},
     http_client::Connection,
     otlp::Receiver,
 };
@@ -154,10 +156,58 @@ fn trace(toolchain: &str, kind: Build) {
     }
 }
 
+/// HTTP/2 requests over TLS (curl, one connection) to one build.
+fn trace_h2(toolchain: &str, kind: Build) {
+    let binary = build(toolchain, kind);
+    let (server, addr) = start_httpserver_with(&binary, &["-tls"]);
+    let receiver = Receiver::grpc();
+    let mut agent = attach_grpc(server.pid(), &receiver);
+    let out = Command::new("curl")
+        .args(["-sk", "--http2", "-o", "/dev/null", "-w", "%{http_code}\\n"])
+        .arg(format!("https://{addr}/hello"))
+        .args([
+            "--next",
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\\n",
+        ])
+        .args(["-X", "PUT", &format!("https://{addr}/fail")])
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200\n500\n",
+        "{toolchain} {kind:?}: {out:?}"
+    );
+    let spans = receiver.wait_for_spans(2, Duration::from_secs(20));
+    drop(server);
+    assert!(agent.wait(Duration::from_secs(10)).success());
+    assert_eq!(spans.len(), 2, "{toolchain} {kind:?}: one span per request");
+    for (name, status, body) in [("GET /hello", "200", "5"), ("PUT /fail", "500", "18")] {
+        let what = format!("{toolchain} {kind:?} HTTP/2 {name}");
+        let span = spans
+            .iter()
+            .find(|s| s.span.name == name)
+            .unwrap_or_else(|| panic!("{what}: no span"));
+        assert_eq!(
+            span.attr("http.response.status_code"),
+            Some(status),
+            "{what}"
+        );
+        assert_eq!(span.attr("http.response.body.size"), Some(body), "{what}");
+        assert_eq!(span.attr("network.protocol.version"), Some("2"), "{what}");
+        assert_eq!(span.attr("agent.span.incomplete"), None, "{what}");
+    }
+}
+
 #[test]
 fn go_1_17() {
     trace("go1.17.13", Build::Plain);
     trace("go1.17.13", Build::Stripped);
+    trace_h2("go1.17.13", Build::Stripped);
 }
 
 #[test]
@@ -176,6 +226,7 @@ fn go_1_19_debian() {
 fn go_1_20() {
     trace("go1.20.14", Build::Plain);
     trace("go1.20.14", Build::Stripped);
+    trace_h2("go1.20.14", Build::Stripped);
 }
 
 #[test]
@@ -214,4 +265,5 @@ fn newest_plain_stripped_pie_and_cgo() {
     trace("local", Build::Stripped);
     trace("local", Build::Pie);
     trace("local", Build::Cgo);
+    trace_h2("local", Build::Plain);
 }

@@ -9,8 +9,9 @@ use crate::util::{exec, is_root, output, root};
 
 /// Debian packages: LLVM 22 for bpf-linker; wrk for the HTTP benchmark;
 /// systemtap-sdt-dev and gcc for the USDT fixtures; Go 1.19 for the version
-/// matrix; util-linux for setpriv (the privilege test).
-const PACKAGES: [&str; 7] = [
+/// matrix; util-linux for setpriv (the privilege test); curl (with HTTP/2)
+/// as the HTTP/2 client of the HTTP server test.
+const PACKAGES: [&str; 8] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "wrk",
@@ -18,6 +19,7 @@ const PACKAGES: [&str; 7] = [
     "gcc",
     "golang-1.19-go",
     "util-linux",
+    "curl",
 ];
 
 /// The oldest Go that builds the fixtures and test programs.

@@ -50,6 +50,19 @@ pub const BUILTIN_PROBES: &[BuiltinProbe] = &[
             ("net/http.response", "written"),
         ],
     },
+    BuiltinProbe {
+        name: "http2.server.request.end",
+        function: "net/http.(*http2responseWriter).handlerDone",
+        // The receiver (*http2responseWriter) in RAX.
+        preserve: &[Register::RAX],
+        fields: &[
+            ("runtime.g", "goid"),
+            ("net/http.http2responseWriter", "rws"),
+            ("net/http.http2responseWriterState", "req"),
+            ("net/http.http2responseWriterState", "status"),
+            ("net/http.http2responseWriterState", "wroteBytes"),
+        ],
+    },
 ];
 
 /// One struct field as resolved for this binary.

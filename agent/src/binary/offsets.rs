@@ -30,6 +30,11 @@ pub const NEEDED_FIELDS: &[(&str, &[&str])] = &[
     ),
     ("net/url.URL", &["Path"]),
     ("net/http.response", &["req", "status", "written"]),
+    ("net/http.http2responseWriter", &["rws"]),
+    (
+        "net/http.http2responseWriterState",
+        &["req", "status", "wroteBytes"],
+    ),
 ];
 
 /// The checked-in table.

@@ -426,12 +426,19 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     if let Some(http) = &http {
         http_server::attach(&mut probes, &target, 0, &http.plan)?;
         log::info!(
-            "net/http: {} probes (start at {:#x}: {}, end at {:#x}: {})",
+            "net/http: {} probes (start at {:#x}: {}, end at {:#x}: {}, HTTP/2 end {})",
             probes.attached().len(),
             http.plan.start.address,
             http.plan.start.instruction,
             http.plan.end.address,
             http.plan.end.instruction,
+            http.plan
+                .h2_end
+                .as_ref()
+                .map_or("not attached".to_owned(), |s| format!(
+                    "at {:#x}: {}",
+                    s.address, s.instruction
+                )),
         );
     }
     let clock = WallClock::measure();

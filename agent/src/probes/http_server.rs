@@ -3,9 +3,16 @@
 //!
 //! - start: `net/http.serverHandler.ServeHTTP(rw, req)`, reads `req` (RDI)
 //!   and the ResponseWriter's data pointer (RCX);
-//! - end: `net/http.(*response).finishRequest()`, reads the receiver (RAX).
+//! - end: `net/http.(*response).finishRequest()`, reads the receiver (RAX);
+//! - HTTP/2 end: `net/http.(*http2responseWriter).handlerDone()`, reads the
+//!   receiver (RAX). HTTP/2 requests reach the same start (the bundled
+//!   server calls the Server's handler through `serverHandler.ServeHTTP`, on
+//!   the stream's own goroutine, with the `*http2responseWriter` as the
+//!   ResponseWriter); their end is where that goroutine hands the stream
+//!   back after the handler returned. Optional: a binary without it (or
+//!   without its offsets) is traced for HTTP/1 only, and says so.
 //!
-//! Both at the cheapest entry site the binary analysis finds (the `JBE` after
+//! All at the cheapest entry site the binary analysis finds (the `JBE` after
 //! the stack check, which the kernel emulates) where those registers still
 //! hold the arguments.
 
@@ -22,6 +29,8 @@ use crate::{
 pub const START_FUNCTION: &str = "net/http.serverHandler.ServeHTTP";
 /// The function whose entry ends it.
 pub const END_FUNCTION: &str = "net/http.(*response).finishRequest";
+/// The function whose entry ends an HTTP/2 request.
+pub const H2_END_FUNCTION: &str = "net/http.(*http2responseWriter).handlerDone";
 
 /// Why the probes cannot be planned for a binary.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +58,8 @@ pub struct HttpServerPlan {
     pub offsets: GoOffsets,
     pub start: ProbeSite,
     pub end: ProbeSite,
+    /// The HTTP/2 end, when the binary has it and its offsets.
+    pub h2_end: Option<ProbeSite>,
     /// Optional fields this binary lacks (logged, not fatal).
     pub missing: Vec<String>,
 }
@@ -150,10 +161,48 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
     };
     let start = site(START_FUNCTION, &start_func, &[Register::RCX, Register::RDI])?;
     let end = site(END_FUNCTION, &end_func, &[Register::RAX])?;
+    let h2_end = match bin.function(H2_END_FUNCTION) {
+        None => {
+            missing.push(format!(
+                "{H2_END_FUNCTION}: not in the binary (no HTTP/2 spans)"
+            ));
+            None
+        }
+        Some(func) => {
+            let h2_offsets = [
+                ("net/http.http2responseWriter", "rws"),
+                ("net/http.http2responseWriterState", "status"),
+            ]
+            .map(|(type_name, field)| {
+                bin.struct_field_offset(type_name, field)
+                    .map(|f| f.offset)
+                    .map_err(|err| format!("{type_name}.{field}: {err} (no HTTP/2 spans)"))
+            });
+            match (h2_offsets, site(H2_END_FUNCTION, &func, &[Register::RAX])) {
+                ([Ok(rws), Ok(status)], Ok(h2_site)) => {
+                    offsets.h2_writer_rws = rws;
+                    offsets.h2_state_status = status;
+                    offsets.h2_state_req = optional(("net/http.http2responseWriterState", "req"));
+                    offsets.h2_state_wrote_bytes =
+                        optional(("net/http.http2responseWriterState", "wroteBytes"));
+                    Some(h2_site)
+                }
+                ([rws, status], h2_site) => {
+                    missing.extend(rws.err());
+                    missing.extend(status.err());
+                    if let Err(err) = h2_site {
+                        missing.push(format!("{err} (no HTTP/2 spans)"));
+                    }
+                    None
+                }
+            }
+        }
+    };
     Ok(HttpServerPlan {
         offsets,
         start,
         end,
+        h2_end,
         missing,
     })
 }
@@ -162,6 +211,8 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
 pub const SITE_START: u32 = 0;
 /// See [`SITE_START`].
 pub const SITE_END: u32 = 1;
+/// See [`SITE_START`].
+pub const SITE_H2_END: u32 = 2;
 
 /// Writes the target's configuration and attaches both probes.
 pub fn attach(
@@ -193,5 +244,14 @@ pub fn attach(
         plan.end.file_offset,
         cookie(SITE_END),
     )?;
+    if let Some(h2_end) = &plan.h2_end {
+        probes.attach(
+            "http2_server_end",
+            &target.exe_path,
+            target.pid,
+            h2_end.file_offset,
+            cookie(SITE_H2_END),
+        )?;
+    }
     Ok(())
 }

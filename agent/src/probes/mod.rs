@@ -27,7 +27,7 @@ pub use stats::{KernelStats, StatsReader};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
 /// Every uprobe program in the object.
-pub const PROGRAMS: [&str; 2] = ["http_server_start", "http_server_end"];
+pub const PROGRAMS: [&str; 3] = ["http_server_start", "http_server_end", "http2_server_end"];
 
 /// Failure to load or attach.
 #[derive(Debug, thiserror::Error)]

@@ -103,7 +103,13 @@ impl Drop for Running {
 /// fixtures' go.mod says `go 1.19`, which selects Go 1.21's ServeMux; the
 /// fixture runs with Go 1.22's (which records `Request.Pattern`) instead.
 pub fn start_httpserver(binary: &Path) -> (Running, SocketAddr) {
+    start_httpserver_with(binary, &[])
+}
+
+/// [`start_httpserver`] with extra flags (`-tls`).
+pub fn start_httpserver_with(binary: &Path, args: &[&str]) -> (Running, SocketAddr) {
     let mut child = Command::new(binary)
+        .args(args)
         .env("GODEBUG", "httpmuxgo121=0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
