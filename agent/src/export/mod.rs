@@ -464,40 +464,105 @@ async fn run_batcher(
     }
 }
 
+/// Exports sent to one OTLP endpoint at once. One at a time, a flood
+/// outran a collector a round trip away (measured: a local sink under a
+/// 1M-record/s USDT flood); the OTLP spec lets clients send concurrently.
+const OTLP_IN_FLIGHT: usize = 4;
+
 /// Exports the batches of one sink; what fails is counted and logged.
 async fn run_sink(
-    mut sink: Sink,
-    mut rx: mpsc::Receiver<Arc<Batch>>,
+    sink: Sink,
+    rx: mpsc::Receiver<Arc<Batch>>,
     counters: Arc<SinkStats>,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
 ) {
-    let mut failing = false;
-    while let Some(batch) = rx.recv().await {
-        match sink.export(&batch, &mut stopping).await {
+    match sink {
+        Sink::Otlp {
+            transport,
+            endpoint,
+        } => run_otlp_sink(*transport, &endpoint, rx, &counters, stopping).await,
+        mut sink => {
+            run_serial_sink(&mut sink, rx, &counters, stopping).await;
+            sink.shutdown();
+        }
+    }
+}
+
+/// Logs the first failure of a run of failures, and the recovery.
+#[derive(Debug, Default)]
+struct FailureLog {
+    failing: bool,
+}
+
+impl FailureLog {
+    fn record(&mut self, sink: &str, counters: &SinkStats, spans: u64, result: Result<(), String>) {
+        match result {
             Ok(()) => {
-                counters.delivered.fetch_add(batch.spans, Ordering::Relaxed);
-                if failing {
-                    log::info!("export to {} recovered", sink.name());
-                    failing = false;
+                counters.delivered.fetch_add(spans, Ordering::Relaxed);
+                if self.failing {
+                    log::info!("export to {sink} recovered");
+                    self.failing = false;
                 }
             }
             Err(err) => {
-                counters.failed.fetch_add(batch.spans, Ordering::Relaxed);
-                if failing {
-                    log::debug!(
-                        "dropped {} spans that {} did not take: {err}",
-                        batch.spans,
-                        sink.name()
-                    );
+                counters.failed.fetch_add(spans, Ordering::Relaxed);
+                if self.failing {
+                    log::debug!("dropped {spans} spans that {sink} did not take: {err}");
                 } else {
-                    log::warn!(
-                        "export to {} failed, dropping spans until it recovers: {err}",
-                        sink.name()
-                    );
-                    failing = true;
+                    log::warn!("export to {sink} failed, dropping spans until it recovers: {err}");
+                    self.failing = true;
                 }
             }
         }
     }
-    sink.shutdown();
+}
+
+/// Up to [`OTLP_IN_FLIGHT`] exports at once, each retried on its own.
+async fn run_otlp_sink(
+    transport: transport::Transport,
+    endpoint: &str,
+    mut rx: mpsc::Receiver<Arc<Batch>>,
+    counters: &SinkStats,
+    stopping: watch::Receiver<bool>,
+) {
+    let name = format!("OTLP {endpoint}");
+    let mut log = FailureLog::default();
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            batch = rx.recv(), if open && in_flight.len() < OTLP_IN_FLIGHT => match batch {
+                Some(batch) => {
+                    let mut transport = transport.clone();
+                    let mut stopping = stopping.clone();
+                    in_flight.spawn(async move {
+                        let result =
+                            transport::send_with_retry(&mut transport, batch.body.clone(), &mut stopping)
+                                .await
+                                .map_err(|e| e.to_string());
+                        (batch.spans, result)
+                    });
+                }
+                None => open = false,
+            },
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => match done {
+                Ok((spans, result)) => log.record(&name, counters, spans, result),
+                Err(err) => log::warn!("export task to {name} ended: {err}"),
+            },
+        }
+    }
+}
+
+/// One export at a time, in order (console and file output).
+async fn run_serial_sink(
+    sink: &mut Sink,
+    mut rx: mpsc::Receiver<Arc<Batch>>,
+    counters: &SinkStats,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut log = FailureLog::default();
+    while let Some(batch) = rx.recv().await {
+        let result = sink.export(&batch, &mut stopping).await;
+        log.record(&sink.name(), counters, batch.spans, result);
+    }
 }

@@ -89,7 +89,8 @@ impl Codec for RawCodec {
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// A connection to one OTLP endpoint.
-#[derive(Debug)]
+/// Cheap to clone: clones share the connection pool (HTTP) or channel (gRPC).
+#[derive(Clone, Debug)]
 pub enum Transport {
     Grpc {
         grpc: tonic::client::Grpc<Channel>,
