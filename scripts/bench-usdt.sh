@@ -14,6 +14,9 @@
 #   bpftrace  `bpftrace -p P` on both probes, printf one JSON line per event,
 #             piped to a python3 consumer that pairs them like the seed's
 #             span manager and writes each span as one JSON line to /dev/null
+#   floor     bpftrace on the same two probes with `@n = count()` only: no
+#             record, no consumer; the price of the two uprobe traps that
+#             any uprobe-based tracer pays
 # at two work levels: ITER=0 (the probes alone: the flood rate, for loss) and
 # ITER=$WORK (a request that does some work of its own).
 #
@@ -187,9 +190,31 @@ def run_agent(n, it, tag):
     lost = (s["ringbuf_full"] + s["bad_records"] + s["usdt_unmatched_ends"] + s["usdt_expired"]
             + s["usdt_evicted"] + s["usdt_replaced"] + s["usdt_unreadable_ids"]
             + s["dropped_queue_full"] + s["dropped_export_failed"])
-    spans = s["usdt_completed"]
+    # Spans the sink received: paired, encoded and exported.
+    spans = s["spans_exported"]
     return {"rate": rate, "cpu": after - before, "spans": spans, "lost_events": 2 * n - 2 * spans,
             "reported_loss": lost, "ringbuf_full": s["ringbuf_full"], "summary": s}
+
+def run_floor(n, it, tag):
+    """The uprobe floor: bpftrace on the same two probes doing nothing but
+    bump a per-CPU counter. No records, no consumer: what any uprobe-based
+    tracer pays for the two traps alone."""
+    fx = Fixture()
+    script = ("usdt:__EXE__:fixture:request_start { @n = count(); }\n"
+              "usdt:__EXE__:fixture:request_end { @n = count(); }\n").replace("__EXE__", f"/proc/{fx.pid}/exe")
+    with open(f"{out}/floor-{tag}.bt", "w") as f:
+        f.write(script)
+    bt = subprocess.Popen(["bpftrace", "-p", str(fx.pid), f"{out}/floor-{tag}.bt"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    while "Attaching" not in bt.stdout.readline():
+        assert bt.poll() is None and time.time() < deadline, "bpftrace did not attach"
+    time.sleep(1.0)
+    rate = fx.flood(n, it)
+    bt.send_signal(signal.SIGINT)
+    bt.wait(30)
+    fx.close()
+    return {"rate": rate}
 
 def run_bpftrace(n, it, tag):
     fx = Fixture()
@@ -228,14 +253,16 @@ def run_bpftrace(n, it, tag):
             "unended_starts": c["unended_starts"]}
 
 results = {}
-modes = ["untraced", "agent", "bpftrace"]
+modes = ["untraced", "agent", "bpftrace", "floor"]
 for level, (n, it) in {"flood": (n_flood, 0), "work": (n_work, work)}.items():
     for r in range(rounds):
-        order = modes[r % 3:] + modes[:r % 3]
+        order = modes[r % len(modes):] + modes[:r % len(modes)]
         for m in order:
             tag = f"{level}-{m}-{r}"
             if m == "untraced":
                 res = run_untraced(n, it)
+            elif m == "floor":
+                res = run_floor(n, it, tag)
             elif m == "agent":
                 res = run_agent(n, it, tag)
             else:
@@ -266,5 +293,16 @@ for level, n in (("flood", n_flood), ("work", n_work)):
         lost = max(x["lost_events"] for x in results[(level, m)])
         reported = max(x["reported_loss"] for x in results[(level, m)])
         added = (1 / rate - 1 / base) * 1e6
-        print(f"| {level} | {m} | {rate:,.0f} | {ratio:.2f}x | {added:.2f} | {per_k:.1f} | {spans:,.0f}/{n:,} | {lost:,} | {reported:,} |")
+        print(f"| {level} | {m} | {rate:,.0f} | {ratio:.2f}x | {added:.2f} | {per_k:.2f} | {spans:,.0f}/{n:,} | {lost:,} | {reported:,} |")
+    rate = med(level, "floor", "rate")
+    ratio = statistics.median(t["rate"] / u["rate"] for t, u in
+                              zip(results[(level, "floor")], results[(level, "untraced")]))
+    print(f"| {level} | floor: bpftrace, count() only | {rate:,.0f} | {ratio:.2f}x | {(1 / rate - 1 / base) * 1e6:.2f} | - | - | - | - |")
+print()
+for level in ("flood", "work"):
+    # Per round: bpftrace's CPU per span over the agent's, then the median.
+    ratios = [b["cpu"] / max(b["spans"], 1) / (a["cpu"] / max(a["spans"], 1))
+              for a, b in zip(results[(level, "agent")], results[(level, "bpftrace")]) if a["cpu"] > 0]
+    print(f"{level}: bpftrace + consumer use {statistics.median(ratios):.1f}x the agent's CPU per span "
+          f"(median of per-round ratios, {min(ratios):.1f}x-{max(ratios):.1f}x)")
 EOF
