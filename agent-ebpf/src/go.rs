@@ -58,6 +58,13 @@ pub fn goid(ctx: &ProbeContext, goid_offset: u64) -> Option<u64> {
 #[inline(always)]
 pub fn read_string<const CAP: usize>(base: u64, offset: u64, dst: &mut [u8; CAP]) -> Option<u32> {
     let [data, len] = read_field::<[u64; 2]>(base, offset)?;
+    copy_string(data, len, dst)
+}
+
+/// Copies the Go string with data pointer `data` and length `len` into
+/// `dst`: at most `dst.len()` bytes. Returns the full length.
+#[inline(always)]
+pub fn copy_string<const CAP: usize>(data: u64, len: u64, dst: &mut [u8; CAP]) -> Option<u32> {
     let mut n = len;
     if n > CAP as u64 {
         n = CAP as u64;
@@ -76,4 +83,49 @@ pub fn read_string<const CAP: usize>(base: u64, offset: u64, dst: &mut [u8; CAP]
     } else {
         len as u32
     })
+}
+
+/// The first `LEN` bytes of a Go struct, read with one helper call into a
+/// scratch area (a string area of the record, overwritten afterwards), so
+/// several fields cost one read instead of one each. A field outside the
+/// window, or every field when the bulk read failed, is read on its own.
+pub struct Window<'a, const CAP: usize, const LEN: usize> {
+    base: u64,
+    bytes: Option<&'a [u8; CAP]>,
+}
+
+impl<'a, const CAP: usize, const LEN: usize> Window<'a, CAP, LEN> {
+    /// Reads `LEN` bytes at `base` into `scratch`.
+    #[inline(always)]
+    pub fn read(base: u64, scratch: &'a mut [u8; CAP]) -> Self {
+        const { assert!(LEN <= CAP && LEN >= 8) };
+        // SAFETY: `scratch` has CAP >= LEN bytes; a bad address makes the
+        // helper fail, and then every field is read on its own.
+        let ret =
+            unsafe { read_user_raw(scratch.as_mut_ptr().cast(), LEN as u32, base as *const _) };
+        Self {
+            base,
+            bytes: (ret == 0 && base != 0).then_some(&*scratch),
+        }
+    }
+
+    /// The 8-byte word at `offset` of the struct.
+    #[inline(always)]
+    pub fn word(&self, offset: u64) -> Option<u64> {
+        if let Some(bytes) = self.bytes
+            && offset <= (LEN - 8) as u64
+        {
+            // SAFETY: offset + 8 <= LEN <= CAP, checked above.
+            return Some(unsafe {
+                core::ptr::read_unaligned(bytes.as_ptr().add(offset as usize).cast::<u64>())
+            });
+        }
+        read_field::<u64>(self.base, offset)
+    }
+
+    /// The Go string header (data, len) at `offset`.
+    #[inline(always)]
+    pub fn string(&self, offset: u64) -> Option<(u64, u64)> {
+        Some((self.word(offset)?, self.word(offset.checked_add(8)?)?))
+    }
 }

@@ -12,6 +12,7 @@ use agent_common::{
     http::{
         END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
         FIELD_METHOD, FIELD_PATH, FIELD_PROTO, FIELD_REMOTE, HttpServerEnd, HttpServerStart,
+        PATH_CAP, PATTERN_CAP,
     },
     stats,
     target::TargetConfig,
@@ -19,7 +20,7 @@ use agent_common::{
 use aya_ebpf::programs::ProbeContext;
 
 use crate::{
-    go::{Reg, goid, read_field, read_string, reg},
+    go::{Reg, Window, copy_string, goid, read_field, read_string, reg},
     maps::{TARGETS, count},
     record::{header, reserve, submit, target_slot},
 };
@@ -35,8 +36,22 @@ fn config(ctx: &ProbeContext) -> Option<&'static TargetConfig> {
     }
 }
 
+/// Bytes of `http.Request` read in one helper call: every field the start
+/// needs lies in them on every release since Go 1.17 (Method 0, URL 16,
+/// ProtoMajor/Minor 40/48, ContentLength 88, Host 128, RemoteAddr 176).
+const REQUEST_WINDOW: usize = 192;
+
+/// Bytes of `http.response` read in one helper call: `req` 8, `written`
+/// 104, `status` 120 on every release since Go 1.17.
+const RESPONSE_WINDOW: usize = 128;
+
 /// `func (sh serverHandler) ServeHTTP(rw ResponseWriter, req *Request)`:
 /// RAX = sh.srv, RBX:RCX = rw (itab, data), RDI = req.
+///
+/// The record is not zeroed (a copy of 544 bytes per request): every scalar
+/// is set, and each string area is read only up to the length set with it.
+/// The request's fields come from one read of its first bytes, made into
+/// the path area before the path itself is copied there.
 pub fn start(ctx: &ProbeContext) {
     let Some(config) = config(ctx) else { return };
     let off = &config.offsets;
@@ -51,48 +66,61 @@ pub fn start(ctx: &ProbeContext) {
     };
     let rec: &mut HttpServerStart = {
         let ptr = entry.as_mut_ptr();
-        // SAFETY: `reserve` zeroed the whole record, and every bit pattern is
-        // a valid `HttpServerStart`.
+        // SAFETY: the entry holds size_of::<HttpServerStart>() initialized
+        // bytes (ring memory is zeroed at creation, then holds older
+        // records), and every bit pattern is a valid `HttpServerStart`.
         unsafe { &mut *ptr }
     };
     rec.header = header(ctx, KIND_HTTP_SERVER_START, goid);
     rec.request = request;
     rec.response = response;
+    rec.content_length = 0;
+    rec.proto_major = 0;
+    rec.proto_minor = 0;
+    rec.method_len = 0;
+    rec.path_len = 0;
+    rec.host_len = 0;
+    rec.remote_len = 0;
+
+    let window = Window::<PATH_CAP, REQUEST_WINDOW>::read(request, &mut rec.path);
+    let method = window.string(off.request_method);
+    let url = window.word(off.request_url);
+    let host = window.string(off.request_host);
+    let remote = window.string(off.request_remote_addr);
+    let content_length = window.word(off.request_content_length);
+    let proto = window
+        .word(off.request_proto_major)
+        .zip(window.word(off.request_proto_minor));
 
     let mut fields = 0;
     let mut failed = false;
-    match read_string(request, off.request_method, &mut rec.method) {
+    match method.and_then(|(data, len)| copy_string(data, len, &mut rec.method)) {
         Some(len) => {
             rec.method_len = len;
             fields |= FIELD_METHOD;
         }
         None => failed = true,
     }
-    if let Some(url) = read_field::<u64>(request, off.request_url) {
-        match read_string(url, off.url_path, &mut rec.path) {
-            Some(len) => {
-                rec.path_len = len;
-                fields |= FIELD_PATH;
-            }
-            None => failed = true,
+    match url.and_then(|url| read_string(url, off.url_path, &mut rec.path)) {
+        Some(len) => {
+            rec.path_len = len;
+            fields |= FIELD_PATH;
         }
+        None => failed = true,
     }
-    if let Some(len) = read_string(request, off.request_host, &mut rec.host) {
+    if let Some(len) = host.and_then(|(data, len)| copy_string(data, len, &mut rec.host)) {
         rec.host_len = len;
         fields |= FIELD_HOST;
     }
-    if let Some(len) = read_string(request, off.request_remote_addr, &mut rec.remote) {
+    if let Some(len) = remote.and_then(|(data, len)| copy_string(data, len, &mut rec.remote)) {
         rec.remote_len = len;
         fields |= FIELD_REMOTE;
     }
-    if let Some(length) = read_field::<i64>(request, off.request_content_length) {
-        rec.content_length = length;
+    if let Some(length) = content_length {
+        rec.content_length = length as i64;
         fields |= FIELD_CONTENT_LENGTH;
     }
-    if let (Some(major), Some(minor)) = (
-        read_field::<i64>(request, off.request_proto_major),
-        read_field::<i64>(request, off.request_proto_minor),
-    ) {
+    if let Some((major, minor)) = proto {
         rec.proto_major = major as u16;
         rec.proto_minor = minor as u16;
         fields |= FIELD_PROTO;
@@ -123,19 +151,28 @@ pub fn end(ctx: &ProbeContext) {
     };
     rec.header = header(ctx, KIND_HTTP_SERVER_END, goid);
     rec.response = response;
+    rec.status = 0;
+    rec.written = 0;
+    rec.pattern_len = 0;
+    // The response's fields through the pattern area, which the pattern
+    // then overwrites.
+    let window = Window::<PATTERN_CAP, RESPONSE_WINDOW>::read(response, &mut rec.pattern);
+    let status = window.word(off.response_status);
+    let written = window.word(off.response_written);
+    let request = window.word(off.response_req);
     let mut fields = 0;
-    match read_field::<i64>(response, off.response_status) {
+    match status {
         Some(status) => {
-            rec.status = status;
+            rec.status = status as i64;
             fields |= END_FIELD_STATUS;
         }
         None => count(stats::READ_FAILED),
     }
-    if let Some(written) = read_field::<i64>(response, off.response_written) {
-        rec.written = written;
+    if let Some(written) = written {
+        rec.written = written as i64;
         fields |= END_FIELD_WRITTEN;
     }
-    if let Some(request) = read_field::<u64>(response, off.response_req)
+    if let Some(request) = request
         && let Some(len) = read_string(request, off.request_pattern, &mut rec.pattern)
     {
         rec.pattern_len = len;
@@ -166,6 +203,9 @@ pub fn end_h2(ctx: &ProbeContext) {
     };
     rec.header = header(ctx, KIND_HTTP_SERVER_END, goid);
     rec.response = writer;
+    rec.status = 0;
+    rec.written = 0;
+    rec.pattern_len = 0;
     let mut fields = 0;
     let state = read_field::<u64>(writer, off.h2_writer_rws).unwrap_or(0);
     match read_field::<i64>(state, off.h2_state_status) {

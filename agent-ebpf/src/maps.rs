@@ -1,7 +1,6 @@
 //! The maps shared with the agent.
 
 use agent_common::{
-    http::MAX_RECORD,
     stats,
     target::{MAX_TARGETS, TargetConfig},
 };
@@ -25,11 +24,6 @@ pub static TARGETS: Array<TargetConfig> = Array::with_max_entries(MAX_TARGETS, 0
 /// When this CPU last forced a ring-buffer wakeup (`bpf_ktime_get_ns`).
 #[map]
 pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// One all-zero record, never written: copied over each reserved record
-/// first, so no byte of a record reaches user space uninitialised.
-#[map]
-pub static ZERO: Array<[u8; MAX_RECORD]> = Array::with_max_entries(1, 0);
 
 /// Adds one to counter `index` on this CPU.
 #[inline(always)]

@@ -3,12 +3,12 @@
 use agent_common::{event::EventHeader, http::MAX_RECORD, stats};
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     maps::ring_buf::RingBufEntry,
     programs::ProbeContext,
 };
 
-use crate::maps::{EVENTS, LAST_WAKEUP, ZERO, count};
+use crate::maps::{EVENTS, LAST_WAKEUP, count};
 
 /// Unread bytes in the ring buffer past which records wake the agent up.
 /// Below it the agent drains on its own timer, so most records cost no wakeup.
@@ -17,38 +17,13 @@ const WAKEUP_THRESHOLD: u64 = 1024 * 1024;
 /// Shortest time between two forced wakeups from one CPU.
 const WAKEUP_INTERVAL_NS: u64 = 100_000;
 
-/// Reserves a zeroed record of type `T`, counting a full ring buffer.
+/// Reserves a record of type `T`, counting a full ring buffer. It is not
+/// zeroed: its bytes are whatever the ring held there before (zeros at
+/// creation, then older records), so the writer sets every field the agent
+/// reads, and string areas only up to the length it records. Zeroing cost a
+/// helper call and a copy of the whole record per event.
 #[inline(always)]
 pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
-    const { assert!(core::mem::size_of::<T>() <= MAX_RECORD) };
-    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
-        count(stats::RINGBUF_FULL);
-        return None;
-    };
-    let Some(zero) = ZERO.get_ptr(0) else {
-        entry.discard(0);
-        return None;
-    };
-    let dst = entry.as_mut_ptr().cast::<u8>();
-    // SAFETY: the entry was reserved for a `T`, so `dst` is valid for
-    // size_of::<T>() bytes.
-    let dst = unsafe { core::slice::from_raw_parts_mut(dst, core::mem::size_of::<T>()) };
-    // SAFETY: `zero` points at a MAX_RECORD-byte map value, at least as long
-    // as `dst`.
-    if unsafe { bpf_probe_read_kernel_buf(zero.cast(), dst) }.is_err() {
-        entry.discard(0);
-        count(stats::READ_FAILED);
-        return None;
-    }
-    Some(entry)
-}
-
-/// Reserves a record of type `T` without zeroing it: its bytes are whatever
-/// the ring held there before (zeros at creation, then older records). For
-/// records whose writer sets every field the agent reads; saves a helper call
-/// and a copy of the whole record per event.
-#[inline(always)]
-pub fn reserve_unzeroed<T: 'static>() -> Option<RingBufEntry<T>> {
     const { assert!(core::mem::size_of::<T>() <= MAX_RECORD) };
     let entry = EVENTS.reserve::<T>(0);
     if entry.is_none() {

@@ -33,7 +33,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::count,
-    record::{header_from_cookie, reserve_unzeroed, submit},
+    record::{header_from_cookie, reserve, submit},
 };
 
 /// Argument specs, indexed by site index (low 32 bits of the attach cookie).
@@ -65,7 +65,7 @@ fn try_usdt_probe(ctx: &ProbeContext) {
             return;
         }
     };
-    let Some(mut entry) = reserve_unzeroed::<UsdtRecord>() else {
+    let Some(mut entry) = reserve::<UsdtRecord>() else {
         return;
     };
     let rec: &mut UsdtRecord = {
