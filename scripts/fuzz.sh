@@ -9,7 +9,8 @@
 # installs cargo-fuzz from crates.io if missing.
 # New inputs go to a temporary directory: the stored corpus is only read.
 # libFuzzer's -rss_limit_mb/-malloc_limit_mb turn unbounded allocation into a
-# failure, -timeout turns a hang into one. Crashes land in
+# failure, -timeout turns a hang into one; the targets are built with debug
+# assertions, so integer overflow panics as well. Crashes land in
 # agent/fuzz/artifacts/<target>/. Every target runs even if one fails; the
 # script then exits 1 and names the failed ones.
 set -euo pipefail
@@ -50,7 +51,8 @@ for target in "${targets[@]}"; do
     esac
     mkdir -p "$work/$target" "corpus/$target"
     echo "== $target: ${secs}s on corpus/$target ($(find "corpus/$target" -type f | wc -l) inputs)"
-    if cargo "+$toolchain" fuzz run "$target" "$work/$target" "corpus/$target" -- \
+    # Debug assertions on: an arithmetic overflow in a parser fails too.
+    if cargo "+$toolchain" fuzz run --debug-assertions "$target" "$work/$target" "corpus/$target" -- \
         -max_total_time="$secs" \
         -max_len="$max_len" \
         -rss_limit_mb=2048 \
