@@ -53,6 +53,10 @@ pub const FIELD_REMOTE: u32 = 1 << 3;
 pub const FIELD_CONTENT_LENGTH: u32 = 1 << 4;
 /// The protocol version was read.
 pub const FIELD_PROTO: u32 = 1 << 5;
+/// `Request.TLS` was read (so the scheme is known).
+pub const FIELD_TLS_KNOWN: u32 = 1 << 6;
+/// `Request.TLS` is set: the request came over TLS (`https`).
+pub const FIELD_TLS: u32 = 1 << 7;
 
 const _: () = assert!(
     core::mem::size_of::<HttpServerStart>()

@@ -33,6 +33,8 @@ pub struct GoOffsets {
     pub request_proto_minor: u64,
     /// `net/http.Request.Pattern` (string, Go 1.23+).
     pub request_pattern: u64,
+    /// `net/http.Request.TLS` (*tls.ConnectionState).
+    pub request_tls: u64,
     /// `net/http.response.req` (*Request).
     pub response_req: u64,
     /// `net/http.response.status` (int).
@@ -62,6 +64,7 @@ impl GoOffsets {
         request_proto_major: OFFSET_ABSENT,
         request_proto_minor: OFFSET_ABSENT,
         request_pattern: OFFSET_ABSENT,
+        request_tls: OFFSET_ABSENT,
         response_req: OFFSET_ABSENT,
         response_status: OFFSET_ABSENT,
         response_written: OFFSET_ABSENT,
@@ -72,7 +75,7 @@ impl GoOffsets {
     };
 }
 
-const _: () = assert!(core::mem::size_of::<GoOffsets>() == 17 * 8);
+const _: () = assert!(core::mem::size_of::<GoOffsets>() == 18 * 8);
 
 /// One entry of the `TARGETS` array map.
 #[repr(C)]
@@ -84,4 +87,4 @@ pub struct TargetConfig {
     pub offsets: GoOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 + 17 * 8);
+const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 + 18 * 8);

@@ -11,8 +11,8 @@ use agent_common::{
     event::{KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START},
     http::{
         END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
-        FIELD_METHOD, FIELD_PATH, FIELD_PROTO, FIELD_REMOTE, HttpServerEnd, HttpServerStart,
-        PATH_CAP, PATTERN_CAP,
+        FIELD_METHOD, FIELD_PATH, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN,
+        HttpServerEnd, HttpServerStart, PATH_CAP, PATTERN_CAP,
     },
     stats,
     target::TargetConfig,
@@ -38,8 +38,9 @@ fn config(ctx: &ProbeContext) -> Option<&'static TargetConfig> {
 
 /// Bytes of `http.Request` read in one helper call: every field the start
 /// needs lies in them on every release since Go 1.17 (Method 0, URL 16,
-/// ProtoMajor/Minor 40/48, ContentLength 88, Host 128, RemoteAddr 176).
-const REQUEST_WINDOW: usize = 192;
+/// ProtoMajor/Minor 40/48, ContentLength 88, Host 128, RemoteAddr 176,
+/// TLS 208).
+const REQUEST_WINDOW: usize = 216;
 
 /// Bytes of `http.response` read in one helper call: `req` 8, `written`
 /// 104, `status` 120 on every release since Go 1.17.
@@ -91,6 +92,7 @@ pub fn start(ctx: &ProbeContext) {
     let proto = window
         .word(off.request_proto_major)
         .zip(window.word(off.request_proto_minor));
+    let tls = window.word(off.request_tls);
 
     let mut fields = 0;
     let mut failed = false;
@@ -124,6 +126,12 @@ pub fn start(ctx: &ProbeContext) {
         rec.proto_major = major as u16;
         rec.proto_minor = minor as u16;
         fields |= FIELD_PROTO;
+    }
+    if let Some(tls) = tls {
+        fields |= FIELD_TLS_KNOWN;
+        if tls != 0 {
+            fields |= FIELD_TLS;
+        }
     }
     rec.fields = fields;
     if failed {

@@ -161,6 +161,7 @@ fn check_spans(spans: &[FlatSpan], addr: SocketAddr, ports: [u16; 2], started: S
                 "{name}"
             );
             assert_eq!(a("url.path").as_deref(), Some(case.path), "{name}");
+            assert_eq!(a("url.scheme").as_deref(), Some("http"), "{name}");
             assert_eq!(
                 a("http.response.status_code"),
                 Some(case.status.to_string()),
@@ -473,6 +474,7 @@ fn http2_and_tls_requests() {
             Some("2"),
             "{name}"
         );
+        assert_eq!(a("url.scheme").as_deref(), Some("https"), "{name}");
         assert_eq!(
             a("http.response.body.size"),
             Some(response_size.to_string()),
@@ -506,6 +508,7 @@ fn http2_and_tls_requests() {
         .find(|s| s.span.name == "GET /slow")
         .unwrap_or_else(|| panic!("no HTTP/1.1 span in {names:?}"));
     assert_eq!(tls1.attr("network.protocol.version"), Some("1.1"));
+    assert_eq!(tls1.attr("url.scheme"), Some("https"));
     assert_eq!(tls1.attr("http.response.status_code"), Some("200"));
     assert!(tls1.duration() >= Duration::from_millis(20));
 }

@@ -132,6 +132,7 @@ fn trace(toolchain: &str, kind: Build) {
         let what = format!("{toolchain} {kind:?} {name}");
         assert_eq!(span.attr("http.request.method"), Some(method), "{what}");
         assert_eq!(span.attr("url.path"), Some(path), "{what}");
+        assert_eq!(span.attr("url.scheme"), Some("http"), "{what}");
         assert_eq!(
             span.attr("http.response.status_code"),
             Some(status.to_string().as_str()),
@@ -199,6 +200,7 @@ fn trace_h2(toolchain: &str, kind: Build) {
         );
         assert_eq!(span.attr("http.response.body.size"), Some(body), "{what}");
         assert_eq!(span.attr("network.protocol.version"), Some("2"), "{what}");
+        assert_eq!(span.attr("url.scheme"), Some("https"), "{what}");
         assert_eq!(span.attr("agent.span.incomplete"), None, "{what}");
     }
 }

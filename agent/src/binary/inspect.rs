@@ -35,6 +35,7 @@ pub const BUILTIN_PROBES: &[BuiltinProbe] = &[
             ("net/http.Request", "ProtoMajor"),
             ("net/http.Request", "ProtoMinor"),
             ("net/http.Request", "Pattern"),
+            ("net/http.Request", "TLS"),
             ("net/url.URL", "Path"),
         ],
     },

@@ -26,6 +26,7 @@ pub const NEEDED_FIELDS: &[(&str, &[&str])] = &[
             "ProtoMajor",
             "ProtoMinor",
             "Pattern",
+            "TLS",
         ],
     ),
     ("net/url.URL", &["Path"]),

@@ -124,6 +124,7 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
     offsets.request_content_length = optional(("net/http.Request", "ContentLength"));
     offsets.request_proto_major = optional(("net/http.Request", "ProtoMajor"));
     offsets.request_proto_minor = optional(("net/http.Request", "ProtoMinor"));
+    offsets.request_tls = optional(("net/http.Request", "TLS"));
     offsets.response_req = optional(("net/http.response", "req"));
     offsets.response_written = optional(("net/http.response", "written"));
     // Request.Pattern exists from Go 1.23 on.

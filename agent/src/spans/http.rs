@@ -5,7 +5,8 @@ use std::borrow::Cow;
 
 use agent_common::http::{
     END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
-    FIELD_METHOD, FIELD_PATH, FIELD_PROTO, FIELD_REMOTE, HttpServerEnd, HttpServerStart,
+    FIELD_METHOD, FIELD_PATH, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN, HttpServerEnd,
+    HttpServerStart,
 };
 use opentelemetry::{InstrumentationScope, trace::SpanKind};
 
@@ -30,6 +31,8 @@ struct OpenRequest {
     remote: Option<String>,
     content_length: Option<i64>,
     proto: Option<(u16, u16)>,
+    /// The request came over TLS; `None` when unknown.
+    tls: Option<bool>,
 }
 
 /// Why a span ended without its end record.
@@ -167,6 +170,7 @@ impl HttpSpanBuilder {
             remote: has(FIELD_REMOTE).then(|| text(&rec.remote, rec.remote_len)),
             content_length: has(FIELD_CONTENT_LENGTH).then_some(rec.content_length),
             proto: has(FIELD_PROTO).then_some((rec.proto_major, rec.proto_minor)),
+            tls: has(FIELD_TLS_KNOWN).then_some(has(FIELD_TLS)),
         };
         if let Some((key, displaced)) = self.open.open(key, request, rec.header.ktime_ns) {
             let reason = if key == (rec.header.target, rec.header.goid) {
@@ -238,6 +242,9 @@ impl HttpSpanBuilder {
         }
         if let Some(path) = &open.path {
             w.attr_str("url.path", path);
+        }
+        if let Some(tls) = open.tls {
+            w.attr_str("url.scheme", if tls { "https" } else { "http" });
         }
         if let Some(host) = open.host.as_deref().filter(|h| !h.is_empty()) {
             let (address, port) = split_host_port(host);
@@ -343,7 +350,13 @@ mod tests {
             content_length: 0,
             proto_major: 1,
             proto_minor: 1,
-            fields: FIELD_METHOD | FIELD_PATH | FIELD_HOST | FIELD_REMOTE | FIELD_PROTO,
+            fields: FIELD_METHOD
+                | FIELD_PATH
+                | FIELD_HOST
+                | FIELD_REMOTE
+                | FIELD_PROTO
+                | FIELD_TLS_KNOWN
+                | FIELD_TLS,
             method_len,
             path_len,
             host_len,
@@ -410,6 +423,7 @@ mod tests {
         assert_eq!(s.kind, 2, "SERVER");
         assert_eq!(attr(s, "http.request.method").as_deref(), Some("POST"));
         assert_eq!(attr(s, "url.path").as_deref(), Some("/items/x"));
+        assert_eq!(attr(s, "url.scheme").as_deref(), Some("https"));
         assert_eq!(attr(s, "http.response.status_code").as_deref(), Some("503"));
         assert_eq!(attr(s, "server.address").as_deref(), Some("localhost"));
         assert_eq!(attr(s, "server.port").as_deref(), Some("8080"));
