@@ -15,7 +15,7 @@ use agent_common::{
         HttpServerEnd, HttpServerStart, PATH_CAP, PATTERN_CAP,
     },
     stats,
-    target::TargetConfig,
+    target::{GoOffsets, TargetConfig},
 };
 use aya_ebpf::programs::ProbeContext;
 
@@ -140,8 +140,23 @@ pub fn start(ctx: &ProbeContext) {
     submit(entry);
 }
 
-/// `func (w *response) finishRequest()`: RAX = w.
-pub fn end(ctx: &ProbeContext) {
+/// What an end probe found about the response.
+struct EndFields {
+    status: Option<u64>,
+    written: Option<u64>,
+    /// The `*http.Request`, for its ServeMux pattern.
+    request: Option<u64>,
+}
+
+/// The end record common to both protocols: `response` (RAX, the pointer
+/// the start saw as the ResponseWriter's data) pairs it with its start;
+/// `read` finds the fields, and may use the pattern area as scratch space
+/// (the pattern is copied there afterwards).
+#[inline(always)]
+fn end_record(
+    ctx: &ProbeContext,
+    read: impl FnOnce(&GoOffsets, u64, &mut [u8; PATTERN_CAP]) -> EndFields,
+) {
     let Some(config) = config(ctx) else { return };
     let off = &config.offsets;
     let Some(goid) = goid(ctx, off.g_goid) else {
@@ -162,25 +177,20 @@ pub fn end(ctx: &ProbeContext) {
     rec.status = 0;
     rec.written = 0;
     rec.pattern_len = 0;
-    // The response's fields through the pattern area, which the pattern
-    // then overwrites.
-    let window = Window::<PATTERN_CAP, RESPONSE_WINDOW>::read(response, &mut rec.pattern);
-    let status = window.word(off.response_status);
-    let written = window.word(off.response_written);
-    let request = window.word(off.response_req);
+    let found = read(off, response, &mut rec.pattern);
     let mut fields = 0;
-    match status {
+    match found.status {
         Some(status) => {
             rec.status = status as i64;
             fields |= END_FIELD_STATUS;
         }
         None => count(stats::READ_FAILED),
     }
-    if let Some(written) = written {
+    if let Some(written) = found.written {
         rec.written = written as i64;
         fields |= END_FIELD_WRITTEN;
     }
-    if let Some(request) = request
+    if let Some(request) = found.request
         && let Some(len) = read_string(request, off.request_pattern, &mut rec.pattern)
     {
         rec.pattern_len = len;
@@ -190,49 +200,28 @@ pub fn end(ctx: &ProbeContext) {
     submit(entry);
 }
 
-/// `func (w *http2responseWriter) handlerDone()`: RAX = w, the same pointer
-/// the start saw as the ResponseWriter's data. Status and body size live in
-/// `w.rws` (an `http2responseWriterState`), which is still set here.
-pub fn end_h2(ctx: &ProbeContext) {
-    let Some(config) = config(ctx) else { return };
-    let off = &config.offsets;
-    let Some(goid) = goid(ctx, off.g_goid) else {
-        count(stats::READ_FAILED);
-        return;
-    };
-    let writer = reg(ctx, Reg::Rax);
-    let Some(mut entry) = reserve::<HttpServerEnd>() else {
-        return;
-    };
-    let rec: &mut HttpServerEnd = {
-        let ptr = entry.as_mut_ptr();
-        // SAFETY: as in `start`.
-        unsafe { &mut *ptr }
-    };
-    rec.header = header(ctx, KIND_HTTP_SERVER_END, goid);
-    rec.response = writer;
-    rec.status = 0;
-    rec.written = 0;
-    rec.pattern_len = 0;
-    let mut fields = 0;
-    let state = read_field::<u64>(writer, off.h2_writer_rws).unwrap_or(0);
-    match read_field::<i64>(state, off.h2_state_status) {
-        Some(status) => {
-            rec.status = status;
-            fields |= END_FIELD_STATUS;
+/// `func (w *response) finishRequest()`: RAX = w. The response's fields
+/// come from one read of its first bytes, into the pattern area.
+pub fn end(ctx: &ProbeContext) {
+    end_record(ctx, |off, response, scratch| {
+        let window = Window::<PATTERN_CAP, RESPONSE_WINDOW>::read(response, scratch);
+        EndFields {
+            status: window.word(off.response_status),
+            written: window.word(off.response_written),
+            request: window.word(off.response_req),
         }
-        None => count(stats::READ_FAILED),
-    }
-    if let Some(written) = read_field::<i64>(state, off.h2_state_wrote_bytes) {
-        rec.written = written;
-        fields |= END_FIELD_WRITTEN;
-    }
-    if let Some(request) = read_field::<u64>(state, off.h2_state_req)
-        && let Some(len) = read_string(request, off.request_pattern, &mut rec.pattern)
-    {
-        rec.pattern_len = len;
-        fields |= END_FIELD_PATTERN;
-    }
-    rec.fields = fields;
-    submit(entry);
+    });
+}
+
+/// `func (w *http2responseWriter) handlerDone()`: RAX = w. Status and body
+/// size live in `w.rws` (an `http2responseWriterState`), still set here.
+pub fn end_h2(ctx: &ProbeContext) {
+    end_record(ctx, |off, writer, _| {
+        let state = read_field::<u64>(writer, off.h2_writer_rws).unwrap_or(0);
+        EndFields {
+            status: read_field::<u64>(state, off.h2_state_status),
+            written: read_field::<u64>(state, off.h2_state_wrote_bytes),
+            request: read_field::<u64>(state, off.h2_state_req),
+        }
+    });
 }
