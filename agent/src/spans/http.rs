@@ -49,7 +49,8 @@ pub enum Incomplete {
 }
 
 impl Incomplete {
-    fn as_str(self) -> &'static str {
+    /// The value of the `agent.span.incomplete` attribute.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Expired => "expired",
             Self::Evicted => "evicted",

@@ -106,15 +106,6 @@ fn kind(kind: mapping::SpanKind) -> SpanKind {
     }
 }
 
-fn incomplete_str(reason: Incomplete) -> &'static str {
-    match reason {
-        Incomplete::Expired => "expired",
-        Incomplete::Evicted => "evicted",
-        Incomplete::Replaced => "replaced",
-        Incomplete::Shutdown => "shutdown",
-    }
-}
-
 /// Writes one attribute; a u64 beyond i64 becomes its decimal string.
 fn put_attr(span: &mut SpanWriter<'_>, key: &str, value: &ArgValue) {
     match value {
@@ -320,7 +311,7 @@ impl UsdtSpanBuilder {
             );
         }
         if let Some(reason) = incomplete {
-            span.attr_str("agent.span.incomplete", incomplete_str(reason));
+            span.attr_str("agent.span.incomplete", reason.as_str());
         }
         if let (Some(mapping), Some(end)) = (mapping, end)
             && mapping.is_error(&open.start, end)
