@@ -179,34 +179,32 @@ impl Batch {
 /// One destination of spans.
 #[derive(Debug)]
 enum Sink {
+    /// Exported concurrently, each request retried on its own.
     Otlp {
         transport: Box<transport::Transport>,
         endpoint: String,
     },
+    /// Written one batch at a time, in order.
+    Local(LocalSink),
+}
+
+/// An output on this machine.
+#[derive(Debug)]
+enum LocalSink {
     Console(ConsoleExporter),
     Jsonl(JsonlExporter),
 }
 
-impl Sink {
+impl LocalSink {
     fn name(&self) -> String {
         match self {
-            Self::Otlp { endpoint, .. } => format!("OTLP {endpoint}"),
             Self::Console(_) => "console".to_owned(),
             Self::Jsonl(j) => format!("JSONL {}", j.describe()),
         }
     }
 
-    async fn export(
-        &mut self,
-        batch: &Batch,
-        stopping: &mut watch::Receiver<bool>,
-    ) -> Result<(), String> {
+    fn export(&mut self, batch: &Batch) -> Result<(), String> {
         match self {
-            Self::Otlp { transport, .. } => {
-                transport::send_with_retry(transport, batch.body.clone(), stopping)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
             Self::Console(c) => c.export(&batch.decode()?),
             Self::Jsonl(j) => j.export(&batch.decode()?),
         }
@@ -214,7 +212,7 @@ impl Sink {
 
     fn shutdown(&mut self) {
         let result = match self {
-            Self::Otlp { .. } | Self::Console(_) => Ok(()),
+            Self::Console(_) => Ok(()),
             Self::Jsonl(j) => j.flush(),
         };
         if let Err(err) = result {
@@ -293,10 +291,10 @@ impl Pipeline {
                     })?),
                     endpoint: otlp.endpoint.clone(),
                 },
-                Output::Console => Sink::Console(ConsoleExporter::stdout()),
-                Output::Jsonl(path) => {
-                    Sink::Jsonl(JsonlExporter::open(path.as_deref()).map_err(PipelineError::Jsonl)?)
-                }
+                Output::Console => Sink::Local(LocalSink::Console(ConsoleExporter::stdout())),
+                Output::Jsonl(path) => Sink::Local(LocalSink::Jsonl(
+                    JsonlExporter::open(path.as_deref()).map_err(PipelineError::Jsonl)?,
+                )),
             });
         }
         let resource = encode_resource(resource);
@@ -481,8 +479,8 @@ async fn run_sink(
             transport,
             endpoint,
         } => run_otlp_sink(*transport, &endpoint, rx, &counters, stopping).await,
-        mut sink => {
-            run_serial_sink(&mut sink, rx, &counters, stopping).await;
+        Sink::Local(mut sink) => {
+            run_local_sink(&mut sink, rx, &counters).await;
             sink.shutdown();
         }
     }
@@ -554,15 +552,14 @@ async fn run_otlp_sink(
 }
 
 /// One export at a time, in order (console and file output).
-async fn run_serial_sink(
-    sink: &mut Sink,
+async fn run_local_sink(
+    sink: &mut LocalSink,
     mut rx: mpsc::Receiver<Arc<Batch>>,
     counters: &SinkStats,
-    mut stopping: watch::Receiver<bool>,
 ) {
     let mut log = FailureLog::default();
     while let Some(batch) = rx.recv().await {
-        let result = sink.export(&batch, &mut stopping).await;
+        let result = sink.export(&batch);
         log.record(&sink.name(), counters, batch.spans, result);
     }
 }
