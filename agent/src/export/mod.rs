@@ -557,9 +557,10 @@ async fn run_local_sink(
     mut rx: mpsc::Receiver<Arc<Batch>>,
     counters: &SinkStats,
 ) {
+    let name = sink.name();
     let mut log = FailureLog::default();
     while let Some(batch) = rx.recv().await {
         let result = sink.export(&batch);
-        log.record(&sink.name(), counters, batch.spans, result);
+        log.record(&name, counters, batch.spans, result);
     }
 }
