@@ -4,8 +4,9 @@ use crate::event::EventHeader;
 
 /// Bytes of the request method kept (longer methods are truncated).
 pub const METHOD_CAP: usize = 16;
-/// Bytes of the URL path kept.
-pub const PATH_CAP: usize = 256;
+/// Bytes of the request target (`Request.RequestURI`) kept, and of the
+/// method before it when both come from one read.
+pub const URI_CAP: usize = 256;
 /// Bytes of the Host header kept.
 pub const HOST_CAP: usize = 128;
 /// Bytes of the peer address kept (`ip:port`).
@@ -17,6 +18,13 @@ pub const PATTERN_CAP: usize = 128;
 ///
 /// Each string field holds the first `min(len, CAP)` bytes; `*_len` is the
 /// full length in the target, so the reader can tell a truncated string.
+///
+/// net/http parses the request line `GET /path?q HTTP/1.1` into substrings of
+/// one string, so the method and the request target usually lie a few bytes
+/// apart in the target's memory: the probe then copies both with one read into
+/// `uri`, sets [`FIELD_METHOD_IN_URI`] and `uri_at` (the target's offset in
+/// `uri`), and leaves `method` unused. Otherwise (HTTP/2, where they are
+/// separate header values) each has its own area and `uri_at` is 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct HttpServerStart {
@@ -27,24 +35,27 @@ pub struct HttpServerStart {
     pub response: u64,
     /// `Request.ContentLength`; -1 when unknown.
     pub content_length: i64,
-    pub proto_major: u16,
-    pub proto_minor: u16,
+    pub proto_major: u8,
+    pub proto_minor: u8,
+    /// Where the request target starts in `uri`.
+    pub uri_at: u16,
     /// Bit set of `FIELD_*`: which fields could be read.
     pub fields: u32,
     pub method_len: u32,
-    pub path_len: u32,
+    /// Length of `Request.RequestURI`: path, then `?` and the query if any.
+    pub uri_len: u32,
     pub host_len: u32,
     pub remote_len: u32,
     pub method: [u8; METHOD_CAP],
-    pub path: [u8; PATH_CAP],
+    pub uri: [u8; URI_CAP],
     pub host: [u8; HOST_CAP],
     pub remote: [u8; REMOTE_CAP],
 }
 
 /// `HttpServerStart::fields`: the method was read.
 pub const FIELD_METHOD: u32 = 1 << 0;
-/// The URL path was read.
-pub const FIELD_PATH: u32 = 1 << 1;
+/// The request target (`RequestURI`) was read.
+pub const FIELD_URI: u32 = 1 << 1;
 /// The Host header was read.
 pub const FIELD_HOST: u32 = 1 << 2;
 /// The peer address was read.
@@ -57,13 +68,18 @@ pub const FIELD_PROTO: u32 = 1 << 5;
 pub const FIELD_TLS_KNOWN: u32 = 1 << 6;
 /// `Request.TLS` is set: the request came over TLS (`https`).
 pub const FIELD_TLS: u32 = 1 << 7;
+/// The method is the first `method_len` bytes of `uri` (one read copied
+/// both); `method` is unused.
+pub const FIELD_METHOD_IN_URI: u32 = 1 << 8;
 
 const _: () = assert!(
     core::mem::size_of::<HttpServerStart>()
-        == 32 + 8 * 3 + 2 * 2 + 4 * 5 + METHOD_CAP + PATH_CAP + HOST_CAP + REMOTE_CAP
+        == 32 + 8 * 3 + 2 + 2 + 4 * 5 + METHOD_CAP + URI_CAP + HOST_CAP + REMOTE_CAP
 );
 
-/// The request's response is being finished (`net/http.(*response).finishRequest`).
+/// The request's response is being finished (`net/http.(*response).finishRequest`,
+/// or `(*http2responseWriter).handlerDone`). Its header's `goid` is 0: the
+/// end pairs with its start by `response` alone, which saves the probe a read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct HttpServerEnd {

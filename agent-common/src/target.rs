@@ -17,10 +17,8 @@ pub struct GoOffsets {
     pub g_goid: u64,
     /// `net/http.Request.Method` (string).
     pub request_method: u64,
-    /// `net/http.Request.URL` (*url.URL).
-    pub request_url: u64,
-    /// `net/url.URL.Path` (string).
-    pub url_path: u64,
+    /// `net/http.Request.RequestURI` (string).
+    pub request_uri: u64,
     /// `net/http.Request.Host` (string).
     pub request_host: u64,
     /// `net/http.Request.RemoteAddr` (string).
@@ -56,8 +54,7 @@ impl GoOffsets {
     pub const ABSENT: Self = Self {
         g_goid: OFFSET_ABSENT,
         request_method: OFFSET_ABSENT,
-        request_url: OFFSET_ABSENT,
-        url_path: OFFSET_ABSENT,
+        request_uri: OFFSET_ABSENT,
         request_host: OFFSET_ABSENT,
         request_remote_addr: OFFSET_ABSENT,
         request_content_length: OFFSET_ABSENT,
@@ -75,7 +72,7 @@ impl GoOffsets {
     };
 }
 
-const _: () = assert!(core::mem::size_of::<GoOffsets>() == 18 * 8);
+const _: () = assert!(core::mem::size_of::<GoOffsets>() == 17 * 8);
 
 /// One entry of the `TARGETS` array map.
 #[repr(C)]
@@ -87,4 +84,4 @@ pub struct TargetConfig {
     pub offsets: GoOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 + 18 * 8);
+const _: () = assert!(core::mem::size_of::<TargetConfig>() == 8 + 17 * 8);

@@ -78,11 +78,17 @@ pub fn copy_string<const CAP: usize>(data: u64, len: u64, dst: &mut [u8; CAP]) -
     if ret < 0 {
         return None;
     }
-    Some(if len > u32::MAX as u64 {
+    Some(clamp_len(len))
+}
+
+/// A Go length as a record's `u32` length field.
+#[inline(always)]
+pub fn clamp_len(len: u64) -> u32 {
+    if len > u32::MAX as u64 {
         u32::MAX
     } else {
         len as u32
-    })
+    }
 }
 
 /// The first `LEN` bytes of a Go struct, read with one helper call into a

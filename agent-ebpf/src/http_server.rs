@@ -11,8 +11,8 @@ use agent_common::{
     event::{KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START},
     http::{
         END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
-        FIELD_METHOD, FIELD_PATH, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN,
-        HttpServerEnd, HttpServerStart, PATH_CAP, PATTERN_CAP,
+        FIELD_METHOD, FIELD_METHOD_IN_URI, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN,
+        FIELD_URI, HttpServerEnd, HttpServerStart, PATTERN_CAP, URI_CAP,
     },
     stats,
     target::{GoOffsets, TargetConfig},
@@ -20,7 +20,7 @@ use agent_common::{
 use aya_ebpf::programs::ProbeContext;
 
 use crate::{
-    go::{Reg, Window, copy_string, goid, read_field, read_string, reg},
+    go::{Reg, Window, clamp_len, copy_string, goid, read_field, read_string, reg},
     maps::{TARGETS, count},
     record::{header, reserve, submit, target_slot},
 };
@@ -37,14 +37,18 @@ fn config(ctx: &ProbeContext) -> Option<&'static TargetConfig> {
 }
 
 /// Bytes of `http.Request` read in one helper call: every field the start
-/// needs lies in them on every release since Go 1.17 (Method 0, URL 16,
+/// needs lies in them on every release since Go 1.17 (Method 0,
 /// ProtoMajor/Minor 40/48, ContentLength 88, Host 128, RemoteAddr 176,
-/// TLS 208).
+/// RequestURI 192, TLS 208).
 const REQUEST_WINDOW: usize = 216;
 
 /// Bytes of `http.response` read in one helper call: `req` 8, `written`
 /// 104, `status` 120 on every release since Go 1.17.
 const RESPONSE_WINDOW: usize = 128;
+
+/// Most bytes between the start of the method and the start of the request
+/// target for the two to be copied with one read.
+const METHOD_GAP_MAX: u64 = 64;
 
 /// `func (sh serverHandler) ServeHTTP(rw ResponseWriter, req *Request)`:
 /// RAX = sh.srv, RBX:RCX = rw (itab, data), RDI = req.
@@ -52,7 +56,9 @@ const RESPONSE_WINDOW: usize = 128;
 /// The record is not zeroed (a copy of 544 bytes per request): every scalar
 /// is set, and each string area is read only up to the length set with it.
 /// The request's fields come from one read of its first bytes, made into
-/// the path area before the path itself is copied there.
+/// the URI area before the request target is copied there; the method and
+/// the target come with one more read when they are neighbours in one string
+/// (HTTP/1's request line), so a request costs five reads in all.
 pub fn start(ctx: &ProbeContext) {
     let Some(config) = config(ctx) else { return };
     let off = &config.offsets;
@@ -78,14 +84,15 @@ pub fn start(ctx: &ProbeContext) {
     rec.content_length = 0;
     rec.proto_major = 0;
     rec.proto_minor = 0;
+    rec.uri_at = 0;
     rec.method_len = 0;
-    rec.path_len = 0;
+    rec.uri_len = 0;
     rec.host_len = 0;
     rec.remote_len = 0;
 
-    let window = Window::<PATH_CAP, REQUEST_WINDOW>::read(request, &mut rec.path);
+    let window = Window::<URI_CAP, REQUEST_WINDOW>::read(request, &mut rec.uri);
     let method = window.string(off.request_method);
-    let url = window.word(off.request_url);
+    let uri = window.string(off.request_uri);
     let host = window.string(off.request_host);
     let remote = window.string(off.request_remote_addr);
     let content_length = window.word(off.request_content_length);
@@ -96,19 +103,37 @@ pub fn start(ctx: &ProbeContext) {
 
     let mut fields = 0;
     let mut failed = false;
-    match method.and_then(|(data, len)| copy_string(data, len, &mut rec.method)) {
-        Some(len) => {
-            rec.method_len = len;
-            fields |= FIELD_METHOD;
+    match (method, uri) {
+        (Some((method, method_len)), Some((uri, uri_len)))
+            if uri >= method && uri - method <= METHOD_GAP_MAX && method_len <= uri - method =>
+        {
+            let at = uri - method;
+            match copy_string(method, at + uri_len, &mut rec.uri) {
+                Some(_) => {
+                    rec.uri_at = at as u16;
+                    rec.method_len = method_len as u32;
+                    rec.uri_len = clamp_len(uri_len);
+                    fields |= FIELD_METHOD | FIELD_URI | FIELD_METHOD_IN_URI;
+                }
+                None => failed = true,
+            }
         }
-        None => failed = true,
-    }
-    match url.and_then(|url| read_string(url, off.url_path, &mut rec.path)) {
-        Some(len) => {
-            rec.path_len = len;
-            fields |= FIELD_PATH;
+        (method, uri) => {
+            match method.and_then(|(data, len)| copy_string(data, len, &mut rec.method)) {
+                Some(len) => {
+                    rec.method_len = len;
+                    fields |= FIELD_METHOD;
+                }
+                None => failed = true,
+            }
+            match uri.and_then(|(data, len)| copy_string(data, len, &mut rec.uri)) {
+                Some(len) => {
+                    rec.uri_len = len;
+                    fields |= FIELD_URI;
+                }
+                None => failed = true,
+            }
         }
-        None => failed = true,
     }
     if let Some(len) = host.and_then(|(data, len)| copy_string(data, len, &mut rec.host)) {
         rec.host_len = len;
@@ -123,8 +148,8 @@ pub fn start(ctx: &ProbeContext) {
         fields |= FIELD_CONTENT_LENGTH;
     }
     if let Some((major, minor)) = proto {
-        rec.proto_major = major as u16;
-        rec.proto_minor = minor as u16;
+        rec.proto_major = major.min(u8::MAX as u64) as u8;
+        rec.proto_minor = minor.min(u8::MAX as u64) as u8;
         fields |= FIELD_PROTO;
     }
     if let Some(tls) = tls {
@@ -159,10 +184,6 @@ fn end_record(
 ) {
     let Some(config) = config(ctx) else { return };
     let off = &config.offsets;
-    let Some(goid) = goid(ctx, off.g_goid) else {
-        count(stats::READ_FAILED);
-        return;
-    };
     let response = reg(ctx, Reg::Rax);
     let Some(mut entry) = reserve::<HttpServerEnd>() else {
         return;
@@ -172,7 +193,8 @@ fn end_record(
         // SAFETY: as in `start`.
         unsafe { &mut *ptr }
     };
-    rec.header = header(ctx, KIND_HTTP_SERVER_END, goid);
+    // No goroutine id: the agent pairs the end by `response`.
+    rec.header = header(ctx, KIND_HTTP_SERVER_END, 0);
     rec.response = response;
     rec.status = 0;
     rec.written = 0;

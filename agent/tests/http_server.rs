@@ -29,6 +29,8 @@ struct Case {
     method: &'static str,
     target: &'static str,
     path: &'static str,
+    /// `url.query`, redacted as OpenTelemetry says.
+    query: Option<&'static str>,
     body: &'static [u8],
     status: u16,
     /// ServeMux pattern (Go 1.23+ records it on the request).
@@ -41,6 +43,7 @@ const FIRST_CONNECTION: [Case; 3] = [
         method: "GET",
         target: "/hello",
         path: "/hello",
+        query: None,
         body: b"",
         status: 200,
         route: Some("/hello"),
@@ -50,6 +53,7 @@ const FIRST_CONNECTION: [Case; 3] = [
         method: "POST",
         target: "/items/abc",
         path: "/items/abc",
+        query: None,
         body: b"hello world",
         status: 201,
         route: Some("/items/"),
@@ -59,6 +63,7 @@ const FIRST_CONNECTION: [Case; 3] = [
         method: "PUT",
         target: "/fail",
         path: "/fail",
+        query: None,
         body: b"",
         status: 500,
         route: Some("/fail"),
@@ -71,6 +76,7 @@ const SECOND_CONNECTION: [Case; 3] = [
         method: "DELETE",
         target: "/missing",
         path: "/missing",
+        query: None,
         body: b"",
         status: 404,
         route: None,
@@ -80,6 +86,7 @@ const SECOND_CONNECTION: [Case; 3] = [
         method: "GET",
         target: "/slow?ms=30",
         path: "/slow",
+        query: Some("ms=30"),
         body: b"",
         status: 200,
         route: Some("/slow"),
@@ -87,12 +94,13 @@ const SECOND_CONNECTION: [Case; 3] = [
     },
     Case {
         method: "PATCH",
-        target: "/items/z",
-        path: "/items/z",
+        target: "/items/z%20y?x=1&Signature=abc",
+        path: "/items/z y",
+        query: Some("x=1&Signature=REDACTED"),
         body: b"x",
         status: 200,
         route: Some("/items/"),
-        response_body: Some(3),
+        response_body: Some(5),
     },
 ];
 
@@ -161,6 +169,7 @@ fn check_spans(spans: &[FlatSpan], addr: SocketAddr, ports: [u16; 2], started: S
                 "{name}"
             );
             assert_eq!(a("url.path").as_deref(), Some(case.path), "{name}");
+            assert_eq!(a("url.query").as_deref(), case.query, "{name}");
             assert_eq!(a("url.scheme").as_deref(), Some("http"), "{name}");
             assert_eq!(
                 a("http.response.status_code"),

@@ -28,15 +28,13 @@ pub const BUILTIN_PROBES: &[BuiltinProbe] = &[
         fields: &[
             ("runtime.g", "goid"),
             ("net/http.Request", "Method"),
-            ("net/http.Request", "URL"),
+            ("net/http.Request", "RequestURI"),
             ("net/http.Request", "Host"),
             ("net/http.Request", "RemoteAddr"),
             ("net/http.Request", "ContentLength"),
             ("net/http.Request", "ProtoMajor"),
             ("net/http.Request", "ProtoMinor"),
-            ("net/http.Request", "Pattern"),
             ("net/http.Request", "TLS"),
-            ("net/url.URL", "Path"),
         ],
     },
     BuiltinProbe {
@@ -45,10 +43,10 @@ pub const BUILTIN_PROBES: &[BuiltinProbe] = &[
         // The receiver (*response) in RAX.
         preserve: &[Register::RAX],
         fields: &[
-            ("runtime.g", "goid"),
             ("net/http.response", "req"),
             ("net/http.response", "status"),
             ("net/http.response", "written"),
+            ("net/http.Request", "Pattern"),
         ],
     },
     BuiltinProbe {
@@ -57,11 +55,11 @@ pub const BUILTIN_PROBES: &[BuiltinProbe] = &[
         // The receiver (*http2responseWriter) in RAX.
         preserve: &[Register::RAX],
         fields: &[
-            ("runtime.g", "goid"),
             ("net/http.http2responseWriter", "rws"),
             ("net/http.http2responseWriterState", "req"),
             ("net/http.http2responseWriterState", "status"),
             ("net/http.http2responseWriterState", "wroteBytes"),
+            ("net/http.Request", "Pattern"),
         ],
     },
 ];

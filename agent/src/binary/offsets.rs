@@ -19,7 +19,7 @@ pub const NEEDED_FIELDS: &[(&str, &[&str])] = &[
         "net/http.Request",
         &[
             "Method",
-            "URL",
+            "RequestURI",
             "Host",
             "RemoteAddr",
             "ContentLength",
@@ -29,7 +29,6 @@ pub const NEEDED_FIELDS: &[(&str, &[&str])] = &[
             "TLS",
         ],
     ),
-    ("net/url.URL", &["Path"]),
     ("net/http.response", &["req", "status", "written"]),
     ("net/http.http2responseWriter", &["rws"]),
     (
@@ -266,7 +265,10 @@ mod tests {
             })
         };
         let entry = entry_from_layouts("1.22.12", good).unwrap();
-        assert_eq!(entry.structs["net/http.Request"].fields["URL"].offset, 8);
+        assert_eq!(
+            entry.structs["net/http.Request"].fields["RequestURI"].offset,
+            8
+        );
         let json = render(vec![entry.clone()]).unwrap();
         assert_eq!(OffsetTable::parse(&json).unwrap().versions, vec![entry]);
 

@@ -66,11 +66,10 @@ pub struct HttpServerPlan {
 
 type Field = (&'static str, &'static str);
 
-const REQUIRED: [Field; 5] = [
+const REQUIRED: [Field; 4] = [
     ("runtime.g", "goid"),
     ("net/http.Request", "Method"),
-    ("net/http.Request", "URL"),
-    ("net/url.URL", "Path"),
+    ("net/http.Request", "RequestURI"),
     ("net/http.response", "status"),
 ];
 
@@ -103,12 +102,11 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
                 source,
             })
     };
-    let [goid, method, url, path, status] = REQUIRED;
+    let [goid, method, uri, status] = REQUIRED;
     let mut offsets = GoOffsets {
         g_goid: required(goid)?,
         request_method: required(method)?,
-        request_url: required(url)?,
-        url_path: required(path)?,
+        request_uri: required(uri)?,
         response_status: required(status)?,
         ..GoOffsets::ABSENT
     };

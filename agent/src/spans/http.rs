@@ -1,12 +1,16 @@
-//! net/http server requests: start and end records paired per goroutine into
+//! net/http server requests: start and end records paired per response into
 //! one SERVER span each, with OpenTelemetry's HTTP server attributes.
+//!
+//! Everything the start record says is encoded into the span's protobuf
+//! bytes when the start arrives; the end adds its fields, the ids and the
+//! times. So an open request holds one buffer, not a string per field.
 
 use std::borrow::Cow;
 
 use agent_common::http::{
     END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
-    FIELD_METHOD, FIELD_PATH, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN, HttpServerEnd,
-    HttpServerStart,
+    FIELD_METHOD, FIELD_METHOD_IN_URI, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN,
+    FIELD_URI, HttpServerEnd, HttpServerStart,
 };
 use opentelemetry::{InstrumentationScope, trace::SpanKind};
 
@@ -16,23 +20,20 @@ use crate::{
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
 };
 
-/// Key of an open request: (target slot, goroutine id).
+/// Key of an open request: (target slot, the `*http.response` or
+/// `*http2responseWriter` that both its start and its end see).
 type Key = (u32, u64);
+
+/// Bytes reserved for a span's encoding: a typical span fits.
+const SPAN_CAPACITY: usize = 384;
 
 /// A request whose end has not been seen yet.
 #[derive(Debug)]
 struct OpenRequest {
     start_ns: u64,
-    response: u64,
-    tid: u32,
-    method: Option<Method>,
-    path: Option<String>,
-    host: Option<String>,
-    remote: Option<String>,
-    content_length: Option<i64>,
-    proto: Option<(u16, u16)>,
-    /// The request came over TLS; `None` when unknown.
-    tls: Option<bool>,
+    goid: u64,
+    /// The span's name and start attributes, encoded.
+    encoded: Vec<u8>,
 }
 
 /// Why a span ended without its end record.
@@ -42,7 +43,8 @@ pub enum Incomplete {
     Expired,
     /// Pushed out of a full table.
     Evicted,
-    /// The goroutine started another request first.
+    /// A later request reused its response object first (Go freed it, so
+    /// this one will never end: a hijacked connection, a panic).
     Replaced,
     /// Still open when the agent stopped.
     Shutdown,
@@ -73,31 +75,19 @@ pub struct HttpSpanBuilder {
     duplicates: u64,
 }
 
-fn text(bytes: &[u8], len: u32) -> String {
+/// The first `len` bytes of a string area (all of it when truncated).
+fn text(bytes: &[u8], len: u32) -> Cow<'_, str> {
     let n = (len as usize).min(bytes.len());
-    String::from_utf8_lossy(&bytes[..n]).into_owned()
+    String::from_utf8_lossy(&bytes[..n])
 }
 
 const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-/// A request method: the standard ones without an allocation.
-#[derive(Debug)]
-enum Method {
-    Known(&'static str),
-    Other(String),
-}
-
-impl Method {
-    fn parse(bytes: &[u8], len: u32) -> Self {
-        let n = (len as usize).min(bytes.len());
-        let raw = &bytes[..n];
-        match KNOWN_METHODS.iter().find(|m| m.as_bytes() == raw) {
-            Some(known) => Self::Known(known),
-            None => Self::Other(String::from_utf8_lossy(raw).into_owned()),
-        }
-    }
+/// The standard method `raw` spells, if it is one.
+fn known_method(raw: &[u8]) -> Option<&'static str> {
+    KNOWN_METHODS.iter().copied().find(|m| m.as_bytes() == raw)
 }
 
 /// Splits `host[:port]` / `[v6]:port`.
@@ -115,6 +105,87 @@ fn split_host_port(s: &str) -> (Cow<'_, str>, Option<i64>) {
         },
         _ => (Cow::Borrowed(s), None),
     }
+}
+
+/// A request target (`Request.RequestURI`) split as net/http splits it into
+/// `URL.Path` and `URL.RawQuery`: origin form `/p?q`, absolute form
+/// `http://host/p?q`, `*`, or authority form (`CONNECT host:443`, no path).
+/// `complete` says whether the whole target was captured; a query cut short
+/// is left out rather than reported wrong.
+fn split_target(target: &[u8], complete: bool) -> (&[u8], Option<&[u8]>) {
+    let from_path = if target.first() == Some(&b'/') || target == b"*" {
+        target
+    } else if let Some(scheme_end) = find(target, b"://") {
+        let rest = &target[scheme_end + 3..];
+        match rest.iter().position(|&b| b == b'/' || b == b'?') {
+            Some(i) => &rest[i..],
+            None => &[],
+        }
+    } else {
+        &[]
+    };
+    match from_path.iter().position(|&b| b == b'?') {
+        Some(i) => {
+            let query = &from_path[i + 1..];
+            (
+                &from_path[..i],
+                (complete && !query.is_empty()).then_some(query),
+            )
+        }
+        None => (from_path, None),
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `%XX` escapes decoded, as `URL.Path` holds them; a malformed escape
+/// (which net/http would have refused) is kept as it is.
+fn unescape_path(raw: &[u8]) -> Cow<'_, str> {
+    if !raw.contains(&b'%') {
+        return String::from_utf8_lossy(raw);
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                raw.get(i + 1).copied().and_then(hex),
+                raw.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Query keys whose values OpenTelemetry's URL conventions say to redact.
+const REDACTED_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+
+/// The query with the values of [`REDACTED_QUERY_KEYS`] replaced by `REDACTED`.
+fn redact_query(query: &str) -> Cow<'_, str> {
+    let sensitive = |pair: &str| {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        REDACTED_QUERY_KEYS.contains(&key) && pair.contains('=')
+    };
+    if !query.split('&').any(sensitive) {
+        return Cow::Borrowed(query);
+    }
+    let pairs: Vec<Cow<'_, str>> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if sensitive(pair) => Cow::Owned(format!("{key}=REDACTED")),
+            _ => Cow::Borrowed(pair),
+        })
+        .collect();
+    Cow::Owned(pairs.join("&"))
 }
 
 impl HttpSpanBuilder {
@@ -150,9 +221,9 @@ impl HttpSpanBuilder {
 
     /// A request started.
     pub fn on_start(&mut self, rec: &HttpServerStart, out: &mut impl FnMut(EncodedSpan)) {
-        let key = (rec.header.target, rec.header.goid);
+        let key = (rec.header.target, rec.response);
         if let Some(open) = self.open.get(&key)
-            && open.response == rec.response
+            && open.goid == rec.header.goid
         {
             // The same call seen twice (the entry probe fires again when the
             // goroutine's stack grows and the function restarts): keep the
@@ -160,123 +231,59 @@ impl HttpSpanBuilder {
             self.duplicates += 1;
             return;
         }
-        let has = |flag| rec.fields & flag != 0;
         let request = OpenRequest {
             start_ns: rec.header.ktime_ns,
-            response: rec.response,
-            tid: rec.header.tid,
-            method: has(FIELD_METHOD).then(|| Method::parse(&rec.method, rec.method_len)),
-            path: has(FIELD_PATH).then(|| text(&rec.path, rec.path_len)),
-            host: has(FIELD_HOST).then(|| text(&rec.host, rec.host_len)),
-            remote: has(FIELD_REMOTE).then(|| text(&rec.remote, rec.remote_len)),
-            content_length: has(FIELD_CONTENT_LENGTH).then_some(rec.content_length),
-            proto: has(FIELD_PROTO).then_some((rec.proto_major, rec.proto_minor)),
-            tls: has(FIELD_TLS_KNOWN).then_some(has(FIELD_TLS)),
+            goid: rec.header.goid,
+            encoded: encode_start(rec),
         };
-        if let Some((key, displaced)) = self.open.open(key, request, rec.header.ktime_ns) {
-            let reason = if key == (rec.header.target, rec.header.goid) {
+        if let Some((displaced_key, displaced)) = self.open.open(key, request, rec.header.ktime_ns)
+        {
+            let reason = if displaced_key == key {
                 Incomplete::Replaced
             } else {
                 Incomplete::Evicted
             };
-            out(self.span(key, displaced, rec.header.ktime_ns, None, Some(reason)));
+            out(self.span(displaced, rec.header.ktime_ns, None, Some(reason)));
         }
     }
 
     /// A request's response is being finished.
     pub fn on_end(&mut self, rec: &HttpServerEnd, out: &mut impl FnMut(EncodedSpan)) {
-        let key = (rec.header.target, rec.header.goid);
-        if let Some(open) = self
-            .open
-            .close_if(&key, |open| open.response == rec.response)
-        {
-            out(self.span(key, open, rec.header.ktime_ns, Some(rec), None));
+        if let Some(open) = self.open.close(&(rec.header.target, rec.response)) {
+            out(self.span(open, rec.header.ktime_ns, Some(rec), None));
         }
     }
 
     /// Exports requests open longer than the time-to-live, marked expired.
     pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
-        for (key, open) in self.open.expire(now_ns) {
-            out(self.span(key, open, now_ns, None, Some(Incomplete::Expired)));
+        for (_, open) in self.open.expire(now_ns) {
+            out(self.span(open, now_ns, None, Some(Incomplete::Expired)));
         }
     }
 
     /// Exports every open request, marked as cut short by shutdown.
     pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
-        for (key, open) in self.open.drain() {
-            out(self.span(key, open, now_ns, None, Some(Incomplete::Shutdown)));
+        for (_, open) in self.open.drain() {
+            out(self.span(open, now_ns, None, Some(Incomplete::Shutdown)));
         }
     }
 
+    /// Completes an open request's encoding with its ids, times and what the
+    /// end record (if any) says.
     fn span(
         &mut self,
-        key: Key,
         open: OpenRequest,
         end_ns: u64,
         end: Option<&HttpServerEnd>,
         incomplete: Option<Incomplete>,
     ) -> EncodedSpan {
-        let mut bytes = Vec::with_capacity(512);
+        let mut bytes = open.encoded;
         let mut w = SpanWriter::new(&mut bytes);
         w.ids(self.ids.trace_id(), self.ids.span_id(), None);
-        let name_method = match &open.method {
-            Some(Method::Known(m)) => m,
-            _ => "HTTP",
-        };
-        match &open.path {
-            Some(path) if !path.is_empty() => w.name(&[name_method, " ", path]),
-            _ => w.name(&[name_method]),
-        };
         w.kind(&SpanKind::Server).times(
             self.clock.to_unix_ns(open.start_ns),
             self.clock.to_unix_ns(end_ns.max(open.start_ns)),
         );
-        match &open.method {
-            Some(Method::Known(method)) => {
-                w.attr_str("http.request.method", method);
-            }
-            Some(Method::Other(method)) => {
-                w.attr_str("http.request.method", "_OTHER");
-                w.attr_str("http.request.method_original", method);
-            }
-            None => {}
-        }
-        if let Some(path) = &open.path {
-            w.attr_str("url.path", path);
-        }
-        if let Some(tls) = open.tls {
-            w.attr_str("url.scheme", if tls { "https" } else { "http" });
-        }
-        if let Some(host) = open.host.as_deref().filter(|h| !h.is_empty()) {
-            let (address, port) = split_host_port(host);
-            w.attr_str("server.address", &address);
-            if let Some(port) = port {
-                w.attr_int("server.port", port);
-            }
-        }
-        if let Some(remote) = open.remote.as_deref().filter(|r| !r.is_empty()) {
-            let (address, port) = split_host_port(remote);
-            w.attr_str("client.address", &address);
-            if let Some(port) = port {
-                w.attr_int("client.port", port);
-            }
-        }
-        if let Some((major, minor)) = open.proto {
-            w.attr_str("network.protocol.name", "http");
-            match (major, minor) {
-                (1, 1) => w.attr_str("network.protocol.version", "1.1"),
-                (1, 0) => w.attr_str("network.protocol.version", "1.0"),
-                (major, 0) if major >= 2 => {
-                    w.attr_str("network.protocol.version", &major.to_string())
-                }
-                (major, minor) => {
-                    w.attr_str("network.protocol.version", &format!("{major}.{minor}"))
-                }
-            };
-        }
-        if let Some(length) = open.content_length.filter(|l| *l > 0) {
-            w.attr_int("http.request.body.size", length);
-        }
         let mut error = false;
         if let Some(end) = end {
             if end.fields & END_FIELD_STATUS != 0 {
@@ -293,12 +300,9 @@ impl HttpSpanBuilder {
                 w.attr_int("http.response.body.size", end.written);
             }
             if end.fields & END_FIELD_PATTERN != 0 && end.pattern_len > 0 {
-                let n = (end.pattern_len as usize).min(end.pattern.len());
-                w.attr_str("http.route", &String::from_utf8_lossy(&end.pattern[..n]));
+                w.attr_str("http.route", &text(&end.pattern, end.pattern_len));
             }
         }
-        w.attr_int("goroutine.id", key.1 as i64);
-        w.attr_int("thread.id", i64::from(open.tid));
         if let Some(reason) = incomplete {
             w.attr_str("agent.span.incomplete", reason.as_str());
         }
@@ -313,11 +317,97 @@ impl HttpSpanBuilder {
     }
 }
 
+/// The span's name and every attribute a start record gives, encoded.
+fn encode_start(rec: &HttpServerStart) -> Vec<u8> {
+    let has = |flag| rec.fields & flag != 0;
+    let mut bytes = Vec::with_capacity(SPAN_CAPACITY);
+    let mut w = SpanWriter::new(&mut bytes);
+
+    let (method, target): (&[u8], &[u8]) = if has(FIELD_METHOD_IN_URI) {
+        let at = usize::from(rec.uri_at).min(rec.uri.len());
+        let method_end = (rec.method_len as usize).min(at);
+        let target_end = at.saturating_add(rec.uri_len as usize).min(rec.uri.len());
+        (&rec.uri[..method_end], &rec.uri[at..target_end])
+    } else {
+        let method_end = (rec.method_len as usize).min(rec.method.len());
+        let target_end = (rec.uri_len as usize).min(rec.uri.len());
+        (&rec.method[..method_end], &rec.uri[..target_end])
+    };
+    let target_complete = target.len() == rec.uri_len as usize;
+    let method = has(FIELD_METHOD).then_some(method);
+    let known = method.and_then(known_method);
+    let (path, query) = if has(FIELD_URI) {
+        let (path, query) = split_target(target, target_complete);
+        (Some(unescape_path(path)), query)
+    } else {
+        (None, None)
+    };
+
+    let name_method = known.unwrap_or("HTTP");
+    match &path {
+        Some(path) if !path.is_empty() => w.name(&[name_method, " ", path]),
+        _ => w.name(&[name_method]),
+    };
+    match (known, method) {
+        (Some(known), _) => {
+            w.attr_str("http.request.method", known);
+        }
+        (None, Some(other)) => {
+            w.attr_str("http.request.method", "_OTHER");
+            w.attr_str(
+                "http.request.method_original",
+                &String::from_utf8_lossy(other),
+            );
+        }
+        (None, None) => {}
+    }
+    if let Some(path) = &path {
+        w.attr_str("url.path", path);
+    }
+    if let Some(query) = query {
+        w.attr_str("url.query", &redact_query(&String::from_utf8_lossy(query)));
+    }
+    if has(FIELD_TLS_KNOWN) {
+        w.attr_str("url.scheme", if has(FIELD_TLS) { "https" } else { "http" });
+    }
+    if has(FIELD_HOST) && rec.host_len > 0 {
+        let host = text(&rec.host, rec.host_len);
+        let (address, port) = split_host_port(&host);
+        w.attr_str("server.address", &address);
+        if let Some(port) = port {
+            w.attr_int("server.port", port);
+        }
+    }
+    if has(FIELD_REMOTE) && rec.remote_len > 0 {
+        let remote = text(&rec.remote, rec.remote_len);
+        let (address, port) = split_host_port(&remote);
+        w.attr_str("client.address", &address);
+        if let Some(port) = port {
+            w.attr_int("client.port", port);
+        }
+    }
+    if has(FIELD_PROTO) {
+        w.attr_str("network.protocol.name", "http");
+        match (rec.proto_major, rec.proto_minor) {
+            (1, 1) => w.attr_str("network.protocol.version", "1.1"),
+            (1, 0) => w.attr_str("network.protocol.version", "1.0"),
+            (major, 0) if major >= 2 => w.attr_str("network.protocol.version", &major.to_string()),
+            (major, minor) => w.attr_str("network.protocol.version", &format!("{major}.{minor}")),
+        };
+    }
+    if has(FIELD_CONTENT_LENGTH) && rec.content_length > 0 {
+        w.attr_int("http.request.body.size", rec.content_length);
+    }
+    w.attr_int("goroutine.id", rec.header.goid as i64);
+    w.attr_int("thread.id", i64::from(rec.header.tid));
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use agent_common::{
         event::{EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START},
-        http::{HOST_CAP, METHOD_CAP, PATH_CAP, PATTERN_CAP, REMOTE_CAP},
+        http::{HOST_CAP, METHOD_CAP, PATTERN_CAP, REMOTE_CAP, URI_CAP},
     };
 
     use opentelemetry_proto::tonic::{common::v1::any_value::Value, trace::v1::Span as ProtoSpan};
@@ -332,9 +422,10 @@ mod tests {
         (buf, s.len() as u32)
     }
 
-    fn start(goid: u64, t: u64, response: u64, method: &str, path: &str) -> HttpServerStart {
+    /// A start record as HTTP/2 gives it: method and target read apart.
+    fn start(goid: u64, t: u64, response: u64, method: &str, target: &str) -> HttpServerStart {
         let (method, method_len) = fill::<METHOD_CAP>(method);
-        let (path, path_len) = fill::<PATH_CAP>(path);
+        let (uri, uri_len) = fill::<URI_CAP>(target);
         let (host, host_len) = fill::<HOST_CAP>("localhost:8080");
         let (remote, remote_len) = fill::<REMOTE_CAP>("127.0.0.1:50000");
         HttpServerStart {
@@ -351,22 +442,38 @@ mod tests {
             content_length: 0,
             proto_major: 1,
             proto_minor: 1,
+            uri_at: 0,
             fields: FIELD_METHOD
-                | FIELD_PATH
+                | FIELD_URI
                 | FIELD_HOST
                 | FIELD_REMOTE
                 | FIELD_PROTO
                 | FIELD_TLS_KNOWN
                 | FIELD_TLS,
             method_len,
-            path_len,
+            uri_len,
             host_len,
             remote_len,
             method,
-            path,
+            uri,
             host,
             remote,
         }
+    }
+
+    /// A start record as HTTP/1 gives it: `line` is the request line up to
+    /// the target's end, copied with one read; `target_len` may exceed what
+    /// fits (a truncated target).
+    fn start_line(response: u64, line: &str, target_len: Option<u32>) -> HttpServerStart {
+        let (method, target) = line.split_once(' ').expect("method and target");
+        let mut rec = start(3, 100, response, "", "");
+        let (uri, _) = fill::<URI_CAP>(line);
+        rec.uri = uri;
+        rec.uri_at = (method.len() + 1) as u16;
+        rec.method_len = method.len() as u32;
+        rec.uri_len = target_len.unwrap_or(target.len() as u32);
+        rec.fields |= FIELD_METHOD_IN_URI;
+        rec
     }
 
     fn end(goid: u64, t: u64, response: u64, status: i64) -> HttpServerEnd {
@@ -486,6 +593,71 @@ mod tests {
             Some("shutdown")
         );
         assert!(attr(&spans[1], "http.response.status_code").is_none());
+    }
+
+    fn one_span(rec: &HttpServerStart) -> ProtoSpan {
+        let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+        let mut spans = Vec::new();
+        b.on_start(rec, &mut |s| spans.push(s));
+        b.on_end(&end(0, 200, rec.response, 200), &mut |s| spans.push(s));
+        assert_eq!(spans.len(), 1);
+        decode(&spans[0])
+    }
+
+    #[test]
+    fn request_line_read_in_one_piece() {
+        let s = one_span(&start_line(0xa, "GET /a%20b/c?x=1&sig=s3cret&y", None));
+        assert_eq!(s.name, "GET /a b/c");
+        assert_eq!(attr(&s, "http.request.method").as_deref(), Some("GET"));
+        assert_eq!(attr(&s, "url.path").as_deref(), Some("/a b/c"));
+        assert_eq!(
+            attr(&s, "url.query").as_deref(),
+            Some("x=1&sig=REDACTED&y"),
+            "sig is one of the keys OpenTelemetry says to redact"
+        );
+        assert_eq!(attr(&s, "goroutine.id").as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn target_forms() {
+        let cases = [
+            ("OPTIONS *", "*", None),
+            ("GET http://example.com:8080/p/q?k=v", "/p/q", Some("k=v")),
+            ("GET http://example.com", "", None),
+            ("CONNECT example.com:443", "", None),
+            ("GET /bad%zzescape", "/bad%zzescape", None),
+            ("GET /?", "/", None),
+        ];
+        for (line, path, query) in cases {
+            let s = one_span(&start_line(0xa, line, None));
+            assert_eq!(attr(&s, "url.path").as_deref(), Some(path), "{line}");
+            assert_eq!(attr(&s, "url.query").as_deref(), query, "{line}");
+        }
+    }
+
+    #[test]
+    fn truncated_target_keeps_path_drops_partial_query() {
+        let s = one_span(&start_line(0xa, "GET /p?k=v", Some(5000)));
+        assert_eq!(attr(&s, "url.path").as_deref(), Some("/p"));
+        assert_eq!(attr(&s, "url.query"), None);
+    }
+
+    #[test]
+    fn reused_response_replaces_a_request_that_never_ended() {
+        let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+        let mut spans = Vec::new();
+        b.on_start(&start(1, 10, 0xa, "GET", "/ws"), &mut |s| spans.push(s));
+        b.on_start(&start(2, 20, 0xa, "GET", "/next"), &mut |s| spans.push(s));
+        b.on_end(&end(0, 30, 0xa, 200), &mut |s| spans.push(s));
+        let spans: Vec<ProtoSpan> = spans.iter().map(decode).collect();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].name, "GET /ws");
+        assert_eq!(
+            attr(&spans[0], "agent.span.incomplete").as_deref(),
+            Some("replaced")
+        );
+        assert_eq!(spans[1].name, "GET /next");
+        assert_eq!(attr(&spans[1], "agent.span.incomplete"), None);
     }
 
     #[test]
