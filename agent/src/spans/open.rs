@@ -6,7 +6,7 @@
 //! gets what expired or was evicted back, and every outcome is counted.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{HashMap, VecDeque},
     hash::Hash,
 };
 
@@ -32,16 +32,26 @@ pub struct PairingStats {
 #[derive(Debug)]
 struct Entry<V> {
     value: V,
-    opened_ns: u64,
     seq: u64,
 }
 
+/// Stale queue items tolerated beyond the open starts before the queue is
+/// compacted.
+const QUEUE_SLACK: usize = 1024;
+
 /// Open starts keyed by `K`.
+///
+/// Starts are queued in the order they arrive, which is their time order
+/// up to the small skew between CPUs of one ring buffer. An end only removes
+/// its start from the map; its queue item goes stale and is dropped when it
+/// reaches the front (or when stale items pile up), so opening and closing
+/// cost one hash operation and one queue push each.
 #[derive(Debug)]
 pub struct OpenTable<K, V> {
     entries: HashMap<K, Entry<V>, RandomState>,
-    /// (opened_ns, seq) -> key, oldest first.
-    order: BTreeMap<(u64, u64), K>,
+    /// (opened_ns, seq, key), oldest first; live while the entry under key
+    /// has the same seq.
+    order: VecDeque<(u64, u64, K)>,
     capacity: usize,
     ttl_ns: u64,
     next_seq: u64,
@@ -53,7 +63,7 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
     pub fn new(capacity: usize, ttl_ns: u64) -> Self {
         Self {
             entries: HashMap::with_capacity_and_hasher(capacity.min(4096), RandomState::default()),
-            order: BTreeMap::new(),
+            order: VecDeque::with_capacity(capacity.min(4096)),
             capacity: capacity.max(1),
             ttl_ns,
             next_seq: 0,
@@ -88,7 +98,6 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let displaced = if let Some(old) = self.entries.remove(&key) {
-            self.order.remove(&(old.opened_ns, old.seq));
             self.stats.replaced += 1;
             Some((key.clone(), old.value))
         } else if self.entries.len() >= self.capacity {
@@ -100,15 +109,13 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
         } else {
             None
         };
-        self.order.insert((now_ns, seq), key.clone());
-        self.entries.insert(
-            key,
-            Entry {
-                value,
-                opened_ns: now_ns,
-                seq,
-            },
-        );
+        if self.order.len() >= 2 * self.entries.len() + QUEUE_SLACK {
+            let entries = &self.entries;
+            self.order
+                .retain(|(_, seq, key)| entries.get(key).is_some_and(|e| e.seq == *seq));
+        }
+        self.order.push_back((now_ns, seq, key.clone()));
+        self.entries.insert(key, Entry { value, seq });
         displaced
     }
 
@@ -116,7 +123,6 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
     pub fn close(&mut self, key: &K) -> Option<V> {
         match self.entries.remove(key) {
             Some(entry) => {
-                self.order.remove(&(entry.opened_ns, entry.seq));
                 self.stats.completed += 1;
                 Some(entry.value)
             }
@@ -142,8 +148,12 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
     /// Removes and returns the starts older than the time-to-live.
     pub fn expire(&mut self, now_ns: u64) -> Vec<(K, V)> {
         let mut out = Vec::new();
-        while let Some((&(opened_ns, _), _)) = self.order.first_key_value() {
-            if now_ns.saturating_sub(opened_ns) <= self.ttl_ns {
+        while let Some((opened_ns, seq, key)) = self.order.front() {
+            if !self.is_live(key, *seq) {
+                self.order.pop_front();
+                continue;
+            }
+            if now_ns.saturating_sub(*opened_ns) <= self.ttl_ns {
                 break;
             }
             if let Some(kv) = self.pop_oldest() {
@@ -163,10 +173,19 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
         out
     }
 
+    fn is_live(&self, key: &K, seq: u64) -> bool {
+        self.entries.get(key).is_some_and(|e| e.seq == seq)
+    }
+
     fn pop_oldest(&mut self) -> Option<(K, V)> {
-        let (_, key) = self.order.pop_first()?;
-        let entry = self.entries.remove(&key)?;
-        Some((key, entry.value))
+        while let Some((_, seq, key)) = self.order.pop_front() {
+            if self.is_live(&key, seq)
+                && let Some(entry) = self.entries.remove(&key)
+            {
+                return Some((key, entry.value));
+            }
+        }
+        None
     }
 }
 
@@ -224,5 +243,32 @@ mod tests {
         assert_eq!(t.close_if(&1, |v| *v == 0xbb), None);
         assert_eq!(t.stats().unmatched_ends, 1);
         assert_eq!(t.close_if(&1, |v| *v == 0xaa), Some(0xaa));
+    }
+
+    #[test]
+    fn closed_and_replaced_starts_leave_the_queue() {
+        let mut t = OpenTable::new(4, 100);
+        for i in 0..10_000u64 {
+            t.open(i, i, i);
+            assert_eq!(t.close(&i), Some(i));
+        }
+        assert!(t.order.len() <= 2 + QUEUE_SLACK, "stale items compacted");
+        t.open(1, 1, 20_000);
+        t.open(1, 2, 20_001);
+        t.open(2, 3, 20_002);
+        assert_eq!(t.drain(), vec![(1, 2), (2, 3)], "the replaced start is gone");
+        assert!(t.expire(1_000_000).is_empty());
+        assert!(t.order.is_empty());
+    }
+
+    #[test]
+    fn eviction_skips_closed_starts() {
+        let mut t = OpenTable::new(2, 1_000);
+        t.open(1u64, "a", 10);
+        t.open(2, "b", 20);
+        t.close(&1);
+        t.open(3, "c", 30);
+        assert_eq!(t.open(4, "d", 40), Some((2, "b")), "the oldest open start");
+        assert_eq!(t.stats().evicted, 1);
     }
 }
