@@ -14,6 +14,15 @@ const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 
+/// One-byte tags of an attribute's frame: `Span.attributes` (9),
+/// `KeyValue.key` (1), `KeyValue.value` (2), `AnyValue.string_value` (1),
+/// `AnyValue.int_value` (3).
+const KV_TAG: u8 = 9 << 3 | LEN;
+const KEY_TAG: u8 = 1 << 3 | LEN;
+const VALUE_TAG: u8 = 2 << 3 | LEN;
+const STRING_TAG: u8 = 1 << 3 | LEN;
+const INT_TAG: u8 = 3 << 3 | VARINT;
+
 fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
@@ -119,9 +128,20 @@ impl<'a> SpanWriter<'a> {
 
     /// A string attribute.
     pub fn attr_str(&mut self, key: &str, value: &str) -> &mut Self {
-        // AnyValue { string_value = 1 }
+        // KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }
         let any = len_field_size(value.len());
         let kv = len_field_size(key.len()) + len_field_size(any);
+        if kv < 0x80 {
+            // Every length fits in one byte: write the frame in a few copies.
+            self.buf.reserve(2 + kv);
+            self.buf
+                .extend_from_slice(&[KV_TAG, kv as u8, KEY_TAG, key.len() as u8]);
+            self.buf.extend_from_slice(key.as_bytes());
+            self.buf
+                .extend_from_slice(&[VALUE_TAG, any as u8, STRING_TAG, value.len() as u8]);
+            self.buf.extend_from_slice(value.as_bytes());
+            return self;
+        }
         put_tag(self.buf, 9, LEN);
         put_varint(self.buf, kv as u64);
         put_len_field(self.buf, 1, key.as_bytes());
@@ -133,9 +153,18 @@ impl<'a> SpanWriter<'a> {
 
     /// An integer attribute.
     pub fn attr_int(&mut self, key: &str, value: i64) -> &mut Self {
-        // AnyValue { int_value = 3 }
+        // KeyValue { key = 1, value = 2: AnyValue { int_value = 3 } }
         let any = 1 + varint_len(value as u64);
         let kv = len_field_size(key.len()) + len_field_size(any);
+        if kv < 0x80 {
+            self.buf.reserve(2 + kv);
+            self.buf
+                .extend_from_slice(&[KV_TAG, kv as u8, KEY_TAG, key.len() as u8]);
+            self.buf.extend_from_slice(key.as_bytes());
+            self.buf.extend_from_slice(&[VALUE_TAG, any as u8, INT_TAG]);
+            put_varint(self.buf, value as u64);
+            return self;
+        }
         put_tag(self.buf, 9, LEN);
         put_varint(self.buf, kv as u64);
         put_len_field(self.buf, 1, key.as_bytes());

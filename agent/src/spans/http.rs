@@ -24,8 +24,9 @@ use crate::{
 /// `*http2responseWriter` that both its start and its end see).
 type Key = (u32, u64);
 
-/// Bytes reserved for a span's encoding: a typical span fits.
-const SPAN_CAPACITY: usize = 384;
+/// Bytes reserved for a span's encoding: a span with every attribute and
+/// strings of usual lengths (about 450 bytes) fits without a reallocation.
+const SPAN_CAPACITY: usize = 640;
 
 /// A request whose end has not been seen yet.
 #[derive(Debug)]

@@ -256,7 +256,11 @@ mod tests {
         t.open(1, 1, 20_000);
         t.open(1, 2, 20_001);
         t.open(2, 3, 20_002);
-        assert_eq!(t.drain(), vec![(1, 2), (2, 3)], "the replaced start is gone");
+        assert_eq!(
+            t.drain(),
+            vec![(1, 2), (2, 3)],
+            "the replaced start is gone"
+        );
         assert!(t.expire(1_000_000).is_empty());
         assert!(t.order.is_empty());
     }

@@ -281,7 +281,9 @@ impl UsdtSpanBuilder {
         let mapping = self.config.spans.get(index);
         let name = mapping.map(|m| m.span_name(&open.start, end));
         let kind = mapping.map_or(SpanKind::Internal, |m| self::kind(m.kind));
-        let mut bytes = Vec::with_capacity(256);
+        // Room for the ids, name, times and a handful of attributes
+        // without a reallocation.
+        let mut bytes = Vec::with_capacity(384);
         let mut span = SpanWriter::new(&mut bytes);
         span.ids(open.trace_id, open.span_id, Some(open.parent))
             .name(&[name.as_deref().unwrap_or("?")])
