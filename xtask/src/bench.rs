@@ -213,6 +213,60 @@ fn traced_round(
     })
 }
 
+/// File offsets of the entry sites the agent picks for the HTTP/1 start and
+/// end probes in `fixture` (from `agent inspect --json`).
+fn agent_sites(agent: &Path, fixture: &Path) -> anyhow::Result<Vec<u64>> {
+    let out = Command::new(agent)
+        .args(["inspect", "--json"])
+        .arg(fixture)
+        .output()
+        .context("running agent inspect")?;
+    if !out.status.success() {
+        bail!(
+            "agent inspect failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ["http.server.request.start", "http.server.request.end"]
+        .iter()
+        .map(|name| {
+            report["probes"]
+                .as_array()
+                .and_then(|probes| probes.iter().find(|p| p["name"] == *name))
+                .and_then(|p| p["entry"]["file_offset"].as_u64())
+                .with_context(|| format!("no entry site for {name} in agent inspect"))
+        })
+        .collect()
+}
+
+/// wrk against the fixture with empty uprobes at the agent's sites.
+fn floor_round(
+    fixture: &Path,
+    sites: &[u64],
+    pid: u32,
+    addr: SocketAddr,
+    seconds: u64,
+    connections: u32,
+) -> anyhow::Result<f64> {
+    let probes = crate::uprobe_floor::attach(fixture, sites, pid)?;
+    let rps = wrk(addr, seconds, connections);
+    drop(probes);
+    rps
+}
+
+/// Median and range of per-round ratios `values[i] / base[i]`.
+fn ratio_summary(values: &[f64], base: &[f64]) -> String {
+    let mut ratios: Vec<f64> = values.iter().zip(base).map(|(v, b)| v / b).collect();
+    let med = median(&mut ratios);
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+            (lo.min(*r), hi.max(*r))
+        });
+    format!("{med:.2}x ({lo:.2}-{hi:.2})")
+}
+
 fn tempfile_path(prefix: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()))
 }
@@ -227,6 +281,7 @@ fn http(rounds: usize, seconds: u64, connections: u32) -> anyhow::Result<()> {
     // GOMAXPROCS stays at the machine's 2 cores; wrk uses one thread.
     let (server, addr) = start_fixture(&fixture, &[])?;
     let pid = server.0.id();
+    let sites = agent_sites(&agent, &fixture)?;
     let configs: [(&str, &[&str]); 2] = [
         ("traced, emulated entry sites (default)", &[]),
         (
@@ -235,6 +290,7 @@ fn http(rounds: usize, seconds: u64, connections: u32) -> anyhow::Result<()> {
         ),
     ];
     let mut untraced = Vec::new();
+    let mut floor = Vec::new();
     let mut traced: Vec<Vec<TracedRound>> = configs.iter().map(|_| Vec::new()).collect();
     // Warm up the server and the page cache.
     wrk(addr, 1, connections)?;
@@ -242,6 +298,9 @@ fn http(rounds: usize, seconds: u64, connections: u32) -> anyhow::Result<()> {
         let rps = wrk(addr, seconds, connections)?;
         eprintln!("bench: round {round}: untraced {rps:.0} req/s");
         untraced.push(rps);
+        let rps = floor_round(&fixture, &sites, pid, addr, seconds, connections)?;
+        eprintln!("bench: round {round}: empty uprobes at the agent's sites: {rps:.0} req/s");
+        floor.push(rps);
         for (i, (name, extra)) in configs.iter().enumerate() {
             let r = traced_round(&agent, pid, addr, sink, extra, seconds, connections)?;
             eprintln!(
@@ -254,16 +313,22 @@ fn http(rounds: usize, seconds: u64, connections: u32) -> anyhow::Result<()> {
     drop(server);
     let base = median(&mut untraced.clone());
     let mut table = String::new();
-    table.push_str("| configuration | req/s (median) | vs untraced | agent CPU per 1,000 spans (median) | agent peak RSS (median) |\n");
+    table.push_str("| configuration | req/s (median) | vs untraced (median of per-round ratios, range) | agent CPU per 1,000 spans (median) | agent peak RSS (median) |\n");
     table.push_str("|---|---:|---:|---:|---:|\n");
     table.push_str(&format!("| untraced | {base:.0} | 1.00x | - | - |\n"));
+    table.push_str(&format!(
+        "| floor: empty uprobes at the agent's two sites, no agent | {:.0} | {} | - | - |\n",
+        median(&mut floor.clone()),
+        ratio_summary(&floor, &untraced)
+    ));
     for ((name, _), rounds) in configs.iter().zip(&traced) {
-        let rps = median(&mut rounds.iter().map(|r| r.rps).collect::<Vec<_>>());
+        let rps: Vec<f64> = rounds.iter().map(|r| r.rps).collect();
         let cpu = median(&mut rounds.iter().map(|r| r.cpu_per_1000).collect::<Vec<_>>());
         let rss = median(&mut rounds.iter().map(|r| r.rss_mb).collect::<Vec<_>>());
         table.push_str(&format!(
-            "| {name} | {rps:.0} | {:.2}x | {cpu:.2} ms | {rss:.1} MB |\n",
-            rps / base
+            "| {name} | {:.0} | {} | {cpu:.2} ms | {rss:.1} MB |\n",
+            median(&mut rps.clone()),
+            ratio_summary(&rps, &untraced)
         ));
     }
     let section = format!(
@@ -271,7 +336,9 @@ fn http(rounds: usize, seconds: u64, connections: u32) -> anyhow::Result<()> {
          Command: `sudo -E cargo xtask bench http --rounds {rounds} --seconds {seconds} --connections {connections}`\n\n\
          The Go HTTP fixture (`agent/tests/fixtures/httpserver`, GET /hello) under `wrk -t1 -c{connections}` on loopback, \
          {rounds} alternating rounds of {seconds} s per configuration in one run; the traced runs export every span \
-         over OTLP/HTTP to a local sink. Agent CPU is utime+stime of the agent process over the run divided by the spans \
+         over OTLP/HTTP to a local sink. The floor row attaches a BPF program that does nothing at the same two \
+         sites (`xtask/src/uprobe_floor.rs`): the trap and the kernel's uprobe dispatch, which any uprobe tracer pays. \
+         Agent CPU is utime+stime of the agent process over the run divided by the spans \
          it exported; peak RSS is its VmHWM.\n\n{table}"
     );
     print!("{section}");

@@ -6,6 +6,7 @@ mod ci;
 mod demo;
 mod offsets;
 mod setup;
+mod uprobe_floor;
 mod util;
 
 use clap::{Parser, Subcommand};
