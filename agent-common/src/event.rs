@@ -12,6 +12,8 @@ pub const KIND_FLIGHT_START: u32 = 4;
 pub const KIND_FLIGHT_CHUNK: u32 = 5;
 /// `EventHeader::kind` of a [`crate::flight::FlightEnd`] record.
 pub const KIND_FLIGHT_END: u32 = 6;
+/// `EventHeader::kind` of an [`crate::http::HttpTraceparent`] record.
+pub const KIND_HTTP_TRACEPARENT: u32 = 7;
 
 /// Fixed header of every record the eBPF programs write to the ring buffer.
 #[repr(C)]

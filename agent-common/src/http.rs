@@ -11,6 +11,9 @@ pub const URI_CAP: usize = 256;
 pub const HOST_CAP: usize = 128;
 /// Bytes of the peer address kept (`ip:port`).
 pub const REMOTE_CAP: usize = 64;
+/// Bytes of an incoming W3C `traceparent` header kept: version 00's
+/// `00-<32 hex>-<16 hex>-<2 hex>` is 55; later versions may add more.
+pub const TRACEPARENT_CAP: usize = 56;
 /// Bytes of the matched ServeMux pattern kept (Go 1.23+).
 pub const PATTERN_CAP: usize = 128;
 
@@ -76,6 +79,24 @@ const _: () = assert!(
     core::mem::size_of::<HttpServerStart>()
         == 32 + 8 * 3 + 2 + 2 + 4 * 5 + METHOD_CAP + URI_CAP + HOST_CAP + REMOTE_CAP
 );
+
+/// A request's `Traceparent` header, found right after its start record
+/// (by a program the start probe tail-calls, only when the request has
+/// headers besides `Host`). Pairs with the start by `response`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HttpTraceparent {
+    pub header: EventHeader,
+    /// `*http.response` / `*http2responseWriter`, as in the start record.
+    pub response: u64,
+    /// The header value's full length; its first `min(len, CAP)` bytes are
+    /// in `value`.
+    pub len: u32,
+    pub _pad: u32,
+    pub value: [u8; TRACEPARENT_CAP],
+}
+
+const _: () = assert!(core::mem::size_of::<HttpTraceparent>() == 32 + 8 + 8 + TRACEPARENT_CAP);
 
 /// The request's response is being finished (`net/http.(*response).finishRequest`,
 /// or `(*http2responseWriter).handlerDone`). Its header's `goid` is 0: the

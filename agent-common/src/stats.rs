@@ -12,9 +12,19 @@ pub const NO_CONFIG: u32 = 2;
 /// Records written to the ring buffer.
 pub const EVENTS_WRITTEN: u32 = 3;
 
+/// A request's header map could not be searched completely for
+/// `Traceparent` (too large, growing, or a read failed): its span may have
+/// started a new trace instead of continuing the caller's.
+pub const HEADERS_INCOMPLETE: u32 = 4;
+
 /// Number of counters in the `STATS` map.
-pub const COUNT: u32 = 4;
+pub const COUNT: u32 = 5;
 
 /// Human-readable names, indexed by counter.
-pub const NAMES: [&str; COUNT as usize] =
-    ["ringbuf_full", "read_failed", "no_config", "events_written"];
+pub const NAMES: [&str; COUNT as usize] = [
+    "ringbuf_full",
+    "read_failed",
+    "no_config",
+    "events_written",
+    "headers_incomplete",
+];

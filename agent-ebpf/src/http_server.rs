@@ -8,19 +8,21 @@
 //! call's arguments.
 
 use agent_common::{
-    event::{KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START},
+    event::{KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT},
     http::{
         END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
         FIELD_METHOD, FIELD_METHOD_IN_URI, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN,
-        FIELD_URI, HttpServerEnd, HttpServerStart, PATTERN_CAP, URI_CAP,
+        FIELD_URI, HttpServerEnd, HttpServerStart, HttpTraceparent, PATTERN_CAP, URI_CAP,
     },
     stats,
-    target::{GoOffsets, TargetConfig},
+    target::{GoOffsets, MAP_LAYOUT_NONE, TargetConfig},
 };
 use aya_ebpf::programs::ProbeContext;
 
 use crate::{
     go::{Reg, Window, clamp_len, copy_string, goid, read_field, read_string, reg},
+    headers::{Search, find_traceparent},
+    maps::{HTTP_HEADERS, HTTP_TAIL},
     maps::{TARGETS, count},
     record::{header, reserve, submit, target_slot},
 };
@@ -38,7 +40,7 @@ fn config(ctx: &ProbeContext) -> Option<&'static TargetConfig> {
 
 /// Bytes of `http.Request` read in one helper call: every field the start
 /// needs lies in them on every release since Go 1.17 (Method 0,
-/// ProtoMajor/Minor 40/48, ContentLength 88, Host 128, RemoteAddr 176,
+/// Header 56, ProtoMajor/Minor 40/48, ContentLength 88, Host 128, RemoteAddr 176,
 /// RequestURI 192, TLS 208).
 const REQUEST_WINDOW: usize = 216;
 
@@ -100,6 +102,7 @@ pub fn start(ctx: &ProbeContext) {
         .word(off.request_proto_major)
         .zip(window.word(off.request_proto_minor));
     let tls = window.word(off.request_tls);
+    let headers = window.word(off.request_header);
 
     let mut fields = 0;
     let mut failed = false;
@@ -162,6 +165,64 @@ pub fn start(ctx: &ProbeContext) {
     if failed {
         count(stats::READ_FAILED);
     }
+    submit(entry);
+    // A request with headers besides Host (which net/http moves out of the
+    // map) may carry a trace context: search for it in a program of its
+    // own, so the verifier checks the search apart from this one.
+    if off.map_layout != MAP_LAYOUT_NONE
+        && let Some(map) = headers
+        && map != 0
+        && let Some(search) = HTTP_HEADERS.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's value of the map, which nothing else uses while
+        // this program and the one it calls run.
+        let search = unsafe { &mut *search };
+        search.map = map;
+        search.goid = goid;
+        search.response = response;
+        // SAFETY: the callee is a program of the same type; when the call
+        // fails (no program in the slot), this one just returns.
+        unsafe { HTTP_TAIL.tail_call(ctx, 0) };
+    }
+}
+
+/// The tail of [`start`] for a request with headers: finds `Traceparent`
+/// and, when there is one, writes it in a record of its own.
+pub fn traceparent(ctx: &ProbeContext) {
+    let Some(config) = config(ctx) else { return };
+    let off = &config.offsets;
+    let Some(search) = HTTP_HEADERS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: as in `start`.
+    let search = unsafe { &mut *search };
+    let len = match find_traceparent(
+        off,
+        search.map,
+        &mut search.scan,
+        &mut search.scratch,
+        &mut search.value,
+    ) {
+        Search::Found(len) => len,
+        Search::Absent => return,
+        Search::Incomplete => {
+            count(stats::HEADERS_INCOMPLETE);
+            return;
+        }
+    };
+    let Some(mut entry) = reserve::<HttpTraceparent>() else {
+        return;
+    };
+    let rec: &mut HttpTraceparent = {
+        let ptr = entry.as_mut_ptr();
+        // SAFETY: as in `start`.
+        unsafe { &mut *ptr }
+    };
+    rec.header = header(ctx, KIND_HTTP_TRACEPARENT, search.goid);
+    rec.response = search.response;
+    rec.len = len;
+    rec._pad = 0;
+    rec.value = search.value;
     submit(entry);
 }
 

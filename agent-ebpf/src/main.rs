@@ -10,6 +10,7 @@
 
 mod flight;
 mod go;
+mod headers;
 mod http_server;
 mod maps;
 mod record;
@@ -21,6 +22,14 @@ use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 #[uprobe]
 pub fn http_server_start(ctx: ProbeContext) -> u32 {
     http_server::start(&ctx);
+    0
+}
+
+/// Tail-called by `http_server_start` for a request with headers: finds its
+/// `Traceparent`. Never attached.
+#[uprobe]
+pub fn http_server_traceparent(ctx: ProbeContext) -> u32 {
+    http_server::traceparent(&ctx);
     0
 }
 

@@ -1,13 +1,16 @@
 //! The maps shared with the agent.
 
 use agent_common::{
+    http::TRACEPARENT_CAP,
     stats,
     target::{MAX_TARGETS, TargetConfig},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, ProgramArray, RingBuf},
 };
+
+use crate::headers::{SCRATCH_LEN, Scan};
 
 /// Records for the agent. Its size is set by the agent at load time.
 #[map]
@@ -24,6 +27,27 @@ pub static TARGETS: Array<TargetConfig> = Array::with_max_entries(MAX_TARGETS, 0
 /// When this CPU last forced a ring-buffer wakeup (`bpf_ktime_get_ns`).
 #[map]
 pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slot 0: `http_server_traceparent`, which `http_server_start` tail-calls.
+#[map]
+pub static HTTP_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// What `http_server_start` hands its tail call, and the search's scratch
+/// space (a group or bucket of the header map), per CPU.
+#[repr(C)]
+pub struct HeaderSearch {
+    /// The request's `Header` map.
+    pub map: u64,
+    pub goid: u64,
+    pub response: u64,
+    pub value: [u8; TRACEPARENT_CAP],
+    pub scan: Scan,
+    pub scratch: [u8; SCRATCH_LEN],
+}
+
+/// One [`HeaderSearch`] per CPU.
+#[map]
+pub static HTTP_HEADERS: PerCpuArray<HeaderSearch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds one to counter `index` on this CPU.
 #[inline(always)]

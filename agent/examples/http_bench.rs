@@ -104,7 +104,9 @@ fn run(records: &[Vec<u8>]) -> (Duration, usize) {
         match decode(bytes).expect("well-formed record") {
             Record::HttpServerStart(rec) => builder.on_start(&rec, &mut out),
             Record::HttpServerEnd(rec) => builder.on_end(&rec, &mut out),
-            Record::Other { .. } => unreachable!("only HTTP records are made"),
+            Record::HttpTraceparent(_) | Record::Other { .. } => {
+                unreachable!("only starts and ends are made")
+            }
         }
         if batch.len() == 512 {
             let spans: Vec<&[u8]> = batch.iter().map(|s| s.bytes.as_slice()).collect();

@@ -23,6 +23,13 @@ use support::{
 
 const DEBIAN_GO_119: &str = "/usr/lib/go-1.19/bin/go";
 
+const TRACEPARENT_CROWDED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+const TRACEPARENT_ALONE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Build {
     Plain,
@@ -114,14 +121,55 @@ fn trace(toolchain: &str, kind: Build) {
             "{toolchain} {kind:?}"
         );
     }
-    let spans = receiver.wait_for_spans(cases.len(), Duration::from_secs(20));
+    // Trace context from the caller: among twenty more headers (a swiss
+    // table of four groups, or four buckets and maybe an overflow bucket),
+    // and alone in a small map.
+    // Two of them have a name as long as "Traceparent", so their names are
+    // read and compared too.
+    let fillers: Vec<(String, String)> = (0..18)
+        .map(|i| (format!("X-Filler-Header-{i}"), format!("value {i}")))
+        .chain((0..2).map(|i| (format!("X-Decoy-00{i}"), "00-decoy".to_owned())))
+        .collect();
+    let mut crowded: Vec<(&str, &str)> = fillers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    crowded.insert(4, ("traceparent", TRACEPARENT_CROWDED));
+    for (path, headers) in [
+        ("/items/crowded", crowded.as_slice()),
+        ("/items/alone", &[("Traceparent", TRACEPARENT_ALONE)][..]),
+    ] {
+        assert_eq!(
+            conn.request_with("GET", path, headers, b"").0,
+            200,
+            "{toolchain} {kind:?} {path}"
+        );
+    }
+    let spans = receiver.wait_for_spans(cases.len() + 2, Duration::from_secs(20));
     drop(server);
     assert!(agent.wait(Duration::from_secs(10)).success());
     assert_eq!(
         spans.len(),
-        cases.len(),
+        cases.len() + 2,
         "{toolchain} {kind:?}: one span per request"
     );
+    for (name, traceparent) in [
+        ("GET /items/crowded", TRACEPARENT_CROWDED),
+        ("GET /items/alone", TRACEPARENT_ALONE),
+    ] {
+        let span = spans
+            .iter()
+            .find(|s| s.span.name == name)
+            .unwrap_or_else(|| panic!("{toolchain} {kind:?}: no span {name}"));
+        let trace_id = hex(&span.span.trace_id);
+        let parent = hex(&span.span.parent_span_id);
+        assert_eq!(
+            format!("00-{trace_id}-{parent}-01"),
+            traceparent,
+            "{toolchain} {kind:?} {name}: a child of the caller's span"
+        );
+        assert_eq!(span.span.flags, 0x301, "{toolchain} {kind:?} {name}");
+    }
     let mut goroutine = None;
     for (method, path, status) in cases {
         let name = format!("{method} {path}");
@@ -146,6 +194,7 @@ fn trace(toolchain: &str, kind: Build) {
         assert_eq!(span.attr("client.address"), Some("127.0.0.1"), "{what}");
         assert_eq!(span.attr("http.request.body.size"), Some("2"), "{what}");
         assert_eq!(span.attr("network.protocol.version"), Some("1.1"), "{what}");
+        assert!(span.span.parent_span_id.is_empty(), "{what}: a root span");
         let goid = span.attr("goroutine.id").expect("goroutine.id").to_owned();
         assert_ne!(goid, "0", "{what}");
         // One keep-alive connection: one goroutine for all three.

@@ -29,6 +29,7 @@ pub const BUILTIN_PROBES: &[BuiltinProbe] = &[
             ("runtime.g", "goid"),
             ("net/http.Request", "Method"),
             ("net/http.Request", "RequestURI"),
+            ("net/http.Request", "Header"),
             ("net/http.Request", "Host"),
             ("net/http.Request", "RemoteAddr"),
             ("net/http.Request", "ContentLength"),

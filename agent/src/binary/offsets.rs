@@ -20,6 +20,7 @@ pub const NEEDED_FIELDS: &[(&str, &[&str])] = &[
         &[
             "Method",
             "RequestURI",
+            "Header",
             "Host",
             "RemoteAddr",
             "ContentLength",
@@ -35,6 +36,22 @@ pub const NEEDED_FIELDS: &[(&str, &[&str])] = &[
         "net/http.http2responseWriterState",
         &["req", "status", "wroteBytes"],
     ),
+    ("runtime.hmap", &["count", "B", "buckets", "oldbuckets"]),
+    ("internal/runtime/maps.Map", &["used", "dirPtr", "dirLen"]),
+    ("internal/runtime/maps.table", &["groups"]),
+    (
+        "internal/runtime/maps.groupsReference",
+        &["data", "lengthMask"],
+    ),
+];
+
+/// Structs of [`NEEDED_FIELDS`] that only some releases have: the map
+/// implementation changed in Go 1.24 (buckets to swiss tables).
+pub const VERSIONED_STRUCTS: &[&str] = &[
+    "runtime.hmap",
+    "internal/runtime/maps.Map",
+    "internal/runtime/maps.table",
+    "internal/runtime/maps.groupsReference",
 ];
 
 /// The checked-in table.
@@ -147,14 +164,20 @@ impl OffsetTable {
 
 /// A table entry from DWARF layouts of [`NEEDED_FIELDS`] (the generator).
 /// Fields a release does not have (`Request.Pattern` before 1.23) are left
-/// out; every field kept passes [`check`].
+/// out, as are [`VERSIONED_STRUCTS`] it does not have; every field kept
+/// passes [`check`].
 pub fn entry_from_layouts(
     go: &str,
     layout: impl Fn(&str, &[&str]) -> Option<StructLayout>,
 ) -> Result<TableEntry, String> {
     let mut structs = BTreeMap::new();
     for (name, fields) in NEEDED_FIELDS {
-        let layout = layout(name, fields).ok_or_else(|| format!("struct {name} not in DWARF"))?;
+        let Some(layout) = layout(name, fields) else {
+            if VERSIONED_STRUCTS.contains(name) {
+                continue;
+            }
+            return Err(format!("struct {name} not in DWARF"));
+        };
         let mut out = BTreeMap::new();
         for (field, m) in &layout.members {
             check(m.offset, m.size, m.align, layout.size)

@@ -64,6 +64,8 @@ struct Losses {
     usdt: UsdtStats,
     export: ExportSnapshot,
     bad_records: u64,
+    /// Requests that continued a caller's trace (a valid `traceparent`).
+    traceparents: u64,
     /// Flight-recorder dumps, once the reader has stopped.
     flight: Option<ReaderStats>,
 }
@@ -120,6 +122,13 @@ impl Losses {
             ),
             counter("expired", Some(("expired", "")), p.expired, true),
             counter("evicted", Some(("evicted", "")), p.evicted, true),
+            counter("http_traceparents", None, self.traceparents, false),
+            counter(
+                "http_headers_unsearched",
+                None,
+                self.kernel.headers_incomplete,
+                false,
+            ),
             counter("usdt_started", None, u.pairing.started, false),
             counter("usdt_completed", None, u.pairing.completed, false),
             counter(
@@ -603,6 +612,11 @@ async fn session(
         reader.drain(|bytes| match ringbuf::record::decode(bytes) {
             Ok(Record::HttpServerStart(start)) => builder.on_start(&start, &mut send),
             Ok(Record::HttpServerEnd(end)) => builder.on_end(&end, &mut send),
+            Ok(Record::HttpTraceparent(rec)) => {
+                if builder.on_traceparent(&rec) {
+                    losses.traceparents += 1;
+                }
+            }
             Ok(Record::Other { header, bytes }) if header.kind == KIND_USDT => {
                 usdt.on_record(bytes, losses, &mut send);
             }

@@ -16,7 +16,9 @@
 //! the stack check, which the kernel emulates) where those registers still
 //! hold the arguments.
 
-use agent_common::target::{GoOffsets, OFFSET_ABSENT, TargetConfig};
+use agent_common::target::{
+    GoOffsets, MAP_LAYOUT_BUCKETS, MAP_LAYOUT_SWISS, OFFSET_ABSENT, TargetConfig,
+};
 use iced_x86::Register;
 
 use super::{ProbeError, Probes};
@@ -72,6 +74,71 @@ const REQUIRED: [Field; 4] = [
     ("net/http.Request", "RequestURI"),
     ("net/http.response", "status"),
 ];
+
+/// Where a binary's maps keep their entries, for finding a request header.
+struct MapLayout {
+    kind: u64,
+    count: u64,
+    data: u64,
+    size: u64,
+    old: u64,
+    table_groups: u64,
+    table_groups_mask: u64,
+}
+
+impl MapLayout {
+    fn apply(&self, offsets: &mut GoOffsets) {
+        offsets.map_layout = self.kind;
+        offsets.map_count = self.count;
+        offsets.map_data = self.data;
+        offsets.map_size = self.size;
+        offsets.map_old = self.old;
+        offsets.table_groups = self.table_groups;
+        offsets.table_groups_mask = self.table_groups_mask;
+    }
+}
+
+/// Swiss tables (Go 1.24+) or buckets (before, or `GOEXPERIMENT=noswissmap`),
+/// whichever the binary's DWARF (or the table for its release) describes.
+fn map_layout(bin: &GoBinary) -> Result<MapLayout, String> {
+    let field = |type_name: &str, field: &str| {
+        bin.struct_field_offset(type_name, field)
+            .map(|f| f.offset)
+            .map_err(|e| format!("{type_name}.{field}: {e}"))
+    };
+    // The table was measured on default builds: it cannot describe a
+    // release built without swiss maps.
+    let no_swiss = bin.build_info().go_version_raw.contains("noswissmap");
+    let swiss = || -> Result<MapLayout, String> {
+        let groups = field("internal/runtime/maps.table", "groups")?;
+        Ok(MapLayout {
+            kind: MAP_LAYOUT_SWISS,
+            count: field("internal/runtime/maps.Map", "used")?,
+            data: field("internal/runtime/maps.Map", "dirPtr")?,
+            size: field("internal/runtime/maps.Map", "dirLen")?,
+            old: OFFSET_ABSENT,
+            table_groups: groups + field("internal/runtime/maps.groupsReference", "data")?,
+            table_groups_mask: groups
+                + field("internal/runtime/maps.groupsReference", "lengthMask")?,
+        })
+    };
+    let buckets = || -> Result<MapLayout, String> {
+        Ok(MapLayout {
+            kind: MAP_LAYOUT_BUCKETS,
+            count: field("runtime.hmap", "count")?,
+            data: field("runtime.hmap", "buckets")?,
+            size: field("runtime.hmap", "B")?,
+            old: field("runtime.hmap", "oldbuckets")?,
+            table_groups: OFFSET_ABSENT,
+            table_groups_mask: OFFSET_ABSENT,
+        })
+    };
+    if no_swiss {
+        return buckets();
+    }
+    swiss()
+        .or_else(|swiss_err| buckets().map_err(|buckets_err| format!("{swiss_err}; {buckets_err}")))
+}
 
 /// Where entry probes go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +199,17 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
         } else {
             OFFSET_ABSENT
         };
+
+    offsets.request_header = optional(("net/http.Request", "Header"));
+    let mut layout_missing = None;
+    if offsets.request_header != OFFSET_ABSENT {
+        match map_layout(bin) {
+            Ok(layout) => layout.apply(&mut offsets),
+            Err(why) => {
+                layout_missing = Some(format!("map layout (no Traceparent propagation): {why}"));
+            }
+        }
+    }
 
     let site = |function: &'static str, func: &crate::binary::Function, preserve: &[Register]| {
         match policy {
@@ -197,6 +275,7 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
             }
         }
     };
+    missing.extend(layout_missing);
     Ok(HttpServerPlan {
         offsets,
         start,

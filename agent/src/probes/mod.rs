@@ -13,7 +13,7 @@ use std::{io, path::Path};
 use agent_common::target::{MAX_TARGETS, TargetConfig};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         ProgramError, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
@@ -27,7 +27,12 @@ pub use stats::{KernelStats, StatsReader};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
 /// Every uprobe program in the object.
-pub const PROGRAMS: [&str; 3] = ["http_server_start", "http_server_end", "http2_server_end"];
+pub const PROGRAMS: [&str; 4] = [
+    "http_server_start",
+    "http_server_end",
+    "http2_server_end",
+    "http_server_traceparent",
+];
 
 /// Failure to load or attach.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +164,7 @@ impl Probes {
                 }
             })?;
         }
+        install_tail_calls(&mut ebpf)?;
         Ok(Self {
             ebpf,
             attached: Vec::new(),
@@ -284,6 +290,36 @@ impl Probes {
 /// Tries to lift RLIMIT_MEMLOCK. Kernels since 5.11 charge BPF memory to the
 /// cgroup instead, and this machine cannot raise the limit at all, so a
 /// failure is only logged.
+/// Puts `http_server_traceparent` in the slot `http_server_start`
+/// tail-calls.
+fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    const PROGRAM: &str = "http_server_traceparent";
+    const MAP: &str = "HTTP_TAIL";
+    let fd = ebpf
+        .program(PROGRAM)
+        .ok_or(ProbeError::Missing(PROGRAM))?
+        .fd()
+        .map_err(|source| ProbeError::Program {
+            program: PROGRAM,
+            source: Box::new(source),
+        })?
+        .try_clone()
+        .map_err(|source| ProbeError::Program {
+            program: PROGRAM,
+            source: Box::new(ProgramError::from(source)),
+        })?;
+    let map_err = |source| ProbeError::Map {
+        map: MAP,
+        source: Box::new(source),
+    };
+    let mut slots: ProgramArray<_> = ebpf
+        .map_mut(MAP)
+        .ok_or(ProbeError::Missing(MAP))?
+        .try_into()
+        .map_err(map_err)?;
+    slots.set(0, &fd, 0).map_err(map_err)
+}
+
 fn raise_memlock_limit() {
     use nix::sys::resource::{Resource, setrlimit};
     if let Err(err) = setrlimit(

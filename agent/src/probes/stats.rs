@@ -14,6 +14,8 @@ pub struct KernelStats {
     pub no_config: u64,
     /// Records written.
     pub events_written: u64,
+    /// Header maps not searched completely for `Traceparent`.
+    pub headers_incomplete: u64,
 }
 
 /// Reads `STATS`.
@@ -46,6 +48,7 @@ impl StatsReader {
             read_failed: self.sum(stats::READ_FAILED),
             no_config: self.sum(stats::NO_CONFIG),
             events_written: self.sum(stats::EVENTS_WRITTEN),
+            headers_incomplete: self.sum(stats::HEADERS_INCOMPLETE),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Decoding ring-buffer records into typed values.
 
 use agent_common::{
-    event::{EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START},
-    http::{HttpServerEnd, HttpServerStart},
+    event::{EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT},
+    http::{HttpServerEnd, HttpServerStart, HttpTraceparent},
 };
 
 /// A record that cannot be decoded.
@@ -29,6 +29,7 @@ pub enum RecordError {
 pub enum Record<'a> {
     HttpServerStart(HttpServerStart),
     HttpServerEnd(HttpServerEnd),
+    HttpTraceparent(HttpTraceparent),
     /// A record of another probe family, handed on as bytes.
     Other {
         header: EventHeader,
@@ -61,6 +62,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, RecordError> {
     match header.kind {
         KIND_HTTP_SERVER_START => Ok(Record::HttpServerStart(read(bytes, header.kind)?)),
         KIND_HTTP_SERVER_END => Ok(Record::HttpServerEnd(read(bytes, header.kind)?)),
+        KIND_HTTP_TRACEPARENT => Ok(Record::HttpTraceparent(read(bytes, header.kind)?)),
         0 => Err(RecordError::UnknownKind { kind: 0 }),
         _ => Ok(Record::Other { header, bytes }),
     }

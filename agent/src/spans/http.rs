@@ -10,11 +10,15 @@ use std::borrow::Cow;
 use agent_common::http::{
     END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
     FIELD_METHOD, FIELD_METHOD_IN_URI, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN,
-    FIELD_URI, HttpServerEnd, HttpServerStart,
+    FIELD_URI, HttpServerEnd, HttpServerStart, HttpTraceparent,
 };
 use opentelemetry::{InstrumentationScope, trace::SpanKind};
 
-use super::{OpenTable, PairingStats, ids::IdGenerator};
+use super::{
+    OpenTable, PairingStats,
+    ids::IdGenerator,
+    traceparent::{self, RemoteParent},
+};
 use crate::{
     clock::WallClock,
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
@@ -33,6 +37,8 @@ const SPAN_CAPACITY: usize = 640;
 struct OpenRequest {
     start_ns: u64,
     goid: u64,
+    /// The caller's span, from the request's `traceparent`.
+    parent: Option<RemoteParent>,
     /// The span's name and start attributes, encoded.
     encoded: Vec<u8>,
 }
@@ -235,6 +241,7 @@ impl HttpSpanBuilder {
         let request = OpenRequest {
             start_ns: rec.header.ktime_ns,
             goid: rec.header.goid,
+            parent: None,
             encoded: encode_start(rec),
         };
         if let Some((displaced_key, displaced)) = self.open.open(key, request, rec.header.ktime_ns)
@@ -246,6 +253,21 @@ impl HttpSpanBuilder {
             };
             out(self.span(displaced, rec.header.ktime_ns, None, Some(reason)));
         }
+    }
+
+    /// A request's `Traceparent` header, found right after its start: a
+    /// valid one makes the request's span a child of the caller's. Returns
+    /// whether it did.
+    pub fn on_traceparent(&mut self, rec: &HttpTraceparent) -> bool {
+        let Some(open) = self.open.get_mut(&(rec.header.target, rec.response)) else {
+            return false;
+        };
+        if open.goid != rec.header.goid {
+            return false;
+        }
+        let kept = (rec.len as usize).min(rec.value.len());
+        open.parent = traceparent::parse(&rec.value[..kept], rec.len as usize);
+        open.parent.is_some()
     }
 
     /// A request's response is being finished.
@@ -280,7 +302,21 @@ impl HttpSpanBuilder {
     ) -> EncodedSpan {
         let mut bytes = open.encoded;
         let mut w = SpanWriter::new(&mut bytes);
-        w.ids(self.ids.trace_id(), self.ids.span_id(), None);
+        // A request that carries a trace context continues that trace, as a
+        // child of the caller's span; otherwise it starts one.
+        let (trace_id, parent, flags) = match open.parent {
+            Some(p) => (
+                p.trace_id,
+                Some(p.span_id),
+                u32::from(p.flags) | SPAN_FLAGS_HAS_IS_REMOTE | SPAN_FLAGS_IS_REMOTE,
+            ),
+            None => (
+                self.ids.trace_id(),
+                None,
+                TRACE_FLAGS_SAMPLED | SPAN_FLAGS_HAS_IS_REMOTE,
+            ),
+        };
+        w.ids(trace_id, self.ids.span_id(), parent);
         w.kind(&SpanKind::Server).times(
             self.clock.to_unix_ns(open.start_ns),
             self.clock.to_unix_ns(end_ns.max(open.start_ns)),
@@ -310,13 +346,19 @@ impl HttpSpanBuilder {
         if error {
             w.status_error("");
         }
-        w.flags(0x1);
+        w.flags(flags);
         EncodedSpan {
             scope: self.scope.clone(),
             bytes,
         }
     }
 }
+
+/// OTLP `SpanFlags`: the W3C trace flags in the low byte; whether the
+/// parent is remote is known (bit 8) and whether it is (bit 9).
+const TRACE_FLAGS_SAMPLED: u32 = 0x1;
+const SPAN_FLAGS_HAS_IS_REMOTE: u32 = 0x100;
+const SPAN_FLAGS_IS_REMOTE: u32 = 0x200;
 
 /// The span's name and every attribute a start record gives, encoded.
 fn encode_start(rec: &HttpServerStart) -> Vec<u8> {
@@ -407,10 +449,11 @@ fn encode_start(rec: &HttpServerStart) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use agent_common::{
-        event::{EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START},
-        http::{HOST_CAP, METHOD_CAP, PATTERN_CAP, REMOTE_CAP, URI_CAP},
+        event::{EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT},
+        http::{HOST_CAP, METHOD_CAP, PATTERN_CAP, REMOTE_CAP, TRACEPARENT_CAP, URI_CAP},
     };
 
+    use opentelemetry::trace::{SpanId, TraceId};
     use opentelemetry_proto::tonic::{common::v1::any_value::Value, trace::v1::Span as ProtoSpan};
     use prost::Message as _;
 
@@ -659,6 +702,55 @@ mod tests {
         );
         assert_eq!(spans[1].name, "GET /next");
         assert_eq!(attr(&spans[1], "agent.span.incomplete"), None);
+    }
+
+    #[test]
+    fn incoming_traceparent_makes_a_child_of_the_remote_span() {
+        let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let traced = |value: &str, goid: u64| {
+            let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+            let mut spans = Vec::new();
+            b.on_start(&start(5, 10, 0xa, "GET", "/child"), &mut |s| spans.push(s));
+            let (bytes, len) = fill::<TRACEPARENT_CAP>(value);
+            let found = b.on_traceparent(&HttpTraceparent {
+                header: EventHeader {
+                    kind: KIND_HTTP_TRACEPARENT,
+                    target: 0,
+                    tid: 99,
+                    site: 0,
+                    goid,
+                    ktime_ns: 11,
+                },
+                response: 0xa,
+                len,
+                _pad: 0,
+                value: bytes,
+            });
+            b.on_end(&end(0, 20, 0xa, 200), &mut |s| spans.push(s));
+            (found, decode(&spans[0]))
+        };
+        let (found, s) = traced(value, 5);
+        assert!(found);
+        assert_eq!(
+            s.trace_id,
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736")
+                .unwrap()
+                .to_bytes()
+        );
+        assert_eq!(
+            s.parent_span_id,
+            SpanId::from_hex("00f067aa0ba902b7").unwrap().to_bytes()
+        );
+        assert_eq!(s.flags, 0x300, "not sampled upstream, remote parent");
+
+        let (found, s) = traced(&value.replace("00-4b", "00-xb"), 5);
+        assert!(!found);
+        assert!(s.parent_span_id.is_empty(), "a malformed value is ignored");
+        assert_eq!(s.flags, 0x101);
+
+        let (found, s) = traced(value, 6);
+        assert!(!found, "another goroutine's header");
+        assert!(s.parent_span_id.is_empty());
     }
 
     #[test]

@@ -91,6 +91,11 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
         self.entries.get(key).map(|e| &e.value)
     }
 
+    /// The open start under `key`, to amend.
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key).map(|e| &mut e.value)
+    }
+
     /// Puts a start in. Returns what it displaced: the start that was open
     /// under the same key, or the oldest start when the table was full.
     pub fn open(&mut self, key: K, value: V, now_ns: u64) -> Option<(K, V)> {

@@ -1,0 +1,322 @@
+//! Finding the `Traceparent` header in a request's `http.Header`, a Go
+//! `map[string][]string`, from BPF.
+//!
+//! The map's hash function is seeded per map (AES-based on amd64), so the
+//! probe cannot compute where a key lives: it reads the map's groups (swiss
+//! tables, Go 1.24+) or buckets (Go 1.17-1.23) one helper call each and
+//! compares the keys of the right length. net/http removes `Host` from the
+//! map, so a request with no other header costs one read (the map header).
+
+use agent_common::{
+    http::TRACEPARENT_CAP,
+    target::{
+        BUCKET_KEYS, BUCKET_MIN_TOPHASH, BUCKET_OVERFLOW, BUCKET_SIZE, BUCKET_VALUES,
+        GROUP_CTRL_EMPTY_BIT, GROUP_SIZE, GROUP_SLOT_SIZE, GoOffsets, MAP_LAYOUT_BUCKETS,
+        MAP_LAYOUT_SWISS,
+    },
+};
+use aya_ebpf::helpers::generated::bpf_probe_read_user as read_user_raw;
+
+use crate::go::{copy_string, read_field};
+
+/// Bytes of scratch space a group or bucket is read into.
+pub const SCRATCH_LEN: usize = BUCKET_SIZE as usize;
+const _: () = assert!(GROUP_SIZE <= BUCKET_SIZE);
+
+/// Groups or buckets read at most: a swiss table of 64 slots (up to 56
+/// headers), or 4 buckets with 4 overflow buckets; more than browsers and
+/// proxies send. A larger map is counted (`headers_incomplete`).
+const MAX_GROUPS: usize = 8;
+/// Keys of the right length whose bytes are compared at most.
+const MAX_CANDIDATES: usize = 4;
+/// The key, as net/http canonicalizes `traceparent`.
+const KEY: [u8; 11] = *b"Traceparent";
+/// Bytes of the map header read: every field used lies in them.
+const HEAD_LEN: usize = 48;
+
+/// What a search found.
+pub enum Search {
+    /// The header's first value: its full length (the first
+    /// `min(len, TRACEPARENT_CAP)` bytes are in the destination).
+    Found(u32),
+    /// Every entry was looked at: there is no such header.
+    Absent,
+    /// Not every entry could be looked at (a read failed, the map is larger
+    /// than the probe searches, or it is growing).
+    Incomplete,
+}
+
+#[inline(always)]
+fn word(bytes: &[u8], at: usize) -> Option<u64> {
+    let b = bytes.get(at..at + 8)?;
+    Some(u64::from_le_bytes([
+        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+    ]))
+}
+
+#[inline(always)]
+fn head_word(head: &[u8; HEAD_LEN], offset: u64) -> Option<u64> {
+    if offset > (HEAD_LEN - 8) as u64 {
+        return None;
+    }
+    word(head, offset as usize)
+}
+
+/// Reads `len` bytes at `addr` into the front of `scratch`.
+#[inline(always)]
+fn read_into(scratch: &mut [u8; SCRATCH_LEN], addr: u64, len: u64) -> bool {
+    if len > SCRATCH_LEN as u64 || len == 0 {
+        return false;
+    }
+    // SAFETY: `scratch` has room for `len` bytes; a bad address makes the
+    // helper fail.
+    unsafe { read_user_raw(scratch.as_mut_ptr().cast(), len as u32, addr as *const _) == 0 }
+}
+
+/// Slots whose key has the right length, found while scanning groups.
+///
+/// Every loop-carried value lives here, in map memory, and is read and
+/// written volatile: in registers or on the stack, each path through the
+/// unrolled scans would carry different constants and the verifier could not
+/// prune them (it gave up, "argument list too long"); loaded from a map
+/// value, each is just an unknown number.
+#[repr(C)]
+pub struct Scan {
+    found: u64,
+    /// Set when something could not be looked at.
+    incomplete: u64,
+    /// Bucket scan: the next main bucket, the pending overflow bucket.
+    cursor: [u64; 2],
+    keys: [u64; MAX_CANDIDATES],
+    values: [u64; MAX_CANDIDATES],
+    counts: [u64; MAX_CANDIDATES],
+}
+
+impl Scan {
+    #[inline(always)]
+    fn get(field: &u64) -> u64 {
+        // SAFETY: a plain read of a valid stack slot.
+        unsafe { core::ptr::read_volatile(field) }
+    }
+
+    #[inline(always)]
+    fn set(field: &mut u64, value: u64) {
+        // SAFETY: a plain write of a valid stack slot.
+        unsafe { core::ptr::write_volatile(field, value) }
+    }
+
+    /// Notes the slot whose key header is at `key_at` and value at
+    /// `value_at` in `scratch` if its key has the length looked for.
+    #[inline(always)]
+    fn slot(&mut self, scratch: &[u8; SCRATCH_LEN], key_at: usize, value_at: usize) {
+        if word(scratch, key_at + 8) != Some(KEY.len() as u64) {
+            return;
+        }
+        let n = Self::get(&self.found);
+        if n >= MAX_CANDIDATES as u64 {
+            Self::set(&mut self.incomplete, 1);
+            return;
+        }
+        let (Some(key), Some(values), Some(count)) = (
+            word(scratch, key_at),
+            word(scratch, value_at),
+            word(scratch, value_at + 8),
+        ) else {
+            Self::set(&mut self.incomplete, 1);
+            return;
+        };
+        let i = n as usize;
+        if i < MAX_CANDIDATES {
+            self.keys[i] = key;
+            self.values[i] = values;
+            self.counts[i] = count;
+            Self::set(&mut self.found, n + 1);
+        }
+    }
+}
+
+/// Whether the 11 bytes at `key` spell [`KEY`]; `None` if unreadable.
+#[inline(always)]
+fn is_key(key: u64) -> Option<bool> {
+    let mut bytes = [0u8; 16];
+    // SAFETY: `bytes` has room for the 11 bytes read; a bad address makes
+    // the helper fail.
+    let ret =
+        unsafe { read_user_raw(bytes.as_mut_ptr().cast(), KEY.len() as u32, key as *const _) };
+    if ret != 0 {
+        return None;
+    }
+    let head = u64::from_le_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ]);
+    let want = u64::from_le_bytes([
+        KEY[0], KEY[1], KEY[2], KEY[3], KEY[4], KEY[5], KEY[6], KEY[7],
+    ]);
+    Some(head == want && bytes[8] == KEY[8] && bytes[9] == KEY[9] && bytes[10] == KEY[10])
+}
+
+/// Scans the groups (swiss) or buckets at `data` into `scan`.
+#[inline(always)]
+fn scan_groups(
+    off: &GoOffsets,
+    head: &[u8; HEAD_LEN],
+    data: u64,
+    scratch: &mut [u8; SCRATCH_LEN],
+    scan: &mut Scan,
+) {
+    match off.map_layout {
+        MAP_LAYOUT_SWISS => {
+            let Some(dir_len) = head_word(head, off.map_size) else {
+                Scan::set(&mut scan.incomplete, 1);
+                return;
+            };
+            // A small map's dirPtr is its one group; a larger one's is a
+            // directory of tables, the first of which is searched.
+            let (groups, n) = if dir_len == 0 {
+                (data, 1)
+            } else {
+                if dir_len > 1 {
+                    Scan::set(&mut scan.incomplete, 1);
+                }
+                let table = read_field::<u64>(data, 0).unwrap_or(0);
+                let (Some(groups), Some(mask)) = (
+                    read_field::<u64>(table, off.table_groups),
+                    read_field::<u64>(table, off.table_groups_mask),
+                ) else {
+                    Scan::set(&mut scan.incomplete, 1);
+                    return;
+                };
+                (groups, mask.saturating_add(1))
+            };
+            if n > MAX_GROUPS as u64 {
+                Scan::set(&mut scan.incomplete, 1);
+            }
+            for g in 0..MAX_GROUPS {
+                if g as u64 >= n {
+                    break;
+                }
+                if !read_into(scratch, groups + g as u64 * GROUP_SIZE, GROUP_SIZE) {
+                    Scan::set(&mut scan.incomplete, 1);
+                    return;
+                }
+                for s in 0..8 {
+                    if scratch[s] & GROUP_CTRL_EMPTY_BIT == 0 {
+                        let key_at = 8 + s * GROUP_SLOT_SIZE;
+                        scan.slot(scratch, key_at, key_at + 16);
+                    }
+                }
+            }
+        }
+        MAP_LAYOUT_BUCKETS => {
+            // hmap.B is one byte; its offset is not 8-aligned.
+            let b = match head.get(off.map_size as usize) {
+                Some(&b) if off.map_size < HEAD_LEN as u64 => b,
+                _ => {
+                    Scan::set(&mut scan.incomplete, 1);
+                    return;
+                }
+            };
+            if head_word(head, off.map_old) != Some(0) {
+                // Growing: entries may still sit in the old buckets.
+                Scan::set(&mut scan.incomplete, 1);
+                return;
+            }
+            let buckets: u64 = if b >= 8 { 1 << 8 } else { 1 << b };
+            // Bucket reads: the main buckets in order, each followed by its
+            // overflow chain. `next` and `overflow` live in memory, as the
+            // scan's state does.
+            for _ in 0..MAX_GROUPS {
+                let next = Scan::get(&scan.cursor[0]);
+                let overflow = Scan::get(&scan.cursor[1]);
+                let addr = if overflow != 0 {
+                    overflow
+                } else if next < buckets {
+                    Scan::set(&mut scan.cursor[0], next + 1);
+                    data + next * BUCKET_SIZE
+                } else {
+                    return;
+                };
+                if !read_into(scratch, addr, BUCKET_SIZE) {
+                    Scan::set(&mut scan.incomplete, 1);
+                    return;
+                }
+                for s in 0..8 {
+                    if scratch[s] >= BUCKET_MIN_TOPHASH {
+                        scan.slot(scratch, BUCKET_KEYS + s * 16, BUCKET_VALUES + s * 24);
+                    }
+                }
+                Scan::set(
+                    &mut scan.cursor[1],
+                    word(scratch, BUCKET_OVERFLOW).unwrap_or(0),
+                );
+            }
+            if Scan::get(&scan.cursor[1]) != 0 || Scan::get(&scan.cursor[0]) < buckets {
+                Scan::set(&mut scan.incomplete, 1);
+            }
+        }
+        _ => Scan::set(&mut scan.incomplete, 1),
+    }
+}
+
+/// Searches the `http.Header` map at `map` for `Traceparent`, with `scan`
+/// and `scratch` in map memory.
+#[inline(always)]
+pub fn find_traceparent(
+    off: &GoOffsets,
+    map: u64,
+    scan: &mut Scan,
+    scratch: &mut [u8; SCRATCH_LEN],
+    dst: &mut [u8; TRACEPARENT_CAP],
+) -> Search {
+    if map == 0 {
+        return Search::Absent;
+    }
+    let mut head = [0u8; HEAD_LEN];
+    // SAFETY: `head` has HEAD_LEN bytes; a bad address makes the helper fail.
+    if unsafe { read_user_raw(head.as_mut_ptr().cast(), HEAD_LEN as u32, map as *const _) } != 0 {
+        return Search::Incomplete;
+    }
+    let (Some(count), Some(data)) = (
+        head_word(&head, off.map_count),
+        head_word(&head, off.map_data),
+    ) else {
+        return Search::Incomplete;
+    };
+    if count == 0 {
+        return Search::Absent;
+    }
+    Scan::set(&mut scan.found, 0);
+    Scan::set(&mut scan.incomplete, 0);
+    Scan::set(&mut scan.cursor[0], 0);
+    Scan::set(&mut scan.cursor[1], 0);
+    scan_groups(off, &head, data, scratch, scan);
+    let found = Scan::get(&scan.found);
+    for i in 0..MAX_CANDIDATES {
+        if i as u64 >= found {
+            break;
+        }
+        match is_key(Scan::get(&scan.keys[i])) {
+            Some(true) => {}
+            Some(false) => continue,
+            None => {
+                Scan::set(&mut scan.incomplete, 1);
+                continue;
+            }
+        }
+        if Scan::get(&scan.counts[i]) == 0 {
+            return Search::Found(0);
+        }
+        let Some([data, len]) = read_field::<[u64; 2]>(Scan::get(&scan.values[i]), 0) else {
+            return Search::Incomplete;
+        };
+        return match copy_string(data, len, dst) {
+            Some(len) => Search::Found(len),
+            None => Search::Incomplete,
+        };
+    }
+    if Scan::get(&scan.incomplete) != 0 {
+        Search::Incomplete
+    } else {
+        Search::Absent
+    }
+}
