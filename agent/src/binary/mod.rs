@@ -38,7 +38,8 @@ pub use cursor::ReadError;
 pub use dwarf::{DwarfError, Member, StructLayout};
 pub use inspect::{BUILTIN_PROBES, BuiltinProbe, FieldReport, InspectReport, ProbeReport, inspect};
 pub use offsets::{
-    Implausible, NEEDED_FIELDS, OffsetTable, TableEntry, render as render_offset_table,
+    Implausible, NEEDED_FIELDS, OffsetTable, TableEntry, VERSIONED_STRUCTS,
+    render as render_offset_table,
 };
 pub use pclntab::{PclnError, PclnVersion};
 pub use sites::kernel_emulates;
@@ -784,13 +785,15 @@ impl GoBinary {
                 return Err(OffsetError::Dwarf(e));
             }
             // A field the generator looks for, missing from an entry that
-            // has its struct: this release does not have the field.
+            // has its struct (or a struct only some releases have, missing
+            // from the entry): this release does not have the field.
             let wanted = NEEDED_FIELDS
                 .iter()
                 .any(|(t, fields)| *t == type_name && fields.contains(&field));
             if let Some(entry) = table.entry(version)
                 && wanted
-                && entry.structs.contains_key(type_name)
+                && (entry.structs.contains_key(type_name)
+                    || offsets::VERSIONED_STRUCTS.contains(&type_name))
             {
                 return Err(OffsetError::AbsentInRelease {
                     type_name: type_name.to_owned(),
