@@ -81,8 +81,8 @@ const _: () = assert!(
 );
 
 /// A request's `Traceparent` header, found right after its start record
-/// (by a program the start probe tail-calls, only when the request has
-/// headers besides `Host`). Pairs with the start by `response`.
+/// (by a program the start probe tail-calls when the request has a header
+/// map). Pairs with the start by `response`; the header's `goid` is 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct HttpTraceparent {

@@ -17,12 +17,12 @@ use agent_common::{
     stats,
     target::{GoOffsets, MAP_LAYOUT_NONE, TargetConfig},
 };
-use aya_ebpf::programs::ProbeContext;
+use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, programs::ProbeContext};
 
 use crate::{
     go::{Reg, Window, clamp_len, copy_string, goid, read_field, read_string, reg},
     headers::{Search, find_traceparent},
-    maps::{HTTP_HEADERS, HTTP_TAIL},
+    maps::{HTTP_HEADERS, HTTP_TAIL, HeaderSearch},
     maps::{TARGETS, count},
     record::{header, reserve, submit, target_slot},
 };
@@ -169,17 +169,10 @@ pub fn start(ctx: &ProbeContext) {
     // A request with headers besides Host (which net/http moves out of the
     // map) may carry a trace context: search for it in a program of its
     // own, so the verifier checks the search apart from this one.
-    if off.map_layout != MAP_LAYOUT_NONE
-        && let Some(map) = headers
-        && map != 0
-        && let Some(search) = HTTP_HEADERS.get_ptr_mut(0)
-    {
-        // SAFETY: this CPU's value of the map, which nothing else uses while
-        // this program and the one it calls run.
-        let search = unsafe { &mut *search };
-        search.map = map;
-        search.goid = goid;
-        search.response = response;
+    // The callee reads the request and response pointers from the same
+    // registers: nothing is handed over in shared memory, which another
+    // task could overwrite if this one were preempted in between.
+    if off.map_layout != MAP_LAYOUT_NONE && headers.is_some_and(|map| map != 0) {
         // SAFETY: the callee is a program of the same type; when the call
         // fails (no program in the slot), this one just returns.
         unsafe { HTTP_TAIL.tail_call(ctx, 0) };
@@ -188,24 +181,46 @@ pub fn start(ctx: &ProbeContext) {
 
 /// The tail of [`start`] for a request with headers: finds `Traceparent`
 /// and, when there is one, writes it in a record of its own.
+///
+/// Its working memory is this CPU's `HTTP_HEADERS` value. Programs on
+/// uprobes can be preempted (on kernels with full preemption), and another
+/// task's run on this CPU would then write the same memory: each run bumps
+/// the value's sequence number first and checks it last, after copying the
+/// header into its record, and drops what an interleaved run may have
+/// mixed up rather than attribute one request's header to another.
 pub fn traceparent(ctx: &ProbeContext) {
     let Some(config) = config(ctx) else { return };
     let off = &config.offsets;
+    let request = reg(ctx, Reg::Rdi);
+    let response = reg(ctx, Reg::Rcx);
+    let Some(map) = read_field::<u64>(request, off.request_header) else {
+        count(stats::HEADERS_INCOMPLETE);
+        return;
+    };
     let Some(search) = HTTP_HEADERS.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: as in `start`.
+    // SAFETY: this CPU's value of the map; see above for other runs.
     let search = unsafe { &mut *search };
+    // SAFETY: plain reads and writes of a map value this program owns a
+    // pointer to; volatile so the final check really reloads it.
+    let seq = unsafe { core::ptr::read_volatile(&search.seq) }.wrapping_add(1);
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut search.seq, seq) };
+    let undisturbed = |search: &HeaderSearch| {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(&search.seq) == seq }
+    };
     let len = match find_traceparent(
         off,
-        search.map,
+        map,
         &mut search.scan,
         &mut search.scratch,
         &mut search.value,
     ) {
         Search::Found(len) => len,
-        Search::Absent => return,
-        Search::Incomplete => {
+        Search::Absent if undisturbed(search) => return,
+        Search::Absent | Search::Incomplete => {
             count(stats::HEADERS_INCOMPLETE);
             return;
         }
@@ -218,12 +233,17 @@ pub fn traceparent(ctx: &ProbeContext) {
         // SAFETY: as in `start`.
         unsafe { &mut *ptr }
     };
-    rec.header = header(ctx, KIND_HTTP_TRACEPARENT, search.goid);
-    rec.response = search.response;
+    rec.header = header(ctx, KIND_HTTP_TRACEPARENT, 0);
+    rec.response = response;
     rec.len = len;
     rec._pad = 0;
     rec.value = search.value;
-    submit(entry);
+    if undisturbed(search) {
+        submit(entry);
+    } else {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        count(stats::HEADERS_INCOMPLETE);
+    }
 }
 
 /// What an end probe found about the response.

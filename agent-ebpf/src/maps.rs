@@ -32,14 +32,13 @@ pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static HTTP_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// What `http_server_start` hands its tail call, and the search's scratch
-/// space (a group or bucket of the header map), per CPU.
+/// The working memory of `http_server_traceparent`'s search, per CPU: the
+/// loop state, a group or bucket of the header map, the value found.
 #[repr(C)]
 pub struct HeaderSearch {
-    /// The request's `Header` map.
-    pub map: u64,
-    pub goid: u64,
-    pub response: u64,
+    /// Bumped by each run; a run whose number changed under it was
+    /// interleaved with another and drops its result.
+    pub seq: u64,
     pub value: [u8; TRACEPARENT_CAP],
     pub scan: Scan,
     pub scratch: [u8; SCRATCH_LEN],
