@@ -5,7 +5,8 @@
 //! probe cannot compute where a key lives: it reads the map's groups (swiss
 //! tables, Go 1.24+) or buckets (Go 1.17-1.23) one helper call each and
 //! compares the keys of the right length. net/http removes `Host` from the
-//! map, so a request with no other header costs one read (the map header).
+//! map, so for a request with no other header the search ends at the map
+//! header.
 
 use agent_common::{
     http::TRACEPARENT_CAP,
