@@ -398,6 +398,8 @@ fn console_output_by_default() {
 /// body size.
 type H2Case = (&'static str, &'static str, &'static str, u16, i64);
 
+const H2_TRACEPARENT: &str = "00-5ce0e9a56015fec5aadfa328ae398115-ab54a98ceb1f0ad2-01";
+
 const H2_CASES: [H2Case; 4] = [
     ("GET", "/hello", "", 200, 5),
     ("POST", "/items/h2", "twelve bytes", 201, 5),
@@ -423,6 +425,10 @@ fn http2_and_tls_requests() {
         }
         curl.args(["-sk", "--http2", "-X", method, "-o", "/dev/null"])
             .args(["-w", "%{http_code} %{http_version}\\n"]);
+        if i == 0 {
+            // Trace context over HTTP/2: the first request continues a trace.
+            curl.args(["-H", &format!("traceparent: {H2_TRACEPARENT}")]);
+        }
         if !body.is_empty() {
             curl.args(["--data-binary", body]);
         }
@@ -503,6 +509,23 @@ fn http2_and_tls_requests() {
             StatusCode::Unset
         };
         assert_eq!(error, expected as i32, "{name}");
+        let parent: String = span
+            .span
+            .parent_span_id
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if (method, target) == ("GET", "/hello") {
+            let trace: String = span
+                .span
+                .trace_id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(format!("00-{trace}-{parent}-01"), H2_TRACEPARENT, "{name}");
+        } else {
+            assert!(parent.is_empty(), "{name} is a root span");
+        }
         h2_ports.push(a("client.port").expect("client.port"));
         goroutines.push(a("goroutine.id").expect("goroutine.id"));
     }
