@@ -102,8 +102,8 @@ fn run(records: &[Vec<u8>]) -> (Duration, usize) {
     for bytes in records {
         let mut out = |span| batch.push(span);
         match decode(bytes).expect("well-formed record") {
-            Record::HttpServerStart(rec) => builder.on_start(&rec, &mut out),
-            Record::HttpServerEnd(rec) => builder.on_end(&rec, &mut out),
+            Record::HttpServerStart(rec) => builder.on_start(rec, &mut out),
+            Record::HttpServerEnd(rec) => builder.on_end(rec, &mut out),
             Record::HttpTraceparent(_) | Record::Other { .. } => {
                 unreachable!("only starts and ends are made")
             }

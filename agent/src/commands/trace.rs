@@ -610,10 +610,10 @@ async fn session(
                      usdt: &mut UsdtSession,
                      losses: &mut Losses| {
         reader.drain(|bytes| match ringbuf::record::decode(bytes) {
-            Ok(Record::HttpServerStart(start)) => builder.on_start(&start, &mut send),
-            Ok(Record::HttpServerEnd(end)) => builder.on_end(&end, &mut send),
+            Ok(Record::HttpServerStart(start)) => builder.on_start(start, &mut send),
+            Ok(Record::HttpServerEnd(end)) => builder.on_end(end, &mut send),
             Ok(Record::HttpTraceparent(rec)) => {
-                if builder.on_traceparent(&rec) {
+                if builder.on_traceparent(rec) {
                     losses.traceparents += 1;
                 }
             }

@@ -129,10 +129,11 @@ impl<'a> SpanWriter<'a> {
     /// A string attribute.
     pub fn attr_str(&mut self, key: &str, value: &str) -> &mut Self {
         // KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }
-        let any = len_field_size(value.len());
-        let kv = len_field_size(key.len()) + len_field_size(any);
+        // With every length under 128, each length prefix is one byte.
+        let kv = key.len() + value.len() + 6;
         if kv < 0x80 {
-            // Every length fits in one byte: write the frame in a few copies.
+            // Write the frame in a few copies.
+            let any = value.len() + 2;
             self.buf.reserve(2 + kv);
             self.buf
                 .extend_from_slice(&[KV_TAG, kv as u8, KEY_TAG, key.len() as u8]);
@@ -142,6 +143,8 @@ impl<'a> SpanWriter<'a> {
             self.buf.extend_from_slice(value.as_bytes());
             return self;
         }
+        let any = len_field_size(value.len());
+        let kv = len_field_size(key.len()) + len_field_size(any);
         put_tag(self.buf, 9, LEN);
         put_varint(self.buf, kv as u64);
         put_len_field(self.buf, 1, key.as_bytes());
