@@ -93,19 +93,23 @@ pub struct Scan {
     counts: [u64; MAX_CANDIDATES],
 }
 
+/// A volatile load of a word of map memory: the verifier sees an unknown
+/// number, and the compiler really reloads it (another run may have changed
+/// it).
+#[inline(always)]
+pub fn load(field: &u64) -> u64 {
+    // SAFETY: a plain read through a valid reference.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// A volatile store of a word of map memory; see [`load`].
+#[inline(always)]
+pub fn store(field: &mut u64, value: u64) {
+    // SAFETY: a plain write through a valid reference.
+    unsafe { core::ptr::write_volatile(field, value) }
+}
+
 impl Scan {
-    #[inline(always)]
-    fn get(field: &u64) -> u64 {
-        // SAFETY: a plain read of a valid stack slot.
-        unsafe { core::ptr::read_volatile(field) }
-    }
-
-    #[inline(always)]
-    fn set(field: &mut u64, value: u64) {
-        // SAFETY: a plain write of a valid stack slot.
-        unsafe { core::ptr::write_volatile(field, value) }
-    }
-
     /// Notes the slot whose key header is at `key_at` and value at
     /// `value_at` in `scratch` if its key has the length looked for.
     #[inline(always)]
@@ -113,9 +117,9 @@ impl Scan {
         if word(scratch, key_at + 8) != Some(KEY.len() as u64) {
             return;
         }
-        let n = Self::get(&self.found);
+        let n = load(&self.found);
         if n >= MAX_CANDIDATES as u64 {
-            Self::set(&mut self.incomplete, 1);
+            store(&mut self.incomplete, 1);
             return;
         }
         let (Some(key), Some(values), Some(count)) = (
@@ -123,7 +127,7 @@ impl Scan {
             word(scratch, value_at),
             word(scratch, value_at + 8),
         ) else {
-            Self::set(&mut self.incomplete, 1);
+            store(&mut self.incomplete, 1);
             return;
         };
         let i = n as usize;
@@ -131,7 +135,7 @@ impl Scan {
             self.keys[i] = key;
             self.values[i] = values;
             self.counts[i] = count;
-            Self::set(&mut self.found, n + 1);
+            store(&mut self.found, n + 1);
         }
     }
 }
@@ -147,13 +151,12 @@ fn is_key(key: u64) -> Option<bool> {
     if ret != 0 {
         return None;
     }
-    let head = u64::from_le_bytes([
-        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-    ]);
-    let want = u64::from_le_bytes([
-        KEY[0], KEY[1], KEY[2], KEY[3], KEY[4], KEY[5], KEY[6], KEY[7],
-    ]);
-    Some(head == want && bytes[8] == KEY[8] && bytes[9] == KEY[9] && bytes[10] == KEY[10])
+    Some(
+        word(&bytes, 0) == word(&KEY, 0)
+            && bytes[8] == KEY[8]
+            && bytes[9] == KEY[9]
+            && bytes[10] == KEY[10],
+    )
 }
 
 /// Scans the groups (swiss) or buckets at `data` into `scan`.
@@ -168,7 +171,7 @@ fn scan_groups(
     match off.map_layout {
         MAP_LAYOUT_SWISS => {
             let Some(dir_len) = head_word(head, off.map_size) else {
-                Scan::set(&mut scan.incomplete, 1);
+                store(&mut scan.incomplete, 1);
                 return;
             };
             // A small map's dirPtr is its one group; a larger one's is a
@@ -177,27 +180,27 @@ fn scan_groups(
                 (data, 1)
             } else {
                 if dir_len > 1 {
-                    Scan::set(&mut scan.incomplete, 1);
+                    store(&mut scan.incomplete, 1);
                 }
                 let table = read_field::<u64>(data, 0).unwrap_or(0);
                 let (Some(groups), Some(mask)) = (
                     read_field::<u64>(table, off.table_groups),
                     read_field::<u64>(table, off.table_groups_mask),
                 ) else {
-                    Scan::set(&mut scan.incomplete, 1);
+                    store(&mut scan.incomplete, 1);
                     return;
                 };
                 (groups, mask.saturating_add(1))
             };
             if n > MAX_GROUPS as u64 {
-                Scan::set(&mut scan.incomplete, 1);
+                store(&mut scan.incomplete, 1);
             }
             for g in 0..MAX_GROUPS {
                 if g as u64 >= n {
                     break;
                 }
                 if !read_into(scratch, groups + g as u64 * GROUP_SIZE, GROUP_SIZE) {
-                    Scan::set(&mut scan.incomplete, 1);
+                    store(&mut scan.incomplete, 1);
                     return;
                 }
                 for s in 0..8 {
@@ -213,13 +216,13 @@ fn scan_groups(
             let b = match head.get(off.map_size as usize) {
                 Some(&b) if off.map_size < HEAD_LEN as u64 => b,
                 _ => {
-                    Scan::set(&mut scan.incomplete, 1);
+                    store(&mut scan.incomplete, 1);
                     return;
                 }
             };
             if head_word(head, off.map_old) != Some(0) {
                 // Growing: entries may still sit in the old buckets.
-                Scan::set(&mut scan.incomplete, 1);
+                store(&mut scan.incomplete, 1);
                 return;
             }
             let buckets: u64 = if b >= 8 { 1 << 8 } else { 1 << b };
@@ -227,18 +230,18 @@ fn scan_groups(
             // overflow chain. `next` and `overflow` live in memory, as the
             // scan's state does.
             for _ in 0..MAX_GROUPS {
-                let next = Scan::get(&scan.cursor[0]);
-                let overflow = Scan::get(&scan.cursor[1]);
+                let next = load(&scan.cursor[0]);
+                let overflow = load(&scan.cursor[1]);
                 let addr = if overflow != 0 {
                     overflow
                 } else if next < buckets {
-                    Scan::set(&mut scan.cursor[0], next + 1);
+                    store(&mut scan.cursor[0], next + 1);
                     data + next * BUCKET_SIZE
                 } else {
                     return;
                 };
                 if !read_into(scratch, addr, BUCKET_SIZE) {
-                    Scan::set(&mut scan.incomplete, 1);
+                    store(&mut scan.incomplete, 1);
                     return;
                 }
                 for s in 0..8 {
@@ -246,16 +249,16 @@ fn scan_groups(
                         scan.slot(scratch, BUCKET_KEYS + s * 16, BUCKET_VALUES + s * 24);
                     }
                 }
-                Scan::set(
+                store(
                     &mut scan.cursor[1],
                     word(scratch, BUCKET_OVERFLOW).unwrap_or(0),
                 );
             }
-            if Scan::get(&scan.cursor[1]) != 0 || Scan::get(&scan.cursor[0]) < buckets {
-                Scan::set(&mut scan.incomplete, 1);
+            if load(&scan.cursor[1]) != 0 || load(&scan.cursor[0]) < buckets {
+                store(&mut scan.incomplete, 1);
             }
         }
-        _ => Scan::set(&mut scan.incomplete, 1),
+        _ => store(&mut scan.incomplete, 1),
     }
 }
 
@@ -286,28 +289,28 @@ pub fn find_traceparent(
     if count == 0 {
         return Search::Absent;
     }
-    Scan::set(&mut scan.found, 0);
-    Scan::set(&mut scan.incomplete, 0);
-    Scan::set(&mut scan.cursor[0], 0);
-    Scan::set(&mut scan.cursor[1], 0);
+    store(&mut scan.found, 0);
+    store(&mut scan.incomplete, 0);
+    store(&mut scan.cursor[0], 0);
+    store(&mut scan.cursor[1], 0);
     scan_groups(off, &head, data, scratch, scan);
-    let found = Scan::get(&scan.found);
+    let found = load(&scan.found);
     for i in 0..MAX_CANDIDATES {
         if i as u64 >= found {
             break;
         }
-        match is_key(Scan::get(&scan.keys[i])) {
+        match is_key(load(&scan.keys[i])) {
             Some(true) => {}
             Some(false) => continue,
             None => {
-                Scan::set(&mut scan.incomplete, 1);
+                store(&mut scan.incomplete, 1);
                 continue;
             }
         }
-        if Scan::get(&scan.counts[i]) == 0 {
+        if load(&scan.counts[i]) == 0 {
             return Search::Found(0);
         }
-        let Some([data, len]) = read_field::<[u64; 2]>(Scan::get(&scan.values[i]), 0) else {
+        let Some([data, len]) = read_field::<[u64; 2]>(load(&scan.values[i]), 0) else {
             return Search::Incomplete;
         };
         return match copy_string(data, len, dst) {
@@ -315,7 +318,7 @@ pub fn find_traceparent(
             None => Search::Incomplete,
         };
     }
-    if Scan::get(&scan.incomplete) != 0 {
+    if load(&scan.incomplete) != 0 {
         Search::Incomplete
     } else {
         Search::Absent

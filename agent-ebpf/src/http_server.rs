@@ -21,9 +21,8 @@ use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, programs::ProbeContext};
 
 use crate::{
     go::{Reg, Window, clamp_len, copy_string, goid, read_field, read_string, reg},
-    headers::{Search, find_traceparent},
-    maps::{HTTP_HEADERS, HTTP_TAIL, HeaderSearch},
-    maps::{TARGETS, count},
+    headers::{Search, find_traceparent, load, store},
+    maps::{HTTP_HEADERS, HTTP_TAIL, HeaderSearch, TARGETS, count},
     record::{header, reserve, submit, target_slot},
 };
 
@@ -166,11 +165,10 @@ pub fn start(ctx: &ProbeContext) {
         count(stats::READ_FAILED);
     }
     submit(entry);
-    // A request with headers besides Host (which net/http moves out of the
-    // map) may carry a trace context: search for it in a program of its
-    // own, so the verifier checks the search apart from this one.
-    // The callee reads the request and response pointers from the same
-    // registers: nothing is handed over in shared memory, which another
+    // A request with a header map may carry a trace context: search for it
+    // in a program of its own, so the verifier checks the search apart from
+    // this one. The callee reads the request and response pointers from the
+    // same registers: nothing is handed over in shared memory, which another
     // task could overwrite if this one were preempted in between.
     if off.map_layout != MAP_LAYOUT_NONE && headers.is_some_and(|map| map != 0) {
         // SAFETY: the callee is a program of the same type; when the call
@@ -202,15 +200,9 @@ pub fn traceparent(ctx: &ProbeContext) {
     };
     // SAFETY: this CPU's value of the map; see above for other runs.
     let search = unsafe { &mut *search };
-    // SAFETY: plain reads and writes of a map value this program owns a
-    // pointer to; volatile so the final check really reloads it.
-    let seq = unsafe { core::ptr::read_volatile(&search.seq) }.wrapping_add(1);
-    // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&mut search.seq, seq) };
-    let undisturbed = |search: &HeaderSearch| {
-        // SAFETY: as above.
-        unsafe { core::ptr::read_volatile(&search.seq) == seq }
-    };
+    let seq = load(&search.seq).wrapping_add(1);
+    store(&mut search.seq, seq);
+    let undisturbed = |search: &HeaderSearch| load(&search.seq) == seq;
     let len = match find_traceparent(
         off,
         map,

@@ -126,20 +126,25 @@ impl<'a> SpanWriter<'a> {
         self
     }
 
+    /// The frame of an attribute whose lengths all fit in one byte, up to
+    /// its `AnyValue`'s payload: `kv` is the `KeyValue`'s length, `any` the
+    /// `AnyValue`'s. Written in a few copies, with room for the rest.
+    fn short_kv_head(&mut self, kv: usize, key: &str, any: usize) {
+        self.buf.reserve(2 + kv);
+        self.buf
+            .extend_from_slice(&[KV_TAG, kv as u8, KEY_TAG, key.len() as u8]);
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(&[VALUE_TAG, any as u8]);
+    }
+
     /// A string attribute.
     pub fn attr_str(&mut self, key: &str, value: &str) -> &mut Self {
         // KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }
         // With every length under 128, each length prefix is one byte.
         let kv = key.len() + value.len() + 6;
         if kv < 0x80 {
-            // Write the frame in a few copies.
-            let any = value.len() + 2;
-            self.buf.reserve(2 + kv);
-            self.buf
-                .extend_from_slice(&[KV_TAG, kv as u8, KEY_TAG, key.len() as u8]);
-            self.buf.extend_from_slice(key.as_bytes());
-            self.buf
-                .extend_from_slice(&[VALUE_TAG, any as u8, STRING_TAG, value.len() as u8]);
+            self.short_kv_head(kv, key, value.len() + 2);
+            self.buf.extend_from_slice(&[STRING_TAG, value.len() as u8]);
             self.buf.extend_from_slice(value.as_bytes());
             return self;
         }
@@ -160,11 +165,8 @@ impl<'a> SpanWriter<'a> {
         let any = 1 + varint_len(value as u64);
         let kv = len_field_size(key.len()) + len_field_size(any);
         if kv < 0x80 {
-            self.buf.reserve(2 + kv);
-            self.buf
-                .extend_from_slice(&[KV_TAG, kv as u8, KEY_TAG, key.len() as u8]);
-            self.buf.extend_from_slice(key.as_bytes());
-            self.buf.extend_from_slice(&[VALUE_TAG, any as u8, INT_TAG]);
+            self.short_kv_head(kv, key, any);
+            self.buf.push(INT_TAG);
             put_varint(self.buf, value as u64);
             return self;
         }

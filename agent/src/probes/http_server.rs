@@ -75,32 +75,10 @@ const REQUIRED: [Field; 4] = [
     ("net/http.response", "status"),
 ];
 
-/// Where a binary's maps keep their entries, for finding a request header.
-struct MapLayout {
-    kind: u64,
-    count: u64,
-    data: u64,
-    size: u64,
-    old: u64,
-    table_groups: u64,
-    table_groups_mask: u64,
-}
-
-impl MapLayout {
-    fn apply(&self, offsets: &mut GoOffsets) {
-        offsets.map_layout = self.kind;
-        offsets.map_count = self.count;
-        offsets.map_data = self.data;
-        offsets.map_size = self.size;
-        offsets.map_old = self.old;
-        offsets.table_groups = self.table_groups;
-        offsets.table_groups_mask = self.table_groups_mask;
-    }
-}
-
-/// Swiss tables (Go 1.24+) or buckets (before, or `GOEXPERIMENT=noswissmap`),
-/// whichever the binary's DWARF (or the table for its release) describes.
-fn map_layout(bin: &GoBinary) -> Result<MapLayout, String> {
+/// `offsets` with the map fields set for a binary's map layout: swiss
+/// tables (Go 1.24+) or buckets (before, or `GOEXPERIMENT=noswissmap`),
+/// whichever its DWARF (or the table for its release) describes.
+fn with_map_layout(bin: &GoBinary, offsets: GoOffsets) -> Result<GoOffsets, String> {
     let field = |type_name: &str, field: &str| {
         bin.struct_field_offset(type_name, field)
             .map(|f| f.offset)
@@ -109,28 +87,30 @@ fn map_layout(bin: &GoBinary) -> Result<MapLayout, String> {
     // The table was measured on default builds: it cannot describe a
     // release built without swiss maps.
     let no_swiss = bin.build_info().go_version_raw.contains("noswissmap");
-    let swiss = || -> Result<MapLayout, String> {
+    let swiss = || -> Result<GoOffsets, String> {
         let groups = field("internal/runtime/maps.table", "groups")?;
-        Ok(MapLayout {
-            kind: MAP_LAYOUT_SWISS,
-            count: field("internal/runtime/maps.Map", "used")?,
-            data: field("internal/runtime/maps.Map", "dirPtr")?,
-            size: field("internal/runtime/maps.Map", "dirLen")?,
-            old: OFFSET_ABSENT,
+        Ok(GoOffsets {
+            map_layout: MAP_LAYOUT_SWISS,
+            map_count: field("internal/runtime/maps.Map", "used")?,
+            map_data: field("internal/runtime/maps.Map", "dirPtr")?,
+            map_size: field("internal/runtime/maps.Map", "dirLen")?,
+            map_old: OFFSET_ABSENT,
             table_groups: groups + field("internal/runtime/maps.groupsReference", "data")?,
             table_groups_mask: groups
                 + field("internal/runtime/maps.groupsReference", "lengthMask")?,
+            ..offsets
         })
     };
-    let buckets = || -> Result<MapLayout, String> {
-        Ok(MapLayout {
-            kind: MAP_LAYOUT_BUCKETS,
-            count: field("runtime.hmap", "count")?,
-            data: field("runtime.hmap", "buckets")?,
-            size: field("runtime.hmap", "B")?,
-            old: field("runtime.hmap", "oldbuckets")?,
+    let buckets = || -> Result<GoOffsets, String> {
+        Ok(GoOffsets {
+            map_layout: MAP_LAYOUT_BUCKETS,
+            map_count: field("runtime.hmap", "count")?,
+            map_data: field("runtime.hmap", "buckets")?,
+            map_size: field("runtime.hmap", "B")?,
+            map_old: field("runtime.hmap", "oldbuckets")?,
             table_groups: OFFSET_ABSENT,
             table_groups_mask: OFFSET_ABSENT,
+            ..offsets
         })
     };
     if no_swiss {
@@ -203,8 +183,8 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
     offsets.request_header = optional(("net/http.Request", "Header"));
     let mut layout_missing = None;
     if offsets.request_header != OFFSET_ABSENT {
-        match map_layout(bin) {
-            Ok(layout) => layout.apply(&mut offsets),
+        match with_map_layout(bin, offsets) {
+            Ok(with_layout) => offsets = with_layout,
             Err(why) => {
                 layout_missing = Some(format!("map layout (no Traceparent propagation): {why}"));
             }

@@ -287,27 +287,22 @@ impl Probes {
     }
 }
 
-/// Tries to lift RLIMIT_MEMLOCK. Kernels since 5.11 charge BPF memory to the
-/// cgroup instead, and this machine cannot raise the limit at all, so a
-/// failure is only logged.
 /// Puts `http_server_traceparent` in the slot `http_server_start`
 /// tail-calls.
 fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     const PROGRAM: &str = "http_server_traceparent";
     const MAP: &str = "HTTP_TAIL";
+    let program_err = |source: ProgramError| ProbeError::Program {
+        program: PROGRAM,
+        source: Box::new(source),
+    };
     let fd = ebpf
         .program(PROGRAM)
         .ok_or(ProbeError::Missing(PROGRAM))?
         .fd()
-        .map_err(|source| ProbeError::Program {
-            program: PROGRAM,
-            source: Box::new(source),
-        })?
+        .map_err(program_err)?
         .try_clone()
-        .map_err(|source| ProbeError::Program {
-            program: PROGRAM,
-            source: Box::new(ProgramError::from(source)),
-        })?;
+        .map_err(|source| program_err(source.into()))?;
     let map_err = |source| ProbeError::Map {
         map: MAP,
         source: Box::new(source),
@@ -320,6 +315,9 @@ fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     slots.set(0, &fd, 0).map_err(map_err)
 }
 
+/// Tries to lift RLIMIT_MEMLOCK. Kernels since 5.11 charge BPF memory to the
+/// cgroup instead, and this machine cannot raise the limit at all, so a
+/// failure is only logged.
 fn raise_memlock_limit() {
     use nix::sys::resource::{Resource, setrlimit};
     if let Err(err) = setrlimit(

@@ -179,8 +179,8 @@ const REDACTED_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X
 /// The query with the values of [`REDACTED_QUERY_KEYS`] replaced by `REDACTED`.
 fn redact_query(query: &str) -> Cow<'_, str> {
     let sensitive = |pair: &str| {
-        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        REDACTED_QUERY_KEYS.contains(&key) && pair.contains('=')
+        pair.split_once('=')
+            .is_some_and(|(key, _)| REDACTED_QUERY_KEYS.contains(&key))
     };
     if !query.split('&').any(sensitive) {
         return Cow::Borrowed(query);
@@ -357,6 +357,20 @@ const TRACE_FLAGS_SAMPLED: u32 = 0x1;
 const SPAN_FLAGS_HAS_IS_REMOTE: u32 = 0x100;
 const SPAN_FLAGS_IS_REMOTE: u32 = 0x200;
 
+/// An address and port attribute pair from a `host[:port]` string area;
+/// nothing for an empty string.
+fn attr_host_port(w: &mut SpanWriter<'_>, keys: (&str, &str), bytes: &[u8], len: u32) {
+    if len == 0 {
+        return;
+    }
+    let text = text(bytes, len);
+    let (address, port) = split_host_port(&text);
+    w.attr_str(keys.0, &address);
+    if let Some(port) = port {
+        w.attr_int(keys.1, port);
+    }
+}
+
 /// The span's name and every attribute a start record gives, encoded.
 fn encode_start(rec: &HttpServerStart) -> Vec<u8> {
     let has = |flag| rec.fields & flag != 0;
@@ -410,21 +424,21 @@ fn encode_start(rec: &HttpServerStart) -> Vec<u8> {
     if has(FIELD_TLS_KNOWN) {
         w.attr_str("url.scheme", if has(FIELD_TLS) { "https" } else { "http" });
     }
-    if has(FIELD_HOST) && rec.host_len > 0 {
-        let host = text(&rec.host, rec.host_len);
-        let (address, port) = split_host_port(&host);
-        w.attr_str("server.address", &address);
-        if let Some(port) = port {
-            w.attr_int("server.port", port);
-        }
+    if has(FIELD_HOST) {
+        attr_host_port(
+            &mut w,
+            ("server.address", "server.port"),
+            &rec.host,
+            rec.host_len,
+        );
     }
-    if has(FIELD_REMOTE) && rec.remote_len > 0 {
-        let remote = text(&rec.remote, rec.remote_len);
-        let (address, port) = split_host_port(&remote);
-        w.attr_str("client.address", &address);
-        if let Some(port) = port {
-            w.attr_int("client.port", port);
-        }
+    if has(FIELD_REMOTE) {
+        attr_host_port(
+            &mut w,
+            ("client.address", "client.port"),
+            &rec.remote,
+            rec.remote_len,
+        );
     }
     if has(FIELD_PROTO) {
         w.attr_str("network.protocol.name", "http");

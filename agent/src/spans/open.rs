@@ -138,18 +138,6 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
         }
     }
 
-    /// Takes the start under `key` out if `matches` says the end belongs to
-    /// it; otherwise leaves it and counts an unmatched end.
-    pub fn close_if(&mut self, key: &K, matches: impl FnOnce(&V) -> bool) -> Option<V> {
-        match self.entries.get(key) {
-            Some(entry) if matches(&entry.value) => self.close(key),
-            _ => {
-                self.stats.unmatched_ends += 1;
-                None
-            }
-        }
-    }
-
     /// Removes and returns the starts older than the time-to-live.
     pub fn expire(&mut self, now_ns: u64) -> Vec<(K, V)> {
         let mut out = Vec::new();
@@ -239,15 +227,6 @@ mod tests {
         assert_eq!(t.expire(160), vec![(1, "a"), (2, "b")]);
         assert_eq!(t.stats().expired, 2);
         assert_eq!(t.len(), 1);
-    }
-
-    #[test]
-    fn close_if_checks_the_match() {
-        let mut t = OpenTable::new(8, 100);
-        t.open(1u64, 0xaa_u64, 0);
-        assert_eq!(t.close_if(&1, |v| *v == 0xbb), None);
-        assert_eq!(t.stats().unmatched_ends, 1);
-        assert_eq!(t.close_if(&1, |v| *v == 0xaa), Some(0xaa));
     }
 
     #[test]
