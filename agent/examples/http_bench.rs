@@ -10,11 +10,14 @@
 //! For comparing builds of the span path; the end-to-end figures come from
 //! `cargo xtask bench http`.
 
+mod span_bench;
+
 use std::time::{Duration, Instant};
+
+use span_bench::Bodies;
 
 use agent::{
     clock::WallClock,
-    export::{EncodedSpan, wire},
     ringbuf::{Record, record::decode},
     spans::http::HttpSpanBuilder,
 };
@@ -95,12 +98,10 @@ fn end(i: u64, t: u64) -> Vec<u8> {
 
 fn run(records: &[Vec<u8>]) -> (Duration, usize) {
     let mut builder = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 65_536, 30_000_000_000);
-    let resource: &[u8] = &[];
-    let mut batch: Vec<EncodedSpan> = Vec::with_capacity(512);
-    let mut bodies = 0usize;
+    let mut bodies = Bodies::new();
     let t0 = Instant::now();
     for bytes in records {
-        let mut out = |span| batch.push(span);
+        let mut out = |span| bodies.push(span);
         match decode(bytes).expect("well-formed record") {
             Record::HttpServerStart(rec) => builder.on_start(rec, &mut out),
             Record::HttpServerEnd(rec) => builder.on_end(rec, &mut out),
@@ -108,37 +109,17 @@ fn run(records: &[Vec<u8>]) -> (Duration, usize) {
                 unreachable!("only starts and ends are made")
             }
         }
-        if batch.len() == 512 {
-            let spans: Vec<&[u8]> = batch.iter().map(|s| s.bytes.as_slice()).collect();
-            bodies += wire::request(resource, &[(&batch[0].scope, &spans)]).len();
-            batch.clear();
-        }
     }
-    (t0.elapsed(), bodies)
+    (t0.elapsed(), bodies.bytes)
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let pairs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(500_000);
-    let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(7);
-    let mut records = Vec::with_capacity(2 * pairs as usize);
-    for i in 0..pairs {
+    let (pairs, runs) = span_bench::args();
+    let mut records = Vec::with_capacity(2 * pairs);
+    for i in 0..pairs as u64 {
         let t = 1_000 * i;
         records.push(start(i, t));
         records.push(end(i, t + 500));
     }
-    let mut per_span: Vec<f64> = (0..runs)
-        .map(|_| {
-            let (took, bytes) = run(&records);
-            assert!(bytes > 0);
-            took.as_nanos() as f64 / pairs as f64
-        })
-        .collect();
-    per_span.sort_by(f64::total_cmp);
-    println!(
-        "{pairs} spans x {runs} runs: median {:.0} ns per span (min {:.0}, max {:.0})",
-        per_span[runs / 2],
-        per_span[0],
-        per_span[runs - 1]
-    );
+    span_bench::report(pairs, runs, || run(&records));
 }

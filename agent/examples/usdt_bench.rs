@@ -10,11 +10,14 @@
 //! kernel, the ring buffer and the exporter) come from
 //! `scripts/bench-usdt.sh`.
 
+mod span_bench;
+
 use std::time::{Duration, Instant};
+
+use span_bench::Bodies;
 
 use agent::{
     clock::WallClock,
-    export::{EncodedSpan, wire},
     spans::usdt::UsdtSpanBuilder,
     usdt::{decode_usdt_record, mapping::MappingConfig},
 };
@@ -69,28 +72,18 @@ fn run(records: &[(bool, Vec<u8>)]) -> (Duration, usize) {
     let end = builder
         .resolve("fixture", "request_end")
         .expect("built-in mapping");
-    let resource: &[u8] = &[];
-    let scope: &[u8] = &[];
-    let mut batch: Vec<EncodedSpan> = Vec::with_capacity(512);
-    let mut bodies = 0usize;
+    let mut bodies = Bodies::new();
     let t0 = Instant::now();
     for (is_start, bytes) in records {
         let event = decode_usdt_record(bytes).expect("well-formed record");
         let role = if *is_start { start } else { end };
-        builder.on_event(role, event, &mut |span| batch.push(span));
-        if batch.len() == 512 {
-            let spans: Vec<&[u8]> = batch.iter().map(|s| s.bytes.as_slice()).collect();
-            bodies += wire::request(resource, &[(scope, &spans)]).len();
-            batch.clear();
-        }
+        builder.on_event(role, event, &mut |span| bodies.push(span));
     }
-    (t0.elapsed(), bodies)
+    (t0.elapsed(), bodies.bytes)
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let pairs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(500_000);
-    let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(7);
+    let (pairs, runs) = span_bench::args();
     let mut records = Vec::with_capacity(2 * pairs);
     for i in 0..pairs {
         let id = format!("f-{i}");
@@ -98,18 +91,5 @@ fn main() {
         records.push((true, record(0, 7, t, &id)));
         records.push((false, record(1, 7, t + 500, &id)));
     }
-    let mut per_span: Vec<f64> = (0..runs)
-        .map(|_| {
-            let (took, bytes) = run(&records);
-            assert!(bytes > 0);
-            took.as_nanos() as f64 / pairs as f64
-        })
-        .collect();
-    per_span.sort_by(f64::total_cmp);
-    println!(
-        "{pairs} spans x {runs} runs: median {:.0} ns per span (min {:.0}, max {:.0})",
-        per_span[runs / 2],
-        per_span[0],
-        per_span[runs - 1]
-    );
+    span_bench::report(pairs, runs, || run(&records));
 }

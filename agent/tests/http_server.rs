@@ -21,7 +21,7 @@ use support::{
     agent::{Agent, attach_grpc, command},
     fixture,
     http_client::Connection,
-    otlp::{FlatSpan, Receiver, flatten},
+    otlp::{FlatSpan, Receiver, flatten, hex},
 };
 
 /// A request the test sends and what its span must say.
@@ -509,19 +509,9 @@ fn http2_and_tls_requests() {
             StatusCode::Unset
         };
         assert_eq!(error, expected as i32, "{name}");
-        let parent: String = span
-            .span
-            .parent_span_id
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let parent = hex(&span.span.parent_span_id);
         if (method, target) == ("GET", "/hello") {
-            let trace: String = span
-                .span
-                .trace_id
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let trace = hex(&span.span.trace_id);
             assert_eq!(format!("00-{trace}-{parent}-01"), H2_TRACEPARENT, "{name}");
         } else {
             assert!(parent.is_empty(), "{name} is a root span");

@@ -18,17 +18,13 @@ use support::{
     agent::attach_grpc,
     fixture::{fixtures_dir, start_httpserver, start_httpserver_with},
     http_client::Connection,
-    otlp::Receiver,
+    otlp::{Receiver, hex},
 };
 
 const DEBIAN_GO_119: &str = "/usr/lib/go-1.19/bin/go";
 
 const TRACEPARENT_CROWDED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 const TRACEPARENT_ALONE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Build {

@@ -49,6 +49,11 @@ impl FlatSpan {
 }
 
 /// Renders an attribute value the way assertions compare it.
+/// Lowercase hex of an id, as W3C `traceparent` spells it.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn value_to_string(value: &AnyValue) -> String {
     match &value.value {
         Some(Value::StringValue(s)) => s.clone(),
