@@ -23,12 +23,12 @@ use crate::{
     go::{Reg, Window, clamp_len, copy_string, goid, read_field, read_string, reg},
     headers::{Search, find_traceparent, load, store},
     maps::{HTTP_HEADERS, HTTP_TAIL, HeaderSearch, TARGETS, count},
-    record::{header, reserve, submit, target_slot},
+    record::{cookie, header, reserve, submit, target_slot},
 };
 
 #[inline(always)]
-fn config(ctx: &ProbeContext) -> Option<&'static TargetConfig> {
-    match TARGETS.get(target_slot(ctx)) {
+fn config(cookie: u64) -> Option<&'static TargetConfig> {
+    match TARGETS.get(target_slot(cookie)) {
         Some(config) if config.active != 0 => Some(config),
         _ => {
             count(stats::NO_CONFIG);
@@ -61,7 +61,8 @@ const METHOD_GAP_MAX: u64 = 64;
 /// the target come with one more read when they are neighbours in one string
 /// (HTTP/1's request line), so a request costs five reads in all.
 pub fn start(ctx: &ProbeContext) {
-    let Some(config) = config(ctx) else { return };
+    let cookie = cookie(ctx);
+    let Some(config) = config(cookie) else { return };
     let off = &config.offsets;
     let Some(goid) = goid(ctx, off.g_goid) else {
         count(stats::READ_FAILED);
@@ -79,7 +80,7 @@ pub fn start(ctx: &ProbeContext) {
         // records), and every bit pattern is a valid `HttpServerStart`.
         unsafe { &mut *ptr }
     };
-    rec.header = header(ctx, KIND_HTTP_SERVER_START, goid);
+    rec.header = header(cookie, KIND_HTTP_SERVER_START, goid);
     rec.request = request;
     rec.response = response;
     rec.content_length = 0;
@@ -164,7 +165,8 @@ pub fn start(ctx: &ProbeContext) {
     if failed {
         count(stats::READ_FAILED);
     }
-    submit(entry);
+    let now = rec.header.ktime_ns;
+    submit(entry, now);
     // A request with a header map may carry a trace context: search for it
     // in a program of its own, so the verifier checks the search apart from
     // this one. The callee reads the request and response pointers from the
@@ -187,7 +189,8 @@ pub fn start(ctx: &ProbeContext) {
 /// header into its record, and drops what an interleaved run may have
 /// mixed up rather than attribute one request's header to another.
 pub fn traceparent(ctx: &ProbeContext) {
-    let Some(config) = config(ctx) else { return };
+    let cookie = cookie(ctx);
+    let Some(config) = config(cookie) else { return };
     let off = &config.offsets;
     let request = reg(ctx, Reg::Rdi);
     let response = reg(ctx, Reg::Rcx);
@@ -225,13 +228,14 @@ pub fn traceparent(ctx: &ProbeContext) {
         // SAFETY: as in `start`.
         unsafe { &mut *ptr }
     };
-    rec.header = header(ctx, KIND_HTTP_TRACEPARENT, 0);
+    rec.header = header(cookie, KIND_HTTP_TRACEPARENT, 0);
     rec.response = response;
     rec.len = len;
     rec._pad = 0;
     rec.value = search.value;
     if undisturbed(search) {
-        submit(entry);
+        let now = rec.header.ktime_ns;
+        submit(entry, now);
     } else {
         entry.discard(BPF_RB_NO_WAKEUP as u64);
         count(stats::HEADERS_INCOMPLETE);
@@ -255,7 +259,8 @@ fn end_record(
     ctx: &ProbeContext,
     read: impl FnOnce(&GoOffsets, u64, &mut [u8; PATTERN_CAP]) -> EndFields,
 ) {
-    let Some(config) = config(ctx) else { return };
+    let cookie = cookie(ctx);
+    let Some(config) = config(cookie) else { return };
     let off = &config.offsets;
     let response = reg(ctx, Reg::Rax);
     let Some(mut entry) = reserve::<HttpServerEnd>() else {
@@ -267,7 +272,7 @@ fn end_record(
         unsafe { &mut *ptr }
     };
     // No goroutine id: the agent pairs the end by `response`.
-    rec.header = header(ctx, KIND_HTTP_SERVER_END, 0);
+    rec.header = header(cookie, KIND_HTTP_SERVER_END, 0);
     rec.response = response;
     rec.status = 0;
     rec.written = 0;
@@ -292,7 +297,8 @@ fn end_record(
         fields |= END_FIELD_PATTERN;
     }
     rec.fields = fields;
-    submit(entry);
+    let now = rec.header.ktime_ns;
+    submit(entry, now);
 }
 
 /// `func (w *response) finishRequest()`: RAX = w. The response's fields

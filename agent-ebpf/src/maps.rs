@@ -24,9 +24,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT,
 #[map]
 pub static TARGETS: Array<TargetConfig> = Array::with_max_entries(MAX_TARGETS, 0);
 
-/// When this CPU last forced a ring-buffer wakeup (`bpf_ktime_get_ns`).
+/// When this CPU last looked at the ring buffer's backlog to decide on a
+/// wakeup (`bpf_ktime_get_ns`).
 #[map]
-pub static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static LAST_WAKEUP_CHECK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Slot 0: `http_server_traceparent`, which `http_server_start` tail-calls.
 #[map]

@@ -2,19 +2,21 @@
 
 use agent_common::{event::EventHeader, http::MAX_RECORD, stats};
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     maps::ring_buf::RingBufEntry,
     programs::ProbeContext,
 };
 
-use crate::maps::{EVENTS, LAST_WAKEUP, count};
+use crate::maps::{EVENTS, LAST_WAKEUP_CHECK, count};
 
-/// Unread bytes in the ring buffer past which records wake the agent up.
-/// Below it the agent drains on its own timer, so most records cost no wakeup.
-const WAKEUP_THRESHOLD: u64 = 1024 * 1024;
+/// The ring buffer's fill (as a right shift of its size: a quarter) past
+/// which records wake the agent up. Below it the agent drains on its own
+/// timer, so most records cost no wakeup.
+const WAKEUP_FILL_SHIFT: u64 = 2;
 
-/// Shortest time between two forced wakeups from one CPU.
+/// Shortest time between two looks at the backlog, and so between two forced
+/// wakeups, from one CPU.
 const WAKEUP_INTERVAL_NS: u64 = 100_000;
 
 /// Reserves a record of type `T`, counting a full ring buffer. It is not
@@ -32,20 +34,22 @@ pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
     entry
 }
 
-/// Fills in the header common to every record.
+/// The probe's attach cookie: the target slot in the high 32 bits, the
+/// site index in the low ones. A program reads it once (a helper call) and
+/// passes it on.
 #[inline(always)]
-pub fn header(ctx: &ProbeContext, kind: u32, goid: u64) -> EventHeader {
+pub fn cookie(ctx: &ProbeContext) -> u64 {
     // SAFETY: bpf_get_attach_cookie takes the program's context.
-    let cookie = unsafe { generated::bpf_get_attach_cookie(ctx.regs.cast()) };
-    header_from_cookie(cookie, kind, goid)
+    unsafe { generated::bpf_get_attach_cookie(ctx.regs.cast()) }
 }
 
-/// [`header`] for a program that already read its attach cookie.
+/// The header common to every record, for a probe with attach cookie
+/// `cookie`.
 #[inline(always)]
-pub fn header_from_cookie(cookie: u64, kind: u32, goid: u64) -> EventHeader {
+pub fn header(cookie: u64, kind: u32, goid: u64) -> EventHeader {
     EventHeader {
         kind,
-        target: (cookie >> 32) as u32,
+        target: target_slot(cookie),
         tid: bpf_get_current_pid_tgid() as u32,
         site: cookie as u32,
         goid,
@@ -54,32 +58,38 @@ pub fn header_from_cookie(cookie: u64, kind: u32, goid: u64) -> EventHeader {
     }
 }
 
-/// The target slot this probe was attached for.
+/// The target slot a probe with attach cookie `cookie` was attached for.
 #[inline(always)]
-pub fn target_slot(ctx: &ProbeContext) -> u32 {
-    // SAFETY: as in `header`.
-    (unsafe { generated::bpf_get_attach_cookie(ctx.regs.cast()) } >> 32) as u32
+pub fn target_slot(cookie: u64) -> u32 {
+    (cookie >> 32) as u32
 }
 
-/// Submits a record without waking the agent, unless a backlog has built up:
-/// then at most one forced wakeup per CPU every `WAKEUP_INTERVAL_NS`, so a
-/// flood costs a few thousand wakeups a second, not one per record, and the
-/// agent never sleeps through a filling buffer (below the threshold its 10 ms
-/// timer drains).
+/// Submits a record without waking the agent, unless a backlog has built up.
+/// `now` is the record's own `ktime_ns`.
+///
+/// The backlog is looked at, at most once per CPU every
+/// `WAKEUP_INTERVAL_NS`, not on every record: the two ring-buffer queries are
+/// helper calls, each a sizeable part of a small program. When the ring is
+/// more than a quarter full then, the record wakes the agent. So a flood costs
+/// a few thousand wakeups a second, not one per record, and the agent never
+/// sleeps through a filling buffer (below the threshold its 10 ms timer
+/// drains). At the fastest a CPU writes records, it fills less than 200 KiB
+/// in an interval.
 #[inline(always)]
-pub fn submit<T>(entry: RingBufEntry<T>) {
+pub fn submit<T>(entry: RingBufEntry<T>, now: u64) {
     let mut flags = BPF_RB_NO_WAKEUP;
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_THRESHOLD
-        && let Some(last) = LAST_WAKEUP.get_ptr_mut(0)
-    {
-        // SAFETY: no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        // SAFETY: the pointer is this CPU's map value, which nothing else
-        // touches while this program runs.
+    if let Some(last) = LAST_WAKEUP_CHECK.get_ptr_mut(0) {
+        // SAFETY: the pointer is this CPU's map value. A program preempted
+        // here could race another on this CPU for it: the worst outcome is
+        // one check more or less.
         let last = unsafe { &mut *last };
         if now.wrapping_sub(*last) >= WAKEUP_INTERVAL_NS {
             *last = now;
-            flags = BPF_RB_FORCE_WAKEUP;
+            if EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+                >= EVENTS.query(BPF_RB_RING_SIZE as u64) >> WAKEUP_FILL_SHIFT
+            {
+                flags = BPF_RB_FORCE_WAKEUP;
+            }
         }
     }
     entry.submit(flags as u64);

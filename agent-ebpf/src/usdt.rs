@@ -22,8 +22,7 @@ use aya_ebpf::{
     helpers::{
         bpf_probe_read_user,
         generated::{
-            bpf_get_attach_cookie, bpf_probe_read_user as read_user_raw,
-            bpf_probe_read_user_str as read_user_str_raw,
+            bpf_probe_read_user as read_user_raw, bpf_probe_read_user_str as read_user_str_raw,
         },
     },
     macros::{map, uprobe},
@@ -33,7 +32,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::count,
-    record::{header_from_cookie, reserve, submit},
+    record::{cookie, header, reserve, submit},
 };
 
 /// Argument specs, indexed by site index (low 32 bits of the attach cookie).
@@ -55,8 +54,7 @@ const CAP_MAX: usize = USDT_STR_CAP_MAX as usize;
 
 #[inline(always)]
 fn try_usdt_probe(ctx: &ProbeContext) {
-    // SAFETY: bpf_get_attach_cookie takes the program's context.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.regs.cast()) };
+    let cookie = cookie(ctx);
     let site = cookie as u32;
     let spec = match USDT_SPECS.get(site) {
         Some(spec) if spec.active != 0 => spec,
@@ -77,7 +75,7 @@ fn try_usdt_probe(ctx: &ProbeContext) {
     };
     // Every field the agent reads is set below; the string area only up to
     // `str_used`, which is all the agent looks at.
-    rec.header = header_from_cookie(cookie, KIND_USDT, 0);
+    rec.header = header(cookie, KIND_USDT, 0);
     rec.str_used = 0;
     zero_bookkeeping(rec);
     let mut arg_count = spec.arg_count as usize;
@@ -173,7 +171,8 @@ fn try_usdt_probe(ctx: &ProbeContext) {
     if rec.failed != 0 {
         count(stats::READ_FAILED);
     }
-    submit(entry);
+    let now = rec.header.ktime_ns;
+    submit(entry, now);
 }
 
 /// Bytes from `str_off` up to `strings`: the string offsets and lengths and
