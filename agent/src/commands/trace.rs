@@ -627,7 +627,7 @@ async fn session(
                 losses.bad_records += 1;
                 log::debug!("bad record: {err}");
             }
-        });
+        })
     };
 
     let stop = loop {
@@ -657,7 +657,11 @@ async fn session(
                 }
             }
         }
-        drain(&mut reader, &mut builder, usdt, &mut losses);
+        // A backlog is drained in chunks, letting the export tasks take the
+        // spans of each before the next.
+        while drain(&mut reader, &mut builder, usdt, &mut losses) == ringbuf::MAX_PER_DRAIN {
+            tokio::task::yield_now().await;
+        }
     };
 
     match stop {
@@ -675,7 +679,9 @@ async fn session(
         }
         losses.flight = Some(reader.stop());
     }
-    drain(&mut reader, &mut builder, usdt, &mut losses);
+    while drain(&mut reader, &mut builder, usdt, &mut losses) == ringbuf::MAX_PER_DRAIN {
+        tokio::task::yield_now().await;
+    }
     let now = WallClock::monotonic_now_ns();
     builder.finish(now, &mut |span| sender.send_encoded(span));
     usdt.builder

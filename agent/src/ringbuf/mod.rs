@@ -13,8 +13,11 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 pub use record::{Record, RecordError};
 
-/// Records drained per call at most, so one flood cannot starve the loop.
-const MAX_PER_DRAIN: usize = 1 << 16;
+/// Records drained per call at most, so one flood cannot starve the tasks
+/// that share the agent's thread: the export batcher takes spans off a queue
+/// of 8,192 by default, and a longer drain overflowed it under a USDT flood.
+/// A caller that gets this many back yields and drains again.
+pub const MAX_PER_DRAIN: usize = 2048;
 
 /// Reads records from the `EVENTS` ring buffer.
 pub struct RingBufReader {
@@ -44,7 +47,8 @@ impl RingBufReader {
         Ok(())
     }
 
-    /// Hands every waiting record to `f`; returns how many there were.
+    /// Hands the waiting records to `f`, at most [`MAX_PER_DRAIN`]; returns
+    /// how many there were.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         let ring = self.fd.get_mut();
         let mut n = 0;
