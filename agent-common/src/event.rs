@@ -14,6 +14,8 @@ pub const KIND_FLIGHT_CHUNK: u32 = 5;
 pub const KIND_FLIGHT_END: u32 = 6;
 /// `EventHeader::kind` of an [`crate::http::HttpTraceparent`] record.
 pub const KIND_HTTP_TRACEPARENT: u32 = 7;
+/// `EventHeader::kind` of an [`crate::http::HttpTracestate`] record.
+pub const KIND_HTTP_TRACESTATE: u32 = 8;
 
 /// Fixed header of every record the eBPF programs write to the ring buffer.
 #[repr(C)]

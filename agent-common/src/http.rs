@@ -14,6 +14,17 @@ pub const REMOTE_CAP: usize = 64;
 /// Bytes of an incoming W3C `traceparent` header kept: version 00's
 /// `00-<32 hex>-<16 hex>-<2 hex>` is 55; later versions may add more.
 pub const TRACEPARENT_CAP: usize = 56;
+/// Bytes of an incoming W3C `tracestate` header kept: the specification
+/// asks vendors to propagate at least 512 characters of it.
+pub const TRACESTATE_CAP: usize = 512;
+/// `HTTP_TAIL` slot of the program that searches the request's headers for
+/// `Traceparent` (tail-called by the start probe).
+pub const TAIL_TRACEPARENT: u32 = 0;
+/// `HTTP_TAIL` slot of the program that searches them for `Tracestate`
+/// (tail-called by the `Traceparent` search when it found one).
+pub const TAIL_TRACESTATE: u32 = 1;
+/// Slots of `HTTP_TAIL`.
+pub const TAIL_SLOTS: u32 = 2;
 /// Bytes of the matched ServeMux pattern kept (Go 1.23+).
 pub const PATTERN_CAP: usize = 128;
 
@@ -98,6 +109,24 @@ pub struct HttpTraceparent {
 
 const _: () = assert!(core::mem::size_of::<HttpTraceparent>() == 32 + 8 + 8 + TRACEPARENT_CAP);
 
+/// A request's `Tracestate` header, found after its `Traceparent` (by a
+/// program the `Traceparent` search tail-calls when it found one). Pairs
+/// with the start by `response`; the header's `goid` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HttpTracestate {
+    pub header: EventHeader,
+    /// `*http.response` / `*http2responseWriter`, as in the start record.
+    pub response: u64,
+    /// The header value's full length; its first `min(len, CAP)` bytes are
+    /// in `value`.
+    pub len: u32,
+    pub _pad: u32,
+    pub value: [u8; TRACESTATE_CAP],
+}
+
+const _: () = assert!(core::mem::size_of::<HttpTracestate>() == 32 + 8 + 8 + TRACESTATE_CAP);
+
 /// The request's response is being finished (`net/http.(*response).finishRequest`,
 /// or `(*http2responseWriter).handlerDone`). Its header's `goid` is 0: the
 /// end pairs with its start by `response` alone, which saves the probe a read.
@@ -126,5 +155,13 @@ pub const END_FIELD_PATTERN: u32 = 1 << 2;
 
 const _: () = assert!(core::mem::size_of::<HttpServerEnd>() == 32 + 8 * 3 + 4 * 2 + PATTERN_CAP);
 
-/// A record of either kind, for sizing reads.
-pub const MAX_RECORD: usize = core::mem::size_of::<HttpServerStart>();
+/// The largest record of any kind, for sizing reads.
+pub const MAX_RECORD: usize = {
+    let start = core::mem::size_of::<HttpServerStart>();
+    let tracestate = core::mem::size_of::<HttpTracestate>();
+    if start > tracestate {
+        start
+    } else {
+        tracestate
+    }
+};

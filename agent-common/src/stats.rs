@@ -13,8 +13,9 @@ pub const NO_CONFIG: u32 = 2;
 pub const EVENTS_WRITTEN: u32 = 3;
 
 /// A request's header map could not be searched completely for
-/// `Traceparent` (too large, growing, or a read failed): its span may have
-/// started a new trace instead of continuing the caller's.
+/// `Traceparent` or `Tracestate` (too large, growing, or a read failed): its
+/// span may have started a new trace instead of continuing the caller's, or
+/// lack the caller's trace state.
 pub const HEADERS_INCOMPLETE: u32 = 4;
 
 /// Number of counters in the `STATS` map.

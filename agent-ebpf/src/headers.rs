@@ -1,5 +1,5 @@
-//! Finding the `Traceparent` header in a request's `http.Header`, a Go
-//! `map[string][]string`, from BPF.
+//! Finding a header (`Traceparent`, `Tracestate`) in a request's
+//! `http.Header`, a Go `map[string][]string`, from BPF.
 //!
 //! The map's hash function is seeded per map (AES-based on amd64), so the
 //! probe cannot compute where a key lives: it reads the map's groups (swiss
@@ -8,13 +8,10 @@
 //! map, so for a request with no other header the search ends at the map
 //! header.
 
-use agent_common::{
-    http::TRACEPARENT_CAP,
-    target::{
-        BUCKET_KEYS, BUCKET_MIN_TOPHASH, BUCKET_OVERFLOW, BUCKET_SIZE, BUCKET_VALUES,
-        GROUP_CTRL_EMPTY_BIT, GROUP_SIZE, GROUP_SLOT_SIZE, GoOffsets, MAP_LAYOUT_BUCKETS,
-        MAP_LAYOUT_SWISS,
-    },
+use agent_common::target::{
+    BUCKET_KEYS, BUCKET_MIN_TOPHASH, BUCKET_OVERFLOW, BUCKET_SIZE, BUCKET_VALUES,
+    GROUP_CTRL_EMPTY_BIT, GROUP_SIZE, GROUP_SLOT_SIZE, GoOffsets, MAP_LAYOUT_BUCKETS,
+    MAP_LAYOUT_SWISS,
 };
 use aya_ebpf::helpers::generated::bpf_probe_read_user as read_user_raw;
 
@@ -30,15 +27,16 @@ const _: () = assert!(GROUP_SIZE <= BUCKET_SIZE);
 const MAX_GROUPS: usize = 8;
 /// Keys of the right length whose bytes are compared at most.
 const MAX_CANDIDATES: usize = 4;
-/// The key, as net/http canonicalizes `traceparent`.
-const KEY: [u8; 11] = *b"Traceparent";
+/// The keys searched for, as net/http canonicalizes them.
+pub const TRACEPARENT_KEY: [u8; 11] = *b"Traceparent";
+pub const TRACESTATE_KEY: [u8; 10] = *b"Tracestate";
 /// Bytes of the map header read: every field used lies in them.
 const HEAD_LEN: usize = 48;
 
 /// What a search found.
 pub enum Search {
     /// The header's first value: its full length (the first
-    /// `min(len, TRACEPARENT_CAP)` bytes are in the destination).
+    /// `min(len, CAP)` bytes are in the destination).
     Found(u32),
     /// Every entry was looked at: there is no such header.
     Absent,
@@ -111,10 +109,10 @@ pub fn store(field: &mut u64, value: u64) {
 
 impl Scan {
     /// Notes the slot whose key header is at `key_at` and value at
-    /// `value_at` in `scratch` if its key has the length looked for.
+    /// `value_at` in `scratch` if its key is `key_len` bytes long.
     #[inline(always)]
-    fn slot(&mut self, scratch: &[u8; SCRATCH_LEN], key_at: usize, value_at: usize) {
-        if word(scratch, key_at + 8) != Some(KEY.len() as u64) {
+    fn slot(&mut self, scratch: &[u8; SCRATCH_LEN], key_len: u64, key_at: usize, value_at: usize) {
+        if word(scratch, key_at + 8) != Some(key_len) {
             return;
         }
         let n = load(&self.found);
@@ -140,31 +138,32 @@ impl Scan {
     }
 }
 
-/// Whether the 11 bytes at `key` spell [`KEY`]; `None` if unreadable.
+/// Whether the `N` bytes at `at` spell `key`; `None` if unreadable.
 #[inline(always)]
-fn is_key(key: u64) -> Option<bool> {
+fn is_key<const N: usize>(at: u64, key: &[u8; N]) -> Option<bool> {
+    const { assert!(N > 8 && N <= 16) };
     let mut bytes = [0u8; 16];
-    // SAFETY: `bytes` has room for the 11 bytes read; a bad address makes
+    // SAFETY: `bytes` has room for the N bytes read; a bad address makes
     // the helper fail.
-    let ret =
-        unsafe { read_user_raw(bytes.as_mut_ptr().cast(), KEY.len() as u32, key as *const _) };
+    let ret = unsafe { read_user_raw(bytes.as_mut_ptr().cast(), N as u32, at as *const _) };
     if ret != 0 {
         return None;
     }
-    Some(
-        word(&bytes, 0) == word(&KEY, 0)
-            && bytes[8] == KEY[8]
-            && bytes[9] == KEY[9]
-            && bytes[10] == KEY[10],
-    )
+    let mut same = word(&bytes, 0) == word(key, 0);
+    for i in 8..N {
+        same &= bytes[i] == key[i];
+    }
+    Some(same)
 }
 
-/// Scans the groups (swiss) or buckets at `data` into `scan`.
+/// Scans the groups (swiss) or buckets at `data` into `scan`, noting the
+/// keys `key_len` bytes long.
 #[inline(always)]
 fn scan_groups(
     off: &GoOffsets,
     head: &[u8; HEAD_LEN],
     data: u64,
+    key_len: u64,
     scratch: &mut [u8; SCRATCH_LEN],
     scan: &mut Scan,
 ) {
@@ -206,7 +205,7 @@ fn scan_groups(
                 for s in 0..8 {
                     if scratch[s] & GROUP_CTRL_EMPTY_BIT == 0 {
                         let key_at = 8 + s * GROUP_SLOT_SIZE;
-                        scan.slot(scratch, key_at, key_at + 16);
+                        scan.slot(scratch, key_len, key_at, key_at + 16);
                     }
                 }
             }
@@ -246,7 +245,12 @@ fn scan_groups(
                 }
                 for s in 0..8 {
                     if scratch[s] >= BUCKET_MIN_TOPHASH {
-                        scan.slot(scratch, BUCKET_KEYS + s * 16, BUCKET_VALUES + s * 24);
+                        scan.slot(
+                            scratch,
+                            key_len,
+                            BUCKET_KEYS + s * 16,
+                            BUCKET_VALUES + s * 24,
+                        );
                     }
                 }
                 store(
@@ -262,15 +266,16 @@ fn scan_groups(
     }
 }
 
-/// Searches the `http.Header` map at `map` for `Traceparent`, with `scan`
-/// and `scratch` in map memory.
+/// Searches the `http.Header` map at `map` for `key`, with `scan` and
+/// `scratch` in map memory, and copies the first value into `dst`.
 #[inline(always)]
-pub fn find_traceparent(
+pub fn find_header<const N: usize, const CAP: usize>(
     off: &GoOffsets,
     map: u64,
+    key: &[u8; N],
     scan: &mut Scan,
     scratch: &mut [u8; SCRATCH_LEN],
-    dst: &mut [u8; TRACEPARENT_CAP],
+    dst: &mut [u8; CAP],
 ) -> Search {
     if map == 0 {
         return Search::Absent;
@@ -293,13 +298,13 @@ pub fn find_traceparent(
     store(&mut scan.incomplete, 0);
     store(&mut scan.cursor[0], 0);
     store(&mut scan.cursor[1], 0);
-    scan_groups(off, &head, data, scratch, scan);
+    scan_groups(off, &head, data, N as u64, scratch, scan);
     let found = load(&scan.found);
     for i in 0..MAX_CANDIDATES {
         if i as u64 >= found {
             break;
         }
-        match is_key(load(&scan.keys[i])) {
+        match is_key(load(&scan.keys[i]), key) {
             Some(true) => {}
             Some(false) => continue,
             None => {

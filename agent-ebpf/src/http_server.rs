@@ -8,11 +8,14 @@
 //! call's arguments.
 
 use agent_common::{
-    event::{KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT},
+    event::{
+        KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT, KIND_HTTP_TRACESTATE,
+    },
     http::{
         END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
         FIELD_METHOD, FIELD_METHOD_IN_URI, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN,
-        FIELD_URI, HttpServerEnd, HttpServerStart, HttpTraceparent, PATTERN_CAP, URI_CAP,
+        FIELD_URI, HttpServerEnd, HttpServerStart, HttpTraceparent, HttpTracestate, PATTERN_CAP,
+        TAIL_TRACEPARENT, TAIL_TRACESTATE, URI_CAP,
     },
     stats,
     target::{GoOffsets, MAP_LAYOUT_NONE, TargetConfig},
@@ -21,7 +24,7 @@ use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, programs::ProbeContext};
 
 use crate::{
     go::{Reg, Window, clamp_len, copy_string, goid, read_field, read_string, reg},
-    headers::{Search, find_traceparent, load, store},
+    headers::{Search, TRACEPARENT_KEY, TRACESTATE_KEY, find_header, load, store},
     maps::{HTTP_HEADERS, HTTP_TAIL, HeaderSearch, TARGETS, count},
     record::{cookie, header, reserve, submit, target_slot},
 };
@@ -175,7 +178,7 @@ pub fn start(ctx: &ProbeContext) {
     if off.map_layout != MAP_LAYOUT_NONE && headers.is_some_and(|map| map != 0) {
         // SAFETY: the callee is a program of the same type; when the call
         // fails (no program in the slot), this one just returns.
-        unsafe { HTTP_TAIL.tail_call(ctx, 0) };
+        unsafe { HTTP_TAIL.tail_call(ctx, TAIL_TRACEPARENT) };
     }
 }
 
@@ -206,9 +209,10 @@ pub fn traceparent(ctx: &ProbeContext) {
     let seq = load(&search.seq).wrapping_add(1);
     store(&mut search.seq, seq);
     let undisturbed = |search: &HeaderSearch| load(&search.seq) == seq;
-    let len = match find_traceparent(
+    let len = match find_header(
         off,
         map,
+        &TRACEPARENT_KEY,
         &mut search.scan,
         &mut search.scratch,
         &mut search.value,
@@ -239,6 +243,68 @@ pub fn traceparent(ctx: &ProbeContext) {
     } else {
         entry.discard(BPF_RB_NO_WAKEUP as u64);
         count(stats::HEADERS_INCOMPLETE);
+        return;
+    }
+    // A trace context may come with vendor state: search for it in a
+    // program of its own too (a request without `Traceparent` has none
+    // worth keeping, so most requests never get here).
+    // SAFETY: as in `start`.
+    unsafe { HTTP_TAIL.tail_call(ctx, TAIL_TRACESTATE) };
+}
+
+/// The tail of [`traceparent`] when it found one: finds `Tracestate` and,
+/// when there is one, writes it in a record of its own. Its value is copied
+/// straight into the record, which is reserved first and discarded when
+/// there is nothing to send; the working memory and the interleaving check
+/// are those of [`traceparent`].
+pub fn tracestate(ctx: &ProbeContext) {
+    let cookie = cookie(ctx);
+    let Some(config) = config(cookie) else { return };
+    let off = &config.offsets;
+    let request = reg(ctx, Reg::Rdi);
+    let response = reg(ctx, Reg::Rcx);
+    let Some(map) = read_field::<u64>(request, off.request_header) else {
+        count(stats::HEADERS_INCOMPLETE);
+        return;
+    };
+    let Some(search) = HTTP_HEADERS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's value of the map; see `traceparent`.
+    let search = unsafe { &mut *search };
+    let seq = load(&search.seq).wrapping_add(1);
+    store(&mut search.seq, seq);
+    let Some(mut entry) = reserve::<HttpTracestate>() else {
+        return;
+    };
+    let rec: &mut HttpTracestate = {
+        let ptr = entry.as_mut_ptr();
+        // SAFETY: as in `start`.
+        unsafe { &mut *ptr }
+    };
+    let found = find_header(
+        off,
+        map,
+        &TRACESTATE_KEY,
+        &mut search.scan,
+        &mut search.scratch,
+        &mut rec.value,
+    );
+    let undisturbed = load(&search.seq) == seq;
+    match found {
+        Search::Found(len) if undisturbed => {
+            rec.header = header(cookie, KIND_HTTP_TRACESTATE, 0);
+            rec.response = response;
+            rec.len = len;
+            rec._pad = 0;
+            let now = rec.header.ktime_ns;
+            submit(entry, now);
+        }
+        Search::Absent if undisturbed => entry.discard(BPF_RB_NO_WAKEUP as u64),
+        _ => {
+            entry.discard(BPF_RB_NO_WAKEUP as u64);
+            count(stats::HEADERS_INCOMPLETE);
+        }
     }
 }
 

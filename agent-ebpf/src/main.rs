@@ -33,6 +33,14 @@ pub fn http_server_traceparent(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Tail-called by `http_server_traceparent` when it found one: finds the
+/// request's `Tracestate`. Never attached.
+#[uprobe]
+pub fn http_server_tracestate(ctx: ProbeContext) -> u32 {
+    http_server::tracestate(&ctx);
+    0
+}
+
 /// Entry site of `net/http.(*response).finishRequest`.
 #[uprobe]
 pub fn http_server_end(ctx: ProbeContext) -> u32 {

@@ -1,7 +1,7 @@
 //! The maps shared with the agent.
 
 use agent_common::{
-    http::TRACEPARENT_CAP,
+    http::{TAIL_SLOTS, TRACEPARENT_CAP},
     stats,
     target::{MAX_TARGETS, TargetConfig},
 };
@@ -29,12 +29,14 @@ pub static TARGETS: Array<TargetConfig> = Array::with_max_entries(MAX_TARGETS, 0
 #[map]
 pub static LAST_WAKEUP_CHECK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Slot 0: `http_server_traceparent`, which `http_server_start` tail-calls.
+/// The header searches the HTTP start program chains to, in the slots
+/// `agent_common::http::TAIL_*` name.
 #[map]
-pub static HTTP_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static HTTP_TAIL: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
 
-/// The working memory of `http_server_traceparent`'s search, per CPU: the
-/// loop state, a group or bucket of the header map, the value found.
+/// The working memory of the header searches (`http_server_traceparent`,
+/// then `http_server_tracestate`), per CPU: the loop state, a group or
+/// bucket of the header map, the `traceparent` value found.
 #[repr(C)]
 pub struct HeaderSearch {
     /// Bumped by each run; a run whose number changed under it was

@@ -105,7 +105,7 @@ fn run(records: &[Vec<u8>]) -> (Duration, usize) {
         match decode(bytes).expect("well-formed record") {
             Record::HttpServerStart(rec) => builder.on_start(rec, &mut out),
             Record::HttpServerEnd(rec) => builder.on_end(rec, &mut out),
-            Record::HttpTraceparent(_) | Record::Other { .. } => {
+            Record::HttpTraceparent(_) | Record::HttpTracestate(_) | Record::Other { .. } => {
                 unreachable!("only starts and ends are made")
             }
         }

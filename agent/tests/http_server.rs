@@ -399,6 +399,8 @@ fn console_output_by_default() {
 type H2Case = (&'static str, &'static str, &'static str, u16, i64);
 
 const H2_TRACEPARENT: &str = "00-5ce0e9a56015fec5aadfa328ae398115-ab54a98ceb1f0ad2-01";
+/// Sent with it, with whitespace and an empty member the span's copy drops.
+const H2_TRACESTATE: &str = "rojo=00f067aa0ba902b7, ,congo=t61rcWkgMzE";
 
 const H2_CASES: [H2Case; 4] = [
     ("GET", "/hello", "", 200, 5),
@@ -428,6 +430,7 @@ fn http2_and_tls_requests() {
         if i == 0 {
             // Trace context over HTTP/2: the first request continues a trace.
             curl.args(["-H", &format!("traceparent: {H2_TRACEPARENT}")]);
+            curl.args(["-H", &format!("tracestate: {H2_TRACESTATE}")]);
         }
         if !body.is_empty() {
             curl.args(["--data-binary", body]);
@@ -513,8 +516,13 @@ fn http2_and_tls_requests() {
         if (method, target) == ("GET", "/hello") {
             let trace = hex(&span.span.trace_id);
             assert_eq!(format!("00-{trace}-{parent}-01"), H2_TRACEPARENT, "{name}");
+            assert_eq!(
+                span.span.trace_state, "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+                "{name}"
+            );
         } else {
             assert!(parent.is_empty(), "{name} is a root span");
+            assert!(span.span.trace_state.is_empty(), "{name}");
         }
         h2_ports.push(a("client.port").expect("client.port"));
         goroutines.push(a("goroutine.id").expect("goroutine.id"));

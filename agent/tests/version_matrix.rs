@@ -25,6 +25,8 @@ const DEBIAN_GO_119: &str = "/usr/lib/go-1.19/bin/go";
 
 const TRACEPARENT_CROWDED: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 const TRACEPARENT_ALONE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// Sent with `TRACEPARENT_CROWDED`; the span keeps it as it is.
+const TRACESTATE_CROWDED: &str = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
 
 #[derive(Clone, Copy, Debug)]
 enum Build {
@@ -117,20 +119,23 @@ fn trace(toolchain: &str, kind: Build) {
             "{toolchain} {kind:?}"
         );
     }
-    // Trace context from the caller: among twenty more headers (a swiss
+    // Trace context from the caller: among twenty-two more headers (a swiss
     // table of four groups, or four buckets and maybe an overflow bucket),
     // and alone in a small map.
-    // Two of them have a name as long as "Traceparent", so their names are
-    // read and compared too.
+    // Two of them have a name as long as "Traceparent", and two as long as
+    // "Tracestate", so their names are read and compared too. The crowded
+    // request also carries a `tracestate`.
     let fillers: Vec<(String, String)> = (0..18)
         .map(|i| (format!("X-Filler-Header-{i}"), format!("value {i}")))
         .chain((0..2).map(|i| (format!("X-Decoy-00{i}"), "00-decoy".to_owned())))
+        .chain((0..2).map(|i| (format!("X-Decoy-1{i}"), "decoy=1".to_owned())))
         .collect();
     let mut crowded: Vec<(&str, &str)> = fillers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     crowded.insert(4, ("traceparent", TRACEPARENT_CROWDED));
+    crowded.insert(12, ("tracestate", TRACESTATE_CROWDED));
     for (path, headers) in [
         ("/items/crowded", crowded.as_slice()),
         ("/items/alone", &[("Traceparent", TRACEPARENT_ALONE)][..]),
@@ -149,9 +154,13 @@ fn trace(toolchain: &str, kind: Build) {
         cases.len() + 2,
         "{toolchain} {kind:?}: one span per request"
     );
-    for (name, traceparent) in [
-        ("GET /items/crowded", TRACEPARENT_CROWDED),
-        ("GET /items/alone", TRACEPARENT_ALONE),
+    for (name, traceparent, tracestate) in [
+        (
+            "GET /items/crowded",
+            TRACEPARENT_CROWDED,
+            TRACESTATE_CROWDED,
+        ),
+        ("GET /items/alone", TRACEPARENT_ALONE, ""),
     ] {
         let span = spans
             .iter()
@@ -165,6 +174,10 @@ fn trace(toolchain: &str, kind: Build) {
             "{toolchain} {kind:?} {name}: a child of the caller's span"
         );
         assert_eq!(span.span.flags, 0x301, "{toolchain} {kind:?} {name}");
+        assert_eq!(
+            span.span.trace_state, tracestate,
+            "{toolchain} {kind:?} {name}: the caller's tracestate"
+        );
     }
     let mut goroutine = None;
     for (method, path, status) in cases {

@@ -617,6 +617,7 @@ async fn session(
                     losses.traceparents += 1;
                 }
             }
+            Ok(Record::HttpTracestate(rec)) => builder.on_tracestate(rec),
             Ok(Record::Other { header, bytes }) if header.kind == KIND_USDT => {
                 usdt.on_record(bytes, losses, &mut send);
             }

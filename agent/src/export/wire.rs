@@ -102,6 +102,12 @@ impl<'a> SpanWriter<'a> {
         self
     }
 
+    /// The W3C `tracestate` of the span's context (`Span.trace_state`).
+    pub fn trace_state(&mut self, state: &str) -> &mut Self {
+        put_len_field(self.buf, 3, state.as_bytes());
+        self
+    }
+
     pub fn name(&mut self, parts: &[&str]) -> &mut Self {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         put_tag(self.buf, 5, LEN);

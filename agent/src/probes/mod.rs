@@ -10,7 +10,10 @@ mod stats;
 
 use std::{io, path::Path};
 
-use agent_common::target::{MAX_TARGETS, TargetConfig};
+use agent_common::{
+    http,
+    target::{MAX_TARGETS, TargetConfig},
+};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, ProgramArray, RingBuf},
@@ -27,11 +30,12 @@ pub use stats::{KernelStats, StatsReader};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
 /// Every uprobe program in the object.
-pub const PROGRAMS: [&str; 4] = [
+pub const PROGRAMS: [&str; 5] = [
     "http_server_start",
     "http_server_end",
     "http2_server_end",
     "http_server_traceparent",
+    "http_server_tracestate",
 ];
 
 /// Failure to load or attach.
@@ -287,32 +291,38 @@ impl Probes {
     }
 }
 
-/// Puts `http_server_traceparent` in the slot `http_server_start`
-/// tail-calls.
+/// Puts the header searches in the `HTTP_TAIL` slots the HTTP programs
+/// tail-call: `http_server_traceparent` (from `http_server_start`) and
+/// `http_server_tracestate` (from `http_server_traceparent`).
 fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    const PROGRAM: &str = "http_server_traceparent";
     const MAP: &str = "HTTP_TAIL";
-    let program_err = |source: ProgramError| ProbeError::Program {
-        program: PROGRAM,
-        source: Box::new(source),
-    };
-    let fd = ebpf
-        .program(PROGRAM)
-        .ok_or(ProbeError::Missing(PROGRAM))?
-        .fd()
-        .map_err(program_err)?
-        .try_clone()
-        .map_err(|source| program_err(source.into()))?;
     let map_err = |source| ProbeError::Map {
         map: MAP,
         source: Box::new(source),
     };
-    let mut slots: ProgramArray<_> = ebpf
-        .map_mut(MAP)
-        .ok_or(ProbeError::Missing(MAP))?
-        .try_into()
-        .map_err(map_err)?;
-    slots.set(0, &fd, 0).map_err(map_err)
+    for (slot, program) in [
+        (http::TAIL_TRACEPARENT, "http_server_traceparent"),
+        (http::TAIL_TRACESTATE, "http_server_tracestate"),
+    ] {
+        let program_err = |source: ProgramError| ProbeError::Program {
+            program,
+            source: Box::new(source),
+        };
+        let fd = ebpf
+            .program(program)
+            .ok_or(ProbeError::Missing(program))?
+            .fd()
+            .map_err(program_err)?
+            .try_clone()
+            .map_err(|source| program_err(source.into()))?;
+        let mut slots: ProgramArray<_> = ebpf
+            .map_mut(MAP)
+            .ok_or(ProbeError::Missing(MAP))?
+            .try_into()
+            .map_err(map_err)?;
+        slots.set(slot, &fd, 0).map_err(map_err)?;
+    }
+    Ok(())
 }
 
 /// Tries to lift RLIMIT_MEMLOCK. Kernels since 5.11 charge BPF memory to the

@@ -1,8 +1,11 @@
 //! Decoding ring-buffer records into typed values.
 
 use agent_common::{
-    event::{EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT},
-    http::{HttpServerEnd, HttpServerStart, HttpTraceparent},
+    event::{
+        EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT,
+        KIND_HTTP_TRACESTATE,
+    },
+    http::{HttpServerEnd, HttpServerStart, HttpTraceparent, HttpTracestate},
 };
 
 /// A record that cannot be decoded.
@@ -32,6 +35,7 @@ pub enum Record<'a> {
     HttpServerStart(&'a HttpServerStart),
     HttpServerEnd(&'a HttpServerEnd),
     HttpTraceparent(&'a HttpTraceparent),
+    HttpTracestate(&'a HttpTracestate),
     /// A record of another probe family, handed on as bytes.
     Other {
         header: EventHeader,
@@ -87,6 +91,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, RecordError> {
         KIND_HTTP_SERVER_START => Ok(Record::HttpServerStart(view(bytes, header.kind)?)),
         KIND_HTTP_SERVER_END => Ok(Record::HttpServerEnd(view(bytes, header.kind)?)),
         KIND_HTTP_TRACEPARENT => Ok(Record::HttpTraceparent(view(bytes, header.kind)?)),
+        KIND_HTTP_TRACESTATE => Ok(Record::HttpTracestate(view(bytes, header.kind)?)),
         0 => Err(RecordError::UnknownKind { kind: 0 }),
         _ => Ok(Record::Other { header, bytes }),
     }

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use agent_common::http::{
     END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
     FIELD_METHOD, FIELD_METHOD_IN_URI, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN,
-    FIELD_URI, HttpServerEnd, HttpServerStart, HttpTraceparent,
+    FIELD_URI, HttpServerEnd, HttpServerStart, HttpTraceparent, HttpTracestate,
 };
 use opentelemetry::{InstrumentationScope, trace::SpanKind};
 
@@ -18,6 +18,7 @@ use super::{
     OpenTable, PairingStats,
     ids::IdGenerator,
     traceparent::{self, RemoteParent},
+    tracestate,
 };
 use crate::{
     clock::WallClock,
@@ -39,6 +40,8 @@ struct OpenRequest {
     goid: u64,
     /// The caller's span, from the request's `traceparent`.
     parent: Option<RemoteParent>,
+    /// The caller's vendor state, from its `tracestate`, normalized.
+    trace_state: Option<String>,
     /// The span's name and start attributes, encoded.
     encoded: Vec<u8>,
 }
@@ -242,6 +245,7 @@ impl HttpSpanBuilder {
             start_ns: rec.header.ktime_ns,
             goid: rec.header.goid,
             parent: None,
+            trace_state: None,
             encoded: encode_start(rec),
         };
         if let Some((displaced_key, displaced)) = self.open.open(key, request, rec.header.ktime_ns)
@@ -265,6 +269,18 @@ impl HttpSpanBuilder {
         let kept = (rec.len as usize).min(rec.value.len());
         open.parent = traceparent::parse(&rec.value[..kept], rec.len as usize);
         open.parent.is_some()
+    }
+
+    /// A request's `Tracestate` header, found after its `Traceparent`: kept
+    /// for the span when the `traceparent` was valid and the value is too.
+    pub fn on_tracestate(&mut self, rec: &HttpTracestate) {
+        let Some(open) = self.open.get_mut(&(rec.header.target, rec.response)) else {
+            return;
+        };
+        if open.parent.is_some() {
+            let kept = (rec.len as usize).min(rec.value.len());
+            open.trace_state = tracestate::parse(&rec.value[..kept], rec.len as usize);
+        }
     }
 
     /// A request's response is being finished.
@@ -314,6 +330,9 @@ impl HttpSpanBuilder {
             ),
         };
         w.ids(trace_id, self.ids.span_id(), parent);
+        if let (Some(_), Some(state)) = (open.parent, &open.trace_state) {
+            w.trace_state(state);
+        }
         w.kind(&SpanKind::Server).times(
             self.clock.to_unix_ns(open.start_ns),
             self.clock.to_unix_ns(end_ns.max(open.start_ns)),

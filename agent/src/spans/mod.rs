@@ -4,12 +4,14 @@
 //!   pairing (per goroutine, per request id) goes through.
 //! - [`http`]: net/http server requests.
 //! - [`ids`]: trace and span ids.
-//! - [`traceparent`]: the W3C header an incoming request may carry.
+//! - [`traceparent`], [`tracestate`]: the W3C headers an incoming request
+//!   may carry.
 
 pub mod http;
 pub mod ids;
 pub mod open;
 pub mod traceparent;
+pub mod tracestate;
 pub mod usdt;
 
 pub use open::{OpenTable, PairingStats};
