@@ -69,12 +69,12 @@ pub fn target_slot(cookie: u64) -> u32 {
 ///
 /// The backlog is looked at, at most once per CPU every
 /// `WAKEUP_INTERVAL_NS`, not on every record: the two ring-buffer queries are
-/// helper calls, each a sizeable part of a small program. When the ring is
-/// more than a quarter full then, the record wakes the agent. So a flood costs
-/// a few thousand wakeups a second, not one per record, and the agent never
+/// helper calls, which most records then do without. When the ring is more
+/// than a quarter full then, the record wakes the agent. So a flood costs a
+/// few thousand wakeups a second, not one per record, and the agent never
 /// sleeps through a filling buffer (below the threshold its 10 ms timer
-/// drains). At the fastest a CPU writes records, it fills less than 200 KiB
-/// in an interval.
+/// drains). One CPU writes about 60 KiB in an interval at the fastest this
+/// machine has seen (a USDT flood, a million records a second).
 #[inline(always)]
 pub fn submit<T>(entry: RingBufEntry<T>, now: u64) {
     let mut flags = BPF_RB_NO_WAKEUP;
