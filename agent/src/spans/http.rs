@@ -479,8 +479,13 @@ fn encode_start(rec: &HttpServerStart) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use agent_common::{
-        event::{EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT},
-        http::{HOST_CAP, METHOD_CAP, PATTERN_CAP, REMOTE_CAP, TRACEPARENT_CAP, URI_CAP},
+        event::{
+            EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT,
+            KIND_HTTP_TRACESTATE,
+        },
+        http::{
+            HOST_CAP, METHOD_CAP, PATTERN_CAP, REMOTE_CAP, TRACEPARENT_CAP, TRACESTATE_CAP, URI_CAP,
+        },
     };
 
     use opentelemetry::trace::{SpanId, TraceId};
@@ -781,6 +786,49 @@ mod tests {
         let (found, s) = traced(value, 0);
         assert!(found, "the traceparent record has no goroutine id");
         assert!(!s.parent_span_id.is_empty());
+    }
+
+    #[test]
+    fn tracestate_is_kept_only_with_a_valid_traceparent() {
+        let header = |kind| EventHeader {
+            kind,
+            target: 0,
+            tid: 99,
+            site: 0,
+            goid: 0,
+            ktime_ns: 11,
+        };
+        let traced = |traceparent: &str, tracestate: &str| {
+            let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+            let mut spans = Vec::new();
+            b.on_start(&start(5, 10, 0xa, "GET", "/child"), &mut |s| spans.push(s));
+            let (value, len) = fill::<TRACEPARENT_CAP>(traceparent);
+            b.on_traceparent(&HttpTraceparent {
+                header: header(KIND_HTTP_TRACEPARENT),
+                response: 0xa,
+                len,
+                _pad: 0,
+                value,
+            });
+            let (value, len) = fill::<TRACESTATE_CAP>(tracestate);
+            b.on_tracestate(&HttpTracestate {
+                header: header(KIND_HTTP_TRACESTATE),
+                response: 0xa,
+                len,
+                _pad: 0,
+                value,
+            });
+            b.on_end(&end(0, 20, 0xa, 200), &mut |s| spans.push(s));
+            decode(&spans[0]).trace_state
+        };
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(traced(parent, "congo=t61rcWkgMzE"), "congo=t61rcWkgMzE");
+        assert_eq!(traced(parent, "Bad Key=1"), "", "a malformed list");
+        assert_eq!(
+            traced(&parent.replace("00-4b", "00-xb"), "congo=t61rcWkgMzE"),
+            "",
+            "no valid traceparent: the state is not the caller's"
+        );
     }
 
     #[test]
