@@ -325,6 +325,26 @@ fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     Ok(())
 }
 
+impl Drop for Probes {
+    /// Empties the tail-call slots. `http_server_traceparent` sits in
+    /// `HTTP_TAIL` and tail-calls through it, so it and the map hold each
+    /// other; the kernel breaks that cycle when the last descriptor of the
+    /// map closes, but in a deferred work item. Emptying the slots here
+    /// unloads the programs as soon as the agent lets go of them.
+    fn drop(&mut self) {
+        let Some(map) = self.ebpf.map_mut("HTTP_TAIL") else {
+            return;
+        };
+        if let Ok(mut slots) = ProgramArray::<&mut MapData>::try_from(map) {
+            for slot in 0..http::TAIL_SLOTS {
+                // An empty slot is fine: a failure leaves the kernel's own
+                // clean-up to it.
+                let _ = slots.clear_index(&slot);
+            }
+        }
+    }
+}
+
 /// Tries to lift RLIMIT_MEMLOCK. Kernels since 5.11 charge BPF memory to the
 /// cgroup instead, and this machine cannot raise the limit at all, so a
 /// failure is only logged.
