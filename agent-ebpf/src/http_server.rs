@@ -1,7 +1,9 @@
 //! net/http server probes: one record when a request reaches
 //! `serverHandler.ServeHTTP`, one when `(*response).finishRequest` starts
 //! (HTTP/1) or `(*http2responseWriter).handlerDone` does (HTTP/2). The agent
-//! pairs them per goroutine into a SERVER span.
+//! pairs them by the response object into a SERVER span. Between the two, a
+//! request that carries W3C trace context gets a record of its `Traceparent`
+//! and then of its `Tracestate`, from programs the start tail-calls.
 //!
 //! Both probes sit on an instruction the kernel emulates (the `JBE` after the
 //! stack check, or a `PUSHQ BP`), where the argument registers still hold the
