@@ -194,33 +194,19 @@ pub fn start(ctx: &ProbeContext) {
 /// header into its record, and drops what an interleaved run may have
 /// mixed up rather than attribute one request's header to another.
 pub fn traceparent(ctx: &ProbeContext) {
-    let cookie = cookie(ctx);
-    let Some(config) = config(cookie) else { return };
-    let off = &config.offsets;
-    let request = reg(ctx, Reg::Rdi);
-    let response = reg(ctx, Reg::Rcx);
-    let Some(map) = read_field::<u64>(request, off.request_header) else {
-        count(stats::HEADERS_INCOMPLETE);
+    let Some(run) = HeaderRun::begin(ctx) else {
         return;
     };
-    let Some(search) = HTTP_HEADERS.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's value of the map; see above for other runs.
-    let search = unsafe { &mut *search };
-    let seq = load(&search.seq).wrapping_add(1);
-    store(&mut search.seq, seq);
-    let undisturbed = |search: &HeaderSearch| load(&search.seq) == seq;
     let len = match find_header(
-        off,
-        map,
+        run.off,
+        run.map,
         &TRACEPARENT_KEY,
-        &mut search.scan,
-        &mut search.scratch,
-        &mut search.value,
+        &mut run.search.scan,
+        &mut run.search.scratch,
+        &mut run.search.value,
     ) {
         Search::Found(len) => len,
-        Search::Absent if undisturbed(search) => return,
+        Search::Absent if run.undisturbed() => return,
         Search::Absent | Search::Incomplete => {
             count(stats::HEADERS_INCOMPLETE);
             return;
@@ -234,12 +220,12 @@ pub fn traceparent(ctx: &ProbeContext) {
         // SAFETY: as in `start`.
         unsafe { &mut *ptr }
     };
-    rec.header = header(cookie, KIND_HTTP_TRACEPARENT, 0);
-    rec.response = response;
+    rec.header = header(run.cookie, KIND_HTTP_TRACEPARENT, 0);
+    rec.response = run.response;
     rec.len = len;
     rec._pad = 0;
-    rec.value = search.value;
-    if undisturbed(search) {
+    rec.value = run.search.value;
+    if run.undisturbed() {
         let now = rec.header.ktime_ns;
         submit(entry, now);
     } else {
@@ -254,28 +240,66 @@ pub fn traceparent(ctx: &ProbeContext) {
     unsafe { HTTP_TAIL.tail_call(ctx, TAIL_TRACESTATE) };
 }
 
+/// What a header search starts from, the same for each of them: the probe's
+/// configuration, the response (which pairs its record with the start), the
+/// request's header map, and this CPU's working memory with the sequence
+/// number this run set in it (see [`traceparent`]).
+struct HeaderRun {
+    cookie: u64,
+    off: &'static GoOffsets,
+    response: u64,
+    map: u64,
+    search: &'static mut HeaderSearch,
+    seq: u64,
+}
+
+impl HeaderRun {
+    /// Reads the request and response from the registers (nothing is
+    /// handed over from the program that tail-called this one) and bumps
+    /// the working memory's sequence number. `None` when there is nothing
+    /// to search; a header map that cannot be read is counted.
+    #[inline(always)]
+    fn begin(ctx: &ProbeContext) -> Option<Self> {
+        let cookie = cookie(ctx);
+        let off = &config(cookie)?.offsets;
+        let request = reg(ctx, Reg::Rdi);
+        let response = reg(ctx, Reg::Rcx);
+        let Some(map) = read_field::<u64>(request, off.request_header) else {
+            count(stats::HEADERS_INCOMPLETE);
+            return None;
+        };
+        let search = HTTP_HEADERS.get_ptr_mut(0)?;
+        // SAFETY: this CPU's value of the map; other runs on this CPU are
+        // detected by the sequence number (see `traceparent`).
+        let search = unsafe { &mut *search };
+        let seq = load(&search.seq).wrapping_add(1);
+        store(&mut search.seq, seq);
+        Some(Self {
+            cookie,
+            off,
+            response,
+            map,
+            search,
+            seq,
+        })
+    }
+
+    /// Whether no other run wrote the working memory since this one began.
+    #[inline(always)]
+    fn undisturbed(&self) -> bool {
+        load(&self.search.seq) == self.seq
+    }
+}
+
 /// The tail of [`traceparent`] when it found one: finds `Tracestate` and,
 /// when there is one, writes it in a record of its own. Its value is copied
 /// straight into the record, which is reserved first and discarded when
 /// there is nothing to send; the working memory and the interleaving check
 /// are those of [`traceparent`].
 pub fn tracestate(ctx: &ProbeContext) {
-    let cookie = cookie(ctx);
-    let Some(config) = config(cookie) else { return };
-    let off = &config.offsets;
-    let request = reg(ctx, Reg::Rdi);
-    let response = reg(ctx, Reg::Rcx);
-    let Some(map) = read_field::<u64>(request, off.request_header) else {
-        count(stats::HEADERS_INCOMPLETE);
+    let Some(run) = HeaderRun::begin(ctx) else {
         return;
     };
-    let Some(search) = HTTP_HEADERS.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's value of the map; see `traceparent`.
-    let search = unsafe { &mut *search };
-    let seq = load(&search.seq).wrapping_add(1);
-    store(&mut search.seq, seq);
     let Some(mut entry) = reserve::<HttpTracestate>() else {
         return;
     };
@@ -285,24 +309,23 @@ pub fn tracestate(ctx: &ProbeContext) {
         unsafe { &mut *ptr }
     };
     let found = find_header(
-        off,
-        map,
+        run.off,
+        run.map,
         &TRACESTATE_KEY,
-        &mut search.scan,
-        &mut search.scratch,
+        &mut run.search.scan,
+        &mut run.search.scratch,
         &mut rec.value,
     );
-    let undisturbed = load(&search.seq) == seq;
     match found {
-        Search::Found(len) if undisturbed => {
-            rec.header = header(cookie, KIND_HTTP_TRACESTATE, 0);
-            rec.response = response;
+        Search::Found(len) if run.undisturbed() => {
+            rec.header = header(run.cookie, KIND_HTTP_TRACESTATE, 0);
+            rec.response = run.response;
             rec.len = len;
             rec._pad = 0;
             let now = rec.header.ktime_ns;
             submit(entry, now);
         }
-        Search::Absent if undisturbed => entry.discard(BPF_RB_NO_WAKEUP as u64),
+        Search::Absent if run.undisturbed() => entry.discard(BPF_RB_NO_WAKEUP as u64),
         _ => {
             entry.discard(BPF_RB_NO_WAKEUP as u64);
             count(stats::HEADERS_INCOMPLETE);
