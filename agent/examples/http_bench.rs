@@ -96,6 +96,10 @@ fn end(i: u64, t: u64) -> Vec<u8> {
     })
 }
 
+/// Not inlined, so `valgrind --tool=callgrind --toggle-collect=*::run` counts
+/// the instructions of the span path alone (a measure free of the noise of
+/// timing on a shared machine).
+#[inline(never)]
 fn run(records: &[Vec<u8>]) -> (Duration, usize) {
     let mut builder = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 65_536, 30_000_000_000);
     let mut bodies = Bodies::new();

@@ -59,6 +59,10 @@ fn record(site: u32, tid: u32, t: u64, id: &str) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(ptr, size_of::<UsdtRecord>()) }.to_vec()
 }
 
+/// Not inlined, so `valgrind --tool=callgrind --toggle-collect=*::run` counts
+/// the instructions of the span path alone (a measure free of the noise of
+/// timing on a shared machine).
+#[inline(never)]
 fn run(records: &[(bool, Vec<u8>)]) -> (Duration, usize) {
     let mut builder = UsdtSpanBuilder::new(
         MappingConfig::builtin(),

@@ -335,8 +335,8 @@ fn builtin_mappings_read_the_seed_events() {
     }
     assert!(starts.is_empty());
     spans.sort_by(|a, b| a.0.cmp(&b.0));
-    let id = |s: &str| RequestId::Bytes(s.as_bytes().to_vec());
-    let str_attr = |k: &str, v: &str| (k.to_owned(), ArgValue::Str(v.to_owned()));
+    let id = |s: &str| RequestId::Bytes(s.as_bytes().into());
+    let str_attr = |k: &str, v: &str| (k.to_owned(), ArgValue::Str(v.to_owned().into()));
     assert_eq!(
         spans,
         [

@@ -51,7 +51,7 @@ fn event(args: Vec<UsdtArg>) -> UsdtEvent {
             kind: KIND_USDT,
             ..EventHeader::default()
         },
-        args,
+        args: args.into(),
     }
 }
 
@@ -68,7 +68,7 @@ fn string(s: &str) -> UsdtArg {
     UsdtArg {
         value: 0x1000,
         failed: false,
-        string: Some(s.as_bytes().to_vec()),
+        string: Some(s.as_bytes().into()),
         truncated: false,
     }
 }
@@ -83,7 +83,7 @@ fn probe(provider: &str, name: &str) -> UsdtProbe {
         vaddr: 0,
         semaphore: None,
         arg_text: String::new(),
-        args: Vec::new(),
+        args: Default::default(),
         args_error: None,
     }
 }
@@ -168,7 +168,7 @@ fn builtins_cover_the_seed_events() {
     assert_eq!(http.span_name(&start, Some(&ok)), "HTTP GET /api/users");
     assert_eq!(
         http.request_id(Role::Start, &start),
-        Some(RequestId::Bytes(b"abc123".to_vec()))
+        Some(RequestId::Bytes(b"abc123".as_slice().into()))
     );
     assert_eq!(
         http.request_id(Role::Start, &start),

@@ -83,7 +83,9 @@ impl UsdtStats {
 #[derive(Debug)]
 pub struct UsdtSpanBuilder {
     config: MappingConfig,
-    open: OpenTable<Key, OpenSpan>,
+    /// Boxed: a start with its arguments inline is a few hundred bytes, which
+    /// the table would otherwise copy on every insert and removal.
+    open: OpenTable<Key, Box<OpenSpan>>,
     /// Per thread, the open spans it started, innermost last. Every span
     /// leaving the table (end, expiry, eviction, replacement) leaves its
     /// stack too, so the top is always an open span.
@@ -107,7 +109,7 @@ fn kind(kind: mapping::SpanKind) -> SpanKind {
 }
 
 /// Writes one attribute; a u64 beyond i64 becomes its decimal string.
-fn put_attr(span: &mut SpanWriter<'_>, key: &str, value: &ArgValue) {
+fn put_attr(span: &mut SpanWriter<'_>, key: &str, value: &ArgValue<'_>) {
     match value {
         ArgValue::I64(v) => span.attr_int(key, *v),
         ArgValue::U64(v) => match i64::try_from(*v) {
@@ -210,13 +212,13 @@ impl UsdtSpanBuilder {
         let span_id = self.ids.span_id();
         stack.push((trace_id, span_id));
         let now = event.header.ktime_ns;
-        let span = OpenSpan {
+        let span = Box::new(OpenSpan {
             start: event,
             trace_id,
             span_id,
             parent,
             thread,
-        };
+        });
         let displaced = self.open.open(key, span, now);
         if let Some((old_key, old)) = displaced {
             // The same key is in the table again (the new start) when it
@@ -227,14 +229,14 @@ impl UsdtSpanBuilder {
                 Incomplete::Evicted
             };
             self.unstack(&old);
-            out(self.span(old_key.1, old, now, None, Some(reason)));
+            out(self.span(old_key.1, &old, now, None, Some(reason)));
         }
     }
 
     fn on_end(&mut self, key: &Key, event: &UsdtEvent, out: &mut impl FnMut(EncodedSpan)) {
         if let Some(open) = self.open.close(key) {
             self.unstack(&open);
-            out(self.span(key.1, open, event.header.ktime_ns, Some(event), None));
+            out(self.span(key.1, &open, event.header.ktime_ns, Some(event), None));
         }
     }
 
@@ -257,14 +259,14 @@ impl UsdtSpanBuilder {
     pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
         for (key, open) in self.open.expire(now_ns) {
             self.unstack(&open);
-            out(self.span(key.1, open, now_ns, None, Some(Incomplete::Expired)));
+            out(self.span(key.1, &open, now_ns, None, Some(Incomplete::Expired)));
         }
     }
 
     /// Exports every open start, marked as cut short by shutdown.
     pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
         for (key, open) in self.open.drain() {
-            out(self.span(key.1, open, now_ns, None, Some(Incomplete::Shutdown)));
+            out(self.span(key.1, &open, now_ns, None, Some(Incomplete::Shutdown)));
         }
         self.stacks.clear();
     }
@@ -272,7 +274,7 @@ impl UsdtSpanBuilder {
     fn span(
         &self,
         index: usize,
-        open: OpenSpan,
+        open: &OpenSpan,
         end_ns: u64,
         end: Option<&UsdtEvent>,
         incomplete: Option<Incomplete>,
@@ -454,7 +456,7 @@ mod tests {
                     Arg::S(s) => UsdtArg {
                         value: 0x7000,
                         failed: false,
-                        string: Some(s.as_bytes().to_vec()),
+                        string: Some(s.as_bytes().into()),
                         truncated: false,
                     },
                     Arg::Failed => UsdtArg {

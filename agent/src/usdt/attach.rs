@@ -9,6 +9,8 @@
 
 use std::{collections::BTreeSet, num::NonZeroU32};
 
+use smallvec::SmallVec;
+
 use agent_common::{
     event::{EventHeader, KIND_USDT},
     usdt::{
@@ -451,6 +453,12 @@ fn attach_all(
     Ok(())
 }
 
+/// A string argument's bytes; ids, methods and short paths need no heap.
+pub type ArgBytes = SmallVec<[u8; 24]>;
+
+/// An event's arguments; most probes have no more than four.
+pub type UsdtArgs = SmallVec<[UsdtArg; 4]>;
+
 /// One decoded argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsdtArg {
@@ -460,7 +468,7 @@ pub struct UsdtArg {
     /// The argument could not be read (its value is 0).
     pub failed: bool,
     /// The string's bytes, for string arguments.
-    pub string: Option<Vec<u8>>,
+    pub string: Option<ArgBytes>,
     /// The string was cut short (its cap, or no room left in the record).
     pub truncated: bool,
 }
@@ -476,7 +484,12 @@ impl UsdtArg {
 
     /// The string, with invalid UTF-8 replaced.
     pub fn as_str(&self) -> Option<std::borrow::Cow<'_, str>> {
-        self.string.as_deref().map(String::from_utf8_lossy)
+        let bytes = self.string.as_deref()?;
+        // The common, valid case through the faster validator.
+        Some(match std::str::from_utf8(bytes) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(bytes),
+        })
     }
 }
 
@@ -484,7 +497,7 @@ impl UsdtArg {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsdtEvent {
     pub header: EventHeader,
-    pub args: Vec<UsdtArg>,
+    pub args: UsdtArgs,
 }
 
 impl UsdtEvent {
@@ -583,7 +596,7 @@ pub fn decode_usdt_record(bytes: &[u8]) -> Result<UsdtEvent, UsdtDecodeError> {
     let _pad = r.u32();
     let strings_at = r.pos;
     let strings = &bytes[strings_at..strings_at + USDT_STR_BUF];
-    let mut args = Vec::with_capacity(arg_count);
+    let mut args = UsdtArgs::with_capacity(arg_count);
     for i in 0..arg_count {
         let string = if str_mask & (1 << i) != 0 {
             let start = usize::from(offs[i]);
@@ -594,7 +607,7 @@ pub fn decode_usdt_record(bytes: &[u8]) -> Result<UsdtEvent, UsdtDecodeError> {
                     reason: "string outside the used string area",
                 });
             }
-            Some(strings[start..end].to_vec())
+            Some(ArgBytes::from_slice(&strings[start..end]))
         } else {
             None
         };

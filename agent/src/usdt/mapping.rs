@@ -56,12 +56,12 @@
 //! | `net_dial_start` / `net_dial_end` | id, host, port; id, error | `net.Dial`, client | `server.address`, `server.port` (error if the error is non-zero) |
 //! | `request_start` / `request_end` | id; id | `Request` | `request.id` |
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, path::Path, time::Duration};
 
 use agent_common::usdt::{USDT_MAX_ARGS, USDT_STR_CAP_DEFAULT, USDT_STR_CAP_MAX};
 use serde::Deserialize;
 
-use super::attach::{StringArg, StringArgs, StringMode, UsdtEvent};
+use super::attach::{ArgBytes, StringArg, StringArgs, StringMode, UsdtEvent};
 
 /// Errors reading or validating a mapping file.
 #[derive(Debug, thiserror::Error)]
@@ -293,15 +293,16 @@ pub enum Role {
     End,
 }
 
-/// A decoded argument value.
+/// A decoded argument value; a string borrows the event's bytes when they
+/// are valid UTF-8.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ArgValue {
+pub enum ArgValue<'a> {
     I64(i64),
     U64(u64),
-    Str(String),
+    Str(Cow<'a, str>),
 }
 
-impl std::fmt::Display for ArgValue {
+impl std::fmt::Display for ArgValue<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::I64(v) => write!(f, "{v}"),
@@ -315,7 +316,7 @@ impl std::fmt::Display for ArgValue {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RequestId {
     Int(u64),
-    Bytes(Vec<u8>),
+    Bytes(ArgBytes),
 }
 
 /// One start/end pair and what it becomes.
@@ -343,7 +344,7 @@ impl SpanMapping {
 
     /// The value of argument mapping `arg` in `event`, `None` when it could
     /// not be read.
-    pub fn value(arg: &ArgMapping, event: &UsdtEvent) -> Option<ArgValue> {
+    pub fn value<'e>(arg: &ArgMapping, event: &'e UsdtEvent) -> Option<ArgValue<'e>> {
         let raw = event.args.get(arg.index as usize)?;
         if raw.failed {
             return None;
@@ -351,12 +352,12 @@ impl SpanMapping {
         Some(match arg.ty {
             ArgType::I64 => ArgValue::I64(raw.as_i64()),
             ArgType::U64 => ArgValue::U64(raw.as_u64()),
-            ArgType::Str | ArgType::Bytes { .. } => ArgValue::Str(raw.as_str()?.into_owned()),
+            ArgType::Str | ArgType::Bytes { .. } => ArgValue::Str(raw.as_str()?),
         })
     }
 
     /// The named values of `role`'s arguments in `event`.
-    pub fn values(&self, role: Role, event: &UsdtEvent) -> Vec<(&ArgMapping, ArgValue)> {
+    pub fn values<'e>(&self, role: Role, event: &'e UsdtEvent) -> Vec<(&ArgMapping, ArgValue<'e>)> {
         self.args(role)
             .iter()
             .filter_map(|a| Some((a, Self::value(a, event)?)))
@@ -378,7 +379,7 @@ impl SpanMapping {
 
     /// The attributes (semantic-convention name, value) of `role`'s
     /// arguments in `event`.
-    pub fn attributes(&self, role: Role, event: &UsdtEvent) -> Vec<(String, ArgValue)> {
+    pub fn attributes<'e>(&self, role: Role, event: &'e UsdtEvent) -> Vec<(String, ArgValue<'e>)> {
         self.values(role, event)
             .into_iter()
             .filter_map(|(a, v)| Some((a.attribute.clone()?, v)))
