@@ -326,7 +326,7 @@ fn builtin_mappings_read_the_seed_events() {
                 attributes.extend(mapping.attributes(Role::End, event));
                 spans.push((
                     id,
-                    mapping.span_name(start, Some(event)),
+                    mapping.span_name(start, Some(event)).into_owned(),
                     attributes,
                     mapping.is_error(start, event),
                 ));

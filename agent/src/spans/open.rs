@@ -6,7 +6,7 @@
 //! gets what expired or was evicted back, and every outcome is counted.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, VecDeque, hash_map},
     hash::Hash,
 };
 
@@ -102,6 +102,22 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
         self.stats.started += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
+        if self.entries.len() < self.capacity {
+            // No eviction possible: one hash lookup puts the start in.
+            self.compact_order();
+            self.order.push_back((now_ns, seq, key.clone()));
+            return match self.entries.entry(key) {
+                hash_map::Entry::Occupied(mut slot) => {
+                    self.stats.replaced += 1;
+                    let old = std::mem::replace(slot.get_mut(), Entry { value, seq });
+                    Some((slot.key().clone(), old.value))
+                }
+                hash_map::Entry::Vacant(slot) => {
+                    slot.insert(Entry { value, seq });
+                    None
+                }
+            };
+        }
         let displaced = if let Some(old) = self.entries.remove(&key) {
             self.stats.replaced += 1;
             Some((key.clone(), old.value))
@@ -114,14 +130,24 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
         } else {
             None
         };
-        if self.order.len() >= 2 * self.entries.len() + QUEUE_SLACK {
-            let entries = &self.entries;
-            self.order
-                .retain(|(_, seq, key)| entries.get(key).is_some_and(|e| e.seq == *seq));
-        }
+        self.compact_order();
         self.order.push_back((now_ns, seq, key.clone()));
         self.entries.insert(key, Entry { value, seq });
         displaced
+    }
+
+    /// Drops the queue items of closed starts once they pile up.
+    fn compact_order(&mut self) {
+        if self.order.len() < 2 * self.entries.len() + QUEUE_SLACK {
+            return;
+        }
+        if self.entries.is_empty() {
+            self.order.clear();
+            return;
+        }
+        let entries = &self.entries;
+        self.order
+            .retain(|(_, seq, key)| entries.get(key).is_some_and(|e| e.seq == *seq));
     }
 
     /// Takes the start under `key` out for its end; counts an end with no start.

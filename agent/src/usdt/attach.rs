@@ -9,6 +9,8 @@
 
 use std::{collections::BTreeSet, num::NonZeroU32};
 
+use std::mem::offset_of;
+
 use smallvec::SmallVec;
 
 use agent_common::{
@@ -535,9 +537,6 @@ impl Reader<'_> {
         self.pos += N;
         buf
     }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.bytes())
-    }
     fn u32(&mut self) -> u32 {
         u32::from_le_bytes(self.bytes())
     }
@@ -586,21 +585,25 @@ pub fn decode_usdt_record(bytes: &[u8]) -> Result<UsdtEvent, UsdtDecodeError> {
             reason: "string area overflows",
         });
     }
-    let values: [u64; USDT_MAX_ARGS] = std::array::from_fn(|_| r.u64());
-    let offs: [u16; USDT_MAX_ARGS] = std::array::from_fn(|_| r.u16());
-    let lens_at = r.pos;
-    let lens: [u16; USDT_MAX_ARGS] = std::array::from_fn(|_| r.u16());
-    let failed = r.u32();
-    let truncated = r.u32();
-    let str_mask = r.u32();
-    let _pad = r.u32();
-    let strings_at = r.pos;
+    // Only the first `arg_count` slots of each array are read: a record
+    // has room for 12 arguments, most probes use one to four.
+    let field = |at: usize, width: usize| &bytes[at..at + width];
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    let u32_at = |at: usize| u32::from_le_bytes(field(at, 4).try_into().unwrap_or([0; 4]));
+    let u64_at = |at: usize| u64::from_le_bytes(field(at, 8).try_into().unwrap_or([0; 8]));
+    let values_at = offset_of!(UsdtRecord, args);
+    let offs_at = offset_of!(UsdtRecord, str_off);
+    let lens_at = offset_of!(UsdtRecord, str_len);
+    let failed = u32_at(offset_of!(UsdtRecord, failed));
+    let truncated = u32_at(offset_of!(UsdtRecord, truncated));
+    let str_mask = u32_at(offset_of!(UsdtRecord, str_mask));
+    let strings_at = offset_of!(UsdtRecord, strings);
     let strings = &bytes[strings_at..strings_at + USDT_STR_BUF];
     let mut args = UsdtArgs::with_capacity(arg_count);
     for i in 0..arg_count {
         let string = if str_mask & (1 << i) != 0 {
-            let start = usize::from(offs[i]);
-            let end = start + usize::from(lens[i]);
+            let start = usize::from(u16_at(offs_at + 2 * i));
+            let end = start + usize::from(u16_at(lens_at + 2 * i));
             if end > str_used {
                 return Err(UsdtDecodeError::Field {
                     offset: lens_at + 2 * i,
@@ -612,7 +615,7 @@ pub fn decode_usdt_record(bytes: &[u8]) -> Result<UsdtEvent, UsdtDecodeError> {
             None
         };
         args.push(UsdtArg {
-            value: values[i],
+            value: u64_at(values_at + 8 * i),
             failed: failed & (1 << i) != 0,
             string,
             truncated: truncated & (1 << i) != 0,

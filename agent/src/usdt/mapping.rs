@@ -313,10 +313,21 @@ impl std::fmt::Display for ArgValue<'_> {
 }
 
 /// The key pairing a start with its end (within one process).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RequestId {
     Int(u64),
     Bytes(ArgBytes),
+}
+
+impl Clone for RequestId {
+    // SmallVec's own clone goes byte by byte through an iterator; the open
+    // span table clones every request id once.
+    fn clone(&self) -> Self {
+        match self {
+            Self::Int(v) => Self::Int(*v),
+            Self::Bytes(b) => Self::Bytes(ArgBytes::from_slice(b)),
+        }
+    }
 }
 
 /// One start/end pair and what it becomes.
@@ -331,6 +342,9 @@ pub struct SpanMapping {
     /// Name of the request id argument (in both `start_args` and `end_args`).
     pub request_id: String,
     pub status: Option<StatusRule>,
+    /// Where the request id is in `start_args` and `end_args`: looked up
+    /// once here, not by name for every record.
+    id_at: [Option<usize>; 2],
 }
 
 impl SpanMapping {
@@ -366,14 +380,20 @@ impl SpanMapping {
 
     /// The request id carried by `event` (a `role` probe of this mapping).
     pub fn request_id(&self, role: Role, event: &UsdtEvent) -> Option<RequestId> {
-        let arg = self.args(role).iter().find(|a| a.name == self.request_id)?;
+        let at = match role {
+            Role::Start => self.id_at[0],
+            Role::End => self.id_at[1],
+        }?;
+        let arg = self.args(role).get(at)?;
         let raw = event.args.get(arg.index as usize)?;
         if raw.failed {
             return None;
         }
         Some(match arg.ty {
             ArgType::I64 | ArgType::U64 => RequestId::Int(raw.value),
-            ArgType::Str | ArgType::Bytes { .. } => RequestId::Bytes(raw.string.clone()?),
+            ArgType::Str | ArgType::Bytes { .. } => {
+                RequestId::Bytes(ArgBytes::from_slice(raw.string.as_deref()?))
+            }
         })
     }
 
@@ -410,14 +430,17 @@ impl SpanMapping {
     }
 
     /// The span name for a start (and, when known, its end).
-    pub fn span_name(&self, start: &UsdtEvent, end: Option<&UsdtEvent>) -> String {
-        self.name.render(|name| {
+    pub fn span_name(&self, start: &UsdtEvent, end: Option<&UsdtEvent>) -> Cow<'_, str> {
+        if let [TemplatePart::Literal(name)] = self.name.parts.as_slice() {
+            return Cow::Borrowed(name);
+        }
+        Cow::Owned(self.name.render(|name| {
             let from = |role, event| {
                 let arg = self.args(role).iter().find(|a| a.name == name)?;
                 Self::value(arg, event).map(|v| v.to_string())
             };
             from(Role::Start, start).or_else(|| end.and_then(|e| from(Role::End, e)))
-        })
+        }))
     }
 }
 
@@ -668,6 +691,10 @@ fn validate_span(index: usize, raw: RawSpan) -> Result<SpanMapping, MappingError
             })
         }
     };
+    let id_at = [
+        start_args.iter().position(|a| a.name == raw.request_id),
+        end_args.iter().position(|a| a.name == raw.request_id),
+    ];
     Ok(SpanMapping {
         name,
         kind: raw.kind,
@@ -677,6 +704,7 @@ fn validate_span(index: usize, raw: RawSpan) -> Result<SpanMapping, MappingError
         end_args,
         request_id: raw.request_id,
         status,
+        id_at,
     })
 }
 
