@@ -458,8 +458,9 @@ fn attach_all(
 /// A string argument's bytes; ids, methods and short paths need no heap.
 pub type ArgBytes = SmallVec<[u8; 24]>;
 
-/// An event's arguments; most probes have no more than four.
-pub type UsdtArgs = SmallVec<[UsdtArg; 4]>;
+/// An event's arguments; two inline (request id and one more) keep an
+/// event small to move, a probe with more spills to the heap.
+pub type UsdtArgs = SmallVec<[UsdtArg; 2]>;
 
 /// One decoded argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
