@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use agent::export::{EncodedSpan, wire};
+use agent::export::{EncodedSpan, recycle_span_buffer, wire};
 
 /// Spans per export body, as the exporter batches them.
 const BATCH: usize = 512;
@@ -36,7 +36,10 @@ impl Bodies {
         if self.batch.len() == BATCH {
             let spans: Vec<&[u8]> = self.batch.iter().map(|s| s.bytes.as_slice()).collect();
             self.bytes += wire::request(&[], &[(&self.batch[0].scope, &spans)]).len();
-            self.batch.clear();
+            // As the export batcher does.
+            for span in self.batch.drain(..) {
+                recycle_span_buffer(span.bytes);
+            }
         }
     }
 }

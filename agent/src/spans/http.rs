@@ -393,7 +393,7 @@ fn attr_host_port(w: &mut SpanWriter<'_>, keys: (&str, &str), bytes: &[u8], len:
 /// The span's name and every attribute a start record gives, encoded.
 fn encode_start(rec: &HttpServerStart) -> Vec<u8> {
     let has = |flag| rec.fields & flag != 0;
-    let mut bytes = Vec::with_capacity(SPAN_CAPACITY);
+    let mut bytes = crate::export::span_buffer(SPAN_CAPACITY);
     let mut w = SpanWriter::new(&mut bytes);
 
     let (method, target): (&[u8], &[u8]) = if has(FIELD_METHOD_IN_URI) {

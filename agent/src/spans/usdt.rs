@@ -285,7 +285,7 @@ impl UsdtSpanBuilder {
         let kind = mapping.map_or(SpanKind::Internal, |m| self::kind(m.kind));
         // Room for the ids, name, times and a handful of attributes
         // without a reallocation.
-        let mut bytes = Vec::with_capacity(384);
+        let mut bytes = crate::export::span_buffer(384);
         let mut span = SpanWriter::new(&mut bytes);
         span.ids(open.trace_id, open.span_id, Some(open.parent))
             .name(&[name.as_deref().unwrap_or("?")])
