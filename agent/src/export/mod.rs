@@ -13,6 +13,7 @@
 pub mod config;
 mod console;
 mod jsonl;
+mod span_buffers;
 pub mod transport;
 pub mod wire;
 
@@ -46,6 +47,7 @@ use tokio::{
 pub use config::{ConfigError, ExportConfig, OtlpConfig, OtlpProtocol, Output};
 pub use console::{ConsoleExporter, render};
 pub use jsonl::JsonlExporter;
+pub use span_buffers::{recycle_span_buffer, span_buffer};
 
 /// A span ready for export: its encoded `Span` message and the encoded
 /// `InstrumentationScope` it belongs to.
@@ -53,46 +55,6 @@ pub use jsonl::JsonlExporter;
 pub struct EncodedSpan {
     pub scope: Arc<[u8]>,
     pub bytes: Vec<u8>,
-}
-
-/// Span buffers kept for reuse, per thread, at most this many.
-const POOLED_SPAN_BUFFERS: usize = 512;
-/// A buffer this large or larger is freed, not kept (a span with a long
-/// stack trace, say), so the pool stays under a megabyte.
-const POOLED_SPAN_BUFFER_MAX: usize = 2048;
-
-thread_local! {
-    /// Buffers of spans already copied into an export body. Builders and the
-    /// batcher share the agent's thread, so the same few hundred buffers go
-    /// round: malloc and free for each span, 512 at a time, overflowed the
-    /// allocator's per-thread cache and took its slow paths.
-    static SPAN_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// An empty buffer for encoding a span into, with room for `capacity` bytes.
-pub fn span_buffer(capacity: usize) -> Vec<u8> {
-    let reused = SPAN_BUFFERS.with_borrow_mut(Vec::pop);
-    match reused {
-        Some(mut buf) => {
-            buf.clear();
-            buf.reserve(capacity);
-            buf
-        }
-        None => Vec::with_capacity(capacity),
-    }
-}
-
-/// Gives a span's buffer back once its bytes are in an export body.
-pub fn recycle_span_buffer(buf: Vec<u8>) {
-    if buf.capacity() >= POOLED_SPAN_BUFFER_MAX {
-        return;
-    }
-    SPAN_BUFFERS.with_borrow_mut(|pool| {
-        if pool.len() < POOLED_SPAN_BUFFERS {
-            pool.push(buf);
-        }
-    });
 }
 
 /// Encodes an `InstrumentationScope` message.
@@ -605,40 +567,5 @@ async fn run_local_sink(
     while let Some(batch) = rx.recv().await {
         let result = sink.export(&batch);
         log.record(&name, counters, batch.spans, result);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn span_buffers_come_back_empty_and_big_ones_are_not_kept() {
-        let mut buf = span_buffer(16);
-        buf.extend_from_slice(b"an encoded span");
-        let ptr = buf.as_ptr();
-        recycle_span_buffer(buf);
-        let again = span_buffer(16);
-        assert!(again.is_empty());
-        assert_eq!(
-            again.as_ptr(),
-            ptr,
-            "the recycled buffer is handed out again"
-        );
-
-        recycle_span_buffer(Vec::with_capacity(POOLED_SPAN_BUFFER_MAX));
-        let fresh = span_buffer(16);
-        assert!(
-            fresh.capacity() < POOLED_SPAN_BUFFER_MAX,
-            "a big buffer is freed, not pooled"
-        );
-    }
-
-    #[test]
-    fn the_pool_is_bounded() {
-        for _ in 0..POOLED_SPAN_BUFFERS + 10 {
-            recycle_span_buffer(Vec::with_capacity(8));
-        }
-        assert_eq!(SPAN_BUFFERS.with_borrow(Vec::len), POOLED_SPAN_BUFFERS);
     }
 }

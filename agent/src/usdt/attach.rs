@@ -7,9 +7,7 @@
 //! knows how to read the arguments of whichever site fired. [`UsdtSites`] is
 //! the table from site index back to the probe, for decoding.
 
-use std::{collections::BTreeSet, num::NonZeroU32};
-
-use std::mem::offset_of;
+use std::{collections::BTreeSet, mem::offset_of, num::NonZeroU32};
 
 use smallvec::SmallVec;
 
