@@ -93,6 +93,11 @@ const _: () = assert!(core::mem::size_of::<UsdtSpec>() == 24 * USDT_MAX_ARGS + 8
 /// A USDT probe fired. `header.site` is the site index (into the agent's USDT
 /// site table and `USDT_SPECS`), `header.goid` is 0 (USDT probes fire in C
 /// code: the agent pairs by request id, not goroutine).
+///
+/// The fields the agent reads for every record come first, then the string
+/// bytes, then the values: a record with one short string argument (a
+/// request id) is read from its first two cache lines, which matters when
+/// the agent drains a million records a second that another CPU just wrote.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct UsdtRecord {
@@ -101,13 +106,6 @@ pub struct UsdtRecord {
     pub arg_count: u32,
     /// Bytes of `strings` in use.
     pub str_used: u32,
-    /// Argument values, sign- or zero-extended to 64 bits by their size. For
-    /// string arguments, the pointer.
-    pub args: [u64; USDT_MAX_ARGS],
-    /// Where each string argument's bytes start in `strings`.
-    pub str_off: [u16; USDT_MAX_ARGS],
-    /// Bytes of each string argument copied (without the NUL).
-    pub str_len: [u16; USDT_MAX_ARGS],
     /// Bit `i` set: argument `i` could not be read (its value is 0).
     pub failed: u32,
     /// Bit `i` set: string argument `i` was cut short (its cap, or no room
@@ -116,8 +114,15 @@ pub struct UsdtRecord {
     /// Bit `i` set: argument `i` is a string whose bytes are in `strings`.
     pub str_mask: u32,
     pub _pad: u32,
+    /// Where each string argument's bytes start in `strings`.
+    pub str_off: [u16; USDT_MAX_ARGS],
+    /// Bytes of each string argument copied (without the NUL).
+    pub str_len: [u16; USDT_MAX_ARGS],
     /// String bytes of all string arguments, back to back.
     pub strings: [u8; USDT_STR_BUF],
+    /// Argument values, sign- or zero-extended to 64 bits by their size. For
+    /// string arguments, the pointer (which the agent does not read).
+    pub args: [u64; USDT_MAX_ARGS],
 }
 
 const _: () = assert!(

@@ -171,11 +171,11 @@ def record(args, site=0, tid=1234, goid=0, ktime=1_000_000_000, failed=0, trunca
             lens.append(0)
     pad = 12 - len(args)
     rec = struct.pack("<IIIIQQII", 3, 1, tid, site, goid, ktime, len(args), len(strings))
-    rec += struct.pack("<12Q", *(values + [0] * pad))
+    rec += struct.pack("<IIII", failed, truncated, mask, 0)
     rec += struct.pack("<12H", *(offs + [0] * pad))
     rec += struct.pack("<12H", *(lens + [0] * pad))
-    rec += struct.pack("<IIII", failed, truncated, mask, 0)
     rec += strings.ljust(344, b"\0")
+    rec += struct.pack("<12Q", *(values + [0] * pad))
     assert len(rec) == 544
     return rec
 

@@ -463,8 +463,8 @@ pub type UsdtArgs = SmallVec<[UsdtArg; 2]>;
 /// One decoded argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsdtArg {
-    /// The value, sign- or zero-extended by the kernel side to 64 bits (the
-    /// pointer, for strings).
+    /// The value, sign- or zero-extended by the kernel side to 64 bits; 0
+    /// for a string, whose bytes are in `string`.
     pub value: u64,
     /// The argument could not be read (its value is 0).
     pub failed: bool,
@@ -614,7 +614,13 @@ pub fn decode_usdt_record(bytes: &[u8]) -> Result<UsdtEvent, UsdtDecodeError> {
             None
         };
         args.push(UsdtArg {
-            value: u64_at(values_at + 8 * i),
+            // A string's pointer is of no use here, and the values sit at
+            // the record's end: a one-string record is read from two lines.
+            value: if string.is_some() {
+                0
+            } else {
+                u64_at(values_at + 8 * i)
+            },
             failed: failed & (1 << i) != 0,
             string,
             truncated: truncated & (1 << i) != 0,
