@@ -91,40 +91,31 @@ const _: () = assert!(
         == 32 + 8 * 3 + 2 + 2 + 4 * 5 + METHOD_CAP + URI_CAP + HOST_CAP + REMOTE_CAP
 );
 
+/// One header value of a request, in a record of its own. Pairs with the
+/// start by `response`; the header's `goid` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HttpHeaderValue<const CAP: usize> {
+    pub header: EventHeader,
+    /// `*http.response` / `*http2responseWriter`, as in the start record.
+    pub response: u64,
+    /// The header value's full length; its first `min(len, CAP)` bytes are
+    /// in `value`.
+    pub len: u32,
+    pub _pad: u32,
+    pub value: [u8; CAP],
+}
+
 /// A request's `Traceparent` header, found right after its start record
 /// (by a program the start probe tail-calls when the request has a header
-/// map). Pairs with the start by `response`; the header's `goid` is 0.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct HttpTraceparent {
-    pub header: EventHeader,
-    /// `*http.response` / `*http2responseWriter`, as in the start record.
-    pub response: u64,
-    /// The header value's full length; its first `min(len, CAP)` bytes are
-    /// in `value`.
-    pub len: u32,
-    pub _pad: u32,
-    pub value: [u8; TRACEPARENT_CAP],
-}
-
-const _: () = assert!(core::mem::size_of::<HttpTraceparent>() == 32 + 8 + 8 + TRACEPARENT_CAP);
+/// map).
+pub type HttpTraceparent = HttpHeaderValue<TRACEPARENT_CAP>;
 
 /// A request's `Tracestate` header, found after its `Traceparent` (by a
-/// program the `Traceparent` search tail-calls when it found one). Pairs
-/// with the start by `response`; the header's `goid` is 0.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct HttpTracestate {
-    pub header: EventHeader,
-    /// `*http.response` / `*http2responseWriter`, as in the start record.
-    pub response: u64,
-    /// The header value's full length; its first `min(len, CAP)` bytes are
-    /// in `value`.
-    pub len: u32,
-    pub _pad: u32,
-    pub value: [u8; TRACESTATE_CAP],
-}
+/// program the `Traceparent` search tail-calls when it found one).
+pub type HttpTracestate = HttpHeaderValue<TRACESTATE_CAP>;
 
+const _: () = assert!(core::mem::size_of::<HttpTraceparent>() == 32 + 8 + 8 + TRACEPARENT_CAP);
 const _: () = assert!(core::mem::size_of::<HttpTracestate>() == 32 + 8 + 8 + TRACESTATE_CAP);
 
 /// The request's response is being finished (`net/http.(*response).finishRequest`,

@@ -28,7 +28,7 @@ use crate::{
     go::{Reg, Window, clamp_len, copy_string, goid, read_field, read_string, reg},
     headers::{Search, TRACEPARENT_KEY, TRACESTATE_KEY, find_header, load, store},
     maps::{HTTP_HEADERS, HTTP_TAIL, HeaderSearch, TARGETS, count},
-    record::{cookie, header, reserve, submit, target_slot},
+    record::{cookie, fields, header, reserve, submit, target_slot},
 };
 
 #[inline(always)]
@@ -78,13 +78,7 @@ pub fn start(ctx: &ProbeContext) {
     let Some(mut entry) = reserve::<HttpServerStart>() else {
         return;
     };
-    let rec: &mut HttpServerStart = {
-        let ptr = entry.as_mut_ptr();
-        // SAFETY: the entry holds size_of::<HttpServerStart>() initialized
-        // bytes (ring memory is zeroed at creation, then holds older
-        // records), and every bit pattern is a valid `HttpServerStart`.
-        unsafe { &mut *ptr }
-    };
+    let rec = fields(&mut entry);
     rec.header = header(cookie, KIND_HTTP_SERVER_START, goid);
     rec.request = request;
     rec.response = response;
@@ -215,11 +209,7 @@ pub fn traceparent(ctx: &ProbeContext) {
     let Some(mut entry) = reserve::<HttpTraceparent>() else {
         return;
     };
-    let rec: &mut HttpTraceparent = {
-        let ptr = entry.as_mut_ptr();
-        // SAFETY: as in `start`.
-        unsafe { &mut *ptr }
-    };
+    let rec = fields(&mut entry);
     rec.header = header(run.cookie, KIND_HTTP_TRACEPARENT, 0);
     rec.response = run.response;
     rec.len = len;
@@ -303,11 +293,7 @@ pub fn tracestate(ctx: &ProbeContext) {
     let Some(mut entry) = reserve::<HttpTracestate>() else {
         return;
     };
-    let rec: &mut HttpTracestate = {
-        let ptr = entry.as_mut_ptr();
-        // SAFETY: as in `start`.
-        unsafe { &mut *ptr }
-    };
+    let rec = fields(&mut entry);
     let found = find_header(
         run.off,
         run.map,
@@ -357,11 +343,7 @@ fn end_record(
     let Some(mut entry) = reserve::<HttpServerEnd>() else {
         return;
     };
-    let rec: &mut HttpServerEnd = {
-        let ptr = entry.as_mut_ptr();
-        // SAFETY: as in `start`.
-        unsafe { &mut *ptr }
-    };
+    let rec = fields(&mut entry);
     // No goroutine id: the agent pairs the end by `response`.
     rec.header = header(cookie, KIND_HTTP_SERVER_END, 0);
     rec.response = response;

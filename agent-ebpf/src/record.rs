@@ -1,6 +1,11 @@
 //! Writing records to the ring buffer without a wakeup per record.
 
-use agent_common::{event::EventHeader, http::MAX_RECORD, stats};
+use agent_common::{
+    event::EventHeader,
+    http::{HttpHeaderValue, HttpServerEnd, HttpServerStart, MAX_RECORD},
+    stats,
+    usdt::UsdtRecord,
+};
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
@@ -32,6 +37,34 @@ pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
         count(stats::RINGBUF_FULL);
     }
     entry
+}
+
+/// A record type the programs fill in place, in the ring buffer.
+///
+/// # Safety
+///
+/// Only for agent-common's record types: `#[repr(C)]`, integers and integer
+/// arrays only, so that whatever bytes the ring holds are a valid value.
+pub unsafe trait InPlace {}
+
+// SAFETY: agent-common record types, `#[repr(C)]` integers and integer
+// arrays without implicit padding (sizes asserted where they are defined).
+unsafe impl InPlace for HttpServerStart {}
+// SAFETY: as above.
+unsafe impl InPlace for HttpServerEnd {}
+// SAFETY: as above, for every capacity.
+unsafe impl<const CAP: usize> InPlace for HttpHeaderValue<CAP> {}
+// SAFETY: as above.
+unsafe impl InPlace for UsdtRecord {}
+
+/// The reserved record, to fill field by field (see [`reserve`] for what it
+/// holds until then).
+#[inline(always)]
+pub fn fields<T: InPlace>(entry: &mut RingBufEntry<T>) -> &mut T {
+    // SAFETY: the entry holds size_of::<T>() initialized bytes (ring memory
+    // is zeroed at creation, then holds older records), and `T: InPlace`
+    // makes any of them a valid `T`.
+    unsafe { &mut *entry.as_mut_ptr() }
 }
 
 /// The probe's attach cookie: the target slot in the high 32 bits, the
@@ -72,7 +105,7 @@ pub fn target_slot(cookie: u64) -> u32 {
 /// helper calls, which most records then do without. When the ring is more
 /// than a quarter full then, the record wakes the agent. So a flood costs a
 /// few thousand wakeups a second, not one per record, and the agent never
-/// sleeps through a filling buffer (below the threshold its 10 ms timer
+/// sleeps through a filling buffer (below the threshold its 100 ms timer
 /// drains). One CPU writes about 60 KiB in an interval at the fastest this
 /// machine has seen (a USDT flood, a million records a second).
 #[inline(always)]

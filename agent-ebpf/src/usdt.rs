@@ -32,7 +32,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::count,
-    record::{cookie, header, reserve, submit},
+    record::{cookie, fields, header, reserve, submit},
 };
 
 /// Argument specs, indexed by site index (low 32 bits of the attach cookie).
@@ -66,13 +66,7 @@ fn try_usdt_probe(ctx: &ProbeContext) {
     let Some(mut entry) = reserve::<UsdtRecord>() else {
         return;
     };
-    let rec: &mut UsdtRecord = {
-        let ptr = entry.as_mut_ptr();
-        // SAFETY: the entry holds size_of::<UsdtRecord>() initialized bytes
-        // (ring memory is zeroed at creation and then holds older records),
-        // and every bit pattern is a valid `UsdtRecord`.
-        unsafe { &mut *ptr }
-    };
+    let rec = fields(&mut entry);
     // Every field the agent reads is set below; the string area only up to
     // `str_used`, which is all the agent looks at.
     rec.header = header(cookie, KIND_USDT, 0);
