@@ -534,6 +534,16 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     result
 }
 
+/// Drains the ring buffer with `drain_chunk` (one call takes at most
+/// [`ringbuf::MAX_PER_DRAIN`] records) until a call comes back short,
+/// yielding in between so that the export tasks take each chunk's spans
+/// before the next.
+async fn drain_backlog(mut drain_chunk: impl FnMut() -> usize) {
+    while drain_chunk() == ringbuf::MAX_PER_DRAIN {
+        tokio::task::yield_now().await;
+    }
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "one call, from run: the session's parts"
@@ -663,11 +673,7 @@ async fn session(
                 }
             }
         }
-        // A backlog is drained in chunks, letting the export tasks take the
-        // spans of each before the next.
-        while drain(&mut reader, &mut builder, usdt, &mut losses) == ringbuf::MAX_PER_DRAIN {
-            tokio::task::yield_now().await;
-        }
+        drain_backlog(|| drain(&mut reader, &mut builder, usdt, &mut losses)).await;
     };
 
     match stop {
@@ -685,9 +691,7 @@ async fn session(
         }
         losses.flight = Some(reader.stop());
     }
-    while drain(&mut reader, &mut builder, usdt, &mut losses) == ringbuf::MAX_PER_DRAIN {
-        tokio::task::yield_now().await;
-    }
+    drain_backlog(|| drain(&mut reader, &mut builder, usdt, &mut losses)).await;
     let now = WallClock::monotonic_now_ns();
     builder.finish(now, &mut |span| sender.send_encoded(span));
     usdt.builder
