@@ -18,8 +18,13 @@ pub const EVENTS_WRITTEN: u32 = 3;
 /// lack the caller's trace state.
 pub const HEADERS_INCOMPLETE: u32 = 4;
 
+/// A program's per-CPU working memory was written by another run on the
+/// same CPU while it built its record (the first run was preempted, on a
+/// kernel with full preemption): the record was dropped.
+pub const INTERLEAVED: u32 = 5;
+
 /// Number of counters in the `STATS` map.
-pub const COUNT: u32 = 5;
+pub const COUNT: u32 = 6;
 
 /// Human-readable names, indexed by counter.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -28,4 +33,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "no_config",
     "events_written",
     "headers_incomplete",
+    "interleaved",
 ];

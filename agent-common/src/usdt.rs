@@ -13,7 +13,8 @@ pub const USDT_MAX_SITES: u32 = 4096;
 pub const USDT_STR_CAP_MAX: u8 = 128;
 /// Bytes copied from a string argument when the mapping does not say.
 pub const USDT_STR_CAP_DEFAULT: u8 = 64;
-/// Bytes of the record's string area, shared by all string arguments.
+/// Bytes a record has for the strings of all its string arguments, at
+/// least: the slots of arguments a probe does not have add to it.
 pub const USDT_STR_BUF: usize = 344;
 
 /// `UsdtArgSpec::kind`: the slot is unused.
@@ -90,43 +91,56 @@ pub struct UsdtSpec {
 
 const _: () = assert!(core::mem::size_of::<UsdtSpec>() == 24 * USDT_MAX_ARGS + 8);
 
+/// Bytes of a record's body: room for every argument value and the string
+/// area.
+pub const USDT_BODY: usize = 8 * USDT_MAX_ARGS + USDT_STR_BUF;
+
 /// A USDT probe fired. `header.site` is the site index (into the agent's USDT
 /// site table and `USDT_SPECS`), `header.goid` is 0 (USDT probes fire in C
 /// code: the agent pairs by request id, not goroutine).
 ///
-/// The fields the agent reads for every record come first, then the string
-/// bytes, then the values: a record with one short string argument (a
-/// request id) is read from its first two cache lines, which matters when
-/// the agent drains a million records a second that another CPU just wrote.
+/// The record is as long as what it holds: the fixed head
+/// ([`USDT_RECORD_HEAD`] bytes), then `arg_count` values, then `str_used`
+/// string bytes, and it ends there. The program builds it in per-CPU memory
+/// and copies only that much into the ring buffer: a request id's record is
+/// 80 bytes, where a fixed-size one took 544. Each cache line of ring memory
+/// is a first touch for the CPU that writes it and for the one that reads it
+/// (a miss of 100 ns or more here, once the target does work between probes),
+/// and a ring of the same size holds seven times as many records.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct UsdtRecord {
     pub header: EventHeader,
     /// Arguments read (the spec's `arg_count`).
-    pub arg_count: u32,
-    /// Bytes of `strings` in use.
-    pub str_used: u32,
+    pub arg_count: u16,
+    /// String bytes after the values.
+    pub str_used: u16,
     /// Bit `i` set: argument `i` could not be read (its value is 0).
-    pub failed: u32,
+    pub failed: u16,
     /// Bit `i` set: string argument `i` was cut short (its cap, or no room
-    /// left in `strings`).
-    pub truncated: u32,
-    /// Bit `i` set: argument `i` is a string whose bytes are in `strings`.
-    pub str_mask: u32,
-    pub _pad: u32,
-    /// Where each string argument's bytes start in `strings`.
-    pub str_off: [u16; USDT_MAX_ARGS],
-    /// Bytes of each string argument copied (without the NUL).
-    pub str_len: [u16; USDT_MAX_ARGS],
-    /// String bytes of all string arguments, back to back.
-    pub strings: [u8; USDT_STR_BUF],
-    /// Argument values, sign- or zero-extended to 64 bits by their size. For
-    /// string arguments, the pointer (which the agent does not read).
-    pub args: [u64; USDT_MAX_ARGS],
+    /// left in the record).
+    pub truncated: u16,
+    /// Bit `i` set: argument `i` is a string whose bytes are in the record.
+    pub str_mask: u16,
+    pub _pad: u16,
+    /// Bytes of string argument `i` (without the NUL), where bit `i` of
+    /// `str_mask` is set. The strings lie back to back in argument order.
+    pub str_len: [u8; USDT_MAX_ARGS],
+    /// `arg_count` argument values, sign- or zero-extended to 64 bits by
+    /// their size (0 for a string, whose pointer the agent does not need),
+    /// then the string bytes from byte `8 * arg_count`.
+    pub body: [u64; USDT_BODY / 8],
 }
 
-const _: () = assert!(
-    core::mem::size_of::<UsdtRecord>()
-        == 32 + 8 + 8 * USDT_MAX_ARGS + 4 * USDT_MAX_ARGS + 16 + USDT_STR_BUF
-);
+/// Bytes of a [`UsdtRecord`] before its values.
+pub const USDT_RECORD_HEAD: usize = core::mem::offset_of!(UsdtRecord, body);
+
+const _: () = assert!(USDT_BODY.is_multiple_of(8));
+const _: () = assert!(USDT_RECORD_HEAD == 32 + 12 + USDT_MAX_ARGS);
+const _: () = assert!(USDT_RECORD_HEAD.is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<UsdtRecord>() == USDT_RECORD_HEAD + USDT_BODY);
+// A string's length fits its `str_len` byte.
+const _: () = assert!(USDT_STR_CAP_MAX as usize <= u8::MAX as usize);
+// The bit sets have a bit per argument.
+const _: () = assert!(USDT_MAX_ARGS <= 16);
 const _: () = assert!(core::mem::size_of::<UsdtRecord>() <= crate::http::MAX_RECORD);

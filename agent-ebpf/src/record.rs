@@ -4,7 +4,6 @@ use agent_common::{
     event::EventHeader,
     http::{HttpHeaderValue, HttpServerEnd, HttpServerStart, MAX_RECORD},
     stats,
-    usdt::UsdtRecord,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
@@ -54,8 +53,6 @@ unsafe impl InPlace for HttpServerStart {}
 unsafe impl InPlace for HttpServerEnd {}
 // SAFETY: as above, for every capacity.
 unsafe impl<const CAP: usize> InPlace for HttpHeaderValue<CAP> {}
-// SAFETY: as above.
-unsafe impl InPlace for UsdtRecord {}
 
 /// The reserved record, to fill field by field (see [`reserve`] for what it
 /// holds until then).
@@ -97,8 +94,28 @@ pub fn target_slot(cookie: u64) -> u32 {
     (cookie >> 32) as u32
 }
 
-/// Submits a record without waking the agent, unless a backlog has built up.
-/// `now` is the record's own `ktime_ns`.
+/// Submits a record without waking the agent, unless a backlog has built up
+/// (see [`wakeup_flags`]). `now` is the record's own `ktime_ns`.
+#[inline(always)]
+pub fn submit<T>(entry: RingBufEntry<T>, now: u64) {
+    entry.submit(wakeup_flags(now));
+    count(stats::EVENTS_WRITTEN);
+}
+
+/// Copies `record` (built in the program's own memory, as long as what it
+/// holds) into the ring buffer, waking the agent as [`submit`] does. A full
+/// ring is counted.
+#[inline(always)]
+pub fn output(record: &[u8], now: u64) {
+    if EVENTS.output::<[u8]>(record, wakeup_flags(now)).is_ok() {
+        count(stats::EVENTS_WRITTEN);
+    } else {
+        count(stats::RINGBUF_FULL);
+    }
+}
+
+/// The flags for a record written at `now`: no wakeup, unless a backlog
+/// has built up.
 ///
 /// The backlog is looked at, at most once per CPU every
 /// `WAKEUP_INTERVAL_NS`, not on every record: the two ring-buffer queries are
@@ -109,7 +126,7 @@ pub fn target_slot(cookie: u64) -> u32 {
 /// drains). One CPU writes about 60 KiB in an interval at the fastest this
 /// machine has seen (a USDT flood, a million records a second).
 #[inline(always)]
-pub fn submit<T>(entry: RingBufEntry<T>, now: u64) {
+fn wakeup_flags(now: u64) -> u64 {
     let mut flags = BPF_RB_NO_WAKEUP;
     if let Some(last) = LAST_WAKEUP_CHECK.get_ptr_mut(0) {
         // SAFETY: the pointer is this CPU's map value. A program preempted
@@ -125,6 +142,5 @@ pub fn submit<T>(entry: RingBufEntry<T>, now: u64) {
             }
         }
     }
-    entry.submit(flags as u64);
-    count(stats::EVENTS_WRITTEN);
+    flags as u64
 }

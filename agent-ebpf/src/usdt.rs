@@ -2,18 +2,17 @@
 //! from `USDT_SPECS`, indexed by the site index in the low 32 bits of the
 //! attach cookie (libbpf's design, with the cookie instead of an ip lookup).
 //!
-//! Each hit writes one `UsdtRecord`: up to 12 argument values, sign- or
-//! zero-extended by their size, and the bytes of the arguments the spec marks
-//! as strings, back to back in the record's string area.
-
-use core::mem::offset_of;
+//! Each hit builds one `UsdtRecord` in per-CPU memory: up to 12 argument
+//! values, sign- or zero-extended by their size, then the bytes of the
+//! arguments the spec marks as strings, back to back. Only the part in use
+//! is copied into the ring buffer (see `UsdtRecord` for why).
 
 use agent_common::{
     event::KIND_USDT,
     stats,
     usdt::{
-        ARG_CONST, ARG_REG, ARG_REG_DEREF, ARG_SIB, PT_REGS_SLOTS, STR_NUL, STR_PTR_LEN,
-        USDT_MAX_ARGS, USDT_MAX_SITES, USDT_STR_BUF, USDT_STR_CAP_MAX, UsdtArgSpec, UsdtRecord,
+        ARG_CONST, ARG_REG, ARG_REG_DEREF, ARG_SIB, PT_REGS_SLOTS, STR_NUL, STR_PTR_LEN, USDT_BODY,
+        USDT_MAX_ARGS, USDT_MAX_SITES, USDT_RECORD_HEAD, USDT_STR_CAP_MAX, UsdtArgSpec, UsdtRecord,
         UsdtSpec,
     },
 };
@@ -26,18 +25,35 @@ use aya_ebpf::{
         },
     },
     macros::{map, uprobe},
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::ProbeContext,
 };
 
 use crate::{
+    headers::{load, store},
     maps::count,
-    record::{cookie, fields, header, reserve, submit},
+    record::{cookie, header, output},
 };
 
 /// Argument specs, indexed by site index (low 32 bits of the attach cookie).
 #[map]
 pub static USDT_SPECS: Array<UsdtSpec> = Array::with_max_entries(USDT_MAX_SITES, 0);
+
+/// A record being built, with the sequence number that tells a run whether
+/// another one wrote the same memory meanwhile.
+#[repr(C)]
+pub struct UsdtScratch {
+    seq: u64,
+    rec: UsdtRecord,
+}
+
+/// One [`UsdtScratch`] per CPU. Programs on uprobes can be preempted (on
+/// kernels with full preemption) and another task's run on this CPU would
+/// then write the same memory: each run bumps the sequence number first and
+/// checks it before copying its record out, and drops (and counts) a record
+/// another run may have mixed up.
+#[map]
+static USDT_SCRATCH: PerCpuArray<UsdtScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Every USDT probe site.
 #[uprobe]
@@ -47,7 +63,7 @@ pub fn usdt_probe(ctx: ProbeContext) -> u32 {
 }
 
 /// Strings up to this many bytes may start anywhere up to
-/// `USDT_STR_BUF - SMALL_STR`; longer ones up to `USDT_STR_BUF - CAP_MAX`.
+/// `USDT_BODY - SMALL_STR`; longer ones up to `USDT_BODY - CAP_MAX`.
 /// Two bounded paths let the verifier prove every copy stays in the record.
 const SMALL_STR: usize = 64;
 const CAP_MAX: usize = USDT_STR_CAP_MAX as usize;
@@ -63,40 +79,50 @@ fn try_usdt_probe(ctx: &ProbeContext) {
             return;
         }
     };
-    let Some(mut entry) = reserve::<UsdtRecord>() else {
+    let Some(scratch) = USDT_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let rec = fields(&mut entry);
-    // Every field the agent reads is set below; the string area only up to
-    // `str_used`, which is all the agent looks at.
+    // SAFETY: this CPU's value of the map; another run on this CPU is
+    // detected by the sequence number (see `USDT_SCRATCH`).
+    let UsdtScratch { seq: seq_now, rec } = unsafe { &mut *scratch };
+    let seq = load(seq_now).wrapping_add(1);
+    store(seq_now, seq);
+
+    // Every field the agent reads is set below: `str_len` only for the
+    // strings `str_mask` marks, the body only up to the record's length.
     rec.header = header(cookie, KIND_USDT, 0);
     rec.str_used = 0;
-    zero_bookkeeping(rec);
+    rec.failed = 0;
+    rec.truncated = 0;
+    rec.str_mask = 0;
+    rec._pad = 0;
     let mut arg_count = spec.arg_count as usize;
     if arg_count > USDT_MAX_ARGS {
         arg_count = USDT_MAX_ARGS;
     }
-    rec.arg_count = arg_count as u32;
+    rec.arg_count = arg_count as u16;
 
-    // The failure and truncation bit sets live in the record, not in
-    // registers: a register holding a different constant on each path would
-    // keep the verifier from pruning, 2^12 paths deep.
+    // The failure and truncation bit sets live in memory, not in registers:
+    // a register holding a different constant on each path would keep the
+    // verifier from pruning, 2^12 paths deep.
     for i in 0..USDT_MAX_ARGS {
         if i >= arg_count {
             break;
         }
         match fetch(ctx, &spec.args[i]) {
-            Some(value) => rec.args[i] = value,
+            Some(value) => rec.body[i] = value,
             None => {
-                rec.args[i] = 0;
+                rec.body[i] = 0;
                 rec.failed |= 1 << i;
             }
         }
     }
 
-    // The running offset into `strings` lives in the record too: loaded
-    // back as an unknown value each round, its bounds are re-checked and the
-    // verifier's states for each round collapse into one.
+    // The strings start right after the values. The running offset lives
+    // in memory too: loaded back as an unknown value each round, its bounds
+    // are re-checked and the verifier's states for each round collapse into
+    // one.
+    let strings_at = 8 * arg_count;
     for i in 0..USDT_MAX_ARGS {
         if i >= arg_count {
             break;
@@ -108,7 +134,9 @@ fn try_usdt_probe(ctx: &ProbeContext) {
         if rec.failed & (1 << i) != 0 {
             continue;
         }
-        let src = rec.args[i];
+        let src = rec.body[i];
+        // The agent does not need a string's pointer: the value is 0.
+        rec.body[i] = 0;
         let mut cap = arg.str_cap as usize;
         if cap > CAP_MAX {
             cap = CAP_MAX;
@@ -120,7 +148,7 @@ fn try_usdt_probe(ctx: &ProbeContext) {
                 rec.failed |= 1 << i;
                 continue;
             }
-            let len = rec.args[len_arg];
+            let len = rec.body[len_arg];
             if len < want as u64 {
                 want = len as usize;
             } else if len > want as u64 {
@@ -131,33 +159,37 @@ fn try_usdt_probe(ctx: &ProbeContext) {
             continue;
         }
         if want == 0 {
+            rec.str_len[i] = 0;
             rec.str_mask |= 1 << i;
             continue;
         }
         let used = rec.str_used as usize;
-        let dst: &mut [u8] = &mut rec.strings;
+        let at = strings_at + used;
+        // SAFETY: the body's bytes, `USDT_BODY` of them.
+        let dst = unsafe {
+            core::slice::from_raw_parts_mut(rec.body.as_mut_ptr().cast::<u8>(), USDT_BODY)
+        };
         let copied = if want <= SMALL_STR {
-            if used > USDT_STR_BUF - SMALL_STR {
+            if at > USDT_BODY - SMALL_STR {
                 rec.truncated |= 1 << i;
                 continue;
             }
-            copy_str(dst, used, want, SMALL_STR, arg.str_mode, src)
+            copy_str(dst, at, want, SMALL_STR, arg.str_mode, src)
         } else {
-            if used > USDT_STR_BUF - CAP_MAX {
+            if at > USDT_BODY - CAP_MAX {
                 rec.truncated |= 1 << i;
                 continue;
             }
-            copy_str(dst, used, want, CAP_MAX, arg.str_mode, src)
+            copy_str(dst, at, want, CAP_MAX, arg.str_mode, src)
         };
         match copied {
             Some((n, cut)) => {
-                rec.str_off[i] = used as u16;
-                rec.str_len[i] = n as u16;
+                rec.str_len[i] = n as u8;
                 rec.str_mask |= 1 << i;
                 if cut {
                     rec.truncated |= 1 << i;
                 }
-                rec.str_used = (used + n) as u32;
+                rec.str_used = (used + n) as u16;
             }
             None => rec.failed |= 1 << i,
         }
@@ -165,27 +197,18 @@ fn try_usdt_probe(ctx: &ProbeContext) {
     if rec.failed != 0 {
         count(stats::READ_FAILED);
     }
-    let now = rec.header.ktime_ns;
-    submit(entry, now);
-}
-
-/// Bytes from `str_off` up to `strings`: the string offsets and lengths and
-/// the bit sets, all zero before an event is read.
-const BOOKKEEPING_WORDS: usize =
-    (offset_of!(UsdtRecord, strings) - offset_of!(UsdtRecord, str_off)) / 8;
-const _: () = assert!(offset_of!(UsdtRecord, str_off) % 8 == 0);
-
-/// Zeroes the record's bookkeeping fields with one 8-byte store per word.
-/// Assigning the arrays instead makes LLVM call `memset`, which the BPF
-/// target implements one byte per loop round: it cost half the program.
-#[inline(always)]
-fn zero_bookkeeping(rec: &mut UsdtRecord) {
-    let words = core::ptr::addr_of_mut!(rec.str_off).cast::<u64>();
-    for i in 0..BOOKKEEPING_WORDS {
-        // SAFETY: the words lie inside `rec` (from `str_off`, 8-aligned, up
-        // to `strings`); volatile keeps LLVM from folding them into memset.
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    let len = USDT_RECORD_HEAD + strings_at + rec.str_used as usize;
+    if len > core::mem::size_of::<UsdtRecord>() {
+        return;
     }
+    if load(seq_now) != seq {
+        count(stats::INTERLEAVED);
+        return;
+    }
+    let now = rec.header.ktime_ns;
+    // SAFETY: the record's first `len` bytes, `len` checked above.
+    let bytes = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(rec).cast::<u8>(), len) };
+    output(bytes, now);
 }
 
 /// Copies at most `want` (<= `limit`) bytes of the string at `src` to
@@ -200,10 +223,10 @@ fn copy_str(
     mode: u8,
     src: u64,
 ) -> Option<(usize, bool)> {
-    if off > USDT_STR_BUF - limit || want > limit || want == 0 || dst.len() < USDT_STR_BUF {
+    if off > USDT_BODY - limit || want > limit || want == 0 || dst.len() < USDT_BODY {
         return None;
     }
-    // SAFETY: off + want <= USDT_STR_BUF <= dst.len(), checked above.
+    // SAFETY: off + want <= USDT_BODY <= dst.len(), checked above.
     let dst = unsafe { dst.as_mut_ptr().add(off) };
     if mode == STR_NUL {
         // SAFETY: `dst` has room for `want` bytes; a bad `src` makes the

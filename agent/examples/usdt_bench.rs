@@ -23,16 +23,14 @@ use agent::{
 };
 use agent_common::{
     event::{EventHeader, KIND_USDT},
-    usdt::{USDT_MAX_ARGS, USDT_STR_BUF, UsdtRecord},
+    usdt::{USDT_BODY, USDT_MAX_ARGS, USDT_RECORD_HEAD, UsdtRecord},
 };
 
+/// A record as `usdt_probe` writes it for a probe with one string argument:
+/// the head, the argument's value (0 for a string), the string's bytes.
 fn record(site: u32, tid: u32, t: u64, id: &str) -> Vec<u8> {
-    let mut strings = [0u8; USDT_STR_BUF];
-    strings[..id.len()].copy_from_slice(id.as_bytes());
-    let mut str_len = [0u16; USDT_MAX_ARGS];
-    str_len[0] = id.len() as u16;
-    let mut args = [0u64; USDT_MAX_ARGS];
-    args[0] = 0x7000_0000;
+    let mut str_len = [0u8; USDT_MAX_ARGS];
+    str_len[0] = id.len() as u8;
     let rec = UsdtRecord {
         header: EventHeader {
             kind: KIND_USDT,
@@ -43,20 +41,20 @@ fn record(site: u32, tid: u32, t: u64, id: &str) -> Vec<u8> {
             ktime_ns: t,
         },
         arg_count: 1,
-        str_used: id.len() as u32,
-        args,
-        str_off: [0; USDT_MAX_ARGS],
-        str_len,
+        str_used: id.len() as u16,
         failed: 0,
         truncated: 0,
         str_mask: 1,
         _pad: 0,
-        strings,
+        str_len,
+        body: [0; USDT_BODY / 8],
     };
     let ptr = (&raw const rec).cast::<u8>();
     // SAFETY: `UsdtRecord` is `repr(C)` plain data without padding (its size
     // is asserted in agent-common), so all its bytes are initialized.
-    unsafe { std::slice::from_raw_parts(ptr, size_of::<UsdtRecord>()) }.to_vec()
+    let mut bytes = unsafe { std::slice::from_raw_parts(ptr, USDT_RECORD_HEAD + 8) }.to_vec();
+    bytes.extend_from_slice(id.as_bytes());
+    bytes
 }
 
 /// Not inlined, so `valgrind --tool=callgrind --toggle-collect=*::run` counts

@@ -15,7 +15,7 @@ systemtap-sdt-dev), and writes:
   probe), and the tiny ELF file whole (mode byte 0x00, under 2 KB);
 - corpus/usdt_args/: every argument string of those notes, plus forms the
   fixture does not produce;
-- corpus/usdt_record/: valid `usdt_probe` records (layout of
+- corpus/usdt_record/: valid `usdt_probe` records (the variable-length layout of
   agent-common's UsdtRecord);
 - corpus/usdt_mapping/: the built-in mapping and the mappings of the tests.
 
@@ -156,28 +156,25 @@ def build(out):
 
 
 def record(args, site=0, tid=1234, goid=0, ktime=1_000_000_000, failed=0, truncated=0):
-    """A usdt_probe record: `args` are ints or (pointer, bytes) strings."""
-    values, offs, lens, strings, mask = [], [], [], b"", 0
+    """A usdt_probe record: `args` are ints or (pointer, bytes) strings. The
+    head, the values (0 for a string), then the strings back to back."""
+    values, lens, strings, mask = [], [], b"", 0
     for i, a in enumerate(args):
         if isinstance(a, tuple):
-            values.append(a[0])
-            offs.append(len(strings))
+            values.append(0)
             lens.append(len(a[1]))
             strings += a[1]
             mask |= 1 << i
         else:
             values.append(a & 0xFFFFFFFFFFFFFFFF)
-            offs.append(0)
             lens.append(0)
     pad = 12 - len(args)
-    rec = struct.pack("<IIIIQQII", 3, 1, tid, site, goid, ktime, len(args), len(strings))
-    rec += struct.pack("<IIII", failed, truncated, mask, 0)
-    rec += struct.pack("<12H", *(offs + [0] * pad))
-    rec += struct.pack("<12H", *(lens + [0] * pad))
-    rec += strings.ljust(344, b"\0")
-    rec += struct.pack("<12Q", *(values + [0] * pad))
-    assert len(rec) == 544
-    return rec
+    rec = struct.pack("<IIIIQQHH", 3, 1, tid, site, goid, ktime, len(args), len(strings))
+    rec += struct.pack("<HHHH", failed, truncated, mask, 0)
+    rec += struct.pack("<12B", *(lens + [0] * pad))
+    assert len(rec) == 56
+    rec += struct.pack(f"<{len(values)}Q", *values)
+    return rec + strings
 
 
 def toml_consts(path):

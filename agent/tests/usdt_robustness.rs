@@ -5,7 +5,7 @@
 mod usdt_support;
 
 use agent::usdt::{args::parse_args, decode_usdt_record, probes_in_elf, probes_in_file};
-use agent_common::usdt::UsdtRecord;
+use agent_common::usdt::{USDT_RECORD_HEAD, UsdtRecord};
 use usdt_support::fixture;
 
 /// A small deterministic generator (xorshift64*).
@@ -133,12 +133,18 @@ fn random_records_never_panic() {
             size
         };
         let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        if len >= 48 {
+        if len >= USDT_RECORD_HEAD {
             bytes[..4].copy_from_slice(&3u32.to_le_bytes());
-            // Plausible counts and lengths half of the time.
+            // Plausible counts and a length to match half of the time, and
+            // no strings in half of those.
             if round % 2 == 0 {
-                bytes[32..36].copy_from_slice(&(rng.below(13) as u32).to_le_bytes());
-                bytes[36..40].copy_from_slice(&(rng.below(345) as u32).to_le_bytes());
+                let (count, used) = (rng.below(13), rng.below(345));
+                bytes[32..34].copy_from_slice(&(count as u16).to_le_bytes());
+                bytes[34..36].copy_from_slice(&(used as u16).to_le_bytes());
+                if round % 4 == 0 {
+                    bytes[40..42].fill(0);
+                }
+                bytes.resize(USDT_RECORD_HEAD + 8 * count + used, 0xAB);
             }
         }
         if decode_usdt_record(&bytes).is_ok() {

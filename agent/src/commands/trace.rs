@@ -114,6 +114,12 @@ impl Losses {
                 true,
             ),
             counter(
+                "interleaved",
+                Some(("records dropped by preempted probes", "")),
+                self.kernel.interleaved,
+                true,
+            ),
+            counter(
                 "bad_records",
                 Some(("unreadable records", "")),
                 self.bad_records,

@@ -16,6 +16,9 @@ pub struct KernelStats {
     pub events_written: u64,
     /// Header maps not searched completely for `Traceparent`.
     pub headers_incomplete: u64,
+    /// Records dropped because another run on the same CPU wrote the
+    /// program's working memory meanwhile.
+    pub interleaved: u64,
 }
 
 /// Reads `STATS`.
@@ -49,6 +52,7 @@ impl StatsReader {
             no_config: self.sum(stats::NO_CONFIG),
             events_written: self.sum(stats::EVENTS_WRITTEN),
             headers_incomplete: self.sum(stats::HEADERS_INCOMPLETE),
+            interleaved: self.sum(stats::INTERLEAVED),
         }
     }
 }

@@ -14,8 +14,8 @@ use smallvec::SmallVec;
 use agent_common::{
     event::{EventHeader, KIND_USDT},
     usdt::{
-        STR_NUL, STR_PTR_LEN, USDT_MAX_ARGS, USDT_MAX_SITES, USDT_STR_BUF, USDT_STR_CAP_DEFAULT,
-        USDT_STR_CAP_MAX, UsdtRecord, UsdtSpec,
+        STR_NUL, STR_PTR_LEN, USDT_MAX_ARGS, USDT_MAX_SITES, USDT_RECORD_HEAD,
+        USDT_STR_CAP_DEFAULT, USDT_STR_CAP_MAX, UsdtRecord, UsdtSpec,
     },
 };
 use aya::{
@@ -512,114 +512,87 @@ impl UsdtEvent {
 /// record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UsdtDecodeError {
-    #[error("record of {len} bytes is shorter than a USDT record ({need} bytes)")]
+    #[error("record of {len} bytes is shorter than a USDT record's head ({need} bytes)")]
     Short { len: usize, need: usize },
+    #[error("record of {len} bytes, where its head says {need}")]
+    Length { len: usize, need: usize },
     #[error("record kind {0} is not a USDT record")]
     Kind(u32),
     #[error("bad field at byte {offset}: {reason}")]
     Field { offset: usize, reason: &'static str },
 }
 
-/// A little-endian cursor over a record.
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut buf = [0; N];
-        // The caller checked the record's full length first.
-        if let Some(src) = self.data.get(self.pos..self.pos + N) {
-            buf.copy_from_slice(src);
-        }
-        self.pos += N;
-        buf
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.bytes())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.bytes())
-    }
-}
-
-/// Decodes a `usdt_probe` record (as drained from the ring buffer).
+/// Decodes a `usdt_probe` record (as drained from the ring buffer): its
+/// head, `arg_count` values, then the string bytes, and nothing after them.
 pub fn decode_usdt_record(bytes: &[u8]) -> Result<UsdtEvent, UsdtDecodeError> {
-    let need = std::mem::size_of::<UsdtRecord>();
-    if bytes.len() < need {
+    let Some(head) = bytes.first_chunk::<USDT_RECORD_HEAD>() else {
         return Err(UsdtDecodeError::Short {
             len: bytes.len(),
-            need,
+            need: USDT_RECORD_HEAD,
         });
-    }
-    let mut r = Reader {
-        data: bytes,
-        pos: 0,
+    };
+    let u16_at = |at: usize| u16::from_le_bytes([head[at], head[at + 1]]);
+    let u32_at =
+        |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    let u64_at = |bytes: &[u8], at: usize| {
+        let mut word = [0; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(word)
     };
     let header = EventHeader {
-        kind: r.u32(),
-        target: r.u32(),
-        tid: r.u32(),
-        site: r.u32(),
-        goid: r.u64(),
-        ktime_ns: r.u64(),
+        kind: u32_at(offset_of!(EventHeader, kind)),
+        target: u32_at(offset_of!(EventHeader, target)),
+        tid: u32_at(offset_of!(EventHeader, tid)),
+        site: u32_at(offset_of!(EventHeader, site)),
+        goid: u64_at(head, offset_of!(EventHeader, goid)),
+        ktime_ns: u64_at(head, offset_of!(EventHeader, ktime_ns)),
     };
     if header.kind != KIND_USDT {
         return Err(UsdtDecodeError::Kind(header.kind));
     }
-    let count_at = r.pos;
-    let arg_count = r.u32() as usize;
-    let used_at = r.pos;
-    let str_used = r.u32() as usize;
+    let arg_count = usize::from(u16_at(offset_of!(UsdtRecord, arg_count)));
     if arg_count > USDT_MAX_ARGS {
         return Err(UsdtDecodeError::Field {
-            offset: count_at,
+            offset: offset_of!(UsdtRecord, arg_count),
             reason: "more than 12 arguments",
         });
     }
-    if str_used > USDT_STR_BUF {
-        return Err(UsdtDecodeError::Field {
-            offset: used_at,
-            reason: "string area overflows",
+    let str_used = usize::from(u16_at(offset_of!(UsdtRecord, str_used)));
+    let strings_at = USDT_RECORD_HEAD + 8 * arg_count;
+    let need = strings_at + str_used;
+    if bytes.len() != need {
+        return Err(UsdtDecodeError::Length {
+            len: bytes.len(),
+            need,
         });
     }
-    // Only the first `arg_count` slots of each array are read: a record
-    // has room for 12 arguments, most probes use one to four.
-    let field = |at: usize, width: usize| &bytes[at..at + width];
-    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-    let u32_at = |at: usize| u32::from_le_bytes(field(at, 4).try_into().unwrap_or([0; 4]));
-    let u64_at = |at: usize| u64::from_le_bytes(field(at, 8).try_into().unwrap_or([0; 8]));
-    let values_at = offset_of!(UsdtRecord, args);
-    let offs_at = offset_of!(UsdtRecord, str_off);
+    let failed = u16_at(offset_of!(UsdtRecord, failed));
+    let truncated = u16_at(offset_of!(UsdtRecord, truncated));
+    let str_mask = u16_at(offset_of!(UsdtRecord, str_mask));
     let lens_at = offset_of!(UsdtRecord, str_len);
-    let failed = u32_at(offset_of!(UsdtRecord, failed));
-    let truncated = u32_at(offset_of!(UsdtRecord, truncated));
-    let str_mask = u32_at(offset_of!(UsdtRecord, str_mask));
-    let strings_at = offset_of!(UsdtRecord, strings);
-    let strings = &bytes[strings_at..strings_at + USDT_STR_BUF];
+    let strings = &bytes[strings_at..];
+    let mut start = 0;
     let mut args = UsdtArgs::with_capacity(arg_count);
     for i in 0..arg_count {
         let string = if str_mask & (1 << i) != 0 {
-            let start = usize::from(u16_at(offs_at + 2 * i));
-            let end = start + usize::from(u16_at(lens_at + 2 * i));
-            if end > str_used {
+            let end = start + usize::from(head[lens_at + i]);
+            let Some(string) = strings.get(start..end) else {
                 return Err(UsdtDecodeError::Field {
-                    offset: lens_at + 2 * i,
-                    reason: "string outside the used string area",
+                    offset: lens_at + i,
+                    reason: "string past the record's string bytes",
                 });
-            }
-            Some(ArgBytes::from_slice(&strings[start..end]))
+            };
+            start = end;
+            Some(ArgBytes::from_slice(string))
         } else {
             None
         };
         args.push(UsdtArg {
-            // A string's pointer is of no use here, and the values sit at
-            // the record's end: a one-string record is read from two lines.
+            // A string's pointer is of no use here: its value is 0.
             value: if string.is_some() {
                 0
             } else {
-                u64_at(values_at + 8 * i)
+                u64_at(bytes, USDT_RECORD_HEAD + 8 * i)
             },
             failed: failed & (1 << i) != 0,
             string,
