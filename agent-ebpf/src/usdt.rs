@@ -91,16 +91,11 @@ fn try_usdt_probe(ctx: &ProbeContext) {
     // Every field the agent reads is set below: `str_len` only for the
     // strings `str_mask` marks, the body only up to the record's length.
     rec.header = header(cookie, KIND_USDT, 0);
-    rec.str_used = 0;
-    rec.failed = 0;
-    rec.truncated = 0;
-    rec.str_mask = 0;
-    rec._pad = 0;
     let mut arg_count = spec.arg_count as usize;
     if arg_count > USDT_MAX_ARGS {
         arg_count = USDT_MAX_ARGS;
     }
-    rec.arg_count = arg_count as u16;
+    clear_counts(rec, arg_count as u16);
 
     // The failure and truncation bit sets live in memory, not in registers:
     // a register holding a different constant on each path would keep the
@@ -209,6 +204,29 @@ fn try_usdt_probe(ctx: &ProbeContext) {
     // SAFETY: the record's first `len` bytes, `len` checked above.
     let bytes = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(rec).cast::<u8>(), len) };
     output(bytes, now);
+}
+
+/// Sets the record's argument count and zeroes the counts and bit sets
+/// after it, with one store each: plain assignments of the neighbouring
+/// fields make LLVM call `memset`, which the BPF target implements one byte
+/// per loop round.
+#[inline(always)]
+fn clear_counts(rec: &mut UsdtRecord, arg_count: u16) {
+    let fields = [
+        core::ptr::addr_of_mut!(rec.str_used),
+        core::ptr::addr_of_mut!(rec.failed),
+        core::ptr::addr_of_mut!(rec.truncated),
+        core::ptr::addr_of_mut!(rec.str_mask),
+        core::ptr::addr_of_mut!(rec._pad),
+    ];
+    // SAFETY: pointers to fields of `rec`; volatile keeps LLVM from
+    // folding the stores into `memset`.
+    unsafe {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!(rec.arg_count), arg_count);
+        for field in fields {
+            core::ptr::write_volatile(field, 0);
+        }
+    }
 }
 
 /// Copies at most `want` (<= `limit`) bytes of the string at `src` to
