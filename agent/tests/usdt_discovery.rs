@@ -1,13 +1,14 @@
 //! USDT discovery against `readelf -n` of the fixture built from source:
 //! every note, exactly; the probe's file offset lands on its `nop`; a
 //! running process's probes include its shared library twice (mapped from
-//! its file and from a memfd copy).
+//! its file and from a memfd copy), and a later look reads only the
+//! libraries mapped since.
 
 mod usdt_support;
 
 use std::os::unix::fs::FileExt;
 
-use agent::usdt::{format_probe_list, probes_in_file, probes_in_process};
+use agent::usdt::{ScannedFiles, format_probe_list, probes_in_file, probes_in_process};
 use usdt_support::{Running, fixture, readelf_notes};
 
 fn assert_matches_readelf(path: &std::path::Path) -> Vec<agent::usdt::UsdtProbe> {
@@ -179,4 +180,44 @@ fn process_probes_include_libraries_and_memfd_copies() {
         "{listing}"
     );
     assert_eq!(listing.matches("fixlib:lib_probe").count(), 2, "{listing}");
+}
+
+#[test]
+fn a_second_scan_reads_only_libraries_mapped_since() {
+    let fx = fixture("discovery");
+    let mut running = Running::start(fx);
+    let pid = running.pid;
+    let mut scanned = ScannedFiles::default();
+    let first = scanned.scan(pid).expect("first scan");
+    assert_eq!(
+        first.len(),
+        probes_in_process(pid).expect("discovering").len(),
+        "the first scan reads everything"
+    );
+    assert!(first.iter().all(|p| p.provider != "runtime"));
+    assert!(
+        scanned.scan(pid).expect("second scan").is_empty(),
+        "nothing new"
+    );
+
+    let load = format!("loadlib {}", fx.runtime_lib.display());
+    assert_eq!(running.command(&load), "loaded");
+    let new = scanned.scan(pid).expect("scan after loading");
+    let mut names: Vec<_> = new
+        .iter()
+        .map(|p| format!("{}:{} in {}", p.provider, p.name, p.module))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "runtime:request_end in /memfd:usdt-runtime (deleted)",
+            "runtime:request_start in /memfd:usdt-runtime (deleted)",
+        ]
+    );
+    assert!(scanned.scan(pid).expect("again").is_empty());
+
+    // A file whose probes failed to attach is read again once forgotten.
+    scanned.forget(&new[0]);
+    assert_eq!(scanned.scan(pid).expect("after forgetting").len(), 2);
 }

@@ -300,6 +300,73 @@ fn seed_pairs_custom_mapping_expiry_and_semaphore() {
 }
 
 #[test]
+fn probes_of_a_library_loaded_after_attaching() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = fixture("spans");
+    let mut target = Running::start(fx);
+    let pid = target.pid;
+
+    let receiver = Receiver::grpc();
+    let summary_path = write_temp("summary-runtime.txt", "");
+    let mut cmd = command();
+    cmd.args(["--pid", &pid.to_string()])
+        .args([
+            "--otlp-endpoint",
+            &receiver.url(),
+            "--otlp-protocol",
+            "grpc",
+        ])
+        .arg("--summary-file")
+        .arg(&summary_path);
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    let usdt_line = agent.wait_for_stderr("USDT:", Duration::from_secs(1));
+    assert!(!usdt_line.contains("runtime:"), "{usdt_line}");
+
+    // The library appears after the agent attached, in a memory file, as
+    // libstapsdt creates them; the agent looks at the mappings every second.
+    let load = format!("loadlib {}", fx.runtime_lib.display());
+    assert_eq!(target.command(&load), "loaded");
+    let found = agent.wait_for_stderr("new probes", Duration::from_secs(5));
+    assert!(
+        found.contains("USDT: 2 new probes at 2 sites in /memfd:usdt-runtime"),
+        "{found}"
+    );
+    assert!(
+        found.contains("runtime:request_end, runtime:request_start"),
+        "{found}"
+    );
+    assert_eq!(target.command("rtpair rt-7"), "rtpair rt-7");
+
+    let spans = receiver.wait_for_spans(1, Duration::from_secs(10));
+    agent.signal(Signal::SIGINT);
+    let status = agent.wait(Duration::from_secs(10));
+    assert!(status.success(), "agent exit: {status}");
+    assert_eq!(receiver.spans().len(), 1, "{spans:#?}");
+    let request = by_name(&spans, "Request");
+    assert_eq!(attrs(request), map(&[("request.id", "rt-7")]));
+    assert!(request.duration() > Duration::ZERO);
+    assert_eq!(
+        agent
+            .stderr_lines()
+            .iter()
+            .filter(|l| l.contains("new probes"))
+            .count(),
+        1,
+        "the library is read once"
+    );
+    let summary = summary(&summary_path);
+    for (key, value) in [
+        ("usdt_started", 1),
+        ("usdt_completed", 1),
+        ("records", 2),
+        ("bad_records", 0),
+    ] {
+        assert_eq!(summary.get(key), Some(&value), "{key} in {summary:?}");
+    }
+}
+
+#[test]
 fn a_plain_c_program_with_usdt_probes() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("usdt-spans");

@@ -4,6 +4,7 @@ mod decode;
 mod inspect;
 mod probes;
 mod trace;
+mod usdt_session;
 mod watch;
 
 use std::process::ExitCode;

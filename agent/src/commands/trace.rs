@@ -12,7 +12,7 @@ use agent_common::event::KIND_USDT;
 use agent::{
     binary::{GoBinary, GoVersion},
     clock::WallClock,
-    export::{BatchConfig, EncodedSpan, ExportSnapshot, Pipeline},
+    export::{BatchConfig, ExportSnapshot, Pipeline},
     flight::{self, FlightReader, ReaderConfig, ReaderStats},
     probes::{self, KernelStats, LoadOptions, Probes, http_server},
     resource::{self, ProcessInfo, ResourceOptions},
@@ -23,14 +23,12 @@ use agent::{
         usdt::{UsdtSpanBuilder, UsdtStats},
     },
     target::{ExitWatch, Target},
-    usdt::{
-        UsdtAttachment, UsdtProbe, UsdtSites, attach_usdt, decode_usdt_record,
-        mapping::{MappingConfig, Role},
-    },
+    usdt::{ScannedFiles, UsdtProbe, mapping::MappingConfig},
 };
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::usdt_session::{UsdtSession, usable_probes};
 use crate::cli::{ExportArgs, TraceArgs};
 
 /// The oldest Go with the register-based calling convention the probes read.
@@ -303,32 +301,20 @@ fn plan_go(
 }
 
 /// The USDT probes of `pid` that the mapping names and that can be
-/// attached, or why there are none.
-fn usdt_probes(pid: u32, config: &MappingConfig) -> Result<Vec<UsdtProbe>, String> {
-    let all = agent::usdt::probes_in_process(pid).map_err(|err| {
+/// attached, or why there are none; `scanned` remembers the files read.
+fn usdt_probes(
+    pid: u32,
+    config: &MappingConfig,
+    scanned: &mut ScannedFiles,
+) -> Result<Vec<UsdtProbe>, String> {
+    let all = scanned.scan(pid).map_err(|err| {
         format!(
             "reading its USDT probes failed: {:#}",
             anyhow::Error::new(err)
         )
     })?;
     let found = all.len();
-    let mut usable = Vec::new();
-    for probe in all {
-        if config.find(&probe.provider, &probe.name).is_none() {
-            continue;
-        }
-        if let Some(err) = &probe.args_error {
-            log::warn!(
-                "USDT probe {}:{} in {}: cannot read its arguments ({}); not attached",
-                probe.provider,
-                probe.name,
-                probe.module,
-                err.reason
-            );
-            continue;
-        }
-        usable.push(probe);
-    }
+    let usable = usable_probes(all, config);
     if usable.is_empty() {
         return Err(format!(
             "it has no USDT probes that a mapping names ({found} USDT probes found)"
@@ -349,40 +335,6 @@ fn usdt_config(args: &TraceArgs) -> anyhow::Result<Option<MappingConfig>> {
     }))
 }
 
-/// Attached USDT probes and what their records become.
-struct UsdtSession {
-    sites: UsdtSites,
-    attachment: Option<UsdtAttachment>,
-    /// Site index -> (mapping index, role).
-    resolved: Vec<Option<(usize, Role)>>,
-    builder: UsdtSpanBuilder,
-}
-
-impl UsdtSession {
-    /// Decodes one USDT record and feeds the builder.
-    fn on_record(&mut self, bytes: &[u8], losses: &mut Losses, out: &mut impl FnMut(EncodedSpan)) {
-        match decode_usdt_record(bytes) {
-            Ok(event) => match self.resolved.get(event.site() as usize).copied().flatten() {
-                Some(resolved) => self.builder.on_event(resolved, event, out),
-                None => self.builder.on_unmapped(),
-            },
-            Err(err) => {
-                losses.bad_records += 1;
-                log::debug!("bad USDT record: {err}");
-            }
-        }
-    }
-
-    /// Detaches the uprobes and restores the semaphores.
-    fn detach(&mut self, probes: &mut Probes) {
-        if let Some(attachment) = self.attachment.take()
-            && let Err(err) = attachment.detach(probes.ebpf_mut(), &mut self.sites)
-        {
-            log::warn!("detaching USDT probes: {:#}", anyhow::Error::new(err));
-        }
-    }
-}
-
 pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Result<ExitCode> {
     probes::preflight()?;
     let target = Target::open(pid)?;
@@ -396,9 +348,10 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         Ok(go) => (go.http, go.flight),
         Err(err) => (Err(err), None),
     };
-    let usdt = match &mapping {
-        Some(config) => usdt_probes(pid, config),
-        None => Err("USDT probes are off (--no-usdt)".to_owned()),
+    let mut scanned = mapping.as_ref().map(|_| ScannedFiles::default());
+    let usdt = match (&mapping, scanned.as_mut()) {
+        (Some(config), Some(scanned)) => usdt_probes(pid, config, scanned),
+        _ => Err("USDT probes are off (--no-usdt)".to_owned()),
     };
     let (http, usdt_found) = match (http, usdt) {
         (Err(http_err), Err(usdt_err)) if flight_plan.is_some() => {
@@ -463,36 +416,19 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     }
     let clock = WallClock::measure();
     let ttl = Duration::from_secs(args.span_ttl);
-    let mut usdt = UsdtSession {
-        sites: UsdtSites::new(),
-        attachment: None,
-        resolved: Vec::new(),
-        builder: UsdtSpanBuilder::new(
+    let mut usdt = UsdtSession::new(
+        pid,
+        UsdtSpanBuilder::new(
             mapping.unwrap_or_else(MappingConfig::builtin),
             clock,
             args.max_open_spans,
             ttl,
         ),
-    };
+        scanned,
+    );
     if !usdt_found.is_empty() {
-        let strings = usdt.builder.config().string_args();
-        let attachment = attach_usdt(
-            probes.ebpf_mut(),
-            &mut usdt.sites,
-            0,
-            pid,
-            &usdt_found,
-            &strings,
-        )
-        .with_context(|| format!("cannot attach to the USDT probes of PID {pid}"))?;
-        for site in usdt.sites.iter() {
-            let index = site.index as usize;
-            if usdt.resolved.len() <= index {
-                usdt.resolved.resize(index + 1, None);
-            }
-            usdt.resolved[index] = usdt.builder.resolve(&site.probe.provider, &site.probe.name);
-        }
-        usdt.attachment = Some(attachment);
+        usdt.attach(probes.ebpf_mut(), &usdt_found)
+            .with_context(|| format!("cannot attach to the USDT probes of PID {pid}"))?;
         let mut names: Vec<String> = usdt_found
             .iter()
             .map(|p| format!("{}:{}", p.provider, p.name))
@@ -613,7 +549,7 @@ async fn session(
         target.exe_in_target.display(),
         go_version.unwrap_or("not Go"),
         probes.attached().len(),
-        usdt.attachment.as_ref().map_or(0, |a| a.sites().len()),
+        usdt.site_count(),
     );
 
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -640,7 +576,7 @@ async fn session(
             }
             Ok(Record::HttpTracestate(rec)) => builder.on_tracestate(rec),
             Ok(Record::Other { header, bytes }) if header.kind == KIND_USDT => {
-                usdt.on_record(bytes, losses, &mut send);
+                usdt.on_record(bytes, &mut losses.bad_records, &mut send);
             }
             Ok(Record::Other { header, .. }) => {
                 log::trace!("ignoring record of kind {}", header.kind);
@@ -664,6 +600,7 @@ async fn session(
             }
             _ = drain_tick.tick() => {}
             _ = housekeeping.tick() => {
+                usdt.discover(probes.ebpf_mut());
                 let now = WallClock::monotonic_now_ns();
                 builder.expire(now, &mut |span| sender.send_encoded(span));
                 usdt.builder.expire(now, &mut |span| sender.send_encoded(span));

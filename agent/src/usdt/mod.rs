@@ -21,6 +21,7 @@ pub mod process;
 pub mod semaphore;
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     path::{Path, PathBuf},
 };
@@ -114,37 +115,76 @@ pub fn probes_in_elf(path: impl AsRef<Path>, data: &[u8]) -> Result<Vec<UsdtProb
 /// mapped executable. Files that are not x86-64 ELF (or cannot be read) other
 /// than the executable are skipped.
 pub fn probes_in_process(pid: u32) -> Result<Vec<UsdtProbe>, UsdtError> {
-    let maps = process::read_maps(pid)?;
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let exe_meta = std::fs::metadata(&exe).map_err(|source| UsdtError::Io {
-        path: exe.clone(),
-        source,
-    })?;
-    let mut probes = Vec::new();
-    let mut exe_seen = false;
-    for map in process::executable_files(&maps) {
-        let path = map.readable_path(pid);
-        let is_exe = {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(&path)
-                .is_ok_and(|m| m.ino() == exe_meta.ino() && m.dev() == exe_meta.dev())
+    ScannedFiles::default().scan(pid)
+}
+
+/// The executable files of one process already read for USDT probes, so
+/// that a later look at its mappings reads only the files that are new:
+/// libraries loaded since (`dlopen`), such as the memory-file libraries
+/// libstapsdt creates when a program defines probes at run time.
+#[derive(Debug, Default)]
+pub struct ScannedFiles {
+    /// Device and inode of each file read (or found unreadable), with the
+    /// path it was read through.
+    files: HashMap<(String, u64), PathBuf>,
+    /// Whether the executable itself has been read.
+    exe_done: bool,
+}
+
+impl ScannedFiles {
+    /// The probes of the files `pid` maps executable that this set has not
+    /// seen yet, which it then remembers. The first call reads the
+    /// executable too, and fails if it cannot; a library that is not x86-64
+    /// ELF or cannot be read is skipped (and not read again).
+    pub fn scan(&mut self, pid: u32) -> Result<Vec<UsdtProbe>, UsdtError> {
+        let maps = process::read_maps(pid)?;
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let exe_meta = if self.exe_done {
+            None
+        } else {
+            Some(std::fs::metadata(&exe).map_err(|source| UsdtError::Io {
+                path: exe.clone(),
+                source,
+            })?)
         };
-        match probes_in_file(&path) {
-            Ok(found) => probes.extend(found.into_iter().map(|p| UsdtProbe {
-                module: map.path.clone(),
-                ..p
-            })),
-            Err(err) if is_exe => return Err(err),
-            Err(err) => log::debug!("pid {pid}: skipping {}: {err}", map.path),
+        let mut probes = Vec::new();
+        let mut exe_seen = false;
+        for map in process::executable_files(&maps) {
+            let key = (map.dev.clone(), map.inode);
+            if self.files.contains_key(&key) {
+                continue;
+            }
+            let path = map.readable_path(pid);
+            self.files.insert(key, path.clone());
+            let is_exe = exe_meta.as_ref().is_some_and(|exe| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(&path).is_ok_and(|m| m.ino() == exe.ino() && m.dev() == exe.dev())
+            });
+            match probes_in_file(&path) {
+                Ok(found) => probes.extend(found.into_iter().map(|p| UsdtProbe {
+                    module: map.path.clone(),
+                    ..p
+                })),
+                Err(err) if is_exe => return Err(err),
+                Err(err) => log::debug!("pid {pid}: skipping {}: {err}", map.path),
+            }
+            exe_seen |= is_exe;
         }
-        exe_seen |= is_exe;
+        if !self.exe_done && !exe_seen {
+            // No executable mapping of the executable itself (unusual): read
+            // it through the /proc/N/exe link.
+            probes.extend(probes_in_file(&exe)?);
+        }
+        self.exe_done = true;
+        Ok(probes)
     }
-    if !exe_seen {
-        // No executable mapping of the executable itself (unusual): read it
-        // through the /proc/N/exe link.
-        probes.extend(probes_in_file(&exe)?);
+
+    /// Forgets the file `probe` was read from, so that the next
+    /// [`scan`](Self::scan) reads it again (after its probes failed to
+    /// attach, say while the library was still being mapped).
+    pub fn forget(&mut self, probe: &UsdtProbe) {
+        self.files.retain(|_, path| *path != probe.path);
     }
-    Ok(probes)
 }
 
 /// The `agent probes --pid N` listing: one line per probe with its provider,

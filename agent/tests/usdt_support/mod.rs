@@ -9,10 +9,12 @@ use std::{
     sync::OnceLock,
 };
 
-/// The built fixture: the Go program and its shared library.
+/// The built fixture: the Go program, its shared library, and the library
+/// it loads only on command (`loadlib`).
 pub struct Fixture {
     pub exe: PathBuf,
     pub lib: PathBuf,
+    pub runtime_lib: PathBuf,
 }
 
 fn fixtures_dir() -> PathBuf {
@@ -36,6 +38,14 @@ pub fn fixture(name: &str) -> &'static Fixture {
             .status()
             .expect("running gcc");
         assert!(status.success(), "gcc failed to build the fixture library");
+        let runtime_lib = out.join("libruntime.so");
+        let status = Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O2", "-g", "-o"])
+            .arg(&runtime_lib)
+            .arg(fixtures_dir().join("usdt/lib/runtime.c"))
+            .status()
+            .expect("running gcc");
+        assert!(status.success(), "gcc failed to build the run-time library");
         let status = Command::new("go")
             .args(["build", "-o"])
             .arg(&exe)
@@ -45,7 +55,11 @@ pub fn fixture(name: &str) -> &'static Fixture {
             .status()
             .expect("running go build");
         assert!(status.success(), "go build failed for the usdt fixture");
-        Fixture { exe, lib }
+        Fixture {
+            exe,
+            lib,
+            runtime_lib,
+        }
     })
 }
 
