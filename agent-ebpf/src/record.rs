@@ -4,15 +4,19 @@ use agent_common::{
     event::EventHeader,
     http::{HttpHeaderValue, HttpServerEnd, HttpServerStart, MAX_RECORD},
     stats,
+    usdt::UsdtRecord,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
-    maps::ring_buf::RingBufEntry,
+    maps::{PerCpuArray, ring_buf::RingBufEntry},
     programs::ProbeContext,
 };
 
-use crate::maps::{EVENTS, LAST_WAKEUP_CHECK, count};
+use crate::{
+    headers::{load, store},
+    maps::{EVENTS, LAST_WAKEUP_CHECK, count},
+};
 
 /// The ring buffer's fill (as a right shift of its size: a quarter) past
 /// which records wake the agent up. Below it the agent drains on its own
@@ -51,6 +55,8 @@ pub unsafe trait InPlace {}
 unsafe impl InPlace for HttpServerStart {}
 // SAFETY: as above.
 unsafe impl InPlace for HttpServerEnd {}
+// SAFETY: as above.
+unsafe impl InPlace for UsdtRecord {}
 // SAFETY: as above, for every capacity.
 unsafe impl<const CAP: usize> InPlace for HttpHeaderValue<CAP> {}
 
@@ -102,9 +108,66 @@ pub fn submit<T>(entry: RingBufEntry<T>, now: u64) {
     count(stats::EVENTS_WRITTEN);
 }
 
-/// Copies `record` (built in the program's own memory, as long as what it
-/// holds) into the ring buffer, waking the agent as [`submit`] does. A full
-/// ring is counted.
+/// A record built in per-CPU memory before it is copied into the ring
+/// buffer, with the sequence number that tells a run whether another one
+/// wrote the same memory meanwhile.
+///
+/// Building a record in the ring itself costs a cache miss for each of its
+/// lines that the program reads back (the helpers that copy from the target
+/// write there, and the program then reads what they copied): ring memory
+/// is a first touch every time, per-CPU memory stays in the cache. Programs
+/// on uprobes can be preempted (on kernels with full preemption) and another
+/// task's run on this CPU would then write the same memory: each run bumps
+/// the sequence number first and checks it before copying its record out,
+/// and drops (and counts) a record another run may have mixed up.
+#[repr(C)]
+pub struct Scratch<T> {
+    seq: u64,
+    rec: T,
+}
+
+/// A record being built in this CPU's [`Scratch`].
+pub struct Building<T: 'static> {
+    seq_now: &'static mut u64,
+    seq: u64,
+    pub rec: &'static mut T,
+}
+
+/// Starts building a record in this CPU's value of `map`.
+#[inline(always)]
+pub fn begin<T: InPlace>(map: &'static PerCpuArray<Scratch<T>>) -> Option<Building<T>> {
+    let scratch = map.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value of the map; another run on this CPU is
+    // detected by the sequence number (see `Scratch`).
+    let Scratch { seq: seq_now, rec } = unsafe { &mut *scratch };
+    let seq = load(seq_now).wrapping_add(1);
+    store(seq_now, seq);
+    Some(Building { seq_now, seq, rec })
+}
+
+impl<T: InPlace> Building<T> {
+    /// Copies the record's first `len` bytes into the ring buffer (see
+    /// [`output`]), unless another run wrote the memory meanwhile, which is
+    /// counted (`INTERLEAVED`). `now` is the record's own `ktime_ns`.
+    #[inline(always)]
+    pub fn send(self, len: usize, now: u64) {
+        if len > core::mem::size_of::<T>() {
+            return;
+        }
+        if load(self.seq_now) != self.seq {
+            count(stats::INTERLEAVED);
+            return;
+        }
+        // SAFETY: the first `len` (checked above) bytes of a `T: InPlace`,
+        // all of them initialized.
+        let bytes =
+            unsafe { core::slice::from_raw_parts(core::ptr::from_ref(self.rec).cast::<u8>(), len) };
+        output(bytes, now);
+    }
+}
+
+/// Copies `record` (built in the program's own memory) into the ring
+/// buffer, waking the agent as [`submit`] does. A full ring is counted.
 #[inline(always)]
 pub fn output(record: &[u8], now: u64) {
     if EVENTS.output::<[u8]>(record, wakeup_flags(now)).is_ok() {

@@ -30,30 +30,17 @@ use aya_ebpf::{
 };
 
 use crate::{
-    headers::{load, store},
     maps::count,
-    record::{cookie, header, output},
+    record::{Scratch, begin, cookie, header},
 };
 
 /// Argument specs, indexed by site index (low 32 bits of the attach cookie).
 #[map]
 pub static USDT_SPECS: Array<UsdtSpec> = Array::with_max_entries(USDT_MAX_SITES, 0);
 
-/// A record being built, with the sequence number that tells a run whether
-/// another one wrote the same memory meanwhile.
-#[repr(C)]
-pub struct UsdtScratch {
-    seq: u64,
-    rec: UsdtRecord,
-}
-
-/// One [`UsdtScratch`] per CPU. Programs on uprobes can be preempted (on
-/// kernels with full preemption) and another task's run on this CPU would
-/// then write the same memory: each run bumps the sequence number first and
-/// checks it before copying its record out, and drops (and counts) a record
-/// another run may have mixed up.
+/// The record being built, per CPU (see [`Scratch`]).
 #[map]
-static USDT_SCRATCH: PerCpuArray<UsdtScratch> = PerCpuArray::with_max_entries(1, 0);
+static USDT_SCRATCH: PerCpuArray<Scratch<UsdtRecord>> = PerCpuArray::with_max_entries(1, 0);
 
 /// Every USDT probe site.
 #[uprobe]
@@ -79,14 +66,10 @@ fn try_usdt_probe(ctx: &ProbeContext) {
             return;
         }
     };
-    let Some(scratch) = USDT_SCRATCH.get_ptr_mut(0) else {
+    let Some(building) = begin(&USDT_SCRATCH) else {
         return;
     };
-    // SAFETY: this CPU's value of the map; another run on this CPU is
-    // detected by the sequence number (see `USDT_SCRATCH`).
-    let UsdtScratch { seq: seq_now, rec } = unsafe { &mut *scratch };
-    let seq = load(seq_now).wrapping_add(1);
-    store(seq_now, seq);
+    let rec = &mut *building.rec;
 
     // Every field the agent reads is set below: `str_len` only for the
     // strings `str_mask` marks, the body only up to the record's length.
@@ -193,17 +176,8 @@ fn try_usdt_probe(ctx: &ProbeContext) {
         count(stats::READ_FAILED);
     }
     let len = USDT_RECORD_HEAD + strings_at + rec.str_used as usize;
-    if len > core::mem::size_of::<UsdtRecord>() {
-        return;
-    }
-    if load(seq_now) != seq {
-        count(stats::INTERLEAVED);
-        return;
-    }
     let now = rec.header.ktime_ns;
-    // SAFETY: the record's first `len` bytes, `len` checked above.
-    let bytes = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(rec).cast::<u8>(), len) };
-    output(bytes, now);
+    building.send(len, now);
 }
 
 /// Sets the record's argument count and zeroes the counts and bit sets
