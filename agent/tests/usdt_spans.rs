@@ -106,6 +106,22 @@ fn summary(path: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// `agent --pid PID`, exporting to `receiver` over gRPC, its summary in
+/// `summary`.
+fn agent_command(pid: u32, receiver: &Receiver, summary: &Path) -> Command {
+    let mut cmd = command();
+    cmd.args(["--pid", &pid.to_string()])
+        .args([
+            "--otlp-endpoint",
+            &receiver.url(),
+            "--otlp-protocol",
+            "grpc",
+        ])
+        .arg("--summary-file")
+        .arg(summary);
+    cmd
+}
+
 #[test]
 fn seed_pairs_custom_mapping_expiry_and_semaphore() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,18 +136,8 @@ fn seed_pairs_custom_mapping_expiry_and_semaphore() {
     let receiver = Receiver::grpc();
     let config = write_temp("custom.toml", CUSTOM_TOML);
     let summary_path = write_temp("summary-fixture.txt", "");
-    let mut cmd = command();
-    cmd.args(["--pid", &pid.to_string()])
-        .args([
-            "--otlp-endpoint",
-            &receiver.url(),
-            "--otlp-protocol",
-            "grpc",
-        ])
-        .arg("--usdt-config")
-        .arg(&config)
-        .arg("--summary-file")
-        .arg(&summary_path);
+    let mut cmd = agent_command(pid, &receiver, &summary_path);
+    cmd.arg("--usdt-config").arg(&config);
     let mut agent = Agent::start(cmd);
     agent.wait_attached();
     let usdt_line = agent.wait_for_stderr("USDT:", Duration::from_secs(1));
@@ -308,17 +314,7 @@ fn probes_of_a_library_loaded_after_attaching() {
 
     let receiver = Receiver::grpc();
     let summary_path = write_temp("summary-runtime.txt", "");
-    let mut cmd = command();
-    cmd.args(["--pid", &pid.to_string()])
-        .args([
-            "--otlp-endpoint",
-            &receiver.url(),
-            "--otlp-protocol",
-            "grpc",
-        ])
-        .arg("--summary-file")
-        .arg(&summary_path);
-    let mut agent = Agent::start(cmd);
+    let mut agent = Agent::start(agent_command(pid, &receiver, &summary_path));
     agent.wait_attached();
     let usdt_line = agent.wait_for_stderr("USDT:", Duration::from_secs(1));
     assert!(!usdt_line.contains("runtime:"), "{usdt_line}");

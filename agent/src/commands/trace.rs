@@ -28,7 +28,7 @@ use agent::{
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::usdt_session::{UsdtSession, usable_probes};
+use super::usdt_session::{UsdtSession, probe_names, usable_probes};
 use crate::cli::{ExportArgs, TraceArgs};
 
 /// The oldest Go with the register-based calling convention the probes read.
@@ -429,12 +429,7 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     if !usdt_found.is_empty() {
         usdt.attach(probes.ebpf_mut(), &usdt_found)
             .with_context(|| format!("cannot attach to the USDT probes of PID {pid}"))?;
-        let mut names: Vec<String> = usdt_found
-            .iter()
-            .map(|p| format!("{}:{}", p.provider, p.name))
-            .collect();
-        names.sort();
-        names.dedup();
+        let names = probe_names(&usdt_found);
         let guarded = usdt_found.iter().filter(|p| p.semaphore.is_some()).count();
         log::info!(
             "USDT: {} probes at {} sites ({} semaphore-guarded): {}",

@@ -45,6 +45,17 @@ pub fn usable_probes(all: Vec<UsdtProbe>, config: &MappingConfig) -> Vec<UsdtPro
     usable
 }
 
+/// The distinct `provider:name` of `probes`, sorted, for the log.
+pub fn probe_names(probes: &[UsdtProbe]) -> Vec<String> {
+    let mut names: Vec<String> = probes
+        .iter()
+        .map(|p| format!("{}:{}", p.provider, p.name))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// The attached USDT probes of one target and what their records become.
 pub struct UsdtSession {
     pid: u32,
@@ -122,12 +133,7 @@ impl UsdtSession {
                 let mut modules: Vec<&str> = probes.iter().map(|p| p.module.as_str()).collect();
                 modules.sort_unstable();
                 modules.dedup();
-                let mut names: Vec<String> = probes
-                    .iter()
-                    .map(|p| format!("{}:{}", p.provider, p.name))
-                    .collect();
-                names.sort();
-                names.dedup();
+                let names = probe_names(&probes);
                 log::info!(
                     "USDT: {} new probes at {} sites in {}: {}",
                     names.len(),
