@@ -10,9 +10,9 @@
 use std::{collections::HashMap, path::Path};
 
 use object::{
-    Endianness,
+    Endianness, ReadRef,
     elf::{self, FileHeader64},
-    read::elf::{FileHeader, ProgramHeader, SectionHeader},
+    read::elf::{FileHeader, NoteIterator, ProgramHeader, SectionHeader},
 };
 
 use super::{
@@ -55,8 +55,13 @@ impl<'a> Desc<'a> {
     }
 }
 
-/// Parses the USDT notes of the ELF image `data`, read from `path`.
-pub(super) fn probes_in_image(path: &Path, data: &[u8]) -> Result<Vec<UsdtProbe>, UsdtError> {
+/// Parses the USDT notes of the ELF image `data`, read from `path`: a whole
+/// image in memory, or a file read on demand (`object::ReadCache`), of
+/// which only the headers, the notes and the symbols are then read.
+pub(super) fn probes_in_image<'data, R: ReadRef<'data>>(
+    path: &Path,
+    data: R,
+) -> Result<Vec<UsdtProbe>, UsdtError> {
     let elf_err = |source| UsdtError::Elf {
         path: path.to_owned(),
         source,
@@ -99,16 +104,21 @@ pub(super) fn probes_in_image(path: &Path, data: &[u8]) -> Result<Vec<UsdtProbe>
         {
             continue;
         }
-        let Some(mut notes) = section.notes(endian, data).map_err(elf_err)? else {
-            continue;
-        };
+        let notes_data = section.data(endian, data).map_err(elf_err)?;
+        let mut notes = NoteIterator::<FileHeader64<Endianness>>::new(
+            endian,
+            section.sh_addralign(endian),
+            notes_data,
+        )
+        .map_err(elf_err)?;
         while let Some(note) = notes.next().map_err(elf_err)? {
             if note.name() != NOTE_OWNER || note.n_type(endian).0 != NOTE_TYPE {
                 continue;
             }
             let desc = note.desc();
             // Where this descriptor lies in the file, for error messages.
-            let desc_offset = (desc.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+            let desc_offset = (section.sh_offset(endian) as usize)
+                .wrapping_add((desc.as_ptr() as usize).wrapping_sub(notes_data.as_ptr() as usize));
             let note_err = |(pos, reason): (usize, &'static str)| UsdtError::Note {
                 path: path.to_owned(),
                 offset: desc_offset as u64 + pos as u64,
@@ -172,7 +182,10 @@ pub(super) fn probes_in_image(path: &Path, data: &[u8]) -> Result<Vec<UsdtProbe>
 /// Fills in the addresses of `symbol(%rip)` arguments from `.symtab`, else
 /// `.dynsym`. Symbols that cannot be found stay unresolved: attaching such a
 /// probe fails with the symbol's name.
-fn resolve_symbols(data: &[u8], probes: &mut [UsdtProbe]) -> Result<(), UsdtError> {
+fn resolve_symbols<'data, R: ReadRef<'data>>(
+    data: R,
+    probes: &mut [UsdtProbe],
+) -> Result<(), UsdtError> {
     let wanted = probes
         .iter()
         .flat_map(|p| &p.args)

@@ -95,14 +95,19 @@ pub enum UsdtError {
     },
 }
 
-/// The USDT probes of one ELF file.
+/// The USDT probes of one ELF file. Only its headers, notes and (for
+/// `symbol(%rip)` arguments) symbol tables are read, not the whole file: a
+/// process's libraries can be hundreds of megabytes. The file is read, not
+/// mapped: a memory file the target still writes to could be truncated
+/// under a mapping, and reading the lost pages would kill the agent.
 pub fn probes_in_file(path: impl AsRef<Path>) -> Result<Vec<UsdtProbe>, UsdtError> {
     let path = path.as_ref();
-    let data = std::fs::read(path).map_err(|source| UsdtError::Io {
+    let file = std::fs::File::open(path).map_err(|source| UsdtError::Io {
         path: path.to_owned(),
         source,
     })?;
-    elf::probes_in_image(path, &data)
+    let cache = object::ReadCache::new(file);
+    elf::probes_in_image(path, &cache)
 }
 
 /// The USDT probes of an ELF image already in memory; `path` is recorded in
