@@ -26,7 +26,7 @@ use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, programs::ProbeContext};
 
 use crate::{
     go::{Reg, Window, clamp_len, copy_string, goid, read_field, read_string, reg},
-    headers::{Search, TRACEPARENT_KEY, TRACESTATE_KEY, find_header, load, store},
+    headers::{Search, TRACEPARENT_KEY, TRACESTATE_KEY, find_header},
     maps::{HTTP_HEADERS, HTTP_TAIL, HeaderSearch, TARGETS, count},
     record::{cookie, fields, header, reserve, submit, target_slot},
 };
@@ -262,8 +262,7 @@ impl HeaderRun {
         // SAFETY: this CPU's value of the map; other runs on this CPU are
         // detected by the sequence number (see `traceparent`).
         let search = unsafe { &mut *search };
-        let seq = load(&search.seq).wrapping_add(1);
-        store(&mut search.seq, seq);
+        let seq = search.seq.begin();
         Some(Self {
             cookie,
             off,
@@ -277,7 +276,7 @@ impl HeaderRun {
     /// Whether no other run wrote the working memory since this one began.
     #[inline(always)]
     fn undisturbed(&self) -> bool {
-        load(&self.search.seq) == self.seq
+        self.search.seq.undisturbed(self.seq)
     }
 }
 

@@ -10,7 +10,10 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray, RingBuf},
 };
 
-use crate::headers::{SCRATCH_LEN, Scan};
+use crate::{
+    headers::{SCRATCH_LEN, Scan},
+    record::RunSeq,
+};
 
 /// Records for the agent. Its size is set by the agent at load time.
 #[map]
@@ -41,7 +44,7 @@ pub static HTTP_TAIL: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 
 pub struct HeaderSearch {
     /// Bumped by each run; a run whose number changed under it was
     /// interleaved with another and drops its result.
-    pub seq: u64,
+    pub seq: RunSeq,
     pub value: [u8; TRACEPARENT_CAP],
     pub scan: Scan,
     pub scratch: [u8; SCRATCH_LEN],

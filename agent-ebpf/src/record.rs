@@ -115,20 +115,43 @@ pub fn submit<T>(entry: RingBufEntry<T>, now: u64) {
 /// Building a record in the ring itself costs a cache miss for each of its
 /// lines that the program reads back (the helpers that copy from the target
 /// write there, and the program then reads what they copied): ring memory
-/// is a first touch every time, per-CPU memory stays in the cache. Programs
-/// on uprobes can be preempted (on kernels with full preemption) and another
-/// task's run on this CPU would then write the same memory: each run bumps
-/// the sequence number first and checks it before copying its record out,
-/// and drops (and counts) a record another run may have mixed up.
+/// is a first touch every time, per-CPU memory stays in the cache. A record
+/// another run on this CPU may have mixed up is dropped and counted (see
+/// [`RunSeq`]).
 #[repr(C)]
 pub struct Scratch<T> {
-    seq: u64,
+    seq: RunSeq,
     rec: T,
+}
+
+/// The sequence number of a program's per-CPU working memory. Programs on
+/// uprobes can be preempted (on kernels with full preemption), and another
+/// task's run on the same CPU then writes the same memory: each run bumps
+/// the number when it starts and checks it before it uses what it wrote
+/// there, and drops its result if another run started meanwhile.
+#[repr(transparent)]
+pub struct RunSeq(u64);
+
+impl RunSeq {
+    /// Bumps the number; returns this run's.
+    #[inline(always)]
+    pub fn begin(&mut self) -> u64 {
+        let seq = load(&self.0).wrapping_add(1);
+        store(&mut self.0, seq);
+        seq
+    }
+
+    /// Whether no other run began since the one [`begin`](Self::begin) gave
+    /// `seq`.
+    #[inline(always)]
+    pub fn undisturbed(&self, seq: u64) -> bool {
+        load(&self.0) == seq
+    }
 }
 
 /// A record being built in this CPU's [`Scratch`].
 pub struct Building<T: 'static> {
-    seq_now: &'static mut u64,
+    seq_now: &'static RunSeq,
     seq: u64,
     pub rec: &'static mut T,
 }
@@ -140,8 +163,7 @@ pub fn begin<T: InPlace>(map: &'static PerCpuArray<Scratch<T>>) -> Option<Buildi
     // SAFETY: this CPU's value of the map; another run on this CPU is
     // detected by the sequence number (see `Scratch`).
     let Scratch { seq: seq_now, rec } = unsafe { &mut *scratch };
-    let seq = load(seq_now).wrapping_add(1);
-    store(seq_now, seq);
+    let seq = seq_now.begin();
     Some(Building { seq_now, seq, rec })
 }
 
@@ -154,7 +176,7 @@ impl<T: InPlace> Building<T> {
         if len > core::mem::size_of::<T>() {
             return;
         }
-        if load(self.seq_now) != self.seq {
+        if !self.seq_now.undisturbed(self.seq) {
             count(stats::INTERLEAVED);
             return;
         }
