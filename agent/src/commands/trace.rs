@@ -348,11 +348,13 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         Ok(go) => (go.http, go.flight),
         Err(err) => (Err(err), None),
     };
-    let mut scanned = mapping.as_ref().map(|_| ScannedFiles::default());
-    let usdt = match (&mapping, scanned.as_mut()) {
-        (Some(config), Some(scanned)) => usdt_probes(pid, config, scanned),
-        _ => Err("USDT probes are off (--no-usdt)".to_owned()),
+    let mut scanned = ScannedFiles::default();
+    let usdt = match &mapping {
+        Some(config) => usdt_probes(pid, config, &mut scanned),
+        None => Err("USDT probes are off (--no-usdt)".to_owned()),
     };
+    // With USDT probes off, the target is not watched for new ones either.
+    let scanned = mapping.is_some().then_some(scanned);
     let (http, usdt_found) = match (http, usdt) {
         (Err(http_err), Err(usdt_err)) if flight_plan.is_some() => {
             log::info!("no net/http probes: {http_err:#}; no USDT probes: {usdt_err}");
