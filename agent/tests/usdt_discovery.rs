@@ -218,6 +218,6 @@ fn a_second_scan_reads_only_libraries_mapped_since() {
     assert!(scanned.scan(pid).expect("again").is_empty());
 
     // A file whose probes failed to attach is read again once forgotten.
-    scanned.forget(&new[0]);
+    scanned.forget(&new[0].path);
     assert_eq!(scanned.scan(pid).expect("after forgetting").len(), 2);
 }

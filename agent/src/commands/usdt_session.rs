@@ -3,7 +3,10 @@
 //! attached (a `dlopen`, or libstapsdt defining probes at run time in a
 //! memory file), whose probes are attached as they appear.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use agent::{
     export::EncodedSpan,
@@ -143,16 +146,19 @@ impl UsdtSession {
                 );
             }
             Err(err) => {
-                let Some(scanned) = self.scanned.as_mut() else {
-                    return;
-                };
+                // One attempt per file, however many probes it has.
+                let mut files: Vec<&Path> = probes.iter().map(|p| p.path.as_path()).collect();
+                files.sort_unstable();
+                files.dedup();
                 let mut retry = false;
-                for probe in &probes {
-                    let attempts = self.attempts.entry(probe.path.clone()).or_insert(0);
-                    *attempts += 1;
-                    if *attempts < ATTACH_ATTEMPTS {
-                        scanned.forget(probe);
-                        retry = true;
+                if let Some(scanned) = self.scanned.as_mut() {
+                    for file in files {
+                        let attempts = self.attempts.entry(file.to_owned()).or_insert(0);
+                        *attempts += 1;
+                        if *attempts < ATTACH_ATTEMPTS {
+                            scanned.forget(file);
+                            retry = true;
+                        }
                     }
                 }
                 let err = anyhow::Error::new(err);

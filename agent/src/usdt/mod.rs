@@ -184,11 +184,11 @@ impl ScannedFiles {
         Ok(probes)
     }
 
-    /// Forgets the file `probe` was read from, so that the next
-    /// [`scan`](Self::scan) reads it again (after its probes failed to
-    /// attach, say while the library was still being mapped).
-    pub fn forget(&mut self, probe: &UsdtProbe) {
-        self.files.retain(|_, path| *path != probe.path);
+    /// Forgets the file read through `path` (a probe's `path`), so that
+    /// the next [`scan`](Self::scan) reads it again (after its probes failed
+    /// to attach, say while the library was still being mapped).
+    pub fn forget(&mut self, path: &Path) {
+        self.files.retain(|_, read_through| read_through != path);
     }
 }
 
