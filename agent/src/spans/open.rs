@@ -102,26 +102,9 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
         self.stats.started += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.entries.len() < self.capacity {
-            // No eviction possible: one hash lookup puts the start in.
-            self.compact_order();
-            self.order.push_back((now_ns, seq, key.clone()));
-            return match self.entries.entry(key) {
-                hash_map::Entry::Occupied(mut slot) => {
-                    self.stats.replaced += 1;
-                    let old = std::mem::replace(slot.get_mut(), Entry { value, seq });
-                    Some((slot.key().clone(), old.value))
-                }
-                hash_map::Entry::Vacant(slot) => {
-                    slot.insert(Entry { value, seq });
-                    None
-                }
-            };
-        }
-        let displaced = if let Some(old) = self.entries.remove(&key) {
-            self.stats.replaced += 1;
-            Some((key.clone(), old.value))
-        } else if self.entries.len() >= self.capacity {
+        // A new key in a full table evicts the oldest start; otherwise one
+        // hash lookup below puts the start in.
+        let evicted = if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             let oldest = self.pop_oldest();
             if oldest.is_some() {
                 self.stats.evicted += 1;
@@ -132,8 +115,17 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
         };
         self.compact_order();
         self.order.push_back((now_ns, seq, key.clone()));
-        self.entries.insert(key, Entry { value, seq });
-        displaced
+        match self.entries.entry(key) {
+            hash_map::Entry::Occupied(mut slot) => {
+                self.stats.replaced += 1;
+                let old = std::mem::replace(slot.get_mut(), Entry { value, seq });
+                Some((slot.key().clone(), old.value))
+            }
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(Entry { value, seq });
+                evicted
+            }
+        }
     }
 
     /// Drops the queue items of closed starts once they pile up.
@@ -242,6 +234,17 @@ mod tests {
         assert_eq!(t.stats().replaced, 1);
         assert_eq!(t.close(&7), Some("second"));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn same_key_in_a_full_table_replaces_without_evicting() {
+        let mut t = OpenTable::new(2, 1_000);
+        t.open(1u64, "a", 10);
+        t.open(2, "b", 20);
+        assert_eq!(t.open(2, "b2", 30), Some((2, "b")));
+        assert_eq!(t.stats().replaced, 1);
+        assert_eq!(t.stats().evicted, 0);
+        assert_eq!(t.drain(), vec![(1, "a"), (2, "b2")]);
     }
 
     #[test]
