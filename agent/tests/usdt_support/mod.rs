@@ -21,6 +21,18 @@ fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// Builds `out` with gcc from `sources` in `tests/fixtures/usdt/lib`.
+fn shared_library(out: &Path, sources: &[&str]) {
+    let lib_dir = fixtures_dir().join("usdt/lib");
+    let status = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-g", "-o"])
+        .arg(out)
+        .args(sources.iter().map(|source| lib_dir.join(source)))
+        .status()
+        .expect("running gcc");
+    assert!(status.success(), "gcc failed to build {}", out.display());
+}
+
 /// Builds the fixture into `CARGO_TARGET_TMPDIR/usdt-fixture-<name>` (one
 /// directory per test binary, so parallel test binaries do not race).
 pub fn fixture(name: &str) -> &'static Fixture {
@@ -30,22 +42,9 @@ pub fn fixture(name: &str) -> &'static Fixture {
         std::fs::create_dir_all(&out).expect("creating the fixture output directory");
         let exe = out.join("usdt");
         let lib = out.join("libfix.so");
-        let status = Command::new("gcc")
-            .args(["-shared", "-fPIC", "-O2", "-g", "-o"])
-            .arg(&lib)
-            .arg(fixtures_dir().join("usdt/lib/fixlib.c"))
-            .arg(fixtures_dir().join("usdt/lib/fixlib_guarded.c"))
-            .status()
-            .expect("running gcc");
-        assert!(status.success(), "gcc failed to build the fixture library");
+        shared_library(&lib, &["fixlib.c", "fixlib_guarded.c"]);
         let runtime_lib = out.join("libruntime.so");
-        let status = Command::new("gcc")
-            .args(["-shared", "-fPIC", "-O2", "-g", "-o"])
-            .arg(&runtime_lib)
-            .arg(fixtures_dir().join("usdt/lib/runtime.c"))
-            .status()
-            .expect("running gcc");
-        assert!(status.success(), "gcc failed to build the run-time library");
+        shared_library(&runtime_lib, &["runtime.c"]);
         let status = Command::new("go")
             .args(["build", "-o"])
             .arg(&exe)
