@@ -1,27 +1,47 @@
 //! The header that starts every ring-buffer record.
+//!
+//! Each family declares the `KIND_*` values of its own records in its own
+//! module; [`KINDS`] lists them all so that none is handed out twice.
 
-/// `EventHeader::kind` of an [`crate::http::HttpServerStart`] record.
-pub const KIND_HTTP_SERVER_START: u32 = 1;
-/// `EventHeader::kind` of an [`crate::http::HttpServerEnd`] record.
-pub const KIND_HTTP_SERVER_END: u32 = 2;
-/// `EventHeader::kind` of a [`crate::usdt::UsdtRecord`].
-pub const KIND_USDT: u32 = 3;
-/// `EventHeader::kind` of a [`crate::flight::FlightStart`] record.
-pub const KIND_FLIGHT_START: u32 = 4;
-/// `EventHeader::kind` of a [`crate::flight::FlightChunk`] record.
-pub const KIND_FLIGHT_CHUNK: u32 = 5;
-/// `EventHeader::kind` of a [`crate::flight::FlightEnd`] record.
-pub const KIND_FLIGHT_END: u32 = 6;
-/// `EventHeader::kind` of an [`crate::http::HttpTraceparent`] record.
-pub const KIND_HTTP_TRACEPARENT: u32 = 7;
-/// `EventHeader::kind` of an [`crate::http::HttpTracestate`] record.
-pub const KIND_HTTP_TRACESTATE: u32 = 8;
+use crate::{flight, http, usdt};
+
+/// Every record kind, by family. A kind is never 0 (zeroed memory is not a
+/// record).
+pub const KINDS: [u32; 8] = [
+    http::KIND_HTTP_SERVER_START,
+    http::KIND_HTTP_SERVER_END,
+    http::KIND_HTTP_TRACEPARENT,
+    http::KIND_HTTP_TRACESTATE,
+    usdt::KIND_USDT,
+    flight::KIND_FLIGHT_START,
+    flight::KIND_FLIGHT_CHUNK,
+    flight::KIND_FLIGHT_END,
+];
+
+/// Kinds are small: the agent dispatches on them through a table this long.
+pub const MAX_KIND: u32 = 63;
+
+const _: () = {
+    let mut i = 0;
+    while i < KINDS.len() {
+        assert!(
+            KINDS[i] != 0 && KINDS[i] <= MAX_KIND,
+            "kinds are 1..=MAX_KIND"
+        );
+        let mut j = i + 1;
+        while j < KINDS.len() {
+            assert!(KINDS[i] != KINDS[j], "two families share a record kind");
+            j += 1;
+        }
+        i += 1;
+    }
+};
 
 /// Fixed header of every record the eBPF programs write to the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
-    /// What follows the header: one of the `KIND_*` constants.
+    /// What follows the header: one of the families' `KIND_*` constants.
     pub kind: u32,
     /// The target slot the probe was attached for (from the attach cookie).
     pub target: u32,

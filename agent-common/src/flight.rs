@@ -10,6 +10,13 @@
 
 use crate::event::EventHeader;
 
+/// `EventHeader::kind` of a [`FlightStart`] record.
+pub const KIND_FLIGHT_START: u32 = 4;
+/// `EventHeader::kind` of a [`FlightChunk`] record.
+pub const KIND_FLIGHT_CHUNK: u32 = 5;
+/// `EventHeader::kind` of a [`FlightEnd`] record.
+pub const KIND_FLIGHT_END: u32 = 6;
+
 /// Payload sizes of the chunk record classes: a piece of a write goes into
 /// the smallest class that holds it (ring-buffer records have a size fixed
 /// at verification time).

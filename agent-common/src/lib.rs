@@ -4,6 +4,11 @@
 //! `#[repr(C)]`, no invalid bit patterns (kinds are `u32` with named
 //! constants, never Rust enums or `bool`), no implicit padding (explicit
 //! `_pad` fields, and a compile-time size assertion next to each type).
+//!
+//! One module per probe family (`http`, `usdt`, `flight`): its record kinds,
+//! records, per-target configuration and map constants. [`event`] holds the
+//! header every record starts with, [`stats`] the kernel-side counters,
+//! [`target`] what all per-target configurations share.
 #![no_std]
 
 pub mod event;
@@ -28,8 +33,13 @@ macro_rules! impl_pod {
 
 #[cfg(feature = "user")]
 impl_pod!(
-    target::TargetConfig,
-    target::GoOffsets,
+    event::EventHeader,
+    http::HttpServerStart,
+    http::HttpServerEnd,
+    http::HttpTraceparent,
+    http::HttpTracestate,
+    http::HttpConfig,
+    http::HttpOffsets,
     usdt::UsdtSpec,
     usdt::UsdtArgSpec,
     flight::FlightConfig,

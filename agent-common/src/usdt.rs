@@ -5,6 +5,9 @@
 
 use crate::event::EventHeader;
 
+/// `EventHeader::kind` of a [`UsdtRecord`].
+pub const KIND_USDT: u32 = 3;
+
 /// Arguments one probe can carry (the `sys/sdt.h` maximum, as in libbpf).
 pub const USDT_MAX_ARGS: usize = 12;
 /// Entries of the `USDT_SPECS` map: probe sites attached at once.

@@ -15,10 +15,11 @@
 //! the end of a dump does.
 
 use agent_common::{
-    event::{EventHeader, KIND_FLIGHT_CHUNK, KIND_FLIGHT_END, KIND_FLIGHT_START},
+    event::EventHeader,
     flight::{
         CHUNK_LARGE, CHUNK_MEDIUM, CHUNK_READ_FAILED, CHUNK_SMALL, FlightChunk, FlightConfig,
-        FlightEnd, FlightKey, FlightStart, FlightState, MAX_CHUNKS_PER_WRITE,
+        FlightEnd, FlightKey, FlightStart, FlightState, KIND_FLIGHT_CHUNK, KIND_FLIGHT_END,
+        KIND_FLIGHT_START, MAX_CHUNKS_PER_WRITE,
     },
     stats,
     target::{MAX_TARGETS, OFFSET_ABSENT},

@@ -9,31 +9,100 @@
 //! stack check, or a `PUSHQ BP`), where the argument registers still hold the
 //! call's arguments.
 
+mod headers;
+
 use agent_common::{
-    event::{
-        KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT, KIND_HTTP_TRACESTATE,
-    },
     http::{
         END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
         FIELD_METHOD, FIELD_METHOD_IN_URI, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN,
-        FIELD_URI, HttpServerEnd, HttpServerStart, HttpTraceparent, HttpTracestate, PATTERN_CAP,
-        TAIL_TRACEPARENT, TAIL_TRACESTATE, URI_CAP,
+        FIELD_URI, HttpConfig, HttpOffsets, HttpServerEnd, HttpServerStart, HttpTraceparent,
+        HttpTracestate, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT,
+        KIND_HTTP_TRACESTATE, MAP_LAYOUT_NONE, PATTERN_CAP, TAIL_SLOTS, TAIL_TRACEPARENT,
+        TAIL_TRACESTATE, TRACEPARENT_CAP, URI_CAP,
     },
     stats,
-    target::{GoOffsets, MAP_LAYOUT_NONE, TargetConfig},
+    target::MAX_TARGETS,
 };
-use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, programs::ProbeContext};
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    macros::{map, uprobe},
+    maps::{Array, PerCpuArray, ProgramArray},
+    programs::ProbeContext,
+};
 
+use self::headers::{SCRATCH_LEN, Scan, Search, TRACEPARENT_KEY, TRACESTATE_KEY, find_header};
 use crate::{
     go::{Reg, Window, clamp_len, copy_string, goid, read_field, read_string, reg},
-    headers::{Search, TRACEPARENT_KEY, TRACESTATE_KEY, find_header},
-    maps::{HTTP_HEADERS, HTTP_TAIL, HeaderSearch, TARGETS, count},
-    record::{cookie, fields, header, reserve, submit, target_slot},
+    maps::count,
+    record::{RunSeq, cookie, fields, header, reserve, submit, target_slot},
 };
 
+/// Per-target configuration, indexed by the target slot in the attach cookie.
+#[map]
+pub static HTTP_CONFIG: Array<HttpConfig> = Array::with_max_entries(MAX_TARGETS, 0);
+
+/// The header searches the HTTP start program chains to, in the slots
+/// `agent_common::http::TAIL_*` name.
+#[map]
+pub static HTTP_TAIL: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
+
+/// The working memory of the header searches (`http_server_traceparent`,
+/// then `http_server_tracestate`), per CPU: the loop state, a group or
+/// bucket of the header map, the `traceparent` value found.
+#[repr(C)]
+pub struct HeaderSearch {
+    /// Bumped by each run; a run whose number changed under it was
+    /// interleaved with another and drops its result.
+    pub seq: RunSeq,
+    pub value: [u8; TRACEPARENT_CAP],
+    pub scan: Scan,
+    pub scratch: [u8; SCRATCH_LEN],
+}
+
+/// One [`HeaderSearch`] per CPU.
+#[map]
+pub static HTTP_HEADERS: PerCpuArray<HeaderSearch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Entry site of `net/http.serverHandler.ServeHTTP`.
+#[uprobe]
+pub fn http_server_start(ctx: ProbeContext) -> u32 {
+    start(&ctx);
+    0
+}
+
+/// Tail-called by `http_server_start` for a request with headers: finds its
+/// `Traceparent`. Never attached.
+#[uprobe]
+pub fn http_server_traceparent(ctx: ProbeContext) -> u32 {
+    traceparent(&ctx);
+    0
+}
+
+/// Tail-called by `http_server_traceparent` when it found one: finds the
+/// request's `Tracestate`. Never attached.
+#[uprobe]
+pub fn http_server_tracestate(ctx: ProbeContext) -> u32 {
+    tracestate(&ctx);
+    0
+}
+
+/// Entry site of `net/http.(*response).finishRequest`.
+#[uprobe]
+pub fn http_server_end(ctx: ProbeContext) -> u32 {
+    end(&ctx);
+    0
+}
+
+/// Entry site of `net/http.(*http2responseWriter).handlerDone`.
+#[uprobe]
+pub fn http2_server_end(ctx: ProbeContext) -> u32 {
+    end_h2(&ctx);
+    0
+}
+
 #[inline(always)]
-fn config(cookie: u64) -> Option<&'static TargetConfig> {
-    match TARGETS.get(target_slot(cookie)) {
+fn config(cookie: u64) -> Option<&'static HttpConfig> {
+    match HTTP_CONFIG.get(target_slot(cookie)) {
         Some(config) if config.active != 0 => Some(config),
         _ => {
             count(stats::NO_CONFIG);
@@ -236,7 +305,7 @@ pub fn traceparent(ctx: &ProbeContext) {
 /// number this run set in it (see [`traceparent`]).
 struct HeaderRun {
     cookie: u64,
-    off: &'static GoOffsets,
+    off: &'static HttpOffsets,
     response: u64,
     map: u64,
     search: &'static mut HeaderSearch,
@@ -333,7 +402,7 @@ struct EndFields {
 #[inline(always)]
 fn end_record(
     ctx: &ProbeContext,
-    read: impl FnOnce(&GoOffsets, u64, &mut [u8; PATTERN_CAP]) -> EndFields,
+    read: impl FnOnce(&HttpOffsets, u64, &mut [u8; PATTERN_CAP]) -> EndFields,
 ) {
     let cookie = cookie(ctx);
     let Some(config) = config(cookie) else { return };

@@ -13,10 +13,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 
-use crate::{
-    headers::{load, store},
-    maps::{EVENTS, LAST_WAKEUP_CHECK, count},
-};
+use crate::maps::{EVENTS, LAST_WAKEUP_CHECK, count};
 
 /// The ring buffer's fill (as a right shift of its size: a quarter) past
 /// which records wake the agent up. Below it the agent drains on its own
@@ -228,4 +225,20 @@ fn wakeup_flags(now: u64) -> u64 {
         }
     }
     flags as u64
+}
+
+/// A volatile load of a word of map memory: the verifier sees an unknown
+/// number, and the compiler really reloads it (another run may have changed
+/// it).
+#[inline(always)]
+pub fn load(field: &u64) -> u64 {
+    // SAFETY: a plain read through a valid reference.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// A volatile store of a word of map memory; see [`load`].
+#[inline(always)]
+pub fn store(field: &mut u64, value: u64) {
+    // SAFETY: a plain write through a valid reference.
+    unsafe { core::ptr::write_volatile(field, value) }
 }

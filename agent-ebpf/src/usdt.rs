@@ -8,12 +8,11 @@
 //! is copied into the ring buffer (see `UsdtRecord` for why).
 
 use agent_common::{
-    event::KIND_USDT,
     stats,
     usdt::{
-        ARG_CONST, ARG_REG, ARG_REG_DEREF, ARG_SIB, PT_REGS_SLOTS, STR_NUL, STR_PTR_LEN, USDT_BODY,
-        USDT_MAX_ARGS, USDT_MAX_SITES, USDT_RECORD_HEAD, USDT_STR_CAP_MAX, UsdtArgSpec, UsdtRecord,
-        UsdtSpec,
+        ARG_CONST, ARG_REG, ARG_REG_DEREF, ARG_SIB, KIND_USDT, PT_REGS_SLOTS, STR_NUL, STR_PTR_LEN,
+        USDT_BODY, USDT_MAX_ARGS, USDT_MAX_SITES, USDT_RECORD_HEAD, USDT_STR_CAP_MAX, UsdtArgSpec,
+        UsdtRecord, UsdtSpec,
     },
 };
 use aya_ebpf::{

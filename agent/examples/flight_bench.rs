@@ -217,8 +217,8 @@ fn run(pid: u32, addr: SocketAddr, dumps: usize, min_bytes: usize) -> anyhow::Re
     let bin = GoBinary::open(&target.exe_path)?;
     let plan = flight::plan(&bin)?.ok_or_else(|| anyhow::anyhow!("no flight recorder"))?;
     let mut probes = Probes::load(LoadOptions::default())?;
-    let attachment = flight::attach(probes.ebpf_mut(), &target, 0, &plan)?;
-    let mut ring = flight::take_ring_buffer(probes.ebpf_mut())?;
+    let attachment = flight::attach(&mut probes, &target, 0, &plan)?;
+    let mut ring = flight::take_ring_buffer(&mut probes)?;
     let mut capture = FlightCapture::new(CaptureOptions::default());
     capture.watch(&attachment);
     let (tx, rx) = mpsc::channel();
@@ -292,7 +292,7 @@ fn run(pid: u32, addr: SocketAddr, dumps: usize, min_bytes: usize) -> anyhow::Re
     reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))?;
-    attachment.detach(probes.ebpf_mut())?;
+    attachment.detach(&mut probes)?;
 
     let samples = samples
         .lock()

@@ -18,15 +18,18 @@ use span_bench::Bodies;
 
 use agent::{
     clock::WallClock,
-    ringbuf::{Record, record::decode},
-    spans::http::HttpSpanBuilder,
+    http_server::{
+        HttpSpanBuilder,
+        records::{HttpRecord, decode},
+    },
 };
 use agent_common::{
-    event::{EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START},
+    event::EventHeader,
     http::{
         END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
         FIELD_METHOD, FIELD_METHOD_IN_URI, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS_KNOWN, FIELD_URI,
-        HOST_CAP, HttpServerEnd, HttpServerStart, METHOD_CAP, PATTERN_CAP, REMOTE_CAP, URI_CAP,
+        HOST_CAP, HttpServerEnd, HttpServerStart, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START,
+        METHOD_CAP, PATTERN_CAP, REMOTE_CAP, URI_CAP,
     },
 };
 
@@ -107,9 +110,9 @@ fn run(records: &[Vec<u8>]) -> (Duration, usize) {
     for bytes in records {
         let mut out = |span| bodies.push(span);
         match decode(bytes).expect("well-formed record") {
-            Record::HttpServerStart(rec) => builder.on_start(rec, &mut out),
-            Record::HttpServerEnd(rec) => builder.on_end(rec, &mut out),
-            Record::HttpTraceparent(_) | Record::HttpTracestate(_) | Record::Other { .. } => {
+            HttpRecord::Start(rec) => builder.on_start(rec, &mut out),
+            HttpRecord::End(rec) => builder.on_end(rec, &mut out),
+            HttpRecord::Traceparent(_) | HttpRecord::Tracestate(_) => {
                 unreachable!("only starts and ends are made")
             }
         }

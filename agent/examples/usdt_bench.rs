@@ -18,12 +18,11 @@ use span_bench::Bodies;
 
 use agent::{
     clock::WallClock,
-    spans::usdt::UsdtSpanBuilder,
-    usdt::{decode_usdt_record, mapping::MappingConfig},
+    usdt::{UsdtSpanBuilder, decode_usdt_record, mapping::MappingConfig},
 };
 use agent_common::{
-    event::{EventHeader, KIND_USDT},
-    usdt::{USDT_BODY, USDT_MAX_ARGS, USDT_RECORD_HEAD, UsdtRecord},
+    event::EventHeader,
+    usdt::{KIND_USDT, USDT_BODY, USDT_MAX_ARGS, USDT_RECORD_HEAD, UsdtRecord},
 };
 
 /// A record as `usdt_probe` writes it for a probe with one string argument:

@@ -1,24 +1,37 @@
 //! The agent library: everything `agent` does, one module per concern.
 //!
-//! - [`target`]: finding and checking the process to trace (`/proc/N`).
+//! Families, one folder per instrumented library (see [`family`]):
+//! - [`http_server`]: net/http server requests.
+//! - [`usdt`]: USDT probes of any program, mapped to spans.
+//! - [`flight`]: flight-recorder dumps, caught as they are written.
+//!
+//! What the families share, knowing none of them by name:
+//! - [`family`]: the contract a family fulfils and the list that registers
+//!   them.
+//! - [`session`]: one traced process: planning, attaching, the event loop,
+//!   shutdown, the counters.
+//! - [`target`]: the process, through `/proc/N` (executable, maps, exit).
 //! - [`binary`]: Go binary analysis: build info, functions, struct offsets,
 //!   probe sites.
-//! - [`probes`]: loading the eBPF programs and attaching them to a target.
-//! - [`ringbuf`]: draining the ring buffer and decoding its records.
-//! - [`spans`]: turning decoded records into spans (pairing starts and ends).
+//! - [`probes`]: the one seam for privileged operations: loading the eBPF
+//!   object, filling maps, attaching and detaching.
+//! - [`ringbuf`]: draining the ring buffer, record headers.
+//! - [`spans`]: the open-span table, ids, W3C trace context.
 //! - [`export`]: the export pipeline (OTLP gRPC/HTTP, console, JSONL).
 //! - [`gotrace`]: the Go execution-trace decoder and its span mapping.
-//! - [`usdt`]: USDT probe discovery and argument specs.
 //! - [`clock`], [`resource`]: wall-clock conversion and resource attributes.
 
 pub mod binary;
 pub mod clock;
 pub mod export;
+pub mod family;
 pub mod flight;
 pub mod gotrace;
+pub mod http_server;
 pub mod probes;
 pub mod resource;
 pub mod ringbuf;
+pub mod session;
 pub mod spans;
 pub mod target;
 pub mod usdt;

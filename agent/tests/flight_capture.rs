@@ -123,8 +123,8 @@ impl Capture {
             .expect("the fixture has a flight recorder");
         let mut probes = Probes::load(LoadOptions::default()).expect("load eBPF (run as root)");
         let attachment =
-            flight::attach(probes.ebpf_mut(), &target, 0, &plan).expect("attach flight probes");
-        let mut ring = flight::take_ring_buffer(probes.ebpf_mut()).expect("ring");
+            flight::attach(&mut probes, &target, 0, &plan).expect("attach flight probes");
+        let mut ring = flight::take_ring_buffer(&mut probes).expect("ring");
         let mut capture = FlightCapture::new(CaptureOptions::default());
         capture.watch(&attachment);
         let (tx, dumps) = mpsc::channel();
@@ -168,7 +168,7 @@ impl Capture {
             .join()
             .expect("drainer thread");
         if let Some(a) = self.attachment.take() {
-            a.detach(self.probes.ebpf_mut()).expect("detach");
+            a.detach(&mut self.probes).expect("detach");
         }
         capture
     }
@@ -442,8 +442,8 @@ fn reader_thread_saves_and_decodes_dumps() {
     let bin = GoBinary::open(&target.exe_path).expect("open binary");
     let plan = flight::plan(&bin).expect("plan").expect("flight recorder");
     let mut probes = Probes::load(LoadOptions::default()).expect("load eBPF (run as root)");
-    let attachment = flight::attach(probes.ebpf_mut(), &target, 5, &plan).expect("attach");
-    let ring = flight::take_ring_buffer(probes.ebpf_mut()).expect("ring");
+    let attachment = flight::attach(&mut probes, &target, 5, &plan).expect("attach");
+    let ring = flight::take_ring_buffer(&mut probes).expect("ring");
     let dir = work_dir();
     let save_dir = dir.path().join("dumps");
     let (tx, spans) = mpsc::channel();
@@ -504,7 +504,7 @@ fn reader_thread_saves_and_decodes_dumps() {
             .iter()
             .all(|s| attr_str(s, "flight_recorder.dump.writer") == "*net/http.response")
     );
-    attachment.detach(probes.ebpf_mut()).expect("detach");
+    attachment.detach(&mut probes).expect("detach");
 }
 
 fn attr<'a>(s: &'a SpanData, key: &str) -> Option<&'a Value> {

@@ -7,11 +7,12 @@ mod usdt_support;
 
 use std::collections::HashMap;
 
+use agent::probes::{LoadOptions, Probes};
 use agent::usdt::{
     StringArg, StringArgs, StringMode, UsdtEvent, UsdtSites, attach_usdt, decode_usdt_record,
     probes_in_process,
 };
-use agent_common::event::KIND_USDT;
+use agent_common::usdt::KIND_USDT;
 use aya::{
     EbpfLoader,
     maps::{MapData, RingBuf},
@@ -89,17 +90,19 @@ fn attaches_and_decodes_every_argument_form() {
     let probes = probes_in_process(pid).expect("discovering probes");
     assert!(probes.len() >= 18, "{probes:#?}");
 
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries("EVENTS", 1 << 20)
-        .load(OBJECT)
-        .expect("loading the eBPF object (run as root)");
+    let mut ebpf = Probes::load(LoadOptions {
+        ring_buffer_bytes: 1 << 20,
+        ..LoadOptions::default()
+    })
+    .expect("loading the eBPF object (run as root)");
     let mut sites = UsdtSites::new();
     assert_eq!(target.semaphore(), 0, "semaphore before attaching");
     let attachment = attach_usdt(&mut ebpf, &mut sites, 7, pid, &probes, &string_args())
         .expect("attaching usdt_probe to every probe");
     assert_eq!(attachment.sites().len(), probes.len());
     assert_eq!(target.semaphore(), 1, "semaphore while attached");
-    let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").expect("EVENTS map"))
+    let mut ring = ebpf
+        .take_ring_buffer("EVENTS")
         .expect("EVENTS is a ring buffer");
 
     target.fire();
@@ -289,9 +292,8 @@ fn builtin_mappings_read_the_seed_events() {
         .filter(|p| config.find(&p.provider, &p.name).is_some())
         .collect();
     assert_eq!(probes.len(), 8, "the seed's four pairs: {probes:#?}");
-    let mut ebpf = EbpfLoader::new()
-        .load(OBJECT)
-        .expect("loading the eBPF object (run as root)");
+    let mut ebpf =
+        Probes::load(LoadOptions::default()).expect("loading the eBPF object (run as root)");
     let mut sites = UsdtSites::new();
     let _attachment = attach_usdt(
         &mut ebpf,
@@ -302,7 +304,8 @@ fn builtin_mappings_read_the_seed_events() {
         &config.string_args(),
     )
     .expect("attaching");
-    let mut ring = RingBuf::try_from(ebpf.take_map("EVENTS").expect("EVENTS map"))
+    let mut ring = ebpf
+        .take_ring_buffer("EVENTS")
         .expect("EVENTS is a ring buffer");
     target.fire();
     let events = drain(&mut ring);

@@ -7,7 +7,7 @@ use agent::usdt::{
     StringArg, StringMode, UsdtArg, UsdtEvent, UsdtProbe,
     mapping::{ArgType, ArgValue, MappingConfig, RequestId, Role, SpanKind},
 };
-use agent_common::event::{EventHeader, KIND_USDT};
+use agent_common::{event::EventHeader, usdt::KIND_USDT};
 
 const EXAMPLE: &str = r#"
 open_span_timeout_ms = 30000

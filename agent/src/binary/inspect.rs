@@ -18,53 +18,6 @@ pub struct BuiltinProbe {
     pub fields: &'static [(&'static str, &'static str)],
 }
 
-/// The probes the agent ships, with what they read.
-pub const BUILTIN_PROBES: &[BuiltinProbe] = &[
-    BuiltinProbe {
-        name: "http.server.request.start",
-        function: "net/http.serverHandler.ServeHTTP",
-        // rw (interface: itab in RBX, data in RCX) and req (*Request) in RDI.
-        preserve: &[Register::RCX, Register::RDI],
-        fields: &[
-            ("runtime.g", "goid"),
-            ("net/http.Request", "Method"),
-            ("net/http.Request", "RequestURI"),
-            ("net/http.Request", "Header"),
-            ("net/http.Request", "Host"),
-            ("net/http.Request", "RemoteAddr"),
-            ("net/http.Request", "ContentLength"),
-            ("net/http.Request", "ProtoMajor"),
-            ("net/http.Request", "ProtoMinor"),
-            ("net/http.Request", "TLS"),
-        ],
-    },
-    BuiltinProbe {
-        name: "http.server.request.end",
-        function: "net/http.(*response).finishRequest",
-        // The receiver (*response) in RAX.
-        preserve: &[Register::RAX],
-        fields: &[
-            ("net/http.response", "req"),
-            ("net/http.response", "status"),
-            ("net/http.response", "written"),
-            ("net/http.Request", "Pattern"),
-        ],
-    },
-    BuiltinProbe {
-        name: "http2.server.request.end",
-        function: "net/http.(*http2responseWriter).handlerDone",
-        // The receiver (*http2responseWriter) in RAX.
-        preserve: &[Register::RAX],
-        fields: &[
-            ("net/http.http2responseWriter", "rws"),
-            ("net/http.http2responseWriterState", "req"),
-            ("net/http.http2responseWriterState", "status"),
-            ("net/http.http2responseWriterState", "wroteBytes"),
-            ("net/http.Request", "Pattern"),
-        ],
-    },
-];
-
 /// One struct field as resolved for this binary.
 #[derive(Clone, Debug, Serialize)]
 pub struct FieldReport {
@@ -115,10 +68,11 @@ fn reg_name(r: Register) -> String {
     format!("{r:?}").to_lowercase()
 }
 
-/// Analyses `bin` for every built-in probe.
+/// Analyses `bin` for every probe the families declare.
 pub fn inspect(bin: &GoBinary) -> InspectReport {
-    let probes = BUILTIN_PROBES
+    let probes = crate::family::FAMILIES
         .iter()
+        .flat_map(|family| family.probes)
         .map(|probe| probe_report(bin, probe))
         .collect();
     InspectReport {

@@ -36,7 +36,7 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
 pub use buildinfo::{BuildInfo, BuildInfoError, GoVersion, Module};
 pub use cursor::ReadError;
 pub use dwarf::{DwarfError, Member, StructLayout};
-pub use inspect::{BUILTIN_PROBES, BuiltinProbe, FieldReport, InspectReport, ProbeReport, inspect};
+pub use inspect::{BuiltinProbe, FieldReport, InspectReport, ProbeReport, inspect};
 pub use offsets::{
     Implausible, NEEDED_FIELDS, OffsetTable, TableEntry, VERSIONED_STRUCTS,
     render as render_offset_table,
@@ -559,6 +559,12 @@ impl GoBinary {
     /// The file this was opened from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The whole file, as mapped: every family that reads more of the
+    /// binary reads it here rather than opening the file again.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
     }
 
     pub fn build_info(&self) -> &BuildInfo {

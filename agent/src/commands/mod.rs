@@ -4,7 +4,6 @@ mod decode;
 mod inspect;
 mod probes;
 mod trace;
-mod usdt_session;
 mod watch;
 
 use std::process::ExitCode;

@@ -3,8 +3,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use agent_common::{
-    event::{EventHeader, KIND_FLIGHT_CHUNK, KIND_FLIGHT_END, KIND_FLIGHT_START},
-    flight::{CHUNK_READ_FAILED, FlightChunkHeader, FlightEnd, FlightStart, VARIANT_X_EXP},
+    event::EventHeader,
+    flight::{
+        CHUNK_READ_FAILED, FlightChunkHeader, FlightEnd, FlightStart, KIND_FLIGHT_CHUNK,
+        KIND_FLIGHT_END, KIND_FLIGHT_START, VARIANT_X_EXP,
+    },
 };
 
 use super::{FlightAttachment, TypeNames};

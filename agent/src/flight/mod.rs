@@ -9,7 +9,8 @@
 //!    the kernel emulates), its return sites, and the `w.Write` call sites
 //!    in its body (and closures) where the bytes can be read.
 //! 2. [`attach`] fills the per-target config and attaches the three
-//!    programs (`flight_start`, `flight_write`, `flight_end`) to one process.
+//!    programs (`flight_start`, `flight_write`, `flight_end`) to one process,
+//!    through [`crate::probes::Probes`].
 //! 3. The programs write the dump's bytes, in sequence-numbered chunks, to
 //!    the dedicated `FLIGHT_RING` ring buffer ([`take_ring_buffer`]).
 //!    [`FlightCapture`] reassembles them and hands back a [`CompletedDump`]
@@ -19,17 +20,18 @@
 //!    `go tool trace`; [`handle_dump`] does both (`--save-dumps DIR`).
 //! 5. [`FlightReader`] runs 3 and 4 on a thread of its own, woken by the
 //!    ring buffer, handing every span to a sink.
+//! 6. [`family`]: all of it as a family of a session.
 //!
 //! Wiring into a session (after [`crate::probes::Probes::load`]):
 //!
 //! ```text
 //! let plan = flight::plan(&go_binary)?;                // None: no flight recorder
-//! let att = flight::attach(probes.ebpf_mut(), &target, slot, &plan)?;
-//! let ring = flight::take_ring_buffer(probes.ebpf_mut())?;   // once per object
+//! let att = flight::attach(&mut probes, &target, slot, &plan)?;
+//! let ring = flight::take_ring_buffer(&mut probes)?;   // once per object
 //! let reader = FlightReader::spawn(ring, ReaderConfig { save_dir, ..Default::default() },
 //!                                  move |span| sender.send_blocking(span))?;
 //! reader.watch(&att);
-//! // at exit: att.detach(probes.ebpf_mut())?; let stats = reader.stop();
+//! // at exit: att.detach(&mut probes)?; let stats = reader.stop();
 //! ```
 //!
 //! Capturing at the `w.Write` call sites (instead of the write syscalls)
@@ -38,6 +40,7 @@
 //! writer, a `bufio.Writer` that has not flushed yet.
 
 mod capture;
+pub mod family;
 mod reader;
 mod sites;
 mod spans;
@@ -45,7 +48,6 @@ mod spans;
 use std::{
     collections::BTreeMap,
     fs,
-    num::NonZeroU32,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
 };
@@ -54,24 +56,19 @@ use agent_common::{
     flight::{FlightConfig, VARIANT_RUNTIME, VARIANT_X_EXP},
     target::MAX_TARGETS,
 };
-use aya::{
-    Ebpf,
-    maps::{Array, MapData, MapError, RingBuf},
-    programs::{
-        ProgramError, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
-    },
-};
+use aya::maps::{MapData, RingBuf};
 use iced_x86::Register;
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::{
     binary::{Function, GoBinary, OffsetError, ProbeSite, SiteError},
     gotrace::DecodeError,
-    target::Target,
+    probes::{LinkHandle, ProbeError, Probes},
+    target::{Target, maps},
 };
 
 pub use capture::{CaptureOptions, CompletedDump, FlightCapture};
+pub use family::FAMILY;
 pub use reader::{FlightReader, ReaderConfig, ReaderStats};
 pub use sites::interface_calls;
 pub use spans::{
@@ -116,32 +113,10 @@ pub enum FlightError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the eBPF object has no {0}")]
-    Missing(&'static str),
-    #[error("eBPF program {program}")]
-    Program {
-        program: &'static str,
-        #[source]
-        source: Box<ProgramError>,
-    },
-    #[error("eBPF map {map}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: MapError,
-    },
-    #[error("attaching {program} to {path} at file offset {offset:#x}")]
-    Attach {
-        program: &'static str,
-        path: String,
-        offset: u64,
-        #[source]
-        source: Box<ProgramError>,
-    },
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
     #[error("target slot {0} is out of range (at most {MAX_TARGETS} targets)")]
     Slot(u32),
-    #[error("pid 0 is not a process")]
-    InvalidPid,
     #[error("decoding the dump failed")]
     Decode(#[source] DecodeError),
     #[error("saving the dump to {path}")]
@@ -198,7 +173,7 @@ pub fn plan(bin: &GoBinary) -> Result<Option<FlightPlan>, FlightError> {
         .struct_field_offset("runtime.g", "goid")
         .map_err(FlightError::GoidOffset)?
         .offset;
-    let (writer_itabs, types) = type_symbols(bin.path());
+    let (writer_itabs, types) = type_symbols(bin);
     Ok(Some(FlightPlan {
         variants,
         g_goid,
@@ -236,7 +211,7 @@ fn plan_variant(
     let mut writes = Vec::new();
     for body in &bodies {
         let code = read_code(bin, body)?;
-        for offset in sites::interface_calls(&code, body.address) {
+        for offset in sites::interface_calls(code, body.address) {
             let address = body.address + offset;
             let Some(file_offset) = bin.file_offset(address) else {
                 continue;
@@ -270,11 +245,8 @@ fn plan_variant(
 /// Largest function body read for the call-site scan.
 const MAX_BODY: u64 = 1 << 20;
 
-fn read_code(bin: &GoBinary, f: &Function) -> Result<Vec<u8>, FlightError> {
-    let io = |source| FlightError::Io {
-        path: bin.path().to_owned(),
-        source,
-    };
+/// The first [`MAX_BODY`] bytes of `f`'s code, from the binary's mapping.
+fn read_code<'a>(bin: &'a GoBinary, f: &Function) -> Result<&'a [u8], FlightError> {
     let offset = bin
         .file_offset(f.address)
         .ok_or_else(|| FlightError::Site {
@@ -284,11 +256,18 @@ fn read_code(bin: &GoBinary, f: &Function) -> Result<Vec<u8>, FlightError> {
                 address: f.address,
             },
         })?;
-    let file = fs::File::open(bin.path()).map_err(io)?;
-    let len = f.size.min(MAX_BODY) as usize;
-    let mut code = vec![0; len];
-    file.read_exact_at(&mut code, offset).map_err(io)?;
-    Ok(code)
+    let len = f.size.min(MAX_BODY);
+    usize::try_from(offset)
+        .ok()
+        .zip(usize::try_from(len).ok())
+        .and_then(|(start, len)| bin.bytes().get(start..start.checked_add(len)?))
+        .ok_or_else(|| FlightError::Io {
+            path: bin.path().to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{} lies past the end of the file", f.name),
+            ),
+        })
 }
 
 /// Reads Go type names from the binary: a type descriptor's `Str` is a
@@ -367,16 +346,13 @@ impl TypeNames {
 /// `go:itab.<type>,io.Writer` symbols (address to type), and what reading
 /// type names needs. Empty for a stripped binary (the writer is then
 /// reported by its itab address only).
-fn type_symbols(path: &Path) -> (BTreeMap<u64, String>, TypeNames) {
+fn type_symbols(bin: &GoBinary) -> (BTreeMap<u64, String>, TypeNames) {
     let mut itabs = BTreeMap::new();
     let mut types = TypeNames {
-        path: path.to_owned(),
+        path: bin.path().to_owned(),
         ..TypeNames::default()
     };
-    let Ok(data) = fs::read(path) else {
-        return (itabs, types);
-    };
-    let Ok(file) = object::File::parse(&*data) else {
+    let Ok(file) = object::File::parse(bin.bytes()) else {
         return (itabs, types);
     };
     for seg in file.segments() {
@@ -405,7 +381,7 @@ pub struct FlightAttachment {
     pub writer_itabs: BTreeMap<u64, String>,
     /// Type names of writers whose itab was built at run time.
     pub types: TypeNames,
-    links: Vec<(&'static str, UProbeLinkId)>,
+    links: Vec<LinkHandle>,
 }
 
 impl FlightAttachment {
@@ -426,85 +402,18 @@ impl FlightAttachment {
     }
 
     /// Detaches every uprobe and clears the target's config.
-    pub fn detach(self, ebpf: &mut Ebpf) -> Result<(), FlightError> {
-        let mut result = Ok(());
-        for (name, link) in self.links {
-            match program(ebpf, name) {
-                Ok(prog) => {
-                    if let Err(source) = prog.detach(link) {
-                        result = Err(FlightError::Program {
-                            program: name,
-                            source: Box::new(source),
-                        });
-                    }
-                }
-                Err(err) => result = Err(err),
-            }
-        }
-        if let Err(err) = set_config(ebpf, self.slot, FlightConfig::default()) {
-            result = Err(err);
-        }
-        result
+    pub fn detach(self, probes: &mut Probes) -> Result<(), FlightError> {
+        let detached = probes.detach(&self.links);
+        probes.set_array(CONFIG_MAP, self.slot, FlightConfig::default())?;
+        Ok(detached?)
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, FlightError> {
-    let prog: &mut UProbe = ebpf
-        .program_mut(name)
-        .ok_or(FlightError::Missing(name))?
-        .try_into()
-        .map_err(|source| FlightError::Program {
-            program: name,
-            source: Box::new(source),
-        })?;
-    Ok(prog)
-}
-
-fn set_config(ebpf: &mut Ebpf, slot: u32, config: FlightConfig) -> Result<(), FlightError> {
-    let map_err = |source| FlightError::Map {
-        map: CONFIG_MAP,
-        source,
-    };
-    let map = ebpf
-        .map_mut(CONFIG_MAP)
-        .ok_or(FlightError::Missing(CONFIG_MAP))?;
-    let mut configs: Array<_, FlightConfig> = Array::try_from(map).map_err(map_err)?;
-    configs.set(slot, config, 0).map_err(map_err)
-}
-
-/// Load bias of the target's executable: 0 unless PIE, else where the
-/// mapping at file offset 0 starts (Go PIE binaries link at 0).
-fn load_bias(target: &Target, pie: bool) -> u64 {
-    if !pie {
-        return 0;
-    }
-    let Ok(maps) = fs::read_to_string(format!("/proc/{}/maps", target.pid)) else {
-        return 0;
-    };
-    let exe = target.exe_in_target.to_string_lossy();
-    for line in maps.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(range), Some(_perms), Some(offset)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let path = parts.nth(2).unwrap_or("");
-        if path == exe
-            && u64::from_str_radix(offset, 16) == Ok(0)
-            && let Some((start, _)) = range.split_once('-')
-            && let Ok(start) = u64::from_str_radix(start, 16)
-        {
-            return start;
-        }
-    }
-    0
-}
-
-/// Attaches the flight programs to `target` (loaded first if needed) in
-/// target slot `slot`: the config, then the return and write sites, then
-/// the entry sites last, so that no dump starts half-probed.
+/// Attaches the flight programs to `target` in target slot `slot`: the
+/// config, then the return and write sites, then the entry sites last, so
+/// that no dump starts half-probed.
 pub fn attach(
-    ebpf: &mut Ebpf,
+    probes: &mut Probes,
     target: &Target,
     slot: u32,
     plan: &FlightPlan,
@@ -512,18 +421,8 @@ pub fn attach(
     if slot >= MAX_TARGETS {
         return Err(FlightError::Slot(slot));
     }
-    let pid = NonZeroU32::new(target.pid).ok_or(FlightError::InvalidPid)?;
-    for name in [START_PROGRAM, WRITE_PROGRAM, END_PROGRAM] {
-        let prog = program(ebpf, name)?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|source| FlightError::Program {
-                program: name,
-                source: Box::new(source),
-            })?;
-        }
-    }
-    set_config(
-        ebpf,
+    probes.set_array(
+        CONFIG_MAP,
         slot,
         FlightConfig {
             active: 1,
@@ -531,7 +430,13 @@ pub fn attach(
             g_goid: plan.g_goid,
         },
     )?;
-    let bias = load_bias(target, plan.pie);
+    // Go PIE binaries link at 0: their bias is where the executable's first
+    // mapping starts.
+    let bias = if plan.pie {
+        maps::load_bias(target.pid, &target.exe_in_target).unwrap_or(0)
+    } else {
+        0
+    };
     let mut attachment = FlightAttachment {
         pid: target.pid,
         slot,
@@ -555,26 +460,21 @@ pub fn attach(
         sites.push((START_PROGRAM, v.variant, &v.entry));
     }
     for (name, variant, site) in sites {
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
-            cookie: Some((u64::from(slot) << 32) | u64::from(variant)),
-        };
-        let res = program(ebpf, name).and_then(|prog| {
-            prog.attach(point, &target.exe_path, UProbeScope::OneProcess(pid))
-                .map_err(|source| FlightError::Attach {
-                    program: name,
-                    path: target.exe_path.display().to_string(),
-                    offset: site.file_offset,
-                    source: Box::new(source),
-                })
-        });
+        let res = probes.attach_uprobe(
+            family::NAME,
+            name,
+            &target.exe_path,
+            target.pid,
+            site.file_offset,
+            (u64::from(slot) << 32) | u64::from(variant),
+        );
         match res {
-            Ok(link) => attachment.links.push((name, link)),
+            Ok(link) => attachment.links.push(link),
             Err(err) => {
-                if let Err(undo) = attachment.detach(ebpf) {
+                if let Err(undo) = attachment.detach(probes) {
                     log::warn!("undoing a failed flight-recorder attach: {undo}");
                 }
-                return Err(err);
+                return Err(err.into());
             }
         }
     }
@@ -584,12 +484,6 @@ pub fn attach(
 /// Takes the dump ring buffer, for a [`crate::ringbuf::RingBufReader`] (or
 /// aya's `RingBuf` directly); feed its records to
 /// [`FlightCapture::on_bytes`].
-pub fn take_ring_buffer(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, FlightError> {
-    let map = ebpf
-        .take_map(RING_MAP)
-        .ok_or(FlightError::Missing(RING_MAP))?;
-    RingBuf::try_from(map).map_err(|source| FlightError::Map {
-        map: RING_MAP,
-        source,
-    })
+pub fn take_ring_buffer(probes: &mut Probes) -> Result<RingBuf<MapData>, FlightError> {
+    Ok(probes.take_ring_buffer(RING_MAP)?)
 }

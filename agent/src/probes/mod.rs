@@ -1,21 +1,20 @@
-//! Loading the eBPF programs and attaching them to a target.
+//! The one seam for privileged operations: loading the eBPF object, filling
+//! its maps, installing tail calls, attaching uprobes scoped to one process
+//! and detaching them.
 //!
-//! Every privileged operation of the agent goes through here: loading the
-//! object, filling its maps, attaching uprobes scoped to one PID. Dropping
-//! [`Probes`] detaches everything.
+//! Families ask, [`Probes`] does it and keeps the books: every attached
+//! uprobe is listed with the family that asked for it ([`Probes::attached`]),
+//! detached on request ([`Probes::detach`], [`Probes::detach_family`]) and in
+//! any case when [`Probes`] is dropped, so no exit path leaves a probe in the
+//! target. One error type, [`ProbeError`], for all of it.
 
-pub mod http_server;
 mod preflight;
 mod stats;
 
-use std::{io, path::Path};
+use std::{io, num::NonZeroU32, path::Path};
 
-use agent_common::{
-    http,
-    target::{MAX_TARGETS, TargetConfig},
-};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
     maps::{Array, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         ProgramError, UProbe,
@@ -29,16 +28,12 @@ pub use stats::{KernelStats, StatsReader};
 /// The compiled eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
-/// Every uprobe program in the object.
-pub const PROGRAMS: [&str; 5] = [
-    "http_server_start",
-    "http_server_end",
-    "http2_server_end",
-    "http_server_traceparent",
-    "http_server_tracestate",
-];
+/// The shared ring buffer every family's records go to.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// The shared per-CPU counters (`agent_common::stats`).
+pub const STATS_MAP: &str = "STATS";
 
-/// Failure to load or attach.
+/// Failure to load, fill, attach or detach.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
@@ -49,11 +44,11 @@ pub enum ProbeError {
     Load(#[source] Box<aya::EbpfError>),
     #[error("the kernel rejected eBPF program {program}")]
     Program {
-        program: &'static str,
+        program: String,
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("eBPF object has no {0}")]
+    #[error("the eBPF object has no {0}")]
     Missing(&'static str),
     #[error("eBPF map {map} is unusable")]
     Map {
@@ -69,8 +64,14 @@ pub enum ProbeError {
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("target slot {0} is out of range (at most {MAX_TARGETS} targets)")]
-    Slot(u32),
+    #[error("detaching {program} failed")]
+    Detach {
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("pid 0 is not a process")]
+    InvalidPid,
 }
 
 /// Whether an error chain bottoms out in EPERM/EACCES.
@@ -109,15 +110,26 @@ impl Default for LoadOptions {
 /// One attached uprobe.
 #[derive(Debug)]
 pub struct AttachedSite {
+    /// The family that asked for it.
+    pub family: &'static str,
     pub program: &'static str,
+    /// Its file offset.
     pub offset: u64,
-    link: UProbeLinkId,
+    handle: LinkHandle,
+    link: Option<UProbeLinkId>,
 }
+
+/// Names one attached uprobe, for detaching it alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkHandle(u64);
 
 /// The loaded programs and their attachments.
 pub struct Probes {
     ebpf: Ebpf,
     attached: Vec<AttachedSite>,
+    next_handle: u64,
+    /// Program-array slots filled, emptied on drop.
+    tail_slots: Vec<(&'static str, u32)>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -128,14 +140,29 @@ impl std::fmt::Debug for Probes {
     }
 }
 
+fn program_error(program: &'static str) -> impl Fn(ProgramError) -> ProbeError {
+    move |source| ProbeError::Program {
+        program: program.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
 impl Probes {
-    /// Loads the object and every program into the kernel (verifying them all
-    /// before anything is attached).
+    /// Loads the object and verifies every program in it, before anything
+    /// is attached: a program the kernel rejects fails here, not halfway
+    /// through attaching.
     pub fn load(options: LoadOptions) -> Result<Self, ProbeError> {
         raise_memlock_limit();
         let size = options.ring_buffer_bytes.max(4096).next_power_of_two();
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", size)
+            .map_max_entries(EVENTS_MAP, size)
             .map_max_entries(
                 "FLIGHT_RING",
                 options.flight_ring_bytes.max(4096).next_power_of_two(),
@@ -148,13 +175,14 @@ impl Probes {
                     ProbeError::Load(Box::new(e))
                 }
             })?;
-        for name in PROGRAMS {
+        let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
+        for name in &names {
             let program: &mut UProbe = ebpf
                 .program_mut(name)
-                .ok_or(ProbeError::Missing(name))?
+                .ok_or(ProbeError::Missing("a program it lists"))?
                 .try_into()
                 .map_err(|source| ProbeError::Program {
-                    program: name,
+                    program: name.clone(),
                     source: Box::new(source),
                 })?;
             program.load().map_err(|source| {
@@ -162,64 +190,85 @@ impl Probes {
                     ProbeError::Permission(Box::new(source))
                 } else {
                     ProbeError::Program {
-                        program: name,
+                        program: name.clone(),
                         source: Box::new(source),
                     }
                 }
             })?;
         }
-        install_tail_calls(&mut ebpf)?;
         Ok(Self {
             ebpf,
             attached: Vec::new(),
+            next_handle: 0,
+            tail_slots: Vec::new(),
         })
     }
 
-    /// Writes target slot `slot`'s configuration.
-    pub fn set_target(&mut self, slot: u32, config: &TargetConfig) -> Result<(), ProbeError> {
-        if slot >= MAX_TARGETS {
-            return Err(ProbeError::Slot(slot));
-        }
-        let map = self
+    fn uprobe(&mut self, program: &'static str) -> Result<&mut UProbe, ProbeError> {
+        self.ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing(program))?
+            .try_into()
+            .map_err(program_error(program))
+    }
+
+    /// Writes `value` at `index` of the array map `map` (a family's
+    /// per-target configuration, a site's spec).
+    pub fn set_array<T: Pod>(
+        &mut self,
+        map: &'static str,
+        index: u32,
+        value: T,
+    ) -> Result<(), ProbeError> {
+        let data = self.ebpf.map_mut(map).ok_or(ProbeError::Missing(map))?;
+        let mut array: Array<&mut MapData, T> = Array::try_from(data).map_err(map_error(map))?;
+        array.set(index, value, 0).map_err(map_error(map))
+    }
+
+    /// Puts `program` in slot `slot` of the program array `map`, for tail
+    /// calls. The slot is emptied when `self` is dropped.
+    pub fn set_tail_call(
+        &mut self,
+        map: &'static str,
+        slot: u32,
+        program: &'static str,
+    ) -> Result<(), ProbeError> {
+        let to_program = program_error(program);
+        let fd = self
             .ebpf
-            .map_mut("TARGETS")
-            .ok_or(ProbeError::Missing("TARGETS"))?;
-        let mut targets: Array<&mut MapData, TargetConfig> =
-            Array::try_from(map).map_err(|source| ProbeError::Map {
-                map: "TARGETS",
-                source: Box::new(source),
-            })?;
-        targets
-            .set(slot, config, 0)
-            .map_err(|source| ProbeError::Map {
-                map: "TARGETS",
-                source: Box::new(source),
-            })
+            .program(program)
+            .ok_or(ProbeError::Missing(program))?
+            .fd()
+            .map_err(&to_program)?
+            .try_clone()
+            .map_err(|source| to_program(source.into()))?;
+        let mut slots: ProgramArray<_> = self
+            .ebpf
+            .map_mut(map)
+            .ok_or(ProbeError::Missing(map))?
+            .try_into()
+            .map_err(map_error(map))?;
+        slots.set(slot, &fd, 0).map_err(map_error(map))?;
+        self.tail_slots.push((map, slot));
+        Ok(())
     }
 
     /// Attaches `program` at `offset` in the file at `path`, firing only in
-    /// process `pid`. `cookie` reaches the program through
-    /// `bpf_get_attach_cookie`: target slot in the high half, site index in
-    /// the low half.
-    pub fn attach(
+    /// process `pid`, on behalf of `family`. `cookie` reaches the program
+    /// through `bpf_get_attach_cookie`: the target slot in the high half, the
+    /// site in the low half.
+    pub fn attach_uprobe(
         &mut self,
+        family: &'static str,
         program: &'static str,
         path: &Path,
         pid: u32,
         offset: u64,
         cookie: u64,
-    ) -> Result<(), ProbeError> {
-        let uprobe: &mut UProbe = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::Missing(program))?
-            .try_into()
-            .map_err(|source| ProbeError::Program {
-                program,
-                source: Box::new(source),
-            })?;
-        let pid = std::num::NonZeroU32::new(pid).ok_or(ProbeError::Slot(0))?;
-        let link = uprobe
+    ) -> Result<LinkHandle, ProbeError> {
+        let pid = NonZeroU32::new(pid).ok_or(ProbeError::InvalidPid)?;
+        let link = self
+            .uprobe(program)?
             .attach(
                 UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(offset),
@@ -234,111 +283,112 @@ impl Probes {
                 offset,
                 source: Box::new(source),
             })?;
+        let handle = LinkHandle(self.next_handle);
+        self.next_handle += 1;
         self.attached.push(AttachedSite {
+            family,
             program,
             offset,
-            link,
+            handle,
+            link: Some(link),
         });
-        Ok(())
+        Ok(handle)
     }
 
-    /// Attached sites so far.
+    /// Every uprobe attached and not yet detached.
     pub fn attached(&self) -> &[AttachedSite] {
         &self.attached
     }
 
-    /// Detaches every uprobe (the programs stay loaded until drop).
-    pub fn detach_all(&mut self) {
-        for site in self.attached.drain(..) {
-            if let Some(program) = self.ebpf.program_mut(site.program)
-                && let Ok(uprobe) = <&mut UProbe>::try_from(program)
-                && let Err(err) = uprobe.detach(site.link)
-            {
-                log::warn!("detaching {} failed: {err}", site.program);
+    /// How many uprobes `family` has attached.
+    pub fn attached_by(&self, family: &str) -> usize {
+        self.attached.iter().filter(|s| s.family == family).count()
+    }
+
+    fn detach_site(&mut self, site: AttachedSite) -> Result<(), ProbeError> {
+        let Some(link) = site.link else {
+            return Ok(());
+        };
+        self.uprobe(site.program)?
+            .detach(link)
+            .map_err(|source| ProbeError::Detach {
+                program: site.program,
+                source: Box::new(source),
+            })
+    }
+
+    /// Detaches the uprobes named by `handles`. Every one is tried; the last
+    /// failure is returned.
+    pub fn detach(&mut self, handles: &[LinkHandle]) -> Result<(), ProbeError> {
+        let mut result = Ok(());
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|s| handles.contains(&s.handle));
+        self.attached = kept;
+        for site in gone {
+            if let Err(err) = self.detach_site(site) {
+                result = Err(err);
+            }
+        }
+        result
+    }
+
+    /// Detaches every uprobe `family` attached; failures are logged.
+    pub fn detach_family(&mut self, family: &str) {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|s| s.family == family);
+        self.attached = kept;
+        for site in gone {
+            if let Err(err) = self.detach_site(site) {
+                log::warn!("{family}: {}", crate::binary::error_chain(&err));
             }
         }
     }
 
-    /// Takes the ring buffer for the reader.
-    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::Missing("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            map: "EVENTS",
-            source: Box::new(source),
-        })
+    /// Detaches every uprobe (the programs stay loaded until drop).
+    pub fn detach_all(&mut self) {
+        for site in std::mem::take(&mut self.attached) {
+            let family = site.family;
+            if let Err(err) = self.detach_site(site) {
+                log::warn!("{family}: {}", crate::binary::error_chain(&err));
+            }
+        }
     }
 
-    /// Takes the per-CPU counters for reporting.
+    /// Takes the ring buffer `map` out of the object, for a reader.
+    pub fn take_ring_buffer(&mut self, map: &'static str) -> Result<RingBuf<MapData>, ProbeError> {
+        let data = self.ebpf.take_map(map).ok_or(ProbeError::Missing(map))?;
+        RingBuf::try_from(data).map_err(map_error(map))
+    }
+
+    /// Takes the shared per-CPU counters for reporting.
     pub fn take_stats(&mut self) -> Result<StatsReader, ProbeError> {
-        let map = self
+        let data = self
             .ebpf
-            .take_map("STATS")
-            .ok_or(ProbeError::Missing("STATS"))?;
+            .take_map(STATS_MAP)
+            .ok_or(ProbeError::Missing(STATS_MAP))?;
         let array: PerCpuArray<MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
-                map: "STATS",
-                source: Box::new(source),
-            })?;
+            PerCpuArray::try_from(data).map_err(map_error(STATS_MAP))?;
         Ok(StatsReader::new(array))
     }
-
-    /// The loaded object, for probe families that bring their own maps.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-}
-
-/// Puts the header searches in the `HTTP_TAIL` slots the HTTP programs
-/// tail-call: `http_server_traceparent` (from `http_server_start`) and
-/// `http_server_tracestate` (from `http_server_traceparent`).
-fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    const MAP: &str = "HTTP_TAIL";
-    let map_err = |source| ProbeError::Map {
-        map: MAP,
-        source: Box::new(source),
-    };
-    for (slot, program) in [
-        (http::TAIL_TRACEPARENT, "http_server_traceparent"),
-        (http::TAIL_TRACESTATE, "http_server_tracestate"),
-    ] {
-        let program_err = |source: ProgramError| ProbeError::Program {
-            program,
-            source: Box::new(source),
-        };
-        let fd = ebpf
-            .program(program)
-            .ok_or(ProbeError::Missing(program))?
-            .fd()
-            .map_err(program_err)?
-            .try_clone()
-            .map_err(|source| program_err(source.into()))?;
-        let mut slots: ProgramArray<_> = ebpf
-            .map_mut(MAP)
-            .ok_or(ProbeError::Missing(MAP))?
-            .try_into()
-            .map_err(map_err)?;
-        slots.set(slot, &fd, 0).map_err(map_err)?;
-    }
-    Ok(())
 }
 
 impl Drop for Probes {
-    /// Empties the tail-call slots. `http_server_traceparent` sits in
-    /// `HTTP_TAIL` and tail-calls through it, so it and the map hold each
-    /// other; the kernel breaks that cycle when the last descriptor of the
-    /// map closes, but in a deferred work item. Emptying the slots here
-    /// unloads the programs as soon as the agent lets go of them.
+    /// Detaches what is still attached and empties the tail-call slots. A
+    /// program that sits in a program array and tail-calls through it holds
+    /// the map and the map holds it; the kernel breaks that cycle when the
+    /// last descriptor of the map closes, but in a deferred work item.
+    /// Emptying the slots here unloads the programs as soon as the agent
+    /// lets go of them.
     fn drop(&mut self) {
-        let Some(map) = self.ebpf.map_mut("HTTP_TAIL") else {
-            return;
-        };
-        if let Ok(mut slots) = ProgramArray::<&mut MapData>::try_from(map) {
-            for slot in 0..http::TAIL_SLOTS {
-                // An empty slot is fine: a failure leaves the kernel's own
-                // clean-up to it.
+        self.detach_all();
+        for (map, slot) in std::mem::take(&mut self.tail_slots) {
+            let Some(data) = self.ebpf.map_mut(map) else {
+                continue;
+            };
+            if let Ok(mut slots) = ProgramArray::<&mut MapData>::try_from(data) {
+                // A failure leaves the kernel's own clean-up to it.
                 let _ = slots.clear_index(&slot);
             }
         }

@@ -11,7 +11,7 @@ use std::io;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 
-pub use record::{Record, RecordError};
+pub use record::RecordError;
 
 /// Records drained per call at most, so one flood cannot starve the tasks
 /// that share the agent's thread: the export batcher takes spans off a queue

@@ -12,6 +12,32 @@ use std::{
 
 use foldhash::fast::RandomState;
 
+/// Why a span ended without its end record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Incomplete {
+    /// No end within the time-to-live.
+    Expired,
+    /// Pushed out of a full table.
+    Evicted,
+    /// A later request reused its response object first (Go freed it, so
+    /// this one will never end: a hijacked connection, a panic).
+    Replaced,
+    /// Still open when the agent stopped.
+    Shutdown,
+}
+
+impl Incomplete {
+    /// The value of the `agent.span.incomplete` attribute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Evicted => "evicted",
+            Self::Replaced => "replaced",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Counters of one table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PairingStats {

@@ -1,7 +1,9 @@
-//! The process to trace: finding its executable through `/proc/N` (also when
-//! it lives in another mount namespace) and noticing when it exits.
+//! The process to trace, through `/proc/N`: finding its executable (also
+//! when it lives in another mount namespace), what it has mapped
+//! ([`maps`]), and noticing when it exits ([`ExitWatch`]).
 
 mod exit;
+pub mod maps;
 
 use std::{
     fs, io,

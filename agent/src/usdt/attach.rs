@@ -7,31 +7,26 @@
 //! knows how to read the arguments of whichever site fired. [`UsdtSites`] is
 //! the table from site index back to the probe, for decoding.
 
-use std::{collections::BTreeSet, mem::offset_of, num::NonZeroU32};
+use std::{collections::BTreeSet, mem::offset_of};
 
 use smallvec::SmallVec;
-
-use agent_common::{
-    event::{EventHeader, KIND_USDT},
-    usdt::{
-        STR_NUL, STR_PTR_LEN, USDT_MAX_ARGS, USDT_MAX_SITES, USDT_RECORD_HEAD,
-        USDT_STR_CAP_DEFAULT, USDT_STR_CAP_MAX, UsdtRecord, UsdtSpec,
-    },
-};
-use aya::{
-    Ebpf,
-    maps::{Array, MapError},
-    programs::{
-        ProgramError, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
-    },
-};
 
 use super::{
     UsdtProbe,
     args::{ArgSpecError, EncodeError},
     semaphore::{SemaphoreError, SemaphoreGuard, runtime_address},
 };
+use crate::probes::{LinkHandle, ProbeError, Probes};
+use agent_common::{
+    event::EventHeader,
+    usdt::{
+        KIND_USDT, STR_NUL, STR_PTR_LEN, USDT_MAX_ARGS, USDT_MAX_SITES, USDT_RECORD_HEAD,
+        USDT_STR_CAP_DEFAULT, USDT_STR_CAP_MAX, UsdtRecord, UsdtSpec,
+    },
+};
+
+/// The family name its uprobes are attached under.
+const FAMILY: &str = super::family::NAME;
 
 /// Name of the eBPF program for every USDT site.
 pub const USDT_PROGRAM: &str = "usdt_probe";
@@ -168,18 +163,10 @@ impl UsdtSites {
 /// Errors attaching USDT probes.
 #[derive(Debug, thiserror::Error)]
 pub enum UsdtAttachError {
-    #[error("the eBPF object has no program `{USDT_PROGRAM}`")]
-    NoProgram,
-    #[error("the eBPF object has no map `{USDT_SPEC_MAP}`")]
-    NoSpecMap,
-    #[error("pid 0 is not a process")]
-    InvalidPid,
     #[error("all {0} USDT sites are in use")]
     SitesFull(u32),
-    #[error("the `{USDT_PROGRAM}` program")]
-    Program(#[source] Box<ProgramError>),
-    #[error("the `{USDT_SPEC_MAP}` map")]
-    Map(#[source] MapError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
     #[error("probe {provider}:{name}: unsupported argument spec")]
     Args {
         provider: String,
@@ -201,14 +188,12 @@ pub enum UsdtAttachError {
         arg: u8,
         reason: &'static str,
     },
-    #[error("attaching to probe {provider}:{name} at {path}+{offset:#x}")]
+    #[error("attaching to probe {provider}:{name}")]
     Attach {
         provider: String,
         name: String,
-        path: String,
-        offset: u64,
         #[source]
-        source: Box<ProgramError>,
+        source: ProbeError,
     },
     #[error("activating the semaphore of probe {provider}:{name}")]
     Semaphore {
@@ -226,7 +211,7 @@ pub enum UsdtAttachError {
 pub struct UsdtAttachment {
     pid: u32,
     sites: Vec<u32>,
-    links: Vec<UProbeLinkId>,
+    links: Vec<LinkHandle>,
     semaphores: Vec<SemaphoreGuard>,
 }
 
@@ -242,34 +227,17 @@ impl UsdtAttachment {
 
     /// Detaches every uprobe, clears the sites' specs and then restores the
     /// semaphores.
-    pub fn detach(self, ebpf: &mut Ebpf, sites: &mut UsdtSites) -> Result<(), UsdtAttachError> {
+    pub fn detach(self, probes: &mut Probes, sites: &mut UsdtSites) -> Result<(), UsdtAttachError> {
         let Self {
             pid: _,
             sites: indices,
             links,
             semaphores,
         } = self;
-        let mut result = Ok(());
-        match program(ebpf) {
-            Ok(prog) => {
-                for link in links {
-                    if let Err(err) = prog.detach(link) {
-                        result = Err(UsdtAttachError::Program(Box::new(err)));
-                    }
-                }
-            }
-            Err(err) => result = Err(err),
-        }
-        if let Some(map) = ebpf.map_mut(USDT_SPEC_MAP) {
-            match Array::<_, UsdtSpec>::try_from(map) {
-                Ok(mut specs) => {
-                    for &index in &indices {
-                        if let Err(err) = specs.set(index, UsdtSpec::default(), 0) {
-                            result = Err(UsdtAttachError::Map(err));
-                        }
-                    }
-                }
-                Err(err) => result = Err(UsdtAttachError::Map(err)),
+        let mut result = probes.detach(&links).map_err(UsdtAttachError::from);
+        for &index in &indices {
+            if let Err(err) = probes.set_array(USDT_SPEC_MAP, index, UsdtSpec::default()) {
+                result = Err(err.into());
             }
         }
         for index in indices {
@@ -278,15 +246,6 @@ impl UsdtAttachment {
         drop(semaphores);
         result
     }
-}
-
-fn program(ebpf: &mut Ebpf) -> Result<&mut UProbe, UsdtAttachError> {
-    let prog: &mut UProbe = ebpf
-        .program_mut(USDT_PROGRAM)
-        .ok_or(UsdtAttachError::NoProgram)?
-        .try_into()
-        .map_err(|e| UsdtAttachError::Program(Box::new(e)))?;
-    Ok(prog)
 }
 
 /// Builds the kernel-side spec of `probe` with `strings` read as strings.
@@ -345,28 +304,23 @@ pub fn build_spec(probe: &UsdtProbe, strings: &[StringArg]) -> Result<UsdtSpec, 
 /// Attaches the `usdt_probe` program to `probes` in process `pid`: fills
 /// `USDT_SPECS`, attaches each site with cookie `(target_slot << 32) | site`,
 /// and activates semaphores (once per distinct semaphore). On error, what
-/// was attached is undone. The program is loaded if it was not.
+/// was attached is undone.
 pub fn attach_usdt(
-    ebpf: &mut Ebpf,
+    probes_seam: &mut Probes,
     sites: &mut UsdtSites,
     target_slot: u32,
     pid: u32,
     probes: &[UsdtProbe],
     strings: &StringArgs,
 ) -> Result<UsdtAttachment, UsdtAttachError> {
-    let pid_nz = NonZeroU32::new(pid).ok_or(UsdtAttachError::InvalidPid)?;
+    if pid == 0 {
+        return Err(ProbeError::InvalidPid.into());
+    }
     // Every spec first: nothing is attached if one is refused.
     let mut specs = Vec::with_capacity(probes.len());
     for probe in probes {
         let string_args = strings.for_probe(probe);
         specs.push((build_spec(probe, &string_args)?, string_args));
-    }
-    {
-        let prog = program(ebpf)?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|e| UsdtAttachError::Program(Box::new(e)))?;
-        }
     }
     let mut attachment = UsdtAttachment {
         pid,
@@ -375,10 +329,10 @@ pub fn attach_usdt(
         semaphores: Vec::new(),
     };
     let result = attach_all(
-        ebpf,
+        probes_seam,
         sites,
         target_slot,
-        pid_nz,
+        pid,
         probes,
         specs,
         &mut attachment,
@@ -386,7 +340,7 @@ pub fn attach_usdt(
     match result {
         Ok(()) => Ok(attachment),
         Err(err) => {
-            if let Err(undo) = attachment.detach(ebpf, sites) {
+            if let Err(undo) = attachment.detach(probes_seam, sites) {
                 log::warn!("undoing a failed USDT attach: {undo}");
             }
             Err(err)
@@ -395,10 +349,10 @@ pub fn attach_usdt(
 }
 
 fn attach_all(
-    ebpf: &mut Ebpf,
+    seam: &mut Probes,
     sites: &mut UsdtSites,
     target_slot: u32,
-    pid: NonZeroU32,
+    pid: u32,
     probes: &[UsdtProbe],
     specs: Vec<(UsdtSpec, Vec<StringArg>)>,
     attachment: &mut UsdtAttachment,
@@ -407,31 +361,25 @@ fn attach_all(
         let index = sites.allocate(UsdtSite {
             index: 0,
             target_slot,
-            pid: pid.get(),
+            pid,
             probe: probe.clone(),
             strings,
         })?;
         attachment.sites.push(index);
-        {
-            let map = ebpf
-                .map_mut(USDT_SPEC_MAP)
-                .ok_or(UsdtAttachError::NoSpecMap)?;
-            let mut map = Array::<_, UsdtSpec>::try_from(map).map_err(UsdtAttachError::Map)?;
-            map.set(index, spec, 0).map_err(UsdtAttachError::Map)?;
-        }
-        let prog = program(ebpf)?;
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-            cookie: Some((u64::from(target_slot) << 32) | u64::from(index)),
-        };
-        let link = prog
-            .attach(point, &probe.path, UProbeScope::OneProcess(pid))
+        seam.set_array(USDT_SPEC_MAP, index, spec)?;
+        let link = seam
+            .attach_uprobe(
+                FAMILY,
+                USDT_PROGRAM,
+                &probe.path,
+                pid,
+                probe.file_offset,
+                (u64::from(target_slot) << 32) | u64::from(index),
+            )
             .map_err(|source| UsdtAttachError::Attach {
                 provider: probe.provider.clone(),
                 name: probe.name.clone(),
-                path: probe.path.display().to_string(),
-                offset: probe.file_offset,
-                source: Box::new(source),
+                source,
             })?;
         attachment.links.push(link);
     }
@@ -443,11 +391,11 @@ fn attach_all(
             name: probe.name.clone(),
             source,
         };
-        let address = runtime_address(pid.get(), probe).map_err(sema_err)?;
+        let address = runtime_address(pid, probe).map_err(sema_err)?;
         if !done.insert(address) {
             continue;
         }
-        let guard = SemaphoreGuard::activate_at(pid.get(), address).map_err(sema_err)?;
+        let guard = SemaphoreGuard::activate_at(pid, address).map_err(sema_err)?;
         attachment.semaphores.push(guard);
     }
     Ok(())

@@ -12,13 +12,17 @@
 //! - [`attach`]: filling `USDT_SPECS`, attaching with cookies, decoding
 //!   records.
 //! - [`mapping`]: the TOML mapping from start/end probes to spans.
+//! - [`spans`]: pairing start and end events into spans.
+//! - [`family`]: the family in a session: attaching what the mapping names,
+//!   libraries mapped later, records to spans, counters.
 
 pub mod args;
 pub mod attach;
 mod elf;
+pub mod family;
 pub mod mapping;
-pub mod process;
 pub mod semaphore;
+pub mod spans;
 
 use std::{
     collections::HashMap,
@@ -32,7 +36,11 @@ pub use attach::{
     UsdtAttachment, UsdtDecodeError, UsdtEvent, UsdtSite, UsdtSites, attach_usdt,
     decode_usdt_record,
 };
+pub use family::{FAMILY, UsdtSession};
 pub use semaphore::{SemaphoreError, SemaphoreGuard};
+pub use spans::{UsdtSpanBuilder, UsdtStats};
+
+use crate::target::maps;
 
 /// A probe's semaphore: a `u16` the program tests before firing the probe
 /// (`PROVIDER_NAME_ENABLED()`); tracers increment it while attached.
@@ -142,7 +150,10 @@ impl ScannedFiles {
     /// executable too, and fails if it cannot; a library that is not x86-64
     /// ELF or cannot be read is skipped (and not read again).
     pub fn scan(&mut self, pid: u32) -> Result<Vec<UsdtProbe>, UsdtError> {
-        let maps = process::read_maps(pid)?;
+        let maps = maps::read_maps(pid).map_err(|e| UsdtError::Io {
+            path: e.path,
+            source: e.source,
+        })?;
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let exe_meta = if self.exe_done {
             None
@@ -154,7 +165,7 @@ impl ScannedFiles {
         };
         let mut probes = Vec::new();
         let mut exe_seen = false;
-        for map in process::executable_files(&maps) {
+        for map in maps::executable_files(&maps) {
             let key = (map.dev.clone(), map.inode);
             if self.files.contains_key(&key) {
                 continue;

@@ -10,7 +10,8 @@ use std::{
     path::PathBuf,
 };
 
-use super::{UsdtProbe, process};
+use super::UsdtProbe;
+use crate::target::maps;
 
 /// Errors activating or deactivating a semaphore.
 #[derive(Debug, thiserror::Error)]
@@ -131,13 +132,9 @@ pub fn runtime_address(pid: u32, probe: &UsdtProbe) -> Result<u64, SemaphoreErro
         path: probe.path.clone(),
         source,
     })?;
-    let maps = process::read_maps(pid).map_err(|err| match err {
-        super::UsdtError::Io { path, source } => SemaphoreError::Io { path, source },
-        _ => SemaphoreError::NotMapped {
-            pid,
-            path: probe.path.clone(),
-            file_offset: sema.file_offset,
-        },
+    let maps = maps::read_maps(pid).map_err(|err| SemaphoreError::Io {
+        path: err.path,
+        source: err.source,
     })?;
     maps.iter()
         .find(|m| m.inode == meta.ino() && m.covers_file_offset(sema.file_offset))

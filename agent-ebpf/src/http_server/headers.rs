@@ -8,14 +8,17 @@
 //! map, so for a request with no other header the search ends at the map
 //! header.
 
-use agent_common::target::{
+use agent_common::http::{
     BUCKET_KEYS, BUCKET_MIN_TOPHASH, BUCKET_OVERFLOW, BUCKET_SIZE, BUCKET_VALUES,
-    GROUP_CTRL_EMPTY_BIT, GROUP_SIZE, GROUP_SLOT_SIZE, GoOffsets, MAP_LAYOUT_BUCKETS,
+    GROUP_CTRL_EMPTY_BIT, GROUP_SIZE, GROUP_SLOT_SIZE, HttpOffsets, MAP_LAYOUT_BUCKETS,
     MAP_LAYOUT_SWISS,
 };
 use aya_ebpf::helpers::generated::bpf_probe_read_user as read_user_raw;
 
-use crate::go::{copy_string, read_field};
+use crate::{
+    go::{copy_string, read_field},
+    record::{load, store},
+};
 
 /// Bytes of scratch space a group or bucket is read into.
 pub const SCRATCH_LEN: usize = BUCKET_SIZE as usize;
@@ -91,22 +94,6 @@ pub struct Scan {
     counts: [u64; MAX_CANDIDATES],
 }
 
-/// A volatile load of a word of map memory: the verifier sees an unknown
-/// number, and the compiler really reloads it (another run may have changed
-/// it).
-#[inline(always)]
-pub fn load(field: &u64) -> u64 {
-    // SAFETY: a plain read through a valid reference.
-    unsafe { core::ptr::read_volatile(field) }
-}
-
-/// A volatile store of a word of map memory; see [`load`].
-#[inline(always)]
-pub fn store(field: &mut u64, value: u64) {
-    // SAFETY: a plain write through a valid reference.
-    unsafe { core::ptr::write_volatile(field, value) }
-}
-
 impl Scan {
     /// Notes the slot whose key header is at `key_at` and value at
     /// `value_at` in `scratch` if its key is `key_len` bytes long.
@@ -160,7 +147,7 @@ fn is_key<const N: usize>(at: u64, key: &[u8; N]) -> Option<bool> {
 /// keys `key_len` bytes long.
 #[inline(always)]
 fn scan_groups(
-    off: &GoOffsets,
+    off: &HttpOffsets,
     head: &[u8; HEAD_LEN],
     data: u64,
     key_len: u64,
@@ -270,7 +257,7 @@ fn scan_groups(
 /// `scratch` in map memory, and copies the first value into `dst`.
 #[inline(always)]
 pub fn find_header<const N: usize, const CAP: usize>(
-    off: &GoOffsets,
+    off: &HttpOffsets,
     map: u64,
     key: &[u8; N],
     scan: &mut Scan,

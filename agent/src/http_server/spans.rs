@@ -14,15 +14,15 @@ use agent_common::http::{
 };
 use opentelemetry::{InstrumentationScope, trace::SpanKind};
 
-use super::{
-    OpenTable, PairingStats,
-    ids::IdGenerator,
-    traceparent::{self, RemoteParent},
-    tracestate,
-};
 use crate::{
     clock::WallClock,
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
+    spans::{
+        Incomplete, OpenTable, PairingStats,
+        ids::IdGenerator,
+        traceparent::{self, RemoteParent},
+        tracestate,
+    },
 };
 
 /// Key of an open request: (target slot, the `*http.response` or
@@ -44,32 +44,6 @@ struct OpenRequest {
     trace_state: Option<String>,
     /// The span's name and start attributes, encoded.
     encoded: Vec<u8>,
-}
-
-/// Why a span ended without its end record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Incomplete {
-    /// No end within the time-to-live.
-    Expired,
-    /// Pushed out of a full table.
-    Evicted,
-    /// A later request reused its response object first (Go freed it, so
-    /// this one will never end: a hijacked connection, a panic).
-    Replaced,
-    /// Still open when the agent stopped.
-    Shutdown,
-}
-
-impl Incomplete {
-    /// The value of the `agent.span.incomplete` attribute.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Expired => "expired",
-            Self::Evicted => "evicted",
-            Self::Replaced => "replaced",
-            Self::Shutdown => "shutdown",
-        }
-    }
 }
 
 /// Builds HTTP server spans.
@@ -230,7 +204,11 @@ impl HttpSpanBuilder {
     }
 
     /// A request started.
-    pub fn on_start(&mut self, rec: &HttpServerStart, out: &mut impl FnMut(EncodedSpan)) {
+    pub fn on_start(
+        &mut self,
+        rec: &HttpServerStart,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
         let key = (rec.header.target, rec.response);
         if let Some(open) = self.open.get(&key)
             && open.goid == rec.header.goid
@@ -284,21 +262,21 @@ impl HttpSpanBuilder {
     }
 
     /// A request's response is being finished.
-    pub fn on_end(&mut self, rec: &HttpServerEnd, out: &mut impl FnMut(EncodedSpan)) {
+    pub fn on_end(&mut self, rec: &HttpServerEnd, out: &mut (impl FnMut(EncodedSpan) + ?Sized)) {
         if let Some(open) = self.open.close(&(rec.header.target, rec.response)) {
             out(self.span(open, rec.header.ktime_ns, Some(rec), None));
         }
     }
 
     /// Exports requests open longer than the time-to-live, marked expired.
-    pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
+    pub fn expire(&mut self, now_ns: u64, out: &mut (impl FnMut(EncodedSpan) + ?Sized)) {
         for (_, open) in self.open.expire(now_ns) {
             out(self.span(open, now_ns, None, Some(Incomplete::Expired)));
         }
     }
 
     /// Exports every open request, marked as cut short by shutdown.
-    pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
+    pub fn finish(&mut self, now_ns: u64, out: &mut (impl FnMut(EncodedSpan) + ?Sized)) {
         for (_, open) in self.open.drain() {
             out(self.span(open, now_ns, None, Some(Incomplete::Shutdown)));
         }
@@ -479,12 +457,11 @@ fn encode_start(rec: &HttpServerStart) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use agent_common::{
-        event::{
-            EventHeader, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT,
-            KIND_HTTP_TRACESTATE,
-        },
+        event::EventHeader,
         http::{
-            HOST_CAP, METHOD_CAP, PATTERN_CAP, REMOTE_CAP, TRACEPARENT_CAP, TRACESTATE_CAP, URI_CAP,
+            HOST_CAP, KIND_HTTP_SERVER_END, KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT,
+            KIND_HTTP_TRACESTATE, METHOD_CAP, PATTERN_CAP, REMOTE_CAP, TRACEPARENT_CAP,
+            TRACESTATE_CAP, URI_CAP,
         },
     };
 

@@ -1,5 +1,5 @@
-//! The net/http server probes: which functions, which sites, which struct
-//! offsets, for one Go binary.
+//! Planning the net/http server probes for one Go binary: which functions,
+//! which sites, which struct offsets; and attaching them.
 //!
 //! - start: `net/http.serverHandler.ServeHTTP(rw, req)`, reads `req` (RDI)
 //!   and the ResponseWriter's data pointer (RCX);
@@ -16,16 +16,67 @@
 //! the stack check, which the kernel emulates) where those registers still
 //! hold the arguments.
 
-use agent_common::target::{
-    GoOffsets, MAP_LAYOUT_BUCKETS, MAP_LAYOUT_SWISS, OFFSET_ABSENT, TargetConfig,
+use agent_common::{
+    http::{
+        HttpConfig, HttpOffsets, MAP_LAYOUT_BUCKETS, MAP_LAYOUT_SWISS, TAIL_TRACEPARENT,
+        TAIL_TRACESTATE,
+    },
+    target::OFFSET_ABSENT,
 };
 use iced_x86::Register;
 
-use super::{ProbeError, Probes};
 use crate::{
-    binary::{GoBinary, OffsetError, ProbeSite, SiteError},
+    binary::{BuiltinProbe, GoBinary, OffsetError, ProbeSite, SiteError},
+    probes::{LinkHandle, ProbeError, Probes},
     target::Target,
 };
+
+/// The probes of this family, with what they read: for `agent inspect`.
+pub const PROBES: &[BuiltinProbe] = &[
+    BuiltinProbe {
+        name: "http.server.request.start",
+        function: "net/http.serverHandler.ServeHTTP",
+        // rw (interface: itab in RBX, data in RCX) and req (*Request) in RDI.
+        preserve: &[Register::RCX, Register::RDI],
+        fields: &[
+            ("runtime.g", "goid"),
+            ("net/http.Request", "Method"),
+            ("net/http.Request", "RequestURI"),
+            ("net/http.Request", "Header"),
+            ("net/http.Request", "Host"),
+            ("net/http.Request", "RemoteAddr"),
+            ("net/http.Request", "ContentLength"),
+            ("net/http.Request", "ProtoMajor"),
+            ("net/http.Request", "ProtoMinor"),
+            ("net/http.Request", "TLS"),
+        ],
+    },
+    BuiltinProbe {
+        name: "http.server.request.end",
+        function: "net/http.(*response).finishRequest",
+        // The receiver (*response) in RAX.
+        preserve: &[Register::RAX],
+        fields: &[
+            ("net/http.response", "req"),
+            ("net/http.response", "status"),
+            ("net/http.response", "written"),
+            ("net/http.Request", "Pattern"),
+        ],
+    },
+    BuiltinProbe {
+        name: "http2.server.request.end",
+        function: "net/http.(*http2responseWriter).handlerDone",
+        // The receiver (*http2responseWriter) in RAX.
+        preserve: &[Register::RAX],
+        fields: &[
+            ("net/http.http2responseWriter", "rws"),
+            ("net/http.http2responseWriterState", "req"),
+            ("net/http.http2responseWriterState", "status"),
+            ("net/http.http2responseWriterState", "wroteBytes"),
+            ("net/http.Request", "Pattern"),
+        ],
+    },
+];
 
 /// The function whose entry starts a request.
 pub const START_FUNCTION: &str = "net/http.serverHandler.ServeHTTP";
@@ -57,7 +108,7 @@ pub enum PlanError {
 /// Where and how to probe one binary.
 #[derive(Clone, Debug)]
 pub struct HttpServerPlan {
-    pub offsets: GoOffsets,
+    pub offsets: HttpOffsets,
     pub start: ProbeSite,
     pub end: ProbeSite,
     /// The HTTP/2 end, when the binary has it and its offsets.
@@ -78,7 +129,7 @@ const REQUIRED: [Field; 4] = [
 /// `offsets` with the map fields set for a binary's map layout: swiss
 /// tables (Go 1.24+) or buckets (before, or `GOEXPERIMENT=noswissmap`),
 /// whichever its DWARF (or the table for its release) describes.
-fn with_map_layout(bin: &GoBinary, offsets: GoOffsets) -> Result<GoOffsets, String> {
+fn with_map_layout(bin: &GoBinary, offsets: HttpOffsets) -> Result<HttpOffsets, String> {
     let field = |type_name: &str, field: &str| {
         bin.struct_field_offset(type_name, field)
             .map(|f| f.offset)
@@ -87,9 +138,9 @@ fn with_map_layout(bin: &GoBinary, offsets: GoOffsets) -> Result<GoOffsets, Stri
     // The table was measured on default builds: it cannot describe a
     // release built without swiss maps.
     let no_swiss = bin.build_info().go_version_raw.contains("noswissmap");
-    let swiss = || -> Result<GoOffsets, String> {
+    let swiss = || -> Result<HttpOffsets, String> {
         let groups = field("internal/runtime/maps.table", "groups")?;
-        Ok(GoOffsets {
+        Ok(HttpOffsets {
             map_layout: MAP_LAYOUT_SWISS,
             map_count: field("internal/runtime/maps.Map", "used")?,
             map_data: field("internal/runtime/maps.Map", "dirPtr")?,
@@ -101,8 +152,8 @@ fn with_map_layout(bin: &GoBinary, offsets: GoOffsets) -> Result<GoOffsets, Stri
             ..offsets
         })
     };
-    let buckets = || -> Result<GoOffsets, String> {
-        Ok(GoOffsets {
+    let buckets = || -> Result<HttpOffsets, String> {
+        Ok(HttpOffsets {
             map_layout: MAP_LAYOUT_BUCKETS,
             map_count: field("runtime.hmap", "count")?,
             map_data: field("runtime.hmap", "buckets")?,
@@ -150,12 +201,12 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
             })
     };
     let [goid, method, uri, status] = REQUIRED;
-    let mut offsets = GoOffsets {
+    let mut offsets = HttpOffsets {
         g_goid: required(goid)?,
         request_method: required(method)?,
         request_uri: required(uri)?,
         response_status: required(status)?,
-        ..GoOffsets::ABSENT
+        ..HttpOffsets::ABSENT
     };
     let mut optional = |(type_name, field): Field| match bin.struct_field_offset(type_name, field) {
         Ok(f) => f.offset,
@@ -272,44 +323,62 @@ pub const SITE_END: u32 = 1;
 /// See [`SITE_START`].
 pub const SITE_H2_END: u32 = 2;
 
-/// Writes the target's configuration and attaches both probes.
+/// The per-target configuration array of the HTTP programs.
+pub const CONFIG_MAP: &str = "HTTP_CONFIG";
+/// The program array the start program tail-calls the header searches
+/// through.
+pub const TAIL_MAP: &str = "HTTP_TAIL";
+
+/// Writes the target's configuration, installs the header searches the
+/// start program tail-calls, and attaches the probes. On error, what was
+/// attached is detached.
 pub fn attach(
     probes: &mut Probes,
     target: &Target,
     slot: u32,
     plan: &HttpServerPlan,
-) -> Result<(), ProbeError> {
-    probes.set_target(
+) -> Result<Vec<LinkHandle>, ProbeError> {
+    probes.set_array(
+        CONFIG_MAP,
         slot,
-        &TargetConfig {
+        HttpConfig {
             active: 1,
             _pad: 0,
             offsets: plan.offsets,
         },
     )?;
+    for (tail, program) in [
+        (TAIL_TRACEPARENT, "http_server_traceparent"),
+        (TAIL_TRACESTATE, "http_server_tracestate"),
+    ] {
+        probes.set_tail_call(TAIL_MAP, tail, program)?;
+    }
     let cookie = |site: u32| (u64::from(slot) << 32) | u64::from(site);
-    probes.attach(
-        "http_server_start",
-        &target.exe_path,
-        target.pid,
-        plan.start.file_offset,
-        cookie(SITE_START),
-    )?;
-    probes.attach(
-        "http_server_end",
-        &target.exe_path,
-        target.pid,
-        plan.end.file_offset,
-        cookie(SITE_END),
-    )?;
+    let mut sites = vec![
+        ("http_server_start", plan.start.file_offset, SITE_START),
+        ("http_server_end", plan.end.file_offset, SITE_END),
+    ];
     if let Some(h2_end) = &plan.h2_end {
-        probes.attach(
-            "http2_server_end",
+        sites.push(("http2_server_end", h2_end.file_offset, SITE_H2_END));
+    }
+    let mut links = Vec::with_capacity(sites.len());
+    for (program, offset, site) in sites {
+        match probes.attach_uprobe(
+            super::NAME,
+            program,
             &target.exe_path,
             target.pid,
-            h2_end.file_offset,
-            cookie(SITE_H2_END),
-        )?;
+            offset,
+            cookie(site),
+        ) {
+            Ok(link) => links.push(link),
+            Err(err) => {
+                if let Err(undo) = probes.detach(&links) {
+                    log::warn!("undoing a failed net/http attach: {undo}");
+                }
+                return Err(err);
+            }
+        }
     }
-    Ok(())
+    Ok(links)
 }

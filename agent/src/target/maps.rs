@@ -1,9 +1,20 @@
-//! The files a process has mapped (`/proc/N/maps`), and how to read each one
-//! from outside the process's mount namespace.
+//! The files a process has mapped (`/proc/N/maps`), how to read each one
+//! from outside the process's mount namespace, and where its executable was
+//! loaded.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
-use super::UsdtError;
+/// `/proc/N/maps` could not be read (the process is gone, or not ours).
+#[derive(Debug, thiserror::Error)]
+#[error("reading {path}")]
+pub struct MapsError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
 
 /// One line of `/proc/N/maps`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,10 +95,22 @@ fn parse_line(line: &str) -> Option<Mapping> {
 }
 
 /// Reads and parses `/proc/N/maps`.
-pub fn read_maps(pid: u32) -> Result<Vec<Mapping>, UsdtError> {
+pub fn read_maps(pid: u32) -> Result<Vec<Mapping>, MapsError> {
     let path = PathBuf::from(format!("/proc/{pid}/maps"));
-    let text = std::fs::read_to_string(&path).map_err(|source| UsdtError::Io { path, source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| MapsError { path, source })?;
     Ok(parse_maps(&text))
+}
+
+/// Where the mapping of `exe` (as the process names it) at file offset 0
+/// starts: the load bias of a position-independent executable (Go PIE
+/// binaries link at 0). `None` when it is not mapped (or the maps cannot be
+/// read).
+pub fn load_bias(pid: u32, exe: &Path) -> Option<u64> {
+    let maps = read_maps(pid).ok()?;
+    let exe = exe.to_string_lossy();
+    maps.iter()
+        .find(|m| m.path == exe && m.offset == 0)
+        .map(|m| m.start)
 }
 
 /// The distinct files mapped executable into the process, one mapping each

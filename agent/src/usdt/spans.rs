@@ -21,10 +21,10 @@ use opentelemetry::{
     trace::{SpanId, SpanKind, TraceId},
 };
 
-use super::{OpenTable, PairingStats, http::Incomplete, ids::IdGenerator};
 use crate::{
     clock::WallClock,
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
+    spans::{Incomplete, OpenTable, PairingStats, ids::IdGenerator},
     usdt::{
         UsdtEvent,
         mapping::{self, ArgValue, MappingConfig, RequestId, Role},
@@ -184,7 +184,7 @@ impl UsdtSpanBuilder {
         &mut self,
         resolved: (usize, Role),
         event: UsdtEvent,
-        out: &mut impl FnMut(EncodedSpan),
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         let (index, role) = resolved;
         let Some(mapping) = self.config.spans.get(index) else {
@@ -202,7 +202,12 @@ impl UsdtSpanBuilder {
         }
     }
 
-    fn on_start(&mut self, key: Key, event: UsdtEvent, out: &mut impl FnMut(EncodedSpan)) {
+    fn on_start(
+        &mut self,
+        key: Key,
+        event: UsdtEvent,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
         let thread = thread_of(&event);
         let stack = self.stacks.entry(thread).or_default();
         let (trace_id, parent) = match stack.last() {
@@ -233,7 +238,12 @@ impl UsdtSpanBuilder {
         }
     }
 
-    fn on_end(&mut self, key: &Key, event: &UsdtEvent, out: &mut impl FnMut(EncodedSpan)) {
+    fn on_end(
+        &mut self,
+        key: &Key,
+        event: &UsdtEvent,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
         if let Some(open) = self.open.close(key) {
             self.unstack(&open);
             out(self.span(key.1, &open, event.header.ktime_ns, Some(event), None));
@@ -256,7 +266,7 @@ impl UsdtSpanBuilder {
     }
 
     /// Exports starts open longer than the timeout, marked expired.
-    pub fn expire(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
+    pub fn expire(&mut self, now_ns: u64, out: &mut (impl FnMut(EncodedSpan) + ?Sized)) {
         for (key, open) in self.open.expire(now_ns) {
             self.unstack(&open);
             out(self.span(key.1, &open, now_ns, None, Some(Incomplete::Expired)));
@@ -264,7 +274,7 @@ impl UsdtSpanBuilder {
     }
 
     /// Exports every open start, marked as cut short by shutdown.
-    pub fn finish(&mut self, now_ns: u64, out: &mut impl FnMut(EncodedSpan)) {
+    pub fn finish(&mut self, now_ns: u64, out: &mut (impl FnMut(EncodedSpan) + ?Sized)) {
         for (key, open) in self.open.drain() {
             out(self.span(key.1, &open, now_ns, None, Some(Incomplete::Shutdown)));
         }
@@ -363,7 +373,7 @@ const TRACE_FLAGS_SAMPLED: u32 = 1;
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
-    use agent_common::event::{EventHeader, KIND_USDT};
+    use agent_common::{event::EventHeader, usdt::KIND_USDT};
     use opentelemetry::{
         KeyValue, Value as OtelValue,
         trace::{SpanContext, Status, TraceFlags, TraceState},

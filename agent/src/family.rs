@@ -1,0 +1,233 @@
+//! The contract every instrumented library (a *family*) fulfils, and the
+//! one list that registers them.
+//!
+//! A family owns one folder of `agent/src` (named after what it traces), one
+//! module of `agent-common` (its record kinds, records and per-target
+//! configuration) and one of `agent-ebpf` (its programs and maps). Here it
+//! offers:
+//!
+//! - a [`FamilyEntry`]: its name and its `plan` function, which reads what
+//!   the family needs from the target (functions, struct field offsets,
+//!   probe sites of the Go binary; USDT notes; ...) and answers with a ready
+//!   [`Family`] or why there is nothing for it in this process;
+//! - a [`Family`]: attaching its programs through [`Probes`] (the one seam
+//!   for privileged operations), decoding the records of its kinds into
+//!   spans, its periodic work, its shutdown, and the counters it owns.
+//!
+//! The session ([`crate::session`]), the ring-buffer reader
+//! ([`crate::ringbuf`]), the open-span table ([`crate::spans`]) and the
+//! exporter ([`crate::export`]) know no family by name: they go through
+//! [`FAMILIES`] and this trait.
+
+use std::{error::Error, path::PathBuf, time::Duration};
+
+use crate::{
+    binary::{BuiltinProbe, GoBinary},
+    clock::WallClock,
+    export::{EncodedSpan, SpanSender},
+    flight, http_server,
+    probes::{KernelStats, LoadOptions, Probes},
+    target::Target,
+    usdt::{self, mapping::MappingConfig},
+};
+
+/// Every family, in the order they are planned, attached and reported.
+/// Adding a library to trace is one line here.
+pub const FAMILIES: &[FamilyEntry] = &[http_server::FAMILY, usdt::FAMILY, flight::FAMILY];
+
+/// How the session finds a family.
+#[derive(Clone, Copy)]
+pub struct FamilyEntry {
+    /// How the log and the exit line name it (`net/http`, `USDT`).
+    pub name: &'static str,
+    /// The probes it places on Go functions and the struct fields they
+    /// read, for `agent inspect`.
+    pub probes: &'static [BuiltinProbe],
+    /// Looks at the target and answers with what to attach, or why not.
+    pub plan: fn(&PlanContext<'_>) -> Plan,
+}
+
+impl std::fmt::Debug for FamilyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FamilyEntry")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a family is planned against.
+#[derive(Debug)]
+pub struct PlanContext<'a> {
+    pub target: &'a Target,
+    /// The executable, analysed once as a Go binary for every family, or
+    /// why it cannot be traced as one (not Go, too old).
+    pub go: Result<&'a GoBinary, &'a (dyn Error + Send + Sync + 'static)>,
+    pub options: &'a FamilyOptions,
+    pub clock: WallClock,
+}
+
+/// The families' settings, from the command line.
+#[derive(Clone, Debug)]
+pub struct FamilyOptions {
+    /// Where the net/http entry probes go.
+    pub entry_site: http_server::SitePolicy,
+    /// The USDT mapping; `None`: USDT probes are off.
+    pub usdt_mapping: Option<MappingConfig>,
+    /// The user gave a mapping of their own (then missing USDT probes are
+    /// worth a warning).
+    pub usdt_mapping_given: bool,
+    /// Catch flight-recorder dumps.
+    pub flight_recorder: bool,
+    /// Where dumps are kept, byte for byte.
+    pub save_dumps: Option<PathBuf>,
+    /// Open spans kept at most, per family.
+    pub max_open_spans: usize,
+    /// How long a span may stay open before it is exported as expired.
+    pub span_ttl: Duration,
+}
+
+/// A family's answer to planning.
+pub enum Plan {
+    /// Something to trace in this process.
+    Ready(Box<dyn Family>),
+    /// Nothing to attach now, but the family watches the process for more
+    /// (a library mapped later): attached and kept, but it does not make a
+    /// process traceable on its own. `why` and `level` as for `Absent`.
+    Idle {
+        family: Box<dyn Family>,
+        why: String,
+        level: log::Level,
+    },
+    /// Nothing for this family here: why, and how loudly to say so when
+    /// another family traces the process (when none does, every reason goes
+    /// into the error).
+    Absent { why: String, level: log::Level },
+    /// Nothing for this family here, and nothing worth saying about it (a
+    /// feature the binary does not have, or one the user turned off).
+    Nothing,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ready(family) => f.debug_tuple("Ready").field(&family.name()).finish(),
+            Self::Idle { family, why, level } => f
+                .debug_struct("Idle")
+                .field("family", &family.name())
+                .field("why", why)
+                .field("level", level)
+                .finish(),
+            Self::Absent { why, level } => f
+                .debug_struct("Absent")
+                .field("why", why)
+                .field("level", level)
+                .finish(),
+            Self::Nothing => f.write_str("Nothing"),
+        }
+    }
+}
+
+/// A failure to attach or start, with its causes.
+pub type FamilyError = Box<dyn Error + Send + Sync>;
+
+/// A record a family could not decode (counted as a bad record; allocated
+/// only then).
+pub type BadRecord = Box<dyn Error + Send + Sync>;
+
+/// Where spans go: the export pipeline's queue.
+pub type SpanSink<'a> = &'a mut dyn FnMut(EncodedSpan);
+
+/// One instrumented library, planned for one process.
+pub trait Family {
+    /// The name of its [`FamilyEntry`].
+    fn name(&self) -> &'static str;
+
+    /// The kinds of the shared ring buffer's records it decodes.
+    fn kinds(&self) -> &'static [u32] {
+        &[]
+    }
+
+    /// Sizes it needs of maps sized at load time.
+    fn configure_load(&self, _options: &mut LoadOptions) {}
+
+    /// Attaches its programs to `target` through `probes` and logs what it
+    /// attached. On error, what it attached is detached.
+    fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError>;
+
+    /// Starts what runs beside the event loop, handing spans to `spans`.
+    fn start(&mut self, _probes: &mut Probes, _spans: &SpanSender) -> Result<(), FamilyError> {
+        Ok(())
+    }
+
+    /// Decodes one record of one of its [`Self::kinds`].
+    fn on_record(&mut self, bytes: &[u8], out: SpanSink<'_>) -> Result<(), BadRecord>;
+
+    /// Once a second: expire what stayed open too long, look for new probe
+    /// sites.
+    fn housekeeping(&mut self, _probes: &mut Probes, _now_ns: u64, _out: SpanSink<'_>) {}
+
+    /// Detaches its programs and undoes what it changed in the target; stops
+    /// what [`Self::start`] started. Records already written are still
+    /// drained and handed to [`Self::on_record`] after this.
+    fn stop(&mut self, probes: &mut Probes);
+
+    /// After the last drain: exports what is still open.
+    fn finish(&mut self, _now_ns: u64, _out: SpanSink<'_>) {}
+
+    /// Its counters, in the order the exit line and the summary file list
+    /// them. `kernel` holds the shared kernel-side counters.
+    fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>);
+
+    /// A sentence for the exit line beyond its counters.
+    fn summary(&self) -> Option<String> {
+        None
+    }
+}
+
+/// One counter: its key in `--summary-file`, its words in the exit line
+/// (`None`: not shown there) and whether it counts something lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counter {
+    pub key: &'static str,
+    pub label: Option<(&'static str, &'static str)>,
+    pub value: u64,
+    pub loss: bool,
+}
+
+impl Counter {
+    /// A count of what happened (not a loss), not in the exit line.
+    pub const fn count(key: &'static str, value: u64) -> Self {
+        Self {
+            key,
+            label: None,
+            value,
+            loss: false,
+        }
+    }
+
+    /// A loss, shown in the exit line as `{words}: {value}{unit}`.
+    pub const fn loss(
+        key: &'static str,
+        words: &'static str,
+        unit: &'static str,
+        value: u64,
+    ) -> Self {
+        Self {
+            key,
+            label: Some((words, unit)),
+            value,
+            loss: true,
+        }
+    }
+
+    /// A loss only the summary file lists (the family's summary sentence
+    /// says it in words).
+    pub const fn quiet_loss(key: &'static str, value: u64) -> Self {
+        Self {
+            key,
+            label: None,
+            value,
+            loss: true,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The flight-recorder family in a session: planned on the Go binary,
+//! attached through [`Probes`], its dumps read from their own ring buffer on
+//! a thread of their own ([`FlightReader`]) and exported with the session's
+//! spans. It owns no kind of the shared ring buffer.
+
+use super::{FlightAttachment, FlightPlan, FlightReader, ReaderConfig, ReaderStats};
+use crate::{
+    binary::error_chain,
+    export::SpanSender,
+    family::{BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, SpanSink},
+    probes::{KernelStats, LoadOptions, Probes},
+    target::Target,
+};
+
+/// The family's name.
+pub const NAME: &str = "flight-recorder";
+
+/// Its registration.
+pub const FAMILY: FamilyEntry = FamilyEntry {
+    name: NAME,
+    probes: &[],
+    plan: plan_family,
+};
+
+/// The dump ring's size when the family is attached: 16 MiB holds a
+/// default-size (10 MiB) dump even if it is not drained while written.
+const RING_BYTES: u32 = 16 << 20;
+
+fn plan_family(ctx: &PlanContext<'_>) -> Plan {
+    if !ctx.options.flight_recorder {
+        return Plan::Nothing;
+    }
+    let Ok(bin) = ctx.go else {
+        return Plan::Nothing;
+    };
+    match super::plan(bin) {
+        Ok(Some(plan)) => Plan::Ready(Box::new(Flight {
+            plan,
+            save_dumps: ctx.options.save_dumps.clone(),
+            attachment: None,
+            reader: None,
+            stats: None,
+        })),
+        Ok(None) => Plan::Nothing,
+        Err(err) => Plan::Absent {
+            why: format!(
+                "flight-recorder dumps will not be captured: {}",
+                error_chain(&err)
+            ),
+            level: log::Level::Warn,
+        },
+    }
+}
+
+/// The family, planned for one process.
+#[derive(Debug)]
+pub struct Flight {
+    plan: FlightPlan,
+    save_dumps: Option<std::path::PathBuf>,
+    attachment: Option<FlightAttachment>,
+    reader: Option<FlightReader>,
+    /// The reader's counters, once it has stopped.
+    stats: Option<ReaderStats>,
+}
+
+impl Family for Flight {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn configure_load(&self, options: &mut LoadOptions) {
+        options.flight_ring_bytes = RING_BYTES;
+    }
+
+    fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
+        let attachment = super::attach(probes, target, 0, &self.plan).map_err(|err| {
+            FamilyError::from(format!(
+                "cannot attach to the flight recorder of PID {}: {}",
+                target.pid,
+                error_chain(&err)
+            ))
+        })?;
+        log::info!(
+            "flight recorder: {} probes on WriteTo and its writes",
+            attachment.probes()
+        );
+        self.attachment = Some(attachment);
+        Ok(())
+    }
+
+    /// Dumps are reassembled and decoded on a thread of their own: decoding
+    /// a 10 MiB dump takes about a second and must not hold the event loop.
+    fn start(&mut self, probes: &mut Probes, spans: &SpanSender) -> Result<(), FamilyError> {
+        let ring = super::take_ring_buffer(probes)?;
+        let sender = spans.clone();
+        let reader = FlightReader::spawn(
+            ring,
+            ReaderConfig {
+                save_dir: self.save_dumps.clone(),
+                ..ReaderConfig::default()
+            },
+            move |span| sender.send_blocking(span),
+        )
+        .map_err(|err| format!("cannot start the flight-recorder reader: {err}"))?;
+        if let Some(attachment) = &self.attachment {
+            reader.watch(attachment);
+        }
+        self.reader = Some(reader);
+        Ok(())
+    }
+
+    fn on_record(&mut self, _bytes: &[u8], _out: SpanSink<'_>) -> Result<(), BadRecord> {
+        Err("flight-recorder records travel in their own ring buffer".into())
+    }
+
+    fn stop(&mut self, probes: &mut Probes) {
+        if let Some(attachment) = self.attachment.take()
+            && let Err(err) = attachment.detach(probes)
+        {
+            log::warn!(
+                "detaching the flight-recorder probes: {}",
+                error_chain(&err)
+            );
+        }
+        if let Some(reader) = self.reader.take() {
+            self.stats = Some(reader.stop());
+        }
+    }
+
+    fn counters(&self, _kernel: &KernelStats, out: &mut Vec<Counter>) {
+        let f = self.stats.unwrap_or_default();
+        out.extend([
+            Counter::count("flight_dumps", f.dumps),
+            Counter::count("flight_dumps_complete", f.complete),
+            Counter::quiet_loss("flight_dumps_incomplete", f.incomplete),
+            Counter::quiet_loss("flight_dumps_dropped", f.dropped_dumps),
+            Counter::quiet_loss("flight_dumps_failed", f.errors),
+            Counter::count("flight_spans", f.spans),
+        ]);
+    }
+
+    fn summary(&self) -> Option<String> {
+        let f = self.stats?;
+        Some(format!(
+            "flight-recorder dumps: {} ({} complete, {} incomplete, {} dropped, {} failed to decode or save)",
+            f.dumps, f.complete, f.incomplete, f.dropped_dumps, f.errors
+        ))
+    }
+}

@@ -1,0 +1,165 @@
+//! The net/http server family: one SERVER span per request a Go program
+//! serves with `net/http` (HTTP/1 and HTTP/2), following OpenTelemetry's
+//! HTTP server conventions and continuing an incoming W3C trace context.
+//!
+//! - [`plan`]: the functions, probe sites and struct offsets of one binary,
+//!   and attaching the programs (`agent-ebpf/src/http_server.rs`).
+//! - [`records`]: decoding the records (`agent_common::http`).
+//! - [`spans`]: pairing starts and ends per response object into spans.
+
+pub mod plan;
+pub mod records;
+pub mod spans;
+
+use agent_common::target::MAX_TARGETS;
+
+pub use plan::{HttpServerPlan, PlanError, SitePolicy};
+use records::HttpRecord;
+pub use spans::HttpSpanBuilder;
+
+use crate::{
+    binary::{GoVersion, error_chain},
+    family::{BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, SpanSink},
+    probes::{KernelStats, LinkHandle, Probes},
+    target::Target,
+};
+
+/// The family's name.
+pub const NAME: &str = "net/http";
+
+/// Its registration.
+pub const FAMILY: FamilyEntry = FamilyEntry {
+    name: NAME,
+    probes: plan::PROBES,
+    plan: plan_family,
+};
+
+/// The oldest Go with the register-based calling convention the probes read.
+pub const MIN_GO: GoVersion = GoVersion {
+    major: 1,
+    minor: 17,
+    patch: 0,
+};
+
+const _: () = assert!(MAX_TARGETS > 0);
+
+fn plan_family(ctx: &PlanContext<'_>) -> Plan {
+    let absent = |why: String| Plan::Absent {
+        why,
+        level: log::Level::Info,
+    };
+    let bin = match ctx.go {
+        Ok(bin) => bin,
+        Err(err) => return absent(error_chain(err)),
+    };
+    match plan::plan(bin, ctx.options.entry_site) {
+        Ok(plan) => {
+            for missing in &plan.missing {
+                log::debug!("optional field unavailable: {missing}");
+            }
+            log::debug!("struct offsets: {:?}", plan.offsets);
+            Plan::Ready(Box::new(HttpServer {
+                plan,
+                builder: HttpSpanBuilder::new(
+                    ctx.clock,
+                    ctx.options.max_open_spans,
+                    u64::try_from(ctx.options.span_ttl.as_nanos()).unwrap_or(u64::MAX),
+                ),
+                links: Vec::new(),
+                traceparents: 0,
+            }))
+        }
+        Err(err) => absent(format!(
+            "PID {} ({}, {}) cannot be traced: {}",
+            ctx.target.pid,
+            ctx.target.exe_in_target.display(),
+            bin.build_info().go_version_raw,
+            error_chain(&err)
+        )),
+    }
+}
+
+/// The family, planned for one process.
+#[derive(Debug)]
+pub struct HttpServer {
+    plan: HttpServerPlan,
+    builder: HttpSpanBuilder,
+    links: Vec<LinkHandle>,
+    /// Requests that continued a caller's trace (a valid `traceparent`).
+    traceparents: u64,
+}
+
+impl Family for HttpServer {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn kinds(&self) -> &'static [u32] {
+        records::KINDS
+    }
+
+    fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
+        self.links = plan::attach(probes, target, 0, &self.plan)?;
+        let plan = &self.plan;
+        log::info!(
+            "net/http: {} probes (start at {:#x}: {}, end at {:#x}: {}, HTTP/2 end {})",
+            self.links.len(),
+            plan.start.address,
+            plan.start.instruction,
+            plan.end.address,
+            plan.end.instruction,
+            plan.h2_end
+                .as_ref()
+                .map_or("not attached".to_owned(), |s| format!(
+                    "at {:#x}: {}",
+                    s.address, s.instruction
+                )),
+        );
+        Ok(())
+    }
+
+    #[inline]
+    fn on_record(&mut self, bytes: &[u8], out: SpanSink<'_>) -> Result<(), BadRecord> {
+        match records::decode(bytes)? {
+            HttpRecord::Start(start) => self.builder.on_start(start, out),
+            HttpRecord::End(end) => self.builder.on_end(end, out),
+            HttpRecord::Traceparent(rec) => {
+                if self.builder.on_traceparent(rec) {
+                    self.traceparents += 1;
+                }
+            }
+            HttpRecord::Tracestate(rec) => self.builder.on_tracestate(rec),
+        }
+        Ok(())
+    }
+
+    fn housekeeping(&mut self, _probes: &mut Probes, now_ns: u64, out: SpanSink<'_>) {
+        self.builder.expire(now_ns, out);
+    }
+
+    fn stop(&mut self, probes: &mut Probes) {
+        if let Err(err) = probes.detach(&std::mem::take(&mut self.links)) {
+            log::warn!("detaching the net/http probes: {}", error_chain(&err));
+        }
+    }
+
+    fn finish(&mut self, now_ns: u64, out: SpanSink<'_>) {
+        self.builder.finish(now_ns, out);
+    }
+
+    fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>) {
+        let pairing = self.builder.stats();
+        out.extend([
+            Counter::loss(
+                "unmatched_ends",
+                "ends without start",
+                "",
+                pairing.unmatched_ends,
+            ),
+            Counter::loss("expired", "expired", "", pairing.expired),
+            Counter::loss("evicted", "evicted", "", pairing.evicted),
+            Counter::count("http_traceparents", self.traceparents),
+            Counter::count("http_headers_unsearched", kernel.headers_incomplete),
+        ]);
+    }
+}

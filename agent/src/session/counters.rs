@@ -1,0 +1,142 @@
+//! Everything a session counts, in one list: the exit line, the periodic
+//! loss report and `--summary-file` all read [`Counters::list`].
+
+use crate::{
+    export::ExportSnapshot,
+    family::{Counter, Family},
+    probes::KernelStats,
+};
+
+/// The session's own counters; the families add theirs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SessionCounts {
+    pub kernel: KernelStats,
+    pub export: ExportSnapshot,
+    /// Records no family could decode (or of a kind none declared).
+    pub bad_records: u64,
+}
+
+/// The counters of a session and its families at one moment.
+#[derive(Debug)]
+pub struct Counters {
+    list: Vec<Counter>,
+    summaries: Vec<String>,
+}
+
+impl Counters {
+    /// Collects the session's counters, then every family's in registry
+    /// order, then the export's.
+    pub fn collect(counts: &SessionCounts, families: &[Box<dyn Family>]) -> Self {
+        let SessionCounts {
+            kernel,
+            export,
+            bad_records,
+        } = counts;
+        let mut list = vec![
+            Counter::count("spans_exported", export.exported),
+            Counter::count("records", kernel.events_written),
+            Counter::loss(
+                "ringbuf_full",
+                "ring buffer full",
+                " records",
+                kernel.ringbuf_full,
+            ),
+            Counter::loss(
+                "interleaved",
+                "records dropped by preempted probes",
+                "",
+                kernel.interleaved,
+            ),
+            Counter::loss("bad_records", "unreadable records", "", *bad_records),
+        ];
+        let mut summaries = Vec::new();
+        for family in families {
+            family.counters(kernel, &mut list);
+            summaries.extend(family.summary());
+        }
+        list.extend([
+            Counter::loss(
+                "dropped_queue_full",
+                "export queue full",
+                " spans",
+                export.dropped_queue_full,
+            ),
+            Counter::loss(
+                "dropped_export_failed",
+                "export failed",
+                " spans",
+                export.dropped_export_failed,
+            ),
+        ]);
+        Self { list, summaries }
+    }
+
+    /// Every counter, in order.
+    pub fn list(&self) -> &[Counter] {
+        &self.list
+    }
+
+    /// The value of the counter `key`.
+    pub fn get(&self, key: &str) -> Option<u64> {
+        self.list.iter().find(|c| c.key == key).map(|c| c.value)
+    }
+
+    /// The losses, for the log and the exit line.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .list
+            .iter()
+            .filter_map(|c| {
+                c.label
+                    .map(|(words, unit)| format!("{words}: {}{unit}", c.value))
+            })
+            .collect();
+        parts.extend(self.summaries.iter().cloned());
+        parts.join(", ")
+    }
+
+    /// Everything lost, summed.
+    pub fn lost(&self) -> u64 {
+        self.list.iter().filter(|c| c.loss).map(|c| c.value).sum()
+    }
+
+    /// The `--summary-file` text: one `key=value` line per counter.
+    pub fn summary_file(&self) -> String {
+        self.list
+            .iter()
+            .map(|c| format!("{}={}\n", c.key, c.value))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_line_and_the_summary_file_read_one_list() {
+        let counts = SessionCounts {
+            kernel: KernelStats {
+                ringbuf_full: 3,
+                events_written: 10,
+                ..KernelStats::default()
+            },
+            export: ExportSnapshot {
+                exported: 7,
+                dropped_queue_full: 1,
+                ..ExportSnapshot::default()
+            },
+            bad_records: 2,
+        };
+        let counters = Counters::collect(&counts, &[]);
+        assert_eq!(counters.lost(), 3 + 2 + 1);
+        assert_eq!(counters.get("spans_exported"), Some(7));
+        let line = counters.describe();
+        assert!(line.contains("ring buffer full: 3 records"), "{line}");
+        assert!(line.contains("export queue full: 1 spans"), "{line}");
+        assert!(!line.contains("spans_exported"), "{line}");
+        let file = counters.summary_file();
+        assert!(file.starts_with("spans_exported=7\nrecords=10\n"), "{file}");
+        assert!(file.contains("bad_records=2\n"), "{file}");
+    }
+}

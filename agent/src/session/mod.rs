@@ -1,0 +1,464 @@
+//! A tracing session: one target process, the families planned for it, the
+//! probes they attached, the ring buffer, the export pipeline, and every
+//! count. `agent --pid N` builds [`SessionOptions`] from its command line
+//! and drives a [`Session`]:
+//!
+//! 1. [`Session::plan`]: opens the target, analyses its executable once as
+//!    a Go binary, and asks every registered family
+//!    ([`crate::family::FAMILIES`]) what it would attach. A process with
+//!    nothing to trace is refused here, with every family's reason, before
+//!    anything is loaded.
+//! 2. [`Session::run`]: loads the eBPF object, has each family attach and
+//!    start, then drains the shared ring buffer, handing each record to the
+//!    family that declared its kind, until a signal or the target's exit.
+//!    Then every family stops (probes detached, target state restored),
+//!    what the kernel already wrote is drained, open spans are flushed and
+//!    the pipeline gets a bounded time to export.
+
+pub mod counters;
+
+use std::{
+    error::Error,
+    time::{Duration, Instant},
+};
+
+use agent_common::event::MAX_KIND;
+use opentelemetry_sdk::Resource;
+use tokio::signal::unix::{SignalKind, signal};
+
+pub use counters::{Counters, SessionCounts};
+
+use crate::{
+    binary::{BinaryError, GoBinary, error_chain},
+    clock::WallClock,
+    export::{BatchConfig, ExportConfig, Pipeline, PipelineError},
+    family::{FAMILIES, Family, FamilyError, FamilyOptions, Plan, PlanContext, SpanSink},
+    http_server::MIN_GO,
+    probes::{LoadOptions, ProbeError, Probes},
+    resource::ProcessInfo,
+    ringbuf::{self, RingBufReader, record},
+    target::{ExitWatch, ExitWatchError, Target, TargetError},
+};
+
+/// How often the ring buffer is drained when no wakeup comes. Busy targets
+/// fill a quarter of the ring sooner and wake the agent themselves, so this
+/// only paces quieter ones. Every drain has a fixed price (a timer wakeup,
+/// often of an idle CPU, and the export tasks woken to take the spans): at
+/// 10 ms the agent spent 15-20% more CPU per span than at 50-100 ms, under
+/// `wrk` and under the USDT *work* load alike (BENCHMARKS.md, session 5).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// How often open spans are expired and losses reported.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a still-growing loss is logged.
+const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// Time left for exporting after SIGINT/SIGTERM (the agent exits within 2 s).
+const SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
+/// The size of the flight ring when no family asks for more.
+const SMALLEST_RING: u32 = 4096;
+
+/// What a session is told.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub families: FamilyOptions,
+    /// Size of the shared ring buffer.
+    pub ring_buffer_bytes: u32,
+    /// Spans the export queue holds.
+    pub export_queue: usize,
+}
+
+/// Why a session could not start or went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("PID {pid} ({exe}) has nothing to trace: {reasons}")]
+    NothingToTrace {
+        pid: u32,
+        exe: String,
+        reasons: String,
+    },
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("{0}")]
+    Family(String),
+    #[error("cannot watch PID {pid} for its exit")]
+    ExitWatch {
+        pid: u32,
+        #[source]
+        source: ExitWatchError,
+    },
+    #[error("cannot watch the ring buffer")]
+    RingBuffer(#[source] std::io::Error),
+    #[error("cannot handle {signal}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// Why a process cannot be traced as a Go program.
+#[derive(Debug, thiserror::Error)]
+enum GoUnusable {
+    #[error("PID {pid} ({exe}) cannot be traced")]
+    Open {
+        pid: u32,
+        exe: String,
+        #[source]
+        source: BinaryError,
+    },
+    #[error(
+        "PID {pid} ({exe}) was built with {version}: the agent needs Go 1.17 or newer (register-based calling convention)"
+    )]
+    TooOld {
+        pid: u32,
+        exe: String,
+        version: String,
+    },
+}
+
+/// Why the session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Signal(&'static str),
+    TargetExited,
+}
+
+/// How a session ended, and what it counted.
+#[derive(Debug)]
+pub struct Outcome {
+    pub stop: Stop,
+    pub counters: Counters,
+}
+
+/// A session, planned and ready to run.
+pub struct Session {
+    target: Target,
+    process: ProcessInfo,
+    families: Vec<Box<dyn Family>>,
+    options: SessionOptions,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("target", &self.target)
+            .field(
+                "families",
+                &self.families.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Never a kind's family: the dispatch table's empty entry.
+const NO_FAMILY: u8 = u8::MAX;
+
+impl Session {
+    /// Opens PID `pid` and plans every family for it.
+    pub fn plan(pid: u32, options: SessionOptions) -> Result<Self, SessionError> {
+        let target = Target::open(pid)?;
+        let exe = target.exe_in_target.display().to_string();
+        let mut process = ProcessInfo {
+            pid,
+            executable_path: exe.clone(),
+            runtime_version: None,
+        };
+        let go = GoBinary::open(&target.exe_path)
+            .map_err(|source| GoUnusable::Open {
+                pid,
+                exe: exe.clone(),
+                source,
+            })
+            .and_then(|bin| {
+                let info = bin.build_info();
+                process.runtime_version = Some(info.go_version_raw.clone());
+                if info.go_version < MIN_GO {
+                    return Err(GoUnusable::TooOld {
+                        pid,
+                        exe: exe.clone(),
+                        version: info.go_version_raw.clone(),
+                    });
+                }
+                Ok(bin)
+            });
+        let clock = WallClock::measure();
+        let ctx = PlanContext {
+            target: &target,
+            go: go.as_ref().map_err(|e| e as &(dyn Error + Send + Sync)),
+            options: &options.families,
+            clock,
+        };
+        let mut families = Vec::new();
+        let mut reasons = Vec::new();
+        let mut traceable = false;
+        for entry in FAMILIES {
+            match (entry.plan)(&ctx) {
+                Plan::Ready(family) => {
+                    traceable = true;
+                    families.push(family);
+                }
+                Plan::Idle { family, why, level } => {
+                    families.push(family);
+                    reasons.push((entry.name, why, level));
+                }
+                Plan::Absent { why, level } => reasons.push((entry.name, why, level)),
+                Plan::Nothing => {}
+            }
+        }
+        if !traceable {
+            let reasons: Vec<String> = reasons.into_iter().map(|(_, why, _)| why).collect();
+            return Err(SessionError::NothingToTrace {
+                pid,
+                exe,
+                reasons: reasons.join("; "),
+            });
+        }
+        for (name, why, level) in reasons {
+            log::log!(level, "no {name} probes: {why}");
+        }
+        Ok(Self {
+            target,
+            process,
+            families,
+            options,
+        })
+    }
+
+    /// The process, for the resource.
+    pub fn process(&self) -> &ProcessInfo {
+        &self.process
+    }
+
+    /// Loads, attaches and traces until SIGINT, SIGTERM or the target's
+    /// exit; then detaches, drains, flushes and exports.
+    pub async fn run(
+        self,
+        export: &ExportConfig,
+        resource: &Resource,
+    ) -> Result<Outcome, SessionError> {
+        let Self {
+            target,
+            process,
+            mut families,
+            options,
+        } = self;
+        let mut load = LoadOptions {
+            ring_buffer_bytes: options.ring_buffer_bytes,
+            flight_ring_bytes: SMALLEST_RING,
+        };
+        for family in &families {
+            family.configure_load(&mut load);
+        }
+        let mut probes = Probes::load(load)?;
+        for index in 0..families.len() {
+            if let Err(err) = families[index].attach(&mut probes, &target) {
+                // Undo what the families before it did (their target state
+                // too, such as USDT semaphores).
+                for family in &mut families[..index] {
+                    family.stop(&mut probes);
+                }
+                return Err(family_error(&err));
+            }
+        }
+        // From here on, every exit path stops the families (restoring what
+        // they changed in the target) before returning.
+        let result = trace(
+            &target,
+            &process,
+            &mut families,
+            &mut probes,
+            &options,
+            export,
+            resource,
+        )
+        .await;
+        if result.is_err() {
+            for family in &mut families {
+                family.stop(&mut probes);
+            }
+        }
+        result
+    }
+}
+
+fn family_error(err: &FamilyError) -> SessionError {
+    SessionError::Family(error_chain(err.as_ref()))
+}
+
+/// Drains the ring buffer with `drain_chunk` (one call takes at most
+/// [`ringbuf::MAX_PER_DRAIN`] records) until a call comes back short,
+/// yielding in between so that the export tasks take each chunk's spans
+/// before the next.
+async fn drain_backlog(mut drain_chunk: impl FnMut() -> usize) {
+    while drain_chunk() == ringbuf::MAX_PER_DRAIN {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Kind to family index, for every kind a family declared.
+fn dispatch_table(families: &[Box<dyn Family>]) -> [u8; MAX_KIND as usize + 1] {
+    let mut table = [NO_FAMILY; MAX_KIND as usize + 1];
+    for (index, family) in families.iter().enumerate() {
+        for &kind in family.kinds() {
+            if let (Some(slot), Ok(index)) = (table.get_mut(kind as usize), u8::try_from(index)) {
+                *slot = index;
+            }
+        }
+    }
+    table
+}
+
+/// Hands each waiting record to the family of its kind; one that no family
+/// takes, or that its family cannot decode, is counted in `bad_records`.
+fn drain(
+    reader: &mut RingBufReader,
+    table: &[u8; MAX_KIND as usize + 1],
+    families: &mut [Box<dyn Family>],
+    bad_records: &mut u64,
+    out: SpanSink<'_>,
+) -> usize {
+    reader.drain(|bytes| {
+        let result = record::header(bytes)
+            .map_err(Into::into)
+            .and_then(|header| match table.get(header.kind as usize).copied() {
+                Some(index) if index != NO_FAMILY => {
+                    families[usize::from(index)].on_record(bytes, out)
+                }
+                _ => Err(record::RecordError::UnknownKind { kind: header.kind }.into()),
+            });
+        if let Err(err) = result {
+            *bad_records += 1;
+            log::debug!("bad record: {err}");
+        }
+    })
+}
+
+async fn trace(
+    target: &Target,
+    process: &ProcessInfo,
+    families: &mut [Box<dyn Family>],
+    probes: &mut Probes,
+    options: &SessionOptions,
+    export: &ExportConfig,
+    resource: &Resource,
+) -> Result<Outcome, SessionError> {
+    let pid = target.pid;
+    let mut reader = RingBufReader::new(probes.take_ring_buffer(crate::probes::EVENTS_MAP)?)
+        .map_err(SessionError::RingBuffer)?;
+    let stats = probes.take_stats()?;
+    let exit = ExitWatch::new(pid).map_err(|source| SessionError::ExitWatch { pid, source })?;
+    let pipeline = Pipeline::start(
+        export,
+        resource,
+        BatchConfig {
+            queue_capacity: options.export_queue,
+            ..BatchConfig::default()
+        },
+    )?;
+    let sender = pipeline.sender();
+    for family in families.iter_mut() {
+        family
+            .start(probes, &sender)
+            .map_err(|err| family_error(&err))?;
+    }
+    let table = dispatch_table(families);
+
+    let counts: Vec<String> = FAMILIES
+        .iter()
+        .map(|entry| format!("{} {} probes", probes.attached_by(entry.name), entry.name))
+        .collect();
+    log::info!(
+        "attached to PID {pid} ({}, {}): {}",
+        target.exe_in_target.display(),
+        process.runtime_version.as_deref().unwrap_or("not Go"),
+        counts.join(", "),
+    );
+
+    let signal_stream = |kind, name| {
+        signal(kind).map_err(|source| SessionError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    let mut sigint = signal_stream(SignalKind::interrupt(), "SIGINT")?;
+    let mut sigterm = signal_stream(SignalKind::terminate(), "SIGTERM")?;
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    let mut counts = SessionCounts::default();
+    let mut reported_losses = 0;
+    let mut last_report = Instant::now();
+    let mut send = |span| sender.send_encoded(span);
+
+    let stop = loop {
+        tokio::select! {
+            _ = sigint.recv() => break Stop::Signal("SIGINT"),
+            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
+            () = exit.exited() => break Stop::TargetExited,
+            result = reader.readable() => {
+                if let Err(err) = result {
+                    log::warn!("ring buffer wait failed: {err}");
+                }
+            }
+            _ = drain_tick.tick() => {}
+            _ = housekeeping.tick() => {
+                let now = WallClock::monotonic_now_ns();
+                for family in families.iter_mut() {
+                    family.housekeeping(probes, now, &mut send);
+                }
+                counts.kernel = stats.read();
+                counts.export = pipeline.snapshot();
+                let counters = Counters::collect(&counts, families);
+                let lost = counters.lost();
+                if lost > reported_losses && last_report.elapsed() >= REPORT_INTERVAL {
+                    log::warn!("losses so far: {}", counters.describe());
+                    reported_losses = lost;
+                    last_report = Instant::now();
+                }
+            }
+        }
+        drain_backlog(|| {
+            drain(
+                &mut reader,
+                &table,
+                families,
+                &mut counts.bad_records,
+                &mut send,
+            )
+        })
+        .await;
+    };
+
+    match stop {
+        Stop::Signal(name) => log::info!("{name}: detaching from PID {pid}"),
+        Stop::TargetExited => log::info!("PID {pid} exited"),
+    }
+    for family in families.iter_mut() {
+        family.stop(probes);
+    }
+    probes.detach_all();
+    drain_backlog(|| {
+        drain(
+            &mut reader,
+            &table,
+            families,
+            &mut counts.bad_records,
+            &mut send,
+        )
+    })
+    .await;
+    let now = WallClock::monotonic_now_ns();
+    for family in families.iter_mut() {
+        family.finish(now, &mut send);
+    }
+    counts.kernel = stats.read();
+    drop(sender);
+    counts.export = pipeline.shutdown(SHUTDOWN_BUDGET).await;
+    Ok(Outcome {
+        stop,
+        counters: Counters::collect(&counts, families),
+    })
+}
