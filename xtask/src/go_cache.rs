@@ -112,6 +112,21 @@ fn modules_with_requirements(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// `cmd` as a shell line, with the variables it sets (the toolchain is one).
+fn shown(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (key, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            s.push_str(&format!(
+                "{}={} ",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            ));
+        }
+    }
+    s + &describe(cmd)
+}
+
 /// What the go command said, on one line, without its progress lines.
 fn said(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -143,12 +158,12 @@ fn ensure(what: &str, make: impl Fn() -> Command) -> anyhow::Result<bool> {
         let mut cmd = make();
         eprintln!(
             "setup: fetching {what} (attempt {attempt}/{ATTEMPTS}): {}",
-            describe(&cmd)
+            shown(&cmd)
         );
         last = match cmd.output() {
             Ok(out) if out.status.success() => return Ok(true),
             Ok(out) => said(&out),
-            Err(e) => format!("cannot run {}: {e}", describe(&cmd)),
+            Err(e) => format!("cannot run {}: {e}", shown(&cmd)),
         };
         eprintln!("setup: {what}: {last}");
         if attempt < ATTEMPTS {
