@@ -28,7 +28,9 @@ enum Command {
     Setup,
     /// What CI runs: setup, rustfmt, clippy, then every test (as root).
     Ci,
-    /// Every test (as root: the tests load BPF programs into the kernel).
+    /// Every test (as root: the tests load BPF programs into the kernel),
+    /// after setup, with `GOPROXY=off` and without stopping at the first
+    /// failing test binary.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true)]
