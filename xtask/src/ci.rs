@@ -24,9 +24,18 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     }
     crate::setup::run()?;
     // Default members: agent-ebpf is built by the agent's build script.
+    // --no-fail-fast: a failing test binary must not hide the results of the
+    // ones after it (the totals below cover them all).
     let mut cmd = cargo();
-    cmd.args(["test", "--locked"]).args(extra);
-    eprintln!("+ {}", crate::util::describe(&cmd));
+    cmd.args(["test", "--locked", "--no-fail-fast"]).args(extra);
+    // Setup put every Go toolchain and module the tests use into the module
+    // cache; with the proxy off, one missing from it fails its test at once
+    // and the same way every time, instead of a test downloading it and
+    // failing whenever the network does. A cached toolchain still switches
+    // (the go command looks in the cache before asking the proxy). GOFLAGS
+    // stays the user's: the tests that need other flags set their own.
+    cmd.env("GOPROXY", "off");
+    eprintln!("+ GOPROXY=off {}", crate::util::describe(&cmd));
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()

@@ -4,6 +4,7 @@
 mod bench;
 mod ci;
 mod demo;
+mod go_cache;
 mod offsets;
 mod setup;
 mod uprobe_floor;
@@ -21,11 +22,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Install what building and testing need (idempotent): LLVM 22,
-    /// bpf-linker, the pinned nightly with rust-src, test tools; checks Go.
+    /// bpf-linker, the pinned nightly with rust-src, test tools; checks Go
+    /// and fills the Go module cache with the toolchains and modules the
+    /// tests build with.
     Setup,
     /// What CI runs: setup, rustfmt, clippy, then every test (as root).
     Ci,
-    /// Every test (as root: the tests load BPF programs into the kernel).
+    /// Every test (as root: the tests load BPF programs into the kernel),
+    /// after setup, with `GOPROXY=off` and without stopping at the first
+    /// failing test binary.
     Test {
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true)]

@@ -129,6 +129,7 @@ pub fn run() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     go()?;
+    crate::go_cache::prefetch()?;
     eprintln!("setup: done");
     Ok(())
 }
