@@ -11,6 +11,7 @@ use agent_common::{
 };
 
 use super::{FlightAttachment, TypeNames};
+use crate::ringbuf::record::read;
 
 /// Limits of a [`FlightCapture`].
 #[derive(Clone, Copy, Debug)]
@@ -108,16 +109,6 @@ pub struct FlightCapture {
     pub dropped_dumps: u64,
 }
 
-fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
-    if bytes.len() < size_of::<T>() {
-        return None;
-    }
-    // SAFETY: `bytes` holds at least size_of::<T>() bytes; `T` is one of the
-    // agent-common flight records, for which every bit pattern is valid; the
-    // read is unaligned-safe.
-    Some(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
-}
-
 impl FlightCapture {
     pub fn new(options: CaptureOptions) -> Self {
         Self {
@@ -153,19 +144,18 @@ impl FlightCapture {
     /// Handles one record drained from `FLIGHT_RING`. Returns the dump it
     /// completed, if any.
     pub fn on_bytes(&mut self, bytes: &[u8]) -> Option<CompletedDump> {
-        let Some(header) = read::<EventHeader>(bytes) else {
+        let Some(header) = read::<EventHeader>(bytes, 0).ok() else {
             self.bad_records += 1;
             return None;
         };
         self.on_record(&header, bytes)
     }
 
-    /// As [`Self::on_bytes`], with the header already decoded
-    /// (`ringbuf::Record::Other { header, bytes }`).
+    /// As [`Self::on_bytes`], with the header already decoded.
     pub fn on_record(&mut self, header: &EventHeader, bytes: &[u8]) -> Option<CompletedDump> {
         match header.kind {
             KIND_FLIGHT_START => {
-                let Some(start) = read::<FlightStart>(bytes) else {
+                let Some(start) = read::<FlightStart>(bytes, KIND_FLIGHT_START).ok() else {
                     self.bad_records += 1;
                     return None;
                 };
@@ -173,7 +163,7 @@ impl FlightCapture {
                 None
             }
             KIND_FLIGHT_CHUNK => {
-                let Some(head) = read::<FlightChunkHeader>(bytes) else {
+                let Some(head) = read::<FlightChunkHeader>(bytes, KIND_FLIGHT_CHUNK).ok() else {
                     self.bad_records += 1;
                     return None;
                 };
@@ -187,7 +177,7 @@ impl FlightCapture {
                 None
             }
             KIND_FLIGHT_END => {
-                let Some(end) = read::<FlightEnd>(bytes) else {
+                let Some(end) = read::<FlightEnd>(bytes, KIND_FLIGHT_END).ok() else {
                     self.bad_records += 1;
                     return None;
                 };

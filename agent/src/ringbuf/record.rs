@@ -26,8 +26,8 @@ pub enum RecordError {
     Unaligned { kind: u32, align: usize },
 }
 
-/// Copies a `T` out of the front of `bytes`.
-fn read<T: aya::Pod>(bytes: &[u8], kind: u32) -> Result<T, RecordError> {
+/// Copies a `T` out of the front of `bytes` (any alignment).
+pub fn read<T: aya::Pod>(bytes: &[u8], kind: u32) -> Result<T, RecordError> {
     check_len::<T>(bytes, kind)?;
     // SAFETY: `bytes` holds at least size_of::<T>() bytes; `T` is `Pod`, so
     // every bit pattern is valid; the read is unaligned-safe.
