@@ -288,16 +288,6 @@ fn family_error(err: &FamilyError) -> SessionError {
     SessionError::Family(error_chain(err.as_ref()))
 }
 
-/// Drains the ring buffer with `drain_chunk` (one call takes at most
-/// [`ringbuf::MAX_PER_DRAIN`] records) until a call comes back short,
-/// yielding in between so that the export tasks take each chunk's spans
-/// before the next.
-async fn drain_backlog(mut drain_chunk: impl FnMut() -> usize) {
-    while drain_chunk() == ringbuf::MAX_PER_DRAIN {
-        tokio::task::yield_now().await;
-    }
-}
-
 /// Kind to family index, for every kind a family declared.
 fn dispatch_table(families: &[Box<dyn Family>]) -> [u8; MAX_KIND as usize + 1] {
     let mut table = [NO_FAMILY; MAX_KIND as usize + 1];
@@ -311,29 +301,43 @@ fn dispatch_table(families: &[Box<dyn Family>]) -> [u8; MAX_KIND as usize + 1] {
     table
 }
 
-/// Hands each waiting record to the family of its kind; one that no family
-/// takes, or that its family cannot decode, is counted in `bad_records`.
-fn drain(
-    reader: &mut RingBufReader,
-    table: &[u8; MAX_KIND as usize + 1],
-    families: &mut [Box<dyn Family>],
-    bad_records: &mut u64,
-    out: SpanSink<'_>,
-) -> usize {
-    reader.drain(|bytes| {
-        let result = record::header(bytes)
-            .map_err(Into::into)
-            .and_then(|header| match table.get(header.kind as usize).copied() {
-                Some(index) if index != NO_FAMILY => {
-                    families[usize::from(index)].on_record(bytes, out)
-                }
-                _ => Err(record::RecordError::UnknownKind { kind: header.kind }.into()),
-            });
-        if let Err(err) = result {
-            *bad_records += 1;
-            log::debug!("bad record: {err}");
+/// The shared ring buffer and where its records go.
+struct Records {
+    reader: RingBufReader,
+    /// Kind to family index.
+    table: [u8; MAX_KIND as usize + 1],
+    /// Records no family takes, or that their family cannot decode.
+    bad: u64,
+}
+
+impl Records {
+    /// Hands each waiting record to the family of its kind, in chunks of at
+    /// most [`ringbuf::MAX_PER_DRAIN`] until a chunk comes back short,
+    /// yielding in between so that the export tasks take each chunk's spans
+    /// before the next.
+    async fn drain(&mut self, families: &mut [Box<dyn Family>], out: SpanSink<'_>) {
+        while self.drain_chunk(families, out) == ringbuf::MAX_PER_DRAIN {
+            tokio::task::yield_now().await;
         }
-    })
+    }
+
+    fn drain_chunk(&mut self, families: &mut [Box<dyn Family>], out: SpanSink<'_>) -> usize {
+        let Self { reader, table, bad } = self;
+        reader.drain(|bytes| {
+            let result = record::header(bytes)
+                .map_err(Into::into)
+                .and_then(|header| match table.get(header.kind as usize).copied() {
+                    Some(index) if index != NO_FAMILY => {
+                        families[usize::from(index)].on_record(bytes, out)
+                    }
+                    _ => Err(record::RecordError::UnknownKind { kind: header.kind }.into()),
+                });
+            if let Err(err) = result {
+                *bad += 1;
+                log::debug!("bad record: {err}");
+            }
+        })
+    }
 }
 
 async fn trace(
@@ -346,7 +350,7 @@ async fn trace(
     resource: &Resource,
 ) -> Result<Outcome, SessionError> {
     let pid = target.pid;
-    let mut reader = RingBufReader::new(probes.take_ring_buffer(crate::probes::EVENTS_MAP)?)
+    let reader = RingBufReader::new(probes.take_ring_buffer(crate::probes::EVENTS_MAP)?)
         .map_err(SessionError::RingBuffer)?;
     let stats = probes.take_stats()?;
     let exit = ExitWatch::new(pid).map_err(|source| SessionError::ExitWatch { pid, source })?;
@@ -364,7 +368,11 @@ async fn trace(
             .start(probes, &sender)
             .map_err(|err| family_error(&err))?;
     }
-    let table = dispatch_table(families);
+    let mut records = Records {
+        reader,
+        table: dispatch_table(families),
+        bad: 0,
+    };
 
     let counts: Vec<String> = FAMILIES
         .iter()
@@ -398,7 +406,7 @@ async fn trace(
             _ = sigint.recv() => break Stop::Signal("SIGINT"),
             _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
             () = exit.exited() => break Stop::TargetExited,
-            result = reader.readable() => {
+            result = records.reader.readable() => {
                 if let Err(err) = result {
                     log::warn!("ring buffer wait failed: {err}");
                 }
@@ -411,6 +419,7 @@ async fn trace(
                 }
                 counts.kernel = stats.read();
                 counts.export = pipeline.snapshot();
+                counts.bad_records = records.bad;
                 let counters = Counters::collect(&counts, families);
                 let lost = counters.lost();
                 if lost > reported_losses && last_report.elapsed() >= REPORT_INTERVAL {
@@ -420,16 +429,7 @@ async fn trace(
                 }
             }
         }
-        drain_backlog(|| {
-            drain(
-                &mut reader,
-                &table,
-                families,
-                &mut counts.bad_records,
-                &mut send,
-            )
-        })
-        .await;
+        records.drain(families, &mut send).await;
     };
 
     match stop {
@@ -440,21 +440,13 @@ async fn trace(
         family.stop(probes);
     }
     probes.detach_all();
-    drain_backlog(|| {
-        drain(
-            &mut reader,
-            &table,
-            families,
-            &mut counts.bad_records,
-            &mut send,
-        )
-    })
-    .await;
+    records.drain(families, &mut send).await;
     let now = WallClock::monotonic_now_ns();
     for family in families.iter_mut() {
         family.finish(now, &mut send);
     }
     counts.kernel = stats.read();
+    counts.bad_records = records.bad;
     drop(sender);
     counts.export = pipeline.shutdown(SHUTDOWN_BUDGET).await;
     Ok(Outcome {
