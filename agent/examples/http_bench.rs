@@ -22,6 +22,7 @@ use agent::{
         HttpSpanBuilder,
         records::{HttpRecord, decode},
     },
+    spans::Goroutines,
 };
 use agent_common::{
     event::EventHeader,
@@ -106,12 +107,14 @@ fn end(i: u64, t: u64) -> Vec<u8> {
 fn run(records: &[Vec<u8>]) -> (Duration, usize) {
     let mut builder = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 65_536, 30_000_000_000);
     let mut bodies = Bodies::new();
+    // Off, as in a session where no family parents its spans in-process.
+    let mut goroutines = Goroutines::new(false);
     let t0 = Instant::now();
     for bytes in records {
         let mut out = |span| bodies.push(span);
         match decode(bytes).expect("well-formed record") {
-            HttpRecord::Start(rec) => builder.on_start(rec, &mut out),
-            HttpRecord::End(rec) => builder.on_end(rec, &mut out),
+            HttpRecord::Start(rec) => builder.on_start(&mut goroutines, rec, &mut out),
+            HttpRecord::End(rec) => builder.on_end(&mut goroutines, rec, &mut out),
             HttpRecord::Traceparent(_) | HttpRecord::Tracestate(_) => {
                 unreachable!("only starts and ends are made")
             }

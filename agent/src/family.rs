@@ -27,6 +27,7 @@ use crate::{
     export::{EncodedSpan, SpanSender},
     flight, http_server,
     probes::{KernelStats, LoadOptions, Probes},
+    spans::Goroutines,
     target::Target,
     usdt::{self, mapping::MappingConfig},
 };
@@ -137,6 +138,23 @@ pub type BadRecord = Box<dyn Error + Send + Sync>;
 /// Where spans go: the export pipeline's queue.
 pub type SpanSink<'a> = &'a mut dyn FnMut(EncodedSpan);
 
+/// What handling a record reaches beyond the family's own state.
+pub struct RecordContext<'a> {
+    /// Where finished spans go.
+    pub spans: SpanSink<'a>,
+    /// The spans open on each goroutine, shared by every family: a span
+    /// that starts where another family's is open becomes its child.
+    pub goroutines: &'a mut Goroutines,
+}
+
+impl std::fmt::Debug for RecordContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordContext")
+            .field("goroutines", &self.goroutines)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One instrumented library, planned for one process.
 pub trait Family {
     /// The name of its [`FamilyEntry`].
@@ -145,6 +163,13 @@ pub trait Family {
     /// The kinds of the shared ring buffer's records it decodes.
     fn kinds(&self) -> &'static [u32] {
         &[]
+    }
+
+    /// Whether its spans take a parent from the spans open on their
+    /// goroutine (then every family tracks its open spans per goroutine;
+    /// when no attached family asks, nobody pays for it).
+    fn wants_goroutine_parents(&self) -> bool {
+        false
     }
 
     /// Sizes it needs of maps sized at load time.
@@ -160,11 +185,11 @@ pub trait Family {
     }
 
     /// Decodes one record of one of its [`Self::kinds`].
-    fn on_record(&mut self, bytes: &[u8], out: SpanSink<'_>) -> Result<(), BadRecord>;
+    fn on_record(&mut self, bytes: &[u8], cx: &mut RecordContext<'_>) -> Result<(), BadRecord>;
 
     /// Once a second: expire what stayed open too long, look for new probe
     /// sites.
-    fn housekeeping(&mut self, _probes: &mut Probes, _now_ns: u64, _out: SpanSink<'_>) {}
+    fn housekeeping(&mut self, _probes: &mut Probes, _now_ns: u64, _cx: &mut RecordContext<'_>) {}
 
     /// Detaches its programs and undoes what it changed in the target; stops
     /// what [`Self::start`] started. Records already written are still
@@ -172,7 +197,7 @@ pub trait Family {
     fn stop(&mut self, probes: &mut Probes);
 
     /// After the last drain: exports what is still open.
-    fn finish(&mut self, _now_ns: u64, _out: SpanSink<'_>) {}
+    fn finish(&mut self, _now_ns: u64, _cx: &mut RecordContext<'_>) {}
 
     /// Its counters, in the order the exit line and the summary file list
     /// them. `kernel` holds the shared kernel-side counters.

@@ -7,7 +7,9 @@ use super::{FlightAttachment, FlightPlan, FlightReader, ReaderConfig, ReaderStat
 use crate::{
     binary::error_chain,
     export::SpanSender,
-    family::{BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, SpanSink},
+    family::{
+        BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
+    },
     probes::{KernelStats, LoadOptions, Probes},
     target::Target,
 };
@@ -109,7 +111,7 @@ impl Family for Flight {
         Ok(())
     }
 
-    fn on_record(&mut self, _bytes: &[u8], _out: SpanSink<'_>) -> Result<(), BadRecord> {
+    fn on_record(&mut self, _bytes: &[u8], _cx: &mut RecordContext<'_>) -> Result<(), BadRecord> {
         Err("flight-recorder records travel in their own ring buffer".into())
     }
 

@@ -19,7 +19,9 @@ pub use spans::HttpSpanBuilder;
 
 use crate::{
     binary::{GoVersion, error_chain},
-    family::{BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, SpanSink},
+    family::{
+        BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
+    },
     probes::{KernelStats, LinkHandle, Probes},
     target::Target,
 };
@@ -119,22 +121,23 @@ impl Family for HttpServer {
     }
 
     #[inline]
-    fn on_record(&mut self, bytes: &[u8], out: SpanSink<'_>) -> Result<(), BadRecord> {
+    fn on_record(&mut self, bytes: &[u8], cx: &mut RecordContext<'_>) -> Result<(), BadRecord> {
+        let g = &mut *cx.goroutines;
         match records::decode(bytes)? {
-            HttpRecord::Start(start) => self.builder.on_start(start, out),
-            HttpRecord::End(end) => self.builder.on_end(end, out),
+            HttpRecord::Start(start) => self.builder.on_start(g, start, cx.spans),
+            HttpRecord::End(end) => self.builder.on_end(g, end, cx.spans),
             HttpRecord::Traceparent(rec) => {
-                if self.builder.on_traceparent(rec) {
+                if self.builder.on_traceparent(g, rec) {
                     self.traceparents += 1;
                 }
             }
-            HttpRecord::Tracestate(rec) => self.builder.on_tracestate(rec),
+            HttpRecord::Tracestate(rec) => self.builder.on_tracestate(g, rec),
         }
         Ok(())
     }
 
-    fn housekeeping(&mut self, _probes: &mut Probes, now_ns: u64, out: SpanSink<'_>) {
-        self.builder.expire(now_ns, out);
+    fn housekeeping(&mut self, _probes: &mut Probes, now_ns: u64, cx: &mut RecordContext<'_>) {
+        self.builder.expire(cx.goroutines, now_ns, cx.spans);
     }
 
     fn stop(&mut self, probes: &mut Probes) {
@@ -143,8 +146,8 @@ impl Family for HttpServer {
         }
     }
 
-    fn finish(&mut self, now_ns: u64, out: SpanSink<'_>) {
-        self.builder.finish(now_ns, out);
+    fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
+        self.builder.finish(cx.goroutines, now_ns, cx.spans);
     }
 
     fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>) {

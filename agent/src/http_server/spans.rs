@@ -12,13 +12,16 @@ use agent_common::http::{
     FIELD_METHOD, FIELD_METHOD_IN_URI, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN,
     FIELD_URI, HttpServerEnd, HttpServerStart, HttpTraceparent, HttpTracestate,
 };
-use opentelemetry::{InstrumentationScope, trace::SpanKind};
+use opentelemetry::{
+    InstrumentationScope,
+    trace::{SpanId, SpanKind, TraceId},
+};
 
 use crate::{
     clock::WallClock,
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
     spans::{
-        Incomplete, OpenTable, PairingStats,
+        Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan,
         ids::IdGenerator,
         traceparent::{self, RemoteParent},
         tracestate,
@@ -38,6 +41,11 @@ const SPAN_CAPACITY: usize = 640;
 struct OpenRequest {
     start_ns: u64,
     goid: u64,
+    /// The span's ids, chosen at its start so that spans starting on its
+    /// goroutine meanwhile can name it as their parent; the trace id is
+    /// the caller's once a valid `traceparent` arrives.
+    trace_id: TraceId,
+    span_id: SpanId,
     /// The caller's span, from the request's `traceparent`.
     parent: Option<RemoteParent>,
     /// The caller's vendor state, from its `tracestate`, normalized.
@@ -206,6 +214,7 @@ impl HttpSpanBuilder {
     /// A request started.
     pub fn on_start(
         &mut self,
+        goroutines: &mut Goroutines,
         rec: &HttpServerStart,
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
@@ -219,9 +228,20 @@ impl HttpSpanBuilder {
             self.duplicates += 1;
             return;
         }
+        let (trace_id, span_id) = (self.ids.trace_id(), self.ids.span_id());
+        goroutines.enter(
+            (rec.header.target, rec.header.goid),
+            ParentSpan {
+                trace_id,
+                span_id,
+                flags: TRACE_FLAGS_SAMPLED as u8,
+            },
+        );
         let request = OpenRequest {
             start_ns: rec.header.ktime_ns,
             goid: rec.header.goid,
+            trace_id,
+            span_id,
             parent: None,
             trace_state: None,
             encoded: encode_start(rec),
@@ -233,25 +253,42 @@ impl HttpSpanBuilder {
             } else {
                 Incomplete::Evicted
             };
-            out(self.span(displaced, rec.header.ktime_ns, None, Some(reason)));
+            out(self.span(
+                goroutines,
+                displaced_key.0,
+                displaced,
+                rec.header.ktime_ns,
+                None,
+                Some(reason),
+            ));
         }
     }
 
     /// A request's `Traceparent` header, found right after its start: a
     /// valid one makes the request's span a child of the caller's. Returns
     /// whether it did.
-    pub fn on_traceparent(&mut self, rec: &HttpTraceparent) -> bool {
-        let Some(open) = self.open.get_mut(&(rec.header.target, rec.response)) else {
+    pub fn on_traceparent(&mut self, goroutines: &mut Goroutines, rec: &HttpTraceparent) -> bool {
+        let slot = rec.header.target;
+        let Some(open) = self.open.get_mut(&(slot, rec.response)) else {
             return false;
         };
         let kept = (rec.len as usize).min(rec.value.len());
         open.parent = traceparent::parse(&rec.value[..kept], rec.len as usize);
+        if let Some(parent) = open.parent {
+            open.trace_id = parent.trace_id;
+            goroutines.retrace(
+                (slot, open.goid),
+                open.span_id,
+                parent.trace_id,
+                parent.flags,
+            );
+        }
         open.parent.is_some()
     }
 
     /// A request's `Tracestate` header, found after its `Traceparent`: kept
     /// for the span when the `traceparent` was valid and the value is too.
-    pub fn on_tracestate(&mut self, rec: &HttpTracestate) {
+    pub fn on_tracestate(&mut self, _goroutines: &mut Goroutines, rec: &HttpTracestate) {
         let Some(open) = self.open.get_mut(&(rec.header.target, rec.response)) else {
             return;
         };
@@ -262,23 +299,53 @@ impl HttpSpanBuilder {
     }
 
     /// A request's response is being finished.
-    pub fn on_end(&mut self, rec: &HttpServerEnd, out: &mut (impl FnMut(EncodedSpan) + ?Sized)) {
-        if let Some(open) = self.open.close(&(rec.header.target, rec.response)) {
-            out(self.span(open, rec.header.ktime_ns, Some(rec), None));
+    pub fn on_end(
+        &mut self,
+        goroutines: &mut Goroutines,
+        rec: &HttpServerEnd,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
+        let slot = rec.header.target;
+        if let Some(open) = self.open.close(&(slot, rec.response)) {
+            out(self.span(goroutines, slot, open, rec.header.ktime_ns, Some(rec), None));
         }
     }
 
     /// Exports requests open longer than the time-to-live, marked expired.
-    pub fn expire(&mut self, now_ns: u64, out: &mut (impl FnMut(EncodedSpan) + ?Sized)) {
-        for (_, open) in self.open.expire(now_ns) {
-            out(self.span(open, now_ns, None, Some(Incomplete::Expired)));
+    pub fn expire(
+        &mut self,
+        goroutines: &mut Goroutines,
+        now_ns: u64,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
+        for ((slot, _), open) in self.open.expire(now_ns) {
+            out(self.span(
+                goroutines,
+                slot,
+                open,
+                now_ns,
+                None,
+                Some(Incomplete::Expired),
+            ));
         }
     }
 
     /// Exports every open request, marked as cut short by shutdown.
-    pub fn finish(&mut self, now_ns: u64, out: &mut (impl FnMut(EncodedSpan) + ?Sized)) {
-        for (_, open) in self.open.drain() {
-            out(self.span(open, now_ns, None, Some(Incomplete::Shutdown)));
+    pub fn finish(
+        &mut self,
+        goroutines: &mut Goroutines,
+        now_ns: u64,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
+        for ((slot, _), open) in self.open.drain() {
+            out(self.span(
+                goroutines,
+                slot,
+                open,
+                now_ns,
+                None,
+                Some(Incomplete::Shutdown),
+            ));
         }
     }
 
@@ -286,28 +353,26 @@ impl HttpSpanBuilder {
     /// end record (if any) says.
     fn span(
         &mut self,
+        goroutines: &mut Goroutines,
+        slot: u32,
         open: OpenRequest,
         end_ns: u64,
         end: Option<&HttpServerEnd>,
         incomplete: Option<Incomplete>,
     ) -> EncodedSpan {
+        goroutines.exit((slot, open.goid), open.span_id);
         let mut bytes = open.encoded;
         let mut w = SpanWriter::new(&mut bytes);
         // A request that carries a trace context continues that trace, as a
         // child of the caller's span; otherwise it starts one.
-        let (trace_id, parent, flags) = match open.parent {
+        let (parent, flags) = match open.parent {
             Some(p) => (
-                p.trace_id,
                 Some(p.span_id),
                 u32::from(p.flags) | SPAN_FLAGS_HAS_IS_REMOTE | SPAN_FLAGS_IS_REMOTE,
             ),
-            None => (
-                self.ids.trace_id(),
-                None,
-                TRACE_FLAGS_SAMPLED | SPAN_FLAGS_HAS_IS_REMOTE,
-            ),
+            None => (None, TRACE_FLAGS_SAMPLED | SPAN_FLAGS_HAS_IS_REMOTE),
         };
-        w.ids(trace_id, self.ids.span_id(), parent);
+        w.ids(open.trace_id, open.span_id, parent);
         if let (Some(_), Some(state)) = (open.parent, &open.trace_state) {
             w.trace_state(state);
         }
@@ -456,6 +521,7 @@ fn encode_start(rec: &HttpServerStart) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use crate::spans::Goroutines;
     use agent_common::{
         event::EventHeader,
         http::{
@@ -572,15 +638,20 @@ mod tests {
     #[test]
     fn start_and_end_make_one_server_span() {
         let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+        let mut g = Goroutines::new(true);
         let mut spans = Vec::new();
-        b.on_start(&start(7, 1_000, 0xa, "POST", "/items/x"), &mut |s| {
-            spans.push(s)
-        });
-        b.on_start(&start(7, 1_500, 0xa, "POST", "/items/x"), &mut |s| {
-            spans.push(s)
-        });
+        b.on_start(
+            &mut g,
+            &start(7, 1_000, 0xa, "POST", "/items/x"),
+            &mut |s| spans.push(s),
+        );
+        b.on_start(
+            &mut g,
+            &start(7, 1_500, 0xa, "POST", "/items/x"),
+            &mut |s| spans.push(s),
+        );
         assert!(spans.is_empty());
-        b.on_end(&end(7, 3_000, 0xa, 503), &mut |s| spans.push(s));
+        b.on_end(&mut g, &end(7, 3_000, 0xa, 503), &mut |s| spans.push(s));
         assert_eq!(spans.len(), 1);
         let s = &decode(&spans[0]);
         assert_eq!(s.name, "POST /items/x");
@@ -607,12 +678,15 @@ mod tests {
     #[test]
     fn unknown_method_and_unmatched_end() {
         let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+        let mut g = Goroutines::new(true);
         let mut spans = Vec::new();
-        b.on_end(&end(1, 10, 0xa, 200), &mut |s| spans.push(s));
+        b.on_end(&mut g, &end(1, 10, 0xa, 200), &mut |s| spans.push(s));
         assert!(spans.is_empty());
         assert_eq!(b.stats().unmatched_ends, 1);
-        b.on_start(&start(2, 10, 0xb, "PURGE", "/c"), &mut |s| spans.push(s));
-        b.on_end(&end(2, 20, 0xb, 0), &mut |s| spans.push(s));
+        b.on_start(&mut g, &start(2, 10, 0xb, "PURGE", "/c"), &mut |s| {
+            spans.push(s)
+        });
+        b.on_end(&mut g, &end(2, 20, 0xb, 0), &mut |s| spans.push(s));
         let spans: Vec<ProtoSpan> = spans.iter().map(decode).collect();
         assert_eq!(spans[0].name, "HTTP /c");
         assert_eq!(
@@ -633,16 +707,21 @@ mod tests {
     #[test]
     fn open_requests_expire_and_flush_marked() {
         let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 100);
+        let mut g = Goroutines::new(true);
         let mut spans = Vec::new();
-        b.on_start(&start(1, 0, 0xa, "GET", "/a"), &mut |s| spans.push(s));
-        b.on_start(&start(2, 150, 0xb, "GET", "/b"), &mut |s| spans.push(s));
-        b.expire(200, &mut |s| spans.push(s));
+        b.on_start(&mut g, &start(1, 0, 0xa, "GET", "/a"), &mut |s| {
+            spans.push(s)
+        });
+        b.on_start(&mut g, &start(2, 150, 0xb, "GET", "/b"), &mut |s| {
+            spans.push(s)
+        });
+        b.expire(&mut g, 200, &mut |s| spans.push(s));
         assert_eq!(spans.len(), 1);
         assert_eq!(
             attr(&decode(&spans[0]), "agent.span.incomplete").as_deref(),
             Some("expired")
         );
-        b.finish(300, &mut |s| spans.push(s));
+        b.finish(&mut g, 300, &mut |s| spans.push(s));
         let spans: Vec<ProtoSpan> = spans.iter().map(decode).collect();
         assert_eq!(
             attr(&spans[1], "agent.span.incomplete").as_deref(),
@@ -653,9 +732,12 @@ mod tests {
 
     fn one_span(rec: &HttpServerStart) -> ProtoSpan {
         let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+        let mut g = Goroutines::new(true);
         let mut spans = Vec::new();
-        b.on_start(rec, &mut |s| spans.push(s));
-        b.on_end(&end(0, 200, rec.response, 200), &mut |s| spans.push(s));
+        b.on_start(&mut g, rec, &mut |s| spans.push(s));
+        b.on_end(&mut g, &end(0, 200, rec.response, 200), &mut |s| {
+            spans.push(s)
+        });
         assert_eq!(spans.len(), 1);
         decode(&spans[0])
     }
@@ -701,10 +783,15 @@ mod tests {
     #[test]
     fn reused_response_replaces_a_request_that_never_ended() {
         let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+        let mut g = Goroutines::new(true);
         let mut spans = Vec::new();
-        b.on_start(&start(1, 10, 0xa, "GET", "/ws"), &mut |s| spans.push(s));
-        b.on_start(&start(2, 20, 0xa, "GET", "/next"), &mut |s| spans.push(s));
-        b.on_end(&end(0, 30, 0xa, 200), &mut |s| spans.push(s));
+        b.on_start(&mut g, &start(1, 10, 0xa, "GET", "/ws"), &mut |s| {
+            spans.push(s)
+        });
+        b.on_start(&mut g, &start(2, 20, 0xa, "GET", "/next"), &mut |s| {
+            spans.push(s)
+        });
+        b.on_end(&mut g, &end(0, 30, 0xa, 200), &mut |s| spans.push(s));
         let spans: Vec<ProtoSpan> = spans.iter().map(decode).collect();
         assert_eq!(spans.len(), 2);
         assert_eq!(spans[0].name, "GET /ws");
@@ -721,24 +808,30 @@ mod tests {
         let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         let traced = |value: &str, goid: u64| {
             let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+            let mut g = Goroutines::new(true);
             let mut spans = Vec::new();
-            b.on_start(&start(5, 10, 0xa, "GET", "/child"), &mut |s| spans.push(s));
-            let (bytes, len) = fill::<TRACEPARENT_CAP>(value);
-            let found = b.on_traceparent(&HttpTraceparent {
-                header: EventHeader {
-                    kind: KIND_HTTP_TRACEPARENT,
-                    target: 0,
-                    tid: 99,
-                    site: 0,
-                    goid,
-                    ktime_ns: 11,
-                },
-                response: 0xa,
-                len,
-                _pad: 0,
-                value: bytes,
+            b.on_start(&mut g, &start(5, 10, 0xa, "GET", "/child"), &mut |s| {
+                spans.push(s)
             });
-            b.on_end(&end(0, 20, 0xa, 200), &mut |s| spans.push(s));
+            let (bytes, len) = fill::<TRACEPARENT_CAP>(value);
+            let found = b.on_traceparent(
+                &mut g,
+                &HttpTraceparent {
+                    header: EventHeader {
+                        kind: KIND_HTTP_TRACEPARENT,
+                        target: 0,
+                        tid: 99,
+                        site: 0,
+                        goid,
+                        ktime_ns: 11,
+                    },
+                    response: 0xa,
+                    len,
+                    _pad: 0,
+                    value: bytes,
+                },
+            );
+            b.on_end(&mut g, &end(0, 20, 0xa, 200), &mut |s| spans.push(s));
             (found, decode(&spans[0]))
         };
         let (found, s) = traced(value, 5);
@@ -777,25 +870,34 @@ mod tests {
         };
         let traced = |traceparent: &str, tracestate: &str| {
             let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+            let mut g = Goroutines::new(true);
             let mut spans = Vec::new();
-            b.on_start(&start(5, 10, 0xa, "GET", "/child"), &mut |s| spans.push(s));
+            b.on_start(&mut g, &start(5, 10, 0xa, "GET", "/child"), &mut |s| {
+                spans.push(s)
+            });
             let (value, len) = fill::<TRACEPARENT_CAP>(traceparent);
-            b.on_traceparent(&HttpTraceparent {
-                header: header(KIND_HTTP_TRACEPARENT),
-                response: 0xa,
-                len,
-                _pad: 0,
-                value,
-            });
+            b.on_traceparent(
+                &mut g,
+                &HttpTraceparent {
+                    header: header(KIND_HTTP_TRACEPARENT),
+                    response: 0xa,
+                    len,
+                    _pad: 0,
+                    value,
+                },
+            );
             let (value, len) = fill::<TRACESTATE_CAP>(tracestate);
-            b.on_tracestate(&HttpTracestate {
-                header: header(KIND_HTTP_TRACESTATE),
-                response: 0xa,
-                len,
-                _pad: 0,
-                value,
-            });
-            b.on_end(&end(0, 20, 0xa, 200), &mut |s| spans.push(s));
+            b.on_tracestate(
+                &mut g,
+                &HttpTracestate {
+                    header: header(KIND_HTTP_TRACESTATE),
+                    response: 0xa,
+                    len,
+                    _pad: 0,
+                    value,
+                },
+            );
+            b.on_end(&mut g, &end(0, 20, 0xa, 200), &mut |s| spans.push(s));
             decode(&spans[0]).trace_state
         };
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

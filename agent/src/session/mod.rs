@@ -32,11 +32,12 @@ use crate::{
     binary::{BinaryError, GoBinary, error_chain},
     clock::WallClock,
     export::{BatchConfig, ExportConfig, Pipeline, PipelineError},
-    family::{FAMILIES, Family, FamilyError, FamilyOptions, Plan, PlanContext, SpanSink},
+    family::{FAMILIES, Family, FamilyError, FamilyOptions, Plan, PlanContext, RecordContext},
     http_server::MIN_GO,
     probes::{LoadOptions, ProbeError, Probes},
     resource::ProcessInfo,
     ringbuf::{self, RingBufReader, record},
+    spans::Goroutines,
     target::{ExitWatch, ExitWatchError, Target, TargetError},
 };
 
@@ -315,20 +316,24 @@ impl Records {
     /// most [`ringbuf::MAX_PER_DRAIN`] until a chunk comes back short,
     /// yielding in between so that the export tasks take each chunk's spans
     /// before the next.
-    async fn drain(&mut self, families: &mut [Box<dyn Family>], out: SpanSink<'_>) {
-        while self.drain_chunk(families, out) == ringbuf::MAX_PER_DRAIN {
+    async fn drain(&mut self, families: &mut [Box<dyn Family>], cx: &mut RecordContext<'_>) {
+        while self.drain_chunk(families, cx) == ringbuf::MAX_PER_DRAIN {
             tokio::task::yield_now().await;
         }
     }
 
-    fn drain_chunk(&mut self, families: &mut [Box<dyn Family>], out: SpanSink<'_>) -> usize {
+    fn drain_chunk(
+        &mut self,
+        families: &mut [Box<dyn Family>],
+        cx: &mut RecordContext<'_>,
+    ) -> usize {
         let Self { reader, table, bad } = self;
         reader.drain(|bytes| {
             let result = record::header(bytes)
                 .map_err(Into::into)
                 .and_then(|header| match table.get(header.kind as usize).copied() {
                     Some(index) if index != NO_FAMILY => {
-                        families[usize::from(index)].on_record(bytes, out)
+                        families[usize::from(index)].on_record(bytes, cx)
                     }
                     _ => Err(record::RecordError::UnknownKind { kind: header.kind }.into()),
                 });
@@ -400,6 +405,11 @@ async fn trace(
     let mut reported_losses = 0;
     let mut last_report = Instant::now();
     let mut send = |span| sender.send_encoded(span);
+    let mut goroutines = Goroutines::new(families.iter().any(|f| f.wants_goroutine_parents()));
+    let mut cx = RecordContext {
+        spans: &mut send,
+        goroutines: &mut goroutines,
+    };
 
     let stop = loop {
         tokio::select! {
@@ -415,8 +425,9 @@ async fn trace(
             _ = housekeeping.tick() => {
                 let now = WallClock::monotonic_now_ns();
                 for family in families.iter_mut() {
-                    family.housekeeping(probes, now, &mut send);
+                    family.housekeeping(probes, now, &mut cx);
                 }
+                cx.goroutines.expire(now);
                 counts.kernel = stats.read();
                 counts.export = pipeline.snapshot();
                 counts.bad_records = records.bad;
@@ -429,7 +440,7 @@ async fn trace(
                 }
             }
         }
-        records.drain(families, &mut send).await;
+        records.drain(families, &mut cx).await;
     };
 
     match stop {
@@ -440,10 +451,10 @@ async fn trace(
         family.stop(probes);
     }
     probes.detach_all();
-    records.drain(families, &mut send).await;
+    records.drain(families, &mut cx).await;
     let now = WallClock::monotonic_now_ns();
     for family in families.iter_mut() {
-        family.finish(now, &mut send);
+        family.finish(now, &mut cx);
     }
     counts.kernel = stats.read();
     counts.bad_records = records.bad;

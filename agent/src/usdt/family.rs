@@ -18,7 +18,9 @@ use super::{
 };
 use crate::{
     binary::error_chain,
-    family::{BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, SpanSink},
+    family::{
+        BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
+    },
     probes::{KernelStats, Probes},
     target::Target,
 };
@@ -280,26 +282,26 @@ impl Family for UsdtSession {
 
     /// Decodes one USDT record and feeds the builder.
     #[inline]
-    fn on_record(&mut self, bytes: &[u8], out: SpanSink<'_>) -> Result<(), BadRecord> {
+    fn on_record(&mut self, bytes: &[u8], cx: &mut RecordContext<'_>) -> Result<(), BadRecord> {
         let event = decode_usdt_record(bytes)?;
         match self.resolved.get(event.site() as usize).copied().flatten() {
-            Some(resolved) => self.builder.on_event(resolved, event, out),
+            Some(resolved) => self.builder.on_event(resolved, event, cx.spans),
             None => self.builder.on_unmapped(),
         }
         Ok(())
     }
 
-    fn housekeeping(&mut self, probes: &mut Probes, now_ns: u64, out: SpanSink<'_>) {
+    fn housekeeping(&mut self, probes: &mut Probes, now_ns: u64, cx: &mut RecordContext<'_>) {
         self.discover(probes);
-        self.builder.expire(now_ns, out);
+        self.builder.expire(now_ns, cx.spans);
     }
 
     fn stop(&mut self, probes: &mut Probes) {
         self.detach(probes);
     }
 
-    fn finish(&mut self, now_ns: u64, out: SpanSink<'_>) {
-        self.builder.finish(now_ns, out);
+    fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
+        self.builder.finish(now_ns, cx.spans);
     }
 
     fn counters(&self, _kernel: &KernelStats, out: &mut Vec<Counter>) {
