@@ -5,7 +5,7 @@
 //! constants, never Rust enums or `bool`), no implicit padding (explicit
 //! `_pad` fields, and a compile-time size assertion next to each type).
 //!
-//! One module per probe family (`http`, `usdt`, `flight`): its record kinds,
+//! One module per probe family (`http`, `usdt`, `flight`, `runtime`): its record kinds,
 //! records, per-target configuration and map constants. [`event`] holds the
 //! header every record starts with, [`stats`] the kernel-side counters,
 //! [`target`] what all per-target configurations share.
@@ -14,6 +14,7 @@
 pub mod event;
 pub mod flight;
 pub mod http;
+pub mod runtime;
 pub mod stats;
 pub mod target;
 pub mod usdt;
@@ -48,4 +49,6 @@ impl_pod!(
     flight::FlightConfig,
     flight::FlightKey,
     flight::FlightState,
+    runtime::GoroutineCreated,
+    runtime::RuntimeConfig,
 );

@@ -17,6 +17,7 @@ mod go;
 mod http_server;
 mod maps;
 mod record;
+mod runtime;
 mod usdt;
 
 #[cfg(not(test))]

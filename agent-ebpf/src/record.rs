@@ -3,6 +3,7 @@
 use agent_common::{
     event::EventHeader,
     http::{HttpHeaderValue, HttpServerEnd, HttpServerStart, MAX_RECORD},
+    runtime::GoroutineCreated,
     stats,
     usdt::UsdtRecord,
 };
@@ -54,6 +55,8 @@ unsafe impl InPlace for HttpServerStart {}
 unsafe impl InPlace for HttpServerEnd {}
 // SAFETY: as above.
 unsafe impl InPlace for UsdtRecord {}
+// SAFETY: as above.
+unsafe impl InPlace for GoroutineCreated {}
 // SAFETY: as above, for every capacity.
 unsafe impl<const CAP: usize> InPlace for HttpHeaderValue<CAP> {}
 

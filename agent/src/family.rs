@@ -27,6 +27,7 @@ use crate::{
     export::{EncodedSpan, SpanSender},
     flight, http_server,
     probes::{KernelStats, LoadOptions, Probes},
+    runtime,
     spans::Goroutines,
     target::Target,
     usdt::{self, mapping::MappingConfig},
@@ -34,7 +35,12 @@ use crate::{
 
 /// Every family, in the order they are planned, attached and reported.
 /// Adding a library to trace is one line here.
-pub const FAMILIES: &[FamilyEntry] = &[http_server::FAMILY, usdt::FAMILY, flight::FAMILY];
+pub const FAMILIES: &[FamilyEntry] = &[
+    http_server::FAMILY,
+    usdt::FAMILY,
+    flight::FAMILY,
+    runtime::FAMILY,
+];
 
 /// How the session finds a family.
 #[derive(Clone, Copy)]
@@ -169,6 +175,13 @@ pub trait Family {
     /// goroutine (then every family tracks its open spans per goroutine;
     /// when no attached family asks, nobody pays for it).
     fn wants_goroutine_parents(&self) -> bool {
+        false
+    }
+
+    /// Whether it only feeds the goroutine table (goroutine creation): then
+    /// it is attached only when another family wants goroutine parents,
+    /// and does not make a process traceable on its own.
+    fn provides_goroutine_parents(&self) -> bool {
         false
     }
 

@@ -4,6 +4,7 @@
 //! - [`http_server`]: net/http server requests.
 //! - [`usdt`]: USDT probes of any program, mapped to spans.
 //! - [`flight`]: flight-recorder dumps, caught as they are written.
+//! - [`runtime`]: goroutine creation, for in-process parents.
 //!
 //! What the families share, knowing none of them by name:
 //! - [`family`]: the contract a family fulfils and the list that registers
@@ -31,6 +32,7 @@ pub mod http_server;
 pub mod probes;
 pub mod resource;
 pub mod ringbuf;
+pub mod runtime;
 pub mod session;
 pub mod spans;
 pub mod target;

@@ -886,6 +886,21 @@ impl GoBinary {
 
     /// Every `ret` in `func`'s body (decoded, so `c3` bytes inside other
     /// instructions do not count).
+    /// Every direct call in `func` to the function at `target`.
+    pub fn call_sites(&self, func: &Function, target: u64) -> Result<Vec<ProbeSite>, SiteError> {
+        let (code, file_offset) = self.code(func)?;
+        Ok(sites::calls_to(code, func.address, target)
+            .into_iter()
+            .map(|s| ProbeSite {
+                address: func.address + s.offset,
+                file_offset: file_offset + s.offset,
+                instruction: s.instruction,
+                emulated: s.emulated,
+                reason: s.reason,
+            })
+            .collect())
+    }
+
     pub fn return_sites(&self, func: &Function) -> Result<Vec<ProbeSite>, SiteError> {
         let (code, file_offset) = self.code(func)?;
         Ok(sites::returns(code, func.address)

@@ -14,7 +14,7 @@
 
 use iced_x86::{
     Code, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, InstructionInfoFactory,
-    IntelFormatter, Mnemonic, OpAccess, Register,
+    IntelFormatter, Mnemonic, OpAccess, OpKind, Register,
 };
 
 /// How many instructions past the entry we look for a cheaper site.
@@ -225,9 +225,51 @@ pub fn returns(code: &[u8], ip: u64) -> Vec<Site> {
     out
 }
 
+/// Every direct `call` to `target` in `code`: a site the kernel emulates,
+/// where the callee's arguments are in their registers.
+pub fn calls_to(code: &[u8], ip: u64, target: u64) -> Vec<Site> {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while decoder.can_decode() {
+        let ins = decoder.decode();
+        if ins.mnemonic() == Mnemonic::Call
+            && ins.op0_kind() == OpKind::NearBranch64
+            && ins.near_branch_target() == target
+        {
+            out.push(Site {
+                offset: ins.ip() - ip,
+                instruction: format(&ins),
+                emulated: true,
+                reason:
+                    "call: emulated by the kernel; the callee's arguments are in their registers"
+                        .to_owned(),
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_calls_to_one_target_are_found() {
+        // call +5 (to ip+10); call +0 (to ip+10); nop; call -15 (to ip)
+        let code = [
+            0xe8, 0x05, 0x00, 0x00, 0x00, // call 0x100a
+            0xe8, 0x00, 0x00, 0x00, 0x00, // call 0x100a
+            0x90, // nop
+            0xe8, 0xf0, 0xff, 0xff, 0xff, // call 0x1000
+        ];
+        let found = calls_to(&code, 0x1000, 0x100a);
+        assert_eq!(
+            found.iter().map(|s| s.offset).collect::<Vec<_>>(),
+            vec![0, 5]
+        );
+        assert!(found.iter().all(|s| s.emulated));
+        assert_eq!(calls_to(&code, 0x1000, 0x1000).len(), 1);
+    }
 
     /// net/http.serverHandler.ServeHTTP as Go 1.26 compiles it.
     const GO_PROLOGUE: &[u8] = &[

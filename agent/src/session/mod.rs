@@ -198,7 +198,7 @@ impl Session {
         for entry in FAMILIES {
             match (entry.plan)(&ctx) {
                 Plan::Ready(family) => {
-                    traceable = true;
+                    traceable |= !family.provides_goroutine_parents();
                     families.push(family);
                 }
                 Plan::Idle { family, why, level } => {
@@ -220,6 +220,9 @@ impl Session {
         for (name, why, level) in reasons {
             log::log!(level, "no {name} probes: {why}");
         }
+        // Goroutine creation is probed only for a family that uses it.
+        let parents_wanted = families.iter().any(|f| f.wants_goroutine_parents());
+        families.retain(|f| parents_wanted || !f.provides_goroutine_parents());
         Ok(Self {
             target,
             process,
