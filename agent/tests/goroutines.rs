@@ -69,8 +69,8 @@ fn connection_goroutines_are_seen_created_by_the_accept_loop() {
     let runtime_plan = runtime::plan::plan(&go).expect("goroutine-creation sites");
     assert!(runtime_plan.creator.emulated, "{:?}", runtime_plan.creator);
     assert!(!runtime_plan.created.is_empty());
-    let http_plan = http_server::plan::plan(&go, http_server::SitePolicy::Cheapest)
-        .expect("net/http sites");
+    let http_plan =
+        http_server::plan::plan(&go, http_server::SitePolicy::Cheapest).expect("net/http sites");
 
     let mut probes = Probes::load(LoadOptions::default()).expect("load eBPF (run as root)");
     let mut ring = probes.take_ring_buffer("EVENTS").expect("ring buffer");

@@ -1,9 +1,11 @@
 //! The process to trace, through `/proc/N`: finding its executable (also
 //! when it lives in another mount namespace), what it has mapped
-//! ([`maps`]), and noticing when it exits ([`ExitWatch`]).
+//! ([`maps`]), its memory ([`memory`]), and noticing when it exits
+//! ([`ExitWatch`]).
 
 mod exit;
 pub mod maps;
+pub mod memory;
 
 use std::{
     fs, io,

@@ -4,14 +4,10 @@
 //! does on kernels without it: increments the counter through
 //! `/proc/N/mem` when it attaches and decrements it when it detaches.
 
-use std::{
-    fs::{File, OpenOptions},
-    os::unix::fs::{FileExt, MetadataExt},
-    path::PathBuf,
-};
+use std::{os::unix::fs::MetadataExt, path::PathBuf};
 
 use super::UsdtProbe;
-use crate::target::maps;
+use crate::target::{maps, memory::Memory};
 
 /// Errors activating or deactivating a semaphore.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +36,7 @@ pub enum SemaphoreError {
 pub struct SemaphoreGuard {
     pid: u32,
     address: u64,
-    mem: File,
+    mem: Memory,
 }
 
 impl SemaphoreGuard {
@@ -52,23 +48,18 @@ impl SemaphoreGuard {
 
     /// Increments the semaphore at run-time `address` in process `pid`.
     pub fn activate_at(pid: u32, address: u64) -> Result<Self, SemaphoreError> {
-        let path = PathBuf::from(format!("/proc/{pid}/mem"));
         let io = |source| SemaphoreError::Io {
-            path: path.clone(),
+            path: PathBuf::from(format!("/proc/{pid}/mem")),
             source,
         };
-        let mem = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
-        let value = read_u16(&mem, address).map_err(io)?;
+        let mem = Memory::open_writable(pid).map_err(io)?;
+        let value = mem.read_u16(address).map_err(io)?;
         let next = value.checked_add(1).ok_or(SemaphoreError::Overflow {
             pid,
             address,
             value,
         })?;
-        mem.write_all_at(&next.to_le_bytes(), address).map_err(io)?;
+        mem.write_u16(address, next).map_err(io)?;
         Ok(Self { pid, address, mem })
     }
 
@@ -86,11 +77,11 @@ impl SemaphoreGuard {
 impl Drop for SemaphoreGuard {
     fn drop(&mut self) {
         // The process may have exited: then there is nothing to restore.
-        let Ok(value) = read_u16(&self.mem, self.address) else {
+        let Ok(value) = self.mem.read_u16(self.address) else {
             return;
         };
         let next = value.saturating_sub(1);
-        if let Err(err) = self.mem.write_all_at(&next.to_le_bytes(), self.address) {
+        if let Err(err) = self.mem.write_u16(self.address, next) {
             log::debug!(
                 "pid {}: restoring the semaphore at {:#x}: {err}",
                 self.pid,
@@ -100,23 +91,14 @@ impl Drop for SemaphoreGuard {
     }
 }
 
-/// Reads the `u16` at `address` through an open `/proc/N/mem`.
-fn read_u16(mem: &File, address: u64) -> std::io::Result<u16> {
-    let mut buf = [0; 2];
-    mem.read_exact_at(&mut buf, address)?;
-    Ok(u16::from_le_bytes(buf))
-}
-
 /// Reads the current value of `probe`'s semaphore in process `pid`.
 pub fn read_semaphore(pid: u32, probe: &UsdtProbe) -> Result<u16, SemaphoreError> {
     let address = runtime_address(pid, probe)?;
-    let path = PathBuf::from(format!("/proc/{pid}/mem"));
     let io = |source| SemaphoreError::Io {
-        path: path.clone(),
+        path: PathBuf::from(format!("/proc/{pid}/mem")),
         source,
     };
-    let mem = File::open(&path).map_err(io)?;
-    read_u16(&mem, address).map_err(io)
+    Memory::open(pid).map_err(io)?.read_u16(address).map_err(io)
 }
 
 /// Where `probe`'s semaphore is in process `pid`: the mapping of the probe's
