@@ -54,6 +54,9 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Time left for exporting after SIGINT/SIGTERM (the agent exits within 2 s).
 const SHUTDOWN_BUDGET: Duration = Duration::from_millis(1500);
+/// Chunks of records drained per turn of the event loop at most (65,536
+/// records: about 30 ms of work at the agent's fastest).
+const CHUNKS_PER_TURN: usize = 32;
 /// The size of the flight ring when no family asks for more.
 const SMALLEST_RING: u32 = 4096;
 
@@ -316,13 +319,23 @@ struct Records {
 
 impl Records {
     /// Hands each waiting record to the family of its kind, in chunks of at
-    /// most [`ringbuf::MAX_PER_DRAIN`] until a chunk comes back short,
-    /// yielding in between so that the export tasks take each chunk's spans
-    /// before the next.
-    async fn drain(&mut self, families: &mut [Box<dyn Family>], cx: &mut RecordContext<'_>) {
-        while self.drain_chunk(families, cx) == ringbuf::MAX_PER_DRAIN {
+    /// most [`ringbuf::MAX_PER_DRAIN`] until a chunk comes back short or
+    /// `max_chunks` were drained, yielding in between so that the export
+    /// tasks take each chunk's spans before the next. Returns whether it
+    /// stopped with records still waiting.
+    async fn drain(
+        &mut self,
+        families: &mut [Box<dyn Family>],
+        cx: &mut RecordContext<'_>,
+        max_chunks: usize,
+    ) -> bool {
+        for _ in 0..max_chunks {
+            if self.drain_chunk(families, cx) < ringbuf::MAX_PER_DRAIN {
+                return false;
+            }
             tokio::task::yield_now().await;
         }
+        true
     }
 
     fn drain_chunk(
@@ -443,7 +456,13 @@ async fn trace(
                 }
             }
         }
-        records.drain(families, &mut cx).await;
+        // A bounded drain: under a load the agent cannot keep up with, the
+        // loop must still come back to signals, the target's exit and
+        // housekeeping. What is left is drained on the next turn, which the
+        // backlog's wakeup or the drain tick brings at once.
+        if records.drain(families, &mut cx, CHUNKS_PER_TURN).await {
+            drain_tick.reset_immediately();
+        }
     };
 
     match stop {
@@ -454,7 +473,8 @@ async fn trace(
         family.stop(probes);
     }
     probes.detach_all();
-    records.drain(families, &mut cx).await;
+    // The probes are detached: what the kernel wrote is finite.
+    records.drain(families, &mut cx, usize::MAX).await;
     let now = WallClock::monotonic_now_ns();
     for family in families.iter_mut() {
         family.finish(now, &mut cx);
