@@ -45,12 +45,7 @@ mod reader;
 mod sites;
 mod spans;
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    os::unix::fs::FileExt as _,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, fs, os::unix::fs::FileExt as _, path::PathBuf};
 
 use agent_common::{
     flight::{FlightConfig, VARIANT_RUNTIME, VARIANT_X_EXP},
