@@ -21,9 +21,12 @@
 //! - [`export`]: the export pipeline (OTLP gRPC/HTTP, console, JSONL).
 //! - [`gotrace`]: the Go execution-trace decoder and its span mapping.
 //! - [`clock`], [`resource`]: wall-clock conversion and resource attributes.
+//! - [`cursor`]: reading untrusted bytes: one bounds-checked cursor and one
+//!   uvarint decoder, errors carrying the byte offset.
 
 pub mod binary;
 pub mod clock;
+pub mod cursor;
 pub mod export;
 pub mod family;
 pub mod flight;

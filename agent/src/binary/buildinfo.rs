@@ -3,7 +3,7 @@
 //! parsed here for Go 1.17 (pointers to Go strings) and 1.18+ (inline varint
 //! strings).
 
-use super::cursor::{Cursor, ReadError};
+use crate::cursor::{Cursor, ReadError};
 use serde::Serialize;
 
 /// `\xff Go buildinf:`, at a 16-byte aligned address.
@@ -214,7 +214,7 @@ fn raw_strings<'a>(
 }
 
 fn read_varint_string<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8], BuildInfoError> {
-    let at = c.pos();
+    let at = c.offset();
     let len = c.read_uvarint()?;
     let len = usize::try_from(len).map_err(|_| ReadError::Eof {
         offset: at,

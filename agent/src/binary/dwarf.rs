@@ -50,7 +50,7 @@ pub fn section_bytes(raw: &RawSection<'_>) -> Result<Arc<[u8]>, DwarfError> {
     let section = || raw.name.to_owned();
     let truncated = || DwarfError::Truncated { section: section() };
     let (ch_type, size, body) = if raw.compressed {
-        let mut c = super::cursor::Cursor::new(raw.data);
+        let mut c = crate::cursor::Cursor::new(raw.data);
         let ch_type = c.read_u32().map_err(|_| truncated())?;
         let _reserved = c.read_u32().map_err(|_| truncated())?;
         let size = c.read_u64().map_err(|_| truncated())?;
@@ -388,7 +388,7 @@ fn member_offset(value: Option<AttributeValue<R<'_>>>) -> Option<u64> {
         return Some(v);
     }
     if let AttributeValue::Exprloc(expr) = value {
-        let mut c = super::cursor::Cursor::new(expr.0.slice());
+        let mut c = crate::cursor::Cursor::new(expr.0.slice());
         if c.read_u8().ok()? == gimli::DW_OP_plus_uconst.0 {
             return c.read_uvarint().ok();
         }

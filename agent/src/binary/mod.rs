@@ -18,7 +18,6 @@
 //! must be decompressed), and that only on the first offset query.
 
 mod buildinfo;
-mod cursor;
 mod dwarf;
 mod inspect;
 mod offsets;
@@ -33,8 +32,8 @@ use object::LittleEndian as LE;
 use object::elf;
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
 
+pub use crate::cursor::ReadError;
 pub use buildinfo::{BuildInfo, BuildInfoError, GoVersion, Module};
-pub use cursor::ReadError;
 pub use dwarf::{DwarfError, Member, StructLayout};
 pub use inspect::{BuiltinProbe, FieldReport, InspectReport, ProbeReport, inspect};
 pub use offsets::{
@@ -508,7 +507,7 @@ impl GoBinary {
                 continue;
             };
             for rela in data[r].chunks_exact(24) {
-                let mut c = cursor::Cursor::new(rela);
+                let mut c = crate::cursor::Cursor::new(rela);
                 let (Ok(offset), Ok(info), Ok(addend)) = (c.read_u64(), c.read_u64(), c.read_u64())
                 else {
                     continue;

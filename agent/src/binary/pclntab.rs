@@ -13,7 +13,7 @@
 //! nfunc, nfiles, [textStart (1.18+)], funcnameOffset, cuOffset,
 //! filetabOffset, pctabOffset, pclnOffset (offsets from the header).
 
-use super::cursor::{Cursor, ReadError};
+use crate::cursor::{Cursor, ReadError};
 
 const MAGIC_116: u32 = 0xffff_fffa;
 const MAGIC_118: u32 = 0xffff_fff0;

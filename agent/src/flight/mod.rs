@@ -309,27 +309,15 @@ impl TypeNames {
         self.read(addr + TYPE_STR, &mut off)?;
         let off = i32::from_le_bytes(off);
         let name_at = base.checked_add_signed(i64::from(off))?;
-        // flags byte, uvarint length, bytes.
-        let mut head = [0u8; 11];
-        self.read(name_at, &mut head[..3])?;
-        let (mut len, mut shift, mut i) = (0usize, 0, 1);
-        loop {
-            let b = *head.get(i)?;
-            len |= usize::from(b & 0x7f) << shift;
-            i += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if i >= 3 {
-                return None;
-            }
-        }
+        // flags byte, uvarint length (at most two bytes), bytes.
+        let mut head = [0u8; 3];
+        self.read(name_at, &mut head)?;
+        let (len, n) = crate::cursor::uvarint(&head[1..]).ok()?;
         if len == 0 || len > 4096 {
             return None;
         }
-        let mut name = vec![0u8; len];
-        self.read(name_at + i as u64, &mut name)?;
+        let mut name = vec![0u8; len as usize];
+        self.read(name_at + 1 + n as u64, &mut name)?;
         let mut name = String::from_utf8(name).ok()?;
         if tflag[0] & TFLAG_EXTRA_STAR != 0 && name.starts_with('*') {
             name.remove(0);

@@ -4,9 +4,10 @@
 
 use std::io::Read;
 
-use super::cursor::{Cursor, Source, SourceError};
+use super::source::{EOF_MSG, OVERFLOW_MSG, Source, SourceError, read_msg};
 use super::spec::{self, Version, ev};
 use super::{IdMap, NO_GOROUTINE, freq_mul};
+use crate::cursor::{Cursor, ReadError};
 
 /// A malformed-input error with the byte offset it was found at.
 #[derive(Debug)]
@@ -34,10 +35,8 @@ impl From<SourceError> for GenError {
                 msg: "read error".into(),
                 io: Some(source),
             },
-            SourceError::Eof { offset } => GenError::new(offset, "unexpected EOF"),
-            SourceError::Overflow { offset } => {
-                GenError::new(offset, "varint overflows a 64-bit integer")
-            }
+            SourceError::Eof { offset } => GenError::new(offset, EOF_MSG),
+            SourceError::Overflow { offset } => GenError::new(offset, OVERFLOW_MSG),
         }
     }
 }
@@ -589,18 +588,24 @@ fn err_at(c: &Cursor<'_>, msg: impl Into<String>) -> GenError {
     GenError::new(c.offset(), msg)
 }
 
+/// A failed read at the cursor: Go's message, at the cursor's offset (a
+/// failed read does not move it).
+fn read_err(c: &Cursor<'_>, e: ReadError) -> GenError {
+    err_at(c, read_msg(e))
+}
+
 fn add_strings(t: &mut Tables, b: &RawBatch) -> Result<(), GenError> {
-    let mut c = Cursor::new(&b.data, b.offset);
+    let mut c = Cursor::with_base(&b.data, b.offset);
     c.read_u8()
         .map_err(|_| err_at(&c, "missing strings batch header"))?;
     while !c.is_empty() {
         let at = c.offset();
-        let e = c.read_u8().map_err(|_| err_at(&c, "unexpected EOF"))?;
+        let e = c.read_u8().map_err(|_| err_at(&c, EOF_MSG))?;
         if e != ev::STRING {
             return Err(GenError::new(at, format!("expected string event, got {e}")));
         }
-        let id = c.read_uvarint().map_err(|e| err_at(&c, e.to_string()))?;
-        let len = c.read_uvarint().map_err(|e| err_at(&c, e.to_string()))?;
+        let id = c.read_uvarint().map_err(|e| read_err(&c, e))?;
+        let len = c.read_uvarint().map_err(|e| read_err(&c, e))?;
         if len > spec::MAX_EVENT_TRAILER_DATA_SIZE {
             return Err(err_at(
                 &c,
@@ -638,17 +643,17 @@ fn add_strings(t: &mut Tables, b: &RawBatch) -> Result<(), GenError> {
 }
 
 fn add_stacks(t: &mut Tables, b: &RawBatch) -> Result<(), GenError> {
-    let mut c = Cursor::new(&b.data, b.offset);
+    let mut c = Cursor::with_base(&b.data, b.offset);
     c.read_u8()
         .map_err(|_| err_at(&c, "missing stacks batch header"))?;
     while !c.is_empty() {
         let at = c.offset();
-        let e = c.read_u8().map_err(|_| err_at(&c, "unexpected EOF"))?;
+        let e = c.read_u8().map_err(|_| err_at(&c, EOF_MSG))?;
         if e != ev::STACK {
             return Err(GenError::new(at, format!("expected stack event, got {e}")));
         }
-        let id = c.read_uvarint().map_err(|e| err_at(&c, e.to_string()))?;
-        let nframes = c.read_uvarint().map_err(|e| err_at(&c, e.to_string()))?;
+        let id = c.read_uvarint().map_err(|e| read_err(&c, e))?;
+        let nframes = c.read_uvarint().map_err(|e| read_err(&c, e))?;
         if nframes > spec::MAX_FRAMES_PER_STACK {
             return Err(err_at(
                 &c,
@@ -665,7 +670,11 @@ fn add_stacks(t: &mut Tables, b: &RawBatch) -> Result<(), GenError> {
                 f[k] = c.read_uvarint().map_err(|e| {
                     err_at(
                         &c,
-                        format!("reading frame {}'s {what} for stack {id}: {e}", i + 1),
+                        format!(
+                            "reading frame {}'s {what} for stack {id}: {}",
+                            i + 1,
+                            read_msg(e)
+                        ),
                     )
                 })?;
             }
@@ -692,12 +701,12 @@ fn add_stacks(t: &mut Tables, b: &RawBatch) -> Result<(), GenError> {
 }
 
 fn add_cpu_samples(out: &mut Vec<CpuSample>, b: &RawBatch) -> Result<(), GenError> {
-    let mut c = Cursor::new(&b.data, b.offset);
+    let mut c = Cursor::with_base(&b.data, b.offset);
     c.read_u8()
         .map_err(|_| err_at(&c, "missing CPU samples batch header"))?;
     while !c.is_empty() {
         let at = c.offset();
-        let e = c.read_u8().map_err(|_| err_at(&c, "unexpected EOF"))?;
+        let e = c.read_u8().map_err(|_| err_at(&c, EOF_MSG))?;
         if e != ev::CPU_SAMPLE {
             return Err(GenError::new(
                 at,
@@ -706,7 +715,7 @@ fn add_cpu_samples(out: &mut Vec<CpuSample>, b: &RawBatch) -> Result<(), GenErro
         }
         let mut v = [0u64; 5];
         for x in &mut v {
-            *x = c.read_uvarint().map_err(|e| err_at(&c, e.to_string()))?;
+            *x = c.read_uvarint().map_err(|e| read_err(&c, e))?;
         }
         out.push(CpuSample {
             time: v[0] as i64,
@@ -721,7 +730,7 @@ fn add_cpu_samples(out: &mut Vec<CpuSample>, b: &RawBatch) -> Result<(), GenErro
 }
 
 fn set_sync_batch(t: &mut Tables, b: &RawBatch, ver: Version) -> Result<(), GenError> {
-    let mut c = Cursor::new(&b.data, b.offset);
+    let mut c = Cursor::with_base(&b.data, b.offset);
     if ver >= Version::GO125 {
         c.read_u8()
             .map_err(|_| err_at(&c, "missing sync batch header"))?;
@@ -729,8 +738,8 @@ fn set_sync_batch(t: &mut Tables, b: &RawBatch, ver: Version) -> Result<(), GenE
     let mut last_ts = b.time;
     while !c.is_empty() {
         let at = c.offset();
-        let e = c.read_u8().map_err(|_| err_at(&c, "unexpected EOF"))?;
-        let rd = |c: &mut Cursor<'_>| c.read_uvarint().map_err(|e| err_at(c, e.to_string()));
+        let e = c.read_u8().map_err(|_| err_at(&c, EOF_MSG))?;
+        let rd = |c: &mut Cursor<'_>| c.read_uvarint().map_err(|e| read_err(c, e));
         if e == ev::FREQUENCY {
             if t.freq != 0.0 {
                 return Err(GenError::new(at, "found multiple frequency events"));

@@ -29,13 +29,13 @@
 //! from a varint cut off at the very end of a batch as the clean end of the
 //! trace; this decoder reports it as an error.
 
-mod cursor;
 mod dump;
 mod event;
 mod generation;
 mod order;
 mod pdqsort;
 mod reader;
+mod source;
 mod spans;
 pub mod spec;
 pub mod text;

@@ -5,14 +5,15 @@ use std::fs::File;
 use std::io::Read;
 
 use super::DecodeError;
-use super::cursor::{Source, uvarint};
 use super::event::Event;
 use super::generation::{
     Batch, GenError, Generation, RawBatch, read_generation, read_generation_with_spill,
 };
 use super::order::{BaseEvent, OrderedEvent, Ordering, SchedCtx};
+use super::source::Source;
 use super::spec::{NUM_SPECS, SPECS, Version, ev};
 use super::{NO_GOROUTINE, NO_PROC, NO_THREAD, freq_mul};
+use crate::cursor::uvarint;
 
 /// Number of arguments (excluding the timestamp) of each timed event type,
 /// or `u8::MAX` if the type is not a valid timed event.

@@ -290,7 +290,9 @@ pub fn parse_args(text: &str) -> Result<Vec<ArgSpec>, ArgSpecError> {
     Ok(args)
 }
 
-/// A cursor over one operand; errors carry the byte offset.
+/// A cursor over one operand's *text* (a tokenizer for the argument spec,
+/// not a byte reader like [`crate::cursor::Cursor`]); errors carry the byte
+/// offset.
 struct Cursor<'a> {
     s: &'a [u8],
     pos: usize,

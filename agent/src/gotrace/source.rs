@@ -1,103 +1,25 @@
-//! Byte readers: a zero-copy [`Cursor`] over a byte slice (for batch data
-//! already in memory) and a buffered [`Source`] over an `io::Read` stream
-//! (for batch headers and data as they arrive). Both track the absolute byte
-//! offset in the input so every error can say where it happened.
+//! The stream reader: a buffered [`Source`] over an `io::Read` stream (for
+//! batch headers and data as they arrive) that tracks the absolute byte
+//! offset in the input so every error can say where it happened. Batch data
+//! already in memory is read with [`crate::cursor::Cursor`]; both decode
+//! varints by the one rule of [`crate::cursor::uvarint_step`].
 
 use std::io::{self, Read};
 
-/// Why a cursor read failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CursorError {
-    /// Ran out of bytes.
-    Eof,
-    /// A varint longer than 64 bits.
-    Overflow,
-}
+use crate::cursor::{MAX_VARINT_LEN, ReadError, VarintStep, uvarint_step};
 
-impl std::fmt::Display for CursorError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CursorError::Eof => "unexpected EOF",
-            CursorError::Overflow => "varint overflows a 64-bit integer",
-        })
+/// The message Go's trace parser gives for a failed read: the gotrace
+/// errors say it, with their own offset, for a [`ReadError`] as for a
+/// [`SourceError`].
+pub(crate) fn read_msg(e: ReadError) -> &'static str {
+    match e {
+        ReadError::Eof { .. } => EOF_MSG,
+        ReadError::BadVarint { .. } => OVERFLOW_MSG,
     }
 }
 
-/// Decodes an unsigned LEB128 varint at the start of `buf` with the exact
-/// semantics of Go's `binary.Uvarint`: `Ok((value, len))`, or why not.
-#[inline(always)]
-pub(crate) fn uvarint(buf: &[u8]) -> Result<(u64, usize), CursorError> {
-    // Fast path: one byte.
-    match buf.first() {
-        Some(&b) if b < 0x80 => return Ok((b as u64, 1)),
-        None => return Err(CursorError::Eof),
-        _ => {}
-    }
-    let mut x: u64 = 0;
-    let mut s: u32 = 0;
-    for (i, &b) in buf.iter().enumerate() {
-        if i == 10 {
-            return Err(CursorError::Overflow);
-        }
-        if b < 0x80 {
-            if i == 9 && b > 1 {
-                return Err(CursorError::Overflow);
-            }
-            return Ok((x | (b as u64) << s, i + 1));
-        }
-        x |= ((b & 0x7f) as u64) << s;
-        s += 7;
-    }
-    Err(CursorError::Eof)
-}
-
-/// A zero-copy reader over a byte slice that knows its absolute offset.
-#[derive(Debug, Clone)]
-pub(crate) struct Cursor<'a> {
-    data: &'a [u8],
-    pos: usize,
-    base: u64,
-}
-
-impl<'a> Cursor<'a> {
-    /// A cursor over `data`, whose first byte is at input offset `base`.
-    pub(crate) fn new(data: &'a [u8], base: u64) -> Self {
-        Cursor { data, pos: 0, base }
-    }
-
-    pub(crate) fn offset(&self) -> u64 {
-        self.base + self.pos as u64
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-
-    pub(crate) fn remaining(&self) -> usize {
-        self.data.len().saturating_sub(self.pos)
-    }
-
-    pub(crate) fn read_u8(&mut self) -> Result<u8, CursorError> {
-        let b = *self.data.get(self.pos).ok_or(CursorError::Eof)?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    #[inline]
-    pub(crate) fn read_uvarint(&mut self) -> Result<u64, CursorError> {
-        let rest = self.data.get(self.pos..).unwrap_or(&[]);
-        let (v, n) = uvarint(rest)?;
-        self.pos += n;
-        Ok(v)
-    }
-
-    pub(crate) fn read_bytes(&mut self, n: usize) -> Result<&'a [u8], CursorError> {
-        let end = self.pos.checked_add(n).ok_or(CursorError::Eof)?;
-        let b = self.data.get(self.pos..end).ok_or(CursorError::Eof)?;
-        self.pos = end;
-        Ok(b)
-    }
-}
+pub(crate) const EOF_MSG: &str = "unexpected EOF";
+pub(crate) const OVERFLOW_MSG: &str = "varint overflows a 64-bit integer";
 
 /// Why a stream read failed.
 #[derive(Debug)]
@@ -184,23 +106,20 @@ impl<R: Read> Source<R> {
             .ok_or(SourceError::Eof { offset: off })
     }
 
-    /// Go's `binary.ReadUvarint`.
+    /// Go's `binary.ReadUvarint`: at most [`MAX_VARINT_LEN`] bytes, read
+    /// one by one; errors carry the offset where the varint starts.
     pub(crate) fn read_uvarint(&mut self) -> Result<u64, SourceError> {
         let start = self.offset();
         let mut x: u64 = 0;
-        let mut s: u32 = 0;
-        for i in 0..10 {
+        for i in 0..MAX_VARINT_LEN {
             let Some(b) = self.read_byte_opt()? else {
                 return Err(SourceError::Eof { offset: start });
             };
-            if b < 0x80 {
-                if i == 9 && b > 1 {
-                    return Err(SourceError::Overflow { offset: start });
-                }
-                return Ok(x | (b as u64) << s);
+            match uvarint_step(x, i, b) {
+                VarintStep::More(v) => x = v,
+                VarintStep::Done(v) => return Ok(v),
+                VarintStep::Overflow => return Err(SourceError::Overflow { offset: start }),
             }
-            x |= ((b & 0x7f) as u64) << s;
-            s += 7;
         }
         Err(SourceError::Overflow { offset: start })
     }
