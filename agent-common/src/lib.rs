@@ -14,6 +14,7 @@
 pub mod event;
 pub mod flight;
 pub mod http;
+pub mod sql;
 pub mod stats;
 pub mod target;
 pub mod usdt;
@@ -48,4 +49,8 @@ impl_pod!(
     flight::FlightConfig,
     flight::FlightKey,
     flight::FlightState,
+    sql::SqlStart,
+    sql::SqlEnd,
+    sql::SqlConfig,
+    sql::SqlOffsets,
 );

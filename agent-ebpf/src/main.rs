@@ -17,6 +17,7 @@ mod go;
 mod http_server;
 mod maps;
 mod record;
+mod sql;
 mod usdt;
 
 #[cfg(not(test))]

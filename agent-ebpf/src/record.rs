@@ -54,6 +54,10 @@ unsafe impl InPlace for HttpServerStart {}
 unsafe impl InPlace for HttpServerEnd {}
 // SAFETY: as above.
 unsafe impl InPlace for UsdtRecord {}
+// SAFETY: as above.
+unsafe impl InPlace for agent_common::sql::SqlStart {}
+// SAFETY: as above.
+unsafe impl InPlace for agent_common::sql::SqlEnd {}
 // SAFETY: as above, for every capacity.
 unsafe impl<const CAP: usize> InPlace for HttpHeaderValue<CAP> {}
 

@@ -26,6 +26,7 @@ use crate::{
     clock::WallClock,
     export::{EncodedSpan, SpanSender},
     flight, http_server,
+    sql,
     probes::{KernelStats, LoadOptions, Probes},
     spans::Goroutines,
     target::Target,
@@ -34,7 +35,12 @@ use crate::{
 
 /// Every family, in the order they are planned, attached and reported.
 /// Adding a library to trace is one line here.
-pub const FAMILIES: &[FamilyEntry] = &[http_server::FAMILY, usdt::FAMILY, flight::FAMILY];
+pub const FAMILIES: &[FamilyEntry] = &[
+    http_server::FAMILY,
+    usdt::FAMILY,
+    flight::FAMILY,
+    sql::FAMILY,
+];
 
 /// How the session finds a family.
 #[derive(Clone, Copy)]
@@ -85,6 +91,8 @@ pub struct FamilyOptions {
     pub max_open_spans: usize,
     /// How long a span may stay open before it is exported as expired.
     pub span_ttl: Duration,
+    /// Keep the literals of SQL statements in `db.query.text`.
+    pub sql_keep_literals: bool,
 }
 
 /// A family's answer to planning.

@@ -33,5 +33,6 @@ pub mod resource;
 pub mod ringbuf;
 pub mod session;
 pub mod spans;
+pub mod sql;
 pub mod target;
 pub mod usdt;
