@@ -32,7 +32,7 @@ pub const OP_PREPARE: u32 = 2;
 pub const OP_BEGIN: u32 = 3;
 /// `(*Tx).Commit`.
 pub const OP_COMMIT: u32 = 4;
-/// `(*Tx).Rollback`.
+/// `(*Tx).rollback` (`Rollback`, and a transaction's context ending).
 pub const OP_ROLLBACK: u32 = 5;
 /// `(*Stmt).QueryContext` (a prepared statement's query).
 pub const OP_STMT_QUERY: u32 = 6;

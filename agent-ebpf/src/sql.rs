@@ -93,7 +93,7 @@ fn start(ctx: &ProbeContext) {
         OP_EXEC => (a[0], Some((a[5], a[6]))),
         // beginDC(db, ctx, dc, release, opts).
         OP_BEGIN => (a[0], None),
-        // (*Tx).Commit(), (*Tx).Rollback(): the receiver in RAX.
+        // (*Tx).Commit(), (*Tx).rollback(discardConn): the receiver in RAX.
         OP_COMMIT | OP_ROLLBACK => {
             let tx = a[0];
             if read_field::<u32>(tx, off.tx_done).is_some_and(|done| done != 0) {

@@ -26,9 +26,9 @@ use crate::{
     clock::WallClock,
     export::{EncodedSpan, SpanSender},
     flight, http_server,
-    sql,
     probes::{KernelStats, LoadOptions, Probes},
     spans::Goroutines,
+    sql,
     target::Target,
     usdt::{self, mapping::MappingConfig},
 };

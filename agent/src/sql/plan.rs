@@ -9,7 +9,9 @@
 //! - `(*DB).execDC`: `Exec`, `ExecContext` of `DB`, `Conn` and `Tx`;
 //! - `(*DB).prepareDC`: `Prepare`, `PrepareContext` of `DB` and `Conn`;
 //! - `(*DB).beginDC`: `Begin`, `BeginTx` of `DB` and `Conn`;
-//! - `(*Tx).Commit`, `(*Tx).Rollback`;
+//! - `(*Tx).Commit`; `(*Tx).rollback`, which `(*Tx).Rollback` calls (and
+//!   inlines: the exported method is often not in the binary) and which
+//!   the goroutine watching a transaction's context calls when it ends;
 //! - `(*Stmt).QueryContext`, `(*Stmt).ExecContext` (and so `Query`,
 //!   `QueryRow`, `Exec` of a prepared statement), which reach the driver
 //!   without the functions above.
@@ -79,7 +81,7 @@ pub const PROBES: &[BuiltinProbe] = &[
     },
     BuiltinProbe {
         name: "sql.rollback",
-        function: "database/sql.(*Tx).Rollback",
+        function: "database/sql.(*Tx).rollback",
         preserve: &[Register::RAX],
         fields: &[
             ("runtime.g", "goid"),
@@ -142,9 +144,14 @@ const FUNCTIONS: [(&str, u32, &[Register], bool); 8] = [
         &[Register::RAX],
         false,
     ),
-    ("database/sql.(*Tx).Commit", OP_COMMIT, &[Register::RAX], false),
     (
-        "database/sql.(*Tx).Rollback",
+        "database/sql.(*Tx).Commit",
+        OP_COMMIT,
+        &[Register::RAX],
+        false,
+    ),
+    (
+        "database/sql.(*Tx).rollback",
         OP_ROLLBACK,
         &[Register::RAX],
         false,
@@ -220,16 +227,15 @@ pub fn plan(bin: &GoBinary) -> Result<SqlPlan, PlanError> {
             })
     };
     let mut missing = Vec::new();
-    let mut optional =
-        |(type_name, field): (&'static str, &'static str)| match bin
-            .struct_field_offset(type_name, field)
-        {
-            Ok(f) => f.offset,
-            Err(err) => {
-                missing.push(format!("{type_name}.{field}: {err}"));
-                OFFSET_ABSENT
-            }
-        };
+    let mut optional = |(type_name, field): (&'static str, &'static str)| match bin
+        .struct_field_offset(type_name, field)
+    {
+        Ok(f) => f.offset,
+        Err(err) => {
+            missing.push(format!("{type_name}.{field}: {err}"));
+            OFFSET_ABSENT
+        }
+    };
     let offsets = SqlOffsets {
         g_goid: required(("runtime.g", "goid"))?,
         db_connector: optional(("database/sql.DB", "connector")),

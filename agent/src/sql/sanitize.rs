@@ -186,8 +186,7 @@ fn tokenize(text: &[u8], truncated: bool) -> (Vec<Token>, bool) {
                 Kind::Word
             }
             b'(' | b')' | b',' | b';' | b'.' | b'=' | b'<' | b'>' | b'!' | b'+' | b'-' | b'*'
-            | b'/' | b'%' | b'|' | b'&' | b'^' | b'~' | b':' | b'@' | b'[' | b']' | b'{'
-            | b'}' => {
+            | b'/' | b'%' | b'|' | b'&' | b'^' | b'~' | b':' | b'@' | b'[' | b']' | b'{' | b'}' => {
                 i += 1;
                 Kind::Punct
             }
@@ -641,7 +640,10 @@ mod tests {
         assert_eq!(described("BEGIN"), some("BEGIN", None));
         assert_eq!(described("SELEC * FORM items"), (None, None));
         assert_eq!(described("(SELECT 1)"), (None, None));
-        assert_eq!(described("-- c\n  select 1 from t"), some("SELECT", Some("t")));
+        assert_eq!(
+            described("-- c\n  select 1 from t"),
+            some("SELECT", Some("t"))
+        );
     }
 
     /// A small deterministic generator of SQL-ish byte strings.

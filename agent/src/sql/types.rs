@@ -139,7 +139,10 @@ mod tests {
             ("*github.com/jackc/pgx/v4/stdlib.connector", "postgresql"),
             ("github.com/go-sql-driver/mysql.MySQLDriver", "mysql"),
             ("*github.com/go-sql-driver/mysql.connector", "mysql"),
-            ("*github.com/microsoft/go-mssqldb.Driver", "microsoft.sql_server"),
+            (
+                "*github.com/microsoft/go-mssqldb.Driver",
+                "microsoft.sql_server",
+            ),
             ("*github.com/sijms/go-ora/v2.OracleDriver", "oracle.db"),
             ("*github.com/lib/pqx.Driver", "other_sql"),
             ("*main.fakeDriver", "other_sql"),
