@@ -54,9 +54,18 @@ fn build_sqlapp() -> PathBuf {
     out
 }
 
-/// The SQL spans the handler's calls make, in order: name, operation,
-/// collection, query text (sanitized), whether it fails.
-const EXPECTED: [(&str, Option<&str>, Option<&str>, Option<&str>, bool); 12] = [
+/// One expected SQL span: name, operation, collection, query text
+/// (sanitized), whether it fails.
+type Expected = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    bool,
+);
+
+/// The SQL spans the handler's calls make, in order.
+const EXPECTED: [Expected; 12] = [
     (
         "CREATE TABLE items",
         Some("CREATE TABLE"),
