@@ -3,11 +3,11 @@
 //! Each family declares the `KIND_*` values of its own records in its own
 //! module; [`KINDS`] lists them all so that none is handed out twice.
 
-use crate::{flight, http, runtime, usdt};
+use crate::{flight, http, runtime, sql, usdt};
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 9] = [
+pub const KINDS: [u32; 11] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -17,6 +17,8 @@ pub const KINDS: [u32; 9] = [
     flight::KIND_FLIGHT_CHUNK,
     flight::KIND_FLIGHT_END,
     runtime::KIND_GOROUTINE_CREATED,
+    sql::KIND_SQL_START,
+    sql::KIND_SQL_END,
 ];
 
 /// Kinds are small: the agent dispatches on them through a table this long.

@@ -15,6 +15,7 @@ pub mod event;
 pub mod flight;
 pub mod http;
 pub mod runtime;
+pub mod sql;
 pub mod stats;
 pub mod target;
 pub mod usdt;
@@ -51,4 +52,8 @@ impl_pod!(
     flight::FlightState,
     runtime::GoroutineCreated,
     runtime::RuntimeConfig,
+    sql::SqlStart,
+    sql::SqlEnd,
+    sql::SqlConfig,
+    sql::SqlOffsets,
 );

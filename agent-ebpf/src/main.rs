@@ -18,6 +18,7 @@ mod http_server;
 mod maps;
 mod record;
 mod runtime;
+mod sql;
 mod usdt;
 
 #[cfg(not(test))]

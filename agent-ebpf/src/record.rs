@@ -57,6 +57,10 @@ unsafe impl InPlace for HttpServerEnd {}
 unsafe impl InPlace for UsdtRecord {}
 // SAFETY: as above.
 unsafe impl InPlace for GoroutineCreated {}
+// SAFETY: as above.
+unsafe impl InPlace for agent_common::sql::SqlStart {}
+// SAFETY: as above.
+unsafe impl InPlace for agent_common::sql::SqlEnd {}
 // SAFETY: as above, for every capacity.
 unsafe impl<const CAP: usize> InPlace for HttpHeaderValue<CAP> {}
 

@@ -88,6 +88,11 @@ pub struct TraceArgs {
     /// Do not attach to the target's USDT probes.
     #[arg(long)]
     pub no_usdt: bool,
+
+    /// SQL literals in `db.query.text`: `sanitize` (each becomes `?`) or
+    /// `keep` (the statement as the program sent it).
+    #[arg(long, value_name = "MODE", default_value = "sanitize", value_parser = ["sanitize", "keep"])]
+    pub sql_literals: String,
 }
 
 /// Where spans go.

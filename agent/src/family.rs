@@ -29,6 +29,7 @@ use crate::{
     probes::{KernelStats, LoadOptions, Probes},
     runtime,
     spans::Goroutines,
+    sql,
     target::Target,
     usdt::{self, mapping::MappingConfig},
 };
@@ -39,6 +40,7 @@ pub const FAMILIES: &[FamilyEntry] = &[
     http_server::FAMILY,
     usdt::FAMILY,
     flight::FAMILY,
+    sql::FAMILY,
     runtime::FAMILY,
 ];
 
@@ -91,6 +93,8 @@ pub struct FamilyOptions {
     pub max_open_spans: usize,
     /// How long a span may stay open before it is exported as expired.
     pub span_ttl: Duration,
+    /// Keep the literals of SQL statements in `db.query.text`.
+    pub sql_keep_literals: bool,
 }
 
 /// A family's answer to planning.

@@ -38,5 +38,6 @@ pub mod ringbuf;
 pub mod runtime;
 pub mod session;
 pub mod spans;
+pub mod sql;
 pub mod target;
 pub mod usdt;

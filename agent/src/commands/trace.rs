@@ -39,6 +39,7 @@ fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
             save_dumps: args.save_dumps.clone(),
             max_open_spans: args.max_open_spans,
             span_ttl: Duration::from_secs(args.span_ttl),
+            sql_keep_literals: args.sql_literals == "keep",
         },
         ring_buffer_bytes: args.ring_buffer_size,
         export_queue: args.export_queue,
