@@ -13,6 +13,7 @@
 
 pub mod event;
 pub mod flight;
+pub mod grpc;
 pub mod http;
 pub mod stats;
 pub mod target;
@@ -48,4 +49,11 @@ impl_pod!(
     flight::FlightConfig,
     flight::FlightKey,
     flight::FlightState,
+    grpc::GrpcServerStart,
+    grpc::GrpcServerEnd,
+    grpc::GrpcServerStatus,
+    grpc::GrpcClientStart,
+    grpc::GrpcClientEnd,
+    grpc::GrpcOffsets,
+    grpc::GrpcConfig,
 );

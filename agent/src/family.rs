@@ -25,7 +25,7 @@ use crate::{
     binary::{BuiltinProbe, GoBinary},
     clock::WallClock,
     export::{EncodedSpan, SpanSender},
-    flight, http_server,
+    flight, grpc, http_server,
     probes::{KernelStats, LoadOptions, Probes},
     spans::Goroutines,
     target::Target,
@@ -34,7 +34,12 @@ use crate::{
 
 /// Every family, in the order they are planned, attached and reported.
 /// Adding a library to trace is one line here.
-pub const FAMILIES: &[FamilyEntry] = &[http_server::FAMILY, usdt::FAMILY, flight::FAMILY];
+pub const FAMILIES: &[FamilyEntry] = &[
+    http_server::FAMILY,
+    usdt::FAMILY,
+    flight::FAMILY,
+    grpc::FAMILY,
+];
 
 /// How the session finds a family.
 #[derive(Clone, Copy)]
