@@ -7,7 +7,7 @@ use crate::{flight, grpc, http, usdt};
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 13] = [
+pub const KINDS: [u32; 14] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -21,6 +21,7 @@ pub const KINDS: [u32; 13] = [
     grpc::KIND_GRPC_SERVER_STATUS,
     grpc::KIND_GRPC_CLIENT_START,
     grpc::KIND_GRPC_CLIENT_END,
+    grpc::KIND_GRPC_TRACEPARENT,
 ];
 
 /// Kinds are small: the agent dispatches on them through a table this long.

@@ -14,11 +14,20 @@ pub const KIND_GRPC_SERVER_STATUS: u32 = 19;
 pub const KIND_GRPC_CLIENT_START: u32 = 20;
 /// `EventHeader::kind` of a [`GrpcClientEnd`] record.
 pub const KIND_GRPC_CLIENT_END: u32 = 21;
+/// `EventHeader::kind` of a [`GrpcTraceparent`] record.
+pub const KIND_GRPC_TRACEPARENT: u32 = 22;
 
 /// Bytes of the full method name (`/pkg.Service/Method`) kept.
 pub const METHOD_CAP: usize = 128;
 /// Bytes of the client's dial target kept.
 pub const TARGET_CAP: usize = 128;
+/// Bytes of an incoming `traceparent` kept (version 00 is 55).
+pub const TRACEPARENT_CAP: usize = 56;
+/// Header fields of a HEADERS frame searched for `traceparent` at most.
+pub const MAX_HEADER_FIELDS: u32 = 32;
+/// Size of `golang.org/x/net/http2/hpack.HeaderField` (`Name`, `Value`
+/// strings, `Sensitive` bool) on 64-bit targets, the same in every release.
+pub const HEADER_FIELD_SIZE: u64 = 40;
 
 /// Attach-cookie site indices (the cookie's low half).
 pub const SITE_SERVER_START: u32 = 0;
@@ -28,6 +37,7 @@ pub const SITE_INVOKE_START: u32 = 3;
 pub const SITE_INVOKE_END: u32 = 4;
 pub const SITE_STREAM_START: u32 = 5;
 pub const SITE_STREAM_END: u32 = 6;
+pub const SITE_OPERATE_HEADERS: u32 = 7;
 
 /// A call reached `(*Server).handleStream(t, stream)`.
 #[repr(C)]
@@ -36,13 +46,32 @@ pub struct GrpcServerStart {
     pub header: EventHeader,
     /// The `*transport.ServerStream` (`*transport.Stream` before v1.68).
     pub stream: u64,
+    /// The server transport's data pointer (`*http2Server`).
+    pub transport: u64,
     /// The method name's full length; 0 when it could not be read.
     pub method_len: u32,
-    pub _pad: u32,
+    /// The HTTP/2 stream id; 0 when it could not be read.
+    pub stream_id: u32,
     pub method: [u8; METHOD_CAP],
 }
 
-const _: () = assert!(core::mem::size_of::<GrpcServerStart>() == 32 + 16 + METHOD_CAP);
+const _: () = assert!(core::mem::size_of::<GrpcServerStart>() == 32 + 24 + METHOD_CAP);
+
+/// A HEADERS frame the server decoded (`(*http2Server).operateHeaders`)
+/// carries `traceparent`: pairs with its call's start by (transport,
+/// stream id). The header's goroutine is the transport's reader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GrpcTraceparent {
+    pub header: EventHeader,
+    pub transport: u64,
+    pub stream_id: u32,
+    /// The value's full length; its first `min(len, CAP)` bytes follow.
+    pub len: u32,
+    pub value: [u8; TRACEPARENT_CAP],
+}
+
+const _: () = assert!(core::mem::size_of::<GrpcTraceparent>() == 32 + 16 + TRACEPARENT_CAP);
 
 /// `(*Server).handleStream` returned (one of its `ret` sites) on the
 /// goroutine in the header.
@@ -124,6 +153,15 @@ pub struct GrpcOffsets {
     /// The runtime address of `go:itab.*internal/status.Error,error`; 0
     /// when unknown (then no returned error's code is read).
     pub status_error_itab: u64,
+    /// The HTTP/2 stream id (uint32) in the server stream: `ServerStream.Stream`
+    /// + `Stream.id`, or `Stream.id`.
+    pub stream_id: u64,
+    /// `golang.org/x/net/http2.MetaHeadersFrame.Fields` (a slice).
+    pub frame_fields: u64,
+    /// `MetaHeadersFrame.HeadersFrame` (a pointer).
+    pub frame_headers: u64,
+    /// `HeadersFrame.FrameHeader` + `FrameHeader.StreamID` (uint32).
+    pub frame_stream_id: u64,
 }
 
 impl GrpcOffsets {
@@ -136,10 +174,14 @@ impl GrpcOffsets {
         error_s: OFFSET_ABSENT,
         conn_target: OFFSET_ABSENT,
         status_error_itab: 0,
+        stream_id: OFFSET_ABSENT,
+        frame_fields: OFFSET_ABSENT,
+        frame_headers: OFFSET_ABSENT,
+        frame_stream_id: OFFSET_ABSENT,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<GrpcOffsets>() == 7 * 8);
+const _: () = assert!(core::mem::size_of::<GrpcOffsets>() == 11 * 8);
 
 /// One entry of the `GRPC_CONFIG` array map, by target slot.
 #[repr(C)]
@@ -151,4 +193,4 @@ pub struct GrpcConfig {
     pub offsets: GrpcOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<GrpcConfig>() == 8 + 7 * 8);
+const _: () = assert!(core::mem::size_of::<GrpcConfig>() == 8 + 11 * 8);

@@ -54,6 +54,7 @@ impl_pod!(
     grpc::GrpcServerStatus,
     grpc::GrpcClientStart,
     grpc::GrpcClientEnd,
+    grpc::GrpcTraceparent,
     grpc::GrpcOffsets,
     grpc::GrpcConfig,
 );

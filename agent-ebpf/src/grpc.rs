@@ -15,8 +15,9 @@
 use agent_common::{
     grpc::{
         CODE_NOT_STATUS, GrpcClientEnd, GrpcClientStart, GrpcConfig, GrpcOffsets, GrpcServerEnd,
-        GrpcServerStart, GrpcServerStatus, KIND_GRPC_CLIENT_END, KIND_GRPC_CLIENT_START,
-        KIND_GRPC_SERVER_END, KIND_GRPC_SERVER_START, KIND_GRPC_SERVER_STATUS,
+        GrpcServerStart, GrpcServerStatus, GrpcTraceparent, HEADER_FIELD_SIZE,
+        KIND_GRPC_CLIENT_END, KIND_GRPC_CLIENT_START, KIND_GRPC_SERVER_END, KIND_GRPC_SERVER_START,
+        KIND_GRPC_SERVER_STATUS, KIND_GRPC_TRACEPARENT, MAX_HEADER_FIELDS, TRACEPARENT_CAP,
     },
     stats,
     target::MAX_TARGETS,
@@ -44,6 +45,8 @@ unsafe impl InPlace for GrpcServerStatus {}
 unsafe impl InPlace for GrpcClientStart {}
 // SAFETY: as above.
 unsafe impl InPlace for GrpcClientEnd {}
+// SAFETY: as above.
+unsafe impl InPlace for GrpcTraceparent {}
 
 /// Per-target configuration, indexed by the target slot in the attach cookie.
 #[map]
@@ -119,6 +122,89 @@ pub fn grpc_server_status(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Entry site of `(*http2Server).operateHeaders(ctx, frame, handle)`
+/// (v1.60+: the frame in RDI).
+#[uprobe]
+pub fn grpc_operate_headers(ctx: ProbeContext) -> u32 {
+    operate_headers(&ctx, reg(&ctx, R::Rdi));
+    0
+}
+
+/// Entry site of `(*http2Server).operateHeaders(frame, handle, ...)`
+/// (before v1.60: the frame in RBX).
+#[uprobe]
+pub fn grpc_operate_headers_old(ctx: ProbeContext) -> u32 {
+    operate_headers(&ctx, reg(&ctx, R::Rbx));
+    0
+}
+
+/// `traceparent`, as HPACK hands header names over (lowercase).
+const TRACEPARENT: [u8; 11] = *b"traceparent";
+
+/// Searches the frame's decoded header fields for `traceparent` and writes
+/// it, with the transport (RAX) and stream id that pair it with its call.
+#[inline(always)]
+fn operate_headers(ctx: &ProbeContext, frame: u64) {
+    let cookie = cookie(ctx);
+    let Some(config) = config(cookie) else { return };
+    let off = &config.offsets;
+    let transport = reg(ctx, R::Rax);
+    let Some([data, len]) = read_field::<[u64; 2]>(frame, off.frame_fields) else {
+        count(stats::READ_FAILED);
+        return;
+    };
+    let mut found = None;
+    for i in 0..MAX_HEADER_FIELDS {
+        if u64::from(i) >= len {
+            break;
+        }
+        let Some([name, name_len, value, value_len]) =
+            read_field::<[u64; 4]>(data, u64::from(i) * HEADER_FIELD_SIZE)
+        else {
+            count(stats::READ_FAILED);
+            return;
+        };
+        if name_len != TRACEPARENT.len() as u64 {
+            continue;
+        }
+        let Some(bytes) = read_field::<[u8; 11]>(name, 0) else {
+            continue;
+        };
+        if bytes == TRACEPARENT {
+            found = Some((value, value_len));
+            break;
+        }
+    }
+    let Some((value, value_len)) = found else {
+        if len > u64::from(MAX_HEADER_FIELDS) {
+            count(stats::HEADERS_INCOMPLETE);
+        }
+        return;
+    };
+    let stream_id = read_field::<u64>(frame, off.frame_headers)
+        .and_then(|headers| read_field::<u32>(headers, off.frame_stream_id));
+    let Some(stream_id) = stream_id else {
+        count(stats::READ_FAILED);
+        return;
+    };
+    let Some(mut entry) = reserve::<GrpcTraceparent>() else {
+        return;
+    };
+    let rec = fields(&mut entry);
+    rec.header = header(cookie, KIND_GRPC_TRACEPARENT, 0);
+    rec.transport = transport;
+    rec.stream_id = stream_id;
+    rec.len = match copy_string::<TRACEPARENT_CAP>(value, value_len, &mut rec.value) {
+        Some(len) => len,
+        None => {
+            count(stats::READ_FAILED);
+            0
+        }
+    };
+    let now = rec.header.ktime_ns;
+    submit(entry, now);
+}
+
 /// Entry site of `(*ClientConn).Invoke`.
 #[uprobe]
 pub fn grpc_invoke_start(ctx: ProbeContext) -> u32 {
@@ -152,13 +238,15 @@ fn server_start(ctx: &ProbeContext) {
         return;
     };
     let stream = reg(ctx, R::Rdi);
+    let transport = reg(ctx, R::Rcx);
     let Some(mut entry) = reserve::<GrpcServerStart>() else {
         return;
     };
     let rec = fields(&mut entry);
     rec.header = header(cookie, KIND_GRPC_SERVER_START, goid);
     rec.stream = stream;
-    rec._pad = 0;
+    rec.transport = transport;
+    rec.stream_id = read_field::<u32>(stream, off.stream_id).unwrap_or(0);
     rec.method_len = match read_string(stream, off.stream_method, &mut rec.method) {
         Some(len) => len,
         None => {

@@ -7,8 +7,10 @@
 //! - each client call is one CLIENT span, a child of the HTTP SERVER span
 //!   of the handler that made it (same trace);
 //! - each served call is one SERVER span; grpc-go sends no trace context
-//!   of its own and the agent does not read incoming metadata yet, so the
-//!   SERVER spans are roots of their own traces.
+//!   of its own (the agent does not inject one), so a served call is the
+//!   root of its own trace, unless its metadata carries a `traceparent`
+//!   (the fixture's first call does): then it continues that trace, as a
+//!   child of the remote span it names.
 
 mod support;
 
@@ -24,17 +26,27 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use support::{
     agent::attach_grpc,
     fixture::{self, Running},
-    otlp::{FlatSpan, Receiver},
+    otlp::{FlatSpan, Receiver, hex},
 };
+
+/// The trace context the fixture's first call sends in its metadata.
+const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const CALLER_SPAN: &str = "b7ad6b7169203331";
 
 /// Builds `fixtures/grpcapp`, a module of its own (it needs
 /// google.golang.org/grpc, prefetched by `cargo xtask setup`).
-fn build_grpcapp() -> PathBuf {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures/grpcapp");
+fn build_grpcapp(flags: &[&str]) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(if flags.is_empty() {
+        "fixtures/grpcapp".to_owned()
+    } else {
+        format!("fixtures/grpcapp-{}", flags.len())
+    });
     std::fs::create_dir_all(out.parent().expect("parent")).expect("fixture dir");
     let output = Command::new(fixture::go())
         .current_dir(fixture::fixtures_dir().join("grpcapp"))
-        .args(["build", "-o"])
+        .arg("build")
+        .args(flags)
+        .arg("-o")
         .arg(&out)
         .arg(".")
         .env("CGO_ENABLED", "0")
@@ -74,7 +86,7 @@ fn status(span: &FlatSpan) -> i32 {
 
 #[test]
 fn grpc_client_and_server_calls_become_spans() {
-    let binary = build_grpcapp();
+    let binary = build_grpcapp(&[]);
     let (mut app, addr) = fixture::start_httpserver(&binary);
     let receiver = Receiver::grpc();
     let mut agent = attach_grpc(app.pid(), &receiver);
@@ -172,17 +184,29 @@ fn grpc_client_and_server_calls_become_spans() {
         assert_eq!(status(span), want, "{name} code {code}");
     }
 
-    // Served calls: roots of their own traces (no trace context arrives).
+    // Served calls: the first continues the trace its metadata names, the
+    // others are roots of their own traces.
     let servers = of_kind(SpanKind::Server);
     assert_eq!(servers.len(), 3);
+    assert_eq!(hex(&servers[0].span.trace_id), CALLER_TRACE);
+    assert_eq!(hex(&servers[0].span.parent_span_id), CALLER_SPAN);
+    assert_eq!(
+        servers[0].span.flags & 0x301,
+        0x301,
+        "sampled, remote parent"
+    );
+    for (span, (name, service, method, code)) in servers.iter().zip(expected).skip(1) {
+        assert!(span.span.parent_span_id.is_empty(), "{name} is a root");
+        assert_ne!(span.span.trace_id, http.span.trace_id, "{name}");
+        assert_eq!(span.span.flags & 0x300, 0x100, "{name}: no remote parent");
+        let _ = (service, method, code);
+    }
     for (span, (name, service, method, code)) in servers.iter().zip(expected) {
         assert_eq!(span.span.name, name);
         assert_eq!(span.attr("rpc.system"), Some("grpc"), "{name}");
         assert_eq!(span.attr("rpc.service"), Some(service), "{name}");
         assert_eq!(span.attr("rpc.method"), Some(method), "{name}");
         assert_eq!(code_attr(span), Some(code), "{name}");
-        assert!(span.span.parent_span_id.is_empty(), "{name} is a root");
-        assert_ne!(span.span.trace_id, http.span.trace_id, "{name}");
         // NotFound is not a server error (OpenTelemetry's RPC conventions).
         assert_eq!(status(span), 0, "{name} code {code}");
     }
@@ -202,6 +226,30 @@ fn grpc_client_and_server_calls_become_spans() {
             server.span.name
         );
     }
+}
+
+/// A stripped binary (no DWARF, no symbols): grpc struct offsets are in no
+/// table yet, so the family is off with one line naming the grpc version,
+/// and net/http still traces.
+#[test]
+fn stripped_binary_turns_the_family_off_with_its_version() {
+    let binary = build_grpcapp(&["-ldflags=-s -w"]);
+    let (mut app, addr) = fixture::start_httpserver(&binary);
+    let receiver = Receiver::grpc();
+    let mut agent = attach_grpc(app.pid(), &receiver);
+    let line = agent.wait_for_stderr("grpc v1.85.0 in PID", Duration::from_secs(5));
+    assert!(line.contains("cannot be traced"), "{line}");
+    assert!(line.contains("no usable offset for"), "{line}");
+    let attached = agent.wait_for_stderr("attached to PID", Duration::from_secs(1));
+    assert!(attached.contains(" 0 grpc probes"), "{attached}");
+    let body = call(addr);
+    assert!(body.contains("stream: OK"), "{body}");
+    receiver.wait_for_spans(1, Duration::from_secs(20));
+    terminate(&mut app);
+    assert!(agent.wait(Duration::from_secs(10)).success());
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 1, "only the HTTP span");
+    assert_eq!(spans[0].span.name, "GET /call");
 }
 
 fn terminate(app: &mut Running) {

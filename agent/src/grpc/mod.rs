@@ -11,8 +11,9 @@
 //! CLIENT spans are children of the span open on the calling goroutine
 //! (the net/http SERVER span of a handler that makes the call); SERVER
 //! spans register on their goroutine, so that spans of the handler's work
-//! nest under them. SERVER spans start their own trace: an incoming
-//! `traceparent` in the call's metadata is not read yet.
+//! nest under them. A SERVER span continues the caller's trace when the
+//! call's metadata carries a valid `traceparent` (read from the HEADERS
+//! frame the server decoded); otherwise it starts a trace.
 
 pub mod plan;
 pub mod records;
@@ -122,6 +123,7 @@ impl Family for Grpc {
             GrpcRecord::ServerEnd(rec) => self.builder.on_server_end(g, rec, cx.spans),
             GrpcRecord::ClientStart(rec) => self.builder.on_client_start(g, rec, cx.spans),
             GrpcRecord::ClientEnd(rec) => self.builder.on_client_end(rec, cx.spans),
+            GrpcRecord::Traceparent(rec) => self.builder.on_traceparent(rec),
         }
         Ok(())
     }
@@ -158,6 +160,7 @@ impl Family for Grpc {
                 stats.server.evicted + stats.client.evicted,
             ),
             Counter::count("grpc_unparented", stats.unparented),
+            Counter::count("grpc_traceparents", stats.traceparents),
             Counter::count("grpc_duplicate_starts", stats.duplicates),
         ]);
     }

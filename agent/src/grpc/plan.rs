@@ -5,6 +5,9 @@
 //!   stream (RDI) and its method name;
 //! - server end: every `ret` of `handleStream` (the call ran on that
 //!   goroutine: `processUnaryRPC`/`processStreamingRPC` return before it);
+//! - server headers: `transport.(*http2Server).operateHeaders`, searches
+//!   the decoded header fields of a HEADERS frame for `traceparent` (the
+//!   frame in RDI from v1.60, RBX before), with the stream id;
 //! - server status: `transport.(*http2Server).writeStatus(s, st)` (v1.68+;
 //!   `WriteStatus` before), reads `st.s.Code` (RCX);
 //! - client start: `grpc.(*ClientConn).Invoke(ctx, method, ...)` and
@@ -19,8 +22,8 @@
 
 use agent_common::{
     grpc::{
-        GrpcConfig, GrpcOffsets, SITE_INVOKE_END, SITE_INVOKE_START, SITE_SERVER_END,
-        SITE_SERVER_START, SITE_SERVER_STATUS, SITE_STREAM_END, SITE_STREAM_START,
+        GrpcConfig, GrpcOffsets, SITE_INVOKE_END, SITE_INVOKE_START, SITE_OPERATE_HEADERS,
+        SITE_SERVER_END, SITE_SERVER_START, SITE_SERVER_STATUS, SITE_STREAM_END, SITE_STREAM_START,
     },
     target::OFFSET_ABSENT,
 };
@@ -53,6 +56,11 @@ const STATUS: &str = "google.golang.org/grpc/internal/status.Status";
 const STATUS_ERROR: &str = "google.golang.org/grpc/internal/status.Error";
 const PROTO_STATUS: &str = "google.golang.org/genproto/googleapis/rpc/status.Status";
 const CLIENT_CONN: &str = "google.golang.org/grpc.ClientConn";
+pub const OPERATE_HEADERS: &str =
+    "google.golang.org/grpc/internal/transport.(*http2Server).operateHeaders";
+const META_HEADERS_FRAME: &str = "golang.org/x/net/http2.MetaHeadersFrame";
+const HEADERS_FRAME: &str = "golang.org/x/net/http2.HeadersFrame";
+const FRAME_HEADER: &str = "golang.org/x/net/http2.FrameHeader";
 
 /// The probes of this family, with what they read: for `agent inspect`.
 pub const PROBES: &[BuiltinProbe] = &[
@@ -64,6 +72,18 @@ pub const PROBES: &[BuiltinProbe] = &[
             ("runtime.g", "goid"),
             (SERVER_STREAM, "Stream"),
             (STREAM, "method"),
+            (STREAM, "id"),
+        ],
+    },
+    BuiltinProbe {
+        name: "grpc.server.headers",
+        function: OPERATE_HEADERS,
+        preserve: &[Register::RAX, Register::RDI],
+        fields: &[
+            (META_HEADERS_FRAME, "Fields"),
+            (META_HEADERS_FRAME, "HeadersFrame"),
+            (HEADERS_FRAME, "FrameHeader"),
+            (FRAME_HEADER, "StreamID"),
         ],
     },
     BuiltinProbe {
@@ -152,11 +172,10 @@ fn offset(bin: &GoBinary, type_name: &'static str, field: &'static str) -> Resul
         })
 }
 
-/// The method name's offset in what `handleStream` gets: a
-/// `*transport.ServerStream` embedding `transport.Stream` (v1.68+), or a
-/// `*transport.Stream`.
-fn stream_method(bin: &GoBinary) -> Result<u64, PlanError> {
-    let method = offset(bin, STREAM, "method")?;
+/// A field's offset in what `handleStream` gets: a `*transport.ServerStream`
+/// embedding `transport.Stream` (v1.68+), or a `*transport.Stream`.
+fn stream_field(bin: &GoBinary, field: &'static str) -> Result<u64, PlanError> {
+    let method = offset(bin, STREAM, field)?;
     match bin.struct_field_offset(SERVER_STREAM, "Stream") {
         Ok(embedded) => Ok(embedded.offset + method),
         Err(OffsetError::NoSuchStruct { .. }) => Ok(method),
@@ -192,6 +211,48 @@ fn returns(
     Ok(sites)
 }
 
+/// The grpc minor version (`v1.60.1` is 60).
+fn minor(version: &str) -> Option<u32> {
+    let mut parts = version.trim_start_matches('v').split('.');
+    (parts.next()? == "1").then_some(())?;
+    parts.next()?.parse().ok()
+}
+
+/// The probe that reads `traceparent` from the HEADERS frames the server
+/// decodes, and the offsets it needs.
+fn traceparent_site(
+    bin: &GoBinary,
+    version: &str,
+    offsets: &mut GrpcOffsets,
+) -> Result<Site, String> {
+    let func = bin
+        .function(OPERATE_HEADERS)
+        .ok_or_else(|| format!("{OPERATE_HEADERS} not in the binary"))?;
+    let field = |t: &'static str, f: &'static str| {
+        offset(bin, t, f).map_err(|e| crate::binary::error_chain(&e))
+    };
+    offsets.stream_id = stream_field(bin, "id").map_err(|e| crate::binary::error_chain(&e))?;
+    offsets.frame_fields = field(META_HEADERS_FRAME, "Fields")?;
+    offsets.frame_headers = field(META_HEADERS_FRAME, "HeadersFrame")?;
+    offsets.frame_stream_id =
+        field(HEADERS_FRAME, "FrameHeader")? + field(FRAME_HEADER, "StreamID")?;
+    // v1.60 added the context argument before the frame.
+    let minor = minor(version).ok_or_else(|| format!("grpc version {version} not understood"))?;
+    let (program, frame) = if minor >= 60 {
+        ("grpc_operate_headers", Register::RDI)
+    } else {
+        ("grpc_operate_headers_old", Register::RBX)
+    };
+    let site = bin
+        .entry_site(&func, &[Register::RAX, frame])
+        .map_err(|e| crate::binary::error_chain(&e))?;
+    Ok(Site {
+        program,
+        site,
+        index: SITE_OPERATE_HEADERS,
+    })
+}
+
 /// Resolves functions, sites and offsets. `Ok(None)`: the binary does not
 /// use grpc.
 pub fn plan(bin: &GoBinary) -> Result<Option<GrpcPlan>, PlanError> {
@@ -218,7 +279,7 @@ pub fn plan(bin: &GoBinary) -> Result<Option<GrpcPlan>, PlanError> {
 
     let server = match &server_func {
         Some(func) => {
-            offsets.stream_method = stream_method(bin)?;
+            offsets.stream_method = stream_field(bin, "method")?;
             sites.push(site(
                 "grpc_server_start",
                 entry(bin, SERVER_START, func, &[Register::RDI])?,
@@ -226,6 +287,10 @@ pub fn plan(bin: &GoBinary) -> Result<Option<GrpcPlan>, PlanError> {
             ));
             for ret in returns(bin, SERVER_START, func)? {
                 sites.push(site("grpc_server_end", ret, SITE_SERVER_END));
+            }
+            match traceparent_site(bin, &version, &mut offsets) {
+                Ok(found) => sites.push(found),
+                Err(why) => missing.push(format!("incoming traceparent not read: {why}")),
             }
             true
         }

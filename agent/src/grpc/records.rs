@@ -2,8 +2,8 @@
 
 use agent_common::grpc::{
     GrpcClientEnd, GrpcClientStart, GrpcServerEnd, GrpcServerStart, GrpcServerStatus,
-    KIND_GRPC_CLIENT_END, KIND_GRPC_CLIENT_START, KIND_GRPC_SERVER_END, KIND_GRPC_SERVER_START,
-    KIND_GRPC_SERVER_STATUS,
+    GrpcTraceparent, KIND_GRPC_CLIENT_END, KIND_GRPC_CLIENT_START, KIND_GRPC_SERVER_END,
+    KIND_GRPC_SERVER_START, KIND_GRPC_SERVER_STATUS, KIND_GRPC_TRACEPARENT,
 };
 
 use crate::ringbuf::record::{RecordError, header, view};
@@ -15,6 +15,7 @@ pub const KINDS: &[u32] = &[
     KIND_GRPC_SERVER_STATUS,
     KIND_GRPC_CLIENT_START,
     KIND_GRPC_CLIENT_END,
+    KIND_GRPC_TRACEPARENT,
 ];
 
 /// A decoded record.
@@ -25,6 +26,7 @@ pub enum GrpcRecord<'a> {
     ServerStatus(&'a GrpcServerStatus),
     ClientStart(&'a GrpcClientStart),
     ClientEnd(&'a GrpcClientEnd),
+    Traceparent(&'a GrpcTraceparent),
 }
 
 /// Decodes one record of this family.
@@ -36,6 +38,7 @@ pub fn decode(bytes: &[u8]) -> Result<GrpcRecord<'_>, RecordError> {
         KIND_GRPC_SERVER_STATUS => Ok(GrpcRecord::ServerStatus(view(bytes, kind)?)),
         KIND_GRPC_CLIENT_START => Ok(GrpcRecord::ClientStart(view(bytes, kind)?)),
         KIND_GRPC_CLIENT_END => Ok(GrpcRecord::ClientEnd(view(bytes, kind)?)),
+        KIND_GRPC_TRACEPARENT => Ok(GrpcRecord::Traceparent(view(bytes, kind)?)),
         kind => Err(RecordError::UnknownKind { kind }),
     }
 }

@@ -2,11 +2,14 @@
 //! goroutine) and CLIENT spans from `Invoke`/`NewStream` (start and end on
 //! one goroutine), with OpenTelemetry's RPC conventions.
 
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    collections::{HashMap, VecDeque},
+};
 
 use agent_common::grpc::{
     CODE_NOT_STATUS, GrpcClientEnd, GrpcClientStart, GrpcServerEnd, GrpcServerStart,
-    GrpcServerStatus,
+    GrpcServerStatus, GrpcTraceparent,
 };
 use opentelemetry::{
     InstrumentationScope,
@@ -16,7 +19,11 @@ use opentelemetry::{
 use crate::{
     clock::WallClock,
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
-    spans::{Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan, ids::IdGenerator},
+    spans::{
+        Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan,
+        ids::IdGenerator,
+        traceparent::{self, RemoteParent},
+    },
 };
 
 /// (target slot, goroutine id): a call starts and ends on one goroutine.
@@ -27,6 +34,14 @@ const SPAN_CAPACITY: usize = 384;
 /// OTLP `SpanFlags`: W3C sampled, and whether the parent is remote is
 /// known (it is not).
 const FLAGS_LOCAL: u32 = 0x1 | 0x100;
+/// OTLP `SpanFlags`: the parent is remote.
+const FLAGS_REMOTE: u32 = 0x100 | 0x200;
+
+/// Trace contexts kept at most waiting for their call's start.
+const MAX_PENDING: usize = 4096;
+
+/// (target slot, `*http2Server`, HTTP/2 stream id).
+type StreamKey = (u32, u64, u32);
 
 /// gRPC status codes a SERVER span reports as errors (OpenTelemetry's RPC
 /// conventions): Unknown, DeadlineExceeded, Unimplemented, Internal,
@@ -41,6 +56,8 @@ struct OpenServer {
     span_id: SpanId,
     method: String,
     code: Option<i32>,
+    /// The caller's span, from the call's `traceparent`.
+    parent: Option<RemoteParent>,
 }
 
 #[derive(Debug)]
@@ -61,6 +78,8 @@ pub struct GrpcStats {
     pub client: PairingStats,
     /// Client calls with no span open on their goroutine (a new trace).
     pub unparented: u64,
+    /// Served calls that continued a caller's trace.
+    pub traceparents: u64,
     /// Starts seen twice (the entry probe fires again when the goroutine's
     /// stack grows at function entry).
     pub duplicates: u64,
@@ -76,6 +95,11 @@ pub struct GrpcSpanBuilder {
     scope: std::sync::Arc<[u8]>,
     unparented: u64,
     duplicates: u64,
+    traceparents: u64,
+    /// Incoming trace contexts whose call has not started yet, oldest
+    /// first in `pending_order`.
+    pending: HashMap<StreamKey, RemoteParent>,
+    pending_order: VecDeque<StreamKey>,
 }
 
 fn text(bytes: &[u8], len: u32) -> String {
@@ -143,6 +167,31 @@ impl GrpcSpanBuilder {
             ),
             unparented: 0,
             duplicates: 0,
+            traceparents: 0,
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+        }
+    }
+
+    /// A call's HEADERS frame carried `traceparent`: kept for its start
+    /// (which follows on another goroutine) when valid.
+    pub fn on_traceparent(&mut self, rec: &GrpcTraceparent) {
+        let kept = (rec.len as usize).min(rec.value.len());
+        let Some(parent) = traceparent::parse(&rec.value[..kept], rec.len as usize) else {
+            return;
+        };
+        let key = (rec.header.target, rec.transport, rec.stream_id);
+        if self.pending.insert(key, parent).is_none() {
+            self.pending_order.push_back(key);
+        }
+        while self.pending.len() > MAX_PENDING
+            && let Some(oldest) = self.pending_order.pop_front()
+        {
+            self.pending.remove(&oldest);
+        }
+        if self.pending_order.len() > 2 * MAX_PENDING {
+            let pending = &self.pending;
+            self.pending_order.retain(|k| pending.contains_key(k));
         }
     }
 
@@ -151,6 +200,7 @@ impl GrpcSpanBuilder {
             server: self.server.stats(),
             client: self.client.stats(),
             unparented: self.unparented,
+            traceparents: self.traceparents,
             duplicates: self.duplicates,
         }
     }
@@ -170,16 +220,27 @@ impl GrpcSpanBuilder {
             self.duplicates += 1;
             return;
         }
-        let (trace_id, span_id) = (self.ids.trace_id(), self.ids.span_id());
+        let parent = self
+            .pending
+            .remove(&(rec.header.target, rec.transport, rec.stream_id));
+        if parent.is_some() {
+            self.traceparents += 1;
+        }
+        let (trace_id, flags) = match parent {
+            Some(p) => (p.trace_id, p.flags),
+            None => (self.ids.trace_id(), 1),
+        };
+        let span_id = self.ids.span_id();
         g.enter(
             key,
             ParentSpan {
                 trace_id,
                 span_id,
-                flags: 1,
+                flags,
             },
         );
         let open = OpenServer {
+            parent,
             start_ns: rec.header.ktime_ns,
             stream: rec.stream,
             trace_id,
@@ -309,7 +370,7 @@ impl GrpcSpanBuilder {
         g.exit(key, open.span_id);
         let mut bytes = crate::export::span_buffer(SPAN_CAPACITY);
         let mut w = SpanWriter::new(&mut bytes);
-        w.ids(open.trace_id, open.span_id, None);
+        w.ids(open.trace_id, open.span_id, open.parent.map(|p| p.span_id));
         let error = open.code.is_some_and(|c| SERVER_ERROR_CODES.contains(&c));
         self.common(
             &mut w,
@@ -326,7 +387,10 @@ impl GrpcSpanBuilder {
         if error {
             w.status_error("");
         }
-        w.flags(FLAGS_LOCAL);
+        w.flags(match open.parent {
+            Some(p) => u32::from(p.flags) | FLAGS_REMOTE,
+            None => FLAGS_LOCAL,
+        });
         EncodedSpan {
             scope: self.scope.clone(),
             bytes,
