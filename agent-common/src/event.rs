@@ -3,11 +3,11 @@
 //! Each family declares the `KIND_*` values of its own records in its own
 //! module; [`KINDS`] lists them all so that none is handed out twice.
 
-use crate::{flight, http, runtime, sql, usdt};
+use crate::{flight, grpc, http, runtime, sql, usdt};
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 11] = [
+pub const KINDS: [u32; 17] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -19,6 +19,12 @@ pub const KINDS: [u32; 11] = [
     runtime::KIND_GOROUTINE_CREATED,
     sql::KIND_SQL_START,
     sql::KIND_SQL_END,
+    grpc::KIND_GRPC_SERVER_START,
+    grpc::KIND_GRPC_SERVER_END,
+    grpc::KIND_GRPC_SERVER_STATUS,
+    grpc::KIND_GRPC_CLIENT_START,
+    grpc::KIND_GRPC_CLIENT_END,
+    grpc::KIND_GRPC_TRACEPARENT,
 ];
 
 /// Kinds are small: the agent dispatches on them through a table this long.

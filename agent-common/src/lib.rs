@@ -13,6 +13,7 @@
 
 pub mod event;
 pub mod flight;
+pub mod grpc;
 pub mod http;
 pub mod runtime;
 pub mod sql;
@@ -56,4 +57,12 @@ impl_pod!(
     sql::SqlEnd,
     sql::SqlConfig,
     sql::SqlOffsets,
+    grpc::GrpcServerStart,
+    grpc::GrpcServerEnd,
+    grpc::GrpcServerStatus,
+    grpc::GrpcClientStart,
+    grpc::GrpcClientEnd,
+    grpc::GrpcTraceparent,
+    grpc::GrpcOffsets,
+    grpc::GrpcConfig,
 );

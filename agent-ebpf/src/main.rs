@@ -14,6 +14,7 @@
 
 mod flight;
 mod go;
+mod grpc;
 mod http_server;
 mod maps;
 mod record;

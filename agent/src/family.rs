@@ -25,7 +25,7 @@ use crate::{
     binary::{BuiltinProbe, GoBinary},
     clock::WallClock,
     export::{EncodedSpan, SpanSender},
-    flight, http_server,
+    flight, grpc, http_server,
     probes::{KernelStats, LoadOptions, Probes},
     runtime,
     spans::Goroutines,
@@ -41,6 +41,7 @@ pub const FAMILIES: &[FamilyEntry] = &[
     usdt::FAMILY,
     flight::FAMILY,
     sql::FAMILY,
+    grpc::FAMILY,
     runtime::FAMILY,
 ];
 

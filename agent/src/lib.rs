@@ -31,6 +31,7 @@ pub mod export;
 pub mod family;
 pub mod flight;
 pub mod gotrace;
+pub mod grpc;
 pub mod http_server;
 pub mod probes;
 pub mod resource;

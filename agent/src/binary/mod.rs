@@ -608,6 +608,14 @@ impl GoBinary {
         self.find_symbol(name, |t| t == elf::STT_FUNC || t == elf::STT_NOTYPE)
     }
 
+    /// The link-time address of a data symbol (an itab such as
+    /// `go:itab.*pkg.T,error`), from `.symtab`; `None` in stripped binaries.
+    pub fn data_symbol(&self, name: &str) -> Option<u64> {
+        self.symbol_any(name)
+            .map(|s| s.address)
+            .filter(|&address| address != 0)
+    }
+
     /// A symbol of any type (`runtime.pclntab` is data).
     fn symbol_any(&self, name: &str) -> Option<Function> {
         self.find_symbol(name, |_| true)

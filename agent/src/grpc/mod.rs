@@ -1,0 +1,167 @@
+//! The `google.golang.org/grpc` family: a SERVER span per call a Go
+//! program serves with grpc-go (unary and streaming), a CLIENT span per
+//! call it makes (`Invoke`, and `NewStream` for the creation of a stream),
+//! following OpenTelemetry's RPC conventions.
+//!
+//! - [`plan`]: the functions, probe sites and struct offsets of one binary,
+//!   and attaching the programs (`agent-ebpf/src/grpc.rs`).
+//! - [`records`]: decoding the records (`agent_common::grpc`).
+//! - [`spans`]: pairing starts and ends per goroutine into spans.
+//!
+//! CLIENT spans are children of the span open on the calling goroutine
+//! (the net/http SERVER span of a handler that makes the call); SERVER
+//! spans register on their goroutine, so that spans of the handler's work
+//! nest under them. A SERVER span continues the caller's trace when the
+//! call's metadata carries a valid `traceparent` (read from the HEADERS
+//! frame the server decoded); otherwise it starts a trace.
+
+pub mod plan;
+pub mod records;
+pub mod spans;
+
+use records::GrpcRecord;
+pub use spans::GrpcSpanBuilder;
+
+use crate::{
+    binary::error_chain,
+    family::{
+        BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
+    },
+    probes::{KernelStats, LinkHandle, Probes},
+    target::Target,
+};
+
+/// The family's name.
+pub const NAME: &str = "grpc";
+
+/// Its registration.
+pub const FAMILY: FamilyEntry = FamilyEntry {
+    name: NAME,
+    probes: plan::PROBES,
+    plan: plan_family,
+};
+
+fn plan_family(ctx: &PlanContext<'_>) -> Plan {
+    let Ok(bin) = ctx.go else {
+        // The Go families say why a process is not a Go program.
+        return Plan::Nothing;
+    };
+    match plan::plan(bin) {
+        Ok(None) => Plan::Nothing,
+        Ok(Some(plan)) => {
+            for missing in &plan.missing {
+                log::debug!("grpc: {missing}");
+            }
+            Plan::Ready(Box::new(Grpc {
+                builder: GrpcSpanBuilder::new(
+                    ctx.clock,
+                    ctx.options.max_open_spans,
+                    u64::try_from(ctx.options.span_ttl.as_nanos()).unwrap_or(u64::MAX),
+                ),
+                plan,
+                links: Vec::new(),
+            }))
+        }
+        Err(err) => Plan::Absent {
+            why: format!(
+                "grpc {} in PID {} ({}) cannot be traced: {}",
+                plan::module_version(bin).unwrap_or_default(),
+                ctx.target.pid,
+                ctx.target.exe_in_target.display(),
+                error_chain(&err)
+            ),
+            level: log::Level::Warn,
+        },
+    }
+}
+
+/// The family, planned for one process.
+#[derive(Debug)]
+pub struct Grpc {
+    plan: plan::GrpcPlan,
+    builder: GrpcSpanBuilder,
+    links: Vec<LinkHandle>,
+}
+
+impl Family for Grpc {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn kinds(&self) -> &'static [u32] {
+        records::KINDS
+    }
+
+    fn wants_goroutine_parents(&self) -> bool {
+        true
+    }
+
+    fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
+        self.links = plan::attach(probes, target, 0, &self.plan)?;
+        let single_stepped = self.plan.sites.iter().filter(|s| !s.site.emulated).count();
+        log::info!(
+            "grpc {}: {} probes ({}{}{}), {} single-stepped",
+            self.plan.version,
+            self.links.len(),
+            if self.plan.server { "server" } else { "" },
+            if self.plan.server && self.plan.client {
+                " and "
+            } else {
+                ""
+            },
+            if self.plan.client { "client" } else { "" },
+            single_stepped,
+        );
+        Ok(())
+    }
+
+    fn on_record(&mut self, bytes: &[u8], cx: &mut RecordContext<'_>) -> Result<(), BadRecord> {
+        let g = &mut *cx.goroutines;
+        match records::decode(bytes)? {
+            GrpcRecord::ServerStart(rec) => self.builder.on_server_start(g, rec, cx.spans),
+            GrpcRecord::ServerStatus(rec) => self.builder.on_server_status(rec),
+            GrpcRecord::ServerEnd(rec) => self.builder.on_server_end(g, rec, cx.spans),
+            GrpcRecord::ClientStart(rec) => self.builder.on_client_start(g, rec, cx.spans),
+            GrpcRecord::ClientEnd(rec) => self.builder.on_client_end(rec, cx.spans),
+            GrpcRecord::Traceparent(rec) => self.builder.on_traceparent(rec),
+        }
+        Ok(())
+    }
+
+    fn housekeeping(&mut self, _probes: &mut Probes, now_ns: u64, cx: &mut RecordContext<'_>) {
+        self.builder.expire(cx.goroutines, now_ns, cx.spans);
+    }
+
+    fn stop(&mut self, probes: &mut Probes) {
+        if let Err(err) = probes.detach(&std::mem::take(&mut self.links)) {
+            log::warn!("detaching the grpc probes: {}", error_chain(&err));
+        }
+    }
+
+    fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
+        self.builder.finish(cx.goroutines, now_ns, cx.spans);
+    }
+
+    fn counters(&self, _kernel: &KernelStats, out: &mut Vec<Counter>) {
+        let stats = self.builder.stats();
+        out.extend([
+            Counter::count("grpc_server_calls", stats.server.completed),
+            Counter::count("grpc_client_calls", stats.client.completed),
+            Counter::loss(
+                "grpc_expired",
+                "grpc expired",
+                "",
+                stats.server.expired + stats.client.expired,
+            ),
+            Counter::loss(
+                "grpc_evicted",
+                "grpc evicted",
+                "",
+                stats.server.evicted + stats.client.evicted,
+            ),
+            Counter::count("grpc_unparented", stats.unparented),
+            Counter::count("grpc_traceparents", stats.traceparents),
+            Counter::count("grpc_duplicate_starts", stats.duplicates),
+        ]);
+    }
+}

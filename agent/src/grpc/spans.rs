@@ -1,0 +1,516 @@
+//! gRPC calls: SERVER spans from `handleStream` (start, status, end on one
+//! goroutine) and CLIENT spans from `Invoke`/`NewStream` (start and end on
+//! one goroutine), with OpenTelemetry's RPC conventions.
+
+use std::{
+    borrow::Cow,
+    collections::{HashMap, VecDeque},
+};
+
+use agent_common::grpc::{
+    CODE_NOT_STATUS, GrpcClientEnd, GrpcClientStart, GrpcServerEnd, GrpcServerStart,
+    GrpcServerStatus, GrpcTraceparent,
+};
+use opentelemetry::{
+    InstrumentationScope,
+    trace::{SpanId, SpanKind, TraceId},
+};
+
+use crate::{
+    clock::WallClock,
+    export::{EncodedSpan, encode_scope, wire::SpanWriter},
+    spans::{
+        Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan,
+        ids::IdGenerator,
+        traceparent::{self, RemoteParent},
+    },
+};
+
+/// (target slot, goroutine id): a call starts and ends on one goroutine.
+type Key = (u32, u64);
+
+const SPAN_CAPACITY: usize = 384;
+
+/// OTLP `SpanFlags`: W3C sampled, and whether the parent is remote is
+/// known (it is not).
+const FLAGS_LOCAL: u32 = 0x1 | 0x100;
+/// OTLP `SpanFlags`: the parent is remote.
+const FLAGS_REMOTE: u32 = 0x100 | 0x200;
+
+/// Trace contexts kept at most waiting for their call's start.
+const MAX_PENDING: usize = 4096;
+
+/// (target slot, `*http2Server`, HTTP/2 stream id).
+type StreamKey = (u32, u64, u32);
+
+/// gRPC status codes a SERVER span reports as errors (OpenTelemetry's RPC
+/// conventions): Unknown, DeadlineExceeded, Unimplemented, Internal,
+/// Unavailable, DataLoss.
+const SERVER_ERROR_CODES: [i32; 6] = [2, 4, 12, 13, 14, 15];
+
+#[derive(Debug)]
+struct OpenServer {
+    start_ns: u64,
+    stream: u64,
+    trace_id: TraceId,
+    span_id: SpanId,
+    method: String,
+    code: Option<i32>,
+    /// The caller's span, from the call's `traceparent`.
+    parent: Option<RemoteParent>,
+}
+
+#[derive(Debug)]
+struct OpenClient {
+    start_ns: u64,
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent: Option<SpanId>,
+    flags: u8,
+    method: String,
+    target: String,
+}
+
+/// Counters beyond pairing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrpcStats {
+    pub server: PairingStats,
+    pub client: PairingStats,
+    /// Client calls with no span open on their goroutine (a new trace).
+    pub unparented: u64,
+    /// Served calls that continued a caller's trace.
+    pub traceparents: u64,
+    /// Starts seen twice (the entry probe fires again when the goroutine's
+    /// stack grows at function entry).
+    pub duplicates: u64,
+}
+
+/// Builds gRPC spans.
+#[derive(Debug)]
+pub struct GrpcSpanBuilder {
+    server: OpenTable<Key, OpenServer>,
+    client: OpenTable<Key, OpenClient>,
+    clock: WallClock,
+    ids: IdGenerator,
+    scope: std::sync::Arc<[u8]>,
+    unparented: u64,
+    duplicates: u64,
+    traceparents: u64,
+    /// Incoming trace contexts whose call has not started yet, oldest
+    /// first in `pending_order`.
+    pending: HashMap<StreamKey, RemoteParent>,
+    pending_order: VecDeque<StreamKey>,
+}
+
+fn text(bytes: &[u8], len: u32) -> String {
+    let n = (len as usize).min(bytes.len());
+    String::from_utf8_lossy(&bytes[..n]).into_owned()
+}
+
+/// `/pkg.Service/Method` split into service and method (either may be
+/// empty for a malformed name).
+pub fn split_method(full: &str) -> (&str, &str) {
+    let trimmed = full.strip_prefix('/').unwrap_or(full);
+    match trimmed.rsplit_once('/') {
+        Some((service, method)) => (service, method),
+        None => ("", trimmed),
+    }
+}
+
+/// The host and port a dial target names: `host:port`,
+/// `dns:///host:port`, `dns://resolver/host:port`, `passthrough:///h:p`,
+/// `[v6]:port`; `unix:` targets name a path and no port.
+pub fn target_host_port(target: &str) -> Option<(Cow<'_, str>, Option<i64>)> {
+    let (scheme, rest) = match target.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest.split_once('/').map_or("", |(_, p)| p)),
+        None => match target.split_once(':') {
+            Some((scheme @ ("dns" | "passthrough" | "unix" | "unix-abstract"), rest)) => {
+                (Some(scheme), rest)
+            }
+            _ => (None, target),
+        },
+    };
+    if matches!(scheme, Some("unix" | "unix-abstract")) {
+        let path = if target.contains("://") {
+            &target[target.find("://").map_or(0, |i| i + 3)..]
+        } else {
+            rest
+        };
+        return (!path.is_empty()).then_some((Cow::Borrowed(path), None));
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    if let Some(inner) = rest.strip_prefix('[')
+        && let Some((host, tail)) = inner.split_once(']')
+    {
+        let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+        return Some((Cow::Borrowed(host), port));
+    }
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => Some((Cow::Borrowed(host), port.parse().ok())),
+        _ => Some((Cow::Borrowed(rest), None)),
+    }
+}
+
+impl GrpcSpanBuilder {
+    pub fn new(clock: WallClock, capacity: usize, ttl_ns: u64) -> Self {
+        Self {
+            server: OpenTable::new(capacity, ttl_ns),
+            client: OpenTable::new(capacity, ttl_ns),
+            clock,
+            ids: IdGenerator::default(),
+            scope: encode_scope(
+                &InstrumentationScope::builder("agent/grpc")
+                    .with_version(env!("CARGO_PKG_VERSION"))
+                    .build(),
+            ),
+            unparented: 0,
+            duplicates: 0,
+            traceparents: 0,
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+        }
+    }
+
+    /// A call's HEADERS frame carried `traceparent`: kept for its start
+    /// (which follows on another goroutine) when valid.
+    pub fn on_traceparent(&mut self, rec: &GrpcTraceparent) {
+        let kept = (rec.len as usize).min(rec.value.len());
+        let Some(parent) = traceparent::parse(&rec.value[..kept], rec.len as usize) else {
+            return;
+        };
+        let key = (rec.header.target, rec.transport, rec.stream_id);
+        if self.pending.insert(key, parent).is_none() {
+            self.pending_order.push_back(key);
+        }
+        while self.pending.len() > MAX_PENDING
+            && let Some(oldest) = self.pending_order.pop_front()
+        {
+            self.pending.remove(&oldest);
+        }
+        if self.pending_order.len() > 2 * MAX_PENDING {
+            let pending = &self.pending;
+            self.pending_order.retain(|k| pending.contains_key(k));
+        }
+    }
+
+    pub fn stats(&self) -> GrpcStats {
+        GrpcStats {
+            server: self.server.stats(),
+            client: self.client.stats(),
+            unparented: self.unparented,
+            traceparents: self.traceparents,
+            duplicates: self.duplicates,
+        }
+    }
+
+    pub fn on_server_start(
+        &mut self,
+        g: &mut Goroutines,
+        rec: &GrpcServerStart,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
+        let key = (rec.header.target, rec.header.goid);
+        if self
+            .server
+            .get(&key)
+            .is_some_and(|open| open.stream == rec.stream)
+        {
+            self.duplicates += 1;
+            return;
+        }
+        let parent = self
+            .pending
+            .remove(&(rec.header.target, rec.transport, rec.stream_id));
+        if parent.is_some() {
+            self.traceparents += 1;
+        }
+        let (trace_id, flags) = match parent {
+            Some(p) => (p.trace_id, p.flags),
+            None => (self.ids.trace_id(), 1),
+        };
+        let span_id = self.ids.span_id();
+        g.enter(
+            key,
+            ParentSpan {
+                trace_id,
+                span_id,
+                flags,
+            },
+        );
+        let open = OpenServer {
+            parent,
+            start_ns: rec.header.ktime_ns,
+            stream: rec.stream,
+            trace_id,
+            span_id,
+            method: text(&rec.method, rec.method_len),
+            code: None,
+        };
+        if let Some((old_key, old)) = self.server.open(key, open, rec.header.ktime_ns) {
+            let reason = if old_key == key {
+                Incomplete::Replaced
+            } else {
+                Incomplete::Evicted
+            };
+            out(self.server_span(g, old_key, old, rec.header.ktime_ns, Some(reason)));
+        }
+    }
+
+    pub fn on_server_status(&mut self, rec: &GrpcServerStatus) {
+        if let Some(open) = self
+            .server
+            .get_mut(&(rec.header.target, rec.header.goid))
+            .filter(|open| open.stream == rec.stream)
+            && rec.code >= 0
+        {
+            open.code = Some(rec.code);
+        }
+    }
+
+    pub fn on_server_end(
+        &mut self,
+        g: &mut Goroutines,
+        rec: &GrpcServerEnd,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
+        let key = (rec.header.target, rec.header.goid);
+        if let Some(open) = self.server.close(&key) {
+            out(self.server_span(g, key, open, rec.header.ktime_ns, None));
+        }
+    }
+
+    pub fn on_client_start(
+        &mut self,
+        g: &mut Goroutines,
+        rec: &GrpcClientStart,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
+        let key = (rec.header.target, rec.header.goid);
+        if self.client.get(&key).is_some() {
+            // A call cannot start while its goroutine is blocked in one:
+            // the same entry, seen again after a stack growth.
+            self.duplicates += 1;
+            return;
+        }
+        let (trace_id, parent, flags) = match g.parent(key, rec.header.ktime_ns) {
+            Some(p) => (p.trace_id, Some(p.span_id), p.flags),
+            None => {
+                self.unparented += 1;
+                (self.ids.trace_id(), None, 1)
+            }
+        };
+        let open = OpenClient {
+            start_ns: rec.header.ktime_ns,
+            trace_id,
+            span_id: self.ids.span_id(),
+            parent,
+            flags,
+            method: text(&rec.method, rec.method_len),
+            target: text(&rec.target, rec.target_len),
+        };
+        if let Some((old_key, old)) = self.client.open(key, open, rec.header.ktime_ns) {
+            let reason = if old_key == key {
+                Incomplete::Replaced
+            } else {
+                Incomplete::Evicted
+            };
+            out(self.client_span(old, rec.header.ktime_ns, None, Some(reason)));
+        }
+    }
+
+    pub fn on_client_end(
+        &mut self,
+        rec: &GrpcClientEnd,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
+        let key = (rec.header.target, rec.header.goid);
+        if let Some(open) = self.client.close(&key) {
+            out(self.client_span(open, rec.header.ktime_ns, Some(rec.code), None));
+        }
+    }
+
+    pub fn expire(
+        &mut self,
+        g: &mut Goroutines,
+        now_ns: u64,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
+        for (key, open) in self.server.expire(now_ns) {
+            out(self.server_span(g, key, open, now_ns, Some(Incomplete::Expired)));
+        }
+        for (_, open) in self.client.expire(now_ns) {
+            out(self.client_span(open, now_ns, None, Some(Incomplete::Expired)));
+        }
+    }
+
+    pub fn finish(
+        &mut self,
+        g: &mut Goroutines,
+        now_ns: u64,
+        out: &mut (impl FnMut(EncodedSpan) + ?Sized),
+    ) {
+        for (key, open) in self.server.drain() {
+            out(self.server_span(g, key, open, now_ns, Some(Incomplete::Shutdown)));
+        }
+        for (_, open) in self.client.drain() {
+            out(self.client_span(open, now_ns, None, Some(Incomplete::Shutdown)));
+        }
+    }
+
+    fn server_span(
+        &mut self,
+        g: &mut Goroutines,
+        key: Key,
+        open: OpenServer,
+        end_ns: u64,
+        incomplete: Option<Incomplete>,
+    ) -> EncodedSpan {
+        g.exit(key, open.span_id);
+        let mut bytes = crate::export::span_buffer(SPAN_CAPACITY);
+        let mut w = SpanWriter::new(&mut bytes);
+        w.ids(open.trace_id, open.span_id, open.parent.map(|p| p.span_id));
+        let error = open.code.is_some_and(|c| SERVER_ERROR_CODES.contains(&c));
+        self.common(
+            &mut w,
+            SpanKind::Server,
+            &open.method,
+            open.start_ns,
+            end_ns,
+            open.code,
+            key.1,
+        );
+        if let Some(reason) = incomplete {
+            w.attr_str("agent.span.incomplete", reason.as_str());
+        }
+        if error {
+            w.status_error("");
+        }
+        w.flags(match open.parent {
+            Some(p) => u32::from(p.flags) | FLAGS_REMOTE,
+            None => FLAGS_LOCAL,
+        });
+        EncodedSpan {
+            scope: self.scope.clone(),
+            bytes,
+        }
+    }
+
+    fn client_span(
+        &mut self,
+        open: OpenClient,
+        end_ns: u64,
+        code: Option<i32>,
+        incomplete: Option<Incomplete>,
+    ) -> EncodedSpan {
+        let mut bytes = crate::export::span_buffer(SPAN_CAPACITY);
+        let mut w = SpanWriter::new(&mut bytes);
+        w.ids(open.trace_id, open.span_id, open.parent);
+        // A non-nil error of another type is Unknown (as status.Code says).
+        let code = match code {
+            Some(CODE_NOT_STATUS) => Some(2),
+            Some(c) if c >= 0 => Some(c),
+            _ => None,
+        };
+        self.common(
+            &mut w,
+            SpanKind::Client,
+            &open.method,
+            open.start_ns,
+            end_ns,
+            code,
+            0,
+        );
+        if let Some((host, port)) = target_host_port(&open.target) {
+            w.attr_str("server.address", &host);
+            if let Some(port) = port {
+                w.attr_int("server.port", port);
+            }
+        }
+        if let Some(reason) = incomplete {
+            w.attr_str("agent.span.incomplete", reason.as_str());
+        }
+        if code.is_some_and(|c| c != 0) {
+            w.status_error("");
+        }
+        w.flags(u32::from(open.flags) | 0x100);
+        EncodedSpan {
+            scope: self.scope.clone(),
+            bytes,
+        }
+    }
+
+    /// Name, kind, times and the RPC attributes both kinds share.
+    #[allow(clippy::too_many_arguments)]
+    fn common(
+        &self,
+        w: &mut SpanWriter<'_>,
+        kind: SpanKind,
+        method: &str,
+        start_ns: u64,
+        end_ns: u64,
+        code: Option<i32>,
+        goid: u64,
+    ) {
+        let (service, name) = split_method(method);
+        let trimmed = method.strip_prefix('/').unwrap_or(method);
+        w.name(&[if trimmed.is_empty() { "grpc" } else { trimmed }]);
+        w.kind(&kind).times(
+            self.clock.to_unix_ns(start_ns),
+            self.clock.to_unix_ns(end_ns.max(start_ns)),
+        );
+        w.attr_str("rpc.system", "grpc");
+        if !service.is_empty() {
+            w.attr_str("rpc.service", service);
+        }
+        if !name.is_empty() {
+            w.attr_str("rpc.method", name);
+        }
+        if let Some(code) = code {
+            w.attr_int("rpc.grpc.status_code", i64::from(code));
+        }
+        if goid != 0 {
+            w.attr_int("goroutine.id", goid as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_split_into_service_and_method() {
+        assert_eq!(
+            split_method("/grpc.health.v1.Health/Check"),
+            ("grpc.health.v1.Health", "Check")
+        );
+        assert_eq!(split_method("Check"), ("", "Check"));
+    }
+
+    #[test]
+    fn dial_targets_give_host_and_port() {
+        let hp = |t| target_host_port(t).map(|(h, p)| (h.into_owned(), p));
+        assert_eq!(
+            hp("127.0.0.1:50051"),
+            Some(("127.0.0.1".into(), Some(50051)))
+        );
+        assert_eq!(
+            hp("dns:///example.com:443"),
+            Some(("example.com".into(), Some(443)))
+        );
+        assert_eq!(
+            hp("dns://8.8.8.8/example.com:443"),
+            Some(("example.com".into(), Some(443)))
+        );
+        assert_eq!(
+            hp("passthrough:///[::1]:80"),
+            Some(("::1".into(), Some(80)))
+        );
+        assert_eq!(hp("example.com"), Some(("example.com".into(), None)));
+        assert_eq!(hp("unix:///tmp/s.sock"), Some(("/tmp/s.sock".into(), None)));
+        assert_eq!(hp("unix:/tmp/s.sock"), Some(("/tmp/s.sock".into(), None)));
+        assert_eq!(hp(""), None);
+    }
+}
