@@ -27,7 +27,12 @@ pub use preflight::{PreflightError, preflight};
 pub use stats::{KernelStats, StatsReader};
 
 /// The compiled eBPF object, built by build.rs.
+#[cfg(feature = "ebpf")]
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
+/// Built without the `ebpf` feature (the fuzz targets): no object, so
+/// [`Probes::load`] fails with [`ProbeError::NoObject`].
+#[cfg(not(feature = "ebpf"))]
+static EBPF_OBJECT: &[u8] = &[];
 
 /// Every uprobe program in the object.
 pub const PROGRAMS: [&str; 5] = [
@@ -55,6 +60,8 @@ pub enum ProbeError {
     },
     #[error("eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("this agent was built without its eBPF programs (cargo feature `ebpf` off)")]
+    NoObject,
     #[error("eBPF map {map} is unusable")]
     Map {
         map: &'static str,
@@ -132,6 +139,9 @@ impl Probes {
     /// Loads the object and every program into the kernel (verifying them all
     /// before anything is attached).
     pub fn load(options: LoadOptions) -> Result<Self, ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
         raise_memlock_limit();
         let size = options.ring_buffer_bytes.max(4096).next_power_of_two();
         let mut ebpf = EbpfLoader::new()
