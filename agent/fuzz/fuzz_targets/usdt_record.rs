@@ -6,13 +6,7 @@
 //! same event.
 #![no_main]
 
-#[path = "../../src/usdt/mod.rs"]
-#[allow(
-    dead_code,
-    unused_imports,
-    reason = "only the decoding entry point is fuzzed"
-)]
-mod usdt;
+use agent::usdt;
 
 use std::mem::offset_of;
 
@@ -57,7 +51,11 @@ fn encode(event: &UsdtEvent) -> Vec<u8> {
             strings.extend_from_slice(s);
         }
     }
-    put16(&mut out, offset_of!(UsdtRecord, str_used), strings.len() as u16);
+    put16(
+        &mut out,
+        offset_of!(UsdtRecord, str_used),
+        strings.len() as u16,
+    );
     put16(&mut out, offset_of!(UsdtRecord, failed), failed);
     put16(&mut out, offset_of!(UsdtRecord, truncated), truncated);
     put16(&mut out, offset_of!(UsdtRecord, str_mask), mask);
