@@ -158,6 +158,17 @@ impl PclnTab {
         self.nfunc
     }
 
+    /// Whether the table lists no function.
+    pub fn is_empty(&self) -> bool {
+        self.nfunc == 0
+    }
+
+    /// The text start entry offsets are based on (0 for Go 1.16 tables,
+    /// whose entries are addresses): for the fuzz target's range checks.
+    pub fn text_start(&self) -> u64 {
+        self.text_start
+    }
+
     fn field_size(&self) -> usize {
         match self.version {
             PclnVersion::Go116 => usize::from(self.ptr_size),
