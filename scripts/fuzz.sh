@@ -5,8 +5,11 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]   (default: 30 s, every target)
 #
 # Targets: `cargo fuzz list` in agent/fuzz (gotrace_decode, usdt_notes,
-# usdt_args, usdt_record, usdt_mapping). Needs the nightly toolchain;
-# installs cargo-fuzz from crates.io if missing.
+# usdt_args, usdt_record, usdt_mapping, buildinfo, pclntab, dwarf,
+# http_record, flight_record, traceparent, tracestate). They link the agent
+# library built without its eBPF object (feature `ebpf` off), so no
+# bpf-linker is needed. Needs the nightly toolchain; installs cargo-fuzz
+# from crates.io if missing.
 # New inputs go to a temporary directory: the stored corpus is only read.
 # libFuzzer's -rss_limit_mb/-malloc_limit_mb turn unbounded allocation into a
 # failure, -timeout turns a hang into one; the targets are built with debug
@@ -43,10 +46,13 @@ failed=()
 summary=()
 for target in "${targets[@]}"; do
     # The largest input worth mutating: whole trace files for the trace
-    # decoder, note sections or small ELF images, records, TOML, spec strings.
+    # decoder, DWARF sections (a Go program's first units), note sections or
+    # small ELF images, function tables, record sequences, TOML, spec
+    # strings, header values (the probes keep at most 56 and 512 bytes).
     case "$target" in
-        gotrace_decode) max_len=262144 ;;
-        usdt_notes) max_len=65536 ;;
+        gotrace_decode | dwarf) max_len=262144 ;;
+        usdt_notes | pclntab) max_len=65536 ;;
+        traceparent | tracestate) max_len=1024 ;;
         *) max_len=16384 ;;
     esac
     mkdir -p "$work/$target" "corpus/$target"

@@ -4,11 +4,7 @@
 //! file whose event batches are read when needed) must agree.
 #![no_main]
 
-// The decoder module is compiled on its own (it depends on nothing else in
-// the agent), so the fuzz build does not run the agent's eBPF build script.
-#[path = "../../src/gotrace/mod.rs"]
-#[allow(dead_code, reason = "only the decoding entry points are fuzzed")]
-mod gotrace;
+use agent::gotrace;
 
 use std::io::Write;
 use std::sync::OnceLock;

@@ -4,16 +4,7 @@
 //! every parsed spec encodes for the kernel side into a valid slot.
 #![no_main]
 
-// The USDT module is compiled on its own, like the trace decoder in
-// gotrace_decode.rs, so the fuzz build does not run the agent's eBPF build
-// script.
-#[path = "../../src/usdt/mod.rs"]
-#[allow(
-    dead_code,
-    unused_imports,
-    reason = "only the parsing entry points are fuzzed"
-)]
-mod usdt;
+use agent::usdt;
 
 use agent_common::usdt::{ARG_CONST, ARG_REG, ARG_REG_DEREF, ARG_SIB, PT_REGS_SLOTS, REG_IP};
 use libfuzzer_sys::fuzz_target;

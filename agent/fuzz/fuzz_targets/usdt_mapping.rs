@@ -7,13 +7,7 @@
 //! to read within the probe's arguments.
 #![no_main]
 
-#[path = "../../src/usdt/mod.rs"]
-#[allow(
-    dead_code,
-    unused_imports,
-    reason = "only the mapping parser is fuzzed"
-)]
-mod usdt;
+use agent::usdt;
 
 use agent_common::usdt::{USDT_MAX_ARGS, USDT_STR_CAP_MAX};
 use libfuzzer_sys::fuzz_target;

@@ -17,13 +17,7 @@
 //! binaries, written by `agent/fuzz/make-seeds.py`.
 #![no_main]
 
-#[path = "../../src/usdt/mod.rs"]
-#[allow(
-    dead_code,
-    unused_imports,
-    reason = "only the discovery entry point is fuzzed"
-)]
-mod usdt;
+use agent::usdt;
 
 use libfuzzer_sys::fuzz_target;
 use usdt::{

@@ -6,20 +6,11 @@
 //! same event.
 #![no_main]
 
-#[path = "../../src/usdt/mod.rs"]
-#[allow(
-    dead_code,
-    unused_imports,
-    reason = "only the decoding entry point is fuzzed"
-)]
-mod usdt;
+use agent::usdt;
 
 use std::mem::offset_of;
 
-use agent_common::{
-    event::KIND_USDT,
-    usdt::{USDT_MAX_ARGS, USDT_RECORD_HEAD, UsdtRecord},
-};
+use agent_common::usdt::{KIND_USDT, USDT_MAX_ARGS, USDT_RECORD_HEAD, UsdtRecord};
 use libfuzzer_sys::fuzz_target;
 use usdt::{UsdtDecodeError, UsdtEvent, decode_usdt_record};
 
@@ -57,7 +48,11 @@ fn encode(event: &UsdtEvent) -> Vec<u8> {
             strings.extend_from_slice(s);
         }
     }
-    put16(&mut out, offset_of!(UsdtRecord, str_used), strings.len() as u16);
+    put16(
+        &mut out,
+        offset_of!(UsdtRecord, str_used),
+        strings.len() as u16,
+    );
     put16(&mut out, offset_of!(UsdtRecord, failed), failed);
     put16(&mut out, offset_of!(UsdtRecord, truncated), truncated);
     put16(&mut out, offset_of!(UsdtRecord, str_mask), mask);

@@ -184,6 +184,12 @@ impl DwarfIndex {
         })
     }
 
+    /// The names of the structs found, in no particular order: what
+    /// [`Self::layout`] knows (for the fuzz target, which asks for each).
+    pub fn struct_names(&self) -> impl Iterator<Item = &str> {
+        self.structs.keys().map(String::as_str)
+    }
+
     /// The layout of struct `name`, with `fields` (all members if empty).
     /// `Ok(None)` if no such struct.
     pub fn layout(&self, name: &str, fields: &[&str]) -> Result<Option<StructLayout>, DwarfError> {

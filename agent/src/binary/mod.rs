@@ -17,11 +17,14 @@
 //! The file is memory-mapped once; nothing is copied except DWARF (which
 //! must be decompressed), and that only on the first offset query.
 
-mod buildinfo;
-mod dwarf;
+/// The `.go.buildinfo` reader (public for the fuzz targets, agent/fuzz).
+pub mod buildinfo;
+/// The DWARF struct-layout reader (public for the fuzz targets).
+pub mod dwarf;
 mod inspect;
 mod offsets;
-mod pclntab;
+/// The `.gopclntab` reader (public for the fuzz targets).
+pub mod pclntab;
 mod sites;
 
 use std::ops::Range;
@@ -532,7 +535,7 @@ impl GoBinary {
     /// A table found by scanning must describe real code: a function at
     /// the start, the middle and the end, each in an executable segment.
     fn plausible_pclntab(&self, data: &[u8], tab: &pclntab::PclnTab) -> bool {
-        if tab.len() == 0 {
+        if tab.is_empty() {
             return false;
         }
         [0, tab.len() / 2, tab.len() - 1].iter().all(|&i| {

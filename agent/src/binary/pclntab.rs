@@ -47,6 +47,8 @@ pub enum PclnError {
         "no text start: the header has none and no runtime.text symbol or .text section was found"
     )]
     NoTextStart,
+    #[error("text start {text_start:#x} leaves no room for 32-bit entry offsets")]
+    BadTextStart { text_start: u64 },
 }
 
 impl From<ReadError> for PclnError {
@@ -136,6 +138,10 @@ impl PclnTab {
             Some(t) if t != 0 => t,
             Some(_) => text_start(funcnametab).ok_or(PclnError::NoTextStart)?,
         };
+        // 1.18+ entries are 32-bit offsets from it: none may wrap around.
+        if text_start.checked_add(u64::from(u32::MAX)).is_none() {
+            return Err(PclnError::BadTextStart { text_start });
+        }
         let tab = PclnTab {
             version,
             ptr_size,
@@ -156,6 +162,17 @@ impl PclnTab {
     /// Number of functions.
     pub fn len(&self) -> usize {
         self.nfunc
+    }
+
+    /// Whether the table lists no function.
+    pub fn is_empty(&self) -> bool {
+        self.nfunc == 0
+    }
+
+    /// The text start entry offsets are based on (0 for Go 1.16 tables,
+    /// whose entries are addresses): for the fuzz target's range checks.
+    pub fn text_start(&self) -> u64 {
+        self.text_start
     }
 
     fn field_size(&self) -> usize {
@@ -180,7 +197,8 @@ impl PclnTab {
         let raw = self.functab_word(data, 2 * i)?;
         Ok(match self.version {
             PclnVersion::Go116 => raw,
-            _ => self.text_start.wrapping_add(raw),
+            // Cannot wrap: parse checked that text_start + u32::MAX fits.
+            _ => self.text_start + raw,
         })
     }
 
@@ -308,6 +326,23 @@ pub(crate) mod tests {
             out.extend_from_slice(&name_offs[i].to_le_bytes());
         }
         out
+    }
+
+    /// Found by the pclntab fuzz target: a text start near the top of the
+    /// address space made entries wrap around to below it.
+    #[test]
+    fn a_text_start_entries_would_wrap_past_is_refused() {
+        let data = synth(PclnVersion::Go120, u64::MAX, &[("main.main", 0x48, 0x10)]);
+        assert!(matches!(
+            PclnTab::parse(&data, |_| None),
+            Err(PclnError::BadTextStart {
+                text_start: u64::MAX
+            })
+        ));
+        let top = u64::MAX - u64::from(u32::MAX);
+        let data = synth(PclnVersion::Go120, top, &[("main.main", 0x48, 0x10)]);
+        let tab = PclnTab::parse(&data, |_| None).expect("room for every offset");
+        assert_eq!(tab.func(&data, 0).unwrap().entry, top + 0x48);
     }
 
     const FUNCS: &[(&str, u64, u64)] = &[

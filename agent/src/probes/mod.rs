@@ -26,7 +26,12 @@ pub use preflight::{PreflightError, preflight};
 pub use stats::{KernelStats, StatsReader};
 
 /// The compiled eBPF object, built by build.rs.
+#[cfg(feature = "ebpf")]
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
+/// Built without the `ebpf` feature (the fuzz targets): no object, so
+/// [`Probes::load`] fails with [`ProbeError::NoObject`].
+#[cfg(not(feature = "ebpf"))]
+static EBPF_OBJECT: &[u8] = &[];
 
 /// The shared ring buffer every family's records go to.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -50,6 +55,8 @@ pub enum ProbeError {
     },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("this agent was built without its eBPF programs (cargo feature `ebpf` off)")]
+    NoObject,
     #[error("eBPF map {map} is unusable")]
     Map {
         map: &'static str,
@@ -159,6 +166,9 @@ impl Probes {
     /// is attached: a program the kernel rejects fails here, not halfway
     /// through attaching.
     pub fn load(options: LoadOptions) -> Result<Self, ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
         raise_memlock_limit();
         let size = options.ring_buffer_bytes.max(4096).next_power_of_two();
         let mut ebpf = EbpfLoader::new()
