@@ -3,11 +3,11 @@
 //! Each family declares the `KIND_*` values of its own records in its own
 //! module; [`KINDS`] lists them all so that none is handed out twice.
 
-use crate::{flight, http, usdt};
+use crate::{flight, http, http_client, usdt};
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 8] = [
+pub const KINDS: [u32; 10] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -16,6 +16,8 @@ pub const KINDS: [u32; 8] = [
     flight::KIND_FLIGHT_START,
     flight::KIND_FLIGHT_CHUNK,
     flight::KIND_FLIGHT_END,
+    http_client::KIND_HTTP_CLIENT_START,
+    http_client::KIND_HTTP_CLIENT_END,
 ];
 
 /// Kinds are small: the agent dispatches on them through a table this long.

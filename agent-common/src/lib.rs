@@ -14,6 +14,7 @@
 pub mod event;
 pub mod flight;
 pub mod http;
+pub mod http_client;
 pub mod stats;
 pub mod target;
 pub mod usdt;
@@ -48,4 +49,8 @@ impl_pod!(
     flight::FlightConfig,
     flight::FlightKey,
     flight::FlightState,
+    http_client::HttpClientStart,
+    http_client::HttpClientEnd,
+    http_client::HttpClientConfig,
+    http_client::HttpClientOffsets,
 );

@@ -14,6 +14,7 @@
 
 mod flight;
 mod go;
+mod http_client;
 mod http_server;
 mod maps;
 mod record;

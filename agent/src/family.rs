@@ -25,7 +25,7 @@ use crate::{
     binary::{BuiltinProbe, GoBinary},
     clock::WallClock,
     export::{EncodedSpan, SpanSender},
-    flight, http_server,
+    flight, http_client, http_server,
     probes::{KernelStats, LoadOptions, Probes},
     spans::Goroutines,
     target::Target,
@@ -34,7 +34,12 @@ use crate::{
 
 /// Every family, in the order they are planned, attached and reported.
 /// Adding a library to trace is one line here.
-pub const FAMILIES: &[FamilyEntry] = &[http_server::FAMILY, usdt::FAMILY, flight::FAMILY];
+pub const FAMILIES: &[FamilyEntry] = &[
+    http_server::FAMILY,
+    usdt::FAMILY,
+    flight::FAMILY,
+    http_client::FAMILY,
+];
 
 /// How the session finds a family.
 #[derive(Clone, Copy)]
@@ -85,6 +90,8 @@ pub struct FamilyOptions {
     pub max_open_spans: usize,
     /// How long a span may stay open before it is exported as expired.
     pub span_ttl: Duration,
+    /// What URL attributes keep of query values.
+    pub url_query: crate::spans::url::QueryPolicy,
 }
 
 /// A family's answer to planning.
