@@ -45,7 +45,13 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
             for missing in &plan.missing {
                 log::debug!("net/http client: optional field unavailable: {missing}");
             }
-            let bias = load_bias(ctx.target.pid, &ctx.target.exe_in_target).unwrap_or(0);
+            // Go PIE binaries link at 0: their bias is where the
+            // executable's first mapping starts.
+            let bias = if bin.is_pie() {
+                load_bias(ctx.target.pid, &ctx.target.exe_in_target).unwrap_or(0)
+            } else {
+                0
+            };
             Plan::Ready(Box::new(HttpClient {
                 plan,
                 builder: HttpClientSpanBuilder::new(
@@ -122,7 +128,10 @@ impl Family for HttpClient {
 
     fn stop(&mut self, probes: &mut Probes) {
         if let Err(err) = probes.detach(&std::mem::take(&mut self.links)) {
-            log::warn!("detaching the net/http client probes: {}", error_chain(&err));
+            log::warn!(
+                "detaching the net/http client probes: {}",
+                error_chain(&err)
+            );
         }
     }
 

@@ -7,8 +7,8 @@ use std::{borrow::Cow, collections::HashMap, path::PathBuf};
 
 use agent_common::http_client::{
     CLIENT_END_ERR_TYPE, CLIENT_END_PROTO, CLIENT_END_STATUS, CLIENT_FIELD_HOST,
-    CLIENT_FIELD_METHOD, CLIENT_FIELD_PATH, CLIENT_FIELD_QUERY, CLIENT_FIELD_SCHEME,
-    HttpClientEnd, HttpClientStart,
+    CLIENT_FIELD_METHOD, CLIENT_FIELD_PATH, CLIENT_FIELD_QUERY, CLIENT_FIELD_SCHEME, HttpClientEnd,
+    HttpClientStart,
 };
 use opentelemetry::{
     InstrumentationScope,
@@ -51,17 +51,114 @@ struct OpenCall {
     encoded: Vec<u8>,
 }
 
-/// Names of error types by the run-time address of their type descriptor,
-/// from the executable's symbols (`type:*net.OpError`), read the first time
-/// an error needs one. A stripped binary has none: its errors say `_OTHER`.
+/// Names of error types, from the executable: a static itab's symbol
+/// (`go:itab.*net.OpError,error`), else the name in the type descriptor
+/// the itab points to (found through the `type:*` symbol, as
+/// `runtime.(*_type).string` does). Read the first time an error needs one.
+/// A stripped binary has neither: its errors say `_OTHER`.
 #[derive(Debug, Default)]
 pub struct ErrorTypes {
     /// The executable, as the agent opens it.
     path: Option<PathBuf>,
     /// Load bias of the running executable (0 unless PIE).
     bias: u64,
-    /// Link-time address to type name; `None` until first needed.
-    names: Option<HashMap<u64, String>>,
+    /// What was read of the executable; `None` until first needed.
+    loaded: Option<Symbols>,
+}
+
+#[derive(Debug, Default)]
+struct Symbols {
+    /// Link-time address of an itab to `error` to its type's name.
+    itabs: HashMap<u64, String>,
+    /// Link-time address of `type:*` (`type.*` before Go 1.20).
+    types_base: Option<u64>,
+    /// PT_LOAD segments: (vaddr, file offset, file size).
+    segments: Vec<(u64, u64, u64)>,
+    file: Option<std::fs::File>,
+}
+
+/// `abi.Type.TFlag` and `abi.Type.Str` (a NameOff): the same on every
+/// release since Go 1.17.
+const TYPE_TFLAG: u64 = 20;
+const TYPE_STR: u64 = 40;
+/// `abi.TFlagExtraStar`: the name has a `*` to drop.
+const TFLAG_EXTRA_STAR: u8 = 1 << 1;
+
+impl Symbols {
+    fn load(path: &std::path::Path) -> Result<Self, String> {
+        use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+        let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = object::File::parse(&*data).map_err(|e| e.to_string())?;
+        let mut out = Symbols {
+            file: std::fs::File::open(path).ok(),
+            ..Symbols::default()
+        };
+        for seg in file.segments() {
+            let (offset, size) = seg.file_range();
+            out.segments.push((seg.address(), offset, size));
+        }
+        for sym in file.symbols() {
+            let Ok(name) = sym.name() else { continue };
+            if let Some(ty) = name
+                .strip_prefix("go:itab.")
+                .or_else(|| name.strip_prefix("go.itab."))
+                .and_then(|rest| rest.strip_suffix(",error"))
+            {
+                out.itabs.insert(sym.address(), ty.to_owned());
+            } else if name == "type:*" || name == "type.*" {
+                out.types_base = Some(sym.address());
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(&self, vaddr: u64, buf: &mut [u8]) -> Option<()> {
+        use std::os::unix::fs::FileExt as _;
+        let &(seg_vaddr, offset, size) = self
+            .segments
+            .iter()
+            .find(|(v, _, size)| vaddr >= *v && vaddr - v < *size)?;
+        if vaddr - seg_vaddr + buf.len() as u64 > size {
+            return None;
+        }
+        self.file
+            .as_ref()?
+            .read_exact_at(buf, offset + (vaddr - seg_vaddr))
+            .ok()
+    }
+
+    /// The name in the type descriptor at link-time address `addr`.
+    fn type_name(&self, addr: u64) -> Option<String> {
+        let base = self.types_base?;
+        let mut tflag = [0u8; 1];
+        self.read(addr + TYPE_TFLAG, &mut tflag)?;
+        let mut off = [0u8; 4];
+        self.read(addr + TYPE_STR, &mut off)?;
+        let name_at = base.checked_add_signed(i64::from(i32::from_le_bytes(off)))?;
+        // A flags byte, a uvarint length, the bytes.
+        let mut head = [0u8; 4];
+        self.read(name_at, &mut head)?;
+        let (mut len, mut shift, mut i) = (0usize, 0, 1);
+        loop {
+            let b = *head.get(i)?;
+            len |= usize::from(b & 0x7f) << shift;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        if len == 0 || len > 1024 {
+            return None;
+        }
+        let mut name = vec![0u8; len];
+        self.read(name_at + i as u64, &mut name)?;
+        let mut name = String::from_utf8(name).ok()?;
+        if tflag[0] & TFLAG_EXTRA_STAR != 0 && name.starts_with('*') {
+            name.remove(0);
+        }
+        Some(name)
+    }
 }
 
 impl ErrorTypes {
@@ -71,59 +168,43 @@ impl ErrorTypes {
         Self {
             path: Some(path),
             bias,
-            names: None,
+            loaded: None,
         }
     }
 
-    /// A fixed table (for tests).
-    pub fn from_names(names: HashMap<u64, String>) -> Self {
+    /// Names by itab address only (for tests).
+    pub fn from_itabs(itabs: HashMap<u64, String>) -> Self {
         Self {
             path: None,
             bias: 0,
-            names: Some(names),
+            loaded: Some(Symbols {
+                itabs,
+                ..Symbols::default()
+            }),
         }
     }
 
-    /// The name of the type at run-time address `type_addr`.
-    pub fn name(&mut self, type_addr: u64) -> Option<&str> {
-        let names = self.names.get_or_insert_with(|| {
-            self.path
-                .as_deref()
-                .map(|path| match type_symbols(path) {
-                    Ok(names) => names,
-                    Err(err) => {
-                        log::debug!("net/http client: no error type names: {err}");
-                        HashMap::new()
-                    }
+    /// The dynamic type's name of an error with run-time itab address
+    /// `itab` and type descriptor address `type_addr` (0: unknown).
+    pub fn name(&mut self, itab: u64, type_addr: u64) -> Option<String> {
+        let path = self.path.as_deref();
+        let symbols = self.loaded.get_or_insert_with(|| {
+            path.map(|path| {
+                Symbols::load(path).unwrap_or_else(|err| {
+                    log::debug!("net/http client: no error type names: {err}");
+                    Symbols::default()
                 })
-                .unwrap_or_default()
+            })
+            .unwrap_or_default()
         });
-        names
-            .get(&type_addr.checked_sub(self.bias)?)
-            .map(String::as_str)
-    }
-}
-
-/// `type:<name>` (Go 1.20+) and `type.<name>` symbols: address to name.
-fn type_symbols(path: &std::path::Path) -> Result<HashMap<u64, String>, String> {
-    use object::{Object as _, ObjectSymbol as _};
-    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = object::File::parse(&*data).map_err(|e| e.to_string())?;
-    let mut names = HashMap::new();
-    for sym in file.symbols() {
-        let Ok(name) = sym.name() else { continue };
-        let Some(ty) = name
-            .strip_prefix("type:")
-            .or_else(|| name.strip_prefix("type."))
-        else {
-            continue;
-        };
-        if ty.is_empty() || ty == "*" || ty.starts_with('.') {
-            continue;
+        if let Some(name) = itab
+            .checked_sub(self.bias)
+            .and_then(|at| symbols.itabs.get(&at))
+        {
+            return Some(name.clone());
         }
-        names.entry(sym.address()).or_insert_with(|| ty.to_owned());
+        symbols.type_name(type_addr.checked_sub(self.bias).filter(|&a| a != 0)?)
     }
-    Ok(names)
 }
 
 /// Builds HTTP client spans.
@@ -336,12 +417,19 @@ impl HttpClientSpanBuilder {
             }
             if end.err_itab != 0 {
                 // Failed without a response: the error's type names it.
-                let name = if has(CLIENT_END_ERR_TYPE) {
-                    self.types.name(end.err_type)
+                let type_addr = if has(CLIENT_END_ERR_TYPE) {
+                    end.err_type
                 } else {
-                    None
+                    0
                 };
-                w.attr_str("error.type", name.unwrap_or("_OTHER"));
+                let name = self.types.name(end.err_itab, type_addr);
+                if name.is_none() {
+                    log::debug!(
+                        "net/http client: no name for the error type (itab {:#x}, type {type_addr:#x})",
+                        end.err_itab
+                    );
+                }
+                w.attr_str("error.type", name.as_deref().unwrap_or("_OTHER"));
                 error = true;
             } else if has(CLIENT_END_STATUS) {
                 w.attr_int("http.response.status_code", end.status);
@@ -382,7 +470,13 @@ fn encode_start(rec: &HttpClientStart, query_policy: QueryPolicy) -> Vec<u8> {
     let method_bytes = &rec.method[..(rec.method_len as usize).min(rec.method.len())];
     let method = has(CLIENT_FIELD_METHOD).then_some(method_bytes);
     // net/http sends an empty method as GET.
-    let known = method.and_then(|m| if m.is_empty() { Some("GET") } else { known_method(m) });
+    let known = method.and_then(|m| {
+        if m.is_empty() {
+            Some("GET")
+        } else {
+            known_method(m)
+        }
+    });
     w.name(&[known.unwrap_or("HTTP")]);
     match (known, method) {
         (Some(known), _) => {
@@ -497,7 +591,7 @@ mod tests {
             header: header(KIND_HTTP_CLIENT_END, goid, t),
             response: if err_type.is_some() { 0 } else { 0x200 },
             status,
-            err_itab: err_type.map_or(0, |_| 0x300),
+            err_itab: err_type.map_or(0, |t| t - 0x3d00),
             err_type: err_type.unwrap_or(0),
             proto_major: if err_type.is_some() { 0 } else { 2 },
             proto_minor: 0,
@@ -524,17 +618,21 @@ mod tests {
     }
 
     fn builder() -> HttpClientSpanBuilder {
-        let names = HashMap::from([(0x4000, "*net.OpError".to_owned())]);
+        let names = HashMap::from([(0x300, "*net.OpError".to_owned())]);
         HttpClientSpanBuilder::new(
             WallClock::with_offset_ns(0),
             16,
             1_000_000_000,
             QueryPolicy::Redact,
-            ErrorTypes::from_names(names),
+            ErrorTypes::from_itabs(names),
         )
     }
 
-    fn run(b: &mut HttpClientSpanBuilder, g: &mut Goroutines, recs: &[(HttpClientStart, HttpClientEnd)]) -> Vec<ProtoSpan> {
+    fn run(
+        b: &mut HttpClientSpanBuilder,
+        g: &mut Goroutines,
+        recs: &[(HttpClientStart, HttpClientEnd)],
+    ) -> Vec<ProtoSpan> {
         let mut spans = Vec::new();
         for (s, e) in recs {
             b.on_start(g, s, &mut |x| spans.push(x));
@@ -560,7 +658,12 @@ mod tests {
             &mut b,
             &mut g,
             &[(
-                start(7, 100, "GET", ("https", "example.com", "/a b", "token=x&y=2")),
+                start(
+                    7,
+                    100,
+                    "GET",
+                    ("https", "example.com", "/a b", "token=x&y=2"),
+                ),
                 end(7, 300, 200, None),
             )],
         );
@@ -609,12 +712,18 @@ mod tests {
         );
         assert_eq!(spans.len(), 3);
         assert_eq!(spans[0].name, "POST");
-        assert_eq!(attr(&spans[0], "error.type").as_deref(), Some("*net.OpError"));
+        assert_eq!(
+            attr(&spans[0], "error.type").as_deref(),
+            Some("*net.OpError")
+        );
         assert_eq!(attr(&spans[0], "http.response.status_code"), None);
         assert_eq!(spans[0].status.as_ref().map(|s| s.code), Some(2));
         assert!(spans[0].parent_span_id.is_empty());
         assert_eq!(spans[1].name, "HTTP");
-        assert_eq!(attr(&spans[1], "http.request.method").as_deref(), Some("_OTHER"));
+        assert_eq!(
+            attr(&spans[1], "http.request.method").as_deref(),
+            Some("_OTHER")
+        );
         assert_eq!(
             attr(&spans[1], "http.request.method_original").as_deref(),
             Some("PURGE")
@@ -641,7 +750,10 @@ mod tests {
         b.expire(&mut g, 2_000_000_000, &mut |x| spans.push(x));
         assert_eq!(spans.len(), 1);
         let span = ProtoSpan::decode(spans[0].bytes.as_slice()).expect("span");
-        assert_eq!(attr(&span, "agent.span.incomplete").as_deref(), Some("expired"));
+        assert_eq!(
+            attr(&span, "agent.span.incomplete").as_deref(),
+            Some("expired")
+        );
         assert_eq!(g.parent((0, 4), 0), None, "the call left its goroutine");
     }
 }
