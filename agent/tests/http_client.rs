@@ -5,70 +5,15 @@
 
 mod support;
 
-use std::{
-    io::{BufRead as _, BufReader},
-    net::SocketAddr,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use support::{
     agent::{Agent, attach_grpc, command},
-    fixture::{self, Running},
+    fixture::{ClientAddrs as Addrs, start_httpclient},
     http_client::Connection,
     otlp::{FlatSpan, Receiver},
 };
-
-/// The fixture's addresses.
-struct Addrs {
-    front: SocketAddr,
-    back: SocketAddr,
-    tls_back: SocketAddr,
-    refused: SocketAddr,
-}
-
-fn start_fixture() -> (Running, Addrs) {
-    let binary = fixture::build("httpclient", &[]);
-    let mut child = Command::new(&binary)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start fixture");
-    let stdout = child.stdout.take().expect("stdout");
-    let running = Running { child };
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut back, mut tls_back, mut refused) = (None, None, None);
-    let front = loop {
-        assert!(Instant::now() < deadline, "fixture did not start");
-        let line = lines
-            .next()
-            .expect("fixture exited before listening")
-            .expect("read fixture stdout");
-        let addr = |prefix: &str| -> Option<SocketAddr> {
-            line.strip_prefix(prefix)
-                .map(|a| a.parse().expect("fixture address"))
-        };
-        if let Some(a) = addr("back on ") {
-            back = Some(a);
-        } else if let Some(a) = addr("tls back on ") {
-            tls_back = Some(a);
-        } else if let Some(a) = addr("refused on ") {
-            refused = Some(a);
-        } else if let Some(a) = addr("listening on ") {
-            break a;
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let addrs = Addrs {
-        front,
-        back: back.expect("back address"),
-        tls_back: tls_back.expect("tls back address"),
-        refused: refused.expect("refused address"),
-    };
-    (running, addrs)
-}
 
 /// What one client span must say.
 struct Expected {
@@ -129,7 +74,7 @@ fn expected(a: &Addrs) -> Vec<Expected> {
 /// Every span the agent exported for one `/call`: the front request's
 /// SERVER span, six CLIENT spans, the back servers' five SERVER spans.
 fn call_and_collect(agent_args: &[&str]) -> (Addrs, Vec<FlatSpan>, Agent) {
-    let (mut fixture, addrs) = start_fixture();
+    let (mut fixture, addrs) = start_httpclient(&support::fixture::build("httpclient", &[]));
     let receiver = Receiver::grpc();
     let mut agent = if agent_args.is_empty() {
         attach_grpc(fixture.pid(), &receiver)

@@ -45,12 +45,10 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
             for missing in &plan.missing {
                 log::debug!("net/http client: optional field unavailable: {missing}");
             }
-            // Go PIE binaries link at 0: their bias is where the
-            // executable's first mapping starts.
-            let bias = if bin.is_pie() {
-                load_bias(ctx.target.pid, &ctx.target.exe_in_target).unwrap_or(0)
+            let mapped_at = if bin.is_pie() {
+                load_bias(ctx.target.pid, &ctx.target.exe_in_target)
             } else {
-                0
+                None
             };
             Plan::Ready(Box::new(HttpClient {
                 plan,
@@ -59,7 +57,7 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                     ctx.options.max_open_spans,
                     u64::try_from(ctx.options.span_ttl.as_nanos()).unwrap_or(u64::MAX),
                     ctx.options.url_query,
-                    ErrorTypes::new(ctx.target.exe_path.clone(), bias),
+                    ErrorTypes::new(ctx.target.exe_path.clone(), mapped_at),
                 ),
                 links: Vec::new(),
             }))

@@ -60,7 +60,10 @@ struct OpenCall {
 pub struct ErrorTypes {
     /// The executable, as the agent opens it.
     path: Option<PathBuf>,
-    /// Load bias of the running executable (0 unless PIE).
+    /// Where a PIE's mapping at file offset 0 starts in the process.
+    mapped_at: Option<u64>,
+    /// Load bias of the running executable (0 unless PIE), known once the
+    /// executable's segments are read.
     bias: u64,
     /// What was read of the executable; `None` until first needed.
     loaded: Option<Symbols>,
@@ -76,6 +79,9 @@ struct Symbols {
     segments: Vec<(u64, u64, u64)>,
     file: Option<std::fs::File>,
 }
+
+/// Smallest page size: segments are mapped at page boundaries.
+const PAGE: u64 = 4096;
 
 /// `abi.Type.TFlag` and `abi.Type.Str` (a NameOff): the same on every
 /// release since Go 1.17.
@@ -162,12 +168,14 @@ impl Symbols {
 }
 
 impl ErrorTypes {
-    /// Reads names from `path` when needed; `bias` is the executable's load
-    /// bias.
-    pub fn new(path: PathBuf, bias: u64) -> Self {
+    /// Reads names from `path` when needed; `mapped_at` is where a
+    /// position-independent executable's first page is mapped (`None`: not
+    /// PIE, addresses are link-time addresses).
+    pub fn new(path: PathBuf, mapped_at: Option<u64>) -> Self {
         Self {
             path: Some(path),
-            bias,
+            mapped_at,
+            bias: 0,
             loaded: None,
         }
     }
@@ -176,6 +184,7 @@ impl ErrorTypes {
     pub fn from_itabs(itabs: HashMap<u64, String>) -> Self {
         Self {
             path: None,
+            mapped_at: None,
             bias: 0,
             loaded: Some(Symbols {
                 itabs,
@@ -187,16 +196,28 @@ impl ErrorTypes {
     /// The dynamic type's name of an error with run-time itab address
     /// `itab` and type descriptor address `type_addr` (0: unknown).
     pub fn name(&mut self, itab: u64, type_addr: u64) -> Option<String> {
-        let path = self.path.as_deref();
-        let symbols = self.loaded.get_or_insert_with(|| {
-            path.map(|path| {
-                Symbols::load(path).unwrap_or_else(|err| {
-                    log::debug!("net/http client: no error type names: {err}");
-                    Symbols::default()
+        if self.loaded.is_none() {
+            let symbols = self
+                .path
+                .as_deref()
+                .map(|path| {
+                    Symbols::load(path).unwrap_or_else(|err| {
+                        log::debug!("net/http client: no error type names: {err}");
+                        Symbols::default()
+                    })
                 })
-            })
-            .unwrap_or_default()
-        });
+                .unwrap_or_default();
+            // The bias of a PIE: where its first page is, less the address
+            // it was linked for (Go links PIEs at 0x400000 or at 0).
+            if let (Some(mapped_at), Some(&(vaddr, _, _))) = (
+                self.mapped_at,
+                symbols.segments.iter().find(|(_, offset, _)| *offset == 0),
+            ) {
+                self.bias = mapped_at.wrapping_sub(vaddr & !(PAGE - 1));
+            }
+            self.loaded = Some(symbols);
+        }
+        let symbols = self.loaded.as_ref()?;
         if let Some(name) = itab
             .checked_sub(self.bias)
             .and_then(|at| symbols.itabs.get(&at))
