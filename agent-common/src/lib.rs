@@ -15,6 +15,7 @@ pub mod event;
 pub mod flight;
 pub mod grpc;
 pub mod http;
+pub mod http_client;
 pub mod runtime;
 pub mod sql;
 pub mod stats;
@@ -65,4 +66,8 @@ impl_pod!(
     grpc::GrpcTraceparent,
     grpc::GrpcOffsets,
     grpc::GrpcConfig,
+    http_client::HttpClientStart,
+    http_client::HttpClientEnd,
+    http_client::HttpClientConfig,
+    http_client::HttpClientOffsets,
 );

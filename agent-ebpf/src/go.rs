@@ -11,6 +11,7 @@ use aya_ebpf::{
 #[derive(Clone, Copy)]
 pub enum Reg {
     Rax,
+    Rbx,
     Rcx,
     Rdi,
 }
@@ -23,6 +24,7 @@ pub fn reg(ctx: &ProbeContext, reg: Reg) -> u64 {
     let regs = unsafe { &*ctx.regs };
     match reg {
         Reg::Rax => regs.rax,
+        Reg::Rbx => regs.rbx,
         Reg::Rcx => regs.rcx,
         Reg::Rdi => regs.rdi,
     }

@@ -15,6 +15,7 @@
 mod flight;
 mod go;
 mod grpc;
+mod http_client;
 mod http_server;
 mod maps;
 mod record;

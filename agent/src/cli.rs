@@ -68,6 +68,12 @@ pub struct TraceArgs {
     #[arg(long, value_name = "POLICY", default_value = "cheapest", value_parser = ["cheapest", "function-start"])]
     pub entry_site: String,
 
+    /// What URL attributes (`url.full`, `url.query`) keep of query values:
+    /// `redact` (every value becomes `REDACTED`) or `keep` (values kept,
+    /// except signatures OpenTelemetry says to redact).
+    #[arg(long, value_name = "POLICY", default_value = "redact", value_parser = ["redact", "keep"])]
+    pub url_query: String,
+
     /// Save each captured flight-recorder dump to this directory (for `go tool trace`).
     #[arg(long, value_name = "DIR")]
     pub save_dumps: Option<std::path::PathBuf>,

@@ -25,7 +25,7 @@ use crate::{
     binary::{BuiltinProbe, GoBinary},
     clock::WallClock,
     export::{EncodedSpan, SpanSender},
-    flight, grpc, http_server,
+    flight, grpc, http_client, http_server,
     probes::{KernelStats, LoadOptions, Probes},
     runtime,
     spans::Goroutines,
@@ -40,6 +40,7 @@ pub const FAMILIES: &[FamilyEntry] = &[
     http_server::FAMILY,
     usdt::FAMILY,
     flight::FAMILY,
+    http_client::FAMILY,
     sql::FAMILY,
     grpc::FAMILY,
     runtime::FAMILY,
@@ -96,6 +97,8 @@ pub struct FamilyOptions {
     pub span_ttl: Duration,
     /// Keep the literals of SQL statements in `db.query.text`.
     pub sql_keep_literals: bool,
+    /// What URL attributes keep of query values.
+    pub url_query: crate::spans::url::QueryPolicy,
 }
 
 /// A family's answer to planning.

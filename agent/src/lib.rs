@@ -2,6 +2,7 @@
 //!
 //! Families, one folder per instrumented library (see [`family`]):
 //! - [`http_server`]: net/http server requests.
+//! - [`http_client`]: net/http client calls.
 //! - [`usdt`]: USDT probes of any program, mapped to spans.
 //! - [`flight`]: flight-recorder dumps, caught as they are written.
 //! - [`runtime`]: goroutine creation, for in-process parents.
@@ -32,6 +33,7 @@ pub mod family;
 pub mod flight;
 pub mod gotrace;
 pub mod grpc;
+pub mod http_client;
 pub mod http_server;
 pub mod probes;
 pub mod resource;

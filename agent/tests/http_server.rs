@@ -29,7 +29,7 @@ struct Case {
     method: &'static str,
     target: &'static str,
     path: &'static str,
-    /// `url.query`, redacted as OpenTelemetry says.
+    /// `url.query`: every value redacted (the agent's default).
     query: Option<&'static str>,
     body: &'static [u8],
     status: u16,
@@ -86,7 +86,7 @@ const SECOND_CONNECTION: [Case; 3] = [
         method: "GET",
         target: "/slow?ms=30",
         path: "/slow",
-        query: Some("ms=30"),
+        query: Some("ms=REDACTED"),
         body: b"",
         status: 200,
         route: Some("/slow"),
@@ -96,7 +96,7 @@ const SECOND_CONNECTION: [Case; 3] = [
         method: "PATCH",
         target: "/items/z%20y?x=1&Signature=abc",
         path: "/items/z y",
-        query: Some("x=1&Signature=REDACTED"),
+        query: Some("x=REDACTED&Signature=REDACTED"),
         body: b"x",
         status: 200,
         route: Some("/items/"),

@@ -16,7 +16,7 @@ use std::{
 
 use support::{
     agent::attach_grpc,
-    fixture::{fixtures_dir, start_httpserver, start_httpserver_with},
+    fixture::{fixtures_dir, start_httpclient, start_httpserver, start_httpserver_with},
     http_client::Connection,
     otlp::{Receiver, hex},
 };
@@ -38,9 +38,15 @@ enum Build {
 
 /// Builds the fixture with `toolchain` ("local", "debian-1.19" or a release).
 fn build(toolchain: &str, kind: Build) -> PathBuf {
+    build_package("httpserver", toolchain, kind)
+}
+
+/// Builds `fixtures/<name>` (or the cgo fixture) with `toolchain`.
+fn build_package(name: &str, toolchain: &str, kind: Build) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("version_matrix");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let out = dir.join(format!("httpserver-{toolchain}-{kind:?}"));
+    let out = dir.join(format!("{name}-{toolchain}-{kind:?}"));
+    let package = format!("./{name}");
     let mut cmd = match toolchain {
         "debian-1.19" => {
             assert!(
@@ -66,14 +72,14 @@ fn build(toolchain: &str, kind: Build) -> PathBuf {
     cmd.env("GOFLAGS", "-mod=mod").current_dir(fixtures_dir());
     cmd.arg("build").arg("-o").arg(&out);
     let package = match kind {
-        Build::Plain => "./httpserver",
+        Build::Plain => package.as_str(),
         Build::Stripped => {
             cmd.arg("-ldflags=-s -w");
-            "./httpserver"
+            package.as_str()
         }
         Build::Pie => {
             cmd.arg("-buildmode=pie");
-            "./httpserver"
+            package.as_str()
         }
         Build::Cgo => {
             cmd.env("CGO_ENABLED", "1");
@@ -263,11 +269,98 @@ fn trace_h2(toolchain: &str, kind: Build) {
     }
 }
 
+/// The client fixture's calls from one handler: six CLIENT spans, each a
+/// child of the handler's SERVER span. A stripped binary has no symbols to
+/// name an error's type by.
+fn trace_client(toolchain: &str, kind: Build) {
+    let binary = build_package("httpclient", toolchain, kind);
+    let (server, addrs) = start_httpclient(&binary);
+    let receiver = Receiver::grpc();
+    let mut agent = attach_grpc(server.pid(), &receiver);
+    let mut conn = Connection::open(addrs.front);
+    assert_eq!(conn.request("GET", "/call", b"").0, 200);
+    let spans = receiver.wait_for_spans(12, Duration::from_secs(20));
+    drop(server);
+    assert!(agent.wait(Duration::from_secs(10)).success());
+    let what = format!("{toolchain} {kind:?}");
+    let front = spans
+        .iter()
+        .find(|s| s.span.name == "GET /call")
+        .unwrap_or_else(|| panic!("{what}: no front span"));
+    let mut clients: Vec<_> = spans
+        .iter()
+        .filter(|s| s.scope == "agent/net/http/client")
+        .collect();
+    clients.sort_by_key(|s| s.span.start_time_unix_nano);
+    let refused_type = match kind {
+        Build::Stripped => "_OTHER",
+        _ => "*net.OpError",
+    };
+    let (back, tls, refused) = (addrs.back, addrs.tls_back, addrs.refused);
+    let want = [
+        (
+            "GET",
+            format!("http://{back}/ok"),
+            Some("200"),
+            Some("1.1"),
+            None,
+        ),
+        (
+            "GET",
+            format!("https://{tls}/ok"),
+            Some("200"),
+            Some("2"),
+            None,
+        ),
+        (
+            "GET",
+            format!("http://{refused}/refused"),
+            None,
+            None,
+            Some(refused_type),
+        ),
+        (
+            "GET",
+            format!("http://{back}/unavailable"),
+            Some("503"),
+            Some("1.1"),
+            Some("503"),
+        ),
+        (
+            "GET",
+            format!("http://{back}/ok?token=REDACTED&q=REDACTED"),
+            Some("200"),
+            Some("1.1"),
+            None,
+        ),
+        (
+            "HTTP",
+            format!("http://{back}/ok"),
+            Some("200"),
+            Some("1.1"),
+            None,
+        ),
+    ];
+    assert_eq!(clients.len(), want.len(), "{what}");
+    for (span, (name, url, status, proto, error)) in clients.iter().zip(want) {
+        let what = format!("{what} {url}");
+        assert_eq!(span.span.name, name, "{what}");
+        assert_eq!(span.span.parent_span_id, front.span.span_id, "{what}");
+        assert_eq!(span.span.trace_id, front.span.trace_id, "{what}");
+        assert_eq!(span.attr("url.full"), Some(url.as_str()), "{what}");
+        assert_eq!(span.attr("http.response.status_code"), status, "{what}");
+        assert_eq!(span.attr("network.protocol.version"), proto, "{what}");
+        assert_eq!(span.attr("error.type"), error, "{what}");
+    }
+}
+
 #[test]
 fn go_1_17() {
     trace("go1.17.13", Build::Plain);
     trace("go1.17.13", Build::Stripped);
     trace_h2("go1.17.13", Build::Stripped);
+    trace_client("go1.17.13", Build::Plain);
+    trace_client("go1.17.13", Build::Stripped);
 }
 
 #[test]
@@ -326,4 +419,7 @@ fn newest_plain_stripped_pie_and_cgo() {
     trace("local", Build::Pie);
     trace("local", Build::Cgo);
     trace_h2("local", Build::Plain);
+    trace_client("local", Build::Plain);
+    trace_client("local", Build::Stripped);
+    trace_client("local", Build::Pie);
 }

@@ -40,8 +40,8 @@ pub use buildinfo::{BuildInfo, BuildInfoError, GoVersion, Module};
 pub use dwarf::{DwarfError, Member, StructLayout};
 pub use inspect::{BuiltinProbe, FieldReport, InspectReport, ProbeReport, inspect};
 pub use offsets::{
-    Implausible, NEEDED_FIELDS, OffsetTable, TableEntry, VERSIONED_STRUCTS,
-    render as render_offset_table,
+    FIXTURE_OPTIONAL_STRUCTS, Implausible, NEEDED_FIELDS, OffsetTable, TableEntry,
+    VERSIONED_STRUCTS, render as render_offset_table,
 };
 pub use pclntab::{PclnError, PclnVersion};
 pub use sites::kernel_emulates;

@@ -28,7 +28,13 @@ pub const NEEDED_FIELDS: &[(&str, &[&str])] = &[
             "ProtoMinor",
             "Pattern",
             "TLS",
+            "URL",
         ],
+    ),
+    ("net/url.URL", &["Scheme", "Host", "Path", "RawQuery"]),
+    (
+        "net/http.Response",
+        &["StatusCode", "ProtoMajor", "ProtoMinor"],
     ),
     ("net/http.response", &["req", "status", "written"]),
     ("net/http.http2responseWriter", &["rws"]),

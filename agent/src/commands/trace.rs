@@ -9,6 +9,7 @@ use agent::{
     probes,
     resource::{self, ResourceOptions},
     session::{Session, SessionOptions},
+    spans::url::QueryPolicy,
     usdt::mapping::MappingConfig,
 };
 use anyhow::Context as _;
@@ -40,6 +41,10 @@ fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
             max_open_spans: args.max_open_spans,
             span_ttl: Duration::from_secs(args.span_ttl),
             sql_keep_literals: args.sql_literals == "keep",
+            url_query: match args.url_query.as_str() {
+                "keep" => QueryPolicy::Keep,
+                _ => QueryPolicy::Redact,
+            },
         },
         ring_buffer_bytes: args.ring_buffer_size,
         export_queue: args.export_queue,

@@ -66,7 +66,8 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                     ctx.clock,
                     ctx.options.max_open_spans,
                     u64::try_from(ctx.options.span_ttl.as_nanos()).unwrap_or(u64::MAX),
-                ),
+                )
+                .with_query_policy(ctx.options.url_query),
                 links: Vec::new(),
                 traceparents: 0,
             }))

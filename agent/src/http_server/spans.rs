@@ -25,6 +25,7 @@ use crate::{
         ids::IdGenerator,
         traceparent::{self, RemoteParent},
         tracestate,
+        url::{QueryPolicy, sanitize_query},
     },
 };
 
@@ -65,6 +66,8 @@ pub struct HttpSpanBuilder {
     /// Start records that repeated an open start (a probe hit twice when the
     /// goroutine's stack grew at function entry).
     duplicates: u64,
+    /// What `url.query` keeps of query values.
+    query_policy: QueryPolicy,
 }
 
 /// The first `len` bytes of a string area (all of it when truncated).
@@ -78,12 +81,12 @@ const KNOWN_METHODS: [&str; 9] = [
 ];
 
 /// The standard method `raw` spells, if it is one.
-fn known_method(raw: &[u8]) -> Option<&'static str> {
+pub(crate) fn known_method(raw: &[u8]) -> Option<&'static str> {
     KNOWN_METHODS.iter().copied().find(|m| m.as_bytes() == raw)
 }
 
 /// Splits `host[:port]` / `[v6]:port`.
-fn split_host_port(s: &str) -> (Cow<'_, str>, Option<i64>) {
+pub(crate) fn split_host_port(s: &str) -> (Cow<'_, str>, Option<i64>) {
     if let Some(rest) = s.strip_prefix('[')
         && let Some((host, tail)) = rest.split_once(']')
     {
@@ -158,28 +161,6 @@ fn unescape_path(raw: &[u8]) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Query keys whose values OpenTelemetry's URL conventions say to redact.
-const REDACTED_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
-
-/// The query with the values of [`REDACTED_QUERY_KEYS`] replaced by `REDACTED`.
-fn redact_query(query: &str) -> Cow<'_, str> {
-    let sensitive = |pair: &str| {
-        pair.split_once('=')
-            .is_some_and(|(key, _)| REDACTED_QUERY_KEYS.contains(&key))
-    };
-    if !query.split('&').any(sensitive) {
-        return Cow::Borrowed(query);
-    }
-    let pairs: Vec<Cow<'_, str>> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if sensitive(pair) => Cow::Owned(format!("{key}=REDACTED")),
-            _ => Cow::Borrowed(pair),
-        })
-        .collect();
-    Cow::Owned(pairs.join("&"))
-}
-
 impl HttpSpanBuilder {
     /// A builder holding at most `capacity` open requests for `ttl_ns` each.
     pub fn new(clock: WallClock, capacity: usize, ttl_ns: u64) -> Self {
@@ -193,7 +174,15 @@ impl HttpSpanBuilder {
                     .build(),
             ),
             duplicates: 0,
+            query_policy: QueryPolicy::default(),
         }
+    }
+
+    /// The builder with `policy` for `url.query` (default: every value
+    /// redacted).
+    pub fn with_query_policy(mut self, policy: QueryPolicy) -> Self {
+        self.query_policy = policy;
+        self
     }
 
     /// Pairing counters.
@@ -244,7 +233,7 @@ impl HttpSpanBuilder {
             span_id,
             parent: None,
             trace_state: None,
-            encoded: encode_start(rec),
+            encoded: encode_start(rec, self.query_policy),
         };
         if let Some((displaced_key, displaced)) = self.open.open(key, request, rec.header.ktime_ns)
         {
@@ -434,7 +423,7 @@ fn attr_host_port(w: &mut SpanWriter<'_>, keys: (&str, &str), bytes: &[u8], len:
 }
 
 /// The span's name and every attribute a start record gives, encoded.
-fn encode_start(rec: &HttpServerStart) -> Vec<u8> {
+fn encode_start(rec: &HttpServerStart, query_policy: QueryPolicy) -> Vec<u8> {
     let has = |flag| rec.fields & flag != 0;
     let mut bytes = crate::export::span_buffer(SPAN_CAPACITY);
     let mut w = SpanWriter::new(&mut bytes);
@@ -481,7 +470,10 @@ fn encode_start(rec: &HttpServerStart) -> Vec<u8> {
         w.attr_str("url.path", path);
     }
     if let Some(query) = query {
-        w.attr_str("url.query", &redact_query(&String::from_utf8_lossy(query)));
+        w.attr_str(
+            "url.query",
+            &sanitize_query(&String::from_utf8_lossy(query), query_policy),
+        );
     }
     if has(FIELD_TLS_KNOWN) {
         w.attr_str("url.scheme", if has(FIELD_TLS) { "https" } else { "http" });
@@ -731,7 +723,12 @@ mod tests {
     }
 
     fn one_span(rec: &HttpServerStart) -> ProtoSpan {
-        let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+        one_span_with(rec, QueryPolicy::Redact)
+    }
+
+    fn one_span_with(rec: &HttpServerStart, policy: QueryPolicy) -> ProtoSpan {
+        let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000)
+            .with_query_policy(policy);
         let mut g = Goroutines::new(true);
         let mut spans = Vec::new();
         b.on_start(&mut g, rec, &mut |s| spans.push(s));
@@ -750,17 +747,30 @@ mod tests {
         assert_eq!(attr(&s, "url.path").as_deref(), Some("/a b/c"));
         assert_eq!(
             attr(&s, "url.query").as_deref(),
+            Some("x=REDACTED&sig=REDACTED&y"),
+            "every value redacted by default"
+        );
+        assert_eq!(attr(&s, "goroutine.id").as_deref(), Some("3"));
+        let s = one_span_with(
+            &start_line(0xa, "GET /a%20b/c?x=1&sig=s3cret&y", None),
+            QueryPolicy::Keep,
+        );
+        assert_eq!(
+            attr(&s, "url.query").as_deref(),
             Some("x=1&sig=REDACTED&y"),
             "sig is one of the keys OpenTelemetry says to redact"
         );
-        assert_eq!(attr(&s, "goroutine.id").as_deref(), Some("3"));
     }
 
     #[test]
     fn target_forms() {
         let cases = [
             ("OPTIONS *", "*", None),
-            ("GET http://example.com:8080/p/q?k=v", "/p/q", Some("k=v")),
+            (
+                "GET http://example.com:8080/p/q?k=v",
+                "/p/q",
+                Some("k=REDACTED"),
+            ),
             ("GET http://example.com", "", None),
             ("CONNECT example.com:443", "", None),
             ("GET /bad%zzescape", "/bad%zzescape", None),

@@ -8,12 +8,14 @@
 //! - [`ids`]: trace and span ids.
 //! - [`traceparent`], [`tracestate`]: the W3C headers an incoming request
 //!   may carry.
+//! - [`url`]: URLs and queries sanitized for attributes.
 
 pub mod goroutines;
 pub mod ids;
 pub mod open;
 pub mod traceparent;
 pub mod tracestate;
+pub mod url;
 
 pub use goroutines::{Goroutines, ParentSpan};
 pub use open::{Incomplete, OpenTable, PairingStats};

@@ -167,3 +167,58 @@ pub fn generate_trace(
     );
     out
 }
+
+/// The addresses of the `httpclient` fixture.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddrs {
+    /// The server whose `/call` makes the calls.
+    pub front: SocketAddr,
+    /// The HTTP/1.1 back server.
+    pub back: SocketAddr,
+    /// The HTTPS back server (HTTP/2).
+    pub tls_back: SocketAddr,
+    /// A port nobody listens on.
+    pub refused: SocketAddr,
+}
+
+/// Starts a build of the `httpclient` fixture and waits for its addresses.
+pub fn start_httpclient(binary: &Path) -> (Running, ClientAddrs) {
+    let mut child = Command::new(binary)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start fixture");
+    let stdout = child.stdout.take().expect("stdout");
+    let running = Running { child };
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut back, mut tls_back, mut refused) = (None, None, None);
+    let front = loop {
+        assert!(Instant::now() < deadline, "fixture did not start");
+        let line = lines
+            .next()
+            .expect("fixture exited before listening")
+            .expect("read fixture stdout");
+        let addr = |prefix: &str| -> Option<SocketAddr> {
+            line.strip_prefix(prefix)
+                .map(|a| a.parse().expect("fixture address"))
+        };
+        if let Some(a) = addr("back on ") {
+            back = Some(a);
+        } else if let Some(a) = addr("tls back on ") {
+            tls_back = Some(a);
+        } else if let Some(a) = addr("refused on ") {
+            refused = Some(a);
+        } else if let Some(a) = addr("listening on ") {
+            break a;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let addrs = ClientAddrs {
+        front,
+        back: back.expect("back address"),
+        tls_back: tls_back.expect("tls back address"),
+        refused: refused.expect("refused address"),
+    };
+    (running, addrs)
+}

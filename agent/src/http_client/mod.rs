@@ -1,0 +1,164 @@
+//! The net/http client family: one CLIENT span per request attempt a Go
+//! program sends with `net/http` (HTTP/1 and HTTP/2), following
+//! OpenTelemetry's HTTP client conventions, as a child of the span open on
+//! the calling goroutine.
+//!
+//! - [`plan`]: the function, probe sites and struct offsets of one binary,
+//!   and attaching the programs (`agent-ebpf/src/http_client.rs`).
+//! - [`records`]: decoding the records (`agent_common::http_client`).
+//! - [`spans`]: pairing entries and returns per goroutine into spans.
+
+pub mod plan;
+pub mod records;
+pub mod spans;
+
+pub use plan::{HttpClientPlan, PlanError};
+use records::ClientRecord;
+pub use spans::{ErrorTypes, HttpClientSpanBuilder};
+
+use crate::{
+    binary::error_chain,
+    family::{
+        BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
+    },
+    probes::{KernelStats, LinkHandle, Probes},
+    target::{Target, maps::load_bias},
+};
+
+/// The family's name.
+pub const NAME: &str = "net/http client";
+
+/// Its registration.
+pub const FAMILY: FamilyEntry = FamilyEntry {
+    name: NAME,
+    probes: plan::PROBES,
+    plan: plan_family,
+};
+
+fn plan_family(ctx: &PlanContext<'_>) -> Plan {
+    // Not Go: the server family says so already.
+    let Ok(bin) = ctx.go else {
+        return Plan::Nothing;
+    };
+    match plan::plan(bin, ctx.options.entry_site) {
+        Ok(plan) => {
+            for missing in &plan.missing {
+                log::debug!("net/http client: optional field unavailable: {missing}");
+            }
+            let mapped_at = if bin.is_pie() {
+                load_bias(ctx.target.pid, &ctx.target.exe_in_target)
+            } else {
+                None
+            };
+            Plan::Ready(Box::new(HttpClient {
+                plan,
+                builder: HttpClientSpanBuilder::new(
+                    ctx.clock,
+                    ctx.options.max_open_spans,
+                    u64::try_from(ctx.options.span_ttl.as_nanos()).unwrap_or(u64::MAX),
+                    ctx.options.url_query,
+                    ErrorTypes::new(ctx.target.exe_path.clone(), mapped_at),
+                ),
+                links: Vec::new(),
+            }))
+        }
+        // A program that sends no requests with net/http: nothing to say.
+        Err(PlanError::NoFunction { .. }) => Plan::Nothing,
+        Err(err) => Plan::Absent {
+            why: format!(
+                "net/http client calls of PID {} ({}, {}) cannot be traced: {}",
+                ctx.target.pid,
+                ctx.target.exe_in_target.display(),
+                bin.build_info().go_version_raw,
+                error_chain(&err)
+            ),
+            level: log::Level::Warn,
+        },
+    }
+}
+
+/// The family, planned for one process.
+#[derive(Debug)]
+pub struct HttpClient {
+    plan: HttpClientPlan,
+    builder: HttpClientSpanBuilder,
+    links: Vec<LinkHandle>,
+}
+
+impl Family for HttpClient {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn kinds(&self) -> &'static [u32] {
+        records::KINDS
+    }
+
+    fn wants_goroutine_parents(&self) -> bool {
+        true
+    }
+
+    fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
+        self.links = plan::attach(probes, target, 0, &self.plan)?;
+        log::info!(
+            "net/http client: {} probes (start at {:#x}: {}, {} returns)",
+            self.links.len(),
+            self.plan.start.address,
+            self.plan.start.instruction,
+            self.plan.returns.len(),
+        );
+        Ok(())
+    }
+
+    #[inline]
+    fn on_record(&mut self, bytes: &[u8], cx: &mut RecordContext<'_>) -> Result<(), BadRecord> {
+        let g = &mut *cx.goroutines;
+        match records::decode(bytes)? {
+            ClientRecord::Start(start) => self.builder.on_start(g, start, cx.spans),
+            ClientRecord::End(end) => self.builder.on_end(g, end, cx.spans),
+        }
+        Ok(())
+    }
+
+    fn housekeeping(&mut self, _probes: &mut Probes, now_ns: u64, cx: &mut RecordContext<'_>) {
+        self.builder.expire(cx.goroutines, now_ns, cx.spans);
+    }
+
+    fn stop(&mut self, probes: &mut Probes) {
+        if let Err(err) = probes.detach(&std::mem::take(&mut self.links)) {
+            log::warn!(
+                "detaching the net/http client probes: {}",
+                error_chain(&err)
+            );
+        }
+    }
+
+    fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
+        self.builder.finish(cx.goroutines, now_ns, cx.spans);
+    }
+
+    fn counters(&self, _kernel: &KernelStats, out: &mut Vec<Counter>) {
+        let pairing = self.builder.stats();
+        out.extend([
+            Counter::loss(
+                "http_client_unmatched_ends",
+                "client returns without start",
+                "",
+                pairing.unmatched_ends,
+            ),
+            Counter::loss(
+                "http_client_expired",
+                "client calls expired",
+                "",
+                pairing.expired,
+            ),
+            Counter::loss(
+                "http_client_evicted",
+                "client calls evicted",
+                "",
+                pairing.evicted,
+            ),
+            Counter::count("http_client_unparented", self.builder.unparented()),
+        ]);
+    }
+}
