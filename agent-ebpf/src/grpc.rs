@@ -31,7 +31,7 @@ use aya_ebpf::{
 use crate::{
     go::{copy_string, goid, read_field, read_string},
     maps::count,
-    record::{InPlace, cookie, fields, header, reserve, submit, target_slot},
+    record::{InPlace, SlotConfig, cookie, fields, header, reserve, slot_config, submit},
 };
 
 // SAFETY: agent-common record types, `#[repr(C)]` integers and integer
@@ -80,12 +80,12 @@ fn reg(ctx: &ProbeContext, r: R) -> u64 {
 
 #[inline(always)]
 fn config(cookie: u64) -> Option<&'static GrpcConfig> {
-    match GRPC_CONFIG.get(target_slot(cookie)) {
-        Some(config) if config.active != 0 => Some(config),
-        _ => {
-            count(stats::NO_CONFIG);
-            None
-        }
+    slot_config(&GRPC_CONFIG, cookie)
+}
+
+impl SlotConfig for GrpcConfig {
+    fn active(&self) -> bool {
+        self.active != 0
     }
 }
 

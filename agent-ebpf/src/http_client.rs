@@ -28,7 +28,7 @@ use aya_ebpf::{
 use crate::{
     go::{Reg, Window, copy_string, goid, read_field, reg},
     maps::count,
-    record::{InPlace, cookie, fields, header, reserve, submit, target_slot},
+    record::{InPlace, SlotConfig, cookie, fields, header, reserve, slot_config, submit},
 };
 
 // SAFETY: agent-common record types, `#[repr(C)]` integers and integer
@@ -57,12 +57,12 @@ pub fn http_client_end(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn config(cookie: u64) -> Option<&'static HttpClientConfig> {
-    match HTTP_CLIENT_CONFIG.get(target_slot(cookie)) {
-        Some(config) if config.active != 0 => Some(config),
-        _ => {
-            count(stats::NO_CONFIG);
-            None
-        }
+    slot_config(&HTTP_CLIENT_CONFIG, cookie)
+}
+
+impl SlotConfig for HttpClientConfig {
+    fn active(&self) -> bool {
+        self.active != 0
     }
 }
 

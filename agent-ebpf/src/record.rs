@@ -10,7 +10,7 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
-    maps::{PerCpuArray, ring_buf::RingBufEntry},
+    maps::{Array, PerCpuArray, ring_buf::RingBufEntry},
     programs::ProbeContext,
 };
 
@@ -248,4 +248,25 @@ pub fn load(field: &u64) -> u64 {
 pub fn store(field: &mut u64, value: u64) {
     // SAFETY: a plain write through a valid reference.
     unsafe { core::ptr::write_volatile(field, value) }
+}
+
+/// A family's per-target configuration, which the agent fills before it
+/// attaches: one entry of the family's config array per target slot.
+pub trait SlotConfig: 'static {
+    /// Whether the agent has filled it.
+    fn active(&self) -> bool;
+}
+
+/// The configuration of the target slot a probe with attach cookie `cookie`
+/// was attached for, from the family's config array `map`; a slot the agent
+/// has not filled is counted (`NO_CONFIG`).
+#[inline(always)]
+pub fn slot_config<T: SlotConfig>(map: &'static Array<T>, cookie: u64) -> Option<&'static T> {
+    match map.get(target_slot(cookie)) {
+        Some(config) if config.active() => Some(config),
+        _ => {
+            count(stats::NO_CONFIG);
+            None
+        }
+    }
 }

@@ -25,7 +25,7 @@ use aya_ebpf::{
 use crate::{
     go::{goid, read_field},
     maps::count,
-    record::{cookie, fields, header, reserve, submit, target_slot},
+    record::{SlotConfig, cookie, fields, header, reserve, slot_config, submit},
 };
 
 /// Per-target configuration, by target slot.
@@ -40,12 +40,12 @@ pub static CREATOR: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0)
 
 #[inline(always)]
 fn config(cookie: u64) -> Option<&'static RuntimeConfig> {
-    match RUNTIME_CONFIG.get(target_slot(cookie)) {
-        Some(config) if config.active != 0 => Some(config),
-        _ => {
-            count(stats::NO_CONFIG);
-            None
-        }
+    slot_config(&RUNTIME_CONFIG, cookie)
+}
+
+impl SlotConfig for RuntimeConfig {
+    fn active(&self) -> bool {
+        self.active != 0
     }
 }
 

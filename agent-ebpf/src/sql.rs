@@ -26,7 +26,7 @@ use aya_ebpf::{
 use crate::{
     go::{copy_string, goid, read_field},
     maps::count,
-    record::{cookie, fields, header, reserve, submit, target_slot},
+    record::{SlotConfig, cookie, fields, header, reserve, slot_config, submit},
 };
 
 /// Per-target configuration, indexed by the target slot in the attach cookie.
@@ -49,12 +49,12 @@ pub fn sql_end(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn config(cookie: u64) -> Option<&'static SqlConfig> {
-    match SQL_CONFIG.get(target_slot(cookie)) {
-        Some(config) if config.active != 0 => Some(config),
-        _ => {
-            count(stats::NO_CONFIG);
-            None
-        }
+    slot_config(&SQL_CONFIG, cookie)
+}
+
+impl SlotConfig for SqlConfig {
+    fn active(&self) -> bool {
+        self.active != 0
     }
 }
 

@@ -77,6 +77,27 @@ pub struct PlanContext<'a> {
     pub clock: WallClock,
 }
 
+impl PlanContext<'_> {
+    /// A family that cannot trace this process (a struct layout or a probe
+    /// site it cannot find): `{what} in PID N (exe, go1.x) cannot be traced:
+    /// {the error and its causes}`, at `level`.
+    pub fn cannot_trace(&self, what: &str, err: &(dyn Error + 'static), level: log::Level) -> Plan {
+        let go = match self.go {
+            Ok(bin) => format!(", {}", bin.build_info().go_version_raw),
+            Err(_) => String::new(),
+        };
+        Plan::Absent {
+            why: format!(
+                "{what} in PID {} ({}{go}) cannot be traced: {}",
+                self.target.pid,
+                self.target.exe_in_target.display(),
+                crate::binary::error_chain(err)
+            ),
+            level,
+        }
+    }
+}
+
 /// The families' settings, from the command line.
 #[derive(Clone, Debug)]
 pub struct FamilyOptions {

@@ -62,16 +62,11 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                 links: Vec::new(),
             }))
         }
-        Err(err) => Plan::Absent {
-            why: format!(
-                "grpc {} in PID {} ({}) cannot be traced: {}",
-                plan::module_version(bin).unwrap_or_default(),
-                ctx.target.pid,
-                ctx.target.exe_in_target.display(),
-                error_chain(&err)
-            ),
-            level: log::Level::Warn,
-        },
+        Err(err) => ctx.cannot_trace(
+            &format!("grpc {}", plan::module_version(bin).unwrap_or_default()),
+            &err,
+            log::Level::Warn,
+        ),
     }
 }
 

@@ -413,24 +413,9 @@ pub fn attach(
             },
         },
     )?;
-    let mut links = Vec::with_capacity(plan.sites.len());
-    for site in &plan.sites {
-        match probes.attach_uprobe(
-            super::NAME,
-            site.program,
-            &target.exe_path,
-            target.pid,
-            site.site.file_offset,
-            (u64::from(slot) << 32) | u64::from(site.index),
-        ) {
-            Ok(link) => links.push(link),
-            Err(err) => {
-                if let Err(undo) = probes.detach(&links) {
-                    log::warn!("undoing a failed grpc attach: {undo}");
-                }
-                return Err(err);
-            }
-        }
-    }
-    Ok(links)
+    let sites = plan
+        .sites
+        .iter()
+        .map(|s| (s.program, s.site.file_offset, s.index));
+    probes.attach_sites(super::NAME, &target.exe_path, target.pid, slot, sites)
 }

@@ -64,16 +64,7 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
         }
         // A program that sends no requests with net/http: nothing to say.
         Err(PlanError::NoFunction { .. }) => Plan::Nothing,
-        Err(err) => Plan::Absent {
-            why: format!(
-                "net/http client calls of PID {} ({}, {}) cannot be traced: {}",
-                ctx.target.pid,
-                ctx.target.exe_in_target.display(),
-                bin.build_info().go_version_raw,
-                error_chain(&err)
-            ),
-            level: log::Level::Warn,
-        },
+        Err(err) => ctx.cannot_trace("net/http client calls", &err, log::Level::Warn),
     }
 }
 

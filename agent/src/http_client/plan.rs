@@ -197,30 +197,13 @@ pub fn attach(
             offsets: plan.offsets,
         },
     )?;
-    let cookie = |site: u32| (u64::from(slot) << 32) | u64::from(site);
     let sites = std::iter::once(("http_client_start", plan.start.file_offset)).chain(
         plan.returns
             .iter()
             .map(|site| ("http_client_end", site.file_offset)),
     );
-    let mut links = Vec::with_capacity(plan.returns.len() + 1);
-    for (site, (program, offset)) in (SITE_START..).zip(sites) {
-        match probes.attach_uprobe(
-            super::NAME,
-            program,
-            &target.exe_path,
-            target.pid,
-            offset,
-            cookie(site),
-        ) {
-            Ok(link) => links.push(link),
-            Err(err) => {
-                if let Err(undo) = probes.detach(&links) {
-                    log::warn!("undoing a failed net/http client attach: {undo}");
-                }
-                return Err(err);
-            }
-        }
-    }
-    Ok(links)
+    let sites = (SITE_START..)
+        .zip(sites)
+        .map(|(site, (program, offset))| (program, offset, site));
+    probes.attach_sites(super::NAME, &target.exe_path, target.pid, slot, sites)
 }

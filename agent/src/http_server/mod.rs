@@ -72,13 +72,7 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                 traceparents: 0,
             }))
         }
-        Err(err) => absent(format!(
-            "PID {} ({}, {}) cannot be traced: {}",
-            ctx.target.pid,
-            ctx.target.exe_in_target.display(),
-            bin.build_info().go_version_raw,
-            error_chain(&err)
-        )),
+        Err(err) => ctx.cannot_trace("net/http server requests", &err, log::Level::Info),
     }
 }
 

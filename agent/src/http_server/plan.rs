@@ -353,7 +353,6 @@ pub fn attach(
     ] {
         probes.set_tail_call(TAIL_MAP, tail, program)?;
     }
-    let cookie = |site: u32| (u64::from(slot) << 32) | u64::from(site);
     let mut sites = vec![
         ("http_server_start", plan.start.file_offset, SITE_START),
         ("http_server_end", plan.end.file_offset, SITE_END),
@@ -361,24 +360,5 @@ pub fn attach(
     if let Some(h2_end) = &plan.h2_end {
         sites.push(("http2_server_end", h2_end.file_offset, SITE_H2_END));
     }
-    let mut links = Vec::with_capacity(sites.len());
-    for (program, offset, site) in sites {
-        match probes.attach_uprobe(
-            super::NAME,
-            program,
-            &target.exe_path,
-            target.pid,
-            offset,
-            cookie(site),
-        ) {
-            Ok(link) => links.push(link),
-            Err(err) => {
-                if let Err(undo) = probes.detach(&links) {
-                    log::warn!("undoing a failed net/http attach: {undo}");
-                }
-                return Err(err);
-            }
-        }
-    }
-    Ok(links)
+    probes.attach_sites(super::NAME, &target.exe_path, target.pid, slot, sites)
 }

@@ -95,6 +95,13 @@ fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The attach cookie of a probe site, which the program reads through
+/// `bpf_get_attach_cookie`: the target slot in the high half (it indexes the
+/// family's config array), the site in the low half.
+pub const fn cookie(slot: u32, site: u32) -> u64 {
+    ((slot as u64) << 32) | site as u64
+}
+
 /// Load options.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
@@ -303,6 +310,36 @@ impl Probes {
             link: Some(link),
         });
         Ok(handle)
+    }
+
+    /// Attaches `program` at each `(program, file offset, site)` of `sites`
+    /// in the file at `path`, firing only in process `pid`, for target slot
+    /// `slot` ([`cookie`]): all or nothing, what was attached is detached
+    /// when one fails.
+    pub fn attach_sites(
+        &mut self,
+        family: &'static str,
+        path: &Path,
+        pid: u32,
+        slot: u32,
+        sites: impl IntoIterator<Item = (&'static str, u64, u32)>,
+    ) -> Result<Vec<LinkHandle>, ProbeError> {
+        let mut links = Vec::new();
+        for (program, offset, site) in sites {
+            match self.attach_uprobe(family, program, path, pid, offset, cookie(slot, site)) {
+                Ok(link) => links.push(link),
+                Err(err) => {
+                    if let Err(undo) = self.detach(&links) {
+                        log::warn!(
+                            "{family}: undoing a failed attach: {}",
+                            crate::binary::error_chain(&undo)
+                        );
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(links)
     }
 
     /// Every uprobe attached and not yet detached.

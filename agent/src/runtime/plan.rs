@@ -97,30 +97,10 @@ pub fn attach(
             g_goid: plan.g_goid,
         },
     )?;
-    let cookie = |site: u32| (u64::from(slot) << 32) | u64::from(site);
     let sites = plan
         .created
         .iter()
         .map(|s| ("goroutine_created", s.file_offset, SITE_RUNQPUT))
         .chain([("goroutine_creator", plan.creator.file_offset, SITE_NEWPROC)]);
-    let mut links = Vec::new();
-    for (program, offset, site) in sites {
-        match probes.attach_uprobe(
-            super::NAME,
-            program,
-            &target.exe_path,
-            target.pid,
-            offset,
-            cookie(site),
-        ) {
-            Ok(link) => links.push(link),
-            Err(err) => {
-                if let Err(undo) = probes.detach(&links) {
-                    log::warn!("undoing a failed goroutine-creation attach: {undo}");
-                }
-                return Err(err);
-            }
-        }
-    }
-    Ok(links)
+    probes.attach_sites(super::NAME, &target.exe_path, target.pid, slot, sites)
 }

@@ -75,16 +75,7 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
         }
         // A program that does not use database/sql: nothing worth saying.
         Err(PlanError::NoFunction { .. }) => Plan::Nothing,
-        Err(err) => Plan::Absent {
-            why: format!(
-                "PID {} ({}, {}): database/sql cannot be traced: {}",
-                ctx.target.pid,
-                ctx.target.exe_in_target.display(),
-                bin.build_info().go_version_raw,
-                error_chain(&err)
-            ),
-            level: log::Level::Warn,
-        },
+        Err(err) => ctx.cannot_trace("database/sql calls", &err, log::Level::Warn),
     }
 }
 

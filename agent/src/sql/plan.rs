@@ -313,7 +313,6 @@ pub fn attach(
             offsets: plan.offsets,
         },
     )?;
-    let cookie = |site: u32| (u64::from(slot) << 32) | u64::from(site);
     let returns = plan.functions.iter().flat_map(|f| {
         f.returns
             .iter()
@@ -323,24 +322,11 @@ pub fn attach(
         .functions
         .iter()
         .map(|f| ("sql_start", f.entry.file_offset, f.op));
-    let mut links = Vec::new();
-    for (program, offset, site) in returns.chain(entries) {
-        match probes.attach_uprobe(
-            super::NAME,
-            program,
-            &target.exe_path,
-            target.pid,
-            offset,
-            cookie(site),
-        ) {
-            Ok(link) => links.push(link),
-            Err(err) => {
-                if let Err(undo) = probes.detach(&links) {
-                    log::warn!("undoing a failed database/sql attach: {undo}");
-                }
-                return Err(err);
-            }
-        }
-    }
-    Ok(links)
+    probes.attach_sites(
+        super::NAME,
+        &target.exe_path,
+        target.pid,
+        slot,
+        returns.chain(entries),
+    )
 }
