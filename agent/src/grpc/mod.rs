@@ -23,7 +23,6 @@ use records::GrpcRecord;
 pub use spans::GrpcSpanBuilder;
 
 use crate::{
-    binary::error_chain,
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
@@ -128,9 +127,7 @@ impl Family for Grpc {
     }
 
     fn stop(&mut self, probes: &mut Probes) {
-        if let Err(err) = probes.detach(&std::mem::take(&mut self.links)) {
-            log::warn!("detaching the grpc probes: {}", error_chain(&err));
-        }
+        probes.release(NAME, &mut self.links);
     }
 
     fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {

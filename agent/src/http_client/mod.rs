@@ -17,7 +17,6 @@ use records::ClientRecord;
 pub use spans::{ErrorTypes, HttpClientSpanBuilder};
 
 use crate::{
-    binary::error_chain,
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
@@ -116,12 +115,7 @@ impl Family for HttpClient {
     }
 
     fn stop(&mut self, probes: &mut Probes) {
-        if let Err(err) = probes.detach(&std::mem::take(&mut self.links)) {
-            log::warn!(
-                "detaching the net/http client probes: {}",
-                error_chain(&err)
-            );
-        }
+        probes.release(NAME, &mut self.links);
     }
 
     fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {

@@ -136,9 +136,7 @@ impl Family for HttpServer {
     }
 
     fn stop(&mut self, probes: &mut Probes) {
-        if let Err(err) = probes.detach(&std::mem::take(&mut self.links)) {
-            log::warn!("detaching the net/http probes: {}", error_chain(&err));
-        }
+        probes.release(NAME, &mut self.links);
     }
 
     fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {

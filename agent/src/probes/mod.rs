@@ -380,6 +380,17 @@ impl Probes {
         result
     }
 
+    /// Detaches the uprobes of `links` (emptying it), logging a failure:
+    /// for a family's `stop`.
+    pub fn release(&mut self, family: &str, links: &mut Vec<LinkHandle>) {
+        if let Err(err) = self.detach(&std::mem::take(links)) {
+            log::warn!(
+                "{family}: detaching its probes: {}",
+                crate::binary::error_chain(&err)
+            );
+        }
+    }
+
     /// Detaches every uprobe `family` attached; failures are logged.
     pub fn detach_family(&mut self, family: &str) {
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)

@@ -103,12 +103,7 @@ impl Family for Runtime {
     }
 
     fn stop(&mut self, probes: &mut Probes) {
-        if let Err(err) = probes.detach(&std::mem::take(&mut self.links)) {
-            log::warn!(
-                "detaching the goroutine-creation probes: {}",
-                error_chain(&err)
-            );
-        }
+        probes.release(NAME, &mut self.links);
     }
 
     fn counters(&self, _kernel: &KernelStats, out: &mut Vec<Counter>) {

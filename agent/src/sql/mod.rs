@@ -27,7 +27,6 @@ use records::SqlRecord;
 pub use spans::{SqlSpanBuilder, SqlSpanOptions};
 
 use crate::{
-    binary::error_chain,
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
@@ -149,9 +148,7 @@ impl Family for Sql {
     }
 
     fn stop(&mut self, probes: &mut Probes) {
-        if let Err(err) = probes.detach(&std::mem::take(&mut self.links)) {
-            log::warn!("detaching the database/sql probes: {}", error_chain(&err));
-        }
+        probes.release(NAME, &mut self.links);
     }
 
     fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
