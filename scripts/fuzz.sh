@@ -53,6 +53,7 @@ for target in "${targets[@]}"; do
         gotrace_decode | dwarf) max_len=262144 ;;
         usdt_notes | pclntab) max_len=65536 ;;
         traceparent | tracestate) max_len=1024 ;;
+        sql_sanitize | url_sanitize) max_len=4096 ;;
         *) max_len=16384 ;;
     esac
     mkdir -p "$work/$target" "corpus/$target"
