@@ -6,7 +6,7 @@ use agent_common::grpc::{
     KIND_GRPC_SERVER_START, KIND_GRPC_SERVER_STATUS, KIND_GRPC_TRACEPARENT,
 };
 
-use crate::ringbuf::record::{RecordError, header, view};
+use crate::ringbuf::record::{RecordError, kind, view};
 
 /// The record kinds of this family.
 pub const KINDS: &[u32] = &[
@@ -31,7 +31,7 @@ pub enum GrpcRecord<'a> {
 
 /// Decodes one record of this family.
 pub fn decode(bytes: &[u8]) -> Result<GrpcRecord<'_>, RecordError> {
-    let kind = header(bytes)?.kind;
+    let kind = kind(bytes)?;
     match kind {
         KIND_GRPC_SERVER_START => Ok(GrpcRecord::ServerStart(view(bytes, kind)?)),
         KIND_GRPC_SERVER_END => Ok(GrpcRecord::ServerEnd(view(bytes, kind)?)),

@@ -5,7 +5,7 @@ use agent_common::http_client::{
     HttpClientEnd, HttpClientStart, KIND_HTTP_CLIENT_END, KIND_HTTP_CLIENT_START,
 };
 
-use crate::ringbuf::record::{RecordError, header, view};
+use crate::ringbuf::record::{RecordError, kind, view};
 
 /// The record kinds of this family.
 pub const KINDS: &[u32] = &[KIND_HTTP_CLIENT_START, KIND_HTTP_CLIENT_END];
@@ -19,7 +19,7 @@ pub enum ClientRecord<'a> {
 
 /// Decodes one record of this family.
 pub fn decode(bytes: &[u8]) -> Result<ClientRecord<'_>, RecordError> {
-    let kind = header(bytes)?.kind;
+    let kind = kind(bytes)?;
     match kind {
         KIND_HTTP_CLIENT_START => Ok(ClientRecord::Start(view(bytes, kind)?)),
         KIND_HTTP_CLIENT_END => Ok(ClientRecord::End(view(bytes, kind)?)),

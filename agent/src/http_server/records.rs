@@ -7,7 +7,7 @@ use agent_common::http::{
     KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT, KIND_HTTP_TRACESTATE,
 };
 
-use crate::ringbuf::record::{RecordError, header, view};
+use crate::ringbuf::record::{RecordError, kind, view};
 
 /// The record kinds of this family.
 pub const KINDS: &[u32] = &[
@@ -28,7 +28,7 @@ pub enum HttpRecord<'a> {
 
 /// Decodes one record of this family.
 pub fn decode(bytes: &[u8]) -> Result<HttpRecord<'_>, RecordError> {
-    let kind = header(bytes)?.kind;
+    let kind = kind(bytes)?;
     match kind {
         KIND_HTTP_SERVER_START => Ok(HttpRecord::Start(view(bytes, kind)?)),
         KIND_HTTP_SERVER_END => Ok(HttpRecord::End(view(bytes, kind)?)),

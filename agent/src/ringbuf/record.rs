@@ -63,6 +63,20 @@ pub fn view<T: aya::Pod>(bytes: &[u8], kind: u32) -> Result<&T, RecordError> {
     Ok(unsafe { &*ptr.cast::<T>() })
 }
 
+/// The kind of a record (its first field), checking that it holds a whole
+/// header: what dispatching needs, without copying the header out. A kind
+/// of 0 is zeroed memory, not a record.
+#[inline]
+pub fn kind(bytes: &[u8]) -> Result<u32, RecordError> {
+    if bytes.len() < size_of::<EventHeader>() {
+        return Err(RecordError::NoHeader { len: bytes.len() });
+    }
+    match bytes.first_chunk::<4>().map(|k| u32::from_le_bytes(*k)) {
+        Some(0) | None => Err(RecordError::UnknownKind { kind: 0 }),
+        Some(kind) => Ok(kind),
+    }
+}
+
 /// The header at the front of a record. A kind of 0 is zeroed memory, not
 /// a record.
 pub fn header(bytes: &[u8]) -> Result<EventHeader, RecordError> {

@@ -345,14 +345,14 @@ impl Records {
     ) -> usize {
         let Self { reader, table, bad } = self;
         reader.drain(|bytes| {
-            let result = record::header(bytes)
-                .map_err(Into::into)
-                .and_then(|header| match table.get(header.kind as usize).copied() {
+            let result = record::kind(bytes).map_err(Into::into).and_then(|kind| {
+                match table.get(kind as usize).copied() {
                     Some(index) if index != NO_FAMILY => {
                         families[usize::from(index)].on_record(bytes, cx)
                     }
-                    _ => Err(record::RecordError::UnknownKind { kind: header.kind }.into()),
-                });
+                    _ => Err(record::RecordError::UnknownKind { kind }.into()),
+                }
+            });
             if let Err(err) = result {
                 *bad += 1;
                 log::debug!("bad record: {err}");

@@ -118,6 +118,7 @@ impl Goroutines {
     }
 
     /// A span opened on `key`.
+    #[inline]
     pub fn enter(&mut self, key: GoroutineKey, span: ParentSpan) {
         if !self.enabled {
             return;
@@ -127,6 +128,7 @@ impl Goroutines {
 
     /// A span open on `key` now carries another trace (its request's
     /// `traceparent` arrived after its start).
+    #[inline]
     pub fn retrace(&mut self, key: GoroutineKey, span_id: SpanId, trace_id: TraceId, flags: u8) {
         if let Some(span) = self
             .open
@@ -139,6 +141,7 @@ impl Goroutines {
     }
 
     /// The span `span_id` on `key` ended (or was given up).
+    #[inline]
     pub fn exit(&mut self, key: GoroutineKey, span_id: SpanId) {
         if !self.enabled {
             return;

@@ -2,7 +2,7 @@
 
 use agent_common::sql::{KIND_SQL_END, KIND_SQL_START, SqlEnd, SqlStart};
 
-use crate::ringbuf::record::{RecordError, header, view};
+use crate::ringbuf::record::{RecordError, kind, view};
 
 /// The record kinds of this family.
 pub const KINDS: &[u32] = &[KIND_SQL_START, KIND_SQL_END];
@@ -16,7 +16,7 @@ pub enum SqlRecord<'a> {
 
 /// Decodes one record of this family.
 pub fn decode(bytes: &[u8]) -> Result<SqlRecord<'_>, RecordError> {
-    let kind = header(bytes)?.kind;
+    let kind = kind(bytes)?;
     match kind {
         KIND_SQL_START => Ok(SqlRecord::Start(view(bytes, kind)?)),
         KIND_SQL_END => Ok(SqlRecord::End(view(bytes, kind)?)),
