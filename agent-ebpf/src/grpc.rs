@@ -31,7 +31,7 @@ use aya_ebpf::{
 use crate::{
     go::{copy_string, goid, read_field, read_string},
     maps::count,
-    record::{InPlace, SlotConfig, cookie, fields, header, reserve, slot_config, submit},
+    record::{InPlace, cookie, fields, header, reserve, slot_config, submit},
 };
 
 // SAFETY: agent-common record types, `#[repr(C)]` integers and integer
@@ -81,12 +81,6 @@ fn reg(ctx: &ProbeContext, r: R) -> u64 {
 #[inline(always)]
 fn config(cookie: u64) -> Option<&'static GrpcConfig> {
     slot_config(&GRPC_CONFIG, cookie)
-}
-
-impl SlotConfig for GrpcConfig {
-    fn active(&self) -> bool {
-        self.active != 0
-    }
 }
 
 /// The probe's configuration and the goroutine id, or `None` (counted).

@@ -28,7 +28,7 @@ use aya_ebpf::{
 use crate::{
     go::{Reg, Window, copy_string, goid, read_field, reg},
     maps::count,
-    record::{InPlace, SlotConfig, cookie, fields, header, reserve, slot_config, submit},
+    record::{InPlace, cookie, fields, header, reserve, slot_config, submit},
 };
 
 // SAFETY: agent-common record types, `#[repr(C)]` integers and integer
@@ -58,12 +58,6 @@ pub fn http_client_end(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn config(cookie: u64) -> Option<&'static HttpClientConfig> {
     slot_config(&HTTP_CLIENT_CONFIG, cookie)
-}
-
-impl SlotConfig for HttpClientConfig {
-    fn active(&self) -> bool {
-        self.active != 0
-    }
 }
 
 /// Bytes of `http.Request` read at once: Method 0, URL 16.

@@ -34,7 +34,7 @@ use self::headers::{SCRATCH_LEN, Scan, Search, TRACEPARENT_KEY, TRACESTATE_KEY, 
 use crate::{
     go::{Reg, Window, clamp_len, copy_string, goid, read_field, read_string, reg},
     maps::count,
-    record::{RunSeq, SlotConfig, cookie, fields, header, reserve, slot_config, submit},
+    record::{RunSeq, cookie, fields, header, reserve, slot_config, submit},
 };
 
 /// Per-target configuration, indexed by the target slot in the attach cookie.
@@ -103,12 +103,6 @@ pub fn http2_server_end(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn config(cookie: u64) -> Option<&'static HttpConfig> {
     slot_config(&HTTP_CONFIG, cookie)
-}
-
-impl SlotConfig for HttpConfig {
-    fn active(&self) -> bool {
-        self.active != 0
-    }
 }
 
 /// Bytes of `http.Request` read in one helper call: every field the start

@@ -257,6 +257,28 @@ pub trait SlotConfig: 'static {
     fn active(&self) -> bool;
 }
 
+/// Every family's config has `active: u32`, non-zero once filled.
+macro_rules! slot_configs {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            impl SlotConfig for $ty {
+                #[inline(always)]
+                fn active(&self) -> bool {
+                    self.active != 0
+                }
+            }
+        )*
+    };
+}
+
+slot_configs!(
+    agent_common::http::HttpConfig,
+    agent_common::http_client::HttpClientConfig,
+    agent_common::sql::SqlConfig,
+    agent_common::grpc::GrpcConfig,
+    agent_common::runtime::RuntimeConfig,
+);
+
 /// The configuration of the target slot a probe with attach cookie `cookie`
 /// was attached for, from the family's config array `map`; a slot the agent
 /// has not filled is counted (`NO_CONFIG`).

@@ -25,7 +25,7 @@ use aya_ebpf::{
 use crate::{
     go::{goid, read_field},
     maps::count,
-    record::{SlotConfig, cookie, fields, header, reserve, slot_config, submit},
+    record::{cookie, fields, header, reserve, slot_config, submit},
 };
 
 /// Per-target configuration, by target slot.
@@ -41,12 +41,6 @@ pub static CREATOR: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0)
 #[inline(always)]
 fn config(cookie: u64) -> Option<&'static RuntimeConfig> {
     slot_config(&RUNTIME_CONFIG, cookie)
-}
-
-impl SlotConfig for RuntimeConfig {
-    fn active(&self) -> bool {
-        self.active != 0
-    }
 }
 
 /// Entry site of `runtime.newproc`: remembers the creator.

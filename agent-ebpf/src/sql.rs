@@ -26,7 +26,7 @@ use aya_ebpf::{
 use crate::{
     go::{copy_string, goid, read_field},
     maps::count,
-    record::{SlotConfig, cookie, fields, header, reserve, slot_config, submit},
+    record::{cookie, fields, header, reserve, slot_config, submit},
 };
 
 /// Per-target configuration, indexed by the target slot in the attach cookie.
@@ -50,12 +50,6 @@ pub fn sql_end(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn config(cookie: u64) -> Option<&'static SqlConfig> {
     slot_config(&SQL_CONFIG, cookie)
-}
-
-impl SlotConfig for SqlConfig {
-    fn active(&self) -> bool {
-        self.active != 0
-    }
 }
 
 /// The integer registers of Go's ABIInternal on amd64, in argument order:

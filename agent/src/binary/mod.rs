@@ -894,6 +894,43 @@ impl GoBinary {
         })
     }
 
+    /// `func`'s first instruction as a probe site: single-stepped by the
+    /// kernel (~9 us/hit), for comparing costs (`--entry-site
+    /// function-start`), never the default.
+    pub fn first_instruction_site(&self, func: &Function) -> Result<ProbeSite, SiteError> {
+        let file_offset = self
+            .file_offset(func.address)
+            .ok_or_else(|| SiteError::NotMapped {
+                name: func.name.clone(),
+                address: func.address,
+            })?;
+        Ok(ProbeSite {
+            address: func.address,
+            file_offset,
+            instruction: "(first instruction)".to_owned(),
+            emulated: false,
+            reason: "--entry-site function-start".to_owned(),
+        })
+    }
+
+    /// The offset of an optional field: `OFFSET_ABSENT` when this binary
+    /// has none, with the reason pushed on `missing` (logged by the family,
+    /// not fatal).
+    pub fn optional_field_offset(
+        &self,
+        type_name: &str,
+        field: &str,
+        missing: &mut Vec<String>,
+    ) -> u64 {
+        match self.struct_field_offset(type_name, field) {
+            Ok(f) => f.offset,
+            Err(err) => {
+                missing.push(format!("{type_name}.{field}: {err}"));
+                agent_common::target::OFFSET_ABSENT
+            }
+        }
+    }
+
     /// Every `ret` in `func`'s body (decoded, so `c3` bytes inside other
     /// instructions do not count).
     /// Every direct call in `func` to the function at `target`.

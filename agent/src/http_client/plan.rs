@@ -11,14 +11,11 @@
 //!   (about 9 us each), but the only place with the results: uretprobes
 //!   would break Go's moving stacks.
 
-use agent_common::{
-    http_client::{HttpClientConfig, HttpClientOffsets},
-    target::OFFSET_ABSENT,
-};
+use agent_common::http_client::{HttpClientConfig, HttpClientOffsets};
 use iced_x86::Register;
 
 use crate::{
-    binary::{BuiltinProbe, Function, GoBinary, OffsetError, ProbeSite, SiteError},
+    binary::{BuiltinProbe, GoBinary, OffsetError, ProbeSite, SiteError},
     http_server::SitePolicy,
     probes::{LinkHandle, ProbeError, Probes},
     target::Target,
@@ -123,20 +120,15 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpClientPlan, PlanEr
         ..HttpClientOffsets::ABSENT
     };
     let mut missing = Vec::new();
-    let mut optional = |(type_name, field): Field| match bin.struct_field_offset(type_name, field) {
-        Ok(f) => f.offset,
-        Err(err) => {
-            missing.push(format!("{type_name}.{field}: {err}"));
-            OFFSET_ABSENT
-        }
-    };
+    let mut optional =
+        |(type_name, field): Field| bin.optional_field_offset(type_name, field, &mut missing);
     offsets.url_raw_query = optional(("net/url.URL", "RawQuery"));
     offsets.response_proto_major = optional(("net/http.Response", "ProtoMajor"));
     offsets.response_proto_minor = optional(("net/http.Response", "ProtoMinor"));
 
     let start = match policy {
         SitePolicy::Cheapest => bin.entry_site(&func, &[Register::RBX]),
-        SitePolicy::FunctionStart => function_start(bin, &func),
+        SitePolicy::FunctionStart => bin.first_instruction_site(&func),
     }
     .map_err(|source| PlanError::Site {
         function: FUNCTION,
@@ -154,22 +146,6 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpClientPlan, PlanEr
         start,
         returns,
         missing,
-    })
-}
-
-fn function_start(bin: &GoBinary, func: &Function) -> Result<ProbeSite, SiteError> {
-    let file_offset = bin
-        .file_offset(func.address)
-        .ok_or_else(|| SiteError::NotMapped {
-            name: func.name.clone(),
-            address: func.address,
-        })?;
-    Ok(ProbeSite {
-        address: func.address,
-        file_offset,
-        instruction: "(first instruction)".to_owned(),
-        emulated: false,
-        reason: "--entry-site function-start".to_owned(),
     })
 }
 

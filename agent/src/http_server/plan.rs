@@ -208,13 +208,8 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
         response_status: required(status)?,
         ..HttpOffsets::ABSENT
     };
-    let mut optional = |(type_name, field): Field| match bin.struct_field_offset(type_name, field) {
-        Ok(f) => f.offset,
-        Err(err) => {
-            missing.push(format!("{type_name}.{field}: {err}"));
-            OFFSET_ABSENT
-        }
-    };
+    let mut optional =
+        |(type_name, field): Field| bin.optional_field_offset(type_name, field, &mut missing);
     offsets.request_host = optional(("net/http.Request", "Host"));
     offsets.request_remote_addr = optional(("net/http.Request", "RemoteAddr"));
     offsets.request_content_length = optional(("net/http.Request", "ContentLength"));
@@ -247,24 +242,9 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
             SitePolicy::Cheapest => bin
                 .entry_site(func, preserve)
                 .map_err(|source| PlanError::Site { function, source }),
-            SitePolicy::FunctionStart => {
-                let file_offset = bin
-                    .file_offset(func.address)
-                    .ok_or_else(|| PlanError::Site {
-                        function,
-                        source: SiteError::NotMapped {
-                            name: func.name.clone(),
-                            address: func.address,
-                        },
-                    })?;
-                Ok(ProbeSite {
-                    address: func.address,
-                    file_offset,
-                    instruction: "(first instruction)".to_owned(),
-                    emulated: false,
-                    reason: "--entry-site function-start".to_owned(),
-                })
-            }
+            SitePolicy::FunctionStart => bin
+                .first_instruction_site(func)
+                .map_err(|source| PlanError::Site { function, source }),
         }
     };
     let start = site(START_FUNCTION, &start_func, &[Register::RCX, Register::RDI])?;

@@ -227,14 +227,8 @@ pub fn plan(bin: &GoBinary) -> Result<SqlPlan, PlanError> {
             })
     };
     let mut missing = Vec::new();
-    let mut optional = |(type_name, field): (&'static str, &'static str)| match bin
-        .struct_field_offset(type_name, field)
-    {
-        Ok(f) => f.offset,
-        Err(err) => {
-            missing.push(format!("{type_name}.{field}: {err}"));
-            OFFSET_ABSENT
-        }
+    let mut optional = |(type_name, field): (&'static str, &'static str)| {
+        bin.optional_field_offset(type_name, field, &mut missing)
     };
     let offsets = SqlOffsets {
         g_goid: required(("runtime.g", "goid"))?,
