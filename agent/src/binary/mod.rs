@@ -969,6 +969,46 @@ const _: fn() = || {
     send_sync::<GoBinary>();
 };
 
+/// `abi.Type.TFlag`, the same on every release since Go 1.17.
+const TYPE_TFLAG: u64 = 20;
+/// `abi.Type.Str` (a NameOff, i32), the same on every release since Go 1.17.
+const TYPE_STR: u64 = 40;
+/// `abi.TFlagExtraStar`: the name has a `*` to drop.
+const TFLAG_EXTRA_STAR: u8 = 1 << 1;
+
+/// The name of the Go type whose descriptor is at link-time address
+/// `addr` (`*net.OpError`), as `runtime.(*_type).string` finds it: its
+/// `Str` is a name offset from `types_base` (the `type:*` symbol), and a
+/// name is a flags byte, a uvarint length and the bytes. `read` copies the
+/// binary's bytes at a link-time address; names longer than `max_len` are
+/// refused.
+pub fn type_descriptor_name(
+    types_base: u64,
+    addr: u64,
+    max_len: u64,
+    read: impl Fn(u64, &mut [u8]) -> Option<()>,
+) -> Option<String> {
+    let mut tflag = [0u8; 1];
+    read(addr.checked_add(TYPE_TFLAG)?, &mut tflag)?;
+    let mut off = [0u8; 4];
+    read(addr.checked_add(TYPE_STR)?, &mut off)?;
+    let name_at = types_base.checked_add_signed(i64::from(i32::from_le_bytes(off)))?;
+    // The flags byte, then a length of at most two uvarint bytes (16,383).
+    let mut head = [0u8; 3];
+    read(name_at, &mut head)?;
+    let (len, n) = crate::cursor::uvarint(&head[1..]).ok()?;
+    if len == 0 || len > max_len {
+        return None;
+    }
+    let mut name = vec![0u8; usize::try_from(len).ok()?];
+    read(name_at.checked_add(1 + n as u64)?, &mut name)?;
+    let mut name = String::from_utf8(name).ok()?;
+    if tflag[0] & TFLAG_EXTRA_STAR != 0 && name.starts_with('*') {
+        name.remove(0);
+    }
+    Some(name)
+}
+
 /// An error and its sources, joined with ": ".
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

@@ -278,13 +278,6 @@ pub struct TypeNames {
     bias: u64,
 }
 
-/// `abi.Type.Str` (a NameOff, i32).
-const TYPE_STR: u64 = 40;
-/// `abi.Type.TFlag`.
-const TYPE_TFLAG: u64 = 20;
-/// `abi.TFlagExtraStar`: the name has a `*` to drop.
-const TFLAG_EXTRA_STAR: u8 = 1 << 1;
-
 impl TypeNames {
     fn read(&self, vaddr: u64, buf: &mut [u8]) -> Option<()> {
         let &(seg_vaddr, offset, size) = self
@@ -301,28 +294,10 @@ impl TypeNames {
     /// The name of the type whose descriptor is at run-time address
     /// `type_addr` (`*net.TCPConn`).
     pub fn name(&self, type_addr: u64) -> Option<String> {
-        let base = self.types_base?;
         let addr = type_addr.checked_sub(self.bias)?;
-        let mut tflag = [0u8; 1];
-        self.read(addr + TYPE_TFLAG, &mut tflag)?;
-        let mut off = [0u8; 4];
-        self.read(addr + TYPE_STR, &mut off)?;
-        let off = i32::from_le_bytes(off);
-        let name_at = base.checked_add_signed(i64::from(off))?;
-        // flags byte, uvarint length (at most two bytes), bytes.
-        let mut head = [0u8; 3];
-        self.read(name_at, &mut head)?;
-        let (len, n) = crate::cursor::uvarint(&head[1..]).ok()?;
-        if len == 0 || len > 4096 {
-            return None;
-        }
-        let mut name = vec![0u8; len as usize];
-        self.read(name_at + 1 + n as u64, &mut name)?;
-        let mut name = String::from_utf8(name).ok()?;
-        if tflag[0] & TFLAG_EXTRA_STAR != 0 && name.starts_with('*') {
-            name.remove(0);
-        }
-        Some(name)
+        crate::binary::type_descriptor_name(self.types_base?, addr, 4096, |at, buf| {
+            self.read(at, buf)
+        })
     }
 }
 

@@ -83,13 +83,6 @@ struct Symbols {
 /// Smallest page size: segments are mapped at page boundaries.
 const PAGE: u64 = 4096;
 
-/// `abi.Type.TFlag` and `abi.Type.Str` (a NameOff): the same on every
-/// release since Go 1.17.
-const TYPE_TFLAG: u64 = 20;
-const TYPE_STR: u64 = 40;
-/// `abi.TFlagExtraStar`: the name has a `*` to drop.
-const TFLAG_EXTRA_STAR: u8 = 1 << 1;
-
 impl Symbols {
     fn load(path: &std::path::Path) -> Result<Self, String> {
         use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
@@ -135,35 +128,9 @@ impl Symbols {
 
     /// The name in the type descriptor at link-time address `addr`.
     fn type_name(&self, addr: u64) -> Option<String> {
-        let base = self.types_base?;
-        let mut tflag = [0u8; 1];
-        self.read(addr + TYPE_TFLAG, &mut tflag)?;
-        let mut off = [0u8; 4];
-        self.read(addr + TYPE_STR, &mut off)?;
-        let name_at = base.checked_add_signed(i64::from(i32::from_le_bytes(off)))?;
-        // A flags byte, a uvarint length, the bytes.
-        let mut head = [0u8; 4];
-        self.read(name_at, &mut head)?;
-        let (mut len, mut shift, mut i) = (0usize, 0, 1);
-        loop {
-            let b = *head.get(i)?;
-            len |= usize::from(b & 0x7f) << shift;
-            i += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        if len == 0 || len > 1024 {
-            return None;
-        }
-        let mut name = vec![0u8; len];
-        self.read(name_at + i as u64, &mut name)?;
-        let mut name = String::from_utf8(name).ok()?;
-        if tflag[0] & TFLAG_EXTRA_STAR != 0 && name.starts_with('*') {
-            name.remove(0);
-        }
-        Some(name)
+        crate::binary::type_descriptor_name(self.types_base?, addr, 1024, |at, buf| {
+            self.read(at, buf)
+        })
     }
 }
 
