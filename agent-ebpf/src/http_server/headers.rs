@@ -24,10 +24,13 @@ use crate::{
 pub const SCRATCH_LEN: usize = BUCKET_SIZE as usize;
 const _: () = assert!(GROUP_SIZE <= BUCKET_SIZE);
 
-/// Groups or buckets read at most: a swiss table of 64 slots (up to 56
-/// headers), or 4 buckets with 4 overflow buckets; more than browsers and
-/// proxies send. A larger map is counted (`headers_incomplete`).
-const MAX_GROUPS: usize = 8;
+/// Groups or buckets read at most: a swiss table of 128 slots (up to 112
+/// headers), or 8 buckets (the size net/http's pre-sizing gives 27 to 52
+/// headers) with 8 overflow buckets. A bucket overflows when more than 8 of
+/// the map's keys hash to it: with 26 keys in 8 buckets that happens to
+/// about one map in 40, so the reads must cover overflow buckets as well as
+/// main ones. A larger map is counted (`headers_incomplete`).
+const MAX_GROUPS: usize = 16;
 /// Keys of the right length whose bytes are compared at most.
 const MAX_CANDIDATES: usize = 4;
 /// The keys searched for, as net/http canonicalizes them.
