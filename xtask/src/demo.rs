@@ -49,7 +49,17 @@ pub fn start_fixture(
     fixture: &std::path::Path,
     extra_env: &[(&str, &str)],
 ) -> anyhow::Result<(Guard, SocketAddr)> {
+    start_fixture_with(fixture, extra_env, &[])
+}
+
+/// [`start_fixture`] with command-line arguments.
+pub fn start_fixture_with(
+    fixture: &std::path::Path,
+    extra_env: &[(&str, &str)],
+    args: &[&str],
+) -> anyhow::Result<(Guard, SocketAddr)> {
     let mut child = Command::new(fixture)
+        .args(args)
         .envs(extra_env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()

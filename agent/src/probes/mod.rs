@@ -300,6 +300,10 @@ impl Probes {
                 offset,
                 source: Box::new(source),
             })?;
+        log::debug!(
+            "{family}: {program} attached at {} +{offset:#x}",
+            path.display()
+        );
         let handle = LinkHandle(self.next_handle);
         self.next_handle += 1;
         self.attached.push(AttachedSite {
