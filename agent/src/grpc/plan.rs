@@ -16,9 +16,10 @@
 //! - client end: every `ret` of both, reads the returned error's code
 //!   through its itab (a `*status.Error`) and data.
 //!
-//! Struct offsets come from DWARF. The per-Go-release table knows no grpc
-//! struct: a stripped binary gets the family off, with the grpc version
-//! named.
+//! Struct offsets come from DWARF, else from the module table
+//! (`binary/module_offsets_table.json`), by the versions of grpc, x/net and
+//! genproto in the binary's build info. A version the table does not cover
+//! turns the family off, with the version named; nothing is guessed.
 
 use agent_common::{
     grpc::{
@@ -30,7 +31,7 @@ use agent_common::{
 use iced_x86::Register;
 
 use crate::{
-    binary::{BuiltinProbe, GoBinary, OffsetError, ProbeSite, SiteError},
+    binary::{BuiltinProbe, GoBinary, ModuleLookupError, OffsetError, ProbeSite, SiteError},
     probes::{LinkHandle, ProbeError, Probes},
     target::{Target, maps},
 };
@@ -178,7 +179,14 @@ fn stream_field(bin: &GoBinary, field: &'static str) -> Result<u64, PlanError> {
     let method = offset(bin, STREAM, field)?;
     match bin.struct_field_offset(SERVER_STREAM, "Stream") {
         Ok(embedded) => Ok(embedded.offset + method),
-        Err(OffsetError::NoSuchStruct { .. }) => Ok(method),
+        // Before v1.68 (DWARF, or the table measured on that version).
+        Err(
+            OffsetError::NoSuchStruct { .. }
+            | OffsetError::Module {
+                source: ModuleLookupError::NoSuchStruct { .. },
+                ..
+            },
+        ) => Ok(method),
         Err(source) => Err(PlanError::Offset {
             type_name: SERVER_STREAM,
             field: "Stream",
