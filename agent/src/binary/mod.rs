@@ -599,6 +599,13 @@ impl GoBinary {
         self.pie
     }
 
+    /// The link-time address of the file's first page (the segment at file
+    /// offset 0): a PIE's load bias is where its mapping at offset 0 starts
+    /// minus this. Go links PIE executables at 0x400000 as often as at 0.
+    pub fn link_base(&self) -> u64 {
+        self.vaddr_of_file_offset(0).map_or(0, |v| v & !0xfff)
+    }
+
     /// Whether `.symtab` is present (not `-ldflags=-s`).
     pub fn has_symtab(&self) -> bool {
         self.has_symtab

@@ -146,6 +146,8 @@ pub struct GrpcPlan {
     /// The link-time address of [`STATUS_ERROR_ITAB`], when known.
     pub status_error_itab: Option<u64>,
     pub pie: bool,
+    /// The link-time address of the file's first page.
+    pub link_base: u64,
     pub sites: Vec<Site>,
     /// Whether SERVER / CLIENT spans are planned.
     pub server: bool,
@@ -384,6 +386,7 @@ pub fn plan(bin: &GoBinary) -> Result<Option<GrpcPlan>, PlanError> {
         offsets,
         status_error_itab: status_error_itab.filter(|_| offsets.error_s != OFFSET_ABSENT),
         pie: bin.is_pie(),
+        link_base: bin.link_base(),
         sites,
         server,
         client,
@@ -402,10 +405,11 @@ pub fn attach(
     slot: u32,
     plan: &GrpcPlan,
 ) -> Result<Vec<LinkHandle>, ProbeError> {
-    // Go PIE binaries link at 0: their bias is where the executable's
-    // first mapping starts.
+    // A PIE's bias: where its first page is mapped, less where it was
+    // linked (Go links PIE at 0 or at 0x400000).
     let bias = if plan.pie {
-        maps::load_bias(target.pid, &target.exe_in_target).unwrap_or(0)
+        maps::load_bias(target.pid, &target.exe_in_target)
+            .map_or(0, |start| start.wrapping_sub(plan.link_base))
     } else {
         0
     };
