@@ -117,7 +117,7 @@ pub enum OffsetError {
         type_name: String,
         field: String,
         #[source]
-        source: ModuleLookupError,
+        source: Box<ModuleLookupError>,
     },
     #[error("reading DWARF failed")]
     Dwarf(#[source] Arc<DwarfError>),
@@ -838,7 +838,7 @@ impl GoBinary {
                 Err(source) => Err(OffsetError::Module {
                     type_name: type_name.to_owned(),
                     field: field.to_owned(),
-                    source,
+                    source: Box::new(source),
                 }),
             };
         }

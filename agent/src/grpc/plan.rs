@@ -182,13 +182,12 @@ fn stream_field(bin: &GoBinary, field: &'static str) -> Result<u64, PlanError> {
     match bin.struct_field_offset(SERVER_STREAM, "Stream") {
         Ok(embedded) => Ok(embedded.offset + method),
         // Before v1.68 (DWARF, or the table measured on that version).
-        Err(
-            OffsetError::NoSuchStruct { .. }
-            | OffsetError::Module {
-                source: ModuleLookupError::NoSuchStruct { .. },
-                ..
-            },
-        ) => Ok(method),
+        Err(OffsetError::NoSuchStruct { .. }) => Ok(method),
+        Err(OffsetError::Module { source, .. })
+            if matches!(*source, ModuleLookupError::NoSuchStruct { .. }) =>
+        {
+            Ok(method)
+        }
         Err(source) => Err(PlanError::Offset {
             type_name: SERVER_STREAM,
             field: "Stream",
