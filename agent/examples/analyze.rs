@@ -7,7 +7,11 @@
 //!     one line: `ms=<analysis wall time> rss_kb=<peak RSS>` (what
 //!     scripts/bench-analysis.sh takes medians of)
 //! cargo run --release -p agent --example analyze -- --offset-table OUT BIN...
-//!     the offset-table generator behind `cargo xtask offsets`
+//!     the offset-table generator behind `cargo xtask offsets` (the
+//!     binaries of one Go release are measured together)
+//! cargo run --release -p agent --example analyze -- --module-offset-table OUT BIN...
+//!     the grpc module table generator behind `cargo xtask offsets` (every
+//!     build of one module version must measure the same layouts)
 //! sudo target/release/examples/analyze --site-cost SITECOST_BIN CALLS ROUNDS
 //!     cost per uprobe hit at each kind of site (root: perf_event_open),
 //!     on a build of agent/tests/fixtures/sitecost
@@ -19,7 +23,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use agent::binary::{GoBinary, ProbeSite, inspect, kernel_emulates, render_offset_table};
+use std::collections::BTreeMap;
+
+use agent::binary::{
+    GoBinary, MODULE_FIELDS, ModuleEntry, ModuleOffsetTable, ProbeSite, TableField, TableStruct,
+    VERSIONED_MODULE_STRUCTS, inspect, kernel_emulates, module_owner as owner_of,
+    render_module_offset_table, render_offset_table, validate_module_offset_table,
+};
 use anyhow::{Context, bail};
 use iced_x86::{Decoder, DecoderOptions, Register};
 
@@ -202,7 +212,9 @@ fn site_cost(path: &Path, calls: u64, rounds: usize) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let Some(first) = args.next() else {
-        bail!("usage: analyze [--json] BIN... | --bench BIN | --offset-table OUT BIN...");
+        bail!(
+            "usage: analyze [--json] BIN... | --bench BIN | --offset-table OUT BIN... | --module-offset-table OUT BIN..."
+        );
     };
     match first.as_str() {
         "--bench" => {
@@ -224,13 +236,24 @@ fn main() -> anyhow::Result<()> {
         }
         "--offset-table" => {
             let out = PathBuf::from(args.next().context("--offset-table OUT BIN...")?);
-            let mut entries = Vec::new();
+            // The fixtures built with one release measure that release
+            // together: each struct from the first of them that has it.
+            let mut by_release: Vec<(String, Vec<GoBinary>)> = Vec::new();
             for path in args {
                 let bin = GoBinary::open(Path::new(&path))?;
-                let entry = bin
-                    .offset_table_entry()
-                    .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-                eprintln!("{path}: Go {}", entry.go);
+                let go = bin.build_info().go_version.to_string();
+                match by_release.iter_mut().find(|(v, _)| *v == go) {
+                    Some((_, bins)) => bins.push(bin),
+                    None => by_release.push((go, vec![bin])),
+                }
+            }
+            let mut entries = Vec::new();
+            for (go, bins) in &by_release {
+                let also: Vec<&GoBinary> = bins[1..].iter().collect();
+                let entry = bins[0]
+                    .offset_table_entry(&also)
+                    .map_err(|e| anyhow::anyhow!("Go {go}: {e}"))?;
+                eprintln!("Go {}: {} binaries", entry.go, bins.len());
                 entries.push(entry);
             }
             if entries.is_empty() {
@@ -238,6 +261,83 @@ fn main() -> anyhow::Result<()> {
             }
             std::fs::write(&out, render_offset_table(entries)?)
                 .with_context(|| format!("writing {}", out.display()))?;
+        }
+        "--module-offset-table" => {
+            let out = PathBuf::from(args.next().context("--module-offset-table OUT BIN...")?);
+            let mut entries: Vec<ModuleEntry> = Vec::new();
+            for path in args {
+                let bin = GoBinary::open(Path::new(&path))?;
+                let go = bin.build_info().go_version.to_string();
+                for (name, fields) in MODULE_FIELDS {
+                    let (module, version) = owner_of(bin.build_info(), name)
+                        .map_err(|e| anyhow::anyhow!("{path}: {name}: {e}"))?;
+                    let layout = bin
+                        .dwarf_struct(name, fields)
+                        .with_context(|| format!("{path} has no DWARF"))?
+                        .map_err(|e| anyhow::anyhow!("{path}: {name}: {e}"))?;
+                    let Some(layout) = layout else {
+                        if VERSIONED_MODULE_STRUCTS.contains(name) {
+                            continue;
+                        }
+                        bail!("{path}: {name} not in DWARF");
+                    };
+                    let mut measured = BTreeMap::new();
+                    for (field, m) in &layout.members {
+                        measured.insert(
+                            field.clone(),
+                            TableField {
+                                offset: m.offset,
+                                size: m.size,
+                                align: m.align,
+                            },
+                        );
+                    }
+                    let measured = TableStruct {
+                        size: layout.size,
+                        fields: measured,
+                    };
+                    let entry = match entries
+                        .iter_mut()
+                        .position(|e| e.module == module && e.version == version)
+                    {
+                        Some(i) => &mut entries[i],
+                        None => {
+                            entries.push(ModuleEntry {
+                                module: module.clone(),
+                                version: version.clone(),
+                                go: Vec::new(),
+                                structs: BTreeMap::new(),
+                            });
+                            entries.last_mut().expect("pushed")
+                        }
+                    };
+                    // Two builds of one module version (another Go
+                    // release, another grpc) must agree.
+                    if let Some(before) = entry.structs.get(*name)
+                        && *before != measured
+                    {
+                        bail!(
+                            "{path}: {name} of {module} {version} differs from an earlier build (Go {:?}): {before:?} vs {measured:?}",
+                            entry.go
+                        );
+                    }
+                    entry.structs.insert((*name).to_owned(), measured);
+                    if !entry.go.contains(&go) {
+                        entry.go.push(go.clone());
+                    }
+                }
+                eprintln!("{path}: Go {go}");
+            }
+            if entries.is_empty() {
+                bail!("no binaries given");
+            }
+            for e in &mut entries {
+                e.go.sort_by_key(|v| agent::binary::GoVersion::parse(v));
+            }
+            let json = render_module_offset_table(entries)?;
+            let table = ModuleOffsetTable::parse(&json)?;
+            validate_module_offset_table(&table).map_err(|e| anyhow::anyhow!(e))?;
+            std::fs::write(&out, json).with_context(|| format!("writing {}", out.display()))?;
         }
         _ => {
             let json = first == "--json";

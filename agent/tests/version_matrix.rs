@@ -423,3 +423,330 @@ fn newest_plain_stripped_pie_and_cgo() {
     trace_client("local", Build::Stripped);
     trace_client("local", Build::Pie);
 }
+
+/// Builds the fixture module `fixtures/<module>` (one with requirements,
+/// prefetched by `cargo xtask setup`) with `toolchain`, stripped or PIE.
+fn build_module(module: &str, toolchain: &str, kind: Build) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("version_matrix");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let out = dir.join(format!("{module}-{toolchain}-{kind:?}"));
+    let mut cmd = Command::new("go");
+    cmd.env("GOTOOLCHAIN", toolchain)
+        .env("GOFLAGS", "-mod=mod")
+        .env("CGO_ENABLED", "0")
+        .current_dir(fixtures_dir().join(module))
+        .args(["build", "-o"])
+        .arg(&out);
+    match kind {
+        Build::Stripped => cmd.arg("-ldflags=-s -w"),
+        Build::Pie => cmd.arg("-buildmode=pie"),
+        Build::Plain | Build::Cgo => &mut cmd,
+    };
+    let output = cmd.arg(".").output().expect("run go build");
+    assert!(
+        output.status.success(),
+        "{module} {toolchain} {kind:?}: go build failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// One expected SQL span (as in tests/sql.rs): name, operation,
+/// collection, query text, whether it fails.
+type SqlSpan = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+    bool,
+);
+
+const SQL_SPANS: [SqlSpan; 12] = [
+    (
+        "CREATE TABLE items",
+        Some("CREATE TABLE"),
+        Some("items"),
+        Some("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT, price REAL)"),
+        false,
+    ),
+    (
+        "DELETE items",
+        Some("DELETE"),
+        Some("items"),
+        Some("DELETE FROM items"),
+        false,
+    ),
+    (
+        "INSERT items",
+        Some("INSERT"),
+        Some("items"),
+        Some("INSERT INTO items (id, name, price) VALUES (?, ?, ?)"),
+        false,
+    ),
+    (
+        "SELECT items",
+        Some("SELECT"),
+        Some("items"),
+        Some("SELECT id, name FROM items WHERE id IN (?, ?, ?) AND name <> ?"),
+        false,
+    ),
+    ("BEGIN", Some("BEGIN"), None, None, false),
+    (
+        "INSERT items",
+        Some("INSERT"),
+        Some("items"),
+        Some("INSERT INTO items (id, name, price) VALUES (?, ?, ?)"),
+        false,
+    ),
+    ("COMMIT", Some("COMMIT"), None, None, false),
+    ("BEGIN", Some("BEGIN"), None, None, false),
+    ("ROLLBACK", Some("ROLLBACK"), None, None, false),
+    (
+        "PREPARE items",
+        Some("PREPARE"),
+        Some("items"),
+        Some("SELECT name FROM items WHERE id = ?"),
+        false,
+    ),
+    (
+        "SELECT items",
+        Some("SELECT"),
+        Some("items"),
+        Some("SELECT name FROM items WHERE id = ?"),
+        false,
+    ),
+    (
+        "sqlite",
+        None,
+        None,
+        Some("SELEC * FORM items WHERE id = ?"),
+        true,
+    ),
+];
+
+/// The SQL fixture (`module`: sqlapp, or sqlapp-old with an older
+/// modernc.org/sqlite for older Go) built by `toolchain`: every
+/// database/sql call one exact CLIENT span under the request's span. A
+/// stripped binary has no itab symbols to name the driver or an error's
+/// type by (its offsets come from the table).
+fn trace_sql(module: &str, toolchain: &str, kind: Build) {
+    let binary = build_module(module, toolchain, kind);
+    let (mut server, addr) = start_httpserver(&binary);
+    let receiver = Receiver::grpc();
+    let mut agent = attach_grpc(server.pid(), &receiver);
+    let what = format!("{module} {toolchain} {kind:?}");
+    let mut conn = Connection::open(addr);
+    let (status, body) = conn.request("GET", "/run", b"");
+    assert_eq!(status, 200, "{what}: {}", String::from_utf8_lossy(&body));
+    receiver.wait_for_spans(1 + SQL_SPANS.len(), Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    server.terminate();
+    assert!(agent.wait(Duration::from_secs(10)).success(), "{what}");
+    let spans = receiver.spans();
+    assert_eq!(
+        spans.len(),
+        1 + SQL_SPANS.len(),
+        "{what}: {:#?}",
+        spans.iter().map(|s| &s.span.name).collect::<Vec<_>>()
+    );
+    let request = spans
+        .iter()
+        .find(|s| s.span.name == "GET /run")
+        .unwrap_or_else(|| panic!("{what}: no request span"));
+    let mut sql: Vec<_> = spans
+        .iter()
+        .filter(|s| s.scope == "agent/database/sql")
+        .collect();
+    sql.sort_by_key(|s| s.span.start_time_unix_nano);
+    assert_eq!(sql.len(), SQL_SPANS.len(), "{what}");
+    let (system, error_type) = match kind {
+        Build::Stripped => ("other_sql", "_OTHER"),
+        _ => ("sqlite", "*modernc.org/sqlite.Error"),
+    };
+    for (span, (name, op, coll, text, fails)) in sql.iter().zip(SQL_SPANS) {
+        let name = if name == "sqlite" { system } else { name };
+        let what = format!("{what} {name}");
+        let s = &span.span;
+        assert_eq!(s.name, name, "{what}");
+        assert_eq!(s.kind, 3, "{what}: CLIENT");
+        assert_eq!(s.trace_id, request.span.trace_id, "{what}");
+        assert_eq!(s.parent_span_id, request.span.span_id, "{what}");
+        assert!(s.start_time_unix_nano >= request.span.start_time_unix_nano);
+        assert!(s.end_time_unix_nano <= request.span.end_time_unix_nano);
+        assert!(s.end_time_unix_nano >= s.start_time_unix_nano);
+        assert_eq!(span.attr("db.system.name"), Some(system), "{what}");
+        assert_eq!(span.attr("db.operation.name"), op, "{what}");
+        assert_eq!(span.attr("db.collection.name"), coll, "{what}");
+        assert_eq!(span.attr("db.query.text"), text, "{what}");
+        let status = s.status.as_ref().map_or(0, |st| st.code);
+        assert_eq!(status, if fails { 2 } else { 0 }, "{what}: status");
+        assert_eq!(
+            span.attr("error.type"),
+            fails.then_some(error_type),
+            "{what}"
+        );
+        assert_eq!(
+            span.attr("goroutine.id"),
+            request.attr("goroutine.id"),
+            "{what}: on the handler's goroutine"
+        );
+    }
+}
+
+/// `GET /call` of the grpc fixtures: the body.
+fn grpc_call(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    conn.write_all(b"GET /call HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .expect("body")
+}
+
+/// The grpc fixture (`module`: grpcapp, or grpcapp-old pinning an old grpc)
+/// built by `toolchain`: three CLIENT spans under the handler's span, three
+/// SERVER spans, the first continuing the caller's trace from its metadata
+/// (as tests/grpc.rs asserts). A stripped binary takes its offsets from the
+/// module table, and has no itab symbol to recognise a status error by (nor
+/// has any Go 1.27 build): its failed client call is Unknown (2).
+fn trace_grpc(module: &str, toolchain: &str, kind: Build, grpc: &str, reflection: &'static str) {
+    let binary = build_module(module, toolchain, kind);
+    let (mut app, addr) = start_httpserver(&binary);
+    let receiver = Receiver::grpc();
+    let mut agent = attach_grpc(app.pid(), &receiver);
+    let what = format!("{module} {toolchain} {kind:?}");
+    agent.wait_for_stderr(&format!("grpc {grpc}: "), Duration::from_secs(5));
+    let body = grpc_call(addr);
+    assert!(body.contains("check: OK"), "{what}: {body}");
+    assert!(body.contains("missing: NotFound"), "{what}: {body}");
+    assert!(body.contains("stream: OK"), "{what}: {body}");
+    let grpc_port = body
+        .lines()
+        .find_map(|l| l.strip_prefix("target: 127.0.0.1:"))
+        .expect("gRPC address in the body")
+        .to_owned();
+    receiver.wait_for_spans(7, Duration::from_secs(20));
+    app.terminate();
+    assert!(agent.wait(Duration::from_secs(10)).success(), "{what}");
+    let spans = receiver.spans();
+    assert_eq!(
+        spans.len(),
+        7,
+        "{what}: {:#?}",
+        spans
+            .iter()
+            .map(|s| (&s.span.name, s.span.kind))
+            .collect::<Vec<_>>()
+    );
+    let http = spans
+        .iter()
+        .find(|s| s.span.name == "GET /call")
+        .unwrap_or_else(|| panic!("{what}: no HTTP span"));
+    let of_kind = |kind: i32| {
+        let mut v: Vec<_> = spans
+            .iter()
+            .filter(|s| s.scope == "agent/grpc" && s.span.kind == kind)
+            .collect();
+        v.sort_by_key(|s| s.span.start_time_unix_nano);
+        v
+    };
+    // The client's status code needs the `go:itab.*status.Error,error`
+    // symbol: a stripped binary has no symbols, and Go 1.27 names no itab
+    // symbols at all. Without it a failed call is Unknown (2).
+    let itab_symbol = !matches!(kind, Build::Stripped) && !toolchain.starts_with("go1.27");
+    let missing_client = if itab_symbol { "5" } else { "2" };
+    let calls = [
+        ("grpc.health.v1.Health", "Check", "0", "0"),
+        ("grpc.health.v1.Health", "Check", missing_client, "5"),
+        (reflection, "ServerReflectionInfo", "0", "0"),
+    ];
+    let clients = of_kind(3);
+    let servers = of_kind(2);
+    assert_eq!((clients.len(), servers.len()), (3, 3), "{what}");
+    for ((client, server), (service, method, client_code, server_code)) in
+        clients.iter().zip(&servers).zip(calls)
+    {
+        let name = format!("{service}/{method}");
+        let what = format!("{what} {name}");
+        for (span, code) in [(client, client_code), (server, server_code)] {
+            assert_eq!(span.span.name, name, "{what}");
+            assert_eq!(span.attr("rpc.system"), Some("grpc"), "{what}");
+            assert_eq!(span.attr("rpc.service"), Some(service), "{what}");
+            assert_eq!(span.attr("rpc.method"), Some(method), "{what}");
+            assert_eq!(span.attr("rpc.grpc.status_code"), Some(code), "{what}");
+        }
+        assert_eq!(client.attr("server.address"), Some("127.0.0.1"), "{what}");
+        assert_eq!(
+            client.attr("server.port"),
+            Some(grpc_port.as_str()),
+            "{what}"
+        );
+        assert_eq!(client.span.trace_id, http.span.trace_id, "{what}");
+        assert_eq!(client.span.parent_span_id, http.span.span_id, "{what}");
+        let client_status = client.span.status.as_ref().map_or(0, |s| s.code);
+        assert_eq!(
+            client_status,
+            if client_code == "0" { 0 } else { 2 },
+            "{what}"
+        );
+        let server_status = server.span.status.as_ref().map_or(0, |s| s.code);
+        assert_eq!(server_status, 0, "{what}: NotFound is no server error");
+        assert!(
+            server.span.start_time_unix_nano >= client.span.start_time_unix_nano,
+            "{what}"
+        );
+    }
+    assert_eq!(hex(&servers[0].span.trace_id), &TRACEPARENT_CROWDED[3..35]);
+    assert_eq!(
+        hex(&servers[0].span.parent_span_id),
+        &TRACEPARENT_CROWDED[36..52]
+    );
+    for server in &servers[1..] {
+        assert!(server.span.parent_span_id.is_empty(), "{what}: a root");
+        assert_ne!(server.span.trace_id, http.span.trace_id, "{what}");
+    }
+}
+
+const V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+const V1: &str = "grpc.reflection.v1.ServerReflection";
+
+/// The oldest Go modernc.org/sqlite builds with here (v1.29, Go 1.21).
+#[test]
+fn sql_go_1_21() {
+    trace_sql("sqlapp-old", "go1.21.13", Build::Stripped);
+    trace_sql("sqlapp-old", "go1.21.13", Build::Pie);
+}
+
+#[test]
+fn sql_newest() {
+    trace_sql("sqlapp", "local", Build::Stripped);
+    trace_sql("sqlapp", "local", Build::Pie);
+}
+
+/// grpc v1.56 (June 2023: the frame in RBX, WriteStatus, no ServerStream)
+/// built by Go 1.20; its fixture calls the v1alpha reflection service.
+#[test]
+fn grpc_v1_56_go_1_20() {
+    trace_grpc(
+        "grpcapp-old",
+        "go1.20.14",
+        Build::Stripped,
+        "v1.56.3",
+        V1ALPHA,
+    );
+    trace_grpc("grpcapp-old", "go1.20.14", Build::Pie, "v1.56.3", V1ALPHA);
+}
+
+/// The newest grpc built by the newest Go release.
+#[test]
+fn grpc_newest_go_1_27() {
+    trace_grpc("grpcapp", "go1.27.4", Build::Stripped, "v1.85.0", V1);
+    trace_grpc("grpcapp", "go1.27.4", Build::Pie, "v1.85.0", V1);
+}

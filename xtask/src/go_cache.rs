@@ -32,7 +32,7 @@ use crate::util::{describe, output, root};
 /// Debian's golang-1.19-go (see setup's PACKAGES); the newest release is the
 /// installed Go. The unit test below fails when a test names a release
 /// missing from this list.
-pub const TOOLCHAINS: [&str; 9] = [
+pub const TOOLCHAINS: [&str; 10] = [
     "go1.17.13",
     "go1.18.10",
     "go1.20.14",
@@ -42,6 +42,7 @@ pub const TOOLCHAINS: [&str; 9] = [
     "go1.24.13",
     "go1.25.5",
     "go1.25.8",
+    "go1.27.4",
 ];
 
 /// Attempts per item: enough to ride out a proxy's brief refusals.

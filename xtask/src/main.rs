@@ -39,9 +39,19 @@ enum Command {
     /// Build, start the bundled Go HTTP server, attach the agent, send a few
     /// requests and show their spans on the console.
     Demo,
-    /// Regenerate the per-Go-version struct offset table from DWARF of real
-    /// builds (agent/src/binary/offsets_table.json).
-    Offsets,
+    /// Regenerate the struct offset tables from DWARF of real builds: per Go
+    /// release (agent/src/binary/offsets_table.json) and per grpc module
+    /// version (agent/src/binary/module_offsets_table.json). Needs the Go
+    /// module proxy.
+    Offsets {
+        /// Only check that the table has the newest Go release the module
+        /// proxy serves (asks the proxy: not for GOPROXY=off runs).
+        #[arg(long)]
+        check: bool,
+        /// Which tables to regenerate.
+        #[arg(long, value_enum, default_value = "all")]
+        tables: offsets::Tables,
+    },
     /// Benchmarks; results go to BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -62,7 +72,8 @@ fn main() -> anyhow::Result<()> {
         Command::Ci => ci::run(),
         Command::Test { args } => ci::test(&args),
         Command::Demo => demo::run(),
-        Command::Offsets => offsets::run(&util::root().join("agent/src/binary/offsets_table.json")),
+        Command::Offsets { check: true, .. } => offsets::check(),
+        Command::Offsets { tables, .. } => offsets::run(tables),
         Command::Bench { which } => bench::run(which),
         Command::Sink { listen } => bench::serve_sink_forever(listen),
     }

@@ -228,6 +228,9 @@ impl fmt::Display for InspectReport {
                             OffsetSource::Table { go_version } => {
                                 format!("table (Go {go_version})")
                             }
+                            OffsetSource::ModuleTable { module, version } => {
+                                format!("module table ({module} {version})")
+                            }
                         };
                         writeln!(
                             f,

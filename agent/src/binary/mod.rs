@@ -22,6 +22,7 @@ pub mod buildinfo;
 /// The DWARF struct-layout reader (public for the fuzz targets).
 pub mod dwarf;
 mod inspect;
+mod module_offsets;
 mod offsets;
 /// The `.gopclntab` reader (public for the fuzz targets).
 pub mod pclntab;
@@ -39,10 +40,16 @@ pub use crate::cursor::ReadError;
 pub use buildinfo::{BuildInfo, BuildInfoError, GoVersion, Module};
 pub use dwarf::{DwarfError, Member, StructLayout};
 pub use inspect::{BuiltinProbe, FieldReport, InspectReport, ProbeReport, inspect};
+pub use module_offsets::{
+    MODULE_FIELDS, ModuleEntry, ModuleLookupError, ModuleOffsetTable, VERSIONED_MODULE_STRUCTS,
+    owner as module_owner, render as render_module_offset_table,
+    validate as validate_module_offset_table,
+};
 pub use offsets::{
     FIXTURE_OPTIONAL_STRUCTS, Implausible, NEEDED_FIELDS, OffsetTable, TableEntry,
     VERSIONED_STRUCTS, render as render_offset_table,
 };
+pub use offsets::{TableField, TableStruct};
 pub use pclntab::{PclnError, PclnVersion};
 pub use sites::kernel_emulates;
 
@@ -103,6 +110,15 @@ pub enum OffsetError {
         go_version: GoVersion,
         measured: String,
     },
+    /// A struct of a module other than the standard library (grpc), not
+    /// in DWARF and not in the module table for the binary's version.
+    #[error("no offset for {type_name}.{field}")]
+    Module {
+        type_name: String,
+        field: String,
+        #[source]
+        source: Box<ModuleLookupError>,
+    },
     #[error("reading DWARF failed")]
     Dwarf(#[source] Arc<DwarfError>),
     #[error("implausible offset for {type_name}.{field}")]
@@ -151,6 +167,11 @@ pub enum OffsetSource {
     /// The checked-in table; `go_version` is the release it was measured on.
     Table {
         go_version: String,
+    },
+    /// The module table (grpc); `version` is the module version measured.
+    ModuleTable {
+        module: String,
+        version: String,
     },
 }
 
@@ -578,6 +599,13 @@ impl GoBinary {
         self.pie
     }
 
+    /// The link-time address of the file's first page (the segment at file
+    /// offset 0): a PIE's load bias is where its mapping at offset 0 starts
+    /// minus this. Go links PIE executables at 0x400000 as often as at 0.
+    pub fn link_base(&self) -> u64 {
+        self.vaddr_of_file_offset(0).map_or(0, |v| v & !0xfff)
+    }
+
     /// Whether `.symtab` is present (not `-ldflags=-s`).
     pub fn has_symtab(&self) -> bool {
         self.has_symtab
@@ -789,6 +817,31 @@ impl GoBinary {
                 });
             }
         }
+        if module_offsets::is_module_struct(type_name) {
+            let table = ModuleOffsetTable::builtin().map_err(OffsetError::Table)?;
+            return match table.lookup(&self.build_info, type_name, field) {
+                Ok(f) => {
+                    offsets::check(f.offset, f.size, f.align, f.struct_size)
+                        .map_err(implausible)?;
+                    Ok(FieldOffset {
+                        offset: f.offset,
+                        size: f.size,
+                        source: OffsetSource::ModuleTable {
+                            module: f.module,
+                            version: f.measured,
+                        },
+                    })
+                }
+                Err(_) if dwarf_error.is_some() => {
+                    Err(OffsetError::Dwarf(dwarf_error.expect("checked")))
+                }
+                Err(source) => Err(OffsetError::Module {
+                    type_name: type_name.to_owned(),
+                    field: field.to_owned(),
+                    source: Box::new(source),
+                }),
+            };
+        }
         let table = OffsetTable::builtin().map_err(OffsetError::Table)?;
         let version = self.build_info.go_version;
         let found = table.entry(version).and_then(|e| {
@@ -835,15 +888,28 @@ impl GoBinary {
         })
     }
 
-    /// A table entry for this binary from its DWARF (the generator behind
-    /// `cargo xtask offsets`).
-    pub fn offset_table_entry(&self) -> Result<TableEntry, String> {
-        if !self.has_dwarf() {
-            return Err(format!("{} has no DWARF", self.path.display()));
-        }
+    /// A table entry for this binary's Go release from its DWARF and, for
+    /// structs it does not use, from the DWARF of `also` (other fixtures
+    /// built with the same release): the generator behind `cargo xtask
+    /// offsets`.
+    pub fn offset_table_entry(&self, also: &[&GoBinary]) -> Result<TableEntry, String> {
         let go = self.build_info.go_version.to_string();
+        for bin in std::iter::once(self).chain(also.iter().copied()) {
+            if !bin.has_dwarf() {
+                return Err(format!("{} has no DWARF", bin.path.display()));
+            }
+            if bin.build_info.go_version.to_string() != go {
+                return Err(format!(
+                    "{} is built with Go {}, not {go}",
+                    bin.path.display(),
+                    bin.build_info.go_version
+                ));
+            }
+        }
         offsets::entry_from_layouts(&go, |name, fields| {
-            self.dwarf_struct(name, fields)?.ok().flatten()
+            std::iter::once(self)
+                .chain(also.iter().copied())
+                .find_map(|bin| bin.dwarf_struct(name, fields)?.ok().flatten())
         })
     }
 

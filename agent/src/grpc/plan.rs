@@ -16,9 +16,10 @@
 //! - client end: every `ret` of both, reads the returned error's code
 //!   through its itab (a `*status.Error`) and data.
 //!
-//! Struct offsets come from DWARF. The per-Go-release table knows no grpc
-//! struct: a stripped binary gets the family off, with the grpc version
-//! named.
+//! Struct offsets come from DWARF, else from the module table
+//! (`binary/module_offsets_table.json`), by the versions of grpc, x/net and
+//! genproto in the binary's build info. A version the table does not cover
+//! turns the family off, with the version named; nothing is guessed.
 
 use agent_common::{
     grpc::{
@@ -30,7 +31,7 @@ use agent_common::{
 use iced_x86::Register;
 
 use crate::{
-    binary::{BuiltinProbe, GoBinary, OffsetError, ProbeSite, SiteError},
+    binary::{BuiltinProbe, GoBinary, ModuleLookupError, OffsetError, ProbeSite, SiteError},
     probes::{LinkHandle, ProbeError, Probes},
     target::{Target, maps},
 };
@@ -145,6 +146,8 @@ pub struct GrpcPlan {
     /// The link-time address of [`STATUS_ERROR_ITAB`], when known.
     pub status_error_itab: Option<u64>,
     pub pie: bool,
+    /// The link-time address of the file's first page.
+    pub link_base: u64,
     pub sites: Vec<Site>,
     /// Whether SERVER / CLIENT spans are planned.
     pub server: bool,
@@ -178,7 +181,13 @@ fn stream_field(bin: &GoBinary, field: &'static str) -> Result<u64, PlanError> {
     let method = offset(bin, STREAM, field)?;
     match bin.struct_field_offset(SERVER_STREAM, "Stream") {
         Ok(embedded) => Ok(embedded.offset + method),
+        // Before v1.68 (DWARF, or the table measured on that version).
         Err(OffsetError::NoSuchStruct { .. }) => Ok(method),
+        Err(OffsetError::Module { source, .. })
+            if matches!(*source, ModuleLookupError::NoSuchStruct { .. }) =>
+        {
+            Ok(method)
+        }
         Err(source) => Err(PlanError::Offset {
             type_name: SERVER_STREAM,
             field: "Stream",
@@ -376,6 +385,7 @@ pub fn plan(bin: &GoBinary) -> Result<Option<GrpcPlan>, PlanError> {
         offsets,
         status_error_itab: status_error_itab.filter(|_| offsets.error_s != OFFSET_ABSENT),
         pie: bin.is_pie(),
+        link_base: bin.link_base(),
         sites,
         server,
         client,
@@ -394,10 +404,11 @@ pub fn attach(
     slot: u32,
     plan: &GrpcPlan,
 ) -> Result<Vec<LinkHandle>, ProbeError> {
-    // Go PIE binaries link at 0: their bias is where the executable's
-    // first mapping starts.
+    // A PIE's bias: where its first page is mapped, less where it was
+    // linked (Go links PIE at 0 or at 0x400000).
     let bias = if plan.pie {
-        maps::load_bias(target.pid, &target.exe_in_target).unwrap_or(0)
+        maps::load_bias(target.pid, &target.exe_in_target)
+            .map_or(0, |start| start.wrapping_sub(plan.link_base))
     } else {
         0
     };

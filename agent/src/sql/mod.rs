@@ -55,7 +55,7 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                 log::debug!("database/sql: unavailable: {missing}");
             }
             let types = types::ItabNames::from_binary(bin);
-            let pie = bin.is_pie();
+            let link_base = bin.is_pie().then(|| bin.link_base());
             Plan::Ready(Box::new(Sql {
                 plan,
                 builder: SqlSpanBuilder::new(
@@ -68,7 +68,7 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                     types.clone(),
                 ),
                 types: Some(types),
-                pie,
+                link_base,
                 links: Vec::new(),
             }))
         }
@@ -85,7 +85,8 @@ pub struct Sql {
     builder: SqlSpanBuilder,
     /// The itab names at link-time addresses, until attach knows the bias.
     types: Option<types::ItabNames>,
-    pie: bool,
+    /// A PIE's link-time address of its first page (None: not PIE).
+    link_base: Option<u64>,
     links: Vec<LinkHandle>,
 }
 
@@ -103,12 +104,12 @@ impl Family for Sql {
     }
 
     fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
-        // Go PIE binaries link at 0: their bias is where the executable's
-        // first mapping starts.
-        let bias = if self.pie {
-            maps::load_bias(target.pid, &target.exe_in_target).unwrap_or(0)
-        } else {
-            0
+        // A PIE's bias: where its first page is mapped, less where it was
+        // linked.
+        let bias = match self.link_base {
+            Some(base) => maps::load_bias(target.pid, &target.exe_in_target)
+                .map_or(0, |start| start.wrapping_sub(base)),
+            None => 0,
         };
         if let Some(types) = self.types.take() {
             if types.is_empty() {
