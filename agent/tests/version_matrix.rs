@@ -18,7 +18,7 @@ use support::{
     agent::attach_grpc,
     fixture::{fixtures_dir, start_httpclient, start_httpserver, start_httpserver_with},
     http_client::Connection,
-    otlp::{Receiver, hex},
+    otlp::{FlatSpan, Receiver, hex},
 };
 
 const DEBIAN_GO_119: &str = "/usr/lib/go-1.19/bin/go";
