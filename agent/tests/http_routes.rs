@@ -32,16 +32,23 @@ type Case = (
     Option<&'static str>,
 );
 
-/// Builds the fixture module `fixtures/<name>` (its own go.mod).
+/// Builds the fixture module `fixtures/<name>` (its own go.mod); a
+/// `name` ending in `-stripped` is built with `-ldflags=-s -w`.
 fn build(name: &str) -> PathBuf {
-    let src = fixture::fixtures_dir().join(name);
+    let (module, flags): (&str, &[&str]) = match name.strip_suffix("-stripped") {
+        Some(module) => (module, &["-ldflags=-s -w"]),
+        None => (name, &[]),
+    };
+    let src = fixture::fixtures_dir().join(module);
     let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("fixtures")
         .join(name);
     std::fs::create_dir_all(out.parent().expect("parent")).expect("create fixture dir");
     let output = Command::new(fixture::go())
         .current_dir(&src)
-        .args(["build", "-o"])
+        .arg("build")
+        .args(flags)
+        .arg("-o")
         .arg(&out)
         .arg(".")
         .env("CGO_ENABLED", "0")
@@ -83,8 +90,8 @@ fn start(binary: &Path) -> (Running, SocketAddr) {
 }
 
 /// Sends every case to `fixture` traced by an agent with `args`; returns
-/// the spans and the agent's stderr line about routes.
-fn trace(fixture: &str, args: &[&str], cases: &[Case]) -> Vec<FlatSpan> {
+/// the spans and the agent's stderr.
+fn trace(fixture: &str, args: &[&str], cases: &[Case]) -> (Vec<FlatSpan>, String) {
     let binary = build(fixture);
     let (server, addr) = start(&binary);
     let receiver = Receiver::grpc();
@@ -117,11 +124,12 @@ fn trace(fixture: &str, args: &[&str], cases: &[Case]) -> Vec<FlatSpan> {
     agent.signal(Signal::SIGINT);
     assert!(agent.wait(Duration::from_secs(10)).success());
     drop(server);
-    receiver.spans()
+    agent.wait_for_stderr("spans exported", Duration::from_secs(1));
+    (receiver.spans(), agent.stderr_lines().join("\n"))
 }
 
 /// Exactly one span per case, in order, with the case's name and route.
-fn check(fixture: &str, spans: &[FlatSpan], cases: &[Case]) {
+fn check(fixture: &str, (spans, _): &(Vec<FlatSpan>, String), cases: &[Case]) {
     let mut spans: Vec<&FlatSpan> = spans.iter().collect();
     spans.sort_by_key(|s| s.span.start_time_unix_nano);
     let got: Vec<(&str, Option<&str>)> = spans
@@ -318,4 +326,23 @@ fn span_name_path_keeps_the_old_naming() {
         &trace("routes-gin", &["--span-name=path"], &cases),
         &cases,
     );
+}
+
+/// A stripped binary has no DWARF for gin's structs: its routes are
+/// unavailable, said in one line, and spans are named by method.
+#[test]
+fn stripped_gin_is_named_by_method() {
+    let cases: [Case; 2] = [
+        ("GET", "/users/42", 200, "GET", None),
+        ("POST", "/files/a", 201, "POST", None),
+    ];
+    let traced = trace("routes-gin-stripped", &[], &cases);
+    check("routes-gin-stripped", &traced, &cases);
+    let lines: Vec<&str> = traced
+        .1
+        .lines()
+        .filter(|l| l.contains("router routes unavailable"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", traced.1);
+    assert!(lines[0].contains("gin.Context.fullPath"), "{}", lines[0]);
 }

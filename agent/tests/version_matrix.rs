@@ -285,7 +285,7 @@ fn trace_client(toolchain: &str, kind: Build) {
     let what = format!("{toolchain} {kind:?}");
     let front = spans
         .iter()
-        .find(|s| s.span.name == "GET /call")
+        .find(|s| s.scope == "agent/net/http" && request_line(s) == "GET /call")
         .unwrap_or_else(|| panic!("{what}: no front span"));
     let mut clients: Vec<_> = spans
         .iter()
