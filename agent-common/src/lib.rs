@@ -16,6 +16,7 @@ pub mod flight;
 pub mod grpc;
 pub mod http;
 pub mod http_client;
+pub mod http_route;
 pub mod runtime;
 pub mod sql;
 pub mod stats;
@@ -44,6 +45,9 @@ impl_pod!(
     http::HttpTracestate,
     http::HttpConfig,
     http::HttpOffsets,
+    http_route::HttpRoute,
+    http_route::HttpRouteConfig,
+    http_route::HttpRouteOffsets,
     usdt::UsdtSpec,
     usdt::UsdtArgSpec,
     flight::FlightStart,

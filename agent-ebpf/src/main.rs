@@ -16,6 +16,7 @@ mod flight;
 mod go;
 mod grpc;
 mod http_client;
+mod http_route;
 mod http_server;
 mod maps;
 mod record;

@@ -273,6 +273,7 @@ macro_rules! slot_configs {
 
 slot_configs!(
     agent_common::http::HttpConfig,
+    agent_common::http_route::HttpRouteConfig,
     agent_common::http_client::HttpClientConfig,
     agent_common::sql::SqlConfig,
     agent_common::grpc::GrpcConfig,

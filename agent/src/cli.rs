@@ -74,6 +74,12 @@ pub struct TraceArgs {
     #[arg(long, value_name = "POLICY", default_value = "redact", value_parser = ["redact", "keep"])]
     pub url_query: String,
 
+    /// How HTTP server spans are named: `route` (`{method} {http.route}`,
+    /// or `{method}` when no route is known, as OpenTelemetry's HTTP
+    /// conventions say) or `path` (`{method} {url.path}`, the raw path).
+    #[arg(long, value_name = "NAMING", default_value = "route", value_parser = ["route", "path"])]
+    pub span_name: String,
+
     /// Save each captured flight-recorder dump to this directory (for `go tool trace`).
     #[arg(long, value_name = "DIR")]
     pub save_dumps: Option<std::path::PathBuf>,

@@ -120,6 +120,8 @@ pub struct FamilyOptions {
     pub sql_keep_literals: bool,
     /// What URL attributes keep of query values.
     pub url_query: crate::spans::url::QueryPolicy,
+    /// How HTTP server spans are named.
+    pub span_naming: http_server::SpanNaming,
 }
 
 /// A family's answer to planning.

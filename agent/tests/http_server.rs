@@ -121,6 +121,15 @@ fn send_requests(addr: SocketAddr) -> [u16; 2] {
     ports
 }
 
+/// `{method} {url.path}` of a server span, which the cases are keyed by.
+fn request_line(span: &FlatSpan) -> String {
+    format!(
+        "{} {}",
+        span.attr("http.request.method").unwrap_or_default(),
+        span.attr("url.path").unwrap_or_default()
+    )
+}
+
 fn go_minor(version: &str) -> u32 {
     version
         .trim_start_matches("go")
@@ -138,8 +147,8 @@ fn check_spans(spans: &[FlatSpan], addr: SocketAddr, ports: [u16; 2], started: S
         "exactly one span per request: {:#?}",
         spans.iter().map(|s| &s.span.name).collect::<Vec<_>>()
     );
-    let by_name: BTreeMap<&str, &FlatSpan> =
-        spans.iter().map(|s| (s.span.name.as_str(), s)).collect();
+    // Looked up by request (names by route repeat without a route).
+    let by_name: BTreeMap<String, &FlatSpan> = spans.iter().map(|s| (request_line(s), s)).collect();
     let version = fixture::go_version();
     let records_route = go_minor(&version) >= 23;
     let now = SystemTime::now();
@@ -153,6 +162,12 @@ fn check_spans(spans: &[FlatSpan], addr: SocketAddr, ports: [u16; 2], started: S
             let span = by_name
                 .get(name.as_str())
                 .unwrap_or_else(|| panic!("no span {name:?} in {:?}", by_name.keys()));
+            // Named by route (`{method} {http.route}`), else by method.
+            let expected_name = match case.route.filter(|_| records_route) {
+                Some(route) => format!("{} {route}", case.method),
+                None => case.method.to_owned(),
+            };
+            assert_eq!(span.span.name, expected_name, "{name}");
             assert_eq!(span.span.kind, SpanKind::Server as i32, "{name}");
             assert_eq!(span.scope, "agent/net/http");
             assert_eq!(
@@ -477,7 +492,7 @@ fn http2_and_tls_requests() {
         let name = format!("{method} {target}");
         let span = spans
             .iter()
-            .find(|s| s.span.name == name)
+            .find(|s| request_line(s) == name)
             .unwrap_or_else(|| panic!("no span {name:?} in {names:?}"));
         let a = |k: &str| span.attr(k).map(str::to_owned);
         assert_eq!(a("http.request.method").as_deref(), Some(method), "{name}");
@@ -535,7 +550,7 @@ fn http2_and_tls_requests() {
 
     let tls1 = spans
         .iter()
-        .find(|s| s.span.name == "GET /slow")
+        .find(|s| request_line(s) == "GET /slow")
         .unwrap_or_else(|| panic!("no HTTP/1.1 span in {names:?}"));
     assert_eq!(tls1.attr("network.protocol.version"), Some("1.1"));
     assert_eq!(tls1.attr("url.scheme"), Some("https"));

@@ -18,7 +18,7 @@ use support::{
     agent::attach_grpc,
     fixture::{fixtures_dir, start_httpclient, start_httpserver, start_httpserver_with},
     http_client::Connection,
-    otlp::{Receiver, hex},
+    otlp::{FlatSpan, Receiver, hex},
 };
 
 const DEBIAN_GO_119: &str = "/usr/lib/go-1.19/bin/go";
@@ -170,7 +170,7 @@ fn trace(toolchain: &str, kind: Build) {
     ] {
         let span = spans
             .iter()
-            .find(|s| s.span.name == name)
+            .find(|s| request_line(s) == name)
             .unwrap_or_else(|| panic!("{toolchain} {kind:?}: no span {name}"));
         let trace_id = hex(&span.span.trace_id);
         let parent = hex(&span.span.parent_span_id);
@@ -190,7 +190,7 @@ fn trace(toolchain: &str, kind: Build) {
         let name = format!("{method} {path}");
         let span = spans
             .iter()
-            .find(|s| s.span.name == name)
+            .find(|s| request_line(s) == name)
             .unwrap_or_else(|| panic!("{toolchain} {kind:?}: no span {name}"));
         let what = format!("{toolchain} {kind:?} {name}");
         assert_eq!(span.attr("http.request.method"), Some(method), "{what}");
@@ -255,7 +255,7 @@ fn trace_h2(toolchain: &str, kind: Build) {
         let what = format!("{toolchain} {kind:?} HTTP/2 {name}");
         let span = spans
             .iter()
-            .find(|s| s.span.name == name)
+            .find(|s| request_line(s) == name)
             .unwrap_or_else(|| panic!("{what}: no span"));
         assert_eq!(
             span.attr("http.response.status_code"),
@@ -285,7 +285,7 @@ fn trace_client(toolchain: &str, kind: Build) {
     let what = format!("{toolchain} {kind:?}");
     let front = spans
         .iter()
-        .find(|s| s.span.name == "GET /call")
+        .find(|s| s.scope == "agent/net/http" && request_line(s) == "GET /call")
         .unwrap_or_else(|| panic!("{what}: no front span"));
     let mut clients: Vec<_> = spans
         .iter()
@@ -551,7 +551,7 @@ fn trace_sql(module: &str, toolchain: &str, kind: Build) {
     );
     let request = spans
         .iter()
-        .find(|s| s.span.name == "GET /run")
+        .find(|s| request_line(s) == "GET /run")
         .unwrap_or_else(|| panic!("{what}: no request span"));
     let mut sql: Vec<_> = spans
         .iter()
@@ -647,7 +647,7 @@ fn trace_grpc(module: &str, toolchain: &str, kind: Build, grpc: &str, reflection
     );
     let http = spans
         .iter()
-        .find(|s| s.span.name == "GET /call")
+        .find(|s| request_line(s) == "GET /call")
         .unwrap_or_else(|| panic!("{what}: no HTTP span"));
     let of_kind = |kind: i32| {
         let mut v: Vec<_> = spans
@@ -749,4 +749,14 @@ fn grpc_v1_56_go_1_20() {
 fn grpc_newest_go_1_27() {
     trace_grpc("grpcapp", "go1.27.4", Build::Stripped, "v1.85.0", V1);
     trace_grpc("grpcapp", "go1.27.4", Build::Pie, "v1.85.0", V1);
+}
+
+/// `{method} {url.path}` of a server span: its name by path, which the
+/// cases look spans up by (names by route repeat across these requests).
+fn request_line(span: &FlatSpan) -> String {
+    format!(
+        "{} {}",
+        span.attr("http.request.method").unwrap_or_default(),
+        span.attr("url.path").unwrap_or_default()
+    )
 }

@@ -28,6 +28,7 @@ use agent_common::{
         HttpServerEnd, HttpServerStart, HttpTraceparent, HttpTracestate, KIND_HTTP_SERVER_END,
         KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT, KIND_HTTP_TRACESTATE,
     },
+    http_route::{HttpRoute, KIND_HTTP_ROUTE},
 };
 use libfuzzer_sys::fuzz_target;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -40,6 +41,7 @@ fn layout(kind: u32) -> Option<(usize, usize)> {
         KIND_HTTP_SERVER_END => (size_of::<HttpServerEnd>(), align_of::<HttpServerEnd>()),
         KIND_HTTP_TRACEPARENT => (size_of::<HttpTraceparent>(), align_of::<HttpTraceparent>()),
         KIND_HTTP_TRACESTATE => (size_of::<HttpTracestate>(), align_of::<HttpTracestate>()),
+        KIND_HTTP_ROUTE => (size_of::<HttpRoute>(), align_of::<HttpRoute>()),
         _ => return None,
     })
 }
@@ -119,6 +121,7 @@ fuzz_target!(|data: &[u8]| {
                     HttpRecord::Tracestate(t) => {
                         (std::ptr::from_ref(*t).cast::<u8>(), t.header.kind)
                     }
+                    HttpRecord::Route(r) => (std::ptr::from_ref(*r).cast::<u8>(), r.header.kind),
                 };
                 assert_eq!(Some(k), kind);
                 let (size, align) = layout(k).expect("an HTTP kind");
@@ -138,6 +141,7 @@ fuzz_target!(|data: &[u8]| {
                 spans.on_traceparent(&mut goroutines, t);
             }
             Ok(HttpRecord::Tracestate(t)) => spans.on_tracestate(&mut goroutines, t),
+            Ok(HttpRecord::Route(r)) => spans.on_route(r),
             Err(_) => {}
         }
     }

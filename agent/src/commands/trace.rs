@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 
 use agent::{
     family::FamilyOptions,
-    http_server::SitePolicy,
+    http_server::{SitePolicy, SpanNaming},
     probes,
     resource::{self, ResourceOptions},
     session::{Session, SessionOptions},
@@ -44,6 +44,10 @@ fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
             url_query: match args.url_query.as_str() {
                 "keep" => QueryPolicy::Keep,
                 _ => QueryPolicy::Redact,
+            },
+            span_naming: match args.span_name.as_str() {
+                "path" => SpanNaming::Path,
+                _ => SpanNaming::Route,
             },
         },
         ring_buffer_bytes: args.ring_buffer_size,

@@ -5,17 +5,20 @@
 //! - [`plan`]: the functions, probe sites and struct offsets of one binary,
 //!   and attaching the programs (`agent-ebpf/src/http_server.rs`).
 //! - [`records`]: decoding the records (`agent_common::http`).
+//! - [`routes`]: the router probes (gin, chi, gorilla/mux, echo) whose
+//!   routes name the spans.
 //! - [`spans`]: pairing starts and ends per response object into spans.
 
 pub mod plan;
 pub mod records;
+pub mod routes;
 pub mod spans;
 
 use agent_common::target::MAX_TARGETS;
 
 pub use plan::{HttpServerPlan, PlanError, SitePolicy};
 use records::HttpRecord;
-pub use spans::HttpSpanBuilder;
+pub use spans::{HttpSpanBuilder, SpanNaming};
 
 use crate::{
     binary::{GoVersion, error_chain},
@@ -60,14 +63,20 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                 log::debug!("optional field unavailable: {missing}");
             }
             log::debug!("struct offsets: {:?}", plan.offsets);
+            let routes = routes::plan(bin, plan.offsets.g_goid);
+            for why in &routes.unavailable {
+                log::info!("net/http: router routes unavailable, spans named by method: {why}");
+            }
             Plan::Ready(Box::new(HttpServer {
                 plan,
+                routes,
                 builder: HttpSpanBuilder::new(
                     ctx.clock,
                     ctx.options.max_open_spans,
                     u64::try_from(ctx.options.span_ttl.as_nanos()).unwrap_or(u64::MAX),
                 )
-                .with_query_policy(ctx.options.url_query),
+                .with_query_policy(ctx.options.url_query)
+                .with_naming(ctx.options.span_naming),
                 links: Vec::new(),
                 traceparents: 0,
             }))
@@ -80,6 +89,7 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
 #[derive(Debug)]
 pub struct HttpServer {
     plan: HttpServerPlan,
+    routes: routes::RoutesPlan,
     builder: HttpSpanBuilder,
     links: Vec<LinkHandle>,
     /// Requests that continued a caller's trace (a valid `traceparent`).
@@ -97,6 +107,21 @@ impl Family for HttpServer {
 
     fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
         self.links = plan::attach(probes, target, 0, &self.plan)?;
+        match routes::attach(probes, target, 0, &self.routes) {
+            Ok(links) => self.links.extend(links),
+            Err(err) => {
+                probes.release(NAME, &mut self.links);
+                return Err(err.into());
+            }
+        }
+        for s in &self.routes.sites {
+            log::info!(
+                "net/http: {} routes at {:#x}: {}",
+                s.router,
+                s.site.address,
+                s.site.instruction
+            );
+        }
         let plan = &self.plan;
         log::info!(
             "net/http: {} probes (start at {:#x}: {}, end at {:#x}: {}, HTTP/2 end {})",
@@ -127,6 +152,7 @@ impl Family for HttpServer {
                 }
             }
             HttpRecord::Tracestate(rec) => self.builder.on_tracestate(g, rec),
+            HttpRecord::Route(rec) => self.builder.on_route(rec),
         }
         Ok(())
     }
@@ -155,6 +181,7 @@ impl Family for HttpServer {
             Counter::loss("expired", "expired", "", pairing.expired),
             Counter::loss("evicted", "evicted", "", pairing.evicted),
             Counter::count("http_traceparents", self.traceparents),
+            Counter::count("http_routes_unmatched", self.builder.routes_unmatched()),
             Counter::count("http_headers_unsearched", kernel.headers_incomplete),
         ]);
     }

@@ -7,6 +7,8 @@ use agent_common::http::{
     KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT, KIND_HTTP_TRACESTATE,
 };
 
+use agent_common::http_route::{HttpRoute, KIND_HTTP_ROUTE};
+
 use crate::ringbuf::record::{RecordError, kind, view};
 
 /// The record kinds of this family.
@@ -15,6 +17,7 @@ pub const KINDS: &[u32] = &[
     KIND_HTTP_SERVER_END,
     KIND_HTTP_TRACEPARENT,
     KIND_HTTP_TRACESTATE,
+    KIND_HTTP_ROUTE,
 ];
 
 /// A decoded record.
@@ -24,6 +27,7 @@ pub enum HttpRecord<'a> {
     End(&'a HttpServerEnd),
     Traceparent(&'a HttpTraceparent),
     Tracestate(&'a HttpTracestate),
+    Route(&'a HttpRoute),
 }
 
 /// Decodes one record of this family.
@@ -34,6 +38,7 @@ pub fn decode(bytes: &[u8]) -> Result<HttpRecord<'_>, RecordError> {
         KIND_HTTP_SERVER_END => Ok(HttpRecord::End(view(bytes, kind)?)),
         KIND_HTTP_TRACEPARENT => Ok(HttpRecord::Traceparent(view(bytes, kind)?)),
         KIND_HTTP_TRACESTATE => Ok(HttpRecord::Tracestate(view(bytes, kind)?)),
+        KIND_HTTP_ROUTE => Ok(HttpRecord::Route(view(bytes, kind)?)),
         kind => Err(RecordError::UnknownKind { kind }),
     }
 }

@@ -4,14 +4,22 @@
 //! Everything the start record says is encoded into the span's protobuf
 //! bytes when the start arrives; the end adds its fields, the ids and the
 //! times. So an open request holds one buffer, not a string per field.
+//!
+//! The name is written last, when the span completes: it is
+//! `{method} {http.route}` (OpenTelemetry's HTTP server conventions), and
+//! the route is known only once a router has matched the request (a route
+//! record) or the request has ended (ServeMux's `Request.Pattern`). Without
+//! a route it is `{method}`: raw paths would make every URL an operation.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, collections::HashMap};
 
 use agent_common::http::{
     END_FIELD_PATTERN, END_FIELD_STATUS, END_FIELD_WRITTEN, FIELD_CONTENT_LENGTH, FIELD_HOST,
     FIELD_METHOD, FIELD_METHOD_IN_URI, FIELD_PROTO, FIELD_REMOTE, FIELD_TLS, FIELD_TLS_KNOWN,
     FIELD_URI, HttpServerEnd, HttpServerStart, HttpTraceparent, HttpTracestate,
 };
+use agent_common::http_route::HttpRoute;
+use foldhash::fast::RandomState;
 use opentelemetry::{
     InstrumentationScope,
     trace::{SpanId, SpanKind, TraceId},
@@ -51,8 +59,24 @@ struct OpenRequest {
     parent: Option<RemoteParent>,
     /// The caller's vendor state, from its `tracestate`, normalized.
     trace_state: Option<String>,
-    /// The span's name and start attributes, encoded.
+    /// The span's start attributes, encoded (the name comes at the end).
     encoded: Vec<u8>,
+    /// The method as the name spells it (`HTTP` for a non-standard one).
+    name_method: &'static str,
+    /// The path, for [`SpanNaming::Path`] only.
+    name_path: Option<Box<str>>,
+    /// The route a router matched (its last word wins: nested routers).
+    route: Option<Box<str>>,
+}
+
+/// How a server span is named.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SpanNaming {
+    /// `{method} {http.route}`, or `{method}` when no route is known.
+    #[default]
+    Route,
+    /// `{method} {url.path}` (the agent's naming before routes).
+    Path,
 }
 
 /// Builds HTTP server spans.
@@ -68,6 +92,12 @@ pub struct HttpSpanBuilder {
     duplicates: u64,
     /// What `url.query` keeps of query values.
     query_policy: QueryPolicy,
+    naming: SpanNaming,
+    /// The open request of each goroutine (slot, goid) -> response, for
+    /// route records, which know only their goroutine.
+    by_goroutine: HashMap<(u32, u64), u64, RandomState>,
+    /// Route records that found no open request on their goroutine.
+    routes_unmatched: u64,
 }
 
 /// The first `len` bytes of a string area (all of it when truncated).
@@ -175,6 +205,41 @@ impl HttpSpanBuilder {
             ),
             duplicates: 0,
             query_policy: QueryPolicy::default(),
+            naming: SpanNaming::default(),
+            by_goroutine: HashMap::default(),
+            routes_unmatched: 0,
+        }
+    }
+
+    /// The builder with `naming` for span names (default: by route).
+    pub fn with_naming(mut self, naming: SpanNaming) -> Self {
+        self.naming = naming;
+        self
+    }
+
+    /// Route records that found no open request on their goroutine.
+    pub fn routes_unmatched(&self) -> u64 {
+        self.routes_unmatched
+    }
+
+    /// A router matched the request open on the record's goroutine: its
+    /// route names the span (a later one replaces an earlier one, as a
+    /// nested router refines its parent's match).
+    pub fn on_route(&mut self, rec: &HttpRoute) {
+        let slot = rec.header.target;
+        let open = self
+            .by_goroutine
+            .get(&(slot, rec.header.goid))
+            .copied()
+            .and_then(|response| self.open.get_mut(&(slot, response)));
+        let Some(open) = open else {
+            self.routes_unmatched += 1;
+            return;
+        };
+        let kept = (rec.len as usize).min(rec.route.len());
+        // A route cut short is no route: the span keeps its method name.
+        if kept == rec.len as usize && kept > 0 {
+            open.route = Some(String::from_utf8_lossy(&rec.route[..kept]).into());
         }
     }
 
@@ -226,6 +291,7 @@ impl HttpSpanBuilder {
                 flags: TRACE_FLAGS_SAMPLED as u8,
             },
         );
+        let start = encode_start(rec, self.query_policy, self.naming);
         let request = OpenRequest {
             start_ns: rec.header.ktime_ns,
             goid: rec.header.goid,
@@ -233,8 +299,13 @@ impl HttpSpanBuilder {
             span_id,
             parent: None,
             trace_state: None,
-            encoded: encode_start(rec, self.query_policy),
+            encoded: start.encoded,
+            name_method: start.method,
+            name_path: start.path,
+            route: None,
         };
+        self.by_goroutine
+            .insert((rec.header.target, rec.header.goid), rec.response);
         if let Some((displaced_key, displaced)) = self.open.open(key, request, rec.header.ktime_ns)
         {
             let reason = if displaced_key == key {
@@ -350,6 +421,12 @@ impl HttpSpanBuilder {
         incomplete: Option<Incomplete>,
     ) -> EncodedSpan {
         goroutines.exit((slot, open.goid), open.span_id);
+        if let std::collections::hash_map::Entry::Occupied(entry) =
+            self.by_goroutine.entry((slot, open.goid))
+            && self.open.get(&(slot, *entry.get())).is_none()
+        {
+            entry.remove();
+        }
         let mut bytes = open.encoded;
         let mut w = SpanWriter::new(&mut bytes);
         // A request that carries a trace context continues that trace, as a
@@ -384,10 +461,31 @@ impl HttpSpanBuilder {
             if end.fields & END_FIELD_WRITTEN != 0 {
                 w.attr_int("http.response.body.size", end.written);
             }
-            if end.fields & END_FIELD_PATTERN != 0 && end.pattern_len > 0 {
-                w.attr_str("http.route", &text(&end.pattern, end.pattern_len));
-            }
         }
+        // A router's route, else ServeMux's pattern (its path part: a
+        // pattern may say `GET example.com/items/{id}`).
+        let pattern = end
+            .filter(|end| {
+                end.fields & END_FIELD_PATTERN != 0
+                    && end.pattern_len > 0
+                    && end.pattern_len as usize <= end.pattern.len()
+            })
+            .map(|end| text(&end.pattern, end.pattern_len));
+        let route = open
+            .route
+            .as_deref()
+            .or_else(|| pattern.as_deref().map(pattern_path))
+            .filter(|route| !route.is_empty());
+        if let Some(route) = route {
+            w.attr_str("http.route", route);
+        }
+        match (self.naming, route, open.name_path.as_deref()) {
+            (SpanNaming::Route, Some(route), _) => w.name(&[open.name_method, " ", route]),
+            (SpanNaming::Path, _, Some(path)) if !path.is_empty() => {
+                w.name(&[open.name_method, " ", path])
+            }
+            _ => w.name(&[open.name_method]),
+        };
         if let Some(reason) = incomplete {
             w.attr_str("agent.span.incomplete", reason.as_str());
         }
@@ -422,8 +520,23 @@ fn attr_host_port(w: &mut SpanWriter<'_>, keys: (&str, &str), bytes: &[u8], len:
     }
 }
 
-/// The span's name and every attribute a start record gives, encoded.
-fn encode_start(rec: &HttpServerStart, query_policy: QueryPolicy) -> Vec<u8> {
+/// The path part of a ServeMux pattern `[METHOD ][HOST]/PATH`.
+fn pattern_path(pattern: &str) -> &str {
+    let rest = pattern.split_once(' ').map_or(pattern, |(_, rest)| rest);
+    rest.find('/').map_or("", |at| &rest[at..])
+}
+
+/// What a start record gives a span: its encoded attributes and the parts
+/// of its name.
+struct Start {
+    encoded: Vec<u8>,
+    method: &'static str,
+    path: Option<Box<str>>,
+}
+
+/// Every attribute a start record gives, encoded, and the parts of the
+/// span's name.
+fn encode_start(rec: &HttpServerStart, query_policy: QueryPolicy, naming: SpanNaming) -> Start {
     let has = |flag| rec.fields & flag != 0;
     let mut bytes = crate::export::span_buffer(SPAN_CAPACITY);
     let mut w = SpanWriter::new(&mut bytes);
@@ -449,9 +562,9 @@ fn encode_start(rec: &HttpServerStart, query_policy: QueryPolicy) -> Vec<u8> {
     };
 
     let name_method = known.unwrap_or("HTTP");
-    match &path {
-        Some(path) if !path.is_empty() => w.name(&[name_method, " ", path]),
-        _ => w.name(&[name_method]),
+    let name_path = match (&path, naming) {
+        (Some(path), SpanNaming::Path) => Some(Box::from(&**path)),
+        _ => None,
     };
     match (known, method) {
         (Some(known), _) => {
@@ -508,7 +621,11 @@ fn encode_start(rec: &HttpServerStart, query_policy: QueryPolicy) -> Vec<u8> {
     }
     w.attr_int("goroutine.id", rec.header.goid as i64);
     w.attr_int("thread.id", i64::from(rec.header.tid));
-    bytes
+    Start {
+        encoded: bytes,
+        method: name_method,
+        path: name_path,
+    }
 }
 
 #[cfg(test)]
@@ -521,6 +638,7 @@ mod tests {
             KIND_HTTP_TRACESTATE, METHOD_CAP, PATTERN_CAP, REMOTE_CAP, TRACEPARENT_CAP,
             TRACESTATE_CAP, URI_CAP,
         },
+        http_route::{KIND_HTTP_ROUTE, ROUTE_CAP},
     };
 
     use opentelemetry::trace::{SpanId, TraceId};
@@ -646,7 +764,7 @@ mod tests {
         b.on_end(&mut g, &end(7, 3_000, 0xa, 503), &mut |s| spans.push(s));
         assert_eq!(spans.len(), 1);
         let s = &decode(&spans[0]);
-        assert_eq!(s.name, "POST /items/x");
+        assert_eq!(s.name, "POST", "no route: the method alone");
         assert_eq!(s.kind, 2, "SERVER");
         assert_eq!(attr(s, "http.request.method").as_deref(), Some("POST"));
         assert_eq!(attr(s, "url.path").as_deref(), Some("/items/x"));
@@ -680,7 +798,7 @@ mod tests {
         });
         b.on_end(&mut g, &end(2, 20, 0xb, 0), &mut |s| spans.push(s));
         let spans: Vec<ProtoSpan> = spans.iter().map(decode).collect();
-        assert_eq!(spans[0].name, "HTTP /c");
+        assert_eq!(spans[0].name, "HTTP");
         assert_eq!(
             attr(&spans[0], "http.request.method").as_deref(),
             Some("_OTHER")
@@ -742,7 +860,7 @@ mod tests {
     #[test]
     fn request_line_read_in_one_piece() {
         let s = one_span(&start_line(0xa, "GET /a%20b/c?x=1&sig=s3cret&y", None));
-        assert_eq!(s.name, "GET /a b/c");
+        assert_eq!(s.name, "GET");
         assert_eq!(attr(&s, "http.request.method").as_deref(), Some("GET"));
         assert_eq!(attr(&s, "url.path").as_deref(), Some("/a b/c"));
         assert_eq!(
@@ -804,12 +922,12 @@ mod tests {
         b.on_end(&mut g, &end(0, 30, 0xa, 200), &mut |s| spans.push(s));
         let spans: Vec<ProtoSpan> = spans.iter().map(decode).collect();
         assert_eq!(spans.len(), 2);
-        assert_eq!(spans[0].name, "GET /ws");
+        assert_eq!(spans[0].name, "GET");
         assert_eq!(
             attr(&spans[0], "agent.span.incomplete").as_deref(),
             Some("replaced")
         );
-        assert_eq!(spans[1].name, "GET /next");
+        assert_eq!(spans[1].name, "GET");
         assert_eq!(attr(&spans[1], "agent.span.incomplete"), None);
     }
 
@@ -918,6 +1036,99 @@ mod tests {
             "",
             "no valid traceparent: the state is not the caller's"
         );
+    }
+
+    fn route(goid: u64, t: u64, route: &str) -> HttpRoute {
+        let (bytes, len) = fill::<ROUTE_CAP>(route);
+        HttpRoute {
+            header: EventHeader {
+                kind: KIND_HTTP_ROUTE,
+                target: 0,
+                tid: 99,
+                site: 1,
+                goid,
+                ktime_ns: t,
+            },
+            len,
+            router: 1,
+            route: bytes,
+        }
+    }
+
+    /// One request: start, the route records, an end with `pattern`.
+    fn routed(naming: SpanNaming, routes: &[&str], pattern: &str) -> (ProtoSpan, u64) {
+        let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000)
+            .with_naming(naming);
+        let mut g = Goroutines::new(true);
+        let mut spans = Vec::new();
+        b.on_start(&mut g, &start(7, 10, 0xa, "GET", "/users/42"), &mut |s| {
+            spans.push(s)
+        });
+        for r in routes {
+            b.on_route(&route(7, 11, r));
+        }
+        let mut end = end(7, 20, 0xa, 200);
+        let (bytes, len) = fill::<PATTERN_CAP>(pattern);
+        end.pattern = bytes;
+        end.pattern_len = len;
+        end.fields |= END_FIELD_PATTERN;
+        b.on_end(&mut g, &end, &mut |s| spans.push(s));
+        assert_eq!(spans.len(), 1);
+        (decode(&spans[0]), b.routes_unmatched())
+    }
+
+    #[test]
+    fn route_names_the_span() {
+        let (s, _) = routed(SpanNaming::Route, &["/users/:id"], "");
+        assert_eq!(s.name, "GET /users/:id");
+        assert_eq!(attr(&s, "http.route").as_deref(), Some("/users/:id"));
+        assert_eq!(attr(&s, "url.path").as_deref(), Some("/users/42"));
+
+        // Nested routers: the last word wins; a router beats ServeMux.
+        let (s, _) = routed(SpanNaming::Route, &["/api/*", "/api/users/{id}"], "/api/");
+        assert_eq!(s.name, "GET /api/users/{id}");
+
+        // ServeMux alone: the pattern's path part.
+        let (s, _) = routed(SpanNaming::Route, &[], "GET localhost/users/{id}");
+        assert_eq!(s.name, "GET /users/{id}");
+        assert_eq!(attr(&s, "http.route").as_deref(), Some("/users/{id}"));
+        let (s, _) = routed(SpanNaming::Route, &[], "/users/");
+        assert_eq!(s.name, "GET /users/");
+
+        // The old naming keeps the path, whatever the route.
+        let (s, _) = routed(SpanNaming::Path, &["/users/:id"], "");
+        assert_eq!(s.name, "GET /users/42");
+        assert_eq!(attr(&s, "http.route").as_deref(), Some("/users/:id"));
+    }
+
+    #[test]
+    fn routes_of_other_goroutines_or_cut_short_are_not_used() {
+        let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+        let mut g = Goroutines::new(true);
+        let mut spans = Vec::new();
+        b.on_route(&route(7, 5, "/before"));
+        b.on_start(&mut g, &start(7, 10, 0xa, "GET", "/x"), &mut |s| {
+            spans.push(s)
+        });
+        b.on_route(&route(8, 11, "/other"));
+        let mut long = route(7, 12, "/long");
+        long.len = 500;
+        b.on_route(&long);
+        b.on_end(&mut g, &end(7, 20, 0xa, 200), &mut |s| spans.push(s));
+        b.on_route(&route(7, 25, "/after"));
+        let s = decode(&spans[0]);
+        assert_eq!(s.name, "GET");
+        assert_eq!(attr(&s, "http.route"), None);
+        assert_eq!(b.routes_unmatched(), 3, "before, other goroutine, after");
+    }
+
+    #[test]
+    fn pattern_path_parts() {
+        assert_eq!(pattern_path("/a/{b}"), "/a/{b}");
+        assert_eq!(pattern_path("GET /a"), "/a");
+        assert_eq!(pattern_path("POST host.example/a/"), "/a/");
+        assert_eq!(pattern_path("host.example/"), "/");
+        assert_eq!(pattern_path("GET host"), "");
     }
 
     #[test]

@@ -1,0 +1,348 @@
+//! End to end, as root: server spans named by route. Each router (gin,
+//! chi, gorilla/mux, echo) and ServeMux (1.22+ patterns, and Go 1.21's,
+//! which records none) serves from a fixture module built from source; the
+//! agent attaches with `--pid`; every request's span name and `http.route`
+//! are asserted exactly.
+
+mod support;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use support::{
+    agent::{Agent, attach_grpc, command},
+    fixture::{self, Running},
+    http_client::Connection,
+    otlp::{FlatSpan, Receiver},
+};
+
+/// A request and what its span must say: method, target, status, span
+/// name, `http.route`.
+type Case = (
+    &'static str,
+    &'static str,
+    u16,
+    &'static str,
+    Option<&'static str>,
+);
+
+/// Builds the fixture module `fixtures/<name>` (its own go.mod); a
+/// `name` ending in `-stripped` is built with `-ldflags=-s -w`.
+fn build(name: &str) -> PathBuf {
+    let (module, flags): (&str, &[&str]) = match name.strip_suffix("-stripped") {
+        Some(module) => (module, &["-ldflags=-s -w"]),
+        None => (name, &[]),
+    };
+    let src = fixture::fixtures_dir().join(module);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("fixtures")
+        .join(name);
+    std::fs::create_dir_all(out.parent().expect("parent")).expect("create fixture dir");
+    let output = Command::new(fixture::go())
+        .current_dir(&src)
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(".")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("run go build (is Go installed?)");
+    assert!(
+        output.status.success(),
+        "go build {name} failed (modules: `go mod download` in {}):\n{}",
+        src.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// Starts a built fixture with the environment as it is (its go.mod
+/// decides its GODEBUG defaults) and waits for its address.
+fn start(binary: &Path) -> (Running, SocketAddr) {
+    let mut child = Command::new(binary)
+        .env_remove("GODEBUG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start fixture");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        assert!(Instant::now() < deadline, "fixture did not start");
+        let line = lines
+            .next()
+            .expect("fixture exited before listening")
+            .expect("read fixture stdout");
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            break addr.parse().expect("fixture address");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (Running { child }, addr)
+}
+
+/// Sends every case to `fixture` traced by an agent with `args`; returns
+/// the spans and the agent's stderr.
+fn trace(fixture: &str, args: &[&str], cases: &[Case]) -> (Vec<FlatSpan>, String) {
+    let binary = build(fixture);
+    let (server, addr) = start(&binary);
+    let receiver = Receiver::grpc();
+    let mut agent = if args.is_empty() {
+        attach_grpc(server.pid(), &receiver)
+    } else {
+        let mut cmd = command();
+        cmd.args(["--pid", &server.pid().to_string()])
+            .args([
+                "--otlp-endpoint",
+                &receiver.url(),
+                "--otlp-protocol",
+                "grpc",
+            ])
+            .args(args);
+        let mut agent = Agent::start(cmd);
+        agent.wait_attached();
+        agent
+    };
+    let mut conn = Connection::open(addr);
+    for (method, target, status, _, _) in cases {
+        assert_eq!(
+            conn.request(method, target, b"").0,
+            *status,
+            "{fixture}: {method} {target}"
+        );
+    }
+    receiver.wait_for_spans(cases.len(), Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    agent.signal(Signal::SIGINT);
+    assert!(agent.wait(Duration::from_secs(10)).success());
+    drop(server);
+    agent.wait_for_stderr("spans exported", Duration::from_secs(1));
+    (receiver.spans(), agent.stderr_lines().join("\n"))
+}
+
+/// Exactly one span per case, in order, with the case's name and route.
+fn check(fixture: &str, (spans, _): &(Vec<FlatSpan>, String), cases: &[Case]) {
+    let mut spans: Vec<&FlatSpan> = spans.iter().collect();
+    spans.sort_by_key(|s| s.span.start_time_unix_nano);
+    let got: Vec<(&str, Option<&str>)> = spans
+        .iter()
+        .map(|s| (s.span.name.as_str(), s.attr("http.route")))
+        .collect();
+    let want: Vec<(&str, Option<&str>)> = cases
+        .iter()
+        .map(|(_, _, _, name, route)| (*name, *route))
+        .collect();
+    assert_eq!(got, want, "{fixture}: (span name, http.route) per request");
+    for (span, (method, target, status, _, _)) in spans.iter().zip(cases) {
+        assert_eq!(span.attr("http.request.method"), Some(*method), "{fixture}");
+        assert_eq!(
+            span.attr("url.path"),
+            Some(*target),
+            "{fixture}: raw path kept"
+        );
+        assert_eq!(
+            span.attr("http.response.status_code"),
+            Some(status.to_string().as_str()),
+            "{fixture}"
+        );
+    }
+}
+
+#[test]
+fn gin_routes() {
+    let cases: [Case; 4] = [
+        (
+            "GET",
+            "/users/42",
+            200,
+            "GET /users/:id",
+            Some("/users/:id"),
+        ),
+        (
+            "POST",
+            "/files/a/b.txt",
+            201,
+            "POST /files/*path",
+            Some("/files/*path"),
+        ),
+        (
+            "GET",
+            "/api/v1/items/7",
+            200,
+            "GET /api/v1/items/:item",
+            Some("/api/v1/items/:item"),
+        ),
+        ("GET", "/nope", 404, "GET", None),
+    ];
+    check("routes-gin", &trace("routes-gin", &[], &cases), &cases);
+}
+
+#[test]
+fn chi_routes() {
+    let cases: [Case; 4] = [
+        (
+            "GET",
+            "/users/42",
+            200,
+            "GET /users/{id}",
+            Some("/users/{id}"),
+        ),
+        (
+            "POST",
+            "/files/a/b.txt",
+            201,
+            "POST /files/*",
+            Some("/files/*"),
+        ),
+        (
+            "GET",
+            "/api/v1/items/7",
+            200,
+            "GET /api/v1/items/{item}",
+            Some("/api/v1/items/{item}"),
+        ),
+        ("GET", "/nope", 404, "GET", None),
+    ];
+    check("routes-chi", &trace("routes-chi", &[], &cases), &cases);
+}
+
+#[test]
+fn gorilla_mux_routes() {
+    let cases: [Case; 4] = [
+        (
+            "GET",
+            "/users/42",
+            200,
+            "GET /users/{id}",
+            Some("/users/{id}"),
+        ),
+        (
+            "POST",
+            "/files/a/b.txt",
+            201,
+            "POST /files/{path:.*}",
+            Some("/files/{path:.*}"),
+        ),
+        (
+            "GET",
+            "/api/v1/items/7",
+            200,
+            "GET /api/v1/items/{item}",
+            Some("/api/v1/items/{item}"),
+        ),
+        ("GET", "/nope", 404, "GET", None),
+    ];
+    check("routes-mux", &trace("routes-mux", &[], &cases), &cases);
+}
+
+#[test]
+fn echo_routes() {
+    let cases: [Case; 4] = [
+        (
+            "GET",
+            "/users/42",
+            200,
+            "GET /users/:id",
+            Some("/users/:id"),
+        ),
+        (
+            "POST",
+            "/files/a/b.txt",
+            201,
+            "POST /files/*",
+            Some("/files/*"),
+        ),
+        (
+            "GET",
+            "/api/v1/items/7",
+            200,
+            "GET /api/v1/items/:item",
+            Some("/api/v1/items/:item"),
+        ),
+        ("GET", "/nope", 404, "GET", None),
+    ];
+    check("routes-echo", &trace("routes-echo", &[], &cases), &cases);
+}
+
+#[test]
+fn servemux_patterns() {
+    let cases: [Case; 3] = [
+        (
+            "GET",
+            "/users/42",
+            200,
+            "GET /users/{id}",
+            Some("/users/{id}"),
+        ),
+        (
+            "GET",
+            "/static/app.js",
+            200,
+            "GET /static/",
+            Some("/static/"),
+        ),
+        ("GET", "/nope", 404, "GET", None),
+    ];
+    check(
+        "routes-servemux",
+        &trace("routes-servemux", &[], &cases),
+        &cases,
+    );
+}
+
+/// go.mod says `go 1.21`: Go 1.21's ServeMux, no `Request.Pattern`, so no
+/// route: spans are named by method.
+#[test]
+fn servemux_121_has_no_route() {
+    let cases: [Case; 3] = [
+        ("GET", "/users/42", 200, "GET", None),
+        ("GET", "/static/app.js", 200, "GET", None),
+        ("GET", "/nope", 404, "GET", None),
+    ];
+    check(
+        "routes-servemux121",
+        &trace("routes-servemux121", &[], &cases),
+        &cases,
+    );
+}
+
+/// `--span-name=path`: the raw path names the span; the route is kept.
+#[test]
+fn span_name_path_keeps_the_old_naming() {
+    let cases: [Case; 2] = [
+        ("GET", "/users/42", 200, "GET /users/42", Some("/users/:id")),
+        ("GET", "/nope", 404, "GET /nope", None),
+    ];
+    check(
+        "routes-gin",
+        &trace("routes-gin", &["--span-name=path"], &cases),
+        &cases,
+    );
+}
+
+/// A stripped binary has no DWARF for gin's structs: its routes are
+/// unavailable, said in one line, and spans are named by method.
+#[test]
+fn stripped_gin_is_named_by_method() {
+    let cases: [Case; 2] = [
+        ("GET", "/users/42", 200, "GET", None),
+        ("POST", "/files/a", 201, "POST", None),
+    ];
+    let traced = trace("routes-gin-stripped", &[], &cases);
+    check("routes-gin-stripped", &traced, &cases);
+    let lines: Vec<&str> = traced
+        .1
+        .lines()
+        .filter(|l| l.contains("router routes unavailable"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", traced.1);
+    assert!(lines[0].contains("gin.Context.fullPath"), "{}", lines[0]);
+}
