@@ -2,6 +2,7 @@
 //! attached, and loses nothing already captured.
 
 mod support;
+use support::agent::AGENT_EXIT;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -232,7 +233,7 @@ fn dead_collector_loses_nothing_captured() {
         std::thread::sleep(Duration::from_millis(50));
     }
     agent.signal(Signal::SIGTERM);
-    let status = agent.wait(Duration::from_secs(10));
+    let status = agent.wait(AGENT_EXIT);
     assert!(status.success(), "{status}");
     let text = std::fs::read_to_string(&jsonl).expect("jsonl");
     let requests: Vec<_> = text

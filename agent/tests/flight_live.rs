@@ -4,6 +4,7 @@
 //! pipeline with one resource, and `--save-dumps` keeps the exact bytes.
 
 mod support;
+use support::agent::AGENT_EXIT;
 
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,7 @@ fn live_agent_exports_a_dump_beside_the_http_spans() {
         std::thread::sleep(Duration::from_millis(100));
     }
     agent.signal(Signal::SIGTERM);
-    assert!(agent.wait(Duration::from_secs(10)).success());
+    assert!(agent.wait(AGENT_EXIT).success());
     let summary = agent.wait_for_stderr("spans exported", Duration::from_secs(1));
     assert!(
         summary.contains("flight-recorder dumps: 1 (1 complete, 0 incomplete"),

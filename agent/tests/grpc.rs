@@ -13,6 +13,7 @@
 //!   child of the remote span it names.
 
 mod support;
+use support::agent::AGENT_EXIT;
 
 use std::{
     io::{Read as _, Write as _},
@@ -105,7 +106,7 @@ fn grpc_client_and_server_calls_become_spans() {
     // 1 HTTP + 3 client + 3 server.
     receiver.wait_for_spans(7, Duration::from_secs(20));
     terminate(&mut app);
-    let status_code = agent.wait(Duration::from_secs(10));
+    let status_code = agent.wait(AGENT_EXIT);
     assert!(status_code.success(), "agent exit: {status_code}");
     let spans = receiver.spans();
     assert_eq!(
@@ -243,7 +244,7 @@ fn stripped_binary_is_traced_from_the_module_table() {
     assert!(body.contains("stream: OK"), "{body}");
     receiver.wait_for_spans(7, Duration::from_secs(20));
     terminate(&mut app);
-    assert!(agent.wait(Duration::from_secs(10)).success());
+    assert!(agent.wait(AGENT_EXIT).success());
     let spans = receiver.spans();
     assert_eq!(spans.len(), 7, "the HTTP span and six gRPC spans");
     assert_eq!(spans.iter().filter(|s| s.scope == "agent/grpc").count(), 6);

@@ -4,6 +4,7 @@
 //! the exact CLIENT spans asserted as children of the handler's SERVER span.
 
 mod support;
+use support::agent::AGENT_EXIT;
 
 use std::time::Duration;
 
@@ -101,7 +102,7 @@ fn call_and_collect(agent_args: &[&str]) -> (Addrs, Vec<FlatSpan>, Agent) {
     );
     receiver.wait_for_spans(12, Duration::from_secs(20));
     fixture.terminate();
-    let status = agent.wait(Duration::from_secs(10));
+    let status = agent.wait(AGENT_EXIT);
     assert!(status.success(), "agent exit: {status}");
     (addrs, receiver.spans(), agent)
 }

@@ -5,6 +5,7 @@
 //! are asserted exactly.
 
 mod support;
+use support::agent::AGENT_EXIT;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -122,7 +123,7 @@ fn trace(fixture: &str, args: &[&str], cases: &[Case]) -> (Vec<FlatSpan>, String
     receiver.wait_for_spans(cases.len(), Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));
     agent.signal(Signal::SIGINT);
-    assert!(agent.wait(Duration::from_secs(10)).success());
+    assert!(agent.wait(AGENT_EXIT).success());
     drop(server);
     agent.wait_for_stderr("spans exported", Duration::from_secs(1));
     (receiver.spans(), agent.stderr_lines().join("\n"))

@@ -4,6 +4,7 @@
 //! attribute values.
 
 mod support;
+use support::agent::AGENT_EXIT;
 
 use std::{
     collections::BTreeMap,
@@ -283,7 +284,7 @@ fn grpc_export_and_target_exit() {
 
     // The target exits: the agent flushes and exits 0 on its own.
     server.terminate();
-    let status = agent.wait(Duration::from_secs(10));
+    let status = agent.wait(AGENT_EXIT);
     assert!(status.success(), "agent exit: {status}");
     agent.wait_for_stderr("exited", Duration::from_secs(1));
     let spans = receiver.spans();
@@ -316,7 +317,7 @@ fn http_export_with_standard_variables_and_sigterm() {
     receiver.wait_for_spans(6, Duration::from_secs(20));
 
     agent.signal(Signal::SIGTERM);
-    let status = agent.wait(Duration::from_secs(10));
+    let status = agent.wait(AGENT_EXIT);
     assert!(status.success(), "agent exit: {status}");
     let spans = receiver.spans();
     check_spans(&spans, addr, ports, started);
@@ -352,7 +353,7 @@ fn jsonl_output_and_sigint() {
     // Spans are exported in batches within 200 ms; SIGINT flushes the rest.
     std::thread::sleep(Duration::from_millis(300));
     agent.signal(Signal::SIGINT);
-    let status = agent.wait(Duration::from_secs(10));
+    let status = agent.wait(AGENT_EXIT);
     assert!(status.success(), "agent exit: {status}");
 
     let text = std::fs::read_to_string(&path).expect("jsonl written");
@@ -386,7 +387,7 @@ fn console_output_by_default() {
     assert_eq!(conn.request("PUT", "/fail", b"").0, 500);
     std::thread::sleep(Duration::from_millis(300));
     agent.signal(Signal::SIGTERM);
-    assert!(agent.wait(Duration::from_secs(10)).success());
+    assert!(agent.wait(AGENT_EXIT).success());
     let out = agent.stdout_lines();
     let traces = out.iter().filter(|l| l.starts_with("trace ")).count();
     assert_eq!(traces, 2, "one trace per request:\n{}", out.join("\n"));
@@ -477,7 +478,7 @@ fn http2_and_tls_requests() {
     receiver.wait_for_spans(H2_CASES.len() + 1, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));
     agent.signal(Signal::SIGINT);
-    assert!(agent.wait(Duration::from_secs(10)).success());
+    assert!(agent.wait(AGENT_EXIT).success());
     let spans = receiver.spans();
     let names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
     assert_eq!(

@@ -3,6 +3,7 @@
 //! through `/proc/N/root` and still trace every request.
 
 mod support;
+use support::agent::AGENT_EXIT;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -74,5 +75,5 @@ fn target_in_another_mount_namespace() {
         Some("server")
     );
     drop(server);
-    assert!(agent.wait(Duration::from_secs(10)).success());
+    assert!(agent.wait(AGENT_EXIT).success());
 }

@@ -6,6 +6,7 @@
 //! statement anywhere in what is exported.
 
 mod support;
+use support::agent::AGENT_EXIT;
 
 use std::{
     path::{Path, PathBuf},
@@ -248,7 +249,7 @@ fn database_sql_calls_are_client_spans_under_the_request() {
 
     let mut server = server;
     server.terminate();
-    let status = agent.wait(Duration::from_secs(10));
+    let status = agent.wait(AGENT_EXIT);
     assert!(status.success(), "agent exit: {status}");
     let stderr = agent.stderr_lines().join("\n");
     for counter in [

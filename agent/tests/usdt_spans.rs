@@ -8,6 +8,7 @@
 //! while the agent holds its semaphore.
 
 mod support;
+use support::agent::AGENT_EXIT;
 mod usdt_support;
 
 use std::{
@@ -177,7 +178,7 @@ fn seed_pairs_custom_mapping_expiry_and_semaphore() {
     // (300 ms, checked every second).
     let spans = receiver.wait_for_spans(7, Duration::from_secs(10));
     agent.signal(Signal::SIGINT);
-    let status = agent.wait(Duration::from_secs(10));
+    let status = agent.wait(AGENT_EXIT);
     assert!(status.success(), "agent exit: {status}");
     assert_eq!(target.semaphore(), 0, "semaphore restored after detaching");
     assert_eq!(
@@ -336,7 +337,7 @@ fn probes_of_a_library_loaded_after_attaching() {
 
     let spans = receiver.wait_for_spans(1, Duration::from_secs(10));
     agent.signal(Signal::SIGINT);
-    let status = agent.wait(Duration::from_secs(10));
+    let status = agent.wait(AGENT_EXIT);
     assert!(status.success(), "agent exit: {status}");
     assert_eq!(receiver.spans().len(), 1, "{spans:#?}");
     let request = by_name(&spans, "Request");
@@ -408,7 +409,7 @@ fn a_plain_c_program_with_usdt_probes() {
     // The program exits at end of input: the agent follows.
     drop(stdin);
     assert!(child.wait().expect("cprog exit").success());
-    let status = agent.wait(Duration::from_secs(10));
+    let status = agent.wait(AGENT_EXIT);
     assert!(status.success(), "agent exit: {status}");
     let mut ids: Vec<&str> = spans.iter().filter_map(|s| s.attr("request.id")).collect();
     ids.sort();

@@ -7,6 +7,7 @@
 //! on), stripped (offsets from the table), and on the newest release.
 
 mod support;
+use support::agent::AGENT_EXIT;
 
 use std::{
     path::{Path, PathBuf},
@@ -154,7 +155,7 @@ fn trace(toolchain: &str, kind: Build) {
     }
     let spans = receiver.wait_for_spans(cases.len() + 2, Duration::from_secs(20));
     drop(server);
-    assert!(agent.wait(Duration::from_secs(10)).success());
+    assert!(agent.wait(AGENT_EXIT).success());
     assert_eq!(
         spans.len(),
         cases.len() + 2,
@@ -249,7 +250,7 @@ fn trace_h2(toolchain: &str, kind: Build) {
     );
     let spans = receiver.wait_for_spans(2, Duration::from_secs(20));
     drop(server);
-    assert!(agent.wait(Duration::from_secs(10)).success());
+    assert!(agent.wait(AGENT_EXIT).success());
     assert_eq!(spans.len(), 2, "{toolchain} {kind:?}: one span per request");
     for (name, status, body) in [("GET /hello", "200", "5"), ("PUT /fail", "500", "18")] {
         let what = format!("{toolchain} {kind:?} HTTP/2 {name}");
@@ -281,7 +282,7 @@ fn trace_client(toolchain: &str, kind: Build) {
     assert_eq!(conn.request("GET", "/call", b"").0, 200);
     let spans = receiver.wait_for_spans(12, Duration::from_secs(20));
     drop(server);
-    assert!(agent.wait(Duration::from_secs(10)).success());
+    assert!(agent.wait(AGENT_EXIT).success());
     let what = format!("{toolchain} {kind:?}");
     let front = spans
         .iter()
@@ -541,7 +542,7 @@ fn trace_sql(module: &str, toolchain: &str, kind: Build) {
     receiver.wait_for_spans(1 + SQL_SPANS.len(), Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
     server.terminate();
-    assert!(agent.wait(Duration::from_secs(10)).success(), "{what}");
+    assert!(agent.wait(AGENT_EXIT).success(), "{what}");
     let spans = receiver.spans();
     assert_eq!(
         spans.len(),
@@ -634,7 +635,7 @@ fn trace_grpc(module: &str, toolchain: &str, kind: Build, grpc: &str, reflection
         .to_owned();
     receiver.wait_for_spans(7, Duration::from_secs(20));
     app.terminate();
-    assert!(agent.wait(Duration::from_secs(10)).success(), "{what}");
+    assert!(agent.wait(AGENT_EXIT).success(), "{what}");
     let spans = receiver.spans();
     assert_eq!(
         spans.len(),

@@ -7,6 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// How long a test lets a stopping agent take to exit. Closing each uprobe
+/// waits for an RCU grace period under the kernel's `event_mutex`, one
+/// probe after another (about 0.1 s each on this kernel): an agent with 60
+/// probes attached needs 6-8 s to exit, more on a loaded machine. A bound,
+/// not a measurement: `cargo xtask bench` measures.
+pub const AGENT_EXIT: Duration = Duration::from_secs(60);
+
 /// The agent under test.
 #[derive(Debug)]
 pub struct Agent {
