@@ -145,7 +145,9 @@ pub struct FlightPlan {
     pub writer_itabs: BTreeMap<u64, String>,
     /// Names of the types of writers whose itab was built at run time.
     pub types: TypeNames,
-    pub pie: bool,
+    /// Where a PIE links its first page ([`GoBinary::link_base`]); `None`
+    /// for a fixed-address executable.
+    pub pie_link_base: Option<u64>,
 }
 
 /// Finds the flight recorders' WriteTo functions in `bin` and their probe
@@ -174,7 +176,7 @@ pub fn plan(bin: &GoBinary) -> Result<Option<FlightPlan>, FlightError> {
         g_goid,
         writer_itabs,
         types,
-        pie: bin.is_pie(),
+        pie_link_base: bin.is_pie().then(|| bin.link_base()),
     }))
 }
 
@@ -388,12 +390,12 @@ pub fn attach(
             g_goid: plan.g_goid,
         },
     )?;
-    // Go PIE binaries link at 0: their bias is where the executable's first
-    // mapping starts.
-    let bias = if plan.pie {
-        maps::load_bias(target.pid, &target.exe_in_target).unwrap_or(0)
-    } else {
-        0
+    // A PIE's bias is where its mapping at file offset 0 starts, minus the
+    // address it was linked at there (0, or 0x400000 as Go often links).
+    let bias = match plan.pie_link_base {
+        Some(link_base) => maps::load_bias(target.pid, &target.exe_in_target)
+            .map_or(0, |start| start.wrapping_sub(link_base)),
+        None => 0,
     };
     let mut attachment = FlightAttachment {
         pid: target.pid,
