@@ -245,6 +245,17 @@ fn dumps_to_file_pipe_tcp_and_http_are_captured_byte_identical() {
     destinations(&fixture::build("flightrec", &[]), b"go 1.26 trace");
 }
 
+/// The same with the fixture built as a PIE: Go links it at 0x400000 and
+/// the kernel loads it elsewhere, so writer itabs are named only when the
+/// load bias subtracts the link base.
+#[test]
+fn pie_dumps_are_captured_and_name_their_writers() {
+    destinations(
+        &fixture::build("flightrec", &["-buildmode=pie"]),
+        b"go 1.26 trace",
+    );
+}
+
 /// The same with the fixture built by Go 1.25 (the first release with
 /// runtime/trace.FlightRecorder; from the module cache, no network).
 #[test]

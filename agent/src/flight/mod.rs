@@ -272,7 +272,7 @@ fn read_code<'a>(bin: &'a GoBinary, f: &Function) -> Result<&'a [u8], FlightErro
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TypeNames {
     path: PathBuf,
-    /// Link-time address of `type:*`.
+    /// Link-time address of `runtime.types` (`moduledata.types`).
     types_base: Option<u64>,
     /// PT_LOAD segments: (vaddr, file offset, file size).
     segments: Vec<(u64, u64, u64)>,
@@ -319,16 +319,23 @@ fn type_symbols(bin: &GoBinary) -> (BTreeMap<u64, String>, TypeNames) {
         let (offset, size) = seg.file_range();
         types.segments.push((seg.address(), offset, size));
     }
+    let mut runtime_types = None;
     for sym in file.symbols() {
         let Ok(name) = sym.name() else { continue };
         if let Some(rest) = name.strip_prefix("go:itab.")
             && let Some(ty) = rest.strip_suffix(",io.Writer")
         {
             itabs.insert(sym.address(), ty.to_owned());
+        } else if name == "runtime.types" {
+            runtime_types = Some(sym.address());
         } else if name == "type:*" {
             types.types_base = Some(sym.address());
         }
     }
+    // Name offsets count from `moduledata.types`, which is `runtime.types`;
+    // `type:*` is the same address except in a PIE, where it comes 8 bytes
+    // later.
+    types.types_base = runtime_types.or(types.types_base);
     (itabs, types)
 }
 

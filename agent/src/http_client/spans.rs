@@ -73,7 +73,8 @@ pub struct ErrorTypes {
 struct Symbols {
     /// Link-time address of an itab to `error` to its type's name.
     itabs: HashMap<u64, String>,
-    /// Link-time address of `type:*` (`type.*` before Go 1.20).
+    /// Link-time address of `runtime.types` (`moduledata.types`), else of
+    /// `type:*` (`type.*` before Go 1.20).
     types_base: Option<u64>,
     /// PT_LOAD segments: (vaddr, file offset, file size).
     segments: Vec<(u64, u64, u64)>,
@@ -96,6 +97,7 @@ impl Symbols {
             let (offset, size) = seg.file_range();
             out.segments.push((seg.address(), offset, size));
         }
+        let mut runtime_types = None;
         for sym in file.symbols() {
             let Ok(name) = sym.name() else { continue };
             if let Some(ty) = name
@@ -104,10 +106,16 @@ impl Symbols {
                 .and_then(|rest| rest.strip_suffix(",error"))
             {
                 out.itabs.insert(sym.address(), ty.to_owned());
+            } else if name == "runtime.types" {
+                runtime_types = Some(sym.address());
             } else if name == "type:*" || name == "type.*" {
                 out.types_base = Some(sym.address());
             }
         }
+        // Name offsets count from `moduledata.types`, which is
+        // `runtime.types`; `type:*` is the same address except in a PIE,
+        // where it comes 8 bytes later.
+        out.types_base = runtime_types.or(out.types_base);
         Ok(out)
     }
 
