@@ -33,12 +33,7 @@
 
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use prost::Message as _;
@@ -48,39 +43,6 @@ use support::{
     http_client::Connection,
     otlp::{FlatSpan, Receiver, hex},
 };
-
-/// Builds `fixtures/frontapp` (its own Go module: it needs grpc and
-/// modernc.org/sqlite, prefetched by `cargo xtask setup`); the binary is kept
-/// in the target directory and rebuilt only when its sources change.
-fn build_frontapp() -> PathBuf {
-    let src = fixture::fixtures_dir().join("frontapp");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures/frontapp");
-    let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
-    let fresh = modified(&out).is_some_and(|built| {
-        ["main.go", "go.mod", "go.sum"]
-            .iter()
-            .all(|f| modified(&src.join(f)).is_some_and(|m| m <= built))
-    });
-    if fresh {
-        return out;
-    }
-    std::fs::create_dir_all(out.parent().expect("parent")).expect("create fixture dir");
-    let output = Command::new(fixture::go())
-        .current_dir(&src)
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(".")
-        .env("CGO_ENABLED", "0")
-        .output()
-        .expect("run go build (is Go installed?)");
-    assert!(
-        output.status.success(),
-        "go build frontapp failed (modules: `go mod download` in {}):\n{}",
-        src.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
-}
 
 /// Where a span hangs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,7 +381,7 @@ fn render(spans: &[&FlatSpan]) -> String {
 
 #[test]
 fn one_front_request_is_one_exact_tree() {
-    let (mut app, addrs) = start_httpclient(&build_frontapp());
+    let (mut app, addrs) = start_httpclient(&fixture::build_module("frontapp", &[]));
     let receiver = Receiver::grpc();
     let mut agent = attach_grpc(app.pid(), &receiver);
 

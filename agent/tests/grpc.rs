@@ -18,8 +18,6 @@ use support::agent::AGENT_EXIT;
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -33,33 +31,6 @@ use support::{
 /// The trace context the fixture's first call sends in its metadata.
 const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CALLER_SPAN: &str = "b7ad6b7169203331";
-
-/// Builds `fixtures/grpcapp`, a module of its own (it needs
-/// google.golang.org/grpc, prefetched by `cargo xtask setup`).
-fn build_grpcapp(flags: &[&str]) -> PathBuf {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(if flags.is_empty() {
-        "fixtures/grpcapp".to_owned()
-    } else {
-        format!("fixtures/grpcapp-{}", flags.len())
-    });
-    std::fs::create_dir_all(out.parent().expect("parent")).expect("fixture dir");
-    let output = Command::new(fixture::go())
-        .current_dir(fixture::fixtures_dir().join("grpcapp"))
-        .arg("build")
-        .args(flags)
-        .arg("-o")
-        .arg(&out)
-        .arg(".")
-        .env("CGO_ENABLED", "0")
-        .output()
-        .expect("go build grpcapp");
-    assert!(
-        output.status.success(),
-        "go build grpcapp failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
-}
 
 /// `GET /call` over a fresh connection: the body.
 fn call(addr: SocketAddr) -> String {
@@ -87,7 +58,7 @@ fn status(span: &FlatSpan) -> i32 {
 
 #[test]
 fn grpc_client_and_server_calls_become_spans() {
-    let binary = build_grpcapp(&[]);
+    let binary = fixture::build_module("grpcapp", &[]);
     let (mut app, addr) = fixture::start_httpserver(&binary);
     let receiver = Receiver::grpc();
     let mut agent = attach_grpc(app.pid(), &receiver);
@@ -234,7 +205,7 @@ fn grpc_client_and_server_calls_become_spans() {
 /// spans of stripped builds are asserted in tests/version_matrix.rs).
 #[test]
 fn stripped_binary_is_traced_from_the_module_table() {
-    let binary = build_grpcapp(&["-ldflags=-s -w"]);
+    let binary = fixture::build_module("grpcapp", &["-ldflags=-s -w"]);
     let (mut app, addr) = fixture::start_httpserver(&binary);
     let receiver = Receiver::grpc();
     let mut agent = attach_grpc(app.pid(), &receiver);

@@ -40,28 +40,7 @@ fn build(name: &str) -> PathBuf {
         Some(module) => (module, &["-ldflags=-s -w"]),
         None => (name, &[]),
     };
-    let src = fixture::fixtures_dir().join(module);
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("fixtures")
-        .join(name);
-    std::fs::create_dir_all(out.parent().expect("parent")).expect("create fixture dir");
-    let output = Command::new(fixture::go())
-        .current_dir(&src)
-        .arg("build")
-        .args(flags)
-        .arg("-o")
-        .arg(&out)
-        .arg(".")
-        .env("CGO_ENABLED", "0")
-        .output()
-        .expect("run go build (is Go installed?)");
-    assert!(
-        output.status.success(),
-        "go build {name} failed (modules: `go mod download` in {}):\n{}",
-        src.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
+    fixture::build_module(module, flags)
 }
 
 /// Starts a built fixture with the environment as it is (its go.mod

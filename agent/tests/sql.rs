@@ -7,12 +7,9 @@
 
 mod support;
 use support::agent::AGENT_EXIT;
+use support::sqlapp::SQL_SPANS;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use support::{
@@ -21,113 +18,6 @@ use support::{
     http_client::Connection,
     otlp::Receiver,
 };
-
-/// Builds `fixtures/sqlapp` (its own Go module: modernc.org/sqlite is large,
-/// so the binary is kept in the target directory and rebuilt only when its
-/// sources change).
-fn build_sqlapp() -> PathBuf {
-    let src = fixture::fixtures_dir().join("sqlapp");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures/sqlapp");
-    let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
-    let fresh = modified(&out).is_some_and(|built| {
-        ["main.go", "go.mod", "go.sum"]
-            .iter()
-            .all(|f| modified(&src.join(f)).is_some_and(|m| m <= built))
-    });
-    if fresh {
-        return out;
-    }
-    std::fs::create_dir_all(out.parent().expect("parent")).expect("create fixture dir");
-    let output = Command::new(fixture::go())
-        .current_dir(&src)
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(".")
-        .env("CGO_ENABLED", "0")
-        .output()
-        .expect("run go build (is Go installed?)");
-    assert!(
-        output.status.success(),
-        "go build sqlapp failed (modules: `go mod download` in {}):\n{}",
-        src.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
-}
-
-/// One expected SQL span: name, operation, collection, query text
-/// (sanitized), whether it fails.
-type Expected = (
-    &'static str,
-    Option<&'static str>,
-    Option<&'static str>,
-    Option<&'static str>,
-    bool,
-);
-
-/// The SQL spans the handler's calls make, in order.
-const EXPECTED: [Expected; 12] = [
-    (
-        "CREATE TABLE items",
-        Some("CREATE TABLE"),
-        Some("items"),
-        Some("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT, price REAL)"),
-        false,
-    ),
-    (
-        "DELETE items",
-        Some("DELETE"),
-        Some("items"),
-        Some("DELETE FROM items"),
-        false,
-    ),
-    (
-        "INSERT items",
-        Some("INSERT"),
-        Some("items"),
-        Some("INSERT INTO items (id, name, price) VALUES (?, ?, ?)"),
-        false,
-    ),
-    (
-        "SELECT items",
-        Some("SELECT"),
-        Some("items"),
-        Some("SELECT id, name FROM items WHERE id IN (?, ?, ?) AND name <> ?"),
-        false,
-    ),
-    ("BEGIN", Some("BEGIN"), None, None, false),
-    (
-        "INSERT items",
-        Some("INSERT"),
-        Some("items"),
-        Some("INSERT INTO items (id, name, price) VALUES (?, ?, ?)"),
-        false,
-    ),
-    ("COMMIT", Some("COMMIT"), None, None, false),
-    ("BEGIN", Some("BEGIN"), None, None, false),
-    ("ROLLBACK", Some("ROLLBACK"), None, None, false),
-    (
-        "PREPARE items",
-        Some("PREPARE"),
-        Some("items"),
-        Some("SELECT name FROM items WHERE id = ?"),
-        false,
-    ),
-    (
-        "SELECT items",
-        Some("SELECT"),
-        Some("items"),
-        Some("SELECT name FROM items WHERE id = ?"),
-        false,
-    ),
-    (
-        "sqlite",
-        None,
-        None,
-        Some("SELEC * FORM items WHERE id = ?"),
-        true,
-    ),
-];
 
 /// Literals of the fixture's statements: none may be exported.
 const LITERALS: [&str; 6] = [
@@ -141,7 +31,7 @@ const LITERALS: [&str; 6] = [
 
 #[test]
 fn database_sql_calls_are_client_spans_under_the_request() {
-    let binary = build_sqlapp();
+    let binary = fixture::build_module("sqlapp", &[]);
     let (server, addr) = start_httpserver(&binary);
     let receiver = Receiver::grpc();
     let mut agent = attach_grpc(server.pid(), &receiver);
@@ -150,7 +40,7 @@ fn database_sql_calls_are_client_spans_under_the_request() {
     let (status, body) = conn.request("GET", "/run", b"");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 
-    let spans = receiver.wait_for_spans(1 + EXPECTED.len(), Duration::from_secs(20));
+    let spans = receiver.wait_for_spans(1 + SQL_SPANS.len(), Duration::from_secs(20));
     // Nothing more arrives (the rollback after the commit is no span).
     std::thread::sleep(Duration::from_millis(500));
     let spans = {
@@ -165,7 +55,7 @@ fn database_sql_calls_are_client_spans_under_the_request() {
     };
     assert_eq!(
         spans.len(),
-        1 + EXPECTED.len(),
+        1 + SQL_SPANS.len(),
         "{:#?}",
         spans.iter().map(|s| &s.span.name).collect::<Vec<_>>()
     );
@@ -180,8 +70,8 @@ fn database_sql_calls_are_client_spans_under_the_request() {
         .filter(|s| s.scope == "agent/database/sql")
         .collect();
     sql.sort_by_key(|s| s.span.start_time_unix_nano);
-    assert_eq!(sql.len(), EXPECTED.len());
-    for (span, (name, op, coll, text, fails)) in sql.iter().zip(EXPECTED) {
+    assert_eq!(sql.len(), SQL_SPANS.len());
+    for (span, (name, op, coll, text, fails)) in sql.iter().zip(SQL_SPANS) {
         let s = &span.span;
         assert_eq!(s.name, name);
         assert_eq!(s.kind, SpanKind::Client as i32, "{name}");

@@ -8,6 +8,7 @@
 
 mod support;
 use support::agent::AGENT_EXIT;
+use support::sqlapp::SQL_SPANS;
 
 use std::{
     path::{Path, PathBuf},
@@ -451,79 +452,6 @@ fn build_module(module: &str, toolchain: &str, kind: Build) -> PathBuf {
     );
     out
 }
-
-/// One expected SQL span (as in tests/sql.rs): name, operation,
-/// collection, query text, whether it fails.
-type SqlSpan = (
-    &'static str,
-    Option<&'static str>,
-    Option<&'static str>,
-    Option<&'static str>,
-    bool,
-);
-
-const SQL_SPANS: [SqlSpan; 12] = [
-    (
-        "CREATE TABLE items",
-        Some("CREATE TABLE"),
-        Some("items"),
-        Some("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT, price REAL)"),
-        false,
-    ),
-    (
-        "DELETE items",
-        Some("DELETE"),
-        Some("items"),
-        Some("DELETE FROM items"),
-        false,
-    ),
-    (
-        "INSERT items",
-        Some("INSERT"),
-        Some("items"),
-        Some("INSERT INTO items (id, name, price) VALUES (?, ?, ?)"),
-        false,
-    ),
-    (
-        "SELECT items",
-        Some("SELECT"),
-        Some("items"),
-        Some("SELECT id, name FROM items WHERE id IN (?, ?, ?) AND name <> ?"),
-        false,
-    ),
-    ("BEGIN", Some("BEGIN"), None, None, false),
-    (
-        "INSERT items",
-        Some("INSERT"),
-        Some("items"),
-        Some("INSERT INTO items (id, name, price) VALUES (?, ?, ?)"),
-        false,
-    ),
-    ("COMMIT", Some("COMMIT"), None, None, false),
-    ("BEGIN", Some("BEGIN"), None, None, false),
-    ("ROLLBACK", Some("ROLLBACK"), None, None, false),
-    (
-        "PREPARE items",
-        Some("PREPARE"),
-        Some("items"),
-        Some("SELECT name FROM items WHERE id = ?"),
-        false,
-    ),
-    (
-        "SELECT items",
-        Some("SELECT"),
-        Some("items"),
-        Some("SELECT name FROM items WHERE id = ?"),
-        false,
-    ),
-    (
-        "sqlite",
-        None,
-        None,
-        Some("SELEC * FORM items WHERE id = ?"),
-        true,
-    ),
-];
 
 /// The SQL fixture (`module`: sqlapp, or sqlapp-old with an older
 /// modernc.org/sqlite for older Go) built by `toolchain`: every

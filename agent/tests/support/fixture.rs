@@ -20,9 +20,21 @@ pub fn go() -> String {
     std::env::var("GO").unwrap_or_else(|_| "go".to_owned())
 }
 
-/// Builds `fixtures/<name>` with extra `go build` flags, once per test binary
-/// and flag set. Panics with Go's output on failure.
+/// Builds `fixtures/<name>` (a package of the fixtures module) with extra
+/// `go build` flags, once per test binary and flag set. Panics with Go's
+/// output on failure.
 pub fn build(name: &str, flags: &[&str]) -> PathBuf {
+    build_at(&fixtures_dir(), &format!("./{name}"), name, flags)
+}
+
+/// Builds `fixtures/<module>`, a Go module of its own (its requirements are
+/// prefetched by `cargo xtask setup`), as [`build`] does.
+pub fn build_module(module: &str, flags: &[&str]) -> PathBuf {
+    build_at(&fixtures_dir().join(module), ".", module, flags)
+}
+
+/// `go build <package>` in `dir`, named after `name` and the flags.
+fn build_at(dir: &Path, package: &str, name: &str, flags: &[&str]) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let key = format!("{name} {}", flags.join(" "));
     let mut built = BUILT
@@ -45,18 +57,18 @@ pub fn build(name: &str, flags: &[&str]) -> PathBuf {
         format!("{name}-{suffix}")
     });
     let output = Command::new(go())
-        .current_dir(fixtures_dir())
+        .current_dir(dir)
         .arg("build")
         .args(flags)
         .arg("-o")
         .arg(&out)
-        .arg(format!("./{name}"))
+        .arg(package)
         .env("CGO_ENABLED", "0")
         .output()
         .expect("run go build (is Go installed?)");
     assert!(
         output.status.success(),
-        "go build {name} failed:\n{}",
+        "go build {name} failed (a module's requirements: `cargo xtask setup`):\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     built.insert(key, out.clone());

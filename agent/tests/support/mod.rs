@@ -9,3 +9,4 @@ pub mod agent;
 pub mod fixture;
 pub mod http_client;
 pub mod otlp;
+pub mod sqlapp;
