@@ -13,6 +13,13 @@ use crate::util::{exec, is_root, root};
 
 /// Builds the agent (release) and the fixture; returns their paths.
 pub fn build_all() -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let agent = build_agent()?;
+    let fixture = build_go(std::path::Path::new("agent/tests/fixtures"), "httpserver")?;
+    Ok((agent, fixture))
+}
+
+/// Builds the agent in release; returns its path.
+pub fn build_agent() -> anyhow::Result<std::path::PathBuf> {
     let root = root();
     exec(Command::new("cargo").current_dir(&root).args([
         "build",
@@ -21,17 +28,24 @@ pub fn build_all() -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
         "-p",
         "agent",
     ]))?;
+    Ok(root.join("target/release/agent"))
+}
+
+/// Builds the Go package `./<package>` of the module at `module` (relative
+/// to the repository) into `target/xtask/<package>`; returns its path.
+pub fn build_go(module: &std::path::Path, package: &str) -> anyhow::Result<std::path::PathBuf> {
+    let root = root();
     let out = root.join("target/xtask");
     std::fs::create_dir_all(&out)?;
-    let fixture = out.join("httpserver");
+    let binary = out.join(package);
     exec(
         Command::new("go")
-            .current_dir(root.join("agent/tests/fixtures"))
+            .current_dir(root.join(module))
             .args(["build", "-o"])
-            .arg(&fixture)
-            .arg("./httpserver"),
+            .arg(&binary)
+            .arg(format!("./{package}")),
     )?;
-    Ok((root.join("target/release/agent"), fixture))
+    Ok(binary)
 }
 
 /// A child killed on drop.

@@ -9,7 +9,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
 };
 
@@ -17,8 +17,8 @@ use anyhow::{Context as _, bail};
 
 use super::{TracedRound, median, ratio_summary, start_sink, traced_round, write_section, wrk};
 use crate::{
-    demo::{Guard, start_fixture_with, terminate},
-    util::{is_root, root},
+    demo::{Guard, build_agent, build_go, start_fixture_with, terminate},
+    util::is_root,
 };
 
 /// What one endpoint of the front service does per request.
@@ -53,37 +53,6 @@ pub struct HopsOptions {
     pub seconds: u64,
     pub connections: u32,
     pub work_us: u32,
-}
-
-fn exec(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
-/// Builds the agent (release) and the fixture; returns their paths.
-fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
-    let root = root();
-    exec(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "agent",
-    ]))?;
-    let out = root.join("target/xtask");
-    std::fs::create_dir_all(&out)?;
-    let fixture = out.join("hopsbench");
-    exec(
-        Command::new("go")
-            .current_dir(root.join("agent/tests/fixtures/sqlapp"))
-            .args(["build", "-o"])
-            .arg(&fixture)
-            .arg("./hopsbench"),
-    )?;
-    Ok((root.join("target/release/agent"), fixture))
 }
 
 /// The file offsets in `fixture` where the agent attaches its uprobes in
@@ -154,7 +123,8 @@ pub fn hops(options: &HopsOptions) -> anyhow::Result<()> {
         bail!("the benchmark loads BPF programs: run it as root (sudo -E cargo xtask bench hops)");
     }
     crate::setup::run()?;
-    let (agent, fixture) = build()?;
+    let agent = build_agent()?;
+    let fixture = build_go(Path::new("agent/tests/fixtures/sqlapp"), "hopsbench")?;
     let sink = start_sink()?;
     let (back, back_addr) = start_fixture_with(&fixture, &[], &["-role", "back"])?;
     let (front, addr) = start_fixture_with(
