@@ -469,6 +469,12 @@ async fn trace(
         Stop::Signal(name) => log::info!("{name}: detaching from PID {pid}"),
         Stop::TargetExited => log::info!("PID {pid} exited"),
     }
+    // Tracing stops now, for every family at once; detaching takes longer
+    // (the kernel removes uprobes one at a time) and the program runs on.
+    let stopped_at = WallClock::monotonic_now_ns();
+    for family in families.iter_mut() {
+        family.stop_at(stopped_at);
+    }
     for family in families.iter_mut() {
         family.stop(probes);
     }
