@@ -13,6 +13,7 @@
 pub mod config;
 mod console;
 mod jsonl;
+mod otlp_json;
 mod span_buffers;
 pub mod transport;
 pub mod wire;
@@ -208,7 +209,7 @@ impl LocalSink {
     fn export(&mut self, batch: &Batch) -> Result<(), String> {
         match self {
             Self::Console(c) => c.export(&batch.decode()?),
-            Self::Jsonl(j) => j.export(&batch.decode()?),
+            Self::Jsonl(j) => j.export_encoded(&batch.body),
         }
     }
 
