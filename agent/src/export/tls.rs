@@ -207,6 +207,17 @@ impl ClientTls {
     }
 }
 
+/// The rustls configuration of a cleartext (`http://`) HTTP exporter:
+/// reqwest builds one for every client, and this one trusts nothing, so a
+/// redirect to `https://` cannot succeed unverified.
+pub fn cleartext_http() -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Rustls)?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

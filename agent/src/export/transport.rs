@@ -228,9 +228,10 @@ impl Transport {
                 let mut builder = reqwest::Client::builder()
                     .timeout(config.timeout)
                     .connect_timeout(config.timeout);
-                if let Some(tls) = &tls {
-                    builder = builder.use_preconfigured_tls(tls.http()?).https_only(true);
-                }
+                builder = match &tls {
+                    Some(tls) => builder.use_preconfigured_tls(tls.http()?).https_only(true),
+                    None => builder.use_preconfigured_tls(super::tls::cleartext_http()?),
+                };
                 let client = builder.build().map_err(|e| bad_endpoint(Box::new(e)))?;
                 let mut headers = reqwest::header::HeaderMap::new();
                 headers.insert(
