@@ -93,7 +93,7 @@ impl Pki {
     fn listen(&self) -> Listen {
         Listen {
             tls: Some(self.server.clone()),
-            client_ca: None,
+            ..Listen::default()
         }
     }
 
@@ -101,6 +101,7 @@ impl Pki {
         Listen {
             tls: Some(self.server.clone()),
             client_ca: Some(self.ca_pem.clone()),
+            ..Listen::default()
         }
     }
 }

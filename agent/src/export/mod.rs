@@ -557,7 +557,7 @@ async fn run_otlp_sink(
 ) {
     let name = format!("OTLP {endpoint}");
     let mut log = FailureLog::default();
-    let monitor = Arc::new(stall::StallMonitor::new(name.clone()));
+    let monitor = Arc::new(stall::StallMonitor::new(name.clone(), deadline));
     let mut started: HashMap<tokio::task::Id, Instant> = HashMap::new();
     let mut stall_check = tokio::time::interval(STALL_CHECK);
     stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -38,13 +38,16 @@ struct State {
 #[derive(Debug)]
 pub struct StallMonitor {
     sink: String,
+    /// How long one export is retried before its spans are dropped.
+    deadline: Duration,
     state: Mutex<State>,
 }
 
 impl StallMonitor {
-    pub fn new(sink: String) -> Self {
+    pub fn new(sink: String, deadline: Duration) -> Self {
         Self {
             sink,
+            deadline,
             state: Mutex::default(),
         }
     }
@@ -69,8 +72,9 @@ impl StallMonitor {
         };
         let line = match state.reported {
             None if now.saturating_duration_since(since) >= REPORT_AFTER => format!(
-                "export to {} stalled: {cause}; spans wait in its queue, and are dropped (counted) if it does not recover",
-                self.sink
+                "export to {} stalled: {cause}; each export is retried for up to {:.0} s, then its spans are dropped and counted",
+                self.sink,
+                self.deadline.as_secs_f64()
             ),
             Some((first, last))
                 if now.saturating_duration_since(last) >= REPEAT_EVERY
@@ -130,7 +134,7 @@ mod tests {
 
     #[test]
     fn a_hung_export_is_reported_after_the_threshold_then_rate_limited() {
-        let monitor = StallMonitor::new("OTLP x".into());
+        let monitor = StallMonitor::new("OTLP x".into(), Duration::from_secs(10));
         let start = Instant::now();
         assert_eq!(
             monitor.check(Some(start), start + Duration::from_secs(1)),
@@ -152,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_failed_attempt_gives_its_cause_and_a_success_ends_it() {
-        let monitor = StallMonitor::new("OTLP x".into());
+        let monitor = StallMonitor::new("OTLP x".into(), Duration::from_secs(10));
         monitor.failed(&refused());
         let later = Instant::now() + REPORT_AFTER;
         let line = monitor.check(None, later).expect("reported");
@@ -163,7 +167,7 @@ mod tests {
 
     #[test]
     fn an_idle_sink_is_not_reported_again() {
-        let monitor = StallMonitor::new("OTLP x".into());
+        let monitor = StallMonitor::new("OTLP x".into(), Duration::from_secs(10));
         monitor.failed(&refused());
         let later = Instant::now() + REPORT_AFTER;
         assert!(monitor.check(None, later).is_some());

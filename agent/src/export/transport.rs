@@ -107,7 +107,10 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> (Cause, String) {
 /// What a cause is called in the log.
 fn describe(cause: Cause, detail: &str) -> String {
     match cause {
-        Cause::Refused => format!("connection refused ({detail})"),
+        Cause::Refused => "connection refused".to_owned(),
+        Cause::TimedOut if detail.to_ascii_lowercase().contains("timed out") => {
+            "timed out".to_owned()
+        }
         Cause::TimedOut => format!("timed out ({detail})"),
         Cause::Tls => format!("TLS handshake failed: {detail}"),
         Cause::Status | Cause::Other => detail.to_owned(),

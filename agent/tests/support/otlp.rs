@@ -122,6 +122,8 @@ type Store = Arc<Mutex<Vec<Received>>>;
 /// the CA client certificates must chain to), or cleartext.
 #[derive(Clone, Debug, Default)]
 pub struct Listen {
+    /// Where to listen: 127.0.0.1 on a free port when `None`.
+    pub addr: Option<SocketAddr>,
     /// Server certificate chain and key, PEM.
     pub tls: Option<(String, String)>,
     /// CA of the client certificates, PEM: set for mutual TLS.
@@ -241,7 +243,9 @@ impl Receiver {
         let runtime = runtime();
         let store: Store = Arc::default();
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(
+                listen.addr.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+            ))
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let service = TraceServiceServer::new(GrpcService {
@@ -284,7 +288,9 @@ impl Receiver {
         let runtime = runtime();
         let store: Store = Arc::default();
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(
+                listen.addr.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+            ))
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accept_store = store.clone();
