@@ -62,7 +62,13 @@ pub enum TransportError {
     #[error("invalid OTLP header {0:?}")]
     Header(String),
     #[error(transparent)]
-    Tls(#[from] TlsError),
+    Tls(Box<TlsError>),
+}
+
+impl From<TlsError> for TransportError {
+    fn from(err: TlsError) -> Self {
+        Self::Tls(Box::new(err))
+    }
 }
 
 /// The cause of a transport failure, from the chain of errors behind it,
