@@ -16,8 +16,9 @@
 //! - TLS: `CERTIFICATE` (CA file, instead of the system roots),
 //!   `CLIENT_CERTIFICATE` + `CLIENT_KEY` (mutual TLS). Read in `tls.rs`.
 //! - `COMPRESSION` (`gzip` or `none`), `HEADERS` (generic, then per signal,
-//!   then flags, later ones winning per key), `TIMEOUT` (milliseconds, per
-//!   export with its retries; default 10 s).
+//!   then flags, later ones winning per key; the variables' values are
+//!   percent-decoded), `TIMEOUT` (milliseconds, per export with its
+//!   retries; default 10 s).
 //!
 //! The batch processor's variables (`OTEL_BSP_*`) are [`BatchSettings`];
 //! `OTEL_SDK_DISABLED=true` turns OTLP export off. With no endpoint and no
@@ -306,7 +307,7 @@ pub fn resolve_otlp(
     {
         for member in raw.split(',').filter(|m| !m.trim().is_empty()) {
             let (k, v) = parse_header(member)?;
-            headers.insert(k, v);
+            headers.insert(k, percent_decoded(&v));
         }
     }
     for member in &flags.headers {
@@ -435,6 +436,28 @@ fn endpoint_port(endpoint: &str) -> Option<u16> {
         _ => default_port,
     };
     Some(port)
+}
+
+/// A header value of the variables, which are percent-encoded (the W3C
+/// baggage format the specification names): `Bearer%20x` is `Bearer x`.
+fn percent_decoded(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push(((hex(h).unwrap_or(0) << 4) | hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| value.to_owned())
 }
 
 fn parse_header(member: &str) -> Result<(String, String), ConfigError> {
@@ -718,12 +741,19 @@ mod tests {
         inputs.otlp.headers = vec!["x-team=core".into()];
         let c = ExportConfig::resolve(
             &inputs,
-            env_of(&[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr3t, x-team=env")]),
+            env_of(&[(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "api-key=s3cr3t, x-team=env,authorization=Bearer%20a%2Cb",
+            )]),
         )
         .expect("config");
         let h = &otlp(&c).headers;
         assert_eq!(h.get("api-key").map(String::as_str), Some("s3cr3t"));
         assert_eq!(h.get("x-team").map(String::as_str), Some("core"));
+        assert_eq!(
+            h.get("authorization").map(String::as_str),
+            Some("Bearer a,b")
+        );
     }
 
     #[test]
