@@ -1,4 +1,5 @@
-//! OTLP export over TLS and with gzip, as a user sets it up: certificates
+//! OTLP export over TLS, with gzip and with the batch processor's variables,
+//! as a user sets it up: certificates
 //! made here (rcgen), receivers on real sockets, and `agent decode` on a
 //! trace written by a Go program, so the spans are real and no root is
 //! needed. An `https://` endpoint must never see a cleartext byte.
@@ -445,4 +446,51 @@ fn bad_certificate_files_are_one_line_at_start() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn batch_size_variable_splits_the_export() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = trace(dir.path());
+    let receiver = Receiver::grpc();
+    let output = command()
+        .arg("decode")
+        .arg(&trace)
+        .args([
+            "--otlp-endpoint",
+            &receiver.url(),
+            "--otlp-protocol",
+            "grpc",
+        ])
+        .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "1000")
+        .output()
+        .expect("agent decode");
+    assert_delivered(&output, &receiver);
+    let sizes: Vec<usize> = receiver
+        .received()
+        .iter()
+        .map(|r| support::otlp::flatten([&r.request]).len())
+        .collect();
+    assert!(sizes.iter().all(|n| *n <= 2), "{sizes:?}");
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        receiver.spans().len(),
+        "{sizes:?}"
+    );
+    assert!(sizes.len() >= 3, "{sizes:?}");
+
+    let output = command()
+        .arg("decode")
+        .arg(&trace)
+        .args(["--otlp-endpoint", &receiver.url()])
+        .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0")
+        .output()
+        .expect("agent decode");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr.trim(),
+        "agent: invalid OTEL_BSP_MAX_EXPORT_BATCH_SIZE \"0\": expected a positive number"
+    );
 }
