@@ -494,3 +494,33 @@ fn batch_size_variable_splits_the_export() {
         "agent: invalid OTEL_BSP_MAX_EXPORT_BATCH_SIZE \"0\": expected a positive number"
     );
 }
+
+#[test]
+fn an_error_status_is_named_and_the_spans_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = trace(dir.path());
+    let receiver = Receiver::http();
+    // The receiver answers 404 off /v1/traces.
+    let output = command()
+        .arg("decode")
+        .arg(&trace)
+        .env(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("{}/elsewhere", receiver.url()),
+        )
+        .output()
+        .expect("agent decode");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "export to OTLP {}/elsewhere failed",
+            receiver.url()
+        )) && stderr.contains("HTTP 404 Not Found"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("agent: 0 spans exported from 1 of 1 files; 6 dropped"),
+        "{stderr}"
+    );
+}
