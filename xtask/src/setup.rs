@@ -130,6 +130,7 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker()?;
     go()?;
     crate::go_cache::prefetch()?;
+    crate::jaeger::ensure()?;
     eprintln!("setup: done");
     Ok(())
 }

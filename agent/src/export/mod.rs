@@ -15,6 +15,8 @@ mod console;
 mod jsonl;
 mod otlp_json;
 mod span_buffers;
+mod stall;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 
@@ -45,7 +47,7 @@ use tokio::{
     time::Instant,
 };
 
-pub use config::{ConfigError, ExportConfig, OtlpConfig, OtlpProtocol, Output};
+pub use config::{BatchSettings, ConfigError, ExportConfig, OtlpConfig, OtlpProtocol, Output};
 pub use console::{ConsoleExporter, render};
 pub use jsonl::JsonlExporter;
 pub use span_buffers::{recycle_span_buffer, span_buffer};
@@ -186,6 +188,8 @@ enum Sink {
     Otlp {
         transport: Box<transport::Transport>,
         endpoint: String,
+        /// Bound of one export with its retries.
+        deadline: Duration,
     },
     /// Written one batch at a time, in order.
     Local(LocalSink),
@@ -233,6 +237,9 @@ pub struct BatchConfig {
     pub max_batch: usize,
     /// How long a span may wait for its batch to fill.
     pub max_delay: Duration,
+    /// Bound of one export, retries included (with the exporter's own
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, the shorter wins).
+    pub export_timeout: Duration,
 }
 
 impl Default for BatchConfig {
@@ -241,6 +248,19 @@ impl Default for BatchConfig {
             queue_capacity: 8192,
             max_batch: 512,
             max_delay: Duration::from_millis(200),
+            export_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl BatchConfig {
+    /// These limits with what the `OTEL_BSP_*` variables set.
+    pub fn with(self, settings: &BatchSettings) -> Self {
+        Self {
+            queue_capacity: settings.max_queue.unwrap_or(self.queue_capacity),
+            max_batch: settings.max_batch.unwrap_or(self.max_batch),
+            max_delay: settings.schedule_delay.unwrap_or(self.max_delay),
+            export_timeout: settings.export_timeout.unwrap_or(self.export_timeout),
         }
     }
 }
@@ -293,6 +313,7 @@ impl Pipeline {
                         }
                     })?),
                     endpoint: otlp.endpoint.clone(),
+                    deadline: otlp.timeout.min(batch.export_timeout),
                 },
                 Output::Console => Sink::Local(LocalSink::Console(ConsoleExporter::stdout())),
                 Output::Jsonl(path) => Sink::Local(LocalSink::Jsonl(
@@ -484,7 +505,8 @@ async fn run_sink(
         Sink::Otlp {
             transport,
             endpoint,
-        } => run_otlp_sink(*transport, &endpoint, rx, &counters, stopping).await,
+            deadline,
+        } => run_otlp_sink(*transport, &endpoint, deadline, rx, &counters, stopping).await,
         Sink::Local(mut sink) => {
             run_local_sink(&mut sink, rx, &counters).await;
             sink.shutdown();
@@ -521,16 +543,25 @@ impl FailureLog {
     }
 }
 
-/// Up to [`OTLP_IN_FLIGHT`] exports at once, each retried on its own.
+/// How often a sink looks for a stalled export (see [`stall`]).
+const STALL_CHECK: Duration = Duration::from_millis(250);
+
+/// Up to [`OTLP_IN_FLIGHT`] exports at once, each retried on its own;
+/// a stall is reported while it happens.
 async fn run_otlp_sink(
     transport: transport::Transport,
     endpoint: &str,
+    deadline: Duration,
     mut rx: mpsc::Receiver<Arc<Batch>>,
     counters: &SinkStats,
     stopping: watch::Receiver<bool>,
 ) {
     let name = format!("OTLP {endpoint}");
     let mut log = FailureLog::default();
+    let monitor = Arc::new(stall::StallMonitor::new(name.clone(), deadline));
+    let mut started: HashMap<tokio::task::Id, Instant> = HashMap::new();
+    let mut stall_check = tokio::time::interval(STALL_CHECK);
+    stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut in_flight = tokio::task::JoinSet::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
@@ -539,20 +570,39 @@ async fn run_otlp_sink(
                 Some(batch) => {
                     let mut transport = transport.clone();
                     let mut stopping = stopping.clone();
-                    in_flight.spawn(async move {
-                        let result =
-                            transport::send_with_retry(&mut transport, batch.body.clone(), &mut stopping)
-                                .await
-                                .map_err(|e| e.to_string());
+                    let monitor = monitor.clone();
+                    let task = in_flight.spawn(async move {
+                        let result = transport::send_with_retry(
+                            &mut transport,
+                            batch.body.clone(),
+                            deadline,
+                            &*monitor,
+                            &mut stopping,
+                        )
+                        .await
+                        .map_err(|e| e.to_string());
                         (batch.spans, result)
                     });
+                    started.insert(task.id(), Instant::now());
                 }
                 None => open = false,
             },
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => match done {
-                Ok((spans, result)) => log.record(&name, counters, spans, result),
-                Err(err) => log::warn!("export task to {name} ended: {err}"),
+            Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => match done {
+                Ok((id, (spans, result))) => {
+                    started.remove(&id);
+                    log.record(&name, counters, spans, result);
+                }
+                Err(err) => {
+                    started.remove(&err.id());
+                    log::warn!("export task to {name} ended: {err}");
+                }
             },
+            _ = stall_check.tick() => {
+                monitor.check(
+                    started.values().min().map(|t| t.into_std()),
+                    std::time::Instant::now(),
+                );
+            }
         }
     }
 }

@@ -379,8 +379,9 @@ async fn trace(
         export,
         resource,
         BatchConfig {
+            // --export-queue, which reads OTEL_BSP_MAX_QUEUE_SIZE itself.
             queue_capacity: options.export_queue,
-            ..BatchConfig::default()
+            ..BatchConfig::default().with(&export.batch)
         },
     )?;
     let sender = pipeline.sender();
