@@ -137,6 +137,12 @@ fn a_stop_mid_load_loses_nothing_and_counts_nothing_false() {
     // Every span exported reached the receiver, once.
     let spans = receiver.spans();
     assert_eq!(spans.len() as u64, count("spans_exported"), "{counts:?}");
+    assert_eq!(
+        spans.len() as u64,
+        count("otlp_spans_written"),
+        "{counts:?}"
+    );
+    assert_eq!(count("otlp_spans_failed"), 0, "{counts:?}");
     let ids: BTreeSet<_> = spans.iter().map(|s| s.span.span_id.clone()).collect();
     assert_eq!(ids.len(), spans.len(), "a span exported twice");
     let incomplete: Vec<_> = spans

@@ -69,8 +69,9 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     let outcome = session.run(&export_config, &resource).await?;
     let counters = &outcome.counters;
     eprintln!(
-        "agent: {} spans exported; {} records from the kernel; losses: {}",
+        "agent: {} spans exported{}; {} records from the kernel; losses: {}",
         counters.get("spans_exported").unwrap_or(0),
+        counters.per_output(),
         counters.get("records").unwrap_or(0),
         counters.describe()
     );

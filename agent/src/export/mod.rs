@@ -90,9 +90,38 @@ struct QueueStats {
     dropped_queue_full: AtomicU64,
 }
 
+/// The kinds of output, for per-output counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    Otlp,
+    Console,
+    Jsonl,
+}
+
+impl OutputKind {
+    /// Every kind, in the order the counters list them.
+    pub const ALL: [Self; 3] = [Self::Otlp, Self::Console, Self::Jsonl];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What the outputs of one kind wrote and failed to write (summed when
+/// there are several of a kind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputCount {
+    /// At least one output of this kind is configured.
+    pub configured: bool,
+    pub written: u64,
+    pub failed: u64,
+}
+
 /// A point-in-time copy of the pipeline's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportSnapshot {
+    /// Per output kind, indexed as [`OutputKind::ALL`].
+    pub outputs: [OutputCount; 3],
     /// Spans accepted into the queue.
     pub queued: u64,
     /// Spans every sink delivered.
@@ -105,6 +134,11 @@ pub struct ExportSnapshot {
 }
 
 impl ExportSnapshot {
+    /// What the outputs of `kind` wrote and failed to write.
+    pub fn output(&self, kind: OutputKind) -> OutputCount {
+        self.outputs[kind.index()]
+    }
+
     /// Every span lost on the export side.
     pub fn dropped(&self) -> u64 {
         self.dropped_queue_full + self.dropped_export_failed
@@ -195,6 +229,16 @@ enum Sink {
     Local(LocalSink),
 }
 
+impl Sink {
+    fn kind(&self) -> OutputKind {
+        match self {
+            Self::Otlp { .. } => OutputKind::Otlp,
+            Self::Local(LocalSink::Console(_)) => OutputKind::Console,
+            Self::Local(LocalSink::Jsonl(_)) => OutputKind::Jsonl,
+        }
+    }
+}
+
 /// An output on this machine.
 #[derive(Debug)]
 enum LocalSink {
@@ -279,10 +323,21 @@ pub enum PipelineError {
 }
 
 /// What one sink delivered and lost.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SinkStats {
+    kind: OutputKind,
     delivered: AtomicU64,
     failed: AtomicU64,
+}
+
+impl SinkStats {
+    fn new(kind: OutputKind) -> Self {
+        Self {
+            kind,
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A running pipeline.
@@ -331,7 +386,7 @@ impl Pipeline {
         let mut sink_stats = Vec::new();
         for sink in sinks {
             let (sink_tx, sink_rx) = mpsc::channel(batches_per_sink);
-            let counters = Arc::new(SinkStats::default());
+            let counters = Arc::new(SinkStats::new(sink.kind()));
             tasks.push(tokio::spawn(run_sink(
                 sink,
                 sink_rx,
@@ -403,18 +458,29 @@ impl Pipeline {
                 }
             }
         }
-        let mut snapshot = snapshot(&stats, &sink_stats);
-        // Whatever was queued and neither exported nor dropped is lost now.
-        let accounted = snapshot.exported + snapshot.dropped_export_failed;
-        if snapshot.queued > accounted {
-            snapshot.dropped_export_failed += snapshot.queued - accounted;
+        // Whatever a sink was handed and neither wrote nor dropped is lost
+        // now, for that sink.
+        let queued = stats.queued.load(Ordering::Relaxed);
+        for sink in &sink_stats {
+            let accounted =
+                sink.delivered.load(Ordering::Relaxed) + sink.failed.load(Ordering::Relaxed);
+            sink.failed
+                .fetch_add(queued.saturating_sub(accounted), Ordering::Relaxed);
         }
-        snapshot
+        snapshot(&stats, &sink_stats)
     }
 }
 
 fn snapshot(stats: &QueueStats, sinks: &[Arc<SinkStats>]) -> ExportSnapshot {
+    let mut outputs = [OutputCount::default(); 3];
+    for sink in sinks {
+        let out = &mut outputs[sink.kind.index()];
+        out.configured = true;
+        out.written += sink.delivered.load(Ordering::Relaxed);
+        out.failed += sink.failed.load(Ordering::Relaxed);
+    }
     ExportSnapshot {
+        outputs,
         queued: stats.queued.load(Ordering::Relaxed),
         dropped_queue_full: stats.dropped_queue_full.load(Ordering::Relaxed),
         exported: sinks

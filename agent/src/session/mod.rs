@@ -161,8 +161,19 @@ impl std::fmt::Debug for Session {
 const NO_FAMILY: u8 = u8::MAX;
 
 impl Session {
-    /// Opens PID `pid` and plans every family for it.
+    /// Opens PID `pid` and plans every family for it. A target that exits
+    /// meanwhile is said to have exited, whatever step noticed it.
     pub fn plan(pid: u32, options: SessionOptions) -> Result<Self, SessionError> {
+        Self::plan_for(pid, options).map_err(|err| match err {
+            SessionError::Target(
+                TargetError::NoSuchProcess { .. } | TargetError::Exited { .. },
+            ) => err,
+            _ if crate::target::has_exited(pid) => TargetError::Exited { pid }.into(),
+            _ => err,
+        })
+    }
+
+    fn plan_for(pid: u32, options: SessionOptions) -> Result<Self, SessionError> {
         let target = Target::open(pid)?;
         let exe = target.exe_in_target.display().to_string();
         let mut process = ProcessInfo {
@@ -262,10 +273,14 @@ impl Session {
         let mut probes = Probes::load(load)?;
         for index in 0..families.len() {
             if let Err(err) = families[index].attach(&mut probes, &target) {
-                // Undo what the families before it did (their target state
-                // too, such as USDT semaphores).
+                // Undo what the families before it did.
                 for family in &mut families[..index] {
                     family.stop(&mut probes);
+                }
+                // A target that exited meanwhile makes the kernel refuse
+                // with "no such process": say what happened instead.
+                if crate::target::has_exited(target.pid) {
+                    return Err(TargetError::Exited { pid: target.pid }.into());
                 }
                 return Err(family_error(&err));
             }
