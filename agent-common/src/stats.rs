@@ -23,11 +23,27 @@ pub const HEADERS_INCOMPLETE: u32 = 4;
 /// kernel with full preemption): the record was dropped.
 pub const INTERLEAVED: u32 = 5;
 
-/// Number of counters in the `STATS` map.
-pub const COUNT: u32 = 6;
+/// Records lost because the ring buffer was full, by record kind: counter
+/// `LOST_BY_KIND + kind` (a subset of [`RINGBUF_FULL`]). A family turns the
+/// lost starts of its spans into spans lost.
+pub const LOST_BY_KIND: u32 = 6;
 
-/// Human-readable names, indexed by counter.
-pub const NAMES: [&str; COUNT as usize] = [
+/// Number of counters in the `STATS` map.
+pub const COUNT: u32 = LOST_BY_KIND + crate::event::MAX_KIND + 1;
+
+/// The counter of records of `kind` lost to a full ring buffer (kinds
+/// beyond [`crate::event::MAX_KIND`] share the last one, which no kind uses).
+#[inline(always)]
+pub const fn lost_by_kind(kind: u32) -> u32 {
+    if kind <= crate::event::MAX_KIND {
+        LOST_BY_KIND + kind
+    } else {
+        LOST_BY_KIND
+    }
+}
+
+/// Human-readable names of the counters before [`LOST_BY_KIND`].
+pub const NAMES: [&str; LOST_BY_KIND as usize] = [
     "ringbuf_full",
     "read_failed",
     "no_config",

@@ -181,7 +181,7 @@ fn operate_headers(ctx: &ProbeContext, frame: u64) {
         count(stats::READ_FAILED);
         return;
     };
-    let Some(mut entry) = reserve::<GrpcTraceparent>() else {
+    let Some(mut entry) = reserve::<GrpcTraceparent>(KIND_GRPC_TRACEPARENT) else {
         return;
     };
     let rec = fields(&mut entry);
@@ -233,7 +233,7 @@ fn server_start(ctx: &ProbeContext) {
     };
     let stream = reg(ctx, R::Rdi);
     let transport = reg(ctx, R::Rcx);
-    let Some(mut entry) = reserve::<GrpcServerStart>() else {
+    let Some(mut entry) = reserve::<GrpcServerStart>(KIND_GRPC_SERVER_START) else {
         return;
     };
     let rec = fields(&mut entry);
@@ -256,7 +256,7 @@ fn server_end(ctx: &ProbeContext) {
     let Some((cookie, _, goid)) = begin(ctx) else {
         return;
     };
-    let Some(mut entry) = reserve::<GrpcServerEnd>() else {
+    let Some(mut entry) = reserve::<GrpcServerEnd>(KIND_GRPC_SERVER_END) else {
         return;
     };
     let rec = fields(&mut entry);
@@ -297,7 +297,7 @@ fn server_status(ctx: &ProbeContext) {
             }
         }
     };
-    let Some(mut entry) = reserve::<GrpcServerStatus>() else {
+    let Some(mut entry) = reserve::<GrpcServerStatus>(KIND_GRPC_SERVER_STATUS) else {
         return;
     };
     let rec = fields(&mut entry);
@@ -323,7 +323,7 @@ fn client_start<const STREAM: bool>(ctx: &ProbeContext) {
     } else {
         (reg(ctx, R::Rdi), reg(ctx, R::Rsi))
     };
-    let Some(mut entry) = reserve::<GrpcClientStart>() else {
+    let Some(mut entry) = reserve::<GrpcClientStart>(KIND_GRPC_CLIENT_START) else {
         return;
     };
     let rec = fields(&mut entry);
@@ -366,7 +366,7 @@ fn client_end<const STREAM: bool>(ctx: &ProbeContext) {
             }
         }
     };
-    let Some(mut entry) = reserve::<GrpcClientEnd>() else {
+    let Some(mut entry) = reserve::<GrpcClientEnd>(KIND_GRPC_CLIENT_END) else {
         return;
     };
     let rec = fields(&mut entry);

@@ -78,7 +78,7 @@ pub fn start(ctx: &ProbeContext) {
         return;
     };
     let request = reg(ctx, Reg::Rbx);
-    let Some(mut entry) = reserve::<HttpClientStart>() else {
+    let Some(mut entry) = reserve::<HttpClientStart>(KIND_HTTP_CLIENT_START) else {
         return;
     };
     let rec = fields(&mut entry);
@@ -152,7 +152,7 @@ pub fn end(ctx: &ProbeContext) {
     };
     let response = reg(ctx, Reg::Rax);
     let itab = reg(ctx, Reg::Rbx);
-    let Some(mut entry) = reserve::<HttpClientEnd>() else {
+    let Some(mut entry) = reserve::<HttpClientEnd>(KIND_HTTP_CLIENT_END) else {
         return;
     };
     let rec = fields(&mut entry);

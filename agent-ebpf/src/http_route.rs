@@ -93,7 +93,7 @@ fn route(
     if len == 0 {
         return None;
     }
-    let mut entry = reserve::<HttpRoute>()?;
+    let mut entry = reserve::<HttpRoute>(KIND_HTTP_ROUTE)?;
     let rec = fields(&mut entry);
     rec.header = header(cookie, KIND_HTTP_ROUTE, goid);
     rec.router = router;

@@ -138,7 +138,7 @@ pub fn start(ctx: &ProbeContext) {
     };
     let request = reg(ctx, Reg::Rdi);
     let response = reg(ctx, Reg::Rcx);
-    let Some(mut entry) = reserve::<HttpServerStart>() else {
+    let Some(mut entry) = reserve::<HttpServerStart>(KIND_HTTP_SERVER_START) else {
         return;
     };
     let rec = fields(&mut entry);
@@ -269,7 +269,7 @@ pub fn traceparent(ctx: &ProbeContext) {
             return;
         }
     };
-    let Some(mut entry) = reserve::<HttpTraceparent>() else {
+    let Some(mut entry) = reserve::<HttpTraceparent>(KIND_HTTP_TRACEPARENT) else {
         return;
     };
     let rec = fields(&mut entry);
@@ -352,7 +352,7 @@ pub fn tracestate(ctx: &ProbeContext) {
     let Some(run) = HeaderRun::begin(ctx) else {
         return;
     };
-    let Some(mut entry) = reserve::<HttpTracestate>() else {
+    let Some(mut entry) = reserve::<HttpTracestate>(KIND_HTTP_TRACESTATE) else {
         return;
     };
     let rec = fields(&mut entry);
@@ -402,7 +402,7 @@ fn end_record(
     let Some(config) = config(cookie) else { return };
     let off = &config.offsets;
     let response = reg(ctx, Reg::Rax);
-    let Some(mut entry) = reserve::<HttpServerEnd>() else {
+    let Some(mut entry) = reserve::<HttpServerEnd>(KIND_HTTP_SERVER_END) else {
         return;
     };
     let rec = fields(&mut entry);

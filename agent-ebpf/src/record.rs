@@ -25,19 +25,27 @@ const WAKEUP_FILL_SHIFT: u64 = 2;
 /// wakeups, from one CPU.
 const WAKEUP_INTERVAL_NS: u64 = 100_000;
 
-/// Reserves a record of type `T`, counting a full ring buffer. It is not
+/// Reserves a record of type `T` of kind `kind`, counting a full ring buffer
+/// (also by kind). It is not
 /// zeroed: its bytes are whatever the ring held there before (zeros at
 /// creation, then older records), so the writer sets every field the agent
 /// reads, and string areas only up to the length it records. Zeroing cost a
 /// helper call and a copy of the whole record per event.
 #[inline(always)]
-pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
+pub fn reserve<T: 'static>(kind: u32) -> Option<RingBufEntry<T>> {
     const { assert!(core::mem::size_of::<T>() <= MAX_RECORD) };
     let entry = EVENTS.reserve::<T>(0);
     if entry.is_none() {
-        count(stats::RINGBUF_FULL);
+        count_lost(kind);
     }
     entry
+}
+
+/// A record of `kind` the ring buffer had no room for.
+#[inline(always)]
+pub fn count_lost(kind: u32) {
+    count(stats::RINGBUF_FULL);
+    count(stats::lost_by_kind(kind));
 }
 
 /// A record type the programs fill in place, in the ring buffer.
@@ -199,7 +207,12 @@ pub fn output(record: &[u8], now: u64) {
     if EVENTS.output::<[u8]>(record, wakeup_flags(now)).is_ok() {
         count(stats::EVENTS_WRITTEN);
     } else {
-        count(stats::RINGBUF_FULL);
+        // Every record starts with its header, whose first field is the kind.
+        let kind = match record.first_chunk::<4>() {
+            Some(bytes) => u32::from_ne_bytes(*bytes),
+            None => 0,
+        };
+        count_lost(kind);
     }
 }
 

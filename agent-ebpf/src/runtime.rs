@@ -83,7 +83,7 @@ pub fn goroutine_created(ctx: ProbeContext) -> u32 {
         count(stats::READ_FAILED);
         return 0;
     };
-    let Some(mut entry) = reserve::<GoroutineCreated>() else {
+    let Some(mut entry) = reserve::<GoroutineCreated>(KIND_GOROUTINE_CREATED) else {
         return 0;
     };
     let rec = fields(&mut entry);

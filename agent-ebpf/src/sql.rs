@@ -110,7 +110,7 @@ fn start(ctx: &ProbeContext) {
         }
         _ => return,
     };
-    let Some(mut entry) = reserve::<SqlStart>() else {
+    let Some(mut entry) = reserve::<SqlStart>(KIND_SQL_START) else {
         return;
     };
     let rec = fields(&mut entry);
@@ -165,7 +165,7 @@ fn end(ctx: &ProbeContext) {
         OP_COMMIT | OP_ROLLBACK => (a[0], a[1]),
         _ => return,
     };
-    let Some(mut entry) = reserve::<SqlEnd>() else {
+    let Some(mut entry) = reserve::<SqlEnd>(KIND_SQL_END) else {
         return;
     };
     let rec = fields(&mut entry);

@@ -138,7 +138,7 @@ impl Family for Grpc {
         self.builder.finish(cx.goroutines, now_ns, cx.spans);
     }
 
-    fn counters(&self, _kernel: &KernelStats, out: &mut Vec<Counter>) {
+    fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>) {
         let stats = self.builder.stats();
         out.extend([
             Counter::count("grpc_server_calls", stats.server.completed),
@@ -148,6 +148,13 @@ impl Family for Grpc {
                 "grpc ends without start",
                 "",
                 stats.server.unmatched_ends + stats.client.unmatched_ends,
+            ),
+            Counter::loss(
+                "grpc_calls_lost",
+                "grpc calls lost to a full ring buffer",
+                " spans",
+                kernel.lost(agent_common::grpc::KIND_GRPC_SERVER_START)
+                    + kernel.lost(agent_common::grpc::KIND_GRPC_CLIENT_START),
             ),
             Counter::incomplete(
                 "grpc_expired",

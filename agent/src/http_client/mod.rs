@@ -126,9 +126,15 @@ impl Family for HttpClient {
         self.builder.finish(cx.goroutines, now_ns, cx.spans);
     }
 
-    fn counters(&self, _kernel: &KernelStats, out: &mut Vec<Counter>) {
+    fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>) {
         let pairing = self.builder.stats();
         out.extend([
+            Counter::loss(
+                "http_client_calls_lost",
+                "client calls lost to a full ring buffer",
+                " spans",
+                kernel.lost(agent_common::http_client::KIND_HTTP_CLIENT_START),
+            ),
             Counter::loss(
                 "http_client_unmatched_ends",
                 "client returns without start",

@@ -182,6 +182,12 @@ impl Family for HttpServer {
                 "",
                 pairing.unmatched_ends,
             ),
+            Counter::loss(
+                "requests_lost",
+                "requests lost to a full ring buffer",
+                " spans",
+                kernel.lost(agent_common::http::KIND_HTTP_SERVER_START),
+            ),
             Counter::incomplete("expired", "expired", pairing.expired),
             Counter::incomplete("evicted", "evicted", pairing.evicted),
             Counter::incomplete("replaced", "replaced", pairing.replaced),

@@ -1,10 +1,10 @@
 //! The kernel side's per-CPU counters (`STATS`), summed over CPUs.
 
-use agent_common::stats;
+use agent_common::{event::MAX_KIND, stats};
 use aya::maps::{MapData, PerCpuArray};
 
 /// Totals of the kernel-side counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelStats {
     /// Records lost because the ring buffer was full.
     pub ringbuf_full: u64,
@@ -19,6 +19,29 @@ pub struct KernelStats {
     /// Records dropped because another run on the same CPU wrote the
     /// program's working memory meanwhile.
     pub interleaved: u64,
+    /// [`Self::ringbuf_full`] by record kind.
+    pub lost_by_kind: [u64; MAX_KIND as usize + 1],
+}
+
+impl Default for KernelStats {
+    fn default() -> Self {
+        Self {
+            ringbuf_full: 0,
+            read_failed: 0,
+            no_config: 0,
+            events_written: 0,
+            headers_incomplete: 0,
+            interleaved: 0,
+            lost_by_kind: [0; MAX_KIND as usize + 1],
+        }
+    }
+}
+
+impl KernelStats {
+    /// Records of `kind` lost because the ring buffer was full.
+    pub fn lost(&self, kind: u32) -> u64 {
+        self.lost_by_kind.get(kind as usize).copied().unwrap_or(0)
+    }
 }
 
 /// Reads `STATS`.
@@ -53,6 +76,9 @@ impl StatsReader {
             events_written: self.sum(stats::EVENTS_WRITTEN),
             headers_incomplete: self.sum(stats::HEADERS_INCOMPLETE),
             interleaved: self.sum(stats::INTERLEAVED),
+            lost_by_kind: std::array::from_fn(|kind| {
+                u32::try_from(kind).map_or(0, |kind| self.sum(stats::lost_by_kind(kind)))
+            }),
         }
     }
 }

@@ -160,7 +160,7 @@ impl Family for Sql {
         self.builder.finish(cx.goroutines, now_ns, cx.spans);
     }
 
-    fn counters(&self, _kernel: &KernelStats, out: &mut Vec<Counter>) {
+    fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>) {
         let pairing = self.builder.pairing();
         let stats = self.builder.stats();
         out.extend([
@@ -173,6 +173,12 @@ impl Family for Sql {
                 "SQL ends without start",
                 "",
                 pairing.unmatched_ends,
+            ),
+            Counter::loss(
+                "sql_calls_lost",
+                "SQL calls lost to a full ring buffer",
+                " spans",
+                kernel.lost(agent_common::sql::KIND_SQL_START),
             ),
             Counter::incomplete("sql_expired", "SQL expired", pairing.expired),
             Counter::incomplete("sql_evicted", "SQL evicted", pairing.evicted),
