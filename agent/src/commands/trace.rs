@@ -6,6 +6,7 @@ use std::{process::ExitCode, time::Duration};
 use agent::{
     family::FamilyOptions,
     http_server::{SitePolicy, SpanNaming},
+    metrics::{Metrics, MetricsConfig, MetricsInputs},
     probes,
     resource::{self, ResourceOptions},
     session::{Session, SessionOptions},
@@ -66,7 +67,24 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     for warning in warnings {
         log::warn!("{warning}");
     }
-    let outcome = session.run(&export_config, &resource).await?;
+    let metrics_config = MetricsConfig::resolve(
+        &MetricsInputs {
+            listen: args.metrics_listen.clone(),
+            endpoint: export.otlp_endpoint.clone(),
+            protocol: export.otlp_protocol.clone(),
+            headers: export.otlp_headers.clone(),
+        },
+        |name| std::env::var(name).ok(),
+    )?;
+    let metrics = Metrics::start(&metrics_config, &resource).await?;
+    let outcome = session.run(&export_config, &resource).await;
+    let outcome = match (outcome, metrics) {
+        (Ok(outcome), Some(metrics)) => {
+            metrics.shutdown(&outcome.counters).await;
+            outcome
+        }
+        (outcome, _) => outcome?,
+    };
     let counters = &outcome.counters;
     eprintln!(
         "agent: {} spans exported; {} records from the kernel; losses: {}",

@@ -1,0 +1,200 @@
+//! What request metrics need from a finished span, read in place from its
+//! encoded OTLP `Span` message: kind, times, and the few attributes the
+//! conventions put on the duration histograms. No allocation: every value
+//! borrows the span's bytes.
+
+use crate::cursor::uvarint;
+
+/// OTLP `Span.kind` values.
+pub const KIND_SERVER: u64 = 2;
+pub const KIND_CLIENT: u64 = 3;
+
+/// An attribute value as encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value<'a> {
+    Str(&'a [u8]),
+    Int(i64),
+}
+
+/// The attributes the request metrics read, by position in [`KEYS`].
+pub const KEYS: [&str; 16] = [
+    "http.request.method",
+    "http.route",
+    "http.response.status_code",
+    "error.type",
+    "server.address",
+    "server.port",
+    "url.scheme",
+    "rpc.system",
+    "rpc.service",
+    "rpc.method",
+    "rpc.grpc.status_code",
+    "db.system.name",
+    "db.operation.name",
+    "db.collection.name",
+    "agent.span.incomplete",
+    "network.protocol.version",
+];
+
+/// Positions in [`KEYS`].
+pub mod key {
+    pub const METHOD: usize = 0;
+    pub const ROUTE: usize = 1;
+    pub const STATUS: usize = 2;
+    pub const ERROR_TYPE: usize = 3;
+    pub const SERVER_ADDRESS: usize = 4;
+    pub const SERVER_PORT: usize = 5;
+    pub const URL_SCHEME: usize = 6;
+    pub const RPC_SYSTEM: usize = 7;
+    pub const RPC_SERVICE: usize = 8;
+    pub const RPC_METHOD: usize = 9;
+    pub const RPC_GRPC_STATUS: usize = 10;
+    pub const DB_SYSTEM: usize = 11;
+    pub const DB_OPERATION: usize = 12;
+    pub const DB_COLLECTION: usize = 13;
+    pub const INCOMPLETE: usize = 14;
+    pub const PROTOCOL_VERSION: usize = 15;
+}
+
+/// A span as the request metrics see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpanView<'a> {
+    pub kind: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub attrs: [Option<Value<'a>>; KEYS.len()],
+}
+
+impl<'a> SpanView<'a> {
+    /// Reads `bytes`, an encoded `Span`; `None` when it is malformed.
+    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let mut view = Self::default();
+        let mut fields = Fields(bytes);
+        while let Some((field, wire)) = fields.next()? {
+            match (field, wire) {
+                (6, Wire::Varint(kind)) => view.kind = kind,
+                (7, Wire::Fixed64(t)) => view.start_ns = t,
+                (8, Wire::Fixed64(t)) => view.end_ns = t,
+                (9, Wire::Len(kv)) => view.attribute(kv)?,
+                _ => {}
+            }
+        }
+        Some(view)
+    }
+
+    fn attribute(&mut self, kv: &'a [u8]) -> Option<()> {
+        let (mut key, mut value) = (None, None);
+        let mut fields = Fields(kv);
+        while let Some((field, wire)) = fields.next()? {
+            match (field, wire) {
+                (1, Wire::Len(k)) => key = Some(k),
+                (2, Wire::Len(any)) => value = any_value(any)?,
+                _ => {}
+            }
+        }
+        if let (Some(key), Some(value)) = (key, value)
+            && let Some(slot) = KEYS.iter().position(|k| k.as_bytes() == key)
+        {
+            self.attrs[slot] = Some(value);
+        }
+        Some(())
+    }
+
+    /// The attribute at position `slot` of [`KEYS`].
+    pub fn get(&self, slot: usize) -> Option<Value<'a>> {
+        self.attrs.get(slot).copied().flatten()
+    }
+
+    /// The duration in nanoseconds.
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+}
+
+/// An `AnyValue`'s string or integer; `Some(None)` for other types.
+fn any_value(bytes: &[u8]) -> Option<Option<Value<'_>>> {
+    let mut fields = Fields(bytes);
+    let mut value = None;
+    while let Some((field, wire)) = fields.next()? {
+        match (field, wire) {
+            (1, Wire::Len(s)) => value = Some(Value::Str(s)),
+            (3, Wire::Varint(i)) => value = Some(Value::Int(i as i64)),
+            _ => {}
+        }
+    }
+    Some(value)
+}
+
+enum Wire<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Len(&'a [u8]),
+    Fixed32,
+}
+
+/// The fields of one protobuf message.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    /// The next field; `Some(None)` at the end, `None` when malformed.
+    fn next(&mut self) -> Option<Option<(u64, Wire<'a>)>> {
+        if self.0.is_empty() {
+            return Some(None);
+        }
+        let (tag, n) = uvarint(self.0).ok()?;
+        let rest = &self.0[n..];
+        let (wire, used) = match tag & 7 {
+            0 => {
+                let (v, n) = uvarint(rest).ok()?;
+                (Wire::Varint(v), n)
+            }
+            1 => {
+                let b: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+                (Wire::Fixed64(u64::from_le_bytes(b)), 8)
+            }
+            2 => {
+                let (len, n) = uvarint(rest).ok()?;
+                let end = n.checked_add(usize::try_from(len).ok()?)?;
+                (Wire::Len(rest.get(n..end)?), end)
+            }
+            5 => {
+                rest.get(..4)?;
+                (Wire::Fixed32, 4)
+            }
+            _ => return None,
+        };
+        self.0 = &rest[used..];
+        Some(Some((tag >> 3, wire)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+
+    use super::*;
+    use crate::export::wire::SpanWriter;
+
+    #[test]
+    fn reads_what_the_span_writer_wrote() {
+        let mut bytes = Vec::new();
+        let mut w = SpanWriter::new(&mut bytes);
+        w.name(&["GET /users/{id}"])
+            .attr_str("http.request.method", "GET")
+            .attr_str("url.path", "/users/42")
+            .ids(TraceId::from(7), SpanId::from(9), None)
+            .kind(&SpanKind::Server)
+            .times(1_000, 4_500)
+            .attr_int("http.response.status_code", 503)
+            .attr_str("http.route", "/users/{id}")
+            .status_error("");
+        let view = SpanView::parse(&bytes).expect("parses");
+        assert_eq!(view.kind, KIND_SERVER);
+        assert_eq!(view.duration_ns(), 3_500);
+        assert_eq!(view.get(key::METHOD), Some(Value::Str(b"GET")));
+        assert_eq!(view.get(key::ROUTE), Some(Value::Str(b"/users/{id}")));
+        assert_eq!(view.get(key::STATUS), Some(Value::Int(503)));
+        assert_eq!(view.get(key::ERROR_TYPE), None);
+        assert_eq!(SpanView::parse(&bytes[..bytes.len() - 1]), None, "cut short");
+    }
+}
