@@ -1,0 +1,344 @@
+//! End to end, as root: request metrics and the agent's own. A ServeMux
+//! fixture (Go 1.22 patterns) built from source gets N requests of known
+//! routes and statuses; the agent exports spans to an OTLP receiver,
+//! metrics over OTLP/gRPC to an in-test `MetricsService`, and serves
+//! `/metrics`. Both show a count equal to N per route, method and status,
+//! never a raw path; the loss counters equal the exit summary's
+//! (`--summary-file`).
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use opentelemetry_proto::tonic::{
+    collector::metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+    },
+    metrics::v1::{Metric, metric::Data, number_data_point},
+};
+use support::{
+    agent::{AGENT_EXIT, Agent, command},
+    fixture,
+    http_client::Connection,
+    otlp::{Receiver, attributes},
+};
+
+type Store = Arc<Mutex<Vec<ExportMetricsServiceRequest>>>;
+
+struct Metrics {
+    store: Store,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Metrics {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.store
+            .lock()
+            .expect("store")
+            .push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// A real OTLP/gRPC metrics receiver on 127.0.0.1.
+struct MetricsReceiver {
+    addr: SocketAddr,
+    store: Store,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl MetricsReceiver {
+    fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let store = Store::default();
+        let service = MetricsServiceServer::new(Metrics {
+            store: store.clone(),
+        });
+        runtime.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Self {
+            addr,
+            store,
+            _runtime: runtime,
+        }
+    }
+
+    /// The metric `name` of the last export that has it.
+    fn last(&self, name: &str) -> Option<(Metric, BTreeMap<String, String>)> {
+        let store = self.store.lock().expect("store");
+        store.iter().rev().find_map(|request| {
+            request.resource_metrics.iter().find_map(|rm| {
+                let resource = rm
+                    .resource
+                    .as_ref()
+                    .map(|r| attributes(&r.attributes))
+                    .unwrap_or_default();
+                rm.scope_metrics
+                    .iter()
+                    .flat_map(|sm| &sm.metrics)
+                    .find(|m| m.name == name)
+                    .map(|m| (m.clone(), resource))
+            })
+        })
+    }
+}
+
+/// (method, route, status) to the requests sent.
+type Expected = BTreeMap<(String, Option<String>, String), u64>;
+
+/// A GET of `/metrics`.
+fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect /metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_owned()
+}
+
+/// `name{labels} value` lines of a scrape: the labels and the value.
+fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((metric, labels)) => (metric, labels.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let labels = labels
+                .split(',')
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_owned(), v.trim_matches('"').to_owned()))
+                })
+                .collect();
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn request_counts_per_route_and_losses_match_the_summary() {
+    let binary = fixture::build_module("routes-servemux", &[]);
+    let (server, addr) = fixture::start_httpserver(&binary);
+    let traces = Receiver::grpc();
+    let metrics = MetricsReceiver::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary = dir.path().join("summary.txt");
+
+    let mut cmd = command();
+    cmd.args(["--pid", &server.pid().to_string()])
+        .args(["--otlp-endpoint", &traces.url(), "--otlp-protocol", "grpc"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .arg("--summary-file")
+        .arg(&summary)
+        .env(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            format!("http://{}", metrics.addr),
+        )
+        .env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .env("OTEL_SERVICE_NAME", "metrics-test");
+    let mut agent = Agent::start(cmd);
+    let line = agent.wait_for_stderr("metrics: serving http://", Duration::from_secs(30));
+    let listen: SocketAddr = line
+        .split("serving http://")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .expect("address in the log line")
+        .parse()
+        .expect("listen address");
+    agent.wait_attached();
+
+    // (method, target, status, route): N requests each.
+    let cases: [(&str, &str, u16, Option<&str>, u64); 4] = [
+        ("GET", "/users/", 200, Some("/users/{id}"), 5),
+        ("GET", "/static/app-", 200, Some("/static/"), 3),
+        ("GET", "/nope/", 404, None, 4),
+        ("POST", "/users/", 405, None, 2),
+    ];
+    let mut expected = Expected::new();
+    let mut conn = Connection::open(addr);
+    let mut total = 0;
+    for (method, prefix, status, route, n) in cases {
+        for i in 0..n {
+            let target = format!("{prefix}{i}");
+            assert_eq!(conn.request(method, &target, b"").0, status, "{method} {target}");
+        }
+        *expected
+            .entry((method.to_owned(), route.map(str::to_owned), status.to_string()))
+            .or_default() += n;
+        total += n as usize;
+    }
+    traces.wait_for_spans(total, Duration::from_secs(20));
+
+    // `/metrics`, once the counts are in (spans are counted as they are
+    // queued, the agent's counters published once a second).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = scrape(listen);
+        let counted: f64 = samples(&text, "http_server_request_duration_seconds_count")
+            .iter()
+            .map(|(_, v)| v)
+            .sum();
+        if counted as usize >= total && text.contains("agent_records_total") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "counts never reached {total}:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut scraped = Expected::new();
+    for (labels, value) in samples(&text, "http_server_request_duration_seconds_count") {
+        assert!(
+            !labels.contains_key("url_path"),
+            "never the raw path: {labels:?}"
+        );
+        assert_eq!(labels.get("url_scheme").map(String::as_str), Some("http"));
+        *scraped
+            .entry((
+                labels["http_request_method"].clone(),
+                labels.get("http_route").cloned(),
+                labels["http_response_status_code"].clone(),
+            ))
+            .or_default() += value as u64;
+    }
+    assert_eq!(scraped, expected, "/metrics: count per method, route, status");
+    // Buckets are cumulative and end in +Inf with the count.
+    let inf: f64 = samples(&text, "http_server_request_duration_seconds_bucket")
+        .iter()
+        .filter(|(labels, _)| labels.get("le").map(String::as_str) == Some("+Inf"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(inf as usize, total);
+    let scraped_losses: BTreeMap<String, u64> = samples(&text, "agent_losses_total")
+        .into_iter()
+        .map(|(labels, v)| (labels["agent_loss_reason"].clone(), v as u64))
+        .collect();
+    assert!(
+        text.contains("agent_probes_attached{agent_family=\"net/http\"}"),
+        "{text}"
+    );
+    assert!(text.contains("agent_targets_attached 1\n"), "{text}");
+
+    agent.signal(Signal::SIGINT);
+    assert!(agent.wait(AGENT_EXIT).success());
+    drop(server);
+    let summary: BTreeMap<String, u64> = std::fs::read_to_string(&summary)
+        .expect("summary file")
+        .lines()
+        .filter_map(|line| {
+            let (k, v) = line.split_once('=')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect();
+    for (reason, value) in &scraped_losses {
+        assert_eq!(
+            summary.get(reason),
+            Some(value),
+            "/metrics loss {reason} against the summary"
+        );
+    }
+    assert!(scraped_losses.contains_key("ringbuf_full"), "{scraped_losses:?}");
+    assert!(scraped_losses.contains_key("dropped_export_failed"));
+
+    // OTLP: the final export, made at shutdown, has every count.
+    let (histogram, resource) = metrics
+        .last("http.server.request.duration")
+        .expect("http.server.request.duration over OTLP");
+    assert_eq!(
+        resource.get("service.name").map(String::as_str),
+        Some("metrics-test")
+    );
+    assert_eq!(histogram.unit, "s");
+    let Some(Data::Histogram(h)) = &histogram.data else {
+        panic!("a histogram: {histogram:?}");
+    };
+    let mut exported = Expected::new();
+    for point in &h.data_points {
+        let attrs = attributes(&point.attributes);
+        assert!(!attrs.contains_key("url.path"), "{attrs:?}");
+        assert_eq!(
+            point.explicit_bounds,
+            [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+        );
+        assert_eq!(point.bucket_counts.iter().sum::<u64>(), point.count);
+        *exported
+            .entry((
+                attrs["http.request.method"].clone(),
+                attrs.get("http.route").cloned(),
+                attrs["http.response.status_code"].clone(),
+            ))
+            .or_default() += point.count;
+    }
+    assert_eq!(exported, expected, "OTLP: count per method, route, status");
+
+    // Every counter of the summary, exported with its value.
+    let mut otlp_counters = BTreeMap::new();
+    for (name, key) in [
+        ("agent.losses", "agent.loss.reason"),
+        ("agent.counts", "agent.count.name"),
+    ] {
+        let (metric, _) = metrics.last(name).unwrap_or_else(|| panic!("{name}"));
+        let Some(Data::Sum(sum)) = &metric.data else {
+            panic!("a sum: {metric:?}");
+        };
+        assert!(sum.is_monotonic);
+        for point in &sum.data_points {
+            let attrs = attributes(&point.attributes);
+            let value = match point.value {
+                Some(number_data_point::Value::AsInt(v)) => v as u64,
+                other => panic!("an integer: {other:?}"),
+            };
+            otlp_counters.insert(attrs[key].clone(), value);
+        }
+    }
+    assert_eq!(otlp_counters, summary, "OTLP counters against the summary");
+    let (records, _) = metrics.last("agent.records").expect("agent.records");
+    let Some(Data::Sum(records)) = &records.data else {
+        panic!("a sum");
+    };
+    assert_eq!(
+        records.data_points[0].value,
+        Some(number_data_point::Value::AsInt(summary["records"] as i64))
+    );
+    assert!(summary["records"] >= 2 * total as u64, "{summary:?}");
+    assert_eq!(summary["spans_exported"], total as u64, "{summary:?}");
+}
