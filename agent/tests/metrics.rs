@@ -43,10 +43,7 @@ impl MetricsService for Metrics {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.store
-            .lock()
-            .expect("store")
-            .push(request.into_inner());
+        self.store.lock().expect("store").push(request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
@@ -201,10 +198,18 @@ fn request_counts_per_route_and_losses_match_the_summary() {
     for (method, prefix, status, route, n) in cases {
         for i in 0..n {
             let target = format!("{prefix}{i}");
-            assert_eq!(conn.request(method, &target, b"").0, status, "{method} {target}");
+            assert_eq!(
+                conn.request(method, &target, b"").0,
+                status,
+                "{method} {target}"
+            );
         }
         *expected
-            .entry((method.to_owned(), route.map(str::to_owned), status.to_string()))
+            .entry((
+                method.to_owned(),
+                route.map(str::to_owned),
+                status.to_string(),
+            ))
             .or_default() += n;
         total += n as usize;
     }
@@ -222,7 +227,10 @@ fn request_counts_per_route_and_losses_match_the_summary() {
         if counted as usize >= total && text.contains("agent_records_total") {
             break text;
         }
-        assert!(Instant::now() < deadline, "counts never reached {total}:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "counts never reached {total}:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let mut scraped = Expected::new();
@@ -240,7 +248,10 @@ fn request_counts_per_route_and_losses_match_the_summary() {
             ))
             .or_default() += value as u64;
     }
-    assert_eq!(scraped, expected, "/metrics: count per method, route, status");
+    assert_eq!(
+        scraped, expected,
+        "/metrics: count per method, route, status"
+    );
     // Buckets are cumulative and end in +Inf with the count.
     let inf: f64 = samples(&text, "http_server_request_duration_seconds_bucket")
         .iter()
@@ -276,7 +287,10 @@ fn request_counts_per_route_and_losses_match_the_summary() {
             "/metrics loss {reason} against the summary"
         );
     }
-    assert!(scraped_losses.contains_key("ringbuf_full"), "{scraped_losses:?}");
+    assert!(
+        scraped_losses.contains_key("ringbuf_full"),
+        "{scraped_losses:?}"
+    );
     assert!(scraped_losses.contains_key("dropped_export_failed"));
 
     // OTLP: the final export, made at shutdown, has every count.
@@ -297,7 +311,9 @@ fn request_counts_per_route_and_losses_match_the_summary() {
         assert!(!attrs.contains_key("url.path"), "{attrs:?}");
         assert_eq!(
             point.explicit_bounds,
-            [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+            [
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0
+            ]
         );
         assert_eq!(point.bucket_counts.iter().sum::<u64>(), point.count);
         *exported

@@ -94,7 +94,11 @@ impl MetricsConfig {
         inputs: &MetricsInputs,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, MetricsConfigError> {
-        let env = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let env = |name: &str| {
+            env(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(Self::default());
         }
@@ -250,7 +254,10 @@ fn parse_header(member: &str) -> Result<(String, String), MetricsConfigError> {
         .split_once('=')
         .filter(|(k, _)| !k.trim().is_empty())
         .ok_or_else(|| MetricsConfigError::Header(member.to_owned()))?;
-    Ok((key.trim().to_ascii_lowercase(), percent_decode(value.trim())))
+    Ok((
+        key.trim().to_ascii_lowercase(),
+        percent_decode(value.trim()),
+    ))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -286,13 +293,19 @@ fn parse_listen(addr: &str) -> Result<SocketAddr, MetricsConfigError> {
 mod tests {
     use super::*;
 
-    fn resolve(inputs: &MetricsInputs, pairs: &[(&str, &str)]) -> Result<MetricsConfig, MetricsConfigError> {
+    fn resolve(
+        inputs: &MetricsInputs,
+        pairs: &[(&str, &str)],
+    ) -> Result<MetricsConfig, MetricsConfigError> {
         let pairs: Vec<(String, String)> = pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         MetricsConfig::resolve(inputs, |name| {
-            pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
         })
     }
 
@@ -350,7 +363,10 @@ mod tests {
                 ..MetricsInputs::default()
             },
             &[
-                ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:9000/custom"),
+                (
+                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    "http://m:9000/custom",
+                ),
                 ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
                 ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
                 ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "500"),

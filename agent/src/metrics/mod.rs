@@ -78,10 +78,7 @@ fn with_agent(f: impl FnOnce(&mut agent::Snapshot)) {
     if !ON.load(Ordering::Relaxed) {
         return;
     }
-    let shared = AGENT
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let shared = AGENT.lock().unwrap_or_else(PoisonError::into_inner).clone();
     if let Some(shared) = shared {
         f(&mut shared.lock().unwrap_or_else(PoisonError::into_inner));
     }
@@ -206,9 +203,8 @@ fn otlp_exporter(otlp: &OtlpMetrics) -> Result<opentelemetry_otlp::MetricExporte
         MetricsProtocol::Grpc => {
             let mut metadata = tonic::metadata::MetadataMap::new();
             for (key, value) in &otlp.headers {
-                let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> = key
-                    .parse()
-                    .map_err(|_| MetricsError::Header(key.clone()))?;
+                let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> =
+                    key.parse().map_err(|_| MetricsError::Header(key.clone()))?;
                 let value = value
                     .parse()
                     .map_err(|_| MetricsError::Header(key.to_string()))?;

@@ -112,11 +112,7 @@ fn respond(
         (&hyper::Method::GET, "/metrics") => {
             let mut rm = ResourceMetrics::default();
             match reader.collect(&mut rm) {
-                Ok(()) => (
-                    200,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    render(&rm),
-                ),
+                Ok(()) => (200, "text/plain; version=0.0.4; charset=utf-8", render(&rm)),
                 Err(err) => (503, "text/plain", format!("metrics unavailable: {err}\n")),
             }
         }
@@ -180,7 +176,10 @@ fn float(v: f64) -> String {
 
 fn write_metric<T: Sample>(out: &mut String, metric: &Metric, data: &MetricData<T>) {
     let base = name_with_unit(metric.name(), metric.unit());
-    let help = metric.description().replace('\\', "\\\\").replace('\n', "\\n");
+    let help = metric
+        .description()
+        .replace('\\', "\\\\")
+        .replace('\n', "\\n");
     match data {
         MetricData::Gauge(gauge) => {
             header(out, &base, &help, "gauge");

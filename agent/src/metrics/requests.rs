@@ -42,8 +42,8 @@ const DB_BOUNDS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0]
 /// The RPC durations are in milliseconds (`rpc.server.duration`,
 /// `rpc.client.duration`): the HTTP advice scaled.
 const RPC_BOUNDS: [f64; 15] = [
-    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0,
-    7500.0, 10000.0,
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
+    10000.0,
 ];
 
 /// The request metrics.
@@ -245,8 +245,7 @@ impl Requests {
         }
         let series = histogram.bind(&key_values(metric, &span));
         series.record(value);
-        self.series
-            .insert(self.scratch.as_slice().into(), series);
+        self.series.insert(self.scratch.as_slice().into(), series);
     }
 
     /// Attribute sets bound so far.

@@ -195,6 +195,10 @@ mod tests {
         assert_eq!(view.get(key::ROUTE), Some(Value::Str(b"/users/{id}")));
         assert_eq!(view.get(key::STATUS), Some(Value::Int(503)));
         assert_eq!(view.get(key::ERROR_TYPE), None);
-        assert_eq!(SpanView::parse(&bytes[..bytes.len() - 1]), None, "cut short");
+        assert_eq!(
+            SpanView::parse(&bytes[..bytes.len() - 1]),
+            None,
+            "cut short"
+        );
     }
 }
