@@ -104,6 +104,98 @@ impl MetricsReceiver {
     }
 }
 
+/// A real OTLP/HTTP (protobuf) metrics receiver on 127.0.0.1, answering
+/// POST /v1/metrics.
+fn http_receiver() -> MetricsReceiver {
+    use http_body_util::BodyExt as _;
+    use prost::Message as _;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let store = Store::default();
+    let accept_store = store.clone();
+    runtime.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = accept_store.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let ok = req.uri().path() == "/v1/metrics";
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let status = match body.map(ExportMetricsServiceRequest::decode) {
+                                Ok(Ok(request)) if ok => {
+                                    store.lock().expect("store").push(request);
+                                    200
+                                }
+                                _ => 400,
+                            };
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/x-protobuf")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(
+                                    ExportMetricsServiceResponse::default().encode_to_vec(),
+                                )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    MetricsReceiver {
+        addr,
+        store,
+        _runtime: runtime,
+    }
+}
+
+/// The value of every data point of the sums `names`, by the attribute
+/// `key` (or the metric's name when the point has none).
+fn sums(receiver: &MetricsReceiver, names: &[(&str, &str)]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (name, key) in names {
+        let (metric, _) = receiver.last(name).unwrap_or_else(|| panic!("{name}"));
+        let Some(Data::Sum(sum)) = &metric.data else {
+            panic!("a sum: {metric:?}");
+        };
+        assert!(sum.is_monotonic, "{name}");
+        for point in &sum.data_points {
+            let attrs = attributes(&point.attributes);
+            let value = match point.value {
+                Some(number_data_point::Value::AsInt(v)) => v as u64,
+                other => panic!("an integer: {other:?}"),
+            };
+            let label = attrs
+                .get(*key)
+                .cloned()
+                .unwrap_or_else(|| (*name).to_owned());
+            out.insert(label, value);
+        }
+    }
+    out
+}
+
+fn read_summary(path: &std::path::Path) -> BTreeMap<String, u64> {
+    std::fs::read_to_string(path)
+        .expect("summary file")
+        .lines()
+        .filter_map(|line| {
+            let (k, v) = line.split_once('=')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
 /// (method, route, status) to the requests sent.
 type Expected = BTreeMap<(String, Option<String>, String), u64>;
 
@@ -272,14 +364,7 @@ fn request_counts_per_route_and_losses_match_the_summary() {
     agent.signal(Signal::SIGINT);
     assert!(agent.wait(AGENT_EXIT).success());
     drop(server);
-    let summary: BTreeMap<String, u64> = std::fs::read_to_string(&summary)
-        .expect("summary file")
-        .lines()
-        .filter_map(|line| {
-            let (k, v) = line.split_once('=')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect();
+    let summary = read_summary(&summary);
     for (reason, value) in &scraped_losses {
         assert_eq!(
             summary.get(reason),
@@ -327,25 +412,13 @@ fn request_counts_per_route_and_losses_match_the_summary() {
     assert_eq!(exported, expected, "OTLP: count per method, route, status");
 
     // Every counter of the summary, exported with its value.
-    let mut otlp_counters = BTreeMap::new();
-    for (name, key) in [
-        ("agent.losses", "agent.loss.reason"),
-        ("agent.counts", "agent.count.name"),
-    ] {
-        let (metric, _) = metrics.last(name).unwrap_or_else(|| panic!("{name}"));
-        let Some(Data::Sum(sum)) = &metric.data else {
-            panic!("a sum: {metric:?}");
-        };
-        assert!(sum.is_monotonic);
-        for point in &sum.data_points {
-            let attrs = attributes(&point.attributes);
-            let value = match point.value {
-                Some(number_data_point::Value::AsInt(v)) => v as u64,
-                other => panic!("an integer: {other:?}"),
-            };
-            otlp_counters.insert(attrs[key].clone(), value);
-        }
-    }
+    let otlp_counters = sums(
+        &metrics,
+        &[
+            ("agent.losses", "agent.loss.reason"),
+            ("agent.counts", "agent.count.name"),
+        ],
+    );
     assert_eq!(otlp_counters, summary, "OTLP counters against the summary");
     let (records, _) = metrics.last("agent.records").expect("agent.records");
     let Some(Data::Sum(records)) = &records.data else {
@@ -357,4 +430,69 @@ fn request_counts_per_route_and_losses_match_the_summary() {
     );
     assert!(summary["records"] >= 2 * total as u64, "{summary:?}");
     assert_eq!(summary["spans_exported"], total as u64, "{summary:?}");
+}
+
+/// Spans sent to a collector that is not there: every one is lost, and the
+/// loss counters exported over OTLP/HTTP at exit say what the summary says.
+#[test]
+fn export_failures_counted_over_otlp_http_as_the_summary_says() {
+    let binary = fixture::build_module("routes-servemux", &[]);
+    let (server, addr) = fixture::start_httpserver(&binary);
+    let metrics = http_receiver();
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = nobody.local_addr().expect("addr");
+    drop(nobody);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary = dir.path().join("summary.txt");
+    let mut cmd = command();
+    cmd.args(["--pid", &server.pid().to_string()])
+        .args(["--otlp-endpoint", &format!("http://{dead}")])
+        .args(["--otlp-protocol", "http/protobuf"])
+        .arg("--summary-file")
+        .arg(&summary)
+        .env(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            format!("http://{}/v1/metrics", metrics.addr),
+        )
+        .env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "300");
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    let n = 6;
+    let mut conn = Connection::open(addr);
+    for i in 0..n {
+        assert_eq!(conn.request("GET", &format!("/users/{i}"), b"").0, 200);
+    }
+    // The periodic export has the requests before the agent stops.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counted = metrics
+            .last("http.server.request.duration")
+            .and_then(|(m, _)| match m.data {
+                Some(Data::Histogram(h)) => Some(h.data_points.iter().map(|p| p.count).sum()),
+                _ => None,
+            })
+            .unwrap_or(0u64);
+        if counted == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{counted} of {n} requests counted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.signal(Signal::SIGINT);
+    assert!(agent.wait(AGENT_EXIT).success());
+    drop(server);
+    let summary = read_summary(&summary);
+    assert_eq!(summary["dropped_export_failed"], n, "{summary:?}");
+    assert_eq!(summary["spans_exported"], 0, "{summary:?}");
+    let losses = sums(&metrics, &[("agent.losses", "agent.loss.reason")]);
+    assert_eq!(losses["dropped_export_failed"], n);
+    for (reason, value) in &losses {
+        assert_eq!(summary.get(reason), Some(value), "{reason}");
+    }
+    let failures = sums(&metrics, &[("agent.export.failures", "")]);
+    assert_eq!(failures["agent.export.failures"], n);
 }

@@ -93,7 +93,7 @@ impl<'a> SpanView<'a> {
             }
         }
         if let (Some(key), Some(value)) = (key, value)
-            && let Some(slot) = KEYS.iter().position(|k| k.as_bytes() == key)
+            && let Some(slot) = slot_of(key)
         {
             self.attrs[slot] = Some(value);
         }
@@ -109,6 +109,31 @@ impl<'a> SpanView<'a> {
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
     }
+}
+
+/// The position of `key` in [`KEYS`]: a `match` the compiler turns into a
+/// length switch and a few compares, where a scan of the list compared every
+/// one (most of a span's attributes are none of these).
+fn slot_of(key: &[u8]) -> Option<usize> {
+    Some(match key {
+        b"http.request.method" => key::METHOD,
+        b"http.route" => key::ROUTE,
+        b"http.response.status_code" => key::STATUS,
+        b"error.type" => key::ERROR_TYPE,
+        b"server.address" => key::SERVER_ADDRESS,
+        b"server.port" => key::SERVER_PORT,
+        b"url.scheme" => key::URL_SCHEME,
+        b"rpc.system" => key::RPC_SYSTEM,
+        b"rpc.service" => key::RPC_SERVICE,
+        b"rpc.method" => key::RPC_METHOD,
+        b"rpc.grpc.status_code" => key::RPC_GRPC_STATUS,
+        b"db.system.name" => key::DB_SYSTEM,
+        b"db.operation.name" => key::DB_OPERATION,
+        b"db.collection.name" => key::DB_COLLECTION,
+        b"agent.span.incomplete" => key::INCOMPLETE,
+        b"network.protocol.version" => key::PROTOCOL_VERSION,
+        _ => return None,
+    })
 }
 
 /// An `AnyValue`'s string or integer; `Some(None)` for other types.
@@ -200,5 +225,9 @@ mod tests {
             None,
             "cut short"
         );
+        for (slot, key) in KEYS.iter().enumerate() {
+            assert_eq!(slot_of(key.as_bytes()), Some(slot), "{key}");
+        }
+        assert_eq!(slot_of(b"url.path"), None);
     }
 }
