@@ -104,5 +104,5 @@ fn main() {
         (per(on) - per(off)) / 1000.0
     );
     let counters = agent::session::Counters::collect(&Default::default(), &[]);
-    runtime.block_on(metrics.shutdown(&counters));
+    runtime.block_on(metrics.shutdown(Some(&counters)));
 }

@@ -78,13 +78,12 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     )?;
     let metrics = Metrics::start(&metrics_config, &resource).await?;
     let outcome = session.run(&export_config, &resource).await;
-    let outcome = match (outcome, metrics) {
-        (Ok(outcome), Some(metrics)) => {
-            metrics.shutdown(&outcome.counters).await;
-            outcome
-        }
-        (outcome, _) => outcome?,
-    };
+    if let Some(metrics) = metrics {
+        metrics
+            .shutdown(outcome.as_ref().ok().map(|o| &o.counters))
+            .await;
+    }
+    let outcome = outcome?;
     let counters = &outcome.counters;
     eprintln!(
         "agent: {} spans exported; {} records from the kernel; losses: {}",
