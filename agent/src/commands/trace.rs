@@ -57,6 +57,16 @@ fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
 }
 
 pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Result<ExitCode> {
+    // Bad metrics settings are said before anything is looked at.
+    let metrics_config = MetricsConfig::resolve(
+        &MetricsInputs {
+            listen: args.metrics_listen.clone(),
+            endpoint: export.otlp_endpoint.clone(),
+            protocol: export.otlp_protocol.clone(),
+            headers: export.otlp_headers.clone(),
+        },
+        |name| std::env::var(name).ok(),
+    )?;
     probes::preflight()?;
     let session = Session::plan(pid, options(args)?)?;
     let export_config = super::export_config(export)?;
@@ -67,15 +77,6 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     for warning in warnings {
         log::warn!("{warning}");
     }
-    let metrics_config = MetricsConfig::resolve(
-        &MetricsInputs {
-            listen: args.metrics_listen.clone(),
-            endpoint: export.otlp_endpoint.clone(),
-            protocol: export.otlp_protocol.clone(),
-            headers: export.otlp_headers.clone(),
-        },
-        |name| std::env::var(name).ok(),
-    )?;
     let metrics = Metrics::start(&metrics_config, &resource).await?;
     let outcome = session.run(&export_config, &resource).await;
     if let Some(metrics) = metrics {
