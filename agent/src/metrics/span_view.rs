@@ -70,7 +70,21 @@ impl<'a> SpanView<'a> {
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
         let mut view = Self::default();
         let mut fields = Fields(bytes);
-        while let Some((field, wire)) = fields.next()? {
+        loop {
+            // Most of a span is attributes with a one-byte length, as
+            // `SpanWriter` writes them: taken without the general decoder.
+            if let [KV_TAG, len, tail @ ..] = fields.0
+                && *len < 0x80
+            {
+                let n = usize::from(*len);
+                let kv = tail.get(..n)?;
+                fields.0 = &tail[n..];
+                view.attribute(kv)?;
+                continue;
+            }
+            let Some((field, wire)) = fields.next()? else {
+                break;
+            };
             match (field, wire) {
                 (6, Wire::Varint(kind)) => view.kind = kind,
                 (7, Wire::Fixed64(t)) => view.start_ns = t,
@@ -82,20 +96,42 @@ impl<'a> SpanView<'a> {
         Some(view)
     }
 
+    /// One `KeyValue`: its key is looked at first, and the value read only
+    /// for the few keys the metrics take (most attributes are others).
     fn attribute(&mut self, kv: &'a [u8]) -> Option<()> {
-        let (mut key, mut value) = (None, None);
-        let mut fields = Fields(kv);
-        while let Some((field, wire)) = fields.next()? {
-            match (field, wire) {
-                (1, Wire::Len(k)) => key = Some(k),
-                (2, Wire::Len(any)) => value = any_value(any)?,
-                _ => {}
+        // The key first, one-byte lengths: as `SpanWriter` and prost write.
+        if let [KEY_TAG, klen, tail @ ..] = kv
+            && *klen < 0x80
+        {
+            let (key, rest) = tail.split_at_checked(usize::from(*klen))?;
+            let Some(slot) = slot_of(key) else {
+                return Some(());
+            };
+            if let [VALUE_TAG, vlen, any @ ..] = rest
+                && *vlen < 0x80
+                && any.len() == usize::from(*vlen)
+            {
+                if let Some(value) = any_value(any)? {
+                    self.attrs[slot] = Some(value);
+                }
+                return Some(());
             }
         }
-        if let (Some(key), Some(value)) = (key, value)
-            && let Some(slot) = slot_of(key)
-        {
-            self.attrs[slot] = Some(value);
+        let mut fields = Fields(kv);
+        let mut slot = None;
+        while let Some((field, wire)) = fields.next()? {
+            match (field, wire) {
+                (1, Wire::Len(key)) => match slot_of(key) {
+                    Some(s) => slot = Some(s),
+                    None => return Some(()),
+                },
+                (2, Wire::Len(any)) => {
+                    if let (Some(slot), Some(value)) = (slot, any_value(any)?) {
+                        self.attrs[slot] = Some(value);
+                    }
+                }
+                _ => {}
+            }
         }
         Some(())
     }
@@ -111,33 +147,57 @@ impl<'a> SpanView<'a> {
     }
 }
 
-/// The position of `key` in [`KEYS`]: a `match` the compiler turns into a
-/// length switch and a few compares, where a scan of the list compared every
-/// one (most of a span's attributes are none of these).
+/// The position of `key` in [`KEYS`]. Most of a span's attributes are none
+/// of these, so each key is first told by its length and its first and last
+/// bytes (distinct for every key in the list), which rejects almost every
+/// other key without a comparison; a candidate is then compared whole.
 fn slot_of(key: &[u8]) -> Option<usize> {
-    Some(match key {
-        b"http.request.method" => key::METHOD,
-        b"http.route" => key::ROUTE,
-        b"http.response.status_code" => key::STATUS,
-        b"error.type" => key::ERROR_TYPE,
-        b"server.address" => key::SERVER_ADDRESS,
-        b"server.port" => key::SERVER_PORT,
-        b"url.scheme" => key::URL_SCHEME,
-        b"rpc.system" => key::RPC_SYSTEM,
-        b"rpc.service" => key::RPC_SERVICE,
-        b"rpc.method" => key::RPC_METHOD,
-        b"rpc.grpc.status_code" => key::RPC_GRPC_STATUS,
-        b"db.system.name" => key::DB_SYSTEM,
-        b"db.operation.name" => key::DB_OPERATION,
-        b"db.collection.name" => key::DB_COLLECTION,
-        b"agent.span.incomplete" => key::INCOMPLETE,
-        b"network.protocol.version" => key::PROTOCOL_VERSION,
+    let (&first, &last) = (key.first()?, key.last()?);
+    let slot = match (key.len(), first, last) {
+        (19, b'h', b'd') => key::METHOD,
+        (10, b'h', b'e') => key::ROUTE,
+        (25, b'h', b'e') => key::STATUS,
+        (10, b'e', b'e') => key::ERROR_TYPE,
+        (14, b's', b's') => key::SERVER_ADDRESS,
+        (11, b's', b't') => key::SERVER_PORT,
+        (10, b'u', b'e') => key::URL_SCHEME,
+        (10, b'r', b'm') => key::RPC_SYSTEM,
+        (11, b'r', b'e') => key::RPC_SERVICE,
+        (10, b'r', b'd') => key::RPC_METHOD,
+        (20, b'r', b'e') => key::RPC_GRPC_STATUS,
+        (14, b'd', b'e') => key::DB_SYSTEM,
+        (17, b'd', b'e') => key::DB_OPERATION,
+        (18, b'd', b'e') => key::DB_COLLECTION,
+        (21, b'a', b'e') => key::INCOMPLETE,
+        (24, b'n', b'n') => key::PROTOCOL_VERSION,
         _ => return None,
-    })
+    };
+    (KEYS[slot].as_bytes() == key).then_some(slot)
 }
+
+/// Tags of `Span.attributes` (9), `KeyValue.key` (1), `KeyValue.value`
+/// (2), `AnyValue.string_value` (1), all length-delimited.
+const KV_TAG: u8 = 9 << 3 | 2;
+const KEY_TAG: u8 = 1 << 3 | 2;
+const VALUE_TAG: u8 = 2 << 3 | 2;
+const STRING_TAG: u8 = 1 << 3 | 2;
+/// `AnyValue.int_value` (3), a varint.
+const INT_TAG: u8 = 3 << 3;
 
 /// An `AnyValue`'s string or integer; `Some(None)` for other types.
 fn any_value(bytes: &[u8]) -> Option<Option<Value<'_>>> {
+    if let [STRING_TAG, len, s @ ..] = bytes
+        && s.len() == usize::from(*len)
+        && *len < 0x80
+    {
+        return Some(Some(Value::Str(s)));
+    }
+    if let [INT_TAG, varint @ ..] = bytes
+        && let Ok((i, n)) = uvarint(varint)
+        && n == varint.len()
+    {
+        return Some(Some(Value::Int(i as i64)));
+    }
     let mut fields = Fields(bytes);
     let mut value = None;
     while let Some((field, wire)) = fields.next()? {
@@ -228,6 +288,14 @@ mod tests {
         for (slot, key) in KEYS.iter().enumerate() {
             assert_eq!(slot_of(key.as_bytes()), Some(slot), "{key}");
         }
-        assert_eq!(slot_of(b"url.path"), None);
+        for other in [
+            &b"url.path"[..],
+            b"client.address",
+            b"client.port",
+            b"http.rouTe",
+            b"",
+        ] {
+            assert_eq!(slot_of(other), None);
+        }
     }
 }
