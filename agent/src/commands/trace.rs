@@ -57,7 +57,9 @@ fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
 }
 
 pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Result<ExitCode> {
-    // Bad metrics settings are said before anything is looked at.
+    probes::preflight()?;
+    let session = Session::plan(pid, options(args)?)?;
+    let export_config = super::export_config(export)?;
     let metrics_config = MetricsConfig::resolve(
         &MetricsInputs {
             listen: args.metrics_listen.clone(),
@@ -67,9 +69,6 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         },
         |name| std::env::var(name).ok(),
     )?;
-    probes::preflight()?;
-    let session = Session::plan(pid, options(args)?)?;
-    let export_config = super::export_config(export)?;
     let (resource, warnings) = resource::build(
         Some(session.process()),
         &ResourceOptions::from_env(export.service_name.clone()),

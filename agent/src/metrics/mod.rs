@@ -115,6 +115,8 @@ const SHUTDOWN_BUDGET: Duration = Duration::from_millis(400);
 #[derive(Debug)]
 pub struct Metrics {
     provider: SdkMeterProvider,
+    /// Where the final export goes, for the warning when it fails.
+    otlp_endpoint: Option<String>,
     server: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
@@ -164,7 +166,11 @@ impl Metrics {
         if let Some((addr, _)) = &server {
             log::info!("metrics: serving http://{addr}/metrics");
         }
-        Ok(Some(Self { provider, server }))
+        Ok(Some(Self {
+            provider,
+            otlp_endpoint: config.otlp.as_ref().map(|o| o.endpoint.clone()),
+            server,
+        }))
     }
 
     /// Where `/metrics` is served.
@@ -186,11 +192,14 @@ impl Metrics {
         // the gRPC exporter's connection runs on this runtime, which must
         // stay free meanwhile.
         let flush = tokio::task::spawn_blocking(move || provider.shutdown());
+        let to = self.otlp_endpoint.as_deref().unwrap_or("/metrics");
         match tokio::time::timeout(SHUTDOWN_BUDGET, flush).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => log::warn!("metrics: final export failed: {err}"),
-            Ok(Err(err)) => log::warn!("metrics: final export failed: {err}"),
-            Err(_) => log::warn!("metrics: final export took longer than {SHUTDOWN_BUDGET:?}"),
+            Ok(Ok(Err(err))) => log::warn!("metrics: final export to {to} failed: {err}"),
+            Ok(Err(err)) => log::warn!("metrics: final export to {to} failed: {err}"),
+            Err(_) => log::warn!(
+                "metrics: final export to {to} took longer than {SHUTDOWN_BUDGET:?}: not sent"
+            ),
         }
         if let Some((_, task)) = self.server {
             task.abort();
