@@ -496,3 +496,66 @@ fn export_failures_counted_over_otlp_http_as_the_summary_says() {
     let failures = sums(&metrics, &[("agent.export.failures", "")]);
     assert_eq!(failures["agent.export.failures"], n);
 }
+
+/// database/sql calls: `db.client.operation.duration` per operation and
+/// table, from the sqlapp fixture's known calls (`GET /run`, twice).
+#[test]
+fn database_calls_counted_per_operation_and_table() {
+    let binary = fixture::build_module("sqlapp", &[]);
+    let (server, addr) = fixture::start_httpserver(&binary);
+    let traces = Receiver::grpc();
+    let mut cmd = command();
+    cmd.args(["--pid", &server.pid().to_string()])
+        .args(["--otlp-endpoint", &traces.url(), "--otlp-protocol", "grpc"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("OTEL_METRICS_EXPORTER", "none");
+    let mut agent = Agent::start(cmd);
+    let line = agent.wait_for_stderr("metrics: serving http://", Duration::from_secs(30));
+    let listen: SocketAddr = line
+        .split("serving http://")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .expect("address in the log line")
+        .parse()
+        .expect("listen address");
+    agent.wait_attached();
+    let runs = 2;
+    let mut conn = Connection::open(addr);
+    for _ in 0..runs {
+        assert_eq!(conn.request("GET", "/run", b"").0, 200);
+    }
+    let per_run = 1 + support::sqlapp::SQL_SPANS.len();
+    traces.wait_for_spans(runs * per_run, Duration::from_secs(20));
+    // (operation, table, failed) to calls.
+    let mut expected: BTreeMap<(Option<String>, Option<String>, bool), u64> = BTreeMap::new();
+    for (_, op, table, _, fails) in support::sqlapp::SQL_SPANS {
+        *expected
+            .entry((op.map(str::to_owned), table.map(str::to_owned), fails))
+            .or_default() += runs as u64;
+    }
+    let text = scrape(listen);
+    let mut scraped = BTreeMap::new();
+    for (labels, value) in samples(&text, "db_client_operation_duration_seconds_count") {
+        assert_eq!(
+            labels.get("db_system_name").map(String::as_str),
+            Some("sqlite")
+        );
+        assert!(!labels.contains_key("db_query_text"), "{labels:?}");
+        *scraped
+            .entry((
+                labels.get("db_operation_name").cloned(),
+                labels.get("db_collection_name").cloned(),
+                labels.contains_key("error_type"),
+            ))
+            .or_default() += value as u64;
+    }
+    assert_eq!(scraped, expected, "/metrics: calls per operation and table");
+    let served: f64 = samples(&text, "http_server_request_duration_seconds_count")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(served as usize, runs, "{text}");
+    agent.signal(Signal::SIGINT);
+    assert!(agent.wait(AGENT_EXIT).success());
+    drop(server);
+}
