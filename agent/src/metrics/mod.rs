@@ -24,7 +24,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -33,7 +33,11 @@ use opentelemetry::{InstrumentationScope, metrics::MeterProvider as _};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{
     Resource,
-    metrics::{ManualReader, PeriodicReader, SdkMeterProvider},
+    error::OTelSdkResult,
+    metrics::{
+        ManualReader, PeriodicReader, SdkMeterProvider, Temporality, data::ResourceMetrics,
+        exporter::PushMetricExporter,
+    },
 };
 use tokio::task::JoinHandle;
 
@@ -132,7 +136,11 @@ impl Metrics {
         }
         let mut builder = SdkMeterProvider::builder().with_resource(resource.clone());
         if let Some(otlp) = &config.otlp {
-            let exporter = otlp_exporter(otlp)?;
+            let exporter = Logged {
+                inner: otlp_exporter(otlp)?,
+                endpoint: otlp.endpoint.clone(),
+                failures: AtomicU64::new(0),
+            };
             builder = builder.with_reader(
                 PeriodicReader::builder(exporter)
                     .with_interval(otlp.interval)
@@ -195,7 +203,8 @@ impl Metrics {
         let to = self.otlp_endpoint.as_deref().unwrap_or("/metrics");
         match tokio::time::timeout(SHUTDOWN_BUDGET, flush).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => log::warn!("metrics: final export to {to} failed: {err}"),
+            // The exporter said why (`Logged`).
+            Ok(Ok(Err(err))) => log::debug!("metrics: shutdown: {err}"),
             Ok(Err(err)) => log::warn!("metrics: final export to {to} failed: {err}"),
             Err(_) => log::warn!(
                 "metrics: final export to {to} took longer than {SHUTDOWN_BUDGET:?}: not sent"
@@ -247,4 +256,42 @@ fn otlp_exporter(otlp: &OtlpMetrics) -> Result<opentelemetry_otlp::MetricExporte
         endpoint: otlp.endpoint.clone(),
         source,
     })
+}
+
+/// The OTLP exporter, saying when exports fail: the first failure, then
+/// at every power of two (the SDK's own reports go to `tracing`, which the
+/// agent does not print).
+#[derive(Debug)]
+struct Logged {
+    inner: opentelemetry_otlp::MetricExporter,
+    endpoint: String,
+    failures: AtomicU64,
+}
+
+impl PushMetricExporter for Logged {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.inner.export(metrics).await;
+        if let Err(err) = &result {
+            let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                log::warn!(
+                    "metrics: export to {} failed ({n} so far): {err}",
+                    self.endpoint
+                );
+            }
+        }
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
 }
