@@ -559,3 +559,84 @@ fn database_calls_counted_per_operation_and_table() {
     assert!(agent.wait(AGENT_EXIT).success());
     drop(server);
 }
+
+/// gRPC: `rpc.client.duration` and `rpc.server.duration` (milliseconds)
+/// per service, method and status code, from the grpcapp fixture's known
+/// calls (`GET /call`: Check OK, Check NotFound, a reflection stream).
+#[test]
+fn grpc_calls_counted_per_method_and_code() {
+    let binary = fixture::build_module("grpcapp", &[]);
+    let (server, addr) = fixture::start_httpserver(&binary);
+    let traces = Receiver::grpc();
+    let mut cmd = command();
+    cmd.args(["--pid", &server.pid().to_string()])
+        .args(["--otlp-endpoint", &traces.url(), "--otlp-protocol", "grpc"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("OTEL_METRICS_EXPORTER", "none");
+    let mut agent = Agent::start(cmd);
+    let line = agent.wait_for_stderr("metrics: serving http://", Duration::from_secs(30));
+    let listen: SocketAddr = line
+        .split("serving http://")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .expect("address in the log line")
+        .parse()
+        .expect("listen address");
+    agent.wait_attached();
+    agent.wait_for_stderr("grpc v1.85.0: ", Duration::from_secs(5));
+    let runs = 2;
+    for _ in 0..runs {
+        let mut conn = TcpStream::connect(addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        conn.write_all(b"GET /call HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let mut response = String::new();
+        conn.read_to_string(&mut response).expect("read");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    // Per call: 1 HTTP + 3 client + 3 server spans.
+    traces.wait_for_spans(runs * 7, Duration::from_secs(20));
+    let text = scrape(listen);
+    let expected: BTreeMap<(String, String, String), u64> = [
+        ("grpc.health.v1.Health", "Check", "0"),
+        ("grpc.health.v1.Health", "Check", "5"),
+        (
+            "grpc.reflection.v1.ServerReflection",
+            "ServerReflectionInfo",
+            "0",
+        ),
+    ]
+    .into_iter()
+    .map(|(s, m, c)| ((s.to_owned(), m.to_owned(), c.to_owned()), runs as u64))
+    .collect();
+    for (name, client) in [
+        ("rpc_client_duration_milliseconds_count", true),
+        ("rpc_server_duration_milliseconds_count", false),
+    ] {
+        let mut scraped = BTreeMap::new();
+        for (labels, value) in samples(&text, name) {
+            assert_eq!(labels.get("rpc_system").map(String::as_str), Some("grpc"));
+            assert_eq!(
+                labels.get("server_address").map(String::as_str),
+                client.then_some("127.0.0.1"),
+                "{name}: {labels:?}"
+            );
+            *scraped
+                .entry((
+                    labels["rpc_service"].clone(),
+                    labels["rpc_method"].clone(),
+                    labels["rpc_grpc_status_code"].clone(),
+                ))
+                .or_default() += value as u64;
+        }
+        assert_eq!(scraped, expected, "{name}");
+    }
+    assert!(
+        text.contains("# TYPE rpc_server_duration_milliseconds histogram"),
+        "{text}"
+    );
+    agent.signal(Signal::SIGINT);
+    assert!(agent.wait(AGENT_EXIT).success());
+    drop(server);
+}
