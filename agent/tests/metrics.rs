@@ -35,6 +35,8 @@ type Store = Arc<Mutex<Vec<ExportMetricsServiceRequest>>>;
 
 struct Metrics {
     store: Store,
+    /// The `grpc-encoding` of each request.
+    encodings: Arc<Mutex<Vec<String>>>,
 }
 
 #[tonic::async_trait]
@@ -43,6 +45,13 @@ impl MetricsService for Metrics {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let encoding = request
+            .metadata()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("identity")
+            .to_owned();
+        self.encodings.lock().expect("encodings").push(encoding);
         self.store.lock().expect("store").push(request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
@@ -52,6 +61,7 @@ impl MetricsService for Metrics {
 struct MetricsReceiver {
     addr: SocketAddr,
     store: Store,
+    encodings: Arc<Mutex<Vec<String>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -67,9 +77,12 @@ impl MetricsReceiver {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let store = Store::default();
+        let encodings = Arc::<Mutex<Vec<String>>>::default();
         let service = MetricsServiceServer::new(Metrics {
             store: store.clone(),
-        });
+            encodings: encodings.clone(),
+        })
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         runtime.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()
@@ -80,6 +93,7 @@ impl MetricsReceiver {
         Self {
             addr,
             store,
+            encodings,
             _runtime: runtime,
         }
     }
@@ -155,6 +169,7 @@ fn http_receiver() -> MetricsReceiver {
     MetricsReceiver {
         addr,
         store,
+        encodings: Arc::default(),
         _runtime: runtime,
     }
 }
@@ -264,6 +279,7 @@ fn request_counts_per_route_and_losses_match_the_summary() {
             format!("http://{}", metrics.addr),
         )
         .env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc")
+        .env("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "gzip")
         .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
         .env("OTEL_SERVICE_NAME", "metrics-test");
     let mut agent = Agent::start(cmd);
@@ -378,6 +394,10 @@ fn request_counts_per_route_and_losses_match_the_summary() {
     );
     assert!(scraped_losses.contains_key("dropped_export_failed"));
 
+    // Every export compressed, as OTEL_EXPORTER_OTLP_METRICS_COMPRESSION says.
+    let encodings = metrics.encodings.lock().expect("encodings").clone();
+    assert!(!encodings.is_empty());
+    assert!(encodings.iter().all(|e| e == "gzip"), "{encodings:?}");
     // OTLP: the final export, made at shutdown, has every count.
     let (histogram, resource) = metrics
         .last("http.server.request.duration")

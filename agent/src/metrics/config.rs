@@ -17,6 +17,8 @@
 //! - Timeout: `OTEL_EXPORTER_OTLP_METRICS_TIMEOUT`, else
 //!   `OTEL_EXPORTER_OTLP_TIMEOUT` (ms, default 10 s); interval:
 //!   `OTEL_METRIC_EXPORT_INTERVAL` (ms, default 60 s).
+//! - Compression: `OTEL_EXPORTER_OTLP_METRICS_COMPRESSION`, else
+//!   `OTEL_EXPORTER_OTLP_COMPRESSION` (`gzip`), read by the exporter itself.
 //! - Prometheus: `--metrics-listen`, else `OTEL_EXPORTER_PROMETHEUS_HOST`
 //!   and `OTEL_EXPORTER_PROMETHEUS_PORT` (default `localhost:9464`).
 //! - `OTEL_SDK_DISABLED=true` turns metrics off.
