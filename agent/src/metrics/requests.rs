@@ -222,9 +222,10 @@ impl Requests {
     /// Records one finished span (its encoded `Span` message); spans that
     /// feed no request metric are skipped.
     pub fn observe(&mut self, bytes: &[u8]) {
-        let Some(span) = SpanView::parse(bytes) else {
+        let mut span = SpanView::default();
+        if span.read(bytes).is_none() {
             return;
-        };
+        }
         let Some(metric) = Metric::of(&span) else {
             return;
         };

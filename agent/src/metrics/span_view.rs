@@ -69,6 +69,14 @@ impl<'a> SpanView<'a> {
     /// Reads `bytes`, an encoded `Span`; `None` when it is malformed.
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
         let mut view = Self::default();
+        view.read(bytes)?;
+        Some(view)
+    }
+
+    /// [`Self::parse`] into a view the caller holds (a fresh one: only what
+    /// the span has is written), saving the copy of a returned view.
+    pub fn read(&mut self, bytes: &'a [u8]) -> Option<()> {
+        let view = self;
         let mut fields = Fields(bytes);
         loop {
             // Most of a span is attributes with a one-byte length, as
@@ -93,11 +101,12 @@ impl<'a> SpanView<'a> {
                 _ => {}
             }
         }
-        Some(view)
+        Some(())
     }
 
     /// One `KeyValue`: its key is looked at first, and the value read only
     /// for the few keys the metrics take (most attributes are others).
+    #[inline(always)]
     fn attribute(&mut self, kv: &'a [u8]) -> Option<()> {
         // The key first, one-byte lengths: as `SpanWriter` and prost write.
         if let [KEY_TAG, klen, tail @ ..] = kv
@@ -151,6 +160,7 @@ impl<'a> SpanView<'a> {
 /// of these, so each key is first told by its length and its first and last
 /// bytes (distinct for every key in the list), which rejects almost every
 /// other key without a comparison; a candidate is then compared whole.
+#[inline(always)]
 fn slot_of(key: &[u8]) -> Option<usize> {
     let (&first, &last) = (key.first()?, key.last()?);
     let slot = match (key.len(), first, last) {
@@ -185,6 +195,7 @@ const STRING_TAG: u8 = 1 << 3 | 2;
 const INT_TAG: u8 = 3 << 3;
 
 /// An `AnyValue`'s string or integer; `Some(None)` for other types.
+#[inline(always)]
 fn any_value(bytes: &[u8]) -> Option<Option<Value<'_>>> {
     if let [STRING_TAG, len, s @ ..] = bytes
         && s.len() == usize::from(*len)
