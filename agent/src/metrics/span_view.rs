@@ -2,6 +2,11 @@
 //! encoded OTLP `Span` message: kind, times, and the few attributes the
 //! conventions put on the duration histograms. No allocation: every value
 //! borrows the span's bytes.
+//!
+//! Attributes framed as `SpanWriter` writes them (one-byte lengths, the
+//! key before the value) are read without the general decoder; anything
+//! else goes through it. A `KeyValue` whose value comes before its key (no
+//! encoder in the agent writes one, nor does prost) is not read.
 
 use crate::cursor::uvarint;
 
