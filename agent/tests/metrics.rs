@@ -660,3 +660,68 @@ fn grpc_calls_counted_per_method_and_code() {
     assert!(agent.wait(AGENT_EXIT).success());
     drop(server);
 }
+
+/// net/http client calls: `http.client.request.duration` per method,
+/// server port, status and error, from the httpclient fixture's known
+/// calls (`GET /call`: two plain GETs, one over HTTP/2, a refused
+/// connection, a 503, a PURGE); never the URL.
+#[test]
+fn http_client_calls_counted_per_server_and_status() {
+    let (fixture, a) = fixture::start_httpclient(&fixture::build("httpclient", &[]));
+    let traces = Receiver::grpc();
+    let mut cmd = command();
+    cmd.args(["--pid", &fixture.pid().to_string()])
+        .args(["--otlp-endpoint", &traces.url(), "--otlp-protocol", "grpc"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("OTEL_METRICS_EXPORTER", "none");
+    let mut agent = Agent::start(cmd);
+    let line = agent.wait_for_stderr("metrics: serving http://", Duration::from_secs(30));
+    let listen: SocketAddr = line
+        .split("serving http://")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .expect("address in the log line")
+        .parse()
+        .expect("listen address");
+    agent.wait_attached();
+    let mut conn = Connection::open(a.front);
+    assert_eq!(conn.request("GET", "/call", b"").0, 200);
+    traces.wait_for_spans(12, Duration::from_secs(20));
+    let text = scrape(listen);
+    // (method, port, status, error.type) to calls.
+    let key = |m: &str, port: u16, status: &str, error: &str| {
+        (
+            m.to_owned(),
+            port.to_string(),
+            status.to_owned(),
+            error.to_owned(),
+        )
+    };
+    let expected: BTreeMap<_, u64> = [
+        (key("GET", a.back.port(), "200", ""), 2),
+        (key("GET", a.tls_back.port(), "200", ""), 1),
+        (key("GET", a.refused.port(), "", "*net.OpError"), 1),
+        (key("GET", a.back.port(), "503", "503"), 1),
+        (key("_OTHER", a.back.port(), "200", ""), 1),
+    ]
+    .into_iter()
+    .collect();
+    let mut scraped = BTreeMap::new();
+    for (labels, value) in samples(&text, "http_client_request_duration_seconds_count") {
+        assert!(!labels.contains_key("url_full"), "{labels:?}");
+        assert!(labels.contains_key("server_address"), "{labels:?}");
+        let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        *scraped
+            .entry((
+                get("http_request_method"),
+                get("server_port"),
+                get("http_response_status_code"),
+                get("error_type"),
+            ))
+            .or_default() += value as u64;
+    }
+    assert_eq!(scraped, expected, "/metrics: client calls");
+    agent.signal(Signal::SIGINT);
+    assert!(agent.wait(AGENT_EXIT).success());
+    drop(fixture);
+}
