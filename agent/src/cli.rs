@@ -106,6 +106,12 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_usdt: bool,
 
+    /// Serve metrics for Prometheus at http://ADDR/metrics (e.g.
+    /// 0.0.0.0:9464); also `OTEL_METRICS_EXPORTER=prometheus`, with
+    /// OTEL_EXPORTER_PROMETHEUS_HOST/PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
     /// SQL literals in `db.query.text`: `sanitize` (each becomes `?`) or
     /// `keep` (the statement as the program sent it).
     #[arg(long, value_name = "MODE", default_value = "sanitize", value_parser = ["sanitize", "keep"])]

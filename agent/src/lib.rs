@@ -20,6 +20,8 @@
 //! - [`ringbuf`]: draining the ring buffer, record headers.
 //! - [`spans`]: the open-span table, ids, W3C trace context.
 //! - [`export`]: the export pipeline (OTLP gRPC/HTTP, console, JSONL).
+//! - [`metrics`]: request metrics derived from spans, the agent's own,
+//!   over OTLP and for Prometheus.
 //! - [`gotrace`]: the Go execution-trace decoder and its span mapping.
 //! - [`clock`], [`resource`]: wall-clock conversion and resource attributes.
 //! - [`cursor`]: reading untrusted bytes: one bounds-checked cursor and one
@@ -35,6 +37,7 @@ pub mod gotrace;
 pub mod grpc;
 pub mod http_client;
 pub mod http_server;
+pub mod metrics;
 pub mod probes;
 pub mod resource;
 pub mod ringbuf;

@@ -6,6 +6,7 @@ use std::{process::ExitCode, time::Duration};
 use agent::{
     family::FamilyOptions,
     http_server::{SitePolicy, SpanNaming},
+    metrics::{Metrics, MetricsConfig, MetricsInputs},
     probes,
     resource::{self, ResourceOptions},
     session::{Session, SessionOptions},
@@ -59,6 +60,15 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     probes::preflight()?;
     let session = Session::plan(pid, options(args)?)?;
     let export_config = super::export_config(export)?;
+    let metrics_config = MetricsConfig::resolve(
+        &MetricsInputs {
+            listen: args.metrics_listen.clone(),
+            endpoint: export.otlp_endpoint.clone(),
+            protocol: export.otlp_protocol.clone(),
+            headers: export.otlp_headers.clone(),
+        },
+        |name| std::env::var(name).ok(),
+    )?;
     let (resource, warnings) = resource::build(
         Some(session.process()),
         &ResourceOptions::from_env(export.service_name.clone()),
@@ -66,7 +76,14 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     for warning in warnings {
         log::warn!("{warning}");
     }
-    let outcome = session.run(&export_config, &resource).await?;
+    let metrics = Metrics::start(&metrics_config, &resource).await?;
+    let outcome = session.run(&export_config, &resource).await;
+    if let Some(metrics) = metrics {
+        metrics
+            .shutdown(outcome.as_ref().ok().map(|o| &o.counters))
+            .await;
+    }
+    let outcome = outcome?;
     let counters = &outcome.counters;
     eprintln!(
         "agent: {} spans exported{}; {} records from the kernel; losses: {}",

@@ -185,7 +185,17 @@ impl SpanSender {
 
     /// Queues an encoded span; never blocks. A full queue drops it, counted.
     pub fn send_encoded(&self, span: EncodedSpan) {
+        crate::metrics::observe_span(&span.bytes);
         self.accepted(self.tx.try_send(span).is_ok());
+    }
+
+    /// Spans waiting in the queue, and how many it holds.
+    pub fn queue_fill(&self) -> crate::metrics::QueueFill {
+        let capacity = self.tx.max_capacity();
+        crate::metrics::QueueFill {
+            waiting: capacity.saturating_sub(self.tx.capacity()) as u64,
+            capacity: capacity as u64,
+        }
     }
 
     /// Queues a span; never blocks. A full queue drops it, counted.

@@ -7,6 +7,17 @@
 //! retry. Field numbers are those of `opentelemetry/proto/trace/v1/trace.proto`
 //! and `common/v1/common.proto`; the tests decode what this writes with the
 //! prost types of opentelemetry-proto.
+//!
+//! Why spans do not go through the SDK's `SpanData` and `SpanExporter`, while
+//! metrics do go through the SDK (`crate::metrics`): a span is built once per
+//! request on the agent's hot path, and the SDK's path builds a `SpanData`
+//! (owned strings and a `Vec` per attribute), converts it to the prost
+//! types and encodes those; USDT spans were moved off that path onto this
+//! writer for that reason, measured in BENCHMARKS.md ("Direct encoding,
+//! cheaper program, OTLP export", and the allocations per span after it).
+//! Metrics have no such per-request encoding: the
+//! histograms aggregate in memory and are encoded once per export, so the
+//! SDK's aggregation, views and OTLP exporter cost nothing per span.
 
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 

@@ -421,6 +421,7 @@ async fn trace(
         process.runtime_version.as_deref().unwrap_or("not Go"),
         counts.join(", "),
     );
+    crate::metrics::publish_attached(crate::metrics::Attached::of(probes));
 
     let signal_stream = |kind, name| {
         signal(kind).map_err(|source| SessionError::Signal {
@@ -464,6 +465,7 @@ async fn trace(
                 counts.export = pipeline.snapshot();
                 counts.bad_records = records.bad;
                 let counters = Counters::collect(&counts, families);
+                crate::metrics::publish_counters(&counters, Some(sender.queue_fill()));
                 let lost = counters.lost();
                 if lost > reported_losses && last_report.elapsed() >= REPORT_INTERVAL {
                     log::warn!("losses so far: {}", counters.describe());

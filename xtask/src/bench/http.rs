@@ -64,11 +64,16 @@ pub fn http(rounds: usize, seconds: u64, connections: u32) -> anyhow::Result<()>
     let pid = server.0.id();
     let sites = agent_sites(&agent, &fixture)?;
     let url = format!("http://{addr}/hello");
-    let configs: [(&str, &[&str]); 2] = [
+    let configs: [(&str, &[&str]); 3] = [
         ("traced, emulated entry sites (default)", &[]),
         (
             "traced, probes on each function's first instruction (single-stepped)",
             &["--entry-site", "function-start"],
+        ),
+        // Against the first row: what request and agent metrics cost.
+        (
+            "traced, default sites, metrics on (`--metrics-listen`)",
+            &["--metrics-listen", "127.0.0.1:0"],
         ),
     ];
     let mut untraced = Vec::new();

@@ -1,0 +1,297 @@
+//! Metrics, through the OpenTelemetry metrics SDK: request rate, errors and
+//! latency per route and per call ([`requests`], derived from every
+//! finished span before export, so dashboards work whatever happens to the
+//! spans later), and the agent's own health ([`agent`], from the session's
+//! counters). Exported over OTLP by `opentelemetry-otlp` (a periodic
+//! reader, and a final collection at shutdown) and served for Prometheus
+//! ([`prometheus`]); [`config`] reads the flags and `OTEL_*` variables.
+//!
+//! The hooks are free functions on process-wide state, so that what feeds
+//! the metrics stays one line where it is: [`observe_span`] where every span
+//! enters the export pipeline ([`crate::export::SpanSender`]),
+//! [`publish_counters`] and [`publish_attached`] in the session. With
+//! metrics off (the default without an endpoint or a listen address) each
+//! is one relaxed atomic load.
+
+pub mod agent;
+pub mod config;
+pub mod prometheus;
+pub mod requests;
+pub mod span_view;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use opentelemetry::{InstrumentationScope, metrics::MeterProvider as _};
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::{
+    Resource,
+    error::OTelSdkResult,
+    metrics::{
+        ManualReader, PeriodicReader, SdkMeterProvider, Temporality, data::ResourceMetrics,
+        exporter::PushMetricExporter,
+    },
+};
+use tokio::task::JoinHandle;
+
+pub use agent::{Attached, QueueFill};
+pub use config::{MetricsConfig, MetricsConfigError, MetricsInputs, MetricsProtocol, OtlpMetrics};
+use prometheus::SharedReader;
+use requests::Requests;
+
+use crate::session::Counters;
+
+/// Whether metrics are on: the hooks' first and, when off, only check.
+static ON: AtomicBool = AtomicBool::new(false);
+/// The request histograms, while metrics are on.
+static REQUESTS: Mutex<Option<Requests>> = Mutex::new(None);
+/// What the agent metrics' callbacks read, while metrics are on.
+static AGENT: Mutex<Option<agent::Shared>> = Mutex::new(None);
+
+/// Records a finished span (its encoded OTLP `Span`) in the request
+/// metrics. The hook where spans enter the export pipeline.
+pub fn observe_span(bytes: &[u8]) {
+    if !ON.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut requests = REQUESTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(requests) = requests.as_mut() {
+        requests.observe(bytes);
+    }
+}
+
+/// The session's counters (and its export queue) as they are now: what the
+/// agent metrics report until the next call.
+pub fn publish_counters(counters: &Counters, queue: Option<QueueFill>) {
+    with_agent(|s| s.set_counters(counters, queue));
+}
+
+/// The probes and targets the session attached.
+pub fn publish_attached(attached: Attached) {
+    with_agent(|s| s.set_attached(attached));
+}
+
+fn with_agent(f: impl FnOnce(&mut agent::Snapshot)) {
+    if !ON.load(Ordering::Relaxed) {
+        return;
+    }
+    let shared = AGENT.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    if let Some(shared) = shared {
+        f(&mut shared.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+/// Why metrics could not start: one line naming the setting or address.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Config(#[from] MetricsConfigError),
+    #[error(
+        "OTLP metrics endpoint {0}: TLS for metrics export is not available yet (use http:// or --metrics-listen)"
+    )]
+    Tls(String),
+    #[error("invalid OTLP metrics header {0:?}")]
+    Header(String),
+    #[error("cannot export metrics to {endpoint}")]
+    Exporter {
+        endpoint: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error(transparent)]
+    Listen(#[from] prometheus::ListenError),
+}
+
+/// Time the final collection and export get at shutdown: with the spans'
+/// 1.5 s (`session`), the agent still exits within 2 s of a signal. A
+/// collector that does not answer in time misses the last export (said in
+/// one line); a live one takes milliseconds.
+const SHUTDOWN_BUDGET: Duration = Duration::from_millis(400);
+
+/// Running metrics: the meter provider, its readers and `/metrics`.
+#[derive(Debug)]
+pub struct Metrics {
+    provider: SdkMeterProvider,
+    /// Where the final export goes, for the warning when it fails.
+    otlp_endpoint: Option<String>,
+    server: Option<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl Metrics {
+    /// Starts what `config` asks for, on the current tokio runtime; `None`
+    /// when it asks for nothing. Only one may run at a time.
+    pub async fn start(
+        config: &MetricsConfig,
+        resource: &Resource,
+    ) -> Result<Option<Self>, MetricsError> {
+        if !config.enabled() {
+            return Ok(None);
+        }
+        let mut builder = SdkMeterProvider::builder().with_resource(resource.clone());
+        if let Some(otlp) = &config.otlp {
+            let exporter = Logged {
+                inner: otlp_exporter(otlp)?,
+                endpoint: otlp.endpoint.clone(),
+                failures: AtomicU64::new(0),
+            };
+            builder = builder.with_reader(
+                PeriodicReader::builder(exporter)
+                    .with_interval(otlp.interval)
+                    .build(),
+            );
+        }
+        let mut server = None;
+        if let Some(addr) = config.prometheus {
+            let reader = SharedReader(Arc::new(ManualReader::builder().build()));
+            builder = builder.with_reader(reader.clone());
+            server = Some(prometheus::serve(addr, reader).await?);
+        }
+        let provider = builder.build();
+        let meter = provider.meter_with_scope(
+            InstrumentationScope::builder("agent")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        );
+        let shared = agent::Shared::default();
+        agent::register(&meter, &shared);
+        *AGENT.lock().unwrap_or_else(PoisonError::into_inner) = Some(shared);
+        *REQUESTS.lock().unwrap_or_else(PoisonError::into_inner) = Some(Requests::new(&meter));
+        ON.store(true, Ordering::Relaxed);
+        if let Some(otlp) = &config.otlp {
+            log::info!(
+                "metrics: OTLP to {} every {:?}",
+                otlp.endpoint,
+                otlp.interval
+            );
+        }
+        if let Some((addr, _)) = &server {
+            log::info!("metrics: serving http://{addr}/metrics");
+        }
+        Ok(Some(Self {
+            provider,
+            otlp_endpoint: config.otlp.as_ref().map(|o| o.endpoint.clone()),
+            server,
+        }))
+    }
+
+    /// Where `/metrics` is served.
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// Publishes the session's final counters (none when it failed), then
+    /// collects and exports one last time (within a bounded time) and stops.
+    pub async fn shutdown(self, counters: Option<&Counters>) {
+        if let Some(counters) = counters {
+            publish_counters(counters, None);
+        }
+        // Detached by now.
+        publish_attached(Attached::default());
+        ON.store(false, Ordering::Relaxed);
+        let provider = self.provider;
+        // The periodic reader exports from its own thread and waits for it;
+        // the gRPC exporter's connection runs on this runtime, which must
+        // stay free meanwhile.
+        let flush = tokio::task::spawn_blocking(move || provider.shutdown());
+        let to = self.otlp_endpoint.as_deref().unwrap_or("/metrics");
+        match tokio::time::timeout(SHUTDOWN_BUDGET, flush).await {
+            Ok(Ok(Ok(()))) => {}
+            // The exporter said why (`Logged`).
+            Ok(Ok(Err(err))) => log::debug!("metrics: shutdown: {err}"),
+            Ok(Err(err)) => log::warn!("metrics: final export to {to} failed: {err}"),
+            Err(_) => log::warn!(
+                "metrics: final export to {to} took longer than {SHUTDOWN_BUDGET:?}: not sent"
+            ),
+        }
+        if let Some((_, task)) = self.server {
+            task.abort();
+        }
+        *REQUESTS.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *AGENT.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+fn otlp_exporter(otlp: &OtlpMetrics) -> Result<opentelemetry_otlp::MetricExporter, MetricsError> {
+    if otlp.endpoint.starts_with("https://") {
+        return Err(MetricsError::Tls(otlp.endpoint.clone()));
+    }
+    let built = match otlp.protocol {
+        MetricsProtocol::Grpc => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            for (key, value) in &otlp.headers {
+                let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> =
+                    key.parse().map_err(|_| MetricsError::Header(key.clone()))?;
+                let value = value
+                    .parse()
+                    .map_err(|_| MetricsError::Header(key.to_string()))?;
+                metadata.insert(key, value);
+            }
+            opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(&otlp.endpoint)
+                .with_timeout(otlp.timeout)
+                .with_metadata(metadata)
+                .build()
+        }
+        MetricsProtocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .with_endpoint(&otlp.endpoint)
+            .with_timeout(otlp.timeout)
+            .with_headers(
+                otlp.headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<HashMap<_, _>>(),
+            )
+            .build(),
+    };
+    built.map_err(|source| MetricsError::Exporter {
+        endpoint: otlp.endpoint.clone(),
+        source,
+    })
+}
+
+/// The OTLP exporter, saying when exports fail: the first failure, then
+/// at every power of two (the SDK's own reports go to `tracing`, which the
+/// agent does not print).
+#[derive(Debug)]
+struct Logged {
+    inner: opentelemetry_otlp::MetricExporter,
+    endpoint: String,
+    failures: AtomicU64,
+}
+
+impl PushMetricExporter for Logged {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.inner.export(metrics).await;
+        if let Err(err) = &result {
+            let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                log::warn!(
+                    "metrics: export to {} failed ({n} so far): {err}",
+                    self.endpoint
+                );
+            }
+        }
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
