@@ -29,6 +29,7 @@ fn init_logging(log: cli::LogArgs) {
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging(cli.log);
+    agent::export::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

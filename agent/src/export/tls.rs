@@ -110,6 +110,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Makes ring the process's default rustls provider, for clients the agent
+/// does not configure itself (the metrics exporter's HTTP client): rustls
+/// panics when none is installed and more than one could be. Call once at
+/// start; a second call changes nothing.
+pub fn install_default_provider() {
+    let _ = (*provider()).clone().install_default();
+}
+
 impl ClientTls {
     /// Reads and checks the files; the system's roots when no CA file is given.
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
