@@ -105,6 +105,19 @@ pub struct TraceArgs {
     /// `keep` (the statement as the program sent it).
     #[arg(long, value_name = "MODE", default_value = "sanitize", value_parser = ["sanitize", "keep"])]
     pub sql_literals: String,
+
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+}
+
+/// Launch mode and system calls (see the README's "Launch mode and system
+/// calls").
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// The program to start and trace from its first instruction, after
+    /// `--`: the agent exits with its exit code (128+N for signal N).
+    #[arg(last = true, value_name = "CMD", conflicts_with = "pid")]
+    pub command: Vec<String>,
 }
 
 /// Where spans go.

@@ -8,11 +8,16 @@ use agent::{
     http_server::{SitePolicy, SpanNaming},
     probes,
     resource::{self, ResourceOptions},
-    session::{Session, SessionOptions},
+    session::{Outcome, Session, SessionOptions, Stop},
     spans::url::QueryPolicy,
+    target::{
+        Target,
+        launch::{Ended, Launched},
+    },
     usdt::mapping::MappingConfig,
 };
 use anyhow::Context as _;
+use nix::sys::signal::Signal;
 
 use crate::cli::{ExportArgs, TraceArgs};
 
@@ -58,6 +63,47 @@ fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
 pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Result<ExitCode> {
     probes::preflight()?;
     let session = Session::plan(pid, options(args)?)?;
+    run_session(session, args, export, || Ok(())).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `agent [options] -- CMD [ARGS...]`: starts the program held, attaches,
+/// lets it run, traces it until it exits and exits with its exit code.
+pub async fn launch(
+    argv: &[String],
+    args: &TraceArgs,
+    export: &ExportArgs,
+) -> anyhow::Result<ExitCode> {
+    probes::preflight()?;
+    let mut program = Launched::spawn(argv)?;
+    let target = Target::launched(program.pid(), &program.exe);
+    let session = Session::plan_target(target, options(args)?)?;
+    let outcome = run_session(session, args, export, || program.release()).await?;
+    if let Stop::Signal(name) = outcome.stop {
+        // The agent was told to stop: so is the program it started.
+        let signal = if name == "SIGINT" {
+            Signal::SIGINT
+        } else {
+            Signal::SIGTERM
+        };
+        program.signal(signal);
+    }
+    let ended = program.wait()?;
+    match ended {
+        Ended::Exited(code) => log::info!("{} exited with {code}", argv[0]),
+        Ended::Signaled(signal) => log::info!("{} was killed by signal {signal}", argv[0]),
+    }
+    Ok(ExitCode::from(ended.exit_code()))
+}
+
+/// Runs a planned session (calling `release` once attached), prints the
+/// exit line and writes the summary file.
+async fn run_session(
+    session: Session,
+    args: &TraceArgs,
+    export: &ExportArgs,
+    release: impl FnOnce() -> std::io::Result<()>,
+) -> anyhow::Result<Outcome> {
     let export_config = super::export_config(export)?;
     let (resource, warnings) = resource::build(
         Some(session.process()),
@@ -66,7 +112,9 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     for warning in warnings {
         log::warn!("{warning}");
     }
-    let outcome = session.run(&export_config, &resource).await?;
+    let outcome = session
+        .run_released(&export_config, &resource, release)
+        .await?;
     let counters = &outcome.counters;
     eprintln!(
         "agent: {} spans exported; {} records from the kernel; losses: {}",
@@ -78,5 +126,5 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         std::fs::write(path, counters.summary_file())
             .with_context(|| format!("cannot write the summary to {}", path.display()))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(outcome)
 }

@@ -101,6 +101,8 @@ pub enum SessionError {
     },
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("cannot let the launched program run")]
+    Release(#[source] std::io::Error),
 }
 
 /// Why a process cannot be traced as a Go program.
@@ -163,7 +165,13 @@ const NO_FAMILY: u8 = u8::MAX;
 impl Session {
     /// Opens PID `pid` and plans every family for it.
     pub fn plan(pid: u32, options: SessionOptions) -> Result<Self, SessionError> {
-        let target = Target::open(pid)?;
+        Self::plan_target(Target::open(pid)?, options)
+    }
+
+    /// Plans every family for `target` (see [`Target::launched`] for a
+    /// process the agent started).
+    pub fn plan_target(target: Target, options: SessionOptions) -> Result<Self, SessionError> {
+        let pid = target.pid;
         let exe = target.exe_in_target.display().to_string();
         let mut process = ProcessInfo {
             pid,
@@ -246,6 +254,18 @@ impl Session {
         export: &ExportConfig,
         resource: &Resource,
     ) -> Result<Outcome, SessionError> {
+        self.run_released(export, resource, || Ok(())).await
+    }
+
+    /// As [`Self::run`], calling `release` once every family has attached
+    /// and before the event loop: launch mode lets the program it holds
+    /// run then.
+    pub async fn run_released(
+        self,
+        export: &ExportConfig,
+        resource: &Resource,
+        release: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<Outcome, SessionError> {
         let Self {
             target,
             process,
@@ -272,16 +292,19 @@ impl Session {
         }
         // From here on, every exit path stops the families (restoring what
         // they changed in the target) before returning.
-        let result = trace(
+        let result = match release() {
+            Ok(()) => trace(
             &target,
             &process,
             &mut families,
             &mut probes,
             &options,
             export,
-            resource,
-        )
-        .await;
+                resource,
+            )
+            .await,
+            Err(err) => Err(SessionError::Release(err)),
+        };
         if result.is_err() {
             for family in &mut families {
                 family.stop(&mut probes);
