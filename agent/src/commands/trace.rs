@@ -10,6 +10,7 @@ use agent::{
     resource::{self, ResourceOptions},
     session::{Outcome, Session, SessionOptions, Stop},
     spans::url::QueryPolicy,
+    syscalls::{SummaryOut, SyscallFilter, SyscallOptions},
     target::{
         Target,
         launch::{Ended, Launched},
@@ -19,7 +20,7 @@ use agent::{
 use anyhow::Context as _;
 use nix::sys::signal::Signal;
 
-use crate::cli::{ExportArgs, TraceArgs};
+use crate::cli::{ExportArgs, LaunchArgs, TraceArgs};
 
 /// The session's options from the command line (the USDT mapping read and
 /// checked).
@@ -54,10 +55,34 @@ fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
                 "path" => SpanNaming::Path,
                 _ => SpanNaming::Route,
             },
+            syscalls: syscall_options(&args.launch)?,
         },
         ring_buffer_bytes: args.ring_buffer_size,
         export_queue: args.export_queue,
     })
+}
+
+/// The system-call family's options, when `--syscalls` or `-c` is given.
+fn syscall_options(args: &LaunchArgs) -> anyhow::Result<Option<SyscallOptions>> {
+    if args.syscalls.is_none() && !args.summary {
+        anyhow::ensure!(
+            !args.follow_forks,
+            "--follow-forks needs --syscalls or --summary"
+        );
+        return Ok(None);
+    }
+    let filter = match &args.syscalls {
+        Some(spec) => SyscallFilter::parse(spec)?,
+        None => SyscallFilter::all(),
+    };
+    Ok(Some(SyscallOptions {
+        filter,
+        spans: args.syscalls.is_some(),
+        min_duration: args.syscall_min_duration,
+        follow_forks: args.follow_forks,
+        summary: args.summary.then(SummaryOut::default),
+        command: (!args.command.is_empty()).then(|| args.command.clone()),
+    }))
 }
 
 pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Result<ExitCode> {
@@ -112,6 +137,12 @@ async fn run_session(
     for warning in warnings {
         log::warn!("{warning}");
     }
+    let syscall_summary = session
+        .options()
+        .families
+        .syscalls
+        .as_ref()
+        .and_then(|o| o.summary.clone());
     let outcome = session
         .run_released(&export_config, &resource, release)
         .await?;
@@ -123,7 +154,11 @@ async fn run_session(
         counters.describe()
     );
     if let Some(path) = &args.summary_file {
-        std::fs::write(path, counters.summary_file())
+        let mut text = counters.summary_file();
+        if let Some(lines) = syscall_summary.and_then(|s| s.lock().ok().map(|l| l.clone())) {
+            text.push_str(&lines);
+        }
+        std::fs::write(path, text)
             .with_context(|| format!("cannot write the summary to {}", path.display()))?;
     }
     Ok(outcome)

@@ -247,6 +247,11 @@ impl Session {
         &self.process
     }
 
+    /// What the session was told.
+    pub fn options(&self) -> &SessionOptions {
+        &self.options
+    }
+
     /// Loads, attaches and traces until SIGINT, SIGTERM or the target's
     /// exit; then detaches, drains, flushes and exports.
     pub async fn run(
@@ -293,16 +298,18 @@ impl Session {
         // From here on, every exit path stops the families (restoring what
         // they changed in the target) before returning.
         let result = match release() {
-            Ok(()) => trace(
-            &target,
-            &process,
-            &mut families,
-            &mut probes,
-            &options,
-            export,
-                resource,
-            )
-            .await,
+            Ok(()) => {
+                trace(
+                    &target,
+                    &process,
+                    &mut families,
+                    &mut probes,
+                    &options,
+                    export,
+                    resource,
+                )
+                .await
+            }
             Err(err) => Err(SessionError::Release(err)),
         };
         if result.is_err() {

@@ -238,7 +238,10 @@ impl Launched {
     pub fn has_ended(&self) -> bool {
         let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
         matches!(
-            nix::sys::wait::waitid(nix::sys::wait::Id::Pid(Pid::from_raw(self.pid as i32)), flags),
+            nix::sys::wait::waitid(
+                nix::sys::wait::Id::Pid(Pid::from_raw(self.pid as i32)),
+                flags
+            ),
             Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
         )
     }

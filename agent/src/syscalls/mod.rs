@@ -1,0 +1,221 @@
+//! The system-call family (`--syscalls`, `-c`): every system call of the
+//! traced process (and, with `--follow-forks`, of the processes it forks),
+//! from the `sys_enter`/`sys_exit` raw tracepoints
+//! (`agent-ebpf/src/syscalls.rs`), filtered in the kernel by process and by
+//! system call. Any program: it needs nothing from the binary.
+//!
+//! - [`filter`]: strace's `-e trace=` forms, over [`table`] (x86_64 names
+//!   and classes);
+//! - [`spans`]: a `process: NAME` span per process, a `syscall: NAME` span
+//!   per call under it;
+//! - [`summary`]: the `strace -c` table.
+
+pub mod filter;
+pub mod spans;
+pub mod summary;
+mod table;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use agent_common::syscalls::{
+    KIND_PROCESS_EXITED, KIND_PROCESS_FORKED, KIND_SYSCALL, ProcessExited, ProcessForked,
+    SyscallConfig, SyscallRecord,
+};
+
+pub use filter::{FilterError, SyscallFilter};
+pub use summary::Summary;
+
+use crate::{
+    clock::WallClock,
+    family::{
+        BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
+    },
+    probes::{KernelStats, Probes},
+    ringbuf::record::view,
+    target::Target,
+};
+
+/// The family's name.
+pub const NAME: &str = "syscalls";
+
+/// Its registration.
+pub const FAMILY: FamilyEntry = FamilyEntry {
+    name: NAME,
+    probes: &[],
+    plan: plan_family,
+};
+
+/// Where the `-c` table's `--summary-file` lines are handed back to the
+/// command once the session is over.
+pub type SummaryOut = Arc<Mutex<String>>;
+
+/// What `--syscalls`, `-c` and their companions asked for.
+#[derive(Clone, Debug, Default)]
+pub struct SyscallOptions {
+    /// The system calls traced.
+    pub filter: SyscallFilter,
+    /// A span per call (`--syscalls`); without, only the summary.
+    pub spans: bool,
+    /// Calls shorter than this are counted but make no span.
+    pub min_duration: Duration,
+    /// Trace the processes the target forks.
+    pub follow_forks: bool,
+    /// Print the `strace -c` table at exit (`-c`), and hand its lines here.
+    pub summary: Option<SummaryOut>,
+    /// The command line of a program the agent started (before its
+    /// `execve`, `/proc/N/cmdline` still shows the agent's).
+    pub command: Option<Vec<String>>,
+}
+
+fn plan_family(ctx: &PlanContext<'_>) -> Plan {
+    let Some(options) = &ctx.options.syscalls else {
+        return Plan::Nothing;
+    };
+    let pid = ctx.target.pid;
+    let command = options
+        .command
+        .clone()
+        .unwrap_or_else(|| spans::read_cmdline(pid).unwrap_or_default());
+    Plan::Ready(Box::new(Syscalls {
+        options: options.clone(),
+        spans: spans::ProcessSpans::new(ctx.clock, options.min_duration, options.spans),
+        root: pid,
+        command,
+        summary: Summary::default(),
+        records: 0,
+        forks: 0,
+    }))
+}
+
+/// The family, planned for one process.
+#[derive(Debug)]
+pub struct Syscalls {
+    options: SyscallOptions,
+    spans: spans::ProcessSpans,
+    /// The traced process.
+    root: u32,
+    /// Its command line.
+    command: Vec<String>,
+    summary: Summary,
+    /// System-call records seen.
+    records: u64,
+    /// Processes forked and traced.
+    forks: u64,
+}
+
+impl Family for Syscalls {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn kinds(&self) -> &'static [u32] {
+        &[KIND_SYSCALL, KIND_PROCESS_FORKED, KIND_PROCESS_EXITED]
+    }
+
+    fn attach(&mut self, probes: &mut Probes, _target: &Target) -> Result<(), FamilyError> {
+        probes.set_array(
+            "SYSCALL_CONFIG",
+            0,
+            SyscallConfig {
+                active: 1,
+                follow_forks: u32::from(self.options.follow_forks),
+                wanted: self.options.filter.bits(),
+            },
+        )?;
+        probes.set_hash("SYSCALL_TRACED", self.root, 1u32)?;
+        let mut programs = vec![
+            ("syscall_enter", "sys_enter"),
+            ("syscall_exit", "sys_exit"),
+            ("syscall_process_exit", "sched_process_exit"),
+        ];
+        if self.options.follow_forks {
+            programs.push(("syscall_fork", "sched_process_fork"));
+        }
+        for (program, tracepoint) in programs {
+            if let Err(err) = probes.attach_raw_tracepoint(NAME, program, tracepoint) {
+                probes.detach_family(NAME);
+                return Err(err.into());
+            }
+        }
+        let now = WallClock::monotonic_now_ns();
+        self.spans.start_root(self.root, &self.command, now);
+        log::info!(
+            "syscalls: raw tracepoints sys_enter/sys_exit on PID {}{}{}",
+            self.root,
+            if self.options.follow_forks {
+                " and the processes it forks"
+            } else {
+                ""
+            },
+            if self.options.spans {
+                ""
+            } else {
+                " (summary only)"
+            },
+        );
+        Ok(())
+    }
+
+    fn on_record(&mut self, bytes: &[u8], cx: &mut RecordContext<'_>) -> Result<(), BadRecord> {
+        match agent_common_kind(bytes)? {
+            KIND_SYSCALL => {
+                let rec: &SyscallRecord = view(bytes, KIND_SYSCALL)?;
+                self.records += 1;
+                let returned = rec.flags & agent_common::syscalls::FLAG_NO_RETURN == 0;
+                let traced = self.options.filter.contains(rec.nr as usize);
+                if returned && traced {
+                    self.summary.add(
+                        rec.nr,
+                        rec.ret,
+                        rec.header.ktime_ns.saturating_sub(rec.enter_ns),
+                    );
+                }
+                self.spans
+                    .syscall(rec, self.options.spans && traced, cx.spans);
+            }
+            KIND_PROCESS_FORKED => {
+                let rec: &ProcessForked = view(bytes, KIND_PROCESS_FORKED)?;
+                self.forks += 1;
+                self.spans.forked(rec);
+            }
+            _ => {
+                let rec: &ProcessExited = view(bytes, KIND_PROCESS_EXITED)?;
+                self.spans
+                    .exited(rec.header.tid, rec.header.ktime_ns, cx.spans);
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, probes: &mut Probes) {
+        probes.detach_family(NAME);
+    }
+
+    fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
+        self.spans.finish(now_ns, cx.spans);
+        if let Some(out) = &self.options.summary {
+            eprint!("{}", self.summary.table());
+            if let Ok(mut lines) = out.lock() {
+                *lines = self.summary.summary_lines();
+            }
+        }
+    }
+
+    fn counters(&self, _kernel: &KernelStats, out: &mut Vec<Counter>) {
+        out.push(Counter::count("syscall_records", self.records));
+        out.push(Counter::count("syscall_spans", self.spans.syscall_spans()));
+        out.push(Counter::count(
+            "syscalls_below_min_duration",
+            self.spans.below_min(),
+        ));
+        out.push(Counter::count("processes_forked", self.forks));
+    }
+}
+
+/// The kind of a record, for dispatching among the family's own.
+fn agent_common_kind(bytes: &[u8]) -> Result<u32, BadRecord> {
+    Ok(crate::ringbuf::record::kind(bytes)?)
+}
