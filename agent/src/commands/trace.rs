@@ -100,9 +100,10 @@ pub async fn launch(
     export: &ExportArgs,
 ) -> anyhow::Result<ExitCode> {
     probes::preflight()?;
+    let options = options(args)?;
     let mut program = Launched::spawn(argv)?;
     let target = Target::launched(program.pid(), &program.exe);
-    let session = Session::plan_target(target, options(args)?)?;
+    let session = Session::plan_target(target, options)?;
     let outcome = run_session(session, args, export, || program.release()).await?;
     if let Stop::Signal(name) = outcome.stop {
         // The agent was told to stop: so is the program it started.
