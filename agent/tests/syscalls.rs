@@ -432,3 +432,122 @@ fn bad_launches_fail_with_one_clear_line() {
         assert_eq!(stderr.trim_end(), expected, "{args:?}");
     }
 }
+
+#[test]
+fn launched_go_program_is_traced_as_with_pid() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = support::fixture::build("httpserver", &[]);
+    let receiver = Receiver::grpc();
+    let mut cmd = command();
+    cmd.args([
+        "--otlp-endpoint",
+        &receiver.url(),
+        "--otlp-protocol",
+        "grpc",
+    ])
+    .arg("--")
+    .arg(&server);
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    let addr = wait_for_stdout(&agent, "listening on ");
+    let addr: std::net::SocketAddr = addr
+        .trim_start_matches("listening on ")
+        .parse()
+        .expect("address");
+    let (status, _) = support::http_client::Connection::open(addr).request("GET", "/hello", b"");
+    assert_eq!(status, 200);
+    receiver.wait_for_spans(1, Duration::from_secs(10));
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.wait(AGENT_EXIT);
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "the program got the agent's SIGTERM and died of it"
+    );
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    let span = &spans[0];
+    assert_eq!(span.span.kind, SpanKind::Server as i32);
+    assert_eq!(span.attr("url.path"), Some("/hello"));
+    assert_eq!(span.attr("http.response.status_code"), Some("200"));
+}
+
+fn wait_for_stdout(agent: &Agent, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(line) = agent
+            .stdout_lines()
+            .into_iter()
+            .find(|l| l.contains(needle))
+        {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} on stdout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn attached_with_pid_traces_from_then_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut program = Command::new(calls())
+        .arg("stdin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start calls");
+    let pid = program.id().to_string();
+    let receiver = Receiver::grpc();
+    let mut cmd = command();
+    cmd.args(["--pid", &pid, "--syscalls=openat,write,exit_group,read"])
+        .args([
+            "--otlp-endpoint",
+            &receiver.url(),
+            "--otlp-protocol",
+            "grpc",
+        ]);
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    {
+        use std::io::Write as _;
+        let mut stdin = program.stdin.take().expect("stdin");
+        stdin.write_all(b"x").expect("wake the program");
+    }
+    assert_eq!(program.wait().expect("wait").code(), Some(0));
+    let status = agent.wait(AGENT_EXIT);
+    assert_eq!(status.code(), Some(0), "with --pid the agent exits 0");
+    let spans = receiver.spans();
+    let mut names: Vec<&str> = spans.iter().map(|s| s.span.name.as_str()).collect();
+    names.sort_unstable();
+    // The read it was blocked in when the agent attached is not a span:
+    // only calls that entered the kernel after the attach are.
+    assert_eq!(
+        names,
+        [
+            "process: calls",
+            "syscall: exit_group",
+            "syscall: openat",
+            "syscall: write",
+            "syscall: write"
+        ]
+    );
+    let process = only(&spans, "process: calls");
+    let exe = calls().display().to_string();
+    assert_eq!(
+        stable_attributes(process),
+        BTreeMap::from([
+            ("process.command", exe.as_str()),
+            ("process.command_args", format!("[{exe},stdin]").as_str()),
+            ("process.exit_code", "0"),
+        ])
+    );
+    assert_eq!(process.attr("process.pid"), Some(pid.as_str()));
+    for span in &spans {
+        if span.span.name != "process: calls" {
+            assert_child_of(span, process);
+        }
+    }
+}
