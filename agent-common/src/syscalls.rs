@@ -28,7 +28,8 @@ pub const MAX_IN_FLIGHT: u32 = 16384;
 
 /// A system call one thread of a traced process made and (unless
 /// [`FLAG_NO_RETURN`]) returned from. `header.tid` is the thread,
-/// `header.ktime_ns` the return; `header.goid` is 0.
+/// `header.ktime_ns` the return; `header.goid` the goroutine that made it
+/// (Go targets), else 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyscallRecord {
@@ -84,11 +85,15 @@ pub struct SyscallConfig {
     pub active: u32,
     /// Non-zero: processes a traced process forks are traced too.
     pub follow_forks: u32,
+    /// `runtime.g.goid` of a Go target, whose goroutine (R14 at the
+    /// `SYSCALL` of `internal/runtime/syscall/linux.Syscall6`) goes into
+    /// `header.goid`; 0: not Go, no goroutine read.
+    pub g_goid: u64,
     /// Bit `nr` set: system call `nr` is traced.
     pub wanted: [u64; (MAX_SYSCALLS / 64) as usize],
 }
 
-const _: () = assert!(core::mem::size_of::<SyscallConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<SyscallConfig>() == 80);
 
 impl SyscallConfig {
     /// Whether system call `nr` is traced.
@@ -109,8 +114,10 @@ impl SyscallConfig {
 pub struct InFlight {
     pub enter_ns: u64,
     pub arg0: u64,
+    /// The goroutine that made the call (0: unknown, or not Go).
+    pub goid: u64,
     pub nr: u32,
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<InFlight>() == 24);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 32);

@@ -25,6 +25,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap},
@@ -100,23 +101,51 @@ pub fn syscall_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let nr: u64 = ctx.arg(1);
-    if !config.wants(nr) {
+    // `exit` and `exit_group` are always written: their status is the
+    // process's exit code, whatever the filter.
+    let exits = nr == NR_EXIT || nr == NR_EXIT_GROUP;
+    if !exits && !config.wants(nr) {
         return 0;
     }
     let regs: *const pt_regs = ctx.arg(0);
     // SAFETY: `regs` is the kernel's saved user registers of this thread;
     // the helper copies them and fails cleanly on a bad address.
     let arg0 = unsafe { bpf_probe_read_kernel(&raw const (*regs).rdi) }.unwrap_or(0);
+    let goid = if config.g_goid == 0 {
+        0
+    } else {
+        // SAFETY: as above; R14 holds the goroutine's `*g` in Go's
+        // ABIInternal, which `Syscall6` keeps up to its `SYSCALL`. The
+        // user read fails cleanly (0) elsewhere.
+        let g = unsafe { bpf_probe_read_kernel(&raw const (*regs).r14) }.unwrap_or(0);
+        if g == 0 {
+            0
+        } else {
+            // SAFETY: a user-memory copy that fails cleanly.
+            unsafe { bpf_probe_read_user((g + config.g_goid) as *const u64) }.unwrap_or(0)
+        }
+    };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let tid = pid_tgid as u32;
-    if nr == NR_EXIT || nr == NR_EXIT_GROUP {
-        write_syscall(tid, tgid, nr as u32, FLAG_NO_RETURN, now, now, 0, arg0);
+    if exits {
+        write_syscall(
+            tid,
+            tgid,
+            nr as u32,
+            FLAG_NO_RETURN,
+            now,
+            now,
+            0,
+            arg0,
+            goid,
+        );
         return 0;
     }
     let state = InFlight {
         enter_ns: now,
         arg0,
+        goid,
         nr: nr as u32,
         _pad: 0,
     };
@@ -137,7 +166,17 @@ pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
             let _ = SYSCALL_IN_FLIGHT.remove(&tid);
             // SAFETY: no preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
-            write_syscall(tid, tgid, state.nr, 0, state.enter_ns, now, ret, state.arg0);
+            write_syscall(
+                tid,
+                tgid,
+                state.nr,
+                0,
+                state.enter_ns,
+                now,
+                ret,
+                state.arg0,
+                state.goid,
+            );
             return 0;
         }
     }
@@ -194,12 +233,14 @@ fn write_syscall(
     now: u64,
     ret: i64,
     arg0: u64,
+    goid: u64,
 ) {
     let Some(mut entry) = reserve::<SyscallRecord>() else {
         return;
     };
     let rec = fields(&mut entry);
     rec.header = header(KIND_SYSCALL, tid, now);
+    rec.header.goid = goid;
     rec.tgid = tgid;
     rec.nr = nr;
     rec.flags = flags;

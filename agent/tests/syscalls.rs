@@ -551,3 +551,46 @@ fn attached_with_pid_traces_from_then_on() {
         }
     }
 }
+
+#[test]
+fn go_handler_fsync_is_a_child_of_the_request_span() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = support::fixture::build("httpserver", &[]);
+    let receiver = Receiver::grpc();
+    let mut cmd = command();
+    cmd.args(["--syscalls=fsync"])
+        .args([
+            "--otlp-endpoint",
+            &receiver.url(),
+            "--otlp-protocol",
+            "grpc",
+        ])
+        .arg("--")
+        .arg(&server);
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    let addr = wait_for_stdout(&agent, "listening on ");
+    let addr: std::net::SocketAddr = addr
+        .trim_start_matches("listening on ")
+        .parse()
+        .expect("address");
+    let (status, body) = support::http_client::Connection::open(addr).request("GET", "/fsync", b"");
+    assert_eq!((status, body.as_slice()), (200, b"synced".as_slice()));
+    receiver.wait_for_spans(2, Duration::from_secs(10));
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait(AGENT_EXIT).code(), Some(128 + 15));
+    let spans = receiver.spans();
+    let request = spans
+        .iter()
+        .find(|s| s.attr("url.path") == Some("/fsync"))
+        .expect("the request's span");
+    assert_eq!(request.span.kind, SpanKind::Server as i32);
+    let fsync = only(&spans, "syscall: fsync");
+    assert_child_of(fsync, request);
+    assert_eq!(fsync.attr("syscall.result"), Some("0"));
+    assert!(fsync.attr("goroutine.id").is_some(), "{fsync:#?}");
+    // The process span is there too, in its own trace, with nothing under it.
+    let process = only(&spans, "process: httpserver");
+    assert_ne!(process.span.trace_id, request.span.trace_id);
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+}

@@ -79,7 +79,15 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
         .command
         .clone()
         .unwrap_or_else(|| spans::read_cmdline(pid).unwrap_or_default());
+    // A Go target's calls are parented by goroutine: the goroutine id's
+    // offset in `runtime.g`.
+    let g_goid = ctx
+        .go
+        .ok()
+        .and_then(|bin| bin.struct_field_offset("runtime.g", "goid").ok())
+        .map_or(0, |field| field.offset);
     Plan::Ready(Box::new(Syscalls {
+        g_goid,
         options: options.clone(),
         spans: spans::ProcessSpans::new(ctx.clock, options.min_duration, options.spans),
         root: pid,
@@ -94,6 +102,8 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
 #[derive(Debug)]
 pub struct Syscalls {
     options: SyscallOptions,
+    /// `runtime.g.goid` of a Go target; 0 when not Go.
+    g_goid: u64,
     spans: spans::ProcessSpans,
     /// The traced process.
     root: u32,
@@ -115,6 +125,12 @@ impl Family for Syscalls {
         &[KIND_SYSCALL, KIND_PROCESS_FORKED, KIND_PROCESS_EXITED]
     }
 
+    /// A Go target's call made on a goroutine with a span open (an HTTP
+    /// request's) becomes that span's child.
+    fn wants_goroutine_parents(&self) -> bool {
+        self.g_goid != 0 && self.options.spans
+    }
+
     fn attach(&mut self, probes: &mut Probes, _target: &Target) -> Result<(), FamilyError> {
         probes.set_array(
             "SYSCALL_CONFIG",
@@ -122,6 +138,7 @@ impl Family for Syscalls {
             SyscallConfig {
                 active: 1,
                 follow_forks: u32::from(self.options.follow_forks),
+                g_goid: self.g_goid,
                 wanted: self.options.filter.bits(),
             },
         )?;
@@ -174,7 +191,7 @@ impl Family for Syscalls {
                     );
                 }
                 self.spans
-                    .syscall(rec, self.options.spans && traced, cx.spans);
+                    .syscall(rec, self.options.spans && traced, cx.goroutines, cx.spans);
             }
             KIND_PROCESS_FORKED => {
                 let rec: &ProcessForked = view(bytes, KIND_PROCESS_FORKED)?;

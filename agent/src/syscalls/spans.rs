@@ -16,7 +16,7 @@ use crate::{
     clock::WallClock,
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
     family::SpanSink,
-    spans::ids::IdGenerator,
+    spans::{Goroutines, ids::IdGenerator},
 };
 
 /// W3C trace flags: sampled.
@@ -156,7 +156,15 @@ impl ProcessSpans {
     }
 
     /// One call: a span when `span` (wanted and traced) and long enough.
-    pub fn syscall(&mut self, rec: &SyscallRecord, span: bool, out: SpanSink<'_>) {
+    /// A call made on a goroutine with a span open (`goroutines`) is that
+    /// span's child, in its trace.
+    pub fn syscall(
+        &mut self,
+        rec: &SyscallRecord,
+        span: bool,
+        goroutines: &mut Goroutines,
+        out: SpanSink<'_>,
+    ) {
         let returned = rec.flags & FLAG_NO_RETURN == 0;
         if let Some(process) = self.open.get_mut(&rec.tgid) {
             if !returned && (rec.nr == NR_EXIT_GROUP || rec.nr == NR_EXIT) {
@@ -179,15 +187,26 @@ impl ProcessSpans {
             self.below_min += 1;
             return;
         }
-        let parent = self
-            .open
-            .get(&rec.tgid)
-            .or_else(|| self.open.get(&self.root))
-            .map(|p| p.span_id);
+        let goid = rec.header.goid;
+        let request = if goid != 0 && goroutines.enabled() {
+            goroutines.parent((rec.header.target, goid), rec.enter_ns)
+        } else {
+            None
+        };
+        let (trace_id, parent) = match request {
+            Some(request) => (request.trace_id, Some(request.span_id)),
+            None => (
+                self.trace_id,
+                self.open
+                    .get(&rec.tgid)
+                    .or_else(|| self.open.get(&self.root))
+                    .map(|p| p.span_id),
+            ),
+        };
         let name = filter::name(rec.nr);
         let mut bytes = crate::export::span_buffer(256);
         let mut w = SpanWriter::new(&mut bytes);
-        w.ids(self.trace_id, self.ids.span_id(), parent)
+        w.ids(trace_id, self.ids.span_id(), parent)
             .name(&["syscall: ", &name])
             .kind(&SpanKind::Internal)
             .times(
@@ -201,6 +220,9 @@ impl ProcessSpans {
         }
         w.attr_int("thread.id", i64::from(rec.header.tid))
             .attr_int("process.pid", i64::from(rec.tgid));
+        if goid != 0 {
+            w.attr_int("goroutine.id", i64::try_from(goid).unwrap_or(i64::MAX));
+        }
         if returned && is_error(rec.ret) {
             let errno = errno_name(-rec.ret);
             w.attr_str("syscall.errno", &errno).status_error(&errno);
