@@ -6,11 +6,13 @@
 //!
 //! - [`filter`]: strace's `-e trace=` forms, over [`table`] (x86_64 names
 //!   and classes);
+//! - [`records`]: decoding its records in place;
 //! - [`spans`]: a `process: NAME` span per process, a `syscall: NAME` span
 //!   per call under it;
 //! - [`summary`]: the `strace -c` table.
 
 pub mod filter;
+pub mod records;
 pub mod spans;
 pub mod summary;
 mod table;
@@ -20,12 +22,10 @@ use std::{
     time::Duration,
 };
 
-use agent_common::syscalls::{
-    KIND_PROCESS_EXITED, KIND_PROCESS_FORKED, KIND_SYSCALL, ProcessExited, ProcessForked,
-    SyscallConfig, SyscallRecord,
-};
+use agent_common::syscalls::{FLAG_NO_RETURN, SyscallConfig};
 
 pub use filter::{FilterError, SyscallFilter};
+use records::SyscallEvent;
 pub use summary::Summary;
 
 use crate::{
@@ -34,7 +34,6 @@ use crate::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
     probes::{KernelStats, Probes},
-    ringbuf::record::view,
     target::Target,
 };
 
@@ -122,7 +121,7 @@ impl Family for Syscalls {
     }
 
     fn kinds(&self) -> &'static [u32] {
-        &[KIND_SYSCALL, KIND_PROCESS_FORKED, KIND_PROCESS_EXITED]
+        records::KINDS
     }
 
     /// A Go target's call made on a goroutine with a span open (an HTTP
@@ -177,11 +176,10 @@ impl Family for Syscalls {
     }
 
     fn on_record(&mut self, bytes: &[u8], cx: &mut RecordContext<'_>) -> Result<(), BadRecord> {
-        match agent_common_kind(bytes)? {
-            KIND_SYSCALL => {
-                let rec: &SyscallRecord = view(bytes, KIND_SYSCALL)?;
+        match records::decode(bytes)? {
+            SyscallEvent::Syscall(rec) => {
                 self.records += 1;
-                let returned = rec.flags & agent_common::syscalls::FLAG_NO_RETURN == 0;
+                let returned = rec.flags & FLAG_NO_RETURN == 0;
                 let traced = self.options.filter.contains(rec.nr as usize);
                 if returned && traced {
                     self.summary.add(
@@ -193,13 +191,11 @@ impl Family for Syscalls {
                 self.spans
                     .syscall(rec, self.options.spans && traced, cx.goroutines, cx.spans);
             }
-            KIND_PROCESS_FORKED => {
-                let rec: &ProcessForked = view(bytes, KIND_PROCESS_FORKED)?;
+            SyscallEvent::Forked(rec) => {
                 self.forks += 1;
                 self.spans.forked(rec);
             }
-            _ => {
-                let rec: &ProcessExited = view(bytes, KIND_PROCESS_EXITED)?;
+            SyscallEvent::Exited(rec) => {
                 self.spans
                     .exited(rec.header.tid, rec.header.ktime_ns, cx.spans);
             }
@@ -230,9 +226,4 @@ impl Family for Syscalls {
         ));
         out.push(Counter::count("processes_forked", self.forks));
     }
-}
-
-/// The kind of a record, for dispatching among the family's own.
-fn agent_common_kind(bytes: &[u8]) -> Result<u32, BadRecord> {
-    Ok(crate::ringbuf::record::kind(bytes)?)
 }
