@@ -43,7 +43,11 @@ fn layout(kind: u32) -> Option<(usize, usize)> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut spans = ProcessSpans::new(WallClock::with_offset_ns(0), std::time::Duration::ZERO, true);
+    let mut spans = ProcessSpans::new(
+        WallClock::with_offset_ns(0),
+        std::time::Duration::ZERO,
+        true,
+    );
     spans.start_root(1, &["/bin/prog".to_owned(), "arg".to_owned()], 0);
     let mut goroutines = Goroutines::new(true);
     let mut summary = Summary::default();
@@ -78,7 +82,11 @@ fuzz_target!(|data: &[u8]| {
             Err(RecordError::NoHeader { len }) => {
                 assert!(len < size_of::<EventHeader>());
             }
-            Err(RecordError::Short { kind: k, len, expected }) => {
+            Err(RecordError::Short {
+                kind: k,
+                len,
+                expected,
+            }) => {
                 assert_eq!(Some(k), kind);
                 assert_eq!(layout(k).map(|l| l.0), Some(expected));
                 assert!(len < expected);
