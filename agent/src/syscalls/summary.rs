@@ -6,6 +6,8 @@
 
 use std::fmt::Write as _;
 
+use agent_common::syscalls::MAX_SYSCALLS;
+
 use super::filter;
 
 /// Totals of one system call.
@@ -30,8 +32,12 @@ pub fn is_error(ret: i64) -> bool {
 }
 
 impl Summary {
-    /// Counts one returned call.
+    /// Counts one returned call; a number past the kernel's bitmap
+    /// (`MAX_SYSCALLS`) is not counted.
     pub fn add(&mut self, nr: u32, ret: i64, duration_ns: u64) {
+        if nr >= MAX_SYSCALLS {
+            return;
+        }
         let nr = nr as usize;
         if nr >= self.by_nr.len() {
             self.by_nr.resize(nr + 1, SyscallTotals::default());
@@ -39,7 +45,7 @@ impl Summary {
         let totals = &mut self.by_nr[nr];
         totals.calls += 1;
         totals.errors += u64::from(is_error(ret));
-        totals.total_ns += duration_ns;
+        totals.total_ns = totals.total_ns.saturating_add(duration_ns);
     }
 
     /// The system calls made, with their totals: most time first, then
@@ -64,7 +70,9 @@ impl Summary {
     /// The table, as `strace -c` prints it.
     pub fn table(&self) -> String {
         let rows = self.rows();
-        let total_ns: u64 = rows.iter().map(|(_, t)| t.total_ns).sum();
+        let total_ns = rows
+            .iter()
+            .fold(0u64, |sum, (_, t)| sum.saturating_add(t.total_ns));
         let calls: u64 = rows.iter().map(|(_, t)| t.calls).sum();
         let errors: u64 = rows.iter().map(|(_, t)| t.errors).sum();
         let rule = "------ ----------- ----------- --------- --------- ----------------\n";
@@ -150,6 +158,9 @@ mod tests {
             lines[5],
             "100.00    0.000008           2         3         1 total"
         );
+        s.add(MAX_SYSCALLS, 0, 1);
+        s.add(u32::MAX, 0, u64::MAX);
+        assert_eq!(s.rows().len(), 2, "numbers past the bitmap are not counted");
         assert_eq!(
             s.summary_lines(),
             "syscall.write.calls=2\nsyscall.write.errors=0\nsyscall.write.usecs=4\n\
