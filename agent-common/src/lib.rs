@@ -80,4 +80,5 @@ impl_pod!(
     syscalls::ProcessExited,
     syscalls::SyscallConfig,
     syscalls::InFlight,
+    syscalls::SyscallTotals,
 );

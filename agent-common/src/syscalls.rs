@@ -77,6 +77,28 @@ pub struct ProcessExited {
 
 const _: () = assert!(core::mem::size_of::<ProcessExited>() == 32);
 
+/// [`SyscallConfig::outputs`]: a [`SyscallRecord`] per returned call (for
+/// spans). `exit`/`exit_group` records and the process records are always
+/// written.
+pub const OUT_RECORDS: u32 = 1;
+/// [`SyscallConfig::outputs`]: per-CPU [`SyscallTotals`] by number
+/// (`SYSCALL_TOTALS`, for `-c`): exact however fast the calls come.
+pub const OUT_TOTALS: u32 = 2;
+
+/// Returned calls of one system call on one CPU (`SYSCALL_TOTALS`, indexed
+/// by number).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallTotals {
+    pub calls: u64,
+    /// Calls that returned `-4095..=-1`.
+    pub errors: u64,
+    /// Time inside them, summed.
+    pub total_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<SyscallTotals>() == 24);
+
 /// The one entry of the `SYSCALL_CONFIG` array map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,6 +107,9 @@ pub struct SyscallConfig {
     pub active: u32,
     /// Non-zero: processes a traced process forks are traced too.
     pub follow_forks: u32,
+    /// `OUT_*` bits: what each returned call becomes.
+    pub outputs: u32,
+    pub _pad: u32,
     /// `runtime.g.goid` of a Go target, whose goroutine (R14 at the
     /// `SYSCALL` of `internal/runtime/syscall/linux.Syscall6`) goes into
     /// `header.goid`; 0: not Go, no goroutine read.
@@ -93,7 +118,7 @@ pub struct SyscallConfig {
     pub wanted: [u64; (MAX_SYSCALLS / 64) as usize],
 }
 
-const _: () = assert!(core::mem::size_of::<SyscallConfig>() == 80);
+const _: () = assert!(core::mem::size_of::<SyscallConfig>() == 88);
 
 impl SyscallConfig {
     /// Whether system call `nr` is traced.

@@ -18,7 +18,8 @@ use agent_common::{
     event::EventHeader,
     syscalls::{
         FLAG_NO_RETURN, InFlight, KIND_PROCESS_EXITED, KIND_PROCESS_FORKED, KIND_SYSCALL,
-        MAX_IN_FLIGHT, MAX_PROCESSES, ProcessExited, ProcessForked, SyscallConfig, SyscallRecord,
+        MAX_IN_FLIGHT, MAX_PROCESSES, MAX_SYSCALLS, OUT_RECORDS, OUT_TOTALS, ProcessExited,
+        ProcessForked, SyscallConfig, SyscallRecord, SyscallTotals,
     },
 };
 use aya_ebpf::{
@@ -28,7 +29,7 @@ use aya_ebpf::{
         bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 
@@ -57,6 +58,11 @@ pub static SYSCALL_IN_FLIGHT: LruHashMap<u32, InFlight> =
 /// thread-group id; removed on the child's first return.
 #[map]
 pub static SYSCALL_FORKING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(1024, 0);
+
+/// Returned calls by number, per CPU, for `-c`.
+#[map]
+pub static SYSCALL_TOTALS: PerCpuArray<SyscallTotals> =
+    PerCpuArray::with_max_entries(MAX_SYSCALLS, 0);
 
 // SAFETY: agent-common record types, `#[repr(C)]` integers only, without
 // implicit padding (sizes asserted where they are defined).
@@ -166,6 +172,13 @@ pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
             let _ = SYSCALL_IN_FLIGHT.remove(&tid);
             // SAFETY: no preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
+            let outputs = config().map_or(0, |c| c.outputs);
+            if outputs & OUT_TOTALS != 0 {
+                add_totals(state.nr, ret, now.wrapping_sub(state.enter_ns));
+            }
+            if outputs & OUT_RECORDS == 0 {
+                return 0;
+            }
             write_syscall(
                 tid,
                 tgid,
@@ -184,6 +197,21 @@ pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
         fork_return(tgid, tid);
     }
     0
+}
+
+/// Counts one returned call in this CPU's totals.
+#[inline(always)]
+fn add_totals(nr: u32, ret: i64, duration_ns: u64) {
+    if let Some(totals) = SYSCALL_TOTALS.get_ptr_mut(nr) {
+        // SAFETY: this CPU's value of the map; a program preempted here by
+        // another on the same CPU could lose one update of a counter.
+        let totals = unsafe { &mut *totals };
+        totals.calls += 1;
+        if (-4095..0).contains(&ret) {
+            totals.errors += 1;
+        }
+        totals.total_ns += duration_ns;
+    }
 }
 
 /// A return without an entry that returned 0: maybe a child's first return

@@ -430,6 +430,20 @@ impl Probes {
             })
     }
 
+    /// The values of entry `index` of the per-CPU array `map`, one per CPU
+    /// (a family's in-kernel totals).
+    pub fn per_cpu_values<T: Pod>(
+        &self,
+        map: &'static str,
+        index: u32,
+    ) -> Result<Vec<T>, ProbeError> {
+        let data = self.ebpf.map(map).ok_or(ProbeError::Missing(map))?;
+        let array: PerCpuArray<&MapData, T> =
+            PerCpuArray::try_from(data).map_err(map_error(map))?;
+        let values = array.get(&index, 0).map_err(map_error(map))?;
+        Ok(values.iter().copied().collect())
+    }
+
     /// Detaches the raw tracepoints of `family` (all of them when `None`);
     /// failures are logged.
     fn detach_tracepoints(&mut self, family: Option<&str>) {

@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::syscalls::{FLAG_NO_RETURN, SyscallConfig};
+use agent_common::syscalls::{MAX_SYSCALLS, OUT_RECORDS, OUT_TOTALS, SyscallConfig};
 
 pub use filter::{FilterError, SyscallFilter};
 use records::SyscallEvent;
@@ -137,6 +137,13 @@ impl Family for Syscalls {
             SyscallConfig {
                 active: 1,
                 follow_forks: u32::from(self.options.follow_forks),
+                outputs: if self.options.spans { OUT_RECORDS } else { 0 }
+                    | if self.options.summary.is_some() {
+                        OUT_TOTALS
+                    } else {
+                        0
+                    },
+                _pad: 0,
                 g_goid: self.g_goid,
                 wanted: self.options.filter.bits(),
             },
@@ -179,15 +186,7 @@ impl Family for Syscalls {
         match records::decode(bytes)? {
             SyscallEvent::Syscall(rec) => {
                 self.records += 1;
-                let returned = rec.flags & FLAG_NO_RETURN == 0;
                 let traced = self.options.filter.contains(rec.nr as usize);
-                if returned && traced {
-                    self.summary.add(
-                        rec.nr,
-                        rec.ret,
-                        rec.header.ktime_ns.saturating_sub(rec.enter_ns),
-                    );
-                }
                 self.spans
                     .syscall(rec, self.options.spans && traced, cx.goroutines, cx.spans);
             }
@@ -205,6 +204,10 @@ impl Family for Syscalls {
 
     fn stop(&mut self, probes: &mut Probes) {
         probes.detach_family(NAME);
+        if self.options.summary.is_some() {
+            // Detached: the kernel's totals are final.
+            self.read_totals(probes);
+        }
     }
 
     fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
@@ -225,5 +228,36 @@ impl Family for Syscalls {
             self.spans.below_min(),
         ));
         out.push(Counter::count("processes_forked", self.forks));
+    }
+}
+
+impl Syscalls {
+    /// The `-c` table from the kernel's per-CPU totals (exact: no record
+    /// carries them, so none can be lost).
+    fn read_totals(&mut self, probes: &Probes) {
+        for nr in 0..MAX_SYSCALLS {
+            match probes
+                .per_cpu_values::<agent_common::syscalls::SyscallTotals>("SYSCALL_TOTALS", nr)
+            {
+                Ok(per_cpu) => {
+                    let mut sum = summary::SyscallTotals::default();
+                    for cpu in per_cpu {
+                        sum.calls += cpu.calls;
+                        sum.errors += cpu.errors;
+                        sum.total_ns = sum.total_ns.saturating_add(cpu.total_ns);
+                    }
+                    if sum.calls > 0 {
+                        self.summary.set(nr, sum);
+                    }
+                }
+                Err(err) => {
+                    log::warn!(
+                        "syscalls: cannot read the totals: {}",
+                        crate::binary::error_chain(&err)
+                    );
+                    return;
+                }
+            }
+        }
     }
 }

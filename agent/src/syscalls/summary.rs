@@ -48,6 +48,19 @@ impl Summary {
         totals.total_ns = totals.total_ns.saturating_add(duration_ns);
     }
 
+    /// Sets the totals of system call `nr` (from the kernel's per-CPU
+    /// counts, summed).
+    pub fn set(&mut self, nr: u32, totals: SyscallTotals) {
+        if nr >= MAX_SYSCALLS {
+            return;
+        }
+        let nr = nr as usize;
+        if nr >= self.by_nr.len() {
+            self.by_nr.resize(nr + 1, SyscallTotals::default());
+        }
+        self.by_nr[nr] = totals;
+    }
+
     /// The system calls made, with their totals: most time first, then
     /// most calls, then by name.
     pub fn rows(&self) -> Vec<(String, SyscallTotals)> {
