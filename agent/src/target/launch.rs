@@ -3,8 +3,8 @@
 //!
 //! The agent forks; the child blocks reading a pipe, then calls `execve`
 //! directly (the path is resolved beforehand, so a PATH search leaves no
-//! failed `execve` calls behind). Between the fork and the `execve` the child
-//! makes no other system call than that `read`: what the target does is
+//! failed `execve` calls behind). After the `read` that holds it, the child
+//! makes no other system call than the `execve`: what the target does is
 //! traced from its `execve` on. [`Launched::release`] lets it go; dropping a
 //! [`Launched`] that was never released kills the child and reaps it.
 
@@ -150,6 +150,11 @@ impl Launched {
         match unsafe { fork() }.map_err(|e| fork_error(e.into()))? {
             ForkResult::Child => {
                 drop(write_end);
+                // Rust ignores SIGPIPE in the agent, and an ignored signal
+                // stays ignored across execve: give the program the default
+                // back, as std's Command does.
+                // SAFETY: signal(2) is async-signal-safe.
+                unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
                 let mut byte = 0u8;
                 // SAFETY: reads one byte into a live local.
                 let n = unsafe { libc::read(read_end.as_raw_fd(), (&raw mut byte).cast(), 1) };
@@ -293,6 +298,16 @@ mod tests {
         assert!(!child.has_ended(), "the child ran before its release");
         child.release().expect("release");
         assert_eq!(child.wait().expect("wait"), Ended::Exited(7));
+    }
+
+    #[test]
+    fn the_program_gets_sigpipe_back() {
+        // An ignored SIGPIPE would survive the execve: the shell could not
+        // be killed by it.
+        let mut child =
+            Launched::spawn(&["sh".into(), "-c".into(), "kill -PIPE $$".into()]).expect("spawn");
+        child.release().expect("release");
+        assert_eq!(child.wait().expect("wait"), Ended::Signaled(libc::SIGPIPE));
     }
 
     #[test]
