@@ -425,9 +425,19 @@ fn bad_launches_fail_with_one_clear_line() {
             vec!["--syscalls", "--", "/no/such/program"],
             "agent: /no/such/program: command not found",
         ),
+        (
+            vec!["--syscall-min-duration=2ms", "--", "true"],
+            "agent: --syscall-min-duration needs --syscalls",
+        ),
+        (
+            vec!["--syscalls", "--syscall-min-duration=2", "--", "true"],
+            "error: invalid value '2' for '--syscall-min-duration <DURATION>': \"2\" needs a unit: ns, us, ms or s\n\nFor more information, try '--help'.",
+        ),
     ] {
         let out = command().args(&args).output().expect("run agent");
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        // clap's usage errors exit 2, the agent's own 1.
+        let code = if expected.starts_with("error:") { 2 } else { 1 };
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim_end(), expected, "{args:?}");
     }

@@ -69,6 +69,10 @@ fn syscall_options(args: &LaunchArgs) -> anyhow::Result<Option<SyscallOptions>> 
             !args.follow_forks,
             "--follow-forks needs --syscalls or --summary"
         );
+        anyhow::ensure!(
+            args.syscall_min_duration.is_zero(),
+            "--syscall-min-duration needs --syscalls"
+        );
         return Ok(None);
     }
     let filter = match &args.syscalls {
