@@ -193,14 +193,19 @@ impl ProcessSpans {
         } else {
             None
         };
-        let (trace_id, parent) = match request {
-            Some(request) => (request.trace_id, Some(request.span_id)),
+        let (trace_id, parent, flags) = match request {
+            Some(request) => (
+                request.trace_id,
+                Some(request.span_id),
+                u32::from(request.flags),
+            ),
             None => (
                 self.trace_id,
                 self.open
                     .get(&rec.tgid)
                     .or_else(|| self.open.get(&self.root))
                     .map(|p| p.span_id),
+                TRACE_FLAGS_SAMPLED,
             ),
         };
         let name = filter::name(rec.nr);
@@ -227,7 +232,8 @@ impl ProcessSpans {
             let errno = errno_name(-rec.ret);
             w.attr_str("syscall.errno", &errno).status_error(&errno);
         }
-        w.flags(TRACE_FLAGS_SAMPLED);
+        // A request's call keeps the request's trace flags.
+        w.flags(flags);
         self.syscall_spans += 1;
         out(EncodedSpan {
             scope: Arc::clone(&self.scope),
