@@ -59,7 +59,12 @@ pub struct TraceArgs {
     pub max_open_spans: usize,
 
     /// Spans queued for export at most; more are dropped and counted.
-    #[arg(long, value_name = "N", default_value_t = 8192)]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "OTEL_BSP_MAX_QUEUE_SIZE",
+        default_value_t = 8192
+    )]
     pub export_queue: usize,
 
     /// Where entry probes sit: `cheapest` (an instruction the kernel emulates,
@@ -174,6 +179,32 @@ pub struct ExportArgs {
     /// Extra OTLP header KEY=VALUE (repeatable), after OTEL_EXPORTER_OTLP_HEADERS.
     #[arg(long = "otlp-header", value_name = "KEY=VALUE", global = true)]
     pub otlp_headers: Vec<String>,
+
+    /// CA certificate (PEM) the collector's certificate must chain to, instead
+    /// of the system's roots (OTEL_EXPORTER_OTLP_CERTIFICATE).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub otlp_certificate: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE).
+    #[arg(long, value_name = "FILE", global = true, requires = "otlp_client_key")]
+    pub otlp_client_certificate: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM) (OTEL_EXPORTER_OTLP_CLIENT_KEY).
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        requires = "otlp_client_certificate"
+    )]
+    pub otlp_client_key: Option<PathBuf>,
+
+    /// A scheme-less HOST:PORT endpoint is cleartext, not TLS (OTEL_EXPORTER_OTLP_INSECURE).
+    #[arg(long, global = true)]
+    pub otlp_insecure: bool,
+
+    /// Compression of export requests: gzip or none (OTEL_EXPORTER_OTLP_COMPRESSION).
+    #[arg(long, value_name = "ALGORITHM", global = true)]
+    pub otlp_compression: Option<String>,
 
     /// Also write spans to: console, jsonl (stdout) or jsonl=FILE (OTLP JSON lines). Repeatable.
     #[arg(long, value_name = "OUTPUT", global = true)]

@@ -238,6 +238,15 @@ pub trait Family {
     /// sites.
     fn housekeeping(&mut self, _probes: &mut Probes, _now_ns: u64, _cx: &mut RecordContext<'_>) {}
 
+    /// The agent stops tracing at `at_ns` (kernel monotonic time), before it
+    /// detaches anything: a family that pairs starts with ends opens no
+    /// start after it, and counts an end after it that finds no start as
+    /// not traced rather than lost ([`crate::spans::OpenTable::stop_at`]).
+    /// Probes are detached one at a time while the program runs on; without
+    /// this cut, requests that begin after a start probe is gone and end
+    /// before the end probe is would look like lost starts.
+    fn stop_at(&mut self, at_ns: u64);
+
     /// Detaches its programs and undoes what it changed in the target; stops
     /// what [`Self::start`] started. Records already written are still
     /// drained and handed to [`Self::on_record`] after this.
@@ -257,7 +266,9 @@ pub trait Family {
 }
 
 /// One counter: its key in `--summary-file`, its words in the exit line
-/// (`None`: not shown there) and whether it counts something lost.
+/// (`None`: not shown there) and whether it counts something lost. Spans
+/// exported incomplete (`agent.span.incomplete`) are not lost: they are
+/// counted by reason with [`Counter::incomplete`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counter {
     pub key: &'static str,
@@ -289,6 +300,17 @@ impl Counter {
             label: Some((words, unit)),
             value,
             loss: true,
+        }
+    }
+
+    /// Spans exported marked `agent.span.incomplete` for one reason: shown
+    /// in the exit line, not a loss (the span was exported).
+    pub const fn incomplete(key: &'static str, words: &'static str, value: u64) -> Self {
+        Self {
+            key,
+            label: Some((words, "")),
+            value,
+            loss: false,
         }
     }
 

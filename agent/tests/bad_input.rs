@@ -181,7 +181,7 @@ fn bad_export_settings() {
     let (server, _addr) = fixture::start_httpserver(&binary);
     let pid = server.pid().to_string();
     assert_one_clear_error(
-        &["--pid", &pid, "--otlp-endpoint", "collector:4317"],
+        &["--pid", &pid, "--otlp-endpoint", "ftp://collector:4317"],
         "invalid OTLP endpoint",
     );
     assert_one_clear_error(

@@ -92,9 +92,14 @@ pub fn start_fixture_with(
 }
 
 /// Starts the agent; returns once it has attached (its stderr is echoed).
-pub fn start_agent(agent: &std::path::Path, args: &[String]) -> anyhow::Result<Guard> {
+pub fn start_agent(
+    agent: &std::path::Path,
+    args: &[String],
+    stdout: Stdio,
+) -> anyhow::Result<Guard> {
     let mut child = Command::new(agent)
         .args(args)
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .context("starting the agent")?;
@@ -147,7 +152,11 @@ pub fn run() -> anyhow::Result<()> {
     let (agent, fixture) = build_all()?;
     let (server, addr) = start_fixture(&fixture, &[])?;
     eprintln!("demo: Go HTTP server {} listening on {addr}", server.0.id());
-    let agent = start_agent(&agent, &["--pid".to_owned(), server.0.id().to_string()])?;
+    let agent = start_agent(
+        &agent,
+        &["--pid".to_owned(), server.0.id().to_string()],
+        Stdio::inherit(),
+    )?;
     for (method, target) in [
         ("GET", "/hello"),
         ("POST", "/items/demo"),

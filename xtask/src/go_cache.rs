@@ -145,7 +145,7 @@ fn said(out: &Output) -> String {
 
 /// Makes `make()` succeed from the cache alone, fetching through the
 /// configured proxy when it does not. Returns whether anything was fetched.
-fn ensure(what: &str, make: impl Fn() -> Command) -> anyhow::Result<bool> {
+pub fn ensure(what: &str, make: impl Fn() -> Command) -> anyhow::Result<bool> {
     if make()
         .env("GOPROXY", "off")
         .output()

@@ -5,6 +5,7 @@ mod bench;
 mod ci;
 mod demo;
 mod go_cache;
+mod jaeger;
 mod offsets;
 mod setup;
 mod uprobe_floor;

@@ -133,6 +133,7 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker()?;
     go()?;
     crate::go_cache::prefetch()?;
+    crate::jaeger::ensure()?;
     eprintln!("setup: done");
     Ok(())
 }

@@ -8,7 +8,11 @@ mod watch;
 
 use std::process::ExitCode;
 
-use agent::export::{ExportConfig, config::ExportInputs};
+use agent::export::{
+    ExportConfig, Output,
+    config::{ExportInputs, OtlpFlags},
+    tls::ClientTls,
+};
 
 use crate::cli::{Cli, Command, ExportArgs};
 
@@ -46,18 +50,38 @@ pub fn start_pipeline(
     for warning in warnings {
         log::warn!("{warning}");
     }
-    Ok(agent::export::Pipeline::start(&config, &resource, batch)?)
+    Ok(agent::export::Pipeline::start(
+        &config,
+        &resource,
+        batch.with(&config.batch),
+    )?)
 }
 
-/// The export configuration from flags and environment.
+/// The export configuration from flags and environment; the TLS files of
+/// an `https://` endpoint are read and checked here, before anything starts.
 pub fn export_config(args: &ExportArgs) -> anyhow::Result<ExportConfig> {
-    Ok(ExportConfig::resolve(
+    let config = ExportConfig::resolve(
         &ExportInputs {
-            endpoint: args.otlp_endpoint.clone(),
-            protocol: args.otlp_protocol.clone(),
-            headers: args.otlp_headers.clone(),
+            otlp: OtlpFlags {
+                endpoint: args.otlp_endpoint.clone(),
+                protocol: args.otlp_protocol.clone(),
+                headers: args.otlp_headers.clone(),
+                certificate: args.otlp_certificate.clone(),
+                client_certificate: args.otlp_client_certificate.clone(),
+                client_key: args.otlp_client_key.clone(),
+                insecure: args.otlp_insecure,
+                compression: args.otlp_compression.clone(),
+            },
             outputs: args.output.clone(),
         },
         |name| std::env::var(name).ok(),
-    )?)
+    )?;
+    for output in &config.outputs {
+        if let Output::Otlp(otlp) = output
+            && otlp.is_tls()
+        {
+            ClientTls::load(&otlp.tls)?;
+        }
+    }
+    Ok(config)
 }

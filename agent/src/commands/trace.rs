@@ -153,8 +153,9 @@ async fn run_session(
         .await?;
     let counters = &outcome.counters;
     eprintln!(
-        "agent: {} spans exported; {} records from the kernel; losses: {}",
+        "agent: {} spans exported{}; {} records from the kernel; losses: {}",
         counters.get("spans_exported").unwrap_or(0),
+        counters.per_output(),
         counters.get("records").unwrap_or(0),
         counters.describe()
     );

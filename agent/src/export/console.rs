@@ -26,53 +26,69 @@ impl std::fmt::Debug for ConsoleExporter {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    let mut s = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut s, bytes);
+    s
 }
 
-fn time_of_day(unix_ns: u64) -> String {
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+}
+
+fn push_time_of_day(out: &mut String, unix_ns: u64) {
     let secs = unix_ns / 1_000_000_000;
     let micros = unix_ns % 1_000_000_000 / 1_000;
     let day = secs % 86_400;
-    format!(
+    let _ = write!(
+        out,
         "{:02}:{:02}:{:02}.{micros:06}",
         day / 3600,
         day / 60 % 60,
         day % 60
-    )
+    );
 }
 
-fn value(v: &AnyValue) -> String {
+fn push_value(out: &mut String, v: &AnyValue) {
     match &v.value {
-        Some(Value::StringValue(s)) => s.clone(),
-        Some(Value::IntValue(i)) => i.to_string(),
-        Some(Value::BoolValue(b)) => b.to_string(),
-        Some(Value::DoubleValue(d)) => d.to_string(),
-        Some(Value::ArrayValue(a)) => format!(
-            "[{}]",
-            a.values.iter().map(value).collect::<Vec<_>>().join(",")
-        ),
-        Some(Value::BytesValue(b)) => hex(b),
-        Some(other) => format!("{other:?}"),
-        None => String::new(),
+        Some(Value::StringValue(s)) => out.push_str(s),
+        Some(Value::IntValue(i)) => out.push_str(itoa::Buffer::new().format(*i)),
+        Some(Value::BoolValue(b)) => out.push_str(if *b { "true" } else { "false" }),
+        Some(Value::DoubleValue(d)) => {
+            let _ = write!(out, "{d}");
+        }
+        Some(Value::ArrayValue(a)) => {
+            out.push('[');
+            for (i, v) in a.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_value(out, v);
+            }
+            out.push(']');
+        }
+        Some(Value::BytesValue(b)) => push_hex(out, b),
+        Some(other) => {
+            let _ = write!(out, "{other:?}");
+        }
+        None => {}
     }
 }
 
-fn attrs(kvs: &[KeyValue]) -> String {
-    kvs.iter()
-        .map(|kv| {
-            format!(
-                "{}={}",
-                kv.key,
-                kv.value.as_ref().map(value).unwrap_or_default()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+fn push_attrs(out: &mut String, kvs: &[KeyValue]) {
+    for (i, kv) in kvs.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(&kv.key);
+        out.push('=');
+        if let Some(v) = &kv.value {
+            push_value(out, v);
+        }
+    }
 }
 
 const KINDS: [&str; 6] = [
@@ -84,8 +100,13 @@ const KINDS: [&str; 6] = [
     "Consumer",
 ];
 
+fn push_indent(out: &mut String, depth: usize) {
+    for _ in 0..depth {
+        out.push_str("  ");
+    }
+}
+
 fn write_span(out: &mut String, span: &Span, depth: usize) {
-    let indent = "  ".repeat(depth);
     let duration_ms = span
         .end_time_unix_nano
         .saturating_sub(span.start_time_unix_nano) as f64
@@ -94,30 +115,40 @@ fn write_span(out: &mut String, span: &Span, depth: usize) {
         .ok()
         .and_then(|k| KINDS.get(k))
         .unwrap_or(&"Unspecified");
-    let status = match &span.status {
-        Some(s) if s.code == 2 && s.message.is_empty() => " ERROR".to_owned(),
-        Some(s) if s.code == 2 => format!(" ERROR({})", s.message),
-        Some(s) if s.code == 1 => " OK".to_owned(),
-        _ => String::new(),
-    };
-    let _ = writeln!(
-        out,
-        "{indent}{} {kind} {} +{duration_ms:.3}ms span={}{status}",
-        span.name,
-        time_of_day(span.start_time_unix_nano),
-        hex(&span.span_id),
-    );
+    push_indent(out, depth);
+    out.push_str(&span.name);
+    out.push(' ');
+    out.push_str(kind);
+    out.push(' ');
+    push_time_of_day(out, span.start_time_unix_nano);
+    let _ = write!(out, " +{duration_ms:.3}ms span=");
+    push_hex(out, &span.span_id);
+    match &span.status {
+        Some(s) if s.code == 2 && s.message.is_empty() => out.push_str(" ERROR"),
+        Some(s) if s.code == 2 => {
+            out.push_str(" ERROR(");
+            out.push_str(&s.message);
+            out.push(')');
+        }
+        Some(s) if s.code == 1 => out.push_str(" OK"),
+        _ => {}
+    }
+    out.push('\n');
     if !span.attributes.is_empty() {
-        let _ = writeln!(out, "{indent}    {}", attrs(&span.attributes));
+        push_indent(out, depth);
+        out.push_str("    ");
+        push_attrs(out, &span.attributes);
+        out.push('\n');
     }
     for event in &span.events {
-        let _ = writeln!(
-            out,
-            "{indent}    * {} {} {}",
-            time_of_day(event.time_unix_nano),
-            event.name,
-            attrs(&event.attributes)
-        );
+        push_indent(out, depth);
+        out.push_str("    * ");
+        push_time_of_day(out, event.time_unix_nano);
+        out.push(' ');
+        out.push_str(&event.name);
+        out.push(' ');
+        push_attrs(out, &event.attributes);
+        out.push('\n');
     }
 }
 
@@ -194,5 +225,86 @@ impl ConsoleExporter {
         out.write_all(text.as_bytes())
             .and_then(|()| out.flush())
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::{
+        common::v1::ArrayValue,
+        trace::v1::{ResourceSpans, ScopeSpans, Status, span::Event},
+    };
+
+    use super::*;
+
+    fn kv(key: &str, value: Value) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(value) }),
+            key_strindex: 0,
+        }
+    }
+
+    #[test]
+    fn renders_a_tree_with_attributes_events_and_status() {
+        let parent = Span {
+            trace_id: vec![0xab; 16],
+            span_id: vec![1; 8],
+            name: "GET /users/{id}".into(),
+            kind: 2,
+            // 01:02:03.000004 on some day.
+            start_time_unix_nano: 86_400_000_000_000 * 3 + 3_723_000_004_000,
+            end_time_unix_nano: 86_400_000_000_000 * 3 + 3_723_001_504_000,
+            attributes: vec![
+                kv("http.response.status_code", Value::IntValue(500)),
+                kv("ok", Value::BoolValue(false)),
+                kv(
+                    "list",
+                    Value::ArrayValue(ArrayValue {
+                        values: vec![AnyValue {
+                            value: Some(Value::StringValue("a".into())),
+                        }],
+                    }),
+                ),
+            ],
+            events: vec![Event {
+                time_unix_nano: 86_400_000_000_000 * 3 + 3_723_001_000_000,
+                name: "exception".into(),
+                attributes: vec![kv("exception.type", Value::StringValue("E".into()))],
+                dropped_attributes_count: 0,
+            }],
+            status: Some(Status {
+                message: "boom".into(),
+                code: 2,
+            }),
+            ..Span::default()
+        };
+        let child = Span {
+            trace_id: vec![0xab; 16],
+            span_id: vec![2; 8],
+            parent_span_id: vec![1; 8],
+            name: "SELECT".into(),
+            kind: 3,
+            start_time_unix_nano: parent.start_time_unix_nano + 1_000,
+            end_time_unix_nano: parent.start_time_unix_nano + 2_000,
+            ..Span::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![child, parent],
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            }],
+        };
+        assert_eq!(
+            render(&request),
+            "trace abababababababababababababababab\n\
+             \x20 GET /users/{id} Server 01:02:03.000004 +1.500ms span=0101010101010101 ERROR(boom)\n\
+             \x20     http.response.status_code=500 ok=false list=[a]\n\
+             \x20     * 01:02:03.001000 exception exception.type=E\n\
+             \x20   SELECT Client 01:02:03.000005 +0.001ms span=0202020202020202\n"
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
 
 enum Destination {
     Stdout,
@@ -51,10 +52,22 @@ impl JsonlExporter {
             .map_or_else(|| "stdout".to_owned(), |p| p.display().to_string())
     }
 
-    /// Writes one request as one line, flushed.
-    pub fn export(&self, request: &ExportTraceServiceRequest) -> Result<(), String> {
-        let mut line = serde_json::to_string(request).map_err(|e| e.to_string())?;
-        line.push('\n');
+    /// Writes one encoded request as one line, flushed: transcoded straight
+    /// from the protobuf ([`super::otlp_json`]), or through prost and serde
+    /// for what the transcoder does not know.
+    pub fn export_encoded(&self, request: &[u8]) -> Result<(), String> {
+        let mut line = Vec::with_capacity(request.len() * 2);
+        if let Err(err) = super::otlp_json::write_request(request, &mut line) {
+            log::debug!("{err}; writing JSON through the message types");
+            let decoded = ExportTraceServiceRequest::decode(request).map_err(|e| e.to_string())?;
+            line.clear();
+            serde_json::to_writer(&mut line, &decoded).map_err(|e| e.to_string())?;
+        }
+        line.push(b'\n');
+        self.write_line(&line)
+    }
+
+    fn write_line(&self, line: &[u8]) -> Result<(), String> {
         let mut out = self
             .out
             .lock()
@@ -62,11 +75,9 @@ impl JsonlExporter {
         let result = match &mut *out {
             Destination::Stdout => {
                 let mut stdout = std::io::stdout().lock();
-                stdout
-                    .write_all(line.as_bytes())
-                    .and_then(|()| stdout.flush())
+                stdout.write_all(line).and_then(|()| stdout.flush())
             }
-            Destination::File(file) => file.write_all(line.as_bytes()).and_then(|()| file.flush()),
+            Destination::File(file) => file.write_all(line).and_then(|()| file.flush()),
         };
         result.map_err(|e| e.to_string())
     }

@@ -13,7 +13,10 @@
 pub mod config;
 mod console;
 mod jsonl;
+mod otlp_json;
 mod span_buffers;
+mod stall;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 
@@ -44,7 +47,7 @@ use tokio::{
     time::Instant,
 };
 
-pub use config::{ConfigError, ExportConfig, OtlpConfig, OtlpProtocol, Output};
+pub use config::{BatchSettings, ConfigError, ExportConfig, OtlpConfig, OtlpProtocol, Output};
 pub use console::{ConsoleExporter, render};
 pub use jsonl::JsonlExporter;
 pub use span_buffers::{recycle_span_buffer, span_buffer};
@@ -87,9 +90,38 @@ struct QueueStats {
     dropped_queue_full: AtomicU64,
 }
 
+/// The kinds of output, for per-output counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    Otlp,
+    Console,
+    Jsonl,
+}
+
+impl OutputKind {
+    /// Every kind, in the order the counters list them.
+    pub const ALL: [Self; 3] = [Self::Otlp, Self::Console, Self::Jsonl];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What the outputs of one kind wrote and failed to write (summed when
+/// there are several of a kind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputCount {
+    /// At least one output of this kind is configured.
+    pub configured: bool,
+    pub written: u64,
+    pub failed: u64,
+}
+
 /// A point-in-time copy of the pipeline's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportSnapshot {
+    /// Per output kind, indexed as [`OutputKind::ALL`].
+    pub outputs: [OutputCount; 3],
     /// Spans accepted into the queue.
     pub queued: u64,
     /// Spans every sink delivered.
@@ -102,6 +134,11 @@ pub struct ExportSnapshot {
 }
 
 impl ExportSnapshot {
+    /// What the outputs of `kind` wrote and failed to write.
+    pub fn output(&self, kind: OutputKind) -> OutputCount {
+        self.outputs[kind.index()]
+    }
+
     /// Every span lost on the export side.
     pub fn dropped(&self) -> u64 {
         self.dropped_queue_full + self.dropped_export_failed
@@ -185,9 +222,21 @@ enum Sink {
     Otlp {
         transport: Box<transport::Transport>,
         endpoint: String,
+        /// Bound of one export with its retries.
+        deadline: Duration,
     },
     /// Written one batch at a time, in order.
     Local(LocalSink),
+}
+
+impl Sink {
+    fn kind(&self) -> OutputKind {
+        match self {
+            Self::Otlp { .. } => OutputKind::Otlp,
+            Self::Local(LocalSink::Console(_)) => OutputKind::Console,
+            Self::Local(LocalSink::Jsonl(_)) => OutputKind::Jsonl,
+        }
+    }
 }
 
 /// An output on this machine.
@@ -208,7 +257,7 @@ impl LocalSink {
     fn export(&mut self, batch: &Batch) -> Result<(), String> {
         match self {
             Self::Console(c) => c.export(&batch.decode()?),
-            Self::Jsonl(j) => j.export(&batch.decode()?),
+            Self::Jsonl(j) => j.export_encoded(&batch.body),
         }
     }
 
@@ -232,6 +281,9 @@ pub struct BatchConfig {
     pub max_batch: usize,
     /// How long a span may wait for its batch to fill.
     pub max_delay: Duration,
+    /// Bound of one export, retries included (with the exporter's own
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, the shorter wins).
+    pub export_timeout: Duration,
 }
 
 impl Default for BatchConfig {
@@ -240,6 +292,19 @@ impl Default for BatchConfig {
             queue_capacity: 8192,
             max_batch: 512,
             max_delay: Duration::from_millis(200),
+            export_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl BatchConfig {
+    /// These limits with what the `OTEL_BSP_*` variables set.
+    pub fn with(self, settings: &BatchSettings) -> Self {
+        Self {
+            queue_capacity: settings.max_queue.unwrap_or(self.queue_capacity),
+            max_batch: settings.max_batch.unwrap_or(self.max_batch),
+            max_delay: settings.schedule_delay.unwrap_or(self.max_delay),
+            export_timeout: settings.export_timeout.unwrap_or(self.export_timeout),
         }
     }
 }
@@ -258,10 +323,21 @@ pub enum PipelineError {
 }
 
 /// What one sink delivered and lost.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SinkStats {
+    kind: OutputKind,
     delivered: AtomicU64,
     failed: AtomicU64,
+}
+
+impl SinkStats {
+    fn new(kind: OutputKind) -> Self {
+        Self {
+            kind,
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A running pipeline.
@@ -292,6 +368,7 @@ impl Pipeline {
                         }
                     })?),
                     endpoint: otlp.endpoint.clone(),
+                    deadline: otlp.timeout.min(batch.export_timeout),
                 },
                 Output::Console => Sink::Local(LocalSink::Console(ConsoleExporter::stdout())),
                 Output::Jsonl(path) => Sink::Local(LocalSink::Jsonl(
@@ -309,7 +386,7 @@ impl Pipeline {
         let mut sink_stats = Vec::new();
         for sink in sinks {
             let (sink_tx, sink_rx) = mpsc::channel(batches_per_sink);
-            let counters = Arc::new(SinkStats::default());
+            let counters = Arc::new(SinkStats::new(sink.kind()));
             tasks.push(tokio::spawn(run_sink(
                 sink,
                 sink_rx,
@@ -381,18 +458,29 @@ impl Pipeline {
                 }
             }
         }
-        let mut snapshot = snapshot(&stats, &sink_stats);
-        // Whatever was queued and neither exported nor dropped is lost now.
-        let accounted = snapshot.exported + snapshot.dropped_export_failed;
-        if snapshot.queued > accounted {
-            snapshot.dropped_export_failed += snapshot.queued - accounted;
+        // Whatever a sink was handed and neither wrote nor dropped is lost
+        // now, for that sink.
+        let queued = stats.queued.load(Ordering::Relaxed);
+        for sink in &sink_stats {
+            let accounted =
+                sink.delivered.load(Ordering::Relaxed) + sink.failed.load(Ordering::Relaxed);
+            sink.failed
+                .fetch_add(queued.saturating_sub(accounted), Ordering::Relaxed);
         }
-        snapshot
+        snapshot(&stats, &sink_stats)
     }
 }
 
 fn snapshot(stats: &QueueStats, sinks: &[Arc<SinkStats>]) -> ExportSnapshot {
+    let mut outputs = [OutputCount::default(); 3];
+    for sink in sinks {
+        let out = &mut outputs[sink.kind.index()];
+        out.configured = true;
+        out.written += sink.delivered.load(Ordering::Relaxed);
+        out.failed += sink.failed.load(Ordering::Relaxed);
+    }
     ExportSnapshot {
+        outputs,
         queued: stats.queued.load(Ordering::Relaxed),
         dropped_queue_full: stats.dropped_queue_full.load(Ordering::Relaxed),
         exported: sinks
@@ -483,7 +571,8 @@ async fn run_sink(
         Sink::Otlp {
             transport,
             endpoint,
-        } => run_otlp_sink(*transport, &endpoint, rx, &counters, stopping).await,
+            deadline,
+        } => run_otlp_sink(*transport, &endpoint, deadline, rx, &counters, stopping).await,
         Sink::Local(mut sink) => {
             run_local_sink(&mut sink, rx, &counters).await;
             sink.shutdown();
@@ -520,16 +609,25 @@ impl FailureLog {
     }
 }
 
-/// Up to [`OTLP_IN_FLIGHT`] exports at once, each retried on its own.
+/// How often a sink looks for a stalled export (see [`stall`]).
+const STALL_CHECK: Duration = Duration::from_millis(250);
+
+/// Up to [`OTLP_IN_FLIGHT`] exports at once, each retried on its own;
+/// a stall is reported while it happens.
 async fn run_otlp_sink(
     transport: transport::Transport,
     endpoint: &str,
+    deadline: Duration,
     mut rx: mpsc::Receiver<Arc<Batch>>,
     counters: &SinkStats,
     stopping: watch::Receiver<bool>,
 ) {
     let name = format!("OTLP {endpoint}");
     let mut log = FailureLog::default();
+    let monitor = Arc::new(stall::StallMonitor::new(name.clone(), deadline));
+    let mut started: HashMap<tokio::task::Id, Instant> = HashMap::new();
+    let mut stall_check = tokio::time::interval(STALL_CHECK);
+    stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut in_flight = tokio::task::JoinSet::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
@@ -538,20 +636,39 @@ async fn run_otlp_sink(
                 Some(batch) => {
                     let mut transport = transport.clone();
                     let mut stopping = stopping.clone();
-                    in_flight.spawn(async move {
-                        let result =
-                            transport::send_with_retry(&mut transport, batch.body.clone(), &mut stopping)
-                                .await
-                                .map_err(|e| e.to_string());
+                    let monitor = monitor.clone();
+                    let task = in_flight.spawn(async move {
+                        let result = transport::send_with_retry(
+                            &mut transport,
+                            batch.body.clone(),
+                            deadline,
+                            &*monitor,
+                            &mut stopping,
+                        )
+                        .await
+                        .map_err(|e| e.to_string());
                         (batch.spans, result)
                     });
+                    started.insert(task.id(), Instant::now());
                 }
                 None => open = false,
             },
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => match done {
-                Ok((spans, result)) => log.record(&name, counters, spans, result),
-                Err(err) => log::warn!("export task to {name} ended: {err}"),
+            Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => match done {
+                Ok((id, (spans, result))) => {
+                    started.remove(&id);
+                    log.record(&name, counters, spans, result);
+                }
+                Err(err) => {
+                    started.remove(&err.id());
+                    log::warn!("export task to {name} ended: {err}");
+                }
             },
+            _ = stall_check.tick() => {
+                monitor.check(
+                    started.values().min().map(|t| t.into_std()),
+                    std::time::Instant::now(),
+                );
+            }
         }
     }
 }

@@ -115,6 +115,9 @@ impl Family for Flight {
         Err("flight-recorder records travel in their own ring buffer".into())
     }
 
+    /// Dumps are captured whole or counted: nothing to pair.
+    fn stop_at(&mut self, _at_ns: u64) {}
+
     fn stop(&mut self, probes: &mut Probes) {
         if let Some(attachment) = self.attachment.take()
             && let Err(err) = attachment.detach(probes)

@@ -126,6 +126,10 @@ impl Family for Grpc {
         self.builder.expire(cx.goroutines, now_ns, cx.spans);
     }
 
+    fn stop_at(&mut self, at_ns: u64) {
+        self.builder.stop_at(at_ns);
+    }
+
     fn stop(&mut self, probes: &mut Probes) {
         probes.release(NAME, &mut self.links);
     }
@@ -140,16 +144,34 @@ impl Family for Grpc {
             Counter::count("grpc_server_calls", stats.server.completed),
             Counter::count("grpc_client_calls", stats.client.completed),
             Counter::loss(
+                "grpc_unmatched_ends",
+                "grpc ends without start",
+                "",
+                stats.server.unmatched_ends + stats.client.unmatched_ends,
+            ),
+            Counter::incomplete(
                 "grpc_expired",
                 "grpc expired",
-                "",
                 stats.server.expired + stats.client.expired,
             ),
-            Counter::loss(
+            Counter::incomplete(
                 "grpc_evicted",
                 "grpc evicted",
-                "",
                 stats.server.evicted + stats.client.evicted,
+            ),
+            Counter::incomplete(
+                "grpc_replaced",
+                "grpc replaced",
+                stats.server.replaced + stats.client.replaced,
+            ),
+            Counter::incomplete(
+                "grpc_open_at_stop",
+                "grpc open at stop",
+                stats.server.open_at_stop + stats.client.open_at_stop,
+            ),
+            Counter::count(
+                "grpc_after_stop",
+                stats.server.after_stop + stats.client.after_stop,
             ),
             Counter::count("grpc_unparented", stats.unparented),
             Counter::count("grpc_traceparents", stats.traceparents),

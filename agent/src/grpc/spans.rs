@@ -195,6 +195,12 @@ impl GrpcSpanBuilder {
         }
     }
 
+    /// Stops tracing at `at_ns` (see [`crate::spans::OpenTable::stop_at`]).
+    pub fn stop_at(&mut self, at_ns: u64) {
+        self.server.stop_at(at_ns);
+        self.client.stop_at(at_ns);
+    }
+
     pub fn stats(&self) -> GrpcStats {
         GrpcStats {
             server: self.server.stats(),
@@ -276,7 +282,7 @@ impl GrpcSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         let key = (rec.header.target, rec.header.goid);
-        if let Some(open) = self.server.close(&key) {
+        if let Some(open) = self.server.close(&key, rec.header.ktime_ns) {
             out(self.server_span(g, key, open, rec.header.ktime_ns, None));
         }
     }
@@ -326,7 +332,7 @@ impl GrpcSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         let key = (rec.header.target, rec.header.goid);
-        if let Some(open) = self.client.close(&key) {
+        if let Some(open) = self.client.close(&key, rec.header.ktime_ns) {
             out(self.client_span(open, rec.header.ktime_ns, Some(rec.code), None));
         }
     }

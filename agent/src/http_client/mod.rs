@@ -114,6 +114,10 @@ impl Family for HttpClient {
         self.builder.expire(cx.goroutines, now_ns, cx.spans);
     }
 
+    fn stop_at(&mut self, at_ns: u64) {
+        self.builder.stop_at(at_ns);
+    }
+
     fn stop(&mut self, probes: &mut Probes) {
         probes.release(NAME, &mut self.links);
     }
@@ -131,18 +135,27 @@ impl Family for HttpClient {
                 "",
                 pairing.unmatched_ends,
             ),
-            Counter::loss(
+            Counter::incomplete(
                 "http_client_expired",
                 "client calls expired",
-                "",
                 pairing.expired,
             ),
-            Counter::loss(
+            Counter::incomplete(
                 "http_client_evicted",
                 "client calls evicted",
-                "",
                 pairing.evicted,
             ),
+            Counter::incomplete(
+                "http_client_replaced",
+                "client calls replaced",
+                pairing.replaced,
+            ),
+            Counter::incomplete(
+                "http_client_open_at_stop",
+                "client calls open at stop",
+                pairing.open_at_stop,
+            ),
+            Counter::count("http_client_after_stop", pairing.after_stop),
             Counter::count("http_client_unparented", self.builder.unparented()),
         ]);
     }

@@ -251,6 +251,11 @@ impl HttpClientSpanBuilder {
     }
 
     /// Pairing counters.
+    /// Stops tracing at `at_ns` (see [`crate::spans::OpenTable::stop_at`]).
+    pub fn stop_at(&mut self, at_ns: u64) {
+        self.open.stop_at(at_ns);
+    }
+
     pub fn stats(&self) -> PairingStats {
         self.open.stats()
     }
@@ -333,7 +338,7 @@ impl HttpClientSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         let key = (rec.header.target, rec.header.goid);
-        if let Some(open) = self.open.close(&key) {
+        if let Some(open) = self.open.close(&key, rec.header.ktime_ns) {
             let span = self.span(goroutines, key, open, rec.header.ktime_ns, Some(rec), None);
             out(span);
         }

@@ -161,6 +161,10 @@ impl Family for HttpServer {
         self.builder.expire(cx.goroutines, now_ns, cx.spans);
     }
 
+    fn stop_at(&mut self, at_ns: u64) {
+        self.builder.stop_at(at_ns);
+    }
+
     fn stop(&mut self, probes: &mut Probes) {
         probes.release(NAME, &mut self.links);
     }
@@ -178,8 +182,11 @@ impl Family for HttpServer {
                 "",
                 pairing.unmatched_ends,
             ),
-            Counter::loss("expired", "expired", "", pairing.expired),
-            Counter::loss("evicted", "evicted", "", pairing.evicted),
+            Counter::incomplete("expired", "expired", pairing.expired),
+            Counter::incomplete("evicted", "evicted", pairing.evicted),
+            Counter::incomplete("replaced", "replaced", pairing.replaced),
+            Counter::incomplete("open_at_stop", "open at stop", pairing.open_at_stop),
+            Counter::count("after_stop", pairing.after_stop),
             Counter::count("http_traceparents", self.traceparents),
             Counter::count("http_routes_unmatched", self.builder.routes_unmatched()),
             Counter::count("http_headers_unsearched", kernel.headers_incomplete),

@@ -251,6 +251,11 @@ impl HttpSpanBuilder {
     }
 
     /// Pairing counters.
+    /// Stops tracing at `at_ns` (see [`crate::spans::OpenTable::stop_at`]).
+    pub fn stop_at(&mut self, at_ns: u64) {
+        self.open.stop_at(at_ns);
+    }
+
     pub fn stats(&self) -> PairingStats {
         self.open.stats()
     }
@@ -366,7 +371,7 @@ impl HttpSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         let slot = rec.header.target;
-        if let Some(open) = self.open.close(&(slot, rec.response)) {
+        if let Some(open) = self.open.close(&(slot, rec.response), rec.header.ktime_ns) {
             out(self.span(goroutines, slot, open, rec.header.ktime_ns, Some(rec), None));
         }
     }

@@ -9,6 +9,7 @@
 //! target. One error type, [`ProbeError`], for all of it.
 
 mod preflight;
+mod ref_ctr;
 mod stats;
 
 use std::{io, num::NonZeroU32, path::Path};
@@ -70,7 +71,7 @@ pub enum ProbeError {
         path: String,
         offset: u64,
         #[source]
-        source: Box<ProgramError>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("detaching {program} failed")]
     Detach {
@@ -144,7 +145,15 @@ pub struct AttachedSite {
     /// Its file offset.
     pub offset: u64,
     handle: LinkHandle,
-    link: Option<UProbeLinkId>,
+    link: Option<SiteLink>,
+}
+
+/// How an uprobe is attached: through aya, or with a reference counter
+/// through [`ref_ctr`] (detached by dropping it).
+#[derive(Debug)]
+enum SiteLink {
+    Aya(UProbeLinkId),
+    Counted(ref_ctr::CountedUprobe),
 }
 
 /// Names one attached uprobe, for detaching it alone.
@@ -325,6 +334,52 @@ impl Probes {
             "{family}: {program} attached at {} +{offset:#x}",
             path.display()
         );
+        Ok(self.record(family, program, offset, SiteLink::Aya(link)))
+    }
+
+    /// Like [`Self::attach_uprobe`], with the `u16` at file offset
+    /// `ref_ctr_offset` of the same file as the probe's reference counter (a
+    /// USDT semaphore): the kernel raises it in the target while the probe
+    /// is attached and lowers it when the probe goes, also when the agent
+    /// dies without detaching.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach_uprobe_counted(
+        &mut self,
+        family: &'static str,
+        program: &'static str,
+        path: &Path,
+        pid: u32,
+        offset: u64,
+        ref_ctr_offset: u64,
+        cookie: u64,
+    ) -> Result<LinkHandle, ProbeError> {
+        if pid == 0 {
+            return Err(ProbeError::InvalidPid);
+        }
+        let prog = self.uprobe(program)?.fd().map_err(program_error(program))?;
+        let counted =
+            ref_ctr::attach(prog, path, pid, offset, ref_ctr_offset, cookie).map_err(|source| {
+                ProbeError::Attach {
+                    program,
+                    path: path.display().to_string(),
+                    offset,
+                    source: Box::new(source),
+                }
+            })?;
+        log::debug!(
+            "{family}: {program} attached at {} +{offset:#x} (reference counter at +{ref_ctr_offset:#x})",
+            path.display()
+        );
+        Ok(self.record(family, program, offset, SiteLink::Counted(counted)))
+    }
+
+    fn record(
+        &mut self,
+        family: &'static str,
+        program: &'static str,
+        offset: u64,
+        link: SiteLink,
+    ) -> LinkHandle {
         let handle = LinkHandle(self.next_handle);
         self.next_handle += 1;
         self.attached.push(AttachedSite {
@@ -334,7 +389,7 @@ impl Probes {
             handle,
             link: Some(link),
         });
-        Ok(handle)
+        handle
     }
 
     /// Attaches `program` at each `(program, file offset, site)` of `sites`
@@ -464,8 +519,13 @@ impl Probes {
     }
 
     fn detach_site(&mut self, site: AttachedSite) -> Result<(), ProbeError> {
-        let Some(link) = site.link else {
-            return Ok(());
+        let link = match site.link {
+            None => return Ok(()),
+            Some(SiteLink::Counted(counted)) => {
+                drop(counted);
+                return Ok(());
+            }
+            Some(SiteLink::Aya(link)) => link,
         };
         self.uprobe(site.program)?
             .detach(link)

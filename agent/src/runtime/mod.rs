@@ -102,6 +102,9 @@ impl Family for Runtime {
         Ok(())
     }
 
+    /// Goroutine creations only feed the parent table: nothing to pair.
+    fn stop_at(&mut self, _at_ns: u64) {}
+
     fn stop(&mut self, probes: &mut Probes) {
         probes.release(NAME, &mut self.links);
     }

@@ -2,7 +2,7 @@
 //! loss report and `--summary-file` all read [`Counters::list`].
 
 use crate::{
-    export::ExportSnapshot,
+    export::{ExportSnapshot, OutputKind},
     family::{Counter, Family},
     probes::KernelStats,
 };
@@ -68,6 +68,23 @@ impl Counters {
                 export.dropped_export_failed,
             ),
         ]);
+        // What each kind of output wrote and failed to write; the failures
+        // of the worst output are the loss above.
+        for kind in OutputKind::ALL {
+            let out = export.output(kind);
+            if !out.configured {
+                continue;
+            }
+            let (written, failed) = match kind {
+                OutputKind::Otlp => ("otlp_spans_written", "otlp_spans_failed"),
+                OutputKind::Console => ("console_spans_written", "console_spans_failed"),
+                OutputKind::Jsonl => ("jsonl_spans_written", "jsonl_spans_failed"),
+            };
+            list.extend([
+                Counter::count(written, out.written),
+                Counter::count(failed, out.failed),
+            ]);
+        }
         Self { list, summaries }
     }
 
@@ -95,6 +112,23 @@ impl Counters {
         parts.join(", ")
     }
 
+    /// ` (OTLP 5, JSONL 5)`: what each kind of output wrote, when more than
+    /// one is configured or the one is not OTLP; empty otherwise.
+    pub fn per_output(&self) -> String {
+        let parts: Vec<String> = [
+            ("OTLP", "otlp_spans_written"),
+            ("console", "console_spans_written"),
+            ("JSONL", "jsonl_spans_written"),
+        ]
+        .iter()
+        .filter_map(|(name, key)| self.get(key).map(|n| format!("{name} {n}")))
+        .collect();
+        if parts.is_empty() || (parts.len() == 1 && parts[0].starts_with("OTLP")) {
+            return String::new();
+        }
+        format!(" ({})", parts.join(", "))
+    }
+
     /// Everything lost, summed.
     pub fn lost(&self) -> u64 {
         self.list.iter().filter(|c| c.loss).map(|c| c.value).sum()
@@ -112,6 +146,7 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::OutputCount;
 
     #[test]
     fn the_exit_line_and_the_summary_file_read_one_list() {
@@ -138,5 +173,40 @@ mod tests {
         let file = counters.summary_file();
         assert!(file.starts_with("spans_exported=7\nrecords=10\n"), "{file}");
         assert!(file.contains("bad_records=2\n"), "{file}");
+        assert!(
+            !file.contains("_spans_written"),
+            "no outputs configured: {file}"
+        );
+    }
+
+    #[test]
+    fn each_output_says_what_it_wrote() {
+        let mut export = ExportSnapshot {
+            exported: 4,
+            dropped_export_failed: 2,
+            ..ExportSnapshot::default()
+        };
+        export.outputs[0] = OutputCount {
+            configured: true,
+            written: 4,
+            failed: 2,
+        };
+        export.outputs[2] = OutputCount {
+            configured: true,
+            written: 6,
+            failed: 0,
+        };
+        let counts = SessionCounts {
+            export,
+            ..SessionCounts::default()
+        };
+        let counters = Counters::collect(&counts, &[]);
+        assert_eq!(counters.get("otlp_spans_written"), Some(4));
+        assert_eq!(counters.get("otlp_spans_failed"), Some(2));
+        assert_eq!(counters.get("jsonl_spans_written"), Some(6));
+        assert_eq!(counters.get("console_spans_written"), None);
+        // The worst output's failures are the loss, once.
+        assert_eq!(counters.lost(), 2);
+        assert_eq!(counters.per_output(), " (OTLP 4, JSONL 6)");
     }
 }

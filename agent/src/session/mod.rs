@@ -163,8 +163,19 @@ impl std::fmt::Debug for Session {
 const NO_FAMILY: u8 = u8::MAX;
 
 impl Session {
-    /// Opens PID `pid` and plans every family for it.
+    /// Opens PID `pid` and plans every family for it. A target that exits
+    /// meanwhile is said to have exited, whatever step noticed it.
     pub fn plan(pid: u32, options: SessionOptions) -> Result<Self, SessionError> {
+        Self::plan_for(pid, options).map_err(|err| match err {
+            SessionError::Target(
+                TargetError::NoSuchProcess { .. } | TargetError::Exited { .. },
+            ) => err,
+            _ if crate::target::has_exited(pid) => TargetError::Exited { pid }.into(),
+            _ => err,
+        })
+    }
+
+    fn plan_for(pid: u32, options: SessionOptions) -> Result<Self, SessionError> {
         Self::plan_target(Target::open(pid)?, options)
     }
 
@@ -287,10 +298,14 @@ impl Session {
         let mut probes = Probes::load(load)?;
         for index in 0..families.len() {
             if let Err(err) = families[index].attach(&mut probes, &target) {
-                // Undo what the families before it did (their target state
-                // too, such as USDT semaphores).
+                // Undo what the families before it did.
                 for family in &mut families[..index] {
                     family.stop(&mut probes);
+                }
+                // A target that exited meanwhile makes the kernel refuse
+                // with "no such process": say what happened instead.
+                if crate::target::has_exited(target.pid) {
+                    return Err(TargetError::Exited { pid: target.pid }.into());
                 }
                 return Err(family_error(&err));
             }
@@ -409,8 +424,9 @@ async fn trace(
         export,
         resource,
         BatchConfig {
+            // --export-queue, which reads OTEL_BSP_MAX_QUEUE_SIZE itself.
             queue_capacity: options.export_queue,
-            ..BatchConfig::default()
+            ..BatchConfig::default().with(&export.batch)
         },
     )?;
     let sender = pipeline.sender();
@@ -498,6 +514,12 @@ async fn trace(
     match stop {
         Stop::Signal(name) => log::info!("{name}: detaching from PID {pid}"),
         Stop::TargetExited => log::info!("PID {pid} exited"),
+    }
+    // Tracing stops now, for every family at once; detaching takes longer
+    // (the kernel removes uprobes one at a time) and the program runs on.
+    let stopped_at = WallClock::monotonic_now_ns();
+    for family in families.iter_mut() {
+        family.stop_at(stopped_at);
     }
     for family in families.iter_mut() {
         family.stop(probes);

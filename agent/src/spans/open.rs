@@ -53,6 +53,12 @@ pub struct PairingStats {
     pub evicted: u64,
     /// Starts that replaced an open start under the same key.
     pub replaced: u64,
+    /// Starts still open when the agent stopped, taken out by [`OpenTable::drain`]
+    /// (exported incomplete).
+    pub open_at_stop: u64,
+    /// Starts after the agent stopped tracing, and ends after it that
+    /// found no start: requests the agent chose not to trace, not losses.
+    pub after_stop: u64,
 }
 
 #[derive(Debug)]
@@ -82,6 +88,9 @@ pub struct OpenTable<K, V> {
     ttl_ns: u64,
     next_seq: u64,
     stats: PairingStats,
+    /// When the agent stopped tracing (kernel monotonic ns); `u64::MAX`
+    /// while it traces.
+    stop_ns: u64,
 }
 
 impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
@@ -94,7 +103,17 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
             ttl_ns,
             next_seq: 0,
             stats: PairingStats::default(),
+            stop_ns: u64::MAX,
         }
+    }
+
+    /// The agent stops tracing at `stop_ns` and then detaches its probes,
+    /// one after another, while the program runs on: a start after it is
+    /// not opened, and an end after it that finds no start belongs to a
+    /// request that began after it (or whose start record was lost, which
+    /// the ring buffer's counters count), so neither is a loss.
+    pub fn stop_at(&mut self, stop_ns: u64) {
+        self.stop_ns = stop_ns;
     }
 
     /// Counters so far.
@@ -122,9 +141,21 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
         self.entries.get_mut(key).map(|e| &mut e.value)
     }
 
+    /// Whether a start at `start_ns` comes after the stop (then it is
+    /// counted, and [`Self::open`] would not open it): for a caller with
+    /// work to skip before opening.
+    pub fn refuses(&mut self, start_ns: u64) -> bool {
+        let after = start_ns > self.stop_ns;
+        self.stats.after_stop += u64::from(after);
+        after
+    }
+
     /// Puts a start in. Returns what it displaced: the start that was open
     /// under the same key, or the oldest start when the table was full.
     pub fn open(&mut self, key: K, value: V, now_ns: u64) -> Option<(K, V)> {
+        if self.refuses(now_ns) {
+            return None;
+        }
         self.stats.started += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -168,12 +199,17 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
             .retain(|(_, seq, key)| entries.get(key).is_some_and(|e| e.seq == *seq));
     }
 
-    /// Takes the start under `key` out for its end; counts an end with no start.
-    pub fn close(&mut self, key: &K) -> Option<V> {
+    /// Takes the start under `key` out for its end at `end_ns`; counts an
+    /// end with no start.
+    pub fn close(&mut self, key: &K, end_ns: u64) -> Option<V> {
         match self.entries.remove(key) {
             Some(entry) => {
                 self.stats.completed += 1;
                 Some(entry.value)
+            }
+            None if end_ns > self.stop_ns => {
+                self.stats.after_stop += 1;
+                None
             }
             None => {
                 self.stats.unmatched_ends += 1;
@@ -207,6 +243,7 @@ impl<K: Hash + Eq + Clone, V> OpenTable<K, V> {
         while let Some(kv) = self.pop_oldest() {
             out.push(kv);
         }
+        self.stats.open_at_stop += out.len() as u64;
         out
     }
 
@@ -235,11 +272,34 @@ mod tests {
         let mut t = OpenTable::new(8, 1_000);
         assert!(t.open(1u64, "a", 10).is_none());
         assert!(t.open(2, "b", 20).is_none());
-        assert_eq!(t.close(&1), Some("a"));
-        assert_eq!(t.close(&1), None);
+        assert_eq!(t.close(&1, 0), Some("a"));
+        assert_eq!(t.close(&1, 0), None);
         let s = t.stats();
         assert_eq!((s.started, s.completed, s.unmatched_ends), (2, 1, 1));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn after_the_stop_nothing_opens_and_orphan_ends_are_not_losses() {
+        let mut t = OpenTable::new(8, 1_000);
+        t.open(1u64, "before", 10);
+        t.stop_at(100);
+        // A start at the stop still opens; one after it does not.
+        assert!(t.open(2, "at", 100).is_none());
+        assert!(t.open(3, "after", 101).is_none());
+        assert_eq!(t.len(), 2);
+        // The ends of starts it saw pair as ever.
+        assert_eq!(t.close(&1, 150), Some("before"));
+        // An end after the stop without a start: not a loss.
+        assert_eq!(t.close(&3, 160), None);
+        // An end before the stop without a start: a loss.
+        assert_eq!(t.close(&4, 90), None);
+        let s = t.stats();
+        assert_eq!(
+            (s.started, s.completed, s.unmatched_ends, s.after_stop),
+            (2, 1, 1, 2)
+        );
+        assert_eq!(t.drain(), vec![(2, "at")]);
     }
 
     #[test]
@@ -258,7 +318,7 @@ mod tests {
         t.open(7u64, "first", 10);
         assert_eq!(t.open(7, "second", 20), Some((7, "first")));
         assert_eq!(t.stats().replaced, 1);
-        assert_eq!(t.close(&7), Some("second"));
+        assert_eq!(t.close(&7, 0), Some("second"));
         assert!(t.is_empty());
     }
 
@@ -289,7 +349,7 @@ mod tests {
         let mut t = OpenTable::new(4, 100);
         for i in 0..10_000u64 {
             t.open(i, i, i);
-            assert_eq!(t.close(&i), Some(i));
+            assert_eq!(t.close(&i, 0), Some(i));
         }
         assert!(t.order.len() <= 2 + QUEUE_SLACK, "stale items compacted");
         t.open(1, 1, 20_000);
@@ -309,7 +369,7 @@ mod tests {
         let mut t = OpenTable::new(2, 1_000);
         t.open(1u64, "a", 10);
         t.open(2, "b", 20);
-        t.close(&1);
+        t.close(&1, 0);
         t.open(3, "c", 30);
         assert_eq!(t.open(4, "d", 40), Some((2, "b")), "the oldest open start");
         assert_eq!(t.stats().evicted, 1);

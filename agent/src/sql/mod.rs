@@ -148,6 +148,10 @@ impl Family for Sql {
         self.builder.expire(cx.goroutines, now_ns, cx.spans);
     }
 
+    fn stop_at(&mut self, at_ns: u64) {
+        self.builder.stop_at(at_ns);
+    }
+
     fn stop(&mut self, probes: &mut Probes) {
         probes.release(NAME, &mut self.links);
     }
@@ -170,9 +174,11 @@ impl Family for Sql {
                 "",
                 pairing.unmatched_ends,
             ),
-            Counter::loss("sql_expired", "SQL expired", "", pairing.expired),
-            Counter::loss("sql_evicted", "SQL evicted", "", pairing.evicted),
-            Counter::loss("sql_replaced", "SQL replaced", "", pairing.replaced),
+            Counter::incomplete("sql_expired", "SQL expired", pairing.expired),
+            Counter::incomplete("sql_evicted", "SQL evicted", pairing.evicted),
+            Counter::incomplete("sql_replaced", "SQL replaced", pairing.replaced),
+            Counter::incomplete("sql_open_at_stop", "SQL open at stop", pairing.open_at_stop),
+            Counter::count("sql_after_stop", pairing.after_stop),
         ]);
     }
 }

@@ -124,6 +124,11 @@ impl SqlSpanBuilder {
     }
 
     /// The builder's own counters.
+    /// Stops tracing at `at_ns` (see [`crate::spans::OpenTable::stop_at`]).
+    pub fn stop_at(&mut self, at_ns: u64) {
+        self.open.stop_at(at_ns);
+    }
+
     pub fn stats(&self) -> SqlSpanStats {
         self.stats
     }
@@ -210,7 +215,7 @@ impl SqlSpanBuilder {
     ) {
         let h = &rec.header;
         let key = (h.target, h.goid, rec.op);
-        if let Some(open) = self.open.close(&key) {
+        if let Some(open) = self.open.close(&key, h.ktime_ns) {
             self.emit(goroutines, key, open, h.ktime_ns, Some(rec), None, out);
         }
     }

@@ -202,6 +202,9 @@ impl Family for Syscalls {
         Ok(())
     }
 
+    /// Calls are not paired across the cut: each record is a whole call.
+    fn stop_at(&mut self, _at_ns: u64) {}
+
     fn stop(&mut self, probes: &mut Probes) {
         probes.detach_family(NAME);
         if self.options.summary.is_some() {
@@ -228,6 +231,11 @@ impl Family for Syscalls {
             self.spans.below_min(),
         ));
         out.push(Counter::count("processes_forked", self.forks));
+        out.push(Counter::incomplete(
+            "syscall_processes_still_running",
+            "process spans still running",
+            self.spans.still_running(),
+        ));
     }
 }
 

@@ -86,6 +86,7 @@ pub struct ProcessSpans {
     open: HashMap<u32, Process>,
     syscall_spans: u64,
     below_min: u64,
+    still_running: u64,
 }
 
 impl ProcessSpans {
@@ -107,6 +108,7 @@ impl ProcessSpans {
             open: HashMap::new(),
             syscall_spans: 0,
             below_min: 0,
+            still_running: 0,
         }
     }
 
@@ -129,6 +131,11 @@ impl ProcessSpans {
     /// Spans made for calls.
     pub fn syscall_spans(&self) -> u64 {
         self.syscall_spans
+    }
+
+    /// Process spans exported while their process still ran.
+    pub fn still_running(&self) -> u64 {
+        self.still_running
     }
 
     /// Calls counted that were shorter than `--syscall-min-duration`.
@@ -324,6 +331,7 @@ impl ProcessSpans {
                 w.status_error("ended without an exit call (a fatal signal)");
             }
             Ending::StillRunning => {
+                self.still_running += 1;
                 w.attr_str("agent.span.incomplete", "still running");
             }
         }

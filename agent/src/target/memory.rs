@@ -1,9 +1,10 @@
 //! A process's memory through `/proc/N/mem`: the one place the agent reads
-//! or writes a target's memory from user space (USDT semaphores; eBPF
-//! programs read through `bpf_probe_read_user` instead).
+//! a target's memory from user space (USDT semaphores, for diagnostics;
+//! eBPF programs read through `bpf_probe_read_user` instead). The agent
+//! never writes to a target's memory: the kernel raises USDT semaphores.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
@@ -24,13 +25,6 @@ impl Memory {
         Ok(Self { path, file })
     }
 
-    /// Opens process `pid`'s memory for reading and writing.
-    pub fn open_writable(pid: u32) -> io::Result<Self> {
-        let path = Self::path_of(pid);
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        Ok(Self { path, file })
-    }
-
     fn path_of(pid: u32) -> PathBuf {
         PathBuf::from(format!("/proc/{pid}/mem"))
     }
@@ -46,11 +40,6 @@ impl Memory {
         self.file.read_exact_at(&mut buf, address)?;
         Ok(u16::from_le_bytes(buf))
     }
-
-    /// Writes `value` at `address`, little-endian.
-    pub fn write_u16(&self, address: u64, value: u16) -> io::Result<()> {
-        self.file.write_all_at(&value.to_le_bytes(), address)
-    }
 }
 
 #[cfg(test)]
@@ -58,15 +47,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_and_writes_own_memory() {
+    fn reads_own_memory() {
         let cell = Box::new(0x1234_u16);
         let address = std::ptr::from_ref::<u16>(&cell) as u64;
-        let mem = Memory::open_writable(std::process::id()).expect("own /proc/self/mem");
+        let mem = Memory::open(std::process::id()).expect("own /proc/self/mem");
         assert_eq!(mem.read_u16(address).expect("read"), 0x1234);
-        mem.write_u16(address, 0x4321).expect("write");
-        // SAFETY: `cell` is a live, aligned u16 that /proc/self/mem wrote.
-        let now = unsafe { std::ptr::read_volatile(&raw const *cell) };
-        assert_eq!(now, 0x4321);
         assert!(Memory::open(4_194_999).is_err(), "no such process");
     }
 }

@@ -23,8 +23,14 @@ pub enum TargetError {
     NoSuchProcess { pid: u32 },
     #[error("PID {pid} is a kernel thread or has no executable")]
     NoExecutable { pid: u32 },
+    #[error("PID {pid} exited while the agent was attaching to it")]
+    Exited { pid: u32 },
     #[error("not allowed to inspect PID {pid}: run the agent as root (or with CAP_SYS_PTRACE)")]
     PermissionDenied { pid: u32 },
+    #[error(
+        "not allowed to inspect PID {pid}, even as root: the kernel refuses access to /proc/{pid}/exe (the process holds capabilities this agent lacks, lives in a user namespace the agent is not privileged in, or a security module forbids it)"
+    )]
+    PermissionDeniedAsRoot { pid: u32 },
     #[error("cannot read {path}")]
     Io {
         path: PathBuf,
@@ -77,15 +83,18 @@ impl Target {
         let exe_in_target = match fs::read_link(&exe_link) {
             Ok(path) => path,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // A process that vanished between the two calls, or a kernel thread.
-                return Err(if dir.exists() {
-                    TargetError::NoExecutable { pid }
-                } else {
+                // A process that vanished between the two calls, one that is
+                // exiting (a zombie has no executable), or a kernel thread.
+                return Err(if !dir.exists() {
                     TargetError::NoSuchProcess { pid }
+                } else if has_exited_in(proc_root, pid) {
+                    TargetError::Exited { pid }
+                } else {
+                    TargetError::NoExecutable { pid }
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return Err(TargetError::PermissionDenied { pid });
+                return Err(permission_denied(pid));
             }
             Err(source) => {
                 return Err(TargetError::Io {
@@ -97,7 +106,7 @@ impl Target {
         let exe_meta = match fs::metadata(&exe_link) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return Err(TargetError::PermissionDenied { pid });
+                return Err(permission_denied(pid));
             }
             Err(source) => {
                 return Err(TargetError::Io {
@@ -127,6 +136,33 @@ impl Target {
     }
 }
 
+/// Refused access: as root the advice to run as root would be wrong.
+fn permission_denied(pid: u32) -> TargetError {
+    if nix::unistd::geteuid().is_root() {
+        TargetError::PermissionDeniedAsRoot { pid }
+    } else {
+        TargetError::PermissionDenied { pid }
+    }
+}
+
+/// Whether process `pid` is gone or exiting (no `/proc/N`, or a zombie):
+/// after a failure to attach, what to tell the user instead of the raw
+/// error (`perf_event_open`: no such process).
+pub fn has_exited(pid: u32) -> bool {
+    has_exited_in(Path::new("/proc"), pid)
+}
+
+fn has_exited_in(proc_root: &Path, pid: u32) -> bool {
+    match fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| matches!(state, "Z" | "X" | "x")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +188,26 @@ mod tests {
             Target::open(0),
             Err(TargetError::NoSuchProcess { pid: 0 })
         ));
+    }
+
+    #[test]
+    fn a_zombie_has_exited() {
+        // A child that exited and is not reaped yet: /proc/N is still there.
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !has_exited(pid) {
+            assert!(std::time::Instant::now() < deadline, "child never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        assert!(matches!(
+            Target::open(pid),
+            Err(TargetError::Exited { pid: p }) if p == pid
+        ));
+        child.wait().expect("reaping");
+        assert!(has_exited(pid));
+        assert!(!has_exited(std::process::id()));
     }
 
     #[test]

@@ -7,14 +7,13 @@
 //! knows how to read the arguments of whichever site fired. [`UsdtSites`] is
 //! the table from site index back to the probe, for decoding.
 
-use std::{collections::BTreeSet, mem::offset_of};
+use std::mem::offset_of;
 
 use smallvec::SmallVec;
 
 use super::{
     UsdtProbe,
     args::{ArgSpecError, EncodeError},
-    semaphore::{SemaphoreError, SemaphoreGuard, runtime_address},
 };
 use crate::probes::{LinkHandle, ProbeError, Probes};
 use agent_common::{
@@ -195,24 +194,19 @@ pub enum UsdtAttachError {
         #[source]
         source: ProbeError,
     },
-    #[error("activating the semaphore of probe {provider}:{name}")]
-    Semaphore {
-        provider: String,
-        name: String,
-        #[source]
-        source: SemaphoreError,
-    },
 }
 
 /// The probes attached to one process: detach with [`Self::detach`].
-/// Dropping it without detaching leaves the uprobes attached until the
-/// program is unloaded but still restores the semaphores.
+/// Dropping it without detaching leaves the uprobes attached until
+/// [`Probes`] is dropped. A probe guarded by a semaphore is attached with
+/// the semaphore as its reference counter, so the kernel keeps the
+/// semaphore raised exactly while the probe is attached, whatever happens
+/// to the agent.
 #[derive(Debug)]
 pub struct UsdtAttachment {
     pid: u32,
     sites: Vec<u32>,
     links: Vec<LinkHandle>,
-    semaphores: Vec<SemaphoreGuard>,
 }
 
 impl UsdtAttachment {
@@ -225,14 +219,13 @@ impl UsdtAttachment {
         &self.sites
     }
 
-    /// Detaches every uprobe, clears the sites' specs and then restores the
-    /// semaphores.
+    /// Detaches every uprobe (lowering the semaphores) and clears the sites'
+    /// specs.
     pub fn detach(self, probes: &mut Probes, sites: &mut UsdtSites) -> Result<(), UsdtAttachError> {
         let Self {
             pid: _,
             sites: indices,
             links,
-            semaphores,
         } = self;
         let mut result = probes.detach(&links).map_err(UsdtAttachError::from);
         for &index in &indices {
@@ -243,7 +236,6 @@ impl UsdtAttachment {
         for index in indices {
             sites.release(index);
         }
-        drop(semaphores);
         result
     }
 }
@@ -302,9 +294,9 @@ pub fn build_spec(probe: &UsdtProbe, strings: &[StringArg]) -> Result<UsdtSpec, 
 }
 
 /// Attaches the `usdt_probe` program to `probes` in process `pid`: fills
-/// `USDT_SPECS`, attaches each site with cookie `(target_slot << 32) | site`,
-/// and activates semaphores (once per distinct semaphore). On error, what
-/// was attached is undone.
+/// `USDT_SPECS` and attaches each site with cookie `(target_slot << 32) |
+/// site`, a guarded one with its semaphore as the reference counter. On
+/// error, what was attached is undone.
 pub fn attach_usdt(
     probes_seam: &mut Probes,
     sites: &mut UsdtSites,
@@ -326,7 +318,6 @@ pub fn attach_usdt(
         pid,
         sites: Vec::new(),
         links: Vec::new(),
-        semaphores: Vec::new(),
     };
     let result = attach_all(
         probes_seam,
@@ -367,36 +358,32 @@ fn attach_all(
         })?;
         attachment.sites.push(index);
         seam.set_array(USDT_SPEC_MAP, index, spec)?;
-        let link = seam
-            .attach_uprobe(
+        let cookie = (u64::from(target_slot) << 32) | u64::from(index);
+        let attached = match probe.semaphore {
+            Some(sema) => seam.attach_uprobe_counted(
                 FAMILY,
                 USDT_PROGRAM,
                 &probe.path,
                 pid,
                 probe.file_offset,
-                (u64::from(target_slot) << 32) | u64::from(index),
-            )
-            .map_err(|source| UsdtAttachError::Attach {
-                provider: probe.provider.clone(),
-                name: probe.name.clone(),
-                source,
-            })?;
-        attachment.links.push(link);
-    }
-    // Semaphores last, once the uprobes are in place, once per address.
-    let mut done = BTreeSet::new();
-    for probe in probes.iter().filter(|p| p.semaphore.is_some()) {
-        let sema_err = |source| UsdtAttachError::Semaphore {
+                sema.file_offset,
+                cookie,
+            ),
+            None => seam.attach_uprobe(
+                FAMILY,
+                USDT_PROGRAM,
+                &probe.path,
+                pid,
+                probe.file_offset,
+                cookie,
+            ),
+        };
+        let link = attached.map_err(|source| UsdtAttachError::Attach {
             provider: probe.provider.clone(),
             name: probe.name.clone(),
             source,
-        };
-        let address = runtime_address(pid, probe).map_err(sema_err)?;
-        if !done.insert(address) {
-            continue;
-        }
-        let guard = SemaphoreGuard::activate_at(pid, address).map_err(sema_err)?;
-        attachment.semaphores.push(guard);
+        })?;
+        attachment.links.push(link);
     }
     Ok(())
 }

@@ -296,6 +296,10 @@ impl Family for UsdtSession {
         self.builder.expire(now_ns, cx.spans);
     }
 
+    fn stop_at(&mut self, at_ns: u64) {
+        self.builder.stop_at(at_ns);
+    }
+
     fn stop(&mut self, probes: &mut Probes) {
         self.detach(probes);
     }
@@ -315,9 +319,15 @@ impl Family for UsdtSession {
                 "",
                 u.pairing.unmatched_ends,
             ),
-            Counter::loss("usdt_expired", "USDT expired", "", u.pairing.expired),
-            Counter::loss("usdt_evicted", "USDT evicted", "", u.pairing.evicted),
-            Counter::loss("usdt_replaced", "USDT replaced", "", u.pairing.replaced),
+            Counter::incomplete("usdt_expired", "USDT expired", u.pairing.expired),
+            Counter::incomplete("usdt_evicted", "USDT evicted", u.pairing.evicted),
+            Counter::incomplete("usdt_replaced", "USDT replaced", u.pairing.replaced),
+            Counter::incomplete(
+                "usdt_open_at_stop",
+                "USDT open at stop",
+                u.pairing.open_at_stop,
+            ),
+            Counter::count("usdt_after_stop", u.pairing.after_stop),
             Counter::loss(
                 "usdt_unreadable_ids",
                 "USDT unreadable request ids",

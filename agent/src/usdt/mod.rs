@@ -7,8 +7,8 @@
 //!   executable (shared libraries, and `memfd:` or deleted files such as
 //!   libstapsdt's run-time probes, read through `/proc/N/map_files`).
 //! - [`args`]: the x86-64 argument specs and their kernel-side encoding.
-//! - [`semaphore`]: [`SemaphoreGuard`] turns a probe's semaphore on while it
-//!   lives.
+//! - [`semaphore`]: where a probe's semaphore is in a process, and its value
+//!   (the kernel raises it while the probe is attached).
 //! - [`attach`]: filling `USDT_SPECS`, attaching with cookies, decoding
 //!   records.
 //! - [`mapping`]: the TOML mapping from start/end probes to spans.
@@ -37,7 +37,7 @@ pub use attach::{
     decode_usdt_record,
 };
 pub use family::{FAMILY, UsdtSession};
-pub use semaphore::{SemaphoreError, SemaphoreGuard};
+pub use semaphore::SemaphoreError;
 pub use spans::{UsdtSpanBuilder, UsdtStats};
 
 use crate::target::maps;

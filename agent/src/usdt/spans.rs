@@ -160,6 +160,11 @@ impl UsdtSpanBuilder {
     }
 
     /// Counters so far.
+    /// Stops tracing at `at_ns` (see [`crate::spans::OpenTable::stop_at`]).
+    pub fn stop_at(&mut self, at_ns: u64) {
+        self.open.stop_at(at_ns);
+    }
+
     pub fn stats(&self) -> UsdtStats {
         UsdtStats {
             pairing: self.open.stats(),
@@ -208,6 +213,9 @@ impl UsdtSpanBuilder {
         event: UsdtEvent,
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
+        if self.open.refuses(event.header.ktime_ns) {
+            return;
+        }
         let thread = thread_of(&event);
         let stack = self.stacks.entry(thread).or_default();
         let (trace_id, parent) = match stack.last() {
@@ -244,7 +252,7 @@ impl UsdtSpanBuilder {
         event: &UsdtEvent,
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
-        if let Some(open) = self.open.close(key) {
+        if let Some(open) = self.open.close(key, event.header.ktime_ns) {
             self.unstack(&open);
             out(self.span(key.1, &open, event.header.ktime_ns, Some(event), None));
         }

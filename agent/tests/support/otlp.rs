@@ -118,6 +118,68 @@ pub fn flatten<'a>(
 
 type Store = Arc<Mutex<Vec<Received>>>;
 
+/// How a receiver listens: TLS with this certificate (and, for mutual TLS,
+/// the CA client certificates must chain to), or cleartext.
+#[derive(Clone, Debug, Default)]
+pub struct Listen {
+    /// Where to listen: 127.0.0.1 on a free port when `None`.
+    pub addr: Option<SocketAddr>,
+    /// Server certificate chain and key, PEM.
+    pub tls: Option<(String, String)>,
+    /// CA of the client certificates, PEM: set for mutual TLS.
+    pub client_ca: Option<String>,
+}
+
+/// A rustls acceptor for `listen`'s certificate (HTTP/1.1).
+fn http_acceptor(listen: &Listen) -> Option<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let (cert, key) = listen.tls.as_ref()?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("server certificate PEM");
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("server key PEM");
+    #[allow(deprecated, reason = "the agent's provider too: see export/tls.rs")]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions");
+    let builder = match &listen.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots.add(cert.expect("client CA PEM")).expect("client CA");
+            }
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .expect("client verifier"),
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .expect("server certificate");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The body of an HTTP export, inflated when it came gzip-compressed.
+fn inflate(headers: &BTreeMap<String, String>, body: bytes::Bytes) -> Option<bytes::Bytes> {
+    use std::io::Read as _;
+    match headers.get("content-encoding").map(String::as_str) {
+        Some("gzip") => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_end(&mut out)
+                .ok()?;
+            Some(out.into())
+        }
+        None => Some(body),
+        Some(_) => None,
+    }
+}
+
 /// A running receiver.
 pub struct Receiver {
     pub addr: SocketAddr,
@@ -172,18 +234,36 @@ fn runtime() -> tokio::runtime::Runtime {
 impl Receiver {
     /// An OTLP/gRPC receiver on 127.0.0.1.
     pub fn grpc() -> Self {
+        Self::grpc_with(&Listen::default())
+    }
+
+    /// An OTLP/gRPC receiver on 127.0.0.1, over TLS when `listen` says so;
+    /// it takes gzip-compressed requests.
+    pub fn grpc_with(listen: &Listen) -> Self {
         let runtime = runtime();
         let store: Store = Arc::default();
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(
+                listen.addr.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+            ))
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let service = TraceServiceServer::new(GrpcService {
             store: store.clone(),
-        });
+        })
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let mut server = tonic::transport::Server::builder();
+        if let Some((cert, key)) = &listen.tls {
+            let mut tls = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key));
+            if let Some(ca) = &listen.client_ca {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            server = server.tls_config(tls).expect("server TLS");
+        }
         runtime.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(service)
                 .serve_with_incoming(incoming)
                 .await;
@@ -197,11 +277,20 @@ impl Receiver {
 
     /// An OTLP/HTTP (protobuf) receiver on 127.0.0.1, answering POST /v1/traces.
     pub fn http() -> Self {
+        Self::http_with(&Listen::default())
+    }
+
+    /// An OTLP/HTTP receiver on 127.0.0.1, over TLS when `listen` says so;
+    /// it takes gzip-compressed bodies.
+    pub fn http_with(listen: &Listen) -> Self {
         use http_body_util::BodyExt as _;
+        let acceptor = http_acceptor(listen);
         let runtime = runtime();
         let store: Store = Arc::default();
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(
+                listen.addr.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+            ))
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accept_store = store.clone();
@@ -211,6 +300,7 @@ impl Receiver {
                     break;
                 };
                 let store = accept_store.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
@@ -225,8 +315,9 @@ impl Receiver {
                                     })
                                     .collect();
                                 let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                                let body = body.ok().and_then(|b| inflate(&headers, b));
                                 let status = match (path.as_str(), body) {
-                                    ("/v1/traces", Ok(bytes)) => {
+                                    ("/v1/traces", Some(bytes)) => {
                                         match ExportTraceServiceRequest::decode(bytes) {
                                             Ok(request) => {
                                                 store
@@ -252,9 +343,20 @@ impl Receiver {
                             }
                         },
                     );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match acceptor {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => {
+                                http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                        None => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                        }
+                    };
                 });
             }
         });

@@ -21,6 +21,7 @@ use crate::{
 
 mod hops;
 mod http;
+mod outputs;
 
 #[derive(Debug, Subcommand)]
 pub enum Which {
@@ -29,6 +30,20 @@ pub enum Which {
     Http {
         /// Alternating rounds per configuration.
         #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// wrk connections.
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+    },
+    /// The HTTP fixture at saturation, traced with each output: OTLP/HTTP
+    /// to a local sink, JSONL to /dev/null, the console to /dev/null; the
+    /// agent's CPU per 1,000 spans and what was lost.
+    Outputs {
+        /// Alternating rounds per configuration.
+        #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// Seconds per wrk run.
         #[arg(long, default_value_t = 5)]
@@ -62,6 +77,11 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             seconds,
             connections,
         } => http::http(rounds, seconds, connections),
+        Which::Outputs {
+            rounds,
+            seconds,
+            connections,
+        } => outputs::outputs(rounds, seconds, connections),
         Which::Hops {
             rounds,
             seconds,
@@ -192,6 +212,10 @@ struct TracedRound {
     cpu_per_1000: f64,
     rss_mb: f64,
     spans: u64,
+    /// Records the kernel could not write (ring buffer full, preempted).
+    lost_records: u64,
+    /// Spans lost after the kernel: export queue, export, ends without start.
+    lost_spans: u64,
 }
 
 fn traced_round(
@@ -207,15 +231,21 @@ fn traced_round(
     let mut args = vec![
         "--pid".to_owned(),
         pid.to_string(),
-        "--otlp-endpoint".to_owned(),
-        format!("http://{sink}"),
-        "--otlp-protocol".to_owned(),
-        "http/protobuf".to_owned(),
         "--summary-file".to_owned(),
         summary_file.display().to_string(),
     ];
+    // OTLP to the sink unless the configuration names its own output.
+    if !extra.contains(&"--output") {
+        args.extend([
+            "--otlp-endpoint".to_owned(),
+            format!("http://{sink}"),
+            "--otlp-protocol".to_owned(),
+            "http/protobuf".to_owned(),
+        ]);
+    }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let guard = start_agent(agent, &args)?;
+    // Console output, when asked for, goes nowhere: it is measured, not read.
+    let guard = start_agent(agent, &args, Stdio::null())?;
     let agent_pid = guard.0.id();
     let cpu_before = cpu_ms(agent_pid)?;
     let rps = wrk(url, seconds, connections)?;
@@ -228,11 +258,14 @@ fn traced_round(
     }
     let summary = std::fs::read_to_string(&summary_file).context("agent summary file")?;
     let _ = std::fs::remove_file(&summary_file);
-    let spans: u64 = summary
-        .lines()
-        .find_map(|l| l.strip_prefix("spans_exported="))
-        .and_then(|v| v.trim().parse().ok())
-        .context("spans_exported in summary")?;
+    let value = |key: &str| -> u64 {
+        summary
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let spans = value("spans_exported");
     if spans == 0 {
         bail!("the agent exported no spans");
     }
@@ -241,6 +274,10 @@ fn traced_round(
         cpu_per_1000: cpu / spans as f64 * 1000.0,
         rss_mb,
         spans,
+        lost_records: value("ringbuf_full") + value("interleaved"),
+        lost_spans: value("dropped_queue_full")
+            + value("dropped_export_failed")
+            + value("unmatched_ends"),
     })
 }
 
