@@ -6,7 +6,7 @@
 #
 # Targets: `cargo fuzz list` in agent/fuzz (gotrace_decode, usdt_notes,
 # usdt_args, usdt_record, usdt_mapping, buildinfo, pclntab, dwarf,
-# http_record, flight_record, traceparent, tracestate). They link the agent
+# http_record, flight_record, traceparent, tracestate, syscall_record). They link the agent
 # library built without its eBPF object (feature `ebpf` off), so no
 # bpf-linker is needed. Needs the nightly toolchain; installs cargo-fuzz
 # from crates.io if missing.

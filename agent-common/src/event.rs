@@ -3,11 +3,11 @@
 //! Each family declares the `KIND_*` values of its own records in its own
 //! module; [`KINDS`] lists them all so that none is handed out twice.
 
-use crate::{flight, grpc, http, http_client, http_route, runtime, sql, usdt};
+use crate::{flight, grpc, http, http_client, http_route, runtime, sql, syscalls, usdt};
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 20] = [
+pub const KINDS: [u32; 23] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -28,6 +28,9 @@ pub const KINDS: [u32; 20] = [
     http_client::KIND_HTTP_CLIENT_START,
     http_client::KIND_HTTP_CLIENT_END,
     http_route::KIND_HTTP_ROUTE,
+    syscalls::KIND_SYSCALL,
+    syscalls::KIND_PROCESS_FORKED,
+    syscalls::KIND_PROCESS_EXITED,
 ];
 
 /// Kinds are small: the agent dispatches on them through a table this long.

@@ -20,6 +20,7 @@ pub mod http_route;
 pub mod runtime;
 pub mod sql;
 pub mod stats;
+pub mod syscalls;
 pub mod target;
 pub mod usdt;
 
@@ -74,4 +75,10 @@ impl_pod!(
     http_client::HttpClientEnd,
     http_client::HttpClientConfig,
     http_client::HttpClientOffsets,
+    syscalls::SyscallRecord,
+    syscalls::ProcessForked,
+    syscalls::ProcessExited,
+    syscalls::SyscallConfig,
+    syscalls::InFlight,
+    syscalls::SyscallTotals,
 );

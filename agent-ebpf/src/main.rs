@@ -22,6 +22,7 @@ mod maps;
 mod record;
 mod runtime;
 mod sql;
+mod syscalls;
 mod usdt;
 
 #[cfg(not(test))]

@@ -31,8 +31,8 @@ targets:
   them, behind the 8-byte fallback text start;
 - corpus/dwarf/: the C program's DWARF 4 and 5 sections, the Go program's
   `.debug_info` units up to ~120 KB, and compressed sections;
-- corpus/http_record/, corpus/flight_record/: record sequences in the
-  agent-common layouts;
+- corpus/http_record/, corpus/flight_record/, corpus/syscall_record/:
+  record sequences in the agent-common layouts;
 - corpus/traceparent/, corpus/tracestate/: header values.
 
 Argument strings are named by content hash, as libFuzzer names inputs, the
@@ -358,6 +358,33 @@ def flight_records(dump_id, data, chunk=256, returned=None, skip=()):
     return recs
 
 
+def syscall(nr, ret, enter, ktime, tgid=1, tid=None, flags=0, arg0=0, goid=0):
+    head = header(41, goid=goid, ktime=ktime, tid=tid or tgid)
+    return head + struct.pack("<IIIIQqQ", tgid, nr, flags, 0, enter, ret, arg0)
+
+
+def syscall_seed_launch():
+    """The root process (pid 1): a failed openat, a write, exit_group(5)."""
+    return framed([
+        syscall(257, -2, 1_000, 2_000),
+        syscall(1, 4, 3_000, 4_000),
+        syscall(231, 0, 5_000, 5_000, flags=1, arg0=5),
+        header(43, goid=0, ktime=6_000, tid=1),
+    ])
+
+
+def syscall_seed_fork():
+    """Pid 1 forks pid 2, which writes and exits 3; a call on a goroutine."""
+    return framed([
+        syscall(56, 2, 1_000, 2_000),
+        header(42, goid=0, ktime=1_500, tid=2) + struct.pack("<II", 1, 2),
+        syscall(1, 6, 2_000, 2_500, tgid=2),
+        syscall(231, 0, 3_000, 3_000, tgid=2, flags=1, arg0=3),
+        header(43, goid=0, ktime=3_500, tid=2),
+        syscall(74, 0, 4_000, 9_000, goid=7, tid=5),
+    ])
+
+
 def binary_seeds(out):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "main.go"), "w") as f:
@@ -426,6 +453,10 @@ def binary_seeds(out):
     save("flight_record", framed(flight_records(0x2000, dump, chunk=100, skip=(2,))
                                  + flight_records(0x3000, dump[:300], returned=200)),
          "gap-and-short-write")
+
+    # syscall_record
+    save("syscall_record", syscall_seed_launch(), "launch-openat-write-exit")
+    save("syscall_record", syscall_seed_fork(), "fork-and-goroutine")
 
     # traceparent, tracestate: cut byte, then the value kept.
     future = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds"

@@ -116,6 +116,59 @@ pub struct TraceArgs {
     /// `keep` (the statement as the program sent it).
     #[arg(long, value_name = "MODE", default_value = "sanitize", value_parser = ["sanitize", "keep"])]
     pub sql_literals: String,
+
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+}
+
+/// Launch mode and system calls (see the README's "Launch mode and system
+/// calls").
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// The program to start and trace from its first instruction, after
+    /// `--`: the agent exits with its exit code (128+N for signal N).
+    #[arg(last = true, value_name = "CMD", conflicts_with = "pid")]
+    pub command: Vec<String>,
+
+    /// A span per system call, under a `process: NAME` span. FILTER as
+    /// strace's `-e trace=`: names, classes (%file, %network, %process,
+    /// %memory, %signal, %desc), a leading `!` for all but those.
+    #[arg(long, value_name = "FILTER", num_args = 0..=1, require_equals = true, default_missing_value = "all")]
+    pub syscalls: Option<String>,
+
+    /// System calls shorter than this (`500us`, `2ms`) are counted but make
+    /// no span.
+    #[arg(long, value_name = "DURATION", default_value = "0us", value_parser = parse_duration)]
+    pub syscall_min_duration: std::time::Duration,
+
+    /// At exit, a table per system call like `strace -c` (on stderr and in
+    /// --summary-file); alone, no spans.
+    #[arg(short = 'c', long)]
+    pub summary: bool,
+
+    /// Also trace the processes the target forks, each under its parent's
+    /// process span.
+    #[arg(short = 'f', long)]
+    pub follow_forks: bool,
+}
+
+/// `500us`, `2ms`, `1.5s`, `100ns`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{s:?} needs a unit: ns, us, ms or s"))?;
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
+    let scale = match unit {
+        "ns" => 1e-9,
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        _ => return Err(format!("{s:?}: the unit is one of ns, us, ms, s")),
+    };
+    std::time::Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Where spans go.

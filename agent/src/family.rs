@@ -29,7 +29,7 @@ use crate::{
     probes::{KernelStats, LoadOptions, Probes},
     runtime,
     spans::Goroutines,
-    sql,
+    sql, syscalls,
     target::Target,
     usdt::{self, mapping::MappingConfig},
 };
@@ -44,6 +44,7 @@ pub const FAMILIES: &[FamilyEntry] = &[
     sql::FAMILY,
     grpc::FAMILY,
     runtime::FAMILY,
+    syscalls::FAMILY,
 ];
 
 /// How the session finds a family.
@@ -122,6 +123,8 @@ pub struct FamilyOptions {
     pub url_query: crate::spans::url::QueryPolicy,
     /// How HTTP server spans are named.
     pub span_naming: http_server::SpanNaming,
+    /// System calls (`--syscalls`, `-c`); `None`: not traced.
+    pub syscalls: Option<syscalls::SyscallOptions>,
 }
 
 /// A family's answer to planning.

@@ -6,6 +6,7 @@
 //! - [`usdt`]: USDT probes of any program, mapped to spans.
 //! - [`flight`]: flight-recorder dumps, caught as they are written.
 //! - [`runtime`]: goroutine creation, for in-process parents.
+//! - [`syscalls`]: system calls of any program, and their `strace -c` table.
 //!
 //! What the families share, knowing none of them by name:
 //! - [`family`]: the contract a family fulfils and the list that registers
@@ -45,5 +46,6 @@ pub mod runtime;
 pub mod session;
 pub mod spans;
 pub mod sql;
+pub mod syscalls;
 pub mod target;
 pub mod usdt;

@@ -10,8 +10,9 @@ use crate::util::{exec, is_root, output, root};
 /// Debian packages: LLVM 22 for bpf-linker; wrk for the HTTP benchmark;
 /// systemtap-sdt-dev and gcc for the USDT fixtures; Go 1.19 for the version
 /// matrix; util-linux for setpriv (the privilege test); curl (with HTTP/2)
-/// as the HTTP/2 client of the HTTP server test.
-const PACKAGES: [&str; 8] = [
+/// as the HTTP/2 client of the HTTP server test; libc6-dev (static libc)
+/// for the syscall fixture, and strace, whose `-c` counts it is held to.
+const PACKAGES: [&str; 10] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "wrk",
@@ -20,6 +21,8 @@ const PACKAGES: [&str; 8] = [
     "golang-1.19-go",
     "util-linux",
     "curl",
+    "libc6-dev",
+    "strace",
 ];
 
 /// The oldest Go that builds the fixtures and test programs.

@@ -19,9 +19,14 @@ use crate::cli::{Cli, Command, ExportArgs};
 /// Runs the command the command line asked for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        None if !cli.trace.launch.command.is_empty() => {
+            trace::launch(&cli.trace.launch.command, &cli.trace, &cli.export).await
+        }
         None => match cli.trace.pid {
             Some(pid) => trace::run(pid, &cli.trace, &cli.export).await,
-            None => anyhow::bail!("nothing to do: give --pid N to trace a process (see --help)"),
+            None => anyhow::bail!(
+                "nothing to do: give --pid N to trace a process, or -- CMD to start one (see --help)"
+            ),
         },
         Some(Command::Decode(args)) => decode::run(&args, &cli.export).await,
         Some(Command::Watch(args)) => watch::run(&args, &cli.export).await,

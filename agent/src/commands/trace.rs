@@ -9,13 +9,19 @@ use agent::{
     metrics::{Metrics, MetricsConfig, MetricsInputs},
     probes,
     resource::{self, ResourceOptions},
-    session::{Session, SessionOptions},
+    session::{Outcome, Session, SessionOptions, Stop},
     spans::url::QueryPolicy,
+    syscalls::{SummaryOut, SyscallFilter, SyscallOptions},
+    target::{
+        Target,
+        launch::{Ended, Launched},
+    },
     usdt::mapping::MappingConfig,
 };
 use anyhow::Context as _;
+use nix::sys::signal::Signal;
 
-use crate::cli::{ExportArgs, TraceArgs};
+use crate::cli::{ExportArgs, LaunchArgs, TraceArgs};
 
 /// The session's options from the command line (the USDT mapping read and
 /// checked).
@@ -50,15 +56,85 @@ fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
                 "path" => SpanNaming::Path,
                 _ => SpanNaming::Route,
             },
+            syscalls: syscall_options(&args.launch)?,
         },
         ring_buffer_bytes: args.ring_buffer_size,
         export_queue: args.export_queue,
     })
 }
 
+/// The system-call family's options, when `--syscalls` or `-c` is given.
+fn syscall_options(args: &LaunchArgs) -> anyhow::Result<Option<SyscallOptions>> {
+    if args.syscalls.is_none() && !args.summary {
+        anyhow::ensure!(
+            !args.follow_forks,
+            "--follow-forks needs --syscalls or --summary"
+        );
+        anyhow::ensure!(
+            args.syscall_min_duration.is_zero(),
+            "--syscall-min-duration needs --syscalls"
+        );
+        return Ok(None);
+    }
+    let filter = match &args.syscalls {
+        Some(spec) => SyscallFilter::parse(spec)?,
+        None => SyscallFilter::all(),
+    };
+    Ok(Some(SyscallOptions {
+        filter,
+        spans: args.syscalls.is_some(),
+        min_duration: args.syscall_min_duration,
+        follow_forks: args.follow_forks,
+        summary: args.summary.then(SummaryOut::default),
+        command: (!args.command.is_empty()).then(|| args.command.clone()),
+    }))
+}
+
 pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Result<ExitCode> {
     probes::preflight()?;
     let session = Session::plan(pid, options(args)?)?;
+    run_session(session, args, export, || Ok(())).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `agent [options] -- CMD [ARGS...]`: starts the program held, attaches,
+/// lets it run, traces it until it exits and exits with its exit code.
+pub async fn launch(
+    argv: &[String],
+    args: &TraceArgs,
+    export: &ExportArgs,
+) -> anyhow::Result<ExitCode> {
+    probes::preflight()?;
+    let options = options(args)?;
+    let mut program = Launched::spawn(argv)?;
+    let target = Target::launched(program.pid(), &program.exe);
+    let session = Session::plan_target(target, options)?;
+    let outcome = run_session(session, args, export, || program.release()).await?;
+    if let Stop::Signal(name) = outcome.stop {
+        // The agent was told to stop: so is the program it started.
+        let signal = if name == "SIGINT" {
+            Signal::SIGINT
+        } else {
+            Signal::SIGTERM
+        };
+        program.signal(signal);
+    }
+    let ended = program.wait()?;
+    match ended {
+        Ended::Exited(code) => log::info!("{} exited with {code}", argv[0]),
+        Ended::Signaled(signal) => log::info!("{} was killed by signal {signal}", argv[0]),
+    }
+    Ok(ExitCode::from(ended.exit_code()))
+}
+
+/// Runs a planned session (calling `release` once attached), prints the
+/// exit line and writes the summary file.
+async fn run_session(
+    session: Session,
+    args: &TraceArgs,
+    export: &ExportArgs,
+    release: impl FnOnce() -> std::io::Result<()>,
+) -> anyhow::Result<Outcome> {
     let export_config = super::export_config(export)?;
     let metrics_config = MetricsConfig::resolve(
         &MetricsInputs {
@@ -76,8 +152,16 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
     for warning in warnings {
         log::warn!("{warning}");
     }
+    let syscall_summary = session
+        .options()
+        .families
+        .syscalls
+        .as_ref()
+        .and_then(|o| o.summary.clone());
     let metrics = Metrics::start(&metrics_config, &resource).await?;
-    let outcome = session.run(&export_config, &resource).await;
+    let outcome = session
+        .run_released(&export_config, &resource, release)
+        .await;
     if let Some(metrics) = metrics {
         metrics
             .shutdown(outcome.as_ref().ok().map(|o| &o.counters))
@@ -93,8 +177,12 @@ pub async fn run(pid: u32, args: &TraceArgs, export: &ExportArgs) -> anyhow::Res
         counters.describe()
     );
     if let Some(path) = &args.summary_file {
-        std::fs::write(path, counters.summary_file())
+        let mut text = counters.summary_file();
+        if let Some(lines) = syscall_summary.and_then(|s| s.lock().ok().map(|l| l.clone())) {
+            text.push_str(&lines);
+        }
+        std::fs::write(path, text)
             .with_context(|| format!("cannot write the summary to {}", path.display()))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(outcome)
 }

@@ -197,6 +197,23 @@ impl<'a> SpanWriter<'a> {
         self
     }
 
+    /// An array-of-strings attribute (`AnyValue.array_value`).
+    pub fn attr_str_array(&mut self, key: &str, values: &[&str]) -> &mut Self {
+        // KeyValue { key = 1, value = 2: AnyValue { array_value = 5:
+        // ArrayValue { values = 1: AnyValue { string_value = 1 } } } }
+        put_nested(self.buf, 9, |kv| {
+            put_len_field(kv, 1, key.as_bytes());
+            put_nested(kv, 2, |any| {
+                put_nested(any, 5, |array| {
+                    for value in values {
+                        put_nested(array, 1, |v| put_len_field(v, 1, value.as_bytes()));
+                    }
+                });
+            });
+        });
+        self
+    }
+
     /// Status ERROR (code 2) with an optional message.
     pub fn status_error(&mut self, message: &str) -> &mut Self {
         put_nested(self.buf, 15, |b| {

@@ -18,7 +18,8 @@ use aya::{
     Ebpf, EbpfLoader, Pod,
     maps::{Array, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
-        ProgramError, UProbe,
+        Program, ProgramError, RawTracePoint, UProbe,
+        raw_trace_point::RawTracePointLinkId,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
@@ -77,6 +78,19 @@ pub enum ProbeError {
         program: &'static str,
         #[source]
         source: Box<ProgramError>,
+    },
+    #[error("attaching {program} to the {tracepoint} tracepoint failed")]
+    AttachTracepoint {
+        program: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("eBPF map {map} refused an update")]
+    MapUpdate {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
     },
     #[error("pid 0 is not a process")]
     InvalidPid,
@@ -146,10 +160,20 @@ enum SiteLink {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LinkHandle(u64);
 
+/// One attached raw tracepoint (these fire in every process: the
+/// program filters).
+#[derive(Debug)]
+struct AttachedTracepoint {
+    family: &'static str,
+    program: &'static str,
+    link: RawTracePointLinkId,
+}
+
 /// The loaded programs and their attachments.
 pub struct Probes {
     ebpf: Ebpf,
     attached: Vec<AttachedSite>,
+    tracepoints: Vec<AttachedTracepoint>,
     next_handle: u64,
     /// Program-array slots filled, emptied on drop.
     tail_slots: Vec<(&'static str, u32)>,
@@ -201,22 +225,18 @@ impl Probes {
                     ProbeError::Load(Box::new(e))
                 }
             })?;
-        let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_owned()).collect();
-        for name in &names {
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::Missing("a program it lists"))?
-                .try_into()
-                .map_err(|source| ProbeError::Program {
-                    program: name.clone(),
-                    source: Box::new(source),
-                })?;
-            program.load().map_err(|source| {
+        for (name, program) in ebpf.programs_mut() {
+            let name = name.to_owned();
+            let loaded = match program {
+                Program::RawTracePoint(program) => program.load(),
+                program => <&mut UProbe>::try_from(program).and_then(|p| p.load()),
+            };
+            loaded.map_err(|source| {
                 if is_permission_error(&source) {
                     ProbeError::Permission(Box::new(source))
                 } else {
                     ProbeError::Program {
-                        program: name.clone(),
+                        program: name,
                         source: Box::new(source),
                     }
                 }
@@ -225,6 +245,7 @@ impl Probes {
         Ok(Self {
             ebpf,
             attached: Vec::new(),
+            tracepoints: Vec::new(),
             next_handle: 0,
             tail_slots: Vec::new(),
         })
@@ -406,9 +427,95 @@ impl Probes {
         &self.attached
     }
 
-    /// How many uprobes `family` has attached.
+    /// How many uprobes and tracepoints `family` has attached.
     pub fn attached_by(&self, family: &str) -> usize {
         self.attached.iter().filter(|s| s.family == family).count()
+            + self
+                .tracepoints
+                .iter()
+                .filter(|t| t.family == family)
+                .count()
+    }
+
+    /// Attaches `program` to the raw tracepoint `tracepoint` (such as
+    /// `sys_enter`: no tracefs needed) on behalf of `family`. It fires in
+    /// every process; the program filters. Detached with the family's
+    /// uprobes.
+    pub fn attach_raw_tracepoint(
+        &mut self,
+        family: &'static str,
+        program: &'static str,
+        tracepoint: &'static str,
+    ) -> Result<(), ProbeError> {
+        let attach_error = |source| ProbeError::AttachTracepoint {
+            program,
+            tracepoint,
+            source: Box::new(source),
+        };
+        let prog: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing(program))?
+            .try_into()
+            .map_err(attach_error)?;
+        let link = prog.attach(tracepoint).map_err(attach_error)?;
+        log::debug!("{family}: {program} attached to raw tracepoint {tracepoint}");
+        self.tracepoints.push(AttachedTracepoint {
+            family,
+            program,
+            link,
+        });
+        Ok(())
+    }
+
+    /// Sets `key` to `value` in the hash map `map` (a traced process).
+    pub fn set_hash<K: Pod, V: Pod>(
+        &mut self,
+        map: &'static str,
+        key: K,
+        value: V,
+    ) -> Result<(), ProbeError> {
+        let data = self.ebpf.map_mut(map).ok_or(ProbeError::Missing(map))?;
+        let mut hash: aya::maps::HashMap<&mut MapData, K, V> =
+            aya::maps::HashMap::try_from(data).map_err(map_error(map))?;
+        hash.insert(key, value, 0)
+            .map_err(|source| ProbeError::MapUpdate {
+                map,
+                source: Box::new(source),
+            })
+    }
+
+    /// The values of entry `index` of the per-CPU array `map`, one per CPU
+    /// (a family's in-kernel totals).
+    pub fn per_cpu_values<T: Pod>(
+        &self,
+        map: &'static str,
+        index: u32,
+    ) -> Result<Vec<T>, ProbeError> {
+        let data = self.ebpf.map(map).ok_or(ProbeError::Missing(map))?;
+        let array: PerCpuArray<&MapData, T> =
+            PerCpuArray::try_from(data).map_err(map_error(map))?;
+        let values = array.get(&index, 0).map_err(map_error(map))?;
+        Ok(values.iter().copied().collect())
+    }
+
+    /// Detaches the raw tracepoints of `family` (all of them when `None`);
+    /// failures are logged.
+    fn detach_tracepoints(&mut self, family: Option<&str>) {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tracepoints)
+            .into_iter()
+            .partition(|t| family.is_none_or(|f| t.family == f));
+        self.tracepoints = kept;
+        for tp in gone {
+            let Some(program) = self.ebpf.program_mut(tp.program) else {
+                continue;
+            };
+            let result =
+                <&mut RawTracePoint>::try_from(program).and_then(|prog| prog.detach(tp.link));
+            if let Err(err) = result {
+                log::warn!("{}: detaching {}: {err}", tp.family, tp.program);
+            }
+        }
     }
 
     fn detach_site(&mut self, site: AttachedSite) -> Result<(), ProbeError> {
@@ -455,8 +562,10 @@ impl Probes {
         }
     }
 
-    /// Detaches every uprobe `family` attached; failures are logged.
+    /// Detaches every uprobe and tracepoint `family` attached; failures are
+    /// logged.
     pub fn detach_family(&mut self, family: &str) {
+        self.detach_tracepoints(Some(family));
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
             .into_iter()
             .partition(|s| s.family == family);
@@ -468,8 +577,10 @@ impl Probes {
         }
     }
 
-    /// Detaches every uprobe (the programs stay loaded until drop).
+    /// Detaches every uprobe and tracepoint (the programs stay loaded until
+    /// drop).
     pub fn detach_all(&mut self) {
+        self.detach_tracepoints(None);
         for site in std::mem::take(&mut self.attached) {
             let family = site.family;
             if let Err(err) = self.detach_site(site) {

@@ -101,6 +101,8 @@ pub enum SessionError {
     },
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("cannot let the launched program run")]
+    Release(#[source] std::io::Error),
 }
 
 /// Why a process cannot be traced as a Go program.
@@ -174,7 +176,13 @@ impl Session {
     }
 
     fn plan_for(pid: u32, options: SessionOptions) -> Result<Self, SessionError> {
-        let target = Target::open(pid)?;
+        Self::plan_target(Target::open(pid)?, options)
+    }
+
+    /// Plans every family for `target` (see [`Target::launched`] for a
+    /// process the agent started).
+    pub fn plan_target(target: Target, options: SessionOptions) -> Result<Self, SessionError> {
+        let pid = target.pid;
         let exe = target.exe_in_target.display().to_string();
         let mut process = ProcessInfo {
             pid,
@@ -250,12 +258,29 @@ impl Session {
         &self.process
     }
 
+    /// What the session was told.
+    pub fn options(&self) -> &SessionOptions {
+        &self.options
+    }
+
     /// Loads, attaches and traces until SIGINT, SIGTERM or the target's
     /// exit; then detaches, drains, flushes and exports.
     pub async fn run(
         self,
         export: &ExportConfig,
         resource: &Resource,
+    ) -> Result<Outcome, SessionError> {
+        self.run_released(export, resource, || Ok(())).await
+    }
+
+    /// As [`Self::run`], calling `release` once every family has attached
+    /// and before the event loop: launch mode lets the program it holds
+    /// run then.
+    pub async fn run_released(
+        self,
+        export: &ExportConfig,
+        resource: &Resource,
+        release: impl FnOnce() -> std::io::Result<()>,
     ) -> Result<Outcome, SessionError> {
         let Self {
             target,
@@ -287,16 +312,21 @@ impl Session {
         }
         // From here on, every exit path stops the families (restoring what
         // they changed in the target) before returning.
-        let result = trace(
-            &target,
-            &process,
-            &mut families,
-            &mut probes,
-            &options,
-            export,
-            resource,
-        )
-        .await;
+        let result = match release() {
+            Ok(()) => {
+                trace(
+                    &target,
+                    &process,
+                    &mut families,
+                    &mut probes,
+                    &options,
+                    export,
+                    resource,
+                )
+                .await
+            }
+            Err(err) => Err(SessionError::Release(err)),
+        };
         if result.is_err() {
             for family in &mut families {
                 family.stop(&mut probes);

@@ -4,6 +4,7 @@
 //! ([`ExitWatch`]).
 
 mod exit;
+pub mod launch;
 pub mod maps;
 pub mod memory;
 
@@ -53,6 +54,17 @@ impl Target {
     /// Looks up PID `pid`.
     pub fn open(pid: u32) -> Result<Self, TargetError> {
         Self::open_in(Path::new("/proc"), pid)
+    }
+
+    /// A process the agent started held ([`launch::Launched`]), before it
+    /// runs `exe`: `/proc/N/exe` still names the agent, so the executable is
+    /// the path it will run, in the agent's own mount namespace.
+    pub fn launched(pid: u32, exe: &Path) -> Self {
+        Self {
+            pid,
+            exe_in_target: exe.to_path_buf(),
+            exe_path: exe.to_path_buf(),
+        }
     }
 
     fn open_in(proc_root: &Path, pid: u32) -> Result<Self, TargetError> {
