@@ -6,10 +6,13 @@
 #
 # It reports the agent's RSS at the start and at the end, and checks that
 # every request is accounted for: wrk's completed requests against the spans
-# the JSONL file holds plus the losses the agent counted (ring buffer full,
-# preempted probes, ends without start, export queue full). wrk does not
-# count the requests in flight when it stops, so up to one per connection
-# more may be traced than it completed. The OTLP output, which lost spans
+# the JSONL file holds plus the requests the agent counted as lost (a start
+# record lost to a full ring buffer, counted by kind in the kernel) and the
+# spans the export queue dropped. wrk does not count the requests in flight
+# when it stops, so up to one per connection more may be traced than it
+# completed; and when a lost end and a later request's lost start share a
+# response object, two requests pair into one span, so up to 0.1% of the
+# lost requests may be short. The OTLP output, which lost spans
 # while the collector was down, must account for every span too: written
 # plus failed equals the spans queued. Any unaccounted span fails the run.
 #
@@ -84,7 +87,7 @@ wait "$AGENT_PID" || { echo "soak: the agent failed" >&2; cat "$WORK/agent.err" 
 REQUESTS=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$WORK/wrk.out")
 value() { sed -n "s/^$1=//p" "$WORK/summary.txt"; }
 JSONL_SPANS=$(grep -o '"spanId"' "$WORK/spans.jsonl" | wc -l)
-LOST=$(( $(value ringbuf_full) + $(value interleaved) + $(value unmatched_ends) + $(value dropped_queue_full) ))
+LOST=$(( $(value requests_lost) + $(value interleaved) + $(value dropped_queue_full) ))
 QUEUED=$(( $(value spans_exported) ))
 OTLP_WRITTEN=$(value otlp_spans_written)
 OTLP_FAILED=$(value otlp_spans_failed)
@@ -93,7 +96,7 @@ JSONL_FAILED=$(value jsonl_spans_failed)
 
 echo "soak: ${SECONDS_TOTAL}s, ${REQUESTS} requests completed by wrk"
 echo "soak: agent RSS ${RSS_START} kB after 5 s, ${RSS_END} kB at the end"
-echo "soak: JSONL ${JSONL_SPANS} spans in the file (${JSONL_WRITTEN} written, ${JSONL_FAILED} failed); counted losses ${LOST}"
+echo "soak: JSONL ${JSONL_SPANS} spans in the file (${JSONL_WRITTEN} written, ${JSONL_FAILED} failed); requests counted as lost ${LOST} ($(value ringbuf_full) records)"
 echo "soak: OTLP ${OTLP_WRITTEN} written + ${OTLP_FAILED} failed (collector down for a while)"
 grep "spans exported" "$WORK/agent.err" | tail -1
 grep -E "collector|export to|recovered" "$WORK/agent.err" | head -5 || true
@@ -103,7 +106,7 @@ ACCOUNTED=$((JSONL_SPANS + LOST))
 if [ "$JSONL_SPANS" != "$JSONL_WRITTEN" ]; then
     echo "soak: FAIL: the JSONL file holds $JSONL_SPANS spans, the agent says it wrote $JSONL_WRITTEN" >&2; FAIL=1
 fi
-if [ "$ACCOUNTED" -lt "$REQUESTS" ] || [ "$ACCOUNTED" -gt $((REQUESTS + CONNECTIONS)) ]; then
+if [ "$ACCOUNTED" -lt $((REQUESTS - LOST / 1000)) ] || [ "$ACCOUNTED" -gt $((REQUESTS + CONNECTIONS)) ]; then
     echo "soak: FAIL: $REQUESTS requests, $ACCOUNTED spans and counted losses" >&2; FAIL=1
 fi
 if [ $((OTLP_WRITTEN + OTLP_FAILED)) != "$((JSONL_WRITTEN + JSONL_FAILED))" ]; then

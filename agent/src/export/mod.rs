@@ -590,7 +590,8 @@ async fn run_sink(
     }
 }
 
-/// Logs the first failure of a run of failures, and the recovery.
+/// Logs the first export of a run of failures that dropped its spans (the
+/// stall monitor reports the stall itself, and the recovery).
 #[derive(Debug, Default)]
 struct FailureLog {
     failing: bool,
@@ -602,7 +603,7 @@ impl FailureLog {
             Ok(()) => {
                 counters.delivered.fetch_add(spans, Ordering::Relaxed);
                 if self.failing {
-                    log::info!("export to {sink} recovered");
+                    log::debug!("export to {sink} delivers again");
                     self.failing = false;
                 }
             }
