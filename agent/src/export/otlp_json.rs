@@ -34,7 +34,15 @@ struct Fields<'a> {
     buf: &'a [u8],
 }
 
+#[inline]
 fn varint(buf: &mut &[u8]) -> Result<u64> {
+    // Most varints here (tags, lengths of short fields) are one byte.
+    if let Some((&byte, rest)) = buf.split_first()
+        && byte < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(byte));
+    }
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let (&byte, rest) = buf
@@ -58,35 +66,40 @@ fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
     Ok(head)
 }
 
+impl<'a> Fields<'a> {
+    #[inline]
+    fn field(&mut self) -> Result<(u64, Wire<'a>)> {
+        let key = varint(&mut self.buf)?;
+        let value = match key & 7 {
+            0 => Wire::Varint(varint(&mut self.buf)?),
+            1 => {
+                let b = take(&mut self.buf, 8)?;
+                Wire::Fixed64(u64::from_le_bytes(b.try_into().unwrap_or_default()))
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut self.buf)?)
+                    .map_err(|_| TranscodeError("length overflow"))?;
+                Wire::Bytes(take(&mut self.buf, len)?)
+            }
+            5 => {
+                let b = take(&mut self.buf, 4)?;
+                Wire::Fixed32(u32::from_le_bytes(b.try_into().unwrap_or_default()))
+            }
+            _ => return Err(TranscodeError("unsupported wire type")),
+        };
+        Ok((key >> 3, value))
+    }
+}
+
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<(u64, Wire<'a>)>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() {
             return None;
         }
-        let mut field = || -> Result<(u64, Wire<'a>)> {
-            let key = varint(&mut self.buf)?;
-            let value = match key & 7 {
-                0 => Wire::Varint(varint(&mut self.buf)?),
-                1 => {
-                    let b = take(&mut self.buf, 8)?;
-                    Wire::Fixed64(u64::from_le_bytes(b.try_into().unwrap_or_default()))
-                }
-                2 => {
-                    let len = usize::try_from(varint(&mut self.buf)?)
-                        .map_err(|_| TranscodeError("length overflow"))?;
-                    Wire::Bytes(take(&mut self.buf, len)?)
-                }
-                5 => {
-                    let b = take(&mut self.buf, 4)?;
-                    Wire::Fixed32(u32::from_le_bytes(b.try_into().unwrap_or_default()))
-                }
-                _ => return Err(TranscodeError("unsupported wire type")),
-            };
-            Ok((key >> 3, value))
-        };
-        let item = field();
+        let item = self.field();
         if item.is_err() {
             self.buf = &[];
         }
@@ -139,9 +152,35 @@ impl Out<'_> {
     /// A JSON string from UTF-8 bytes (replacing what is not UTF-8, where
     /// the slow path would refuse the whole batch).
     fn string(&mut self, bytes: &[u8]) {
+        // Most strings need no escaping: copied as they are.
+        if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+            && std::str::from_utf8(bytes).is_ok()
+        {
+            self.buf.reserve(bytes.len() + 2);
+            self.buf.push(b'"');
+            self.buf.extend_from_slice(bytes);
+            self.buf.push(b'"');
+            return;
+        }
         let text = String::from_utf8_lossy(bytes);
         // serde_json's escaping: writing a str to a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *self.buf, text.as_ref());
+    }
+
+    /// `[]`, or [`Self::repeated`] when the message has the field.
+    fn repeated_if(
+        &mut self,
+        present: bool,
+        message: &[u8],
+        number: u64,
+        item: impl FnMut(&mut Self, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        if present {
+            self.repeated(message, number, item)
+        } else {
+            self.raw("[]");
+            Ok(())
+        }
     }
 
     fn hex(&mut self, bytes: &[u8]) {
@@ -316,6 +355,9 @@ struct SpanScalars<'a> {
     dropped_events: u64,
     dropped_links: u64,
     status: Option<&'a [u8]>,
+    has_attributes: bool,
+    has_events: bool,
+    has_links: bool,
 }
 
 fn span(out: &mut Out<'_>, m: &[u8]) -> Result<()> {
@@ -330,7 +372,9 @@ fn span(out: &mut Out<'_>, m: &[u8]) -> Result<()> {
             (6, v) => s.kind = uint(v)?,
             (7, v) => s.start = fixed64(v)?,
             (8, v) => s.end = fixed64(v)?,
-            (9 | 11 | 13, _) => {}
+            (9, _) => s.has_attributes = true,
+            (11, _) => s.has_events = true,
+            (13, _) => s.has_links = true,
             (10, v) => s.dropped_attributes = uint(v)?,
             (12, v) => s.dropped_events = uint(v)?,
             (14, v) => s.dropped_links = uint(v)?,
@@ -358,15 +402,15 @@ fn span(out: &mut Out<'_>, m: &[u8]) -> Result<()> {
     out.raw(",\"endTimeUnixNano\":");
     out.quoted_number(s.end);
     out.raw(",\"attributes\":");
-    out.repeated(m, 9, key_value)?;
+    out.repeated_if(s.has_attributes, m, 9, key_value)?;
     out.raw(",\"droppedAttributesCount\":");
     out.number(s.dropped_attributes);
     out.raw(",\"events\":");
-    out.repeated(m, 11, event)?;
+    out.repeated_if(s.has_events, m, 11, event)?;
     out.raw(",\"droppedEventsCount\":");
     out.number(s.dropped_events);
     out.raw(",\"links\":");
-    out.repeated(m, 13, link)?;
+    out.repeated_if(s.has_links, m, 13, link)?;
     out.raw(",\"droppedLinksCount\":");
     out.number(s.dropped_links);
     out.raw(",\"status\":");
