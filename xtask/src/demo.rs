@@ -96,9 +96,11 @@ pub fn start_agent(
     agent: &std::path::Path,
     args: &[String],
     stdout: Stdio,
+    envs: &[(&str, &str)],
 ) -> anyhow::Result<Guard> {
     let mut child = Command::new(agent)
         .args(args)
+        .envs(envs.iter().copied())
         .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
@@ -156,6 +158,7 @@ pub fn run() -> anyhow::Result<()> {
         &agent,
         &["--pid".to_owned(), server.0.id().to_string()],
         Stdio::inherit(),
+        &[],
     )?;
     for (method, target) in [
         ("GET", "/hello"),

@@ -245,7 +245,14 @@ fn traced_round(
     }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     // Console output, when asked for, goes nowhere: it is measured, not read.
-    let guard = start_agent(agent, &args, Stdio::null())?;
+    // Spans are what is measured: metrics only where a configuration asks
+    // for them (an OTLP endpoint would turn OTLP metrics on by default).
+    let envs: &[(&str, &str)] = if extra.contains(&"--metrics-listen") {
+        &[]
+    } else {
+        &[("OTEL_METRICS_EXPORTER", "none")]
+    };
+    let guard = start_agent(agent, &args, Stdio::null(), envs)?;
     let agent_pid = guard.0.id();
     let cpu_before = cpu_ms(agent_pid)?;
     let rps = wrk(url, seconds, connections)?;

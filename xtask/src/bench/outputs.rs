@@ -70,7 +70,7 @@ pub fn outputs(rounds: usize, seconds: u64, connections: u32) -> anyhow::Result<
          Command: `sudo -E cargo xtask bench outputs --rounds {rounds} --seconds {seconds} --connections {connections}`\n\n\
          The Go HTTP fixture (`agent/tests/fixtures/httpserver`, GET /hello) under `wrk -t1 -c{connections}` on loopback, \
          {rounds} alternating rounds of {seconds} s per configuration in one run, the agent with its default ring \
-         buffer and one output each. Agent CPU is utime+stime of the agent over the run divided by the spans it \
+         buffer, one output each and metrics off (`OTEL_METRICS_EXPORTER=none`: an OTLP endpoint would turn OTLP metrics on). Agent CPU is utime+stime of the agent over the run divided by the spans it \
          exported. Records lost: the kernel's ring-buffer-full and preempted counts; spans lost: the export queue, \
          failed exports and ends without start, from the agent's `--summary-file`.\n\n{table}"
     );
