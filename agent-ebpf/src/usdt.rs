@@ -173,6 +173,14 @@ fn try_usdt_probe(ctx: &ProbeContext) {
     }
     if rec.failed != 0 {
         count(stats::READ_FAILED);
+        // A rare branch (a probe whose argument spec does not fit the
+        // program, or memory gone): worth a line at -vv, not on the hot path.
+        aya_log_ebpf::debug!(
+            ctx,
+            "USDT site {}: argument reads failed (mask {:x})",
+            site,
+            rec.failed
+        );
     }
     let len = USDT_RECORD_HEAD + strings_at + rec.str_used as usize;
     let now = rec.header.ktime_ns;

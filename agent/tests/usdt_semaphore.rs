@@ -147,3 +147,46 @@ fn probes_without_a_semaphore_have_none_to_read() {
         "{err}"
     );
 }
+
+/// A mapping that reads `fixture:constants`' first argument (the constant 5)
+/// as a string: the kernel's read fails on every firing.
+const UNREADABLE_TOML: &str = r#"
+[[span]]
+name = "unreadable"
+start = "fixture:constants"
+end = "fixture:regs"
+request_id = "v"
+[span.start_args]
+v = { index = 0, type = "str" }
+[span.end_args]
+v = { index = 0, type = "str" }
+"#;
+
+#[test]
+fn the_programs_diagnostics_reach_the_log_at_verbose() {
+    let fx = fixture("semaphore");
+    let mut target = Running::start(fx);
+    let config = std::env::temp_dir().join(format!("usdt-unreadable-{}.toml", std::process::id()));
+    std::fs::write(&config, UNREADABLE_TOML).expect("writing the mapping");
+    let mut cmd = command();
+    cmd.args([
+        "--pid",
+        &target.pid.to_string(),
+        "--output",
+        "console",
+        "-v",
+    ])
+    .arg("--usdt-config")
+    .arg(&config);
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    target.fire();
+    // Written by aya-log-ebpf in the USDT program's failed-read branch,
+    // read by the agent's housekeeping within a second.
+    let line = agent.wait_for_stderr("argument reads failed", Duration::from_secs(5));
+    assert!(line.contains("USDT site"), "{line}");
+    assert!(line.contains("mask 1"), "{line}");
+    agent.signal(Signal::SIGINT);
+    assert!(agent.wait(AGENT_EXIT).success());
+    let _ = std::fs::remove_file(&config);
+}

@@ -177,6 +177,8 @@ pub struct Probes {
     next_handle: u64,
     /// Program-array slots filled, emptied on drop.
     tail_slots: Vec<(&'static str, u32)>,
+    /// The programs' aya-log diagnostics, when the log level shows them.
+    ebpf_logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -242,13 +244,42 @@ impl Probes {
                 }
             })?;
         }
+        // The programs' own diagnostics (aya-log-ebpf, in rare branches
+        // only) are read when they would be shown: at -v and beyond.
+        let ebpf_logs = if log::log_enabled!(target: "agent_ebpf", log::Level::Debug) {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(logger) => Some(logger),
+                Err(err) => {
+                    log::debug!("the eBPF programs' diagnostics are off: {err}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             attached: Vec::new(),
             tracepoints: Vec::new(),
             next_handle: 0,
             tail_slots: Vec::new(),
+            ebpf_logs,
         })
+    }
+
+    /// Logs what the eBPF programs wrote with aya-log since the last call
+    /// (at -v and beyond; nothing otherwise).
+    pub fn flush_ebpf_logs(&mut self) {
+        let Some(logger) = &mut self.ebpf_logs else {
+            return;
+        };
+        // aya-log panics on a record it cannot parse; a diagnostic must not
+        // take the agent down.
+        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.flush()));
+        if flushed.is_err() {
+            log::warn!("unreadable eBPF diagnostics; they are off from here");
+            self.ebpf_logs = None;
+        }
     }
 
     fn uprobe(&mut self, program: &'static str) -> Result<&mut UProbe, ProbeError> {

@@ -491,6 +491,7 @@ async fn trace(
                     family.housekeeping(probes, now, &mut cx);
                 }
                 cx.goroutines.expire(now);
+                probes.flush_ebpf_logs();
                 counts.kernel = stats.read();
                 counts.export = pipeline.snapshot();
                 counts.bad_records = records.bad;
@@ -529,6 +530,7 @@ async fn trace(
     probes.detach_all();
     // The probes are detached: what the kernel wrote is finite.
     records.drain(families, &mut cx, usize::MAX).await;
+    probes.flush_ebpf_logs();
     let now = WallClock::monotonic_now_ns();
     for family in families.iter_mut() {
         family.finish(now, &mut cx);
