@@ -42,11 +42,17 @@ use opentelemetry_sdk::{
 use tokio::task::JoinHandle;
 
 pub use agent::{Attached, QueueFill};
-pub use config::{MetricsConfig, MetricsConfigError, MetricsInputs, MetricsProtocol, OtlpMetrics};
+pub use config::{MetricsConfig, MetricsConfigError, MetricsInputs, OtlpMetrics};
 use prometheus::SharedReader;
 use requests::Requests;
 
-use crate::session::Counters;
+use crate::{
+    export::{
+        config::{Compression, OtlpConfig, OtlpProtocol},
+        tls::{self, ClientTls, TlsError},
+    },
+    session::Counters,
+};
 
 /// Whether metrics are on: the hooks' first and, when off, only check.
 static ON: AtomicBool = AtomicBool::new(false);
@@ -93,10 +99,12 @@ fn with_agent(f: impl FnOnce(&mut agent::Snapshot)) {
 pub enum MetricsError {
     #[error(transparent)]
     Config(#[from] MetricsConfigError),
-    #[error(
-        "OTLP metrics endpoint {0}: TLS for metrics export is not available yet (use http:// or --metrics-listen)"
-    )]
-    Tls(String),
+    #[error("OTLP metrics export to {endpoint}")]
+    Tls {
+        endpoint: String,
+        #[source]
+        source: Box<TlsError>,
+    },
     #[error("invalid OTLP metrics header {0:?}")]
     Header(String),
     #[error("cannot export metrics to {endpoint}")]
@@ -105,6 +113,8 @@ pub enum MetricsError {
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    #[error("cannot build the HTTP client of metrics export to {endpoint}: {reason}")]
+    HttpClient { endpoint: String, reason: String },
     #[error(transparent)]
     Listen(#[from] prometheus::ListenError),
 }
@@ -136,10 +146,12 @@ impl Metrics {
         }
         let mut builder = SdkMeterProvider::builder().with_resource(resource.clone());
         if let Some(otlp) = &config.otlp {
+            let cause = FailureCause::default();
             let exporter = Logged {
-                inner: otlp_exporter(otlp)?,
-                endpoint: otlp.endpoint.clone(),
+                inner: otlp_exporter(&otlp.config, &cause)?,
+                endpoint: otlp.config.endpoint.clone(),
                 failures: AtomicU64::new(0),
+                cause,
             };
             builder = builder.with_reader(
                 PeriodicReader::builder(exporter)
@@ -167,7 +179,7 @@ impl Metrics {
         if let Some(otlp) = &config.otlp {
             log::info!(
                 "metrics: OTLP to {} every {:?}",
-                otlp.endpoint,
+                otlp.config.endpoint,
                 otlp.interval
             );
         }
@@ -176,7 +188,7 @@ impl Metrics {
         }
         Ok(Some(Self {
             provider,
-            otlp_endpoint: config.otlp.as_ref().map(|o| o.endpoint.clone()),
+            otlp_endpoint: config.otlp.as_ref().map(|o| o.config.endpoint.clone()),
             server,
         }))
     }
@@ -218,12 +230,27 @@ impl Metrics {
     }
 }
 
-fn otlp_exporter(otlp: &OtlpMetrics) -> Result<opentelemetry_otlp::MetricExporter, MetricsError> {
-    if otlp.endpoint.starts_with("https://") {
-        return Err(MetricsError::Tls(otlp.endpoint.clone()));
-    }
+/// The OTLP exporter of `otlp`: over TLS (its PEM files read and checked
+/// here, at start) when the endpoint is `https://`, never in cleartext.
+fn otlp_exporter(
+    otlp: &OtlpConfig,
+    cause: &FailureCause,
+) -> Result<opentelemetry_otlp::MetricExporter, MetricsError> {
+    let tls_error = |source| MetricsError::Tls {
+        endpoint: otlp.endpoint.clone(),
+        source: Box::new(source),
+    };
+    let client_tls = if otlp.is_tls() {
+        Some(ClientTls::load(&otlp.tls).map_err(tls_error)?)
+    } else {
+        None
+    };
+    let compression = match otlp.compression {
+        Compression::Gzip => Some(opentelemetry_otlp::Compression::Gzip),
+        Compression::None => None,
+    };
     let built = match otlp.protocol {
-        MetricsProtocol::Grpc => {
+        OtlpProtocol::Grpc => {
             let mut metadata = tonic::metadata::MetadataMap::new();
             for (key, value) in &otlp.headers {
                 let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> =
@@ -233,28 +260,80 @@ fn otlp_exporter(otlp: &OtlpMetrics) -> Result<opentelemetry_otlp::MetricExporte
                     .map_err(|_| MetricsError::Header(key.to_string()))?;
                 metadata.insert(key, value);
             }
-            opentelemetry_otlp::MetricExporter::builder()
+            let mut builder = opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()
                 .with_endpoint(&otlp.endpoint)
                 .with_timeout(otlp.timeout)
-                .with_metadata(metadata)
-                .build()
+                .with_metadata(metadata);
+            if let Some(tls) = &client_tls {
+                builder = builder.with_tls_config(tls.grpc());
+            }
+            if let Some(compression) = compression {
+                builder = builder.with_compression(compression);
+            }
+            builder.build()
         }
-        MetricsProtocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
-            .with_http()
-            .with_endpoint(&otlp.endpoint)
-            .with_timeout(otlp.timeout)
-            .with_headers(
-                otlp.headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<HashMap<_, _>>(),
-            )
-            .build(),
+        OtlpProtocol::HttpProtobuf => {
+            let mut builder = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_endpoint(&otlp.endpoint)
+                .with_timeout(otlp.timeout)
+                .with_http_client(HttpClientWithCause {
+                    client: http_client(otlp, client_tls.as_ref())?,
+                    cause: cause.clone(),
+                })
+                .with_headers(
+                    otlp.headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect::<HashMap<_, _>>(),
+                );
+            if let Some(compression) = compression {
+                builder = builder.with_compression(compression);
+            }
+            builder.build()
+        }
     };
     built.map_err(|source| MetricsError::Exporter {
         endpoint: otlp.endpoint.clone(),
         source,
+    })
+}
+
+/// The blocking reqwest client of the HTTP exporter: `https` only with the
+/// configured roots (and client certificate) when the endpoint is
+/// `https://`, else a client that trusts nothing, so a redirect to
+/// `https://` cannot succeed unverified. Built on a thread of its own, as
+/// the exporter builds its default one: a blocking client owns a runtime,
+/// which tokio forbids creating inside another.
+fn http_client(
+    otlp: &OtlpConfig,
+    client_tls: Option<&ClientTls>,
+) -> Result<reqwest::blocking::Client, MetricsError> {
+    let tls_error = |source| MetricsError::Tls {
+        endpoint: otlp.endpoint.clone(),
+        source: Box::new(source),
+    };
+    let builder = reqwest::blocking::Client::builder().timeout(otlp.timeout);
+    let builder = match client_tls {
+        Some(tls) => builder
+            .use_preconfigured_tls(tls.http().map_err(tls_error)?)
+            .https_only(true),
+        None => builder.use_preconfigured_tls(tls::cleartext_http().map_err(tls_error)?),
+    };
+    let built = std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || builder.build())
+        .map_err(|e| e.to_string())
+        .and_then(|thread| {
+            thread
+                .join()
+                .map_err(|_| "the thread building it panicked".to_owned())
+        })
+        .and_then(|client| client.map_err(|e| e.to_string()));
+    built.map_err(|reason| MetricsError::HttpClient {
+        endpoint: otlp.endpoint.clone(),
+        reason,
     })
 }
 
@@ -266,16 +345,25 @@ struct Logged {
     inner: opentelemetry_otlp::MetricExporter,
     endpoint: String,
     failures: AtomicU64,
+    /// Why the last HTTP request failed, which the exporter's error does
+    /// not say.
+    cause: FailureCause,
 }
 
 impl PushMetricExporter for Logged {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let result = self.inner.export(metrics).await;
+        let cause = self
+            .cause
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Err(err) = &result {
             let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            let cause = cause.map(|c| format!(": {c}")).unwrap_or_default();
             if n.is_power_of_two() {
                 log::warn!(
-                    "metrics: export to {} failed ({n} so far): {err}",
+                    "metrics: export to {} failed ({n} so far): {err}{cause}",
                     self.endpoint
                 );
             }
@@ -293,5 +381,38 @@ impl PushMetricExporter for Logged {
 
     fn temporality(&self) -> Temporality {
         self.inner.temporality()
+    }
+}
+
+/// Why the last HTTP request of the exporter failed, with every error of
+/// the chain (`invalid peer certificate: UnknownIssuer`, `Connection
+/// refused`): the exporter reduces it to "network error".
+type FailureCause = Arc<Mutex<Option<String>>>;
+
+/// The HTTP exporter's client: reqwest's, keeping the cause of a failure.
+#[derive(Debug)]
+struct HttpClientWithCause {
+    client: reqwest::blocking::Client,
+    cause: FailureCause,
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for HttpClientWithCause {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let result = self.client.send_bytes(request).await;
+        if let Err(err) = &result {
+            let mut chain = err.to_string();
+            let mut source = err.source();
+            while let Some(e) = source {
+                chain.push_str(": ");
+                chain.push_str(&e.to_string());
+                source = e.source();
+            }
+            *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = Some(chain);
+        }
+        result
     }
 }
