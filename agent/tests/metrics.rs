@@ -814,7 +814,7 @@ fn metrics_over_tls_with_the_ca_file_and_a_wrong_ca_said() {
         let failed: Vec<String> = agent
             .stderr_lines()
             .into_iter()
-            .filter(|l| l.contains("metrics: export"))
+            .filter(|l| l.contains("metrics: export") || l.contains(" exports to "))
             .collect();
         assert!(failed.is_empty(), "{protocol}: {failed:?}");
 
@@ -836,6 +836,19 @@ fn metrics_over_tls_with_the_ca_file_and_a_wrong_ca_said() {
             before,
             "{protocol}: nothing arrived"
         );
+        // Every export failed, and the exit says how many.
+        let lines = agent.stderr_lines();
+        let counted = lines
+            .iter()
+            .find_map(|l| {
+                l.split("metrics: ")
+                    .nth(1)?
+                    .strip_suffix(&format!(" exports to {endpoint} failed"))
+            })
+            .unwrap_or_else(|| panic!("{protocol}: no count of failed exports: {lines:?}"));
+        let (failed, done) = counted.split_once(" of ").expect("N of M");
+        assert_eq!(failed, done, "{protocol}: {counted}");
+        assert!(failed.parse::<u64>().expect("a count") >= 1, "{counted}");
     }
 
     // Not PEM: one line at start, naming the file.

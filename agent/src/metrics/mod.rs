@@ -131,6 +131,8 @@ pub struct Metrics {
     provider: SdkMeterProvider,
     /// Where the final export goes, for the warning when it fails.
     otlp_endpoint: Option<String>,
+    /// The OTLP exports and their failures, said at shutdown.
+    exports: Arc<ExportCounts>,
     server: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
@@ -145,12 +147,13 @@ impl Metrics {
             return Ok(None);
         }
         let mut builder = SdkMeterProvider::builder().with_resource(resource.clone());
+        let exports = Arc::<ExportCounts>::default();
         if let Some(otlp) = &config.otlp {
             let cause = FailureCause::default();
             let exporter = Logged {
                 inner: otlp_exporter(&otlp.config, &cause)?,
                 endpoint: otlp.config.endpoint.clone(),
-                failures: AtomicU64::new(0),
+                counts: exports.clone(),
                 cause,
             };
             builder = builder.with_reader(
@@ -189,6 +192,7 @@ impl Metrics {
         Ok(Some(Self {
             provider,
             otlp_endpoint: config.otlp.as_ref().map(|o| o.config.endpoint.clone()),
+            exports,
             server,
         }))
     }
@@ -199,7 +203,8 @@ impl Metrics {
     }
 
     /// Publishes the session's final counters (none when it failed), then
-    /// collects and exports one last time (within a bounded time) and stops.
+    /// collects and exports one last time (within a bounded time) and stops;
+    /// says how many OTLP exports failed, if any did.
     pub async fn shutdown(self, counters: Option<&Counters>) {
         if let Some(counters) = counters {
             publish_counters(counters, None);
@@ -221,6 +226,11 @@ impl Metrics {
             Err(_) => log::warn!(
                 "metrics: final export to {to} took longer than {SHUTDOWN_BUDGET:?}: not sent"
             ),
+        }
+        let failed = self.exports.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let done = self.exports.done.load(Ordering::Relaxed);
+            log::warn!("metrics: {failed} of {done} exports to {to} failed");
         }
         if let Some((_, task)) = self.server {
             task.abort();
@@ -337,6 +347,13 @@ fn http_client(
     })
 }
 
+/// OTLP exports that finished (sent or failed), and those that failed.
+#[derive(Debug, Default)]
+struct ExportCounts {
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
 /// The OTLP exporter, saying when exports fail: the first failure, then
 /// at every power of two (the SDK's own reports go to `tracing`, which the
 /// agent does not print).
@@ -344,7 +361,7 @@ fn http_client(
 struct Logged {
     inner: opentelemetry_otlp::MetricExporter,
     endpoint: String,
-    failures: AtomicU64,
+    counts: Arc<ExportCounts>,
     /// Why the last HTTP request failed, which the exporter's error does
     /// not say.
     cause: FailureCause,
@@ -358,8 +375,9 @@ impl PushMetricExporter for Logged {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        self.counts.done.fetch_add(1, Ordering::Relaxed);
         if let Err(err) = &result {
-            let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            let n = self.counts.failed.fetch_add(1, Ordering::Relaxed) + 1;
             let cause = cause.map(|c| format!(": {c}")).unwrap_or_default();
             if n.is_power_of_two() {
                 log::warn!(
