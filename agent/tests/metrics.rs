@@ -876,3 +876,71 @@ fn metrics_over_tls_with_the_ca_file_and_a_wrong_ca_said() {
         "{stderr}"
     );
 }
+
+/// Mutual TLS for metrics: with the client certificate and key of
+/// `OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE`/`_KEY` the exports arrive
+/// at receivers that require one, over gRPC and HTTP; without, none does.
+#[test]
+fn metrics_over_mutual_tls_with_a_client_certificate() {
+    let binary = fixture::build_module("routes-servemux", &[]);
+    let (server, _addr) = fixture::start_httpserver(&binary);
+    let pki = TestPki::new();
+    let traces = Receiver::grpc();
+    for protocol in ["grpc", "http/protobuf"] {
+        for with_identity in [true, false] {
+            let (receiver, path) = match protocol {
+                "grpc" => (MetricsReceiver::start_with(&pki.listen_mutual()), ""),
+                _ => (http_receiver_with(&pki.listen_mutual()), "/v1/metrics"),
+            };
+            let endpoint = format!("https://{}{path}", receiver.addr);
+            let mut cmd = command();
+            cmd.args(["--pid", &server.pid().to_string()])
+                .args(["--otlp-endpoint", &traces.url(), "--otlp-protocol", "grpc"])
+                .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", &endpoint)
+                .env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", protocol)
+                .env("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", pki.path("ca.pem"))
+                .env("OTEL_METRIC_EXPORT_INTERVAL", "300");
+            if with_identity {
+                cmd.env(
+                    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+                    pki.path("client.pem"),
+                )
+                .env(
+                    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+                    pki.path("client-key.pem"),
+                );
+            }
+            let mut agent = Agent::start(cmd);
+            agent.wait_attached();
+            if with_identity {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while receiver.last("agent.records").is_none() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{protocol}: no export with a client certificate: {:?}",
+                        agent.stderr_lines()
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            } else {
+                agent.wait_for_stderr(
+                    &format!("metrics: export to {endpoint} failed"),
+                    Duration::from_secs(20),
+                );
+            }
+            agent.signal(Signal::SIGINT);
+            assert!(agent.wait(AGENT_EXIT).success(), "{protocol}");
+            let failed = agent
+                .stderr_lines()
+                .into_iter()
+                .any(|l| l.contains(&format!(" exports to {endpoint} failed")));
+            assert_eq!(failed, !with_identity, "{protocol}");
+            if !with_identity {
+                assert!(
+                    receiver.store.lock().expect("store").is_empty(),
+                    "{protocol}: nothing arrives without a client certificate"
+                );
+            }
+        }
+    }
+}

@@ -429,9 +429,11 @@ pub fn grpc_server_tls(listen: &Listen) -> Option<tonic::transport::ServerTlsCon
 
 /// Certificates made for one test (rcgen), in a temporary directory: a CA
 /// (`ca.pem`), a server certificate it signed for 127.0.0.1 and localhost,
-/// and a CA that signed nothing here (`other-ca.pem`).
+/// a client certificate it signed (`client.pem`, `client-key.pem`), and a
+/// CA that signed nothing here (`other-ca.pem`).
 pub struct TestPki {
     pub dir: tempfile::TempDir,
+    ca_pem: String,
     server: (String, String),
 }
 
@@ -460,11 +462,24 @@ impl TestPki {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().expect("server key");
         let cert = params.signed_by(&key, &ca).expect("server certificate");
-        for (name, text) in [("ca.pem", ca.pem()), ("other-ca.pem", other.pem())] {
+        let mut params = CertificateParams::new(vec!["agent".to_owned()]).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, "agent");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().expect("client key");
+        let client = params
+            .signed_by(&client_key, &ca)
+            .expect("client certificate");
+        for (name, text) in [
+            ("ca.pem", ca.pem()),
+            ("other-ca.pem", other.pem()),
+            ("client.pem", client.pem()),
+            ("client-key.pem", client_key.serialize_pem()),
+        ] {
             std::fs::write(dir.path().join(name), text).expect("write PEM");
         }
         Self {
             dir,
+            ca_pem: ca.pem(),
             server: (cert.pem(), key.serialize_pem()),
         }
     }
@@ -478,6 +493,15 @@ impl TestPki {
     pub fn listen(&self) -> Listen {
         Listen {
             tls: Some(self.server.clone()),
+            ..Listen::default()
+        }
+    }
+
+    /// Mutual TLS: clients must show a certificate the CA signed.
+    pub fn listen_mutual(&self) -> Listen {
+        Listen {
+            tls: Some(self.server.clone()),
+            client_ca: Some(self.ca_pem.clone()),
             ..Listen::default()
         }
     }
