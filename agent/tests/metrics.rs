@@ -33,10 +33,14 @@ use support::{
 
 type Store = Arc<Mutex<Vec<ExportMetricsServiceRequest>>>;
 
+/// The headers (gRPC metadata) of each request.
+type Headers = Arc<Mutex<Vec<BTreeMap<String, String>>>>;
+
 struct Metrics {
     store: Store,
     /// The `grpc-encoding` of each request.
     encodings: Arc<Mutex<Vec<String>>>,
+    headers: Headers,
 }
 
 #[tonic::async_trait]
@@ -52,6 +56,14 @@ impl MetricsService for Metrics {
             .unwrap_or("identity")
             .to_owned();
         self.encodings.lock().expect("encodings").push(encoding);
+        let headers = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        self.headers.lock().expect("headers").push(headers);
         self.store.lock().expect("store").push(request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
@@ -62,6 +74,7 @@ struct MetricsReceiver {
     addr: SocketAddr,
     store: Store,
     encodings: Arc<Mutex<Vec<String>>>,
+    headers: Headers,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -83,9 +96,11 @@ impl MetricsReceiver {
         let addr = listener.local_addr().expect("addr");
         let store = Store::default();
         let encodings = Arc::<Mutex<Vec<String>>>::default();
+        let headers = Headers::default();
         let service = MetricsServiceServer::new(Metrics {
             store: store.clone(),
             encodings: encodings.clone(),
+            headers: headers.clone(),
         })
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let mut server = tonic::transport::Server::builder();
@@ -103,6 +118,7 @@ impl MetricsReceiver {
             addr,
             store,
             encodings,
+            headers,
             _runtime: runtime,
         }
     }
@@ -149,16 +165,28 @@ fn http_receiver_with(listen: &Listen) -> MetricsReceiver {
     let addr = listener.local_addr().expect("addr");
     let store = Store::default();
     let accept_store = store.clone();
+    let headers = Headers::default();
+    let accept_headers = headers.clone();
     runtime.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let store = accept_store.clone();
+            let headers = accept_headers.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let store = store.clone();
+                        let headers = headers.clone();
                         async move {
                             let ok = req.uri().path() == "/v1/metrics";
+                            headers.lock().expect("headers").push(
+                                req.headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or_default().to_owned())
+                                    })
+                                    .collect(),
+                            );
                             let body = req.into_body().collect().await.map(|b| b.to_bytes());
                             let status = match body.map(ExportMetricsServiceRequest::decode) {
                                 Ok(Ok(request)) if ok => {
@@ -198,6 +226,7 @@ fn http_receiver_with(listen: &Listen) -> MetricsReceiver {
         addr,
         store,
         encodings: Arc::default(),
+        headers,
         _runtime: runtime,
     }
 }
@@ -769,6 +798,8 @@ fn metrics_over_tls_with_the_ca_file_and_a_wrong_ca_said() {
         let mut cmd = command();
         cmd.args(["--pid", &server.pid().to_string()])
             .args(["--otlp-endpoint", &traces.url(), "--otlp-protocol", "grpc"])
+            .args(["--otlp-header", "x-team=flag"])
+            .env("OTEL_EXPORTER_OTLP_HEADERS", "x-team=env,x-env=only%20env")
             .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint)
             .env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", protocol)
             .env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca)
@@ -817,6 +848,17 @@ fn metrics_over_tls_with_the_ca_file_and_a_wrong_ca_said() {
             .filter(|l| l.contains("metrics: export") || l.contains(" exports to "))
             .collect();
         assert!(failed.is_empty(), "{protocol}: {failed:?}");
+        // The headers as resolved: the flag wins over the variable.
+        let headers = receiver.headers.lock().expect("headers").clone();
+        assert!(!headers.is_empty(), "{protocol}");
+        for h in &headers {
+            assert_eq!(h.get("x-team").map(String::as_str), Some("flag"), "{h:?}");
+            assert_eq!(
+                h.get("x-env").map(String::as_str),
+                Some("only env"),
+                "{h:?}"
+            );
+        }
 
         // A CA that did not sign the receiver's certificate.
         let before = receiver.store.lock().expect("store").len();

@@ -20,7 +20,6 @@ pub mod requests;
 pub mod span_view;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
@@ -259,22 +258,34 @@ fn otlp_exporter(
         Compression::Gzip => Some(opentelemetry_otlp::Compression::Gzip),
         Compression::None => None,
     };
+    // The exporter adds the header variables it reads itself after the
+    // configured headers, so a flag would lose to them: the resolved
+    // headers are set on every request last (an interceptor, the HTTP
+    // client), replacing whatever the exporter put under the same names.
+    let mut headers = http::HeaderMap::new();
+    for (key, value) in &otlp.headers {
+        let name = http::HeaderName::from_bytes(key.as_bytes())
+            .map_err(|_| MetricsError::Header(key.clone()))?;
+        let value =
+            http::HeaderValue::from_str(value).map_err(|_| MetricsError::Header(key.clone()))?;
+        headers.insert(name, value);
+    }
     let built = match otlp.protocol {
         OtlpProtocol::Grpc => {
-            let mut metadata = tonic::metadata::MetadataMap::new();
-            for (key, value) in &otlp.headers {
-                let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> =
-                    key.parse().map_err(|_| MetricsError::Header(key.clone()))?;
-                let value = value
-                    .parse()
-                    .map_err(|_| MetricsError::Header(key.to_string()))?;
-                metadata.insert(key, value);
-            }
+            let metadata = tonic::metadata::MetadataMap::from_headers(headers);
+            let set_headers = move |mut request: tonic::Request<()>| {
+                for entry in metadata.iter() {
+                    if let tonic::metadata::KeyAndValueRef::Ascii(key, value) = entry {
+                        request.metadata_mut().insert(key.clone(), value.clone());
+                    }
+                }
+                Ok(request)
+            };
             let mut builder = opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()
                 .with_endpoint(&otlp.endpoint)
                 .with_timeout(otlp.timeout)
-                .with_metadata(metadata);
+                .with_interceptor(set_headers);
             if let Some(tls) = &client_tls {
                 builder = builder.with_tls_config(tls.grpc());
             }
@@ -290,14 +301,9 @@ fn otlp_exporter(
                 .with_timeout(otlp.timeout)
                 .with_http_client(HttpClientWithCause {
                     client: http_client(otlp, client_tls.as_ref())?,
+                    headers,
                     cause: cause.clone(),
-                })
-                .with_headers(
-                    otlp.headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect::<HashMap<_, _>>(),
-                );
+                });
             if let Some(compression) = compression {
                 builder = builder.with_compression(compression);
             }
@@ -407,10 +413,12 @@ impl PushMetricExporter for Logged {
 /// refused`): the exporter reduces it to "network error".
 type FailureCause = Arc<Mutex<Option<String>>>;
 
-/// The HTTP exporter's client: reqwest's, keeping the cause of a failure.
+/// The HTTP exporter's client: reqwest's, setting the resolved headers and
+/// keeping the cause of a failure.
 #[derive(Debug)]
 struct HttpClientWithCause {
     client: reqwest::blocking::Client,
+    headers: http::HeaderMap,
     cause: FailureCause,
 }
 
@@ -418,8 +426,11 @@ struct HttpClientWithCause {
 impl opentelemetry_http::HttpClient for HttpClientWithCause {
     async fn send_bytes(
         &self,
-        request: http::Request<bytes::Bytes>,
+        mut request: http::Request<bytes::Bytes>,
     ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        for (name, value) in &self.headers {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
         let result = self.client.send_bytes(request).await;
         if let Err(err) = &result {
             let mut chain = err.to_string();
