@@ -221,6 +221,22 @@ pub struct ExportArgs {
     pub service_name: Option<String>,
 }
 
+impl ExportArgs {
+    /// The OTLP exporter's flags, which spans and metrics both read.
+    pub fn otlp_flags(&self) -> agent::export::config::OtlpFlags {
+        agent::export::config::OtlpFlags {
+            endpoint: self.otlp_endpoint.clone(),
+            protocol: self.otlp_protocol.clone(),
+            headers: self.otlp_headers.clone(),
+            certificate: self.otlp_certificate.clone(),
+            client_certificate: self.otlp_client_certificate.clone(),
+            client_key: self.otlp_client_key.clone(),
+            insecure: self.otlp_insecure,
+            compression: self.otlp_compression.clone(),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Args, Clone, Copy)]
 pub struct LogArgs {

@@ -28,15 +28,19 @@ use support::{
     agent::{AGENT_EXIT, Agent, command},
     fixture,
     http_client::Connection,
-    otlp::{Receiver, attributes},
+    otlp::{Listen, Receiver, TestPki, attributes, grpc_server_tls, tls_acceptor},
 };
 
 type Store = Arc<Mutex<Vec<ExportMetricsServiceRequest>>>;
+
+/// The headers (gRPC metadata) of each request.
+type Headers = Arc<Mutex<Vec<BTreeMap<String, String>>>>;
 
 struct Metrics {
     store: Store,
     /// The `grpc-encoding` of each request.
     encodings: Arc<Mutex<Vec<String>>>,
+    headers: Headers,
 }
 
 #[tonic::async_trait]
@@ -52,6 +56,14 @@ impl MetricsService for Metrics {
             .unwrap_or("identity")
             .to_owned();
         self.encodings.lock().expect("encodings").push(encoding);
+        let headers = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        self.headers.lock().expect("headers").push(headers);
         self.store.lock().expect("store").push(request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
@@ -62,11 +74,17 @@ struct MetricsReceiver {
     addr: SocketAddr,
     store: Store,
     encodings: Arc<Mutex<Vec<String>>>,
+    headers: Headers,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl MetricsReceiver {
     fn start() -> Self {
+        Self::start_with(&Listen::default())
+    }
+
+    /// A gRPC receiver over TLS when `listen` says so.
+    fn start_with(listen: &Listen) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -78,14 +96,20 @@ impl MetricsReceiver {
         let addr = listener.local_addr().expect("addr");
         let store = Store::default();
         let encodings = Arc::<Mutex<Vec<String>>>::default();
+        let headers = Headers::default();
         let service = MetricsServiceServer::new(Metrics {
             store: store.clone(),
             encodings: encodings.clone(),
+            headers: headers.clone(),
         })
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = grpc_server_tls(listen) {
+            server = server.tls_config(tls).expect("server TLS");
+        }
         runtime.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(service)
                 .serve_with_incoming(incoming)
                 .await;
@@ -94,6 +118,7 @@ impl MetricsReceiver {
             addr,
             store,
             encodings,
+            headers,
             _runtime: runtime,
         }
     }
@@ -121,7 +146,13 @@ impl MetricsReceiver {
 /// A real OTLP/HTTP (protobuf) metrics receiver on 127.0.0.1, answering
 /// POST /v1/metrics.
 fn http_receiver() -> MetricsReceiver {
+    http_receiver_with(&Listen::default())
+}
+
+/// The same, over TLS when `listen` says so.
+fn http_receiver_with(listen: &Listen) -> MetricsReceiver {
     use http_body_util::BodyExt as _;
+    let acceptor = tls_acceptor(listen);
     use prost::Message as _;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -134,15 +165,28 @@ fn http_receiver() -> MetricsReceiver {
     let addr = listener.local_addr().expect("addr");
     let store = Store::default();
     let accept_store = store.clone();
+    let headers = Headers::default();
+    let accept_headers = headers.clone();
     runtime.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let store = accept_store.clone();
+            let headers = accept_headers.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let store = store.clone();
+                        let headers = headers.clone();
                         async move {
                             let ok = req.uri().path() == "/v1/metrics";
+                            headers.lock().expect("headers").push(
+                                req.headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or_default().to_owned())
+                                    })
+                                    .collect(),
+                            );
                             let body = req.into_body().collect().await.map(|b| b.to_bytes());
                             let status = match body.map(ExportMetricsServiceRequest::decode) {
                                 Ok(Ok(request)) if ok => {
@@ -160,9 +204,21 @@ fn http_receiver() -> MetricsReceiver {
                         }
                     },
                 );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match acceptor {
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(tls) => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                                .await
+                        }
+                        // A client that does not trust the certificate.
+                        Err(_) => return,
+                    },
+                    None => {
+                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await
+                    }
+                };
             });
         }
     });
@@ -170,6 +226,7 @@ fn http_receiver() -> MetricsReceiver {
         addr,
         store,
         encodings: Arc::default(),
+        headers,
         _runtime: runtime,
     }
 }
@@ -724,4 +781,208 @@ fn http_client_calls_counted_per_server_and_status() {
     agent.signal(Signal::SIGINT);
     assert!(agent.wait(AGENT_EXIT).success());
     drop(fixture);
+}
+
+/// The agent's metrics over `https://` with the CA file of
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`, to TLS receivers over gRPC and HTTP;
+/// with a CA that did not sign the receiver's certificate, nothing
+/// arrives and the agent says why; a CA file that is not PEM stops it at
+/// start with one line.
+#[test]
+fn metrics_over_tls_with_the_ca_file_and_a_wrong_ca_said() {
+    let binary = fixture::build_module("routes-servemux", &[]);
+    let (server, addr) = fixture::start_httpserver(&binary);
+    let pki = TestPki::new();
+    let traces = Receiver::grpc();
+    let run = |protocol: &str, endpoint: &str, ca: &std::path::Path| {
+        let mut cmd = command();
+        cmd.args(["--pid", &server.pid().to_string()])
+            .args(["--otlp-endpoint", &traces.url(), "--otlp-protocol", "grpc"])
+            .args(["--otlp-header", "x-team=flag"])
+            .env("OTEL_EXPORTER_OTLP_HEADERS", "x-team=env,x-env=only%20env")
+            .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint)
+            .env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", protocol)
+            .env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca)
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "300");
+        Agent::start(cmd)
+    };
+    for protocol in ["grpc", "http/protobuf"] {
+        let (receiver, path) = match protocol {
+            "grpc" => (MetricsReceiver::start_with(&pki.listen()), ""),
+            _ => (http_receiver_with(&pki.listen()), "/v1/metrics"),
+        };
+        let endpoint = format!("https://{}{path}", receiver.addr);
+
+        // The right CA: the requests' histogram arrives.
+        let mut agent = run(protocol, &endpoint, &pki.path("ca.pem"));
+        agent.wait_attached();
+        let n = 3;
+        let mut conn = Connection::open(addr);
+        for i in 0..n {
+            assert_eq!(conn.request("GET", &format!("/users/{i}"), b"").0, 200);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let counted = receiver
+                .last("http.server.request.duration")
+                .and_then(|(m, _)| match m.data {
+                    Some(Data::Histogram(h)) => Some(h.data_points.iter().map(|p| p.count).sum()),
+                    _ => None,
+                })
+                .unwrap_or(0u64);
+            if counted == n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{protocol}: {counted} of {n} requests counted over TLS: {:?}",
+                agent.stderr_lines()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent.signal(Signal::SIGINT);
+        assert!(agent.wait(AGENT_EXIT).success(), "{protocol}");
+        let failed: Vec<String> = agent
+            .stderr_lines()
+            .into_iter()
+            .filter(|l| l.contains("metrics: export") || l.contains(" exports to "))
+            .collect();
+        assert!(failed.is_empty(), "{protocol}: {failed:?}");
+        // The headers as resolved: the flag wins over the variable.
+        let headers = receiver.headers.lock().expect("headers").clone();
+        assert!(!headers.is_empty(), "{protocol}");
+        for h in &headers {
+            assert_eq!(h.get("x-team").map(String::as_str), Some("flag"), "{h:?}");
+            assert_eq!(
+                h.get("x-env").map(String::as_str),
+                Some("only env"),
+                "{h:?}"
+            );
+        }
+
+        // A CA that did not sign the receiver's certificate.
+        let before = receiver.store.lock().expect("store").len();
+        let mut agent = run(protocol, &endpoint, &pki.path("other-ca.pem"));
+        let line = agent.wait_for_stderr(
+            &format!("metrics: export to {endpoint} failed"),
+            Duration::from_secs(20),
+        );
+        assert!(
+            line.contains("UnknownIssuer") || line.contains("certificate"),
+            "{protocol}: the cause is named: {line}"
+        );
+        agent.signal(Signal::SIGINT);
+        assert!(agent.wait(AGENT_EXIT).success(), "{protocol}");
+        assert_eq!(
+            receiver.store.lock().expect("store").len(),
+            before,
+            "{protocol}: nothing arrived"
+        );
+        // Every export failed, and the exit says how many.
+        let lines = agent.stderr_lines();
+        let counted = lines
+            .iter()
+            .find_map(|l| {
+                l.split("metrics: ")
+                    .nth(1)?
+                    .strip_suffix(&format!(" exports to {endpoint} failed"))
+            })
+            .unwrap_or_else(|| panic!("{protocol}: no count of failed exports: {lines:?}"));
+        let (failed, done) = counted.split_once(" of ").expect("N of M");
+        assert_eq!(failed, done, "{protocol}: {counted}");
+        assert!(failed.parse::<u64>().expect("a count") >= 1, "{counted}");
+    }
+
+    // Not PEM: one line at start, naming the file.
+    let bad = pki.path("not-pem.pem");
+    std::fs::write(&bad, "not a certificate\n").expect("write");
+    let output = command()
+        .args(["--pid", &server.pid().to_string()])
+        .args(["--otlp-endpoint", &traces.url(), "--otlp-protocol", "grpc"])
+        .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "https://127.0.0.1:1")
+        .env("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", &bad)
+        .output()
+        .expect("agent");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("agent: "))
+        .collect();
+    assert_eq!(
+        errors,
+        [format!(
+            "agent: OTLP metrics export to https://127.0.0.1:1: the CA file {} holds no PEM certificate",
+            bad.display()
+        )],
+        "{stderr}"
+    );
+}
+
+/// Mutual TLS for metrics: with the client certificate and key of
+/// `OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE`/`_KEY` the exports arrive
+/// at receivers that require one, over gRPC and HTTP; without, none does.
+#[test]
+fn metrics_over_mutual_tls_with_a_client_certificate() {
+    let binary = fixture::build_module("routes-servemux", &[]);
+    let (server, _addr) = fixture::start_httpserver(&binary);
+    let pki = TestPki::new();
+    let traces = Receiver::grpc();
+    for protocol in ["grpc", "http/protobuf"] {
+        for with_identity in [true, false] {
+            let (receiver, path) = match protocol {
+                "grpc" => (MetricsReceiver::start_with(&pki.listen_mutual()), ""),
+                _ => (http_receiver_with(&pki.listen_mutual()), "/v1/metrics"),
+            };
+            let endpoint = format!("https://{}{path}", receiver.addr);
+            let mut cmd = command();
+            cmd.args(["--pid", &server.pid().to_string()])
+                .args(["--otlp-endpoint", &traces.url(), "--otlp-protocol", "grpc"])
+                .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", &endpoint)
+                .env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", protocol)
+                .env("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", pki.path("ca.pem"))
+                .env("OTEL_METRIC_EXPORT_INTERVAL", "300");
+            if with_identity {
+                cmd.env(
+                    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+                    pki.path("client.pem"),
+                )
+                .env(
+                    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+                    pki.path("client-key.pem"),
+                );
+            }
+            let mut agent = Agent::start(cmd);
+            agent.wait_attached();
+            if with_identity {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while receiver.last("agent.records").is_none() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{protocol}: no export with a client certificate: {:?}",
+                        agent.stderr_lines()
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            } else {
+                agent.wait_for_stderr(
+                    &format!("metrics: export to {endpoint} failed"),
+                    Duration::from_secs(20),
+                );
+            }
+            agent.signal(Signal::SIGINT);
+            assert!(agent.wait(AGENT_EXIT).success(), "{protocol}");
+            let failed = agent
+                .stderr_lines()
+                .into_iter()
+                .any(|l| l.contains(&format!(" exports to {endpoint} failed")));
+            assert_eq!(failed, !with_identity, "{protocol}");
+            if !with_identity {
+                assert!(
+                    receiver.store.lock().expect("store").is_empty(),
+                    "{protocol}: nothing arrives without a client certificate"
+                );
+            }
+        }
+    }
 }

@@ -139,9 +139,7 @@ async fn run_session(
     let metrics_config = MetricsConfig::resolve(
         &MetricsInputs {
             listen: args.metrics_listen.clone(),
-            endpoint: export.otlp_endpoint.clone(),
-            protocol: export.otlp_protocol.clone(),
-            headers: export.otlp_headers.clone(),
+            otlp: export.otlp_flags(),
         },
         |name| std::env::var(name).ok(),
     )?;

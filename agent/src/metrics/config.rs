@@ -4,42 +4,34 @@
 //! - Exporters: `OTEL_METRICS_EXPORTER` (comma-separated: `otlp`,
 //!   `prometheus`, `none`); unset, `otlp` when an endpoint is set. The
 //!   `--metrics-listen ADDR` flag always serves `/metrics`.
-//! - OTLP endpoint: `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (used as given),
-//!   else `--otlp-endpoint`, else `OTEL_EXPORTER_OTLP_ENDPOINT` (both a base:
-//!   for HTTP `/v1/metrics` is appended, a trailing `/v1/traces` replaced);
-//!   `http://localhost:4317` when `otlp` is asked for with none. A
-//!   scheme-less `host:port` means `http://host:port`.
-//! - Protocol: `OTEL_EXPORTER_OTLP_METRICS_PROTOCOL`, else `--otlp-protocol`,
-//!   else `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC for port 4317 and
-//!   `http/protobuf` otherwise.
-//! - Headers: `OTEL_EXPORTER_OTLP_HEADERS`, then
-//!   `OTEL_EXPORTER_OTLP_METRICS_HEADERS`, then `--otlp-header` (later wins).
-//! - Timeout: `OTEL_EXPORTER_OTLP_METRICS_TIMEOUT`, else
-//!   `OTEL_EXPORTER_OTLP_TIMEOUT` (ms, default 10 s); interval:
-//!   `OTEL_METRIC_EXPORT_INTERVAL` (ms, default 60 s).
-//! - Compression: `OTEL_EXPORTER_OTLP_METRICS_COMPRESSION`, else
-//!   `OTEL_EXPORTER_OTLP_COMPRESSION` (`gzip`), read by the exporter itself.
+//! - OTLP: every setting (endpoint, protocol, headers, timeout, compression,
+//!   TLS files, insecure) is read by [`resolve_otlp`] for
+//!   [`Signal::Metrics`], with the rules of `export/config.rs`: a scheme-less
+//!   `host:port` is `https://` unless insecure, the generic endpoint gets
+//!   `/v1/metrics` for HTTP, the per-signal one is used as given, gRPC by
+//!   default on port 4317.
+//! - The `--otlp-*` flags: for spans they win over every variable; for
+//!   metrics they stand between the two layers of variables:
+//!   `OTEL_EXPORTER_OTLP_METRICS_*` wins over a flag (so metrics can go
+//!   elsewhere than spans), a flag wins over `OTEL_EXPORTER_OTLP_*`. Headers
+//!   merge: generic, then metrics, then `--otlp-header` (later wins per
+//!   key), as for spans. An `--otlp-endpoint` that is the traces' full URL
+//!   (`.../v1/traces`) is taken as its base.
+//! - `http://localhost:4317` when `otlp` is asked for with no endpoint.
+//! - Interval: `OTEL_METRIC_EXPORT_INTERVAL` (ms, default 60 s).
 //! - Prometheus: `--metrics-listen`, else `OTEL_EXPORTER_PROMETHEUS_HOST`
 //!   and `OTEL_EXPORTER_PROMETHEUS_PORT` (default `localhost:9464`).
 //! - `OTEL_SDK_DISABLED=true` turns metrics off.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-/// Wire protocol of the OTLP metrics exporter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MetricsProtocol {
-    Grpc,
-    HttpProtobuf,
-}
+use crate::export::config::{ConfigError, OtlpConfig, OtlpFlags, Signal, resolve_otlp};
 
 /// A resolved OTLP metrics destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtlpMetrics {
-    pub protocol: MetricsProtocol,
-    /// Full URL: for HTTP it includes the `/v1/metrics` path.
-    pub endpoint: String,
-    pub headers: BTreeMap<String, String>,
-    pub timeout: Duration,
+    /// Endpoint, protocol, headers, timeout, compression and TLS files.
+    pub config: OtlpConfig,
     /// Time between exports.
     pub interval: Duration,
 }
@@ -64,10 +56,8 @@ impl MetricsConfig {
 pub struct MetricsInputs {
     /// `--metrics-listen`.
     pub listen: Option<String>,
-    /// `--otlp-endpoint`, `--otlp-protocol`, `--otlp-header`.
-    pub endpoint: Option<String>,
-    pub protocol: Option<String>,
-    pub headers: Vec<String>,
+    /// The `--otlp-*` flags, as the spans' exporter has them.
+    pub otlp: OtlpFlags,
 }
 
 /// A bad metrics setting: one line naming it.
@@ -75,19 +65,15 @@ pub struct MetricsInputs {
 pub enum MetricsConfigError {
     #[error("unsupported OTEL_METRICS_EXPORTER {0:?}: use otlp, prometheus or none")]
     Exporter(String),
-    #[error("unsupported OTLP metrics protocol {0:?}: use grpc or http/protobuf")]
-    Protocol(String),
-    #[error("invalid OTLP metrics endpoint {0:?}: expected a URL such as http://localhost:4317")]
-    Endpoint(String),
-    #[error("invalid OTLP header {0:?}: expected key=value")]
-    Header(String),
+    #[error(transparent)]
+    Otlp(#[from] ConfigError),
     #[error("invalid {name} {value:?}: expected milliseconds")]
     Millis { name: &'static str, value: String },
     #[error("invalid metrics listen address {0:?}: expected HOST:PORT, such as 0.0.0.0:9464")]
     Listen(String),
 }
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
 impl MetricsConfig {
@@ -96,23 +82,19 @@ impl MetricsConfig {
         inputs: &MetricsInputs,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, MetricsConfigError> {
-        let env = |name: &str| {
+        let set = |name: &str| {
             env(name)
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(Self::default());
         }
-        let signal_endpoint = env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
-        let base_endpoint = inputs
-            .endpoint
-            .clone()
-            .filter(|e| !e.trim().is_empty())
-            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let flags = metrics_flags(&inputs.otlp, &set);
+        let configured = resolve_otlp(Signal::Metrics, &flags, &env)?;
         let (mut otlp, mut prometheus) = (false, false);
-        match env("OTEL_METRICS_EXPORTER") {
-            None => otlp = signal_endpoint.is_some() || base_endpoint.is_some(),
+        match set("OTEL_METRICS_EXPORTER") {
+            None => otlp = configured.is_some(),
             Some(list) => {
                 for name in list.split(',').map(str::trim) {
                     match name {
@@ -127,14 +109,38 @@ impl MetricsConfig {
         let listen = match &inputs.listen {
             Some(addr) => Some(parse_listen(addr)?),
             None if prometheus => {
-                let host = env("OTEL_EXPORTER_PROMETHEUS_HOST").unwrap_or("localhost".into());
-                let port = env("OTEL_EXPORTER_PROMETHEUS_PORT").unwrap_or("9464".into());
+                let host = set("OTEL_EXPORTER_PROMETHEUS_HOST").unwrap_or("localhost".into());
+                let port = set("OTEL_EXPORTER_PROMETHEUS_PORT").unwrap_or("9464".into());
                 Some(parse_listen(&format!("{host}:{port}"))?)
             }
             None => None,
         };
         let otlp = if otlp {
-            Some(resolve_otlp(inputs, &env, signal_endpoint, base_endpoint)?)
+            let config = match configured {
+                Some(config) => config,
+                None => {
+                    let flags = OtlpFlags {
+                        endpoint: Some(DEFAULT_ENDPOINT.to_owned()),
+                        ..flags
+                    };
+                    resolve_otlp(Signal::Metrics, &flags, &env)?
+                        .ok_or_else(|| ConfigError::Endpoint(DEFAULT_ENDPOINT.to_owned()))?
+                }
+            };
+            let name = "OTEL_METRIC_EXPORT_INTERVAL";
+            let interval = match set(name) {
+                Some(value) => value
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| MetricsConfigError::Millis { name, value })?,
+                None => DEFAULT_INTERVAL,
+            };
+            Some(OtlpMetrics {
+                config,
+                interval: Some(interval)
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(DEFAULT_INTERVAL),
+            })
         } else {
             None
         };
@@ -145,141 +151,31 @@ impl MetricsConfig {
     }
 }
 
-fn resolve_otlp(
-    inputs: &MetricsInputs,
-    env: &impl Fn(&str) -> Option<String>,
-    signal_endpoint: Option<String>,
-    base_endpoint: Option<String>,
-) -> Result<OtlpMetrics, MetricsConfigError> {
-    let (raw, as_given) = match (signal_endpoint, base_endpoint) {
-        (Some(e), _) => (e, true),
-        (None, Some(e)) => (e, false),
-        (None, None) => ("http://localhost:4317".to_owned(), false),
-    };
-    let endpoint = with_scheme(raw.trim());
-    let port = endpoint_port(&endpoint).ok_or_else(|| MetricsConfigError::Endpoint(raw.clone()))?;
-    let protocol = env("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
-        .or_else(|| inputs.protocol.clone())
-        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
-    let protocol = match protocol.as_deref().map(str::trim) {
-        Some("grpc") => MetricsProtocol::Grpc,
-        Some("http/protobuf" | "http") => MetricsProtocol::HttpProtobuf,
-        Some(other) => return Err(MetricsConfigError::Protocol(other.to_owned())),
-        None if port == 4317 => MetricsProtocol::Grpc,
-        None => MetricsProtocol::HttpProtobuf,
-    };
-    let endpoint = match protocol {
-        MetricsProtocol::HttpProtobuf if !as_given => {
-            let base = endpoint.trim_end_matches('/');
-            let base = base.strip_suffix("/v1/traces").unwrap_or(base);
-            if base.ends_with("/v1/metrics") {
-                base.to_owned()
-            } else {
-                format!("{base}/v1/metrics")
-            }
-        }
-        _ => endpoint,
-    };
-    let mut headers = BTreeMap::new();
-    let lists = [
-        env("OTEL_EXPORTER_OTLP_HEADERS"),
-        env("OTEL_EXPORTER_OTLP_METRICS_HEADERS"),
-    ];
-    for member in lists
-        .iter()
-        .flatten()
-        .flat_map(|list| list.split(','))
-        .filter(|m| !m.trim().is_empty())
-        .chain(inputs.headers.iter().map(String::as_str))
-    {
-        let (key, value) = parse_header(member)?;
-        headers.insert(key, value);
+/// The command line's flags as metrics take them: each one that an
+/// `OTEL_EXPORTER_OTLP_METRICS_*` variable sets is left out, so that the
+/// variable wins; the endpoint is a base, without the traces' path.
+fn metrics_flags(flags: &OtlpFlags, set: &impl Fn(&str) -> Option<String>) -> OtlpFlags {
+    let unset = |key: &str| set(&format!("OTEL_EXPORTER_OTLP_METRICS_{key}")).is_none();
+    let keep = |flag: &Option<std::path::PathBuf>, key: &str| flag.clone().filter(|_| unset(key));
+    OtlpFlags {
+        endpoint: flags
+            .endpoint
+            .as_deref()
+            .map(|e| e.trim().trim_end_matches('/'))
+            .filter(|e| !e.is_empty() && unset("ENDPOINT"))
+            .map(|e| {
+                e.strip_suffix(Signal::Traces.http_path())
+                    .unwrap_or(e)
+                    .to_owned()
+            }),
+        protocol: flags.protocol.clone().filter(|_| unset("PROTOCOL")),
+        headers: flags.headers.clone(),
+        certificate: keep(&flags.certificate, "CERTIFICATE"),
+        client_certificate: keep(&flags.client_certificate, "CLIENT_CERTIFICATE"),
+        client_key: keep(&flags.client_key, "CLIENT_KEY"),
+        insecure: flags.insecure && unset("INSECURE"),
+        compression: flags.compression.clone().filter(|_| unset("COMPRESSION")),
     }
-    let millis = |name: &'static str| -> Result<Option<Duration>, MetricsConfigError> {
-        env(name)
-            .map(|value| {
-                value
-                    .parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|_| MetricsConfigError::Millis { name, value })
-            })
-            .transpose()
-    };
-    let timeout = match millis("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT")? {
-        Some(t) => t,
-        None => millis("OTEL_EXPORTER_OTLP_TIMEOUT")?.unwrap_or(DEFAULT_TIMEOUT),
-    };
-    let interval = millis("OTEL_METRIC_EXPORT_INTERVAL")?
-        .filter(|d| !d.is_zero())
-        .unwrap_or(DEFAULT_INTERVAL);
-    Ok(OtlpMetrics {
-        protocol,
-        endpoint,
-        headers,
-        timeout,
-        interval,
-    })
-}
-
-/// `host:port` as the SDKs take it: `http://host:port`.
-fn with_scheme(endpoint: &str) -> String {
-    if endpoint.contains("://") {
-        endpoint.to_owned()
-    } else {
-        format!("http://{endpoint}")
-    }
-}
-
-/// The port of an `http(s)://host[:port][/path]` URL (the scheme's default
-/// when none is given); `None` for anything else.
-fn endpoint_port(endpoint: &str) -> Option<u16> {
-    let (scheme, rest) = endpoint.split_once("://")?;
-    let default = match scheme {
-        "http" => 80,
-        "https" => 443,
-        _ => return None,
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    if authority.is_empty() {
-        return None;
-    }
-    let port = match authority.rsplit_once(':') {
-        Some((_, port)) if !authority.ends_with(']') => port.parse().ok()?,
-        _ => default,
-    };
-    Some(port)
-}
-
-/// `key=value`, the value percent-decoded as the SDKs' header lists are.
-fn parse_header(member: &str) -> Result<(String, String), MetricsConfigError> {
-    let (key, value) = member
-        .split_once('=')
-        .filter(|(k, _)| !k.trim().is_empty())
-        .ok_or_else(|| MetricsConfigError::Header(member.to_owned()))?;
-    Ok((
-        key.trim().to_ascii_lowercase(),
-        percent_decode(value.trim()),
-    ))
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `HOST:PORT`, the host a name (`localhost`) or an address.
@@ -293,7 +189,10 @@ fn parse_listen(addr: &str) -> Result<SocketAddr, MetricsConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::export::config::{Compression, OtlpProtocol};
 
     fn resolve(
         inputs: &MetricsInputs,
@@ -311,8 +210,19 @@ mod tests {
         })
     }
 
-    fn otlp(config: &MetricsConfig) -> &OtlpMetrics {
-        config.otlp.as_ref().expect("otlp")
+    fn with_flags(otlp: OtlpFlags) -> MetricsInputs {
+        MetricsInputs { listen: None, otlp }
+    }
+
+    fn endpoint_flag(endpoint: &str) -> MetricsInputs {
+        with_flags(OtlpFlags {
+            endpoint: Some(endpoint.into()),
+            ..OtlpFlags::default()
+        })
+    }
+
+    fn otlp(config: &MetricsConfig) -> &OtlpConfig {
+        &config.otlp.as_ref().expect("otlp").config
     }
 
     #[test]
@@ -328,48 +238,42 @@ mod tests {
             &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")],
         )
         .expect("config");
-        assert_eq!(otlp(&c).protocol, MetricsProtocol::HttpProtobuf);
+        assert_eq!(otlp(&c).protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(otlp(&c).endpoint, "http://collector:4318/v1/metrics");
-        assert_eq!(otlp(&c).interval, DEFAULT_INTERVAL);
+        assert_eq!(c.otlp.as_ref().expect("otlp").interval, DEFAULT_INTERVAL);
         assert_eq!(c.prometheus, None);
 
-        let c = resolve(
-            &MetricsInputs {
-                endpoint: Some("collector:4317".into()),
-                ..MetricsInputs::default()
-            },
-            &[],
-        )
-        .expect("config");
-        assert_eq!(otlp(&c).protocol, MetricsProtocol::Grpc);
+        // Scheme-less: TLS, as for spans, unless insecure.
+        let c = resolve(&endpoint_flag("collector:4317"), &[]).expect("config");
+        assert_eq!(otlp(&c).protocol, OtlpProtocol::Grpc);
+        assert_eq!(otlp(&c).endpoint, "https://collector:4317");
+        assert!(otlp(&c).is_tls());
+        let mut inputs = endpoint_flag("collector:4317");
+        inputs.otlp.insecure = true;
+        let c = resolve(&inputs, &[]).expect("config");
         assert_eq!(otlp(&c).endpoint, "http://collector:4317");
 
         // The traces' full URL: the metrics path replaces the traces one.
-        let c = resolve(
-            &MetricsInputs {
-                endpoint: Some("http://c:4318/v1/traces".into()),
-                ..MetricsInputs::default()
-            },
-            &[],
-        )
-        .expect("config");
+        let c = resolve(&endpoint_flag("http://c:4318/v1/traces"), &[]).expect("config");
         assert_eq!(otlp(&c).endpoint, "http://c:4318/v1/metrics");
     }
 
     #[test]
-    fn the_metrics_variables_win() {
+    fn the_metrics_variables_win_over_flags_which_win_over_generic_ones() {
+        let mut inputs = endpoint_flag("http://traces:4317");
+        inputs.otlp.protocol = Some("grpc".into());
+        inputs.otlp.certificate = Some("/flag/ca.pem".into());
+        inputs.otlp.compression = Some("gzip".into());
         let c = resolve(
-            &MetricsInputs {
-                endpoint: Some("http://traces:4317".into()),
-                protocol: Some("grpc".into()),
-                ..MetricsInputs::default()
-            },
+            &inputs,
             &[
                 (
                     "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-                    "http://m:9000/custom",
+                    "https://m:9000/custom",
                 ),
                 ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "/metrics/ca.pem"),
+                ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none"),
                 ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
                 ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "500"),
                 ("OTEL_METRIC_EXPORT_INTERVAL", "250"),
@@ -377,23 +281,46 @@ mod tests {
         )
         .expect("config");
         let o = otlp(&c);
-        assert_eq!(o.endpoint, "http://m:9000/custom", "used as given");
-        assert_eq!(o.protocol, MetricsProtocol::HttpProtobuf);
+        assert_eq!(o.endpoint, "https://m:9000/custom", "used as given");
+        assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(o.tls.certificate, Some(PathBuf::from("/metrics/ca.pem")));
+        assert_eq!(o.compression, Compression::None);
         assert_eq!(o.timeout, Duration::from_millis(500));
-        assert_eq!(o.interval, Duration::from_millis(250));
+        assert_eq!(
+            c.otlp.as_ref().expect("otlp").interval,
+            Duration::from_millis(250)
+        );
+
+        // Without the metrics variables the flags win over the generic ones.
+        let c = resolve(
+            &inputs,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/generic/ca.pem"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+            ],
+        )
+        .expect("config");
+        let o = otlp(&c);
+        assert_eq!(o.endpoint, "http://traces:4317");
+        assert_eq!(o.protocol, OtlpProtocol::Grpc);
+        assert_eq!(o.tls.certificate, Some(PathBuf::from("/flag/ca.pem")));
+        assert_eq!(o.compression, Compression::Gzip);
     }
 
     #[test]
     fn headers_merge_later_winning() {
+        let inputs = with_flags(OtlpFlags {
+            headers: vec!["c=flag".into()],
+            ..OtlpFlags::default()
+        });
         let c = resolve(
-            &MetricsInputs {
-                headers: vec!["c=flag".into()],
-                ..MetricsInputs::default()
-            },
+            &inputs,
             &[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
                 ("OTEL_EXPORTER_OTLP_HEADERS", "a=1, b=generic,c=env"),
-                ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "B=metrics%20only"),
+                ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "b=metrics%20only"),
             ],
         )
         .expect("config");
@@ -439,6 +366,7 @@ mod tests {
         )
         .expect("config");
         assert_eq!(otlp(&c).endpoint, "http://localhost:4317");
+        assert_eq!(otlp(&c).protocol, OtlpProtocol::Grpc);
         assert_eq!(c.prometheus, Some("127.0.0.1:0".parse().expect("addr")));
 
         let c = resolve(
@@ -465,12 +393,22 @@ mod tests {
         ];
         assert_eq!(
             resolve(&MetricsInputs::default(), &env),
-            Err(MetricsConfigError::Protocol("http/json".into()))
+            Err(ConfigError::Protocol("http/json".into()).into())
         );
         let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://c")];
         assert_eq!(
             resolve(&MetricsInputs::default(), &env),
-            Err(MetricsConfigError::Endpoint("ftp://c".into()))
+            Err(ConfigError::Endpoint("ftp://c".into()).into())
+        );
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "zstd"),
+        ];
+        assert_eq!(
+            resolve(&MetricsInputs::default(), &env)
+                .expect_err("zstd")
+                .to_string(),
+            "invalid OTEL_EXPORTER_OTLP_METRICS_COMPRESSION \"zstd\": expected gzip or none"
         );
         let env = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
@@ -497,7 +435,7 @@ mod tests {
         ];
         assert_eq!(
             resolve(&MetricsInputs::default(), &env),
-            Err(MetricsConfigError::Header("novalue".into()))
+            Err(ConfigError::Header("novalue".into()).into())
         );
     }
 }

@@ -20,7 +20,6 @@ pub mod requests;
 pub mod span_view;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
@@ -42,11 +41,17 @@ use opentelemetry_sdk::{
 use tokio::task::JoinHandle;
 
 pub use agent::{Attached, QueueFill};
-pub use config::{MetricsConfig, MetricsConfigError, MetricsInputs, MetricsProtocol, OtlpMetrics};
+pub use config::{MetricsConfig, MetricsConfigError, MetricsInputs, OtlpMetrics};
 use prometheus::SharedReader;
 use requests::Requests;
 
-use crate::session::Counters;
+use crate::{
+    export::{
+        config::{Compression, OtlpConfig, OtlpProtocol},
+        tls::{self, ClientTls, TlsError},
+    },
+    session::Counters,
+};
 
 /// Whether metrics are on: the hooks' first and, when off, only check.
 static ON: AtomicBool = AtomicBool::new(false);
@@ -93,10 +98,12 @@ fn with_agent(f: impl FnOnce(&mut agent::Snapshot)) {
 pub enum MetricsError {
     #[error(transparent)]
     Config(#[from] MetricsConfigError),
-    #[error(
-        "OTLP metrics endpoint {0}: TLS for metrics export is not available yet (use http:// or --metrics-listen)"
-    )]
-    Tls(String),
+    #[error("OTLP metrics export to {endpoint}")]
+    Tls {
+        endpoint: String,
+        #[source]
+        source: Box<TlsError>,
+    },
     #[error("invalid OTLP metrics header {0:?}")]
     Header(String),
     #[error("cannot export metrics to {endpoint}")]
@@ -105,6 +112,8 @@ pub enum MetricsError {
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    #[error("cannot build the HTTP client of metrics export to {endpoint}: {reason}")]
+    HttpClient { endpoint: String, reason: String },
     #[error(transparent)]
     Listen(#[from] prometheus::ListenError),
 }
@@ -121,6 +130,8 @@ pub struct Metrics {
     provider: SdkMeterProvider,
     /// Where the final export goes, for the warning when it fails.
     otlp_endpoint: Option<String>,
+    /// The OTLP exports and their failures, said at shutdown.
+    exports: Arc<ExportCounts>,
     server: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
@@ -135,11 +146,14 @@ impl Metrics {
             return Ok(None);
         }
         let mut builder = SdkMeterProvider::builder().with_resource(resource.clone());
+        let exports = Arc::<ExportCounts>::default();
         if let Some(otlp) = &config.otlp {
+            let cause = FailureCause::default();
             let exporter = Logged {
-                inner: otlp_exporter(otlp)?,
-                endpoint: otlp.endpoint.clone(),
-                failures: AtomicU64::new(0),
+                inner: otlp_exporter(&otlp.config, &cause)?,
+                endpoint: otlp.config.endpoint.clone(),
+                counts: exports.clone(),
+                cause,
             };
             builder = builder.with_reader(
                 PeriodicReader::builder(exporter)
@@ -167,7 +181,7 @@ impl Metrics {
         if let Some(otlp) = &config.otlp {
             log::info!(
                 "metrics: OTLP to {} every {:?}",
-                otlp.endpoint,
+                otlp.config.endpoint,
                 otlp.interval
             );
         }
@@ -176,7 +190,8 @@ impl Metrics {
         }
         Ok(Some(Self {
             provider,
-            otlp_endpoint: config.otlp.as_ref().map(|o| o.endpoint.clone()),
+            otlp_endpoint: config.otlp.as_ref().map(|o| o.config.endpoint.clone()),
+            exports,
             server,
         }))
     }
@@ -187,7 +202,8 @@ impl Metrics {
     }
 
     /// Publishes the session's final counters (none when it failed), then
-    /// collects and exports one last time (within a bounded time) and stops.
+    /// collects and exports one last time (within a bounded time) and stops;
+    /// says how many OTLP exports failed, if any did.
     pub async fn shutdown(self, counters: Option<&Counters>) {
         if let Some(counters) = counters {
             publish_counters(counters, None);
@@ -210,6 +226,11 @@ impl Metrics {
                 "metrics: final export to {to} took longer than {SHUTDOWN_BUDGET:?}: not sent"
             ),
         }
+        let failed = self.exports.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let done = self.exports.done.load(Ordering::Relaxed);
+            log::warn!("metrics: {failed} of {done} exports to {to} failed");
+        }
         if let Some((_, task)) = self.server {
             task.abort();
         }
@@ -218,44 +239,125 @@ impl Metrics {
     }
 }
 
-fn otlp_exporter(otlp: &OtlpMetrics) -> Result<opentelemetry_otlp::MetricExporter, MetricsError> {
-    if otlp.endpoint.starts_with("https://") {
-        return Err(MetricsError::Tls(otlp.endpoint.clone()));
+/// The OTLP exporter of `otlp`: over TLS (its PEM files read and checked
+/// here, at start) when the endpoint is `https://`, never in cleartext.
+fn otlp_exporter(
+    otlp: &OtlpConfig,
+    cause: &FailureCause,
+) -> Result<opentelemetry_otlp::MetricExporter, MetricsError> {
+    let tls_error = |source| MetricsError::Tls {
+        endpoint: otlp.endpoint.clone(),
+        source: Box::new(source),
+    };
+    let client_tls = if otlp.is_tls() {
+        Some(ClientTls::load(&otlp.tls).map_err(tls_error)?)
+    } else {
+        None
+    };
+    let compression = match otlp.compression {
+        Compression::Gzip => Some(opentelemetry_otlp::Compression::Gzip),
+        Compression::None => None,
+    };
+    // The exporter adds the header variables it reads itself after the
+    // configured headers, so a flag would lose to them: the resolved
+    // headers are set on every request last (an interceptor, the HTTP
+    // client), replacing whatever the exporter put under the same names.
+    let mut headers = http::HeaderMap::new();
+    for (key, value) in &otlp.headers {
+        let name = http::HeaderName::from_bytes(key.as_bytes())
+            .map_err(|_| MetricsError::Header(key.clone()))?;
+        let value =
+            http::HeaderValue::from_str(value).map_err(|_| MetricsError::Header(key.clone()))?;
+        headers.insert(name, value);
     }
     let built = match otlp.protocol {
-        MetricsProtocol::Grpc => {
-            let mut metadata = tonic::metadata::MetadataMap::new();
-            for (key, value) in &otlp.headers {
-                let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> =
-                    key.parse().map_err(|_| MetricsError::Header(key.clone()))?;
-                let value = value
-                    .parse()
-                    .map_err(|_| MetricsError::Header(key.to_string()))?;
-                metadata.insert(key, value);
-            }
-            opentelemetry_otlp::MetricExporter::builder()
+        OtlpProtocol::Grpc => {
+            let metadata = tonic::metadata::MetadataMap::from_headers(headers);
+            let set_headers = move |mut request: tonic::Request<()>| {
+                for entry in metadata.iter() {
+                    if let tonic::metadata::KeyAndValueRef::Ascii(key, value) = entry {
+                        request.metadata_mut().insert(key.clone(), value.clone());
+                    }
+                }
+                Ok(request)
+            };
+            let mut builder = opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()
                 .with_endpoint(&otlp.endpoint)
                 .with_timeout(otlp.timeout)
-                .with_metadata(metadata)
-                .build()
+                .with_interceptor(set_headers);
+            if let Some(tls) = &client_tls {
+                builder = builder.with_tls_config(tls.grpc());
+            }
+            if let Some(compression) = compression {
+                builder = builder.with_compression(compression);
+            }
+            builder.build()
         }
-        MetricsProtocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
-            .with_http()
-            .with_endpoint(&otlp.endpoint)
-            .with_timeout(otlp.timeout)
-            .with_headers(
-                otlp.headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect::<HashMap<_, _>>(),
-            )
-            .build(),
+        OtlpProtocol::HttpProtobuf => {
+            let mut builder = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_endpoint(&otlp.endpoint)
+                .with_timeout(otlp.timeout)
+                .with_http_client(HttpClientWithCause {
+                    client: http_client(otlp, client_tls.as_ref())?,
+                    headers,
+                    cause: cause.clone(),
+                });
+            if let Some(compression) = compression {
+                builder = builder.with_compression(compression);
+            }
+            builder.build()
+        }
     };
     built.map_err(|source| MetricsError::Exporter {
         endpoint: otlp.endpoint.clone(),
         source,
     })
+}
+
+/// The blocking reqwest client of the HTTP exporter: `https` only with the
+/// configured roots (and client certificate) when the endpoint is
+/// `https://`, else a client that trusts nothing, so a redirect to
+/// `https://` cannot succeed unverified. Built on a thread of its own, as
+/// the exporter builds its default one: a blocking client owns a runtime,
+/// which tokio forbids creating inside another.
+fn http_client(
+    otlp: &OtlpConfig,
+    client_tls: Option<&ClientTls>,
+) -> Result<reqwest::blocking::Client, MetricsError> {
+    let tls_error = |source| MetricsError::Tls {
+        endpoint: otlp.endpoint.clone(),
+        source: Box::new(source),
+    };
+    let builder = reqwest::blocking::Client::builder().timeout(otlp.timeout);
+    let builder = match client_tls {
+        Some(tls) => builder
+            .use_preconfigured_tls(tls.http().map_err(tls_error)?)
+            .https_only(true),
+        None => builder.use_preconfigured_tls(tls::cleartext_http().map_err(tls_error)?),
+    };
+    let built = std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || builder.build())
+        .map_err(|e| e.to_string())
+        .and_then(|thread| {
+            thread
+                .join()
+                .map_err(|_| "the thread building it panicked".to_owned())
+        })
+        .and_then(|client| client.map_err(|e| e.to_string()));
+    built.map_err(|reason| MetricsError::HttpClient {
+        endpoint: otlp.endpoint.clone(),
+        reason,
+    })
+}
+
+/// OTLP exports that finished (sent or failed), and those that failed.
+#[derive(Debug, Default)]
+struct ExportCounts {
+    done: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// The OTLP exporter, saying when exports fail: the first failure, then
@@ -265,17 +367,27 @@ fn otlp_exporter(otlp: &OtlpMetrics) -> Result<opentelemetry_otlp::MetricExporte
 struct Logged {
     inner: opentelemetry_otlp::MetricExporter,
     endpoint: String,
-    failures: AtomicU64,
+    counts: Arc<ExportCounts>,
+    /// Why the last HTTP request failed, which the exporter's error does
+    /// not say.
+    cause: FailureCause,
 }
 
 impl PushMetricExporter for Logged {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let result = self.inner.export(metrics).await;
+        let cause = self
+            .cause
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.counts.done.fetch_add(1, Ordering::Relaxed);
         if let Err(err) = &result {
-            let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            let n = self.counts.failed.fetch_add(1, Ordering::Relaxed) + 1;
+            let cause = cause.map(|c| format!(": {c}")).unwrap_or_default();
             if n.is_power_of_two() {
                 log::warn!(
-                    "metrics: export to {} failed ({n} so far): {err}",
+                    "metrics: export to {} failed ({n} so far): {err}{cause}",
                     self.endpoint
                 );
             }
@@ -293,5 +405,43 @@ impl PushMetricExporter for Logged {
 
     fn temporality(&self) -> Temporality {
         self.inner.temporality()
+    }
+}
+
+/// Why the last HTTP request of the exporter failed, with every error of
+/// the chain (`invalid peer certificate: UnknownIssuer`, `Connection
+/// refused`): the exporter reduces it to "network error".
+type FailureCause = Arc<Mutex<Option<String>>>;
+
+/// The HTTP exporter's client: reqwest's, setting the resolved headers and
+/// keeping the cause of a failure.
+#[derive(Debug)]
+struct HttpClientWithCause {
+    client: reqwest::blocking::Client,
+    headers: http::HeaderMap,
+    cause: FailureCause,
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for HttpClientWithCause {
+    async fn send_bytes(
+        &self,
+        mut request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        for (name, value) in &self.headers {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
+        let result = self.client.send_bytes(request).await;
+        if let Err(err) = &result {
+            let mut chain = err.to_string();
+            let mut source = err.source();
+            while let Some(e) = source {
+                chain.push_str(": ");
+                chain.push_str(&e.to_string());
+                source = e.source();
+            }
+            *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = Some(chain);
+        }
+        result
     }
 }

@@ -408,3 +408,101 @@ impl Drop for Receiver {
         }
     }
 }
+
+/// A rustls acceptor for `listen`'s certificate (HTTP/1.1), for receivers
+/// of other services than traces; `None` for cleartext.
+pub fn tls_acceptor(listen: &Listen) -> Option<tokio_rustls::TlsAcceptor> {
+    http_acceptor(listen)
+}
+
+/// tonic's server configuration for `listen`'s certificate, for receivers
+/// of other services than traces; `None` for cleartext.
+pub fn grpc_server_tls(listen: &Listen) -> Option<tonic::transport::ServerTlsConfig> {
+    let (cert, key) = listen.tls.as_ref()?;
+    let mut tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key));
+    if let Some(ca) = &listen.client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+    }
+    Some(tls)
+}
+
+/// Certificates made for one test (rcgen), in a temporary directory: a CA
+/// (`ca.pem`), a server certificate it signed for 127.0.0.1 and localhost,
+/// a client certificate it signed (`client.pem`, `client-key.pem`), and a
+/// CA that signed nothing here (`other-ca.pem`).
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    ca_pem: String,
+    server: (String, String),
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let new_ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA")
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = new_ca("agent test CA");
+        let other = new_ca("someone else's CA");
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("server params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("server key");
+        let cert = params.signed_by(&key, &ca).expect("server certificate");
+        let mut params = CertificateParams::new(vec!["agent".to_owned()]).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, "agent");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().expect("client key");
+        let client = params
+            .signed_by(&client_key, &ca)
+            .expect("client certificate");
+        for (name, text) in [
+            ("ca.pem", ca.pem()),
+            ("other-ca.pem", other.pem()),
+            ("client.pem", client.pem()),
+            ("client-key.pem", client_key.serialize_pem()),
+        ] {
+            std::fs::write(dir.path().join(name), text).expect("write PEM");
+        }
+        Self {
+            dir,
+            ca_pem: ca.pem(),
+            server: (cert.pem(), key.serialize_pem()),
+        }
+    }
+
+    /// A file of the directory.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// TLS with the server certificate.
+    pub fn listen(&self) -> Listen {
+        Listen {
+            tls: Some(self.server.clone()),
+            ..Listen::default()
+        }
+    }
+
+    /// Mutual TLS: clients must show a certificate the CA signed.
+    pub fn listen_mutual(&self) -> Listen {
+        Listen {
+            tls: Some(self.server.clone()),
+            client_ca: Some(self.ca_pem.clone()),
+            ..Listen::default()
+        }
+    }
+}
