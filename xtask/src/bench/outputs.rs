@@ -21,8 +21,16 @@ pub fn outputs(rounds: usize, seconds: u64, connections: u32) -> anyhow::Result<
     let (server, addr) = start_fixture(&fixture, &[])?;
     let pid = server.0.id();
     let url = format!("http://{addr}/hello");
-    let configs: [(&str, &[&str]); 3] = [
+    let configs: [(&str, &[&str]); 5] = [
         ("OTLP/HTTP to a local sink", &[]),
+        (
+            "OTLP/HTTP, gzip (`--otlp-compression gzip`)",
+            &["--otlp-compression", "gzip"],
+        ),
+        (
+            "OTLP/HTTP, request and agent metrics on (`--metrics-listen`)",
+            &["--metrics-listen", "127.0.0.1:0"],
+        ),
         ("JSONL to /dev/null", &["--output", "jsonl=/dev/null"]),
         ("console to /dev/null", &["--output", "console"]),
     ];
@@ -71,7 +79,7 @@ pub fn outputs(rounds: usize, seconds: u64, connections: u32) -> anyhow::Result<
          The Go HTTP fixture (`agent/tests/fixtures/httpserver`, GET /hello) under `wrk -t1 -c{connections}` on loopback, \
          {rounds} alternating rounds of {seconds} s per configuration in one run, the agent with its default ring \
          buffer, one output each and metrics off (`OTEL_METRICS_EXPORTER=none`: an OTLP endpoint would turn OTLP metrics on). Agent CPU is utime+stime of the agent over the run divided by the spans it \
-         exported. Records lost: the kernel's ring-buffer-full and preempted counts; spans lost: the export queue, \
+         exported; the gzip and metrics rows are OTLP with that one change, against the first row. Records lost: the kernel's ring-buffer-full and preempted counts; spans lost: the export queue, \
          failed exports and ends without start, from the agent's `--summary-file`.\n\n{table}"
     );
     print!("{section}");
