@@ -54,6 +54,10 @@ pub const START_DRIVER: u32 = 1 << 2;
 /// `Commit`/`Rollback` was called: nothing reaches the database, and the
 /// call is not a span.
 pub const START_TX_DONE: u32 = 1 << 3;
+/// The SQL text could not be read in the kernel (a uprobe cannot fault a
+/// page in: a constant on a page the program has not touched yet):
+/// `query_ptr` and `query_len` say where it is, for the agent to read.
+pub const START_QUERY_UNREAD: u32 = 1 << 4;
 
 /// A database/sql call began.
 #[repr(C)]
@@ -68,6 +72,8 @@ pub struct SqlStart {
     /// connector's data word, read whatever the connector's type: the agent
     /// uses it only when the connector is a `database/sql.dsnConnector`.
     pub driver_itab: u64,
+    /// The SQL text's address in the target (with [`START_QUERY_UNREAD`]).
+    pub query_ptr: u64,
     /// One of `OP_*`.
     pub op: u32,
     /// Bit set of `START_*`.
@@ -79,7 +85,7 @@ pub struct SqlStart {
     pub query: [u8; QUERY_CAP],
 }
 
-const _: () = assert!(core::mem::size_of::<SqlStart>() == 32 + 8 * 3 + 4 * 4 + QUERY_CAP);
+const _: () = assert!(core::mem::size_of::<SqlStart>() == 32 + 8 * 4 + 4 * 4 + QUERY_CAP);
 const _: () = assert!(core::mem::size_of::<SqlStart>() <= crate::http::MAX_RECORD);
 
 /// A database/sql call returned (a return site of the function whose entry

@@ -12,7 +12,7 @@ use agent_common::{
     sql::{
         KIND_SQL_END, KIND_SQL_START, OP_BEGIN, OP_COMMIT, OP_EXEC, OP_PREPARE, OP_QUERY,
         OP_ROLLBACK, OP_STMT_EXEC, OP_STMT_QUERY, SITE_RETURN, START_CONNECTOR, START_DRIVER,
-        START_QUERY, START_TX_DONE, SqlConfig, SqlEnd, SqlStart,
+        START_QUERY, START_QUERY_UNREAD, START_TX_DONE, SqlConfig, SqlEnd, SqlStart,
     },
     stats,
     target::MAX_TARGETS,
@@ -121,13 +121,19 @@ fn start(ctx: &ProbeContext) {
     rec._pad = 0;
     rec.connector_itab = 0;
     rec.driver_itab = 0;
+    rec.query_ptr = 0;
     if let Some((data, len)) = query {
         match copy_string(data, len, &mut rec.query) {
             Some(len) => {
                 rec.query_len = len;
                 flags |= START_QUERY;
             }
-            None => failed = true,
+            None => {
+                // Left to the agent, which can fault the page in.
+                rec.query_ptr = data;
+                rec.query_len = len.min(u64::from(u32::MAX)) as u32;
+                flags |= START_QUERY_UNREAD;
+            }
         }
     }
     if let Some([itab, data]) = read_field::<[u64; 2]>(db, off.db_connector) {

@@ -22,6 +22,7 @@ pub mod sanitize;
 pub mod spans;
 pub mod types;
 
+use agent_common::sql::{START_QUERY, START_QUERY_UNREAD, SqlStart};
 pub use plan::{PlanError, SqlPlan};
 use records::SqlRecord;
 pub use spans::{SqlSpanBuilder, SqlSpanOptions};
@@ -31,7 +32,7 @@ use crate::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
     probes::{KernelStats, LinkHandle, Probes},
-    target::{Target, maps},
+    target::{Target, maps, memory::Memory},
 };
 
 /// The family's name.
@@ -70,6 +71,10 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                 types: Some(types),
                 link_base,
                 links: Vec::new(),
+                pid: ctx.target.pid,
+                memory: None,
+                queries_read_by_agent: 0,
+                queries_unread: 0,
             }))
         }
         // A program that does not use database/sql: nothing worth saying.
@@ -88,6 +93,49 @@ pub struct Sql {
     /// A PIE's link-time address of its first page (None: not PIE).
     link_base: Option<u64>,
     links: Vec<LinkHandle>,
+    /// The target, whose memory holds SQL text the kernel could not read.
+    pid: u32,
+    memory: Option<Memory>,
+    /// SQL texts the agent read because the kernel could not, and those
+    /// it could not read either.
+    queries_read_by_agent: u64,
+    queries_unread: u64,
+}
+
+impl Sql {
+    /// The record with its SQL text read from the target's memory, when the
+    /// kernel could not read it (a uprobe cannot fault a page in: a constant
+    /// on a page the program has not touched yet). The call is still
+    /// running, so the text is where the record says.
+    fn with_query_read(&mut self, start: &SqlStart) -> Option<SqlStart> {
+        if start.flags & START_QUERY_UNREAD == 0 {
+            return None;
+        }
+        if self.memory.is_none() {
+            self.memory = Memory::open(self.pid).ok();
+        }
+        let read = self.memory.as_ref().and_then(|m| query_from(m, start).ok());
+        match read {
+            Some(rec) => {
+                self.queries_read_by_agent += 1;
+                Some(rec)
+            }
+            None => {
+                self.queries_unread += 1;
+                Some(*start)
+            }
+        }
+    }
+}
+
+/// `start` with the first `QUERY_CAP` bytes of its SQL text read from
+/// `memory` at `query_ptr`.
+fn query_from(memory: &Memory, start: &SqlStart) -> std::io::Result<SqlStart> {
+    let mut rec = *start;
+    let n = (rec.query_len as usize).min(rec.query.len());
+    memory.read_into(rec.query_ptr, &mut rec.query[..n])?;
+    rec.flags = (rec.flags | START_QUERY) & !START_QUERY_UNREAD;
+    Ok(rec)
 }
 
 impl Family for Sql {
@@ -138,7 +186,10 @@ impl Family for Sql {
     fn on_record(&mut self, bytes: &[u8], cx: &mut RecordContext<'_>) -> Result<(), BadRecord> {
         let g = &mut *cx.goroutines;
         match records::decode(bytes)? {
-            SqlRecord::Start(start) => self.builder.on_start(g, start, cx.spans),
+            SqlRecord::Start(start) => match self.with_query_read(start) {
+                Some(read) => self.builder.on_start(g, &read, cx.spans),
+                None => self.builder.on_start(g, start, cx.spans),
+            },
             SqlRecord::End(end) => self.builder.on_end(g, end, cx.spans),
         }
         Ok(())
@@ -165,6 +216,8 @@ impl Family for Sql {
         let stats = self.builder.stats();
         out.extend([
             Counter::count("sql_calls", pairing.started),
+            Counter::count("sql_queries_read_by_agent", self.queries_read_by_agent),
+            Counter::count("sql_queries_unread", self.queries_unread),
             Counter::count("sql_unparented", stats.unparented),
             Counter::count("sql_tx_done", stats.tx_done),
             Counter::count("sql_duplicates", stats.duplicates),
@@ -186,5 +239,26 @@ impl Family for Sql {
             Counter::incomplete("sql_open_at_stop", "SQL open at stop", pairing.open_at_stop),
             Counter::count("sql_after_stop", pairing.after_stop),
         ]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_reads_a_query_the_kernel_could_not() {
+        let text = b"SELECT * FROM items WHERE id = ?".to_vec();
+        // SAFETY: an all-integer #[repr(C)] record; zero is a valid value.
+        let mut start: SqlStart = unsafe { std::mem::zeroed() };
+        start.flags = START_QUERY_UNREAD;
+        start.query_ptr = text.as_ptr() as u64;
+        start.query_len = text.len() as u32;
+        let memory = Memory::open(std::process::id()).expect("own memory");
+        let read = query_from(&memory, &start).expect("reading");
+        assert_eq!(&read.query[..text.len()], &text[..]);
+        assert_eq!(read.flags, START_QUERY);
+        start.query_ptr = 8;
+        assert!(query_from(&memory, &start).is_err(), "an unmapped address");
     }
 }

@@ -34,6 +34,11 @@ impl Memory {
         &self.path
     }
 
+    /// Fills `buf` with the bytes at `address`.
+    pub fn read_into(&self, address: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, address)
+    }
+
     /// The little-endian `u16` at `address`.
     pub fn read_u16(&self, address: u64) -> io::Result<u16> {
         let mut buf = [0; 2];
