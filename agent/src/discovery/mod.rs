@@ -1,0 +1,12 @@
+//! Finding the processes a host-mode agent traces: which ones the selectors
+//! name ([`selector`]), those already running (one pass over `/proc`,
+//! [`scan`]) and those that start later, reported by the kernel as they
+//! exec ([`exec`]).
+
+pub mod exec;
+pub mod glob;
+pub mod scan;
+pub mod selector;
+
+pub use exec::{ExecWatch, ExecWatchError};
+pub use selector::{SelectorError, Selectors};
