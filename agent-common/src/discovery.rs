@@ -8,6 +8,16 @@
 /// instance, never by a target's session.
 pub const KIND_PROCESS_EXEC: u32 = 44;
 
+/// `EventHeader::site` of a [`ProcessExec`] whose program was stopped
+/// (SIGSTOP) because its name is in `DISCOVERY_HOLD`: the agent attaches,
+/// then lets it run on (SIGCONT), so that not even a short-lived program's
+/// first requests are missed.
+pub const EXEC_HELD: u32 = 1;
+
+/// Entries of `DISCOVERY_HOLD`: names (`comm`, 15 bytes at most,
+/// zero-padded) whose execs are held.
+pub const MAX_HOLD_NAMES: u32 = 64;
+
 /// A process exec'd (`sched_process_exec`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -9,13 +9,17 @@
 //! program gets far, and execs are rare next to the records targets write.
 
 use agent_common::{
-    discovery::{KIND_PROCESS_EXEC, ProcessExec},
+    discovery::{EXEC_HELD, KIND_PROCESS_EXEC, MAX_HOLD_NAMES, ProcessExec},
     event::EventHeader,
 };
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::raw_tracepoint,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_send_signal,
+    },
+    macros::{map, raw_tracepoint},
+    maps::HashMap,
     programs::RawTracePointContext,
 };
 
@@ -24,11 +28,23 @@ use crate::{
     record::{InPlace, count_lost, fields},
 };
 
+/// `SIGSTOP` on x86_64.
+const SIGSTOP: u32 = 19;
+
+/// Program names (`comm`, zero-padded) the agent wants stopped at exec
+/// until it has attached.
+#[map]
+pub static DISCOVERY_HOLD: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_HOLD_NAMES, 0);
+
 // SAFETY: an agent-common record type, `#[repr(C)]` integers only, no
 // padding (its size is asserted where it is defined).
 unsafe impl InPlace for ProcessExec {}
 
-/// Every exec on the host.
+/// Every exec on the host. A program whose name is in [`DISCOVERY_HOLD`]
+/// is stopped here, before its first user instruction, and the record says
+/// so: the agent continues it once attached (or once it knows it will not
+/// attach). An exec whose record finds the ring full is not held (nobody
+/// would continue it), only counted.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -36,13 +52,23 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
         count_lost(KIND_PROCESS_EXEC);
         return 0;
     };
+    // The new program's name is in place by the time the tracepoint fires.
+    let held = match bpf_get_current_comm() {
+        // SAFETY: a lookup by value; the map holds plain integers.
+        Ok(comm) if unsafe { DISCOVERY_HOLD.get(&comm) }.is_some() => {
+            // SAFETY: no preconditions: the signal goes to the current
+            // process, a user task in the middle of its exec.
+            unsafe { bpf_send_signal(SIGSTOP) == 0 }
+        }
+        _ => false,
+    };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     fields(&mut entry).header = EventHeader {
         kind: KIND_PROCESS_EXEC,
         target: 0,
         tid: tgid,
-        site: 0,
+        site: if held { EXEC_HELD } else { 0 },
         goid: 0,
         ktime_ns: now,
     };

@@ -62,6 +62,13 @@ pub struct TraceArgs {
     #[arg(long, value_name = "EXE=NAME")]
     pub service_name_map: Vec<String>,
 
+    /// Do not stop new processes `--exe NAME` names (a plain file name) at
+    /// exec until the agent has attached. By default they are stopped
+    /// (SIGSTOP from the kernel, SIGCONT once attached, usually well under
+    /// a second) so that even a short-lived one is traced from its start.
+    #[arg(long)]
+    pub no_hold: bool,
+
     /// Ring-buffer size in bytes (rounded up to a power of two).
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
     pub ring_buffer_size: u32,

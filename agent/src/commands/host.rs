@@ -14,7 +14,7 @@ use std::{
 };
 
 use agent::{
-    discovery::{ExecWatch, Selectors, scan, selector::ServiceNames},
+    discovery::{self, Exec, ExecWatch, Selectors, scan, selector::ServiceNames},
     export::ExportConfig,
     family::Counter,
     probes,
@@ -55,6 +55,7 @@ pub async fn run(
         names: ServiceNames::parse(&args.service_name_map)?,
         service_name: export.service_name.clone(),
         single_pid: selectors.exes.is_empty() && selectors.pids.len() == 1,
+        hold: !args.no_hold,
         selectors,
     };
     let totals = LocalSet::new().run_until(host.supervise()).await?;
@@ -83,6 +84,8 @@ struct Host {
     service_name: Option<String>,
     /// `OTEL_SERVICE_NAME` names the target only when there can be one.
     single_pid: bool,
+    /// Stop programs `--exe NAME` names at exec until attached.
+    hold: bool,
 }
 
 /// How one target's session ended.
@@ -99,17 +102,27 @@ impl Host {
         // Execs are watched before /proc is read: a process that starts
         // meanwhile is found by one or the other (or both: `traced` keeps
         // it to one session).
-        let mut execs = ExecWatch::start()?;
+        let hold = if self.hold {
+            self.selectors.plain_names()
+        } else {
+            Vec::new()
+        };
+        let mut execs = ExecWatch::start(&hold)?;
         let (stopping, stop_rx) = watch::channel(false);
         let mut sessions: JoinSet<Ended> = JoinSet::new();
         let mut traced: HashSet<u32> = HashSet::new();
-        let start =
-            |pid: u32, exe: PathBuf, traced: &mut HashSet<u32>, sessions: &mut JoinSet<Ended>| {
-                if traced.insert(pid) {
-                    log::info!("PID {pid} ({}) matches: attaching", exe.display());
-                    sessions.spawn_local(self.trace(pid, exe, stop_rx.clone()));
-                }
-            };
+        let start = |pid: u32,
+                     exe: PathBuf,
+                     held: bool,
+                     traced: &mut HashSet<u32>,
+                     sessions: &mut JoinSet<Ended>| {
+            if traced.insert(pid) {
+                log::info!("PID {pid} ({}) matches: attaching", exe.display());
+                sessions.spawn_local(self.trace(pid, exe, held, stop_rx.clone()));
+            } else if held {
+                discovery::resume(pid);
+            }
+        };
         let running = scan::processes().context("cannot list processes in /proc")?;
         for pid in &self.selectors.pids {
             if !running.iter().any(|(p, _)| p == pid) {
@@ -118,7 +131,7 @@ impl Host {
         }
         for (pid, exe) in running {
             if pid != std::process::id() && self.selectors.matches(pid, &exe) {
-                start(pid, exe, &mut traced, &mut sessions);
+                start(pid, exe, false, &mut traced, &mut sessions);
             }
         }
         log::info!("watching for new processes");
@@ -128,11 +141,16 @@ impl Host {
                 _ = sigint.recv() => break "SIGINT",
                 _ = sigterm.recv() => break "SIGTERM",
                 pids = execs.next() => {
-                    for pid in pids {
-                        if let Some(exe) = scan::executable(pid)
-                            && self.selectors.matches(pid, &exe)
-                        {
-                            start(pid, exe, &mut traced, &mut sessions);
+                    for Exec { pid, held } in pids {
+                        log::trace!("exec: PID {pid}{}", if held { " (held)" } else { "" });
+                        match scan::executable(pid) {
+                            Some(exe) if self.selectors.matches(pid, &exe) => {
+                                start(pid, exe, held, &mut traced, &mut sessions);
+                            }
+                            // Its name is held but its path is not
+                            // selected (or it is gone already).
+                            _ if held => discovery::resume(pid),
+                            _ => {}
                         }
                     }
                 }
@@ -172,6 +190,7 @@ impl Host {
         &self,
         pid: u32,
         exe: PathBuf,
+        held: bool,
         stopping: watch::Receiver<bool>,
     ) -> impl Future<Output = Ended> + 'static {
         let options = self.options.clone();
@@ -186,6 +205,9 @@ impl Host {
             resource_options.env_service_name = None;
         }
         async move {
+            // A held target runs on once attached, or once it is clear it
+            // will not be.
+            let released = std::cell::Cell::new(!held);
             let result = async {
                 let session = Session::plan(pid, options)?;
                 if *stopping.borrow() {
@@ -196,9 +218,19 @@ impl Host {
                 for warning in warnings {
                     log::warn!("PID {pid}: {warning}");
                 }
-                session.run(&export, &resource).await
+                session
+                    .run_released(&export, &resource, || {
+                        if !released.replace(true) {
+                            discovery::resume(pid);
+                        }
+                        Ok(())
+                    })
+                    .await
             }
             .await;
+            if !released.get() {
+                discovery::resume(pid);
+            }
             Ended { pid, exe, result }
         }
     }

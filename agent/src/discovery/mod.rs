@@ -8,5 +8,5 @@ pub mod glob;
 pub mod scan;
 pub mod selector;
 
-pub use exec::{ExecWatch, ExecWatchError};
+pub use exec::{Exec, ExecWatch, ExecWatchError, resume};
 pub use selector::{SelectorError, Selectors};

@@ -97,6 +97,17 @@ impl Selectors {
         }
     }
 
+    /// The program names a process can be held by at exec: the bare
+    /// names without glob characters (a glob cannot be matched in the
+    /// kernel; its matches are found at exec all the same, only not held).
+    pub fn plain_names(&self) -> Vec<String> {
+        self.exes
+            .iter()
+            .filter(|p| !p.whole_path && !p.pattern.contains(['*', '?', '[']))
+            .map(|p| p.pattern.clone())
+            .collect()
+    }
+
     /// Whether process `pid`, running `exe`, is selected.
     pub fn matches(&self, pid: u32, exe: &Path) -> bool {
         self.pids.contains(&pid) || self.exes.iter().any(|p| p.matches(exe))
