@@ -278,7 +278,7 @@ impl Totals {
                 Some(&i) => self.order[i].value += counter.value,
                 None => {
                     self.index.insert(counter.key, self.order.len());
-                    self.order.push(counter.clone());
+                    self.order.push(*counter);
                 }
             }
         }
