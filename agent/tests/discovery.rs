@@ -136,10 +136,23 @@ fn restarts_and_replicas_are_all_traced() {
     for span in receiver.spans() {
         assert_eq!(span.resource.get("service.name"), Some(&name));
     }
-    let exit = stop(agent);
+    agent.signal(Signal::SIGINT);
+    assert!(agent.wait(AGENT_EXIT).success());
+    let lines = agent.stderr_lines();
+    let exit = lines
+        .iter()
+        .find(|l| l.starts_with("agent: "))
+        .expect("exit line");
     assert!(
         exit.starts_with("agent: 20 spans exported from 4 processes;"),
         "{exit}"
+    );
+    // Four processes of one executable file: analysed once.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("1 binaries analysed for 4 processes")),
+        "{lines:#?}"
     );
 }
 

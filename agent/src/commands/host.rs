@@ -7,26 +7,29 @@
 //! is attached again. Runs until SIGINT or SIGTERM.
 
 use std::{
-    collections::{HashMap, HashSet},
+    cell::Cell,
+    collections::HashMap,
     path::PathBuf,
     process::ExitCode,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use agent::{
-    discovery::{self, Exec, ExecWatch, Selectors, scan, selector::ServiceNames},
+    discovery::{
+        self, Exec, ExecWatch, Selectors, binaries::BinaryCache, scan, selector::ServiceNames,
+    },
     export::ExportConfig,
     family::Counter,
     probes,
     resource::{self, ResourceOptions},
-    session::{Outcome, Session, SessionError, SessionOptions},
+    session::{Counters, Session, SessionError, SessionOptions},
     target::TargetError,
 };
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::watch,
-    task::{JoinSet, LocalSet},
+    sync::{mpsc, watch},
 };
 
 use crate::cli::{ExportArgs, TraceArgs};
@@ -56,9 +59,10 @@ pub async fn run(
         service_name: export.service_name.clone(),
         single_pid: selectors.exes.is_empty() && selectors.pids.len() == 1,
         hold: !args.no_hold,
+        binaries: Arc::default(),
         selectors,
     };
-    let totals = LocalSet::new().run_until(host.supervise()).await?;
+    let totals = host.supervise().await?;
     eprintln!(
         "agent: {} spans exported from {} processes; {} records from the kernel; losses: {}",
         totals.get("spans_exported"),
@@ -86,13 +90,16 @@ struct Host {
     single_pid: bool,
     /// Stop programs `--exe NAME` names at exec until attached.
     hold: bool,
+    /// One analysis per executable file.
+    binaries: Arc<Mutex<BinaryCache>>,
 }
 
 /// How one target's session ended.
 struct Ended {
     pid: u32,
     exe: PathBuf,
-    result: Result<Outcome, SessionError>,
+    /// Its counters, or what to log instead.
+    result: Result<Counters, (log::Level, String)>,
 }
 
 impl Host {
@@ -109,18 +116,37 @@ impl Host {
         };
         let mut execs = ExecWatch::start(&hold)?;
         let (stopping, stop_rx) = watch::channel(false);
-        let mut sessions: JoinSet<Ended> = JoinSet::new();
-        let mut traced: HashSet<u32> = HashSet::new();
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Ended>();
+        // PID to whether the kernel holds it for us.
+        let mut traced: HashMap<u32, bool> = HashMap::new();
+        let mut started = 0;
         let start = |pid: u32,
                      exe: PathBuf,
                      held: bool,
-                     traced: &mut HashSet<u32>,
-                     sessions: &mut JoinSet<Ended>| {
-            if traced.insert(pid) {
-                log::info!("PID {pid} ({}) matches: attaching", exe.display());
-                sessions.spawn_local(self.trace(pid, exe, held, stop_rx.clone()));
-            } else if held {
-                discovery::resume(pid);
+                     traced: &mut HashMap<u32, bool>,
+                     started: &mut usize| {
+            if traced.contains_key(&pid) {
+                if held {
+                    discovery::resume(pid);
+                }
+                return;
+            }
+            log::info!("PID {pid} ({}) matches: attaching", exe.display());
+            let job = self.trace(pid, exe, held, stop_rx.clone(), ended_tx.clone());
+            match std::thread::Builder::new()
+                .name(format!("pid-{pid}"))
+                .spawn(job)
+            {
+                Ok(_) => {
+                    traced.insert(pid, held);
+                    *started += 1;
+                }
+                Err(err) => {
+                    log::warn!("PID {pid}: cannot start a thread for it: {err}");
+                    if held {
+                        discovery::resume(pid);
+                    }
+                }
             }
         };
         let running = scan::processes().context("cannot list processes in /proc")?;
@@ -131,7 +157,7 @@ impl Host {
         }
         for (pid, exe) in running {
             if pid != std::process::id() && self.selectors.matches(pid, &exe) {
-                start(pid, exe, false, &mut traced, &mut sessions);
+                start(pid, exe, false, &mut traced, &mut started);
             }
         }
         log::info!("watching for new processes");
@@ -145,7 +171,7 @@ impl Host {
                         log::trace!("exec: PID {pid}{}", if held { " (held)" } else { "" });
                         match scan::executable(pid) {
                             Some(exe) if self.selectors.matches(pid, &exe) => {
-                                start(pid, exe, held, &mut traced, &mut sessions);
+                                start(pid, exe, held, &mut traced, &mut started);
                             }
                             // Its name is held but its path is not
                             // selected (or it is gone already).
@@ -154,47 +180,64 @@ impl Host {
                         }
                     }
                 }
-                Some(joined) = sessions.join_next(), if !sessions.is_empty() => {
-                    if let Ok(ended) = joined {
-                        traced.remove(&ended.pid);
-                        totals.add(ended);
-                    }
+                Some(ended) = ended_rx.recv() => {
+                    traced.remove(&ended.pid);
+                    totals.add(ended);
                 }
             }
         };
-        log::info!("{signal}: detaching from {} processes", sessions.len());
+        log::info!("{signal}: detaching from {} processes", traced.len());
         // Sessions already tracing saw the signal themselves; those still
         // being planned stop before they attach.
         let _ = stopping.send(true);
         let deadline = tokio::time::Instant::now() + STOP_BUDGET;
-        while !sessions.is_empty() {
-            match tokio::time::timeout_at(deadline, sessions.join_next()).await {
-                Ok(Some(Ok(ended))) => totals.add(ended),
-                Ok(Some(Err(err))) => log::warn!("a session failed: {err}"),
+        while !traced.is_empty() {
+            match tokio::time::timeout_at(deadline, ended_rx.recv()).await {
+                Ok(Some(ended)) => {
+                    traced.remove(&ended.pid);
+                    totals.add(ended);
+                }
                 Ok(None) => break,
                 Err(_) => {
-                    log::warn!("{} sessions did not stop in time", sessions.len());
-                    sessions.abort_all();
+                    log::warn!("{} sessions did not stop in time", traced.len());
+                    // None stays stopped because the agent left.
+                    for (&pid, &held) in &traced {
+                        if held {
+                            discovery::resume(pid);
+                        }
+                    }
                     break;
                 }
             }
         }
+        totals.started = started;
+        totals.binaries_analysed = self.binaries.lock().map_or(0, |cache| cache.analysed);
+        log::info!(
+            "{} binaries analysed for {} processes",
+            totals.binaries_analysed,
+            totals.started
+        );
         if execs.bad_records > 0 {
             log::warn!("{} unreadable discovery records", execs.bad_records);
         }
         Ok(totals)
     }
 
-    /// One target: plans, attaches and traces until it exits or a signal.
+    /// One target, on a thread of its own with its own event loop (planning
+    /// and loading block for a second or more, which must not stall the
+    /// other targets' draining and exporting): plans, attaches and traces
+    /// until the target exits or a signal, then reports to `ended`.
     fn trace(
         &self,
         pid: u32,
         exe: PathBuf,
         held: bool,
         stopping: watch::Receiver<bool>,
-    ) -> impl Future<Output = Ended> + 'static {
+        ended: mpsc::UnboundedSender<Ended>,
+    ) -> impl FnOnce() + Send + 'static {
         let options = self.options.clone();
         let export = self.export.clone();
+        let binaries = self.binaries.clone();
         let mut resource_options = ResourceOptions::from_env(
             self.names
                 .lookup(&exe)
@@ -204,12 +247,18 @@ impl Host {
         if !self.single_pid {
             resource_options.env_service_name = None;
         }
-        async move {
+        move || {
             // A held target runs on once attached, or once it is clear it
             // will not be.
-            let released = std::cell::Cell::new(!held);
-            let result = async {
-                let session = Session::plan(pid, options)?;
+            let released = Cell::new(!held);
+            let key = Cell::new(None);
+            let traced = async {
+                let session = Session::plan_with(pid, options, &mut |path| {
+                    let mut cache = binaries.lock().unwrap_or_else(|e| e.into_inner());
+                    let (binary, k) = cache.open(path)?;
+                    key.set(Some(k));
+                    Ok(binary)
+                })?;
                 if *stopping.borrow() {
                     return Err(TargetError::Exited { pid }.into());
                 }
@@ -226,12 +275,48 @@ impl Host {
                         Ok(())
                     })
                     .await
-            }
-            .await;
+            };
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(traced),
+                Err(err) => Err(SessionError::Family(format!(
+                    "cannot start an event loop: {err}"
+                ))),
+            };
             if !released.get() {
                 discovery::resume(pid);
             }
-            Ended { pid, exe, result }
+            if let Some(key) = key.get() {
+                binaries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .release(key);
+            }
+            let result = result
+                .map(|outcome| outcome.counters)
+                .map_err(|err| match err {
+                    SessionError::Target(
+                        TargetError::Exited { .. } | TargetError::NoSuchProcess { .. },
+                    ) => (
+                        log::Level::Info,
+                        format!("PID {pid} ({}) exited before it was traced", exe.display()),
+                    ),
+                    err @ SessionError::NothingToTrace { .. } => {
+                        (log::Level::Info, err.to_string())
+                    }
+                    err => (
+                        log::Level::Warn,
+                        format!(
+                            "PID {pid} ({}): {}",
+                            exe.display(),
+                            anyhow::Error::from(err)
+                        ),
+                    ),
+                });
+            // The supervisor is gone only when the agent is exiting.
+            let _ = ended.send(Ended { pid, exe, result });
         }
     }
 }
@@ -239,7 +324,11 @@ impl Host {
 /// The counters of every session, summed by key, in the order first seen.
 #[derive(Default)]
 struct Totals {
+    /// Sessions that traced (and ended).
     targets: usize,
+    /// Processes that matched.
+    started: usize,
+    binaries_analysed: u64,
     order: Vec<Counter>,
     index: HashMap<&'static str, usize>,
 }
@@ -248,24 +337,14 @@ impl Totals {
     fn add(&mut self, ended: Ended) {
         let Ended { pid, exe, result } = ended;
         let exe = exe.display();
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            Err(SessionError::Target(
-                TargetError::Exited { .. } | TargetError::NoSuchProcess { .. },
-            )) => {
-                log::info!("PID {pid} ({exe}) exited before it was traced");
-                return;
-            }
-            Err(err @ SessionError::NothingToTrace { .. }) => {
-                log::info!("{err}");
-                return;
-            }
-            Err(err) => {
-                log::warn!("PID {pid} ({exe}): {}", anyhow::Error::from(err));
+        let c = match result {
+            Ok(counters) => counters,
+            Err((level, message)) => {
+                log::log!(level, "{message}");
                 return;
             }
         };
-        let c = &outcome.counters;
+        let c = &c;
         log::info!(
             "PID {pid} ({exe}): {} spans exported; {} records from the kernel; losses: {}",
             c.get("spans_exported").unwrap_or(0),
@@ -305,7 +384,10 @@ impl Totals {
     }
 
     fn summary_file(&self) -> String {
-        let mut text = format!("targets={}\n", self.targets);
+        let mut text = format!(
+            "targets={}\nbinaries_analysed={}\n",
+            self.targets, self.binaries_analysed
+        );
         for c in &self.order {
             text.push_str(&format!("{}={}\n", c.key, c.value));
         }

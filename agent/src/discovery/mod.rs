@@ -3,6 +3,7 @@
 //! [`scan`]) and those that start later, reported by the kernel as they
 //! exec ([`exec`]).
 
+pub mod binaries;
 pub mod exec;
 pub mod glob;
 pub mod scan;
