@@ -187,3 +187,30 @@ fn a_short_lived_target_is_traced_from_its_start() {
     let exit = stop(agent);
     assert!(exit.contains("from 1 processes"), "{exit}");
 }
+
+/// Bad selectors: one clear error line each, before anything is loaded.
+#[test]
+fn bad_selectors_are_one_clear_error() {
+    let cases: [(&[&str], Option<&str>, &str); 3] = [
+        (&["--exe", ""], None, "--exe: an empty pattern matches nothing"),
+        (&["--exe", "x"], Some("12,abc"), "AGENT_PID: \"abc\" is not a PID"),
+        (
+            &["--exe", "x", "--service-name-map", "x"],
+            None,
+            "--service-name-map: \"x\" is not EXE=NAME",
+        ),
+    ];
+    for (args, env_pid, message) in cases {
+        let mut cmd = command();
+        cmd.args(args);
+        match env_pid {
+            Some(value) => cmd.env("AGENT_PID", value),
+            None => cmd.env_remove("AGENT_PID"),
+        };
+        let out = cmd.output().expect("run agent");
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines, [format!("agent: {message}")], "{args:?}");
+    }
+}
