@@ -192,8 +192,16 @@ fn a_short_lived_target_is_traced_from_its_start() {
 #[test]
 fn bad_selectors_are_one_clear_error() {
     let cases: [(&[&str], Option<&str>, &str); 3] = [
-        (&["--exe", ""], None, "--exe: an empty pattern matches nothing"),
-        (&["--exe", "x"], Some("12,abc"), "AGENT_PID: \"abc\" is not a PID"),
+        (
+            &["--exe", ""],
+            None,
+            "--exe: an empty pattern matches nothing",
+        ),
+        (
+            &["--exe", "x"],
+            Some("12,abc"),
+            "AGENT_PID: \"abc\" is not a PID",
+        ),
         (
             &["--exe", "x", "--service-name-map", "x"],
             None,

@@ -8,7 +8,7 @@
 
 use std::{
     cell::Cell,
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     process::ExitCode,
     sync::{Arc, Mutex},
@@ -120,6 +120,8 @@ impl Host {
         // PID to whether the kernel holds it for us.
         let mut traced: HashMap<u32, bool> = HashMap::new();
         let mut started = 0;
+        // Traced PIDs that exec'd again.
+        let mut reexec: HashSet<u32> = HashSet::new();
         let start = |pid: u32,
                      exe: PathBuf,
                      held: bool,
@@ -170,6 +172,19 @@ impl Host {
                     for Exec { pid, held } in pids {
                         log::trace!("exec: PID {pid}{}", if held { " (held)" } else { "" });
                         match scan::executable(pid) {
+                            // It exec'd again while its session runs (a
+                            // launcher that execs the program): planned
+                            // again once that session ends, not held
+                            // meanwhile (that session may run on).
+                            Some(exe)
+                                if self.selectors.matches(pid, &exe)
+                                    && traced.contains_key(&pid) =>
+                            {
+                                reexec.insert(pid);
+                                if held {
+                                    discovery::resume(pid);
+                                }
+                            }
                             Some(exe) if self.selectors.matches(pid, &exe) => {
                                 start(pid, exe, held, &mut traced, &mut started);
                             }
@@ -181,8 +196,15 @@ impl Host {
                     }
                 }
                 Some(ended) = ended_rx.recv() => {
-                    traced.remove(&ended.pid);
+                    let pid = ended.pid;
+                    traced.remove(&pid);
                     totals.add(ended);
+                    if reexec.remove(&pid)
+                        && let Some(exe) = scan::executable(pid)
+                        && self.selectors.matches(pid, &exe)
+                    {
+                        start(pid, exe, false, &mut traced, &mut started);
+                    }
                 }
             }
         };
