@@ -11,6 +11,7 @@
 //! [`target`] what all per-target configurations share.
 #![no_std]
 
+pub mod discovery;
 pub mod event;
 pub mod flight;
 pub mod grpc;

@@ -12,6 +12,7 @@
 // `usdt::reg`).
 #![feature(asm_experimental_arch)]
 
+mod discovery;
 mod flight;
 mod go;
 mod grpc;

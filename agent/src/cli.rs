@@ -42,9 +42,32 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// PID of the process to trace (a Go program serving HTTP with net/http,
-    /// or any program with USDT probes a mapping names).
+    /// or any program with USDT probes a mapping names). Repeatable (also
+    /// AGENT_PID, comma-separated); one --pid alone exits with its process,
+    /// any other selection runs until SIGINT or SIGTERM.
     #[arg(long, value_name = "PID")]
-    pub pid: Option<u32>,
+    pub pid: Vec<u32>,
+
+    /// Trace every process whose executable matches: a glob on its path
+    /// when PATTERN has a `/`, else on its file name (`httpserver`,
+    /// `api-*`). Repeatable (also AGENT_EXE, comma-separated). Processes
+    /// running at start are found in /proc, later ones as they exec; the
+    /// agent runs until SIGINT or SIGTERM.
+    #[arg(long, value_name = "PATTERN", conflicts_with = "command")]
+    pub exe: Vec<String>,
+
+    /// service.name of the targets whose executable is EXE (a file name, or
+    /// a whole path): `--service-name-map api=checkout`. Repeatable.
+    /// Without one, a target's service.name is its executable's name.
+    #[arg(long, value_name = "EXE=NAME")]
+    pub service_name_map: Vec<String>,
+
+    /// Do not stop new processes `--exe NAME` names (a plain file name) at
+    /// exec until the agent has attached. By default they are stopped
+    /// (SIGSTOP from the kernel, SIGCONT once attached, usually well under
+    /// a second) so that even a short-lived one is traced from its start.
+    #[arg(long)]
+    pub no_hold: bool,
 
     /// Ring-buffer size in bytes (rounded up to a power of two).
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]

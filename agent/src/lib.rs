@@ -31,6 +31,7 @@
 pub mod binary;
 pub mod clock;
 pub mod cursor;
+pub mod discovery;
 pub mod export;
 pub mod family;
 pub mod flight;

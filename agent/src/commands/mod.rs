@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod decode;
+mod host;
 mod inspect;
 mod probes;
 mod trace;
@@ -22,12 +23,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None if !cli.trace.launch.command.is_empty() => {
             trace::launch(&cli.trace.launch.command, &cli.trace, &cli.export).await
         }
-        None => match cli.trace.pid {
-            Some(pid) => trace::run(pid, &cli.trace, &cli.export).await,
-            None => anyhow::bail!(
-                "nothing to do: give --pid N to trace a process, or -- CMD to start one (see --help)"
-            ),
-        },
+        None => {
+            let selectors =
+                agent::discovery::Selectors::resolve(&cli.trace.pid, &cli.trace.exe, |name| {
+                    std::env::var(name).ok()
+                })?;
+            match selectors.single_pid() {
+                Some(pid) => trace::run(pid, &cli.trace, &cli.export).await,
+                None if selectors.is_empty() => anyhow::bail!(
+                    "nothing to do: give --pid N or --exe PATTERN to trace processes, or -- CMD to start one (see --help)"
+                ),
+                None => host::run(selectors, &cli.trace, &cli.export).await,
+            }
+        }
         Some(Command::Decode(args)) => decode::run(&args, &cli.export).await,
         Some(Command::Watch(args)) => watch::run(&args, &cli.export).await,
         Some(Command::Inspect(args)) => inspect::run(&args),

@@ -25,7 +25,7 @@ use crate::cli::{ExportArgs, LaunchArgs, TraceArgs};
 
 /// The session's options from the command line (the USDT mapping read and
 /// checked).
-fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
+pub(super) fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
     let usdt_mapping = if args.no_usdt {
         None
     } else {

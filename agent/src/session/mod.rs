@@ -19,6 +19,8 @@ pub mod counters;
 
 use std::{
     error::Error,
+    path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -159,6 +161,14 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Opens a target's executable as a Go binary: by default anew for each
+/// session; a host-mode agent hands out one analysis per binary file.
+pub type OpenBinary<'a> = &'a mut dyn FnMut(&Path) -> Result<Arc<GoBinary>, BinaryError>;
+
+fn open_binary(path: &Path) -> Result<Arc<GoBinary>, BinaryError> {
+    GoBinary::open(path).map(Arc::new)
+}
+
 /// Never a kind's family: the dispatch table's empty entry.
 const NO_FAMILY: u8 = u8::MAX;
 
@@ -166,7 +176,16 @@ impl Session {
     /// Opens PID `pid` and plans every family for it. A target that exits
     /// meanwhile is said to have exited, whatever step noticed it.
     pub fn plan(pid: u32, options: SessionOptions) -> Result<Self, SessionError> {
-        Self::plan_for(pid, options).map_err(|err| match err {
+        Self::plan_with(pid, options, &mut open_binary)
+    }
+
+    /// As [`Self::plan`], the executable opened by `open`.
+    pub fn plan_with(
+        pid: u32,
+        options: SessionOptions,
+        open: OpenBinary<'_>,
+    ) -> Result<Self, SessionError> {
+        Self::plan_for(pid, options, open).map_err(|err| match err {
             SessionError::Target(
                 TargetError::NoSuchProcess { .. } | TargetError::Exited { .. },
             ) => err,
@@ -175,13 +194,25 @@ impl Session {
         })
     }
 
-    fn plan_for(pid: u32, options: SessionOptions) -> Result<Self, SessionError> {
-        Self::plan_target(Target::open(pid)?, options)
+    fn plan_for(
+        pid: u32,
+        options: SessionOptions,
+        open: OpenBinary<'_>,
+    ) -> Result<Self, SessionError> {
+        Self::plan_target_with(Target::open(pid)?, options, open)
     }
 
     /// Plans every family for `target` (see [`Target::launched`] for a
     /// process the agent started).
     pub fn plan_target(target: Target, options: SessionOptions) -> Result<Self, SessionError> {
+        Self::plan_target_with(target, options, &mut open_binary)
+    }
+
+    fn plan_target_with(
+        target: Target,
+        options: SessionOptions,
+        open: OpenBinary<'_>,
+    ) -> Result<Self, SessionError> {
         let pid = target.pid;
         let exe = target.exe_in_target.display().to_string();
         let mut process = ProcessInfo {
@@ -189,7 +220,7 @@ impl Session {
             executable_path: exe.clone(),
             runtime_version: None,
         };
-        let go = GoBinary::open(&target.exe_path)
+        let go = open(&target.exe_path)
             .map_err(|source| GoUnusable::Open {
                 pid,
                 exe: exe.clone(),
@@ -210,7 +241,7 @@ impl Session {
         let clock = WallClock::measure();
         let ctx = PlanContext {
             target: &target,
-            go: go.as_ref().map_err(|e| e as &(dyn Error + Send + Sync)),
+            go: go.as_deref().map_err(|e| e as &(dyn Error + Send + Sync)),
             options: &options.families,
             clock,
         };

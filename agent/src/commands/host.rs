@@ -1,0 +1,424 @@
+//! Host mode: `agent --exe PATTERN` (and any selection other than one
+//! `--pid`). Processes already running are found once in `/proc`, later
+//! ones as they exec ([`agent::discovery::ExecWatch`]); each match gets a
+//! session of its own (its probes, ring buffer, families, export pipeline
+//! and resource), all in this one runtime. A target that exits is
+//! detached and flushed by its session; a restarted one is a new exec and
+//! is attached again. Runs until SIGINT or SIGTERM.
+
+use std::{
+    cell::Cell,
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use agent::{
+    discovery::{
+        self, Exec, ExecWatch, Selectors, binaries::BinaryCache, scan, selector::ServiceNames,
+    },
+    export::ExportConfig,
+    family::Counter,
+    probes,
+    resource::{self, ResourceOptions},
+    session::{Counters, Session, SessionError, SessionOptions},
+    target::TargetError,
+};
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+
+use crate::cli::{ExportArgs, TraceArgs};
+
+/// Time the sessions get to detach, flush and export after a signal (each
+/// exports within its own 1.5 s budget).
+const STOP_BUDGET: Duration = Duration::from_secs(5);
+
+pub async fn run(
+    selectors: Selectors,
+    args: &TraceArgs,
+    export: &ExportArgs,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.launch.syscalls.is_none() && !args.launch.summary,
+        "--syscalls and --summary trace one process: give one --pid, or -- CMD"
+    );
+    anyhow::ensure!(
+        args.metrics_listen.is_none(),
+        "--metrics-listen is not available yet with --exe or several --pid"
+    );
+    probes::preflight()?;
+    let host = Host {
+        options: super::trace::options(args)?,
+        export: super::export_config(export)?,
+        names: ServiceNames::parse(&args.service_name_map)?,
+        service_name: export.service_name.clone(),
+        single_pid: selectors.exes.is_empty() && selectors.pids.len() == 1,
+        hold: !args.no_hold,
+        binaries: Arc::default(),
+        selectors,
+    };
+    let totals = host.supervise().await?;
+    eprintln!(
+        "agent: {} spans exported from {} processes; {} records from the kernel; losses: {}",
+        totals.get("spans_exported"),
+        totals.targets,
+        totals.get("records"),
+        totals.describe()
+    );
+    if let Some(path) = &args.summary_file {
+        std::fs::write(path, totals.summary_file())
+            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What every target's session is given.
+struct Host {
+    selectors: Selectors,
+    options: SessionOptions,
+    export: ExportConfig,
+    names: ServiceNames,
+    /// `--service-name`: for every target (a user who gives it with a
+    /// pattern asked for one name).
+    service_name: Option<String>,
+    /// `OTEL_SERVICE_NAME` names the target only when there can be one.
+    single_pid: bool,
+    /// Stop programs `--exe NAME` names at exec until attached.
+    hold: bool,
+    /// One analysis per executable file.
+    binaries: Arc<Mutex<BinaryCache>>,
+}
+
+/// How one target's session ended.
+struct Ended {
+    pid: u32,
+    exe: PathBuf,
+    /// Its counters, or what to log instead.
+    result: Result<Counters, (log::Level, String)>,
+}
+
+impl Host {
+    async fn supervise(self) -> anyhow::Result<Totals> {
+        let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        // Execs are watched before /proc is read: a process that starts
+        // meanwhile is found by one or the other (or both: `traced` keeps
+        // it to one session).
+        let hold = if self.hold {
+            self.selectors.plain_names()
+        } else {
+            Vec::new()
+        };
+        let mut execs = ExecWatch::start(&hold)?;
+        let (stopping, stop_rx) = watch::channel(false);
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Ended>();
+        // PID to whether the kernel holds it for us.
+        let mut traced: HashMap<u32, bool> = HashMap::new();
+        let mut started = 0;
+        // Traced PIDs that exec'd again.
+        let mut reexec: HashSet<u32> = HashSet::new();
+        let start = |pid: u32,
+                     exe: PathBuf,
+                     held: bool,
+                     traced: &mut HashMap<u32, bool>,
+                     started: &mut usize| {
+            if traced.contains_key(&pid) {
+                if held {
+                    discovery::resume(pid);
+                }
+                return;
+            }
+            log::info!("PID {pid} ({}) matches: attaching", exe.display());
+            let job = self.trace(pid, exe, held, stop_rx.clone(), ended_tx.clone());
+            match std::thread::Builder::new()
+                .name(format!("pid-{pid}"))
+                .spawn(job)
+            {
+                Ok(_) => {
+                    traced.insert(pid, held);
+                    *started += 1;
+                }
+                Err(err) => {
+                    log::warn!("PID {pid}: cannot start a thread for it: {err}");
+                    if held {
+                        discovery::resume(pid);
+                    }
+                }
+            }
+        };
+        let running = scan::processes().context("cannot list processes in /proc")?;
+        for pid in &self.selectors.pids {
+            if !running.iter().any(|(p, _)| p == pid) {
+                log::warn!("PID {pid}: no such process (it is attached if it execs)");
+            }
+        }
+        for (pid, exe) in running {
+            if pid != std::process::id() && self.selectors.matches(pid, &exe) {
+                start(pid, exe, false, &mut traced, &mut started);
+            }
+        }
+        log::info!("watching for new processes");
+        let mut totals = Totals::default();
+        let signal = loop {
+            tokio::select! {
+                _ = sigint.recv() => break "SIGINT",
+                _ = sigterm.recv() => break "SIGTERM",
+                pids = execs.next() => {
+                    for Exec { pid, held } in pids {
+                        log::trace!("exec: PID {pid}{}", if held { " (held)" } else { "" });
+                        match scan::executable(pid) {
+                            // It exec'd again while its session runs (a
+                            // launcher that execs the program): planned
+                            // again once that session ends, not held
+                            // meanwhile (that session may run on).
+                            Some(exe)
+                                if self.selectors.matches(pid, &exe)
+                                    && traced.contains_key(&pid) =>
+                            {
+                                reexec.insert(pid);
+                                if held {
+                                    discovery::resume(pid);
+                                }
+                            }
+                            Some(exe) if self.selectors.matches(pid, &exe) => {
+                                start(pid, exe, held, &mut traced, &mut started);
+                            }
+                            // Its name is held but its path is not
+                            // selected (or it is gone already).
+                            _ if held => discovery::resume(pid),
+                            _ => {}
+                        }
+                    }
+                }
+                Some(ended) = ended_rx.recv() => {
+                    let pid = ended.pid;
+                    traced.remove(&pid);
+                    totals.add(ended);
+                    if reexec.remove(&pid)
+                        && let Some(exe) = scan::executable(pid)
+                        && self.selectors.matches(pid, &exe)
+                    {
+                        start(pid, exe, false, &mut traced, &mut started);
+                    }
+                }
+            }
+        };
+        log::info!("{signal}: detaching from {} processes", traced.len());
+        // Sessions already tracing saw the signal themselves; those still
+        // being planned stop before they attach.
+        let _ = stopping.send(true);
+        let deadline = tokio::time::Instant::now() + STOP_BUDGET;
+        while !traced.is_empty() {
+            match tokio::time::timeout_at(deadline, ended_rx.recv()).await {
+                Ok(Some(ended)) => {
+                    traced.remove(&ended.pid);
+                    totals.add(ended);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    log::warn!("{} sessions did not stop in time", traced.len());
+                    // None stays stopped because the agent left.
+                    for (&pid, &held) in &traced {
+                        if held {
+                            discovery::resume(pid);
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        totals.started = started;
+        totals.binaries_analysed = self.binaries.lock().map_or(0, |cache| cache.analysed);
+        log::info!(
+            "{} binaries analysed for {} processes",
+            totals.binaries_analysed,
+            totals.started
+        );
+        if execs.bad_records > 0 {
+            log::warn!("{} unreadable discovery records", execs.bad_records);
+        }
+        Ok(totals)
+    }
+
+    /// One target, on a thread of its own with its own event loop (planning
+    /// and loading block for a second or more, which must not stall the
+    /// other targets' draining and exporting): plans, attaches and traces
+    /// until the target exits or a signal, then reports to `ended`.
+    fn trace(
+        &self,
+        pid: u32,
+        exe: PathBuf,
+        held: bool,
+        stopping: watch::Receiver<bool>,
+        ended: mpsc::UnboundedSender<Ended>,
+    ) -> impl FnOnce() + Send + 'static {
+        let options = self.options.clone();
+        let export = self.export.clone();
+        let binaries = self.binaries.clone();
+        let mut resource_options = ResourceOptions::from_env(
+            self.names
+                .lookup(&exe)
+                .map(str::to_owned)
+                .or_else(|| self.service_name.clone()),
+        );
+        if !self.single_pid {
+            resource_options.env_service_name = None;
+        }
+        move || {
+            // A held target runs on once attached, or once it is clear it
+            // will not be.
+            let released = Cell::new(!held);
+            let key = Cell::new(None);
+            let traced = async {
+                let session = Session::plan_with(pid, options, &mut |path| {
+                    let mut cache = binaries.lock().unwrap_or_else(|e| e.into_inner());
+                    let (binary, k) = cache.open(path)?;
+                    key.set(Some(k));
+                    Ok(binary)
+                })?;
+                if *stopping.borrow() {
+                    return Err(TargetError::Exited { pid }.into());
+                }
+                let (resource, warnings) =
+                    resource::build(Some(session.process()), &resource_options);
+                for warning in warnings {
+                    log::warn!("PID {pid}: {warning}");
+                }
+                session
+                    .run_released(&export, &resource, || {
+                        if !released.replace(true) {
+                            discovery::resume(pid);
+                        }
+                        // Loading parsed the kernel's BTF and the object on
+                        // this thread, whose malloc arena would keep that
+                        // peak (some 30 MB) for as long as the target runs.
+                        // SAFETY: no preconditions; it only releases free
+                        // heap memory.
+                        unsafe { libc::malloc_trim(0) };
+                        Ok(())
+                    })
+                    .await
+            };
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(traced),
+                Err(err) => Err(SessionError::Family(format!(
+                    "cannot start an event loop: {err}"
+                ))),
+            };
+            if !released.get() {
+                discovery::resume(pid);
+            }
+            if let Some(key) = key.get() {
+                binaries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .release(key);
+            }
+            let result = result
+                .map(|outcome| outcome.counters)
+                .map_err(|err| match err {
+                    SessionError::Target(
+                        TargetError::Exited { .. } | TargetError::NoSuchProcess { .. },
+                    ) => (
+                        log::Level::Info,
+                        format!("PID {pid} ({}) exited before it was traced", exe.display()),
+                    ),
+                    err @ SessionError::NothingToTrace { .. } => {
+                        (log::Level::Info, err.to_string())
+                    }
+                    err => (
+                        log::Level::Warn,
+                        format!(
+                            "PID {pid} ({}): {}",
+                            exe.display(),
+                            anyhow::Error::from(err)
+                        ),
+                    ),
+                });
+            // The supervisor is gone only when the agent is exiting.
+            let _ = ended.send(Ended { pid, exe, result });
+        }
+    }
+}
+
+/// The counters of every session, summed by key, in the order first seen.
+#[derive(Default)]
+struct Totals {
+    /// Sessions that traced (and ended).
+    targets: usize,
+    /// Processes that matched.
+    started: usize,
+    binaries_analysed: u64,
+    order: Vec<Counter>,
+    index: HashMap<&'static str, usize>,
+}
+
+impl Totals {
+    fn add(&mut self, ended: Ended) {
+        let Ended { pid, exe, result } = ended;
+        let exe = exe.display();
+        let c = match result {
+            Ok(counters) => counters,
+            Err((level, message)) => {
+                log::log!(level, "{message}");
+                return;
+            }
+        };
+        let c = &c;
+        log::info!(
+            "PID {pid} ({exe}): {} spans exported; {} records from the kernel; losses: {}",
+            c.get("spans_exported").unwrap_or(0),
+            c.get("records").unwrap_or(0),
+            c.describe()
+        );
+        self.targets += 1;
+        for counter in c.list() {
+            match self.index.get(counter.key) {
+                Some(&i) => self.order[i].value += counter.value,
+                None => {
+                    self.index.insert(counter.key, self.order.len());
+                    self.order.push(*counter);
+                }
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> u64 {
+        self.index.get(key).map_or(0, |&i| self.order[i].value)
+    }
+
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .order
+            .iter()
+            .filter_map(|c| {
+                c.label
+                    .map(|(words, unit)| format!("{words}: {}{unit}", c.value))
+            })
+            .collect();
+        if parts.is_empty() {
+            "none".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    fn summary_file(&self) -> String {
+        let mut text = format!(
+            "targets={}\nbinaries_analysed={}\n",
+            self.targets, self.binaries_analysed
+        );
+        for c in &self.order {
+            text.push_str(&format!("{}={}\n", c.key, c.value));
+        }
+        text
+    }
+}
