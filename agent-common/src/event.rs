@@ -7,7 +7,7 @@ use crate::{flight, grpc, http, http_client, http_route, runtime, sql, syscalls,
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 23] = [
+pub const KINDS: [u32; 24] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -31,6 +31,7 @@ pub const KINDS: [u32; 23] = [
     syscalls::KIND_SYSCALL,
     syscalls::KIND_PROCESS_FORKED,
     syscalls::KIND_PROCESS_EXITED,
+    syscalls::KIND_SYSCALL_SOURCE,
 ];
 
 /// Kinds are small: the agent dispatches on them through a table this long.
