@@ -672,3 +672,24 @@ fn source_lines_name_the_calls_in_calls_c() {
         assert_eq!(write.attr("code.file.path"), Some(file));
     }
 }
+
+/// The pclntab's line tables give a function's file and first line, in a
+/// build with DWARF and in a stripped one (`-s -w`: the pclntab only).
+#[test]
+fn pclntab_lines_match_the_go_source() {
+    let main_go = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/httpserver/main.go");
+    let main_line = line_of(&main_go, "func main()");
+    for flags in [&[][..], &["-ldflags=-s -w"][..]] {
+        let exe = support::fixture::build("httpserver", flags);
+        let go = agent::binary::GoBinary::open(&exe).expect("the fixture opens");
+        let main = go.function("main.main").expect("main.main");
+        let line = go.line_at(main.address).expect("a line for main.main");
+        assert_eq!(line.function, b"main.main");
+        assert_eq!(line.file, main_go.to_str().expect("utf-8").as_bytes());
+        assert_eq!(line.line as usize, main_line, "{flags:?}");
+        // Past the function's end: another function's line, never main's.
+        if let Some(next) = go.line_at(main.address + main.size) {
+            assert_ne!(next.function, b"main.main");
+        }
+    }
+}
