@@ -7,7 +7,7 @@ use crate::{discovery, flight, grpc, http, http_client, http_route, runtime, sql
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 24] = [
+pub const KINDS: [u32; 25] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -32,6 +32,7 @@ pub const KINDS: [u32; 24] = [
     syscalls::KIND_PROCESS_FORKED,
     syscalls::KIND_PROCESS_EXITED,
     discovery::KIND_PROCESS_EXEC,
+    syscalls::KIND_SYSCALL_SOURCE,
 ];
 
 /// Kinds are small: the agent dispatches on them through a table this long.

@@ -77,6 +77,7 @@ impl_pod!(
     http_client::HttpClientConfig,
     http_client::HttpClientOffsets,
     syscalls::SyscallRecord,
+    syscalls::SyscallSourceRecord,
     syscalls::ProcessForked,
     syscalls::ProcessExited,
     syscalls::SyscallConfig,

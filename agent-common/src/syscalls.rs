@@ -11,6 +11,15 @@ pub const KIND_SYSCALL: u32 = 41;
 pub const KIND_PROCESS_FORKED: u32 = 42;
 /// `EventHeader::kind` of a [`ProcessExited`].
 pub const KIND_PROCESS_EXITED: u32 = 43;
+/// `EventHeader::kind` of a [`SyscallSourceRecord`] (`--source`).
+pub const KIND_SYSCALL_SOURCE: u32 = 45;
+
+/// User frames a [`SyscallSourceRecord`] holds at most (frame-pointer walk).
+pub const SOURCE_FRAMES: usize = 16;
+/// Words of the user stack from the stack pointer a [`SyscallSourceRecord`]
+/// copies: enough to unwind a libc wrapper's frame with its CFI when the
+/// wrapper keeps no frame pointer.
+pub const SOURCE_STACK_WORDS: usize = 16;
 
 /// System-call numbers the bitmap of [`SyscallConfig`] covers (x86_64 has
 /// fewer than 512).
@@ -50,6 +59,29 @@ pub struct SyscallRecord {
 }
 
 const _: () = assert!(core::mem::size_of::<SyscallRecord>() == 72);
+
+/// A [`SyscallRecord`] with the user stack it was made from (`--source`):
+/// the kernel's frame-pointer walk (`bpf_get_stack` with
+/// `BPF_F_USER_STACK`) and the top of the stack, for the agent to
+/// symbolize.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallSourceRecord {
+    pub call: SyscallRecord,
+    /// Valid entries of `frames` (0: the walk failed).
+    pub frames_len: u32,
+    /// Valid words of `stack` (0: the copy failed).
+    pub stack_len: u32,
+    /// The user stack pointer at the call.
+    pub sp: u64,
+    /// `frames[0]` is the user instruction pointer at the call, the others
+    /// return addresses, innermost first.
+    pub frames: [u64; SOURCE_FRAMES],
+    /// The words at `sp`, `sp + 8`, ...
+    pub stack: [u64; SOURCE_STACK_WORDS],
+}
+
+const _: () = assert!(core::mem::size_of::<SyscallSourceRecord>() == 344);
 
 /// A traced process forked a new process (not a thread), seen on the child's
 /// return from the fork. `header.tid` is the child, `header.ktime_ns` that
@@ -109,7 +141,9 @@ pub struct SyscallConfig {
     pub follow_forks: u32,
     /// `OUT_*` bits: what each returned call becomes.
     pub outputs: u32,
-    pub _pad: u32,
+    /// Non-zero (`--source`): records carry the user stack
+    /// ([`SyscallSourceRecord`]).
+    pub source: u32,
     /// `runtime.g.goid` of a Go target, whose goroutine (R14 at the
     /// `SYSCALL` of `internal/runtime/syscall/linux.Syscall6`) goes into
     /// `header.goid`; 0: not Go, no goroutine read.

@@ -18,15 +18,17 @@ use agent_common::{
     event::EventHeader,
     syscalls::{
         FLAG_NO_RETURN, InFlight, KIND_PROCESS_EXITED, KIND_PROCESS_FORKED, KIND_SYSCALL,
-        MAX_IN_FLIGHT, MAX_PROCESSES, MAX_SYSCALLS, OUT_RECORDS, OUT_TOTALS, ProcessExited,
-        ProcessForked, SyscallConfig, SyscallRecord, SyscallTotals,
+        KIND_SYSCALL_SOURCE, MAX_IN_FLIGHT, MAX_PROCESSES, MAX_SYSCALLS, OUT_RECORDS, OUT_TOTALS,
+        ProcessExited, ProcessForked, SOURCE_FRAMES, SOURCE_STACK_WORDS, SyscallConfig,
+        SyscallRecord, SyscallSourceRecord, SyscallTotals,
     },
 };
 use aya_ebpf::{
-    bindings::pt_regs,
+    EbpfContext as _,
+    bindings::{BPF_F_USER_STACK, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user,
+        bpf_probe_read_user, generated,
     },
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -67,6 +69,8 @@ pub static SYSCALL_TOTALS: PerCpuArray<SyscallTotals> =
 // SAFETY: agent-common record types, `#[repr(C)]` integers only, without
 // implicit padding (sizes asserted where they are defined).
 unsafe impl InPlace for SyscallRecord {}
+// SAFETY: as above.
+unsafe impl InPlace for SyscallSourceRecord {}
 // SAFETY: as above.
 unsafe impl InPlace for ProcessForked {}
 // SAFETY: as above.
@@ -172,11 +176,15 @@ pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
             let _ = SYSCALL_IN_FLIGHT.remove(&tid);
             // SAFETY: no preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
-            let outputs = config().map_or(0, |c| c.outputs);
+            let (outputs, source) = config().map_or((0, 0), |c| (c.outputs, c.source));
             if outputs & OUT_TOTALS != 0 {
                 add_totals(state.nr, ret, now.wrapping_sub(state.enter_ns));
             }
             if outputs & OUT_RECORDS == 0 {
+                return 0;
+            }
+            if source != 0 {
+                write_with_source(&ctx, tid, tgid, &state, now, ret);
                 return 0;
             }
             write_syscall(
@@ -276,6 +284,64 @@ fn write_syscall(
     rec.enter_ns = enter_ns;
     rec.ret = ret;
     rec.arg0 = arg0;
+    submit(entry, now);
+}
+
+/// A returned call with the user stack it was made from (`--source`). At
+/// `sys_exit` the thread's user registers are still those of its
+/// `SYSCALL` instruction, so the user stack is the caller's.
+#[inline(always)]
+fn write_with_source(
+    ctx: &RawTracePointContext,
+    tid: u32,
+    tgid: u32,
+    state: &InFlight,
+    now: u64,
+    ret: i64,
+) {
+    let Some(mut entry) = reserve::<SyscallSourceRecord>(KIND_SYSCALL_SOURCE) else {
+        return;
+    };
+    let rec = fields(&mut entry);
+    rec.call.header = header(KIND_SYSCALL_SOURCE, tid, now);
+    rec.call.header.goid = state.goid;
+    rec.call.tgid = tgid;
+    rec.call.nr = state.nr;
+    rec.call.flags = 0;
+    rec.call._pad = 0;
+    rec.call.enter_ns = state.enter_ns;
+    rec.call.ret = ret;
+    rec.call.arg0 = state.arg0;
+    // SAFETY: the helper writes at most the given size into the record's
+    // own array and fails cleanly (a negative result).
+    let walked = unsafe {
+        generated::bpf_get_stack(
+            ctx.as_ptr(),
+            rec.frames.as_mut_ptr().cast(),
+            (SOURCE_FRAMES * 8) as u32,
+            u64::from(BPF_F_USER_STACK),
+        )
+    };
+    rec.frames_len = if walked > 0 { (walked / 8) as u32 } else { 0 };
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: `regs` is the kernel's saved user registers of this thread;
+    // the helper copies and fails cleanly on a bad address.
+    let sp = unsafe { bpf_probe_read_kernel(&raw const (*regs).rsp) }.unwrap_or(0);
+    rec.sp = sp;
+    // SAFETY: a user-memory copy into the record's own array, of its size;
+    // it fails cleanly (the stack not mapped that far).
+    let copied = unsafe {
+        generated::bpf_probe_read_user(
+            rec.stack.as_mut_ptr().cast(),
+            (SOURCE_STACK_WORDS * 8) as u32,
+            sp as *const core::ffi::c_void,
+        )
+    };
+    rec.stack_len = if copied == 0 && sp != 0 {
+        SOURCE_STACK_WORDS as u32
+    } else {
+        0
+    };
     submit(entry, now);
 }
 

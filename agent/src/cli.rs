@@ -173,6 +173,12 @@ pub struct LaunchArgs {
     /// process span.
     #[arg(short = 'f', long)]
     pub follow_forks: bool,
+
+    /// The source line of each system call's user-space caller
+    /// (`code.file.path`, `code.line.number`, `code.function.name`), from
+    /// the user stack: Go from `.gopclntab`, C/C++/Rust from DWARF.
+    #[arg(short = 's', long)]
+    pub source: bool,
 }
 
 /// `500us`, `2ms`, `1.5s`, `100ns`.

@@ -34,7 +34,7 @@ fn calls() -> &'static Path {
         let exe = out.join("calls");
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/syscalls/calls.c");
         let status = Command::new("gcc")
-            .args(["-O1", "-static", "-o"])
+            .args(["-O1", "-g", "-static", "-o"])
             .arg(&exe)
             .arg(&source)
             .status()
@@ -568,7 +568,7 @@ fn go_handler_fsync_is_a_child_of_the_request_span() {
     let server = support::fixture::build("httpserver", &[]);
     let receiver = Receiver::grpc();
     let mut cmd = command();
-    cmd.args(["--syscalls=fsync"])
+    cmd.args(["--syscalls=fsync", "--source"])
         .args([
             "--otlp-endpoint",
             &receiver.url(),
@@ -599,8 +599,97 @@ fn go_handler_fsync_is_a_child_of_the_request_span() {
     assert_child_of(fsync, request);
     assert_eq!(fsync.attr("syscall.result"), Some("0"));
     assert!(fsync.attr("goroutine.id").is_some(), "{fsync:#?}");
+    // The caller is the handler's `f.Sync()`, past os, internal/poll and
+    // syscall.
+    let main_go = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/httpserver/main.go");
+    assert_eq!(
+        fsync.attr("code.file.path"),
+        Some(main_go.to_str().expect("utf-8 path")),
+        "{fsync:#?}"
+    );
+    let sync_line = line_of(&main_go, "f.Sync()");
+    assert_eq!(
+        fsync.attr("code.line.number"),
+        Some(sync_line.to_string().as_str())
+    );
+    let function = fsync
+        .attr("code.function.name")
+        .expect("code.function.name");
+    assert!(function.starts_with("main.main.func"), "{function}");
     // The process span is there too, in its own trace, with nothing under it.
     let process = only(&spans, "process: httpserver");
     assert_ne!(process.span.trace_id, request.span.trace_id);
     assert_eq!(spans.len(), 3, "{spans:#?}");
+}
+
+/// The 1-based number of the only line of `path` that contains `needle`.
+fn line_of(path: &Path, needle: &str) -> usize {
+    let text = std::fs::read_to_string(path).expect("source");
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line with {needle:?} in {}",
+        path.display()
+    );
+    lines[0]
+}
+
+#[test]
+fn source_lines_name_the_calls_in_calls_c() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (status, spans, stderr) = launch(&["--syscalls=openat,write", "-s"], &["0"]);
+    assert_eq!(status.code(), Some(0), "{stderr:#?}");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/syscalls/calls.c");
+    let file = source.to_str().expect("utf-8 path");
+
+    let openat = only(&spans, "syscall: openat");
+    assert_eq!(openat.attr("syscall.errno"), Some("ENOENT"));
+    assert_eq!(openat.attr("code.file.path"), Some(file), "{openat:#?}");
+    let open_line = line_of(&source, "SYS_openat").to_string();
+    assert_eq!(openat.attr("code.line.number"), Some(open_line.as_str()));
+    assert_eq!(openat.attr("code.function.name"), Some("main"));
+
+    let writes = by_name(&spans, "syscall: write");
+    assert_eq!(writes.len(), 2, "{spans:#?}");
+    let mut lines: Vec<&str> = writes
+        .iter()
+        .map(|w| w.attr("code.line.number").expect("a line"))
+        .collect();
+    lines.sort_unstable();
+    let mut expected = vec![
+        line_of(&source, "\"one\\n\"").to_string(),
+        line_of(&source, "\"two\\n\"").to_string(),
+    ];
+    expected.sort_unstable();
+    assert_eq!(lines, expected);
+    for write in writes {
+        assert_eq!(write.attr("code.file.path"), Some(file));
+    }
+}
+
+/// The pclntab's line tables give a function's file and first line, in a
+/// build with DWARF and in a stripped one (`-s -w`: the pclntab only).
+#[test]
+fn pclntab_lines_match_the_go_source() {
+    let main_go = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/httpserver/main.go");
+    let main_line = line_of(&main_go, "func main()");
+    for flags in [&[][..], &["-ldflags=-s -w"][..]] {
+        let exe = support::fixture::build("httpserver", flags);
+        let go = agent::binary::GoBinary::open(&exe).expect("the fixture opens");
+        let main = go.function("main.main").expect("main.main");
+        let line = go.line_at(main.address).expect("a line for main.main");
+        assert_eq!(line.function, b"main.main");
+        assert_eq!(line.file, main_go.to_str().expect("utf-8").as_bytes());
+        assert_eq!(line.line as usize, main_line, "{flags:?}");
+        // Past the function's end: another function's line, never main's.
+        if let Some(next) = go.line_at(main.address + main.size) {
+            assert_ne!(next.function, b"main.main");
+        }
+    }
 }

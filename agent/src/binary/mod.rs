@@ -50,7 +50,7 @@ pub use offsets::{
     VERSIONED_STRUCTS, render as render_offset_table,
 };
 pub use offsets::{TableField, TableStruct};
-pub use pclntab::{PclnError, PclnVersion};
+pub use pclntab::{PclnError, PclnLine, PclnVersion};
 pub use sites::kernel_emulates;
 
 type ElfHeader = elf::FileHeader64<LE>;
@@ -730,6 +730,14 @@ impl GoBinary {
             address: f.entry,
             size: f.end.saturating_sub(f.entry),
         })
+    }
+
+    /// The function, file and line of `address` (a link-time virtual
+    /// address), from the pclntab's line tables.
+    pub fn line_at(&self, address: u64) -> Option<PclnLine<'_>> {
+        let (r, tab) = self.pclntab.as_ref()?;
+        let data = self.data().get(r.clone())?;
+        tab.line_at(data, address).ok()?
     }
 
     /// File offset of a link-time virtual address, via the PT_LOAD segment

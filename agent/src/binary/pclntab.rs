@@ -65,8 +65,23 @@ pub struct PclnTab {
     nfunc: usize,
     text_start: u64,
     funcnametab: usize,
+    /// `cutab`: per compilation unit, u32 offsets into `filetab`.
+    cutab: usize,
+    filetab: usize,
+    /// The pc-value tables (`pcfile`, `pcln`, ...).
+    pctab: usize,
+    /// Instruction size quantum (`minLC`): pc deltas are multiples of it.
+    quantum: u8,
     /// Start of `pclntable` (functab and the `_func` records).
     pcln: usize,
+}
+
+/// The source position of one pc, as the table records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PclnLine<'a> {
+    pub function: &'a [u8],
+    pub file: &'a [u8],
+    pub line: u32,
 }
 
 /// One function as the table records it.
@@ -106,7 +121,8 @@ impl PclnTab {
             MAGIC_120 => PclnVersion::Go120,
             _ => return Err(PclnError::BadMagic { magic }),
         };
-        c.skip(3)?;
+        c.skip(2)?;
+        let quantum = c.read_u8()?;
         let ptr_size = c.read_u8()?;
         if ptr_size != 8 && ptr_size != 4 {
             return Err(PclnError::BadPointerSize { ptr_size });
@@ -129,9 +145,9 @@ impl PclnTab {
                 .ok_or(PclnError::BadOffset { offset: at, value })
         };
         let funcnametab = offset_word(&mut c)?;
-        let _cu = offset_word(&mut c)?;
-        let _filetab = offset_word(&mut c)?;
-        let _pctab = offset_word(&mut c)?;
+        let cutab = offset_word(&mut c)?;
+        let filetab = offset_word(&mut c)?;
+        let pctab = offset_word(&mut c)?;
         let pcln = offset_word(&mut c)?;
         let text_start = match header_text {
             None => 0,
@@ -148,6 +164,10 @@ impl PclnTab {
             nfunc: nfunc as usize,
             text_start,
             funcnametab,
+            cutab,
+            filetab,
+            pctab,
+            quantum: quantum.max(1),
             pcln,
         };
         // The functab must fit: nfunc+1 pairs plus nothing else checked here.
@@ -245,6 +265,106 @@ impl PclnTab {
 
     /// The function containing `pc` (binary search: the table is sorted).
     pub fn lookup<'a>(&self, data: &'a [u8], pc: u64) -> Result<Option<PclnFunc<'a>>, PclnError> {
+        match self.lookup_index(data, pc)? {
+            Some(i) => Ok(Some(self.func(data, i)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The function, file and line of `pc`, from the function's `pcfile`
+    /// and `pcln` tables. `None` when no function holds `pc` or its tables
+    /// do not cover it.
+    pub fn line_at<'a>(&self, data: &'a [u8], pc: u64) -> Result<Option<PclnLine<'a>>, PclnError> {
+        let Some(i) = self.lookup_index(data, pc)? else {
+            return Ok(None);
+        };
+        let func = self.func(data, i)?;
+        let at = self.func_record(data, i)?;
+        // `_func` after the entry (a word before 1.18, a u32 since) and
+        // nameOff: args, deferreturn, pcsp, pcfile, pcln, npcdata, cuOffset.
+        let mut c = Cursor::at(data, at);
+        c.skip(match self.version {
+            PclnVersion::Go116 => usize::from(self.ptr_size),
+            _ => 4,
+        })?;
+        c.skip(4 * 4)?;
+        let pcfile = c.read_u32()?;
+        let pcln = c.read_u32()?;
+        let _npcdata = c.read_u32()?;
+        let cu = c.read_u32()?;
+        let (Some(fileno), Some(line)) = (
+            self.pc_value(data, pcfile, func.entry, pc)?,
+            self.pc_value(data, pcln, func.entry, pc)?,
+        ) else {
+            return Ok(None);
+        };
+        let (Ok(fileno), Ok(line)) = (u32::try_from(fileno), u32::try_from(line)) else {
+            return Ok(None);
+        };
+        let slot = (cu as usize)
+            .checked_add(fileno as usize)
+            .and_then(|s| s.checked_mul(4))
+            .and_then(|s| s.checked_add(self.cutab))
+            .ok_or(PclnError::BadOffset {
+                offset: at,
+                value: u64::from(cu),
+            })?;
+        let file_off = Cursor::at(data, slot).read_u32()?;
+        let file = Cursor::at(data, self.filetab.saturating_add(file_off as usize)).read_cstr()?;
+        Ok(Some(PclnLine {
+            function: func.name,
+            file,
+            line,
+        }))
+    }
+
+    /// The value a pc-value table (at `pctab + off`) gives `target` in the
+    /// function entered at `entry`: zig-zag value deltas and pc deltas (in
+    /// quanta) as uvarints, from the value -1 at the entry.
+    fn pc_value(
+        &self,
+        data: &[u8],
+        off: u32,
+        entry: u64,
+        target: u64,
+    ) -> Result<Option<i64>, PclnError> {
+        if off == 0 {
+            return Ok(None);
+        }
+        let mut c = Cursor::at(data, self.pctab.saturating_add(off as usize));
+        let (mut pc, mut value) = (entry, -1i64);
+        let mut first = true;
+        loop {
+            let delta = c.read_uvarint()?;
+            if delta == 0 && !first {
+                return Ok(None);
+            }
+            first = false;
+            // Zig-zag: the low bit is the sign.
+            let step = ((delta >> 1) as i64) ^ -((delta & 1) as i64);
+            value = value.wrapping_add(step);
+            let pc_delta = c.read_uvarint()?.saturating_mul(u64::from(self.quantum));
+            pc = pc.saturating_add(pc_delta);
+            if target < pc {
+                return Ok(Some(value));
+            }
+        }
+    }
+
+    /// Where the `i`th function's `_func` record starts.
+    fn func_record(&self, data: &[u8], i: usize) -> Result<usize, PclnError> {
+        let funcoff = self.functab_word(data, 2 * i + 1)?;
+        usize::try_from(funcoff)
+            .ok()
+            .and_then(|o| o.checked_add(self.pcln))
+            .ok_or(PclnError::BadOffset {
+                offset: self.pcln,
+                value: funcoff,
+            })
+    }
+
+    /// The index of the function containing `pc`.
+    fn lookup_index(&self, data: &[u8], pc: u64) -> Result<Option<usize>, PclnError> {
         let (mut lo, mut hi) = (0usize, self.nfunc);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -257,8 +377,8 @@ impl PclnTab {
         if lo >= self.nfunc {
             return Ok(None);
         }
-        let f = self.func(data, lo)?;
-        Ok((f.entry <= pc && pc < f.end).then_some(f))
+        let inside = self.entry_pc(data, lo)? <= pc && pc < self.entry_pc(data, lo + 1)?;
+        Ok(inside.then_some(lo))
     }
 }
 

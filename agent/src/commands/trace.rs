@@ -74,6 +74,7 @@ fn syscall_options(args: &LaunchArgs) -> anyhow::Result<Option<SyscallOptions>> 
             args.syscall_min_duration.is_zero(),
             "--syscall-min-duration needs --syscalls"
         );
+        anyhow::ensure!(!args.source, "--source needs --syscalls");
         return Ok(None);
     }
     let filter = match &args.syscalls {
@@ -85,6 +86,7 @@ fn syscall_options(args: &LaunchArgs) -> anyhow::Result<Option<SyscallOptions>> 
         spans: args.syscalls.is_some(),
         min_duration: args.syscall_min_duration,
         follow_forks: args.follow_forks,
+        source: args.source && args.syscalls.is_some(),
         summary: args.summary.then(SummaryOut::default),
         command: (!args.command.is_empty()).then(|| args.command.clone()),
     }))

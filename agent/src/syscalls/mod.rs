@@ -9,10 +9,13 @@
 //! - [`records`]: decoding its records in place;
 //! - [`spans`]: a `process: NAME` span per process, a `syscall: NAME` span
 //!   per call under it;
-//! - [`summary`]: the `strace -c` table.
+//! - [`summary`]: the `strace -c` table;
+//! - [`source`]: the source line of each call's user-space caller
+//!   (`--source`), from the user stack the kernel took.
 
 pub mod filter;
 pub mod records;
+pub mod source;
 pub mod spans;
 pub mod summary;
 mod table;
@@ -62,6 +65,8 @@ pub struct SyscallOptions {
     pub min_duration: Duration,
     /// Trace the processes the target forks.
     pub follow_forks: bool,
+    /// Each call's span carries its caller's source line (`--source`).
+    pub source: bool,
     /// Print the `strace -c` table at exit (`-c`), and hand its lines here.
     pub summary: Option<SummaryOut>,
     /// The command line of a program the agent started (before its
@@ -92,9 +97,30 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
         root: pid,
         command,
         summary: Summary::default(),
+        symbolizer: if options.source {
+            source::Symbolizer::new(executable(options.command.as_deref(), pid))
+        } else {
+            source::Symbolizer::default()
+        },
         records: 0,
         forks: 0,
     }))
+}
+
+/// The traced program's executable: the launched command's (before its
+/// `execve`, `/proc/N/exe` is still the agent's), else the process's.
+fn executable(command: Option<&[String]>, pid: u32) -> Option<std::path::PathBuf> {
+    let Some(first) = command.and_then(|c| c.first()) else {
+        return std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    };
+    if first.contains('/') {
+        return Some(first.into());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(first))
+            .find(|p| p.is_file())
+    })
 }
 
 /// The family, planned for one process.
@@ -109,6 +135,8 @@ pub struct Syscalls {
     /// Its command line.
     command: Vec<String>,
     summary: Summary,
+    /// Callers' source lines, cached by address.
+    symbolizer: source::Symbolizer,
     /// System-call records seen.
     records: u64,
     /// Processes forked and traced.
@@ -143,7 +171,7 @@ impl Family for Syscalls {
                     } else {
                         0
                     },
-                _pad: 0,
+                source: u32::from(self.options.source && self.options.spans),
                 g_goid: self.g_goid,
                 wanted: self.options.filter.bits(),
             },
@@ -187,8 +215,25 @@ impl Family for Syscalls {
             SyscallEvent::Syscall(rec) => {
                 self.records += 1;
                 let traced = self.options.filter.contains(rec.nr as usize);
+                self.spans.syscall(
+                    rec,
+                    None,
+                    self.options.spans && traced,
+                    cx.goroutines,
+                    cx.spans,
+                );
+            }
+            SyscallEvent::Source(rec) => {
+                self.records += 1;
+                let traced = self.options.filter.contains(rec.call.nr as usize);
+                let span = self.options.spans && traced;
+                let caller = if span {
+                    self.symbolizer.caller(rec)
+                } else {
+                    None
+                };
                 self.spans
-                    .syscall(rec, self.options.spans && traced, cx.goroutines, cx.spans);
+                    .syscall(&rec.call, caller.as_deref(), span, cx.goroutines, cx.spans);
             }
             SyscallEvent::Forked(rec) => {
                 self.forks += 1;
@@ -229,7 +274,8 @@ impl Family for Syscalls {
             "syscalls_lost",
             "syscalls lost to a full ring buffer",
             " spans",
-            kernel.lost(agent_common::syscalls::KIND_SYSCALL),
+            kernel.lost(agent_common::syscalls::KIND_SYSCALL)
+                + kernel.lost(agent_common::syscalls::KIND_SYSCALL_SOURCE),
         ));
         out.push(Counter::count("syscall_spans", self.spans.syscall_spans()));
         out.push(Counter::count(
@@ -237,6 +283,12 @@ impl Family for Syscalls {
             self.spans.below_min(),
         ));
         out.push(Counter::count("processes_forked", self.forks));
+        if self.options.source {
+            out.push(Counter::count(
+                "syscall_callers_unresolved",
+                self.symbolizer.unresolved(),
+            ));
+        }
         out.push(Counter::incomplete(
             "syscall_processes_still_running",
             "process spans still running",

@@ -1,19 +1,26 @@
 //! Decoding the system-call family's ring-buffer records, viewed in place.
 
 use agent_common::syscalls::{
-    KIND_PROCESS_EXITED, KIND_PROCESS_FORKED, KIND_SYSCALL, ProcessExited, ProcessForked,
-    SyscallRecord,
+    KIND_PROCESS_EXITED, KIND_PROCESS_FORKED, KIND_SYSCALL, KIND_SYSCALL_SOURCE, ProcessExited,
+    ProcessForked, SyscallRecord, SyscallSourceRecord,
 };
 
 use crate::ringbuf::record::{RecordError, kind, view};
 
 /// The record kinds of this family.
-pub const KINDS: &[u32] = &[KIND_SYSCALL, KIND_PROCESS_FORKED, KIND_PROCESS_EXITED];
+pub const KINDS: &[u32] = &[
+    KIND_SYSCALL,
+    KIND_SYSCALL_SOURCE,
+    KIND_PROCESS_FORKED,
+    KIND_PROCESS_EXITED,
+];
 
 /// A decoded record.
 #[derive(Clone, Copy, Debug)]
 pub enum SyscallEvent<'a> {
     Syscall(&'a SyscallRecord),
+    /// A call with the user stack it was made from (`--source`).
+    Source(&'a SyscallSourceRecord),
     Forked(&'a ProcessForked),
     Exited(&'a ProcessExited),
 }
@@ -23,6 +30,7 @@ pub fn decode(bytes: &[u8]) -> Result<SyscallEvent<'_>, RecordError> {
     let kind = kind(bytes)?;
     match kind {
         KIND_SYSCALL => Ok(SyscallEvent::Syscall(view(bytes, kind)?)),
+        KIND_SYSCALL_SOURCE => Ok(SyscallEvent::Source(view(bytes, kind)?)),
         KIND_PROCESS_FORKED => Ok(SyscallEvent::Forked(view(bytes, kind)?)),
         KIND_PROCESS_EXITED => Ok(SyscallEvent::Exited(view(bytes, kind)?)),
         kind => Err(RecordError::UnknownKind { kind }),

@@ -168,6 +168,7 @@ impl ProcessSpans {
     pub fn syscall(
         &mut self,
         rec: &SyscallRecord,
+        caller: Option<&super::source::Caller>,
         span: bool,
         goroutines: &mut Goroutines,
         out: SpanSink<'_>,
@@ -234,6 +235,11 @@ impl ProcessSpans {
             .attr_int("process.pid", i64::from(rec.tgid));
         if goid != 0 {
             w.attr_int("goroutine.id", i64::try_from(goid).unwrap_or(i64::MAX));
+        }
+        if let Some(caller) = caller {
+            w.attr_str("code.file.path", &caller.file)
+                .attr_int("code.line.number", i64::from(caller.line))
+                .attr_str("code.function.name", &caller.function);
         }
         if returned && is_error(rec.ret) {
             let errno = errno_name(-rec.ret);

@@ -22,6 +22,7 @@ use crate::{
 mod hops;
 mod http;
 mod outputs;
+mod syscalls;
 
 #[derive(Debug, Subcommand)]
 pub enum Which {
@@ -68,6 +69,16 @@ pub enum Which {
         #[arg(long, default_value_t = 50)]
         work_us: u32,
     },
+    /// A program making 1 M small writes: untraced, under the agent with
+    /// `--syscalls` (spans to a local sink), under `strace -f`.
+    Syscalls {
+        /// Alternating rounds per configuration.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Writes per run.
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+    },
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -93,6 +104,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             connections,
             work_us,
         }),
+        Which::Syscalls { rounds, calls } => syscalls::syscalls(rounds, calls),
     }
 }
 
