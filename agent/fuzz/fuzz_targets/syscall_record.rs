@@ -25,8 +25,9 @@ use agent::{
 use agent_common::{
     event::EventHeader,
     syscalls::{
-        FLAG_NO_RETURN, KIND_PROCESS_EXITED, KIND_PROCESS_FORKED, KIND_SYSCALL, MAX_SYSCALLS,
-        ProcessExited, ProcessForked, SyscallRecord,
+        FLAG_NO_RETURN, KIND_PROCESS_EXITED, KIND_PROCESS_FORKED, KIND_SYSCALL,
+        KIND_SYSCALL_SOURCE, MAX_SYSCALLS, ProcessExited, ProcessForked, SyscallRecord,
+        SyscallSourceRecord,
     },
 };
 use libfuzzer_sys::fuzz_target;
@@ -36,6 +37,10 @@ use prost::Message as _;
 fn layout(kind: u32) -> Option<(usize, usize)> {
     Some(match kind {
         KIND_SYSCALL => (size_of::<SyscallRecord>(), align_of::<SyscallRecord>()),
+        KIND_SYSCALL_SOURCE => (
+            size_of::<SyscallSourceRecord>(),
+            align_of::<SyscallSourceRecord>(),
+        ),
         KIND_PROCESS_FORKED => (size_of::<ProcessForked>(), align_of::<ProcessForked>()),
         KIND_PROCESS_EXITED => (size_of::<ProcessExited>(), align_of::<ProcessExited>()),
         _ => return None,
@@ -103,7 +108,16 @@ fuzz_target!(|data: &[u8]| {
                     returned += u64::from(s.nr < MAX_SYSCALLS);
                     summary.add(s.nr, s.ret, s.header.ktime_ns.saturating_sub(s.enter_ns));
                 }
-                spans.syscall(s, true, &mut goroutines, &mut out);
+                spans.syscall(s, None, true, &mut goroutines, &mut out);
+            }
+            Ok(SyscallEvent::Source(s)) => {
+                assert_eq!(kind, Some(KIND_SYSCALL_SOURCE));
+                let s = &s.call;
+                if s.flags & FLAG_NO_RETURN == 0 {
+                    returned += u64::from(s.nr < MAX_SYSCALLS);
+                    summary.add(s.nr, s.ret, s.header.ktime_ns.saturating_sub(s.enter_ns));
+                }
+                spans.syscall(s, None, true, &mut goroutines, &mut out);
             }
             Ok(SyscallEvent::Forked(f)) => spans.forked(f),
             Ok(SyscallEvent::Exited(e)) => spans.exited(e.header.tid, e.header.ktime_ns, &mut out),
