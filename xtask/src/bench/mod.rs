@@ -69,8 +69,9 @@ pub enum Which {
         #[arg(long, default_value_t = 50)]
         work_us: u32,
     },
-    /// A program making 1 M small writes: untraced, under the agent with
-    /// `--syscalls` (spans to a local sink), under `strace -f`.
+    /// A program making 1 M small writes, and the Go HTTP fixture under
+    /// wrk: untraced, under the agent with `--syscalls` (spans to a local
+    /// sink), under `strace -f`.
     Syscalls {
         /// Alternating rounds per configuration.
         #[arg(long, default_value_t = 5)]
@@ -78,6 +79,15 @@ pub enum Which {
         /// Writes per run.
         #[arg(long, default_value_t = 1_000_000)]
         calls: u64,
+        /// Seconds per wrk run against the HTTP server.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// wrk connections.
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+        /// Which workloads: `writes`, `http` or `all`.
+        #[arg(long, default_value = "all", value_parser = ["writes", "http", "all"])]
+        workload: String,
     },
 }
 
@@ -104,7 +114,21 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             connections,
             work_us,
         }),
-        Which::Syscalls { rounds, calls } => syscalls::syscalls(rounds, calls),
+        Which::Syscalls {
+            rounds,
+            calls,
+            seconds,
+            connections,
+            workload,
+        } => {
+            if workload != "http" {
+                syscalls::syscalls(rounds, calls)?;
+            }
+            if workload != "writes" {
+                syscalls::syscalls_http(rounds, seconds, connections)?;
+            }
+            Ok(())
+        }
     }
 }
 
