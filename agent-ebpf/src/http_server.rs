@@ -21,12 +21,13 @@ use agent_common::{
         TAIL_TRACESTATE, TRACEPARENT_CAP, URI_CAP,
     },
     stats,
-    target::MAX_TARGETS,
+    target::{MAX_TARGETS, OFFSET_ABSENT},
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
+    helpers::bpf_get_current_pid_tgid,
     macros::{map, uprobe},
-    maps::{Array, PerCpuArray, ProgramArray},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
     programs::ProbeContext,
 };
 
@@ -62,6 +63,28 @@ pub struct HeaderSearch {
 /// One [`HeaderSearch`] per CPU.
 #[map]
 pub static HTTP_HEADERS: PerCpuArray<HeaderSearch> = PerCpuArray::with_max_entries(1, 0);
+
+/// HTTP/2 requests in flight whose end cannot reach their `*http.Request`
+/// (Go 1.27's `net/http/internal/http2` keeps a request value of its own):
+/// the pointer the start saw, by (process, ResponseWriter data pointer),
+/// taken back at the end for the ServeMux pattern. LRU: an end that never
+/// comes (a handler that never returns) only ages its entry out.
+#[map]
+pub static HTTP2_REQUESTS: LruHashMap<[u64; 2], u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Whether HTTP/2 requests of this target keep their request pointer in
+/// [`HTTP2_REQUESTS`].
+#[inline(always)]
+fn h2_request_at_start(off: &HttpOffsets) -> bool {
+    off.h2_writer_rws != OFFSET_ABSENT
+        && off.h2_state_req == OFFSET_ABSENT
+        && off.request_pattern != OFFSET_ABSENT
+}
+
+#[inline(always)]
+fn h2_request_key(response: u64) -> [u64; 2] {
+    [bpf_get_current_pid_tgid() >> 32, response]
+}
 
 /// Entry site of `net/http.serverHandler.ServeHTTP`.
 #[uprobe]
@@ -227,8 +250,14 @@ pub fn start(ctx: &ProbeContext) {
     if failed {
         count(stats::READ_FAILED);
     }
+    let h2 = rec.proto_major == 2;
     let now = rec.header.ktime_ns;
     submit(entry, now);
+    if h2 && h2_request_at_start(off) {
+        // A full map evicts the oldest entry: that request's span only
+        // lacks its route.
+        let _ = HTTP2_REQUESTS.insert(&h2_request_key(response), &request, 0);
+    }
     // A request with a header map may carry a trace context: search for it
     // in a program of its own, so the verifier checks the search apart from
     // this one. The callee reads the request and response pointers from the
@@ -449,15 +478,26 @@ pub fn end(ctx: &ProbeContext) {
     });
 }
 
-/// `func (w *http2responseWriter) handlerDone()`: RAX = w. Status and body
-/// size live in `w.rws` (an `http2responseWriterState`), still set here.
+/// `func (w *http2responseWriter) handlerDone()` (Go 1.27+: `func (w
+/// *responseWriter) handlerDone()` of net/http/internal/http2): RAX = w.
+/// Status and body size live in `w.rws` (a `responseWriterState`), still
+/// set here.
 pub fn end_h2(ctx: &ProbeContext) {
     end_record(ctx, |off, writer, _| {
         let state = read_field::<u64>(writer, off.h2_writer_rws).unwrap_or(0);
+        let request = if h2_request_at_start(off) {
+            let key = h2_request_key(writer);
+            // SAFETY: the value is copied out before the entry is removed.
+            let request = unsafe { HTTP2_REQUESTS.get(&key) }.copied();
+            let _ = HTTP2_REQUESTS.remove(&key);
+            request
+        } else {
+            read_field::<u64>(state, off.h2_state_req)
+        };
         EndFields {
             status: read_field::<u64>(state, off.h2_state_status),
             written: read_field::<u64>(state, off.h2_state_wrote_bytes),
-            request: read_field::<u64>(state, off.h2_state_req),
+            request,
         }
     });
 }

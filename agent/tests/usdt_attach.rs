@@ -345,7 +345,7 @@ fn builtin_mappings_read_the_seed_events() {
         [
             (
                 id("req-0001"),
-                "HTTP GET /api/users?id=7".to_owned(),
+                "GET".to_owned(),
                 vec![
                     str_attr("http.request.method", "GET"),
                     str_attr("url.path", "/api/users?id=7"),

@@ -165,7 +165,17 @@ fn builtins_cover_the_seed_events() {
     let start = event(vec![string("abc123"), string("GET"), string("/api/users")]);
     let ok = event(vec![string("abc123"), int(200), int(15000000)]);
     let failed = event(vec![string("abc123"), int(503)]);
-    assert_eq!(http.span_name(&start, Some(&ok)), "HTTP GET /api/users");
+    // Named as OpenTelemetry names a server span without a route; the path
+    // is in `url.path`.
+    assert_eq!(http.span_name(&start, Some(&ok)), "GET");
+    let mut by_path = MappingConfig::builtin();
+    by_path.name_builtin_http_by_path();
+    let (http_by_path, _) = by_path.find("p", "http_request_start").expect("http");
+    assert_eq!(
+        http_by_path.span_name(&start, Some(&ok)),
+        "HTTP GET /api/users",
+        "--span-name=path"
+    );
     assert_eq!(
         http.request_id(Role::Start, &start),
         Some(RequestId::Bytes(b"abc123".as_slice().into()))

@@ -271,6 +271,85 @@ fn trace_h2(toolchain: &str, kind: Build) {
     }
 }
 
+/// ServeMux patterns over HTTP/2 without TLS (`curl --http2-prior-knowledge`,
+/// one connection) to the routes fixture built by `toolchain`: each span is
+/// named by its route. Go 1.27 moved the HTTP/2 server to
+/// net/http/internal/http2, whose end holds no `*http.Request`: the kernel
+/// keeps the one the start saw for the pattern.
+fn trace_h2_routes(toolchain: &str, kind: Build) {
+    let binary = build_module("routes-servemux", toolchain, kind);
+    let (server, addr) = start_httpserver_with(&binary, &[]);
+    let receiver = Receiver::grpc();
+    let mut agent = attach_grpc(server.pid(), &receiver);
+    let cases = [
+        ("/users/42", "200", "GET /users/{id}", Some("/users/{id}")),
+        ("/static/app.js", "200", "GET /static/", Some("/static/")),
+        ("/nope", "404", "GET", None),
+    ];
+    // One connection per request: curl 7.88 sends nothing for a second
+    // request on a reused prior-knowledge connection.
+    for (path, status, _, _) in cases {
+        let out = Command::new("curl")
+            .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null"])
+            .args(["-w", "%{http_code}"])
+            .arg(format!("http://{addr}{path}"))
+            .output()
+            .expect("curl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            status,
+            "{toolchain} {kind:?} {path}: {out:?}"
+        );
+    }
+    let spans = receiver.wait_for_spans(cases.len(), Duration::from_secs(20));
+    drop(server);
+    assert!(agent.wait(AGENT_EXIT).success());
+    assert_eq!(
+        spans.len(),
+        cases.len(),
+        "{toolchain} {kind:?}: one span per request"
+    );
+    for (path, status, name, route) in cases {
+        let what = format!("{toolchain} {kind:?} HTTP/2 {path}");
+        let span = spans
+            .iter()
+            .find(|s| s.attr("url.path") == Some(path))
+            .unwrap_or_else(|| panic!("{what}: no span"));
+        assert_eq!(span.span.name, name, "{what}");
+        assert_eq!(span.attr("http.route"), route, "{what}");
+        assert_eq!(
+            span.attr("http.response.status_code"),
+            Some(status),
+            "{what}"
+        );
+        assert_eq!(span.attr("network.protocol.version"), Some("2"), "{what}");
+        assert_eq!(span.attr("url.scheme"), Some("http"), "{what}");
+        assert_eq!(span.attr("agent.span.incomplete"), None, "{what}");
+    }
+}
+
+/// The newest release the module proxy serves (also in the offsets table):
+/// HTTP/1 and HTTP/2 over TLS, plain, stripped (offsets from the table) and
+/// PIE, and ServeMux routes over HTTP/2.
+#[test]
+fn go_1_27() {
+    trace("go1.27.4", Build::Plain);
+    trace("go1.27.4", Build::Stripped);
+    trace("go1.27.4", Build::Pie);
+    trace_h2("go1.27.4", Build::Stripped);
+    trace_h2("go1.27.4", Build::Pie);
+    trace_h2_routes("go1.27.4", Build::Plain);
+    trace_h2_routes("go1.27.4", Build::Stripped);
+}
+
+/// ServeMux routes over HTTP/2 on the bundled server (Go 1.26), whose end
+/// reads the request from its own state.
+#[test]
+fn h2_routes_local() {
+    trace_h2_routes("local", Build::Plain);
+    trace_h2_routes("local", Build::Stripped);
+}
+
 /// The client fixture's calls from one handler: six CLIENT spans, each a
 /// child of the handler's SERVER span. A stripped binary has no symbols to
 /// name an error's type by.

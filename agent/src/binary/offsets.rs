@@ -42,6 +42,11 @@ pub const NEEDED_FIELDS: &[(&str, &[&str])] = &[
         "net/http.http2responseWriterState",
         &["req", "status", "wroteBytes"],
     ),
+    ("net/http/internal/http2.responseWriter", &["rws"]),
+    (
+        "net/http/internal/http2.responseWriterState",
+        &["status", "wroteBytes"],
+    ),
     ("runtime.hmap", &["count", "B", "buckets", "oldbuckets"]),
     ("internal/runtime/maps.Map", &["used", "dirPtr", "dirLen"]),
     ("internal/runtime/maps.table", &["groups"]),
@@ -62,6 +67,8 @@ pub const NEEDED_FIELDS: &[(&str, &[&str])] = &[
 pub const VERSIONED_STRUCTS: &[&str] = &[
     "net/http.http2responseWriter",
     "net/http.http2responseWriterState",
+    "net/http/internal/http2.responseWriter",
+    "net/http/internal/http2.responseWriterState",
     "runtime.hmap",
     "internal/runtime/maps.Map",
     "internal/runtime/maps.table",

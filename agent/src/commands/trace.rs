@@ -35,6 +35,12 @@ pub(super) fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
             None => MappingConfig::builtin(),
         })
     };
+    let usdt_mapping = usdt_mapping.map(|mut mapping| {
+        if args.span_name == "path" {
+            mapping.name_builtin_http_by_path();
+        }
+        mapping
+    });
     Ok(SessionOptions {
         families: FamilyOptions {
             entry_site: match args.entry_site.as_str() {

@@ -4,7 +4,8 @@
 //! - start: `net/http.serverHandler.ServeHTTP(rw, req)`, reads `req` (RDI)
 //!   and the ResponseWriter's data pointer (RCX);
 //! - end: `net/http.(*response).finishRequest()`, reads the receiver (RAX);
-//! - HTTP/2 end: `net/http.(*http2responseWriter).handlerDone()`, reads the
+//! - HTTP/2 end: `net/http.(*http2responseWriter).handlerDone()` (Go 1.27+:
+//!   `net/http/internal/http2.(*responseWriter).handlerDone()`), reads the
 //!   receiver (RAX). HTTP/2 requests reach the same start (the bundled
 //!   server calls the Server's handler through `serverHandler.ServeHTTP`, on
 //!   the stream's own goroutine, with the `*http2responseWriter` as the
@@ -76,14 +77,53 @@ pub const PROBES: &[BuiltinProbe] = &[
             ("net/http.Request", "Pattern"),
         ],
     },
+    BuiltinProbe {
+        name: "http2.server.request.end (Go 1.27+)",
+        function: "net/http/internal/http2.(*responseWriter).handlerDone",
+        // The receiver (*responseWriter) in RAX.
+        preserve: &[Register::RAX],
+        fields: &[
+            ("net/http/internal/http2.responseWriter", "rws"),
+            ("net/http/internal/http2.responseWriterState", "status"),
+            ("net/http/internal/http2.responseWriterState", "wroteBytes"),
+        ],
+    },
 ];
 
 /// The function whose entry starts a request.
 pub const START_FUNCTION: &str = "net/http.serverHandler.ServeHTTP";
 /// The function whose entry ends it.
 pub const END_FUNCTION: &str = "net/http.(*response).finishRequest";
-/// The function whose entry ends an HTTP/2 request.
-pub const H2_END_FUNCTION: &str = "net/http.(*http2responseWriter).handlerDone";
+/// Where a release keeps its HTTP/2 server: the function whose entry ends
+/// an HTTP/2 request, and the two structs its receiver leads to.
+#[derive(Clone, Copy, Debug)]
+pub struct H2Server {
+    pub end_function: &'static str,
+    pub writer: &'static str,
+    pub state: &'static str,
+    /// Whether the state holds the `*http.Request` (`req`), for its
+    /// ServeMux pattern. Go 1.27's internal server holds its own request
+    /// value instead: the pattern is then found through the pointer the
+    /// start saw (`HTTP2_REQUESTS` in the kernel).
+    pub state_has_request: bool,
+}
+
+/// The HTTP/2 servers of every release: bundled into net/http up to Go
+/// 1.26, `net/http/internal/http2` from Go 1.27.
+pub const H2_SERVERS: [H2Server; 2] = [
+    H2Server {
+        end_function: "net/http/internal/http2.(*responseWriter).handlerDone",
+        writer: "net/http/internal/http2.responseWriter",
+        state: "net/http/internal/http2.responseWriterState",
+        state_has_request: false,
+    },
+    H2Server {
+        end_function: "net/http.(*http2responseWriter).handlerDone",
+        writer: "net/http.http2responseWriter",
+        state: "net/http.http2responseWriterState",
+        state_has_request: true,
+    },
+];
 
 /// Why the probes cannot be planned for a binary.
 #[derive(Debug, thiserror::Error)]
@@ -249,30 +289,37 @@ pub fn plan(bin: &GoBinary, policy: SitePolicy) -> Result<HttpServerPlan, PlanEr
     };
     let start = site(START_FUNCTION, &start_func, &[Register::RCX, Register::RDI])?;
     let end = site(END_FUNCTION, &end_func, &[Register::RAX])?;
-    let h2_end = match bin.function(H2_END_FUNCTION) {
+    let h2_end = match H2_SERVERS
+        .iter()
+        .find_map(|server| Some((server, bin.function(server.end_function)?)))
+    {
         None => {
             missing.push(format!(
-                "{H2_END_FUNCTION}: not in the binary (no HTTP/2 spans)"
+                "{}: not in the binary (no HTTP/2 spans)",
+                H2_SERVERS[1].end_function
             ));
             None
         }
-        Some(func) => {
-            let h2_offsets = [
-                ("net/http.http2responseWriter", "rws"),
-                ("net/http.http2responseWriterState", "status"),
-            ]
-            .map(|(type_name, field)| {
-                bin.struct_field_offset(type_name, field)
-                    .map(|f| f.offset)
-                    .map_err(|err| format!("{type_name}.{field}: {err} (no HTTP/2 spans)"))
-            });
-            match (h2_offsets, site(H2_END_FUNCTION, &func, &[Register::RAX])) {
+        Some((server, func)) => {
+            let h2_offsets =
+                [(server.writer, "rws"), (server.state, "status")].map(|(type_name, field)| {
+                    bin.struct_field_offset(type_name, field)
+                        .map(|f| f.offset)
+                        .map_err(|err| format!("{type_name}.{field}: {err} (no HTTP/2 spans)"))
+                });
+            match (
+                h2_offsets,
+                site(server.end_function, &func, &[Register::RAX]),
+            ) {
                 ([Ok(rws), Ok(status)], Ok(h2_site)) => {
                     offsets.h2_writer_rws = rws;
                     offsets.h2_state_status = status;
-                    offsets.h2_state_req = optional(("net/http.http2responseWriterState", "req"));
-                    offsets.h2_state_wrote_bytes =
-                        optional(("net/http.http2responseWriterState", "wroteBytes"));
+                    offsets.h2_state_req = if server.state_has_request {
+                        optional((server.state, "req"))
+                    } else {
+                        OFFSET_ABSENT
+                    };
+                    offsets.h2_state_wrote_bytes = optional((server.state, "wroteBytes"));
                     Some(h2_site)
                 }
                 ([rws, status], h2_site) => {

@@ -51,7 +51,7 @@
 //!
 //! | start / end | arguments (start; end) | span | attributes |
 //! |---|---|---|---|
-//! | `http_request_start` / `http_request_end` | id, method, uri; id, status code | `HTTP {method} {uri}`, server | `http.request.method`, `url.path`, `http.response.status_code` (error if >= 500) |
+//! | `http_request_start` / `http_request_end` | id, method, uri; id, status code | `{method}` (`HTTP {method} {uri}` with `--span-name=path`), server | `http.request.method`, `url.path`, `http.response.status_code` (error if >= 500) |
 //! | `tls_handshake_start` / `tls_handshake_end` | id, server name; id, version | `TLS Handshake` | `server.address`, `tls.protocol.version` |
 //! | `net_dial_start` / `net_dial_end` | id, host, port; id, error | `net.Dial`, client | `server.address`, `server.port` (error if the error is non-zero) |
 //! | `request_start` / `request_end` | id; id | `Request` | `request.id` |
@@ -795,12 +795,41 @@ fn check_duplicates(spans: &[SpanMapping]) -> Result<(), MappingError> {
     Ok(())
 }
 
+/// The built-in HTTP span's name: the method alone, as OpenTelemetry's HTTP
+/// conventions name a server span whose route is unknown (the probes carry
+/// the raw path, which would give every request its own operation name; it
+/// stays in `url.path`).
+pub const BUILTIN_HTTP_NAME: &str = "{method}";
+
+/// The built-in HTTP span's name under `--span-name=path`: the bpftrace
+/// exporter's, with the path.
+pub const BUILTIN_HTTP_PATH_NAME: &str = "HTTP {method} {uri}";
+
+impl MappingConfig {
+    /// Names the spans of the built-in HTTP mapping by path
+    /// (`--span-name=path`). A span named otherwise (a user's own mapping
+    /// of the probes) keeps its name.
+    pub fn name_builtin_http_by_path(&mut self) {
+        let (Ok(by_route), Ok(by_path)) = (
+            NameTemplate::parse(BUILTIN_HTTP_NAME),
+            NameTemplate::parse(BUILTIN_HTTP_PATH_NAME),
+        ) else {
+            return;
+        };
+        for span in &mut self.spans {
+            if span.start.name == "http_request_start" && span.name == by_route {
+                span.name = by_path.clone();
+            }
+        }
+    }
+}
+
 /// The built-in mappings, in the file format.
 pub const BUILTIN: &str = r#"
 builtins = false
 
 [[span]]
-name = "HTTP {method} {uri}"
+name = "{method}"
 kind = "server"
 start = "http_request_start"
 end = "http_request_end"

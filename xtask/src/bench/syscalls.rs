@@ -354,7 +354,10 @@ pub fn syscalls_http(rounds: usize, seconds: u64, connections: u32) -> anyhow::R
     let (mut base, mut agent_runs, mut strace_runs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let rps = wrk(&url, seconds, connections)?;
-        eprintln!("bench syscalls http: round {}: untraced {rps:.0} req/s", round + 1);
+        eprintln!(
+            "bench syscalls http: round {}: untraced {rps:.0} req/s",
+            round + 1
+        );
         base.push(rps);
         let traced = http_traced(&agent, pid, &url, sink, seconds, connections)?;
         eprintln!(
@@ -365,11 +368,21 @@ pub fn syscalls_http(rounds: usize, seconds: u64, connections: u32) -> anyhow::R
         );
         agent_runs.push(traced);
         let rps = http_straced(pid, &url, seconds, connections)?;
-        eprintln!("bench syscalls http: round {}: strace {rps:.0} req/s", round + 1);
+        eprintln!(
+            "bench syscalls http: round {}: strace {rps:.0} req/s",
+            round + 1
+        );
         strace_runs.push(rps);
     }
     drop(server);
-    let body = http_report(rounds, seconds, connections, &base, &agent_runs, &strace_runs);
+    let body = http_report(
+        rounds,
+        seconds,
+        connections,
+        &base,
+        &agent_runs,
+        &strace_runs,
+    );
     eprint!("{body}");
     write_section("syscalls-http", &body)
 }
