@@ -10,6 +10,7 @@ use crate::{
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
+    instrument::Category,
     probes::{KernelStats, LoadOptions, Probes},
     target::Target,
 };
@@ -22,6 +23,7 @@ pub const FAMILY: FamilyEntry = FamilyEntry {
     name: NAME,
     probes: &[],
     plan: plan_family,
+    categories: &[Category::Flight],
 };
 
 /// The dump ring's size when the family is attached: 16 MiB holds a
