@@ -141,12 +141,15 @@ impl Categories {
     }
 
     /// The categories on: `--instrument` (else `AGENT_INSTRUMENT`, else
-    /// all) less `--no-instrument` (else `AGENT_NO_INSTRUMENT`).
+    /// all) less `--no-instrument` (else `AGENT_NO_INSTRUMENT`). An empty
+    /// flag is an empty list; an empty variable is an unset one.
     pub fn resolve(
         instrument: Option<&str>,
         no_instrument: Option<&str>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, CategoryError> {
+        // An empty variable is an unset one.
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
         let on = match (instrument, env("AGENT_INSTRUMENT")) {
             (Some(list), _) => Self::parse(list, "--instrument")?,
             (None, Some(list)) => Self::parse(&list, "AGENT_INSTRUMENT")?,
@@ -208,6 +211,12 @@ mod tests {
         assert!(
             msg.contains("http, grpc, sql, tls, dns, net, usdt, flight"),
             "{msg}"
+        );
+        let empty = |_: &str| Some(" ".to_owned());
+        assert_eq!(
+            Categories::resolve(None, None, empty).unwrap(),
+            Categories::ALL,
+            "an empty variable is unset"
         );
         let env = |_: &str| Some("htp".to_owned());
         let err = Categories::resolve(None, None, env).unwrap_err();

@@ -11,7 +11,14 @@ mod support;
 use support::agent::AGENT_EXIT;
 use support::sqlapp::SQL_SPANS;
 
-use std::{collections::BTreeMap, path::Path, process::Stdio, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use support::{
@@ -68,6 +75,24 @@ fn count(summary: &BTreeMap<String, u64>, key: &str) -> u64 {
     *summary
         .get(key)
         .unwrap_or_else(|| panic!("{key} in the summary: {summary:?}"))
+}
+
+/// The body of a GET of the agent's `/metrics`.
+fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect /metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }
 
 /// The W3C trace flags of a span (OTLP keeps them in the low byte).
@@ -245,10 +270,17 @@ fn always_off_exports_nothing_and_counts_everything() {
         &server,
         &receiver,
         &summary,
-        &[],
+        &["--metrics-listen", "127.0.0.1:0"],
         &[("OTEL_TRACES_SAMPLER", "always_off")],
     );
     agent.wait_for_stderr("sampling: always_off", Duration::from_secs(5));
+    let listen = agent.wait_for_stderr("metrics: serving http://", Duration::from_secs(1));
+    let listen: SocketAddr = listen
+        .split("serving http://")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .and_then(|addr| addr.parse().ok())
+        .expect("the metrics address in the log line");
     let mut conn = Connection::open(addr);
     for i in 0..RUNS {
         // Not even a sampled caller's trace.
@@ -261,6 +293,20 @@ fn always_off_exports_nothing_and_counts_everything() {
         assert_eq!(conn.request_with("GET", "/run", headers, b"").0, 200);
     }
     drop(conn);
+    // The agent's metrics say the same (published once a second).
+    let expected = format!(
+        "agent_spans_sampled_out_total {}\n",
+        RUNS * RUN_SPANS as u64
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(listen);
+        if text.contains(&expected) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{expected:?} never in:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let summary = finish(server, agent, &summary);
     assert_eq!(receiver.spans().len(), 0, "nothing exported");
     assert_eq!(count(&summary, "spans_exported"), 0);

@@ -64,6 +64,10 @@ struct OpenRequest {
     trace_state: Option<String>,
     /// The span's start attributes, encoded (the name comes at the end).
     encoded: Vec<u8>,
+    /// The start record, kept unencoded while the request is sampled out
+    /// but a `traceparent` may still bring it in (encoded if it ends
+    /// sampled: a copy costs less than an encoding most requests drop).
+    deferred: Option<Box<HttpServerStart>>,
     /// The method as the name spells it (`HTTP` for a non-standard one).
     name_method: &'static str,
     /// The path, for [`SpanNaming::Path`] only.
@@ -321,15 +325,18 @@ impl HttpSpanBuilder {
                 flags,
             },
         );
-        // A span that no trace context can make sampled is never encoded.
-        let start = if self.sampler.never_samples() {
-            Start {
+        // A sampled-out span is never encoded: its record is kept, unless
+        // no trace context can make it sampled.
+        let (start, deferred) = if sampling::is_sampled(flags) {
+            (encode_start(rec, self.query_policy, self.naming), None)
+        } else {
+            let unencoded = Start {
                 encoded: Vec::new(),
                 method: "",
                 path: None,
-            }
-        } else {
-            encode_start(rec, self.query_policy, self.naming)
+            };
+            let deferred = (!self.sampler.never_samples()).then(|| Box::new(*rec));
+            (unencoded, deferred)
         };
         let request = OpenRequest {
             start_ns: rec.header.ktime_ns,
@@ -340,6 +347,7 @@ impl HttpSpanBuilder {
             flags,
             trace_state: None,
             encoded: start.encoded,
+            deferred,
             name_method: start.method,
             name_path: start.path,
             route: None,
@@ -476,6 +484,14 @@ impl HttpSpanBuilder {
         if !sampling::is_sampled(open.flags) {
             self.sampled_out += 1;
             return None;
+        }
+        let mut open = open;
+        if let Some(rec) = open.deferred.take() {
+            // Sampled after all (by its `traceparent`).
+            let start = encode_start(&rec, self.query_policy, self.naming);
+            open.encoded = start.encoded;
+            open.name_method = start.method;
+            open.name_path = start.path;
         }
         let mut bytes = open.encoded;
         let mut w = SpanWriter::new(&mut bytes);
@@ -1068,7 +1084,12 @@ mod tests {
         // parentbased_always_off: only what the caller sampled.
         let pb_off = Sampler::parse("parentbased_always_off", None).unwrap();
         let (_, s, child) = traced(sampled, 5, pb_off);
-        assert_eq!((s.map(|s| s.flags), child), (Some(0x301), 0x01));
+        let s = s.expect("the caller sampled it");
+        assert_eq!((s.flags, child), (0x301, 0x01));
+        // Not encoded at its start (sampled out then), encoded at its end.
+        assert_eq!(s.name, "GET");
+        assert_eq!(attr(&s, "url.path").as_deref(), Some("/child"));
+        assert_eq!(attr(&s, "http.request.method").as_deref(), Some("GET"));
         let (_, s, child) = traced(none, 5, pb_off);
         assert_eq!((s, child), (None, 0x00));
         // traceidratio: the caller's trace id decides; this one's low 8

@@ -262,7 +262,9 @@ pub fn resolve(
     let arg = match flag_arg {
         Some(arg) if takes_arg => Some(arg.to_owned()),
         Some(_) => {
-            return Sampler::parse(&name, Some("1")).map(|s| (s, warnings));
+            return Err(SamplerError::NoArgument {
+                sampler: Sampler::parse(&name, None)?.name(),
+            });
         }
         None if takes_arg => match env("OTEL_TRACES_SAMPLER_ARG") {
             Some(arg) => match parse_ratio(&arg) {
