@@ -1,6 +1,7 @@
 //! End to end, as root: head sampling (`--sampler`, `OTEL_TRACES_SAMPLER`)
 //! and instrumentation categories (`--instrument`, `--no-instrument`) on Go
-//! servers built from source (`fixtures/httpserver`, `fixtures/sqlapp`),
+//! servers built from source (`fixtures/httpserver`, `fixtures/sqlapp`,
+//! `fixtures/frontapp`),
 //! spans over OTLP gRPC to a real receiver, counts from `--summary-file`.
 //!
 //! A trace is decided once, where it enters the process: every span under
@@ -23,7 +24,7 @@ use std::{
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use support::{
     agent::{Agent, command},
-    fixture::{self, Running, start_httpserver},
+    fixture::{self, Running, start_httpclient, start_httpserver},
     http_client::Connection,
     otlp::{FlatSpan, Receiver, hex},
 };
@@ -255,6 +256,80 @@ fn parent_based_follows_the_caller_and_keeps_or_drops_whole_traces() {
         count(&summary, "sampled_out"),
         EACH * RUN_SPANS as u64,
         "every span of the unsampled callers' traces, and only those: {summary:?}"
+    );
+}
+
+#[test]
+fn a_request_and_everything_under_it_follow_the_callers_flag() {
+    let (app, addrs) = start_httpclient(&fixture::build_module("frontapp", &[]));
+    let receiver = Receiver::grpc();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary = dir.path().join("summary.txt");
+    let agent = agent(&app, &receiver, &summary, &[], &[]);
+    // The front handler calls the back service over HTTP/1.1 and HTTP/2,
+    // gRPC, and SQLite, one query on a goroutine it starts.
+    let (unsampled, sampled) = (traceparent(100, false), traceparent(101, true));
+    let mut conn = Connection::open(addrs.front);
+    for value in [&unsampled, &sampled] {
+        let (status, body) = conn.request_with("GET", "/front", &[("traceparent", value)], b"");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    drop(conn);
+    std::thread::sleep(Duration::from_secs(1));
+    let summary = finish(app, agent, &summary);
+    let spans = receiver.spans();
+    let trace_of = |value: &str| value[3..35].to_owned();
+    let in_trace = |value: &str| -> Vec<&FlatSpan> {
+        spans
+            .iter()
+            .filter(|s| hex(&s.span.trace_id) == trace_of(value))
+            .collect()
+    };
+    assert!(
+        in_trace(&unsampled).is_empty(),
+        "nothing of the unsampled caller's trace"
+    );
+    let tree = in_trace(&sampled);
+    let front = tree
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Server as i32)
+        .expect("the front request's span");
+    assert_eq!(front.span.name, "GET /front");
+    assert!(tree.len() > 5, "the front request's children: {tree:#?}");
+    let scopes: Vec<&str> = tree.iter().map(|s| s.scope.as_str()).collect();
+    for scope in ["agent/net/http/client", "agent/grpc", "agent/database/sql"] {
+        assert!(scopes.contains(&scope), "{scope} in the tree: {scopes:?}");
+    }
+    assert!(
+        tree.iter().any(|s| s.scope == "agent/database/sql"
+            && s.attr("goroutine.id") != front.attr("goroutine.id")),
+        "the query on the goroutine the handler started is in the tree"
+    );
+    for span in &tree {
+        assert_eq!(w3c_flags(span), 0x01, "{}", span.span.name);
+    }
+    // The back service's served calls are roots of their own (nothing
+    // propagates the context to them), sampled for both requests.
+    let roots: Vec<&FlatSpan> = spans
+        .iter()
+        .filter(|s| hex(&s.span.trace_id) != trace_of(&sampled))
+        .collect();
+    assert!(!roots.is_empty());
+    for root in &roots {
+        assert!(root.span.parent_span_id.is_empty(), "{}", root.span.name);
+        assert_eq!(
+            root.span.kind,
+            SpanKind::Server as i32,
+            "{}",
+            root.span.name
+        );
+    }
+    assert_eq!(roots.len() % 2, 0, "as many for each request: {roots:#?}");
+    assert_eq!(count(&summary, "spans_exported"), spans.len() as u64);
+    assert_eq!(
+        count(&summary, "sampled_out"),
+        tree.len() as u64,
+        "the unsampled caller's tree, span for span as large as the sampled one's"
     );
 }
 
