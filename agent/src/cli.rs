@@ -140,6 +140,33 @@ pub struct TraceArgs {
     #[arg(long, value_name = "MODE", default_value = "sanitize", value_parser = ["sanitize", "keep"])]
     pub sql_literals: String,
 
+    /// Which traces are exported, as OTEL_TRACES_SAMPLER says (which this
+    /// overrides): always_on, always_off, traceidratio,
+    /// parentbased_always_on (the default), parentbased_always_off,
+    /// parentbased_traceidratio. A parentbased_* sampler follows the
+    /// `sampled` flag of an incoming traceparent. Decided once per trace:
+    /// a trace is exported whole or not at all; the rest is counted as
+    /// sampled_out.
+    #[arg(long, value_name = "SAMPLER")]
+    pub sampler: Option<String>,
+
+    /// The ratio of traces the *traceidratio samplers keep, from 0 to 1
+    /// (default 1.0; overrides OTEL_TRACES_SAMPLER_ARG).
+    #[arg(long, value_name = "RATIO")]
+    pub sampler_arg: Option<String>,
+
+    /// Only these categories (default: all; also AGENT_INSTRUMENT),
+    /// comma-separated: http (net/http server, its routes, and client),
+    /// grpc, sql (database/sql), tls (TLS handshake spans), dns (DNS lookup
+    /// spans), net (connect spans), usdt, flight (flight-recorder dumps). A
+    /// category that is off attaches no probes.
+    #[arg(long, value_name = "LIST")]
+    pub instrument: Option<String>,
+
+    /// Not these categories (as --instrument; also AGENT_NO_INSTRUMENT).
+    #[arg(long, value_name = "LIST")]
+    pub no_instrument: Option<String>,
+
     #[command(flatten)]
     pub launch: LaunchArgs,
 }

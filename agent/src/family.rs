@@ -26,9 +26,10 @@ use crate::{
     clock::WallClock,
     export::{EncodedSpan, SpanSender},
     flight, grpc, http_client, http_server,
+    instrument::{Categories, Category},
     probes::{KernelStats, LoadOptions, Probes},
     runtime,
-    spans::Goroutines,
+    spans::{Goroutines, Sampler},
     sql, syscalls,
     target::Target,
     usdt::{self, mapping::MappingConfig},
@@ -57,6 +58,11 @@ pub struct FamilyEntry {
     pub probes: &'static [BuiltinProbe],
     /// Looks at the target and answers with what to attach, or why not.
     pub plan: fn(&PlanContext<'_>) -> Plan,
+    /// The `--instrument` categories it serves: when all are off it is not
+    /// planned (nothing attached). Empty: planned whatever the categories
+    /// (goroutine creation, system calls: turned on by their own flags). A
+    /// family serving several checks `options.categories` for each.
+    pub categories: &'static [Category],
 }
 
 impl std::fmt::Debug for FamilyEntry {
@@ -125,6 +131,10 @@ pub struct FamilyOptions {
     pub span_naming: http_server::SpanNaming,
     /// System calls (`--syscalls`, `-c`); `None`: not traced.
     pub syscalls: Option<syscalls::SyscallOptions>,
+    /// Which traces are exported (`--sampler`, `OTEL_TRACES_SAMPLER`).
+    pub sampler: Sampler,
+    /// The categories traced (`--instrument`, `--no-instrument`).
+    pub categories: Categories,
 }
 
 /// A family's answer to planning.
@@ -262,6 +272,12 @@ pub trait Family {
     /// A sentence for the exit line beyond its counters.
     fn summary(&self) -> Option<String> {
         None
+    }
+
+    /// Spans it made but did not export because their trace was sampled
+    /// out (the session sums every family's into `sampled_out`).
+    fn sampled_out(&self) -> u64 {
+        0
     }
 }
 

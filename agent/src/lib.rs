@@ -19,7 +19,8 @@
 //! - [`probes`]: the one seam for privileged operations: loading the eBPF
 //!   object, filling maps, attaching and detaching.
 //! - [`ringbuf`]: draining the ring buffer, record headers.
-//! - [`spans`]: the open-span table, ids, W3C trace context.
+//! - [`spans`]: the open-span table, ids, W3C trace context, sampling.
+//! - [`instrument`]: the categories `--instrument` turns on and off.
 //! - [`export`]: the export pipeline (OTLP gRPC/HTTP, console, JSONL).
 //! - [`metrics`]: request metrics derived from spans, the agent's own,
 //!   over OTLP and for Prometheus.
@@ -39,6 +40,7 @@ pub mod gotrace;
 pub mod grpc;
 pub mod http_client;
 pub mod http_server;
+pub mod instrument;
 pub mod metrics;
 pub mod probes;
 pub mod resource;

@@ -6,11 +6,16 @@ use std::{process::ExitCode, time::Duration};
 use agent::{
     family::FamilyOptions,
     http_server::{SitePolicy, SpanNaming},
+    instrument::Categories,
     metrics::{Metrics, MetricsConfig, MetricsInputs},
     probes,
     resource::{self, ResourceOptions},
     session::{Outcome, Session, SessionOptions, Stop},
-    spans::url::QueryPolicy,
+    spans::{
+        Sampler,
+        sampling::{self, SamplerError},
+        url::QueryPolicy,
+    },
     syscalls::{SummaryOut, SyscallFilter, SyscallOptions},
     target::{
         Target,
@@ -63,10 +68,37 @@ pub(super) fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
                 _ => SpanNaming::Route,
             },
             syscalls: syscall_options(&args.launch)?,
+            sampler: sampler(args)?,
+            categories: Categories::resolve(
+                args.instrument.as_deref(),
+                args.no_instrument.as_deref(),
+                |name| std::env::var(name).ok(),
+            )?,
         },
         ring_buffer_bytes: args.ring_buffer_size,
         export_queue: args.export_queue,
     })
+}
+
+/// The sampler from `--sampler`/`--sampler-arg` and `OTEL_TRACES_SAMPLER*`;
+/// what is wrong in the environment is said once and ignored.
+fn sampler(args: &TraceArgs) -> anyhow::Result<Sampler> {
+    let (sampler, warnings) = sampling::resolve(
+        args.sampler.as_deref(),
+        args.sampler_arg.as_deref(),
+        |name| std::env::var(name).ok(),
+    )
+    .map_err(|err| {
+        let flag = match err {
+            SamplerError::BadRatio(_) | SamplerError::NoArgument { .. } => "--sampler-arg",
+            SamplerError::Unknown(_) => "--sampler",
+        };
+        anyhow::anyhow!("invalid {flag}: {err}")
+    })?;
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    Ok(sampler)
 }
 
 /// The system-call family's options, when `--syscalls` or `-c` is given.
@@ -175,8 +207,12 @@ async fn run_session(
     }
     let outcome = outcome?;
     let counters = &outcome.counters;
+    let sampled_out = match counters.get("sampled_out") {
+        Some(n) if n > 0 => format!(", {n} sampled out"),
+        _ => String::new(),
+    };
     eprintln!(
-        "agent: {} spans exported{}; {} records from the kernel; losses: {}",
+        "agent: {} spans exported{}{sampled_out}; {} records from the kernel; losses: {}",
         counters.get("spans_exported").unwrap_or(0),
         counters.per_output(),
         counters.get("records").unwrap_or(0),

@@ -4,13 +4,20 @@
 //! spans. It owns no kind of the shared ring buffer.
 
 use super::{FlightAttachment, FlightPlan, FlightReader, ReaderConfig, ReaderStats};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
 use crate::{
     binary::error_chain,
     export::SpanSender,
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
+    instrument::Category,
     probes::{KernelStats, LoadOptions, Probes},
+    spans::Sampler,
     target::Target,
 };
 
@@ -22,6 +29,7 @@ pub const FAMILY: FamilyEntry = FamilyEntry {
     name: NAME,
     probes: &[],
     plan: plan_family,
+    categories: &[Category::Flight],
 };
 
 /// The dump ring's size when the family is attached: 16 MiB holds a
@@ -42,6 +50,8 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
             attachment: None,
             reader: None,
             stats: None,
+            sampler: ctx.options.sampler,
+            sampled_out: Arc::default(),
         })),
         Ok(None) => Plan::Nothing,
         Err(err) => Plan::Absent {
@@ -63,6 +73,13 @@ pub struct Flight {
     reader: Option<FlightReader>,
     /// The reader's counters, once it has stopped.
     stats: Option<ReaderStats>,
+    /// Which traces are exported: a dump's spans carry trace ids of their
+    /// own (no remote parent), each decided by its trace id alone, so a
+    /// trace of a dump is exported whole or not at all.
+    sampler: Sampler,
+    /// Spans of dumps not exported because their trace was sampled out
+    /// (counted on the reader's thread).
+    sampled_out: Arc<AtomicU64>,
 }
 
 impl Family for Flight {
@@ -95,13 +112,20 @@ impl Family for Flight {
     fn start(&mut self, probes: &mut Probes, spans: &SpanSender) -> Result<(), FamilyError> {
         let ring = super::take_ring_buffer(probes)?;
         let sender = spans.clone();
+        let (sampler, sampled_out) = (self.sampler, Arc::clone(&self.sampled_out));
         let reader = FlightReader::spawn(
             ring,
             ReaderConfig {
                 save_dir: self.save_dumps.clone(),
                 ..ReaderConfig::default()
             },
-            move |span| sender.send_blocking(span),
+            move |span| {
+                if sampler.should_sample(span.span_context.trace_id(), None) {
+                    sender.send_blocking(span);
+                } else {
+                    sampled_out.fetch_add(1, Ordering::Relaxed);
+                }
+            },
         )
         .map_err(|err| format!("cannot start the flight-recorder reader: {err}"))?;
         if let Some(attachment) = &self.attachment {
@@ -130,6 +154,10 @@ impl Family for Flight {
         if let Some(reader) = self.reader.take() {
             self.stats = Some(reader.stop());
         }
+    }
+
+    fn sampled_out(&self) -> u64 {
+        self.sampled_out.load(Ordering::Relaxed)
     }
 
     fn counters(&self, _kernel: &KernelStats, out: &mut Vec<Counter>) {

@@ -26,6 +26,7 @@ use crate::{
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
+    instrument::Category,
     probes::{KernelStats, LinkHandle, Probes},
     target::Target,
 };
@@ -38,6 +39,7 @@ pub const FAMILY: FamilyEntry = FamilyEntry {
     name: NAME,
     probes: plan::PROBES,
     plan: plan_family,
+    categories: &[Category::Grpc],
 };
 
 fn plan_family(ctx: &PlanContext<'_>) -> Plan {
@@ -56,7 +58,8 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                     ctx.clock,
                     ctx.options.max_open_spans,
                     u64::try_from(ctx.options.span_ttl.as_nanos()).unwrap_or(u64::MAX),
-                ),
+                )
+                .with_sampler(ctx.options.sampler),
                 plan,
                 links: Vec::new(),
             }))
@@ -136,6 +139,10 @@ impl Family for Grpc {
 
     fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
         self.builder.finish(cx.goroutines, now_ns, cx.spans);
+    }
+
+    fn sampled_out(&self) -> u64 {
+        self.builder.sampled_out()
     }
 
     fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>) {

@@ -20,8 +20,9 @@ use crate::{
     clock::WallClock,
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
     spans::{
-        Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan,
+        Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan, Sampler,
         ids::IdGenerator,
+        sampling,
         traceparent::{self, RemoteParent},
     },
 };
@@ -31,9 +32,9 @@ type Key = (u32, u64);
 
 const SPAN_CAPACITY: usize = 384;
 
-/// OTLP `SpanFlags`: W3C sampled, and whether the parent is remote is
-/// known (it is not).
-const FLAGS_LOCAL: u32 = 0x1 | 0x100;
+/// OTLP `SpanFlags` beside the W3C trace flags: whether the parent is
+/// remote is known (it is not).
+const FLAGS_LOCAL: u32 = 0x100;
 /// OTLP `SpanFlags`: the parent is remote.
 const FLAGS_REMOTE: u32 = 0x100 | 0x200;
 
@@ -58,6 +59,8 @@ struct OpenServer {
     code: Option<i32>,
     /// The caller's span, from the call's `traceparent`.
     parent: Option<RemoteParent>,
+    /// The span's W3C trace flags: whether its trace is sampled.
+    flags: u8,
 }
 
 #[derive(Debug)]
@@ -100,6 +103,10 @@ pub struct GrpcSpanBuilder {
     /// first in `pending_order`.
     pending: HashMap<StreamKey, RemoteParent>,
     pending_order: VecDeque<StreamKey>,
+    /// Which traces are exported.
+    sampler: Sampler,
+    /// Spans not exported: their trace was sampled out.
+    sampled_out: u64,
 }
 
 fn text(bytes: &[u8], len: u32) -> String {
@@ -170,7 +177,21 @@ impl GrpcSpanBuilder {
             traceparents: 0,
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
+            sampler: Sampler::default(),
+            sampled_out: 0,
         }
+    }
+
+    /// The builder with `sampler` deciding for the calls that start or
+    /// continue a trace (default: `parentbased_always_on`).
+    pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Spans not exported because their trace was sampled out.
+    pub fn sampled_out(&self) -> u64 {
+        self.sampled_out
     }
 
     /// A call's HEADERS frame carried `traceparent`: kept for its start
@@ -232,10 +253,12 @@ impl GrpcSpanBuilder {
         if parent.is_some() {
             self.traceparents += 1;
         }
-        let (trace_id, flags) = match parent {
-            Some(p) => (p.trace_id, p.flags),
-            None => (self.ids.trace_id(), 1),
+        let trace_id = match parent {
+            Some(p) => p.trace_id,
+            None => self.ids.trace_id(),
         };
+        let flags = self.sampler.root_flags(trace_id, parent.map(|p| p.flags));
+        let sampled = sampling::is_sampled(flags);
         let span_id = self.ids.span_id();
         g.enter(
             key,
@@ -251,8 +274,13 @@ impl GrpcSpanBuilder {
             stream: rec.stream,
             trace_id,
             span_id,
-            method: text(&rec.method, rec.method_len),
+            method: if sampled {
+                text(&rec.method, rec.method_len)
+            } else {
+                String::new()
+            },
             code: None,
+            flags,
         };
         if let Some((old_key, old)) = self.server.open(key, open, rec.header.ktime_ns) {
             let reason = if old_key == key {
@@ -260,7 +288,10 @@ impl GrpcSpanBuilder {
             } else {
                 Incomplete::Evicted
             };
-            out(self.server_span(g, old_key, old, rec.header.ktime_ns, Some(reason)));
+            if let Some(span) = self.server_span(g, old_key, old, rec.header.ktime_ns, Some(reason))
+            {
+                out(span);
+            }
         }
     }
 
@@ -282,8 +313,10 @@ impl GrpcSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         let key = (rec.header.target, rec.header.goid);
-        if let Some(open) = self.server.close(&key, rec.header.ktime_ns) {
-            out(self.server_span(g, key, open, rec.header.ktime_ns, None));
+        if let Some(open) = self.server.close(&key, rec.header.ktime_ns)
+            && let Some(span) = self.server_span(g, key, open, rec.header.ktime_ns, None)
+        {
+            out(span);
         }
     }
 
@@ -301,20 +334,30 @@ impl GrpcSpanBuilder {
             return;
         }
         let (trace_id, parent, flags) = match g.parent(key, rec.header.ktime_ns) {
-            Some(p) => (p.trace_id, Some(p.span_id), p.flags),
+            Some(p) => (p.trace_id, Some(p.span_id), Sampler::child_flags(p.flags)),
             None => {
                 self.unparented += 1;
-                (self.ids.trace_id(), None, 1)
+                let trace_id = self.ids.trace_id();
+                (trace_id, None, self.sampler.root_flags(trace_id, None))
             }
         };
+        let sampled = sampling::is_sampled(flags);
         let open = OpenClient {
             start_ns: rec.header.ktime_ns,
             trace_id,
             span_id: self.ids.span_id(),
             parent,
             flags,
-            method: text(&rec.method, rec.method_len),
-            target: text(&rec.target, rec.target_len),
+            method: if sampled {
+                text(&rec.method, rec.method_len)
+            } else {
+                String::new()
+            },
+            target: if sampled {
+                text(&rec.target, rec.target_len)
+            } else {
+                String::new()
+            },
         };
         if let Some((old_key, old)) = self.client.open(key, open, rec.header.ktime_ns) {
             let reason = if old_key == key {
@@ -322,7 +365,9 @@ impl GrpcSpanBuilder {
             } else {
                 Incomplete::Evicted
             };
-            out(self.client_span(old, rec.header.ktime_ns, None, Some(reason)));
+            if let Some(span) = self.client_span(old, rec.header.ktime_ns, None, Some(reason)) {
+                out(span);
+            }
         }
     }
 
@@ -332,8 +377,10 @@ impl GrpcSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         let key = (rec.header.target, rec.header.goid);
-        if let Some(open) = self.client.close(&key, rec.header.ktime_ns) {
-            out(self.client_span(open, rec.header.ktime_ns, Some(rec.code), None));
+        if let Some(open) = self.client.close(&key, rec.header.ktime_ns)
+            && let Some(span) = self.client_span(open, rec.header.ktime_ns, Some(rec.code), None)
+        {
+            out(span);
         }
     }
 
@@ -344,10 +391,14 @@ impl GrpcSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         for (key, open) in self.server.expire(now_ns) {
-            out(self.server_span(g, key, open, now_ns, Some(Incomplete::Expired)));
+            if let Some(span) = self.server_span(g, key, open, now_ns, Some(Incomplete::Expired)) {
+                out(span);
+            }
         }
         for (_, open) in self.client.expire(now_ns) {
-            out(self.client_span(open, now_ns, None, Some(Incomplete::Expired)));
+            if let Some(span) = self.client_span(open, now_ns, None, Some(Incomplete::Expired)) {
+                out(span);
+            }
         }
     }
 
@@ -358,10 +409,14 @@ impl GrpcSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         for (key, open) in self.server.drain() {
-            out(self.server_span(g, key, open, now_ns, Some(Incomplete::Shutdown)));
+            if let Some(span) = self.server_span(g, key, open, now_ns, Some(Incomplete::Shutdown)) {
+                out(span);
+            }
         }
         for (_, open) in self.client.drain() {
-            out(self.client_span(open, now_ns, None, Some(Incomplete::Shutdown)));
+            if let Some(span) = self.client_span(open, now_ns, None, Some(Incomplete::Shutdown)) {
+                out(span);
+            }
         }
     }
 
@@ -372,8 +427,12 @@ impl GrpcSpanBuilder {
         open: OpenServer,
         end_ns: u64,
         incomplete: Option<Incomplete>,
-    ) -> EncodedSpan {
+    ) -> Option<EncodedSpan> {
         g.exit(key, open.span_id);
+        if !sampling::is_sampled(open.flags) {
+            self.sampled_out += 1;
+            return None;
+        }
         let mut bytes = crate::export::span_buffer(SPAN_CAPACITY);
         let mut w = SpanWriter::new(&mut bytes);
         w.ids(open.trace_id, open.span_id, open.parent.map(|p| p.span_id));
@@ -393,14 +452,17 @@ impl GrpcSpanBuilder {
         if error {
             w.status_error("");
         }
-        w.flags(match open.parent {
-            Some(p) => u32::from(p.flags) | FLAGS_REMOTE,
-            None => FLAGS_LOCAL,
-        });
-        EncodedSpan {
+        w.flags(
+            u32::from(open.flags)
+                | match open.parent {
+                    Some(_) => FLAGS_REMOTE,
+                    None => FLAGS_LOCAL,
+                },
+        );
+        Some(EncodedSpan {
             scope: self.scope.clone(),
             bytes,
-        }
+        })
     }
 
     fn client_span(
@@ -409,7 +471,11 @@ impl GrpcSpanBuilder {
         end_ns: u64,
         code: Option<i32>,
         incomplete: Option<Incomplete>,
-    ) -> EncodedSpan {
+    ) -> Option<EncodedSpan> {
+        if !sampling::is_sampled(open.flags) {
+            self.sampled_out += 1;
+            return None;
+        }
         let mut bytes = crate::export::span_buffer(SPAN_CAPACITY);
         let mut w = SpanWriter::new(&mut bytes);
         w.ids(open.trace_id, open.span_id, open.parent);
@@ -440,11 +506,11 @@ impl GrpcSpanBuilder {
         if code.is_some_and(|c| c != 0) {
             w.status_error("");
         }
-        w.flags(u32::from(open.flags) | 0x100);
-        EncodedSpan {
+        w.flags(u32::from(open.flags) | FLAGS_LOCAL);
+        Some(EncodedSpan {
             scope: self.scope.clone(),
             bytes,
-        }
+        })
     }
 
     /// Name, kind, times and the RPC attributes both kinds share.

@@ -20,6 +20,7 @@ use crate::{
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
+    instrument::Category,
     probes::{KernelStats, LinkHandle, Probes},
     target::{Target, maps::load_bias},
 };
@@ -32,6 +33,7 @@ pub const FAMILY: FamilyEntry = FamilyEntry {
     name: NAME,
     probes: plan::PROBES,
     plan: plan_family,
+    categories: &[Category::Http],
 };
 
 fn plan_family(ctx: &PlanContext<'_>) -> Plan {
@@ -57,7 +59,8 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                     u64::try_from(ctx.options.span_ttl.as_nanos()).unwrap_or(u64::MAX),
                     ctx.options.url_query,
                     ErrorTypes::new(ctx.target.exe_path.clone(), mapped_at),
-                ),
+                )
+                .with_sampler(ctx.options.sampler),
                 links: Vec::new(),
             }))
         }
@@ -124,6 +127,10 @@ impl Family for HttpClient {
 
     fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
         self.builder.finish(cx.goroutines, now_ns, cx.spans);
+    }
+
+    fn sampled_out(&self) -> u64 {
+        self.builder.sampled_out()
     }
 
     fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>) {

@@ -20,8 +20,9 @@ use crate::{
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
     http_server::spans::{known_method, split_host_port},
     spans::{
-        Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan,
+        Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan, Sampler,
         ids::IdGenerator,
+        sampling,
         url::{QueryPolicy, build_full},
     },
 };
@@ -35,7 +36,6 @@ const SPAN_CAPACITY: usize = 512;
 
 /// OTLP `SpanFlags`: W3C trace flags in the low byte; whether the parent is
 /// remote is known (bit 8).
-const TRACE_FLAGS_SAMPLED: u8 = 0x1;
 const SPAN_FLAGS_HAS_IS_REMOTE: u32 = 0x100;
 
 /// A call whose return has not been seen yet.
@@ -217,6 +217,10 @@ pub struct HttpClientSpanBuilder {
     /// Start records that repeated an open start (the entry probe fires
     /// again when the goroutine's stack grows and the function restarts).
     duplicates: u64,
+    /// Which traces are exported.
+    sampler: Sampler,
+    /// Spans not exported: their trace was sampled out.
+    sampled_out: u64,
 }
 
 /// The first `len` bytes of a string area (all of it when truncated).
@@ -247,7 +251,21 @@ impl HttpClientSpanBuilder {
             types,
             unparented: 0,
             duplicates: 0,
+            sampler: Sampler::default(),
+            sampled_out: 0,
         }
+    }
+
+    /// The builder with `sampler` deciding for the calls that start a trace
+    /// (default: `parentbased_always_on`).
+    pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Spans not exported because their trace was sampled out.
+    pub fn sampled_out(&self) -> u64 {
+        self.sampled_out
     }
 
     /// Pairing counters.
@@ -292,8 +310,11 @@ impl HttpClientSpanBuilder {
         }
         let span_id = self.ids.span_id();
         let (trace_id, parent_id, flags) = match parent {
-            Some(p) => (p.trace_id, Some(p.span_id), p.flags),
-            None => (self.ids.trace_id(), None, TRACE_FLAGS_SAMPLED),
+            Some(p) => (p.trace_id, Some(p.span_id), Sampler::child_flags(p.flags)),
+            None => {
+                let trace_id = self.ids.trace_id();
+                (trace_id, None, self.sampler.root_flags(trace_id, None))
+            }
         };
         goroutines.enter(
             key,
@@ -310,7 +331,12 @@ impl HttpClientSpanBuilder {
             span_id,
             parent: parent_id,
             flags,
-            encoded: encode_start(rec, self.query_policy),
+            // A sampled-out span is never encoded.
+            encoded: if sampling::is_sampled(flags) {
+                encode_start(rec, self.query_policy)
+            } else {
+                Vec::new()
+            },
         };
         if let Some((displaced_key, displaced)) = self.open.open(key, call, rec.header.ktime_ns) {
             let reason = if displaced_key == key {
@@ -318,15 +344,16 @@ impl HttpClientSpanBuilder {
             } else {
                 Incomplete::Evicted
             };
-            let span = self.span(
+            if let Some(span) = self.span(
                 goroutines,
                 displaced_key,
                 displaced,
                 rec.header.ktime_ns,
                 None,
                 Some(reason),
-            );
-            out(span);
+            ) {
+                out(span);
+            }
         }
     }
 
@@ -338,8 +365,10 @@ impl HttpClientSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         let key = (rec.header.target, rec.header.goid);
-        if let Some(open) = self.open.close(&key, rec.header.ktime_ns) {
-            let span = self.span(goroutines, key, open, rec.header.ktime_ns, Some(rec), None);
+        if let Some(open) = self.open.close(&key, rec.header.ktime_ns)
+            && let Some(span) =
+                self.span(goroutines, key, open, rec.header.ktime_ns, Some(rec), None)
+        {
             out(span);
         }
     }
@@ -352,15 +381,16 @@ impl HttpClientSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         for (key, open) in self.open.expire(now_ns) {
-            let span = self.span(
+            if let Some(span) = self.span(
                 goroutines,
                 key,
                 open,
                 now_ns,
                 None,
                 Some(Incomplete::Expired),
-            );
-            out(span);
+            ) {
+                out(span);
+            }
         }
     }
 
@@ -372,15 +402,16 @@ impl HttpClientSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         for (key, open) in self.open.drain() {
-            let span = self.span(
+            if let Some(span) = self.span(
                 goroutines,
                 key,
                 open,
                 now_ns,
                 None,
                 Some(Incomplete::Shutdown),
-            );
-            out(span);
+            ) {
+                out(span);
+            }
         }
     }
 
@@ -392,8 +423,12 @@ impl HttpClientSpanBuilder {
         end_ns: u64,
         end: Option<&HttpClientEnd>,
         incomplete: Option<Incomplete>,
-    ) -> EncodedSpan {
+    ) -> Option<EncodedSpan> {
         goroutines.exit(key, open.span_id);
+        if !sampling::is_sampled(open.flags) {
+            self.sampled_out += 1;
+            return None;
+        }
         let mut bytes = open.encoded;
         let mut w = SpanWriter::new(&mut bytes);
         w.ids(open.trace_id, open.span_id, open.parent);
@@ -447,10 +482,10 @@ impl HttpClientSpanBuilder {
             w.status_error("");
         }
         w.flags(u32::from(open.flags) | SPAN_FLAGS_HAS_IS_REMOTE);
-        EncodedSpan {
+        Some(EncodedSpan {
             scope: self.scope.clone(),
             bytes,
-        }
+        })
     }
 }
 

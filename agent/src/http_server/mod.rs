@@ -25,6 +25,7 @@ use crate::{
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
+    instrument::Category,
     probes::{KernelStats, LinkHandle, Probes},
     target::Target,
 };
@@ -37,6 +38,7 @@ pub const FAMILY: FamilyEntry = FamilyEntry {
     name: NAME,
     probes: plan::PROBES,
     plan: plan_family,
+    categories: &[Category::Http],
 };
 
 /// The oldest Go with the register-based calling convention the probes read.
@@ -76,7 +78,8 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                     u64::try_from(ctx.options.span_ttl.as_nanos()).unwrap_or(u64::MAX),
                 )
                 .with_query_policy(ctx.options.url_query)
-                .with_naming(ctx.options.span_naming),
+                .with_naming(ctx.options.span_naming)
+                .with_sampler(ctx.options.sampler),
                 links: Vec::new(),
                 traceparents: 0,
             }))
@@ -171,6 +174,10 @@ impl Family for HttpServer {
 
     fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
         self.builder.finish(cx.goroutines, now_ns, cx.spans);
+    }
+
+    fn sampled_out(&self) -> u64 {
+        self.builder.sampled_out()
     }
 
     fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>) {

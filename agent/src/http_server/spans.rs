@@ -29,8 +29,9 @@ use crate::{
     clock::WallClock,
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
     spans::{
-        Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan,
+        Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan, Sampler,
         ids::IdGenerator,
+        sampling,
         traceparent::{self, RemoteParent},
         tracestate,
         url::{QueryPolicy, sanitize_query},
@@ -57,10 +58,16 @@ struct OpenRequest {
     span_id: SpanId,
     /// The caller's span, from the request's `traceparent`.
     parent: Option<RemoteParent>,
+    /// The span's W3C trace flags: whether its trace is sampled.
+    flags: u8,
     /// The caller's vendor state, from its `tracestate`, normalized.
     trace_state: Option<String>,
     /// The span's start attributes, encoded (the name comes at the end).
     encoded: Vec<u8>,
+    /// The start record, kept unencoded while the request is sampled out
+    /// but a `traceparent` may still bring it in (encoded if it ends
+    /// sampled: a copy costs less than an encoding most requests drop).
+    deferred: Option<Box<HttpServerStart>>,
     /// The method as the name spells it (`HTTP` for a non-standard one).
     name_method: &'static str,
     /// The path, for [`SpanNaming::Path`] only.
@@ -98,6 +105,10 @@ pub struct HttpSpanBuilder {
     by_goroutine: HashMap<(u32, u64), u64, RandomState>,
     /// Route records that found no open request on their goroutine.
     routes_unmatched: u64,
+    /// Which traces are exported.
+    sampler: Sampler,
+    /// Spans not exported: their trace was sampled out.
+    sampled_out: u64,
 }
 
 /// The first `len` bytes of a string area (all of it when truncated).
@@ -208,7 +219,21 @@ impl HttpSpanBuilder {
             naming: SpanNaming::default(),
             by_goroutine: HashMap::default(),
             routes_unmatched: 0,
+            sampler: Sampler::default(),
+            sampled_out: 0,
         }
+    }
+
+    /// The builder with `sampler` deciding which traces are exported
+    /// (default: `parentbased_always_on`).
+    pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Spans not exported because their trace was sampled out.
+    pub fn sampled_out(&self) -> u64 {
+        self.sampled_out
     }
 
     /// The builder with `naming` for span names (default: by route).
@@ -288,23 +313,41 @@ impl HttpSpanBuilder {
             return;
         }
         let (trace_id, span_id) = (self.ids.trace_id(), self.ids.span_id());
+        // The trace starts here, unless a `traceparent` follows (records
+        // from the same probe hit, before any child's): then it is decided
+        // again, on the caller's trace.
+        let flags = self.sampler.root_flags(trace_id, None);
         goroutines.enter(
             (rec.header.target, rec.header.goid),
             ParentSpan {
                 trace_id,
                 span_id,
-                flags: TRACE_FLAGS_SAMPLED as u8,
+                flags,
             },
         );
-        let start = encode_start(rec, self.query_policy, self.naming);
+        // A sampled-out span is never encoded: its record is kept, unless
+        // no trace context can make it sampled.
+        let (start, deferred) = if sampling::is_sampled(flags) {
+            (encode_start(rec, self.query_policy, self.naming), None)
+        } else {
+            let unencoded = Start {
+                encoded: Vec::new(),
+                method: "",
+                path: None,
+            };
+            let deferred = (!self.sampler.never_samples()).then(|| Box::new(*rec));
+            (unencoded, deferred)
+        };
         let request = OpenRequest {
             start_ns: rec.header.ktime_ns,
             goid: rec.header.goid,
             trace_id,
             span_id,
             parent: None,
+            flags,
             trace_state: None,
             encoded: start.encoded,
+            deferred,
             name_method: start.method,
             name_path: start.path,
             route: None,
@@ -318,14 +361,16 @@ impl HttpSpanBuilder {
             } else {
                 Incomplete::Evicted
             };
-            out(self.span(
+            if let Some(span) = self.span(
                 goroutines,
                 displaced_key.0,
                 displaced,
                 rec.header.ktime_ns,
                 None,
                 Some(reason),
-            ));
+            ) {
+                out(span);
+            }
         }
     }
 
@@ -341,12 +386,8 @@ impl HttpSpanBuilder {
         open.parent = traceparent::parse(&rec.value[..kept], rec.len as usize);
         if let Some(parent) = open.parent {
             open.trace_id = parent.trace_id;
-            goroutines.retrace(
-                (slot, open.goid),
-                open.span_id,
-                parent.trace_id,
-                parent.flags,
-            );
+            open.flags = self.sampler.root_flags(parent.trace_id, Some(parent.flags));
+            goroutines.retrace((slot, open.goid), open.span_id, parent.trace_id, open.flags);
         }
         open.parent.is_some()
     }
@@ -371,8 +412,11 @@ impl HttpSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         let slot = rec.header.target;
-        if let Some(open) = self.open.close(&(slot, rec.response), rec.header.ktime_ns) {
-            out(self.span(goroutines, slot, open, rec.header.ktime_ns, Some(rec), None));
+        if let Some(open) = self.open.close(&(slot, rec.response), rec.header.ktime_ns)
+            && let Some(span) =
+                self.span(goroutines, slot, open, rec.header.ktime_ns, Some(rec), None)
+        {
+            out(span);
         }
     }
 
@@ -384,14 +428,16 @@ impl HttpSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         for ((slot, _), open) in self.open.expire(now_ns) {
-            out(self.span(
+            if let Some(span) = self.span(
                 goroutines,
                 slot,
                 open,
                 now_ns,
                 None,
                 Some(Incomplete::Expired),
-            ));
+            ) {
+                out(span);
+            }
         }
     }
 
@@ -403,19 +449,22 @@ impl HttpSpanBuilder {
         out: &mut (impl FnMut(EncodedSpan) + ?Sized),
     ) {
         for ((slot, _), open) in self.open.drain() {
-            out(self.span(
+            if let Some(span) = self.span(
                 goroutines,
                 slot,
                 open,
                 now_ns,
                 None,
                 Some(Incomplete::Shutdown),
-            ));
+            ) {
+                out(span);
+            }
         }
     }
 
     /// Completes an open request's encoding with its ids, times and what the
-    /// end record (if any) says.
+    /// end record (if any) says; `None` (counted) when its trace is sampled
+    /// out.
     fn span(
         &mut self,
         goroutines: &mut Goroutines,
@@ -424,13 +473,25 @@ impl HttpSpanBuilder {
         end_ns: u64,
         end: Option<&HttpServerEnd>,
         incomplete: Option<Incomplete>,
-    ) -> EncodedSpan {
+    ) -> Option<EncodedSpan> {
         goroutines.exit((slot, open.goid), open.span_id);
         if let std::collections::hash_map::Entry::Occupied(entry) =
             self.by_goroutine.entry((slot, open.goid))
             && self.open.get(&(slot, *entry.get())).is_none()
         {
             entry.remove();
+        }
+        if !sampling::is_sampled(open.flags) {
+            self.sampled_out += 1;
+            return None;
+        }
+        let mut open = open;
+        if let Some(rec) = open.deferred.take() {
+            // Sampled after all (by its `traceparent`).
+            let start = encode_start(&rec, self.query_policy, self.naming);
+            open.encoded = start.encoded;
+            open.name_method = start.method;
+            open.name_path = start.path;
         }
         let mut bytes = open.encoded;
         let mut w = SpanWriter::new(&mut bytes);
@@ -439,9 +500,9 @@ impl HttpSpanBuilder {
         let (parent, flags) = match open.parent {
             Some(p) => (
                 Some(p.span_id),
-                u32::from(p.flags) | SPAN_FLAGS_HAS_IS_REMOTE | SPAN_FLAGS_IS_REMOTE,
+                u32::from(open.flags) | SPAN_FLAGS_HAS_IS_REMOTE | SPAN_FLAGS_IS_REMOTE,
             ),
-            None => (None, TRACE_FLAGS_SAMPLED | SPAN_FLAGS_HAS_IS_REMOTE),
+            None => (None, u32::from(open.flags) | SPAN_FLAGS_HAS_IS_REMOTE),
         };
         w.ids(open.trace_id, open.span_id, parent);
         if let (Some(_), Some(state)) = (open.parent, &open.trace_state) {
@@ -498,16 +559,15 @@ impl HttpSpanBuilder {
             w.status_error("");
         }
         w.flags(flags);
-        EncodedSpan {
+        Some(EncodedSpan {
             scope: self.scope.clone(),
             bytes,
-        }
+        })
     }
 }
 
 /// OTLP `SpanFlags`: the W3C trace flags in the low byte; whether the
 /// parent is remote is known (bit 8) and whether it is (bit 9).
-const TRACE_FLAGS_SAMPLED: u32 = 0x1;
 const SPAN_FLAGS_HAS_IS_REMOTE: u32 = 0x100;
 const SPAN_FLAGS_IS_REMOTE: u32 = 0x200;
 
@@ -938,36 +998,9 @@ mod tests {
 
     #[test]
     fn incoming_traceparent_makes_a_child_of_the_remote_span() {
-        let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let traced = |value: &str, goid: u64| {
-            let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
-            let mut g = Goroutines::new(true);
-            let mut spans = Vec::new();
-            b.on_start(&mut g, &start(5, 10, 0xa, "GET", "/child"), &mut |s| {
-                spans.push(s)
-            });
-            let (bytes, len) = fill::<TRACEPARENT_CAP>(value);
-            let found = b.on_traceparent(
-                &mut g,
-                &HttpTraceparent {
-                    header: EventHeader {
-                        kind: KIND_HTTP_TRACEPARENT,
-                        target: 0,
-                        tid: 99,
-                        site: 0,
-                        goid,
-                        ktime_ns: 11,
-                    },
-                    response: 0xa,
-                    len,
-                    _pad: 0,
-                    value: bytes,
-                },
-            );
-            b.on_end(&mut g, &end(0, 20, 0xa, 200), &mut |s| spans.push(s));
-            (found, decode(&spans[0]))
-        };
-        let (found, s) = traced(value, 5);
+        let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (found, s, _) = traced(value, 5, Sampler::default());
+        let s = s.expect("sampled upstream: exported");
         assert!(found);
         assert_eq!(
             s.trace_id,
@@ -979,16 +1012,92 @@ mod tests {
             s.parent_span_id,
             SpanId::from_hex("00f067aa0ba902b7").unwrap().to_bytes()
         );
-        assert_eq!(s.flags, 0x300, "not sampled upstream, remote parent");
+        assert_eq!(s.flags, 0x301, "sampled upstream, remote parent");
 
-        let (found, s) = traced(&value.replace("00-4b", "00-xb"), 5);
+        let (found, s, _) = traced(&value.replace("00-4b", "00-xb"), 5, Sampler::default());
+        let s = s.expect("a root: sampled");
         assert!(!found);
         assert!(s.parent_span_id.is_empty(), "a malformed value is ignored");
         assert_eq!(s.flags, 0x101);
 
-        let (found, s) = traced(value, 0);
+        let (found, s, _) = traced(value, 0, Sampler::default());
         assert!(found, "the traceparent record has no goroutine id");
-        assert!(!s.parent_span_id.is_empty());
+        assert!(!s.expect("exported").parent_span_id.is_empty());
+    }
+
+    /// One request with the `traceparent` `value` (its record's goroutine
+    /// `goid`): whether it was valid, the span if exported, and the flags a
+    /// child starting in the handler gets.
+    fn traced(value: &str, goid: u64, sampler: Sampler) -> (bool, Option<ProtoSpan>, u8) {
+        let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000)
+            .with_sampler(sampler);
+        let mut g = Goroutines::new(true);
+        let mut spans = Vec::new();
+        b.on_start(&mut g, &start(5, 10, 0xa, "GET", "/child"), &mut |s| {
+            spans.push(s)
+        });
+        let (bytes, len) = fill::<TRACEPARENT_CAP>(value);
+        let found = b.on_traceparent(
+            &mut g,
+            &HttpTraceparent {
+                header: EventHeader {
+                    kind: KIND_HTTP_TRACEPARENT,
+                    target: 0,
+                    tid: 99,
+                    site: 0,
+                    goid,
+                    ktime_ns: 11,
+                },
+                response: 0xa,
+                len,
+                _pad: 0,
+                value: bytes,
+            },
+        );
+        let child = g.parent((0, 5), 12).expect("the request is open").flags;
+        b.on_end(&mut g, &end(0, 20, 0xa, 200), &mut |s| spans.push(s));
+        assert_eq!(
+            spans.len() as u64 + b.sampled_out(),
+            1,
+            "counted either way"
+        );
+        (found, spans.first().map(decode), child)
+    }
+
+    #[test]
+    fn the_sampler_decides_once_for_the_request_and_its_children() {
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let none = "none";
+        // parentbased_always_on: the caller decides; a root is sampled.
+        let (_, s, child) = traced(unsampled, 5, Sampler::default());
+        assert!(s.is_none(), "the caller did not sample it");
+        assert_eq!(child, 0x00, "nor its children");
+        let (_, s, child) = traced(none, 5, Sampler::default());
+        assert_eq!((s.map(|s| s.flags), child), (Some(0x101), 0x01));
+        // always_on: sampled whatever the caller says.
+        let (_, s, child) = traced(unsampled, 5, Sampler::ALWAYS_ON);
+        assert_eq!((s.map(|s| s.flags), child), (Some(0x301), 0x01));
+        // always_off: nothing, not even with a sampled caller.
+        let (_, s, child) = traced(sampled, 5, Sampler::ALWAYS_OFF);
+        assert_eq!((s, child), (None, 0x00));
+        // parentbased_always_off: only what the caller sampled.
+        let pb_off = Sampler::parse("parentbased_always_off", None).unwrap();
+        let (_, s, child) = traced(sampled, 5, pb_off);
+        let s = s.expect("the caller sampled it");
+        assert_eq!((s.flags, child), (0x301, 0x01));
+        // Not encoded at its start (sampled out then), encoded at its end.
+        assert_eq!(s.name, "GET");
+        assert_eq!(attr(&s, "url.path").as_deref(), Some("/child"));
+        assert_eq!(attr(&s, "http.request.method").as_deref(), Some("GET"));
+        let (_, s, child) = traced(none, 5, pb_off);
+        assert_eq!((s, child), (None, 0x00));
+        // traceidratio: the caller's trace id decides; this one's low 8
+        // bytes (a3ce929d0e0e4736) are about 0.64 of the way up.
+        let (_, s, _) = traced(sampled, 5, Sampler::ratio(0.6, false));
+        assert!(s.is_none());
+        let (_, s, _) = traced(unsampled, 5, Sampler::ratio(0.7, false));
+        assert_eq!(s.map(|s| s.flags), Some(0x301));
     }
 
     #[test]

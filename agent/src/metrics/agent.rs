@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `agent.records` | counter | records read from the kernel (`records`) |
 //! | `agent.spans.exported` | counter | spans every sink delivered (`spans_exported`) |
+//! | `agent.spans.sampled_out` | counter | spans the sampler left out (`sampled_out`) |
 //! | `agent.export.failures` | counter | spans a collector refused after retries (`dropped_export_failed`) |
 //! | `agent.losses` | counter, `agent.loss.reason` | every loss counter, by its `--summary-file` key |
 //! | `agent.counts` | counter, `agent.count.name` | every other counter, by its key |
@@ -119,6 +120,11 @@ pub fn register(meter: &Meter, shared: &Shared) {
         "agent.spans.exported",
         "spans_exported",
         "Spans every sink delivered.",
+    );
+    named(
+        "agent.spans.sampled_out",
+        "sampled_out",
+        "Spans the sampler left out (OTEL_TRACES_SAMPLER): not exported, not lost.",
     );
     named(
         "agent.export.failures",

@@ -32,6 +32,7 @@ pub const FAMILY: FamilyEntry = FamilyEntry {
     name: NAME,
     probes: &[],
     plan: plan_family,
+    categories: &[],
 };
 
 fn plan_family(ctx: &PlanContext<'_>) -> Plan {

@@ -50,10 +50,14 @@ impl Counters {
             Counter::loss("bad_records", "unreadable records", "", *bad_records),
         ];
         let mut summaries = Vec::new();
+        let mut sampled_out = 0;
         for family in families {
             family.counters(kernel, &mut list);
             summaries.extend(family.summary());
+            sampled_out += family.sampled_out();
         }
+        // Spans not exported by the sampler's choice: not a loss.
+        list.push(Counter::count("sampled_out", sampled_out));
         list.extend([
             Counter::loss(
                 "dropped_queue_full",

@@ -249,6 +249,18 @@ impl Session {
         let mut reasons = Vec::new();
         let mut traceable = false;
         for entry in FAMILIES {
+            if !options.families.categories.any(entry.categories) {
+                // Turned off: not even planned, so nothing is attached.
+                reasons.push((
+                    entry.name,
+                    format!(
+                        "{} is turned off (--instrument {})",
+                        entry.name, options.families.categories
+                    ),
+                    log::Level::Debug,
+                ));
+                continue;
+            }
             match (entry.plan)(&ctx) {
                 Plan::Ready(family) => {
                     traceable |= !family.provides_goroutine_parents();
@@ -482,6 +494,10 @@ async fn trace(
         process.runtime_version.as_deref().unwrap_or("not Go"),
         counts.join(", "),
     );
+    let sampler = options.families.sampler;
+    if sampler != crate::spans::Sampler::default() {
+        log::info!("sampling: {sampler}");
+    }
     crate::metrics::publish_attached(crate::metrics::Attached::of(probes));
 
     let signal_stream = |kind, name| {

@@ -8,14 +8,17 @@
 //! - [`ids`]: trace and span ids.
 //! - [`traceparent`], [`tracestate`]: the W3C headers an incoming request
 //!   may carry.
+//! - [`sampling`]: which traces are exported (`OTEL_TRACES_SAMPLER`).
 //! - [`url`]: URLs and queries sanitized for attributes.
 
 pub mod goroutines;
 pub mod ids;
 pub mod open;
+pub mod sampling;
 pub mod traceparent;
 pub mod tracestate;
 pub mod url;
 
 pub use goroutines::{Goroutines, ParentSpan};
 pub use open::{Incomplete, OpenTable, PairingStats};
+pub use sampling::Sampler;

@@ -31,6 +31,7 @@ use crate::{
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
+    instrument::Category,
     probes::{KernelStats, LinkHandle, Probes},
     target::{Target, maps, memory::Memory},
 };
@@ -43,6 +44,7 @@ pub const FAMILY: FamilyEntry = FamilyEntry {
     name: NAME,
     probes: plan::PROBES,
     plan: plan_family,
+    categories: &[Category::Sql],
 };
 
 fn plan_family(ctx: &PlanContext<'_>) -> Plan {
@@ -67,7 +69,8 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
                         keep_literals: ctx.options.sql_keep_literals,
                     },
                     types.clone(),
-                ),
+                )
+                .with_sampler(ctx.options.sampler),
                 types: Some(types),
                 link_base,
                 links: Vec::new(),
@@ -209,6 +212,10 @@ impl Family for Sql {
 
     fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
         self.builder.finish(cx.goroutines, now_ns, cx.spans);
+    }
+
+    fn sampled_out(&self) -> u64 {
+        self.builder.sampled_out()
     }
 
     fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>) {

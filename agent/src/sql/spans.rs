@@ -24,7 +24,10 @@ use super::{
 use crate::{
     clock::WallClock,
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
-    spans::{Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan, ids::IdGenerator},
+    spans::{
+        Goroutines, Incomplete, OpenTable, PairingStats, ParentSpan, Sampler, ids::IdGenerator,
+        sampling,
+    },
 };
 
 /// Key of an open call: (target slot, goroutine id, operation). One
@@ -87,6 +90,10 @@ pub struct SqlSpanBuilder {
     options: SqlSpanOptions,
     types: ItabNames,
     stats: SqlSpanStats,
+    /// Which traces are exported.
+    sampler: Sampler,
+    /// Spans not exported: their trace was sampled out.
+    sampled_out: u64,
 }
 
 impl SqlSpanBuilder {
@@ -110,7 +117,21 @@ impl SqlSpanBuilder {
             options,
             types,
             stats: SqlSpanStats::default(),
+            sampler: Sampler::default(),
+            sampled_out: 0,
         }
+    }
+
+    /// The builder with `sampler` deciding for the calls that start a trace
+    /// (default: `parentbased_always_on`).
+    pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Spans not exported because their trace was sampled out.
+    pub fn sampled_out(&self) -> u64 {
+        self.sampled_out
     }
 
     /// The itab names, at the process's addresses.
@@ -162,15 +183,16 @@ impl SqlSpanBuilder {
                     trace_id: parent.trace_id,
                     span_id: self.ids.span_id(),
                     parent: Some(parent.span_id),
-                    flags: parent.flags,
+                    flags: Sampler::child_flags(parent.flags),
                 },
                 None => {
                     self.stats.unparented += 1;
+                    let trace_id = self.ids.trace_id();
                     SpanIds {
-                        trace_id: self.ids.trace_id(),
+                        trace_id,
                         span_id: self.ids.span_id(),
                         parent: None,
-                        flags: TRACE_FLAGS_SAMPLED as u8,
+                        flags: self.sampler.root_flags(trace_id, None),
                     }
                 }
             };
@@ -185,7 +207,12 @@ impl SqlSpanBuilder {
             OpenCall {
                 start_ns: h.ktime_ns,
                 span: Some(ids),
-                encoded: self.encode_start(rec),
+                // A sampled-out span is never encoded.
+                encoded: if sampling::is_sampled(ids.flags) {
+                    self.encode_start(rec)
+                } else {
+                    Vec::new()
+                },
             }
         };
         if let Some((displaced_key, displaced)) = self.open.open(key, call, h.ktime_ns) {
@@ -264,7 +291,7 @@ impl SqlSpanBuilder {
     /// record (if any) says, and hands it to `out`.
     #[allow(clippy::too_many_arguments)]
     fn emit(
-        &self,
+        &mut self,
         goroutines: &mut Goroutines,
         (slot, goid, _): Key,
         open: OpenCall,
@@ -275,6 +302,10 @@ impl SqlSpanBuilder {
     ) {
         let Some(ids) = open.span else { return };
         goroutines.exit((slot, goid), ids.span_id);
+        if !sampling::is_sampled(ids.flags) {
+            self.sampled_out += 1;
+            return;
+        }
         let mut bytes = open.encoded;
         let mut w = SpanWriter::new(&mut bytes);
         w.ids(ids.trace_id, ids.span_id, ids.parent);
@@ -367,5 +398,4 @@ impl SqlSpanBuilder {
 
 /// OTLP `SpanFlags`: the W3C trace flags in the low byte; whether the
 /// parent is remote is known (bit 8; it is not: bit 9 clear).
-const TRACE_FLAGS_SAMPLED: u32 = 0x1;
 const SPAN_FLAGS_HAS_IS_REMOTE: u32 = 0x100;

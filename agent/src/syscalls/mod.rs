@@ -48,6 +48,7 @@ pub const FAMILY: FamilyEntry = FamilyEntry {
     name: NAME,
     probes: &[],
     plan: plan_family,
+    categories: &[],
 };
 
 /// Where the `-c` table's `--summary-file` lines are handed back to the
@@ -93,7 +94,8 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
     Plan::Ready(Box::new(Syscalls {
         g_goid,
         options: options.clone(),
-        spans: spans::ProcessSpans::new(ctx.clock, options.min_duration, options.spans),
+        spans: spans::ProcessSpans::new(ctx.clock, options.min_duration, options.spans)
+            .with_sampler(ctx.options.sampler),
         root: pid,
         command,
         summary: Summary::default(),
@@ -266,6 +268,10 @@ impl Family for Syscalls {
                 *lines = self.summary.summary_lines();
             }
         }
+    }
+
+    fn sampled_out(&self) -> u64 {
+        self.spans.sampled_out()
     }
 
     fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>) {

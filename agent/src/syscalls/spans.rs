@@ -16,11 +16,8 @@ use crate::{
     clock::WallClock,
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
     family::SpanSink,
-    spans::{Goroutines, ids::IdGenerator},
+    spans::{Goroutines, Sampler, ids::IdGenerator, sampling},
 };
-
-/// W3C trace flags: sampled.
-const TRACE_FLAGS_SAMPLED: u32 = 1;
 
 /// `execve` on x86_64: a process that returns from it runs a new command.
 const NR_EXECVE: u32 = 59;
@@ -87,6 +84,11 @@ pub struct ProcessSpans {
     syscall_spans: u64,
     below_min: u64,
     still_running: u64,
+    /// The W3C trace flags of the processes' trace (the sampler's decision
+    /// for it).
+    flags: u8,
+    /// Spans not exported: their trace was sampled out.
+    sampled_out: u64,
 }
 
 impl ProcessSpans {
@@ -109,7 +111,22 @@ impl ProcessSpans {
             syscall_spans: 0,
             below_min: 0,
             still_running: 0,
+            flags: Sampler::default().root_flags(TraceId::INVALID, None),
+            sampled_out: 0,
         }
+    }
+
+    /// The builder with `sampler` deciding for the processes' trace
+    /// (default: `parentbased_always_on`); a call made under a request
+    /// follows the request's trace.
+    pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.flags = sampler.root_flags(self.trace_id, None);
+        self
+    }
+
+    /// Spans not exported because their trace was sampled out.
+    pub fn sampled_out(&self) -> u64 {
+        self.sampled_out
     }
 
     /// Opens the span of the traced process `pid`, at `now_ns`.
@@ -205,7 +222,7 @@ impl ProcessSpans {
             Some(request) => (
                 request.trace_id,
                 Some(request.span_id),
-                u32::from(request.flags),
+                Sampler::child_flags(request.flags),
             ),
             None => (
                 self.trace_id,
@@ -213,9 +230,14 @@ impl ProcessSpans {
                     .get(&rec.tgid)
                     .or_else(|| self.open.get(&self.root))
                     .map(|p| p.span_id),
-                TRACE_FLAGS_SAMPLED,
+                self.flags,
             ),
         };
+        if !sampling::is_sampled(flags) {
+            self.sampled_out += 1;
+            return;
+        }
+        let flags = u32::from(flags);
         let name = filter::name(rec.nr);
         let mut bytes = crate::export::span_buffer(256);
         let mut w = SpanWriter::new(&mut bytes);
@@ -307,6 +329,13 @@ impl ProcessSpans {
         if !self.enabled {
             return;
         }
+        if !sampling::is_sampled(self.flags) {
+            if matches!(ending, Ending::StillRunning) {
+                self.still_running += 1;
+            }
+            self.sampled_out += 1;
+            return;
+        }
         let name = process.name().to_owned();
         let mut bytes = crate::export::span_buffer(256);
         let mut w = SpanWriter::new(&mut bytes);
@@ -341,7 +370,7 @@ impl ProcessSpans {
                 w.attr_str("agent.span.incomplete", "still running");
             }
         }
-        w.flags(TRACE_FLAGS_SAMPLED);
+        w.flags(u32::from(self.flags));
         out(EncodedSpan {
             scope: Arc::clone(&self.scope),
             bytes,

@@ -21,6 +21,7 @@ use crate::{
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
+    instrument::Category,
     probes::{KernelStats, Probes},
     target::Target,
 };
@@ -33,6 +34,7 @@ pub const FAMILY: FamilyEntry = FamilyEntry {
     name: NAME,
     probes: &[],
     plan: plan_family,
+    categories: &[Category::Usdt],
 };
 
 fn plan_family(ctx: &PlanContext<'_>) -> Plan {
@@ -65,7 +67,8 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
         ctx.clock,
         ctx.options.max_open_spans,
         ctx.options.span_ttl,
-    );
+    )
+    .with_sampler(ctx.options.sampler);
     let empty = usable.is_empty();
     let session = Box::new(UsdtSession::new(pid, builder, scanned, usable));
     if empty {
@@ -306,6 +309,10 @@ impl Family for UsdtSession {
 
     fn finish(&mut self, now_ns: u64, cx: &mut RecordContext<'_>) {
         self.builder.finish(now_ns, cx.spans);
+    }
+
+    fn sampled_out(&self) -> u64 {
+        self.builder.sampled_out()
     }
 
     fn counters(&self, _kernel: &KernelStats, out: &mut Vec<Counter>) {

@@ -24,7 +24,7 @@ use opentelemetry::{
 use crate::{
     clock::WallClock,
     export::{EncodedSpan, encode_scope, wire::SpanWriter},
-    spans::{Incomplete, OpenTable, PairingStats, ids::IdGenerator},
+    spans::{Incomplete, OpenTable, PairingStats, Sampler, ids::IdGenerator, sampling},
     usdt::{
         UsdtEvent,
         mapping::{self, ArgValue, MappingConfig, RequestId, Role},
@@ -55,6 +55,8 @@ struct OpenSpan {
     span_id: SpanId,
     parent: SpanId,
     thread: ThreadKey,
+    /// The span's W3C trace flags: whether its trace is sampled.
+    flags: u8,
 }
 
 /// Counters of USDT pairing.
@@ -89,13 +91,17 @@ pub struct UsdtSpanBuilder {
     /// Per thread, the open spans it started, innermost last. Every span
     /// leaving the table (end, expiry, eviction, replacement) leaves its
     /// stack too, so the top is always an open span.
-    stacks: HashMap<ThreadKey, Vec<(TraceId, SpanId)>, RandomState>,
+    stacks: HashMap<ThreadKey, Vec<(TraceId, SpanId, u8)>, RandomState>,
     clock: WallClock,
     ids: IdGenerator,
     /// The encoded `InstrumentationScope` of every span.
     scope: Arc<[u8]>,
     unreadable_ids: u64,
     unmapped: u64,
+    /// Which traces are exported.
+    sampler: Sampler,
+    /// Spans not exported: their trace was sampled out.
+    sampled_out: u64,
 }
 
 fn kind(kind: mapping::SpanKind) -> SpanKind {
@@ -145,7 +151,21 @@ impl UsdtSpanBuilder {
             ),
             unreadable_ids: 0,
             unmapped: 0,
+            sampler: Sampler::default(),
+            sampled_out: 0,
         }
+    }
+
+    /// The builder with `sampler` deciding for the spans that start a trace
+    /// (default: `parentbased_always_on`).
+    pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Spans not exported because their trace was sampled out.
+    pub fn sampled_out(&self) -> u64 {
+        self.sampled_out
     }
 
     /// The mapping in use.
@@ -218,12 +238,19 @@ impl UsdtSpanBuilder {
         }
         let thread = thread_of(&event);
         let stack = self.stacks.entry(thread).or_default();
-        let (trace_id, parent) = match stack.last() {
-            Some(&(trace_id, span_id)) => (trace_id, span_id),
-            None => (self.ids.trace_id(), SpanId::INVALID),
+        let (trace_id, parent, flags) = match stack.last() {
+            Some(&(trace_id, span_id, flags)) => (trace_id, span_id, Sampler::child_flags(flags)),
+            None => {
+                let trace_id = self.ids.trace_id();
+                (
+                    trace_id,
+                    SpanId::INVALID,
+                    self.sampler.root_flags(trace_id, None),
+                )
+            }
         };
         let span_id = self.ids.span_id();
-        stack.push((trace_id, span_id));
+        stack.push((trace_id, span_id, flags));
         let now = event.header.ktime_ns;
         let span = Box::new(OpenSpan {
             start: event,
@@ -231,6 +258,7 @@ impl UsdtSpanBuilder {
             span_id,
             parent,
             thread,
+            flags,
         });
         let displaced = self.open.open(key, span, now);
         if let Some((old_key, old)) = displaced {
@@ -242,7 +270,9 @@ impl UsdtSpanBuilder {
                 Incomplete::Evicted
             };
             self.unstack(&old);
-            out(self.span(old_key.1, &old, now, None, Some(reason)));
+            if let Some(span) = self.span(old_key.1, &old, now, None, Some(reason)) {
+                out(span);
+            }
         }
     }
 
@@ -254,7 +284,9 @@ impl UsdtSpanBuilder {
     ) {
         if let Some(open) = self.open.close(key, event.header.ktime_ns) {
             self.unstack(&open);
-            out(self.span(key.1, &open, event.header.ktime_ns, Some(event), None));
+            if let Some(span) = self.span(key.1, &open, event.header.ktime_ns, Some(event), None) {
+                out(span);
+            }
         }
     }
 
@@ -264,7 +296,7 @@ impl UsdtSpanBuilder {
     /// `IDLE_STACKS_KEPT` it is dropped, so exited threads cannot pile up.
     fn unstack(&mut self, open: &OpenSpan) {
         if let Some(stack) = self.stacks.get_mut(&open.thread) {
-            if let Some(pos) = stack.iter().rposition(|&(_, id)| id == open.span_id) {
+            if let Some(pos) = stack.iter().rposition(|&(_, id, _)| id == open.span_id) {
                 stack.remove(pos);
             }
             if stack.is_empty() && self.stacks.len() > IDLE_STACKS_KEPT {
@@ -277,26 +309,34 @@ impl UsdtSpanBuilder {
     pub fn expire(&mut self, now_ns: u64, out: &mut (impl FnMut(EncodedSpan) + ?Sized)) {
         for (key, open) in self.open.expire(now_ns) {
             self.unstack(&open);
-            out(self.span(key.1, &open, now_ns, None, Some(Incomplete::Expired)));
+            if let Some(span) = self.span(key.1, &open, now_ns, None, Some(Incomplete::Expired)) {
+                out(span);
+            }
         }
     }
 
     /// Exports every open start, marked as cut short by shutdown.
     pub fn finish(&mut self, now_ns: u64, out: &mut (impl FnMut(EncodedSpan) + ?Sized)) {
         for (key, open) in self.open.drain() {
-            out(self.span(key.1, &open, now_ns, None, Some(Incomplete::Shutdown)));
+            if let Some(span) = self.span(key.1, &open, now_ns, None, Some(Incomplete::Shutdown)) {
+                out(span);
+            }
         }
         self.stacks.clear();
     }
 
     fn span(
-        &self,
+        &mut self,
         index: usize,
         open: &OpenSpan,
         end_ns: u64,
         end: Option<&UsdtEvent>,
         incomplete: Option<Incomplete>,
-    ) -> EncodedSpan {
+    ) -> Option<EncodedSpan> {
+        if !sampling::is_sampled(open.flags) {
+            self.sampled_out += 1;
+            return None;
+        }
         let start_ns = open.start.header.ktime_ns;
         let mapping = self.config.spans.get(index);
         let name = mapping.map(|m| m.span_name(&open.start, end));
@@ -340,11 +380,11 @@ impl UsdtSpanBuilder {
         {
             span.status_error(&self.error_description(mapping, &open.start, end));
         }
-        span.flags(TRACE_FLAGS_SAMPLED);
-        EncodedSpan {
+        span.flags(u32::from(open.flags));
+        Some(EncodedSpan {
             scope: Arc::clone(&self.scope),
             bytes,
-        }
+        })
     }
 
     /// The status message of a span its rule marks as an error: `arg = value`.
@@ -373,9 +413,6 @@ impl UsdtSpanBuilder {
 
 /// Threads whose empty span stack is kept for reuse.
 const IDLE_STACKS_KEPT: usize = 1024;
-
-/// W3C trace flags: sampled.
-const TRACE_FLAGS_SAMPLED: u32 = 1;
 
 #[cfg(test)]
 mod tests {

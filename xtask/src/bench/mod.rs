@@ -22,6 +22,7 @@ use crate::{
 mod hops;
 mod http;
 mod outputs;
+mod sampling;
 mod syscalls;
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +69,20 @@ pub enum Which {
         /// Microseconds of CPU work in the combined request's handler.
         #[arg(long, default_value_t = 50)]
         work_us: u32,
+    },
+    /// The HTTP fixture under wrk, traced with `--sampler always_on`,
+    /// `always_off` and `traceidratio 0.25`: the agent's CPU per 1,000
+    /// requests, whatever it exports.
+    Sampling {
+        /// Alternating rounds per configuration.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// wrk connections.
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
     },
     /// A program making 1 M small writes, and the Go HTTP fixture under
     /// wrk: untraced, under the agent with `--syscalls` (spans to a local
@@ -129,6 +144,11 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Which::Sampling {
+            rounds,
+            seconds,
+            connections,
+        } => sampling::sampling(rounds, seconds, connections),
     }
 }
 
@@ -248,6 +268,10 @@ struct TracedRound {
     cpu_per_1000: f64,
     rss_mb: f64,
     spans: u64,
+    /// The agent's CPU time over the run (utime+stime), ms.
+    cpu_ms: f64,
+    /// Spans the sampler left out (`sampled_out`).
+    sampled_out: u64,
     /// Records the kernel could not write (ring buffer full, preempted).
     lost_records: u64,
     /// Spans lost after the kernel: export queue, export, ends without start.
@@ -309,14 +333,17 @@ fn traced_round(
             .unwrap_or(0)
     };
     let spans = value("spans_exported");
-    if spans == 0 {
-        bail!("the agent exported no spans");
+    let sampled_out = value("sampled_out");
+    if spans + sampled_out == 0 {
+        bail!("the agent exported no spans and sampled none out");
     }
     Ok(TracedRound {
         rps,
         cpu_per_1000: cpu / spans as f64 * 1000.0,
         rss_mb,
         spans,
+        cpu_ms: cpu,
+        sampled_out,
         lost_records: value("ringbuf_full") + value("interleaved"),
         lost_spans: value("dropped_queue_full")
             + value("dropped_export_failed")
