@@ -20,6 +20,7 @@ use agent_common::{
         KIND_HTTP_TRACESTATE, MAP_LAYOUT_NONE, PATTERN_CAP, TAIL_SLOTS, TAIL_TRACEPARENT,
         TAIL_TRACESTATE, TRACEPARENT_CAP, URI_CAP,
     },
+    propagate::{KIND_SERVER_IDS, TRACEPARENT_ADOPTED},
     stats,
     target::MAX_TARGETS,
 };
@@ -227,8 +228,9 @@ pub fn start(ctx: &ProbeContext) {
     if failed {
         count(stats::READ_FAILED);
     }
-    let now = rec.header.ktime_ns;
-    submit(entry, now);
+    let hdr = rec.header;
+    submit(entry, hdr.ktime_ns);
+    crate::propagate::server_start(cookie, &hdr, response, KIND_SERVER_IDS);
     // A request with a header map may carry a trace context: search for it
     // in a program of its own, so the verifier checks the search apart from
     // this one. The callee reads the request and response pointers from the
@@ -278,6 +280,11 @@ pub fn traceparent(ctx: &ProbeContext) {
     rec.len = len;
     rec._pad = 0;
     rec.value = run.search.value;
+    if let Some(goid) = goid(ctx, run.off.g_goid)
+        && crate::propagate::adopt_traceparent(run.cookie, goid, &rec.value, len)
+    {
+        rec._pad = TRACEPARENT_ADOPTED;
+    }
     if run.undisturbed() {
         let now = rec.header.ktime_ns;
         submit(entry, now);
@@ -402,6 +409,11 @@ fn end_record(
     let Some(config) = config(cookie) else { return };
     let off = &config.offsets;
     let response = reg(ctx, Reg::Rax);
+    if crate::propagate::enabled(cookie)
+        && let Some(goid) = goid(ctx, off.g_goid)
+    {
+        crate::propagate::server_end(cookie, goid);
+    }
     let Some(mut entry) = reserve::<HttpServerEnd>(KIND_HTTP_SERVER_END) else {
         return;
     };

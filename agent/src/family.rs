@@ -27,7 +27,7 @@ use crate::{
     export::{EncodedSpan, SpanSender},
     flight, grpc, http_client, http_server,
     probes::{KernelStats, LoadOptions, Probes},
-    runtime,
+    propagate, runtime,
     spans::Goroutines,
     sql, syscalls,
     target::Target,
@@ -45,6 +45,7 @@ pub const FAMILIES: &[FamilyEntry] = &[
     grpc::FAMILY,
     runtime::FAMILY,
     syscalls::FAMILY,
+    propagate::FAMILY,
 ];
 
 /// How the session finds a family.
@@ -125,6 +126,8 @@ pub struct FamilyOptions {
     pub span_naming: http_server::SpanNaming,
     /// System calls (`--syscalls`, `-c`); `None`: not traced.
     pub syscalls: Option<syscalls::SyscallOptions>,
+    /// Send W3C trace context in outgoing requests (`--propagate`).
+    pub propagate: bool,
 }
 
 /// A family's answer to planning.

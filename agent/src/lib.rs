@@ -41,6 +41,7 @@ pub mod http_client;
 pub mod http_server;
 pub mod metrics;
 pub mod probes;
+pub mod propagate;
 pub mod resource;
 pub mod ringbuf;
 pub mod runtime;

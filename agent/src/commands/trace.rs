@@ -57,6 +57,7 @@ pub(super) fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
                 _ => SpanNaming::Route,
             },
             syscalls: syscall_options(&args.launch)?,
+            propagate: args.propagate,
         },
         ring_buffer_bytes: args.ring_buffer_size,
         export_queue: args.export_queue,

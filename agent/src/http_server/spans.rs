@@ -19,6 +19,7 @@ use agent_common::http::{
     FIELD_URI, HttpServerEnd, HttpServerStart, HttpTraceparent, HttpTracestate,
 };
 use agent_common::http_route::HttpRoute;
+use agent_common::propagate::{SpanIds, TRACEPARENT_ADOPTED};
 use foldhash::fast::RandomState;
 use opentelemetry::{
     InstrumentationScope,
@@ -59,6 +60,9 @@ struct OpenRequest {
     parent: Option<RemoteParent>,
     /// The caller's vendor state, from its `tracestate`, normalized.
     trace_state: Option<String>,
+    /// The ids are the kernel's (`--propagate`): the caller is taken as
+    /// parent only when the kernel took its trace too.
+    kernel_ids: bool,
     /// The span's start attributes, encoded (the name comes at the end).
     encoded: Vec<u8>,
     /// The method as the name spells it (`HTTP` for a non-standard one).
@@ -304,6 +308,7 @@ impl HttpSpanBuilder {
             span_id,
             parent: None,
             trace_state: None,
+            kernel_ids: false,
             encoded: start.encoded,
             name_method: start.method,
             name_path: start.path,
@@ -339,6 +344,11 @@ impl HttpSpanBuilder {
         };
         let kept = (rec.len as usize).min(rec.value.len());
         open.parent = traceparent::parse(&rec.value[..kept], rec.len as usize);
+        if open.kernel_ids && rec._pad != TRACEPARENT_ADOPTED {
+            // The kernel kept its own trace for what it sends on: so does
+            // the span.
+            open.parent = None;
+        }
         if let Some(parent) = open.parent {
             open.trace_id = parent.trace_id;
             goroutines.retrace(
@@ -349,6 +359,32 @@ impl HttpSpanBuilder {
             );
         }
         open.parent.is_some()
+    }
+
+    /// The ids the kernel made for a request's span, the ones it sends on
+    /// in the requests made under it (`--propagate`), right after its
+    /// start: the span is exported with exactly those.
+    pub fn on_ids(&mut self, goroutines: &mut Goroutines, rec: &SpanIds) {
+        let slot = rec.header.target;
+        let Some(open) = self.open.get_mut(&(slot, rec.key)) else {
+            return;
+        };
+        if open.goid != rec.header.goid {
+            return;
+        }
+        let old = open.span_id;
+        open.trace_id = TraceId::from_bytes(rec.trace_id);
+        open.span_id = SpanId::from_bytes(rec.span_id);
+        open.kernel_ids = true;
+        goroutines.reassign(
+            (slot, open.goid),
+            old,
+            ParentSpan {
+                trace_id: open.trace_id,
+                span_id: open.span_id,
+                flags: rec.flags,
+            },
+        );
     }
 
     /// A request's `Tracestate` header, found after its `Traceparent`: kept
