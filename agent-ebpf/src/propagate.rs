@@ -35,7 +35,9 @@ use agent_common::{
     target::MAX_TARGETS,
 };
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB, sk_action},
+    bindings::{
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB, sk_action,
+    },
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{
@@ -418,7 +420,9 @@ pub fn propagate_request_write(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: copied out at once.
     if let Some(out) = (unsafe { REQUEST_CONTEXT.get(&req) }).copied()
-        && THREAD_CONTEXT.insert(&pid_tgid, &out, BPF_ANY as u64).is_err()
+        && THREAD_CONTEXT
+            .insert(&pid_tgid, &out, BPF_ANY as u64)
+            .is_err()
     {
         stat(STAT_MAP_FULL);
     }

@@ -121,7 +121,9 @@ fn find<'a>(
     let found: Vec<_> = spans
         .iter()
         .filter(|s| {
-            hex(&s.span.trace_id) == trace && s.span.kind == kind as i32 && s.attr(attr) == Some(value)
+            hex(&s.span.trace_id) == trace
+                && s.span.kind == kind as i32
+                && s.attr(attr) == Some(value)
         })
         .collect();
     assert_eq!(
@@ -184,7 +186,11 @@ fn assert_tree<'a>(
         server.attr("server.port"),
         Some(front.port().to_string().as_str())
     );
-    assert_eq!(parent(client), id(server), "front CLIENT under front SERVER");
+    assert_eq!(
+        parent(client),
+        id(server),
+        "front CLIENT under front SERVER"
+    );
     assert_eq!(id(client), sent_span, "the wire names the front CLIENT");
     assert_eq!(parent(work), id(client), "back SERVER under front CLIENT");
     assert_eq!(parent(leaf_call), id(work), "back CLIENT under back SERVER");
@@ -262,11 +268,21 @@ fn requests_carry_the_client_span_to_the_callee() {
         "/front",
         &sent2,
     );
-    assert_eq!(parent(continued), caller_span, "front SERVER under the caller");
+    assert_eq!(
+        parent(continued),
+        caller_span,
+        "front SERVER under the caller"
+    );
 
     // The own context: the back's spans are in its trace, under its span.
     let (own_trace, own_span) = (&OWN_TRACEPARENT[3..35], &OWN_TRACEPARENT[36..52]);
-    let work = find(&back_spans, own_trace, SpanKind::Server, "url.path", "/work");
+    let work = find(
+        &back_spans,
+        own_trace,
+        SpanKind::Server,
+        "url.path",
+        "/work",
+    );
     assert_eq!(parent(work), own_span);
     let own_front = front_spans
         .iter()

@@ -9,7 +9,11 @@ use agent_common::{
 use crate::ringbuf::record::{RecordError, kind, view};
 
 /// The record kinds of this family.
-pub const KINDS: &[u32] = &[KIND_HTTP_CLIENT_START, KIND_HTTP_CLIENT_END, KIND_CLIENT_IDS];
+pub const KINDS: &[u32] = &[
+    KIND_HTTP_CLIENT_START,
+    KIND_HTTP_CLIENT_END,
+    KIND_CLIENT_IDS,
+];
 
 /// A decoded record.
 #[derive(Clone, Copy, Debug)]

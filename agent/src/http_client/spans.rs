@@ -5,12 +5,12 @@
 
 use std::{borrow::Cow, collections::HashMap, path::PathBuf};
 
-use agent_common::propagate::SpanIds;
 use agent_common::http_client::{
     CLIENT_END_ERR_TYPE, CLIENT_END_PROTO, CLIENT_END_STATUS, CLIENT_FIELD_HOST,
     CLIENT_FIELD_METHOD, CLIENT_FIELD_PATH, CLIENT_FIELD_QUERY, CLIENT_FIELD_SCHEME, HttpClientEnd,
     HttpClientStart,
 };
+use agent_common::propagate::SpanIds;
 use opentelemetry::{
     InstrumentationScope,
     trace::{SpanId, SpanKind, TraceId},
@@ -335,6 +335,9 @@ impl HttpClientSpanBuilder {
     /// the ones it sent in the request's `traceparent` (`--propagate`): the
     /// span is exported with exactly those.
     pub fn on_ids(&mut self, goroutines: &mut Goroutines, rec: &SpanIds) {
+        if rec.trace_id == [0; 16] || rec.span_id == [0; 8] {
+            return;
+        }
         let key = (rec.header.target, rec.header.goid);
         let Some(open) = self.open.get_mut(&key) else {
             return;

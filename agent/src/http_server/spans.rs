@@ -365,6 +365,9 @@ impl HttpSpanBuilder {
     /// in the requests made under it (`--propagate`), right after its
     /// start: the span is exported with exactly those.
     pub fn on_ids(&mut self, goroutines: &mut Goroutines, rec: &SpanIds) {
+        if rec.trace_id == [0; 16] || rec.span_id == [0; 8] {
+            return;
+        }
         let slot = rec.header.target;
         let Some(open) = self.open.get_mut(&(slot, rec.key)) else {
             return;

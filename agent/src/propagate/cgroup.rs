@@ -118,8 +118,8 @@ pub fn lockdown() -> Option<String> {
         std::fs::create_dir_all(dir).ok()?;
         mount("securityfs", dir).ok()?;
         let text = read(dir);
-        // SAFETY: a NUL-terminated path that outlives the call.
         let target = CString::new(SECURITYFS_MOUNT).ok()?;
+        // SAFETY: a NUL-terminated path that outlives the call.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
         text
     })?;

@@ -137,7 +137,10 @@ impl Family for Propagation {
     fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
         let (root, mounted) = cgroup::cgroup2_root()?;
         if mounted {
-            log::debug!("{NAME}: mounted the cgroup2 hierarchy at {}", root.display());
+            log::debug!(
+                "{NAME}: mounted the cgroup2 hierarchy at {}",
+                root.display()
+            );
         }
         probes.set_hash(PIDS_MAP, target.pid, 0u32)?;
         probes.attach_sock_ops(NAME, "propagate_sockops", &root)?;
@@ -149,14 +152,7 @@ impl Family for Propagation {
             0,
             [("propagate_request_write", self.site.file_offset, 0)],
         )?;
-        probes.set_array(
-            CONFIG_MAP,
-            0,
-            PropagateConfig {
-                active: 1,
-                _pad: 0,
-            },
-        )?;
+        probes.set_array(CONFIG_MAP, 0, PropagateConfig { active: 1, _pad: 0 })?;
         self.attached = true;
         log::info!("{}", start_line(&root, cgroup::lockdown().as_deref()));
         log::debug!(
@@ -196,7 +192,10 @@ impl Family for Propagation {
             Counter::count("propagation_skipped_tls", c.get(STAT_TLS)),
             Counter::count("propagation_skipped_present", c.get(STAT_PRESENT)),
             Counter::count("propagation_skipped_headers_too_long", c.get(STAT_TOO_LONG)),
-            Counter::count("propagation_skipped_insert_refused", c.get(STAT_PUSH_FAILED)),
+            Counter::count(
+                "propagation_skipped_insert_refused",
+                c.get(STAT_PUSH_FAILED),
+            ),
             Counter::count("propagation_skipped_not_seen", c.get(STAT_NOT_SEEN)),
             Counter::count(
                 "propagation_skipped_unknown_layout",
