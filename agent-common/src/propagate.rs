@@ -53,12 +53,32 @@ pub struct SpanContext {
     pub flags: u8,
     /// Goroutine creations it was inherited through (0: its own).
     pub depth: u8,
-    pub _pad: [u8; 6],
+    /// 1 when the trace id is the caller's (a valid incoming `traceparent`).
+    pub adopted: u8,
+    pub _pad: [u8; 5],
     /// `bpf_ktime_get_ns` when it was set or inherited.
     pub since_ns: u64,
+    /// The key of the caller's `tracestate` in the `TRACESTATE` map (the
+    /// server span's id); 0: none to send.
+    pub state_key: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<SpanContext>() == 40);
+const _: () = assert!(core::mem::size_of::<SpanContext>() == 48);
+
+/// Bytes of an incoming `tracestate` value sent on at most (a longer one is
+/// not sent, and counted).
+pub const TRACESTATE_MAX: usize = 256;
+
+/// A server span's incoming `tracestate`, to send on with its requests.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TraceState {
+    pub len: u32,
+    pub _pad: u32,
+    pub value: [u8; TRACESTATE_MAX],
+}
+
+const _: () = assert!(core::mem::size_of::<TraceState>() == 8 + TRACESTATE_MAX);
 
 /// How many goroutine creations a context is inherited through at most (as
 /// the agent's goroutine table).
@@ -105,5 +125,11 @@ pub const STAT_NOT_SEEN: u32 = 5;
 pub const STAT_UNKNOWN_LAYOUT: u32 = 6;
 /// A kernel map refused an update (a context not kept).
 pub const STAT_MAP_FULL: u32 = 7;
+/// A request carried the caller's `tracestate` on (after its `traceparent`).
+pub const STAT_TRACESTATE: u32 = 8;
+/// A caller's `tracestate` not sent on: longer than [`TRACESTATE_MAX`]
+/// (counted once, when it arrives), or, for one request, gone (its server
+/// span ended) or refused by the kernel (its `traceparent` went out).
+pub const STAT_TRACESTATE_SKIPPED: u32 = 9;
 /// Number of counters.
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_COUNT: u32 = 10;

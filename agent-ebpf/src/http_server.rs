@@ -373,6 +373,9 @@ pub fn tracestate(ctx: &ProbeContext) {
     );
     match found {
         Search::Found(len) if run.undisturbed() => {
+            if let Some(goid) = goid(ctx, run.off.g_goid) {
+                crate::propagate::keep_tracestate(run.cookie, goid, &rec.value, len);
+            }
             rec.header = header(run.cookie, KIND_HTTP_TRACESTATE, 0);
             rec.response = run.response;
             rec.len = len;

@@ -27,10 +27,12 @@
 
 use agent_common::{
     event::EventHeader,
+    http::TRACESTATE_CAP,
     propagate::{
         INHERIT_TTL_NS, MAX_DEPTH, PropagateConfig, SCAN_BYTES, STAT_COUNT, STAT_INJECTED,
         STAT_MAP_FULL, STAT_NOT_SEEN, STAT_PRESENT, STAT_PUSH_FAILED, STAT_TLS, STAT_TOO_LONG,
-        STAT_UNKNOWN_LAYOUT, SpanContext, SpanIds,
+        STAT_TRACESTATE, STAT_TRACESTATE_SKIPPED, STAT_UNKNOWN_LAYOUT, SpanContext, SpanIds,
+        TRACESTATE_MAX, TraceState,
     },
     target::MAX_TARGETS,
 };
@@ -102,6 +104,15 @@ pub static PROPAGATE_CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_ent
 #[map]
 pub static PROPAGATE_SOCKETS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
 
+/// The incoming `tracestate` of each server span that has one, by the
+/// span's id (`SpanContext::state_key`), from its start to its end.
+#[map]
+pub static TRACESTATE: LruHashMap<u64, TraceState> = LruHashMap::with_max_entries(4096, 0);
+
+/// Where a `tracestate` is put together before it goes into `TRACESTATE`.
+#[map]
+pub static TRACESTATE_SCRATCH: PerCpuArray<TraceState> = PerCpuArray::with_max_entries(1, 0);
+
 /// Counters by `agent_common::propagate::STAT_*`.
 #[map]
 pub static PROPAGATE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
@@ -110,6 +121,13 @@ pub static PROPAGATE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STA
 /// (55), CRLF.
 const LINE_LEN: usize = 70;
 const SCAN_MASK: usize = SCAN_BYTES - 1;
+/// Bytes the header scan takes at a time.
+const SCAN_CHUNK: u32 = 64;
+/// `tracestate: ` and CRLF around the value.
+const STATE_LINE_CAP: usize = 512;
+const STATE_LINE_MASK: usize = STATE_LINE_CAP - 1;
+const STATE_PREFIX: &[u8; 12] = b"tracestate: ";
+const _: () = assert!(STATE_PREFIX.len() + TRACESTATE_MAX + 2 <= STATE_LINE_CAP);
 const _: () = assert!(SCAN_BYTES.is_power_of_two());
 
 /// The sk_msg program's working memory, per CPU.
@@ -118,6 +136,8 @@ pub struct MsgScratch {
     pub bytes: [u8; SCAN_BYTES],
     pub line: [u8; LINE_LEN],
     pub _pad: [u8; 2],
+    /// The `tracestate` line, padded with spaces to one of a few lengths.
+    pub state_line: [u8; STATE_LINE_CAP],
     /// Results of the scans, stored and read back so that the verifier does
     /// not follow every exit of a loop apart.
     pub verdict: u32,
@@ -208,8 +228,10 @@ pub fn server_start(cookie: u64, header: &EventHeader, key: u64, kind: u32) {
         span_id: new_span_id(),
         flags: 1,
         depth: 0,
-        _pad: [0; 6],
+        adopted: 0,
+        _pad: [0; 5],
         since_ns: header.ktime_ns,
+        state_key: 0,
     };
     random_bytes(&mut ctx.trace_id);
     if ctx.trace_id == [0; 16] {
@@ -296,8 +318,57 @@ pub fn adopt_traceparent(cookie: u64, goid: u64, value: &[u8; 56], len: u32) -> 
     unsafe {
         (*ctx).trace_id = trace;
         (*ctx).flags = flags;
+        (*ctx).adopted = 1;
     }
     true
+}
+
+/// A server span's request carries `tracestate` `value` (`len` bytes in
+/// all) after a `traceparent` the kernel adopted: kept to send on with the
+/// requests made under the span. A value longer than [`TRACESTATE_MAX`] is
+/// not (counted).
+#[inline(always)]
+pub fn keep_tracestate(cookie: u64, goid: u64, value: &[u8; TRACESTATE_CAP], len: u32) {
+    if !enabled(cookie) {
+        return;
+    }
+    let go = GoKey {
+        tgid: tgid(),
+        _pad: 0,
+        goid,
+    };
+    let Some(ctx) = GO_CONTEXT.get_ptr_mut(&go) else {
+        return;
+    };
+    // SAFETY: the map's value, from the lookup; only this goroutine's probes
+    // write it, and they run one at a time.
+    let ctx = unsafe { &mut *ctx };
+    if ctx.adopted == 0 || ctx.depth != 0 {
+        return;
+    }
+    if len == 0 || len as usize > TRACESTATE_MAX {
+        stat(STAT_TRACESTATE_SKIPPED);
+        return;
+    }
+    let Some(state) = TRACESTATE_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's value; filled and copied into the map before this
+    // program ends (uprobe programs run with migration off).
+    let state = unsafe { &mut *state };
+    state.len = len;
+    state._pad = 0;
+    let mut i = 0;
+    while i < TRACESTATE_MAX {
+        state.value[i] = value[i];
+        i += 1;
+    }
+    let key = u64::from_le_bytes(ctx.span_id);
+    if TRACESTATE.insert(&key, state, BPF_ANY as u64).is_err() {
+        stat(STAT_MAP_FULL);
+        return;
+    }
+    ctx.state_key = key;
 }
 
 /// The server span open on `goid` ended.
@@ -311,6 +382,13 @@ pub fn server_end(cookie: u64, goid: u64) {
         _pad: 0,
         goid,
     };
+    // SAFETY: copied out at once.
+    if let Some(ctx) = (unsafe { GO_CONTEXT.get(&go) }).copied()
+        && ctx.state_key != 0
+        && ctx.depth == 0
+    {
+        let _ = TRACESTATE.remove(&ctx.state_key);
+    }
     let _ = GO_CONTEXT.remove(&go);
 }
 
@@ -388,8 +466,10 @@ pub fn client_start(cookie: u64, header: &EventHeader, request: u64, kind: u32, 
         span_id: new_span_id(),
         flags: parent.flags,
         depth: 0,
-        _pad: [0; 6],
+        adopted: 0,
+        _pad: [0; 5],
         since_ns: header.ktime_ns,
+        state_key: parent.state_key,
     };
     write_ids(header, kind, request, &out, parent.span_id);
     if tls {
@@ -589,6 +669,80 @@ fn msg(ctx: &SkMsgContext) {
         i += 1;
     }
     stat(STAT_INJECTED);
+    if out.state_key != 0 {
+        send_tracestate(ctx, s, line_end + LINE_LEN as u32, out.state_key);
+    }
+}
+
+/// Inserts `tracestate: {value}` at `at` (after the `traceparent` line),
+/// the caller's value kept under `key`. The line is padded with spaces to
+/// 64, 128 or 270 bytes (optional whitespace, which HTTP strips from a
+/// field's value): a write of a fixed length is one the verifier can check.
+#[inline(always)]
+fn send_tracestate(ctx: &SkMsgContext, s: &mut MsgScratch, at: u32, key: u64) {
+    // SAFETY: a lookup whose value is read at once.
+    let Some(state) = (unsafe { TRACESTATE.get(&key) }) else {
+        stat(STAT_TRACESTATE_SKIPPED);
+        return;
+    };
+    let len = state.len as u64;
+    if len == 0 || len > TRACESTATE_MAX as u64 {
+        stat(STAT_TRACESTATE_SKIPPED);
+        return;
+    }
+    let mut i = 0;
+    while i < STATE_PREFIX.len() {
+        s.state_line[i] = STATE_PREFIX[i];
+        i += 1;
+    }
+    // The value, then spaces (without a branch per byte).
+    let mut i = 0;
+    while i < TRACESTATE_MAX {
+        let keep = (opaque_sub(i as u64, len) >> 63) & 1;
+        let byte = state.value[i] as u64 * keep + b' ' as u64 * (1 - keep);
+        s.state_line[(STATE_PREFIX.len() + i) & STATE_LINE_MASK] = byte as u8;
+        i += 1;
+    }
+    let need = STATE_PREFIX.len() as u64 + len + 2;
+    let sent = if need <= 64 {
+        write_line::<64>(ctx, s, at)
+    } else if need <= 128 {
+        write_line::<128>(ctx, s, at)
+    } else {
+        write_line::<{ STATE_PREFIX.len() + TRACESTATE_MAX + 2 }>(ctx, s, at)
+    };
+    stat(if sent {
+        STAT_TRACESTATE
+    } else {
+        STAT_TRACESTATE_SKIPPED
+    });
+}
+
+/// Inserts the first `N - 2` bytes of `s.state_line` and CRLF at `at`.
+#[inline(always)]
+fn write_line<const N: usize>(ctx: &SkMsgContext, s: &mut MsgScratch, at: u32) -> bool {
+    s.state_line[(N - 2) & STATE_LINE_MASK] = b'\r';
+    s.state_line[(N - 1) & STATE_LINE_MASK] = b'\n';
+    if ctx.push_data(at, N as u32, 0).is_err() {
+        return false;
+    }
+    // SAFETY: the program's own context.
+    if unsafe { bpf_msg_pull_data(ctx.msg, at, at + N as u32, 0) } != 0 {
+        return false;
+    }
+    let data = ctx.data();
+    if data + N > ctx.data_end() {
+        return false;
+    }
+    let dst = data as *mut u8;
+    let mut i = 0;
+    while i < N {
+        // SAFETY: `data + N <= data_end` was checked: the message's bytes
+        // the program may write.
+        unsafe { *dst.add(i) = s.state_line[i & STATE_LINE_MASK] };
+        i += 1;
+    }
+    true
 }
 
 /// Whether the message starts with a request line: an upper-case token of
@@ -644,7 +798,8 @@ const KEY_HI_MASK: u64 = 0xff_ffff_ffff;
 /// `\r\n\r\n`: the end of the header block.
 const BLANK_LINE: u64 = 0x0d0a_0d0a;
 
-/// One pass over the first `s.n` bytes, without a branch: where the request line ends (after its first `\n`), whether the
+/// One pass over the first `s.n` bytes (in chunks, without a branch per
+/// byte): where the request line ends (after its first `\n`), whether the
 /// header block ends (`\r\n\r\n`), and whether a `traceparent` header
 /// (any case) comes before that end. Stores the results in `s`.
 #[inline(always)]
@@ -659,23 +814,34 @@ fn scan(s: &mut MsgScratch) {
     let mut ended: u64 = 0;
     let mut present: u64 = 0;
     let mut line_end: u64 = 0;
-    let mut i: u32 = 0;
-    while i < SCAN_BYTES as u32 {
-        // Bytes past `n` read as 0 (which no pattern holds): the loop runs
-        // its full length whatever `n` is, so the verifier walks it once.
-        let valid = (opaque_sub(i as u64, n as u64) >> 63) & 1;
-        let b = (s.bytes[(i as usize) & SCAN_MASK] as u64) * valid;
-        // Letters to lower case: b | 0x20 when b is in A..=Z.
-        let upper = (opaque_sub(opaque_sub(b, b'A' as u64) & 0xff, 26) >> 63) & 1;
-        let lower = b | (upper << 5);
-        hi = ((hi << 8) | (lo >> 56)) & KEY_HI_MASK;
-        lo = (lo << 8) | lower;
-        let first_newline = is_zero(b ^ b'\n' as u64) & is_zero(line_end);
-        line_end += first_newline * (i as u64 + 1);
-        let key = is_zero(hi ^ KEY_HI) & is_zero(lo ^ KEY_LO);
-        present |= key & (ended ^ 1);
-        ended |= is_zero((lo & 0xffff_ffff) ^ BLANK_LINE);
-        i += 1;
+    let mut base: u32 = 0;
+    // Chunks of SCAN_CHUNK bytes, up to the one holding byte `n - 1`: the
+    // loop leaves at one of SCAN_BYTES / SCAN_CHUNK places, each of which
+    // the verifier follows apart.
+    while base < SCAN_BYTES as u32 {
+        if base >= n {
+            break;
+        }
+        let mut k: u32 = 0;
+        while k < SCAN_CHUNK {
+            let i = base + k;
+            k += 1;
+            // Bytes past `n` read as 0 (which no pattern holds), without a
+            // branch: within a chunk, the verifier walks one path.
+            let valid = (opaque_sub(i as u64, n as u64) >> 63) & 1;
+            let b = (s.bytes[(i as usize) & SCAN_MASK] as u64) * valid;
+            // Letters to lower case: b | 0x20 when b is in A..=Z.
+            let upper = (opaque_sub(opaque_sub(b, b'A' as u64) & 0xff, 26) >> 63) & 1;
+            let lower = b | (upper << 5);
+            hi = ((hi << 8) | (lo >> 56)) & KEY_HI_MASK;
+            lo = (lo << 8) | lower;
+            let first_newline = is_zero(b ^ b'\n' as u64) & is_zero(line_end);
+            line_end += first_newline * (i as u64 + 1);
+            let key = is_zero(hi ^ KEY_HI) & is_zero(lo ^ KEY_LO);
+            present |= key & (ended ^ 1);
+            ended |= is_zero((lo & 0xffff_ffff) ^ BLANK_LINE);
+        }
+        base += SCAN_CHUNK;
     }
     s.verdict = if present != 0 {
         SCAN_PRESENT

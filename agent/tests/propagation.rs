@@ -36,7 +36,7 @@ use support::{
 };
 
 /// What the start line says on this host.
-const START_LINE: &str = "propagation: trace context goes into plaintext HTTP/1.1 requests";
+const START_LINE: &str = "propagation: trace context (traceparent, and the caller's tracestate) goes into plaintext HTTP/1.1 requests";
 
 /// The trace context `/front-own` sends of its own (see the fixture).
 const OWN_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -228,9 +228,24 @@ fn requests_carry_the_client_span_to_the_callee() {
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     let incoming = format!("00-{caller_trace}-{caller_span}-01");
-    let second = get(services.front, "/front", &[("traceparent", &incoming)]);
+    let state = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+    let second = get(
+        services.front,
+        "/front",
+        &[("traceparent", &incoming), ("tracestate", state)],
+    );
     let (trace2, sent2) = sent_context(&second);
     assert_eq!(trace2, caller_trace, "{second}");
+    // The caller's tracestate follows, padded with spaces (optional
+    // whitespace, which HTTP strips) to 64 bytes.
+    let state_line = format!("tracestate: {state:<50}\r\n");
+    assert_eq!(
+        second,
+        work_request(
+            services.back,
+            &format!("traceparent: 00-{trace2}-{sent2}-01\r\n{state_line}")
+        ),
+    );
     // 3. The program's own trace context goes out as it was.
     let third = get(services.front, "/front-own", &[]);
     assert_eq!(
@@ -273,6 +288,11 @@ fn requests_carry_the_client_span_to_the_callee() {
         caller_span,
         "front SERVER under the caller"
     );
+    for span in [continued].into_iter().chain(back_spans.iter().filter(|s| {
+        hex(&s.span.trace_id) == caller_trace && s.span.kind == SpanKind::Server as i32
+    })) {
+        assert_eq!(span.span.trace_state, state, "{span:#?}");
+    }
 
     // The own context: the back's spans are in its trace, under its span.
     let (own_trace, own_span) = (&OWN_TRACEPARENT[3..35], &OWN_TRACEPARENT[36..52]);
@@ -292,12 +312,12 @@ fn requests_carry_the_client_span_to_the_callee() {
 
     assert!(
         front_exit.contains(
-            "trace context sent in 2 requests; left untouched: 0 over TLS, 1 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
+            "trace context sent in 2 requests (1 with the caller's tracestate, 0 tracestates not sent); left untouched: 0 over TLS, 1 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
         ),
         "{front_exit}"
     );
     assert!(
-        back_exit.contains("trace context sent in 3 requests; left untouched: 0 over TLS, 0 with a traceparent already"),
+        back_exit.contains("trace context sent in 3 requests (1 with the caller's tracestate, 0 tracestates not sent); left untouched: 0 over TLS, 0 with a traceparent already"),
         "{back_exit}"
     );
 }

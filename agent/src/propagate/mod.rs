@@ -19,7 +19,8 @@ pub mod plan;
 
 use agent_common::propagate::{
     PropagateConfig, STAT_COUNT, STAT_INJECTED, STAT_MAP_FULL, STAT_NOT_SEEN, STAT_PRESENT,
-    STAT_PUSH_FAILED, STAT_TLS, STAT_TOO_LONG, STAT_UNKNOWN_LAYOUT,
+    STAT_PUSH_FAILED, STAT_TLS, STAT_TOO_LONG, STAT_TRACESTATE, STAT_TRACESTATE_SKIPPED,
+    STAT_UNKNOWN_LAYOUT,
 };
 
 use crate::{
@@ -118,7 +119,7 @@ pub fn start_line(cgroup: &std::path::Path, lockdown: Option<&str>) -> String {
             .to_owned(),
     };
     format!(
-        "propagation: trace context goes into plaintext HTTP/1.1 requests (sk_msg, sockops on {}); HTTP/2 and gRPC: no (not done yet); {tls}",
+        "propagation: trace context (traceparent, and the caller's tracestate) goes into plaintext HTTP/1.1 requests (sk_msg, sockops on {}); HTTP/2 and gRPC: no (not done yet); {tls}",
         cgroup.display()
     )
 }
@@ -202,14 +203,21 @@ impl Family for Propagation {
                 c.get(STAT_UNKNOWN_LAYOUT),
             ),
             Counter::count("propagation_skipped_map_full", c.get(STAT_MAP_FULL)),
+            Counter::count("propagated_tracestate", c.get(STAT_TRACESTATE)),
+            Counter::count(
+                "propagation_tracestate_skipped",
+                c.get(STAT_TRACESTATE_SKIPPED),
+            ),
         ]);
     }
 
     fn summary(&self) -> Option<String> {
         let c = &self.counts;
         Some(format!(
-            "trace context sent in {} requests; left untouched: {} over TLS, {} with a traceparent already, {} with headers too long to check, {} refused by the kernel, {} not seen on a traced connection, {} of unknown layout, {} contexts not kept (map full)",
+            "trace context sent in {} requests ({} with the caller's tracestate, {} tracestates not sent); left untouched: {} over TLS, {} with a traceparent already, {} with headers too long to check, {} refused by the kernel, {} not seen on a traced connection, {} of unknown layout, {} contexts not kept (map full)",
             c.get(STAT_INJECTED),
+            c.get(STAT_TRACESTATE),
+            c.get(STAT_TRACESTATE_SKIPPED),
             c.get(STAT_TLS),
             c.get(STAT_PRESENT),
             c.get(STAT_TOO_LONG),
