@@ -113,6 +113,15 @@ fn report(
             .collect::<Vec<_>>(),
     );
     let not_seen: u64 = propagating.iter().map(|r| r.propagation_not_seen).sum();
+    // Paired by round (the two traced runs of a round are next to each
+    // other): what --propagate added over the client span alone.
+    let paired = median(
+        &mut propagating
+            .iter()
+            .zip(traced)
+            .map(|(p, t)| us_per_request(p.rps) - us_per_request(t.rps))
+            .collect::<Vec<_>>(),
+    );
     format!(
         "## Trace context into outgoing requests (`--propagate`)\n\n\
          Command: `sudo -E cargo xtask bench propagate --rounds {rounds} --seconds {seconds} --connections {connections}`\n\n\
@@ -127,8 +136,9 @@ fn report(
          | untraced | {:.0} | 1.00x | - | - |\n\
          | traced (server and client spans) | {:.0} | {} | {:.1} | {:.2} ms |\n\
          | traced with `--propagate` | {:.0} | {} | {:.1} | {:.2} ms |\n\n\
-         Propagation per outgoing request: {:.1} us of machine time (traced with `--propagate` vs traced, same run); \
-         `--propagate` vs traced: {}. Calls that carried the context: {:.1}% (median of rounds; {not_seen} \
+         Propagation per outgoing request: {paired:.1} us of machine time (median over rounds of traced with \
+         `--propagate` minus traced in the same round; {:.1} us between the medians); `--propagate` vs traced, by \
+         round: {}. Calls that carried the context: {:.1}% (median of rounds; {not_seen} \
          in all counted as not seen on a traced connection). Each run starts a fresh front, so that its connections \
          to the back are opened while the agent is attached.\n",
         median(&mut untraced.to_vec()),
