@@ -358,3 +358,42 @@ fn without_propagate_requests_are_unchanged() {
             .all(|s| s.span.trace_id != work.span.trace_id)
     );
 }
+
+#[test]
+fn with_no_cgroup2_mounted_the_agent_mounts_its_own() {
+    let services = start_services();
+    let receiver = Receiver::grpc();
+    // A mount namespace of its own without any cgroup2 mount (a host with
+    // cgroup v1 only): the agent mounts the hierarchy at /run/agent/cgroup2.
+    let script = format!(
+        "awk '$(NF-2) == \"cgroup2\" {{ print $5 }}' /proc/self/mountinfo | xargs -r -n1 umount; \
+         exec {} --pid {} --propagate --otlp-endpoint {} --otlp-protocol grpc",
+        env!("CARGO_BIN_EXE_agent"),
+        services.front_pid,
+        receiver.url()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OTEL_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    let line = agent.wait_for_stderr(START_LINE, Duration::from_secs(5));
+    assert!(line.contains("sockops on /run/agent/cgroup2"), "{line}");
+    let received = get(services.front, "/front", &[]);
+    let (trace, sent) = sent_context(&received);
+    let exit = stop(&mut agent);
+    assert!(exit.contains("trace context sent in 1 requests"), "{exit}");
+    let spans = receiver.wait_for_spans(2, Duration::from_secs(10));
+    let client = find(
+        &spans,
+        &trace,
+        SpanKind::Client,
+        "url.full",
+        &format!("http://{}/work", services.back),
+    );
+    assert_eq!(id(client), sent);
+}
