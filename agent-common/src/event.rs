@@ -3,11 +3,13 @@
 //! Each family declares the `KIND_*` values of its own records in its own
 //! module; [`KINDS`] lists them all so that none is handed out twice.
 
-use crate::{discovery, flight, grpc, http, http_client, http_route, runtime, sql, syscalls, usdt};
+use crate::{
+    discovery, flight, grpc, http, http_client, http_route, propagate, runtime, sql, syscalls, usdt,
+};
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 25] = [
+pub const KINDS: [u32; 27] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -33,6 +35,8 @@ pub const KINDS: [u32; 25] = [
     syscalls::KIND_PROCESS_EXITED,
     discovery::KIND_PROCESS_EXEC,
     syscalls::KIND_SYSCALL_SOURCE,
+    propagate::KIND_SERVER_IDS,
+    propagate::KIND_CLIENT_IDS,
 ];
 
 /// Kinds are small: the agent dispatches on them through a table this long.

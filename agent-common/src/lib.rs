@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_client;
 pub mod http_route;
+pub mod propagate;
 pub mod runtime;
 pub mod sql;
 pub mod stats;
@@ -83,4 +84,7 @@ impl_pod!(
     syscalls::SyscallConfig,
     syscalls::InFlight,
     syscalls::SyscallTotals,
+    propagate::SpanIds,
+    propagate::SpanContext,
+    propagate::PropagateConfig,
 );

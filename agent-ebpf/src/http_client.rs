@@ -16,6 +16,7 @@ use agent_common::{
         CLIENT_PATH_CAP, CLIENT_QUERY_CAP, HttpClientConfig, HttpClientEnd, HttpClientStart,
         KIND_HTTP_CLIENT_END, KIND_HTTP_CLIENT_START,
     },
+    propagate::KIND_CLIENT_IDS,
     stats,
     target::MAX_TARGETS,
 };
@@ -136,8 +137,10 @@ pub fn start(ctx: &ProbeContext) {
     if failed {
         count(stats::READ_FAILED);
     }
-    let now = rec.header.ktime_ns;
-    submit(entry, now);
+    let hdr = rec.header;
+    let tls = rec.scheme_len == 5 && rec.scheme[..5] == *b"https";
+    submit(entry, hdr.ktime_ns);
+    crate::propagate::client_start(cookie, &hdr, request, KIND_CLIENT_IDS, tls);
 }
 
 /// At a `RET` of `roundTrip`: RAX = *Response, RBX:RCX = error (itab,

@@ -20,6 +20,7 @@ use agent_common::{
         KIND_HTTP_TRACESTATE, MAP_LAYOUT_NONE, PATTERN_CAP, TAIL_SLOTS, TAIL_TRACEPARENT,
         TAIL_TRACESTATE, TRACEPARENT_CAP, URI_CAP,
     },
+    propagate::{KIND_SERVER_IDS, TRACEPARENT_ADOPTED},
     stats,
     target::{MAX_TARGETS, OFFSET_ABSENT},
 };
@@ -251,13 +252,14 @@ pub fn start(ctx: &ProbeContext) {
         count(stats::READ_FAILED);
     }
     let h2 = rec.proto_major == 2;
-    let now = rec.header.ktime_ns;
-    submit(entry, now);
+    let hdr = rec.header;
+    submit(entry, hdr.ktime_ns);
     if h2 && h2_request_at_start(off) {
         // A full map evicts the oldest entry: that request's span only
         // lacks its route.
         let _ = HTTP2_REQUESTS.insert(&h2_request_key(response), &request, 0);
     }
+    crate::propagate::server_start(cookie, &hdr, response, KIND_SERVER_IDS);
     // A request with a header map may carry a trace context: search for it
     // in a program of its own, so the verifier checks the search apart from
     // this one. The callee reads the request and response pointers from the
@@ -307,6 +309,11 @@ pub fn traceparent(ctx: &ProbeContext) {
     rec.len = len;
     rec._pad = 0;
     rec.value = run.search.value;
+    if let Some(goid) = goid(ctx, run.off.g_goid)
+        && crate::propagate::adopt_traceparent(run.cookie, goid, &rec.value, len)
+    {
+        rec._pad = TRACEPARENT_ADOPTED;
+    }
     if run.undisturbed() {
         let now = rec.header.ktime_ns;
         submit(entry, now);
@@ -395,6 +402,9 @@ pub fn tracestate(ctx: &ProbeContext) {
     );
     match found {
         Search::Found(len) if run.undisturbed() => {
+            if let Some(goid) = goid(ctx, run.off.g_goid) {
+                crate::propagate::keep_tracestate(run.cookie, goid, &rec.value, len);
+            }
             rec.header = header(run.cookie, KIND_HTTP_TRACESTATE, 0);
             rec.response = run.response;
             rec.len = len;
@@ -431,6 +441,11 @@ fn end_record(
     let Some(config) = config(cookie) else { return };
     let off = &config.offsets;
     let response = reg(ctx, Reg::Rax);
+    if crate::propagate::enabled(cookie)
+        && let Some(goid) = goid(ctx, off.g_goid)
+    {
+        crate::propagate::server_end(cookie, goid);
+    }
     let Some(mut entry) = reserve::<HttpServerEnd>(KIND_HTTP_SERVER_END) else {
         return;
     };

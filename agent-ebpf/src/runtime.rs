@@ -83,6 +83,7 @@ pub fn goroutine_created(ctx: ProbeContext) -> u32 {
         count(stats::READ_FAILED);
         return 0;
     };
+    crate::propagate::inherit(cookie, creator, child);
     let Some(mut entry) = reserve::<GoroutineCreated>(KIND_GOROUTINE_CREATED) else {
         return 0;
     };

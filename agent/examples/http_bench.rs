@@ -115,7 +115,10 @@ fn run(records: &[Vec<u8>]) -> (Duration, usize) {
         match decode(bytes).expect("well-formed record") {
             HttpRecord::Start(rec) => builder.on_start(&mut goroutines, rec, &mut out),
             HttpRecord::End(rec) => builder.on_end(&mut goroutines, rec, &mut out),
-            HttpRecord::Traceparent(_) | HttpRecord::Tracestate(_) | HttpRecord::Route(_) => {
+            HttpRecord::Traceparent(_)
+            | HttpRecord::Tracestate(_)
+            | HttpRecord::Route(_)
+            | HttpRecord::Ids(_) => {
                 unreachable!("only starts and ends are made")
             }
         }

@@ -108,6 +108,14 @@ pub struct TraceArgs {
     #[arg(long, value_name = "NAMING", default_value = "route", value_parser = ["route", "path"])]
     pub span_name: String,
 
+    /// Send W3C trace context (`traceparent`) in the plaintext HTTP/1.1
+    /// requests a traced program makes under a server span, naming the
+    /// CLIENT span, so that a traced callee continues the trace. Off by
+    /// default: it changes the bytes the program sends. Nothing is written
+    /// in the program's memory: a socket program inserts the header line.
+    #[arg(long, env = "AGENT_PROPAGATE")]
+    pub propagate: bool,
+
     /// Save each captured flight-recorder dump to this directory (for `go tool trace`).
     #[arg(long, value_name = "DIR")]
     pub save_dumps: Option<std::path::PathBuf>,

@@ -28,7 +28,7 @@ use crate::{
     flight, grpc, http_client, http_server,
     instrument::{Categories, Category},
     probes::{KernelStats, LoadOptions, Probes},
-    runtime,
+    propagate, runtime,
     spans::{Goroutines, Sampler},
     sql, syscalls,
     target::Target,
@@ -46,6 +46,7 @@ pub const FAMILIES: &[FamilyEntry] = &[
     grpc::FAMILY,
     runtime::FAMILY,
     syscalls::FAMILY,
+    propagate::FAMILY,
 ];
 
 /// How the session finds a family.
@@ -135,6 +136,8 @@ pub struct FamilyOptions {
     pub sampler: Sampler,
     /// The categories traced (`--instrument`, `--no-instrument`).
     pub categories: Categories,
+    /// Send W3C trace context in outgoing requests (`--propagate`).
+    pub propagate: bool,
 }
 
 /// A family's answer to planning.

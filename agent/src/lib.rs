@@ -43,6 +43,7 @@ pub mod http_server;
 pub mod instrument;
 pub mod metrics;
 pub mod probes;
+pub mod propagate;
 pub mod resource;
 pub mod ringbuf;
 pub mod runtime;

@@ -29,6 +29,7 @@ use agent_common::{
         KIND_HTTP_SERVER_START, KIND_HTTP_TRACEPARENT, KIND_HTTP_TRACESTATE,
     },
     http_route::{HttpRoute, KIND_HTTP_ROUTE},
+    propagate::{KIND_SERVER_IDS, SpanIds},
 };
 use libfuzzer_sys::fuzz_target;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -42,6 +43,7 @@ fn layout(kind: u32) -> Option<(usize, usize)> {
         KIND_HTTP_TRACEPARENT => (size_of::<HttpTraceparent>(), align_of::<HttpTraceparent>()),
         KIND_HTTP_TRACESTATE => (size_of::<HttpTracestate>(), align_of::<HttpTracestate>()),
         KIND_HTTP_ROUTE => (size_of::<HttpRoute>(), align_of::<HttpRoute>()),
+        KIND_SERVER_IDS => (size_of::<SpanIds>(), align_of::<SpanIds>()),
         _ => return None,
     })
 }
@@ -122,6 +124,7 @@ fuzz_target!(|data: &[u8]| {
                         (std::ptr::from_ref(*t).cast::<u8>(), t.header.kind)
                     }
                     HttpRecord::Route(r) => (std::ptr::from_ref(*r).cast::<u8>(), r.header.kind),
+                    HttpRecord::Ids(i) => (std::ptr::from_ref(*i).cast::<u8>(), i.header.kind),
                 };
                 assert_eq!(Some(k), kind);
                 let (size, align) = layout(k).expect("an HTTP kind");
@@ -142,6 +145,7 @@ fuzz_target!(|data: &[u8]| {
             }
             Ok(HttpRecord::Tracestate(t)) => spans.on_tracestate(&mut goroutines, t),
             Ok(HttpRecord::Route(r)) => spans.on_route(r),
+            Ok(HttpRecord::Ids(i)) => spans.on_ids(&mut goroutines, i),
             Err(_) => {}
         }
     }

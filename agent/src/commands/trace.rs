@@ -74,6 +74,7 @@ pub(super) fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
                 args.no_instrument.as_deref(),
                 |name| std::env::var(name).ok(),
             )?,
+            propagate: args.propagate,
         },
         ring_buffer_bytes: args.ring_buffer_size,
         export_queue: args.export_queue,

@@ -109,6 +109,7 @@ impl Family for HttpClient {
         match records::decode(bytes)? {
             ClientRecord::Start(start) => self.builder.on_start(g, start, cx.spans),
             ClientRecord::End(end) => self.builder.on_end(g, end, cx.spans),
+            ClientRecord::Ids(ids) => self.builder.on_ids(g, ids),
         }
         Ok(())
     }

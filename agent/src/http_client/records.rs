@@ -1,20 +1,28 @@
 //! Decoding the net/http client family's ring-buffer records, viewed in
 //! place.
 
-use agent_common::http_client::{
-    HttpClientEnd, HttpClientStart, KIND_HTTP_CLIENT_END, KIND_HTTP_CLIENT_START,
+use agent_common::{
+    http_client::{HttpClientEnd, HttpClientStart, KIND_HTTP_CLIENT_END, KIND_HTTP_CLIENT_START},
+    propagate::{KIND_CLIENT_IDS, SpanIds},
 };
 
 use crate::ringbuf::record::{RecordError, kind, view};
 
 /// The record kinds of this family.
-pub const KINDS: &[u32] = &[KIND_HTTP_CLIENT_START, KIND_HTTP_CLIENT_END];
+pub const KINDS: &[u32] = &[
+    KIND_HTTP_CLIENT_START,
+    KIND_HTTP_CLIENT_END,
+    KIND_CLIENT_IDS,
+];
 
 /// A decoded record.
 #[derive(Clone, Copy, Debug)]
 pub enum ClientRecord<'a> {
     Start(&'a HttpClientStart),
     End(&'a HttpClientEnd),
+    /// The ids the kernel made for a call whose context it sends
+    /// (`--propagate`).
+    Ids(&'a SpanIds),
 }
 
 /// Decodes one record of this family.
@@ -23,6 +31,7 @@ pub fn decode(bytes: &[u8]) -> Result<ClientRecord<'_>, RecordError> {
     match kind {
         KIND_HTTP_CLIENT_START => Ok(ClientRecord::Start(view(bytes, kind)?)),
         KIND_HTTP_CLIENT_END => Ok(ClientRecord::End(view(bytes, kind)?)),
+        KIND_CLIENT_IDS => Ok(ClientRecord::Ids(view(bytes, kind)?)),
         kind => Err(RecordError::UnknownKind { kind }),
     }
 }

@@ -10,6 +10,7 @@ use agent_common::http_client::{
     CLIENT_FIELD_METHOD, CLIENT_FIELD_PATH, CLIENT_FIELD_QUERY, CLIENT_FIELD_SCHEME, HttpClientEnd,
     HttpClientStart,
 };
+use agent_common::propagate::SpanIds;
 use opentelemetry::{
     InstrumentationScope,
     trace::{SpanId, SpanKind, TraceId},
@@ -355,6 +356,36 @@ impl HttpClientSpanBuilder {
                 out(span);
             }
         }
+    }
+
+    /// The ids the kernel made for the call open on the record's goroutine,
+    /// the ones it sent in the request's `traceparent` (`--propagate`): the
+    /// span is exported with exactly those.
+    pub fn on_ids(&mut self, goroutines: &mut Goroutines, rec: &SpanIds) {
+        if rec.trace_id == [0; 16] || rec.span_id == [0; 8] {
+            return;
+        }
+        let key = (rec.header.target, rec.header.goid);
+        let Some(open) = self.open.get_mut(&key) else {
+            return;
+        };
+        if open.request != rec.key {
+            return;
+        }
+        let old = open.span_id;
+        open.trace_id = TraceId::from_bytes(rec.trace_id);
+        open.span_id = SpanId::from_bytes(rec.span_id);
+        open.parent = (rec.parent_id != [0; 8]).then(|| SpanId::from_bytes(rec.parent_id));
+        open.flags = rec.flags;
+        goroutines.reassign(
+            key,
+            old,
+            ParentSpan {
+                trace_id: open.trace_id,
+                span_id: open.span_id,
+                flags: open.flags,
+            },
+        );
     }
 
     /// A call returned.

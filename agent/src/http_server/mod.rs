@@ -156,6 +156,7 @@ impl Family for HttpServer {
             }
             HttpRecord::Tracestate(rec) => self.builder.on_tracestate(g, rec),
             HttpRecord::Route(rec) => self.builder.on_route(rec),
+            HttpRecord::Ids(rec) => self.builder.on_ids(g, rec),
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use agent_common::http::{
 };
 
 use agent_common::http_route::{HttpRoute, KIND_HTTP_ROUTE};
+use agent_common::propagate::{KIND_SERVER_IDS, SpanIds};
 
 use crate::ringbuf::record::{RecordError, kind, view};
 
@@ -18,6 +19,7 @@ pub const KINDS: &[u32] = &[
     KIND_HTTP_TRACEPARENT,
     KIND_HTTP_TRACESTATE,
     KIND_HTTP_ROUTE,
+    KIND_SERVER_IDS,
 ];
 
 /// A decoded record.
@@ -28,6 +30,8 @@ pub enum HttpRecord<'a> {
     Traceparent(&'a HttpTraceparent),
     Tracestate(&'a HttpTracestate),
     Route(&'a HttpRoute),
+    /// The ids the kernel made for a span (`--propagate`).
+    Ids(&'a SpanIds),
 }
 
 /// Decodes one record of this family.
@@ -38,6 +42,7 @@ pub fn decode(bytes: &[u8]) -> Result<HttpRecord<'_>, RecordError> {
         KIND_HTTP_SERVER_END => Ok(HttpRecord::End(view(bytes, kind)?)),
         KIND_HTTP_TRACEPARENT => Ok(HttpRecord::Traceparent(view(bytes, kind)?)),
         KIND_HTTP_TRACESTATE => Ok(HttpRecord::Tracestate(view(bytes, kind)?)),
+        KIND_SERVER_IDS => Ok(HttpRecord::Ids(view(bytes, kind)?)),
         KIND_HTTP_ROUTE => Ok(HttpRecord::Route(view(bytes, kind)?)),
         kind => Err(RecordError::UnknownKind { kind }),
     }

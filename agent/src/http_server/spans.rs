@@ -19,6 +19,7 @@ use agent_common::http::{
     FIELD_URI, HttpServerEnd, HttpServerStart, HttpTraceparent, HttpTracestate,
 };
 use agent_common::http_route::HttpRoute;
+use agent_common::propagate::{SpanIds, TRACEPARENT_ADOPTED};
 use foldhash::fast::RandomState;
 use opentelemetry::{
     InstrumentationScope,
@@ -62,6 +63,9 @@ struct OpenRequest {
     flags: u8,
     /// The caller's vendor state, from its `tracestate`, normalized.
     trace_state: Option<String>,
+    /// The ids are the kernel's (`--propagate`): the caller is taken as
+    /// parent only when the kernel took its trace too.
+    kernel_ids: bool,
     /// The span's start attributes, encoded (the name comes at the end).
     encoded: Vec<u8>,
     /// The start record, kept unencoded while the request is sampled out
@@ -346,6 +350,7 @@ impl HttpSpanBuilder {
             parent: None,
             flags,
             trace_state: None,
+            kernel_ids: false,
             encoded: start.encoded,
             deferred,
             name_method: start.method,
@@ -384,12 +389,46 @@ impl HttpSpanBuilder {
         };
         let kept = (rec.len as usize).min(rec.value.len());
         open.parent = traceparent::parse(&rec.value[..kept], rec.len as usize);
+        if open.kernel_ids && rec._pad != TRACEPARENT_ADOPTED {
+            // The kernel kept its own trace for what it sends on: so does
+            // the span.
+            open.parent = None;
+        }
         if let Some(parent) = open.parent {
             open.trace_id = parent.trace_id;
             open.flags = self.sampler.root_flags(parent.trace_id, Some(parent.flags));
             goroutines.retrace((slot, open.goid), open.span_id, parent.trace_id, open.flags);
         }
         open.parent.is_some()
+    }
+
+    /// The ids the kernel made for a request's span, the ones it sends on
+    /// in the requests made under it (`--propagate`), right after its
+    /// start: the span is exported with exactly those.
+    pub fn on_ids(&mut self, goroutines: &mut Goroutines, rec: &SpanIds) {
+        if rec.trace_id == [0; 16] || rec.span_id == [0; 8] {
+            return;
+        }
+        let slot = rec.header.target;
+        let Some(open) = self.open.get_mut(&(slot, rec.key)) else {
+            return;
+        };
+        if open.goid != rec.header.goid {
+            return;
+        }
+        let old = open.span_id;
+        open.trace_id = TraceId::from_bytes(rec.trace_id);
+        open.span_id = SpanId::from_bytes(rec.span_id);
+        open.kernel_ids = true;
+        goroutines.reassign(
+            (slot, open.goid),
+            old,
+            ParentSpan {
+                trace_id: open.trace_id,
+                span_id: open.span_id,
+                flags: rec.flags,
+            },
+        );
     }
 
     /// A request's `Tracestate` header, found after its `Traceparent`: kept

@@ -10,6 +10,7 @@
 
 mod preflight;
 mod ref_ctr;
+mod sockets;
 mod stats;
 
 use std::{io, num::NonZeroU32, path::Path};
@@ -231,6 +232,8 @@ impl Probes {
             let name = name.to_owned();
             let loaded = match program {
                 Program::RawTracePoint(program) => program.load(),
+                Program::SockOps(program) => program.load(),
+                Program::SkMsg(program) => program.load(),
                 program => <&mut UProbe>::try_from(program).and_then(|p| p.load()),
             };
             loaded.map_err(|source| {

@@ -126,6 +126,19 @@ impl Goroutines {
         self.open.entry(key).or_default().push(span);
     }
 
+    /// A span open on `key` got the ids the kernel made for it
+    /// (`--propagate`): it is known by those from now on.
+    #[inline]
+    pub fn reassign(&mut self, key: GoroutineKey, old: SpanId, span: ParentSpan) {
+        if let Some(open) = self
+            .open
+            .get_mut(&key)
+            .and_then(|spans| spans.iter_mut().rev().find(|s| s.span_id == old))
+        {
+            *open = span;
+        }
+    }
+
     /// A span open on `key` now carries another trace (its request's
     /// `traceparent` arrived after its start).
     #[inline]

@@ -205,6 +205,20 @@ impl Sampler {
         }
     }
 
+    /// The rule [`Self::should_sample`] applies to a trace id, as the
+    /// kernel applies it to the contexts it sends on (`--propagate`):
+    /// whether a remote parent's flag decides, and the bound the id's last
+    /// 8 bytes (big-endian, shifted right by one) must be below.
+    pub fn kernel_rule(&self) -> (bool, u64) {
+        let bound = match self.root {
+            // Every shifted id is below 2^63.
+            Root::AlwaysOn => 1 << 63,
+            Root::AlwaysOff => 0,
+            Root::Ratio { bound, .. } => bound,
+        };
+        (self.parent_based, bound)
+    }
+
     /// The W3C trace flags of a span whose parent is a span of this process
     /// (open on its goroutine, or inherited): its parent's.
     pub const fn child_flags(parent: u8) -> u8 {
@@ -296,6 +310,36 @@ impl std::fmt::Display for Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel's rule (`--propagate`'s flags) decides as the agent does
+    /// for every sampler, on ids spread over the whole range.
+    #[test]
+    fn the_kernel_rule_decides_as_should_sample() {
+        for sampler in [
+            Sampler::ALWAYS_ON,
+            Sampler::ALWAYS_OFF,
+            Sampler::ratio(0.25, false),
+            Sampler::ratio(0.25, true),
+            Sampler::ratio(1.0, false),
+            Sampler::ratio(0.0, true),
+        ] {
+            let (parent_based, bound) = sampler.kernel_rule();
+            assert_eq!(parent_based, sampler.parent_based);
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for _ in 0..10_000 {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let mut bytes = [0u8; 16];
+                bytes[8..].copy_from_slice(&x.to_be_bytes());
+                bytes[0] = 1;
+                let id = TraceId::from_bytes(bytes);
+                assert_eq!(
+                    (x >> 1) < bound,
+                    sampler.should_sample(id, None),
+                    "{sampler:?} {x:#x}"
+                );
+            }
+        }
+    }
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name| {

@@ -22,6 +22,7 @@ use crate::{
 mod hops;
 mod http;
 mod outputs;
+mod propagate;
 mod sampling;
 mod syscalls;
 
@@ -76,6 +77,19 @@ pub enum Which {
     Sampling {
         /// Alternating rounds per configuration.
         #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// wrk connections.
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+    },
+    /// `/client` of the hops fixture (one HTTP/1.1 call): untraced, traced,
+    /// traced with `--propagate` (what sending trace context costs).
+    Propagate {
+        /// Alternating rounds per configuration.
+        #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// Seconds per wrk run.
         #[arg(long, default_value_t = 5)]
@@ -149,6 +163,11 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             seconds,
             connections,
         } => sampling::sampling(rounds, seconds, connections),
+        Which::Propagate {
+            rounds,
+            seconds,
+            connections,
+        } => propagate::propagate(rounds, seconds, connections),
     }
 }
 
@@ -276,6 +295,10 @@ struct TracedRound {
     lost_records: u64,
     /// Spans lost after the kernel: export queue, export, ends without start.
     lost_spans: u64,
+    /// Requests that carried trace context out (`--propagate`).
+    propagated: u64,
+    /// Requests whose context was never seen on a traced connection.
+    propagation_not_seen: u64,
 }
 
 fn traced_round(
@@ -348,6 +371,8 @@ fn traced_round(
         lost_spans: value("dropped_queue_full")
             + value("dropped_export_failed")
             + value("unmatched_ends"),
+        propagated: value("propagated"),
+        propagation_not_seen: value("propagation_skipped_not_seen"),
     })
 }
 

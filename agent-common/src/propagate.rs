@@ -1,0 +1,142 @@
+//! W3C trace context into outgoing requests (`--propagate`): the ids the
+//! kernel makes for the spans whose context it sends, and the counters of
+//! the socket programs that write it into the request's bytes.
+//!
+//! With propagation on, the ids of an HTTP server span and of an HTTP
+//! client span are made by the probes (the kernel must know them when the
+//! request's bytes are written, before the agent has read any record); a
+//! [`SpanIds`] record follows the span's start record and the agent exports
+//! exactly those ids.
+
+use crate::event::EventHeader;
+
+/// `EventHeader::kind` of a [`SpanIds`] record for an HTTP server span
+/// (`key`: the `*http.response` of its start record).
+pub const KIND_SERVER_IDS: u32 = 46;
+/// `EventHeader::kind` of a [`SpanIds`] record for an HTTP client span
+/// (`key`: the `*http.Request` of its start record).
+pub const KIND_CLIENT_IDS: u32 = 47;
+
+/// The ids the kernel made for the span whose start record precedes this
+/// one (same goroutine, same `ktime_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpanIds {
+    pub header: EventHeader,
+    /// What pairs the record with its span (see the kinds).
+    pub key: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// The parent span (a client span's server span); zero: none here (a
+    /// server span's parent comes with its `traceparent` record).
+    pub parent_id: [u8; 8],
+    /// W3C trace flags.
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<SpanIds>() == 32 + 8 + 16 + 8 + 8 + 8);
+
+/// `HttpTraceparent::_pad` when the kernel took the record's trace id for
+/// the server span's context (the value is valid): the agent takes the
+/// caller as parent only then, so that the ids it exports are the ones the
+/// kernel sent on.
+pub const TRACEPARENT_ADOPTED: u32 = 1;
+
+/// The context the kernel keeps for a goroutine with a server span open (or
+/// one inherited from its creator), and for a request on its way out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
+    /// Goroutine creations it was inherited through (0: its own).
+    pub depth: u8,
+    /// 1 when the trace id is the caller's (a valid incoming `traceparent`).
+    pub adopted: u8,
+    pub _pad: [u8; 5],
+    /// `bpf_ktime_get_ns` when it was set or inherited.
+    pub since_ns: u64,
+    /// The key of the caller's `tracestate` in the `TRACESTATE` map (the
+    /// server span's id); 0: none to send.
+    pub state_key: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<SpanContext>() == 48);
+
+/// Bytes of an incoming `tracestate` value sent on at most (a longer one is
+/// not sent, and counted).
+pub const TRACESTATE_MAX: usize = 256;
+
+/// A server span's incoming `tracestate`, to send on with its requests.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TraceState {
+    pub len: u32,
+    pub _pad: u32,
+    pub value: [u8; TRACESTATE_MAX],
+}
+
+const _: () = assert!(core::mem::size_of::<TraceState>() == 8 + TRACESTATE_MAX);
+
+/// How many goroutine creations a context is inherited through at most (as
+/// the agent's goroutine table).
+pub const MAX_DEPTH: u8 = 4;
+/// How long an inherited context stays usable (as the agent's goroutine
+/// table).
+pub const INHERIT_TTL_NS: u64 = 30_000_000_000;
+
+/// Per-target configuration: the `PROPAGATE_CONFIG` array by target slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PropagateConfig {
+    /// Non-zero: the probes make ids and keep contexts for this target.
+    pub active: u32,
+    /// Non-zero: an adopted `traceparent`'s sampled flag decides
+    /// (`parentbased_*` samplers); otherwise the trace id does.
+    pub parent_based: u32,
+    /// The sampler's rule on a trace id, as the agent applies it
+    /// (`spans::sampling`): sampled when the id's last 8 bytes, read
+    /// big-endian and shifted right by one, are below this (`1 << 63`:
+    /// always; 0: never).
+    pub sample_bound: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PropagateConfig>() == 16);
+
+/// Bytes of an outgoing message the sk_msg program looks at for the
+/// request line and the header block.
+pub const SCAN_BYTES: usize = 2048;
+
+/// The `PROPAGATE_STATS` per-CPU counters, by index.
+/// A request carried the context out (the header line was inserted).
+pub const STAT_INJECTED: u32 = 0;
+/// A request over TLS: its bytes are encrypted before a socket program sees
+/// them, and memory writes are refused under lockdown.
+pub const STAT_TLS: u32 = 1;
+/// A request that already carried a `traceparent` (left as it was).
+pub const STAT_PRESENT: u32 = 2;
+/// A request whose header block did not end within [`SCAN_BYTES`] of its
+/// first write (no room to check it carries no context).
+pub const STAT_TOO_LONG: u32 = 3;
+/// The kernel refused to insert the bytes (`bpf_msg_push_data` or
+/// `bpf_msg_pull_data` failed).
+pub const STAT_PUSH_FAILED: u32 = 4;
+/// A request with a context whose bytes never passed the socket program on
+/// the thread that started writing it: a connection opened before the agent
+/// attached, or the writing goroutine moved to another thread.
+pub const STAT_NOT_SEEN: u32 = 5;
+/// The bytes a request's writer sent first did not start with a request
+/// line (an unknown layout).
+pub const STAT_UNKNOWN_LAYOUT: u32 = 6;
+/// A kernel map refused an update (a context not kept).
+pub const STAT_MAP_FULL: u32 = 7;
+/// A request carried the caller's `tracestate` on (after its `traceparent`).
+pub const STAT_TRACESTATE: u32 = 8;
+/// A caller's `tracestate` not sent on: longer than [`TRACESTATE_MAX`]
+/// (counted once, when it arrives), or, for one request, gone (its server
+/// span ended) or refused by the kernel (its `traceparent` went out).
+pub const STAT_TRACESTATE_SKIPPED: u32 = 9;
+/// Number of counters.
+pub const STAT_COUNT: u32 = 10;

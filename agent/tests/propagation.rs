@@ -1,0 +1,399 @@
+//! End to end, as root: W3C trace context into outgoing requests
+//! (`--propagate`) under this kernel's lockdown (no memory writes).
+//!
+//! Two Go services (`fixtures/propagate`), each traced by an agent of its
+//! own with `--pid`, each exporting over OTLP gRPC to a receiver of its own:
+//! the front's `GET /front` calls the back's `GET /work` over HTTP/1.1, and
+//! the back's handler calls its own `GET /leaf`. The back answers with the
+//! exact bytes its `/work` request came with, so the test sees what went
+//! over the wire.
+//!
+//! With `--propagate`: one trace of five spans across both services, with
+//! the parents of the tree below, the `traceparent` line on the wire naming
+//! the front's CLIENT span; an incoming `traceparent` keeps the caller's
+//! trace through both services; a request the program sends with its own
+//! `Traceparent` goes out as it was. Without it: the bytes are those the
+//! program sends untraced, byte for byte.
+//!
+//! ```text
+//! front  GET /front   SERVER  (parent: the incoming traceparent, if any)
+//! front  GET .../work CLIENT  child of front SERVER
+//! back   GET /work    SERVER  child of front CLIENT (through the wire)
+//! back   GET .../leaf CLIENT  child of back SERVER
+//! back   GET /leaf    SERVER  child of back CLIENT (through the wire)
+//! ```
+
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use support::{
+    agent::{AGENT_EXIT, Agent, command},
+    fixture::{self, Running, start_httpserver_with},
+    http_client::Connection,
+    otlp::{FlatSpan, Receiver, hex},
+};
+
+/// What the start line says on this host.
+const START_LINE: &str = "propagation: trace context (traceparent, and the caller's tracestate) goes into plaintext HTTP/1.1 requests";
+
+/// The trace context `/front-own` sends of its own (see the fixture).
+const OWN_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// The front and the back, running.
+struct Services {
+    _back: Running,
+    _front: Running,
+    back_pid: u32,
+    front_pid: u32,
+    back: SocketAddr,
+    front: SocketAddr,
+}
+
+fn start_services() -> Services {
+    let binary = fixture::build("propagate", &[]);
+    let (back, back_addr) = start_httpserver_with(&binary, &["-role", "back"]);
+    let back_arg = back_addr.to_string();
+    let (front, front_addr) =
+        start_httpserver_with(&binary, &["-role", "front", "-back", &back_arg]);
+    Services {
+        back_pid: back.pid(),
+        front_pid: front.pid(),
+        _back: back,
+        _front: front,
+        back: back_addr,
+        front: front_addr,
+    }
+}
+
+/// An agent on `pid` exporting to `receiver`, attached.
+fn attach(pid: u32, receiver: &Receiver, propagate: bool) -> Agent {
+    let mut cmd = command();
+    cmd.args(["--pid", &pid.to_string()]).args([
+        "--otlp-endpoint",
+        &receiver.url(),
+        "--otlp-protocol",
+        "grpc",
+    ]);
+    if propagate {
+        cmd.arg("--propagate");
+    }
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    agent
+}
+
+/// Stops an agent and returns its exit line.
+fn stop(agent: &mut Agent) -> String {
+    agent.signal(nix::sys::signal::Signal::SIGINT);
+    assert!(agent.wait(AGENT_EXIT).success(), "agent failed");
+    agent
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.contains("spans exported"))
+        .expect("exit line")
+}
+
+/// What the back received for `/work`, as text.
+fn get(front: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
+    let (status, body) = Connection::open(front).request_with("GET", path, headers, b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    String::from_utf8(body).expect("the back's bytes are text")
+}
+
+/// The bytes Go's client sends for the front's call, with `extra` header
+/// lines after the request line.
+fn work_request(back: SocketAddr, extra: &str) -> String {
+    format!(
+        "GET /work HTTP/1.1\r\n{extra}Host: {back}\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n"
+    )
+}
+
+/// The one span of `kind` in `trace` whose `attr` is `value`.
+fn find<'a>(
+    spans: &'a [FlatSpan],
+    trace: &str,
+    kind: SpanKind,
+    attr: &str,
+    value: &str,
+) -> &'a FlatSpan {
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|s| {
+            hex(&s.span.trace_id) == trace
+                && s.span.kind == kind as i32
+                && s.attr(attr) == Some(value)
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {kind:?} span with {attr}={value} in trace {trace}: {spans:#?}"
+    );
+    found[0]
+}
+
+fn id(span: &FlatSpan) -> String {
+    hex(&span.span.span_id)
+}
+
+fn parent(span: &FlatSpan) -> String {
+    hex(&span.span.parent_span_id)
+}
+
+/// The `traceparent` line the back received: (trace id, parent id).
+fn sent_context(received: &str) -> (String, String) {
+    let line = received
+        .lines()
+        .find(|l| l.starts_with("traceparent: "))
+        .unwrap_or_else(|| panic!("no traceparent in {received:?}"));
+    let parts: Vec<_> = line["traceparent: ".len()..].split('-').collect();
+    assert_eq!(parts.len(), 4, "{line}");
+    assert_eq!((parts[0], parts[3]), ("00", "01"), "{line}");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+/// The five spans of one front request in `trace`, with the parents of the
+/// tree in the module's doc; returns the front's SERVER span.
+fn assert_tree<'a>(
+    front_spans: &'a [FlatSpan],
+    back_spans: &[FlatSpan],
+    trace: &str,
+    front: SocketAddr,
+    back: SocketAddr,
+    front_path: &str,
+    sent_span: &str,
+) -> &'a FlatSpan {
+    let server = find(front_spans, trace, SpanKind::Server, "url.path", front_path);
+    let client = find(
+        front_spans,
+        trace,
+        SpanKind::Client,
+        "url.full",
+        &format!("http://{back}/work"),
+    );
+    let work = find(back_spans, trace, SpanKind::Server, "url.path", "/work");
+    let leaf_call = find(
+        back_spans,
+        trace,
+        SpanKind::Client,
+        "url.full",
+        &format!("http://{back}/leaf"),
+    );
+    let leaf = find(back_spans, trace, SpanKind::Server, "url.path", "/leaf");
+    assert_eq!(
+        server.attr("server.port"),
+        Some(front.port().to_string().as_str())
+    );
+    assert_eq!(
+        parent(client),
+        id(server),
+        "front CLIENT under front SERVER"
+    );
+    assert_eq!(id(client), sent_span, "the wire names the front CLIENT");
+    assert_eq!(parent(work), id(client), "back SERVER under front CLIENT");
+    assert_eq!(parent(leaf_call), id(work), "back CLIENT under back SERVER");
+    assert_eq!(parent(leaf), id(leaf_call), "leaf SERVER under back CLIENT");
+    server
+}
+
+#[test]
+fn requests_carry_the_client_span_to_the_callee() {
+    let services = start_services();
+    let front_receiver = Receiver::grpc();
+    let back_receiver = Receiver::grpc();
+    let mut back_agent = attach(services.back_pid, &back_receiver, true);
+    let mut front_agent = attach(services.front_pid, &front_receiver, true);
+    for agent in [&mut back_agent, &mut front_agent] {
+        let line = agent.wait_for_stderr(START_LINE, Duration::from_secs(5));
+        assert!(
+            line.contains("HTTP/2 and gRPC: no") && line.contains("TLS: no"),
+            "{line}"
+        );
+    }
+
+    // 1. No trace context comes in: the agents start one trace.
+    let first = get(services.front, "/front", &[]);
+    let (trace1, sent1) = sent_context(&first);
+    assert_eq!(
+        first,
+        work_request(
+            services.back,
+            &format!("traceparent: 00-{trace1}-{sent1}-01\r\n")
+        ),
+        "the line goes right after the request line, nothing else changes"
+    );
+    // 2. The caller's context comes in: its trace goes on through both.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let incoming = format!("00-{caller_trace}-{caller_span}-01");
+    let state = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+    let second = get(
+        services.front,
+        "/front",
+        &[("traceparent", &incoming), ("tracestate", state)],
+    );
+    let (trace2, sent2) = sent_context(&second);
+    assert_eq!(trace2, caller_trace, "{second}");
+    // The caller's tracestate follows, padded with spaces (optional
+    // whitespace, which HTTP strips) to 64 bytes.
+    let state_line = format!("tracestate: {state:<50}\r\n");
+    assert_eq!(
+        second,
+        work_request(
+            services.back,
+            &format!("traceparent: 00-{trace2}-{sent2}-01\r\n{state_line}")
+        ),
+    );
+    // 3. The program's own trace context goes out as it was.
+    let third = get(services.front, "/front-own", &[]);
+    assert_eq!(
+        third,
+        format!(
+            "GET /work HTTP/1.1\r\nHost: {}\r\nUser-Agent: Go-http-client/1.1\r\nTraceparent: {OWN_TRACEPARENT}\r\nAccept-Encoding: gzip\r\n\r\n",
+            services.back
+        ),
+        "a request with a traceparent is left as it is"
+    );
+
+    let front_exit = stop(&mut front_agent);
+    let back_exit = stop(&mut back_agent);
+    let front_spans = front_receiver.wait_for_spans(6, Duration::from_secs(10));
+    let back_spans = back_receiver.wait_for_spans(9, Duration::from_secs(10));
+    assert_eq!(front_spans.len(), 6, "{front_spans:#?}");
+    assert_eq!(back_spans.len(), 9, "{back_spans:#?}");
+
+    let root = assert_tree(
+        &front_spans,
+        &back_spans,
+        &trace1,
+        services.front,
+        services.back,
+        "/front",
+        &sent1,
+    );
+    assert!(root.span.parent_span_id.is_empty(), "{root:#?}");
+    let continued = assert_tree(
+        &front_spans,
+        &back_spans,
+        caller_trace,
+        services.front,
+        services.back,
+        "/front",
+        &sent2,
+    );
+    assert_eq!(
+        parent(continued),
+        caller_span,
+        "front SERVER under the caller"
+    );
+    for span in [continued].into_iter().chain(back_spans.iter().filter(|s| {
+        hex(&s.span.trace_id) == caller_trace && s.span.kind == SpanKind::Server as i32
+    })) {
+        assert_eq!(span.span.trace_state, state, "{span:#?}");
+    }
+
+    // The own context: the back's spans are in its trace, under its span.
+    let (own_trace, own_span) = (&OWN_TRACEPARENT[3..35], &OWN_TRACEPARENT[36..52]);
+    let work = find(
+        &back_spans,
+        own_trace,
+        SpanKind::Server,
+        "url.path",
+        "/work",
+    );
+    assert_eq!(parent(work), own_span);
+    let own_front = front_spans
+        .iter()
+        .find(|s| s.attr("url.path") == Some("/front-own"))
+        .expect("front SERVER of /front-own");
+    assert_ne!(hex(&own_front.span.trace_id), own_trace);
+
+    assert!(
+        front_exit.contains(
+            "trace context sent in 2 requests (1 with the caller's tracestate, 0 tracestates not sent); left untouched: 0 over TLS, 1 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
+        ),
+        "{front_exit}"
+    );
+    assert!(
+        back_exit.contains("trace context sent in 3 requests (1 with the caller's tracestate, 0 tracestates not sent); left untouched: 0 over TLS, 0 with a traceparent already"),
+        "{back_exit}"
+    );
+}
+
+#[test]
+fn without_propagate_requests_are_unchanged() {
+    let services = start_services();
+    // Untraced: what the program sends on its own.
+    let untraced = get(services.front, "/front", &[]);
+    assert_eq!(untraced, work_request(services.back, ""));
+
+    let front_receiver = Receiver::grpc();
+    let back_receiver = Receiver::grpc();
+    let mut back_agent = attach(services.back_pid, &back_receiver, false);
+    let mut front_agent = attach(services.front_pid, &front_receiver, false);
+    let traced = get(services.front, "/front", &[]);
+    assert_eq!(traced.as_bytes(), untraced.as_bytes(), "byte for byte");
+    let front_exit = stop(&mut front_agent);
+    let back_exit = stop(&mut back_agent);
+    for (agent, exit) in [(&front_agent, &front_exit), (&back_agent, &back_exit)] {
+        assert!(
+            !agent.stderr_lines().iter().any(|l| l.contains(START_LINE)),
+            "no start line without --propagate"
+        );
+        assert!(!exit.contains("trace context sent"), "{exit}");
+    }
+    // The spans are still there, each service its own trace.
+    let front_spans = front_receiver.wait_for_spans(2, Duration::from_secs(10));
+    let back_spans = back_receiver.wait_for_spans(3, Duration::from_secs(10));
+    let work = back_spans
+        .iter()
+        .find(|s| s.attr("url.path") == Some("/work"))
+        .expect("back SERVER");
+    assert!(work.span.parent_span_id.is_empty(), "{work:#?}");
+    assert!(
+        front_spans
+            .iter()
+            .all(|s| s.span.trace_id != work.span.trace_id)
+    );
+}
+
+#[test]
+fn with_no_cgroup2_mounted_the_agent_mounts_its_own() {
+    let services = start_services();
+    let receiver = Receiver::grpc();
+    // A mount namespace of its own without any cgroup2 mount (a host with
+    // cgroup v1 only): the agent mounts the hierarchy at /run/agent/cgroup2.
+    let script = format!(
+        "awk '$(NF-2) == \"cgroup2\" {{ print $5 }}' /proc/self/mountinfo | xargs -r -n1 umount; \
+         exec {} --pid {} --propagate --otlp-endpoint {} --otlp-protocol grpc",
+        env!("CARGO_BIN_EXE_agent"),
+        services.front_pid,
+        receiver.url()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OTEL_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    let line = agent.wait_for_stderr(START_LINE, Duration::from_secs(5));
+    assert!(line.contains("sockops on /run/agent/cgroup2"), "{line}");
+    let received = get(services.front, "/front", &[]);
+    let (trace, sent) = sent_context(&received);
+    let exit = stop(&mut agent);
+    assert!(exit.contains("trace context sent in 1 requests"), "{exit}");
+    let spans = receiver.wait_for_spans(2, Duration::from_secs(10));
+    let client = find(
+        &spans,
+        &trace,
+        SpanKind::Client,
+        "url.full",
+        &format!("http://{}/work", services.back),
+    );
+    assert_eq!(id(client), sent);
+}
