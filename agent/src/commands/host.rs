@@ -297,9 +297,14 @@ impl Host {
                         // Loading parsed the kernel's BTF and the object on
                         // this thread, whose malloc arena would keep that
                         // peak (some 30 MB) for as long as the target runs.
+                        // (glibc only: musl's malloc returns memory as
+                        // it goes.)
+                        #[cfg(target_env = "gnu")]
                         // SAFETY: no preconditions; it only releases free
                         // heap memory.
-                        unsafe { libc::malloc_trim(0) };
+                        unsafe {
+                            libc::malloc_trim(0);
+                        }
                         Ok(())
                     })
                     .await
