@@ -87,7 +87,12 @@ fn attach(pid: u32, receiver: &Receiver, propagate: bool) -> Agent {
 /// Stops an agent and returns its exit line.
 fn stop(agent: &mut Agent) -> String {
     agent.signal(nix::sys::signal::Signal::SIGINT);
-    assert!(agent.wait(AGENT_EXIT).success(), "agent failed");
+    let status = agent.wait(AGENT_EXIT);
+    assert!(
+        status.success(),
+        "agent failed: {status}: {:#?}",
+        agent.stderr_lines()
+    );
     agent
         .stderr_lines()
         .into_iter()

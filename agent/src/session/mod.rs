@@ -484,6 +484,17 @@ async fn trace(
         bad: 0,
     };
 
+    // Signals are handled from before the line that says the agent is
+    // attached: a SIGINT sent on reading it must stop the session cleanly,
+    // not kill the agent with the default action.
+    let signal_stream = |kind, name| {
+        signal(kind).map_err(|source| SessionError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    let mut sigint = signal_stream(SignalKind::interrupt(), "SIGINT")?;
+    let mut sigterm = signal_stream(SignalKind::terminate(), "SIGTERM")?;
     let counts: Vec<String> = FAMILIES
         .iter()
         .map(|entry| format!("{} {} probes", probes.attached_by(entry.name), entry.name))
@@ -500,14 +511,6 @@ async fn trace(
     }
     crate::metrics::publish_attached(crate::metrics::Attached::of(probes));
 
-    let signal_stream = |kind, name| {
-        signal(kind).map_err(|source| SessionError::Signal {
-            signal: name,
-            source,
-        })
-    };
-    let mut sigint = signal_stream(SignalKind::interrupt(), "SIGINT")?;
-    let mut sigterm = signal_stream(SignalKind::terminate(), "SIGTERM")?;
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
