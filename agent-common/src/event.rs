@@ -7,7 +7,7 @@ use crate::{discovery, flight, grpc, http, http_client, http_route, runtime, sql
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 25] = [
+pub const KINDS: [u32; 31] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -33,6 +33,12 @@ pub const KINDS: [u32; 25] = [
     syscalls::KIND_PROCESS_EXITED,
     discovery::KIND_PROCESS_EXEC,
     syscalls::KIND_SYSCALL_SOURCE,
+    crate::net::KIND_TLS_START,
+    crate::net::KIND_TLS_END,
+    crate::net::KIND_DNS_START,
+    crate::net::KIND_DNS_END,
+    crate::net::KIND_DIAL_START,
+    crate::net::KIND_DIAL_END,
 ];
 
 /// Kinds are small: the agent dispatches on them through a table this long.

@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_client;
 pub mod http_route;
+pub mod net;
 pub mod runtime;
 pub mod sql;
 pub mod stats;
@@ -83,4 +84,8 @@ impl_pod!(
     syscalls::SyscallConfig,
     syscalls::InFlight,
     syscalls::SyscallTotals,
+    net::NetStart,
+    net::NetEnd,
+    net::NetConfig,
+    net::NetOffsets,
 );

@@ -20,6 +20,7 @@ mod http_client;
 mod http_route;
 mod http_server;
 mod maps;
+mod net;
 mod record;
 mod runtime;
 mod sql;
