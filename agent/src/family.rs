@@ -25,7 +25,7 @@ use crate::{
     binary::{BuiltinProbe, GoBinary},
     clock::WallClock,
     export::{EncodedSpan, SpanSender},
-    flight, grpc, http_client, http_server,
+    flight, grpc, http_client, http_server, net,
     probes::{KernelStats, LoadOptions, Probes},
     runtime,
     spans::Goroutines,
@@ -45,6 +45,7 @@ pub const FAMILIES: &[FamilyEntry] = &[
     grpc::FAMILY,
     runtime::FAMILY,
     syscalls::FAMILY,
+    net::FAMILY,
 ];
 
 /// How the session finds a family.

@@ -40,6 +40,7 @@ pub mod grpc;
 pub mod http_client;
 pub mod http_server;
 pub mod metrics;
+pub mod net;
 pub mod probes;
 pub mod resource;
 pub mod ringbuf;
