@@ -15,6 +15,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},
     net::SocketAddr,
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -34,8 +35,7 @@ struct Addrs {
     refused: SocketAddr,
 }
 
-fn start_netapp(flags: &[&str]) -> (Running, Addrs) {
-    let binary = build("netapp", flags);
+fn start_netapp(binary: &Path) -> (Running, Addrs) {
     let mut child = Command::new(binary)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -79,8 +79,8 @@ const SPANS: usize = 14;
 
 /// Runs one `/net` under the agent; the spans and how many addresses
 /// `localhost` has here.
-fn run(flags: &[&str]) -> (Addrs, Vec<FlatSpan>, usize) {
-    let (mut fixture, addrs) = start_netapp(flags);
+fn run(binary: &Path) -> (Addrs, Vec<FlatSpan>, usize) {
+    let (mut fixture, addrs) = start_netapp(binary);
     let receiver = Receiver::grpc();
     let mut agent = attach_grpc(fixture.pid(), &receiver);
     let mut conn = Connection::open(addrs.front);
@@ -303,12 +303,57 @@ fn assert_spans(addrs: &Addrs, spans: &[FlatSpan], answers: usize, stripped: boo
 
 #[test]
 fn tls_dns_and_dial_spans_are_children_of_the_span_open_on_their_goroutine() {
-    let (addrs, spans, answers) = run(&[]);
+    let (addrs, spans, answers) = run(&build("netapp", &[]));
     assert_spans(&addrs, &spans, answers, false);
 }
 
 #[test]
 fn a_stripped_build_gets_the_same_spans() {
-    let (addrs, spans, answers) = run(&["-ldflags=-s -w"]);
+    let (addrs, spans, answers) = run(&build("netapp", &["-ldflags=-s -w"]));
     assert_spans(&addrs, &spans, answers, true);
+}
+
+/// One release per minor version since Go 1.17, as `cargo xtask offsets`
+/// measures them (`cargo xtask setup` fetches them).
+const RELEASES: &[&str] = &[
+    "go1.17.13",
+    "go1.18.10",
+    "go1.19.13",
+    "go1.20.14",
+    "go1.21.13",
+    "go1.22.12",
+    "go1.23.12",
+    "go1.24.13",
+    "go1.25.8",
+    "go1.26.8",
+    "go1.27.4",
+];
+
+/// The functions, their argument registers and the table's offsets hold on
+/// every release: the same spans from a stripped build of each.
+#[test]
+fn every_go_release_from_1_17_stripped() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("net_spans");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for release in RELEASES {
+        let out = dir.join(format!("netapp-{release}-stripped"));
+        let built = Command::new(support::fixture::go())
+            .env("GOTOOLCHAIN", release)
+            .env("GOFLAGS", "-mod=mod")
+            .env("CGO_ENABLED", "0")
+            .current_dir(support::fixture::fixtures_dir())
+            .args(["build", "-ldflags=-s -w", "-o"])
+            .arg(&out)
+            .arg("./netapp")
+            .output()
+            .expect("run go build");
+        assert!(
+            built.status.success(),
+            "{release}: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        eprintln!("--- {release}");
+        let (addrs, spans, answers) = run(&out);
+        assert_spans(&addrs, &spans, answers, true);
+    }
 }
