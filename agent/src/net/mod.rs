@@ -166,10 +166,12 @@ impl Family for Net {
             .map(|kind| kernel.lost(kind))
             .sum();
         out.extend([
+            // Records, not spans: the kernel cannot tell a lookup of an IP
+            // literal (no span) from a lookup.
             Counter::loss(
-                "net_operations_lost",
-                "TLS, DNS and dial operations lost to a full ring buffer",
-                " spans",
+                "net_starts_lost",
+                "TLS, DNS and dial starts lost to a full ring buffer",
+                " records",
                 starts_lost,
             ),
             Counter::loss(
