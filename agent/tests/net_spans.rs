@@ -314,20 +314,24 @@ fn a_stripped_build_gets_the_same_spans() {
 }
 
 /// One release per minor version since Go 1.17, as `cargo xtask offsets`
-/// measures them (`cargo xtask setup` fetches them).
+/// measures them: the ones `cargo xtask setup` fetches, Debian's Go 1.19
+/// (which it installs) and the installed Go (1.26).
 const RELEASES: &[&str] = &[
     "go1.17.13",
     "go1.18.10",
-    "go1.19.13",
+    "debian-1.19",
     "go1.20.14",
     "go1.21.13",
     "go1.22.12",
     "go1.23.12",
     "go1.24.13",
     "go1.25.8",
-    "go1.26.8",
+    "local",
     "go1.27.4",
 ];
+
+/// Where `cargo xtask setup` installs Debian's Go 1.19.
+const DEBIAN_GO_119: &str = "/usr/lib/go-1.19/bin/go";
 
 /// The functions, their argument registers and the table's offsets hold on
 /// every release: the same spans from a stripped build of each.
@@ -337,8 +341,18 @@ fn every_go_release_from_1_17_stripped() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     for release in RELEASES {
         let out = dir.join(format!("netapp-{release}-stripped"));
-        let built = Command::new(support::fixture::go())
-            .env("GOTOOLCHAIN", release)
+        let (go, toolchain) = match *release {
+            "debian-1.19" => {
+                assert!(
+                    Path::new(DEBIAN_GO_119).exists(),
+                    "Go 1.19 is needed at {DEBIAN_GO_119}: `cargo xtask setup` installs it"
+                );
+                (DEBIAN_GO_119.to_owned(), "local")
+            }
+            other => (support::fixture::go(), other),
+        };
+        let built = Command::new(go)
+            .env("GOTOOLCHAIN", toolchain)
             .env("GOFLAGS", "-mod=mod")
             .env("CGO_ENABLED", "0")
             .current_dir(support::fixture::fixtures_dir())
