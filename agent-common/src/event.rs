@@ -9,7 +9,7 @@ use crate::{
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 27] = [
+pub const KINDS: [u32; 33] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -37,6 +37,12 @@ pub const KINDS: [u32; 27] = [
     syscalls::KIND_SYSCALL_SOURCE,
     propagate::KIND_SERVER_IDS,
     propagate::KIND_CLIENT_IDS,
+    crate::net::KIND_TLS_START,
+    crate::net::KIND_TLS_END,
+    crate::net::KIND_DNS_START,
+    crate::net::KIND_DNS_END,
+    crate::net::KIND_DIAL_START,
+    crate::net::KIND_DIAL_END,
 ];
 
 /// Kinds are small: the agent dispatches on them through a table this long.

@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_client;
 pub mod http_route;
+pub mod net;
 pub mod propagate;
 pub mod runtime;
 pub mod sql;
@@ -87,4 +88,8 @@ impl_pod!(
     propagate::SpanIds,
     propagate::SpanContext,
     propagate::PropagateConfig,
+    net::NetStart,
+    net::NetEnd,
+    net::NetConfig,
+    net::NetOffsets,
 );

@@ -20,6 +20,7 @@ mod http_client;
 mod http_route;
 mod http_server;
 mod maps;
+mod net;
 mod propagate;
 mod record;
 mod runtime;

@@ -291,6 +291,7 @@ slot_configs!(
     agent_common::sql::SqlConfig,
     agent_common::grpc::GrpcConfig,
     agent_common::runtime::RuntimeConfig,
+    agent_common::net::NetConfig,
 );
 
 /// The configuration of the target slot a probe with attach cookie `cookie`

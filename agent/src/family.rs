@@ -27,6 +27,7 @@ use crate::{
     export::{EncodedSpan, SpanSender},
     flight, grpc, http_client, http_server,
     instrument::{Categories, Category},
+    net,
     probes::{KernelStats, LoadOptions, Probes},
     propagate, runtime,
     spans::{Goroutines, Sampler},
@@ -47,6 +48,7 @@ pub const FAMILIES: &[FamilyEntry] = &[
     runtime::FAMILY,
     syscalls::FAMILY,
     propagate::FAMILY,
+    net::FAMILY,
 ];
 
 /// How the session finds a family.

@@ -42,6 +42,7 @@ pub mod http_client;
 pub mod http_server;
 pub mod instrument;
 pub mod metrics;
+pub mod net;
 pub mod probes;
 pub mod propagate;
 pub mod resource;

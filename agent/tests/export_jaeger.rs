@@ -26,7 +26,7 @@ use support::{
     agent::{AGENT_EXIT, Agent, command},
     fixture::{build, start_httpclient},
     http_client::Connection,
-    otlp::{FlatSpan, flatten, hex},
+    otlp::{FlatSpan, flatten, hex, split_net},
 };
 
 /// The spans of one `/call`: the front SERVER span, six CLIENT spans, and
@@ -352,6 +352,7 @@ fn compare(sent: &[FlatSpan], stored: &[JaegerSpan], service: &str) {
         let kind = match SpanKind::try_from(span.span.kind) {
             Ok(SpanKind::Server) => "server",
             Ok(SpanKind::Client) => "client",
+            Ok(SpanKind::Internal) => "internal",
             other => panic!("{name}: unexpected kind {other:?}"),
         };
         assert_eq!(
@@ -381,27 +382,46 @@ fn jaeger_stores_every_span_over_grpc_and_http() {
     let jaeger = Jaeger::start();
     let (fixture, addrs) = start_httpclient(&build("httpclient", &[]));
     let dir = tempfile::tempdir().expect("tempdir");
-    for (protocol, endpoint) in [
+    for (round, (protocol, endpoint)) in [
         ("grpc", format!("http://{}", jaeger.otlp_grpc)),
         ("http/protobuf", format!("http://{}", jaeger.otlp_http)),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // The connections `/call` sets up (tests/http_client.rs): in the
+        // first round one per server and the TLS handshake on both sides;
+        // the second reuses them, and only dials the refused port again.
+        let mut want_net = vec![format!("connect {}", addrs.refused)];
+        if round == 0 {
+            want_net.extend([
+                format!("connect {}", addrs.back),
+                format!("connect {}", addrs.tls_back),
+                "TLS client handshake 127.0.0.1".to_owned(),
+                "TLS server handshake".to_owned(),
+            ]);
+        }
+        want_net.sort();
+        let total = SPANS_PER_CALL + want_net.len();
         let service = format!("agent-test-{}", protocol.replace('/', "-"));
         let jsonl = dir.path().join(format!("{service}.jsonl"));
         let mut agent = attach(fixture.pid(), &endpoint, protocol, &service, &jsonl);
         let (status, _) = Connection::open(addrs.front).request("GET", "/call", b"");
         assert_eq!(status, 200);
-        let traces = jaeger.traces(&service, SPANS_PER_CALL);
+        let traces = jaeger.traces(&service, total);
         agent.signal(Signal::SIGINT);
         let exit = agent.wait(AGENT_EXIT);
         assert!(exit.success(), "{protocol}: agent exit {exit}");
         let summary = agent.wait_for_stderr("spans exported", Duration::from_secs(1));
         assert!(
-            summary.contains(&format!("agent: {SPANS_PER_CALL} spans exported")),
+            summary.contains(&format!("agent: {total} spans exported")),
             "{protocol}: {summary}"
         );
 
         let sent = written(&jsonl);
-        assert_eq!(sent.len(), SPANS_PER_CALL, "{protocol}");
+        assert_eq!(sent.len(), total, "{protocol}");
+        let (net, _) = split_net(sent.clone());
+        assert_eq!(net, want_net, "{protocol}");
         let stored = jaeger_spans(&traces);
         compare(&sent, &stored, &service);
         // The handler's SERVER span is a root with the six CLIENT spans in
@@ -409,9 +429,15 @@ fn jaeger_stores_every_span_over_grpc_and_http() {
         // their own traces (the agent reads requests, it does not add a
         // traceparent to them).
         let roots: Vec<&JaegerSpan> = stored.iter().filter(|s| s.parent.is_none()).collect();
+        // The TLS server's handshake is a root too (no span is open on a
+        // connection's goroutine before its request).
+        let handshakes = want_net
+            .iter()
+            .filter(|n| *n == "TLS server handshake")
+            .count();
         assert_eq!(
             roots.len(),
-            6,
+            6 + handshakes,
             "{protocol}: the handler and five back requests"
         );
         let front = roots

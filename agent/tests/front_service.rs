@@ -41,7 +41,7 @@ use support::{
     agent::attach_grpc,
     fixture::{self, ClientAddrs, start_httpclient},
     http_client::Connection,
-    otlp::{FlatSpan, Receiver, hex},
+    otlp::{FlatSpan, Receiver, hex, split_net},
 };
 
 /// Where a span hangs.
@@ -422,7 +422,19 @@ fn one_front_request_is_one_exact_tree() {
     let exit = agent.wait(Duration::from_secs(60));
     assert!(exit.success(), "agent exit: {exit}");
 
-    let spans = receiver.spans();
+    // The connections the calls set up (one per server, the plain one
+    // kept alive; the TLS handshake on both sides; the gRPC client's).
+    let (net, spans) = split_net(receiver.spans());
+    let mut want_net = vec![
+        format!("connect {}", addrs.back),
+        format!("connect {}", addrs.tls_back),
+        format!("connect {}", addrs.refused),
+        format!("connect 127.0.0.1:{grpc_port}"),
+        "TLS client handshake 127.0.0.1".to_owned(),
+        "TLS server handshake".to_owned(),
+    ];
+    want_net.sort();
+    assert_eq!(net, want_net);
     let mut got: Vec<&FlatSpan> = spans.iter().collect();
     got.sort_by_key(|s| s.span.start_time_unix_nano);
     let tree = render(&got);
@@ -515,7 +527,10 @@ fn one_front_request_is_one_exact_tree() {
 
     let stderr = agent.stderr_lines().join("\n");
     assert!(
-        stderr.contains(&format!("agent: {} spans exported", want.len())),
+        stderr.contains(&format!(
+            "agent: {} spans exported",
+            want.len() + want_net.len()
+        )),
         "{stderr}"
     );
     for counter in [

@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use support::{
     agent::attach_grpc,
     fixture::{self, Running},
-    otlp::{FlatSpan, Receiver, hex},
+    otlp::{FlatSpan, Receiver, hex, split_net},
 };
 
 /// The trace context the fixture's first call sends in its metadata.
@@ -79,7 +79,9 @@ fn grpc_client_and_server_calls_become_spans() {
     terminate(&mut app);
     let status_code = agent.wait(AGENT_EXIT);
     assert!(status_code.success(), "agent exit: {status_code}");
-    let spans = receiver.spans();
+    // The client's connection: one dial (its lookup is of an IP literal).
+    let (net, spans) = split_net(receiver.spans());
+    assert_eq!(net, [format!("connect 127.0.0.1:{grpc_port}")]);
     assert_eq!(
         spans.len(),
         7,
@@ -216,7 +218,9 @@ fn stripped_binary_is_traced_from_the_module_table() {
     receiver.wait_for_spans(7, Duration::from_secs(20));
     terminate(&mut app);
     assert!(agent.wait(AGENT_EXIT).success());
-    let spans = receiver.spans();
+    let (net, spans) = split_net(receiver.spans());
+    assert_eq!(net.len(), 1, "the client's dial: {net:?}");
+    assert!(net[0].starts_with("connect 127.0.0.1:"), "{net:?}");
     assert_eq!(spans.len(), 7, "the HTTP span and six gRPC spans");
     assert_eq!(spans.iter().filter(|s| s.scope == "agent/grpc").count(), 6);
 }

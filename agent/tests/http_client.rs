@@ -13,7 +13,7 @@ use support::{
     agent::{Agent, attach_grpc, command},
     fixture::{ClientAddrs as Addrs, start_httpclient},
     http_client::Connection,
-    otlp::{FlatSpan, Receiver},
+    otlp::{FlatSpan, Receiver, split_net},
 };
 
 /// What one client span must say.
@@ -110,6 +110,18 @@ fn call_and_collect(agent_args: &[&str]) -> (Addrs, Vec<FlatSpan>, Agent) {
 #[test]
 fn client_calls_are_children_of_the_handlers_server_span() {
     let (addrs, spans, mut agent) = call_and_collect(&[]);
+    // The connections the calls set up: one per server (the plain one
+    // kept alive), the TLS handshake on both sides.
+    let (net, spans) = split_net(spans);
+    let mut want_net = vec![
+        format!("connect {}", addrs.back),
+        format!("connect {}", addrs.tls_back),
+        format!("connect {}", addrs.refused),
+        "TLS client handshake 127.0.0.1".to_owned(),
+        "TLS server handshake".to_owned(),
+    ];
+    want_net.sort();
+    assert_eq!(net, want_net);
     assert_eq!(
         spans.len(),
         12,
@@ -205,7 +217,7 @@ fn client_calls_are_children_of_the_handlers_server_span() {
     assert_eq!(back_query, ["token=REDACTED&q=REDACTED"]);
 
     let summary = agent.wait_for_stderr("spans exported", Duration::from_secs(1));
-    assert!(summary.contains("agent: 12 spans exported"), "{summary}");
+    assert!(summary.contains("agent: 17 spans exported"), "{summary}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use support::{
     agent::attach_grpc,
     fixture::{fixtures_dir, start_httpclient, start_httpserver, start_httpserver_with},
     http_client::Connection,
-    otlp::{FlatSpan, Receiver, hex},
+    otlp::{FlatSpan, Receiver, hex, split_net},
 };
 
 const DEBIAN_GO_119: &str = "/usr/lib/go-1.19/bin/go";
@@ -249,9 +249,12 @@ fn trace_h2(toolchain: &str, kind: Build) {
         "200\n500\n",
         "{toolchain} {kind:?}: {out:?}"
     );
-    let spans = receiver.wait_for_spans(2, Duration::from_secs(20));
+    // Two requests, and curl's connection's TLS handshake.
+    receiver.wait_for_spans(3, Duration::from_secs(20));
     drop(server);
     assert!(agent.wait(AGENT_EXIT).success());
+    let (net, spans) = split_net(receiver.spans());
+    assert_eq!(net, ["TLS server handshake"], "{toolchain} {kind:?}");
     assert_eq!(spans.len(), 2, "{toolchain} {kind:?}: one span per request");
     for (name, status, body) in [("GET /hello", "200", "5"), ("PUT /fail", "500", "18")] {
         let what = format!("{toolchain} {kind:?} HTTP/2 {name}");
@@ -360,9 +363,12 @@ fn trace_client(toolchain: &str, kind: Build) {
     let mut agent = attach_grpc(server.pid(), &receiver);
     let mut conn = Connection::open(addrs.front);
     assert_eq!(conn.request("GET", "/call", b"").0, 200);
-    let spans = receiver.wait_for_spans(12, Duration::from_secs(20));
+    // Twelve, and the five connection set-up spans (tests/http_client.rs).
+    receiver.wait_for_spans(17, Duration::from_secs(20));
     drop(server);
     assert!(agent.wait(AGENT_EXIT).success());
+    let (net, spans) = split_net(receiver.spans());
+    assert_eq!(net.len(), 5, "{toolchain} {kind:?}: {net:?}");
     let what = format!("{toolchain} {kind:?}");
     let front = spans
         .iter()
@@ -640,10 +646,19 @@ fn trace_grpc(module: &str, toolchain: &str, kind: Build, grpc: &str, reflection
         .find_map(|l| l.strip_prefix("target: 127.0.0.1:"))
         .expect("gRPC address in the body")
         .to_owned();
-    receiver.wait_for_spans(7, Duration::from_secs(20));
+    // Seven, and the client's dial where it dials on its first call
+    // (`grpc.NewClient`; `grpc.Dial` in grpcapp-old connects at start,
+    // before the agent attaches).
+    let want_net: Vec<String> = if module == "grpcapp" {
+        vec![format!("connect 127.0.0.1:{grpc_port}")]
+    } else {
+        Vec::new()
+    };
+    receiver.wait_for_spans(7 + want_net.len(), Duration::from_secs(20));
     app.terminate();
     assert!(agent.wait(AGENT_EXIT).success(), "{what}");
-    let spans = receiver.spans();
+    let (net, spans) = split_net(receiver.spans());
+    assert_eq!(net, want_net, "{what}");
     assert_eq!(
         spans.len(),
         7,

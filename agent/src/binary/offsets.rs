@@ -58,6 +58,11 @@ pub const NEEDED_FIELDS: &[(&str, &[&str])] = &[
     ("database/sql.dsnConnector", &["driver"]),
     ("database/sql.Tx", &["db", "done"]),
     ("database/sql.Stmt", &["db", "query"]),
+    (
+        "crypto/tls.Conn",
+        &["config", "vers", "cipherSuite", "didResume", "serverName"],
+    ),
+    ("crypto/tls.Config", &["ServerName"]),
 ];
 
 /// Structs of [`NEEDED_FIELDS`] that only some releases have: the map

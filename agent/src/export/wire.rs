@@ -197,6 +197,19 @@ impl<'a> SpanWriter<'a> {
         self
     }
 
+    /// A boolean attribute.
+    pub fn attr_bool(&mut self, key: &str, value: bool) -> &mut Self {
+        // KeyValue { key = 1, value = 2: AnyValue { bool_value = 2 } }
+        put_nested(self.buf, 9, |kv| {
+            put_len_field(kv, 1, key.as_bytes());
+            put_nested(kv, 2, |any| {
+                put_tag(any, 2, VARINT);
+                put_varint(any, u64::from(value));
+            });
+        });
+        self
+    }
+
     /// An array-of-strings attribute (`AnyValue.array_value`).
     pub fn attr_str_array(&mut self, key: &str, values: &[&str]) -> &mut Self {
         // KeyValue { key = 1, value = 2: AnyValue { array_value = 5:

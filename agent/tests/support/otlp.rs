@@ -506,3 +506,14 @@ impl TestPki {
         }
     }
 }
+
+/// Splits off the connection set-up family's spans (scope `agent/net`:
+/// TLS handshakes, lookups and dials, asserted exactly in
+/// tests/net_spans.rs): their names, sorted, and every other span.
+pub fn split_net(spans: Vec<FlatSpan>) -> (Vec<String>, Vec<FlatSpan>) {
+    let (net, rest): (Vec<FlatSpan>, Vec<FlatSpan>) =
+        spans.into_iter().partition(|s| s.scope == "agent/net");
+    let mut names: Vec<String> = net.into_iter().map(|s| s.span.name).collect();
+    names.sort();
+    (names, rest)
+}
