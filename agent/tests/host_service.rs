@@ -431,3 +431,97 @@ fn systemd_accepts_the_unit() {
     assert_eq!(stderr.trim(), "", "no warnings");
     assert!(Path::new(&path).exists());
 }
+
+/// The cgroup v2 hierarchy: `/sys/fs/cgroup/unified` beside v1
+/// controllers, else `/sys/fs/cgroup`.
+fn cgroup2_root() -> PathBuf {
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    if unified.join("cgroup.procs").exists() {
+        unified.to_owned()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+#[test]
+fn a_target_in_a_pid_namespace_and_a_container_cgroup() {
+    let (binary, name) = renamed_fixture("n");
+    let receiver = Receiver::grpc();
+    // A cgroup named as Docker names a container's.
+    let id = format!("{:0>64x}", std::process::id());
+    let cgroup = cgroup2_root().join(format!("docker-{id}.scope"));
+    std::fs::create_dir_all(&cgroup).expect("create cgroup");
+
+    let mut cmd = command();
+    cmd.args(["--exe", &name]).args(otlp_args(&receiver));
+    let mut agent = Agent::start(cmd);
+    agent.wait_for_stderr("watching for new processes", Duration::from_secs(60));
+    // The server as PID 1 of its own PID namespace (and mount namespace,
+    // its own /proc), in that cgroup.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec unshare --pid --fork --kill-child --mount-proc {} -addr 127.0.0.1:0",
+        cgroup.display(),
+        binary.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env("GODEBUG", "httpmuxgo121=0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start unshare");
+    let stdout = child.stdout.take().expect("stdout");
+    let server = Running { child };
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let addr: SocketAddr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .expect("read");
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            break addr.parse().expect("address");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let attached = agent.wait_for_stderr("attached to PID", Duration::from_secs(30));
+    let host_pid: u32 = attached
+        .split("attached to PID ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .expect("PID in the attach line");
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
+        "the server is PID 1 in its namespace: {status}"
+    );
+
+    let paths = send(addr, "ns", 3);
+    let spans = spans_of(&receiver, &[host_pid], 3);
+    assert_eq!(
+        paths_by_pid(&spans),
+        expect_paths(&paths, host_pid).collect()
+    );
+    for span in &spans {
+        assert_eq!(
+            span.resource.get("process.vpid").map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(span.resource.get("container.id"), Some(&id));
+    }
+    // unshare ignores SIGTERM while it waits: SIGKILL, and --kill-child
+    // takes the server with it.
+    drop(server);
+    stop(agent);
+    // The cgroup is removable once its processes are gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::remove_dir(&cgroup).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "cannot remove {}",
+            cgroup.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
