@@ -14,6 +14,15 @@ pub const KIND_PROCESS_EXEC: u32 = 44;
 /// first requests are missed.
 pub const EXEC_HELD: u32 = 1;
 
+/// `EventHeader::site` of a [`ProcessExec`] that is not an exec: the
+/// process (`header.tid`) began listening on a TCP port `DISCOVERY_PORTS`
+/// names (`header.goid`), reported by the program on the raw tracepoint
+/// `inet_sock_set_state` (`--port N`: a server found when it listens).
+pub const EXEC_LISTENING: u32 = 2;
+
+/// Entries of `DISCOVERY_PORTS`: the TCP ports `--port` selects.
+pub const MAX_PORTS: u32 = 64;
+
 /// Entries of `DISCOVERY_HOLD`: names (`comm`, 15 bytes at most,
 /// zero-padded) whose execs are held.
 pub const MAX_HOLD_NAMES: u32 = 64;

@@ -9,13 +9,15 @@
 //! program gets far, and execs are rare next to the records targets write.
 
 use agent_common::{
-    discovery::{EXEC_HELD, KIND_PROCESS_EXEC, MAX_HOLD_NAMES, ProcessExec},
+    discovery::{
+        EXEC_HELD, EXEC_LISTENING, KIND_PROCESS_EXEC, MAX_HOLD_NAMES, MAX_PORTS, ProcessExec,
+    },
     event::EventHeader,
 };
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::bpf_send_signal,
     },
     macros::{map, raw_tracepoint},
@@ -70,6 +72,59 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
         tid: tgid,
         site: if held { EXEC_HELD } else { 0 },
         goid: 0,
+        ktime_ns: now,
+    };
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    count(agent_common::stats::EVENTS_WRITTEN);
+    0
+}
+
+/// `TCP_LISTEN` in the kernel's TCP states.
+const TCP_LISTEN: i32 = 10;
+/// Offset of `skc_num` (the local port, host order) in `struct sock`: the
+/// first member is `struct sock_common`, whose address pair (8 bytes) and
+/// hash (4) come before the port pair (`skc_dport`, `skc_num`). Checked on
+/// this kernel's BTF; a layout older than BPF itself.
+const SKC_NUM_OFFSET: usize = 14;
+
+/// TCP ports (`--port`) whose listeners the agent wants to hear of.
+#[map]
+pub static DISCOVERY_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+/// Every TCP state change on the host (`inet_sock_set_state(sk, oldstate,
+/// newstate)`); a socket that starts listening on a port in
+/// [`DISCOVERY_PORTS`] is reported with the process that called
+/// `listen()`, so that `--port` finds a server when it listens, not on a
+/// timer. Connections change state far more often than servers start:
+/// everything else returns after two comparisons and one map lookup.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn process_listen(ctx: RawTracePointContext) -> i32 {
+    let newstate: i32 = ctx.arg(2);
+    if newstate != TCP_LISTEN {
+        return 0;
+    }
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: a kernel read the helper checks; `sk` is the tracepoint's
+    // socket, and a failed read is a port of 0, which no entry names.
+    let port: u16 = unsafe { bpf_probe_read_kernel(sk.wrapping_add(SKC_NUM_OFFSET).cast::<u16>()) }
+        .unwrap_or(0);
+    // SAFETY: a lookup by value; the map holds plain integers.
+    if unsafe { DISCOVERY_PORTS.get(&port) }.is_none() {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(mut entry) = EVENTS.reserve::<ProcessExec>(0) else {
+        count_lost(KIND_PROCESS_EXEC);
+        return 0;
+    };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    fields(&mut entry).header = EventHeader {
+        kind: KIND_PROCESS_EXEC,
+        target: 0,
+        tid: tgid,
+        site: EXEC_LISTENING,
+        goid: u64::from(port),
         ktime_ns: now,
     };
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);

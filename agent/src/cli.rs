@@ -43,18 +43,30 @@ pub enum Command {
 pub struct TraceArgs {
     /// PID of the process to trace (a Go program serving HTTP with net/http,
     /// or any program with USDT probes a mapping names). Repeatable (also
-    /// AGENT_PID, comma-separated); one --pid alone exits with its process,
+    /// AGENT_PID, comma-separated, when no --pid is given); one --pid alone exits with its process,
     /// any other selection runs until SIGINT or SIGTERM.
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
 
     /// Trace every process whose executable matches: a glob on its path
     /// when PATTERN has a `/`, else on its file name (`httpserver`,
-    /// `api-*`). Repeatable (also AGENT_EXE, comma-separated). Processes
+    /// `api-*`). Repeatable (also AGENT_EXE, comma-separated, when no --exe is given). Processes
     /// running at start are found in /proc, later ones as they exec; the
     /// agent runs until SIGINT or SIGTERM.
     #[arg(long, value_name = "PATTERN", conflicts_with = "command")]
     pub exe: Vec<String>,
+
+    /// Trace every process listening on TCP port N: those listening at
+    /// start, found in /proc, and later ones as they call listen().
+    /// Repeatable (also AGENT_PORT, comma-separated); runs until stopped.
+    #[arg(long, value_name = "N", conflicts_with = "command")]
+    pub port: Vec<u16>,
+
+    /// Trace every Go process with something to trace (Go build info, and
+    /// a library the agent instruments). Also AGENT_GO=1; runs until
+    /// stopped.
+    #[arg(long, conflicts_with = "command")]
+    pub go: bool,
 
     /// service.name of the targets whose executable is EXE (a file name, or
     /// a whole path): `--service-name-map api=checkout`. Repeatable.

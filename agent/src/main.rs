@@ -2,10 +2,9 @@
 
 mod cli;
 mod commands;
+mod config_file;
 
 use std::process::ExitCode;
-
-use clap::Parser as _;
 
 fn init_logging(log: cli::LogArgs) {
     let level = if log.quiet {
@@ -27,7 +26,16 @@ fn init_logging(log: cli::LogArgs) {
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match config_file::parse(std::env::args_os().collect(), |name| {
+        std::env::var(name).ok()
+    }) {
+        Ok(cli) => cli,
+        Err(config_file::ParseError::Clap(err)) => err.exit(),
+        Err(config_file::ParseError::File(err)) => {
+            eprintln!("agent: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     init_logging(cli.log);
     agent::export::tls::install_default_provider();
     let runtime = match tokio::runtime::Builder::new_current_thread()

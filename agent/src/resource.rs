@@ -18,6 +18,46 @@ pub struct ProcessInfo {
     pub executable_path: String,
     /// Go version from the binary's build info, e.g. `go1.26.8`.
     pub runtime_version: Option<String>,
+    /// Its PID in its own PID namespace (a container's), when that is not
+    /// the agent's (`process.vpid`).
+    pub namespaced_pid: Option<u32>,
+    /// `container.id`, from its cgroup path, when it runs in a container.
+    pub container_id: Option<String>,
+}
+
+/// What `/proc/N` says of process `pid`'s container: its PID in its own
+/// PID namespace ([`namespaced_pid`]) and its container id
+/// ([`container_id`]).
+pub fn container_details(pid: u32) -> (Option<u32>, Option<String>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    (namespaced_pid(&status, pid), container_id(&cgroup))
+}
+
+/// The last PID of `NSpid:` in `/proc/N/status` (the innermost namespace's),
+/// when it is not `pid` (the PID as this agent sees it).
+pub fn namespaced_pid(status: &str, pid: u32) -> Option<u32> {
+    let inner: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()?;
+    (inner != pid).then_some(inner)
+}
+
+/// The container id in a `/proc/N/cgroup`: 64 hex digits as the last
+/// component of a cgroup path, alone (`/docker/ID`, Kubernetes'
+/// `/kubepods/.../ID`) or in a runtime's scope name (`docker-ID.scope`,
+/// `cri-containerd-ID.scope`, `crio-ID.scope`, `libpod-ID.scope`).
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        let last = line.rsplit('/').next()?;
+        let last = last.strip_suffix(".scope").unwrap_or(last);
+        let id = last.rsplit('-').next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+    })
 }
 
 /// Inputs to [`build`].
@@ -123,6 +163,12 @@ pub fn build(process: Option<&ProcessInfo>, options: &ResourceOptions) -> (Resou
     }
     if let Some(p) = process {
         attributes.push(KeyValue::new("process.pid", i64::from(p.pid)));
+        if let Some(vpid) = p.namespaced_pid {
+            attributes.push(KeyValue::new("process.vpid", i64::from(vpid)));
+        }
+        if let Some(id) = &p.container_id {
+            attributes.push(KeyValue::new("container.id", id.clone()));
+        }
         attributes.push(KeyValue::new(
             "process.executable.path",
             p.executable_path.clone(),
@@ -174,6 +220,7 @@ mod tests {
             pid: 42,
             executable_path: "/srv/bin/shop".into(),
             runtime_version: Some("go1.26.8".into()),
+            ..Default::default()
         };
         let mut options = ResourceOptions {
             env_attributes: Some("service.name=from-attrs,deployment.environment=prod".into()),
@@ -202,6 +249,41 @@ mod tests {
         };
         let (r, _) = build(Some(&c_program), &ResourceOptions::default());
         assert_eq!(get(&r, "process.runtime.name"), None, "not a Go program");
+    }
+
+    #[test]
+    fn containers_pid_and_id() {
+        let status = "Name:\tapi\nTgid:\t4242\nNSpid:\t4242\t1\n";
+        assert_eq!(namespaced_pid(status, 4242), Some(1));
+        assert_eq!(namespaced_pid("NSpid:\t4242\n", 4242), None);
+        let id = "0123456789abcdef".repeat(4);
+        for cgroup in [
+            format!("0::/system.slice/docker-{id}.scope\n"),
+            format!("12:memory:/docker/{id}\n0::/\n"),
+            format!("0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope\n"),
+            format!("0::/kubepods/burstable/pod7/{id}\n"),
+        ] {
+            assert_eq!(
+                container_id(&cgroup).as_deref(),
+                Some(id.as_str()),
+                "{cgroup}"
+            );
+        }
+        assert_eq!(container_id("0::/user.slice/session-3.scope\n"), None);
+        assert_eq!(
+            container_id("4:memory:/process_api/ac7dcb7d78f007558ca44d56052cfd15\n"),
+            None
+        );
+        let process = ProcessInfo {
+            pid: 4242,
+            namespaced_pid: Some(1),
+            container_id: Some(id.clone()),
+            ..Default::default()
+        };
+        let (r, _) = build(Some(&process), &ResourceOptions::default());
+        assert_eq!(get(&r, "process.pid").as_deref(), Some("4242"));
+        assert_eq!(get(&r, "process.vpid").as_deref(), Some("1"));
+        assert_eq!(get(&r, "container.id"), Some(id));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod bench;
 mod ci;
 mod demo;
 mod go_cache;
+mod install;
 mod jaeger;
 mod offsets;
 mod setup;
@@ -58,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// Build the release agent and install it as a host service: the
+    /// binary in PREFIX/bin, the systemd unit, the commented
+    /// /etc/agent/agent.toml (kept if present). Not root: builds, then
+    /// prints the command to run as root.
+    Install(install::InstallArgs),
     /// An OTLP/HTTP sink that accepts and discards every export, for
     /// benchmark scripts: prints its address, serves until killed.
     Sink {
@@ -77,5 +83,6 @@ fn main() -> anyhow::Result<()> {
         Command::Offsets { tables, .. } => offsets::run(tables),
         Command::Bench { which } => bench::run(which),
         Command::Sink { listen } => bench::serve_sink_forever(listen),
+        Command::Install(args) => install::run(&args),
     }
 }

@@ -11,8 +11,9 @@ use crate::util::{exec, is_root, output, root};
 /// systemtap-sdt-dev and gcc for the USDT fixtures; Go 1.19 for the version
 /// matrix; util-linux for setpriv (the privilege test); curl (with HTTP/2)
 /// as the HTTP/2 client of the HTTP server test; libc6-dev (static libc)
-/// for the syscall fixture, and strace, whose `-c` counts it is held to.
-const PACKAGES: [&str; 10] = [
+/// for the syscall fixture, and strace, whose `-c` counts it is held to;
+/// systemd for `systemd-analyze verify` of the unit (host_service test).
+const PACKAGES: [&str; 11] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "wrk",
@@ -23,6 +24,7 @@ const PACKAGES: [&str; 10] = [
     "curl",
     "libc6-dev",
     "strace",
+    "systemd",
 ];
 
 /// The oldest Go that builds the fixtures and test programs.

@@ -1,6 +1,7 @@
-//! Host mode: `agent --exe PATTERN` (and any selection other than one
-//! `--pid`). Processes already running are found once in `/proc`, later
-//! ones as they exec ([`agent::discovery::ExecWatch`]); each match gets a
+//! Host mode: `agent --exe PATTERN`, `--port N`, `--go` (and any selection
+//! other than one `--pid`). Processes already running are found once in
+//! `/proc`, later ones as they exec, or, for `--port`, as they start
+//! listening ([`agent::discovery::ExecWatch`]); each match gets a
 //! session of its own (its probes, ring buffer, families, export pipeline
 //! and resource), all in this one runtime. A target that exits is
 //! detached and flushed by its session; a restarted one is a new exec and
@@ -9,7 +10,7 @@
 use std::{
     cell::Cell,
     collections::{HashMap, HashSet},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex},
     time::Duration,
@@ -17,11 +18,18 @@ use std::{
 
 use agent::{
     discovery::{
-        self, Exec, ExecWatch, Selectors, binaries::BinaryCache, scan, selector::ServiceNames,
+        self, Exec, ExecWatch, Selectors,
+        binaries::{BinaryCache, GoFiles},
+        ports::Listeners,
+        scan,
+        selector::ServiceNames,
     },
     export::ExportConfig,
     family::Counter,
-    probes,
+    probes::{
+        self,
+        preflight::{NEEDS_DAC_READ_SEARCH, NEEDS_KILL, NEEDS_SYS_ADMIN, NEEDS_SYS_PTRACE},
+    },
     resource::{self, ResourceOptions},
     session::{Counters, Session, SessionError, SessionOptions},
     target::TargetError,
@@ -51,13 +59,24 @@ pub async fn run(
         args.metrics_listen.is_none(),
         "--metrics-listen is not available yet with --exe or several --pid"
     );
+    // The capabilities the service needs, each named when missing (as
+    // root they are all there unless taken away).
+    let hold = !args.no_hold && !selectors.plain_names().is_empty();
+    let mut needed = vec![NEEDS_SYS_ADMIN, NEEDS_SYS_PTRACE];
+    if !selectors.ports.is_empty() {
+        needed.push(NEEDS_DAC_READ_SEARCH);
+    }
+    if hold {
+        needed.push(NEEDS_KILL);
+    }
+    probes::preflight::capabilities(&needed)?;
     probes::preflight()?;
     let host = Host {
         options: super::trace::options(args)?,
         export: super::export_config(export)?,
         names: ServiceNames::parse(&args.service_name_map)?,
         service_name: export.service_name.clone(),
-        single_pid: selectors.exes.is_empty() && selectors.pids.len() == 1,
+        single_pid: selectors.single_pid().is_some(),
         hold: !args.no_hold,
         binaries: Arc::default(),
         selectors,
@@ -94,6 +113,15 @@ struct Host {
     binaries: Arc<Mutex<BinaryCache>>,
 }
 
+/// Why a process is traced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Selected {
+    /// Named: by `--pid`, `--exe` or `--port`.
+    Named,
+    /// Only as a Go process (`--go`): one with nothing to trace is no news.
+    Go,
+}
+
 /// How one target's session ended.
 struct Ended {
     pid: u32,
@@ -103,6 +131,26 @@ struct Ended {
 }
 
 impl Host {
+    /// Whether process `pid`, running `exe`, is selected, and why.
+    fn select(
+        &self,
+        pid: u32,
+        exe: &Path,
+        listeners: &mut Listeners<'_>,
+        go_files: &mut GoFiles,
+    ) -> Option<Selected> {
+        if pid == std::process::id() {
+            return None;
+        }
+        if self.selectors.matches(pid, exe) || listeners.listens(pid) {
+            return Some(Selected::Named);
+        }
+        // The file through /proc: the process may see another mount
+        // namespace than the agent's.
+        (self.selectors.go && go_files.is_go(Path::new(&format!("/proc/{pid}/exe"))))
+            .then_some(Selected::Go)
+    }
+
     async fn supervise(self) -> anyhow::Result<Totals> {
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -114,7 +162,8 @@ impl Host {
         } else {
             Vec::new()
         };
-        let mut execs = ExecWatch::start(&hold)?;
+        let mut execs = ExecWatch::start(&hold, &self.selectors.ports)?;
+        let mut go_files = GoFiles::default();
         let (stopping, stop_rx) = watch::channel(false);
         let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Ended>();
         // PID to whether the kernel holds it for us.
@@ -125,6 +174,7 @@ impl Host {
         let start = |pid: u32,
                      exe: PathBuf,
                      held: bool,
+                     selected: Selected,
                      traced: &mut HashMap<u32, bool>,
                      started: &mut usize| {
             if traced.contains_key(&pid) {
@@ -133,8 +183,14 @@ impl Host {
                 }
                 return;
             }
-            log::info!("PID {pid} ({}) matches: attaching", exe.display());
-            let job = self.trace(pid, exe, held, stop_rx.clone(), ended_tx.clone());
+            let quiet = selected == Selected::Go;
+            let level = if quiet {
+                log::Level::Debug
+            } else {
+                log::Level::Info
+            };
+            log::log!(level, "PID {pid} ({}) matches: attaching", exe.display());
+            let job = self.trace(pid, exe, held, quiet, stop_rx.clone(), ended_tx.clone());
             match std::thread::Builder::new()
                 .name(format!("pid-{pid}"))
                 .spawn(job)
@@ -157,9 +213,10 @@ impl Host {
                 log::warn!("PID {pid}: no such process (it is attached if it execs)");
             }
         }
+        let mut listeners = Listeners::new(&self.selectors.ports);
         for (pid, exe) in running {
-            if pid != std::process::id() && self.selectors.matches(pid, &exe) {
-                start(pid, exe, false, &mut traced, &mut started);
+            if let Some(selected) = self.select(pid, &exe, &mut listeners, &mut go_files) {
+                start(pid, exe, false, selected, &mut traced, &mut started);
             }
         }
         log::info!("watching for new processes");
@@ -169,24 +226,37 @@ impl Host {
                 _ = sigint.recv() => break "SIGINT",
                 _ = sigterm.recv() => break "SIGTERM",
                 pids = execs.next() => {
-                    for Exec { pid, held } in pids {
+                    // Sockets as they are now.
+                    let mut listeners = Listeners::new(&self.selectors.ports);
+                    for Exec { pid, held, listening } in pids {
+                        if let Some(port) = listening {
+                            // Not an exec: it listens on a selected port.
+                            log::debug!("PID {pid} listens on port {port}");
+                            if !traced.contains_key(&pid)
+                                && let Some(exe) = scan::executable(pid)
+                            {
+                                start(pid, exe, false, Selected::Named, &mut traced, &mut started);
+                            }
+                            continue;
+                        }
                         log::trace!("exec: PID {pid}{}", if held { " (held)" } else { "" });
-                        match scan::executable(pid) {
+                        let exe = scan::executable(pid);
+                        let selected = exe
+                            .as_deref()
+                            .and_then(|exe| self.select(pid, exe, &mut listeners, &mut go_files));
+                        match (exe, selected) {
                             // It exec'd again while its session runs (a
                             // launcher that execs the program): planned
                             // again once that session ends, not held
                             // meanwhile (that session may run on).
-                            Some(exe)
-                                if self.selectors.matches(pid, &exe)
-                                    && traced.contains_key(&pid) =>
-                            {
+                            (Some(_), Some(_)) if traced.contains_key(&pid) => {
                                 reexec.insert(pid);
                                 if held {
                                     discovery::resume(pid);
                                 }
                             }
-                            Some(exe) if self.selectors.matches(pid, &exe) => {
-                                start(pid, exe, held, &mut traced, &mut started);
+                            (Some(exe), Some(selected)) => {
+                                start(pid, exe, held, selected, &mut traced, &mut started);
                             }
                             // Its name is held but its path is not
                             // selected (or it is gone already).
@@ -199,11 +269,13 @@ impl Host {
                     let pid = ended.pid;
                     traced.remove(&pid);
                     totals.add(ended);
+                    let mut listeners = Listeners::new(&self.selectors.ports);
                     if reexec.remove(&pid)
                         && let Some(exe) = scan::executable(pid)
-                        && self.selectors.matches(pid, &exe)
+                        && let Some(selected) =
+                            self.select(pid, &exe, &mut listeners, &mut go_files)
                     {
-                        start(pid, exe, false, &mut traced, &mut started);
+                        start(pid, exe, false, selected, &mut traced, &mut started);
                     }
                 }
             }
@@ -254,6 +326,7 @@ impl Host {
         pid: u32,
         exe: PathBuf,
         held: bool,
+        quiet: bool,
         stopping: watch::Receiver<bool>,
         ended: mpsc::UnboundedSender<Ended>,
     ) -> impl FnOnce() + Send + 'static {
@@ -337,7 +410,12 @@ impl Host {
                         format!("PID {pid} ({}) exited before it was traced", exe.display()),
                     ),
                     err @ SessionError::NothingToTrace { .. } => {
-                        (log::Level::Info, err.to_string())
+                        let level = if quiet {
+                            log::Level::Debug
+                        } else {
+                            log::Level::Info
+                        };
+                        (level, err.to_string())
                     }
                     err => (
                         log::Level::Warn,

@@ -24,14 +24,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             trace::launch(&cli.trace.launch.command, &cli.trace, &cli.export).await
         }
         None => {
-            let selectors =
-                agent::discovery::Selectors::resolve(&cli.trace.pid, &cli.trace.exe, |name| {
-                    std::env::var(name).ok()
-                })?;
+            let selectors = agent::discovery::Selectors::resolve(
+                &cli.trace.pid,
+                &cli.trace.exe,
+                &cli.trace.port,
+                cli.trace.go,
+                |name| std::env::var(name).ok(),
+            )?;
             match selectors.single_pid() {
                 Some(pid) => trace::run(pid, &cli.trace, &cli.export).await,
                 None if selectors.is_empty() => anyhow::bail!(
-                    "nothing to do: give --pid N or --exe PATTERN to trace processes, or -- CMD to start one (see --help)"
+                    "nothing to do: give --pid N, --exe PATTERN, --port N or --go to trace processes, or -- CMD to start one (see --help)"
                 ),
                 None => host::run(selectors, &cli.trace, &cli.export).await,
             }

@@ -1,9 +1,12 @@
 //! New processes, as they exec: the `process_exec` program on the raw
 //! tracepoint `sched_process_exec` writes one record per exec into a ring
 //! buffer of its own (an instance of the agent's object that attaches
-//! nothing else), and [`ExecWatch::next`] hands over their PIDs.
+//! nothing else), and [`ExecWatch::next`] hands over their PIDs. With
+//! `--port`, the `process_listen` program on the raw tracepoint
+//! `inet_sock_set_state` writes one into the same ring when a process
+//! starts listening on one of the ports.
 
-use agent_common::discovery::{EXEC_HELD, KIND_PROCESS_EXEC};
+use agent_common::discovery::{EXEC_HELD, EXEC_LISTENING, KIND_PROCESS_EXEC};
 
 use crate::{
     probes::{EVENTS_MAP, LoadOptions, ProbeError, Probes},
@@ -14,6 +17,8 @@ use crate::{
 const RING_BYTES: u32 = 256 << 10;
 /// Names held at exec.
 const HOLD_MAP: &str = "DISCOVERY_HOLD";
+/// Ports whose listeners are reported.
+const PORTS_MAP: &str = "DISCOVERY_PORTS";
 
 /// Why exec discovery cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,9 @@ pub struct Exec {
     /// The kernel stopped it (its name is held): whoever takes it must
     /// continue it ([`resume`]).
     pub held: bool,
+    /// Not an exec: the process began listening on this TCP port (one
+    /// `--port` names).
+    pub listening: Option<u16>,
 }
 
 /// Lets a held process run on.
@@ -66,8 +74,9 @@ pub struct ExecWatch {
 impl ExecWatch {
     /// Loads and attaches the discovery program, holding the programs
     /// named in `hold` (file names) at exec. From here on no exec is missed
-    /// (short of a full ring, which the kernel counts).
-    pub fn start(hold: &[String]) -> Result<Self, ExecWatchError> {
+    /// (short of a full ring, which the kernel counts). With `ports`, a
+    /// process that starts listening on one of them is reported too.
+    pub fn start(hold: &[String], ports: &[u16]) -> Result<Self, ExecWatchError> {
         let mut probes = Probes::load(LoadOptions {
             ring_buffer_bytes: RING_BYTES,
             flight_ring_bytes: 4096,
@@ -76,6 +85,12 @@ impl ExecWatch {
             probes.set_hash(HOLD_MAP, comm_key(name), 1u32)?;
         }
         probes.attach_raw_tracepoint("discovery", "process_exec", "sched_process_exec")?;
+        if !ports.is_empty() {
+            for &port in ports {
+                probes.set_hash(PORTS_MAP, port, 1u32)?;
+            }
+            probes.attach_raw_tracepoint("discovery", "process_listen", "inet_sock_set_state")?;
+        }
         let reader = RingBufReader::new(probes.take_ring_buffer(EVENTS_MAP)?)
             .map_err(ExecWatchError::Ring)?;
         Ok(Self {
@@ -94,6 +109,7 @@ impl ExecWatch {
                 Ok(h) if h.kind == KIND_PROCESS_EXEC => pids.push(Exec {
                     pid: h.tid,
                     held: h.site == EXEC_HELD,
+                    listening: (h.site == EXEC_LISTENING).then_some(h.goid as u16),
                 }),
                 _ => *bad += 1,
             });

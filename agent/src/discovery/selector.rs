@@ -1,5 +1,8 @@
-//! Which processes to trace: `--pid N` and `--exe PATTERN`, any number of
-//! each, with `AGENT_PID` and `AGENT_EXE` (comma-separated) adding to them.
+//! Which processes to trace: `--pid N`, `--exe PATTERN` and `--port N`, any
+//! number of each, and `--go`. Each has its environment variable
+//! (`AGENT_PID`, `AGENT_EXE`, `AGENT_PORT`: comma-separated; `AGENT_GO`),
+//! read when its flag is not given: flags, then environment (then the
+//! configuration file, which gives its values as the flags' defaults).
 
 use std::path::Path;
 
@@ -12,6 +15,14 @@ pub enum SelectorError {
     BadPid { value: String },
     #[error("--exe: an empty pattern matches nothing")]
     EmptyPattern,
+    #[error("AGENT_PORT: {value:?} is not a TCP port")]
+    BadEnvPort { value: String },
+    #[error("--port: 0 is not a port a server listens on")]
+    PortZero,
+    #[error("--port: {count} ports; at most {max}")]
+    TooManyPorts { count: usize, max: u32 },
+    #[error("AGENT_GO: {value:?} is not true or false")]
+    BadGo { value: String },
     #[error("--service-name-map: {value:?} is not EXE=NAME")]
     BadServiceMap { value: String },
 }
@@ -51,14 +62,21 @@ impl ExePattern {
 pub struct Selectors {
     pub pids: Vec<u32>,
     pub exes: Vec<ExePattern>,
+    /// Processes listening on these TCP ports.
+    pub ports: Vec<u16>,
+    /// Every Go process with something to trace.
+    pub go: bool,
 }
 
 impl Selectors {
-    /// From the flags and the environment (`AGENT_PID`, `AGENT_EXE`:
-    /// comma-separated lists, added to the flags').
+    /// From the flags and the environment: `AGENT_PID`, `AGENT_EXE` and
+    /// `AGENT_PORT` (comma-separated lists) and `AGENT_GO` (`true`/`1` or
+    /// `false`/`0`), each read only when its flag gives nothing.
     pub fn resolve(
         pids: &[u32],
         exes: &[String],
+        ports: &[u16],
+        go: bool,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, SelectorError> {
         let mut selectors = Self {
@@ -67,31 +85,66 @@ impl Selectors {
                 .iter()
                 .map(|e| ExePattern::parse(e))
                 .collect::<Result<_, _>>()?,
+            ports: ports.to_vec(),
+            go,
         };
-        for value in list(env("AGENT_PID")) {
-            selectors
-                .pids
-                .push(value.parse().map_err(|_| SelectorError::BadPid {
-                    value: value.clone(),
-                })?);
+        if pids.is_empty() {
+            for value in list(env("AGENT_PID")) {
+                selectors
+                    .pids
+                    .push(value.parse().map_err(|_| SelectorError::BadPid {
+                        value: value.clone(),
+                    })?);
+            }
         }
-        for value in list(env("AGENT_EXE")) {
-            selectors.exes.push(ExePattern::parse(&value)?);
+        if exes.is_empty() {
+            for value in list(env("AGENT_EXE")) {
+                selectors.exes.push(ExePattern::parse(&value)?);
+            }
+        }
+        if ports.is_empty() {
+            for value in list(env("AGENT_PORT")) {
+                selectors
+                    .ports
+                    .push(value.parse().map_err(|_| SelectorError::BadEnvPort {
+                        value: value.clone(),
+                    })?);
+            }
+        }
+        if !go && let Some(value) = env("AGENT_GO") {
+            selectors.go = match value.trim() {
+                "1" | "true" => true,
+                "" | "0" | "false" => false,
+                _ => return Err(SelectorError::BadGo { value }),
+            };
         }
         selectors.pids.sort_unstable();
         selectors.pids.dedup();
+        selectors.ports.sort_unstable();
+        selectors.ports.dedup();
+        if selectors.ports.contains(&0) {
+            return Err(SelectorError::PortZero);
+        }
+        let max = agent_common::discovery::MAX_PORTS;
+        if selectors.ports.len() > max as usize {
+            return Err(SelectorError::TooManyPorts {
+                count: selectors.ports.len(),
+                max,
+            });
+        }
         Ok(selectors)
     }
 
     /// Nothing selected.
     pub fn is_empty(&self) -> bool {
-        self.pids.is_empty() && self.exes.is_empty()
+        self.pids.is_empty() && self.exes.is_empty() && self.ports.is_empty() && !self.go
     }
 
     /// One `--pid` and nothing else: the agent traces that process and
     /// exits with it, as it always did.
     pub fn single_pid(&self) -> Option<u32> {
-        match (self.pids.as_slice(), self.exes.is_empty()) {
+        let only_pids = self.exes.is_empty() && self.ports.is_empty() && !self.go;
+        match (self.pids.as_slice(), only_pids) {
             ([pid], true) => Some(*pid),
             _ => None,
         }
@@ -108,7 +161,8 @@ impl Selectors {
             .collect()
     }
 
-    /// Whether process `pid`, running `exe`, is selected.
+    /// Whether process `pid`, running `exe`, is selected by `--pid` or
+    /// `--exe` (`--port` and `--go` look at more than these two).
     pub fn matches(&self, pid: u32, exe: &Path) -> bool {
         self.pids.contains(&pid) || self.exes.iter().any(|p| p.matches(exe))
     }
@@ -167,8 +221,8 @@ mod tests {
 
     #[test]
     fn bare_names_match_file_names_and_paths_match_paths() {
-        let s =
-            Selectors::resolve(&[], &["httpserver".into(), "/opt/*/api".into()], |_| None).unwrap();
+        let patterns = ["httpserver".into(), "/opt/*/api".into()];
+        let s = Selectors::resolve(&[], &patterns, &[], false, |_| None).unwrap();
         assert!(s.matches(1, Path::new("/tmp/x/httpserver")));
         assert!(!s.matches(1, Path::new("/tmp/x/httpserver-2")));
         assert!(s.matches(1, Path::new("/opt/a/api")));
@@ -176,19 +230,51 @@ mod tests {
     }
 
     #[test]
-    fn environment_adds_to_flags() {
-        let s = Selectors::resolve(&[7], &[], |name| match name {
+    fn environment_stands_in_for_flags_not_given() {
+        let env = |name: &str| match name {
             "AGENT_PID" => Some("8, 9".into()),
             "AGENT_EXE" => Some("api".into()),
+            "AGENT_PORT" => Some("8080,9090".into()),
+            "AGENT_GO" => Some("1".into()),
             _ => None,
-        })
-        .unwrap();
-        assert_eq!(s.pids, [7, 8, 9]);
+        };
+        let s = Selectors::resolve(&[], &[], &[], false, env).unwrap();
+        assert_eq!(s.pids, [8, 9]);
+        assert_eq!(s.ports, [8080, 9090]);
+        assert!(s.go);
+        assert!(s.matches(1, Path::new("/bin/api")));
         assert!(s.single_pid().is_none());
+        // A flag wins over its variable.
+        let s = Selectors::resolve(&[7], &["web".into()], &[80], false, env).unwrap();
+        assert_eq!(s.pids, [7]);
+        assert_eq!(s.ports, [80]);
+        assert!(!s.matches(1, Path::new("/bin/api")));
+        let bad = |name: &'static str, value: &'static str| {
+            Selectors::resolve(&[], &[], &[], false, move |n| {
+                (n == name).then(|| value.to_owned())
+            })
+        };
         assert!(matches!(
-            Selectors::resolve(&[], &[], |_| Some("x".into())),
+            bad("AGENT_PID", "x"),
             Err(SelectorError::BadPid { .. })
         ));
+        assert!(matches!(
+            bad("AGENT_PORT", "70000"),
+            Err(SelectorError::BadEnvPort { .. })
+        ));
+        assert!(matches!(
+            bad("AGENT_PORT", "0"),
+            Err(SelectorError::PortZero)
+        ));
+        assert!(matches!(
+            bad("AGENT_GO", "maybe"),
+            Err(SelectorError::BadGo { .. })
+        ));
+        assert!(
+            Selectors::resolve(&[], &[], &[], false, |_| None)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! any case when [`Probes`] is dropped, so no exit path leaves a probe in the
 //! target. One error type, [`ProbeError`], for all of it.
 
-mod preflight;
+pub mod preflight;
 mod ref_ctr;
 mod sockets;
 mod stats;

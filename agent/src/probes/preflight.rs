@@ -10,6 +10,11 @@ pub enum PreflightError {
         "the agent needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE) to load eBPF programs"
     )]
     Privileges,
+    #[error("{name} is missing: {why} (see scripts/systemd/agent.service)")]
+    Missing {
+        name: &'static str,
+        why: &'static str,
+    },
     #[error("this kernel has no BTF ({0} is missing): it needs CONFIG_DEBUG_INFO_BTF=y")]
     NoBtf(String),
     #[error("this kernel cannot attach uprobes ({0} is missing): it needs CONFIG_UPROBE_EVENTS=y")]
@@ -33,6 +38,70 @@ fn has_caps(status: &str) -> bool {
     };
     let has = |cap: u32| caps & (1 << cap) != 0;
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// A capability host mode needs, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needed {
+    bit: u32,
+    name: &'static str,
+    why: &'static str,
+}
+
+/// Attaching uprobes: Linux 6.18 refuses a uprobe perf event
+/// (`perf_event_open` of the `uprobe` PMU: EACCES) to CAP_BPF, CAP_PERFMON
+/// and CAP_SYS_PTRACE together, and takes it with CAP_SYS_ADMIN, which also
+/// stands for CAP_BPF and CAP_PERFMON (loading programs, attaching
+/// tracepoints).
+pub const NEEDS_SYS_ADMIN: Needed = Needed {
+    bit: CAP_SYS_ADMIN,
+    name: "CAP_SYS_ADMIN",
+    why: "this kernel lets only it attach uprobes (CAP_PERFMON is not enough), and it loads the eBPF programs",
+};
+/// Other users' processes: `/proc/N/{exe,maps,fd,root,net}`, their memory.
+pub const NEEDS_SYS_PTRACE: Needed = Needed {
+    bit: 19,
+    name: "CAP_SYS_PTRACE",
+    why: "it reads other users' processes in /proc and their memory",
+};
+/// Continuing a program held at exec (SIGCONT to another user's process).
+pub const NEEDS_KILL: Needed = Needed {
+    bit: 5,
+    name: "CAP_KILL",
+    why: "it continues (SIGCONT) the programs it holds at exec; or give --no-hold",
+};
+/// `--port`: the descriptors of other users' processes (`/proc/N/fd` is
+/// mode 0500), and executables in directories the agent's user cannot
+/// search.
+pub const NEEDS_DAC_READ_SEARCH: Needed = Needed {
+    bit: 2,
+    name: "CAP_DAC_READ_SEARCH",
+    why: "--port reads other users' /proc/N/fd to find the processes listening",
+};
+
+/// Host mode's check of the effective capabilities: the first of `needed`
+/// missing, named with why.
+pub fn capabilities(needed: &[Needed]) -> Result<(), PreflightError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    capabilities_in(&status, needed)
+}
+
+fn capabilities_in(status: &str, needed: &[Needed]) -> Result<(), PreflightError> {
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |bit: u32| caps & (1 << bit) != 0;
+    for need in needed {
+        if !has(need.bit) {
+            return Err(PreflightError::Missing {
+                name: need.name,
+                why: need.why,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Runs the checks against this machine.
@@ -85,6 +154,30 @@ mod tests {
         // CAP_BPF + CAP_PERFMON without root is enough.
         let caps = format!("CapEff:\t{:016x}\n", (1u64 << 39) | (1 << 38));
         assert_eq!(preflight_in(root, false, &caps), Ok(()));
+    }
+
+    #[test]
+    fn host_mode_names_the_missing_capability() {
+        let all = [
+            NEEDS_SYS_ADMIN,
+            NEEDS_SYS_PTRACE,
+            NEEDS_DAC_READ_SEARCH,
+            NEEDS_KILL,
+        ];
+        let with = |bits: &[u32]| {
+            let caps: u64 = bits.iter().map(|b| 1u64 << b).sum();
+            format!("CapEff:\t{caps:016x}\n")
+        };
+        assert_eq!(capabilities_in(&with(&[21, 19, 2, 5]), &all), Ok(()));
+        let missing = |bits: &[u32]| match capabilities_in(&with(bits), &all) {
+            Err(PreflightError::Missing { name, .. }) => name,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(missing(&[39, 38, 19, 2, 5]), "CAP_SYS_ADMIN");
+        assert_eq!(missing(&[21, 2, 5]), "CAP_SYS_PTRACE");
+        assert_eq!(missing(&[21, 19, 5]), "CAP_DAC_READ_SEARCH");
+        assert_eq!(missing(&[21, 19, 2]), "CAP_KILL");
+        assert_eq!(capabilities_in(&with(&[21, 19]), &all[..2]), Ok(()));
     }
 
     #[test]

@@ -215,10 +215,13 @@ impl Session {
     ) -> Result<Self, SessionError> {
         let pid = target.pid;
         let exe = target.exe_in_target.display().to_string();
+        let (namespaced_pid, container_id) = crate::resource::container_details(pid);
         let mut process = ProcessInfo {
             pid,
             executable_path: exe.clone(),
             runtime_version: None,
+            namespaced_pid,
+            container_id,
         };
         let go = open(&target.exe_path)
             .map_err(|source| GoUnusable::Open {
