@@ -51,8 +51,8 @@ pub use event::{
 pub use generation::ExperimentalBatch;
 pub use reader::{ReadStats, Reader};
 pub use spans::{
-    ENDED_TASKS_KEPT, MAX_EVENTS_PER_SPAN, SpanOptions, SpanSummary, reader_to_spans,
-    trace_to_spans,
+    ENDED_TASKS_KEPT, HELD_EVENTS_MAX, HELD_TASKS_MAX, MAX_EVENTS_PER_SPAN, SpanOptions,
+    SpanSummary, reader_to_spans, trace_to_spans,
 };
 
 /// No thread (Go's `NoThread`).

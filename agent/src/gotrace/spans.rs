@@ -7,7 +7,11 @@
 //!   goroutine (same task), else of its task; a region of the background
 //!   task with no enclosing region is a root span.
 //! - Each `trace.Log` is a span event on the innermost region of its
-//!   goroutine (same task), else on its task's span.
+//!   goroutine (same task), else on its task's span, as Go's parser
+//!   attributes it (`go.task.id` on the event): also a log that comes after
+//!   its task ended (an ended task is held, within [`HELD_TASKS_MAX`] and
+//!   [`HELD_EVENTS_MAX`], until the end of the trace before it is exported),
+//!   and a log of a task whose begin is not in the trace.
 //! - Ranges (GC mark phase, stop-the-world, mark assist, sweep) are internal
 //!   spans; goroutine-scoped ones are children of the goroutine's current
 //!   region or task, the others are roots.
@@ -17,15 +21,21 @@
 //! - A task, region or range whose begin is not in the trace (a flight
 //!   recorder window starts in the middle of things) starts at the first
 //!   event of the trace; one still open at the end ends at the last event.
-//!   Both are exported and marked with `go.trace.truncated`.
+//!   Both are exported and marked with `go.trace.truncated` (and
+//!   `go.trace.truncated.side`); the side the trace has keeps its exact time.
+//!   A task known only by reference (a child's parent ID, a region, a log)
+//!   is exported once, truncated on both sides.
 //! - Times: wall clock from the generation's clock snapshot (Go 1.25+); for
 //!   older traces the first event is anchored to
 //!   [`SpanOptions::anchor_wall_time`] (default: now) and every span carries
 //!   `go.trace.time.approximate = true`.
 //!
 //! Memory: open spans are kept until they end; events per span are capped
-//! ([`MAX_EVENTS_PER_SPAN`]), and the table of ended tasks kept to link late
-//! children is bounded ([`ENDED_TASKS_KEPT`]).
+//! ([`MAX_EVENTS_PER_SPAN`]); ended tasks held for late logs are bounded
+//! ([`HELD_TASKS_MAX`], [`HELD_EVENTS_MAX`]: beyond, the oldest is exported
+//! and a later log of it is counted in [`SpanSummary::unattached_logs`]), and
+//! the table of ended tasks kept to link late children is bounded
+//! ([`ENDED_TASKS_KEPT`]).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -46,6 +56,12 @@ use super::{DecodeError, IdMap, NO_GOROUTINE, NO_TASK, Reader, goroutine_state};
 pub const MAX_EVENTS_PER_SPAN: usize = 256;
 /// Ended tasks remembered so that children beginning later still link.
 pub const ENDED_TASKS_KEPT: usize = 1 << 16;
+/// Ended tasks held (not yet exported) so that logs coming after their end
+/// still reach them; beyond, the oldest is exported.
+pub const HELD_TASKS_MAX: usize = 1 << 9;
+/// Span events, in all, of the held ended tasks; beyond, the oldest held
+/// task is exported.
+pub const HELD_EVENTS_MAX: usize = 1 << 12;
 
 /// Options for [`trace_to_spans`].
 #[derive(Debug, Clone)]
@@ -83,14 +99,15 @@ pub struct SpanSummary {
     pub truncated: u64,
     /// Logs attached as span events.
     pub logs: u64,
-    /// Logs outside any task or region (not exported).
+    /// Logs outside any task or region, or of a task already exported (held
+    /// tasks evicted past [`HELD_TASKS_MAX`] or [`HELD_EVENTS_MAX`]); not
+    /// exported.
     pub unattached_logs: u64,
     /// Whether wall-clock times are approximate (no clock snapshot).
     pub approximate_time: bool,
 }
 
-/// Decodes a trace and hands every span to `sink`, in the order the spans
-/// end. The mapping:
+/// Decodes a trace and hands every span to `sink`. The mapping:
 ///
 /// - Each task is a span; a child task is a child span of its parent task. A
 ///   task that ends on another goroutine is still one span (it is keyed by
@@ -99,7 +116,11 @@ pub struct SpanSummary {
 ///   goroutine (same task), else of its task; a region of the background
 ///   task with no enclosing region is a root span.
 /// - Each `trace.Log` is a span event on the innermost region of its
-///   goroutine (same task), else on its task's span.
+///   goroutine (same task), else on its task's span, as Go's parser
+///   attributes it (`go.task.id` on the event): also a log that comes after
+///   its task ended (ended tasks are held until the end of the trace, within
+///   [`HELD_TASKS_MAX`] and [`HELD_EVENTS_MAX`]), and a log of a task whose
+///   begin is not in the trace.
 /// - Ranges (GC mark phase, stop-the-world, mark assist, sweep) are internal
 ///   spans; goroutine-scoped ones are children of the goroutine's current
 ///   region or task, the others are roots.
@@ -109,15 +130,23 @@ pub struct SpanSummary {
 /// - A task, region or range whose begin is not in the trace (a flight
 ///   recorder window starts in the middle of things) starts at the first
 ///   event of the trace; one still open at the end ends at the last event.
-///   Both are exported and marked with `go.trace.truncated`.
+///   Both are exported and marked with `go.trace.truncated`; the side the
+///   trace has keeps its exact time. A task known only by reference (a
+///   child's parent ID, a region, a log) is exported once, truncated on both
+///   sides.
+/// - Times are converted to wall clock with the clock snapshot of the
+///   generation the event is in.
 /// - Times: wall clock from the generation's clock snapshot (Go 1.25+); for
 ///   older traces the first event is anchored to
 ///   [`SpanOptions::anchor_wall_time`] (default: now) and every span carries
 ///   `go.trace.time.approximate = true`.
 ///
+/// Spans are handed over as they end, except tasks, held after their end
+/// (see above) and handed over when evicted or at the end of the trace.
+///
 /// Memory: open spans are kept until they end; events per span are capped
-/// ([`MAX_EVENTS_PER_SPAN`]), and the table of ended tasks kept to link late
-/// children is bounded ([`ENDED_TASKS_KEPT`]).
+/// ([`MAX_EVENTS_PER_SPAN`]), held ended tasks are bounded, and the table of
+/// ended tasks kept to link late children is bounded ([`ENDED_TASKS_KEPT`]).
 pub fn trace_to_spans(
     input: impl Read,
     opts: &SpanOptions,
@@ -195,12 +224,20 @@ struct Open {
     parent: SpanId,
     name: String,
     kind: Kind,
-    start: i64,
+    /// Wall-clock start, converted with the clock of its own generation.
+    start: SystemTime,
     begin_missing: bool,
     goroutine: i64,
     attrs: Vec<KeyValue>,
     events: Vec<OtelEvent>,
     dropped_events: u32,
+}
+
+/// An ended task held for late logs.
+struct Held {
+    id: u64,
+    span: Open,
+    end: SystemTime,
 }
 
 struct OpenRegion {
@@ -239,10 +276,16 @@ struct Mapper<'a> {
     clock: Option<Clock>,
     approximate: bool,
     first_time: Option<i64>,
+    /// Wall-clock time of the first event (the clock of its generation).
+    first_wall: SystemTime,
     last_time: i64,
     tasks: IdMap<u64, Open>,
     ended_tasks: IdMap<u64, (TraceId, SpanId)>,
     ended_order: VecDeque<u64>,
+    /// Ended tasks not yet exported, oldest first (a late log searches it
+    /// from the newest; a deque keeps task ends cheap, which are many).
+    held: VecDeque<Held>,
+    held_events: usize,
     /// Open regions per goroutine, innermost last.
     regions: IdMap<i64, Vec<OpenRegion>>,
     /// Tasks begun on each goroutine and not yet ended, innermost last.
@@ -271,10 +314,13 @@ impl<'a> Mapper<'a> {
             clock: None,
             approximate: false,
             first_time: None,
+            first_wall: SystemTime::UNIX_EPOCH,
             last_time: 0,
             tasks: IdMap::default(),
             ended_tasks: IdMap::default(),
             ended_order: VecDeque::new(),
+            held: VecDeque::new(),
+            held_events: 0,
             regions: IdMap::default(),
             g_tasks: IdMap::default(),
             ranges: Vec::new(),
@@ -282,10 +328,6 @@ impl<'a> Mapper<'a> {
             stack_cache: IdMap::default(),
             summary: SpanSummary::default(),
         }
-    }
-
-    fn window_start(&self) -> i64 {
-        self.first_time.unwrap_or(0)
     }
 
     fn wall(&self, t: i64) -> SystemTime {
@@ -297,7 +339,8 @@ impl<'a> Mapper<'a> {
 
     fn event(&mut self, e: &Event<'_>) {
         let t = e.time();
-        if self.first_time.is_none() {
+        let first = self.first_time.is_none();
+        if first {
             self.first_time = Some(t);
         }
         self.last_time = t;
@@ -312,6 +355,10 @@ impl<'a> Mapper<'a> {
             EventKind::RangeEnd => self.range_end(e),
             EventKind::StateTransition => self.transition(e),
             _ => {}
+        }
+        if first {
+            // After the first Sync has set the clock.
+            self.first_wall = self.wall(t);
         }
     }
 
@@ -403,9 +450,9 @@ impl<'a> Mapper<'a> {
             name,
             kind,
             start: if begin_missing {
-                self.window_start()
+                self.first_wall
             } else {
-                e.time()
+                self.wall(e.time())
             },
             begin_missing,
             goroutine: e.goroutine(),
@@ -415,7 +462,7 @@ impl<'a> Mapper<'a> {
         }
     }
 
-    fn emit(&mut self, mut o: Open, end: i64, end_missing: bool) {
+    fn emit(&mut self, mut o: Open, end: SystemTime, end_missing: bool) {
         let mut attrs = std::mem::take(&mut o.attrs);
         attrs.push(KeyValue::new("goroutine.id", o.goroutine));
         attrs.push(KeyValue::new("trace.event.kind", o.kind.as_str()));
@@ -457,8 +504,8 @@ impl<'a> Mapper<'a> {
             parent_span_is_remote: false,
             span_kind: SpanKind::Internal,
             name: Cow::Owned(o.name),
-            start_time: self.wall(o.start),
-            end_time: self.wall(end),
+            start_time: o.start,
+            end_time: end,
             attributes: attrs,
             dropped_attributes_count: 0,
             events,
@@ -514,11 +561,19 @@ impl<'a> Mapper<'a> {
             o.attrs
                 .push(KeyValue::new("go.task.parent_id", t.parent as i64));
         }
-        if let Some(old) = self.tasks.insert(t.id, o) {
-            // A placeholder (or a reused ID): export what we had.
-            let end = e.time();
-            self.emit(old, end, true);
+        if let Some(old) = self.tasks.remove(&t.id) {
+            // A placeholder made by a reference that came first: the task
+            // keeps its IDs (its children link to them) and its events, and
+            // stays the root of its trace.
+            o.trace_id = old.trace_id;
+            o.span_id = old.span_id;
+            o.parent = old.parent;
+            let mut events = old.events;
+            events.append(&mut o.events);
+            o.events = events;
+            o.dropped_events = old.dropped_events;
         }
+        self.tasks.insert(t.id, o);
         self.g_tasks.entry(e.goroutine()).or_default().push(t.id);
     }
 
@@ -544,6 +599,9 @@ impl<'a> Mapper<'a> {
                 o
             }
         };
+        if o.begin_missing && !t.typ.is_empty() && o.name == Self::task_name(&[], t.id) {
+            o.name = lossy(t.typ);
+        }
         if o.goroutine == NO_GOROUTINE || o.begin_missing {
             o.goroutine = e.goroutine();
         } else if o.goroutine != e.goroutine() {
@@ -556,7 +614,25 @@ impl<'a> Mapper<'a> {
             list.remove(i);
         }
         self.remember_ended(t.id, (o.trace_id, o.span_id));
-        self.emit(o, e.time(), false);
+        self.hold(t.id, o, self.wall(e.time()));
+    }
+
+    /// Holds an ended task for logs that come after its end; exports the
+    /// oldest held tasks beyond the bounds.
+    fn hold(&mut self, id: u64, span: Open, end: SystemTime) {
+        self.held_events += span.events.len();
+        self.held.push_back(Held { id, span, end });
+        self.bound_held();
+    }
+
+    fn bound_held(&mut self) {
+        while self.held.len() > HELD_TASKS_MAX || self.held_events > HELD_EVENTS_MAX {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            self.held_events -= h.span.events.len();
+            self.emit(h.span, h.end, false);
+        }
     }
 
     /// The goroutine's current context: its innermost region, else the
@@ -605,7 +681,7 @@ impl<'a> Mapper<'a> {
             .is_some_and(|top| top.task == r.task && top.name == r.typ);
         if matched {
             if let Some(top) = self.regions.get_mut(&g).and_then(|v| v.pop()) {
-                self.emit(top.span, e.time(), false);
+                self.emit(top.span, self.wall(e.time()), false);
             }
             return;
         }
@@ -614,7 +690,7 @@ impl<'a> Mapper<'a> {
         let parent = self.task_span(r.task, e);
         let mut o = self.open(Kind::Region, lossy(r.typ), parent, e, true);
         o.attrs.push(KeyValue::new("go.task.id", r.task as i64));
-        self.emit(o, e.time(), false);
+        self.emit(o, self.wall(e.time()), false);
     }
 
     fn log(&mut self, e: &Event<'_>) {
@@ -625,6 +701,9 @@ impl<'a> Mapper<'a> {
             KeyValue::new("go.log.message", lossy(l.message)),
             KeyValue::new("goroutine.id", g),
         ];
+        if l.task != super::BACKGROUND_TASK && l.task != NO_TASK {
+            attrs.push(KeyValue::new("go.task.id", l.task as i64));
+        }
         self.stack_attrs(&e.stack(), &mut attrs);
         let name = if l.category.is_empty() {
             "log".to_string()
@@ -644,12 +723,21 @@ impl<'a> Mapper<'a> {
             }
             return;
         }
-        if self.task_span(l.task, e).is_some()
-            && let Some(o) = self.tasks.get_mut(&l.task)
-        {
-            Self::add_event(o, ev);
-            self.summary.logs += 1;
-            return;
+        if self.task_span(l.task, e).is_some() {
+            if let Some(o) = self.tasks.get_mut(&l.task) {
+                Self::add_event(o, ev);
+                self.summary.logs += 1;
+                return;
+            }
+            if let Some(h) = self.held.iter_mut().rev().find(|h| h.id == l.task) {
+                // A log after its task's end (Go attributes it to the task).
+                let before = h.span.events.len();
+                Self::add_event(&mut h.span, ev);
+                self.held_events += h.span.events.len() - before;
+                self.summary.logs += 1;
+                self.bound_held();
+                return;
+            }
         }
         self.summary.unattached_logs += 1;
     }
@@ -730,11 +818,11 @@ impl<'a> Mapper<'a> {
             }
         };
         o.attrs.extend(attrs);
-        self.emit(o, e.time(), false);
+        self.emit(o, self.wall(e.time()), false);
     }
 
     fn finish(&mut self) {
-        let end = self.last_time;
+        let end = self.wall(self.last_time);
         let mut gs: Vec<i64> = self.regions.keys().copied().collect();
         gs.sort_unstable();
         for g in gs {
@@ -749,6 +837,9 @@ impl<'a> Mapper<'a> {
         tasks.sort_by_key(|(id, _)| *id);
         for (_, o) in tasks {
             self.emit(o, end, true);
+        }
+        while let Some(h) = self.held.pop_front() {
+            self.emit(h.span, h.end, false);
         }
     }
 }
