@@ -96,6 +96,7 @@ pub fn dump_to_spans(
         anchor_wall_time: Some(options.clock.to_system_time(dump.start_ktime_ns)),
         max_frames: options.max_frames,
         extra_attributes: extra,
+        join: None,
     };
     trace_to_spans(&dump.bytes[..], &opts, sink).map_err(FlightError::Decode)
 }

@@ -25,6 +25,11 @@
 //!   `go.trace.truncated.side`); the side the trace has keeps its exact time.
 //!   A task known only by reference (a child's parent ID, a region, a log)
 //!   is exported once, truncated on both sides.
+//! - With [`SpanOptions::join`] (the agent's own spans of the process), a
+//!   task with no parent task, a region outside any task and region, and a
+//!   goroutine range outside both, begun on a goroutine while one of the
+//!   agent's spans is open on it (or inherited by it: the trace shows which
+//!   goroutine created which), is that span's child, in its trace.
 //! - Times: wall clock from the generation's clock snapshot (Go 1.25+); for
 //!   older traces the first event is anchored to
 //!   [`SpanOptions::anchor_wall_time`] (default: now) and every span carries
@@ -50,6 +55,7 @@ use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use super::event::{Event, EventKind, Resource, Stack};
+use super::join::{JoinIndex, Joiner};
 use super::{DecodeError, IdMap, NO_GOROUTINE, NO_TASK, Reader, goroutine_state};
 
 /// Span events kept per span; more are counted as dropped.
@@ -73,6 +79,10 @@ pub struct SpanOptions {
     pub max_frames: usize,
     /// Attributes added to every span (e.g. the dump's identity).
     pub extra_attributes: Vec<KeyValue>,
+    /// The agent's own spans of the traced process: a task (or a region
+    /// or range outside any task) begun on a goroutine inside one of them
+    /// becomes its child (see the `join` module).
+    pub join: Option<Arc<JoinIndex>>,
 }
 
 impl Default for SpanOptions {
@@ -81,6 +91,7 @@ impl Default for SpanOptions {
             anchor_wall_time: None,
             max_frames: 16,
             extra_attributes: Vec::new(),
+            join: None,
         }
     }
 }
@@ -105,6 +116,9 @@ pub struct SpanSummary {
     pub unattached_logs: u64,
     /// Whether wall-clock times are approximate (no clock snapshot).
     pub approximate_time: bool,
+    /// Spans made children of the agent's own spans
+    /// ([`SpanOptions::join`]).
+    pub joined: u64,
 }
 
 /// Decodes a trace and hands every span to `sink`. The mapping:
@@ -162,7 +176,8 @@ pub fn reader_to_spans<R: Read>(
     opts: &SpanOptions,
     sink: &mut dyn FnMut(SpanData),
 ) -> Result<SpanSummary, DecodeError> {
-    let mut m = Mapper::new(opts, sink);
+    let joiner = opts.join.as_deref().map(Joiner::new);
+    let mut m = Mapper::new(opts, sink, joiner);
     while let Some(e) = r.read_event()? {
         m.summary.events += 1;
         m.event(&e);
@@ -296,6 +311,7 @@ struct Mapper<'a> {
     /// IDs are per generation; cleared at each Sync).
     stack_cache: IdMap<u64, Vec<KeyValue>>,
     summary: SpanSummary,
+    joiner: Option<Joiner<'a>>,
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -303,7 +319,11 @@ fn lossy(b: &[u8]) -> String {
 }
 
 impl<'a> Mapper<'a> {
-    fn new(opts: &'a SpanOptions, sink: &'a mut dyn FnMut(SpanData)) -> Self {
+    fn new(
+        opts: &'a SpanOptions,
+        sink: &'a mut dyn FnMut(SpanData),
+        joiner: Option<Joiner<'a>>,
+    ) -> Self {
         Mapper {
             opts,
             sink,
@@ -327,6 +347,7 @@ impl<'a> Mapper<'a> {
             block_reason: IdMap::default(),
             stack_cache: IdMap::default(),
             summary: SpanSummary::default(),
+            joiner,
         }
     }
 
@@ -524,6 +545,14 @@ impl<'a> Mapper<'a> {
         }
     }
 
+    /// The agent's span goroutine `g` is in at the event, if joining.
+    fn joined_parent(&mut self, g: i64, e: &Event<'_>) -> Option<(TraceId, SpanId)> {
+        let t = self.wall(e.time());
+        let p = self.joiner.as_ref()?.parent(g, t)?;
+        self.summary.joined += 1;
+        Some(p)
+    }
+
     fn task_name(typ: &[u8], id: u64) -> String {
         if typ.is_empty() {
             format!("task {id}")
@@ -554,7 +583,10 @@ impl<'a> Mapper<'a> {
 
     fn task_begin(&mut self, e: &Event<'_>) {
         let Some(t) = e.task() else { return };
-        let parent = self.task_span(t.parent, e);
+        let parent = match self.task_span(t.parent, e) {
+            Some(p) => Some(p),
+            None => self.joined_parent(e.goroutine(), e),
+        };
         let mut o = self.open(Kind::Task, Self::task_name(t.typ, t.id), parent, e, false);
         o.attrs.push(KeyValue::new("go.task.id", t.id as i64));
         if t.parent != NO_TASK {
@@ -661,7 +693,10 @@ impl<'a> Mapper<'a> {
     fn region_begin(&mut self, e: &Event<'_>) {
         let Some(r) = e.region() else { return };
         let g = e.goroutine();
-        let parent = self.region_parent(g, r.task, e);
+        let parent = match self.region_parent(g, r.task, e) {
+            Some(p) => Some(p),
+            None => self.joined_parent(g, e),
+        };
         let mut o = self.open(Kind::Region, lossy(r.typ), parent, e, false);
         o.attrs.push(KeyValue::new("go.task.id", r.task as i64));
         self.regions.entry(g).or_default().push(OpenRegion {
@@ -749,6 +784,17 @@ impl<'a> Mapper<'a> {
         let Resource::Goroutine(g) = s.resource else {
             return;
         };
+        if s.from == goroutine_state::NOT_EXIST
+            && s.to == goroutine_state::RUNNABLE
+            && e.goroutine() != NO_GOROUTINE
+            && self.joiner.is_some()
+        {
+            let t = self.wall(e.time());
+            if let Some(j) = self.joiner.as_mut() {
+                j.spawned(e.goroutine(), g, t);
+            }
+            return;
+        }
         let (name, reason) =
             if s.to == goroutine_state::WAITING && s.from == goroutine_state::RUNNING {
                 let reason = lossy(s.reason);
@@ -785,7 +831,11 @@ impl<'a> Mapper<'a> {
         }
         let active = e.kind() == EventKind::RangeActive;
         let parent = match r.scope {
-            Resource::Goroutine(g) => self.context_ids(g),
+            Resource::Goroutine(g) => match self.context_ids(g) {
+                Some(p) => Some(p),
+                None if !active => self.joined_parent(g, e),
+                None => None,
+            },
             _ => None,
         };
         let mut o = self.open(Kind::Range, lossy(&r.name), parent, e, active);
