@@ -1,7 +1,9 @@
 //! The live agent catches a flight-recorder dump as it happens: `agent --pid`
 //! on a Go 1.25+ server that dumps its runtime/trace.FlightRecorder on
 //! request. The dump's spans and the server's HTTP spans come out of one
-//! pipeline with one resource, and `--save-dumps` keeps the exact bytes.
+//! pipeline with one resource, and `--save-dumps` keeps the exact bytes. The
+//! tasks the handlers made are children of their requests' HTTP spans, in
+//! the live capture and in `agent decode --join` of the saved dump.
 
 mod support;
 use support::agent::AGENT_EXIT;
@@ -121,12 +123,16 @@ fn live_agent_exports_a_dump_beside_the_http_spans() {
         1,
         "{http:?}"
     );
-    // The dump decoded later with the live spans: each task joins its
-    // request.
+    // The dump captured live joins the requests the agent traced: each task
+    // is its request's child, in its trace.
     let http_refs: Vec<&FlatSpan> = spans
         .iter()
         .filter(|s| s.scope == "agent/net/http")
         .collect();
+    assert_tasks_joined(&spans, &http_refs, "live capture");
+
+    // The same dump decoded later with the live spans (`agent decode
+    // --join`): the same join.
     let joined = dir.path().join("joined.jsonl");
     decode_with_join(&program_copy, &jsonl, &joined);
     let joined_requests: Vec<ExportTraceServiceRequest> = std::fs::read_to_string(&joined)

@@ -15,13 +15,17 @@
 //! agree to well under the microseconds between a handler's start and the
 //! task it creates.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::BufRead;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
 
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
 
 use super::IdMap;
 
@@ -124,6 +128,69 @@ fn ns(t: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(t)
 }
 
+/// The goroutine, process (if the span says) and interval of one of the
+/// agent's spans; `None` for a span without a goroutine or valid ids, or
+/// decoded from an execution trace (`trace.event.kind`).
+fn span_interval(s: &ProtoSpan) -> Option<(i64, Option<i64>, Interval)> {
+    if find(&s.attributes, "trace.event.kind").is_some() {
+        return None;
+    }
+    let goid = int_value(find(&s.attributes, "goroutine.id"))?;
+    let pid = int_value(find(&s.attributes, "process.pid"));
+    let interval = Interval {
+        start: ns(s.start_time_unix_nano),
+        end: ns(s.end_time_unix_nano),
+        trace_id: TraceId::from_bytes(<[u8; 16]>::try_from(&s.trace_id[..]).ok()?),
+        span_id: SpanId::from_bytes(<[u8; 8]>::try_from(&s.span_id[..]).ok()?),
+    };
+    if interval.trace_id == TraceId::INVALID || interval.span_id == SpanId::INVALID {
+        return None;
+    }
+    Some((goid, pid, interval))
+}
+
+/// Spans of the live agent kept for the joins of flight-recorder dumps of
+/// the same process.
+pub const RECENT_SPANS_KEPT: usize = 1 << 16;
+
+/// The last [`RECENT_SPANS_KEPT`] spans with a goroutine that one process's
+/// pipeline exported, for joining its flight-recorder dumps as they are
+/// captured (the export pipeline records them, see
+/// `export::SpanSender::keep_recent`).
+#[derive(Debug, Default)]
+pub struct RecentSpans {
+    spans: Mutex<VecDeque<(i64, Interval)>>,
+}
+
+impl RecentSpans {
+    /// Records an encoded OTLP `Span` if it has a goroutine.
+    pub fn record_encoded(&self, bytes: &[u8]) {
+        let Ok(span) = ProtoSpan::decode(bytes) else {
+            return;
+        };
+        let Some((goid, _, interval)) = span_interval(&span) else {
+            return;
+        };
+        if let Ok(mut spans) = self.spans.lock() {
+            if spans.len() >= RECENT_SPANS_KEPT {
+                spans.pop_front();
+            }
+            spans.push_back((goid, interval));
+        }
+    }
+
+    /// The index of the spans recorded so far.
+    pub fn index(&self) -> JoinIndex {
+        let mut index = JoinIndex::default();
+        if let Ok(spans) = self.spans.lock() {
+            for (goid, interval) in spans.iter() {
+                index.add(*goid, *interval);
+            }
+        }
+        index.finish()
+    }
+}
+
 impl LiveSpans {
     /// Reads OTLP JSON lines (one `ExportTraceServiceRequest` a line, as
     /// `--output jsonl` writes them). Kept: spans with a `goroutine.id`
@@ -159,28 +226,15 @@ impl LiveSpans {
                     continue;
                 }
                 for s in &ss.spans {
-                    let Some(goid) = int_value(find(&s.attributes, "goroutine.id")) else {
+                    let Some((goid, span_pid, interval)) = span_interval(s) else {
                         continue;
                     };
-                    let pid =
-                        resource_pid.or_else(|| int_value(find(&s.attributes, "process.pid")));
-                    let (Some(pid), Ok(tid), Ok(sid)) = (
-                        pid.and_then(|p| u32::try_from(p).ok()),
-                        <[u8; 16]>::try_from(&s.trace_id[..]),
-                        <[u8; 8]>::try_from(&s.span_id[..]),
-                    ) else {
+                    let Some(pid) = resource_pid
+                        .or(span_pid)
+                        .and_then(|p| u32::try_from(p).ok())
+                    else {
                         continue;
                     };
-                    let interval = Interval {
-                        start: ns(s.start_time_unix_nano),
-                        end: ns(s.end_time_unix_nano),
-                        trace_id: TraceId::from_bytes(tid),
-                        span_id: SpanId::from_bytes(sid),
-                    };
-                    if interval.trace_id == TraceId::INVALID || interval.span_id == SpanId::INVALID
-                    {
-                        continue;
-                    }
                     self.spans.push((pid, goid, interval));
                 }
             }

@@ -52,7 +52,7 @@ pub use event::{
     Stack, StackFrame, StateTransition, Sync, Task, go_state_name, proc_state_name,
 };
 pub use generation::ExperimentalBatch;
-pub use join::{JoinError, JoinIndex, LiveSpans};
+pub use join::{JoinError, JoinIndex, LiveSpans, RecentSpans};
 pub use reader::{ReadStats, Reader};
 pub use spans::{
     ENDED_TASKS_KEPT, HELD_EVENTS_MAX, HELD_TASKS_MAX, MAX_EVENTS_PER_SPAN, SpanOptions,
