@@ -25,6 +25,14 @@
 //!   `go.trace.truncated.side`); the side the trace has keeps its exact time.
 //!   A task known only by reference (a child's parent ID, a region, a log)
 //!   is exported once, truncated on both sides.
+//! - A task's span says how its goroutine (the one that began it) spent the
+//!   time while the task was its innermost and it was not running, summed:
+//!   `go.sched.wait_ns` (runnable, waiting for a CPU), `go.block.ns` and
+//!   `go.block.ns.<reason>` (blocked; the reason with `_` for spaces),
+//!   `go.syscall.ns`, `go.gc.assist_ns` (its GC mark assists). Attributes,
+//!   not child spans: a request has many short waits, and Jaeger shows a
+//!   span's attributes at a glance where hundreds of tiny children would
+//!   bury its tasks and regions.
 //! - With [`SpanOptions::join`] (the agent's own spans of the process), a
 //!   task with no parent task, a region outside any task and region, and a
 //!   goroutine range outside both, begun on a goroutine while one of the
@@ -246,6 +254,52 @@ struct Open {
     attrs: Vec<KeyValue>,
     events: Vec<OtelEvent>,
     dropped_events: u32,
+    /// A task's goroutine's time, broken down (tasks only, once any).
+    sched: Option<Box<SchedTimes>>,
+}
+
+/// The time a task's goroutine (the one that began it) spent, while the
+/// task was its innermost, not running: runnable waiting for a CPU, blocked
+/// (by reason), in a syscall, assisting the GC.
+#[derive(Debug, Default)]
+struct SchedTimes {
+    wait_ns: i64,
+    syscall_ns: i64,
+    assist_ns: i64,
+    block_ns: Vec<(String, i64)>,
+}
+
+impl SchedTimes {
+    fn attributes(&self, out: &mut Vec<KeyValue>) {
+        if self.wait_ns > 0 {
+            out.push(KeyValue::new("go.sched.wait_ns", self.wait_ns));
+        }
+        if self.syscall_ns > 0 {
+            out.push(KeyValue::new("go.syscall.ns", self.syscall_ns));
+        }
+        if self.assist_ns > 0 {
+            out.push(KeyValue::new("go.gc.assist_ns", self.assist_ns));
+        }
+        let total: i64 = self.block_ns.iter().map(|(_, n)| n).sum();
+        if total > 0 {
+            out.push(KeyValue::new("go.block.ns", total));
+            for (reason, n) in &self.block_ns {
+                let key = if reason.is_empty() {
+                    "go.block.ns.unknown".to_string()
+                } else {
+                    format!("go.block.ns.{}", reason.replace(' ', "_"))
+                };
+                out.push(KeyValue::new(key, *n));
+            }
+        }
+    }
+}
+
+/// A goroutine's current not-running period, while it has a task.
+struct Period {
+    state: u8,
+    since: i64,
+    reason: String,
 }
 
 /// An ended task held for late logs.
@@ -307,6 +361,8 @@ struct Mapper<'a> {
     g_tasks: IdMap<i64, Vec<u64>>,
     ranges: Vec<((Vec<u8>, Resource), Open)>,
     block_reason: IdMap<i64, String>,
+    /// Goroutines with a task not running: since when, in which state.
+    periods: IdMap<i64, Period>,
     /// Attributes derived from each stack of the current generation (stack
     /// IDs are per generation; cleared at each Sync).
     stack_cache: IdMap<u64, Vec<KeyValue>>,
@@ -345,6 +401,7 @@ impl<'a> Mapper<'a> {
             g_tasks: IdMap::default(),
             ranges: Vec::new(),
             block_reason: IdMap::default(),
+            periods: IdMap::default(),
             stack_cache: IdMap::default(),
             summary: SpanSummary::default(),
             joiner,
@@ -480,6 +537,7 @@ impl<'a> Mapper<'a> {
             attrs,
             events: Vec::new(),
             dropped_events: 0,
+            sched: None,
         }
     }
 
@@ -503,6 +561,9 @@ impl<'a> Mapper<'a> {
             attrs.push(KeyValue::new("go.trace.time.approximate", true));
         }
         attrs.extend(self.opts.extra_attributes.iter().cloned());
+        if let Some(s) = o.sched.take() {
+            s.attributes(&mut attrs);
+        }
         let mut events = SpanEvents::default();
         events.events = o.events;
         events.dropped_count = o.dropped_events;
@@ -795,6 +856,7 @@ impl<'a> Mapper<'a> {
             }
             return;
         }
+        self.sched_period(g, s.from, s.to, e.time(), s.reason);
         let (name, reason) =
             if s.to == goroutine_state::WAITING && s.from == goroutine_state::RUNNING {
                 let reason = lossy(s.reason);
@@ -819,6 +881,47 @@ impl<'a> Mapper<'a> {
         }
         if let Some(o) = self.context_of(g) {
             Self::add_event(o, OtelEvent::new(name, wall, attrs, 0));
+        }
+    }
+
+    /// The innermost task goroutine `g` began and has not ended.
+    fn task_of(&mut self, g: i64) -> Option<&mut Open> {
+        let id = *self.g_tasks.get(&g)?.last()?;
+        self.tasks.get_mut(&id)
+    }
+
+    /// Adds a goroutine's not-running periods to its innermost task.
+    fn sched_period(&mut self, g: i64, from: u8, to: u8, t: i64, reason: &[u8]) {
+        use goroutine_state::{RUNNABLE, SYSCALL, WAITING};
+        if matches!(from, RUNNABLE | WAITING | SYSCALL)
+            && let Some(p) = self.periods.remove(&g)
+            && let Some(task) = self.task_of(g)
+        {
+            let d = t.saturating_sub(p.since).max(0);
+            let s = task.sched.get_or_insert_with(Box::default);
+            match p.state {
+                RUNNABLE => s.wait_ns += d,
+                SYSCALL => s.syscall_ns += d,
+                _ => match s.block_ns.iter_mut().find(|(r, _)| *r == p.reason) {
+                    Some((_, n)) => *n += d,
+                    None => s.block_ns.push((p.reason, d)),
+                },
+            }
+        }
+        if matches!(to, RUNNABLE | WAITING | SYSCALL) && self.task_of(g).is_some() {
+            let reason = if to == WAITING {
+                lossy(reason)
+            } else {
+                String::new()
+            };
+            self.periods.insert(
+                g,
+                Period {
+                    state: to,
+                    since: t,
+                    reason,
+                },
+            );
         }
     }
 
@@ -868,6 +971,16 @@ impl<'a> Mapper<'a> {
             }
         };
         o.attrs.extend(attrs);
+        if let Resource::Goroutine(g) = r.scope
+            && r.name.as_ref() == b"GC mark assist"
+            && !o.begin_missing
+        {
+            let end = self.wall(e.time());
+            let d = end.duration_since(o.start).unwrap_or_default().as_nanos() as i64;
+            if let Some(task) = self.task_of(g) {
+                task.sched.get_or_insert_with(Box::default).assist_ns += d;
+            }
+        }
         self.emit(o, self.wall(e.time()), false);
     }
 
