@@ -338,6 +338,13 @@ pub struct DecodeArgs {
     /// Wall-clock time (RFC 3339) of the trace's start, for traces without a clock snapshot.
     #[arg(long, value_name = "TIME")]
     pub anchor_time: Option<String>,
+
+    /// The agent's own spans of the traced process (its `--output jsonl` file): a task begun
+    /// on a goroutine while one of them was open on it becomes its child, in its trace. The
+    /// process is the one in the file name (`PID-...`, as `--save-dumps` names dumps), else
+    /// the only one in SPANS.
+    #[arg(long, value_name = "SPANS")]
+    pub join: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

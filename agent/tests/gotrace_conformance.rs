@@ -455,3 +455,290 @@ fn truncated_traces_fail_with_offsets() {
     }
     assert!(failures > 0);
 }
+
+// ---------------------------------------------------------------------------
+// Span mapping against Go's parser: per task, the logs and times we export.
+// ---------------------------------------------------------------------------
+
+/// Anchor for traces without clock snapshots (the helper then prints times
+/// relative to the first event).
+const ANCHOR_SECS: u64 = 1_700_000_000;
+
+/// Go's view (`tracedump -tasks`): the window line, then task and region
+/// lines, sorted.
+fn go_tasks(trace: &[u8], name: &str) -> (String, Vec<String>) {
+    let path = work_dir().join(format!("{name}.tasks.bin"));
+    std::fs::write(&path, trace).expect("writing trace");
+    let out = Command::new(tracedump())
+        .arg("-tasks")
+        .arg(&path)
+        .output()
+        .expect("running tracedump -tasks");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(out.status.success(), "tracedump -tasks on {name}: {text}");
+    let mut lines = text.lines().map(str::to_string);
+    let window = lines.next().expect("window line");
+    let mut rest: Vec<String> = lines.collect();
+    rest.sort();
+    (window, rest)
+}
+
+fn quoted(s: &str) -> String {
+    let mut out = String::from("\"");
+    for b in s.bytes() {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Our spans in the same text form. A truncated side must sit exactly at
+/// the window's edge; it prints as `-`.
+fn our_tasks(trace: &[u8], name: &str, window: (i64, i64), offset: i64) -> Vec<String> {
+    use opentelemetry::Value;
+    use opentelemetry_sdk::trace::SpanData;
+    let opts = gotrace::SpanOptions {
+        anchor_wall_time: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(ANCHOR_SECS)),
+        max_frames: 0,
+        extra_attributes: Vec::new(),
+        join: None,
+    };
+    let mut spans: Vec<SpanData> = Vec::new();
+    gotrace::trace_to_spans(trace, &opts, &mut |s| spans.push(s))
+        .unwrap_or_else(|e| panic!("{name}: spans: {e}"));
+    let ns = |t: std::time::SystemTime| -> i64 {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_nanos() as i64
+            - offset
+    };
+    let attr = |s: &SpanData, k: &str| -> Option<Value> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.clone())
+    };
+    let int = |v: Option<Value>| match v {
+        Some(Value::I64(i)) => Some(i),
+        _ => None,
+    };
+    let side = |s: &SpanData| attr(s, "go.trace.truncated.side").map(|v| v.as_str().into_owned());
+    let times = |s: &SpanData| -> (String, String) {
+        let sd = side(s);
+        let begin_cut = matches!(sd.as_deref(), Some("begin" | "both"));
+        let end_cut = matches!(sd.as_deref(), Some("end" | "both"));
+        let (b, e) = (ns(s.start_time), ns(s.end_time));
+        if begin_cut {
+            assert_eq!(b, window.0, "{name}: {}: cut begin off the window", s.name);
+        }
+        if end_cut {
+            assert_eq!(e, window.1, "{name}: {}: cut end off the window", s.name);
+        }
+        (
+            if begin_cut { "-".into() } else { b.to_string() },
+            if end_cut { "-".into() } else { e.to_string() },
+        )
+    };
+    // Logs per task (the event's `go.task.id`), which must be on the task's
+    // span or on one of its regions.
+    let mut logs: std::collections::BTreeMap<i64, Vec<(i64, String)>> = Default::default();
+    for s in &spans {
+        let kind = attr(s, "trace.event.kind").map(|v| v.as_str().into_owned());
+        if !matches!(kind.as_deref(), Some("task" | "region")) {
+            continue;
+        }
+        let Some(task) = int(attr(s, "go.task.id")) else {
+            continue;
+        };
+        for e in s.events.iter() {
+            let get = |k: &str| {
+                e.attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == k)
+                    .map(|kv| kv.value.clone())
+            };
+            let Some(cat) = get("go.log.category") else {
+                continue;
+            };
+            let msg = get("go.log.message").expect("message");
+            let g = int(get("goroutine.id")).expect("goroutine.id");
+            let Some(log_task) = int(get("go.task.id")) else {
+                continue; // the background task's: not a task
+            };
+            assert_eq!(log_task, task, "{name}: a log on another task's span");
+            let t = ns(e.timestamp);
+            logs.entry(task).or_default().push((
+                t,
+                format!(
+                    "{t} {g} {} {}",
+                    quoted(&cat.as_str()),
+                    quoted(&msg.as_str())
+                ),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for s in &spans {
+        let kind = attr(s, "trace.event.kind").map(|v| v.as_str().into_owned());
+        let task = int(attr(s, "go.task.id"));
+        match kind.as_deref() {
+            Some("task") => {
+                let id = task.expect("task id");
+                let parent = int(attr(s, "go.task.parent_id")).map_or(u64::MAX, |p| p as u64);
+                let typ = if s.name == format!("task {id}") {
+                    ""
+                } else {
+                    &s.name
+                };
+                let (b, e) = times(s);
+                let mut l = logs.remove(&id).unwrap_or_default();
+                l.sort_by_key(|(t, _)| *t);
+                let l: Vec<String> = l.into_iter().map(|(_, s)| s).collect();
+                out.push(format!(
+                    "Task ID={id} Parent={parent} Type={} Begin={b} End={e} Logs=[{}]",
+                    quoted(typ),
+                    l.join("; ")
+                ));
+            }
+            Some("region") => {
+                let g = int(attr(s, "goroutine.id")).expect("goroutine.id");
+                let (b, e) = times(s);
+                out.push(format!(
+                    "Region G={g} Task={} Type={} Begin={b} End={e}",
+                    task.expect("region task"),
+                    quoted(&s.name)
+                ));
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        logs.is_empty(),
+        "{name}: logs on spans of tasks not exported: {logs:?}"
+    );
+    out.sort();
+    out
+}
+
+/// Compares, task by task and region by region, what we export with what
+/// Go's parser says. Returns (tasks, logs) compared, and Go's lines.
+fn assert_tasks_as_go(trace: &[u8], name: &str) -> (usize, usize, Vec<String>) {
+    let (window, go) = go_tasks(trace, name);
+    let field = |k: &str| -> i64 {
+        window
+            .split(' ')
+            .find_map(|f| f.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: {k} in {window}"))
+    };
+    let wall = window.ends_with("Wall=true");
+    let offset = if wall {
+        0
+    } else {
+        (ANCHOR_SECS * 1_000_000_000) as i64
+    };
+    let ours = our_tasks(trace, name, (field("Start="), field("End=")), offset);
+    let diff: Vec<String> = {
+        let mut d = Vec::new();
+        for l in &go {
+            if !ours.contains(l) {
+                d.push(format!("  go only: {l}"));
+            }
+        }
+        for l in &ours {
+            if !go.contains(l) {
+                d.push(format!("ours only: {l}"));
+            }
+        }
+        d
+    };
+    assert!(
+        ours == go,
+        "{name}: tasks and regions differ from Go's parser:\n{}",
+        diff.join("\n")
+    );
+    let tasks = go.iter().filter(|l| l.starts_with("Task ")).count();
+    let logs = go
+        .iter()
+        .filter(|l| l.starts_with("Task "))
+        .map(|l| l.matches("\" \"").count())
+        .sum();
+    (tasks, logs, go)
+}
+
+#[test]
+fn go_testdata_tasks_and_logs_match_go_parser() {
+    let dir = goroot().join("src/internal/trace/testdata/tests");
+    let (mut tasks, mut logs) = (0, 0);
+    for e in std::fs::read_dir(&dir).expect("reading Go's trace test data") {
+        let path = e.expect("dir entry").path();
+        if path.extension().is_none_or(|e| e != "test") {
+            continue;
+        }
+        let name = path.file_stem().and_then(|s| s.to_str()).expect("name");
+        let text = std::fs::read_to_string(&path).expect("reading test");
+        let tc = gotrace::text::parse_test_file(&text).expect("converting");
+        if tc.expect_failure.is_some() {
+            continue;
+        }
+        let (t, l, _) = assert_tasks_as_go(&tc.trace, &format!("tasks-{name}"));
+        tasks += t;
+        logs += l;
+    }
+    assert!(tasks >= 10 && logs >= 5, "{tasks} tasks, {logs} logs");
+}
+
+#[test]
+fn generated_tasks_and_logs_match_go_parser() {
+    for (program, tc) in [
+        ("nested", None),
+        ("crossgoroutine", None),
+        ("manygoroutines", None),
+        ("flightrecorder", None),
+        ("flightrecorder", Some("go1.25.5")),
+        ("nested", Some("go1.22.12")),
+        ("tasklogs", None),
+        ("tasklogs", Some("go1.22.12")),
+        ("tasklogs", Some("go1.25.5")),
+        ("windowcut", None),
+        ("windowcut", Some("go1.25.5")),
+    ] {
+        let trace = generate(program, tc);
+        let (t, _, go) = assert_tasks_as_go(&trace, &format!("tasks-{program}-{tc:?}"));
+        assert!(t > 0, "{program}: no tasks");
+        // The hard cases each program is about must be there.
+        let has = |pred: &dyn Fn(&str) -> bool| go.iter().any(|l| pred(l));
+        let cut_begin_with_logs =
+            |l: &str| l.starts_with("Task ") && l.contains(" Begin=- ") && !l.ends_with("Logs=[]");
+        match program {
+            "tasklogs" => {
+                assert!(has(&cut_begin_with_logs), "{program}");
+                // Known only as a parent, and only by a log.
+                assert!(has(&|l| l.contains(" Begin=- End=- Logs=[]")), "{program}");
+                assert!(has(
+                    &|l| l.contains(" Begin=- End=- Logs=[") && l.contains("the only mention")
+                ));
+                // Logs after the end, in all 200 rounds.
+                let late = go
+                    .iter()
+                    .filter(|l| l.contains("\"race\" Begin=") && l.contains("\"after the end\""))
+                    .count();
+                assert_eq!(late, 200, "{program}");
+            }
+            "windowcut" => {
+                assert!(has(&cut_begin_with_logs), "{program}");
+                assert!(has(&|l| l.contains("just before the end")), "{program}");
+                assert!(
+                    has(&|l| l.starts_with("Region ") && l.contains(" Begin=- ")),
+                    "{program}"
+                );
+            }
+            _ => {}
+        }
+    }
+}

@@ -172,6 +172,7 @@ fn opts(max_frames: usize, anchor: Option<SystemTime>) -> (SpanOptions, KeyValue
             anchor_wall_time: anchor,
             max_frames,
             extra_attributes: vec![extra.clone()],
+            join: None,
         },
         extra,
     )
@@ -228,6 +229,22 @@ fn nested_tasks_regions_and_logs() {
     let child = find(&spans, "child");
     assert_eq!(logs(child), vec![("child".to_string(), "done".to_string())]);
     assert_eq!(attr_i64(child, "go.task.parent_id"), Some(1));
+    // The child task's goroutine slept (2 ms) while the task was its
+    // innermost: the time is on the task, by reason, within the task, and
+    // not on the root task.
+    let slept = attr_i64(child, "go.block.ns.sleep").expect("go.block.ns.sleep");
+    let child_ns = child
+        .end_time
+        .duration_since(child.start_time)
+        .expect("order")
+        .as_nanos() as i64;
+    assert!(
+        (2_000_000..=child_ns).contains(&slept),
+        "slept {slept} ns in a {child_ns} ns task"
+    );
+    let blocked = attr_i64(child, "go.block.ns").expect("go.block.ns");
+    assert!(blocked >= slept && blocked <= child_ns, "{blocked}");
+    assert_eq!(attr_i64(root, "go.block.ns.sleep"), None);
 
     // The sleep inside the region: a block with its reason, then the wake-up.
     let sleepy = find(&spans, "sleepy");

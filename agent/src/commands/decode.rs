@@ -1,18 +1,20 @@
 //! `agent decode FILE...`: Go execution traces to spans, through the same
 //! export pipeline as the live agent; `--dump events` prints the decoded
-//! event stream instead.
+//! event stream instead; `--join SPANS.jsonl` makes tasks children of the
+//! agent's own spans of the process.
 
 use std::{
     fs::File,
     io::{BufWriter, Write as _},
     path::Path,
     process::ExitCode,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use agent::{
     export::{BatchConfig, SpanSender},
-    gotrace::{self, SpanOptions, SpanSummary},
+    gotrace::{self, JoinIndex, LiveSpans, SpanOptions, SpanSummary},
 };
 use anyhow::Context as _;
 
@@ -54,6 +56,44 @@ pub async fn decode_file(
     .context("decoder thread failed")?
 }
 
+/// Reads `--join SPANS`.
+fn read_live_spans(path: &Path) -> anyhow::Result<LiveSpans> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let live = LiveSpans::read_jsonl(std::io::BufReader::new(file))
+        .with_context(|| format!("--join {}", path.display()))?;
+    log::info!(
+        "--join {}: spans of {} process(es) with goroutine ids",
+        path.display(),
+        live.pids().len()
+    );
+    Ok(live)
+}
+
+/// The process a trace file is of: `PID-...` in its name (as
+/// `--save-dumps` names dumps), else the only process in the spans.
+fn join_index(live: &LiveSpans, path: &Path) -> Option<Arc<JoinIndex>> {
+    let pids = live.pids();
+    let from_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split_once('-'))
+        .and_then(|(p, _)| p.parse::<u32>().ok())
+        .filter(|p| pids.contains(p));
+    let pid = match from_name {
+        Some(p) => p,
+        None if pids.len() == 1 => *pids.first()?,
+        None => {
+            log::warn!(
+                "{}: not joined: the spans are of {} processes and the file name does not start with one's pid",
+                path.display(),
+                pids.len()
+            );
+            return None;
+        }
+    };
+    Some(Arc::new(live.index_for(pid)))
+}
+
 fn dump(files: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -85,6 +125,7 @@ pub async fn run(args: &DecodeArgs, export: &ExportArgs) -> anyhow::Result<ExitC
         return dump(&args.files);
     }
     let anchor = parse_anchor(args.anchor_time.as_deref())?;
+    let live = args.join.as_deref().map(read_live_spans).transpose()?;
     let pipeline = super::start_pipeline(export, None, BatchConfig::default())?;
     let mut failed = 0;
     for path in &args.files {
@@ -94,11 +135,13 @@ pub async fn run(args: &DecodeArgs, export: &ExportArgs) -> anyhow::Result<ExitC
                 "trace.file.path",
                 path.display().to_string(),
             )],
+            join: live.as_ref().and_then(|l| join_index(l, path)),
             ..SpanOptions::default()
         };
+        let joining = options.join.is_some();
         match decode_file(path, options, pipeline.sender()).await {
             Ok(summary) => log::info!(
-                "{}: {} events, {} spans ({} tasks, {} regions, {} ranges, {} truncated){}",
+                "{}: {} events, {} spans ({} tasks, {} regions, {} ranges, {} truncated{}){}",
                 path.display(),
                 summary.events,
                 summary.spans,
@@ -106,6 +149,11 @@ pub async fn run(args: &DecodeArgs, export: &ExportArgs) -> anyhow::Result<ExitC
                 summary.regions,
                 summary.ranges,
                 summary.truncated,
+                if joining {
+                    format!("; {} joined to the agent's spans", summary.joined)
+                } else {
+                    String::new()
+                },
                 if summary.approximate_time {
                     "; no clock snapshot: wall-clock times are approximate"
                 } else {

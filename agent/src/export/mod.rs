@@ -153,6 +153,9 @@ pub struct SpanSender {
     tx: mpsc::Sender<EncodedSpan>,
     stats: Arc<QueueStats>,
     scopes: Arc<Mutex<ScopeCache>>,
+    /// The spans with a goroutine kept for flight-recorder joins, once a
+    /// flight-recorder family asks ([`SpanSender::keep_recent`]).
+    recent: Arc<std::sync::OnceLock<Arc<crate::gotrace::RecentSpans>>>,
 }
 
 impl SpanSender {
@@ -186,7 +189,19 @@ impl SpanSender {
     /// Queues an encoded span; never blocks. A full queue drops it, counted.
     pub fn send_encoded(&self, span: EncodedSpan) {
         crate::metrics::observe_span(&span.bytes);
+        if let Some(recent) = self.recent.get() {
+            recent.record_encoded(&span.bytes);
+        }
         self.accepted(self.tx.try_send(span).is_ok());
+    }
+
+    /// From now on, every span sent with [`Self::send_encoded`] (the live
+    /// families' spans) that has a goroutine is also kept, the last
+    /// [`crate::gotrace::join::RECENT_SPANS_KEPT`], for joining
+    /// flight-recorder dumps of the process; every clone of this sender
+    /// shares them.
+    pub fn keep_recent(&self) -> Arc<crate::gotrace::RecentSpans> {
+        self.recent.get_or_init(Arc::default).clone()
     }
 
     /// Spans waiting in the queue, and how many it holds.
@@ -415,6 +430,7 @@ impl Pipeline {
                 tx,
                 stats: stats.clone(),
                 scopes: Arc::default(),
+                recent: Arc::default(),
             },
             stats,
             sink_stats,

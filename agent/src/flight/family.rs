@@ -3,7 +3,9 @@
 //! a thread of their own ([`FlightReader`]) and exported with the session's
 //! spans. It owns no kind of the shared ring buffer.
 
-use super::{FlightAttachment, FlightPlan, FlightReader, ReaderConfig, ReaderStats};
+use super::{
+    DumpSpanOptions, FlightAttachment, FlightPlan, FlightReader, ReaderConfig, ReaderStats,
+};
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
@@ -117,6 +119,10 @@ impl Family for Flight {
             ring,
             ReaderConfig {
                 save_dir: self.save_dumps.clone(),
+                spans: DumpSpanOptions {
+                    recent: Some(spans.keep_recent()),
+                    ..DumpSpanOptions::default()
+                },
                 ..ReaderConfig::default()
             },
             move |span| {

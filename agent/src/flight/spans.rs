@@ -4,7 +4,7 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use opentelemetry_sdk::trace::SpanData;
 use super::{CompletedDump, FlightError};
 use crate::{
     clock::WallClock,
-    gotrace::{SpanOptions, SpanSummary, trace_to_spans},
+    gotrace::{RecentSpans, SpanOptions, SpanSummary, trace_to_spans},
 };
 
 /// Options for [`dump_to_spans`].
@@ -27,7 +27,17 @@ pub struct DumpSpanOptions {
     pub max_frames: usize,
     /// Attributes added to every span besides the dump's identity.
     pub extra_attributes: Vec<KeyValue>,
+    /// The live agent's recent spans of the process: tasks the dump shows
+    /// begun inside one of them become its children (see
+    /// [`crate::gotrace::join`]). The dump is decoded [`JOIN_SETTLE`] after
+    /// it was captured, so that the spans that ended before it are in.
+    pub recent: Option<Arc<RecentSpans>>,
 }
+
+/// How long a dump waits for the live spans that ended before it: the
+/// session drains its ring buffer every 100 ms, and a span is recorded as it
+/// enters the export pipeline.
+pub const JOIN_SETTLE: Duration = Duration::from_millis(250);
 
 impl Default for DumpSpanOptions {
     fn default() -> Self {
@@ -35,6 +45,7 @@ impl Default for DumpSpanOptions {
             clock: WallClock::measure(),
             max_frames: 16,
             extra_attributes: Vec::new(),
+            recent: None,
         }
     }
 }
@@ -96,6 +107,10 @@ pub fn dump_to_spans(
         anchor_wall_time: Some(options.clock.to_system_time(dump.start_ktime_ns)),
         max_frames: options.max_frames,
         extra_attributes: extra,
+        join: options.recent.as_ref().map(|recent| {
+            std::thread::sleep(JOIN_SETTLE);
+            Arc::new(recent.index())
+        }),
     };
     trace_to_spans(&dump.bytes[..], &opts, sink).map_err(FlightError::Decode)
 }

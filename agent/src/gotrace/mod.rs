@@ -13,7 +13,9 @@
 //!   text form, one event per line (`agent decode --dump events`).
 //! - [`trace_to_spans`] / [`reader_to_spans`] turn tasks, regions, logs and
 //!   runtime ranges into [`SpanData`](opentelemetry_sdk::trace::SpanData)
-//!   (see the `spans` module docs for the mapping).
+//!   (see the `spans` module docs for the mapping); with
+//!   [`SpanOptions::join`], tasks join the agent's own spans of the process
+//!   ([`join`]).
 //! - [`watch`] yields new `*.trace` files in a directory once complete.
 //! - [`text`] converts Go's text form of traces (its test data) to bytes.
 //!
@@ -32,6 +34,7 @@
 mod dump;
 mod event;
 mod generation;
+pub mod join;
 mod order;
 mod pdqsort;
 mod reader;
@@ -49,10 +52,11 @@ pub use event::{
     Stack, StackFrame, StateTransition, Sync, Task, go_state_name, proc_state_name,
 };
 pub use generation::ExperimentalBatch;
+pub use join::{JoinError, JoinIndex, LiveSpans, RecentSpans};
 pub use reader::{ReadStats, Reader};
 pub use spans::{
-    ENDED_TASKS_KEPT, MAX_EVENTS_PER_SPAN, SpanOptions, SpanSummary, reader_to_spans,
-    trace_to_spans,
+    ENDED_TASKS_KEPT, HELD_EVENTS_MAX, HELD_TASKS_MAX, MAX_EVENTS_PER_SPAN, SpanOptions,
+    SpanSummary, reader_to_spans, trace_to_spans,
 };
 
 /// No thread (Go's `NoThread`).

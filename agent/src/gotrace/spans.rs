@@ -7,7 +7,11 @@
 //!   goroutine (same task), else of its task; a region of the background
 //!   task with no enclosing region is a root span.
 //! - Each `trace.Log` is a span event on the innermost region of its
-//!   goroutine (same task), else on its task's span.
+//!   goroutine (same task), else on its task's span, as Go's parser
+//!   attributes it (`go.task.id` on the event): also a log that comes after
+//!   its task ended (an ended task is held, within [`HELD_TASKS_MAX`] and
+//!   [`HELD_EVENTS_MAX`], until the end of the trace before it is exported),
+//!   and a log of a task whose begin is not in the trace.
 //! - Ranges (GC mark phase, stop-the-world, mark assist, sweep) are internal
 //!   spans; goroutine-scoped ones are children of the goroutine's current
 //!   region or task, the others are roots.
@@ -17,15 +21,34 @@
 //! - A task, region or range whose begin is not in the trace (a flight
 //!   recorder window starts in the middle of things) starts at the first
 //!   event of the trace; one still open at the end ends at the last event.
-//!   Both are exported and marked with `go.trace.truncated`.
+//!   Both are exported and marked with `go.trace.truncated` (and
+//!   `go.trace.truncated.side`); the side the trace has keeps its exact time.
+//!   A task known only by reference (a child's parent ID, a region, a log)
+//!   is exported once, truncated on both sides.
+//! - A task's span says how its goroutine (the one that began it) spent the
+//!   time while the task was its innermost and it was not running, summed:
+//!   `go.sched.wait_ns` (runnable, waiting for a CPU), `go.block.ns` and
+//!   `go.block.ns.<reason>` (blocked; the reason with `_` for spaces),
+//!   `go.syscall.ns`, `go.gc.assist_ns` (its GC mark assists). Attributes,
+//!   not child spans: a request has many short waits, and Jaeger shows a
+//!   span's attributes at a glance where hundreds of tiny children would
+//!   bury its tasks and regions.
+//! - With [`SpanOptions::join`] (the agent's own spans of the process), a
+//!   task with no parent task, a region outside any task and region, and a
+//!   goroutine range outside both, begun on a goroutine while one of the
+//!   agent's spans is open on it (or inherited by it: the trace shows which
+//!   goroutine created which), is that span's child, in its trace.
 //! - Times: wall clock from the generation's clock snapshot (Go 1.25+); for
 //!   older traces the first event is anchored to
 //!   [`SpanOptions::anchor_wall_time`] (default: now) and every span carries
 //!   `go.trace.time.approximate = true`.
 //!
 //! Memory: open spans are kept until they end; events per span are capped
-//! ([`MAX_EVENTS_PER_SPAN`]), and the table of ended tasks kept to link late
-//! children is bounded ([`ENDED_TASKS_KEPT`]).
+//! ([`MAX_EVENTS_PER_SPAN`]); ended tasks held for late logs are bounded
+//! ([`HELD_TASKS_MAX`], [`HELD_EVENTS_MAX`]: beyond, the oldest is exported
+//! and a later log of it is counted in [`SpanSummary::unattached_logs`]), and
+//! the table of ended tasks kept to link late children is bounded
+//! ([`ENDED_TASKS_KEPT`]).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -40,12 +63,19 @@ use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use super::event::{Event, EventKind, Resource, Stack};
+use super::join::{JoinIndex, Joiner};
 use super::{DecodeError, IdMap, NO_GOROUTINE, NO_TASK, Reader, goroutine_state};
 
 /// Span events kept per span; more are counted as dropped.
 pub const MAX_EVENTS_PER_SPAN: usize = 256;
 /// Ended tasks remembered so that children beginning later still link.
 pub const ENDED_TASKS_KEPT: usize = 1 << 16;
+/// Ended tasks held (not yet exported) so that logs coming after their end
+/// still reach them; beyond, the oldest is exported.
+pub const HELD_TASKS_MAX: usize = 1 << 9;
+/// Span events, in all, of the held ended tasks; beyond, the oldest held
+/// task is exported.
+pub const HELD_EVENTS_MAX: usize = 1 << 12;
 
 /// Options for [`trace_to_spans`].
 #[derive(Debug, Clone)]
@@ -57,6 +87,10 @@ pub struct SpanOptions {
     pub max_frames: usize,
     /// Attributes added to every span (e.g. the dump's identity).
     pub extra_attributes: Vec<KeyValue>,
+    /// The agent's own spans of the traced process: a task (or a region
+    /// or range outside any task) begun on a goroutine inside one of them
+    /// becomes its child (see the `join` module).
+    pub join: Option<Arc<JoinIndex>>,
 }
 
 impl Default for SpanOptions {
@@ -65,6 +99,7 @@ impl Default for SpanOptions {
             anchor_wall_time: None,
             max_frames: 16,
             extra_attributes: Vec::new(),
+            join: None,
         }
     }
 }
@@ -83,14 +118,18 @@ pub struct SpanSummary {
     pub truncated: u64,
     /// Logs attached as span events.
     pub logs: u64,
-    /// Logs outside any task or region (not exported).
+    /// Logs outside any task or region, or of a task already exported (held
+    /// tasks evicted past [`HELD_TASKS_MAX`] or [`HELD_EVENTS_MAX`]); not
+    /// exported.
     pub unattached_logs: u64,
     /// Whether wall-clock times are approximate (no clock snapshot).
     pub approximate_time: bool,
+    /// Spans made children of the agent's own spans
+    /// ([`SpanOptions::join`]).
+    pub joined: u64,
 }
 
-/// Decodes a trace and hands every span to `sink`, in the order the spans
-/// end. The mapping:
+/// Decodes a trace and hands every span to `sink`. The mapping:
 ///
 /// - Each task is a span; a child task is a child span of its parent task. A
 ///   task that ends on another goroutine is still one span (it is keyed by
@@ -99,7 +138,11 @@ pub struct SpanSummary {
 ///   goroutine (same task), else of its task; a region of the background
 ///   task with no enclosing region is a root span.
 /// - Each `trace.Log` is a span event on the innermost region of its
-///   goroutine (same task), else on its task's span.
+///   goroutine (same task), else on its task's span, as Go's parser
+///   attributes it (`go.task.id` on the event): also a log that comes after
+///   its task ended (ended tasks are held until the end of the trace, within
+///   [`HELD_TASKS_MAX`] and [`HELD_EVENTS_MAX`]), and a log of a task whose
+///   begin is not in the trace.
 /// - Ranges (GC mark phase, stop-the-world, mark assist, sweep) are internal
 ///   spans; goroutine-scoped ones are children of the goroutine's current
 ///   region or task, the others are roots.
@@ -109,15 +152,23 @@ pub struct SpanSummary {
 /// - A task, region or range whose begin is not in the trace (a flight
 ///   recorder window starts in the middle of things) starts at the first
 ///   event of the trace; one still open at the end ends at the last event.
-///   Both are exported and marked with `go.trace.truncated`.
+///   Both are exported and marked with `go.trace.truncated`; the side the
+///   trace has keeps its exact time. A task known only by reference (a
+///   child's parent ID, a region, a log) is exported once, truncated on both
+///   sides.
+/// - Times are converted to wall clock with the clock snapshot of the
+///   generation the event is in.
 /// - Times: wall clock from the generation's clock snapshot (Go 1.25+); for
 ///   older traces the first event is anchored to
 ///   [`SpanOptions::anchor_wall_time`] (default: now) and every span carries
 ///   `go.trace.time.approximate = true`.
 ///
+/// Spans are handed over as they end, except tasks, held after their end
+/// (see above) and handed over when evicted or at the end of the trace.
+///
 /// Memory: open spans are kept until they end; events per span are capped
-/// ([`MAX_EVENTS_PER_SPAN`]), and the table of ended tasks kept to link late
-/// children is bounded ([`ENDED_TASKS_KEPT`]).
+/// ([`MAX_EVENTS_PER_SPAN`]), held ended tasks are bounded, and the table of
+/// ended tasks kept to link late children is bounded ([`ENDED_TASKS_KEPT`]).
 pub fn trace_to_spans(
     input: impl Read,
     opts: &SpanOptions,
@@ -133,7 +184,8 @@ pub fn reader_to_spans<R: Read>(
     opts: &SpanOptions,
     sink: &mut dyn FnMut(SpanData),
 ) -> Result<SpanSummary, DecodeError> {
-    let mut m = Mapper::new(opts, sink);
+    let joiner = opts.join.as_deref().map(Joiner::new);
+    let mut m = Mapper::new(opts, sink, joiner);
     while let Some(e) = r.read_event()? {
         m.summary.events += 1;
         m.event(&e);
@@ -195,12 +247,66 @@ struct Open {
     parent: SpanId,
     name: String,
     kind: Kind,
-    start: i64,
+    /// Wall-clock start, converted with the clock of its own generation.
+    start: SystemTime,
     begin_missing: bool,
     goroutine: i64,
     attrs: Vec<KeyValue>,
     events: Vec<OtelEvent>,
     dropped_events: u32,
+    /// A task's goroutine's time, broken down (tasks only, once any).
+    sched: Option<Box<SchedTimes>>,
+}
+
+/// The time a task's goroutine (the one that began it) spent, while the
+/// task was its innermost, not running: runnable waiting for a CPU, blocked
+/// (by reason), in a syscall, assisting the GC.
+#[derive(Debug, Default)]
+struct SchedTimes {
+    wait_ns: i64,
+    syscall_ns: i64,
+    assist_ns: i64,
+    block_ns: Vec<(String, i64)>,
+}
+
+impl SchedTimes {
+    fn attributes(&self, out: &mut Vec<KeyValue>) {
+        if self.wait_ns > 0 {
+            out.push(KeyValue::new("go.sched.wait_ns", self.wait_ns));
+        }
+        if self.syscall_ns > 0 {
+            out.push(KeyValue::new("go.syscall.ns", self.syscall_ns));
+        }
+        if self.assist_ns > 0 {
+            out.push(KeyValue::new("go.gc.assist_ns", self.assist_ns));
+        }
+        let total: i64 = self.block_ns.iter().map(|(_, n)| n).sum();
+        if total > 0 {
+            out.push(KeyValue::new("go.block.ns", total));
+            for (reason, n) in &self.block_ns {
+                let key = if reason.is_empty() {
+                    "go.block.ns.unknown".to_string()
+                } else {
+                    format!("go.block.ns.{}", reason.replace(' ', "_"))
+                };
+                out.push(KeyValue::new(key, *n));
+            }
+        }
+    }
+}
+
+/// A goroutine's current not-running period, while it has a task.
+struct Period {
+    state: u8,
+    since: i64,
+    reason: String,
+}
+
+/// An ended task held for late logs.
+struct Held {
+    id: u64,
+    span: Open,
+    end: SystemTime,
 }
 
 struct OpenRegion {
@@ -239,20 +345,29 @@ struct Mapper<'a> {
     clock: Option<Clock>,
     approximate: bool,
     first_time: Option<i64>,
+    /// Wall-clock time of the first event (the clock of its generation).
+    first_wall: SystemTime,
     last_time: i64,
     tasks: IdMap<u64, Open>,
     ended_tasks: IdMap<u64, (TraceId, SpanId)>,
     ended_order: VecDeque<u64>,
+    /// Ended tasks not yet exported, oldest first (a late log searches it
+    /// from the newest; a deque keeps task ends cheap, which are many).
+    held: VecDeque<Held>,
+    held_events: usize,
     /// Open regions per goroutine, innermost last.
     regions: IdMap<i64, Vec<OpenRegion>>,
     /// Tasks begun on each goroutine and not yet ended, innermost last.
     g_tasks: IdMap<i64, Vec<u64>>,
     ranges: Vec<((Vec<u8>, Resource), Open)>,
     block_reason: IdMap<i64, String>,
+    /// Goroutines with a task not running: since when, in which state.
+    periods: IdMap<i64, Period>,
     /// Attributes derived from each stack of the current generation (stack
     /// IDs are per generation; cleared at each Sync).
     stack_cache: IdMap<u64, Vec<KeyValue>>,
     summary: SpanSummary,
+    joiner: Option<Joiner<'a>>,
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -260,7 +375,11 @@ fn lossy(b: &[u8]) -> String {
 }
 
 impl<'a> Mapper<'a> {
-    fn new(opts: &'a SpanOptions, sink: &'a mut dyn FnMut(SpanData)) -> Self {
+    fn new(
+        opts: &'a SpanOptions,
+        sink: &'a mut dyn FnMut(SpanData),
+        joiner: Option<Joiner<'a>>,
+    ) -> Self {
         Mapper {
             opts,
             sink,
@@ -271,21 +390,22 @@ impl<'a> Mapper<'a> {
             clock: None,
             approximate: false,
             first_time: None,
+            first_wall: SystemTime::UNIX_EPOCH,
             last_time: 0,
             tasks: IdMap::default(),
             ended_tasks: IdMap::default(),
             ended_order: VecDeque::new(),
+            held: VecDeque::new(),
+            held_events: 0,
             regions: IdMap::default(),
             g_tasks: IdMap::default(),
             ranges: Vec::new(),
             block_reason: IdMap::default(),
+            periods: IdMap::default(),
             stack_cache: IdMap::default(),
             summary: SpanSummary::default(),
+            joiner,
         }
-    }
-
-    fn window_start(&self) -> i64 {
-        self.first_time.unwrap_or(0)
     }
 
     fn wall(&self, t: i64) -> SystemTime {
@@ -297,7 +417,8 @@ impl<'a> Mapper<'a> {
 
     fn event(&mut self, e: &Event<'_>) {
         let t = e.time();
-        if self.first_time.is_none() {
+        let first = self.first_time.is_none();
+        if first {
             self.first_time = Some(t);
         }
         self.last_time = t;
@@ -312,6 +433,10 @@ impl<'a> Mapper<'a> {
             EventKind::RangeEnd => self.range_end(e),
             EventKind::StateTransition => self.transition(e),
             _ => {}
+        }
+        if first {
+            // After the first Sync has set the clock.
+            self.first_wall = self.wall(t);
         }
     }
 
@@ -403,19 +528,20 @@ impl<'a> Mapper<'a> {
             name,
             kind,
             start: if begin_missing {
-                self.window_start()
+                self.first_wall
             } else {
-                e.time()
+                self.wall(e.time())
             },
             begin_missing,
             goroutine: e.goroutine(),
             attrs,
             events: Vec::new(),
             dropped_events: 0,
+            sched: None,
         }
     }
 
-    fn emit(&mut self, mut o: Open, end: i64, end_missing: bool) {
+    fn emit(&mut self, mut o: Open, end: SystemTime, end_missing: bool) {
         let mut attrs = std::mem::take(&mut o.attrs);
         attrs.push(KeyValue::new("goroutine.id", o.goroutine));
         attrs.push(KeyValue::new("trace.event.kind", o.kind.as_str()));
@@ -435,6 +561,9 @@ impl<'a> Mapper<'a> {
             attrs.push(KeyValue::new("go.trace.time.approximate", true));
         }
         attrs.extend(self.opts.extra_attributes.iter().cloned());
+        if let Some(s) = o.sched.take() {
+            s.attributes(&mut attrs);
+        }
         let mut events = SpanEvents::default();
         events.events = o.events;
         events.dropped_count = o.dropped_events;
@@ -457,8 +586,8 @@ impl<'a> Mapper<'a> {
             parent_span_is_remote: false,
             span_kind: SpanKind::Internal,
             name: Cow::Owned(o.name),
-            start_time: self.wall(o.start),
-            end_time: self.wall(end),
+            start_time: o.start,
+            end_time: end,
             attributes: attrs,
             dropped_attributes_count: 0,
             events,
@@ -475,6 +604,14 @@ impl<'a> Mapper<'a> {
         } else {
             o.dropped_events = o.dropped_events.saturating_add(1);
         }
+    }
+
+    /// The agent's span goroutine `g` is in at the event, if joining.
+    fn joined_parent(&mut self, g: i64, e: &Event<'_>) -> Option<(TraceId, SpanId)> {
+        let t = self.wall(e.time());
+        let p = self.joiner.as_ref()?.parent(g, t)?;
+        self.summary.joined += 1;
+        Some(p)
     }
 
     fn task_name(typ: &[u8], id: u64) -> String {
@@ -507,18 +644,29 @@ impl<'a> Mapper<'a> {
 
     fn task_begin(&mut self, e: &Event<'_>) {
         let Some(t) = e.task() else { return };
-        let parent = self.task_span(t.parent, e);
+        let parent = match self.task_span(t.parent, e) {
+            Some(p) => Some(p),
+            None => self.joined_parent(e.goroutine(), e),
+        };
         let mut o = self.open(Kind::Task, Self::task_name(t.typ, t.id), parent, e, false);
         o.attrs.push(KeyValue::new("go.task.id", t.id as i64));
         if t.parent != NO_TASK {
             o.attrs
                 .push(KeyValue::new("go.task.parent_id", t.parent as i64));
         }
-        if let Some(old) = self.tasks.insert(t.id, o) {
-            // A placeholder (or a reused ID): export what we had.
-            let end = e.time();
-            self.emit(old, end, true);
+        if let Some(old) = self.tasks.remove(&t.id) {
+            // A placeholder made by a reference that came first: the task
+            // keeps its IDs (its children link to them) and its events, and
+            // stays the root of its trace.
+            o.trace_id = old.trace_id;
+            o.span_id = old.span_id;
+            o.parent = old.parent;
+            let mut events = old.events;
+            events.append(&mut o.events);
+            o.events = events;
+            o.dropped_events = old.dropped_events;
         }
+        self.tasks.insert(t.id, o);
         self.g_tasks.entry(e.goroutine()).or_default().push(t.id);
     }
 
@@ -544,6 +692,9 @@ impl<'a> Mapper<'a> {
                 o
             }
         };
+        if o.begin_missing && !t.typ.is_empty() && o.name == Self::task_name(&[], t.id) {
+            o.name = lossy(t.typ);
+        }
         if o.goroutine == NO_GOROUTINE || o.begin_missing {
             o.goroutine = e.goroutine();
         } else if o.goroutine != e.goroutine() {
@@ -556,7 +707,25 @@ impl<'a> Mapper<'a> {
             list.remove(i);
         }
         self.remember_ended(t.id, (o.trace_id, o.span_id));
-        self.emit(o, e.time(), false);
+        self.hold(t.id, o, self.wall(e.time()));
+    }
+
+    /// Holds an ended task for logs that come after its end; exports the
+    /// oldest held tasks beyond the bounds.
+    fn hold(&mut self, id: u64, span: Open, end: SystemTime) {
+        self.held_events += span.events.len();
+        self.held.push_back(Held { id, span, end });
+        self.bound_held();
+    }
+
+    fn bound_held(&mut self) {
+        while self.held.len() > HELD_TASKS_MAX || self.held_events > HELD_EVENTS_MAX {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            self.held_events -= h.span.events.len();
+            self.emit(h.span, h.end, false);
+        }
     }
 
     /// The goroutine's current context: its innermost region, else the
@@ -585,7 +754,10 @@ impl<'a> Mapper<'a> {
     fn region_begin(&mut self, e: &Event<'_>) {
         let Some(r) = e.region() else { return };
         let g = e.goroutine();
-        let parent = self.region_parent(g, r.task, e);
+        let parent = match self.region_parent(g, r.task, e) {
+            Some(p) => Some(p),
+            None => self.joined_parent(g, e),
+        };
         let mut o = self.open(Kind::Region, lossy(r.typ), parent, e, false);
         o.attrs.push(KeyValue::new("go.task.id", r.task as i64));
         self.regions.entry(g).or_default().push(OpenRegion {
@@ -605,7 +777,7 @@ impl<'a> Mapper<'a> {
             .is_some_and(|top| top.task == r.task && top.name == r.typ);
         if matched {
             if let Some(top) = self.regions.get_mut(&g).and_then(|v| v.pop()) {
-                self.emit(top.span, e.time(), false);
+                self.emit(top.span, self.wall(e.time()), false);
             }
             return;
         }
@@ -614,7 +786,7 @@ impl<'a> Mapper<'a> {
         let parent = self.task_span(r.task, e);
         let mut o = self.open(Kind::Region, lossy(r.typ), parent, e, true);
         o.attrs.push(KeyValue::new("go.task.id", r.task as i64));
-        self.emit(o, e.time(), false);
+        self.emit(o, self.wall(e.time()), false);
     }
 
     fn log(&mut self, e: &Event<'_>) {
@@ -625,6 +797,9 @@ impl<'a> Mapper<'a> {
             KeyValue::new("go.log.message", lossy(l.message)),
             KeyValue::new("goroutine.id", g),
         ];
+        if l.task != super::BACKGROUND_TASK && l.task != NO_TASK {
+            attrs.push(KeyValue::new("go.task.id", l.task as i64));
+        }
         self.stack_attrs(&e.stack(), &mut attrs);
         let name = if l.category.is_empty() {
             "log".to_string()
@@ -644,12 +819,21 @@ impl<'a> Mapper<'a> {
             }
             return;
         }
-        if self.task_span(l.task, e).is_some()
-            && let Some(o) = self.tasks.get_mut(&l.task)
-        {
-            Self::add_event(o, ev);
-            self.summary.logs += 1;
-            return;
+        if self.task_span(l.task, e).is_some() {
+            if let Some(o) = self.tasks.get_mut(&l.task) {
+                Self::add_event(o, ev);
+                self.summary.logs += 1;
+                return;
+            }
+            if let Some(h) = self.held.iter_mut().rev().find(|h| h.id == l.task) {
+                // A log after its task's end (Go attributes it to the task).
+                let before = h.span.events.len();
+                Self::add_event(&mut h.span, ev);
+                self.held_events += h.span.events.len() - before;
+                self.summary.logs += 1;
+                self.bound_held();
+                return;
+            }
         }
         self.summary.unattached_logs += 1;
     }
@@ -661,6 +845,18 @@ impl<'a> Mapper<'a> {
         let Resource::Goroutine(g) = s.resource else {
             return;
         };
+        if s.from == goroutine_state::NOT_EXIST
+            && s.to == goroutine_state::RUNNABLE
+            && e.goroutine() != NO_GOROUTINE
+            && self.joiner.is_some()
+        {
+            let t = self.wall(e.time());
+            if let Some(j) = self.joiner.as_mut() {
+                j.spawned(e.goroutine(), g, t);
+            }
+            return;
+        }
+        self.sched_period(g, s.from, s.to, e.time(), s.reason);
         let (name, reason) =
             if s.to == goroutine_state::WAITING && s.from == goroutine_state::RUNNING {
                 let reason = lossy(s.reason);
@@ -688,6 +884,47 @@ impl<'a> Mapper<'a> {
         }
     }
 
+    /// The innermost task goroutine `g` began and has not ended.
+    fn task_of(&mut self, g: i64) -> Option<&mut Open> {
+        let id = *self.g_tasks.get(&g)?.last()?;
+        self.tasks.get_mut(&id)
+    }
+
+    /// Adds a goroutine's not-running periods to its innermost task.
+    fn sched_period(&mut self, g: i64, from: u8, to: u8, t: i64, reason: &[u8]) {
+        use goroutine_state::{RUNNABLE, SYSCALL, WAITING};
+        if matches!(from, RUNNABLE | WAITING | SYSCALL)
+            && let Some(p) = self.periods.remove(&g)
+            && let Some(task) = self.task_of(g)
+        {
+            let d = t.saturating_sub(p.since).max(0);
+            let s = task.sched.get_or_insert_with(Box::default);
+            match p.state {
+                RUNNABLE => s.wait_ns += d,
+                SYSCALL => s.syscall_ns += d,
+                _ => match s.block_ns.iter_mut().find(|(r, _)| *r == p.reason) {
+                    Some((_, n)) => *n += d,
+                    None => s.block_ns.push((p.reason, d)),
+                },
+            }
+        }
+        if matches!(to, RUNNABLE | WAITING | SYSCALL) && self.task_of(g).is_some() {
+            let reason = if to == WAITING {
+                lossy(reason)
+            } else {
+                String::new()
+            };
+            self.periods.insert(
+                g,
+                Period {
+                    state: to,
+                    since: t,
+                    reason,
+                },
+            );
+        }
+    }
+
     fn range_begin(&mut self, e: &Event<'_>) {
         let Some(r) = e.range() else { return };
         let key = (r.name.to_vec(), r.scope);
@@ -697,7 +934,11 @@ impl<'a> Mapper<'a> {
         }
         let active = e.kind() == EventKind::RangeActive;
         let parent = match r.scope {
-            Resource::Goroutine(g) => self.context_ids(g),
+            Resource::Goroutine(g) => match self.context_ids(g) {
+                Some(p) => Some(p),
+                None if !active => self.joined_parent(g, e),
+                None => None,
+            },
             _ => None,
         };
         let mut o = self.open(Kind::Range, lossy(&r.name), parent, e, active);
@@ -730,11 +971,21 @@ impl<'a> Mapper<'a> {
             }
         };
         o.attrs.extend(attrs);
-        self.emit(o, e.time(), false);
+        if let Resource::Goroutine(g) = r.scope
+            && r.name.as_ref() == b"GC mark assist"
+            && !o.begin_missing
+        {
+            let end = self.wall(e.time());
+            let d = end.duration_since(o.start).unwrap_or_default().as_nanos() as i64;
+            if let Some(task) = self.task_of(g) {
+                task.sched.get_or_insert_with(Box::default).assist_ns += d;
+            }
+        }
+        self.emit(o, self.wall(e.time()), false);
     }
 
     fn finish(&mut self) {
-        let end = self.last_time;
+        let end = self.wall(self.last_time);
         let mut gs: Vec<i64> = self.regions.keys().copied().collect();
         gs.sort_unstable();
         for g in gs {
@@ -749,6 +1000,9 @@ impl<'a> Mapper<'a> {
         tasks.sort_by_key(|(id, _)| *id);
         for (_, o) in tasks {
             self.emit(o, end, true);
+        }
+        while let Some(h) = self.held.pop_front() {
+            self.emit(h.span, h.end, false);
         }
     }
 }

@@ -1,0 +1,365 @@
+//! Joining a decoded trace to the agent's own spans of the same process:
+//! a task begun on a goroutine while one of the agent's spans was open on it
+//! (or inherited by it from the goroutine that created it) becomes that
+//! span's child, in its trace; regions and logs follow their task.
+//!
+//! [`JoinIndex`] holds, per goroutine, the time intervals of the agent's
+//! spans (wall clock, as exported). [`LiveSpans`] reads them from the
+//! agent's JSONL output (`--output jsonl`, OTLP JSON lines), keyed by
+//! process, for `agent decode --join`.
+//!
+//! Goroutine IDs are unique within a process for its lifetime, so
+//! (process, goroutine, time) names one span. The trace's wall times come
+//! from its clock snapshots (Go 1.25+), the spans' from the agent's clock:
+//! both are CLOCK_MONOTONIC readings converted to CLOCK_REALTIME, so they
+//! agree to well under the microseconds between a handler's start and the
+//! task it creates.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::BufRead;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+
+use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
+
+use super::IdMap;
+
+/// How many goroutine creations a span is inherited through at most (as
+/// the live agent's `spans::goroutines::MAX_DEPTH`).
+pub const MAX_INHERIT_DEPTH: u8 = 4;
+/// How long a created goroutine keeps an inherited span (as the live
+/// agent's `spans::goroutines::INHERIT_TTL_NS`).
+pub const INHERIT_TTL: Duration = Duration::from_secs(30);
+/// Intervals scanned back from the last one begun before a time, looking
+/// for one still open then (spans nest shallowly on a goroutine).
+const MAX_SCAN_BACK: usize = 64;
+
+/// One span of the agent: when it was open, and its ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval {
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+}
+
+/// The agent's spans of one process, by goroutine, sorted by start.
+#[derive(Debug, Default, Clone)]
+pub struct JoinIndex {
+    by_goroutine: IdMap<i64, Vec<Interval>>,
+    spans: usize,
+}
+
+impl JoinIndex {
+    /// Adds a span open on goroutine `goid`.
+    pub fn add(&mut self, goid: i64, interval: Interval) {
+        self.by_goroutine.entry(goid).or_default().push(interval);
+        self.spans += 1;
+    }
+
+    /// Sorts the intervals; call once after the last [`add`](Self::add).
+    pub fn finish(mut self) -> Self {
+        for v in self.by_goroutine.values_mut() {
+            v.sort_by_key(|i| i.start);
+        }
+        self
+    }
+
+    /// Spans indexed.
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    /// The innermost span open on `goid` at `t` (the latest begun before
+    /// it that had not ended).
+    pub fn open_at(&self, goid: i64, t: SystemTime) -> Option<(TraceId, SpanId)> {
+        let list = self.by_goroutine.get(&goid)?;
+        let n = list.partition_point(|i| i.start <= t);
+        list[..n]
+            .iter()
+            .rev()
+            .take(MAX_SCAN_BACK)
+            .find(|i| i.end >= t)
+            .map(|i| (i.trace_id, i.span_id))
+    }
+}
+
+/// Why the agent's spans could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("reading the spans failed")]
+    Io(#[from] std::io::Error),
+    #[error("line {line}: not an OTLP JSON trace request: {source}")]
+    Json {
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The agent's spans read from its JSONL output, with their process.
+#[derive(Debug, Default, Clone)]
+pub struct LiveSpans {
+    spans: Vec<(u32, i64, Interval)>,
+}
+
+fn int_value(v: Option<&AnyValue>) -> Option<i64> {
+    match v?.value.as_ref()? {
+        any_value::Value::IntValue(i) => Some(*i),
+        any_value::Value::StringValue(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attrs.iter().find(|kv| kv.key == key)?.value.as_ref()
+}
+
+fn ns(t: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(t)
+}
+
+/// The goroutine, process (if the span says) and interval of one of the
+/// agent's spans; `None` for a span without a goroutine or valid ids, or
+/// decoded from an execution trace (`trace.event.kind`).
+fn span_interval(s: &ProtoSpan) -> Option<(i64, Option<i64>, Interval)> {
+    if find(&s.attributes, "trace.event.kind").is_some() {
+        return None;
+    }
+    let goid = int_value(find(&s.attributes, "goroutine.id"))?;
+    let pid = int_value(find(&s.attributes, "process.pid"));
+    let interval = Interval {
+        start: ns(s.start_time_unix_nano),
+        end: ns(s.end_time_unix_nano),
+        trace_id: TraceId::from_bytes(<[u8; 16]>::try_from(&s.trace_id[..]).ok()?),
+        span_id: SpanId::from_bytes(<[u8; 8]>::try_from(&s.span_id[..]).ok()?),
+    };
+    if interval.trace_id == TraceId::INVALID || interval.span_id == SpanId::INVALID {
+        return None;
+    }
+    Some((goid, pid, interval))
+}
+
+/// Spans of the live agent kept for the joins of flight-recorder dumps of
+/// the same process.
+pub const RECENT_SPANS_KEPT: usize = 1 << 16;
+
+/// The last [`RECENT_SPANS_KEPT`] spans with a goroutine that one process's
+/// pipeline exported, for joining its flight-recorder dumps as they are
+/// captured (the export pipeline records them, see
+/// `export::SpanSender::keep_recent`).
+#[derive(Debug, Default)]
+pub struct RecentSpans {
+    spans: Mutex<VecDeque<(i64, Interval)>>,
+}
+
+impl RecentSpans {
+    /// Records an encoded OTLP `Span` if it has a goroutine.
+    pub fn record_encoded(&self, bytes: &[u8]) {
+        let Ok(span) = ProtoSpan::decode(bytes) else {
+            return;
+        };
+        let Some((goid, _, interval)) = span_interval(&span) else {
+            return;
+        };
+        if let Ok(mut spans) = self.spans.lock() {
+            if spans.len() >= RECENT_SPANS_KEPT {
+                spans.pop_front();
+            }
+            spans.push_back((goid, interval));
+        }
+    }
+
+    /// The index of the spans recorded so far.
+    pub fn index(&self) -> JoinIndex {
+        let mut index = JoinIndex::default();
+        if let Ok(spans) = self.spans.lock() {
+            for (goid, interval) in spans.iter() {
+                index.add(*goid, *interval);
+            }
+        }
+        index.finish()
+    }
+}
+
+impl LiveSpans {
+    /// Reads OTLP JSON lines (one `ExportTraceServiceRequest` a line, as
+    /// `--output jsonl` writes them). Kept: spans with a `goroutine.id`
+    /// attribute, a valid trace and span id, and a process (`process.pid`
+    /// on the resource or the span). Spans decoded from execution traces
+    /// (scope `agent.gotrace`) are not joined to.
+    pub fn read_jsonl(input: impl BufRead) -> Result<Self, JoinError> {
+        let mut out = LiveSpans::default();
+        for (i, line) in input.lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let req: ExportTraceServiceRequest =
+                serde_json::from_str(&line).map_err(|source| JoinError::Json {
+                    line: i + 1,
+                    source,
+                })?;
+            out.add_request(&req);
+        }
+        Ok(out)
+    }
+
+    /// Adds the spans of one request.
+    pub fn add_request(&mut self, req: &ExportTraceServiceRequest) {
+        for rs in &req.resource_spans {
+            let resource_pid = rs
+                .resource
+                .as_ref()
+                .and_then(|r| int_value(find(&r.attributes, "process.pid")));
+            for ss in &rs.scope_spans {
+                if ss.scope.as_ref().is_some_and(|s| s.name == "agent.gotrace") {
+                    continue;
+                }
+                for s in &ss.spans {
+                    let Some((goid, span_pid, interval)) = span_interval(s) else {
+                        continue;
+                    };
+                    let Some(pid) = resource_pid
+                        .or(span_pid)
+                        .and_then(|p| u32::try_from(p).ok())
+                    else {
+                        continue;
+                    };
+                    self.spans.push((pid, goid, interval));
+                }
+            }
+        }
+    }
+
+    /// The processes the spans come from.
+    pub fn pids(&self) -> BTreeSet<u32> {
+        self.spans.iter().map(|(p, _, _)| *p).collect()
+    }
+
+    /// The index of process `pid`'s spans.
+    pub fn index_for(&self, pid: u32) -> JoinIndex {
+        let mut index = JoinIndex::default();
+        for (p, goid, interval) in &self.spans {
+            if *p == pid {
+                index.add(*goid, *interval);
+            }
+        }
+        index.finish()
+    }
+}
+
+/// What a goroutine inherited from its creator.
+#[derive(Debug, Clone, Copy)]
+struct Inherited {
+    parent: (TraceId, SpanId),
+    depth: u8,
+    since: SystemTime,
+}
+
+/// The join state of one decoding: the index and the spans goroutines
+/// inherited when the trace shows their creation.
+#[derive(Debug)]
+pub(crate) struct Joiner<'a> {
+    index: &'a JoinIndex,
+    inherited: IdMap<i64, Inherited>,
+}
+
+impl<'a> Joiner<'a> {
+    pub(crate) fn new(index: &'a JoinIndex) -> Self {
+        Joiner {
+            index,
+            inherited: IdMap::default(),
+        }
+    }
+
+    /// The agent's span `goid` is in at `t`: its own innermost open span,
+    /// else the one it inherited (within [`INHERIT_TTL`]).
+    pub(crate) fn parent(&self, goid: i64, t: SystemTime) -> Option<(TraceId, SpanId)> {
+        self.lookup(goid, t).map(|(p, _)| p)
+    }
+
+    fn lookup(&self, goid: i64, t: SystemTime) -> Option<((TraceId, SpanId), u8)> {
+        if let Some(p) = self.index.open_at(goid, t) {
+            return Some((p, 0));
+        }
+        let inh = self.inherited.get(&goid)?;
+        let age = t.duration_since(inh.since).unwrap_or_default();
+        (age <= INHERIT_TTL).then_some((inh.parent, inh.depth))
+    }
+
+    /// Goroutine `child` was created by `creator` at `t`.
+    pub(crate) fn spawned(&mut self, creator: i64, child: i64, t: SystemTime) {
+        if let Some((parent, depth)) = self.lookup(creator, t)
+            && depth < MAX_INHERIT_DEPTH
+        {
+            self.inherited.insert(
+                child,
+                Inherited {
+                    parent,
+                    depth: depth + 1,
+                    since: t,
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    fn iv(start: u64, end: u64, n: u8) -> Interval {
+        Interval {
+            start: at(start),
+            end: at(end),
+            trace_id: TraceId::from_bytes([n; 16]),
+            span_id: SpanId::from_bytes([n; 8]),
+        }
+    }
+
+    #[test]
+    fn innermost_open_span_and_inheritance() {
+        let mut idx = JoinIndex::default();
+        idx.add(7, iv(100, 200, 1)); // a request
+        idx.add(7, iv(120, 130, 2)); // a query inside it
+        idx.add(7, iv(300, 400, 3)); // the next request on the connection
+        let idx = idx.finish();
+        assert_eq!(idx.len(), 3);
+        let id = |n: u8| Some((TraceId::from_bytes([n; 16]), SpanId::from_bytes([n; 8])));
+        assert_eq!(idx.open_at(7, at(110)), id(1));
+        assert_eq!(idx.open_at(7, at(125)), id(2));
+        assert_eq!(idx.open_at(7, at(150)), id(1));
+        assert_eq!(idx.open_at(7, at(250)), None);
+        assert_eq!(idx.open_at(7, at(400)), id(3));
+        assert_eq!(idx.open_at(8, at(110)), None);
+
+        let mut j = Joiner::new(&idx);
+        j.spawned(7, 9, at(150)); // go f() inside the request
+        assert_eq!(j.parent(9, at(160)), id(1));
+        assert_eq!(j.parent(9, at(150 + 31_000)), None);
+        j.spawned(7, 10, at(250)); // between requests: nothing to inherit
+        assert_eq!(j.parent(10, at(260)), None);
+        // Depth-limited chains.
+        let mut g = 9;
+        for child in 20..30 {
+            j.spawned(g, child, at(160));
+            g = child;
+        }
+        assert!(j.parent(22, at(170)).is_some());
+        assert_eq!(j.parent(23, at(170)), None);
+    }
+}
