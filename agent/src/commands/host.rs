@@ -43,8 +43,10 @@ use tokio::{
 use crate::cli::{ExportArgs, TraceArgs};
 
 /// Time the sessions get to detach, flush and export after a signal (each
-/// exports within its own 1.5 s budget).
-const STOP_BUDGET: Duration = Duration::from_secs(5);
+/// exports within its own 1.5 s budget). Detaching is the slow part: the
+/// kernel removes uprobes one at a time, about 0.1 s each, and a Go
+/// service can have 60 (systemd's default stop timeout is 90 s).
+const STOP_BUDGET: Duration = Duration::from_secs(45);
 
 pub async fn run(
     selectors: Selectors,
@@ -82,8 +84,18 @@ pub async fn run(
         selectors,
     };
     let totals = host.supervise().await?;
+    // Sessions that did not stop in time reported nothing: say so rather
+    // than let their spans look unexported.
+    let unfinished = if totals.unfinished > 0 {
+        format!(
+            " ({} more sessions did not stop in time: not counted here)",
+            totals.unfinished
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "agent: {} spans exported from {} processes; {} records from the kernel; losses: {}",
+        "agent: {} spans exported from {} processes{unfinished}; {} records from the kernel; losses: {}",
         totals.get("spans_exported"),
         totals.targets,
         totals.get("records"),
@@ -294,6 +306,7 @@ impl Host {
                 Ok(None) => break,
                 Err(_) => {
                     log::warn!("{} sessions did not stop in time", traced.len());
+                    totals.unfinished = traced.len();
                     // None stays stopped because the agent left.
                     for (&pid, &held) in &traced {
                         if held {
@@ -439,6 +452,9 @@ struct Totals {
     targets: usize,
     /// Processes that matched.
     started: usize,
+    /// Sessions that did not end within [`STOP_BUDGET`] (their counts are
+    /// missing).
+    unfinished: usize,
     binaries_analysed: u64,
     order: Vec<Counter>,
     index: HashMap<&'static str, usize>,
@@ -496,8 +512,8 @@ impl Totals {
 
     fn summary_file(&self) -> String {
         let mut text = format!(
-            "targets={}\nbinaries_analysed={}\n",
-            self.targets, self.binaries_analysed
+            "targets={}\nbinaries_analysed={}\nsessions_unfinished={}\n",
+            self.targets, self.binaries_analysed, self.unfinished
         );
         for c in &self.order {
             text.push_str(&format!("{}={}\n", c.key, c.value));
