@@ -23,6 +23,84 @@ pub struct ProcessInfo {
     pub namespaced_pid: Option<u32>,
     /// `container.id`, from its cgroup path, when it runs in a container.
     pub container_id: Option<String>,
+    /// Its Kubernetes pod, when its cgroup path names one.
+    pub kubernetes: Option<KubernetesPod>,
+}
+
+/// A process's Kubernetes pod as the node sees it, without asking the API
+/// server: `k8s.pod.uid` from the cgroup path (the kubelet names every
+/// pod's cgroup after its UID), `k8s.namespace.name` from the service
+/// account namespace file the kubelet mounts into the pod's containers
+/// (absent when the pod opts out of its token). The pod's name is not on
+/// the node in a form that is always right (the hostname is the pod's
+/// `spec.hostname` when set): a collector's `k8sattributes` processor finds
+/// it, and the rest of the pod's metadata, by `k8s.pod.uid`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubernetesPod {
+    pub uid: String,
+    pub namespace: Option<String>,
+}
+
+/// Where the kubelet mounts the pod's namespace name inside a container,
+/// and the same place where `/var/run` is a symbolic link to `/run` (an
+/// absolute link, which `/proc/N/root` would resolve in the agent's root).
+const SERVICE_ACCOUNT_NAMESPACE: [&str; 2] = [
+    "var/run/secrets/kubernetes.io/serviceaccount/namespace",
+    "run/secrets/kubernetes.io/serviceaccount/namespace",
+];
+
+/// Process `pid`'s Kubernetes pod ([`KubernetesPod`]), when it has one.
+pub fn kubernetes_pod(pid: u32) -> Option<KubernetesPod> {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let uid = pod_uid(&cgroup)?;
+    let root = format!("/proc/{pid}/root");
+    // A link would be resolved in the agent's root, not the target's.
+    let var_run_is_link = std::fs::symlink_metadata(format!("{root}/var/run"))
+        .is_ok_and(|m| m.file_type().is_symlink());
+    let namespace = SERVICE_ACCOUNT_NAMESPACE
+        .iter()
+        .filter(|path| !(var_run_is_link && path.starts_with("var/run/")))
+        .find_map(|path| std::fs::read_to_string(format!("{root}/{path}")).ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| is_dns_label(n));
+    Some(KubernetesPod { uid, namespace })
+}
+
+/// The pod UID in a `/proc/N/cgroup` under `kubepods`: the component
+/// `pod<UID>` (cgroupfs driver: `/kubepods/burstable/pod<UID>/<id>`) or
+/// `kubepods-<qos>-pod<UID>.slice` with the UID's dashes as underscores
+/// (systemd driver).
+pub fn pod_uid(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .filter(|line| line.contains("kubepods"))
+        .flat_map(|line| line.split('/'))
+        .find_map(|component| {
+            let component = component.strip_suffix(".slice").unwrap_or(component);
+            let (_, uid) = component.rsplit_once("pod")?;
+            let uid = uid.replace('_', "-");
+            is_uuid(&uid).then_some(uid)
+        })
+}
+
+/// `8-4-4-4-12` hex digits, lower case (how the API server writes UIDs).
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups.iter().all(|g| {
+            g.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
+/// A Kubernetes namespace name: an RFC 1123 label.
+fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// What `/proc/N` says of process `pid`'s container: its PID in its own
@@ -169,6 +247,12 @@ pub fn build(process: Option<&ProcessInfo>, options: &ResourceOptions) -> (Resou
         if let Some(id) = &p.container_id {
             attributes.push(KeyValue::new("container.id", id.clone()));
         }
+        if let Some(pod) = &p.kubernetes {
+            attributes.push(KeyValue::new("k8s.pod.uid", pod.uid.clone()));
+            if let Some(namespace) = &pod.namespace {
+                attributes.push(KeyValue::new("k8s.namespace.name", namespace.clone()));
+            }
+        }
         attributes.push(KeyValue::new(
             "process.executable.path",
             p.executable_path.clone(),
@@ -284,6 +368,44 @@ mod tests {
         assert_eq!(get(&r, "process.pid").as_deref(), Some("4242"));
         assert_eq!(get(&r, "process.vpid").as_deref(), Some("1"));
         assert_eq!(get(&r, "container.id"), Some(id));
+    }
+
+    #[test]
+    fn kubernetes_pod_uid_from_either_cgroup_driver() {
+        let uid = "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+        let id = "0123456789abcdef".repeat(4);
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id}.scope\n",
+            uid.replace('-', "_")
+        );
+        let cgroupfs = format!("12:memory:/kubepods/besteffort/pod{uid}/{id}\n0::/\n");
+        let guaranteed = format!("0::/kubepods/pod{uid}/{id}\n");
+        for cgroup in [systemd, cgroupfs, guaranteed] {
+            assert_eq!(pod_uid(&cgroup).as_deref(), Some(uid), "{cgroup}");
+        }
+        // Not a pod: a Docker container, a pod-like name outside kubepods,
+        // a QoS slice without a pod.
+        for cgroup in [
+            format!("0::/system.slice/docker-{id}.scope\n"),
+            format!("0::/user.slice/pod{uid}.slice\n"),
+            "0::/kubepods.slice/kubepods-besteffort.slice\n".to_owned(),
+            "0::/kubepods/podNOT-A-UID/x\n".to_owned(),
+        ] {
+            assert_eq!(pod_uid(&cgroup), None, "{cgroup}");
+        }
+        assert!(is_dns_label("kube-system"));
+        assert!(!is_dns_label("Bad_Name") && !is_dns_label("-x") && !is_dns_label(""));
+        let process = ProcessInfo {
+            pid: 7,
+            kubernetes: Some(KubernetesPod {
+                uid: uid.to_owned(),
+                namespace: Some("shop".to_owned()),
+            }),
+            ..Default::default()
+        };
+        let (r, _) = build(Some(&process), &ResourceOptions::default());
+        assert_eq!(get(&r, "k8s.pod.uid").as_deref(), Some(uid));
+        assert_eq!(get(&r, "k8s.namespace.name").as_deref(), Some("shop"));
     }
 
     #[test]

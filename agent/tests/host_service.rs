@@ -443,23 +443,18 @@ fn cgroup2_root() -> PathBuf {
     }
 }
 
-#[test]
-fn a_target_in_a_pid_namespace_and_a_container_cgroup() {
-    let (binary, name) = renamed_fixture("n");
-    let receiver = Receiver::grpc();
-    // A cgroup named as Docker names a container's.
-    let id = format!("{:0>64x}", std::process::id());
-    let cgroup = cgroup2_root().join(format!("docker-{id}.scope"));
-    std::fs::create_dir_all(&cgroup).expect("create cgroup");
-
-    let mut cmd = command();
-    cmd.args(["--exe", &name]).args(otlp_args(&receiver));
-    let mut agent = Agent::start(cmd);
-    agent.wait_for_stderr("watching for new processes", Duration::from_secs(60));
-    // The server as PID 1 of its own PID namespace (and mount namespace,
-    // its own /proc), in that cgroup.
+/// Starts the fixture `binary` as PID 1 of its own PID and mount namespaces
+/// (its own /proc) in `cgroup`, after `prepare` (shell commands run in the
+/// new mount namespace); returns it, its address and its PID as the host
+/// sees it, once the agent says it attached.
+fn server_in_namespaces(
+    agent: &mut Agent,
+    binary: &Path,
+    cgroup: &Path,
+    prepare: &str,
+) -> (Running, SocketAddr, u32) {
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec unshare --pid --fork --kill-child --mount-proc {} -addr 127.0.0.1:0",
+        "echo $$ > {}/cgroup.procs && exec unshare --pid --mount --fork --kill-child --mount-proc sh -c '{prepare} exec {} -addr 127.0.0.1:0'",
         cgroup.display(),
         binary.display()
     );
@@ -496,6 +491,36 @@ fn a_target_in_a_pid_namespace_and_a_container_cgroup() {
             .any(|l| l.starts_with("NSpid:") && l.ends_with("\t1")),
         "the server is PID 1 in its namespace: {status}"
     );
+    (server, addr, host_pid)
+}
+
+/// Removes `cgroup` once its processes are gone.
+fn remove_cgroup(cgroup: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::remove_dir(cgroup).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "cannot remove {}",
+            cgroup.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_target_in_a_pid_namespace_and_a_container_cgroup() {
+    let (binary, name) = renamed_fixture("n");
+    let receiver = Receiver::grpc();
+    // A cgroup named as Docker names a container's.
+    let id = format!("{:0>64x}", std::process::id());
+    let cgroup = cgroup2_root().join(format!("docker-{id}.scope"));
+    std::fs::create_dir_all(&cgroup).expect("create cgroup");
+
+    let mut cmd = command();
+    cmd.args(["--exe", &name]).args(otlp_args(&receiver));
+    let mut agent = Agent::start(cmd);
+    agent.wait_for_stderr("watching for new processes", Duration::from_secs(60));
+    let (server, addr, host_pid) = server_in_namespaces(&mut agent, &binary, &cgroup, "");
 
     let paths = send(addr, "ns", 3);
     let spans = spans_of(&receiver, &[host_pid], 3);
@@ -509,19 +534,61 @@ fn a_target_in_a_pid_namespace_and_a_container_cgroup() {
             Some("1")
         );
         assert_eq!(span.resource.get("container.id"), Some(&id));
+        assert_eq!(span.resource.get("k8s.pod.uid"), None, "not a pod");
     }
     // unshare ignores SIGTERM while it waits: SIGKILL, and --kill-child
     // takes the server with it.
     drop(server);
     stop(agent);
-    // The cgroup is removable once its processes are gone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::remove_dir(&cgroup).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "cannot remove {}",
-            cgroup.display()
+    remove_cgroup(&cgroup);
+}
+
+#[test]
+fn a_target_in_a_kubernetes_pod() {
+    let (binary, name) = renamed_fixture("k");
+    let receiver = Receiver::grpc();
+    // The cgroups the kubelet makes with its cgroupfs driver: the QoS
+    // class, the pod (named by its UID), the container (by its id).
+    let uid = format!("{:0>8x}-0000-4000-8000-{:0>12x}", std::process::id(), 7);
+    let id = format!("{:0>64x}", u64::from(std::process::id()) << 8);
+    let pod = cgroup2_root().join(format!("kubepods/besteffort/pod{uid}"));
+    let cgroup = pod.join(&id);
+    std::fs::create_dir_all(&cgroup).expect("create cgroup");
+
+    let mut cmd = command();
+    cmd.args(["--exe", &name]).args(otlp_args(&receiver));
+    let mut agent = Agent::start(cmd);
+    agent.wait_for_stderr("watching for new processes", Duration::from_secs(60));
+    // The service account's namespace file, as the kubelet mounts it into
+    // the pod's containers (here only in the server's mount namespace).
+    let secrets = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let prepare = format!(
+        "mount -t tmpfs tmpfs /var/run && mkdir -p {secrets} && echo shop > {secrets}/namespace &&"
+    );
+    let (server, addr, host_pid) = server_in_namespaces(&mut agent, &binary, &cgroup, &prepare);
+
+    let paths = send(addr, "pod", 2);
+    let spans = spans_of(&receiver, &[host_pid], 2);
+    assert_eq!(
+        paths_by_pid(&spans),
+        expect_paths(&paths, host_pid).collect()
+    );
+    for span in &spans {
+        assert_eq!(span.resource.get("k8s.pod.uid"), Some(&uid));
+        assert_eq!(
+            span.resource.get("k8s.namespace.name").map(String::as_str),
+            Some("shop")
         );
-        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(span.resource.get("container.id"), Some(&id));
+    }
+    drop(server);
+    stop(agent);
+    remove_cgroup(&cgroup);
+    for dir in [
+        pod.as_path(),
+        pod.parent().expect("qos"),
+        pod.parent().and_then(Path::parent).expect("kubepods"),
+    ] {
+        let _ = std::fs::remove_dir(dir);
     }
 }

@@ -222,6 +222,7 @@ impl Session {
             runtime_version: None,
             namespaced_pid,
             container_id,
+            kubernetes: crate::resource::kubernetes_pod(pid),
         };
         let go = open(&target.exe_path)
             .map_err(|source| GoUnusable::Open {
