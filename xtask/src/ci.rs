@@ -23,6 +23,9 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
         );
     }
     crate::setup::run()?;
+    // The container image (a static release build in its own target
+    // directory, then podman): `container_image` runs the agent from it.
+    crate::image::run()?;
     // Default members: agent-ebpf is built by the agent's build script.
     // --no-fail-fast: a failing test binary must not hide the results of the
     // ones after it (the totals below cover them all).

@@ -5,6 +5,7 @@ mod bench;
 mod ci;
 mod demo;
 mod go_cache;
+mod image;
 mod install;
 mod jaeger;
 mod offsets;
@@ -64,6 +65,11 @@ enum Command {
     /// /etc/agent/agent.toml (kept if present). Not root: builds, then
     /// prints the command to run as root.
     Install(install::InstallArgs),
+    /// The container image without a registry: a static (musl) release
+    /// binary and the CA bundle laid out as a root filesystem in
+    /// target/image/rootfs, and with podman the OCI image
+    /// localhost/agent:latest, saved as target/image/agent-oci.tar.
+    Image,
     /// An OTLP/HTTP sink that accepts and discards every export, for
     /// benchmark scripts: prints its address, serves until killed.
     Sink {
@@ -84,5 +90,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which } => bench::run(which),
         Command::Sink { listen } => bench::serve_sink_forever(listen),
         Command::Install(args) => install::run(&args),
+        Command::Image => image::run(),
     }
 }

@@ -12,8 +12,10 @@ use crate::util::{exec, is_root, output, root};
 /// matrix; util-linux for setpriv (the privilege test); curl (with HTTP/2)
 /// as the HTTP/2 client of the HTTP server test; libc6-dev (static libc)
 /// for the syscall fixture, and strace, whose `-c` counts it is held to;
-/// systemd for `systemd-analyze verify` of the unit (host_service test).
-const PACKAGES: [&str; 11] = [
+/// systemd for `systemd-analyze verify` of the unit (host_service test);
+/// musl-tools (a C compiler for the static build's C parts), ca-certificates
+/// (the bundle the image carries) and podman for `cargo xtask image`.
+const PACKAGES: [&str; 14] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "wrk",
@@ -25,6 +27,9 @@ const PACKAGES: [&str; 11] = [
     "libc6-dev",
     "strace",
     "systemd",
+    "musl-tools",
+    "ca-certificates",
+    "podman",
 ];
 
 /// The oldest Go that builds the fixtures and test programs.
@@ -89,6 +94,19 @@ fn nightly() -> anyhow::Result<()> {
     ]))
 }
 
+/// The standard library for the static build of `cargo xtask image`.
+fn musl_target() -> anyhow::Result<()> {
+    let target = "x86_64-unknown-linux-musl";
+    if output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .is_some_and(|list| list.lines().any(|l| l == target))
+    {
+        eprintln!("setup: Rust target {target} present");
+        return Ok(());
+    }
+    eprintln!("setup: adding Rust target {target} (the container image's static build)");
+    exec(Command::new("rustup").args(["target", "add", target]))
+}
+
 fn bpf_linker() -> anyhow::Result<()> {
     if let Some(version) = output(Command::new("bpf-linker").arg("--version")) {
         eprintln!("setup: {} present", version.trim());
@@ -132,6 +150,7 @@ fn go() -> anyhow::Result<()> {
 pub fn run() -> anyhow::Result<()> {
     apt()?;
     nightly()?;
+    musl_target()?;
     bpf_linker()?;
     go()?;
     crate::go_cache::prefetch()?;

@@ -112,8 +112,17 @@ pub fn preflight() -> Result<(), PreflightError> {
 
 /// The checks against a system root (for tests).
 pub fn preflight_in(root: &Path, is_root: bool, proc_status: &str) -> Result<(), PreflightError> {
-    if !is_root && !has_caps(proc_status) {
-        return Err(PreflightError::Privileges);
+    if !has_caps(proc_status) {
+        // Root in a container started with `--cap-drop`: its capabilities
+        // are what counts.
+        return Err(if is_root {
+            PreflightError::Missing {
+                name: NEEDS_SYS_ADMIN.name,
+                why: NEEDS_SYS_ADMIN.why,
+            }
+        } else {
+            PreflightError::Privileges
+        });
     }
     let btf = root.join("sys/kernel/btf/vmlinux");
     if !btf.exists() {
@@ -138,19 +147,28 @@ mod tests {
             preflight_in(root, false, "CapEff:\t0000000000000000\n"),
             Err(PreflightError::Privileges)
         );
+        // Root without CAP_SYS_ADMIN (a container's `--cap-drop=ALL`).
+        assert_eq!(
+            preflight_in(root, true, "CapEff:\t0000000000080000\n"),
+            Err(PreflightError::Missing {
+                name: "CAP_SYS_ADMIN",
+                why: NEEDS_SYS_ADMIN.why
+            })
+        );
+        let admin = format!("CapEff:\t{:016x}\n", 1u64 << 21);
         assert!(matches!(
-            preflight_in(root, true, ""),
+            preflight_in(root, true, &admin),
             Err(PreflightError::NoBtf(_))
         ));
         std::fs::create_dir_all(root.join("sys/kernel/btf")).expect("mkdir");
         std::fs::write(root.join("sys/kernel/btf/vmlinux"), b"").expect("write");
         assert!(matches!(
-            preflight_in(root, true, ""),
+            preflight_in(root, true, &admin),
             Err(PreflightError::NoUprobes(_))
         ));
         std::fs::create_dir_all(root.join("sys/bus/event_source/devices/uprobe")).expect("mkdir");
         std::fs::write(root.join("sys/bus/event_source/devices/uprobe/type"), b"7").expect("write");
-        assert_eq!(preflight_in(root, true, ""), Ok(()));
+        assert_eq!(preflight_in(root, true, &admin), Ok(()));
         // CAP_BPF + CAP_PERFMON without root is enough.
         let caps = format!("CapEff:\t{:016x}\n", (1u64 << 39) | (1 << 38));
         assert_eq!(preflight_in(root, false, &caps), Ok(()));
