@@ -57,6 +57,27 @@ fn strings(value: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// The one workload of `report`, of `kind`, with its agent container
+/// granted exactly the unit's capabilities and nothing more.
+fn least_privilege_workload<'a>(
+    report: &'a serde_json::Value,
+    kind: &str,
+) -> &'a serde_json::Value {
+    let workloads = report["workloads"].as_array().expect("workloads");
+    let [workload] = workloads.as_slice() else {
+        panic!("one workload: {report}");
+    };
+    assert_eq!(workload["kind"], kind);
+    assert_eq!(workload["privileged"], false);
+    assert_eq!(strings(&workload["capabilities_drop"]), ["ALL"]);
+    assert_eq!(
+        strings(&workload["capabilities_add"]),
+        unit_capabilities(),
+        "the {kind} grants the unit's set"
+    );
+    workload
+}
+
 #[test]
 fn the_daemonset_decodes_strictly_and_grants_exactly_the_units_capabilities() {
     let manifest = repo().join("deploy/kubernetes/agent.yaml");
@@ -65,13 +86,12 @@ fn the_daemonset_decodes_strictly_and_grants_exactly_the_units_capabilities() {
         strings(&report["kinds"]),
         ["Namespace", "ConfigMap", "DaemonSet"]
     );
+    let report = least_privilege_workload(&report, "DaemonSet");
     assert_eq!(report["host_pid"], true, "the node's processes");
-    assert_eq!(report["privileged"], false);
-    assert_eq!(strings(&report["capabilities_drop"]), ["ALL"]);
+    assert_eq!(report["env"]["K8S_NODE_NAME"], "fieldRef:spec.nodeName");
     assert_eq!(
-        strings(&report["capabilities_add"]),
-        unit_capabilities(),
-        "the DaemonSet grants the unit's set"
+        report["env"]["OTEL_RESOURCE_ATTRIBUTES"],
+        "k8s.node.name=$(K8S_NODE_NAME)"
     );
 
     // The configuration file the container is started with is in the
@@ -127,6 +147,35 @@ fn the_daemonset_decodes_strictly_and_grants_exactly_the_units_capabilities() {
         String::from_utf8_lossy(&out.stderr).contains("no-such-setting"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_sidecar_shares_its_pods_pid_namespace_and_names_the_pod_from_the_downward_api() {
+    let report =
+        check(&repo().join("deploy/kubernetes/sidecar.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let workload = least_privilege_workload(&report, "Deployment");
+    assert_eq!(workload["share_process_namespace"], true);
+    assert_eq!(workload["host_pid"], false, "the pod's processes only");
+    assert_eq!(strings(&workload["containers"]), ["app", "agent"]);
+    let env = &workload["env"];
+    let mut attributes = env["OTEL_RESOURCE_ATTRIBUTES"]
+        .as_str()
+        .expect("OTEL_RESOURCE_ATTRIBUTES")
+        .to_owned();
+    // The kubelet expands $(NAME) from the variables before it.
+    for (name, field) in [
+        ("K8S_POD_NAME", "metadata.name"),
+        ("K8S_NAMESPACE", "metadata.namespace"),
+        ("K8S_POD_UID", "metadata.uid"),
+        ("K8S_NODE_NAME", "spec.nodeName"),
+    ] {
+        assert_eq!(env[name], format!("fieldRef:{field}"), "{name}");
+        attributes = attributes.replace(&format!("$({name})"), &format!("<{field}>"));
+    }
+    assert_eq!(
+        attributes,
+        "k8s.pod.name=<metadata.name>,k8s.namespace.name=<metadata.namespace>,k8s.pod.uid=<metadata.uid>,k8s.node.name=<spec.nodeName>"
     );
 }
 
