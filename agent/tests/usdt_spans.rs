@@ -363,20 +363,32 @@ fn probes_of_a_library_loaded_after_attaching() {
     }
 }
 
+/// The plain C program with USDT probes, built once.
+fn cprog() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("usdt-spans");
+            std::fs::create_dir_all(&out).expect("out dir");
+            let exe = out.join("cprog");
+            let source =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/usdt/cprog/cprog.c");
+            let status = Command::new("gcc")
+                .args(["-O2", "-g", "-o"])
+                .arg(&exe)
+                .arg(&source)
+                .status()
+                .expect("running gcc");
+            assert!(status.success(), "gcc failed for cprog/cprog.c");
+            exe
+        })
+        .clone()
+}
+
 #[test]
 fn a_plain_c_program_with_usdt_probes() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("usdt-spans");
-    std::fs::create_dir_all(&out).expect("out dir");
-    let exe = out.join("cprog");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/usdt/cprog/cprog.c");
-    let status = Command::new("gcc")
-        .args(["-O2", "-g", "-o"])
-        .arg(&exe)
-        .arg(&source)
-        .status()
-        .expect("running gcc");
-    assert!(status.success(), "gcc failed for cprog/cprog.c");
+    let exe = cprog();
     let mut child = Command::new(&exe)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -427,6 +439,49 @@ fn a_plain_c_program_with_usdt_probes() {
             exe.to_str()
         );
     }
+    assert_eq!(receiver.spans().len(), 2);
+}
+
+#[test]
+fn a_launched_program_is_traced_from_its_first_probe() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let exe = cprog();
+    let receiver = Receiver::grpc();
+    // Its input is there from the start: it fires both pairs at once and
+    // exits, within milliseconds.
+    let mut cmd = command();
+    cmd.args([
+        "--otlp-endpoint",
+        &receiver.url(),
+        "--otlp-protocol",
+        "grpc",
+        "--",
+    ])
+    .arg(&exe)
+    .stdin(Stdio::piped());
+    let mut agent = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    let mut stdin = agent.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"pair l-1\npair l-2\n")
+        .expect("writing the program's input");
+    drop(stdin);
+    let out = agent.wait_with_output().expect("agent exit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "agent exit: {:?}\n{stderr}",
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("pair l-2"), "the program ran: {stdout}");
+    let spans = receiver.wait_for_spans(2, Duration::from_secs(10));
+    let mut ids: Vec<&str> = spans.iter().filter_map(|s| s.attr("request.id")).collect();
+    ids.sort();
+    assert_eq!(ids, ["l-1", "l-2"], "{stderr}");
     assert_eq!(receiver.spans().len(), 2);
 }
 

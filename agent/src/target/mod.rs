@@ -67,6 +67,16 @@ impl Target {
         }
     }
 
+    /// Whether the process runs [`exe_path`](Self::exe_path) already: not
+    /// one [`launched`](Self::launched) and still held before its `execve`
+    /// (its `/proc/N/exe` is then the agent's).
+    pub fn runs_its_executable(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let id = |path: &Path| fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        let running = id(&PathBuf::from(format!("/proc/{}/exe", self.pid)));
+        running.is_none() || running == id(&self.exe_path)
+    }
+
     fn open_in(proc_root: &Path, pid: u32) -> Result<Self, TargetError> {
         if pid == 0 {
             return Err(TargetError::NoSuchProcess { pid });

@@ -51,7 +51,14 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
         log::Level::Debug
     };
     let mut scanned = ScannedFiles::default();
-    let all = match scanned.scan(pid) {
+    // A process the agent started (launch mode) is held before it runs its
+    // executable: read the file it will run, not its mappings (the agent's).
+    let all = if ctx.target.runs_its_executable() {
+        scanned.scan(pid)
+    } else {
+        scanned.scan_launched(&ctx.target.exe_path)
+    };
+    let all = match all {
         Ok(all) => all,
         Err(err) => {
             return Plan::Absent {

@@ -142,6 +142,12 @@ pub struct ScannedFiles {
     files: HashMap<(String, u64), PathBuf>,
     /// Whether the executable itself has been read.
     exe_done: bool,
+    /// The executable read before the process ran it ([`scan_launched`]):
+    /// its device and inode as `stat` gives them, so that finding it mapped
+    /// later does not read it twice.
+    ///
+    /// [`scan_launched`]: Self::scan_launched
+    launched_exe: Option<(u64, u64)>,
 }
 
 impl ScannedFiles {
@@ -172,6 +178,9 @@ impl ScannedFiles {
             }
             let path = map.readable_path(pid);
             self.files.insert(key, path.clone());
+            if self.launched_exe.is_some() && self.launched_exe == file_id(&path) {
+                continue;
+            }
             let is_exe = exe_meta.as_ref().is_some_and(|exe| {
                 use std::os::unix::fs::MetadataExt;
                 std::fs::metadata(&path).is_ok_and(|m| m.ino() == exe.ino() && m.dev() == exe.dev())
@@ -195,12 +204,36 @@ impl ScannedFiles {
         Ok(probes)
     }
 
+    /// The probes of `exe`, the executable a process the agent started will
+    /// run once it is let go (launch mode): its mappings are still the
+    /// agent's, so the file is read directly, and later scans read only the
+    /// libraries it maps.
+    pub fn scan_launched(&mut self, exe: &Path) -> Result<Vec<UsdtProbe>, UsdtError> {
+        let probes = probes_in_file(exe)?;
+        self.launched_exe = file_id(exe);
+        self.exe_done = true;
+        let module = exe.display().to_string();
+        Ok(probes
+            .into_iter()
+            .map(|p| UsdtProbe {
+                module: module.clone(),
+                ..p
+            })
+            .collect())
+    }
+
     /// Forgets the file read through `path` (a probe's `path`), so that
     /// the next [`scan`](Self::scan) reads it again (after its probes failed
     /// to attach, say while the library was still being mapped).
     pub fn forget(&mut self, path: &Path) {
         self.files.retain(|_, read_through| read_through != path);
     }
+}
+
+/// A file's device and inode, as `stat` gives them.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The `agent probes --pid N` listing: one line per probe with its provider,
