@@ -651,6 +651,28 @@ fn go1_27_inference() {
         &[&build(tc, Kind::Stripped), &build(tc, Kind::Pie)],
         &build_package(tc, Kind::Plain, "sqltypes"),
     );
+    // A refusal names the field and why inference failed: a struct the
+    // HTTP fixture does not link has no type descriptor.
+    let stripped = open(&build(tc, Kind::Stripped));
+    let why = stripped
+        .inferred_field_offset("database/sql.DB", "connector")
+        .expect_err("no database/sql in the HTTP fixture");
+    assert_eq!(why, "no type descriptor for database/sql.DB in this binary");
+    let refusal = stripped
+        .struct_field_offset("net/http.Server", "Addr")
+        .expect_err("not a field the table or inference covers");
+    assert!(
+        matches!(&refusal, OffsetError::NotInferred(n)
+            if n.type_name == "net/http.Server" && n.field == "Addr"
+                && n.why == "net/http.Server is not a struct the agent infers"),
+        "{refusal:?}"
+    );
+    assert!(
+        refusal
+            .to_string()
+            .starts_with("no usable offset for net/http.Server.Addr: no DWARF"),
+        "{refusal}"
+    );
 }
 
 #[test]

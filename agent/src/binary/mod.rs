@@ -145,7 +145,7 @@ pub enum OffsetError {
 /// binary's type descriptors and machine code failed: which field, and why.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "no usable offset for {type_name}.{field}: no DWARF, the offset table has no Go {go_version} (it covers {covered}), and inference from the binary failed: {why}"
+    "no usable offset for {type_name}.{field}: no DWARF, not in the offset table for Go {go_version} (it covers {covered}), and inference from the binary failed: {why}"
 )]
 pub struct NotInferred {
     pub type_name: String,
