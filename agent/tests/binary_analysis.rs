@@ -445,6 +445,64 @@ fn check_offsets(plain: &Path, stripped: &Path, sql: &Path) {
     );
 }
 
+/// Every needed offset inferred from the binary itself (type descriptors;
+/// `runtime.g.goid` from machine code) equals DWARF's: for the stripped and
+/// PIE builds (and the plain one, whose DWARF inference ignores) against
+/// the plain build's DWARF, and for the database/sql fixture against its
+/// own. A field DWARF does not have is not inferred either. A wrong
+/// inference fails here, never a user.
+fn check_inference(plain: &Path, others: &[&Path], sql: &Path) {
+    let plain = open(plain);
+    let sql = open(sql);
+    let others: Vec<GoBinary> = others.iter().map(|p| open(p)).collect();
+    let version = plain.build_info().go_version;
+    let mut compared = 0;
+    for (type_name, fields) in NEEDED_FIELDS {
+        let (reference, inferred_from): (&GoBinary, Vec<&GoBinary>) =
+            if FIXTURE_OPTIONAL_STRUCTS.contains(type_name) {
+                (&sql, vec![&sql])
+            } else {
+                (
+                    &plain,
+                    std::iter::once(&plain).chain(others.iter()).collect(),
+                )
+            };
+        for field in *fields {
+            let dwarf = reference.struct_field_offset(type_name, field);
+            for bin in &inferred_from {
+                let what = format!(
+                    "{type_name}.{field} on Go {version} ({})",
+                    bin.path().display()
+                );
+                let inferred = bin.inferred_field_offset(type_name, field);
+                match &dwarf {
+                    Ok(d) => {
+                        assert_eq!(d.source, OffsetSource::Dwarf, "{what}");
+                        let i = inferred.unwrap_or_else(|e| panic!("{what}: not inferred: {e}"));
+                        assert_eq!((i.offset, i.size), (d.offset, d.size), "{what}: {i:?}");
+                        match &i.source {
+                            OffsetSource::TypeMetadata => {
+                                assert_ne!(*type_name, "runtime.g", "{what}");
+                            }
+                            OffsetSource::MachineCode { sites, .. } => {
+                                assert_eq!(*type_name, "runtime.g", "{what}");
+                                assert!(sites.len() >= 2, "{what}: {sites:?}");
+                            }
+                            other => panic!("{what}: {other:?}"),
+                        }
+                        compared += 1;
+                    }
+                    Err(_) => assert!(
+                        inferred.is_err(),
+                        "{what}: DWARF has no such field ({dwarf:?}) but inference says {inferred:?}"
+                    ),
+                }
+            }
+        }
+    }
+    assert!(compared > 40, "only {compared} inferred offsets compared");
+}
+
 /// One release of the matrix: plain, stripped and PIE builds.
 fn check_release(tc: Toolchain, pclntab: PclnVersion) {
     let plain_path = build(tc, Kind::Plain);
@@ -496,6 +554,11 @@ fn check_release(tc: Toolchain, pclntab: PclnVersion) {
     check_offsets(
         &plain_path,
         &stripped_path,
+        &build_package(tc, Kind::Plain, "sqltypes"),
+    );
+    check_inference(
+        &plain_path,
+        &[&stripped_path, &pie_path],
         &build_package(tc, Kind::Plain, "sqltypes"),
     );
 
@@ -575,6 +638,41 @@ fn go1_24() {
 #[test]
 fn go1_25() {
     check_release(Toolchain::Proxy("go1.25.8"), PclnVersion::Go120);
+}
+
+/// The newest release the proxy serves: offsets inferred from its stripped
+/// and PIE builds equal its DWARF (the rest of its analysis is checked by
+/// the version matrix).
+#[test]
+fn go1_27_inference() {
+    let tc = Toolchain::Proxy("go1.27.4");
+    check_inference(
+        &build(tc, Kind::Plain),
+        &[&build(tc, Kind::Stripped), &build(tc, Kind::Pie)],
+        &build_package(tc, Kind::Plain, "sqltypes"),
+    );
+    // A refusal names the field and why inference failed: a struct the
+    // HTTP fixture does not link has no type descriptor.
+    let stripped = open(&build(tc, Kind::Stripped));
+    let why = stripped
+        .inferred_field_offset("database/sql.DB", "connector")
+        .expect_err("no database/sql in the HTTP fixture");
+    assert_eq!(why, "no type descriptor for database/sql.DB in this binary");
+    let refusal = stripped
+        .struct_field_offset("net/http.Server", "Addr")
+        .expect_err("not a field the table or inference covers");
+    assert!(
+        matches!(&refusal, OffsetError::NotInferred(n)
+            if n.type_name == "net/http.Server" && n.field == "Addr"
+                && n.why == "net/http.Server is not a struct the agent infers"),
+        "{refusal:?}"
+    );
+    assert!(
+        refusal
+            .to_string()
+            .starts_with("no usable offset for net/http.Server.Addr: no DWARF"),
+        "{refusal}"
+    );
 }
 
 #[test]

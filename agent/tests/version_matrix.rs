@@ -16,8 +16,9 @@ use std::{
     time::Duration,
 };
 
+use agent::binary::HIDE_TABLE_ENV;
 use support::{
-    agent::attach_grpc,
+    agent::{Agent, attach_grpc, command as agent_command},
     fixture::{fixtures_dir, start_httpclient, start_httpserver, start_httpserver_with},
     http_client::Connection,
     otlp::{FlatSpan, Receiver, hex, split_net},
@@ -35,6 +36,8 @@ enum Build {
     Plain,
     Stripped,
     Pie,
+    /// `-buildmode=pie -ldflags=-s -w`.
+    PieStripped,
     Cgo,
 }
 
@@ -83,6 +86,10 @@ fn build_package(name: &str, toolchain: &str, kind: Build) -> PathBuf {
             cmd.arg("-buildmode=pie");
             package.as_str()
         }
+        Build::PieStripped => {
+            cmd.args(["-buildmode=pie", "-ldflags=-s -w"]);
+            package.as_str()
+        }
         Build::Cgo => {
             cmd.env("CGO_ENABLED", "1");
             "./cgohttp"
@@ -102,10 +109,80 @@ fn build_package(name: &str, toolchain: &str, kind: Build) -> PathBuf {
 
 /// Traces one build and checks its spans.
 fn trace(toolchain: &str, kind: Build) {
+    trace_with(toolchain, kind, None);
+}
+
+/// The agent on `pid`, exporting to `receiver`; `hide`: the Go release
+/// (`1.27`) the offsets table is made not to know (the test-only
+/// `AGENT_TEST_HIDE_TABLE_RELEASES`), so every offset a stripped build
+/// needs is inferred from the binary.
+fn attach(pid: u32, receiver: &Receiver, hide: Option<&str>) -> Agent {
+    let Some(release) = hide else {
+        return attach_grpc(pid, receiver);
+    };
+    let mut cmd = agent_command();
+    cmd.env(HIDE_TABLE_ENV, release)
+        .args(["--pid", &pid.to_string()])
+        .args([
+            "--otlp-endpoint",
+            &receiver.url(),
+            "--otlp-protocol",
+            "grpc",
+        ]);
+    let mut agent = Agent::start(cmd);
+    agent.wait_attached();
+    agent
+}
+
+/// `agent inspect` on a stripped build of a release hidden from the table:
+/// every offset the HTTP server probes read comes from the binary itself
+/// (type metadata; the goid from machine code), none from the table.
+fn assert_inferred(binary: &Path, release: &str) {
+    let out = agent_command()
+        .env(HIDE_TABLE_ENV, release)
+        .arg("inspect")
+        .arg(binary)
+        .output()
+        .expect("agent inspect");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let fields: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(": offset ") || l.contains(": unavailable: "))
+        .collect();
+    let goid = fields
+        .iter()
+        .find(|l| l.trim_start().starts_with("runtime.g.goid:"))
+        .unwrap_or_else(|| panic!("no goid line:\n{text}"));
+    assert!(goid.contains("from machine code ("), "{goid}");
+    for line in &fields {
+        assert!(!line.contains("from table"), "{line}");
+        assert!(!line.contains("from DWARF"), "{line}");
+    }
+    for wanted in [
+        "net/http.Request.Method:",
+        "net/http.Request.URL:",
+        "net/url.URL.Path:",
+        "net/http.response.status:",
+    ] {
+        assert!(
+            fields
+                .iter()
+                .any(|l| l.trim_start().starts_with(wanted) && l.contains("from type metadata")),
+            "{wanted}\n{text}"
+        );
+    }
+}
+
+/// Traces one build and checks its spans (`hide`: see [`attach`]).
+fn trace_with(toolchain: &str, kind: Build, hide: Option<&str>) {
     let binary = build(toolchain, kind);
+    if let Some(release) = hide {
+        assert_inferred(&binary, release);
+    }
     let (server, addr) = start_httpserver(&binary);
     let receiver = Receiver::grpc();
-    let mut agent = attach_grpc(server.pid(), &receiver);
+    let mut agent = attach(server.pid(), &receiver, hide);
     let mut conn = Connection::open(addr);
     // The cgo fixture answers 200 to everything (its handler calls C).
     let cases = match kind {
@@ -225,10 +302,15 @@ fn trace(toolchain: &str, kind: Build) {
 
 /// HTTP/2 requests over TLS (curl, one connection) to one build.
 fn trace_h2(toolchain: &str, kind: Build) {
+    trace_h2_with(toolchain, kind, None);
+}
+
+/// [`trace_h2`], with `hide` as [`attach`] takes it.
+fn trace_h2_with(toolchain: &str, kind: Build, hide: Option<&str>) {
     let binary = build(toolchain, kind);
     let (server, addr) = start_httpserver_with(&binary, &["-tls"]);
     let receiver = Receiver::grpc();
-    let mut agent = attach_grpc(server.pid(), &receiver);
+    let mut agent = attach(server.pid(), &receiver, hide);
     let out = Command::new("curl")
         .args(["-sk", "--http2", "-o", "/dev/null", "-w", "%{http_code}\\n"])
         .arg(format!("https://{addr}/hello"))
@@ -343,6 +425,20 @@ fn go_1_27() {
     trace_h2("go1.27.4", Build::Pie);
     trace_h2_routes("go1.27.4", Build::Plain);
     trace_h2_routes("go1.27.4", Build::Stripped);
+}
+
+/// Go 1.27 stripped and PIE (`-s -w`) with the offsets table made not to
+/// know 1.27: every struct offset comes from the binary's own type
+/// descriptors and machine code, and the spans are as exact as with DWARF
+/// (the same assertions as every other build: methods, paths, statuses,
+/// body sizes, trace context through the Header map, one goroutine id per
+/// connection; HTTP/2 over TLS, with its TLS handshake span).
+#[test]
+fn go_1_27_unknown_to_the_table() {
+    trace_with("go1.27.4", Build::Stripped, Some("1.27"));
+    trace_with("go1.27.4", Build::PieStripped, Some("1.27"));
+    trace_h2_with("go1.27.4", Build::Stripped, Some("1.27"));
+    trace_h2_with("go1.27.4", Build::PieStripped, Some("1.27"));
 }
 
 /// ServeMux routes over HTTP/2 on the bundled server (Go 1.26), whose end
@@ -527,6 +623,7 @@ fn build_module(module: &str, toolchain: &str, kind: Build) -> PathBuf {
     match kind {
         Build::Stripped => cmd.arg("-ldflags=-s -w"),
         Build::Pie => cmd.arg("-buildmode=pie"),
+        Build::PieStripped => cmd.args(["-buildmode=pie", "-ldflags=-s -w"]),
         Build::Plain | Build::Cgo => &mut cmd,
     };
     let output = cmd.arg(".").output().expect("run go build");

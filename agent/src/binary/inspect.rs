@@ -159,7 +159,7 @@ impl fmt::Display for InspectReport {
             if self.has_dwarf {
                 "present"
             } else {
-                "absent (offsets from the built-in table)"
+                "absent (offsets from the built-in table, else inferred from the binary)"
             }
         )?;
         match (&self.pclntab_layout, &self.pclntab_error) {
@@ -231,6 +231,23 @@ impl fmt::Display for InspectReport {
                             OffsetSource::ModuleTable { module, version } => {
                                 format!("module table ({module} {version})")
                             }
+                            OffsetSource::TypeMetadata => {
+                                "type metadata (the binary's type descriptor)".to_owned()
+                            }
+                            OffsetSource::MachineCode {
+                                sites,
+                                type_metadata,
+                            } => format!(
+                                "machine code ({} agreeing loads: {}{}{})",
+                                sites.len(),
+                                sites[..sites.len().min(4)].join(", "),
+                                if sites.len() > 4 { ", ..." } else { "" },
+                                if *type_metadata {
+                                    "; the type descriptor agrees"
+                                } else {
+                                    ""
+                                }
+                            ),
                         };
                         writeln!(
                             f,

@@ -21,13 +21,16 @@
 pub mod buildinfo;
 /// The DWARF struct-layout reader (public for the fuzz targets).
 pub mod dwarf;
+mod goid_code;
 mod inspect;
 mod module_offsets;
 mod offsets;
 /// The `.gopclntab` reader (public for the fuzz targets).
 pub mod pclntab;
 mod sites;
+mod typeinfo;
 
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -39,6 +42,7 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym};
 pub use crate::cursor::ReadError;
 pub use buildinfo::{BuildInfo, BuildInfoError, GoVersion, Module};
 pub use dwarf::{DwarfError, Member, StructLayout};
+pub use goid_code::{GoidError, GoidSite};
 pub use inspect::{BuiltinProbe, FieldReport, InspectReport, ProbeReport, inspect};
 pub use module_offsets::{
     MODULE_FIELDS, ModuleEntry, ModuleLookupError, ModuleOffsetTable, VERSIONED_MODULE_STRUCTS,
@@ -52,6 +56,7 @@ pub use offsets::{
 pub use offsets::{TableField, TableStruct};
 pub use pclntab::{PclnError, PclnLine, PclnVersion};
 pub use sites::kernel_emulates;
+pub use typeinfo::TypeInfoError;
 
 type ElfHeader = elf::FileHeader64<LE>;
 
@@ -119,6 +124,10 @@ pub enum OffsetError {
         #[source]
         source: Box<ModuleLookupError>,
     },
+    /// No DWARF, no table entry, and the binary's own metadata and code did
+    /// not give the offset either.
+    #[error(transparent)]
+    NotInferred(Box<NotInferred>),
     #[error("reading DWARF failed")]
     Dwarf(#[source] Arc<DwarfError>),
     #[error("implausible offset for {type_name}.{field}")]
@@ -130,6 +139,20 @@ pub enum OffsetError {
     },
     #[error("the built-in offset table is malformed")]
     Table(#[source] &'static serde_json::Error),
+}
+
+/// No DWARF, no table entry for the release, and inference from the
+/// binary's type descriptors and machine code failed: which field, and why.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no usable offset for {type_name}.{field}: no DWARF, not in the offset table for Go {go_version} (it covers {covered}), and inference from the binary failed: {why}"
+)]
+pub struct NotInferred {
+    pub type_name: String,
+    pub field: String,
+    pub go_version: GoVersion,
+    pub covered: String,
+    pub why: String,
 }
 
 /// Why no probe site could be computed.
@@ -173,6 +196,39 @@ pub enum OffsetSource {
         module: String,
         version: String,
     },
+    /// The binary's own struct type descriptor (`abi.StructType`).
+    TypeMetadata,
+    /// The runtime's machine code: loads of the field at `sites` (function
+    /// and address), all agreeing; `type_metadata` says whether a type
+    /// descriptor also has the field (and agrees).
+    MachineCode {
+        sites: Vec<String>,
+        type_metadata: bool,
+    },
+}
+
+/// Test-only: Go releases (`1.27`, comma-separated minor releases) the
+/// offsets table pretends not to know, so that the inference path can be
+/// tested on a release the table has. Honoured for nothing else.
+pub const HIDE_TABLE_ENV: &str = "AGENT_TEST_HIDE_TABLE_RELEASES";
+
+/// Whether [`HIDE_TABLE_ENV`] hides `version`'s minor release.
+fn table_hidden(version: GoVersion) -> bool {
+    std::env::var(HIDE_TABLE_ENV).is_ok_and(|v| {
+        v.split(',')
+            .any(|r| r.trim() == format!("{}.{}", version.major, version.minor))
+    })
+}
+
+/// What the binary's own metadata and code say about struct layouts
+/// (computed once, on the first offset that needs it).
+#[derive(Debug)]
+struct Inferred {
+    /// Every struct of [`NEEDED_FIELDS`], from type descriptors; `Err` for
+    /// all when the `types` region was not found.
+    structs: Result<BTreeMap<String, Result<StructLayout, TypeInfoError>>, String>,
+    /// `runtime.g.goid` from machine code.
+    goid: Result<(u64, Vec<GoidSite>), GoidError>,
 }
 
 /// A struct field's offset and size, checked for plausibility.
@@ -230,6 +286,8 @@ pub struct GoBinary {
     pclntab: Option<(Range<usize>, pclntab::PclnTab)>,
     pclntab_error: Option<String>,
     dwarf: OnceLock<Result<dwarf::DwarfIndex, Arc<DwarfError>>>,
+    relocs: OnceLock<HashMap<u64, u64>>,
+    inferred: OnceLock<Inferred>,
 }
 
 impl std::fmt::Debug for GoBinary {
@@ -342,6 +400,8 @@ impl GoBinary {
             pclntab: None,
             pclntab_error: None,
             dwarf: OnceLock::new(),
+            relocs: OnceLock::new(),
+            inferred: OnceLock::new(),
         };
         bin.build_info = bin.read_build_info()?;
         match bin.read_pclntab() {
@@ -852,26 +912,27 @@ impl GoBinary {
         }
         let table = OffsetTable::builtin().map_err(OffsetError::Table)?;
         let version = self.build_info.go_version;
-        let found = table.entry(version).and_then(|e| {
+        let hidden = table_hidden(version);
+        let found = table.entry(version).filter(|_| !hidden).and_then(|e| {
             let s = e.structs.get(type_name)?;
             let f = s.fields.get(field)?;
             Some((e, s, f))
         });
         let Some((entry, s, f)) = found else {
-            if let Some(e) = dwarf_error {
-                return Err(OffsetError::Dwarf(e));
-            }
             // A field the generator looks for, missing from an entry that
             // has its struct (or a struct only some releases have, missing
             // from the entry): this release does not have the field.
             let wanted = NEEDED_FIELDS
                 .iter()
                 .any(|(t, fields)| *t == type_name && fields.contains(&field));
-            if let Some(entry) = table.entry(version)
+            if let Some(entry) = table.entry(version).filter(|_| !hidden)
                 && wanted
                 && (entry.structs.contains_key(type_name)
                     || offsets::VERSIONED_STRUCTS.contains(&type_name))
             {
+                if let Some(e) = dwarf_error {
+                    return Err(OffsetError::Dwarf(e));
+                }
                 return Err(OffsetError::AbsentInRelease {
                     type_name: type_name.to_owned(),
                     field: field.to_owned(),
@@ -879,12 +940,29 @@ impl GoBinary {
                     measured: entry.go.clone(),
                 });
             }
-            return Err(OffsetError::NotInTable {
-                type_name: type_name.to_owned(),
-                field: field.to_owned(),
-                go_version: version,
-                covered: table.versions().join(", "),
-            });
+            // No table entry for this release: the binary itself.
+            return match self.inferred_field_offset(type_name, field) {
+                Ok(f) => Ok(f),
+                Err(_) if dwarf_error.is_some() => {
+                    Err(OffsetError::Dwarf(dwarf_error.expect("checked")))
+                }
+                Err(why) => Err(OffsetError::NotInferred(Box::new(NotInferred {
+                    type_name: type_name.to_owned(),
+                    field: field.to_owned(),
+                    go_version: version,
+                    covered: if hidden {
+                        format!(
+                            "{}, but {HIDE_TABLE_ENV} hides Go {}.{}",
+                            table.versions().join(", "),
+                            version.major,
+                            version.minor
+                        )
+                    } else {
+                        table.versions().join(", ")
+                    },
+                    why,
+                }))),
+            };
         };
         offsets::check(f.offset, f.size, f.align, s.size).map_err(implausible)?;
         Ok(FieldOffset {
@@ -894,6 +972,191 @@ impl GoBinary {
                 go_version: entry.go.clone(),
             },
         })
+    }
+
+    /// The offset of `field` in `type_name` from the binary's own contents
+    /// alone (never DWARF or the table): its struct type descriptor, and
+    /// for `runtime.g.goid` the runtime's machine code, at least two
+    /// functions agreeing (and agreeing with the descriptor when there is
+    /// one). `Err` says why not. Used when DWARF and the table have
+    /// nothing, and by the tests that check it against DWARF.
+    pub fn inferred_field_offset(
+        &self,
+        type_name: &str,
+        field: &str,
+    ) -> Result<FieldOffset, String> {
+        let inferred = self.inferred();
+        let described = match &inferred.structs {
+            Ok(structs) => match structs.get(type_name) {
+                Some(Ok(layout)) => match layout.members.iter().find(|(n, _)| n == field) {
+                    Some((_, m)) => {
+                        offsets::check(m.offset, m.size, m.align, layout.size)
+                            .map_err(|e| format!("type metadata: {e}"))?;
+                        Ok(m.clone())
+                    }
+                    None => Err(format!(
+                        "the type descriptor of {type_name} has no field {field:?}"
+                    )),
+                },
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err(format!("{type_name} is not a struct the agent infers")),
+            },
+            Err(e) => Err(e.clone()),
+        };
+        if (type_name, field) != ("runtime.g", "goid") {
+            return described.map(|m| FieldOffset {
+                offset: m.offset,
+                size: m.size,
+                source: OffsetSource::TypeMetadata,
+            });
+        }
+        let (offset, sites) = inferred
+            .goid
+            .as_ref()
+            .map_err(|e| format!("machine code: {e}"))?;
+        if let Ok(m) = &described
+            && m.offset != *offset
+        {
+            return Err(format!(
+                "machine code says {offset:#x} but the type descriptor says {:#x}",
+                m.offset
+            ));
+        }
+        Ok(FieldOffset {
+            offset: *offset,
+            size: 8,
+            source: OffsetSource::MachineCode {
+                sites: sites
+                    .iter()
+                    .map(|s| format!("{} at {:#x}", s.function, s.address))
+                    .collect(),
+                type_metadata: described.is_ok(),
+            },
+        })
+    }
+
+    fn inferred(&self) -> &Inferred {
+        self.inferred.get_or_init(|| Inferred {
+            structs: self.type_metadata_layouts(),
+            goid: self.goid_from_code(),
+        })
+    }
+
+    /// Every `R_X86_64_RELATIVE` relocation, by target (once).
+    fn relocs(&self) -> &HashMap<u64, u64> {
+        self.relocs
+            .get_or_init(|| self.relative_relocations().into_iter().collect())
+    }
+
+    /// A pointer-sized word at a link-time address, as the program sees it
+    /// after relocation.
+    fn word_at(&self, vaddr: u64) -> Option<u64> {
+        if let Some(&addend) = self.relocs().get(&vaddr) {
+            return Some(addend);
+        }
+        let b = self.read_vaddr(vaddr, 8)?;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+
+    /// `runtime.firstmoduledata`'s address: the word that points at the
+    /// pclntab followed by the one that points at its `funcnametab`.
+    fn moduledata_address(&self) -> Option<u64> {
+        let (r, tab) = self.pclntab.as_ref()?;
+        let pclntab = self.vaddr_of_file_offset(r.start as u64)?;
+        let funcnametab = pclntab.checked_add(tab.funcnametab_offset() as u64)?;
+        for seg in self.segments.iter().filter(|s| !s.executable) {
+            let Some(fr) = range(seg.offset, seg.filesz, self.data().len()) else {
+                continue;
+            };
+            let words = &self.data()[fr];
+            let word = |i: usize| -> Option<u64> {
+                let b = words.get(i * 8..i * 8 + 8)?;
+                Some(u64::from_le_bytes(b.try_into().ok()?))
+            };
+            for i in 0..words.len() / 8 {
+                if word(i) == Some(pclntab) && word(i + 1) == Some(funcnametab) {
+                    return seg.vaddr.checked_add(i as u64 * 8);
+                }
+            }
+        }
+        let relocs = self.relocs();
+        relocs.iter().find_map(|(&at, &addend)| {
+            (addend == pclntab && relocs.get(&at.checked_add(8)?) == Some(&funcnametab))
+                .then_some(at)
+        })
+    }
+
+    /// The layouts of [`NEEDED_FIELDS`]' structs from the type descriptors
+    /// in the moduledata's `types` region.
+    fn type_metadata_layouts(
+        &self,
+    ) -> Result<BTreeMap<String, Result<StructLayout, TypeInfoError>>, String> {
+        let md = self
+            .moduledata_address()
+            .ok_or("runtime.firstmoduledata not found (no pclntab, or no word points at it)")?;
+        let wanted: Vec<&str> = NEEDED_FIELDS.iter().map(|(t, _)| *t).collect();
+        let go = self.build_info.go_version;
+        let mut best: Option<BTreeMap<String, Result<StructLayout, TypeInfoError>>> = None;
+        for (types_word, etypes_word) in typeinfo::moduledata_layouts(go) {
+            let (Some(types), Some(etypes)) = (
+                self.word_at(md + types_word * 8),
+                self.word_at(md + etypes_word * 8),
+            ) else {
+                continue;
+            };
+            if !typeinfo::plausible_region(types, etypes) {
+                continue;
+            }
+            let Some(bytes) = self.read_vaddr(types, etypes - types) else {
+                continue;
+            };
+            let region = typeinfo::Region {
+                base: types,
+                bytes,
+                relocs: self.relocs(),
+                shifted_offsets: (go.major, go.minor) < (1, 19),
+            };
+            let layouts = typeinfo::struct_layouts(&region, &wanted);
+            let found = layouts.values().filter(|l| l.is_ok()).count();
+            if found
+                > best
+                    .as_ref()
+                    .map_or(0, |b| b.values().filter(|l| l.is_ok()).count())
+            {
+                best = Some(layouts);
+            }
+            if found > 0 {
+                break;
+            }
+        }
+        best.ok_or_else(|| {
+            format!("no struct type descriptor found in the moduledata's types region (moduledata at {md:#x})")
+        })
+    }
+
+    /// `runtime.g.goid` from the runtime's prints of goroutine ids.
+    fn goid_from_code(&self) -> Result<(u64, Vec<GoidSite>), GoidError> {
+        let addr = |name: &str| self.function(name).map_or(0, |f| f.address);
+        let print = goid_code::PrintFunctions {
+            printstring: addr("runtime.printstring"),
+            printints: [addr("runtime.printuint"), addr("runtime.printint")],
+        };
+        if print.printstring == 0 || print.printints == [0, 0] {
+            return Err(GoidError::NoPrintFunctions);
+        }
+        let read = |at: u64, len: u64| self.read_vaddr(at, len).map(<[u8]>::to_vec);
+        let mut sites = Vec::new();
+        for f in self.functions() {
+            if !f.name.starts_with("runtime.") {
+                continue;
+            }
+            let Ok((code, _)) = self.code(&f) else {
+                continue;
+            };
+            sites.extend(goid_code::sites_in(&f.name, code, f.address, print, &read));
+        }
+        let offset = goid_code::agree(&sites)?;
+        Ok((offset, sites))
     }
 
     /// A table entry for this binary's Go release from its DWARF and, for

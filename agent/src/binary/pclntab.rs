@@ -106,6 +106,12 @@ pub fn header_candidates(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
 }
 
 impl PclnTab {
+    /// Where `funcnametab` starts, from the table's start (the moduledata's
+    /// second word points there).
+    pub fn funcnametab_offset(&self) -> usize {
+        self.funcnametab
+    }
+
     /// Parses the header. `text_start(funcnametab_offset)` is asked for the
     /// text start of 1.18+ tables whose header field is zero (Go 1.26
     /// stopped filling it; PIE leaves it to a relocation).

@@ -84,7 +84,7 @@ pub fn kernel_emulates(ins: &Instruction, bytes: &[u8]) -> Option<&'static str> 
 }
 
 /// Registers (full 64-bit) the instruction writes, partially or fully.
-fn written(info: &mut InstructionInfoFactory, ins: &Instruction) -> Vec<Register> {
+pub(super) fn written(info: &mut InstructionInfoFactory, ins: &Instruction) -> Vec<Register> {
     info.info(ins)
         .used_registers()
         .iter()
