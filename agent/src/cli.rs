@@ -136,6 +136,12 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_flight_recorder: bool,
 
+    /// In a captured dump, a traced request's goroutine periods (blocked,
+    /// runnable, in a system call) at least this long become spans; shorter
+    /// ones are only summed on its `goroutine time` span.
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    pub period_min: std::time::Duration,
+
     /// Also write the exit summary as key=value lines to this file.
     #[arg(long, value_name = "FILE")]
     pub summary_file: Option<std::path::PathBuf>,
@@ -345,6 +351,12 @@ pub struct DecodeArgs {
     /// the only one in SPANS.
     #[arg(long, value_name = "SPANS")]
     pub join: Option<PathBuf>,
+
+    /// With --join: a joined request's goroutine periods (blocked, runnable,
+    /// in a system call) at least this long become spans; shorter ones are
+    /// only summed on its `goroutine time` span.
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    pub period_min: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

@@ -56,6 +56,7 @@ pub(super) fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
             usdt_mapping_given: args.usdt_config.is_some(),
             flight_recorder: !args.no_flight_recorder,
             save_dumps: args.save_dumps.clone(),
+            period_min: args.period_min,
             max_open_spans: args.max_open_spans,
             span_ttl: Duration::from_secs(args.span_ttl),
             sql_keep_literals: args.sql_literals == "keep",

@@ -49,6 +49,7 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
         Ok(Some(plan)) => Plan::Ready(Box::new(Flight {
             plan,
             save_dumps: ctx.options.save_dumps.clone(),
+            period_min: ctx.options.period_min,
             attachment: None,
             reader: None,
             stats: None,
@@ -71,6 +72,7 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
 pub struct Flight {
     plan: FlightPlan,
     save_dumps: Option<std::path::PathBuf>,
+    period_min: std::time::Duration,
     attachment: Option<FlightAttachment>,
     reader: Option<FlightReader>,
     /// The reader's counters, once it has stopped.
@@ -121,6 +123,7 @@ impl Family for Flight {
                 save_dir: self.save_dumps.clone(),
                 spans: DumpSpanOptions {
                     recent: Some(spans.keep_recent()),
+                    period_min: self.period_min,
                     ..DumpSpanOptions::default()
                 },
                 ..ReaderConfig::default()

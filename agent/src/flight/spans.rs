@@ -32,6 +32,9 @@ pub struct DumpSpanOptions {
     /// [`crate::gotrace::join`]). The dump is decoded [`JOIN_SETTLE`] after
     /// it was captured, so that the spans that ended before it are in.
     pub recent: Option<Arc<RecentSpans>>,
+    /// A joined request's goroutine periods at least this long become spans
+    /// ([`SpanOptions::period_min`]).
+    pub period_min: Duration,
 }
 
 /// How long a dump waits for the live spans that ended before it: the
@@ -46,6 +49,7 @@ impl Default for DumpSpanOptions {
             max_frames: 16,
             extra_attributes: Vec::new(),
             recent: None,
+            period_min: crate::gotrace::PERIOD_MIN_DEFAULT,
         }
     }
 }
@@ -111,6 +115,7 @@ pub fn dump_to_spans(
             std::thread::sleep(JOIN_SETTLE);
             Arc::new(recent.index())
         }),
+        period_min: options.period_min,
     };
     trace_to_spans(&dump.bytes[..], &opts, sink).map_err(FlightError::Decode)
 }
