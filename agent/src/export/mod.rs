@@ -231,6 +231,11 @@ impl SpanSender {
         self.watch.set(watch).is_ok()
     }
 
+    /// The spans kept for flight-recorder joins, if a family asked.
+    pub fn recent(&self) -> Option<Arc<crate::gotrace::RecentSpans>> {
+        self.recent.get().cloned()
+    }
+
     /// Spans waiting in the queue, and how many it holds.
     pub fn queue_fill(&self) -> crate::metrics::QueueFill {
         let capacity = self.tx.max_capacity();

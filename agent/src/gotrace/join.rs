@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::BufRead;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
@@ -167,12 +167,57 @@ pub const RECENT_SPANS_KEPT: usize = 1 << 16;
 /// pipeline exported, for joining its flight-recorder dumps as they are
 /// captured (the export pipeline records them, see
 /// `export::SpanSender::keep_recent`).
+///
+/// A dump's join waits until the session has drained its ring buffer past
+/// the dump's end, so that the requests that ended before it are in: the
+/// reader asks for a drain ([`Self::wait_drained`]), the session's loop
+/// does it at once ([`Self::drain_wanted`]) and says so
+/// ([`Self::mark_drained`]).
 #[derive(Debug, Default)]
 pub struct RecentSpans {
     spans: Mutex<VecDeque<(i64, Interval)>>,
+    drain: tokio::sync::Notify,
+    /// Monotonic time (the kernel's clock) at which the last complete drain
+    /// began: every span that ended before it is recorded.
+    drained: Mutex<u64>,
+    drained_cv: Condvar,
 }
 
 impl RecentSpans {
+    /// Resolves when a dump's join asks for a drain.
+    pub async fn drain_wanted(&self) {
+        self.drain.notified().await;
+    }
+
+    /// The session drained everything the kernel had written by `ktime_ns`.
+    pub fn mark_drained(&self, ktime_ns: u64) {
+        if let Ok(mut d) = self.drained.lock() {
+            *d = (*d).max(ktime_ns);
+            self.drained_cv.notify_all();
+        }
+    }
+
+    /// Asks the session for a drain and waits until one that began after
+    /// `ktime_ns` is done, or `timeout`; whether it was.
+    pub fn wait_drained(&self, ktime_ns: u64, timeout: Duration) -> bool {
+        self.drain.notify_one();
+        let deadline = std::time::Instant::now() + timeout;
+        let Ok(mut d) = self.drained.lock() else {
+            return false;
+        };
+        while *d < ktime_ns {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match self.drained_cv.wait_timeout(d, left) {
+                Ok((guard, _)) => d = guard,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     /// Records an encoded OTLP `Span` if it has a goroutine.
     pub fn record_encoded(&self, bytes: &[u8]) {
         let Ok(span) = ProtoSpan::decode(bytes) else {
