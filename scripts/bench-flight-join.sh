@@ -74,9 +74,11 @@ for size in $sizes; do
 
     plain=(); joinedt=(); plain_rss=(); join_rss=()
     for f in "$dir"/dumps/*.trace; do
-        r="$( { /usr/bin/time -f '%e %M' "$agent" decode "$f" --output "jsonl=/dev/null" -q >/dev/null 2>/dev/null; } 2>&1 | tail -1)"
+        /usr/bin/time -o "$dir/time.txt" -f '%e %M' "$agent" decode "$f" --output "jsonl=/dev/null" -q >/dev/null 2>&1
+        r="$(tail -1 "$dir/time.txt")"
         plain+=("$(awk '{print $1*1000}' <<<"$r")"); plain_rss+=("$(awk '{print $2/1024}' <<<"$r")")
-        r="$( { /usr/bin/time -f '%e %M' "$agent" decode "$f" --join "$dir/spans.jsonl" --output "jsonl=/dev/null" -q >/dev/null 2>/dev/null; } 2>&1 | tail -1)"
+        /usr/bin/time -o "$dir/time.txt" -f '%e %M' "$agent" decode "$f" --join "$dir/spans.jsonl" --output "jsonl=/dev/null" -q >/dev/null 2>&1
+        r="$(tail -1 "$dir/time.txt")"
         joinedt+=("$(awk '{print $1*1000}' <<<"$r")"); join_rss+=("$(awk '{print $2/1024}' <<<"$r")")
     done
     echo "| $mib | $(wc -l <<<"$lines") | $(median $after) ms, $max_after ms | $(median $wait_ms) ms | $(median $index_ms) ms | $(median $map_ms) ms | $(median $spans) | $(median $joined) | $((rss_before / 1024)) / $((peak / 1024)) MiB | $(median "${plain[@]}") / $(median "${joinedt[@]}") ms | $(median "${plain_rss[@]}") / $(median "${join_rss[@]}") MiB |"
