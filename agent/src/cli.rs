@@ -136,6 +136,39 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_flight_recorder: bool,
 
+    /// In a captured dump, a traced request's goroutine periods (blocked,
+    /// runnable, in a system call) at least this long become spans; shorter
+    /// ones are only summed on its `goroutine time` span.
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    pub period_min: std::time::Duration,
+
+    /// When a traced request (a server span) takes at least this long, ask
+    /// the program to write its flight recorder (with --dump-signal or
+    /// --dump-url); the dump is captured like any other. Off by default.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub dump_on_slow: Option<std::time::Duration>,
+
+    /// With --dump-on-slow: the signal the program writes its flight
+    /// recorder on (it must handle it: the default action of SIGUSR1 ends a
+    /// program that does not), e.g. SIGUSR1.
+    #[arg(
+        long,
+        value_name = "SIGNAL",
+        requires = "dump_on_slow",
+        conflicts_with = "dump_url"
+    )]
+    pub dump_signal: Option<String>,
+
+    /// With --dump-on-slow: an http:// URL the agent GETs for a dump (an
+    /// endpoint of the program that calls WriteTo).
+    #[arg(long, value_name = "URL", requires = "dump_on_slow")]
+    pub dump_url: Option<String>,
+
+    /// With --dump-on-slow: at most one dump asked for per interval; slow
+    /// requests within it are counted.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub dump_interval: std::time::Duration,
+
     /// Also write the exit summary as key=value lines to this file.
     #[arg(long, value_name = "FILE")]
     pub summary_file: Option<std::path::PathBuf>,
@@ -345,6 +378,12 @@ pub struct DecodeArgs {
     /// the only one in SPANS.
     #[arg(long, value_name = "SPANS")]
     pub join: Option<PathBuf>,
+
+    /// With --join: a joined request's goroutine periods (blocked, runnable,
+    /// in a system call) at least this long become spans; shorter ones are
+    /// only summed on its `goroutine time` span.
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    pub period_min: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

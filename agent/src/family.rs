@@ -122,6 +122,11 @@ pub struct FamilyOptions {
     pub flight_recorder: bool,
     /// Where dumps are kept, byte for byte.
     pub save_dumps: Option<PathBuf>,
+    /// Joined requests' goroutine periods at least this long become spans.
+    pub period_min: Duration,
+    /// `--dump-on-slow`: ask the program for a flight-recorder dump when a
+    /// request is slow.
+    pub slow_dumps: Option<crate::flight::slow::SlowDumpOptions>,
     /// Open spans kept at most, per family.
     pub max_open_spans: usize,
     /// How long a span may stay open before it is exported as expired.

@@ -506,7 +506,7 @@ fn our_tasks(trace: &[u8], name: &str, window: (i64, i64), offset: i64) -> Vec<S
         anchor_wall_time: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(ANCHOR_SECS)),
         max_frames: 0,
         extra_attributes: Vec::new(),
-        join: None,
+        ..gotrace::SpanOptions::default()
     };
     let mut spans: Vec<SpanData> = Vec::new();
     gotrace::trace_to_spans(trace, &opts, &mut |s| spans.push(s))

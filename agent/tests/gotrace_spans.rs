@@ -172,7 +172,7 @@ fn opts(max_frames: usize, anchor: Option<SystemTime>) -> (SpanOptions, KeyValue
             anchor_wall_time: anchor,
             max_frames,
             extra_attributes: vec![extra.clone()],
-            join: None,
+            ..SpanOptions::default()
         },
         extra,
     )

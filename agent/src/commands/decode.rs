@@ -136,6 +136,7 @@ pub async fn run(args: &DecodeArgs, export: &ExportArgs) -> anyhow::Result<ExitC
                 path.display().to_string(),
             )],
             join: live.as_ref().and_then(|l| join_index(l, path)),
+            period_min: args.period_min,
             ..SpanOptions::default()
         };
         let joining = options.join.is_some();

@@ -5,6 +5,7 @@ use std::{process::ExitCode, time::Duration};
 
 use agent::{
     family::FamilyOptions,
+    flight::slow::{DumpTrigger, SlowDumpOptions},
     http_server::{SitePolicy, SpanNaming},
     instrument::Categories,
     metrics::{Metrics, MetricsConfig, MetricsInputs},
@@ -56,6 +57,8 @@ pub(super) fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
             usdt_mapping_given: args.usdt_config.is_some(),
             flight_recorder: !args.no_flight_recorder,
             save_dumps: args.save_dumps.clone(),
+            period_min: args.period_min,
+            slow_dumps: slow_dumps(args)?,
             max_open_spans: args.max_open_spans,
             span_ttl: Duration::from_secs(args.span_ttl),
             sql_keep_literals: args.sql_literals == "keep",
@@ -83,6 +86,29 @@ pub(super) fn options(args: &TraceArgs) -> anyhow::Result<SessionOptions> {
 
 /// The sampler from `--sampler`/`--sampler-arg` and `OTEL_TRACES_SAMPLER*`;
 /// what is wrong in the environment is said once and ignored.
+/// `--dump-on-slow` with its trigger (`--dump-signal` or `--dump-url`).
+fn slow_dumps(args: &TraceArgs) -> anyhow::Result<Option<SlowDumpOptions>> {
+    let Some(threshold) = args.dump_on_slow else {
+        return Ok(None);
+    };
+    let trigger = match (&args.dump_signal, &args.dump_url) {
+        (Some(signal), None) => DumpTrigger::signal(signal).context("invalid --dump-signal")?,
+        (None, Some(url)) => DumpTrigger::url(url).context("invalid --dump-url")?,
+        _ => anyhow::bail!(
+            "--dump-on-slow needs a way to ask the program for a dump: --dump-signal SIGNAL or --dump-url URL"
+        ),
+    };
+    anyhow::ensure!(
+        !args.no_flight_recorder,
+        "--dump-on-slow asks for flight-recorder dumps, which --no-flight-recorder does not capture"
+    );
+    Ok(Some(SlowDumpOptions {
+        threshold,
+        trigger,
+        interval: args.dump_interval,
+    }))
+}
+
 fn sampler(args: &TraceArgs) -> anyhow::Result<Sampler> {
     let (sampler, warnings) = sampling::resolve(
         args.sampler.as_deref(),

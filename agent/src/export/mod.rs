@@ -156,6 +156,22 @@ pub struct SpanSender {
     /// The spans with a goroutine kept for flight-recorder joins, once a
     /// flight-recorder family asks ([`SpanSender::keep_recent`]).
     recent: Arc<std::sync::OnceLock<Arc<crate::gotrace::RecentSpans>>>,
+    /// Shown every span sent with [`SpanSender::send_encoded`], once set
+    /// ([`SpanSender::watch`]).
+    watch: Arc<std::sync::OnceLock<SpanWatch>>,
+}
+
+/// Looks at each encoded span the live families send (`--dump-on-slow`).
+#[derive(Clone)]
+pub struct SpanWatch(pub Arc<WatchFn>);
+
+/// What a [`SpanWatch`] calls with each span's encoded bytes.
+pub type WatchFn = dyn Fn(&[u8]) + Send + Sync;
+
+impl std::fmt::Debug for SpanWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpanWatch")
+    }
 }
 
 impl SpanSender {
@@ -192,6 +208,9 @@ impl SpanSender {
         if let Some(recent) = self.recent.get() {
             recent.record_encoded(&span.bytes);
         }
+        if let Some(watch) = self.watch.get() {
+            (watch.0)(&span.bytes);
+        }
         self.accepted(self.tx.try_send(span).is_ok());
     }
 
@@ -202,6 +221,19 @@ impl SpanSender {
     /// shares them.
     pub fn keep_recent(&self) -> Arc<crate::gotrace::RecentSpans> {
         self.recent.get_or_init(Arc::default).clone()
+    }
+
+    /// From now on, `watch` sees every span sent with
+    /// [`Self::send_encoded`] (the live families' spans), on the sending
+    /// thread: it must be quick. One watch per pipeline; `false` if one was
+    /// set already.
+    pub fn watch(&self, watch: SpanWatch) -> bool {
+        self.watch.set(watch).is_ok()
+    }
+
+    /// The spans kept for flight-recorder joins, if a family asked.
+    pub fn recent(&self) -> Option<Arc<crate::gotrace::RecentSpans>> {
+        self.recent.get().cloned()
     }
 
     /// Spans waiting in the queue, and how many it holds.
@@ -431,6 +463,7 @@ impl Pipeline {
                 stats: stats.clone(),
                 scopes: Arc::default(),
                 recent: Arc::default(),
+                watch: Arc::default(),
             },
             stats,
             sink_stats,

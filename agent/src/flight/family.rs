@@ -49,6 +49,10 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
         Ok(Some(plan)) => Plan::Ready(Box::new(Flight {
             plan,
             save_dumps: ctx.options.save_dumps.clone(),
+            period_min: ctx.options.period_min,
+            slow_options: ctx.options.slow_dumps.clone(),
+            slow: None,
+            pid: 0,
             attachment: None,
             reader: None,
             stats: None,
@@ -71,6 +75,12 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
 pub struct Flight {
     plan: FlightPlan,
     save_dumps: Option<std::path::PathBuf>,
+    period_min: std::time::Duration,
+    /// `--dump-on-slow`, and its watch once started.
+    slow_options: Option<super::slow::SlowDumpOptions>,
+    slow: Option<Arc<super::slow::SlowDumps>>,
+    /// The target's PID, once attached.
+    pid: u32,
     attachment: Option<FlightAttachment>,
     reader: Option<FlightReader>,
     /// The reader's counters, once it has stopped.
@@ -106,6 +116,7 @@ impl Family for Flight {
             attachment.probes()
         );
         self.attachment = Some(attachment);
+        self.pid = target.pid;
         Ok(())
     }
 
@@ -121,6 +132,7 @@ impl Family for Flight {
                 save_dir: self.save_dumps.clone(),
                 spans: DumpSpanOptions {
                     recent: Some(spans.keep_recent()),
+                    period_min: self.period_min,
                     ..DumpSpanOptions::default()
                 },
                 ..ReaderConfig::default()
@@ -138,6 +150,17 @@ impl Family for Flight {
             reader.watch(attachment);
         }
         self.reader = Some(reader);
+        if let Some(options) = self.slow_options.clone() {
+            let slow = Arc::new(super::slow::SlowDumps::new(options, self.pid));
+            let watcher = Arc::clone(&slow);
+            if spans.watch(crate::export::SpanWatch(Arc::new(move |bytes| {
+                watcher.observe(bytes)
+            }))) {
+                self.slow = Some(slow);
+            } else {
+                log::warn!("--dump-on-slow: the pipeline is watched already; not armed");
+            }
+        }
         Ok(())
     }
 
@@ -176,13 +199,21 @@ impl Family for Flight {
             Counter::quiet_loss("flight_dumps_failed", f.errors),
             Counter::count("flight_spans", f.spans),
         ]);
+        if let Some(slow) = &self.slow {
+            slow.counters(out);
+        }
     }
 
     fn summary(&self) -> Option<String> {
         let f = self.stats?;
-        Some(format!(
+        let mut line = format!(
             "flight-recorder dumps: {} ({} complete, {} incomplete, {} dropped, {} failed to decode or save)",
             f.dumps, f.complete, f.incomplete, f.dropped_dumps, f.errors
-        ))
+        );
+        if let Some(slow) = &self.slow {
+            line.push_str(", ");
+            line.push_str(&slow.summary());
+        }
+        Some(line)
     }
 }

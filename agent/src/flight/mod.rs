@@ -43,6 +43,7 @@ mod capture;
 pub mod family;
 mod reader;
 mod sites;
+pub mod slow;
 mod spans;
 
 use std::{collections::BTreeMap, fs, os::unix::fs::FileExt as _, path::PathBuf};

@@ -4,7 +4,7 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use std::sync::Arc;
@@ -29,14 +29,19 @@ pub struct DumpSpanOptions {
     pub extra_attributes: Vec<KeyValue>,
     /// The live agent's recent spans of the process: tasks the dump shows
     /// begun inside one of them become its children (see
-    /// [`crate::gotrace::join`]). The dump is decoded [`JOIN_SETTLE`] after
-    /// it was captured, so that the spans that ended before it are in.
+    /// [`crate::gotrace::join`]). The dump is decoded once the session has
+    /// drained its ring buffer past the dump's end (it is asked to at once),
+    /// so that the spans that ended before it are in; [`JOIN_SETTLE`] at
+    /// most.
     pub recent: Option<Arc<RecentSpans>>,
+    /// A joined request's goroutine periods at least this long become spans
+    /// ([`SpanOptions::period_min`]).
+    pub period_min: Duration,
 }
 
-/// How long a dump waits for the live spans that ended before it: the
-/// session drains its ring buffer every 100 ms, and a span is recorded as it
-/// enters the export pipeline.
+/// How long a dump waits at most for the live spans that ended before it
+/// (the session's drain it asks for; a span is recorded as it enters the
+/// export pipeline).
 pub const JOIN_SETTLE: Duration = Duration::from_millis(250);
 
 impl Default for DumpSpanOptions {
@@ -46,6 +51,7 @@ impl Default for DumpSpanOptions {
             max_frames: 16,
             extra_attributes: Vec::new(),
             recent: None,
+            period_min: crate::gotrace::PERIOD_MIN_DEFAULT,
         }
     }
 }
@@ -103,16 +109,46 @@ pub fn dump_to_spans(
 ) -> Result<SpanSummary, FlightError> {
     let mut extra = dump_attributes(dump, &options.clock);
     extra.extend(options.extra_attributes.iter().cloned());
+    let began = Instant::now();
+    let mut waited = Duration::ZERO;
+    let join = options.recent.as_ref().map(|recent| {
+        let end = dump.end_ktime_ns.max(dump.start_ktime_ns);
+        if !recent.wait_drained(end, JOIN_SETTLE) {
+            log::debug!(
+                "flight-recorder dump {}: the session did not drain within {JOIN_SETTLE:?}; joining the spans it has",
+                dump.id
+            );
+        }
+        waited = began.elapsed();
+        Arc::new(recent.index())
+    });
+    let indexed = began.elapsed() - waited;
     let opts = SpanOptions {
         anchor_wall_time: Some(options.clock.to_system_time(dump.start_ktime_ns)),
         max_frames: options.max_frames,
         extra_attributes: extra,
-        join: options.recent.as_ref().map(|recent| {
-            std::thread::sleep(JOIN_SETTLE);
-            Arc::new(recent.index())
-        }),
+        join,
+        period_min: options.period_min,
     };
-    trace_to_spans(&dump.bytes[..], &opts, sink).map_err(FlightError::Decode)
+    let summary = trace_to_spans(&dump.bytes[..], &opts, sink).map_err(FlightError::Decode)?;
+    let mapped = began.elapsed() - waited - indexed;
+    let end = dump.end_ktime_ns.max(dump.start_ktime_ns);
+    let after = WallClock::monotonic_now_ns().saturating_sub(end);
+    log::info!(
+        "flight-recorder dump {}: {} bytes, {} spans ({} joined to the agent's spans, {} periods, {} requests' goroutine time); last span {:.1} ms after WriteTo returned (drain wait {:.1} ms, join index of {} spans {:.1} ms, mapping {:.1} ms)",
+        dump.id,
+        dump.bytes.len(),
+        summary.spans,
+        summary.joined,
+        summary.periods,
+        summary.breakdowns,
+        after as f64 / 1e6,
+        waited.as_secs_f64() * 1e3,
+        opts.join.as_ref().map_or(0, |j| j.len()),
+        indexed.as_secs_f64() * 1e3,
+        mapped.as_secs_f64() * 1e3,
+    );
+    Ok(summary)
 }
 
 /// The file name `dump` is saved under: `<pid>-<time>-<id>.trace`, time as

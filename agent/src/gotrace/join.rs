@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::BufRead;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
@@ -82,6 +82,11 @@ impl JoinIndex {
     /// The innermost span open on `goid` at `t` (the latest begun before
     /// it that had not ended).
     pub fn open_at(&self, goid: i64, t: SystemTime) -> Option<(TraceId, SpanId)> {
+        self.interval_at(goid, t).map(|i| (i.trace_id, i.span_id))
+    }
+
+    /// The innermost span open on `goid` at `t`, whole.
+    pub fn interval_at(&self, goid: i64, t: SystemTime) -> Option<&Interval> {
         let list = self.by_goroutine.get(&goid)?;
         let n = list.partition_point(|i| i.start <= t);
         list[..n]
@@ -89,7 +94,12 @@ impl JoinIndex {
             .rev()
             .take(MAX_SCAN_BACK)
             .find(|i| i.end >= t)
-            .map(|i| (i.trace_id, i.span_id))
+    }
+
+    /// Whether any span was open on `goid` (a cheap test before a
+    /// lookup by time).
+    pub fn has_goroutine(&self, goid: i64) -> bool {
+        self.by_goroutine.contains_key(&goid)
     }
 }
 
@@ -157,12 +167,57 @@ pub const RECENT_SPANS_KEPT: usize = 1 << 16;
 /// pipeline exported, for joining its flight-recorder dumps as they are
 /// captured (the export pipeline records them, see
 /// `export::SpanSender::keep_recent`).
+///
+/// A dump's join waits until the session has drained its ring buffer past
+/// the dump's end, so that the requests that ended before it are in: the
+/// reader asks for a drain ([`Self::wait_drained`]), the session's loop
+/// does it at once ([`Self::drain_wanted`]) and says so
+/// ([`Self::mark_drained`]).
 #[derive(Debug, Default)]
 pub struct RecentSpans {
     spans: Mutex<VecDeque<(i64, Interval)>>,
+    drain: tokio::sync::Notify,
+    /// Monotonic time (the kernel's clock) at which the last complete drain
+    /// began: every span that ended before it is recorded.
+    drained: Mutex<u64>,
+    drained_cv: Condvar,
 }
 
 impl RecentSpans {
+    /// Resolves when a dump's join asks for a drain.
+    pub async fn drain_wanted(&self) {
+        self.drain.notified().await;
+    }
+
+    /// The session drained everything the kernel had written by `ktime_ns`.
+    pub fn mark_drained(&self, ktime_ns: u64) {
+        if let Ok(mut d) = self.drained.lock() {
+            *d = (*d).max(ktime_ns);
+            self.drained_cv.notify_all();
+        }
+    }
+
+    /// Asks the session for a drain and waits until one that began after
+    /// `ktime_ns` is done, or `timeout`; whether it was.
+    pub fn wait_drained(&self, ktime_ns: u64, timeout: Duration) -> bool {
+        self.drain.notify_one();
+        let deadline = std::time::Instant::now() + timeout;
+        let Ok(mut d) = self.drained.lock() else {
+            return false;
+        };
+        while *d < ktime_ns {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match self.drained_cv.wait_timeout(d, left) {
+                Ok((guard, _)) => d = guard,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     /// Records an encoded OTLP `Span` if it has a goroutine.
     pub fn record_encoded(&self, bytes: &[u8]) {
         let Ok(span) = ProtoSpan::decode(bytes) else {
@@ -261,7 +316,9 @@ impl LiveSpans {
 /// What a goroutine inherited from its creator.
 #[derive(Debug, Clone, Copy)]
 struct Inherited {
-    parent: (TraceId, SpanId),
+    parent: Interval,
+    /// The goroutine the span is open on.
+    owner: i64,
     depth: u8,
     since: SystemTime,
 }
@@ -285,27 +342,40 @@ impl<'a> Joiner<'a> {
     /// The agent's span `goid` is in at `t`: its own innermost open span,
     /// else the one it inherited (within [`INHERIT_TTL`]).
     pub(crate) fn parent(&self, goid: i64, t: SystemTime) -> Option<(TraceId, SpanId)> {
-        self.lookup(goid, t).map(|(p, _)| p)
+        self.lookup(goid, t)
+            .map(|(p, _, _)| (p.trace_id, p.span_id))
     }
 
-    fn lookup(&self, goid: i64, t: SystemTime) -> Option<((TraceId, SpanId), u8)> {
-        if let Some(p) = self.index.open_at(goid, t) {
-            return Some((p, 0));
+    /// The agent's span `goid` is in at `t` (as [`parent`](Self::parent)),
+    /// whole (its interval says when the request began and ended), with
+    /// the goroutine it is open on (`goid`, or the creator it inherited it
+    /// from).
+    pub(crate) fn request(&self, goid: i64, t: SystemTime) -> Option<(Interval, i64)> {
+        if !self.index.has_goroutine(goid) && !self.inherited.contains_key(&goid) {
+            return None;
+        }
+        self.lookup(goid, t).map(|(p, _, owner)| (p, owner))
+    }
+
+    fn lookup(&self, goid: i64, t: SystemTime) -> Option<(Interval, u8, i64)> {
+        if let Some(p) = self.index.interval_at(goid, t) {
+            return Some((*p, 0, goid));
         }
         let inh = self.inherited.get(&goid)?;
         let age = t.duration_since(inh.since).unwrap_or_default();
-        (age <= INHERIT_TTL).then_some((inh.parent, inh.depth))
+        (age <= INHERIT_TTL).then_some((inh.parent, inh.depth, inh.owner))
     }
 
     /// Goroutine `child` was created by `creator` at `t`.
     pub(crate) fn spawned(&mut self, creator: i64, child: i64, t: SystemTime) {
-        if let Some((parent, depth)) = self.lookup(creator, t)
+        if let Some((parent, depth, owner)) = self.lookup(creator, t)
             && depth < MAX_INHERIT_DEPTH
         {
             self.inherited.insert(
                 child,
                 Inherited {
                     parent,
+                    owner,
                     depth: depth + 1,
                     since: t,
                 },

@@ -55,8 +55,8 @@ pub use generation::ExperimentalBatch;
 pub use join::{JoinError, JoinIndex, LiveSpans, RecentSpans};
 pub use reader::{ReadStats, Reader};
 pub use spans::{
-    ENDED_TASKS_KEPT, HELD_EVENTS_MAX, HELD_TASKS_MAX, MAX_EVENTS_PER_SPAN, SpanOptions,
-    SpanSummary, reader_to_spans, trace_to_spans,
+    ENDED_TASKS_KEPT, HELD_EVENTS_MAX, HELD_TASKS_MAX, MAX_EVENTS_PER_SPAN, PERIOD_MIN_DEFAULT,
+    SpanOptions, SpanSummary, reader_to_spans, trace_to_spans,
 };
 
 /// No thread (Go's `NoThread`).

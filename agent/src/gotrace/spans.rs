@@ -38,6 +38,25 @@
 //!   goroutine range outside both, begun on a goroutine while one of the
 //!   agent's spans is open on it (or inherited by it: the trace shows which
 //!   goroutine created which), is that span's child, in its trace.
+//! - With a join, the time of each of the agent's spans the trace shows
+//!   (a request), on its goroutine and on the goroutines it created
+//!   (inherited, while the request lasts): each period a goroutine was
+//!   blocked (with the reason and the stack it blocked at), runnable
+//!   waiting for a CPU, or in a system call, at least
+//!   [`SpanOptions::period_min`] long, is a child span (`blocked: REASON`,
+//!   `runnable`, `syscall`; `trace.event.kind = period`) of the goroutine's
+//!   innermost region or task when it began, else of the request; every
+//!   period, short ones included, is summed on one `goroutine time` span
+//!   per request (`trace.event.kind = breakdown`, the request's child, over
+//!   the part of it the trace covers: `go.sched.wait_ns`, `go.block.ns` and
+//!   by reason, `go.syscall.ns`, `go.gc.assist_ns`, `go.goroutines`,
+//!   `go.goroutine.ids`, `go.periods.exported`, `go.periods.summed`). Child
+//!   spans rather than span events: a period has a duration, and Jaeger
+//!   draws a child span as a bar on the request's timeline, where the gap
+//!   it explains is, while an event is a tick with no length; the threshold
+//!   keeps the hundreds of sub-millisecond waits of a busy request out of
+//!   the tree (their sum is on the breakdown). GC assists are the `GC mark
+//!   assist` range spans already (any length), and summed too.
 //! - Times: wall clock from the generation's clock snapshot (Go 1.25+); for
 //!   older traces the first event is anchored to
 //!   [`SpanOptions::anchor_wall_time`] (default: now) and every span carries
@@ -63,7 +82,7 @@ use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use super::event::{Event, EventKind, Resource, Stack};
-use super::join::{JoinIndex, Joiner};
+use super::join::{Interval, JoinIndex, Joiner};
 use super::{DecodeError, IdMap, NO_GOROUTINE, NO_TASK, Reader, goroutine_state};
 
 /// Span events kept per span; more are counted as dropped.
@@ -76,6 +95,10 @@ pub const HELD_TASKS_MAX: usize = 1 << 9;
 /// Span events, in all, of the held ended tasks; beyond, the oldest held
 /// task is exported.
 pub const HELD_EVENTS_MAX: usize = 1 << 12;
+
+/// Default of [`SpanOptions::period_min`]: periods shorter than this are only
+/// summed.
+pub const PERIOD_MIN_DEFAULT: Duration = Duration::from_millis(1);
 
 /// Options for [`trace_to_spans`].
 #[derive(Debug, Clone)]
@@ -91,6 +114,10 @@ pub struct SpanOptions {
     /// or range outside any task) begun on a goroutine inside one of them
     /// becomes its child (see the `join` module).
     pub join: Option<Arc<JoinIndex>>,
+    /// With [`join`](Self::join): a joined request's goroutine periods
+    /// (blocked, runnable, in a syscall) at least this long become spans of
+    /// their own; all are summed on the request's `goroutine time` span.
+    pub period_min: Duration,
 }
 
 impl Default for SpanOptions {
@@ -100,6 +127,7 @@ impl Default for SpanOptions {
             max_frames: 16,
             extra_attributes: Vec::new(),
             join: None,
+            period_min: PERIOD_MIN_DEFAULT,
         }
     }
 }
@@ -127,6 +155,13 @@ pub struct SpanSummary {
     /// Spans made children of the agent's own spans
     /// ([`SpanOptions::join`]).
     pub joined: u64,
+    /// Goroutine periods of joined requests exported as spans (at least
+    /// [`SpanOptions::period_min`] long).
+    pub periods: u64,
+    /// Shorter periods of joined requests, only summed.
+    pub periods_summed: u64,
+    /// `goroutine time` spans: one per joined request the trace shows.
+    pub breakdowns: u64,
 }
 
 /// Decodes a trace and hands every span to `sink`. The mapping:
@@ -228,6 +263,10 @@ enum Kind {
     Task,
     Region,
     Range,
+    /// A goroutine period of a joined request (blocked, runnable, syscall).
+    Period,
+    /// A joined request's goroutine time, summed.
+    Breakdown,
 }
 
 impl Kind {
@@ -236,6 +275,8 @@ impl Kind {
             Kind::Task => "task",
             Kind::Region => "region",
             Kind::Range => "range",
+            Kind::Period => "period",
+            Kind::Breakdown => "breakdown",
         }
     }
 }
@@ -270,6 +311,17 @@ struct SchedTimes {
 }
 
 impl SchedTimes {
+    fn add(&mut self, state: u8, reason: &str, d: i64) {
+        match state {
+            goroutine_state::RUNNABLE => self.wait_ns += d,
+            goroutine_state::SYSCALL => self.syscall_ns += d,
+            _ => match self.block_ns.iter_mut().find(|(r, _)| r == reason) {
+                Some((_, n)) => *n += d,
+                None => self.block_ns.push((reason.to_string(), d)),
+            },
+        }
+    }
+
     fn attributes(&self, out: &mut Vec<KeyValue>) {
         if self.wait_ns > 0 {
             out.push(KeyValue::new("go.sched.wait_ns", self.wait_ns));
@@ -295,11 +347,39 @@ impl SchedTimes {
     }
 }
 
-/// A goroutine's current not-running period, while it has a task.
+/// A goroutine's current not-running period, while it has a task or is in
+/// a joined request.
 struct Period {
     state: u8,
     since: i64,
     reason: String,
+    /// The trace began with the goroutine in this state.
+    begin_missing: bool,
+    /// Its joined request, when it is in one.
+    detail: Option<Box<PeriodDetail>>,
+}
+
+/// Where a joined request's period goes.
+struct PeriodDetail {
+    /// The period span's parent: the goroutine's innermost region or task
+    /// when it began, else the request.
+    parent: (TraceId, SpanId),
+    /// The request (the agent's span) whose time it is, and the goroutine
+    /// it is open on.
+    request: Interval,
+    owner: i64,
+    /// The goroutine's stack when the period began.
+    stack: Vec<KeyValue>,
+}
+
+/// A joined request's goroutine time, summed over its goroutines.
+struct RequestTimes {
+    request: Interval,
+    owner: i64,
+    sched: SchedTimes,
+    goroutines: Vec<i64>,
+    exported: u64,
+    summed: u64,
 }
 
 /// An ended task held for late logs.
@@ -361,8 +441,11 @@ struct Mapper<'a> {
     g_tasks: IdMap<i64, Vec<u64>>,
     ranges: Vec<((Vec<u8>, Resource), Open)>,
     block_reason: IdMap<i64, String>,
-    /// Goroutines with a task not running: since when, in which state.
+    /// Goroutines with a task, or in a joined request, not running: since
+    /// when, in which state.
     periods: IdMap<i64, Period>,
+    /// Joined requests' goroutine time, by the request's span ID.
+    requests: IdMap<u64, RequestTimes>,
     /// Attributes derived from each stack of the current generation (stack
     /// IDs are per generation; cleared at each Sync).
     stack_cache: IdMap<u64, Vec<KeyValue>>,
@@ -402,6 +485,7 @@ impl<'a> Mapper<'a> {
             ranges: Vec::new(),
             block_reason: IdMap::default(),
             periods: IdMap::default(),
+            requests: IdMap::default(),
             stack_cache: IdMap::default(),
             summary: SpanSummary::default(),
             joiner,
@@ -571,6 +655,8 @@ impl<'a> Mapper<'a> {
             Kind::Task => self.summary.tasks += 1,
             Kind::Region => self.summary.regions += 1,
             Kind::Range => self.summary.ranges += 1,
+            Kind::Period => self.summary.periods += 1,
+            Kind::Breakdown => self.summary.breakdowns += 1,
         }
         self.summary.spans += 1;
         let end = end.max(o.start);
@@ -854,9 +940,8 @@ impl<'a> Mapper<'a> {
             if let Some(j) = self.joiner.as_mut() {
                 j.spawned(e.goroutine(), g, t);
             }
-            return;
         }
-        self.sched_period(g, s.from, s.to, e.time(), s.reason);
+        self.sched_period(g, &s, e.time(), e.goroutine());
         let (name, reason) =
             if s.to == goroutine_state::WAITING && s.from == goroutine_state::RUNNING {
                 let reason = lossy(s.reason);
@@ -890,38 +975,170 @@ impl<'a> Mapper<'a> {
         self.tasks.get_mut(&id)
     }
 
-    /// Adds a goroutine's not-running periods to its innermost task.
-    fn sched_period(&mut self, g: i64, from: u8, to: u8, t: i64, reason: &[u8]) {
-        use goroutine_state::{RUNNABLE, SYSCALL, WAITING};
-        if matches!(from, RUNNABLE | WAITING | SYSCALL)
+    /// Follows a goroutine's not-running periods: each is added to its
+    /// innermost task, and, when the goroutine is in a joined request, to
+    /// that request's sums and, if long enough, exported as a span.
+    fn sched_period(&mut self, g: i64, s: &super::event::StateTransition<'_>, t: i64, by: i64) {
+        use goroutine_state::{RUNNABLE, SYSCALL, UNDETERMINED, WAITING};
+        if matches!(s.from, RUNNABLE | WAITING | SYSCALL)
             && let Some(p) = self.periods.remove(&g)
-            && let Some(task) = self.task_of(g)
         {
-            let d = t.saturating_sub(p.since).max(0);
-            let s = task.sched.get_or_insert_with(Box::default);
-            match p.state {
-                RUNNABLE => s.wait_ns += d,
-                SYSCALL => s.syscall_ns += d,
-                _ => match s.block_ns.iter_mut().find(|(r, _)| *r == p.reason) {
-                    Some((_, n)) => *n += d,
-                    None => s.block_ns.push((p.reason, d)),
-                },
+            let by = (p.state == WAITING && s.to == RUNNABLE).then_some(by);
+            self.end_period(g, p, t, by, false);
+        }
+        if matches!(s.to, RUNNABLE | WAITING | SYSCALL) {
+            let detail = self.period_detail(g, t, &s.stack);
+            if detail.is_some() || self.task_of(g).is_some() {
+                let reason = if s.to == WAITING {
+                    lossy(s.reason)
+                } else {
+                    String::new()
+                };
+                self.periods.insert(
+                    g,
+                    Period {
+                        state: s.to,
+                        since: t,
+                        reason,
+                        begin_missing: s.from == UNDETERMINED,
+                        detail,
+                    },
+                );
             }
         }
-        if matches!(to, RUNNABLE | WAITING | SYSCALL) && self.task_of(g).is_some() {
-            let reason = if to == WAITING {
-                lossy(reason)
-            } else {
-                String::new()
+    }
+
+    /// The joined request goroutine `g` is in at `t`, with the period
+    /// span's parent and the goroutine's stack; `None` when not joining or
+    /// outside the agent's spans (an inherited request counts until it
+    /// ends).
+    fn period_detail(&mut self, g: i64, t: i64, stack: &Stack<'_>) -> Option<Box<PeriodDetail>> {
+        let wall = self.wall(t);
+        let (request, owner) = self.joiner.as_ref()?.request(g, wall)?;
+        if wall > request.end {
+            return None;
+        }
+        let parent = self
+            .context_ids(g)
+            .unwrap_or((request.trace_id, request.span_id));
+        let mut attrs = Vec::new();
+        self.stack_attrs(stack, &mut attrs);
+        Some(Box::new(PeriodDetail {
+            parent,
+            request,
+            owner,
+            stack: attrs,
+        }))
+    }
+
+    /// Ends a period at `t`: sums it into its goroutine's innermost task
+    /// (unless the trace ended first: `end_missing`), and into its joined
+    /// request, exported as a span if at least [`SpanOptions::period_min`]
+    /// long. `by`: the goroutine that unblocked it.
+    fn end_period(&mut self, g: i64, p: Period, t: i64, by: Option<i64>, end_missing: bool) {
+        use goroutine_state::{RUNNABLE, SYSCALL};
+        let d = t.saturating_sub(p.since).max(0);
+        if !end_missing && let Some(task) = self.task_of(g) {
+            task.sched
+                .get_or_insert_with(Box::default)
+                .add(p.state, &p.reason, d);
+        }
+        let Some(detail) = p.detail else { return };
+        let key = u64::from_be_bytes(detail.request.span_id.to_bytes());
+        let req = self.requests.entry(key).or_insert_with(|| RequestTimes {
+            request: detail.request,
+            owner: detail.owner,
+            sched: SchedTimes::default(),
+            goroutines: Vec::new(),
+            exported: 0,
+            summed: 0,
+        });
+        req.sched.add(p.state, &p.reason, d);
+        if !req.goroutines.contains(&g) {
+            req.goroutines.push(g);
+        }
+        if d < self.opts.period_min.as_nanos() as i64 {
+            req.summed += 1;
+            self.summary.periods_summed += 1;
+            return;
+        }
+        req.exported += 1;
+        let (name, state) = match p.state {
+            RUNNABLE => ("runnable".to_string(), "runnable"),
+            SYSCALL => ("syscall".to_string(), "syscall"),
+            _ if p.reason.is_empty() => ("blocked".to_string(), "blocked"),
+            _ => (format!("blocked: {}", p.reason), "blocked"),
+        };
+        let mut attrs = detail.stack;
+        attrs.push(KeyValue::new("go.period.state", state));
+        if state == "blocked" {
+            attrs.push(KeyValue::new("go.block.reason", p.reason));
+        }
+        if let Some(by) = by.filter(|b| *b != NO_GOROUTINE) {
+            attrs.push(KeyValue::new("go.unblocked_by.goroutine.id", by));
+        }
+        let o = Open {
+            trace_id: detail.parent.0,
+            span_id: self.ids.span(),
+            parent: detail.parent.1,
+            name,
+            kind: Kind::Period,
+            start: self.wall(p.since),
+            begin_missing: p.begin_missing,
+            goroutine: g,
+            attrs,
+            events: Vec::new(),
+            dropped_events: 0,
+            sched: None,
+        };
+        self.emit(o, self.wall(t), end_missing);
+    }
+
+    /// At the end of the trace: the periods still going on, then one
+    /// `goroutine time` span per joined request, child of the request,
+    /// over the part of it the trace covers, with its goroutines' sums.
+    fn finish_requests(&mut self) {
+        let mut open: Vec<(i64, Period)> = self
+            .periods
+            .drain()
+            .filter(|(_, p)| p.detail.is_some())
+            .collect();
+        open.sort_by_key(|(g, _)| *g);
+        for (g, p) in open {
+            self.end_period(g, p, self.last_time, None, true);
+        }
+        let mut reqs: Vec<RequestTimes> = self.requests.drain().map(|(_, r)| r).collect();
+        reqs.sort_by_key(|r| r.request.start);
+        let (first, last) = (self.first_wall, self.wall(self.last_time));
+        for mut r in reqs {
+            r.goroutines.sort_unstable();
+            let begin_missing = r.request.start < first;
+            let end_missing = r.request.end > last;
+            let mut attrs = vec![
+                KeyValue::new("go.goroutines", r.goroutines.len() as i64),
+                KeyValue::new(
+                    "go.goroutine.ids",
+                    Value::Array(Array::I64(r.goroutines.clone())),
+                ),
+                KeyValue::new("go.periods.exported", r.exported as i64),
+                KeyValue::new("go.periods.summed", r.summed as i64),
+            ];
+            r.sched.attributes(&mut attrs);
+            let o = Open {
+                trace_id: r.request.trace_id,
+                span_id: self.ids.span(),
+                parent: r.request.span_id,
+                name: "goroutine time".to_string(),
+                kind: Kind::Breakdown,
+                start: r.request.start.max(first),
+                begin_missing,
+                goroutine: r.owner,
+                attrs,
+                events: Vec::new(),
+                dropped_events: 0,
+                sched: None,
             };
-            self.periods.insert(
-                g,
-                Period {
-                    state: to,
-                    since: t,
-                    reason,
-                },
-            );
+            self.emit(o, r.request.end.min(last), end_missing);
         }
     }
 
@@ -980,11 +1197,29 @@ impl<'a> Mapper<'a> {
             if let Some(task) = self.task_of(g) {
                 task.sched.get_or_insert_with(Box::default).assist_ns += d;
             }
+            if let Some((request, owner)) = self.joiner.as_ref().and_then(|j| j.request(g, end))
+                && o.start <= request.end
+            {
+                let key = u64::from_be_bytes(request.span_id.to_bytes());
+                let req = self.requests.entry(key).or_insert_with(|| RequestTimes {
+                    request,
+                    owner,
+                    sched: SchedTimes::default(),
+                    goroutines: Vec::new(),
+                    exported: 0,
+                    summed: 0,
+                });
+                req.sched.assist_ns += d;
+                if !req.goroutines.contains(&g) {
+                    req.goroutines.push(g);
+                }
+            }
         }
         self.emit(o, self.wall(e.time()), false);
     }
 
     fn finish(&mut self) {
+        self.finish_requests();
         let end = self.wall(self.last_time);
         let mut gs: Vec<i64> = self.regions.keys().copied().collect();
         gs.sort_unstable();

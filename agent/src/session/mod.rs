@@ -62,6 +62,15 @@ const CHUNKS_PER_TURN: usize = 32;
 /// The size of the flight ring when no family asks for more.
 const SMALLEST_RING: u32 = 4096;
 
+/// Resolves when a flight-recorder dump's join wants the ring buffer
+/// drained now; never without a flight-recorder family.
+async fn drain_wanted(recent: Option<&crate::gotrace::RecentSpans>) {
+    match recent {
+        Some(recent) => recent.drain_wanted().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What a session is told.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
@@ -528,8 +537,10 @@ async fn trace(
         goroutines: &mut goroutines,
     };
 
+    let recent = sender.recent();
     let stop = loop {
         tokio::select! {
+            () = drain_wanted(recent.as_deref()) => {}
             _ = sigint.recv() => break Stop::Signal("SIGINT"),
             _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
             () = exit.exited() => break Stop::TargetExited,
@@ -563,8 +574,11 @@ async fn trace(
         // loop must still come back to signals, the target's exit and
         // housekeeping. What is left is drained on the next turn, which the
         // backlog's wakeup or the drain tick brings at once.
+        let drain_began = WallClock::monotonic_now_ns();
         if records.drain(families, &mut cx, CHUNKS_PER_TURN).await {
             drain_tick.reset_immediately();
+        } else if let Some(recent) = &recent {
+            recent.mark_drained(drain_began);
         }
     };
 
