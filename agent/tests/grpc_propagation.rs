@@ -259,3 +259,72 @@ fn without_propagate_grpc_calls_carry_nothing() {
             .all(|b| f.span.trace_id != b.span.trace_id)
     }));
 }
+
+/// The number right before `phrase` in `line`.
+fn number_before(line: &str, phrase: &str) -> u64 {
+    let at = line
+        .find(phrase)
+        .unwrap_or_else(|| panic!("{phrase:?} not in {line}"));
+    let digits: String = line[..at]
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number before {phrase:?} in {line}"))
+}
+
+/// Header blocks around HTTP/2's smallest maximum frame size (16,384
+/// bytes): those with room for the field carry it; those without, and
+/// those split into CONTINUATION frames, go out untouched; the counts by
+/// reason are what the back received.
+#[test]
+fn headers_without_room_go_out_untouched_and_counted() {
+    let services = start_services();
+    let front_receiver = Receiver::grpc();
+    let mut front_agent = attach(services.front_pid, &front_receiver, true);
+    let (from, to) = (16_150, 16_450);
+    let (status, body) = Connection::open(services.front).request_with(
+        "GET",
+        &format!("/front-pad?from={from}&to={to}"),
+        &[],
+        b"",
+    );
+    let body = String::from_utf8(body).expect("text");
+    assert_eq!(status, 200, "{body}");
+    let seen: Vec<_> = body
+        .lines()
+        .map(|l| {
+            let (n, tp) = l.split_once(' ').expect("n TP");
+            (n.parse::<u32>().expect("n"), tp.to_owned())
+        })
+        .collect();
+    assert_eq!(seen.len(), (to - from + 1) as usize, "{body}");
+    let sent = seen.iter().filter(|(_, tp)| tp != "none").count() as u64;
+    let untouched = seen.iter().filter(|(_, tp)| tp == "none").count() as u64;
+    // Larger blocks never carry it when a smaller one did not: one cut.
+    let first_untouched = seen.iter().position(|(_, tp)| tp == "none");
+    if let Some(cut) = first_untouched {
+        assert!(seen[cut..].iter().all(|(_, tp)| tp == "none"), "{body}");
+    }
+    for (_, tp) in seen.iter().filter(|(_, tp)| tp != "none") {
+        context(tp);
+    }
+    let exit = stop(&mut front_agent);
+    let injected = number_before(&exit, " gRPC calls; left untouched");
+    let continuation = number_before(
+        &exit,
+        " gRPC calls whose headers needed CONTINUATION frames",
+    );
+    let no_room = number_before(&exit, " whose HEADERS frame had no room");
+    assert_eq!(injected, sent, "{exit}");
+    assert_eq!(continuation + no_room, untouched, "{exit}");
+    assert!(sent > 0 && continuation > 0, "{exit}");
+    // The blocks grow a byte a call: 69 of them (the field's length) had
+    // no room (give or take the connection's first, whose block is larger).
+    assert!((68..=70).contains(&no_room), "{exit}");
+}
