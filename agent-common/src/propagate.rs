@@ -179,6 +179,9 @@ pub const STAT_TRACESTATE_SKIPPED: u32 = 9;
 /// An HTTP/2 request (a gRPC call) carried the context out (the HPACK
 /// field was appended to its HEADERS frame).
 pub const STAT_H2_INJECTED: u32 = 10;
+/// An HTTP/2 request made with net/http over plaintext HTTP/2 (h2c)
+/// carried the context out.
+pub const STAT_H2C_INJECTED: u32 = 13;
 /// An HTTP/2 request whose header block did not fit one HEADERS frame
 /// (END_HEADERS not set: CONTINUATION frames follow).
 pub const STAT_H2_CONTINUATION: u32 = 11;
@@ -186,4 +189,4 @@ pub const STAT_H2_CONTINUATION: u32 = 11;
 /// [`H2_MIN_MAX_FRAME`], or that a message holds only in part.
 pub const STAT_H2_NO_ROOM: u32 = 12;
 /// Number of counters.
-pub const STAT_COUNT: u32 = 13;
+pub const STAT_COUNT: u32 = 14;

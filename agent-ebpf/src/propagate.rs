@@ -606,7 +606,7 @@ fn msg(ctx: &SkMsgContext) {
     // SAFETY: copied out at once.
     let Some(out) = (unsafe { THREAD_CONTEXT.get(&pid_tgid) }).copied() else {
         // No HTTP/1 request starts here: HTTP/2 frames may.
-        crate::propagate_h2::msg(ctx, (pid_tgid >> 32) as u32);
+        crate::propagate_h2::msg(ctx, pid_tgid);
         return;
     };
     let _ = THREAD_CONTEXT.remove(&pid_tgid);

@@ -23,6 +23,16 @@
 //!    dynamic table is not touched) to the end of that stream's header
 //!    block, fixing the frame's length.
 //!
+//! net/http's own HTTP/2 without TLS (h2c) writes a request's HEADERS on
+//! one goroutine and flushes them at once: the probe on
+//! `(*http2clientStream).encodeAndWriteHeaders(req)` takes the request's
+//! context (from the HTTP client start), the one on
+//! `(*http2ClientConn).writeHeader(name, value)` sees every field it
+//! encodes (a `traceparent` of its own leaves the request alone), and the
+//! one on `(*http2ClientConn).writeHeaders(streamID, ...)` hands the
+//! context and the stream id to the thread (`H2C_THREAD`), whose next
+//! message the sk_msg program walks for that stream's HEADERS frame.
+//!
 //! A gRPC server span makes its ids like an HTTP one ([`server_start`]),
 //! adopting the call's `traceparent` (read by the grpc family's probe on
 //! the server's HEADERS, kept in `GRPC_INCOMING` until the call starts).
@@ -32,14 +42,15 @@ use agent_common::{
     grpc::{HEADER_FIELD_SIZE, MAX_HEADER_FIELDS},
     propagate::{
         H2_FIELD_LEN, H2_MIN_MAX_FRAME, KIND_GRPC_CLIENT_IDS, KIND_GRPC_SERVER_IDS,
-        STAT_H2_CONTINUATION, STAT_H2_INJECTED, STAT_H2_NO_ROOM, STAT_MAP_FULL, STAT_NOT_SEEN,
-        STAT_PRESENT, STAT_PUSH_FAILED, STAT_TOO_LONG, STAT_UNKNOWN_LAYOUT, SpanContext, StreamKey,
+        STAT_H2_CONTINUATION, STAT_H2_INJECTED, STAT_H2_NO_ROOM, STAT_H2C_INJECTED, STAT_MAP_FULL,
+        STAT_NOT_SEEN, STAT_PRESENT, STAT_PUSH_FAILED, STAT_TOO_LONG, STAT_UNKNOWN_LAYOUT,
+        SpanContext, StreamKey,
     },
     target::OFFSET_ABSENT,
 };
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::generated::bpf_msg_pull_data,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_msg_pull_data},
     macros::{map, uprobe},
     maps::{LruHashMap, PerCpuArray},
     programs::{ProbeContext, SkMsgContext},
@@ -48,7 +59,7 @@ use aya_ebpf::{
 use crate::{
     go::{Reg, goid, read_field, reg},
     propagate::{
-        GO_CONTEXT, GoKey, HEX, config, fresh, hex_byte, new_context, new_span_id,
+        GO_CONTEXT, GoKey, HEX, REQUEST_CONTEXT, config, fresh, hex_byte, new_context, new_span_id,
         parse_traceparent, sampled, stat, tgid, write_ids,
     },
     record::cookie,
@@ -116,10 +127,51 @@ pub static H2_CONNS: LruHashMap<StreamKey, u32> = LruHashMap::with_max_entries(8
 #[map]
 pub static GRPC_INCOMING: LruHashMap<IncomingKey, Incoming> = LruHashMap::with_max_entries(4096, 0);
 
+/// An h2c request's context, from `encodeAndWriteHeaders` to
+/// `writeHeaders` on its goroutine.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct H2cRequest {
+    pub ctx: SpanContext,
+    /// Non-zero: one of its fields is `traceparent`.
+    pub present: u32,
+    pub _pad: u32,
+}
+
+/// An h2c stream whose HEADERS frame the thread is about to send.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThreadStream {
+    pub ctx: SpanContext,
+    pub stream_id: u32,
+    pub _pad: u32,
+}
+
+/// By goroutine.
+#[map]
+pub static H2C_REQUESTS: LruHashMap<GoKey, H2cRequest> = LruHashMap::with_max_entries(8192, 0);
+
+/// By thread (`bpf_get_current_pid_tgid`).
+#[map]
+pub static H2C_THREAD: LruHashMap<u64, ThreadStream> = LruHashMap::with_max_entries(8192, 0);
+
 /// The HPACK field being appended, per CPU.
 #[repr(C)]
 pub struct FieldScratch {
     pub bytes: [u8; 72],
+    /// The context to send in the frame being changed.
+    pub ctx: SpanContext,
+    /// The h2c stream's context, and its stream id (0: none).
+    pub want_ctx: SpanContext,
+    pub want: u32,
+    /// Whether the connection has gRPC streams waiting; whether the h2c
+    /// stream's frame was found.
+    pub waiting: u32,
+    pub found: u32,
+    /// The walk's offset in the message, and the message's size.
+    pub off: u32,
+    pub size: u32,
+    pub _pad: u32,
 }
 
 #[map]
@@ -412,6 +464,93 @@ pub fn propagate_grpc_write_header(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Entry site of `net/http.(*http2clientStream).encodeAndWriteHeaders(req)`
+/// (RBX = the request): its context, if any, for the fields and the write
+/// that follow on this goroutine.
+#[uprobe]
+pub fn propagate_h2c_encode(ctx: ProbeContext) -> u32 {
+    let Some((go, _)) = goroutine(&ctx) else {
+        return 0;
+    };
+    let req = GoKey {
+        tgid: go.tgid,
+        _pad: 0,
+        goid: reg(&ctx, Reg::Rbx),
+    };
+    // SAFETY: copied out at once.
+    match (unsafe { REQUEST_CONTEXT.get(&req) }).copied() {
+        Some(out) => {
+            let pending = H2cRequest {
+                ctx: out,
+                present: 0,
+                _pad: 0,
+            };
+            if H2C_REQUESTS.insert(&go, &pending, BPF_ANY as u64).is_err() {
+                stat(STAT_MAP_FULL);
+            }
+        }
+        None => {
+            let _ = H2C_REQUESTS.remove(&go);
+        }
+    }
+    0
+}
+
+/// Entry site of `net/http.(*http2ClientConn).writeHeader(name, value)`
+/// (RBX:RCX = the name, lower case): a request that sends `traceparent`
+/// of its own is left as it is.
+#[uprobe]
+pub fn propagate_h2c_field(ctx: ProbeContext) -> u32 {
+    let Some((go, _)) = goroutine(&ctx) else {
+        return 0;
+    };
+    let Some(pending) = H2C_REQUESTS.get_ptr_mut(&go) else {
+        return 0;
+    };
+    if reg(&ctx, Reg::Rcx) != TRACEPARENT.len() as u64 {
+        return 0;
+    }
+    if read_field::<[u8; 11]>(reg(&ctx, Reg::Rbx), 0) == Some(TRACEPARENT) {
+        // SAFETY: the map's value, from the lookup; only this goroutine's
+        // probes write it, and they run one at a time.
+        unsafe { (*pending).present = 1 };
+    }
+    0
+}
+
+/// Entry site of `net/http.(*http2ClientConn).writeHeaders(streamID, ...)`
+/// (RBX = the stream id): the request's context goes to this thread, which
+/// writes and flushes the frames before it returns. A context still there
+/// from an earlier request never reached the socket program on it.
+#[uprobe]
+pub fn propagate_h2c_write(ctx: ProbeContext) -> u32 {
+    let Some((go, _)) = goroutine(&ctx) else {
+        return 0;
+    };
+    // SAFETY: copied out at once.
+    let Some(pending) = (unsafe { H2C_REQUESTS.get(&go) }).copied() else {
+        return 0;
+    };
+    let _ = H2C_REQUESTS.remove(&go);
+    if pending.present != 0 {
+        stat(STAT_PRESENT);
+        return 0;
+    }
+    let thread = bpf_get_current_pid_tgid();
+    if H2C_THREAD.remove(&thread).is_ok() {
+        stat(STAT_NOT_SEEN);
+    }
+    let stream = ThreadStream {
+        ctx: pending.ctx,
+        stream_id: reg(&ctx, Reg::Rbx) as u32,
+        _pad: 0,
+    };
+    if H2C_THREAD.insert(&thread, &stream, BPF_ANY as u64).is_err() {
+        stat(STAT_MAP_FULL);
+    }
+    0
+}
+
 /// A gRPC server call's HEADERS frame (decoded on `transport`'s reader)
 /// carries `traceparent` `value` (`len` bytes in all): kept, when valid,
 /// for the call's start.
@@ -496,10 +635,32 @@ pub fn server_start(
 }
 
 /// The sk_msg program's HTTP/2 part, for a message with no HTTP/1 request
-/// to start: on a connection with a stream waiting, walks its frames and
-/// appends `traceparent` to each waiting stream's HEADERS frame.
+/// to start: from a thread with an h2c stream to send, or on a connection
+/// with a gRPC stream waiting, walks its frames and appends `traceparent`
+/// to each such stream's HEADERS frame. An h2c stream whose frame is not
+/// in the thread's next message is counted as not seen.
 #[inline(always)]
-pub fn msg(ctx: &SkMsgContext, tgid: u32) {
+pub fn msg(ctx: &SkMsgContext, pid_tgid: u64) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(scratch) = H2_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's value; the program runs to its end on this CPU
+    // (sk_msg programs run with migration off).
+    let s = unsafe { &mut *scratch };
+    // The walk's state lives in the map's memory, read back at each step:
+    // the verifier then sees every step alike (a value loaded from a map is
+    // unknown to it) instead of following each path through the frames
+    // apart.
+    // SAFETY: copied out at once.
+    match (unsafe { H2C_THREAD.get(&pid_tgid) }).copied() {
+        Some(t) => {
+            let _ = H2C_THREAD.remove(&pid_tgid);
+            s.want_ctx = t.ctx;
+            put(&mut s.want, t.stream_id);
+        }
+        None => put(&mut s.want, 0),
+    }
     // SAFETY: the program's own context.
     let md = unsafe { &*ctx.msg };
     let local_port = md.local_port;
@@ -517,41 +678,90 @@ pub fn msg(ctx: &SkMsgContext, tgid: u32) {
         remote_port,
     };
     // SAFETY: a lookup whose value is not used.
-    if unsafe { H2_CONNS.get(&conn) }.is_none() {
+    let waiting = unsafe { H2_CONNS.get(&conn) }.is_some();
+    put(&mut s.waiting, u32::from(waiting));
+    if get(&s.want) == 0 && get(&s.waiting) == 0 {
         return;
     }
-    let mut size = ctx.size();
-    let mut off: u32 = 0;
+    put(&mut s.found, 0);
+    put(&mut s.off, 0);
+    put(&mut s.size, ctx.size());
     for _ in 0..MAX_FRAMES {
-        if off + FRAME_HEADER_LEN > size {
+        step(ctx, s, conn);
+        if get(&s.off) == u32::MAX {
             break;
         }
-        let Some(h) = pull::<9>(ctx, off) else {
-            break;
-        };
-        if off == 0 && h[..4] == *b"PRI " {
-            off = PREFACE_LEN;
-            continue;
-        }
-        let len = (u32::from(h[0]) << 16) | (u32::from(h[1]) << 8) | u32::from(h[2]);
-        let kind = h[3];
-        if kind > 9 || len > (1 << 24) - 1 {
-            // Not a frame: not HTTP/2, or a message that starts inside one.
-            break;
-        }
-        if kind == FRAME_HEADERS {
-            let stream_id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+    }
+    if get(&s.want) != 0 && get(&s.found) == 0 {
+        stat(STAT_NOT_SEEN);
+    }
+}
+
+#[inline(always)]
+fn put(slot: &mut u32, value: u32) {
+    // SAFETY: a plain store to memory the caller owns.
+    unsafe { core::ptr::write_volatile(slot, value) }
+}
+
+#[inline(always)]
+fn get(slot: &u32) -> u32 {
+    // SAFETY: a plain load of memory the caller owns.
+    unsafe { core::ptr::read_volatile(slot) }
+}
+
+/// One frame of the walk: `s.off` is where it starts (`u32::MAX` once the
+/// walk is over).
+#[inline(always)]
+fn step(ctx: &SkMsgContext, s: &mut FieldScratch, conn: StreamKey) {
+    let off = get(&s.off);
+    let size = get(&s.size);
+    if off == u32::MAX || off > size || size - off < FRAME_HEADER_LEN {
+        put(&mut s.off, u32::MAX);
+        return;
+    }
+    let Some(h) = pull::<9>(ctx, off) else {
+        put(&mut s.off, u32::MAX);
+        return;
+    };
+    if off == 0 && h[..4] == *b"PRI " {
+        put(&mut s.off, PREFACE_LEN);
+        return;
+    }
+    let len = (u32::from(h[0]) << 16) | (u32::from(h[1]) << 8) | u32::from(h[2]);
+    if h[3] > 9 {
+        // Not a frame: not HTTP/2, or a message that starts inside one.
+        put(&mut s.off, u32::MAX);
+        return;
+    }
+    let mut next = off + FRAME_HEADER_LEN + len;
+    if h[3] == FRAME_HEADERS {
+        let stream_id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+        let want = get(&s.want);
+        let counter = if want != 0 && stream_id == want {
+            put(&mut s.found, 1);
+            s.ctx = s.want_ctx;
+            Some(STAT_H2C_INJECTED)
+        } else if get(&s.waiting) != 0 {
             let key = StreamKey { stream_id, ..conn };
             // SAFETY: copied out at once.
-            if let Some(out) = (unsafe { H2_STREAMS.get(&key) }).copied() {
-                let _ = H2_STREAMS.remove(&key);
-                let added = append(ctx, off, len, h[4], size, &out);
-                off += added;
-                size += added;
+            match (unsafe { H2_STREAMS.get(&key) }).copied() {
+                Some(out) => {
+                    let _ = H2_STREAMS.remove(&key);
+                    s.ctx = out;
+                    Some(STAT_H2_INJECTED)
+                }
+                None => None,
             }
+        } else {
+            None
+        };
+        if let Some(counter) = counter {
+            let added = append(ctx, s, off, len, h[4], size, counter);
+            put(&mut s.size, size + added);
+            next += added;
         }
-        off += FRAME_HEADER_LEN + len;
     }
+    put(&mut s.off, next);
 }
 
 /// The `N` bytes at `off` of the message, or `None`.
@@ -580,7 +790,15 @@ fn pull<const N: usize>(ctx: &SkMsgContext, off: u32) -> Option<[u8; N]> {
 /// `len` bytes, `flags`) of a message of `size` bytes; returns the bytes
 /// added (0 when it was left as it is, counted by reason).
 #[inline(always)]
-fn append(ctx: &SkMsgContext, off: u32, len: u32, flags: u8, size: u32, out: &SpanContext) -> u32 {
+fn append(
+    ctx: &SkMsgContext,
+    s: &mut FieldScratch,
+    off: u32,
+    len: u32,
+    flags: u8,
+    size: u32,
+    counter: u32,
+) -> u32 {
     if flags & FLAG_END_HEADERS == 0 {
         stat(STAT_H2_CONTINUATION);
         return 0;
@@ -605,12 +823,9 @@ fn append(ctx: &SkMsgContext, off: u32, len: u32, flags: u8, size: u32, out: &Sp
     }
     // The header block ends where the padding starts.
     let at = end - pad;
-    let Some(scratch) = H2_SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's value; the program runs to its end on this CPU.
-    let field = unsafe { &mut (*scratch).bytes };
-    fill_field(field, out);
+    let out = s.ctx;
+    let field = &mut s.bytes;
+    fill_field(field, &out);
     if ctx.push_data(at, H2_FIELD_LEN as u32, 0).is_err() {
         stat(STAT_PUSH_FAILED);
         return 0;
@@ -627,7 +842,7 @@ fn append(ctx: &SkMsgContext, off: u32, len: u32, flags: u8, size: u32, out: &Sp
         stat(STAT_PUSH_FAILED);
         return H2_FIELD_LEN as u32;
     }
-    stat(STAT_H2_INJECTED);
+    stat(counter);
     H2_FIELD_LEN as u32
 }
 

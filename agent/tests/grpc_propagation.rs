@@ -158,10 +158,7 @@ fn grpc_calls_carry_the_client_span_to_the_callee() {
     let mut front_agent = attach(services.front_pid, &front_receiver, true);
     for agent in [&mut back_agent, &mut front_agent] {
         let line = agent.wait_for_stderr(START_LINE, Duration::from_secs(5));
-        assert!(
-            line.contains("net/http HTTP/2 (h2c): no") && line.contains("TLS: no"),
-            "{line}"
-        );
+        assert!(line.contains("TLS: no"), "{line}");
     }
 
     // 1. No trace context comes in: the agents make one trace.
@@ -222,13 +219,13 @@ fn grpc_calls_carry_the_client_span_to_the_callee() {
     // The counts by reason.
     assert!(
         front_exit.contains(
-            "trace context sent in 0 HTTP/1.1 requests (0 with the caller's tracestate, 0 tracestates not sent) and 1 gRPC calls; left untouched: 0 gRPC calls whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 1 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
+            "trace context sent in 0 HTTP/1.1 requests (0 with the caller's tracestate, 0 tracestates not sent), 1 gRPC calls and 0 h2c requests; left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 1 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
         ),
         "{front_exit}"
     );
     assert!(
         back_exit.contains(
-            "and 2 gRPC calls; left untouched: 0 gRPC calls whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 0 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
+            "2 gRPC calls and 0 h2c requests; left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 0 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
         ),
         "{back_exit}"
     );
@@ -315,10 +312,10 @@ fn headers_without_room_go_out_untouched_and_counted() {
         context(tp);
     }
     let exit = stop(&mut front_agent);
-    let injected = number_before(&exit, " gRPC calls; left untouched");
+    let injected = number_before(&exit, " gRPC calls and");
     let continuation = number_before(
         &exit,
-        " gRPC calls whose headers needed CONTINUATION frames",
+        " HTTP/2 requests whose headers needed CONTINUATION frames",
     );
     let no_room = number_before(&exit, " whose HEADERS frame had no room");
     assert_eq!(injected, sent, "{exit}");

@@ -22,8 +22,9 @@ pub mod plan;
 use agent_common::{
     propagate::{
         PropagateConfig, STAT_COUNT, STAT_H2_CONTINUATION, STAT_H2_INJECTED, STAT_H2_NO_ROOM,
-        STAT_INJECTED, STAT_MAP_FULL, STAT_NOT_SEEN, STAT_PRESENT, STAT_PUSH_FAILED, STAT_TLS,
-        STAT_TOO_LONG, STAT_TRACESTATE, STAT_TRACESTATE_SKIPPED, STAT_UNKNOWN_LAYOUT,
+        STAT_H2C_INJECTED, STAT_INJECTED, STAT_MAP_FULL, STAT_NOT_SEEN, STAT_PRESENT,
+        STAT_PUSH_FAILED, STAT_TLS, STAT_TOO_LONG, STAT_TRACESTATE, STAT_TRACESTATE_SKIPPED,
+        STAT_UNKNOWN_LAYOUT,
     },
     target::OFFSET_ABSENT,
 };
@@ -132,6 +133,7 @@ pub fn start_line(
     lockdown: Option<&str>,
     http1: Result<(), &str>,
     grpc: Result<(), &str>,
+    h2c: Result<(), &str>,
 ) -> String {
     let tls = match lockdown {
         Some(mode) if mode != "none" => format!(
@@ -152,8 +154,12 @@ pub fn start_line(
         Ok(()) => "gRPC calls over plaintext HTTP/2 (traceparent appended to the HEADERS frame; not the tracestate)".to_owned(),
         Err(why) => format!("gRPC: no ({why})"),
     };
+    let h2c = match h2c {
+        Ok(()) => "net/http HTTP/2 requests without TLS (h2c; traceparent appended to the HEADERS frame; not the tracestate)".to_owned(),
+        Err(why) => format!("h2c: no ({why})"),
+    };
     format!(
-        "propagation: trace context goes into {http1}; {grpc} (sk_msg, sockops on {}); net/http HTTP/2 (h2c): no (not done yet); {tls}",
+        "propagation: trace context goes into {http1}; {grpc}; {h2c} (sk_msg, sockops on {}); {tls}",
         cgroup.display()
     )
 }
@@ -200,6 +206,11 @@ impl Family for Propagation {
             }
             sites.push(("propagate_grpc_write_header", g.write_header.file_offset, 3));
         }
+        if let Ok(h) = &self.plan.h2c {
+            sites.push(("propagate_h2c_encode", h.encode.file_offset, 4));
+            sites.push(("propagate_h2c_field", h.field.file_offset, 5));
+            sites.push(("propagate_h2c_write", h.write.file_offset, 6));
+        }
         let (parent_based, sample_bound) = self.sampler.kernel_rule();
         probes.set_array(
             CONFIG_MAP,
@@ -208,7 +219,7 @@ impl Family for Propagation {
                 active: 1,
                 parent_based: u32::from(parent_based),
                 sample_bound,
-                g_goid: grpc.map_or(OFFSET_ABSENT, |g| g.g_goid),
+                g_goid: self.plan.g_goid.unwrap_or(OFFSET_ABSENT),
                 client_local_addr: grpc.map_or(OFFSET_ABSENT, |g| g.local_addr),
                 client_remote_addr: grpc.map_or(OFFSET_ABSENT, |g| g.remote_addr),
                 tcp_addr_port: grpc.map_or(OFFSET_ABSENT, |g| g.tcp_port),
@@ -228,6 +239,7 @@ impl Family for Propagation {
                 cgroup::lockdown().as_deref(),
                 self.plan.http1.as_ref().map(|_| ()).map_err(String::as_str),
                 grpc_state,
+                self.plan.h2c.as_ref().map(|_| ()).map_err(String::as_str),
             )
         );
         Ok(())
@@ -260,6 +272,7 @@ impl Family for Propagation {
         out.extend([
             Counter::count("propagated", c.get(STAT_INJECTED)),
             Counter::count("propagated_grpc", c.get(STAT_H2_INJECTED)),
+            Counter::count("propagated_h2c", c.get(STAT_H2C_INJECTED)),
             Counter::count(
                 "propagation_skipped_h2_continuation",
                 c.get(STAT_H2_CONTINUATION),
@@ -289,11 +302,12 @@ impl Family for Propagation {
     fn summary(&self) -> Option<String> {
         let c = &self.counts;
         Some(format!(
-            "trace context sent in {} HTTP/1.1 requests ({} with the caller's tracestate, {} tracestates not sent) and {} gRPC calls; left untouched: {} gRPC calls whose headers needed CONTINUATION frames, {} whose HEADERS frame had no room, {} over TLS, {} with a traceparent already, {} with headers too long to check, {} refused by the kernel, {} not seen on a traced connection, {} of unknown layout, {} contexts not kept (map full)",
+            "trace context sent in {} HTTP/1.1 requests ({} with the caller's tracestate, {} tracestates not sent), {} gRPC calls and {} h2c requests; left untouched: {} HTTP/2 requests whose headers needed CONTINUATION frames, {} whose HEADERS frame had no room, {} over TLS, {} with a traceparent already, {} with headers too long to check, {} refused by the kernel, {} not seen on a traced connection, {} of unknown layout, {} contexts not kept (map full)",
             c.get(STAT_INJECTED),
             c.get(STAT_TRACESTATE),
             c.get(STAT_TRACESTATE_SKIPPED),
             c.get(STAT_H2_INJECTED),
+            c.get(STAT_H2C_INJECTED),
             c.get(STAT_H2_CONTINUATION),
             c.get(STAT_H2_NO_ROOM),
             c.get(STAT_TLS),

@@ -7,7 +7,11 @@
 //!   (entry and `ret` sites, on the caller's goroutine) and
 //!   `(*loopyWriter).writeHeader` (entry, on the connection's writer
 //!   goroutine), with the offsets of `http2Client.localAddr`/`.remoteAddr`
-//!   and `net.TCPAddr.Port` (`agent-ebpf/src/propagate_h2.rs` says why).
+//!   and `net.TCPAddr.Port` (`agent-ebpf/src/propagate_h2.rs` says why);
+//! - h2c (net/http's own HTTP/2 without TLS): the entries of
+//!   `(*http2clientStream).encodeAndWriteHeaders`,
+//!   `(*http2ClientConn).writeHeader` and `(*http2ClientConn).writeHeaders`,
+//!   on the goroutine that writes the request's HEADERS.
 
 use iced_x86::Register;
 
@@ -21,6 +25,12 @@ pub const CREATE_HEADER_FIELDS: &str =
 /// RBX: the stream id; RDI:RSI: the fields.
 pub const WRITE_HEADER: &str =
     "google.golang.org/grpc/internal/transport.(*loopyWriter).writeHeader";
+/// RBX: the request.
+pub const H2C_ENCODE: &str = "net/http.(*http2clientStream).encodeAndWriteHeaders";
+/// RBX:RCX: a field's name.
+pub const H2C_FIELD: &str = "net/http.(*http2ClientConn).writeHeader";
+/// RBX: the stream id.
+pub const H2C_WRITE: &str = "net/http.(*http2ClientConn).writeHeaders";
 const HTTP2_CLIENT: &str = "google.golang.org/grpc/internal/transport.http2Client";
 const TCP_ADDR: &str = "net.TCPAddr";
 
@@ -47,6 +57,24 @@ pub const PROBES: &[BuiltinProbe] = &[
         name: "grpc.client.write_header",
         function: WRITE_HEADER,
         preserve: &[Register::RBX, Register::RDI, Register::RSI],
+        fields: &[],
+    },
+    BuiltinProbe {
+        name: "http2.client.encode",
+        function: H2C_ENCODE,
+        preserve: &[Register::RBX],
+        fields: &[("runtime.g", "goid")],
+    },
+    BuiltinProbe {
+        name: "http2.client.field",
+        function: H2C_FIELD,
+        preserve: &[Register::RBX, Register::RCX],
+        fields: &[],
+    },
+    BuiltinProbe {
+        name: "http2.client.write_headers",
+        function: H2C_WRITE,
+        preserve: &[Register::RBX],
         fields: &[],
     },
 ];
@@ -79,15 +107,26 @@ pub struct GrpcSites {
     pub fields_start: ProbeSite,
     pub fields_ends: Vec<ProbeSite>,
     pub write_header: ProbeSite,
-    pub g_goid: u64,
     pub local_addr: u64,
     pub remote_addr: u64,
     pub tcp_port: u64,
 }
 
+/// The h2c probes.
+#[derive(Clone, Debug)]
+pub struct H2cSites {
+    pub encode: ProbeSite,
+    pub field: ProbeSite,
+    pub write: ProbeSite,
+}
+
 /// What carries context out of one binary.
 #[derive(Clone, Debug)]
 pub struct PropagatePlan {
+    /// `runtime.g.goid`, for the HTTP/2 probes.
+    pub g_goid: Option<u64>,
+    /// h2c requests (net/http's own HTTP/2 without TLS).
+    pub h2c: Result<H2cSites, String>,
     /// HTTP/1 requests: the site of `(*Request).write`.
     pub http1: Result<ProbeSite, String>,
     /// gRPC calls; `None`: the binary has no grpc-go client.
@@ -97,7 +136,7 @@ pub struct PropagatePlan {
 impl PropagatePlan {
     /// Whether anything carries context.
     pub fn any(&self) -> bool {
-        self.http1.is_ok() || matches!(self.grpc, Some(Ok(_)))
+        self.http1.is_ok() || matches!(self.grpc, Some(Ok(_))) || self.h2c.is_ok()
     }
 }
 
@@ -150,7 +189,6 @@ fn grpc_sites(bin: &GoBinary) -> Result<GrpcSites, PlanError> {
         fields_start,
         fields_ends,
         write_header,
-        g_goid: offset(bin, "runtime.g", "goid")?,
         local_addr: offset(bin, HTTP2_CLIENT, "localAddr")?,
         remote_addr: offset(bin, HTTP2_CLIENT, "remoteAddr")?,
         tcp_port: offset(bin, TCP_ADDR, "Port")?,
@@ -165,8 +203,35 @@ pub fn plan(bin: &GoBinary) -> PropagatePlan {
         }
         e => error_chain(&e),
     });
-    let grpc = bin
-        .function(CREATE_HEADER_FIELDS)
-        .map(|_| grpc_sites(bin).map_err(|e| error_chain(&e)));
-    PropagatePlan { http1, grpc }
+    // Both HTTP/2 parts key their contexts by goroutine.
+    let g_goid = offset(bin, "runtime.g", "goid");
+    let grpc = bin.function(CREATE_HEADER_FIELDS).map(|_| {
+        g_goid
+            .as_ref()
+            .map_err(|e| error_chain(e))
+            .and_then(|_| grpc_sites(bin).map_err(|e| error_chain(&e)))
+    });
+    let h2c = match &g_goid {
+        Ok(_) => h2c_sites(bin).map_err(|e| match e {
+            PlanError::NoFunction { function } => {
+                format!("the program makes no HTTP/2 requests with net/http ({function} not found)")
+            }
+            e => error_chain(&e),
+        }),
+        Err(e) => Err(error_chain(e)),
+    };
+    PropagatePlan {
+        g_goid: g_goid.ok(),
+        http1,
+        grpc,
+        h2c,
+    }
+}
+
+fn h2c_sites(bin: &GoBinary) -> Result<H2cSites, PlanError> {
+    Ok(H2cSites {
+        encode: entry(bin, H2C_ENCODE, &[Register::RBX])?,
+        field: entry(bin, H2C_FIELD, &[Register::RBX, Register::RCX])?,
+        write: entry(bin, H2C_WRITE, &[Register::RBX])?,
+    })
 }
