@@ -9,7 +9,7 @@ use crate::{
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 33] = [
+pub const KINDS: [u32; 35] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -37,6 +37,8 @@ pub const KINDS: [u32; 33] = [
     syscalls::KIND_SYSCALL_SOURCE,
     propagate::KIND_SERVER_IDS,
     propagate::KIND_CLIENT_IDS,
+    propagate::KIND_GRPC_SERVER_IDS,
+    propagate::KIND_GRPC_CLIENT_IDS,
     crate::net::KIND_TLS_START,
     crate::net::KIND_TLS_END,
     crate::net::KIND_DNS_START,

@@ -16,6 +16,13 @@ pub const KIND_SERVER_IDS: u32 = 46;
 /// `EventHeader::kind` of a [`SpanIds`] record for an HTTP client span
 /// (`key`: the `*http.Request` of its start record).
 pub const KIND_CLIENT_IDS: u32 = 47;
+/// `EventHeader::kind` of a [`SpanIds`] record for a gRPC server span
+/// (`key`: the stream of its start record; `parent_id`: the caller's span
+/// when the kernel adopted the call's `traceparent`).
+pub const KIND_GRPC_SERVER_IDS: u32 = 56;
+/// `EventHeader::kind` of a [`SpanIds`] record for a gRPC client span
+/// (`key`: the `*ClientConn` of its start record).
+pub const KIND_GRPC_CLIENT_IDS: u32 = 57;
 
 /// The ids the kernel made for the span whose start record precedes this
 /// one (same goroutine, same `ktime_ns`).
@@ -101,9 +108,40 @@ pub struct PropagateConfig {
     /// big-endian and shifted right by one, are below this (`1 << 63`:
     /// always; 0: never).
     pub sample_bound: u64,
+    /// `runtime.g.goid`, for the HTTP/2 probes.
+    pub g_goid: u64,
+    /// grpc's `transport.http2Client.localAddr` and `.remoteAddr` (each a
+    /// `net.Addr`), and `net.TCPAddr.Port`: the connection a client stream
+    /// goes out on, as the sk_msg program sees it (its ports).
+    pub client_local_addr: u64,
+    pub client_remote_addr: u64,
+    pub tcp_addr_port: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<PropagateConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<PropagateConfig>() == 48);
+
+/// A client HTTP/2 stream of a traced process, as both the probe on the
+/// writer of its HEADERS frame and the sk_msg program see it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamKey {
+    pub tgid: u32,
+    pub stream_id: u32,
+    /// The connection's local and remote TCP ports (host order).
+    pub local_port: u32,
+    pub remote_port: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<StreamKey>() == 16);
+
+/// Bytes of the HPACK field the sk_msg program appends to a HEADERS frame:
+/// `0x00` (literal without indexing, new name), the name's length (11),
+/// `traceparent`, the value's length (55), the value.
+pub const H2_FIELD_LEN: usize = 1 + 1 + 11 + 1 + 55;
+/// The largest frame payload every HTTP/2 peer accepts
+/// (SETTINGS_MAX_FRAME_SIZE's minimum): a HEADERS frame that would grow
+/// past it is left as it is.
+pub const H2_MIN_MAX_FRAME: u32 = 16_384;
 
 /// Bytes of an outgoing message the sk_msg program looks at for the
 /// request line and the header block.
@@ -138,5 +176,17 @@ pub const STAT_TRACESTATE: u32 = 8;
 /// (counted once, when it arrives), or, for one request, gone (its server
 /// span ended) or refused by the kernel (its `traceparent` went out).
 pub const STAT_TRACESTATE_SKIPPED: u32 = 9;
+/// An HTTP/2 request (a gRPC call) carried the context out (the HPACK
+/// field was appended to its HEADERS frame).
+pub const STAT_H2_INJECTED: u32 = 10;
+/// An HTTP/2 request made with net/http over plaintext HTTP/2 (h2c)
+/// carried the context out.
+pub const STAT_H2C_INJECTED: u32 = 13;
+/// An HTTP/2 request whose header block did not fit one HEADERS frame
+/// (END_HEADERS not set: CONTINUATION frames follow).
+pub const STAT_H2_CONTINUATION: u32 = 11;
+/// An HTTP/2 request whose HEADERS frame would grow past
+/// [`H2_MIN_MAX_FRAME`], or that a message holds only in part.
+pub const STAT_H2_NO_ROOM: u32 = 12;
 /// Number of counters.
-pub const STAT_COUNT: u32 = 10;
+pub const STAT_COUNT: u32 = 14;

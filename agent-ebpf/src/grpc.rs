@@ -195,6 +195,7 @@ fn operate_headers(ctx: &ProbeContext, frame: u64) {
             0
         }
     };
+    crate::propagate_h2::incoming(cookie, transport, stream_id, &rec.value, rec.len);
     let now = rec.header.ktime_ns;
     submit(entry, now);
 }
@@ -248,14 +249,20 @@ fn server_start(ctx: &ProbeContext) {
             0
         }
     };
+    let hdr = rec.header;
+    let stream_id = rec.stream_id;
     let now = rec.header.ktime_ns;
     submit(entry, now);
+    crate::propagate_h2::server_start(cookie, &hdr, stream, transport, stream_id);
 }
 
 fn server_end(ctx: &ProbeContext) {
     let Some((cookie, _, goid)) = begin(ctx) else {
         return;
     };
+    if crate::propagate::enabled(cookie) {
+        crate::propagate::server_end(cookie, goid);
+    }
     let Some(mut entry) = reserve::<GrpcServerEnd>(KIND_GRPC_SERVER_END) else {
         return;
     };
@@ -337,8 +344,10 @@ fn client_start<const STREAM: bool>(ctx: &ProbeContext) {
         }
     };
     rec.target_len = read_string(conn, off.conn_target, &mut rec.target).unwrap_or(0);
+    let hdr = rec.header;
     let now = rec.header.ktime_ns;
     submit(entry, now);
+    crate::propagate_h2::client_start(cookie, &hdr, conn);
 }
 
 #[inline(always)]
@@ -366,6 +375,7 @@ fn client_end<const STREAM: bool>(ctx: &ProbeContext) {
             }
         }
     };
+    crate::propagate_h2::client_end(cookie, goid, !STREAM);
     let Some(mut entry) = reserve::<GrpcClientEnd>(KIND_GRPC_CLIENT_END) else {
         return;
     };

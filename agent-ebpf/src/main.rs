@@ -22,6 +22,7 @@ mod http_server;
 mod maps;
 mod net;
 mod propagate;
+mod propagate_h2;
 mod record;
 mod runtime;
 mod sql;

@@ -151,7 +151,7 @@ pub struct MsgScratch {
 pub static PROPAGATE_SCRATCH: PerCpuArray<MsgScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn stat(index: u32) {
+pub(crate) fn stat(index: u32) {
     if let Some(counter) = PROPAGATE_STATS.get_ptr_mut(index) {
         // SAFETY: this CPU's value, from the lookup; per-CPU values are never
         // touched concurrently.
@@ -167,7 +167,7 @@ pub fn enabled(cookie: u64) -> bool {
 
 /// The target's configuration, when propagation is on for it.
 #[inline(always)]
-fn config(cookie: u64) -> Option<&'static PropagateConfig> {
+pub(crate) fn config(cookie: u64) -> Option<&'static PropagateConfig> {
     PROPAGATE_CONFIG
         .get(target_slot(cookie))
         .filter(|c| c.active != 0)
@@ -177,7 +177,7 @@ fn config(cookie: u64) -> Option<&'static PropagateConfig> {
 /// as `Sampler::should_sample` without a remote parent), so the flags sent
 /// on say what the agent exports.
 #[inline(always)]
-fn sampled(config: &PropagateConfig, trace: &[u8; 16]) -> u8 {
+pub(crate) fn sampled(config: &PropagateConfig, trace: &[u8; 16]) -> u8 {
     let low = u64::from_be_bytes([
         trace[8], trace[9], trace[10], trace[11], trace[12], trace[13], trace[14], trace[15],
     ]);
@@ -185,7 +185,7 @@ fn sampled(config: &PropagateConfig, trace: &[u8; 16]) -> u8 {
 }
 
 #[inline(always)]
-fn tgid() -> u32 {
+pub(crate) fn tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
@@ -205,7 +205,7 @@ fn random_bytes<const N: usize>(out: &mut [u8; N]) {
 
 /// Random non-zero ids (W3C: all zeros is invalid).
 #[inline(always)]
-fn new_span_id() -> [u8; 8] {
+pub(crate) fn new_span_id() -> [u8; 8] {
     let mut id = [0u8; 8];
     random_bytes(&mut id);
     if id == [0; 8] {
@@ -215,7 +215,13 @@ fn new_span_id() -> [u8; 8] {
 }
 
 #[inline(always)]
-fn write_ids(header: &EventHeader, kind: u32, key: u64, ctx: &SpanContext, parent: [u8; 8]) {
+pub(crate) fn write_ids(
+    header: &EventHeader,
+    kind: u32,
+    key: u64,
+    ctx: &SpanContext,
+    parent: [u8; 8],
+) {
     let Some(mut entry) = reserve::<SpanIds>(kind) else {
         return;
     };
@@ -232,6 +238,27 @@ fn write_ids(header: &EventHeader, kind: u32, key: u64, ctx: &SpanContext, paren
     submit(entry, now);
 }
 
+/// A new trace's context: random ids, flags by the sampler.
+#[inline(always)]
+pub(crate) fn new_context(config: &PropagateConfig, now_ns: u64) -> SpanContext {
+    let mut ctx = SpanContext {
+        trace_id: [0; 16],
+        span_id: new_span_id(),
+        flags: 1,
+        depth: 0,
+        adopted: 0,
+        _pad: [0; 5],
+        since_ns: now_ns,
+        state_key: 0,
+    };
+    random_bytes(&mut ctx.trace_id);
+    if ctx.trace_id == [0; 16] {
+        ctx.trace_id[15] = 1;
+    }
+    ctx.flags = sampled(config, &ctx.trace_id);
+    ctx
+}
+
 /// A server span started on `header.goid` (its start record already
 /// written, with `header`): makes its ids, keeps them as the goroutine's
 /// context and writes them for the agent (`key`: the response).
@@ -240,21 +267,7 @@ pub fn server_start(cookie: u64, header: &EventHeader, key: u64, kind: u32) {
     let Some(config) = config(cookie) else {
         return;
     };
-    let mut ctx = SpanContext {
-        trace_id: [0; 16],
-        span_id: new_span_id(),
-        flags: 1,
-        depth: 0,
-        adopted: 0,
-        _pad: [0; 5],
-        since_ns: header.ktime_ns,
-        state_key: 0,
-    };
-    random_bytes(&mut ctx.trace_id);
-    if ctx.trace_id == [0; 16] {
-        ctx.trace_id[15] = 1;
-    }
-    ctx.flags = sampled(config, &ctx.trace_id);
+    let ctx = new_context(config, header.ktime_ns);
     let go = GoKey {
         tgid: tgid(),
         _pad: 0,
@@ -276,7 +289,7 @@ fn hex_digit(c: u8) -> Option<u8> {
 }
 
 #[inline(always)]
-fn hex_byte(v: &[u8; 56], at: usize) -> Option<u8> {
+pub(crate) fn hex_byte(v: &[u8; 56], at: usize) -> Option<u8> {
     Some(hex_digit(v[at])? << 4 | hex_digit(v[at + 1])?)
 }
 
@@ -284,7 +297,7 @@ fn hex_byte(v: &[u8; 56], at: usize) -> Option<u8> {
 /// length; `v`: its first bytes), by the rules the agent's parser follows
 /// (`spans::traceparent::parse`).
 #[inline(always)]
-fn parse_traceparent(v: &[u8; 56], len: u32) -> Option<([u8; 16], u8)> {
+pub(crate) fn parse_traceparent(v: &[u8; 56], len: u32) -> Option<([u8; 16], u8)> {
     if len < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
@@ -450,7 +463,7 @@ pub fn inherit(cookie: u64, creator: u64, child: u64) {
 }
 
 #[inline(always)]
-fn fresh(ctx: &SpanContext, now: u64) -> bool {
+pub(crate) fn fresh(ctx: &SpanContext, now: u64) -> bool {
     ctx.depth == 0 || now.saturating_sub(ctx.since_ns) <= INHERIT_TTL_NS
 }
 
@@ -592,6 +605,8 @@ fn msg(ctx: &SkMsgContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out at once.
     let Some(out) = (unsafe { THREAD_CONTEXT.get(&pid_tgid) }).copied() else {
+        // No HTTP/1 request starts here: HTTP/2 frames may.
+        crate::propagate_h2::msg(ctx, pid_tgid);
         return;
     };
     let _ = THREAD_CONTEXT.remove(&pid_tgid);
@@ -876,7 +891,7 @@ fn scan(s: &mut MsgScratch) {
     s.line_end = line_end as u32;
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+pub(crate) const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// `traceparent: 00-{trace}-{span}-{flags}\r\n`.
 #[inline(always)]

@@ -36,7 +36,7 @@ use support::{
 };
 
 /// What the start line says on this host.
-const START_LINE: &str = "propagation: trace context (traceparent, and the caller's tracestate) goes into plaintext HTTP/1.1 requests";
+const START_LINE: &str = "propagation: trace context goes into plaintext HTTP/1.1 requests (traceparent, and the caller's tracestate)";
 
 /// The trace context `/front-own` sends of its own (see the fixture).
 const OWN_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -216,7 +216,8 @@ fn requests_carry_the_client_span_to_the_callee() {
     for agent in [&mut back_agent, &mut front_agent] {
         let line = agent.wait_for_stderr(START_LINE, Duration::from_secs(5));
         assert!(
-            line.contains("HTTP/2 and gRPC: no") && line.contains("TLS: no"),
+            line.contains("gRPC: no (the program makes no grpc-go client calls)")
+                && line.contains("TLS: no"),
             "{line}"
         );
     }
@@ -320,12 +321,12 @@ fn requests_carry_the_client_span_to_the_callee() {
 
     assert!(
         front_exit.contains(
-            "trace context sent in 2 requests (1 with the caller's tracestate, 0 tracestates not sent); left untouched: 0 over TLS, 1 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
+            "trace context sent in 2 HTTP/1.1 requests (1 with the caller's tracestate, 0 tracestates not sent), 0 gRPC calls and 0 h2c requests; left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 1 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
         ),
         "{front_exit}"
     );
     assert!(
-        back_exit.contains("trace context sent in 3 requests (1 with the caller's tracestate, 0 tracestates not sent); left untouched: 0 over TLS, 0 with a traceparent already"),
+        back_exit.contains("trace context sent in 3 HTTP/1.1 requests (1 with the caller's tracestate, 0 tracestates not sent), 0 gRPC calls and 0 h2c requests; left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 0 with a traceparent already"),
         "{back_exit}"
     );
 }
@@ -394,7 +395,10 @@ fn with_no_cgroup2_mounted_the_agent_mounts_its_own() {
     let received = get(services.front, "/front", &[]);
     let (trace, sent) = sent_context(&received);
     let exit = stop(&mut agent);
-    assert!(exit.contains("trace context sent in 1 requests"), "{exit}");
+    assert!(
+        exit.contains("trace context sent in 1 HTTP/1.1 requests"),
+        "{exit}"
+    );
     let spans = receiver.wait_for_spans(2, Duration::from_secs(10));
     let client = find(
         &spans,

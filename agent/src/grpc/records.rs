@@ -1,9 +1,12 @@
 //! Decoding the grpc family's ring-buffer records, viewed in place.
 
-use agent_common::grpc::{
-    GrpcClientEnd, GrpcClientStart, GrpcServerEnd, GrpcServerStart, GrpcServerStatus,
-    GrpcTraceparent, KIND_GRPC_CLIENT_END, KIND_GRPC_CLIENT_START, KIND_GRPC_SERVER_END,
-    KIND_GRPC_SERVER_START, KIND_GRPC_SERVER_STATUS, KIND_GRPC_TRACEPARENT,
+use agent_common::{
+    grpc::{
+        GrpcClientEnd, GrpcClientStart, GrpcServerEnd, GrpcServerStart, GrpcServerStatus,
+        GrpcTraceparent, KIND_GRPC_CLIENT_END, KIND_GRPC_CLIENT_START, KIND_GRPC_SERVER_END,
+        KIND_GRPC_SERVER_START, KIND_GRPC_SERVER_STATUS, KIND_GRPC_TRACEPARENT,
+    },
+    propagate::{KIND_GRPC_CLIENT_IDS, KIND_GRPC_SERVER_IDS, SpanIds},
 };
 
 use crate::ringbuf::record::{RecordError, kind, view};
@@ -16,6 +19,8 @@ pub const KINDS: &[u32] = &[
     KIND_GRPC_CLIENT_START,
     KIND_GRPC_CLIENT_END,
     KIND_GRPC_TRACEPARENT,
+    KIND_GRPC_SERVER_IDS,
+    KIND_GRPC_CLIENT_IDS,
 ];
 
 /// A decoded record.
@@ -27,6 +32,10 @@ pub enum GrpcRecord<'a> {
     ClientStart(&'a GrpcClientStart),
     ClientEnd(&'a GrpcClientEnd),
     Traceparent(&'a GrpcTraceparent),
+    /// The ids the kernel made for a server span (`--propagate`).
+    ServerIds(&'a SpanIds),
+    /// The ids the kernel made for a client span, the ones it sends.
+    ClientIds(&'a SpanIds),
 }
 
 /// Decodes one record of this family.
@@ -39,6 +48,8 @@ pub fn decode(bytes: &[u8]) -> Result<GrpcRecord<'_>, RecordError> {
         KIND_GRPC_CLIENT_START => Ok(GrpcRecord::ClientStart(view(bytes, kind)?)),
         KIND_GRPC_CLIENT_END => Ok(GrpcRecord::ClientEnd(view(bytes, kind)?)),
         KIND_GRPC_TRACEPARENT => Ok(GrpcRecord::Traceparent(view(bytes, kind)?)),
+        KIND_GRPC_SERVER_IDS => Ok(GrpcRecord::ServerIds(view(bytes, kind)?)),
+        KIND_GRPC_CLIENT_IDS => Ok(GrpcRecord::ClientIds(view(bytes, kind)?)),
         kind => Err(RecordError::UnknownKind { kind }),
     }
 }

@@ -7,9 +7,12 @@ use std::{
     collections::{HashMap, VecDeque},
 };
 
-use agent_common::grpc::{
-    CODE_NOT_STATUS, GrpcClientEnd, GrpcClientStart, GrpcServerEnd, GrpcServerStart,
-    GrpcServerStatus, GrpcTraceparent,
+use agent_common::{
+    grpc::{
+        CODE_NOT_STATUS, GrpcClientEnd, GrpcClientStart, GrpcServerEnd, GrpcServerStart,
+        GrpcServerStatus, GrpcTraceparent,
+    },
+    propagate::SpanIds,
 };
 use opentelemetry::{
     InstrumentationScope,
@@ -293,6 +296,59 @@ impl GrpcSpanBuilder {
                 out(span);
             }
         }
+    }
+
+    /// The ids the kernel made for the server span open on the record's
+    /// goroutine, the ones it sends on in the calls made under it
+    /// (`--propagate`): the span is exported with exactly those, and with
+    /// the caller as its parent only when the kernel adopted the caller's
+    /// trace too.
+    pub fn on_server_ids(&mut self, g: &mut Goroutines, rec: &SpanIds) {
+        if rec.trace_id == [0; 16] || rec.span_id == [0; 8] {
+            return;
+        }
+        let key = (rec.header.target, rec.header.goid);
+        let Some(open) = self
+            .server
+            .get_mut(&key)
+            .filter(|open| open.stream == rec.key)
+        else {
+            return;
+        };
+        let old = open.span_id;
+        open.trace_id = TraceId::from_bytes(rec.trace_id);
+        open.span_id = SpanId::from_bytes(rec.span_id);
+        open.flags = rec.flags;
+        open.parent = (rec.parent_id != [0; 8]).then(|| RemoteParent {
+            trace_id: open.trace_id,
+            span_id: SpanId::from_bytes(rec.parent_id),
+            flags: rec.flags,
+        });
+        g.reassign(
+            key,
+            old,
+            ParentSpan {
+                trace_id: open.trace_id,
+                span_id: open.span_id,
+                flags: open.flags,
+            },
+        );
+    }
+
+    /// The ids the kernel made for the client call open on the record's
+    /// goroutine, the ones its `traceparent` carries (`--propagate`).
+    pub fn on_client_ids(&mut self, rec: &SpanIds) {
+        if rec.trace_id == [0; 16] || rec.span_id == [0; 8] {
+            return;
+        }
+        let key = (rec.header.target, rec.header.goid);
+        let Some(open) = self.client.get_mut(&key) else {
+            return;
+        };
+        open.trace_id = TraceId::from_bytes(rec.trace_id);
+        open.span_id = SpanId::from_bytes(rec.span_id);
+        open.parent = (rec.parent_id != [0; 8]).then(|| SpanId::from_bytes(rec.parent_id));
+        open.flags = rec.flags;
     }
 
     pub fn on_server_status(&mut self, rec: &GrpcServerStatus) {

@@ -1,12 +1,14 @@
 //! Trace context into outgoing requests (`--propagate`): every plaintext
-//! HTTP/1.1 request a traced Go program sends while a server span is open on
-//! the sending goroutine (or inherited by it) carries a `traceparent`
-//! naming its CLIENT span, so that the callee's spans join the caller's
-//! trace. Nothing in the target's memory is written (kernel lockdown
-//! refuses that): the header line goes into the bytes on their way to the
-//! socket (`agent-ebpf/src/propagate.rs` says how).
+//! HTTP/1.1 request and every gRPC call over plaintext HTTP/2 a traced Go
+//! program sends while a server span (HTTP or gRPC) is open on the sending
+//! goroutine (or inherited by it) carries a `traceparent` naming its CLIENT
+//! span, so that the callee's spans join the caller's trace. Nothing in the
+//! target's memory is written (kernel lockdown refuses that): the header
+//! line, or the HPACK field, goes into the bytes on their way to the socket
+//! (`agent-ebpf/src/propagate.rs` and `propagate_h2.rs` say how).
 //!
-//! - [`plan`]: the probe on `net/http.(*Request).write`;
+//! - [`plan`]: the probe on `net/http.(*Request).write`, and grpc-go's
+//!   `createHeaderFields` and `writeHeader`;
 //! - [`cgroup`]: the cgroup2 hierarchy the sockops program is attached to,
 //!   and the kernel's lockdown mode for the start line.
 //!
@@ -17,14 +19,18 @@
 pub mod cgroup;
 pub mod plan;
 
-use agent_common::propagate::{
-    PropagateConfig, STAT_COUNT, STAT_INJECTED, STAT_MAP_FULL, STAT_NOT_SEEN, STAT_PRESENT,
-    STAT_PUSH_FAILED, STAT_TLS, STAT_TOO_LONG, STAT_TRACESTATE, STAT_TRACESTATE_SKIPPED,
-    STAT_UNKNOWN_LAYOUT,
+use agent_common::{
+    propagate::{
+        PropagateConfig, STAT_COUNT, STAT_H2_CONTINUATION, STAT_H2_INJECTED, STAT_H2_NO_ROOM,
+        STAT_H2C_INJECTED, STAT_INJECTED, STAT_MAP_FULL, STAT_NOT_SEEN, STAT_PRESENT,
+        STAT_PUSH_FAILED, STAT_TLS, STAT_TOO_LONG, STAT_TRACESTATE, STAT_TRACESTATE_SKIPPED,
+        STAT_UNKNOWN_LAYOUT,
+    },
+    target::OFFSET_ABSENT,
 };
 
 use crate::{
-    binary::{ProbeSite, error_chain},
+    binary::error_chain,
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
@@ -41,8 +47,9 @@ pub const NAME: &str = "propagation";
 pub const FAMILY: FamilyEntry = FamilyEntry {
     name: NAME,
     probes: plan::PROBES,
-    // It carries the context of HTTP spans into HTTP requests.
-    categories: &[Category::Http],
+    // It carries the context of HTTP and gRPC spans into HTTP requests and
+    // gRPC calls.
+    categories: &[Category::Http, Category::Grpc],
     plan: plan_family,
 };
 
@@ -58,23 +65,28 @@ fn plan_family(ctx: &PlanContext<'_>) -> Plan {
     let Ok(bin) = ctx.go else {
         return Plan::Nothing;
     };
-    match plan::plan(bin) {
-        Ok(site) => Plan::Ready(Box::new(Propagation {
-            site,
-            sampler: ctx.options.sampler,
-            links: Vec::new(),
-            counts: Counts::default(),
-            attached: false,
-        })),
-        Err(err) => Plan::Absent {
+    let plan = plan::plan(bin);
+    if !plan.any() {
+        let grpc = match &plan.grpc {
+            Some(Err(why)) => format!("; gRPC: {why}"),
+            _ => String::new(),
+        };
+        return Plan::Absent {
             why: format!(
-                "--propagate: PID {} sends no trace context: {}",
+                "--propagate: PID {} sends no trace context: {}{grpc}",
                 ctx.target.pid,
-                error_chain(&err)
+                plan.http1.as_ref().err().map_or("", String::as_str),
             ),
             level: log::Level::Warn,
-        },
+        };
     }
+    Plan::Ready(Box::new(Propagation {
+        plan,
+        sampler: ctx.options.sampler,
+        links: Vec::new(),
+        counts: Counts::default(),
+        attached: false,
+    }))
 }
 
 /// The kernel's counters, summed over CPUs (`STAT_*`).
@@ -90,7 +102,7 @@ impl Counts {
 /// The family, planned for one process.
 #[derive(Debug)]
 pub struct Propagation {
-    site: ProbeSite,
+    plan: plan::PropagatePlan,
     /// Whose decisions the flags sent on carry.
     sampler: Sampler,
     links: Vec<LinkHandle>,
@@ -114,8 +126,15 @@ impl Propagation {
     }
 }
 
-/// The start line: what carries context on this host, and why not the rest.
-pub fn start_line(cgroup: &std::path::Path, lockdown: Option<&str>) -> String {
+/// The start line: what carries context on this host (and for this
+/// program: `http1`, `grpc`), and why not the rest.
+pub fn start_line(
+    cgroup: &std::path::Path,
+    lockdown: Option<&str>,
+    http1: Result<(), &str>,
+    grpc: Result<(), &str>,
+    h2c: Result<(), &str>,
+) -> String {
     let tls = match lockdown {
         Some(mode) if mode != "none" => format!(
             "TLS: no (kernel lockdown={mode} refuses memory writes, and a socket program sees TLS bytes encrypted)"
@@ -125,8 +144,22 @@ pub fn start_line(cgroup: &std::path::Path, lockdown: Option<&str>) -> String {
         None => "TLS: no (lockdown unknown; memory writes are not done; a socket program sees TLS bytes encrypted)"
             .to_owned(),
     };
+    let http1 = match http1 {
+        Ok(()) => {
+            "plaintext HTTP/1.1 requests (traceparent, and the caller's tracestate)".to_owned()
+        }
+        Err(why) => format!("HTTP/1.1: no ({why})"),
+    };
+    let grpc = match grpc {
+        Ok(()) => "gRPC calls over plaintext HTTP/2 (traceparent appended to the HEADERS frame; not the tracestate)".to_owned(),
+        Err(why) => format!("gRPC: no ({why})"),
+    };
+    let h2c = match h2c {
+        Ok(()) => "net/http HTTP/2 requests without TLS (h2c; traceparent appended to the HEADERS frame; not the tracestate)".to_owned(),
+        Err(why) => format!("h2c: no ({why})"),
+    };
     format!(
-        "propagation: trace context (traceparent, and the caller's tracestate) goes into plaintext HTTP/1.1 requests (sk_msg, sockops on {}); HTTP/2 and gRPC: no (not done yet); {tls}",
+        "propagation: trace context goes into {http1}; {grpc}; {h2c} (sk_msg, sockops on {}); {tls}",
         cgroup.display()
     )
 }
@@ -153,13 +186,31 @@ impl Family for Propagation {
         probes.set_hash(PIDS_MAP, target.pid, 0u32)?;
         probes.attach_sock_ops(NAME, "propagate_sockops", &root)?;
         probes.attach_sk_msg(NAME, "propagate_msg", SOCKETS_MAP)?;
-        self.links = probes.attach_sites(
-            NAME,
-            &target.exe_path,
-            target.pid,
-            0,
-            [("propagate_request_write", self.site.file_offset, 0)],
-        )?;
+        let mut sites = Vec::new();
+        if let Ok(site) = &self.plan.http1 {
+            sites.push(("propagate_request_write", site.file_offset, 0));
+            log::debug!(
+                "{NAME}: request writes at {:#x}: {}",
+                site.address,
+                site.instruction
+            );
+        }
+        let grpc = match &self.plan.grpc {
+            Some(Ok(g)) => Some(g),
+            _ => None,
+        };
+        if let Some(g) = grpc {
+            sites.push(("propagate_grpc_fields_start", g.fields_start.file_offset, 1));
+            for ret in &g.fields_ends {
+                sites.push(("propagate_grpc_fields_end", ret.file_offset, 2));
+            }
+            sites.push(("propagate_grpc_write_header", g.write_header.file_offset, 3));
+        }
+        if let Ok(h) = &self.plan.h2c {
+            sites.push(("propagate_h2c_encode", h.encode.file_offset, 4));
+            sites.push(("propagate_h2c_field", h.field.file_offset, 5));
+            sites.push(("propagate_h2c_write", h.write.file_offset, 6));
+        }
         let (parent_based, sample_bound) = self.sampler.kernel_rule();
         probes.set_array(
             CONFIG_MAP,
@@ -168,14 +219,28 @@ impl Family for Propagation {
                 active: 1,
                 parent_based: u32::from(parent_based),
                 sample_bound,
+                g_goid: self.plan.g_goid.unwrap_or(OFFSET_ABSENT),
+                client_local_addr: grpc.map_or(OFFSET_ABSENT, |g| g.local_addr),
+                client_remote_addr: grpc.map_or(OFFSET_ABSENT, |g| g.remote_addr),
+                tcp_addr_port: grpc.map_or(OFFSET_ABSENT, |g| g.tcp_port),
             },
         )?;
+        self.links = probes.attach_sites(NAME, &target.exe_path, target.pid, 0, sites)?;
         self.attached = true;
-        log::info!("{}", start_line(&root, cgroup::lockdown().as_deref()));
-        log::debug!(
-            "{NAME}: request writes at {:#x}: {}",
-            self.site.address,
-            self.site.instruction
+        let grpc_state = match &self.plan.grpc {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(why)) => Err(why.as_str()),
+            None => Err("the program makes no grpc-go client calls"),
+        };
+        log::info!(
+            "{}",
+            start_line(
+                &root,
+                cgroup::lockdown().as_deref(),
+                self.plan.http1.as_ref().map(|_| ()).map_err(String::as_str),
+                grpc_state,
+                self.plan.h2c.as_ref().map(|_| ()).map_err(String::as_str),
+            )
         );
         Ok(())
     }
@@ -206,6 +271,13 @@ impl Family for Propagation {
         let c = &self.counts;
         out.extend([
             Counter::count("propagated", c.get(STAT_INJECTED)),
+            Counter::count("propagated_grpc", c.get(STAT_H2_INJECTED)),
+            Counter::count("propagated_h2c", c.get(STAT_H2C_INJECTED)),
+            Counter::count(
+                "propagation_skipped_h2_continuation",
+                c.get(STAT_H2_CONTINUATION),
+            ),
+            Counter::count("propagation_skipped_h2_no_room", c.get(STAT_H2_NO_ROOM)),
             Counter::count("propagation_skipped_tls", c.get(STAT_TLS)),
             Counter::count("propagation_skipped_present", c.get(STAT_PRESENT)),
             Counter::count("propagation_skipped_headers_too_long", c.get(STAT_TOO_LONG)),
@@ -230,10 +302,14 @@ impl Family for Propagation {
     fn summary(&self) -> Option<String> {
         let c = &self.counts;
         Some(format!(
-            "trace context sent in {} requests ({} with the caller's tracestate, {} tracestates not sent); left untouched: {} over TLS, {} with a traceparent already, {} with headers too long to check, {} refused by the kernel, {} not seen on a traced connection, {} of unknown layout, {} contexts not kept (map full)",
+            "trace context sent in {} HTTP/1.1 requests ({} with the caller's tracestate, {} tracestates not sent), {} gRPC calls and {} h2c requests; left untouched: {} HTTP/2 requests whose headers needed CONTINUATION frames, {} whose HEADERS frame had no room, {} over TLS, {} with a traceparent already, {} with headers too long to check, {} refused by the kernel, {} not seen on a traced connection, {} of unknown layout, {} contexts not kept (map full)",
             c.get(STAT_INJECTED),
             c.get(STAT_TRACESTATE),
             c.get(STAT_TRACESTATE_SKIPPED),
+            c.get(STAT_H2_INJECTED),
+            c.get(STAT_H2C_INJECTED),
+            c.get(STAT_H2_CONTINUATION),
+            c.get(STAT_H2_NO_ROOM),
             c.get(STAT_TLS),
             c.get(STAT_PRESENT),
             c.get(STAT_TOO_LONG),

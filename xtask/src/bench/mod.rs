@@ -85,9 +85,14 @@ pub enum Which {
         #[arg(long, default_value_t = 16)]
         connections: u32,
     },
-    /// `/client` of the hops fixture (one HTTP/1.1 call): untraced, traced,
-    /// traced with `--propagate` (what sending trace context costs).
+    /// `/client` of the hops fixture (one HTTP/1.1 call), or with
+    /// `--protocol grpc` `/front-plain` of the grpcprop fixture (one gRPC
+    /// call over plaintext HTTP/2): untraced, traced, traced with
+    /// `--propagate` (what sending trace context costs).
     Propagate {
+        /// `http1` or `grpc`.
+        #[arg(long, default_value = "http1")]
+        protocol: String,
         /// Alternating rounds per configuration.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
@@ -164,10 +169,11 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             connections,
         } => sampling::sampling(rounds, seconds, connections),
         Which::Propagate {
+            protocol,
             rounds,
             seconds,
             connections,
-        } => propagate::propagate(rounds, seconds, connections),
+        } => propagate::propagate(&protocol, rounds, seconds, connections),
     }
 }
 
@@ -295,8 +301,10 @@ struct TracedRound {
     lost_records: u64,
     /// Spans lost after the kernel: export queue, export, ends without start.
     lost_spans: u64,
-    /// Requests that carried trace context out (`--propagate`).
+    /// Requests that carried trace context out (`--propagate`): HTTP/1.1,
+    /// gRPC.
     propagated: u64,
+    propagated_grpc: u64,
     /// Requests whose context was never seen on a traced connection.
     propagation_not_seen: u64,
 }
@@ -372,6 +380,7 @@ fn traced_round(
             + value("dropped_export_failed")
             + value("unmatched_ends"),
         propagated: value("propagated"),
+        propagated_grpc: value("propagated_grpc"),
         propagation_not_seen: value("propagation_skipped_not_seen"),
     })
 }
