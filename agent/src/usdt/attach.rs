@@ -109,15 +109,41 @@ pub struct UsdtSite {
 }
 
 /// The site table: site index (cookie low 32 bits, `EventHeader::site`) to
-/// the probe attached there. One per loaded eBPF object.
-#[derive(Debug, Default)]
+/// the probe attached there, for one target. Its indexes are the target's
+/// share of `USDT_SPECS`: all of it in an object of its own, a range of its
+/// own in an object several targets share.
+#[derive(Debug)]
 pub struct UsdtSites {
     sites: Vec<Option<UsdtSite>>,
+    /// The indexes it hands out: `first..end`.
+    first: u32,
+    end: u32,
+}
+
+impl Default for UsdtSites {
+    fn default() -> Self {
+        Self {
+            sites: Vec::new(),
+            first: 0,
+            end: USDT_MAX_SITES,
+        }
+    }
 }
 
 impl UsdtSites {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The share of target slot `slot` in an object of `slots` targets.
+    pub fn share(slot: u32, slots: u32) -> Self {
+        let per_slot = USDT_MAX_SITES / slots.max(1);
+        let first = slot.saturating_mul(per_slot).min(USDT_MAX_SITES);
+        Self {
+            sites: Vec::new(),
+            first,
+            end: first.saturating_add(per_slot).min(USDT_MAX_SITES),
+        }
     }
 
     /// The site with index `index`, while attached.
@@ -137,19 +163,16 @@ impl UsdtSites {
     }
 
     fn allocate(&mut self, site: UsdtSite) -> Result<u32, UsdtAttachError> {
-        let index = match self.sites.iter().position(Option::is_none) {
-            Some(free) => free,
-            None if self.sites.len() < USDT_MAX_SITES as usize => {
-                self.sites.push(None);
-                self.sites.len() - 1
-            }
-            None => return Err(UsdtAttachError::SitesFull(USDT_MAX_SITES)),
-        };
-        self.sites[index] = Some(UsdtSite {
-            index: index as u32,
-            ..site
-        });
-        Ok(index as u32)
+        let sites = &self.sites;
+        let index = (self.first..self.end)
+            .find(|&i| sites.get(i as usize).is_none_or(Option::is_none))
+            .ok_or(UsdtAttachError::SitesFull(self.end - self.first))?;
+        let at = index as usize;
+        if self.sites.len() <= at {
+            self.sites.resize(at + 1, None);
+        }
+        self.sites[at] = Some(UsdtSite { index, ..site });
+        Ok(index)
     }
 
     fn release(&mut self, index: u32) {
@@ -162,7 +185,7 @@ impl UsdtSites {
 /// Errors attaching USDT probes.
 #[derive(Debug, thiserror::Error)]
 pub enum UsdtAttachError {
-    #[error("all {0} USDT sites are in use")]
+    #[error("all {0} USDT sites of this target are in use")]
     SitesFull(u32),
     #[error(transparent)]
     Probe(#[from] ProbeError),
