@@ -26,7 +26,7 @@ use std::{cell::RefCell, rc::Rc, time::Instant};
 use agent_common::{event::MAX_KIND, target::MAX_TARGETS};
 use opentelemetry_sdk::Resource;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::{JoinHandle, LocalSet},
 };
 
@@ -37,7 +37,7 @@ use super::{
 };
 use crate::{
     clock::WallClock,
-    export::{BatchConfig, ExportConfig, Pipeline, SpanSender},
+    export::{BatchConfig, ExportConfig, Pipeline, SpanSender, StreamCounts},
     family::{FAMILIES, Family, FamilyError, RecordContext},
     probes::{DetachedLink, KernelStats, LoadOptions, Probes, StatsReader},
     resource::ProcessInfo,
@@ -45,6 +45,10 @@ use crate::{
     spans::Goroutines,
     target::{ExitWatch, Target, TargetError},
 };
+
+/// How often a stopped target's spans are looked at until the pipeline has
+/// delivered or failed them all.
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Lets a held target run, once its probes are attached.
 pub type Release = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
@@ -197,8 +201,9 @@ struct Traced {
     process: ProcessInfo,
     families: Vec<Box<dyn Family>>,
     table: [u8; MAX_KIND as usize + 1],
-    pipeline: Pipeline,
+    /// Its spans go into the shared pipeline under its own resource.
     sender: SpanSender,
+    counts: StreamCounts,
     goroutines: Goroutines,
     /// Records routed to it.
     records: u64,
@@ -250,7 +255,7 @@ impl Traced {
                     events_written: self.records,
                     ..KernelStats::default()
                 },
-                export: self.pipeline.snapshot(),
+                export: self.counts.snapshot(),
                 bad_records: self.bad,
             },
             &self.families,
@@ -296,8 +301,12 @@ struct Hub {
     next_generation: u64,
     /// Records whose slot names no target, or unreadable.
     unrouted: u64,
-    options: SessionOptions,
-    export: ExportConfig,
+    /// The one export pipeline, and a sender each target's derives from.
+    pipeline: Pipeline,
+    sender: SpanSender,
+    /// Set once the pipeline has shut down: what a target's stream still
+    /// lacks then is lost.
+    pipeline_closed: watch::Sender<bool>,
     exits: SlotChannel,
     /// Stopped targets whose uprobes are all gone: (slot, generation).
     reaped: SlotChannel,
@@ -316,6 +325,15 @@ impl Hub {
         let reader = RingBufReader::new(probes.take_ring_buffer(crate::probes::EVENTS_MAP)?)
             .map_err(SessionError::RingBuffer)?;
         let stats = probes.take_stats()?;
+        let pipeline = Pipeline::start(
+            &export,
+            &Resource::builder_empty().build(),
+            BatchConfig {
+                queue_capacity: options.export_queue,
+                ..BatchConfig::default().with(&export.batch)
+            },
+        )?;
+        let sender = pipeline.sender();
         let detached = Detached::default();
         let sink = detached.clone();
         probes.detach_elsewhere(Box::new(move |link| sink.borrow_mut().push(link)));
@@ -326,8 +344,9 @@ impl Hub {
             slots: (0..MAX_TARGETS).map(|_| Slot::Free).collect(),
             next_generation: 0,
             unrouted: 0,
-            options,
-            export,
+            pipeline,
+            sender,
+            pipeline_closed: watch::channel(false).0,
             exits: mpsc::unbounded_channel(),
             reaped: mpsc::unbounded_channel(),
             detached,
@@ -385,9 +404,6 @@ impl Hub {
                 (job.done)(Err(TargetError::Exited { pid }.into()));
             }
         }
-        for task in std::mem::take(&mut self.flushing) {
-            let _ = task.await;
-        }
         self.probes.flush_ebpf_logs();
         // The object's own counters: the kernel's (records are counted
         // per target, as routed) and the records no target took.
@@ -395,14 +411,30 @@ impl Hub {
             events_written: 0,
             ..self.stats.read()
         };
-        Counters::collect(
+        let counters = Counters::collect(
             &SessionCounts {
                 kernel,
                 export: Default::default(),
                 bad_records: self.unrouted,
             },
             &[],
-        )
+        );
+        // Every target's spans are in the queue: the pipeline gets its
+        // budget, then what a target's stream still lacks is lost.
+        let Self {
+            pipeline,
+            sender,
+            pipeline_closed,
+            flushing,
+            ..
+        } = self;
+        drop(sender);
+        pipeline.shutdown(SHUTDOWN_BUDGET).await;
+        pipeline_closed.send_replace(true);
+        for task in flushing {
+            let _ = task.await;
+        }
+        counters
     }
 
     /// Routes waiting records, in chunks, as [`super::Records::drain`].
@@ -481,14 +513,14 @@ impl Hub {
             .iter()
             .map(|entry| self.probes.attached_by(entry.name))
             .collect();
-        match self.attach(&target, &mut families, &resource, release) {
-            Ok((pipeline, exit)) => {
+        let sender = self.sender.for_resource(&resource);
+        match self.attach(&target, &mut families, &sender, release) {
+            Ok(exit) => {
                 let exits = self.exits.0.clone();
                 let exit_task = tokio::task::spawn_local(async move {
                     exit.exited().await;
                     let _ = exits.send((slot as u32, generation));
                 });
-                let sender = pipeline.sender();
                 let traced = Traced {
                     generation,
                     table: dispatch_table(&families),
@@ -498,7 +530,7 @@ impl Hub {
                     target,
                     process,
                     families,
-                    pipeline,
+                    counts: sender.counts(),
                     sender,
                     records: 0,
                     bad: 0,
@@ -548,32 +580,23 @@ impl Hub {
         &mut self,
         target: &Target,
         families: &mut [Box<dyn Family>],
-        resource: &Resource,
+        sender: &SpanSender,
         release: Release,
-    ) -> Result<(Pipeline, ExitWatch), SessionError> {
+    ) -> Result<ExitWatch, SessionError> {
         let pid = target.pid;
-        let pipeline = Pipeline::start(
-            &self.export,
-            resource,
-            BatchConfig {
-                queue_capacity: self.options.export_queue,
-                ..BatchConfig::default().with(&self.export.batch)
-            },
-        )?;
         for family in families.iter_mut() {
             family
                 .attach(&mut self.probes, target)
                 .map_err(|err: FamilyError| family_error(&err))?;
         }
-        let sender = pipeline.sender();
         for family in families.iter_mut() {
             family
-                .start(&mut self.probes, &sender)
+                .start(&mut self.probes, sender)
                 .map_err(|err| family_error(&err))?;
         }
         let exit = ExitWatch::new(pid).map_err(|source| SessionError::ExitWatch { pid, source })?;
         release().map_err(SessionError::Release)?;
-        Ok((pipeline, exit))
+        Ok(exit)
     }
 
     /// The uprobes attached in `slot` are gone once the thread removing
@@ -639,8 +662,9 @@ impl Hub {
     }
 
     /// Every uprobe of the target in `slot` is gone: what it wrote is
-    /// drained, its open spans are flushed, its pipeline exports within
-    /// its budget, and the slot is free.
+    /// drained, its open spans are flushed, and the slot is free. It is
+    /// reported once the pipeline has delivered or failed each of its spans
+    /// (or has shut down: then what is missing is lost).
     async fn detached(&mut self, slot: u32, generation: u64) {
         let index = slot as usize;
         match self.slots.get(index) {
@@ -657,8 +681,8 @@ impl Hub {
         };
         let Traced {
             mut families,
-            pipeline,
             sender,
+            counts,
             mut goroutines,
             records,
             bad,
@@ -680,8 +704,19 @@ impl Hub {
         drop(sender);
         let stop = stop.unwrap_or(Stop::TargetExited);
         self.flushing.retain(|task| !task.is_finished());
+        let mut closed = self.pipeline_closed.subscribe();
         self.flushing.push(tokio::task::spawn_local(async move {
-            let export = pipeline.shutdown(SHUTDOWN_BUDGET).await;
+            while !counts.settled() {
+                if *closed.borrow_and_update() {
+                    counts.abandon_unsettled();
+                    break;
+                }
+                tokio::select! {
+                    _ = closed.changed() => {}
+                    () = tokio::time::sleep(SETTLE_POLL) => {}
+                }
+            }
+            let export = counts.snapshot();
             let counters = Counters::collect(
                 &SessionCounts {
                     kernel: KernelStats {

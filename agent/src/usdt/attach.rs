@@ -559,3 +559,51 @@ pub fn decode_usdt_record(bytes: &[u8]) -> Result<UsdtEvent, UsdtDecodeError> {
     }
     Ok(UsdtEvent { header, args })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site() -> UsdtSite {
+        UsdtSite {
+            index: 0,
+            target_slot: 0,
+            pid: 1,
+            probe: UsdtProbe {
+                provider: "p".to_owned(),
+                name: "n".to_owned(),
+                path: "/bin/true".into(),
+                module: "/bin/true".to_owned(),
+                file_offset: 0,
+                vaddr: 0,
+                semaphore: None,
+                arg_text: String::new(),
+                args: Vec::new(),
+                args_error: None,
+            },
+            strings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_shared_objects_targets_take_disjoint_shares_of_the_specs() {
+        let per_slot = USDT_MAX_SITES / 64;
+        let mut first = UsdtSites::share(0, 64);
+        let mut third = UsdtSites::share(2, 64);
+        assert_eq!(first.allocate(site()).expect("site"), 0);
+        assert_eq!(third.allocate(site()).expect("site"), 2 * per_slot);
+        assert_eq!(third.allocate(site()).expect("site"), 2 * per_slot + 1);
+        third.release(2 * per_slot);
+        assert_eq!(third.allocate(site()).expect("site"), 2 * per_slot);
+        for _ in 2..per_slot {
+            third.allocate(site()).expect("site");
+        }
+        assert!(matches!(
+            third.allocate(site()),
+            Err(UsdtAttachError::SitesFull(n)) if n == per_slot
+        ));
+        // An object of its own: every index.
+        let mut own = UsdtSites::new();
+        assert_eq!(own.allocate(site()).expect("site"), 0);
+    }
+}
