@@ -35,7 +35,7 @@ use agent::{
     resource::{self, ResourceOptions},
     session::{
         Counters, Outcome, Session, SessionError, SessionOptions,
-        shared::{Job, SharedHandle, SharedObject},
+        shared::{self, Job, SharedHandle, SharedObject},
     },
     target::TargetError,
 };
@@ -442,14 +442,8 @@ impl Host {
                 resume();
                 // Loading parsed the kernel's BTF and the object on this
                 // thread, whose malloc arena would keep that peak (some 30
-                // MB) for as long as the target runs. (glibc only: musl's
-                // malloc returns memory as it goes.)
-                #[cfg(target_env = "gnu")]
-                // SAFETY: no preconditions; it only releases free heap
-                // memory.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
+                // MB) for as long as the target runs.
+                shared::trim_heap();
                 Ok(())
             });
             let result = match tokio::runtime::Builder::new_current_thread()

@@ -46,6 +46,16 @@ use crate::{
     target::{ExitWatch, Target, TargetError},
 };
 
+/// Returns the heap's free memory to the kernel (glibc keeps the peak of
+/// every thread's arena otherwise; musl's malloc returns memory as it goes).
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no preconditions; it only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// How often a stopped target's spans are looked at until the pipeline has
 /// delivered or failed them all.
 const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
@@ -322,6 +332,9 @@ impl Hub {
         export: ExportConfig,
     ) -> Result<Self, SessionError> {
         let mut probes = Probes::load(load)?;
+        // Loading parsed the kernel's BTF and the object: a peak of some
+        // 30 MB that the heap would otherwise keep.
+        trim_heap();
         let reader = RingBufReader::new(probes.take_ring_buffer(crate::probes::EVENTS_MAP)?)
             .map_err(SessionError::RingBuffer)?;
         let stats = probes.take_stats()?;
@@ -559,6 +572,8 @@ impl Hub {
                     counts.join(", "),
                 );
                 self.slots[slot] = Slot::Busy(Box::new(traced));
+                // Planning analysed its binary on a thread now gone.
+                trim_heap();
             }
             Err(err) => {
                 // What was attached goes; the slot waits for it.
