@@ -72,6 +72,14 @@ fn start(agent: &mut Agent, binary: &Path, service: &str) -> (Server, SocketAddr
     (server, addr, line)
 }
 
+/// The slot an attach line names.
+fn slot_of(line: &str) -> &str {
+    line.rsplit("(slot ")
+        .next()
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or_else(|| panic!("no slot in {line}"))
+}
+
 fn scenario(per_target: bool) {
     let tag = if per_target { "p" } else { "s" };
     let (binary_a, name_a) = renamed_fixture(&format!("{tag}a"));
@@ -119,15 +127,7 @@ fn scenario(per_target: bool) {
     }
     if !per_target {
         // Four slots of one object, none shared by two live processes.
-        let mut slots: Vec<&str> = lines
-            .iter()
-            .map(|l| {
-                l.rsplit("(slot ")
-                    .next()
-                    .and_then(|s| s.split(' ').next())
-                    .expect("slot")
-            })
-            .collect();
+        let mut slots: Vec<&str> = lines.iter().map(String::as_str).map(slot_of).collect();
         slots.sort_unstable();
         slots.dedup();
         assert_eq!(slots.len(), 4, "{lines:#?}");
@@ -152,8 +152,11 @@ fn scenario(per_target: bool) {
         exited.contains(&format!(": {} spans exported;", servers[0].paths.len())),
         "{exited}"
     );
-    // A fifth starts after it (in its slot, or another).
-    let (mut fifth, addr, _) = start(&mut agent, &binary_a, "svc-a");
+    // A fifth starts after it: in its slot, free again (the lowest).
+    let (mut fifth, addr, line) = start(&mut agent, &binary_a, "svc-a");
+    if !per_target {
+        assert_eq!(slot_of(&line), slot_of(&lines[0]), "{line}");
+    }
     fifth.paths = send(addr, &format!("{tag}late"), 6);
     servers.push(fifth);
 
