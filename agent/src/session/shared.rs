@@ -60,6 +60,9 @@ pub fn trim_heap() {
 /// delivered or failed them all.
 const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Said in each target's losses: the kernel side's are not its own.
+const OBJECT_COUNTS: &str = "records the kernel lost are the shared object's (in the totals)";
+
 /// Lets a held target run, once its probes are attached.
 pub type Release = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
 /// Told how a target's tracing ended (or why it never started).
@@ -323,6 +326,9 @@ struct Hub {
     detached: Detached,
     /// Targets being flushed and exported.
     flushing: Vec<JoinHandle<()>>,
+    /// One finished family of each name, for the part of its counters
+    /// that is the object's ([`Counters::of_object`]).
+    finished_families: Rc<RefCell<Vec<Box<dyn Family>>>>,
 }
 
 impl Hub {
@@ -364,6 +370,7 @@ impl Hub {
             reaped: mpsc::unbounded_channel(),
             detached,
             flushing: Vec::new(),
+            finished_families: Rc::default(),
         })
     }
 
@@ -418,20 +425,7 @@ impl Hub {
             }
         }
         self.probes.flush_ebpf_logs();
-        // The object's own counters: the kernel's (records are counted
-        // per target, as routed) and the records no target took.
-        let kernel = KernelStats {
-            events_written: 0,
-            ..self.stats.read()
-        };
-        let counters = Counters::collect(
-            &SessionCounts {
-                kernel,
-                export: Default::default(),
-                bad_records: self.unrouted,
-            },
-            &[],
-        );
+        let kernel = self.stats.read();
         // Every target's spans are in the queue: the pipeline gets its
         // budget, then what a target's stream still lacks is lost.
         let Self {
@@ -439,6 +433,8 @@ impl Hub {
             sender,
             pipeline_closed,
             flushing,
+            unrouted,
+            finished_families,
             ..
         } = self;
         drop(sender);
@@ -447,7 +443,11 @@ impl Hub {
         for task in flushing {
             let _ = task.await;
         }
-        counters
+        // The object's own counters, once: the kernel's, the records no
+        // target took, and what the kernel lost of each family's records.
+        let families = finished_families.borrow();
+        let families: Vec<&dyn Family> = families.iter().map(AsRef::as_ref).collect();
+        Counters::of_object(&kernel, unrouted, &families)
     }
 
     /// Routes waiting records, in chunks, as [`super::Records::drain`].
@@ -720,6 +720,7 @@ impl Hub {
         let stop = stop.unwrap_or(Stop::TargetExited);
         self.flushing.retain(|task| !task.is_finished());
         let mut closed = self.pipeline_closed.subscribe();
+        let finished_families = self.finished_families.clone();
         self.flushing.push(tokio::task::spawn_local(async move {
             while !counts.settled() {
                 if *closed.borrow_and_update() {
@@ -742,7 +743,15 @@ impl Hub {
                     bad_records: bad,
                 },
                 &families,
-            );
+            )
+            .with_note(OBJECT_COUNTS.to_owned());
+            let mut kept = finished_families.borrow_mut();
+            for family in families {
+                if !kept.iter().any(|f| f.name() == family.name()) {
+                    kept.push(family);
+                }
+            }
+            drop(kept);
             if let Some(done) = done {
                 done(Ok(Outcome { stop, counters }));
             }
