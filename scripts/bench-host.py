@@ -14,6 +14,9 @@ agent's VmRSS and VmHWM are read from /proc. Spans go to a JSONL file.
 
     sudo scripts/bench-host.py [--agent target/release/agent] [--counts 1,10,50] [--rounds 1]
 
+With --burst, the N programs are started at once (each held at exec until
+attached), and exec-to-attached is each one's time until its own line.
+
 Run as root. Prints one line per run and a summary table (medians).
 """
 
@@ -110,7 +113,7 @@ def server_address(proc):
     raise RuntimeError("the fixture exited before listening")
 
 
-def run(agent_bin, binary, name, config, count, out_dir):
+def run(agent_bin, binary, name, config, count, out_dir, burst):
     jsonl = os.path.join(out_dir, "spans.jsonl")
     agent = Agent(
         [agent_bin, "--exe", name, "--output", f"jsonl={jsonl}", *CONFIGS[config]]
@@ -119,7 +122,16 @@ def run(agent_bin, binary, name, config, count, out_dir):
     latencies = []
     servers = []
     try:
-        for _ in range(count):
+        if burst:
+            # All at once: each held at exec until its turn is attached.
+            starts = []
+            for _ in range(count):
+                starts.append(time.monotonic())
+                servers.append(start_server(binary))
+            for started, proc in zip(starts, servers):
+                at, _ = agent.wait_for(f"attached to PID {proc.pid} ")
+                latencies.append(at - started)
+        for _ in range(0 if burst else count):
             started = time.monotonic()
             proc = start_server(binary)
             servers.append(proc)
@@ -144,6 +156,11 @@ def main():
     parser.add_argument("--agent", default=os.path.join(ROOT, "target", "release", "agent"))
     parser.add_argument("--counts", default="1,10,50")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="start the N programs at once instead of one after another",
+    )
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     out_dir = tempfile.mkdtemp(prefix="bench-host-")
@@ -156,7 +173,9 @@ def main():
         for round_ in range(args.rounds):
             for count in counts:
                 for config in CONFIGS:
-                    latencies, rss, hwm = run(args.agent, binary, name, config, count, out_dir)
+                    latencies, rss, hwm = run(
+                        args.agent, binary, name, config, count, out_dir, args.burst
+                    )
                     print(
                         f"round {round_ + 1} {config:>17} N={count:>2}: exec to attached"
                         f" median {statistics.median(latencies) * 1000:.0f} ms,"
