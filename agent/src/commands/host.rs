@@ -81,8 +81,9 @@ pub async fn run(
     let options = super::trace::options(args)?;
     let export_config = super::export_config(export)?;
     // One object, ring and event loop for every target whose families can
-    // share it (a second to load, once).
-    let shared = if args.object_per_target {
+    // share it (a second to load, once). With --propagate none can (its
+    // programs hold per-object state): each gets its own, as before.
+    let shared = if args.object_per_target || options.families.propagate {
         None
     } else {
         Some(SharedObject::start(&options, &export_config)?)

@@ -16,10 +16,12 @@
 //! always belongs to the target that slot names.
 //!
 //! Counts stay true per target: the records routed to it, its families'
-//! counters, its own pipeline's. The kernel-side counters (`STATS`: ring
-//! buffer full, interleaved records, ...) are the object's, so they are
-//! reported once for the agent ([`SharedObject::stop`]), never copied into
-//! each target's.
+//! counters, its own stream of the one pipeline (`SpanSender::for_resource`:
+//! what it queued, and what each sink delivered or failed of it). The
+//! kernel-side counters (`STATS`: ring buffer full, interleaved records,
+//! each family's records lost) are the object's, so they are reported once
+//! for the agent ([`SharedObject::stop`], [`Counters::of_object`]), never
+//! copied into each target's.
 
 use std::{cell::RefCell, rc::Rc, time::Instant};
 
