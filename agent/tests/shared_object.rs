@@ -260,3 +260,70 @@ fn targets_share_one_object_each_under_its_own_resource_with_its_own_counts() {
 fn an_object_per_target_gives_the_same_spans() {
     scenario(true);
 }
+
+/// A program whose tracing needs an object of its own (the flight
+/// recorder's dumps come through a ring of their own) gets one, beside
+/// the shared object's targets, under one agent and one exit line.
+#[test]
+fn a_target_that_cannot_share_gets_an_object_of_its_own() {
+    let (server_binary, server_name) = renamed_fixture("mh");
+    let recorder_name = format!("somf{}", std::process::id());
+    let recorder_binary = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("shared_object")
+        .join(&recorder_name);
+    std::fs::copy(fixture::build("flightrec", &[]), &recorder_binary).expect("copy fixture");
+    let receiver = Receiver::grpc();
+    let mut cmd = command();
+    cmd.args(["--exe", &server_name, "--exe", &recorder_name])
+        .args([
+            "--otlp-endpoint",
+            &receiver.url(),
+            "--otlp-protocol",
+            "grpc",
+        ]);
+    let mut agent = Agent::start(cmd);
+    agent.wait_for_stderr("watching for new processes", Duration::from_secs(60));
+    let (mut recorder, recorder_addr, recorder_line) =
+        start(&mut agent, &recorder_binary, &recorder_name);
+    let (mut server, server_addr, server_line) = start(&mut agent, &server_binary, &server_name);
+    assert!(
+        !recorder_line.contains("shared object") && recorder_line.contains("flight-recorder"),
+        "{recorder_line}"
+    );
+    assert!(
+        server_line.contains("of the shared object"),
+        "{server_line}"
+    );
+    let mut conn = Connection::open(recorder_addr);
+    let (status, _) = conn.request("GET", "/work?id=mixed&spin=1", b"");
+    assert_eq!(status, 200);
+    recorder.paths.push("/work".to_owned());
+    server.paths = send(server_addr, "mixed", 2);
+
+    let spans = receiver.wait_for_spans(3, Duration::from_secs(30));
+    for (who, pid, name) in [
+        (&recorder, recorder.running.pid(), &recorder_name),
+        (&server, server.running.pid(), &server_name),
+    ] {
+        let mut paths: Vec<&str> = spans
+            .iter()
+            .filter(|s| s.resource.get("process.pid") == Some(&pid.to_string()))
+            .inspect(|s| assert_eq!(s.resource.get("service.name"), Some(name)))
+            .filter_map(|s| s.attr("url.path"))
+            .collect();
+        paths.sort_unstable();
+        let mut expected: Vec<&str> = who.paths.iter().map(String::as_str).collect();
+        expected.sort_unstable();
+        assert_eq!(paths, expected, "spans of PID {pid}");
+    }
+    recorder.running.terminate();
+    server.running.terminate();
+    agent.signal(Signal::SIGINT);
+    assert!(agent.wait(AGENT_EXIT).success());
+    let lines = agent.stderr_lines();
+    let exit = lines
+        .iter()
+        .find(|l| l.starts_with("agent: "))
+        .expect("exit line");
+    assert!(exit.contains(" from 2 processes;"), "{exit}");
+}
