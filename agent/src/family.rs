@@ -210,7 +210,9 @@ impl std::fmt::Debug for RecordContext<'_> {
     }
 }
 
-/// One instrumented library, planned for one process.
+/// One instrumented library, planned for one process. `Send`: host mode
+/// plans a target on a thread of its own and traces it on the shared
+/// object's ([`crate::session::shared`]).
 pub trait Family: Send {
     /// The name of its [`FamilyEntry`].
     fn name(&self) -> &'static str;
