@@ -81,6 +81,12 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_hold: bool,
 
+    /// Host mode: give each process an eBPF object, ring buffer and export
+    /// pipeline of its own, as before the shared object (for comparing; a
+    /// process whose families cannot share one gets its own anyway).
+    #[arg(long, hide = true)]
+    pub object_per_target: bool,
+
     /// Ring-buffer size in bytes (rounded up to a power of two).
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
     pub ring_buffer_size: u32,

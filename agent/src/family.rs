@@ -215,8 +215,10 @@ impl std::fmt::Debug for RecordContext<'_> {
     }
 }
 
-/// One instrumented library, planned for one process.
-pub trait Family {
+/// One instrumented library, planned for one process. `Send`: host mode
+/// plans a target on a thread of its own and traces it on the shared
+/// object's ([`crate::session::shared`]).
+pub trait Family: Send {
     /// The name of its [`FamilyEntry`].
     fn name(&self) -> &'static str;
 
@@ -236,6 +238,15 @@ pub trait Family {
     /// it is attached only when another family wants goroutine parents,
     /// and does not make a process traceable on its own.
     fn provides_goroutine_parents(&self) -> bool {
+        false
+    }
+
+    /// Whether it can go into an eBPF object other targets use too (host
+    /// mode's shared object): every map it writes is indexed or keyed by
+    /// the target slot or the process, and it takes no map of the object
+    /// for itself. A family that cannot (a ring of its own, a program on
+    /// every process) gets its target an object of its own.
+    fn shares_object(&self) -> bool {
         false
     }
 

@@ -8,18 +8,20 @@
 //! is attached again. Runs until SIGINT or SIGTERM.
 
 use std::{
-    cell::Cell,
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use agent::{
     discovery::{
         self, Exec, ExecWatch, Selectors,
-        binaries::{BinaryCache, GoFiles},
+        binaries::{BinaryCache, FileKey, GoFiles},
         ports::Listeners,
         scan,
         selector::ServiceNames,
@@ -31,7 +33,10 @@ use agent::{
         preflight::{NEEDS_DAC_READ_SEARCH, NEEDS_KILL, NEEDS_SYS_ADMIN, NEEDS_SYS_PTRACE},
     },
     resource::{self, ResourceOptions},
-    session::{Counters, Session, SessionError, SessionOptions},
+    session::{
+        Counters, Outcome, Session, SessionError, SessionOptions,
+        shared::{self, Job, SharedHandle, SharedObject},
+    },
     target::TargetError,
 };
 use anyhow::Context as _;
@@ -73,9 +78,20 @@ pub async fn run(
     }
     probes::preflight::capabilities(&needed)?;
     probes::preflight()?;
+    let options = super::trace::options(args)?;
+    let export_config = super::export_config(export)?;
+    // One object, ring and event loop for every target whose families can
+    // share it (a second to load, once). With --propagate none can (its
+    // programs hold per-object state): each gets its own, as before.
+    let shared = if args.object_per_target || options.families.propagate {
+        None
+    } else {
+        Some(SharedObject::start(&options, &export_config)?)
+    };
     let host = Host {
-        options: super::trace::options(args)?,
-        export: super::export_config(export)?,
+        shared: shared.as_ref().map(SharedObject::handle),
+        options,
+        export: export_config,
         names: ServiceNames::parse(&args.service_name_map)?,
         service_name: export.service_name.clone(),
         single_pid: selectors.single_pid().is_some(),
@@ -83,7 +99,7 @@ pub async fn run(
         binaries: Arc::default(),
         selectors,
     };
-    let totals = host.supervise().await?;
+    let totals = host.supervise(shared).await?;
     // Sessions that did not stop in time reported nothing: say so rather
     // than let their spans look unexported.
     let unfinished = if totals.unfinished > 0 {
@@ -110,6 +126,8 @@ pub async fn run(
 
 /// What every target's session is given.
 struct Host {
+    /// The shared object's door; `None` with `--object-per-target`.
+    shared: Option<SharedHandle>,
     selectors: Selectors,
     options: SessionOptions,
     export: ExportConfig,
@@ -163,7 +181,7 @@ impl Host {
             .then_some(Selected::Go)
     }
 
-    async fn supervise(self) -> anyhow::Result<Totals> {
+    async fn supervise(self, shared: Option<SharedObject>) -> anyhow::Result<Totals> {
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         // Execs are watched before /proc is read: a process that starts
@@ -296,6 +314,9 @@ impl Host {
         // Sessions already tracing saw the signal themselves; those still
         // being planned stop before they attach.
         let _ = stopping.send(true);
+        // The shared object stops its targets at once, each reporting to
+        // `ended` as it is flushed; its own counters come last.
+        let object = shared.map(|shared| tokio::spawn(shared.stop(signal)));
         let deadline = tokio::time::Instant::now() + STOP_BUDGET;
         while !traced.is_empty() {
             match tokio::time::timeout_at(deadline, ended_rx.recv()).await {
@@ -317,6 +338,14 @@ impl Host {
                 }
             }
         }
+        if let Some(object) = object {
+            match tokio::time::timeout_at(deadline, object).await {
+                Ok(Ok(Some(counters))) => totals.add_object(&counters),
+                _ => log::warn!(
+                    "the shared eBPF object did not stop in time: its kernel-side counters are not counted"
+                ),
+            }
+        }
         totals.started = started;
         totals.binaries_analysed = self.binaries.lock().map_or(0, |cache| cache.analysed);
         log::info!(
@@ -330,10 +359,12 @@ impl Host {
         Ok(totals)
     }
 
-    /// One target, on a thread of its own with its own event loop (planning
-    /// and loading block for a second or more, which must not stall the
-    /// other targets' draining and exporting): plans, attaches and traces
-    /// until the target exits or a signal, then reports to `ended`.
+    /// One target, planned on a thread of its own (planning blocks for a
+    /// second or more, which must not stall the other targets' draining
+    /// and exporting), then handed to the shared object, or, when one of
+    /// its families cannot share it (or `--object-per-target`), traced on
+    /// that thread with an object, ring and pipeline of its own until the
+    /// target exits or a signal. Reports to `ended`.
     fn trace(
         &self,
         pid: u32,
@@ -346,6 +377,7 @@ impl Host {
         let options = self.options.clone();
         let export = self.export.clone();
         let binaries = self.binaries.clone();
+        let shared = self.shared.clone();
         let mut resource_options = ResourceOptions::from_env(
             self.names
                 .lookup(&exe)
@@ -358,15 +390,15 @@ impl Host {
         move || {
             // A held target runs on once attached, or once it is clear it
             // will not be.
-            let released = Cell::new(!held);
-            let key = Cell::new(None);
-            let traced = async {
-                let session = Session::plan_with(pid, options, &mut |path| {
-                    let mut cache = binaries.lock().unwrap_or_else(|e| e.into_inner());
-                    let (binary, k) = cache.open(path)?;
-                    key.set(Some(k));
-                    Ok(binary)
-                })?;
+            let released = Arc::new(AtomicBool::new(!held));
+            let mut key = None;
+            let planned = Session::plan_with(pid, options, &mut |path| {
+                let mut cache = binaries.lock().unwrap_or_else(|e| e.into_inner());
+                let (binary, k) = cache.open(path)?;
+                key = Some(k);
+                Ok(binary)
+            })
+            .and_then(|session| {
                 if *stopping.borrow() {
                     return Err(TargetError::Exited { pid }.into());
                 }
@@ -375,26 +407,46 @@ impl Host {
                 for warning in warnings {
                     log::warn!("PID {pid}: {warning}");
                 }
-                session
-                    .run_released(&export, &resource, || {
-                        if !released.replace(true) {
-                            discovery::resume(pid);
-                        }
-                        // Loading parsed the kernel's BTF and the object on
-                        // this thread, whose malloc arena would keep that
-                        // peak (some 30 MB) for as long as the target runs.
-                        // (glibc only: musl's malloc returns memory as
-                        // it goes.)
-                        #[cfg(target_env = "gnu")]
-                        // SAFETY: no preconditions; it only releases free
-                        // heap memory.
-                        unsafe {
-                            libc::malloc_trim(0);
-                        }
-                        Ok(())
-                    })
-                    .await
+                Ok((session, resource))
+            });
+            let finish = Finish {
+                pid,
+                exe,
+                quiet,
+                released: released.clone(),
+                key,
+                binaries,
+                ended,
             };
+            let (session, resource) = match planned {
+                Ok(planned) => planned,
+                Err(err) => return finish.finish(Err(err)),
+            };
+            let resume = move || {
+                if !released.swap(true, Ordering::Relaxed) {
+                    discovery::resume(pid);
+                }
+            };
+            if let Some(shared) = shared.filter(|_| session.shares_object()) {
+                shared.trace(Job {
+                    session,
+                    resource,
+                    release: Box::new(move || {
+                        resume();
+                        Ok(())
+                    }),
+                    done: Box::new(move |result| finish.finish(result)),
+                });
+                return;
+            }
+            let traced = session.run_released(&export, &resource, || {
+                resume();
+                // Loading parsed the kernel's BTF and the object on this
+                // thread, whose malloc arena would keep that peak (some 30
+                // MB) for as long as the target runs.
+                shared::trim_heap();
+                Ok(())
+            });
             let result = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -404,44 +456,72 @@ impl Host {
                     "cannot start an event loop: {err}"
                 ))),
             };
-            if !released.get() {
-                discovery::resume(pid);
-            }
-            if let Some(key) = key.get() {
-                binaries
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .release(key);
-            }
-            let result = result
-                .map(|outcome| outcome.counters)
-                .map_err(|err| match err {
-                    SessionError::Target(
-                        TargetError::Exited { .. } | TargetError::NoSuchProcess { .. },
-                    ) => (
-                        log::Level::Info,
-                        format!("PID {pid} ({}) exited before it was traced", exe.display()),
-                    ),
-                    err @ SessionError::NothingToTrace { .. } => {
-                        let level = if quiet {
-                            log::Level::Debug
-                        } else {
-                            log::Level::Info
-                        };
-                        (level, err.to_string())
-                    }
-                    err => (
-                        log::Level::Warn,
-                        format!(
-                            "PID {pid} ({}): {}",
-                            exe.display(),
-                            anyhow::Error::from(err)
-                        ),
-                    ),
-                });
-            // The supervisor is gone only when the agent is exiting.
-            let _ = ended.send(Ended { pid, exe, result });
+            finish.finish(result);
         }
+    }
+}
+
+/// What is left to do when a target's tracing ends, wherever it ran.
+struct Finish {
+    pid: u32,
+    exe: PathBuf,
+    quiet: bool,
+    /// Whether a held target was let go.
+    released: Arc<AtomicBool>,
+    /// Its executable's entry in the binary cache.
+    key: Option<FileKey>,
+    binaries: Arc<Mutex<BinaryCache>>,
+    ended: mpsc::UnboundedSender<Ended>,
+}
+
+impl Finish {
+    fn finish(self, result: Result<Outcome, SessionError>) {
+        let Self {
+            pid,
+            exe,
+            quiet,
+            released,
+            key,
+            binaries,
+            ended,
+        } = self;
+        if !released.swap(true, Ordering::Relaxed) {
+            discovery::resume(pid);
+        }
+        if let Some(key) = key {
+            binaries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .release(key);
+        }
+        let result = result
+            .map(|outcome| outcome.counters)
+            .map_err(|err| match err {
+                SessionError::Target(
+                    TargetError::Exited { .. } | TargetError::NoSuchProcess { .. },
+                ) => (
+                    log::Level::Info,
+                    format!("PID {pid} ({}) exited before it was traced", exe.display()),
+                ),
+                err @ SessionError::NothingToTrace { .. } => {
+                    let level = if quiet {
+                        log::Level::Debug
+                    } else {
+                        log::Level::Info
+                    };
+                    (level, err.to_string())
+                }
+                err => (
+                    log::Level::Warn,
+                    format!(
+                        "PID {pid} ({}): {}",
+                        exe.display(),
+                        anyhow::Error::from(err)
+                    ),
+                ),
+            });
+        // The supervisor is gone only when the agent is exiting.
+        let _ = ended.send(Ended { pid, exe, result });
     }
 }
 
@@ -479,6 +559,16 @@ impl Totals {
             c.describe()
         );
         self.targets += 1;
+        self.merge(c);
+    }
+
+    /// The shared object's own counters (the kernel's, and records that
+    /// named no target): added once, not per target.
+    fn add_object(&mut self, counters: &Counters) {
+        self.merge(counters);
+    }
+
+    fn merge(&mut self, c: &Counters) {
         for counter in c.list() {
             match self.index.get(counter.key) {
                 Some(&i) => self.order[i].value += counter.value,

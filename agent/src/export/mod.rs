@@ -16,6 +16,7 @@ mod jsonl;
 mod otlp_json;
 mod span_buffers;
 mod stall;
+mod streams;
 pub mod tls;
 pub mod transport;
 pub mod wire;
@@ -51,6 +52,8 @@ pub use config::{BatchSettings, ConfigError, ExportConfig, OtlpConfig, OtlpProto
 pub use console::{ConsoleExporter, render};
 pub use jsonl::JsonlExporter;
 pub use span_buffers::{recycle_span_buffer, span_buffer};
+use streams::Stream;
+pub use streams::StreamCounts;
 
 /// A span ready for export: its encoded `Span` message and the encoded
 /// `InstrumentationScope` it belongs to.
@@ -150,8 +153,12 @@ type ScopeCache = HashMap<(String, Option<String>), Arc<[u8]>>;
 /// Hands spans to the pipeline; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SpanSender {
-    tx: mpsc::Sender<EncodedSpan>,
+    tx: mpsc::Sender<Queued>,
     stats: Arc<QueueStats>,
+    /// The resource its spans go under, and their counts.
+    stream: Arc<Stream>,
+    /// The sinks' kinds, in order, for new streams.
+    sink_kinds: Arc<[OutputKind]>,
     scopes: Arc<Mutex<ScopeCache>>,
     /// The spans with a goroutine kept for flight-recorder joins, once a
     /// flight-recorder family asks ([`SpanSender::keep_recent`]).
@@ -194,6 +201,7 @@ impl SpanSender {
     }
 
     fn accepted(&self, result: bool) {
+        self.stream.accepted(result);
         let counter = if result {
             &self.stats.queued
         } else {
@@ -211,7 +219,26 @@ impl SpanSender {
         if let Some(watch) = self.watch.get() {
             (watch.0)(&span.bytes);
         }
-        self.accepted(self.tx.try_send(span).is_ok());
+        let queued = Queued {
+            stream: self.stream.clone(),
+            span,
+        };
+        self.accepted(self.tx.try_send(queued).is_ok());
+    }
+
+    /// A sender into the same pipeline whose spans go under `resource`
+    /// (a `ResourceSpans` of their own in each batch) and are counted
+    /// apart ([`Self::counts`]): one target of several.
+    pub fn for_resource(&self, resource: &Resource) -> Self {
+        Self {
+            stream: Arc::new(Stream::new(encode_resource(resource), &self.sink_kinds)),
+            ..self.clone()
+        }
+    }
+
+    /// The counts of the spans sent under this sender's resource.
+    pub fn counts(&self) -> StreamCounts {
+        StreamCounts(self.stream.clone())
     }
 
     /// From now on, every span sent with [`Self::send_encoded`] (the live
@@ -254,9 +281,19 @@ impl SpanSender {
     /// (decoding a file), where dropping would lose what a wait can keep.
     /// Must not be called from async code.
     pub fn send_blocking(&self, span: SpanData) {
-        let span = self.encode(span);
+        let span = Queued {
+            stream: self.stream.clone(),
+            span: self.encode(span),
+        };
         self.accepted(self.tx.blocking_send(span).is_ok());
     }
+}
+
+/// A span in the queue, with the stream it belongs to.
+#[derive(Debug)]
+struct Queued {
+    stream: Arc<Stream>,
+    span: EncodedSpan,
 }
 
 /// One batch, encoded once for every sink.
@@ -264,6 +301,17 @@ impl SpanSender {
 struct Batch {
     body: Bytes,
     spans: u64,
+    /// How many of its spans each stream has.
+    streams: Vec<(Arc<Stream>, u64)>,
+}
+
+impl Batch {
+    /// Sink `sink` delivered it, or failed to.
+    fn exported(&self, sink: usize, delivered: bool) {
+        for (stream, spans) in &self.streams {
+            stream.exported(sink, *spans, delivered);
+        }
+    }
 }
 
 impl Batch {
@@ -383,14 +431,17 @@ pub enum PipelineError {
 #[derive(Debug)]
 struct SinkStats {
     kind: OutputKind,
+    /// Its place among the pipeline's sinks.
+    index: usize,
     delivered: AtomicU64,
     failed: AtomicU64,
 }
 
 impl SinkStats {
-    fn new(kind: OutputKind) -> Self {
+    fn new(kind: OutputKind, index: usize) -> Self {
         Self {
             kind,
+            index,
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         }
@@ -433,7 +484,8 @@ impl Pipeline {
                 )),
             });
         }
-        let resource = encode_resource(resource);
+        let sink_kinds: Arc<[OutputKind]> = sinks.iter().map(Sink::kind).collect();
+        let stream = Arc::new(Stream::new(encode_resource(resource), &sink_kinds));
         let stats = Arc::new(QueueStats::default());
         let (stopping, stop_rx) = watch::channel(false);
         let (tx, rx) = mpsc::channel(batch.queue_capacity.max(1));
@@ -441,9 +493,9 @@ impl Pipeline {
         let mut tasks = Vec::new();
         let mut sink_txs = Vec::new();
         let mut sink_stats = Vec::new();
-        for sink in sinks {
+        for (index, sink) in sinks.into_iter().enumerate() {
             let (sink_tx, sink_rx) = mpsc::channel(batches_per_sink);
-            let counters = Arc::new(SinkStats::new(sink.kind()));
+            let counters = Arc::new(SinkStats::new(sink.kind(), index));
             tasks.push(tokio::spawn(run_sink(
                 sink,
                 sink_rx,
@@ -453,14 +505,13 @@ impl Pipeline {
             sink_txs.push((sink_tx, counters.clone()));
             sink_stats.push(counters);
         }
-        tasks.insert(
-            0,
-            tokio::spawn(run_batcher(rx, resource, sink_txs, batch, stop_rx)),
-        );
+        tasks.insert(0, tokio::spawn(run_batcher(rx, sink_txs, batch, stop_rx)));
         Ok(Self {
             sender: SpanSender {
                 tx,
                 stats: stats.clone(),
+                stream,
+                sink_kinds,
                 scopes: Arc::default(),
                 recent: Arc::default(),
                 watch: Arc::default(),
@@ -555,24 +606,44 @@ fn snapshot(stats: &QueueStats, sinks: &[Arc<SinkStats>]) -> ExportSnapshot {
     }
 }
 
-/// Encodes a batch of spans, grouped by scope, into one request body.
-fn encode_batch(resource: &[u8], spans: &[EncodedSpan]) -> Bytes {
-    let mut scopes: Vec<(&[u8], Vec<&[u8]>)> = Vec::new();
-    for span in spans {
-        let scope: &[u8] = &span.scope;
-        match scopes.iter_mut().find(|(s, _)| *s == scope) {
-            Some((_, list)) => list.push(&span.bytes),
-            None => scopes.push((scope, vec![&span.bytes])),
+/// Encodes a batch of spans into one request body: a `ResourceSpans` per
+/// stream (a message's repeated fields concatenate), its spans grouped by
+/// scope. Returns the body and how many spans each stream has in it.
+fn encode_batch(spans: &[Queued]) -> (Bytes, Vec<(Arc<Stream>, u64)>) {
+    let mut streams: Vec<(&Arc<Stream>, Vec<&EncodedSpan>)> = Vec::new();
+    for queued in spans {
+        match streams
+            .iter_mut()
+            .find(|(stream, _)| Arc::ptr_eq(stream, &queued.stream))
+        {
+            Some((_, list)) => list.push(&queued.span),
+            None => streams.push((&queued.stream, vec![&queued.span])),
         }
     }
-    let grouped: Vec<(&[u8], &[&[u8]])> = scopes.iter().map(|(s, l)| (*s, l.as_slice())).collect();
-    Bytes::from(wire::request(resource, &grouped))
+    let mut body = Vec::new();
+    for (stream, spans) in &streams {
+        let mut scopes: Vec<(&[u8], Vec<&[u8]>)> = Vec::new();
+        for span in spans {
+            let scope: &[u8] = &span.scope;
+            match scopes.iter_mut().find(|(s, _)| *s == scope) {
+                Some((_, list)) => list.push(&span.bytes),
+                None => scopes.push((scope, vec![&span.bytes])),
+            }
+        }
+        let grouped: Vec<(&[u8], &[&[u8]])> =
+            scopes.iter().map(|(s, l)| (*s, l.as_slice())).collect();
+        body.extend_from_slice(&wire::request(&stream.resource, &grouped));
+    }
+    let counts = streams
+        .into_iter()
+        .map(|(stream, spans)| (stream.clone(), spans.len() as u64))
+        .collect();
+    (Bytes::from(body), counts)
 }
 
 /// Collects spans into batches and hands each encoded batch to every sink.
 async fn run_batcher(
-    mut rx: mpsc::Receiver<EncodedSpan>,
-    resource: Vec<u8>,
+    mut rx: mpsc::Receiver<Queued>,
     sinks: Vec<(mpsc::Sender<Arc<Batch>>, Arc<SinkStats>)>,
     config: BatchConfig,
     stopping: watch::Receiver<bool>,
@@ -596,16 +667,19 @@ async fn run_batcher(
                 Err(_) => break,
             }
         }
+        let (body, streams) = encode_batch(&spans);
         let batch = Arc::new(Batch {
-            body: encode_batch(&resource, &spans),
+            body,
             spans: spans.len() as u64,
+            streams,
         });
-        for span in spans.drain(..) {
-            recycle_span_buffer(span.bytes);
+        for queued in spans.drain(..) {
+            recycle_span_buffer(queued.span.bytes);
         }
         for (tx, counters) in &sinks {
             if tx.try_send(batch.clone()).is_err() {
                 counters.failed.fetch_add(batch.spans, Ordering::Relaxed);
+                batch.exported(counters.index, false);
             }
         }
         if closed {
@@ -647,7 +721,15 @@ struct FailureLog {
 }
 
 impl FailureLog {
-    fn record(&mut self, sink: &str, counters: &SinkStats, spans: u64, result: Result<(), String>) {
+    fn record(
+        &mut self,
+        sink: &str,
+        counters: &SinkStats,
+        batch: &Batch,
+        result: Result<(), String>,
+    ) {
+        let spans = batch.spans;
+        batch.exported(counters.index, result.is_ok());
         match result {
             Ok(()) => {
                 counters.delivered.fetch_add(spans, Ordering::Relaxed);
@@ -707,16 +789,16 @@ async fn run_otlp_sink(
                         )
                         .await
                         .map_err(|e| e.to_string());
-                        (batch.spans, result)
+                        (batch, result)
                     });
                     started.insert(task.id(), Instant::now());
                 }
                 None => open = false,
             },
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => match done {
-                Ok((id, (spans, result))) => {
+                Ok((id, (batch, result))) => {
                     started.remove(&id);
-                    log.record(&name, counters, spans, result);
+                    log.record(&name, counters, &batch, result);
                 }
                 Err(err) => {
                     started.remove(&err.id());
@@ -743,6 +825,6 @@ async fn run_local_sink(
     let mut log = FailureLog::default();
     while let Some(batch) = rx.recv().await {
         let result = sink.export(&batch);
-        log.record(&name, counters, batch.spans, result);
+        log.record(&name, counters, &batch, result);
     }
 }

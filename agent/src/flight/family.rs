@@ -104,7 +104,7 @@ impl Family for Flight {
     }
 
     fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
-        let attachment = super::attach(probes, target, 0, &self.plan).map_err(|err| {
+        let attachment = super::attach(probes, target, target.slot, &self.plan).map_err(|err| {
             FamilyError::from(format!(
                 "cannot attach to the flight recorder of PID {}: {}",
                 target.pid,

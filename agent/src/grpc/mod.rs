@@ -85,6 +85,11 @@ impl Family for Grpc {
         NAME
     }
 
+    // Config arrays by target slot; kernel maps keyed by process or slot.
+    fn shares_object(&self) -> bool {
+        true
+    }
+
     fn kinds(&self) -> &'static [u32] {
         records::KINDS
     }
@@ -94,7 +99,7 @@ impl Family for Grpc {
     }
 
     fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
-        self.links = plan::attach(probes, target, 0, &self.plan)?;
+        self.links = plan::attach(probes, target, target.slot, &self.plan)?;
         let single_stepped = self.plan.sites.iter().filter(|s| !s.site.emulated).count();
         log::info!(
             "grpc {}: {} probes ({}{}{}), {} single-stepped",

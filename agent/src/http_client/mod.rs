@@ -83,6 +83,11 @@ impl Family for HttpClient {
         NAME
     }
 
+    // Config arrays by target slot; kernel maps keyed by process or slot.
+    fn shares_object(&self) -> bool {
+        true
+    }
+
     fn kinds(&self) -> &'static [u32] {
         records::KINDS
     }
@@ -92,7 +97,7 @@ impl Family for HttpClient {
     }
 
     fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
-        self.links = plan::attach(probes, target, 0, &self.plan)?;
+        self.links = plan::attach(probes, target, target.slot, &self.plan)?;
         log::info!(
             "net/http client: {} probes (start at {:#x}: {}, {} returns)",
             self.links.len(),

@@ -104,13 +104,18 @@ impl Family for HttpServer {
         NAME
     }
 
+    // Config arrays by target slot; kernel maps keyed by process or slot.
+    fn shares_object(&self) -> bool {
+        true
+    }
+
     fn kinds(&self) -> &'static [u32] {
         records::KINDS
     }
 
     fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
-        self.links = plan::attach(probes, target, 0, &self.plan)?;
-        match routes::attach(probes, target, 0, &self.routes) {
+        self.links = plan::attach(probes, target, target.slot, &self.plan)?;
+        match routes::attach(probes, target, target.slot, &self.routes) {
             Ok(links) => self.links.extend(links),
             Err(err) => {
                 probes.release(NAME, &mut self.links);

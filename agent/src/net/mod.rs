@@ -110,6 +110,11 @@ impl Family for Net {
         NAME
     }
 
+    // Config arrays by target slot; kernel maps keyed by process or slot.
+    fn shares_object(&self) -> bool {
+        true
+    }
+
     fn kinds(&self) -> &'static [u32] {
         records::KINDS
     }
@@ -123,7 +128,7 @@ impl Family for Net {
     }
 
     fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
-        self.links = plan::attach(probes, target, 0, &self.plan)?;
+        self.links = plan::attach(probes, target, target.slot, &self.plan)?;
         let functions: Vec<String> = self
             .plan
             .operations

@@ -21,7 +21,7 @@ use aya::{
     programs::{
         Program, ProgramError, RawTracePoint, UProbe,
         raw_trace_point::RawTracePointLinkId,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 
@@ -157,6 +157,22 @@ enum SiteLink {
     Counted(ref_ctr::CountedUprobe),
 }
 
+/// An uprobe taken out of the object: the kernel removes it when this is
+/// dropped, wherever that is ([`Probes::detach_elsewhere`]).
+#[derive(Debug)]
+#[allow(dead_code, reason = "held for what dropping it does")]
+pub struct DetachedLink(DetachedKind);
+
+#[derive(Debug)]
+#[allow(dead_code, reason = "held for what dropping it does")]
+enum DetachedKind {
+    Aya(UProbeLink),
+    Counted(ref_ctr::CountedUprobe),
+}
+
+/// Where [`Probes::detach_elsewhere`] sends the uprobes it takes out.
+pub type DetachSink = Box<dyn FnMut(DetachedLink)>;
+
 /// Names one attached uprobe, for detaching it alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LinkHandle(u64);
@@ -180,6 +196,8 @@ pub struct Probes {
     tail_slots: Vec<(&'static str, u32)>,
     /// The programs' aya-log diagnostics, when the log level shows them.
     ebpf_logs: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Where detached uprobes go, when not removed here.
+    detach_sink: Option<DetachSink>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -267,6 +285,7 @@ impl Probes {
             next_handle: 0,
             tail_slots: Vec::new(),
             ebpf_logs,
+            detach_sink: None,
         })
     }
 
@@ -552,21 +571,44 @@ impl Probes {
         }
     }
 
+    /// From now on, a detached uprobe is taken out of the object and handed
+    /// to `sink` instead of being removed here: the kernel removes uprobes
+    /// one at a time, about 0.1 s each, which an object serving other
+    /// targets cannot wait for. Its program stops firing for the target when
+    /// the sink drops it.
+    pub fn detach_elsewhere(&mut self, sink: DetachSink) {
+        self.detach_sink = Some(sink);
+    }
+
     fn detach_site(&mut self, site: AttachedSite) -> Result<(), ProbeError> {
         let link = match site.link {
             None => return Ok(()),
             Some(SiteLink::Counted(counted)) => {
-                drop(counted);
+                match &mut self.detach_sink {
+                    Some(sink) => sink(DetachedLink(DetachedKind::Counted(counted))),
+                    None => drop(counted),
+                }
                 return Ok(());
             }
             Some(SiteLink::Aya(link)) => link,
         };
+        let detach_error = |source| ProbeError::Detach {
+            program: site.program,
+            source: Box::new(source),
+        };
+        if self.detach_sink.is_some() {
+            let owned = self
+                .uprobe(site.program)?
+                .take_link(link)
+                .map_err(detach_error)?;
+            if let Some(sink) = &mut self.detach_sink {
+                sink(DetachedLink(DetachedKind::Aya(owned)));
+            }
+            return Ok(());
+        }
         self.uprobe(site.program)?
             .detach(link)
-            .map_err(|source| ProbeError::Detach {
-                program: site.program,
-                source: Box::new(source),
-            })
+            .map_err(detach_error)
     }
 
     /// Detaches the uprobes named by `handles`. Every one is tried; the last

@@ -5,6 +5,8 @@
 //! that declared it; the family decodes the rest (see
 //! `crate::http_server::records`, `crate::usdt::decode_usdt_record`).
 
+use std::mem::offset_of;
+
 use agent_common::event::EventHeader;
 
 /// A record that cannot be decoded.
@@ -75,6 +77,17 @@ pub fn kind(bytes: &[u8]) -> Result<u32, RecordError> {
         Some(0) | None => Err(RecordError::UnknownKind { kind: 0 }),
         Some(kind) => Ok(kind),
     }
+}
+
+/// The kind and the target slot in a record's header (checked as
+/// [`kind`]): where an object several targets share routes it.
+pub fn kind_and_target(bytes: &[u8]) -> Result<(u32, u32), RecordError> {
+    let kind = kind(bytes)?;
+    let target = bytes
+        .get(offset_of!(EventHeader, target)..)
+        .and_then(|rest| rest.first_chunk::<4>())
+        .map_or(0, |t| u32::from_le_bytes(*t));
+    Ok((kind, target))
 }
 
 /// The header at the front of a record. A kind of 0 is zeroed memory, not

@@ -71,6 +71,11 @@ impl Family for Runtime {
         NAME
     }
 
+    // Config arrays by target slot; kernel maps keyed by process or slot.
+    fn shares_object(&self) -> bool {
+        true
+    }
+
     fn kinds(&self) -> &'static [u32] {
         &[KIND_GOROUTINE_CREATED]
     }
@@ -80,7 +85,7 @@ impl Family for Runtime {
     }
 
     fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
-        self.links = plan::attach(probes, target, 0, &self.plan)?;
+        self.links = plan::attach(probes, target, target.slot, &self.plan)?;
         log::info!(
             "goroutine creation: {} probes (runtime.newproc at {:#x}: {}, {} runqput calls)",
             self.links.len(),

@@ -92,6 +92,50 @@ impl Counters {
         Self { list, summaries }
     }
 
+    /// The counters of an eBPF object several targets share that are its
+    /// own, not any one target's: the kernel side's (`kernel`, without the
+    /// records written, which each target counts as routed to it), the
+    /// records no target took, and of each family's counters the part that
+    /// comes from the kernel side (its counters with `kernel`, less its
+    /// counters without it: records of its kinds lost to a full ring).
+    /// Added once to the targets' sums, every count stays true.
+    pub fn of_object(kernel: &KernelStats, unrouted: u64, families: &[&dyn Family]) -> Self {
+        let kernel = KernelStats {
+            events_written: 0,
+            ..*kernel
+        };
+        let mut list = Self::collect(
+            &SessionCounts {
+                kernel,
+                export: ExportSnapshot::default(),
+                bad_records: unrouted,
+            },
+            &[],
+        )
+        .list;
+        for family in families {
+            let (mut with, mut without) = (Vec::new(), Vec::new());
+            family.counters(&kernel, &mut with);
+            family.counters(&KernelStats::default(), &mut without);
+            for (counter, base) in with.into_iter().zip(without) {
+                list.push(Counter {
+                    value: counter.value.saturating_sub(base.value),
+                    ..counter
+                });
+            }
+        }
+        Self {
+            list,
+            summaries: Vec::new(),
+        }
+    }
+
+    /// Adds `note` to what [`Self::describe`] says.
+    pub fn with_note(mut self, note: String) -> Self {
+        self.summaries.push(note);
+        self
+    }
+
     /// Every counter, in order.
     pub fn list(&self) -> &[Counter] {
         &self.list
@@ -181,6 +225,55 @@ mod tests {
             !file.contains("_spans_written"),
             "no outputs configured: {file}"
         );
+    }
+
+    /// A family whose one loss is its own (3) plus what the kernel lost of
+    /// its records (kind 5).
+    struct Lossy;
+
+    impl Family for Lossy {
+        fn name(&self) -> &'static str {
+            "lossy"
+        }
+        fn attach(
+            &mut self,
+            _: &mut crate::probes::Probes,
+            _: &crate::target::Target,
+        ) -> Result<(), crate::family::FamilyError> {
+            Ok(())
+        }
+        fn on_record(
+            &mut self,
+            _: &[u8],
+            _: &mut crate::family::RecordContext<'_>,
+        ) -> Result<(), crate::family::BadRecord> {
+            Ok(())
+        }
+        fn stop_at(&mut self, _: u64) {}
+        fn stop(&mut self, _: &mut crate::probes::Probes) {}
+        fn counters(&self, kernel: &KernelStats, out: &mut Vec<Counter>) {
+            out.push(Counter::loss("lossy_lost", "lost", "", 3 + kernel.lost(5)));
+        }
+    }
+
+    #[test]
+    fn an_objects_counters_are_the_kernels_part_once() {
+        let mut kernel = KernelStats {
+            ringbuf_full: 4,
+            events_written: 100,
+            ..KernelStats::default()
+        };
+        kernel.lost_by_kind[5] = 4;
+        let object = Counters::of_object(&kernel, 2, &[&Lossy]);
+        // Records are counted by the targets, as routed to them.
+        assert_eq!(object.get("records"), Some(0));
+        assert_eq!(object.get("ringbuf_full"), Some(4));
+        assert_eq!(object.get("bad_records"), Some(2));
+        // The family's own 3 are each target's; the kernel's 4 the object's.
+        assert_eq!(object.get("lossy_lost"), Some(4));
+        assert_eq!(object.lost(), 4 + 2 + 4);
+        let note = Counters::collect(&SessionCounts::default(), &[]).with_note("n".to_owned());
+        assert!(note.describe().ends_with(", n"), "{}", note.describe());
     }
 
     #[test]

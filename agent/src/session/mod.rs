@@ -16,6 +16,7 @@
 //!    the pipeline gets a bounded time to export.
 
 pub mod counters;
+pub mod shared;
 
 use std::{
     error::Error,
@@ -312,6 +313,12 @@ impl Session {
     /// The process, for the resource.
     pub fn process(&self) -> &ProcessInfo {
         &self.process
+    }
+
+    /// Whether every family planned can go into an eBPF object other
+    /// targets use too ([`Family::shares_object`]).
+    pub fn shares_object(&self) -> bool {
+        self.families.iter().all(|f| f.shares_object())
     }
 
     /// What the session was told.

@@ -146,6 +146,11 @@ impl Family for Sql {
         NAME
     }
 
+    // Config arrays by target slot; kernel maps keyed by process or slot.
+    fn shares_object(&self) -> bool {
+        true
+    }
+
     fn kinds(&self) -> &'static [u32] {
         records::KINDS
     }
@@ -170,7 +175,7 @@ impl Family for Sql {
             }
             self.builder.set_types(types.with_bias(bias));
         }
-        self.links = plan::attach(probes, target, 0, &self.plan)?;
+        self.links = plan::attach(probes, target, target.slot, &self.plan)?;
         let names: Vec<&str> = self
             .plan
             .functions

@@ -28,7 +28,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    rc::Rc,
+    sync::Arc,
 };
 
 use agent_common::syscalls::SyscallSourceRecord;
@@ -50,7 +50,7 @@ pub struct Caller {
 /// One frame, symbolized.
 #[derive(Debug)]
 struct Frame {
-    caller: Rc<Caller>,
+    caller: Arc<Caller>,
     /// Whether it is user code (not the runtime's or libc's own).
     user: bool,
 }
@@ -70,12 +70,12 @@ pub struct Symbolizer {
     /// Executable mappings by process (empty: unreadable, e.g. gone).
     maps: HashMap<u32, Vec<Mapping>>,
     /// Objects by path (`None`: could not be read or parsed).
-    objects: HashMap<PathBuf, Option<Rc<Module>>>,
+    objects: HashMap<PathBuf, Option<Arc<Module>>>,
     /// The executable of the traced processes, when not PIE: addresses of
     /// a process whose maps are gone are its link-time addresses.
     fixed_exe: Option<PathBuf>,
     /// Frames by object and link-time address.
-    frames: HashMap<(PathBuf, u64), Option<Rc<Frame>>>,
+    frames: HashMap<(PathBuf, u64), Option<Arc<Frame>>>,
     /// Where a wrapper's return address sits, in stack words from the
     /// stack pointer, by object and address.
     return_slots: HashMap<(PathBuf, u64), Option<u64>>,
@@ -105,7 +105,7 @@ impl Symbolizer {
 
     /// The caller of the call in `rec`, or `None` (counted) when no frame of
     /// its stack is user code with a source line.
-    pub fn caller(&mut self, rec: &SyscallSourceRecord) -> Option<Rc<Caller>> {
+    pub fn caller(&mut self, rec: &SyscallSourceRecord) -> Option<Arc<Caller>> {
         let found = self.find_caller(rec);
         if found.is_none() {
             self.unresolved += 1;
@@ -113,7 +113,7 @@ impl Symbolizer {
         found
     }
 
-    fn find_caller(&mut self, rec: &SyscallSourceRecord) -> Option<Rc<Caller>> {
+    fn find_caller(&mut self, rec: &SyscallSourceRecord) -> Option<Arc<Caller>> {
         let tgid = rec.call.tgid;
         let walked = rec.frames.get(..rec.frames_len as usize).unwrap_or(&[]);
         let (&ip, rest) = walked.split_first()?;
@@ -134,7 +134,7 @@ impl Symbolizer {
             if let Some(frame) = self.frame(tgid, at)
                 && frame.user
             {
-                return Some(Rc::clone(&frame.caller));
+                return Some(Arc::clone(&frame.caller));
             }
         }
         None
@@ -162,11 +162,11 @@ impl Symbolizer {
         module.holds_vaddr(pc).then_some((exe, pc))
     }
 
-    fn module(&mut self, path: &Path) -> Option<Rc<Module>> {
+    fn module(&mut self, path: &Path) -> Option<Arc<Module>> {
         self.objects
             .entry(path.to_owned())
             .or_insert_with(|| match Module::load(path) {
-                Ok(m) => Some(Rc::new(m)),
+                Ok(m) => Some(Arc::new(m)),
                 Err(err) => {
                     log::debug!("syscalls: no symbols from {}: {err}", path.display());
                     None
@@ -175,7 +175,7 @@ impl Symbolizer {
             .clone()
     }
 
-    fn frame(&mut self, tgid: u32, pc: u64) -> Option<Rc<Frame>> {
+    fn frame(&mut self, tgid: u32, pc: u64) -> Option<Arc<Frame>> {
         let (path, vaddr) = self.locate(tgid, pc)?;
         let key = (path, vaddr);
         if let Some(cached) = self.frames.get(&key) {
@@ -184,7 +184,7 @@ impl Symbolizer {
         let frame = self
             .module(&key.0)
             .and_then(|m| m.frame(vaddr))
-            .map(Rc::new);
+            .map(Arc::new);
         self.frames.insert(key, frame.clone());
         frame
     }
@@ -314,7 +314,7 @@ impl Module {
                 let function = String::from_utf8_lossy(line.function).into_owned();
                 let user = go_user_function(&function, modules);
                 Some(Frame {
-                    caller: Rc::new(Caller {
+                    caller: Arc::new(Caller {
                         file: String::from_utf8_lossy(line.file).into_owned(),
                         line: line.line,
                         function,
@@ -408,7 +408,7 @@ impl ElfSymbols {
         let Some(row) = row.filter(|r| r.line != 0) else {
             // No line: libc's or another object without DWARF.
             return Some(Frame {
-                caller: Rc::new(Caller {
+                caller: Arc::new(Caller {
                     file: String::new(),
                     line: 0,
                     function,
@@ -417,7 +417,7 @@ impl ElfSymbols {
             });
         };
         Some(Frame {
-            caller: Rc::new(Caller {
+            caller: Arc::new(Caller {
                 file: self
                     .files
                     .get(row.file as usize)

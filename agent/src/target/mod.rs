@@ -48,6 +48,15 @@ pub struct Target {
     /// A path to the same file that works from the agent's mount namespace:
     /// `/proc/N/root/<exe>` when that is the same file, else `/proc/N/exe`.
     pub exe_path: PathBuf,
+    /// Its slot in the loaded eBPF object: the attach cookies' high half,
+    /// the records' `target`, the index of every family's config array.
+    /// 0 for an object of its own; host mode's shared object hands out one
+    /// per target ([`crate::session::shared`]).
+    pub slot: u32,
+    /// How many targets the object its probes go to can hold at once: 1 for
+    /// an object of its own, `MAX_TARGETS` for the shared one (a family
+    /// with a table per object, such as USDT's sites, takes its share).
+    pub slots: u32,
 }
 
 impl Target {
@@ -64,6 +73,8 @@ impl Target {
             pid,
             exe_in_target: exe.to_path_buf(),
             exe_path: exe.to_path_buf(),
+            slot: 0,
+            slots: 1,
         }
     }
 
@@ -142,6 +153,8 @@ impl Target {
             pid,
             exe_in_target,
             exe_path,
+            slot: 0,
+            slots: 1,
         })
     }
 }

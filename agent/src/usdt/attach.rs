@@ -109,15 +109,41 @@ pub struct UsdtSite {
 }
 
 /// The site table: site index (cookie low 32 bits, `EventHeader::site`) to
-/// the probe attached there. One per loaded eBPF object.
-#[derive(Debug, Default)]
+/// the probe attached there, for one target. Its indexes are the target's
+/// share of `USDT_SPECS`: all of it in an object of its own, a range of its
+/// own in an object several targets share.
+#[derive(Debug)]
 pub struct UsdtSites {
     sites: Vec<Option<UsdtSite>>,
+    /// The indexes it hands out: `first..end`.
+    first: u32,
+    end: u32,
+}
+
+impl Default for UsdtSites {
+    fn default() -> Self {
+        Self {
+            sites: Vec::new(),
+            first: 0,
+            end: USDT_MAX_SITES,
+        }
+    }
 }
 
 impl UsdtSites {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The share of target slot `slot` in an object of `slots` targets.
+    pub fn share(slot: u32, slots: u32) -> Self {
+        let per_slot = USDT_MAX_SITES / slots.max(1);
+        let first = slot.saturating_mul(per_slot).min(USDT_MAX_SITES);
+        Self {
+            sites: Vec::new(),
+            first,
+            end: first.saturating_add(per_slot).min(USDT_MAX_SITES),
+        }
     }
 
     /// The site with index `index`, while attached.
@@ -137,19 +163,16 @@ impl UsdtSites {
     }
 
     fn allocate(&mut self, site: UsdtSite) -> Result<u32, UsdtAttachError> {
-        let index = match self.sites.iter().position(Option::is_none) {
-            Some(free) => free,
-            None if self.sites.len() < USDT_MAX_SITES as usize => {
-                self.sites.push(None);
-                self.sites.len() - 1
-            }
-            None => return Err(UsdtAttachError::SitesFull(USDT_MAX_SITES)),
-        };
-        self.sites[index] = Some(UsdtSite {
-            index: index as u32,
-            ..site
-        });
-        Ok(index as u32)
+        let sites = &self.sites;
+        let index = (self.first..self.end)
+            .find(|&i| sites.get(i as usize).is_none_or(Option::is_none))
+            .ok_or(UsdtAttachError::SitesFull(self.end - self.first))?;
+        let at = index as usize;
+        if self.sites.len() <= at {
+            self.sites.resize(at + 1, None);
+        }
+        self.sites[at] = Some(UsdtSite { index, ..site });
+        Ok(index)
     }
 
     fn release(&mut self, index: u32) {
@@ -162,7 +185,7 @@ impl UsdtSites {
 /// Errors attaching USDT probes.
 #[derive(Debug, thiserror::Error)]
 pub enum UsdtAttachError {
-    #[error("all {0} USDT sites are in use")]
+    #[error("all {0} USDT sites of this target are in use")]
     SitesFull(u32),
     #[error(transparent)]
     Probe(#[from] ProbeError),
@@ -535,4 +558,52 @@ pub fn decode_usdt_record(bytes: &[u8]) -> Result<UsdtEvent, UsdtDecodeError> {
         });
     }
     Ok(UsdtEvent { header, args })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site() -> UsdtSite {
+        UsdtSite {
+            index: 0,
+            target_slot: 0,
+            pid: 1,
+            probe: UsdtProbe {
+                provider: "p".to_owned(),
+                name: "n".to_owned(),
+                path: "/bin/true".into(),
+                module: "/bin/true".to_owned(),
+                file_offset: 0,
+                vaddr: 0,
+                semaphore: None,
+                arg_text: String::new(),
+                args: Vec::new(),
+                args_error: None,
+            },
+            strings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_shared_objects_targets_take_disjoint_shares_of_the_specs() {
+        let per_slot = USDT_MAX_SITES / 64;
+        let mut first = UsdtSites::share(0, 64);
+        let mut third = UsdtSites::share(2, 64);
+        assert_eq!(first.allocate(site()).expect("site"), 0);
+        assert_eq!(third.allocate(site()).expect("site"), 2 * per_slot);
+        assert_eq!(third.allocate(site()).expect("site"), 2 * per_slot + 1);
+        third.release(2 * per_slot);
+        assert_eq!(third.allocate(site()).expect("site"), 2 * per_slot);
+        for _ in 2..per_slot {
+            third.allocate(site()).expect("site");
+        }
+        assert!(matches!(
+            third.allocate(site()),
+            Err(UsdtAttachError::SitesFull(n)) if n == per_slot
+        ));
+        // An object of its own: every index.
+        let mut own = UsdtSites::new();
+        assert_eq!(own.allocate(site()).expect("site"), 0);
+    }
 }

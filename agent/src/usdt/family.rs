@@ -132,6 +132,8 @@ pub fn probe_names(probes: &[UsdtProbe]) -> Vec<String> {
 #[derive(Debug)]
 pub struct UsdtSession {
     pid: u32,
+    /// Its target slot (set when attached).
+    slot: u32,
     sites: UsdtSites,
     attachments: Vec<UsdtAttachment>,
     /// Site index -> (mapping index, role).
@@ -157,6 +159,7 @@ impl UsdtSession {
         Self {
             planned,
             pid,
+            slot: 0,
             sites: UsdtSites::new(),
             attachments: Vec::new(),
             resolved: Vec::new(),
@@ -173,7 +176,14 @@ impl UsdtSession {
         found: &[UsdtProbe],
     ) -> Result<(), UsdtAttachError> {
         let strings = self.builder.config().string_args();
-        let attachment = attach_usdt(probes, &mut self.sites, 0, self.pid, found, &strings)?;
+        let attachment = attach_usdt(
+            probes,
+            &mut self.sites,
+            self.slot,
+            self.pid,
+            found,
+            &strings,
+        )?;
         for &index in attachment.sites() {
             let Some(site) = self.sites.get(index) else {
                 continue;
@@ -262,11 +272,19 @@ impl Family for UsdtSession {
         NAME
     }
 
+    // Specs in its target's share of USDT_SPECS (see `UsdtSites`).
+    fn shares_object(&self) -> bool {
+        true
+    }
+
     fn kinds(&self) -> &'static [u32] {
         &[KIND_USDT]
     }
 
-    fn attach(&mut self, probes: &mut Probes, _target: &Target) -> Result<(), FamilyError> {
+    fn attach(&mut self, probes: &mut Probes, target: &Target) -> Result<(), FamilyError> {
+        // Before any site is handed out, here or by a later discovery.
+        self.slot = target.slot;
+        self.sites = UsdtSites::share(target.slot, target.slots);
         let found = std::mem::take(&mut self.planned);
         if found.is_empty() {
             return Ok(());
