@@ -19,8 +19,10 @@ pub mod counters;
 pub mod shared;
 
 use std::{
+    cell::RefCell,
     error::Error,
     path::Path,
+    rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -37,7 +39,7 @@ use crate::{
     export::{BatchConfig, ExportConfig, Pipeline, PipelineError},
     family::{FAMILIES, Family, FamilyError, FamilyOptions, Plan, PlanContext, RecordContext},
     http_server::MIN_GO,
-    probes::{LoadOptions, ProbeError, Probes},
+    probes::{DetachedLink, LoadOptions, ProbeError, Probes},
     resource::ProcessInfo,
     ringbuf::{self, RingBufReader, record},
     spans::Goroutines,
@@ -599,10 +601,27 @@ async fn trace(
     for family in families.iter_mut() {
         family.stop_at(stopped_at);
     }
+    // The kernel removes uprobes one at a time, up to a tenth of a second
+    // each on a loaded host: they are removed on a thread of their own while
+    // this one goes on draining and exporting. Removed here, they held the
+    // whole runtime, and an export the collector had answered meanwhile
+    // timed out and was counted failed.
+    let detached = Rc::new(RefCell::new(Vec::new()));
+    let sink = detached.clone();
+    probes.detach_elsewhere(Box::new(move |link| sink.borrow_mut().push(link)));
     for family in families.iter_mut() {
         family.stop(probes);
     }
     probes.detach_all();
+    let removed = remove_on_a_thread(std::mem::take(&mut *detached.borrow_mut()));
+    tokio::pin!(removed);
+    loop {
+        tokio::select! {
+            () = &mut removed => break,
+            _ = drain_tick.tick() => {}
+        }
+        records.drain(families, &mut cx, CHUNKS_PER_TURN).await;
+    }
     // The probes are detached: what the kernel wrote is finite.
     records.drain(families, &mut cx, usize::MAX).await;
     probes.flush_ebpf_logs();
@@ -618,4 +637,29 @@ async fn trace(
         stop,
         counters: Counters::collect(&counts, families),
     })
+}
+
+/// Drops `links` (the kernel removes each uprobe as its link goes) on a
+/// thread of its own; resolves once they are all gone.
+async fn remove_on_a_thread(links: Vec<DetachedLink>) {
+    if links.is_empty() {
+        return;
+    }
+    let (done, removed) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("uprobe-removal".into())
+        .spawn(move || {
+            drop(links);
+            let _ = done.send(());
+        });
+    match spawned {
+        // A dropped sender (a panic while removing) also means it is over.
+        Ok(_) => {
+            let _ = removed.await;
+        }
+        // No thread to be had: removed here, as before.
+        Err(err) => {
+            log::debug!("no thread for removing uprobes ({err}); removing them here");
+        }
+    }
 }
