@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent::binary::{GoBinary, LIBRARY_FIELDS, OffsetSource};
 use nix::sys::signal::Signal;
 use support::{
     agent::{Agent, attach_grpc, command},
@@ -138,30 +139,7 @@ fn check(fixture: &str, (spans, _): &(Vec<FlatSpan>, String), cases: &[Case]) {
 
 #[test]
 fn gin_routes() {
-    let cases: [Case; 4] = [
-        (
-            "GET",
-            "/users/42",
-            200,
-            "GET /users/:id",
-            Some("/users/:id"),
-        ),
-        (
-            "POST",
-            "/files/a/b.txt",
-            201,
-            "POST /files/*path",
-            Some("/files/*path"),
-        ),
-        (
-            "GET",
-            "/api/v1/items/7",
-            200,
-            "GET /api/v1/items/:item",
-            Some("/api/v1/items/:item"),
-        ),
-        ("GET", "/nope", 404, "GET", None),
-    ];
+    let cases = router_cases("routes-gin");
     check("routes-gin", &trace("routes-gin", &[], &cases), &cases);
 }
 
@@ -196,59 +174,13 @@ fn chi_routes() {
 
 #[test]
 fn gorilla_mux_routes() {
-    let cases: [Case; 4] = [
-        (
-            "GET",
-            "/users/42",
-            200,
-            "GET /users/{id}",
-            Some("/users/{id}"),
-        ),
-        (
-            "POST",
-            "/files/a/b.txt",
-            201,
-            "POST /files/{path:.*}",
-            Some("/files/{path:.*}"),
-        ),
-        (
-            "GET",
-            "/api/v1/items/7",
-            200,
-            "GET /api/v1/items/{item}",
-            Some("/api/v1/items/{item}"),
-        ),
-        ("GET", "/nope", 404, "GET", None),
-    ];
+    let cases = router_cases("routes-mux");
     check("routes-mux", &trace("routes-mux", &[], &cases), &cases);
 }
 
 #[test]
 fn echo_routes() {
-    let cases: [Case; 4] = [
-        (
-            "GET",
-            "/users/42",
-            200,
-            "GET /users/:id",
-            Some("/users/:id"),
-        ),
-        (
-            "POST",
-            "/files/a/b.txt",
-            201,
-            "POST /files/*",
-            Some("/files/*"),
-        ),
-        (
-            "GET",
-            "/api/v1/items/7",
-            200,
-            "GET /api/v1/items/:item",
-            Some("/api/v1/items/:item"),
-        ),
-        ("GET", "/nope", 404, "GET", None),
-    ];
+    let cases = router_cases("routes-echo");
     check("routes-echo", &trace("routes-echo", &[], &cases), &cases);
 }
 
@@ -308,21 +240,135 @@ fn span_name_path_keeps_the_old_naming() {
     );
 }
 
-/// A stripped binary has no DWARF for gin's structs: its routes are
-/// unavailable, said in one line, and spans are named by method.
+/// The cases each router fixture serves (gin's, mux's and echo's patterns
+/// differ only in their syntax).
+fn router_cases(router: &str) -> [Case; 4] {
+    let (user, files, item): (Case, Case, Case) = match router {
+        "routes-gin" => (
+            (
+                "GET",
+                "/users/42",
+                200,
+                "GET /users/:id",
+                Some("/users/:id"),
+            ),
+            (
+                "POST",
+                "/files/a/b.txt",
+                201,
+                "POST /files/*path",
+                Some("/files/*path"),
+            ),
+            (
+                "GET",
+                "/api/v1/items/7",
+                200,
+                "GET /api/v1/items/:item",
+                Some("/api/v1/items/:item"),
+            ),
+        ),
+        "routes-mux" => (
+            (
+                "GET",
+                "/users/42",
+                200,
+                "GET /users/{id}",
+                Some("/users/{id}"),
+            ),
+            (
+                "POST",
+                "/files/a/b.txt",
+                201,
+                "POST /files/{path:.*}",
+                Some("/files/{path:.*}"),
+            ),
+            (
+                "GET",
+                "/api/v1/items/7",
+                200,
+                "GET /api/v1/items/{item}",
+                Some("/api/v1/items/{item}"),
+            ),
+        ),
+        "routes-echo" => (
+            (
+                "GET",
+                "/users/42",
+                200,
+                "GET /users/:id",
+                Some("/users/:id"),
+            ),
+            (
+                "POST",
+                "/files/a/b.txt",
+                201,
+                "POST /files/*",
+                Some("/files/*"),
+            ),
+            (
+                "GET",
+                "/api/v1/items/7",
+                200,
+                "GET /api/v1/items/:item",
+                Some("/api/v1/items/:item"),
+            ),
+        ),
+        other => panic!("no cases for {other}"),
+    };
+    [user, files, item, ("GET", "/nope", 404, "GET", None)]
+}
+
+/// A stripped binary has no DWARF for the routers' structs: the offsets
+/// come from the binary's own type descriptors, and the spans are named by
+/// route exactly as with DWARF.
 #[test]
-fn stripped_gin_is_named_by_method() {
-    let cases: [Case; 2] = [
-        ("GET", "/users/42", 200, "GET", None),
-        ("POST", "/files/a", 201, "POST", None),
-    ];
-    let traced = trace("routes-gin-stripped", &[], &cases);
-    check("routes-gin-stripped", &traced, &cases);
-    let lines: Vec<&str> = traced
-        .1
-        .lines()
-        .filter(|l| l.contains("router routes unavailable"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{}", traced.1);
-    assert!(lines[0].contains("gin.Context.fullPath"), "{}", lines[0]);
+fn stripped_routers_are_named_by_route() {
+    for router in ["routes-gin", "routes-mux", "routes-echo"] {
+        let stripped = format!("{router}-stripped");
+        let cases = router_cases(router);
+        let traced = trace(&stripped, &[], &cases);
+        assert!(
+            !traced.1.contains("router routes unavailable"),
+            "{stripped}: {}",
+            traced.1
+        );
+        check(&stripped, &traced, &cases);
+    }
+}
+
+/// The routers' offsets read from type descriptors equal DWARF's, on the
+/// fixtures built with DWARF, so a wrong inference fails here and not a
+/// user's stripped binary.
+#[test]
+fn router_offsets_from_type_descriptors_equal_dwarf() {
+    let mut compared = 0;
+    for router in ["routes-gin", "routes-mux", "routes-echo"] {
+        let bin = GoBinary::open(&build(router)).expect("open the fixture");
+        assert!(bin.has_dwarf(), "{router} is built with DWARF");
+        for (type_name, fields) in LIBRARY_FIELDS {
+            for field in *fields {
+                let Ok(dwarf) = bin.struct_field_offset(type_name, field) else {
+                    // Another router's struct.
+                    continue;
+                };
+                assert_eq!(
+                    dwarf.source,
+                    OffsetSource::Dwarf,
+                    "{router}: {type_name}.{field}"
+                );
+                let inferred = bin
+                    .inferred_field_offset(type_name, field)
+                    .unwrap_or_else(|e| panic!("{router}: {type_name}.{field}: {e}"));
+                assert_eq!(inferred.source, OffsetSource::TypeMetadata);
+                assert_eq!(
+                    (inferred.offset, inferred.size),
+                    (dwarf.offset, dwarf.size),
+                    "{router}: {type_name}.{field}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    // gin's one field, mux's four, echo's one.
+    assert_eq!(compared, 6);
 }

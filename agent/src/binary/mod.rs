@@ -50,7 +50,7 @@ pub use module_offsets::{
     validate as validate_module_offset_table,
 };
 pub use offsets::{
-    FIXTURE_OPTIONAL_STRUCTS, Implausible, NEEDED_FIELDS, OffsetTable, TableEntry,
+    FIXTURE_OPTIONAL_STRUCTS, Implausible, LIBRARY_FIELDS, NEEDED_FIELDS, OffsetTable, TableEntry,
     VERSIONED_STRUCTS, render as render_offset_table,
 };
 pub use offsets::{TableField, TableStruct};
@@ -1086,15 +1086,19 @@ impl GoBinary {
         })
     }
 
-    /// The layouts of [`NEEDED_FIELDS`]' structs from the type descriptors
-    /// in the moduledata's `types` region.
+    /// The layouts of [`NEEDED_FIELDS`]' and [`LIBRARY_FIELDS`]' structs
+    /// from the type descriptors in the moduledata's `types` region.
     fn type_metadata_layouts(
         &self,
     ) -> Result<BTreeMap<String, Result<StructLayout, TypeInfoError>>, String> {
         let md = self
             .moduledata_address()
             .ok_or("runtime.firstmoduledata not found (no pclntab, or no word points at it)")?;
-        let wanted: Vec<&str> = NEEDED_FIELDS.iter().map(|(t, _)| *t).collect();
+        let wanted: Vec<&str> = NEEDED_FIELDS
+            .iter()
+            .chain(LIBRARY_FIELDS)
+            .map(|(t, _)| *t)
+            .collect();
         let go = self.build_info.go_version;
         let mut best: Option<BTreeMap<String, Result<StructLayout, TypeInfoError>>> = None;
         for (types_word, etypes_word) in typeinfo::moduledata_layouts(go) {

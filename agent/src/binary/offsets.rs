@@ -65,6 +65,19 @@ pub const NEEDED_FIELDS: &[(&str, &[&str])] = &[
     ("crypto/tls.Config", &["ServerName"]),
 ];
 
+/// Fields of third-party libraries the probes read (the routers' route
+/// patterns). They are never in the table (their layouts follow the
+/// library's version, not Go's): DWARF gives them, and a stripped binary's
+/// own type descriptors.
+pub const LIBRARY_FIELDS: &[(&str, &[&str])] = &[
+    ("github.com/gin-gonic/gin.Context", &["fullPath"]),
+    ("github.com/gorilla/mux.Route", &["routeConf"]),
+    ("github.com/gorilla/mux.routeConf", &["regexp"]),
+    ("github.com/gorilla/mux.routeRegexpGroup", &["path"]),
+    ("github.com/gorilla/mux.routeRegexp", &["template"]),
+    ("github.com/labstack/echo/v4.context", &["path"]),
+];
+
 /// Structs of [`NEEDED_FIELDS`] that only some releases have: the map
 /// implementation changed in Go 1.24 (buckets to swiss tables), and Go 1.27
 /// moved the bundled HTTP/2 server out of net/http (to

@@ -220,13 +220,33 @@ impl Region<'_> {
     }
 }
 
-/// `net/http.Request` -> (`net/http`, `http.Request`): the package path
-/// and the name the runtime gives the type.
-fn runtime_name(type_name: &str) -> Option<(&str, String)> {
+/// `net/http.Request` -> (`net/http`, [`http.Request`]): the package path
+/// and the names the runtime may give the type. The runtime names a type
+/// by its package's name, which is the path's last element except for a
+/// major-version suffix (`github.com/labstack/echo/v4` is package `echo`,
+/// `gopkg.in/yaml.v3` package `yaml`); the package path in the
+/// descriptor's uncommon part tells the candidates apart.
+fn runtime_names(type_name: &str) -> Option<(&str, Vec<String>)> {
     let dot = type_name.rfind('.')?;
     let (pkg, name) = (&type_name[..dot], &type_name[dot + 1..]);
-    let short = pkg.rsplit('/').next()?;
-    Some((pkg, format!("{short}.{name}")))
+    let mut elements = pkg.rsplit('/');
+    let last = elements.next()?;
+    let is_major = |s: &str| {
+        s.strip_prefix('v')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut shorts = vec![last];
+    if is_major(last)
+        && let Some(before) = elements.next()
+    {
+        shorts.push(before);
+    }
+    if let Some((base, major)) = last.rsplit_once('.')
+        && is_major(major)
+    {
+        shorts.push(base);
+    }
+    Some((pkg, shorts.iter().map(|s| format!("{s}.{name}")).collect()))
 }
 
 /// The layouts of `wanted` (`net/http.Request`, ...) from the struct
@@ -237,8 +257,10 @@ pub fn struct_layouts(
 ) -> BTreeMap<String, Result<StructLayout, TypeInfoError>> {
     let mut by_runtime_name: HashMap<String, Vec<(&str, &str)>> = HashMap::new();
     for &full in wanted {
-        if let Some((pkg, name)) = runtime_name(full) {
-            by_runtime_name.entry(name).or_default().push((full, pkg));
+        if let Some((pkg, names)) = runtime_names(full) {
+            for name in names {
+                by_runtime_name.entry(name).or_default().push((full, pkg));
+            }
         }
     }
     let mut found: BTreeMap<String, Result<StructLayout, TypeInfoError>> = BTreeMap::new();
@@ -303,6 +325,30 @@ pub fn plausible_region(types: u64, etypes: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_names_follow_the_package_name() {
+        let names = |t| runtime_names(t).map(|(pkg, n)| (pkg.to_owned(), n));
+        assert_eq!(
+            names("net/http.Request"),
+            Some(("net/http".into(), vec!["http.Request".into()]))
+        );
+        assert_eq!(
+            names("github.com/labstack/echo/v4.context"),
+            Some((
+                "github.com/labstack/echo/v4".into(),
+                vec!["v4.context".into(), "echo.context".into()]
+            ))
+        );
+        assert_eq!(
+            names("gopkg.in/yaml.v3.Node"),
+            Some((
+                "gopkg.in/yaml.v3".into(),
+                vec!["yaml.v3.Node".into(), "yaml.Node".into()]
+            ))
+        );
+        assert_eq!(names("nodot"), None);
+    }
 
     /// A hand-made region: a name table and one struct descriptor with two
     /// fields (as a Go 1.19+ linker lays it out).

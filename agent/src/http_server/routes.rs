@@ -10,9 +10,12 @@
 //! | gorilla/mux | `call requestWithRoute` in `(*Router).ServeHTTP` | `route.regexp.path.template` (RBX = route) |
 //! | echo | `call (*sync.Pool).Put` in `(*Echo).ServeHTTP` | `c.path` (RCX = c) |
 //!
-//! A router's struct offsets come from DWARF only (the per-release table
-//! knows the standard library): in a stripped binary its routes are
+//! A router's struct offsets ([`LIBRARY_FIELDS`]) come from DWARF, or in a
+//! stripped binary from its own type descriptors (the per-release table
+//! knows the standard library only). Where neither has them, its routes are
 //! unavailable, said in one line, and spans keep their method-only names.
+//!
+//! [`LIBRARY_FIELDS`]: crate::binary::LIBRARY_FIELDS
 
 use agent_common::{
     http_route::{
