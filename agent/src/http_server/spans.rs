@@ -419,6 +419,10 @@ impl HttpSpanBuilder {
         let old = open.span_id;
         open.trace_id = TraceId::from_bytes(rec.trace_id);
         open.span_id = SpanId::from_bytes(rec.span_id);
+        // The kernel's sampling decision is the one the wire carries: the
+        // span follows it, or a trace would be kept by the callee and not
+        // here (the decision made on the ids this span had before).
+        open.flags = rec.flags;
         open.kernel_ids = true;
         goroutines.reassign(
             (slot, open.goid),
@@ -1062,6 +1066,57 @@ mod tests {
         let (found, s, _) = traced(value, 0, Sampler::default());
         assert!(found, "the traceparent record has no goroutine id");
         assert!(!s.expect("exported").parent_span_id.is_empty());
+    }
+
+    /// With `--propagate` the kernel makes the span's ids and decides its
+    /// sampling: the span follows the flags the kernel sent on, whatever
+    /// the sampler said of the ids it had before.
+    #[test]
+    fn the_kernels_ids_bring_their_sampling_decision() {
+        for (kernel_flags, exported) in [(0u8, false), (1, true)] {
+            for root in ["always_on", "parentbased_always_off"] {
+                let sampler = Sampler::parse(root, None).expect("sampler");
+                let mut b = HttpSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000)
+                    .with_sampler(sampler);
+                let mut g = Goroutines::new(true);
+                let mut spans = Vec::new();
+                b.on_start(&mut g, &start(5, 10, 0xa, "GET", "/x"), &mut |s| {
+                    spans.push(s)
+                });
+                let ids = SpanIds {
+                    header: EventHeader {
+                        kind: agent_common::propagate::KIND_SERVER_IDS,
+                        target: 0,
+                        tid: 99,
+                        site: 0,
+                        goid: 5,
+                        ktime_ns: 11,
+                    },
+                    key: 0xa,
+                    trace_id: [7; 16],
+                    span_id: [8; 8],
+                    parent_id: [0; 8],
+                    flags: kernel_flags,
+                    _pad: [0; 7],
+                };
+                b.on_ids(&mut g, &ids);
+                let child = g.parent((0, 5), 12).expect("the request is open");
+                assert_eq!(child.flags, kernel_flags, "{root}: what a child sends on");
+                b.on_end(&mut g, &end(0, 20, 0xa, 200), &mut |s| spans.push(s));
+                let spans: Vec<ProtoSpan> = spans.iter().map(decode).collect();
+                assert_eq!(
+                    spans.len(),
+                    usize::from(exported),
+                    "{root}, flags {kernel_flags}"
+                );
+                assert_eq!(b.sampled_out(), u64::from(!exported), "{root}");
+                if let Some(s) = spans.first() {
+                    assert_eq!(s.trace_id, vec![7; 16]);
+                    assert_eq!(s.span_id, vec![8; 8]);
+                    assert_eq!(s.name, "GET", "{root}: the start encoded late");
+                }
+            }
+        }
     }
 
     /// One request with the `traceparent` `value` (its record's goroutine
