@@ -17,6 +17,12 @@ agent's VmRSS and VmHWM are read from /proc. Spans go to a JSONL file.
 With --burst, the N programs are started at once (each held at exec until
 attached), and exec-to-attached is each one's time until its own line.
 
+With --binary PATH (repeatable; ARGS after a comma: --binary 'jaeger,version'),
+exec-to-attached of that Go binary instead: it is copied under a name of
+its own, the agent (shared object) watches for it, and it is started
+--starts times, one after another, each stopped once attached; median and
+p99 per binary, beside the fixture's in the same run.
+
 Run as root. Prints one line per run and a summary table (medians).
 """
 
@@ -151,6 +157,67 @@ def run(agent_bin, binary, name, config, count, out_dir, burst):
     return latencies, rss, hwm
 
 
+def run_binaries(agent_bin, binaries, starts, out_dir):
+    """Exec to attached for each (label, path, args), alternating binaries
+    start by start so that each sees the same machine."""
+    copies = []
+    for index, (label, path, args) in enumerate(binaries):
+        name = f"bx{index}{os.getpid()}"[:15]
+        copy = os.path.join(out_dir, name)
+        shutil.copyfile(path, copy)
+        os.chmod(copy, 0o755)
+        copies.append((label, name, copy, args))
+    latencies = {label: [] for label, _, _, _ in copies}
+    jsonl = os.path.join(out_dir, "spans.jsonl")
+    exes = [arg for _, name, _, _ in copies for arg in ("--exe", name)]
+    agent = Agent([agent_bin, *exes, "--output", f"jsonl={jsonl}"])
+    agent.wait_for("watching for new processes")
+    try:
+        for _ in range(starts):
+            for label, _, copy, args in copies:
+                started = time.monotonic()
+                proc = subprocess.Popen(
+                    [copy, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+                at, _ = agent.wait_for(f"attached to PID {proc.pid} ")
+                latencies[label].append(at - started)
+                # Only the attach is measured: a server is stopped at once.
+                proc.terminate()
+                proc.wait(timeout=60)
+                agent.wait_for(f"PID {proc.pid} exited")
+    finally:
+        agent.stop()
+    return latencies
+
+
+def main_binaries(args):
+    out_dir = tempfile.mkdtemp(prefix="bench-host-")
+    try:
+        fixture = os.path.join(out_dir, "fixture")
+        build_fixture(fixture)
+        binaries = [("the HTTP fixture", fixture, [])]
+        for spec in args.binary:
+            path, *rest = spec.split(",")
+            binaries.append((os.path.basename(path), path, rest))
+        for label, path, _ in binaries:
+            print(f"{label}: {path}, {os.path.getsize(path) / 1e6:.1f} MB", flush=True)
+        latencies = run_binaries(args.agent, binaries, args.starts, out_dir)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    print()
+    print("| binary | size | exec to attached, median | p99 | against the fixture |")
+    print("|---|---|---|---|---|")
+    base = statistics.median(latencies[binaries[0][0]])
+    for label, path, _ in binaries:
+        lat = sorted(latencies[label])
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        median = statistics.median(lat)
+        print(
+            f"| {label} | {os.path.getsize(path) / 1e6:.1f} MB | {median * 1000:.0f} ms"
+            f" | {p99 * 1000:.0f} ms | {median / base:.2f}x |"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agent", default=os.path.join(ROOT, "target", "release", "agent"))
@@ -161,7 +228,16 @@ def main():
         action="store_true",
         help="start the N programs at once instead of one after another",
     )
+    parser.add_argument(
+        "--binary",
+        action="append",
+        default=[],
+        help="exec to attached of this Go binary (ARGS after commas), not the N-target runs",
+    )
+    parser.add_argument("--starts", type=int, default=20)
     args = parser.parse_args()
+    if args.binary:
+        return main_binaries(args)
     counts = [int(c) for c in args.counts.split(",")]
     out_dir = tempfile.mkdtemp(prefix="bench-host-")
     name = f"bh{os.getpid()}"[:15]
