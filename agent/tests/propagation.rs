@@ -15,7 +15,8 @@
 //! `Traceparent` goes out as it was. Without it: the bytes are those the
 //! program sends untraced, byte for byte. With the front sampling a
 //! quarter of its traces: every call carries the decision, and each trace
-//! is exported whole by both agents or not at all.
+//! is exported whole by both agents or not at all. One agent that finds
+//! both services by their executable (`--exe`) makes the same trace.
 //!
 //! ```text
 //! front  GET /front   SERVER  (parent: the incoming traceparent, if any)
@@ -512,6 +513,70 @@ fn a_ratio_sampled_front_keeps_or_drops_each_trace_whole_across_both_services() 
         let work = find(&back[trace], trace, SpanKind::Server, "url.path", "/work");
         assert_eq!(parent(work), id(client), "back SERVER under front CLIENT");
     }
+}
+
+/// One agent in host mode (`--exe`) finds both services as they start and
+/// traces them each under its own resource: the same one trace of five
+/// spans across them, exported by the one agent.
+#[test]
+fn one_agent_that_discovers_both_services_makes_one_trace() {
+    // A name of this test's own (at most 15 bytes, the kernel's `comm`), so
+    // that the other tests' services do not match.
+    let name = format!("pg{}", std::process::id());
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("propagation");
+    std::fs::create_dir_all(&dir).expect("create dir");
+    let binary = dir.join(&name);
+    std::fs::copy(fixture::build("propagate", &[]), &binary).expect("copy fixture");
+
+    let receiver = Receiver::grpc();
+    let mut cmd = command();
+    cmd.args(["--exe", &name, "--propagate"])
+        .args([
+            "--otlp-endpoint",
+            &receiver.url(),
+            "--otlp-protocol",
+            "grpc",
+        ])
+        .args(["--no-instrument", "tls,dns,net"]);
+    let mut agent = Agent::start(cmd);
+    agent.wait_for_stderr("watching for new processes", Duration::from_secs(60));
+    // Each is held at its exec until it is attached.
+    let (back, back_addr) = start_httpserver_with(&binary, &["-role", "back"]);
+    let back_arg = back_addr.to_string();
+    let (front, front_addr) =
+        start_httpserver_with(&binary, &["-role", "front", "-back", &back_arg]);
+    for pid in [back.pid(), front.pid()] {
+        agent.wait_for_stderr(&format!("attached to PID {pid} "), Duration::from_secs(30));
+    }
+
+    let received = get(front_addr, "/front", &[]);
+    let (trace, sent) = sent_context(&received);
+    assert_eq!(
+        received,
+        work_request(back_addr, &format!("traceparent: 00-{trace}-{sent}-01\r\n"))
+    );
+    let spans = receiver.wait_for_spans(5, Duration::from_secs(20));
+    let exit = stop(&mut agent);
+    let of = |pid: u32| -> Vec<FlatSpan> {
+        spans
+            .iter()
+            .filter(|s| s.resource.get("process.pid") == Some(&pid.to_string()))
+            .cloned()
+            .collect()
+    };
+    let (front_spans, back_spans) = (of(front.pid()), of(back.pid()));
+    assert_eq!((front_spans.len(), back_spans.len()), (2, 3), "{spans:#?}");
+    let root = assert_tree(
+        &front_spans,
+        &back_spans,
+        &trace,
+        front_addr,
+        back_addr,
+        "/front",
+        &sent,
+    );
+    assert!(root.span.parent_span_id.is_empty(), "{root:#?}");
+    assert!(exit.contains("spans exported"), "{exit}");
 }
 
 #[test]
