@@ -152,7 +152,17 @@ fn scenario(per_target: bool) {
         exited.contains(&format!(": {} spans exported;", servers[0].paths.len())),
         "{exited}"
     );
-    // A fifth starts after it: in its slot, free again (the lowest).
+    // A fifth starts after it: in its slot, free again (the lowest) once
+    // its uprobes are gone.
+    if !per_target {
+        agent.wait_for_stderr(
+            &format!(
+                "slot {} of the shared object free again",
+                slot_of(&lines[0])
+            ),
+            Duration::from_secs(60),
+        );
+    }
     let (mut fifth, addr, line) = start(&mut agent, &binary_a, "svc-a");
     if !per_target {
         assert_eq!(slot_of(&line), slot_of(&lines[0]), "{line}");

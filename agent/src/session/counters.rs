@@ -97,9 +97,16 @@ impl Counters {
     /// records written, which each target counts as routed to it), the
     /// records no target took, and of each family's counters the part that
     /// comes from the kernel side (its counters with `kernel`, less its
-    /// counters without it: records of its kinds lost to a full ring).
+    /// counters without it: records of its kinds lost to a full ring), and
+    /// the records of finished targets written while their uprobes were
+    /// being removed (`after_stop`: not a loss, their tracing had stopped).
     /// Added once to the targets' sums, every count stays true.
-    pub fn of_object(kernel: &KernelStats, unrouted: u64, families: &[&dyn Family]) -> Self {
+    pub fn of_object(
+        kernel: &KernelStats,
+        unrouted: u64,
+        after_stop: u64,
+        families: &[&dyn Family],
+    ) -> Self {
         let kernel = KernelStats {
             events_written: 0,
             ..*kernel
@@ -113,6 +120,7 @@ impl Counters {
             &[],
         )
         .list;
+        list.push(Counter::count("records_after_stop", after_stop));
         for family in families {
             let (mut with, mut without) = (Vec::new(), Vec::new());
             family.counters(&kernel, &mut with);
@@ -264,11 +272,12 @@ mod tests {
             ..KernelStats::default()
         };
         kernel.lost_by_kind[5] = 4;
-        let object = Counters::of_object(&kernel, 2, &[&Lossy]);
+        let object = Counters::of_object(&kernel, 2, 7, &[&Lossy]);
         // Records are counted by the targets, as routed to them.
         assert_eq!(object.get("records"), Some(0));
         assert_eq!(object.get("ringbuf_full"), Some(4));
         assert_eq!(object.get("bad_records"), Some(2));
+        assert_eq!(object.get("records_after_stop"), Some(7));
         // The family's own 3 are each target's; the kernel's 4 the object's.
         assert_eq!(object.get("lossy_lost"), Some(4));
         assert_eq!(object.lost(), 4 + 2 + 4);

@@ -205,7 +205,8 @@ enum Slot {
     Free,
     /// A target traced, or stopping.
     Busy(Box<Traced>),
-    /// A target that never started: free once its uprobes are gone.
+    /// A target finished (or one that never started): free once its
+    /// uprobes are gone. What they still write is after its stop.
     Quarantine(u64),
 }
 
@@ -316,6 +317,9 @@ struct Hub {
     next_generation: u64,
     /// Records whose slot names no target, or unreadable.
     unrouted: u64,
+    /// Records of a finished target's slot while its uprobes were being
+    /// removed: written after its tracing stopped, not lost.
+    after_stop: u64,
     /// The one export pipeline, and a sender each target's derives from.
     pipeline: Pipeline,
     sender: SpanSender,
@@ -323,6 +327,8 @@ struct Hub {
     /// lacks then is lost.
     pipeline_closed: watch::Sender<bool>,
     exits: SlotChannel,
+    /// Stopped targets to finish: (slot, generation).
+    stopped: SlotChannel,
     /// Stopped targets whose uprobes are all gone: (slot, generation).
     reaped: SlotChannel,
     detached: Detached,
@@ -365,10 +371,12 @@ impl Hub {
             slots: (0..MAX_TARGETS).map(|_| Slot::Free).collect(),
             next_generation: 0,
             unrouted: 0,
+            after_stop: 0,
             pipeline,
             sender,
             pipeline_closed: watch::channel(false).0,
             exits: mpsc::unbounded_channel(),
+            stopped: mpsc::unbounded_channel(),
             reaped: mpsc::unbounded_channel(),
             detached,
             flushing: Vec::new(),
@@ -382,8 +390,15 @@ impl Hub {
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         let mut stopping = None;
         loop {
+            // Every target finished: its uprobes may still be going (about
+            // 0.1 s each, one at a time in the kernel: minutes for many
+            // targets, longer than a service manager waits), but all that
+            // it traced is out.
             if let Some(signal) = stopping
-                && self.slots.iter().all(|s| matches!(s, Slot::Free))
+                && self
+                    .slots
+                    .iter()
+                    .all(|s| matches!(s, Slot::Free | Slot::Quarantine(_)))
             {
                 log::debug!("shared object: every target stopped after {signal}");
                 break;
@@ -402,6 +417,9 @@ impl Hub {
                 },
                 Some((slot, generation)) = self.exits.1.recv() => {
                     self.stop_target(slot, generation, Stop::TargetExited);
+                }
+                Some((slot, generation)) = self.stopped.1.recv() => {
+                    self.finish(slot, generation).await;
                 }
                 Some((slot, generation)) = self.reaped.1.recv() => {
                     self.detached(slot, generation).await;
@@ -436,6 +454,7 @@ impl Hub {
             pipeline_closed,
             flushing,
             unrouted,
+            after_stop,
             finished_families,
             ..
         } = self;
@@ -449,7 +468,7 @@ impl Hub {
         // target took, and what the kernel lost of each family's records.
         let families = finished_families.borrow();
         let families: Vec<&dyn Family> = families.iter().map(AsRef::as_ref).collect();
-        Counters::of_object(&kernel, unrouted, &families)
+        Counters::of_object(&kernel, unrouted, after_stop, &families)
     }
 
     /// Routes waiting records, in chunks, as [`super::Records::drain`].
@@ -468,11 +487,13 @@ impl Hub {
             reader,
             slots,
             unrouted,
+            after_stop,
             ..
         } = self;
         reader.drain(|bytes| match record::kind_and_target(bytes) {
             Ok((kind, slot)) => match slots.get_mut(slot as usize) {
                 Some(Slot::Busy(traced)) => traced.on_record(kind, bytes),
+                Some(Slot::Quarantine(_)) => *after_stop += 1,
                 _ => {
                     *unrouted += 1;
                     log::debug!("a record of kind {kind} for slot {slot}, which has no target");
@@ -633,7 +654,14 @@ impl Hub {
         let removed = std::thread::Builder::new()
             .name(format!("detach-{slot}"))
             .spawn(move || {
+                let started = Instant::now();
                 drop(links);
+                if count > 0 {
+                    log::info!(
+                        "slot {slot} of the shared object free again: {count} uprobes removed in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
                 let _ = reaped.send((slot, generation));
             });
         if let Err(err) = removed {
@@ -653,7 +681,8 @@ impl Hub {
     }
 
     /// Tracing of the target in `slot` stops now; its uprobes go to the
-    /// thread that removes them. It is flushed once they are gone ([`Self::detached`]).
+    /// thread that removes them, and it is finished at once ([`Self::finish`]),
+    /// not once they are gone.
     fn stop_target(&mut self, slot: u32, generation: u64, stop: Stop) {
         let Some(Slot::Busy(traced)) = self.slots.get_mut(slot as usize) else {
             return;
@@ -676,24 +705,34 @@ impl Hub {
             family.stop(&mut self.probes);
         }
         self.remove_detached(slot, generation);
+        let _ = self.stopped.0.send((slot, generation));
     }
 
-    /// Every uprobe of the target in `slot` is gone: what it wrote is
-    /// drained, its open spans are flushed, and the slot is free. It is
-    /// reported once the pipeline has delivered or failed each of its spans
-    /// (or has shut down: then what is missing is lost).
+    /// Every uprobe of the target in `slot` is gone: the slot is free (a
+    /// target not finished yet is finished first).
     async fn detached(&mut self, slot: u32, generation: u64) {
+        self.finish(slot, generation).await;
+        let index = slot as usize;
+        if matches!(self.slots.get(index), Some(Slot::Quarantine(g)) if *g == generation) {
+            self.slots[index] = Slot::Free;
+        }
+    }
+
+    /// The target in `slot` has stopped: what it wrote until then is
+    /// drained, its open spans are flushed, and its slot is quarantined
+    /// until its uprobes are gone. It is reported once the pipeline has
+    /// delivered or failed each of its spans (or has shut down: then what
+    /// is missing is lost).
+    async fn finish(&mut self, slot: u32, generation: u64) {
         let index = slot as usize;
         match self.slots.get(index) {
-            Some(Slot::Quarantine(g)) if *g == generation => {
-                self.slots[index] = Slot::Free;
-                return;
-            }
             Some(Slot::Busy(traced)) if traced.generation == generation => {}
             _ => return,
         }
         self.drain(usize::MAX).await;
-        let Slot::Busy(traced) = std::mem::replace(&mut self.slots[index], Slot::Free) else {
+        let Slot::Busy(traced) =
+            std::mem::replace(&mut self.slots[index], Slot::Quarantine(generation))
+        else {
             return;
         };
         let Traced {
