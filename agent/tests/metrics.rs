@@ -871,6 +871,10 @@ fn metrics_over_tls_with_the_ca_file_and_a_wrong_ca_said() {
             line.contains("UnknownIssuer") || line.contains("certificate"),
             "{protocol}: the cause is named: {line}"
         );
+        // The failure can come before the attach is done (an HTTP connect
+        // fails at once); a SIGINT before then would end the agent by the
+        // default action, not stop it.
+        agent.wait_attached();
         agent.signal(Signal::SIGINT);
         assert!(agent.wait(AGENT_EXIT).success(), "{protocol}");
         assert_eq!(
