@@ -161,14 +161,20 @@ fn parent(span: &FlatSpan) -> String {
 
 /// The `traceparent` line the back received: (trace id, parent id).
 fn sent_context(received: &str) -> (String, String) {
+    let (line, parts) = sent_traceparent(received);
+    assert_eq!((parts[0], parts[3]), ("00", "01"), "{line}");
+    (parts[1].to_owned(), parts[2].to_owned())
+}
+
+/// The `traceparent` line the back received, and its four fields.
+fn sent_traceparent(received: &str) -> (&str, Vec<&str>) {
     let line = received
         .lines()
         .find(|l| l.starts_with("traceparent: "))
         .unwrap_or_else(|| panic!("no traceparent in {received:?}"));
     let parts: Vec<_> = line["traceparent: ".len()..].split('-').collect();
     assert_eq!(parts.len(), 4, "{line}");
-    assert_eq!((parts[0], parts[3]), ("00", "01"), "{line}");
-    (parts[1].to_owned(), parts[2].to_owned())
+    (line, parts)
 }
 
 /// The five spans of one front request in `trace`, with the parents of the
@@ -343,12 +349,7 @@ fn requests_carry_the_client_span_to_the_callee() {
 /// The trace id and the sampled flag of the `traceparent` line the back
 /// received.
 fn sent_trace_and_flag(received: &str) -> (String, bool) {
-    let line = received
-        .lines()
-        .find(|l| l.starts_with("traceparent: "))
-        .unwrap_or_else(|| panic!("no traceparent in {received:?}"));
-    let parts: Vec<_> = line["traceparent: ".len()..].split('-').collect();
-    assert_eq!(parts.len(), 4, "{line}");
+    let (line, parts) = sent_traceparent(received);
     let sampled = match parts[3] {
         "01" => true,
         "00" => false,
