@@ -9,7 +9,7 @@ use crate::{
 
 /// Every record kind, by family. A kind is never 0 (zeroed memory is not a
 /// record).
-pub const KINDS: [u32; 35] = [
+pub const KINDS: [u32; 36] = [
     http::KIND_HTTP_SERVER_START,
     http::KIND_HTTP_SERVER_END,
     http::KIND_HTTP_TRACEPARENT,
@@ -27,6 +27,7 @@ pub const KINDS: [u32; 35] = [
     grpc::KIND_GRPC_CLIENT_START,
     grpc::KIND_GRPC_CLIENT_END,
     grpc::KIND_GRPC_TRACEPARENT,
+    grpc::KIND_GRPC_TRACESTATE,
     http_client::KIND_HTTP_CLIENT_START,
     http_client::KIND_HTTP_CLIENT_END,
     http_route::KIND_HTTP_ROUTE,

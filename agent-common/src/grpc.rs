@@ -2,7 +2,7 @@
 //! `(*Server).handleStream`, CLIENT spans from `(*ClientConn).Invoke` and
 //! `(*ClientConn).NewStream`.
 
-use crate::{event::EventHeader, target::OFFSET_ABSENT};
+use crate::{event::EventHeader, http::TRACESTATE_CAP, target::OFFSET_ABSENT};
 
 /// `EventHeader::kind` of a [`GrpcServerStart`] record.
 pub const KIND_GRPC_SERVER_START: u32 = 17;
@@ -16,6 +16,8 @@ pub const KIND_GRPC_CLIENT_START: u32 = 20;
 pub const KIND_GRPC_CLIENT_END: u32 = 21;
 /// `EventHeader::kind` of a [`GrpcTraceparent`] record.
 pub const KIND_GRPC_TRACEPARENT: u32 = 22;
+/// `EventHeader::kind` of a [`GrpcTracestate`] record.
+pub const KIND_GRPC_TRACESTATE: u32 = 23;
 
 /// Bytes of the full method name (`/pkg.Service/Method`) kept.
 pub const METHOD_CAP: usize = 128;
@@ -23,7 +25,8 @@ pub const METHOD_CAP: usize = 128;
 pub const TARGET_CAP: usize = 128;
 /// Bytes of an incoming `traceparent` kept (version 00 is 55).
 pub const TRACEPARENT_CAP: usize = 56;
-/// Header fields of a HEADERS frame searched for `traceparent` at most.
+/// Header fields of a HEADERS frame searched for `traceparent` (and
+/// `tracestate`) at most.
 pub const MAX_HEADER_FIELDS: u32 = 32;
 /// Size of `golang.org/x/net/http2/hpack.HeaderField` (`Name`, `Value`
 /// strings, `Sensitive` bool) on 64-bit targets, the same in every release.
@@ -72,6 +75,23 @@ pub struct GrpcTraceparent {
 }
 
 const _: () = assert!(core::mem::size_of::<GrpcTraceparent>() == 32 + 16 + TRACEPARENT_CAP);
+
+/// The same HEADERS frame's first `tracestate` field, right after its
+/// [`GrpcTraceparent`] record (written only when there is one): pairs with
+/// it by (transport, stream id), as HTTP's `HttpTracestate` does with its
+/// request. The header's goroutine is the transport's reader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GrpcTracestate {
+    pub header: EventHeader,
+    pub transport: u64,
+    pub stream_id: u32,
+    /// The value's full length; its first `min(len, CAP)` bytes follow.
+    pub len: u32,
+    pub value: [u8; TRACESTATE_CAP],
+}
+
+const _: () = assert!(core::mem::size_of::<GrpcTracestate>() == 32 + 16 + TRACESTATE_CAP);
 
 /// `(*Server).handleStream` returned (one of its `ret` sites) on the
 /// goroutine in the header.

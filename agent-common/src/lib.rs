@@ -72,6 +72,7 @@ impl_pod!(
     grpc::GrpcClientStart,
     grpc::GrpcClientEnd,
     grpc::GrpcTraceparent,
+    grpc::GrpcTracestate,
     grpc::GrpcOffsets,
     grpc::GrpcConfig,
     http_client::HttpClientStart,

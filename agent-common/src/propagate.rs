@@ -170,11 +170,13 @@ pub const STAT_NOT_SEEN: u32 = 5;
 pub const STAT_UNKNOWN_LAYOUT: u32 = 6;
 /// A kernel map refused an update (a context not kept).
 pub const STAT_MAP_FULL: u32 = 7;
-/// A request carried the caller's `tracestate` on (after its `traceparent`).
+/// A request carried the caller's `tracestate` on (after its `traceparent`:
+/// a header line for HTTP/1.1, an HPACK field for HTTP/2).
 pub const STAT_TRACESTATE: u32 = 8;
 /// A caller's `tracestate` not sent on: longer than [`TRACESTATE_MAX`]
-/// (counted once, when it arrives), or, for one request, gone (its server
-/// span ended) or refused by the kernel (its `traceparent` went out).
+/// (counted once, when it arrives, over HTTP or gRPC), or, for one request,
+/// gone (its server span ended), refused by the kernel, or, over HTTP/2,
+/// without room in the HEADERS frame (its `traceparent` went out).
 pub const STAT_TRACESTATE_SKIPPED: u32 = 9;
 /// An HTTP/2 request (a gRPC call) carried the context out (the HPACK
 /// field was appended to its HEADERS frame).

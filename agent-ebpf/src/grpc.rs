@@ -15,14 +15,17 @@
 use agent_common::{
     grpc::{
         CODE_NOT_STATUS, GrpcClientEnd, GrpcClientStart, GrpcConfig, GrpcOffsets, GrpcServerEnd,
-        GrpcServerStart, GrpcServerStatus, GrpcTraceparent, HEADER_FIELD_SIZE,
+        GrpcServerStart, GrpcServerStatus, GrpcTraceparent, GrpcTracestate, HEADER_FIELD_SIZE,
         KIND_GRPC_CLIENT_END, KIND_GRPC_CLIENT_START, KIND_GRPC_SERVER_END, KIND_GRPC_SERVER_START,
-        KIND_GRPC_SERVER_STATUS, KIND_GRPC_TRACEPARENT, MAX_HEADER_FIELDS, TRACEPARENT_CAP,
+        KIND_GRPC_SERVER_STATUS, KIND_GRPC_TRACEPARENT, KIND_GRPC_TRACESTATE, MAX_HEADER_FIELDS,
+        TRACEPARENT_CAP,
     },
+    http::TRACESTATE_CAP,
     stats,
     target::MAX_TARGETS,
 };
 use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
     macros::{map, uprobe},
     maps::Array,
     programs::ProbeContext,
@@ -47,6 +50,8 @@ unsafe impl InPlace for GrpcClientStart {}
 unsafe impl InPlace for GrpcClientEnd {}
 // SAFETY: as above.
 unsafe impl InPlace for GrpcTraceparent {}
+// SAFETY: as above.
+unsafe impl InPlace for GrpcTracestate {}
 
 /// Per-target configuration, indexed by the target slot in the attach cookie.
 #[map]
@@ -132,11 +137,16 @@ pub fn grpc_operate_headers_old(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// `traceparent`, as HPACK hands header names over (lowercase).
+/// `traceparent` and `tracestate`, as HPACK hands header names over
+/// (lowercase).
 const TRACEPARENT: [u8; 11] = *b"traceparent";
+const TRACESTATE: [u8; 10] = *b"tracestate";
 
-/// Searches the frame's decoded header fields for `traceparent` and writes
-/// it, with the transport (RAX) and stream id that pair it with its call.
+/// Searches the frame's decoded header fields for `traceparent` and
+/// `tracestate` (the first of each) and writes them, with the transport
+/// (RAX) and stream id that pair them with their call: `traceparent` in a
+/// record, and `tracestate`, when there is one beside it, in a record of
+/// its own that follows.
 #[inline(always)]
 fn operate_headers(ctx: &ProbeContext, frame: u64) {
     let cookie = cookie(ctx);
@@ -148,6 +158,7 @@ fn operate_headers(ctx: &ProbeContext, frame: u64) {
         return;
     };
     let mut found = None;
+    let mut state = None;
     for i in 0..MAX_HEADER_FIELDS {
         if u64::from(i) >= len {
             break;
@@ -158,14 +169,17 @@ fn operate_headers(ctx: &ProbeContext, frame: u64) {
             count(stats::READ_FAILED);
             return;
         };
-        if name_len != TRACEPARENT.len() as u64 {
-            continue;
+        if name_len == TRACEPARENT.len() as u64 && found.is_none() {
+            if read_field::<[u8; 11]>(name, 0) == Some(TRACEPARENT) {
+                found = Some((value, value_len));
+            }
+        } else if name_len == TRACESTATE.len() as u64
+            && state.is_none()
+            && read_field::<[u8; 10]>(name, 0) == Some(TRACESTATE)
+        {
+            state = Some((value, value_len));
         }
-        let Some(bytes) = read_field::<[u8; 11]>(name, 0) else {
-            continue;
-        };
-        if bytes == TRACEPARENT {
-            found = Some((value, value_len));
+        if found.is_some() && state.is_some() {
             break;
         }
     }
@@ -195,7 +209,41 @@ fn operate_headers(ctx: &ProbeContext, frame: u64) {
             0
         }
     };
-    crate::propagate_h2::incoming(cookie, transport, stream_id, &rec.value, rec.len);
+    let kept = crate::propagate_h2::incoming(cookie, transport, stream_id, &rec.value, rec.len);
+    let now = rec.header.ktime_ns;
+    submit(entry, now);
+    match state {
+        Some((value, value_len)) => {
+            tracestate(cookie, transport, stream_id, value, value_len, kept)
+        }
+        None if len > u64::from(MAX_HEADER_FIELDS) => count(stats::HEADERS_INCOMPLETE),
+        None => {}
+    }
+}
+
+/// The `tracestate` field beside a call's `traceparent`: its record, and
+/// (`kept`: the kernel kept the `traceparent` for the call's start) the
+/// value kept to send on under the call's server span.
+#[inline(always)]
+fn tracestate(cookie: u64, transport: u64, stream_id: u32, value: u64, value_len: u64, kept: bool) {
+    let Some(mut entry) = reserve::<GrpcTracestate>(KIND_GRPC_TRACESTATE) else {
+        return;
+    };
+    let rec = fields(&mut entry);
+    rec.header = header(cookie, KIND_GRPC_TRACESTATE, 0);
+    rec.transport = transport;
+    rec.stream_id = stream_id;
+    rec.len = match copy_string::<TRACESTATE_CAP>(value, value_len, &mut rec.value) {
+        Some(len) => len,
+        None => {
+            count(stats::READ_FAILED);
+            entry.discard(BPF_RB_NO_WAKEUP as u64);
+            return;
+        }
+    };
+    if kept {
+        crate::propagate_h2::incoming_state(transport, stream_id, &rec.value, rec.len);
+    }
     let now = rec.header.ktime_ns;
     submit(entry, now);
 }

@@ -18,7 +18,8 @@
 //! 4. the sockops program puts the traced process's outgoing TCP connections
 //!    in `PROPAGATE_SOCKETS` ([`propagate_sockops`]), and the sk_msg program
 //!    on that map ([`propagate_msg`]) inserts `traceparent: ...\r\n` after
-//!    the request line of the thread's next request.
+//!    the request line of the thread's next request, and the server span's
+//!    incoming `tracestate` after it (HTTP/2: `propagate_h2`).
 //!
 //! Each start probe writes the ids it made in a `SpanIds` record right after
 //! its start record: the agent exports exactly those. What cannot be sent
@@ -104,8 +105,10 @@ pub static PROPAGATE_CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_ent
 #[map]
 pub static PROPAGATE_SOCKETS: SockHash<u64> = SockHash::with_max_entries(65536, 0);
 
-/// The incoming `tracestate` of each server span that has one, by the
-/// span's id (`SpanContext::state_key`), from its start to its end.
+/// The incoming `tracestate` of each server span (HTTP or gRPC) that has
+/// one, by the span's id (`SpanContext::state_key`), from its start to its
+/// end: every request made under the span sends it on (HTTP/1.1 here,
+/// HTTP/2 in `propagate_h2`).
 #[map]
 pub static TRACESTATE: LruHashMap<u64, TraceState> = LruHashMap::with_max_entries(4096, 0);
 

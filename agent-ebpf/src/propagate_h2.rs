@@ -21,7 +21,10 @@
 //!    connection with a stream waiting, and appends `traceparent` (a
 //!    literal field without indexing, new name, no Huffman: the decoder's
 //!    dynamic table is not touched) to the end of that stream's header
-//!    block, fixing the frame's length.
+//!    block, and after it, when the context has one (`state_key`) and the
+//!    frame has room, the caller's `tracestate` (a field of the same kind,
+//!    its value as it came: HTTP/2 allows no padding), fixing the frame's
+//!    length.
 //!
 //! net/http's own HTTP/2 without TLS (h2c) writes a request's HEADERS on
 //! one goroutine and flushes them at once: the probe on
@@ -35,32 +38,41 @@
 //!
 //! A gRPC server span makes its ids like an HTTP one ([`server_start`]),
 //! adopting the call's `traceparent` (read by the grpc family's probe on
-//! the server's HEADERS, kept in `GRPC_INCOMING` until the call starts).
+//! the server's HEADERS, kept in `GRPC_INCOMING` until the call starts)
+//! and its `tracestate` (kept beside it in `GRPC_INCOMING_STATE`, then in
+//! `TRACESTATE` under the span's id, as `propagate::keep_tracestate` does
+//! for HTTP; `propagate::server_end` removes it).
 
 use agent_common::{
     event::EventHeader,
     grpc::{HEADER_FIELD_SIZE, MAX_HEADER_FIELDS},
+    http::TRACESTATE_CAP,
     propagate::{
         H2_FIELD_LEN, H2_MIN_MAX_FRAME, KIND_GRPC_CLIENT_IDS, KIND_GRPC_SERVER_IDS,
         STAT_H2_CONTINUATION, STAT_H2_INJECTED, STAT_H2_NO_ROOM, STAT_H2C_INJECTED, STAT_MAP_FULL,
-        STAT_NOT_SEEN, STAT_PRESENT, STAT_PUSH_FAILED, STAT_TOO_LONG, STAT_UNKNOWN_LAYOUT,
-        SpanContext, StreamKey,
+        STAT_NOT_SEEN, STAT_PRESENT, STAT_PUSH_FAILED, STAT_TOO_LONG, STAT_TRACESTATE,
+        STAT_TRACESTATE_SKIPPED, STAT_UNKNOWN_LAYOUT, SpanContext, StreamKey, TRACESTATE_MAX,
+        TraceState,
     },
     target::OFFSET_ABSENT,
 };
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_msg_pull_data},
-    macros::{map, uprobe},
-    maps::{LruHashMap, PerCpuArray},
+    bindings::sk_action,
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_msg_pop_data, bpf_msg_pull_data},
+    },
+    macros::{map, sk_msg, uprobe},
+    maps::{LruHashMap, PerCpuArray, ProgramArray},
     programs::{ProbeContext, SkMsgContext},
 };
 
 use crate::{
     go::{Reg, goid, read_field, reg},
     propagate::{
-        GO_CONTEXT, GoKey, HEX, REQUEST_CONTEXT, config, fresh, hex_byte, new_context, new_span_id,
-        parse_traceparent, sampled, stat, tgid, write_ids,
+        GO_CONTEXT, GoKey, HEX, REQUEST_CONTEXT, TRACESTATE, TRACESTATE_SCRATCH, config, fresh,
+        hex_byte, new_context, new_span_id, parse_traceparent, sampled, stat, tgid, write_ids,
     },
     record::cookie,
 };
@@ -127,6 +139,12 @@ pub static H2_CONNS: LruHashMap<StreamKey, u32> = LruHashMap::with_max_entries(8
 #[map]
 pub static GRPC_INCOMING: LruHashMap<IncomingKey, Incoming> = LruHashMap::with_max_entries(4096, 0);
 
+/// The `tracestate` beside a kept incoming `traceparent`, by the same key,
+/// until the call's server span adopts both.
+#[map]
+pub static GRPC_INCOMING_STATE: LruHashMap<IncomingKey, TraceState> =
+    LruHashMap::with_max_entries(4096, 0);
+
 /// An h2c request's context, from `encodeAndWriteHeaders` to
 /// `writeHeaders` on its goroutine.
 #[repr(C)]
@@ -171,8 +189,49 @@ pub struct FieldScratch {
     /// The walk's offset in the message, and the message's size.
     pub off: u32,
     pub size: u32,
-    pub _pad: u32,
+    /// The length of the `tracestate` field in `state`.
+    pub state_len: u32,
+    /// The `tracestate` HPACK field being appended after `traceparent`.
+    pub state: [u8; STATE_FIELD_CAP],
+    /// The `tracestate` fields the walk left for [`propagate_h2_state`]
+    /// (in message order), and how many.
+    pub pending: [PendingState; MAX_PENDING_STATES],
+    pub pending_count: u32,
+    pub _pad2: u32,
 }
+
+/// A `tracestate` field to insert after a `traceparent` the walk appended.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingState {
+    /// The HEADERS frame's offset in the message (its length is fixed
+    /// again), and where the field goes (right after `traceparent`).
+    pub frame: u32,
+    pub at: u32,
+    /// The caller's value in `TRACESTATE`.
+    pub key: u64,
+}
+
+/// `tracestate` fields inserted in one message at most (one per HEADERS
+/// frame that carries a context).
+const MAX_PENDING_STATES: usize = 4;
+const _: () = assert!(MAX_PENDING_STATES.is_power_of_two());
+
+/// The program [`msg`] chains to when it left `tracestate` fields to
+/// insert: in a program of its own, so that the kernel verifies the
+/// variable-length write once, not on every path through the walk.
+#[map]
+pub static H2_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Bytes of the `tracestate` HPACK field at most: `0x00`, the name's
+/// length (10), `tracestate`, the value's length (an HPACK integer with a
+/// 7-bit prefix: 3 bytes at most for [`TRACESTATE_MAX`]), the value.
+const STATE_FIELD_MAX: usize = 1 + 1 + 10 + 3 + TRACESTATE_MAX;
+/// Its buffer: a power of two, so that a masked index stays inside it.
+const STATE_FIELD_CAP: usize = 512;
+const STATE_FIELD_MASK: usize = STATE_FIELD_CAP - 1;
+const _: () = assert!(STATE_FIELD_MAX <= STATE_FIELD_CAP);
+const TRACESTATE_NAME: [u8; 10] = *b"tracestate";
 
 #[map]
 pub static H2_SCRATCH: PerCpuArray<FieldScratch> = PerCpuArray::with_max_entries(1, 0);
@@ -218,7 +277,7 @@ pub fn client_start(cookie: u64, header: &EventHeader, conn: u64) {
         adopted: 0,
         _pad: [0; 5],
         since_ns: header.ktime_ns,
-        state_key: 0,
+        state_key: parent.state_key,
     };
     write_ids(header, KIND_GRPC_CLIENT_IDS, conn, &out, parent.span_id);
     let call = GrpcCall {
@@ -553,20 +612,20 @@ pub fn propagate_h2c_write(ctx: ProbeContext) -> u32 {
 
 /// A gRPC server call's HEADERS frame (decoded on `transport`'s reader)
 /// carries `traceparent` `value` (`len` bytes in all): kept, when valid,
-/// for the call's start.
+/// for the call's start. Returns whether it was kept.
 #[inline(always)]
-pub fn incoming(cookie: u64, transport: u64, stream_id: u32, value: &[u8; 56], len: u32) {
+pub fn incoming(cookie: u64, transport: u64, stream_id: u32, value: &[u8; 56], len: u32) -> bool {
     if config(cookie).is_none() {
-        return;
+        return false;
     }
     let Some((trace_id, flags)) = parse_traceparent(value, len) else {
-        return;
+        return false;
     };
     let mut span_id = [0u8; 8];
     let mut i = 0;
     while i < 8 {
         let Some(b) = hex_byte(value, 36 + 2 * i) else {
-            return;
+            return false;
         };
         span_id[i] = b;
         i += 1;
@@ -582,7 +641,47 @@ pub fn incoming(cookie: u64, transport: u64, stream_id: u32, value: &[u8; 56], l
         flags,
         _pad: [0; 7],
     };
+    // A state left from an earlier call under this key is not this one's.
+    let _ = GRPC_INCOMING_STATE.remove(&key);
     if GRPC_INCOMING.insert(&key, &parent, BPF_ANY as u64).is_err() {
+        stat(STAT_MAP_FULL);
+        return false;
+    }
+    true
+}
+
+/// The same HEADERS frame carries `tracestate` `value` (`len` bytes in
+/// all) beside the `traceparent` [`incoming`] kept: kept too, for the
+/// call's server span to send on (as `propagate::keep_tracestate` does for
+/// HTTP). A value longer than [`TRACESTATE_MAX`] is not (counted).
+#[inline(always)]
+pub fn incoming_state(transport: u64, stream_id: u32, value: &[u8; TRACESTATE_CAP], len: u32) {
+    if len == 0 || len as usize > TRACESTATE_MAX {
+        stat(STAT_TRACESTATE_SKIPPED);
+        return;
+    }
+    let Some(state) = TRACESTATE_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's value; filled and copied into the map before this
+    // program ends (uprobe programs run with migration off).
+    let state = unsafe { &mut *state };
+    state.len = len;
+    state._pad = 0;
+    let mut i = 0;
+    while i < TRACESTATE_MAX {
+        state.value[i] = value[i];
+        i += 1;
+    }
+    let key = IncomingKey {
+        tgid: tgid(),
+        stream_id,
+        transport,
+    };
+    if GRPC_INCOMING_STATE
+        .insert(&key, state, BPF_ANY as u64)
+        .is_err()
+    {
         stat(STAT_MAP_FULL);
     }
 }
@@ -622,6 +721,7 @@ pub fn server_start(
         };
         ctx.adopted = 1;
         parent = incoming.span_id;
+        adopt_state(&key, &mut ctx);
     }
     let go = GoKey {
         tgid,
@@ -632,6 +732,26 @@ pub fn server_start(
         stat(STAT_MAP_FULL);
     }
     write_ids(header, KIND_GRPC_SERVER_IDS, stream, &ctx, parent);
+}
+
+/// The call's incoming `tracestate`, if the kernel kept one: it goes into
+/// `TRACESTATE` under the server span's id, which the calls made under the
+/// span send on (`ctx.state_key`); `propagate::server_end` removes it.
+#[inline(always)]
+fn adopt_state(key: &IncomingKey, ctx: &mut SpanContext) {
+    let Some(state) = GRPC_INCOMING_STATE.get_ptr(key) else {
+        return;
+    };
+    let state_key = u64::from_le_bytes(ctx.span_id);
+    // SAFETY: the map's value, from the lookup, read by the helper while
+    // this program runs (an LRU value stays valid under RCU until then).
+    let inserted = TRACESTATE.insert(&state_key, unsafe { &*state }, BPF_ANY as u64);
+    let _ = GRPC_INCOMING_STATE.remove(key);
+    if inserted.is_err() {
+        stat(STAT_MAP_FULL);
+        return;
+    }
+    ctx.state_key = state_key;
 }
 
 /// The sk_msg program's HTTP/2 part, for a message with no HTTP/1 request
@@ -686,6 +806,7 @@ pub fn msg(ctx: &SkMsgContext, pid_tgid: u64) {
     put(&mut s.found, 0);
     put(&mut s.off, 0);
     put(&mut s.size, ctx.size());
+    put(&mut s.pending_count, 0);
     for _ in 0..MAX_FRAMES {
         step(ctx, s, conn);
         if get(&s.off) == u32::MAX {
@@ -694,6 +815,60 @@ pub fn msg(ctx: &SkMsgContext, pid_tgid: u64) {
     }
     if get(&s.want) != 0 && get(&s.found) == 0 {
         stat(STAT_NOT_SEEN);
+    }
+    let pending = get(&s.pending_count);
+    if pending != 0 {
+        // SAFETY: the callee is a program of the same type, on the same
+        // message; when the call fails (no program in the slot), this one
+        // goes on below.
+        let _ = unsafe { H2_TAIL.tail_call(ctx, 0) };
+        for _ in 0..MAX_PENDING_STATES as u32 {
+            let left = get(&s.pending_count);
+            if left == 0 {
+                break;
+            }
+            put(&mut s.pending_count, left - 1);
+            stat(STAT_TRACESTATE_SKIPPED);
+        }
+    }
+}
+
+/// Chained to by the sk_msg program when its walk appended `traceparent`
+/// fields whose context has a `tracestate`: inserts the last one left (the
+/// offsets of those before it stay valid), then chains to itself for the
+/// next. Always passes the message.
+#[sk_msg]
+pub fn propagate_h2_state(ctx: SkMsgContext) -> u32 {
+    state_tail(&ctx);
+    sk_action::SK_PASS
+}
+
+#[inline(always)]
+fn state_tail(ctx: &SkMsgContext) {
+    let Some(scratch) = H2_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's value, as the walk left it (a tail call runs on
+    // after it, on the same CPU).
+    let s = unsafe { &mut *scratch };
+    let count = get(&s.pending_count);
+    if count == 0 || count as usize > MAX_PENDING_STATES {
+        return;
+    }
+    put(&mut s.pending_count, count - 1);
+    let p = s.pending[(count as usize - 1) & (MAX_PENDING_STATES - 1)];
+    if append_state(ctx, s, p.frame, p.at, p.key) {
+        stat(STAT_TRACESTATE);
+    }
+    if count > 1 {
+        // SAFETY: as in `msg`; a failed call leaves the rest unsent.
+        let _ = unsafe { H2_TAIL.tail_call(ctx, 0) };
+        let mut left = count - 1;
+        while left > 0 && left <= MAX_PENDING_STATES as u32 {
+            stat(STAT_TRACESTATE_SKIPPED);
+            left -= 1;
+        }
+        put(&mut s.pending_count, 0);
     }
 }
 
@@ -787,8 +962,10 @@ fn pull<const N: usize>(ctx: &SkMsgContext, off: u32) -> Option<[u8; N]> {
 }
 
 /// Appends the `traceparent` field to the HEADERS frame at `off` (payload
-/// `len` bytes, `flags`) of a message of `size` bytes; returns the bytes
-/// added (0 when it was left as it is, counted by reason).
+/// `len` bytes, `flags`) of a message of `size` bytes, and leaves the
+/// caller's `tracestate` after it to [`propagate_h2_state`] when the
+/// context has one; returns the bytes added (0 when it was left as it is,
+/// counted by reason).
 #[inline(always)]
 fn append(
     ctx: &SkMsgContext,
@@ -843,7 +1020,148 @@ fn append(
         return H2_FIELD_LEN as u32;
     }
     stat(counter);
+    if out.state_key != 0 {
+        let n = get(&s.pending_count);
+        if (n as usize) < MAX_PENDING_STATES {
+            s.pending[n as usize & (MAX_PENDING_STATES - 1)] = PendingState {
+                frame: off,
+                at: at + H2_FIELD_LEN as u32,
+                key: out.state_key,
+            };
+            put(&mut s.pending_count, n + 1);
+        } else {
+            stat(STAT_TRACESTATE_SKIPPED);
+        }
+    }
     H2_FIELD_LEN as u32
+}
+
+/// Inserts the `tracestate` field at `at` (right after `traceparent`, in
+/// the HEADERS frame at `frame`), the caller's value kept under `key`, and
+/// fixes the frame's length; returns whether it did (counted when not:
+/// gone, its server span ended; no room in the frame; refused by the
+/// kernel). The value goes as it is, with no padding (a field value has no
+/// optional whitespace in HTTP/2), so the write's length is known only
+/// here: byte by byte, each checked.
+#[inline(always)]
+fn append_state(ctx: &SkMsgContext, s: &mut FieldScratch, frame: u32, at: u32, key: u64) -> bool {
+    fill_state(s, key);
+    // Read back from memory: every path through the fill reaches the write
+    // alike.
+    let n = get(&s.state_len);
+    if n == 0 {
+        stat(STAT_TRACESTATE_SKIPPED);
+        return false;
+    }
+    let Some(h) = pull::<3>(ctx, frame) else {
+        stat(STAT_TRACESTATE_SKIPPED);
+        return false;
+    };
+    let len = (u32::from(h[0]) << 16) | (u32::from(h[1]) << 8) | u32::from(h[2]);
+    let new_len = len + n;
+    if new_len > H2_MIN_MAX_FRAME
+        || at < frame + FRAME_HEADER_LEN
+        || at > frame + FRAME_HEADER_LEN + len
+    {
+        stat(STAT_TRACESTATE_SKIPPED);
+        return false;
+    }
+    if ctx.push_data(at, n, 0).is_err() {
+        stat(STAT_TRACESTATE_SKIPPED);
+        return false;
+    }
+    if !write_state(ctx, at, s) {
+        // The pushed bytes are not the field's: taken out again.
+        // SAFETY: the program's own context.
+        if unsafe { bpf_msg_pop_data(ctx.msg, at, n, 0) } != 0 {
+            stat(STAT_PUSH_FAILED);
+        } else {
+            stat(STAT_TRACESTATE_SKIPPED);
+        }
+        return false;
+    }
+    let mut length = [0u8; 72];
+    length[0] = (new_len >> 16) as u8;
+    length[1] = (new_len >> 8) as u8;
+    length[2] = new_len as u8;
+    if !write::<3>(ctx, frame, &length) {
+        stat(STAT_PUSH_FAILED);
+        return false;
+    }
+    true
+}
+
+/// Puts the `tracestate` field with the value under `key` in `s.state`,
+/// and its length in `s.state_len` (0: there is none to send).
+#[inline(always)]
+fn fill_state(s: &mut FieldScratch, key: u64) {
+    put(&mut s.state_len, 0);
+    // SAFETY: a lookup whose value is read at once.
+    let Some(state) = (unsafe { TRACESTATE.get(&key) }) else {
+        return;
+    };
+    let len = state.len as usize;
+    if len == 0 || len > TRACESTATE_MAX {
+        return;
+    }
+    let f = &mut s.state;
+    f[0] = 0;
+    f[1] = TRACESTATE_NAME.len() as u8;
+    let mut i = 0;
+    while i < TRACESTATE_NAME.len() {
+        f[2 + i] = TRACESTATE_NAME[i];
+        i += 1;
+    }
+    // The value's length: an HPACK integer, 7-bit prefix, no Huffman.
+    let head = if len < 127 {
+        f[12] = len as u8;
+        13
+    } else if len - 127 < 128 {
+        f[12] = 127;
+        f[13] = (len - 127) as u8;
+        14
+    } else {
+        f[12] = 127;
+        f[13] = 0x80 | ((len - 127) & 0x7f) as u8;
+        f[14] = ((len - 127) >> 7) as u8;
+        15
+    };
+    let mut i = 0;
+    while i < TRACESTATE_MAX {
+        f[(head + i) & STATE_FIELD_MASK] = state.value[i];
+        i += 1;
+    }
+    put(&mut s.state_len, (head + len) as u32);
+}
+
+/// Writes the first `s.state_len` bytes of `s.state` at `at` of the
+/// message (pushed there before).
+#[inline(always)]
+fn write_state(ctx: &SkMsgContext, at: u32, s: &FieldScratch) -> bool {
+    let n = get(&s.state_len) as usize;
+    if n == 0 || n > STATE_FIELD_MAX {
+        return false;
+    }
+    // SAFETY: the program's own context.
+    if unsafe { bpf_msg_pull_data(ctx.msg, at, at + n as u32, 0) } != 0 {
+        return false;
+    }
+    let data = ctx.data();
+    let data_end = ctx.data_end();
+    let mut i = 0;
+    while i < STATE_FIELD_MAX {
+        if i >= n {
+            break;
+        }
+        if data + i + 1 > data_end {
+            return false;
+        }
+        // SAFETY: `data + i + 1 <= data_end` was checked: a byte of the
+        // message the program may write.
+        unsafe { *((data + i) as *mut u8) = s.state[i & STATE_FIELD_MASK] };
+        i += 1;
+    }
+    true
 }
 
 /// Writes the first `N` bytes of `bytes` at `at` of the message.

@@ -24,14 +24,15 @@ use std::{net::SocketAddr, time::Duration};
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use support::{
-    agent::{AGENT_EXIT, Agent, command},
+    agent::Agent,
     fixture::{self, Running, start_httpserver_with},
     http_client::Connection,
-    otlp::{FlatSpan, Receiver, hex},
+    otlp::{Receiver, hex},
+    propagation::{context, find, id, number_before, parent, stop},
 };
 
 /// What the start line says on this host about h2c.
-const START_LINE: &str = "net/http HTTP/2 requests without TLS (h2c; traceparent appended to the HEADERS frame; not the tracestate)";
+const START_LINE: &str = "net/http HTTP/2 requests without TLS (h2c; traceparent, and the caller's tracestate, appended to the HEADERS frame)";
 
 /// The trace context `/front-own` sends of its own (see the fixture).
 const OWN_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -63,91 +64,41 @@ fn start_services() -> Services {
 
 /// An agent on `pid` exporting to `receiver`, attached.
 fn attach(pid: u32, receiver: &Receiver, propagate: bool) -> Agent {
-    let mut cmd = command();
-    cmd.args(["--pid", &pid.to_string()]).args([
-        "--otlp-endpoint",
-        &receiver.url(),
-        "--otlp-protocol",
-        "grpc",
-    ]);
-    if propagate {
-        cmd.arg("--propagate");
-    }
-    // The trees asserted here are the request spans, not connection set-up.
-    cmd.args(["--no-instrument", "tls,dns,net"]);
-    let mut agent = Agent::start(cmd);
-    agent.wait_attached();
-    agent
+    support::propagation::attach(pid, receiver, propagate, &[])
 }
 
-/// Stops an agent and returns its exit line.
-fn stop(agent: &mut Agent) -> String {
-    agent.signal(nix::sys::signal::Signal::SIGINT);
-    let status = agent.wait(AGENT_EXIT);
-    assert!(
-        status.success(),
-        "agent failed: {status}: {:#?}",
-        agent.stderr_lines()
-    );
-    agent
-        .stderr_lines()
-        .into_iter()
-        .find(|l| l.contains("spans exported"))
-        .expect("exit line")
+/// What the back's `/work` and `/leaf` came with: their traceparent and
+/// tracestate ("none": without).
+struct Seen {
+    work: String,
+    leaf: String,
+    work_state: String,
+    leaf_state: String,
+}
+
+/// The front's answer to `GET path` (with `headers`).
+fn seen(front: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Seen {
+    let (status, body) = Connection::open(front).request_with("GET", path, headers, b"");
+    let body = String::from_utf8(body).expect("text");
+    assert_eq!(status, 200, "{body}");
+    let field = |key: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+            .unwrap_or_else(|| panic!("no {key} in {body:?}"))
+            .to_owned()
+    };
+    Seen {
+        work: field("work"),
+        leaf: field("leaf"),
+        work_state: field("work-state"),
+        leaf_state: field("leaf-state"),
+    }
 }
 
 /// The traceparents the back's `/work` and `/leaf` came with.
 fn get(front: SocketAddr, path: &str) -> (String, String) {
-    let (status, body) = Connection::open(front).request_with("GET", path, &[], b"");
-    let body = String::from_utf8(body).expect("text");
-    assert_eq!(status, 200, "{body}");
-    let mut lines = body.lines();
-    let work = lines.next().and_then(|l| l.strip_prefix("work: "));
-    let leaf = lines.next().and_then(|l| l.strip_prefix("leaf: "));
-    match (work, leaf) {
-        (Some(work), Some(leaf)) => (work.to_owned(), leaf.to_owned()),
-        _ => panic!("unexpected answer {body:?}"),
-    }
-}
-
-/// A `traceparent` value's (trace id, parent id), checked sampled.
-fn context(value: &str) -> (String, String) {
-    let parts: Vec<_> = value.split('-').collect();
-    assert_eq!(parts.len(), 4, "{value}");
-    assert_eq!((parts[0], parts[3]), ("00", "01"), "{value}");
-    (parts[1].to_owned(), parts[2].to_owned())
-}
-
-fn id(span: &FlatSpan) -> String {
-    hex(&span.span.span_id)
-}
-
-fn parent(span: &FlatSpan) -> String {
-    hex(&span.span.parent_span_id)
-}
-
-/// The one span of `kind` in `trace` whose `attr` is `value`.
-fn find<'a>(
-    spans: &'a [FlatSpan],
-    trace: &str,
-    kind: SpanKind,
-    attr: &str,
-    value: &str,
-) -> &'a FlatSpan {
-    let found: Vec<_> = spans
-        .iter()
-        .filter(|s| {
-            hex(&s.span.trace_id) == trace
-                && s.span.kind == kind as i32
-                && s.attr(attr) == Some(value)
-        })
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "one {kind:?} span with {attr}={value} in trace {trace}: {spans:#?}"
-    );
-    found[0]
+    let seen = seen(front, path, &[]);
+    (seen.work, seen.leaf)
 }
 
 #[test]
@@ -236,13 +187,13 @@ fn h2c_requests_carry_the_client_span_to_the_callee() {
 
     assert!(
         front_exit.contains(
-            "trace context sent in 0 HTTP/1.1 requests (0 with the caller's tracestate, 0 tracestates not sent), 0 gRPC calls and 1 h2c requests; left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 1 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
+            "trace context sent in 0 HTTP/1.1 requests, 0 gRPC calls and 1 h2c requests (0 with the caller's tracestate, 0 tracestates not sent); left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 1 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
         ),
         "{front_exit}"
     );
     assert!(
         back_exit.contains(
-            "0 gRPC calls and 2 h2c requests; left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 0 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
+            "0 gRPC calls and 2 h2c requests (0 with the caller's tracestate, 0 tracestates not sent); left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 0 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
         ),
         "{back_exit}"
     );
@@ -271,4 +222,128 @@ fn without_propagate_h2c_requests_carry_nothing() {
             .iter()
             .all(|b| f.span.trace_id != b.span.trace_id)
     }));
+}
+
+/// The caller's `tracestate` goes on with the `traceparent`, exactly as it
+/// came: from an HTTP/1.1 server span into its h2c request (the front),
+/// and from an HTTP/2 server span into its own (the back's `/work` to
+/// `/leaf`). One longer than the kernel sends on leaves the request with
+/// its `traceparent` only, intact (the back answers), and is counted.
+#[test]
+fn h2c_requests_carry_the_callers_tracestate() {
+    const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+    const STATE: &str = "vendor=value,other=x";
+    let services = start_services();
+    let front_receiver = Receiver::grpc();
+    let back_receiver = Receiver::grpc();
+    let mut back_agent = attach(services.back_pid, &back_receiver, true);
+    let mut front_agent = attach(services.front_pid, &front_receiver, true);
+
+    let with_state = seen(
+        services.front,
+        "/front",
+        &[
+            (
+                "traceparent",
+                &format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"),
+            ),
+            ("tracestate", STATE),
+        ],
+    );
+    let (work_trace, work_parent) = context(&with_state.work);
+    let (leaf_trace, leaf_parent) = context(&with_state.leaf);
+    assert_eq!(
+        (work_trace.as_str(), leaf_trace.as_str()),
+        (CALLER_TRACE, CALLER_TRACE)
+    );
+    assert_eq!(with_state.work_state, STATE, "the front's request");
+    assert_eq!(
+        with_state.leaf_state, STATE,
+        "the back's, under its HTTP/2 span"
+    );
+    // Longer than the 256 bytes the kernel sends on.
+    let long = (0..12)
+        .map(|i| format!("m{i:02}={}", "v".repeat(20)))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(long.len() > 256);
+    let long_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let too_long = seen(
+        services.front,
+        "/front",
+        &[
+            ("traceparent", &format!("00-{long_trace}-{CALLER_SPAN}-01")),
+            ("tracestate", &long),
+        ],
+    );
+    assert_eq!(context(&too_long.work).0, long_trace);
+    assert_eq!(context(&too_long.leaf).0, long_trace);
+    assert_eq!(
+        (too_long.work_state.as_str(), too_long.leaf_state.as_str()),
+        ("none", "none")
+    );
+
+    let front_exit = stop(&mut front_agent);
+    let back_exit = stop(&mut back_agent);
+    let front_spans = front_receiver.wait_for_spans(4, Duration::from_secs(10));
+    let back_spans = back_receiver.wait_for_spans(6, Duration::from_secs(10));
+    assert_eq!(front_spans.len(), 4, "{front_spans:#?}");
+    assert_eq!(back_spans.len(), 6, "{back_spans:#?}");
+
+    let back = services.back;
+    let client = find(
+        &front_spans,
+        CALLER_TRACE,
+        SpanKind::Client,
+        "url.full",
+        &format!("http://{back}/work"),
+    );
+    assert_eq!(id(client), work_parent, "the wire names the front CLIENT");
+    let work = find(
+        &back_spans,
+        CALLER_TRACE,
+        SpanKind::Server,
+        "url.path",
+        "/work",
+    );
+    assert_eq!(parent(work), id(client));
+    assert_eq!(work.span.trace_state, STATE, "{work:#?}");
+    let leaf_call = find(
+        &back_spans,
+        CALLER_TRACE,
+        SpanKind::Client,
+        "url.full",
+        &format!("http://{back}/leaf"),
+    );
+    assert_eq!(id(leaf_call), leaf_parent, "the wire names the back CLIENT");
+    let leaf = find(
+        &back_spans,
+        CALLER_TRACE,
+        SpanKind::Server,
+        "url.path",
+        "/leaf",
+    );
+    assert_eq!(leaf.span.trace_state, STATE, "{leaf:#?}");
+    assert!(
+        back_spans
+            .iter()
+            .filter(|s| hex(&s.span.trace_id) == long_trace && s.attr("url.path") == Some("/leaf"))
+            .all(|s| s.span.trace_state.is_empty()),
+        "{back_spans:#?}"
+    );
+
+    for (exit, sent, skipped) in [(&front_exit, 1, 1), (&back_exit, 1, 0)] {
+        assert_eq!(
+            number_before(exit, " with the caller's tracestate"),
+            sent,
+            "{exit}"
+        );
+        assert_eq!(
+            number_before(exit, " tracestates not sent"),
+            skipped,
+            "{exit}"
+        );
+        assert_eq!(number_before(exit, " h2c requests"), 2, "{exit}");
+    }
 }

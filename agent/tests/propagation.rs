@@ -32,10 +32,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use support::{
-    agent::{AGENT_EXIT, Agent, command},
+    agent::{Agent, command},
     fixture::{self, Running, start_httpserver_with},
     http_client::Connection,
     otlp::{FlatSpan, Receiver, hex},
+    propagation::{attach, find, id, number_before, parent, stop},
 };
 
 /// What the start line says on this host.
@@ -70,48 +71,6 @@ fn start_services() -> Services {
     }
 }
 
-/// An agent on `pid` exporting to `receiver`, attached.
-fn attach(pid: u32, receiver: &Receiver, propagate: bool) -> Agent {
-    attach_with(pid, receiver, propagate, &[])
-}
-
-/// [`attach`] with `extra` arguments.
-fn attach_with(pid: u32, receiver: &Receiver, propagate: bool, extra: &[&str]) -> Agent {
-    let mut cmd = command();
-    cmd.args(extra);
-    cmd.args(["--pid", &pid.to_string()]).args([
-        "--otlp-endpoint",
-        &receiver.url(),
-        "--otlp-protocol",
-        "grpc",
-    ]);
-    if propagate {
-        cmd.arg("--propagate");
-    }
-    // The trees asserted here are the request spans; the connection set-up
-    // spans (tested in net_spans) depend on which calls open connections.
-    cmd.args(["--no-instrument", "tls,dns,net"]);
-    let mut agent = Agent::start(cmd);
-    agent.wait_attached();
-    agent
-}
-
-/// Stops an agent and returns its exit line.
-fn stop(agent: &mut Agent) -> String {
-    agent.signal(nix::sys::signal::Signal::SIGINT);
-    let status = agent.wait(AGENT_EXIT);
-    assert!(
-        status.success(),
-        "agent failed: {status}: {:#?}",
-        agent.stderr_lines()
-    );
-    agent
-        .stderr_lines()
-        .into_iter()
-        .find(|l| l.contains("spans exported"))
-        .expect("exit line")
-}
-
 /// What the back received for `/work`, as text.
 fn get(front: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
     let (status, body) = Connection::open(front).request_with("GET", path, headers, b"");
@@ -125,38 +84,6 @@ fn work_request(back: SocketAddr, extra: &str) -> String {
     format!(
         "GET /work HTTP/1.1\r\n{extra}Host: {back}\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n"
     )
-}
-
-/// The one span of `kind` in `trace` whose `attr` is `value`.
-fn find<'a>(
-    spans: &'a [FlatSpan],
-    trace: &str,
-    kind: SpanKind,
-    attr: &str,
-    value: &str,
-) -> &'a FlatSpan {
-    let found: Vec<_> = spans
-        .iter()
-        .filter(|s| {
-            hex(&s.span.trace_id) == trace
-                && s.span.kind == kind as i32
-                && s.attr(attr) == Some(value)
-        })
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "one {kind:?} span with {attr}={value} in trace {trace}: {spans:#?}"
-    );
-    found[0]
-}
-
-fn id(span: &FlatSpan) -> String {
-    hex(&span.span.span_id)
-}
-
-fn parent(span: &FlatSpan) -> String {
-    hex(&span.span.parent_span_id)
 }
 
 /// The `traceparent` line the back received: (trace id, parent id).
@@ -226,8 +153,8 @@ fn requests_carry_the_client_span_to_the_callee() {
     let services = start_services();
     let front_receiver = Receiver::grpc();
     let back_receiver = Receiver::grpc();
-    let mut back_agent = attach(services.back_pid, &back_receiver, true);
-    let mut front_agent = attach(services.front_pid, &front_receiver, true);
+    let mut back_agent = attach(services.back_pid, &back_receiver, true, &[]);
+    let mut front_agent = attach(services.front_pid, &front_receiver, true, &[]);
     for agent in [&mut back_agent, &mut front_agent] {
         let line = agent.wait_for_stderr(START_LINE, Duration::from_secs(5));
         assert!(
@@ -336,12 +263,12 @@ fn requests_carry_the_client_span_to_the_callee() {
 
     assert!(
         front_exit.contains(
-            "trace context sent in 2 HTTP/1.1 requests (1 with the caller's tracestate, 0 tracestates not sent), 0 gRPC calls and 0 h2c requests; left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 1 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
+            "trace context sent in 2 HTTP/1.1 requests, 0 gRPC calls and 0 h2c requests (1 with the caller's tracestate, 0 tracestates not sent); left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 1 with a traceparent already, 0 with headers too long to check, 0 refused by the kernel, 0 not seen on a traced connection, 0 of unknown layout, 0 contexts not kept"
         ),
         "{front_exit}"
     );
     assert!(
-        back_exit.contains("trace context sent in 3 HTTP/1.1 requests (1 with the caller's tracestate, 0 tracestates not sent), 0 gRPC calls and 0 h2c requests; left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 0 with a traceparent already"),
+        back_exit.contains("trace context sent in 3 HTTP/1.1 requests, 0 gRPC calls and 0 h2c requests (1 with the caller's tracestate, 0 tracestates not sent); left untouched: 0 HTTP/2 requests whose headers needed CONTINUATION frames, 0 whose HEADERS frame had no room, 0 over TLS, 0 with a traceparent already"),
         "{back_exit}"
     );
 }
@@ -358,26 +285,14 @@ fn sent_trace_and_flag(received: &str) -> (String, bool) {
     (parts[1].to_owned(), sampled)
 }
 
-/// The number before `what` in an exit line.
-fn count_before(exit: &str, what: &str) -> usize {
-    let at = exit
-        .find(what)
-        .unwrap_or_else(|| panic!("no {what:?} in {exit}"));
-    exit[..at]
-        .rsplit(' ')
-        .find(|w| !w.is_empty())
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("no count before {what:?} in {exit}"))
-}
-
 /// HTTP/1.1 requests that carried the context, from an exit line.
 fn sent_http1(exit: &str) -> usize {
-    count_before(exit, " HTTP/1.1 requests (")
+    number_before(exit, " HTTP/1.1 requests,") as usize
 }
 
 /// Requests with a context never seen on a socket, from an exit line.
 fn not_seen(exit: &str) -> usize {
-    count_before(exit, " not seen on a traced connection")
+    number_before(exit, " not seen on a traced connection") as usize
 }
 
 #[test]
@@ -388,8 +303,8 @@ fn a_ratio_sampled_front_keeps_or_drops_each_trace_whole_across_both_services() 
     let back_receiver = Receiver::grpc();
     // The back keeps the default sampler, parentbased_always_on: it follows
     // the flag the front's decision put on the wire.
-    let mut back_agent = attach(services.back_pid, &back_receiver, true);
-    let mut front_agent = attach_with(
+    let mut back_agent = attach(services.back_pid, &back_receiver, true, &[]);
+    let mut front_agent = attach(
         services.front_pid,
         &front_receiver,
         true,
@@ -589,8 +504,8 @@ fn without_propagate_requests_are_unchanged() {
 
     let front_receiver = Receiver::grpc();
     let back_receiver = Receiver::grpc();
-    let mut back_agent = attach(services.back_pid, &back_receiver, false);
-    let mut front_agent = attach(services.front_pid, &front_receiver, false);
+    let mut back_agent = attach(services.back_pid, &back_receiver, false, &[]);
+    let mut front_agent = attach(services.front_pid, &front_receiver, false, &[]);
     let traced = get(services.front, "/front", &[]);
     assert_eq!(traced.as_bytes(), untraced.as_bytes(), "byte for byte");
     let front_exit = stop(&mut front_agent);

@@ -126,6 +126,7 @@ impl Family for Grpc {
             GrpcRecord::ClientStart(rec) => self.builder.on_client_start(g, rec, cx.spans),
             GrpcRecord::ClientEnd(rec) => self.builder.on_client_end(rec, cx.spans),
             GrpcRecord::Traceparent(rec) => self.builder.on_traceparent(rec),
+            GrpcRecord::Tracestate(rec) => self.builder.on_tracestate(rec),
             GrpcRecord::ServerIds(rec) => self.builder.on_server_ids(g, rec),
             GrpcRecord::ClientIds(rec) => self.builder.on_client_ids(rec),
         }

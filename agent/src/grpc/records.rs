@@ -3,8 +3,9 @@
 use agent_common::{
     grpc::{
         GrpcClientEnd, GrpcClientStart, GrpcServerEnd, GrpcServerStart, GrpcServerStatus,
-        GrpcTraceparent, KIND_GRPC_CLIENT_END, KIND_GRPC_CLIENT_START, KIND_GRPC_SERVER_END,
-        KIND_GRPC_SERVER_START, KIND_GRPC_SERVER_STATUS, KIND_GRPC_TRACEPARENT,
+        GrpcTraceparent, GrpcTracestate, KIND_GRPC_CLIENT_END, KIND_GRPC_CLIENT_START,
+        KIND_GRPC_SERVER_END, KIND_GRPC_SERVER_START, KIND_GRPC_SERVER_STATUS,
+        KIND_GRPC_TRACEPARENT, KIND_GRPC_TRACESTATE,
     },
     propagate::{KIND_GRPC_CLIENT_IDS, KIND_GRPC_SERVER_IDS, SpanIds},
 };
@@ -19,6 +20,7 @@ pub const KINDS: &[u32] = &[
     KIND_GRPC_CLIENT_START,
     KIND_GRPC_CLIENT_END,
     KIND_GRPC_TRACEPARENT,
+    KIND_GRPC_TRACESTATE,
     KIND_GRPC_SERVER_IDS,
     KIND_GRPC_CLIENT_IDS,
 ];
@@ -32,6 +34,8 @@ pub enum GrpcRecord<'a> {
     ClientStart(&'a GrpcClientStart),
     ClientEnd(&'a GrpcClientEnd),
     Traceparent(&'a GrpcTraceparent),
+    /// The `tracestate` beside a call's `traceparent`, right after it.
+    Tracestate(&'a GrpcTracestate),
     /// The ids the kernel made for a server span (`--propagate`).
     ServerIds(&'a SpanIds),
     /// The ids the kernel made for a client span, the ones it sends.
@@ -48,6 +52,7 @@ pub fn decode(bytes: &[u8]) -> Result<GrpcRecord<'_>, RecordError> {
         KIND_GRPC_CLIENT_START => Ok(GrpcRecord::ClientStart(view(bytes, kind)?)),
         KIND_GRPC_CLIENT_END => Ok(GrpcRecord::ClientEnd(view(bytes, kind)?)),
         KIND_GRPC_TRACEPARENT => Ok(GrpcRecord::Traceparent(view(bytes, kind)?)),
+        KIND_GRPC_TRACESTATE => Ok(GrpcRecord::Tracestate(view(bytes, kind)?)),
         KIND_GRPC_SERVER_IDS => Ok(GrpcRecord::ServerIds(view(bytes, kind)?)),
         KIND_GRPC_CLIENT_IDS => Ok(GrpcRecord::ClientIds(view(bytes, kind)?)),
         kind => Err(RecordError::UnknownKind { kind }),

@@ -10,7 +10,7 @@ use std::{
 use agent_common::{
     grpc::{
         CODE_NOT_STATUS, GrpcClientEnd, GrpcClientStart, GrpcServerEnd, GrpcServerStart,
-        GrpcServerStatus, GrpcTraceparent,
+        GrpcServerStatus, GrpcTraceparent, GrpcTracestate,
     },
     propagate::SpanIds,
 };
@@ -27,6 +27,7 @@ use crate::{
         ids::IdGenerator,
         sampling,
         traceparent::{self, RemoteParent},
+        tracestate,
     },
 };
 
@@ -62,8 +63,18 @@ struct OpenServer {
     code: Option<i32>,
     /// The caller's span, from the call's `traceparent`.
     parent: Option<RemoteParent>,
+    /// The caller's vendor state, from the call's `tracestate`, normalized
+    /// (exported only with the caller as parent).
+    trace_state: Option<String>,
     /// The span's W3C trace flags: whether its trace is sampled.
     flags: u8,
+}
+
+/// A call's incoming trace context, waiting for its start.
+#[derive(Debug)]
+struct Pending {
+    parent: RemoteParent,
+    trace_state: Option<String>,
 }
 
 #[derive(Debug)]
@@ -104,7 +115,7 @@ pub struct GrpcSpanBuilder {
     traceparents: u64,
     /// Incoming trace contexts whose call has not started yet, oldest
     /// first in `pending_order`.
-    pending: HashMap<StreamKey, RemoteParent>,
+    pending: HashMap<StreamKey, Pending>,
     pending_order: VecDeque<StreamKey>,
     /// Which traces are exported.
     sampler: Sampler,
@@ -205,7 +216,11 @@ impl GrpcSpanBuilder {
             return;
         };
         let key = (rec.header.target, rec.transport, rec.stream_id);
-        if self.pending.insert(key, parent).is_none() {
+        let pending = Pending {
+            parent,
+            trace_state: None,
+        };
+        if self.pending.insert(key, pending).is_none() {
             self.pending_order.push_back(key);
         }
         while self.pending.len() > MAX_PENDING
@@ -216,6 +231,17 @@ impl GrpcSpanBuilder {
         if self.pending_order.len() > 2 * MAX_PENDING {
             let pending = &self.pending;
             self.pending_order.retain(|k| pending.contains_key(k));
+        }
+    }
+
+    /// The `tracestate` beside a call's `traceparent` (its record follows
+    /// the `traceparent`'s): kept with it when the `traceparent` was valid
+    /// and the value is too.
+    pub fn on_tracestate(&mut self, rec: &GrpcTracestate) {
+        let key = (rec.header.target, rec.transport, rec.stream_id);
+        if let Some(pending) = self.pending.get_mut(&key) {
+            let kept = (rec.len as usize).min(rec.value.len());
+            pending.trace_state = tracestate::parse(&rec.value[..kept], rec.len as usize);
         }
     }
 
@@ -250,9 +276,14 @@ impl GrpcSpanBuilder {
             self.duplicates += 1;
             return;
         }
-        let parent = self
-            .pending
-            .remove(&(rec.header.target, rec.transport, rec.stream_id));
+        let (parent, trace_state) =
+            match self
+                .pending
+                .remove(&(rec.header.target, rec.transport, rec.stream_id))
+            {
+                Some(p) => (Some(p.parent), p.trace_state),
+                None => (None, None),
+            };
         if parent.is_some() {
             self.traceparents += 1;
         }
@@ -273,6 +304,7 @@ impl GrpcSpanBuilder {
         );
         let open = OpenServer {
             parent,
+            trace_state,
             start_ns: rec.header.ktime_ns,
             stream: rec.stream,
             trace_id,
@@ -492,6 +524,9 @@ impl GrpcSpanBuilder {
         let mut bytes = crate::export::span_buffer(SPAN_CAPACITY);
         let mut w = SpanWriter::new(&mut bytes);
         w.ids(open.trace_id, open.span_id, open.parent.map(|p| p.span_id));
+        if let (Some(_), Some(state)) = (open.parent, &open.trace_state) {
+            w.trace_state(state);
+        }
         let error = open.code.is_some_and(|c| SERVER_ERROR_CODES.contains(&c));
         self.common(
             &mut w,
@@ -606,7 +641,108 @@ impl GrpcSpanBuilder {
 
 #[cfg(test)]
 mod tests {
+    use agent_common::{
+        event::EventHeader,
+        grpc::{
+            KIND_GRPC_SERVER_END, KIND_GRPC_SERVER_START, KIND_GRPC_TRACEPARENT,
+            KIND_GRPC_TRACESTATE, METHOD_CAP, TRACEPARENT_CAP,
+        },
+        http::TRACESTATE_CAP,
+    };
+    use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
+    use prost::Message as _;
+
     use super::*;
+
+    fn fill<const N: usize>(s: &str) -> ([u8; N], u32) {
+        let mut buf = [0u8; N];
+        let n = s.len().min(N);
+        buf[..n].copy_from_slice(&s.as_bytes()[..n]);
+        (buf, s.len() as u32)
+    }
+
+    fn header(kind: u32, goid: u64, ktime_ns: u64) -> EventHeader {
+        EventHeader {
+            kind,
+            target: 0,
+            tid: 7,
+            site: 0,
+            goid,
+            ktime_ns,
+        }
+    }
+
+    /// The server span of one call whose HEADERS carried `traceparent` and
+    /// (unless `None`) `tracestate`.
+    fn served(traceparent: &str, tracestate: Option<&str>) -> ProtoSpan {
+        let mut b = GrpcSpanBuilder::new(WallClock::with_offset_ns(0), 16, 1_000_000_000);
+        let mut g = Goroutines::new(true);
+        let mut spans = Vec::new();
+        let (transport, stream_id) = (0x70, 3);
+        let (value, len) = fill::<TRACEPARENT_CAP>(traceparent);
+        b.on_traceparent(&GrpcTraceparent {
+            header: header(KIND_GRPC_TRACEPARENT, 0, 5),
+            transport,
+            stream_id,
+            len,
+            value,
+        });
+        if let Some(state) = tracestate {
+            let (value, len) = fill::<TRACESTATE_CAP>(state);
+            b.on_tracestate(&GrpcTracestate {
+                header: header(KIND_GRPC_TRACESTATE, 0, 6),
+                transport,
+                stream_id,
+                len,
+                value,
+            });
+        }
+        let (method, method_len) = fill::<METHOD_CAP>("/grpc.health.v1.Health/Check");
+        b.on_server_start(
+            &mut g,
+            &GrpcServerStart {
+                header: header(KIND_GRPC_SERVER_START, 9, 10),
+                stream: 0x50,
+                transport,
+                method_len,
+                stream_id,
+                method,
+            },
+            &mut |s| spans.push(s),
+        );
+        b.on_server_end(
+            &mut g,
+            &GrpcServerEnd {
+                header: header(KIND_GRPC_SERVER_END, 9, 20),
+            },
+            &mut |s| spans.push(s),
+        );
+        assert_eq!(spans.len(), 1);
+        ProtoSpan::decode(spans[0].bytes.as_slice()).expect("a valid OTLP Span")
+    }
+
+    #[test]
+    fn the_callers_tracestate_goes_on_the_server_span() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let span = served(parent, Some("vendor=value, other=x"));
+        assert_eq!(span.trace_state, "vendor=value,other=x", "normalized");
+        assert_eq!(
+            span.parent_span_id,
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
+        assert_eq!(served(parent, None).trace_state, "");
+        assert_eq!(
+            served(parent, Some("Bad Key=1")).trace_state,
+            "",
+            "malformed"
+        );
+        let span = served(&parent.replace("00-4b", "00-xb"), Some("vendor=value"));
+        assert_eq!(
+            span.trace_state, "",
+            "no valid traceparent: not the caller's"
+        );
+        assert!(span.parent_span_id.is_empty());
+    }
 
     #[test]
     fn methods_split_into_service_and_method() {

@@ -1,8 +1,10 @@
 //! Trace context into outgoing requests (`--propagate`): every plaintext
-//! HTTP/1.1 request and every gRPC call over plaintext HTTP/2 a traced Go
-//! program sends while a server span (HTTP or gRPC) is open on the sending
-//! goroutine (or inherited by it) carries a `traceparent` naming its CLIENT
-//! span, so that the callee's spans join the caller's trace. Nothing in the
+//! HTTP/1.1 request, every gRPC call over plaintext HTTP/2 and every h2c
+//! request a traced Go program sends while a server span (HTTP or gRPC) is
+//! open on the sending goroutine (or inherited by it) carries a
+//! `traceparent` naming its CLIENT span, so that the callee's spans join
+//! the caller's trace, and the `tracestate` the server span received with
+//! its caller's `traceparent`. Nothing in the
 //! target's memory is written (kernel lockdown refuses that): the header
 //! line, or the HPACK field, goes into the bytes on their way to the socket
 //! (`agent-ebpf/src/propagate.rs` and `propagate_h2.rs` say how).
@@ -57,6 +59,7 @@ const CONFIG_MAP: &str = "PROPAGATE_CONFIG";
 const PIDS_MAP: &str = "PROPAGATE_PIDS";
 const SOCKETS_MAP: &str = "PROPAGATE_SOCKETS";
 const STATS_MAP: &str = "PROPAGATE_STATS";
+const H2_TAIL_MAP: &str = "H2_TAIL";
 
 fn plan_family(ctx: &PlanContext<'_>) -> Plan {
     if !ctx.options.propagate {
@@ -151,11 +154,11 @@ pub fn start_line(
         Err(why) => format!("HTTP/1.1: no ({why})"),
     };
     let grpc = match grpc {
-        Ok(()) => "gRPC calls over plaintext HTTP/2 (traceparent appended to the HEADERS frame; not the tracestate)".to_owned(),
+        Ok(()) => "gRPC calls over plaintext HTTP/2 (traceparent, and the caller's tracestate, appended to the HEADERS frame)".to_owned(),
         Err(why) => format!("gRPC: no ({why})"),
     };
     let h2c = match h2c {
-        Ok(()) => "net/http HTTP/2 requests without TLS (h2c; traceparent appended to the HEADERS frame; not the tracestate)".to_owned(),
+        Ok(()) => "net/http HTTP/2 requests without TLS (h2c; traceparent, and the caller's tracestate, appended to the HEADERS frame)".to_owned(),
         Err(why) => format!("h2c: no ({why})"),
     };
     format!(
@@ -185,6 +188,8 @@ impl Family for Propagation {
         }
         probes.set_hash(PIDS_MAP, target.pid, 0u32)?;
         probes.attach_sock_ops(NAME, "propagate_sockops", &root)?;
+        // The HTTP/2 part chains to it for the caller's `tracestate`.
+        probes.set_tail_call(H2_TAIL_MAP, 0, "propagate_h2_state")?;
         probes.attach_sk_msg(NAME, "propagate_msg", SOCKETS_MAP)?;
         let mut sites = Vec::new();
         if let Ok(site) = &self.plan.http1 {
@@ -302,12 +307,12 @@ impl Family for Propagation {
     fn summary(&self) -> Option<String> {
         let c = &self.counts;
         Some(format!(
-            "trace context sent in {} HTTP/1.1 requests ({} with the caller's tracestate, {} tracestates not sent), {} gRPC calls and {} h2c requests; left untouched: {} HTTP/2 requests whose headers needed CONTINUATION frames, {} whose HEADERS frame had no room, {} over TLS, {} with a traceparent already, {} with headers too long to check, {} refused by the kernel, {} not seen on a traced connection, {} of unknown layout, {} contexts not kept (map full)",
+            "trace context sent in {} HTTP/1.1 requests, {} gRPC calls and {} h2c requests ({} with the caller's tracestate, {} tracestates not sent); left untouched: {} HTTP/2 requests whose headers needed CONTINUATION frames, {} whose HEADERS frame had no room, {} over TLS, {} with a traceparent already, {} with headers too long to check, {} refused by the kernel, {} not seen on a traced connection, {} of unknown layout, {} contexts not kept (map full)",
             c.get(STAT_INJECTED),
-            c.get(STAT_TRACESTATE),
-            c.get(STAT_TRACESTATE_SKIPPED),
             c.get(STAT_H2_INJECTED),
             c.get(STAT_H2C_INJECTED),
+            c.get(STAT_TRACESTATE),
+            c.get(STAT_TRACESTATE_SKIPPED),
             c.get(STAT_H2_CONTINUATION),
             c.get(STAT_H2_NO_ROOM),
             c.get(STAT_TLS),

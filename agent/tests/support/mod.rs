@@ -9,4 +9,5 @@ pub mod agent;
 pub mod fixture;
 pub mod http_client;
 pub mod otlp;
+pub mod propagation;
 pub mod sqlapp;
