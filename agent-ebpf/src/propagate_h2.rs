@@ -21,10 +21,11 @@
 //!    connection with a stream waiting, and appends `traceparent` (a
 //!    literal field without indexing, new name, no Huffman: the decoder's
 //!    dynamic table is not touched) to the end of that stream's header
-//!    block, and after it, when the context has one (`state_key`) and the
-//!    frame has room, the caller's `tracestate` (a field of the same kind,
-//!    its value as it came: HTTP/2 allows no padding), fixing the frame's
-//!    length.
+//!    block, fixing the frame's length; when the context has a
+//!    `tracestate` (`state_key`), the program it tail-calls
+//!    ([`propagate_h2_state`]) inserts it right after, when the frame has
+//!    room (a field of the same kind, its value as it came: HTTP/2 allows
+//!    no padding, so the write's length is the value's).
 //!
 //! net/http's own HTTP/2 without TLS (h2c) writes a request's HEADERS on
 //! one goroutine and flushes them at once: the probe on
