@@ -10,6 +10,7 @@
 
 pub mod preflight;
 mod ref_ctr;
+mod removal;
 mod sockets;
 mod stats;
 
@@ -26,6 +27,7 @@ use aya::{
 };
 
 pub use preflight::{PreflightError, preflight};
+pub use removal::{Attaching, attaching, remove_then};
 pub use stats::{KernelStats, StatsReader};
 
 /// The compiled eBPF object, built by build.rs.

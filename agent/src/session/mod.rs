@@ -361,6 +361,7 @@ impl Session {
             family.configure_load(&mut load);
         }
         let mut probes = Probes::load(load)?;
+        let attaching = crate::probes::attaching();
         for index in 0..families.len() {
             if let Err(err) = families[index].attach(&mut probes, &target) {
                 // Undo what the families before it did.
@@ -375,6 +376,7 @@ impl Session {
                 return Err(family_error(&err));
             }
         }
+        drop(attaching);
         // From here on, every exit path stops the families (restoring what
         // they changed in the target) before returning.
         let result = match release() {
@@ -639,27 +641,16 @@ async fn trace(
     })
 }
 
-/// Drops `links` (the kernel removes each uprobe as its link goes) on a
-/// thread of its own; resolves once they are all gone.
+/// Drops `links` (the kernel removes each uprobe as its link goes) on the
+/// process's removal thread; resolves once they are all gone.
 async fn remove_on_a_thread(links: Vec<DetachedLink>) {
     if links.is_empty() {
         return;
     }
     let (done, removed) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name("uprobe-removal".into())
-        .spawn(move || {
-            drop(links);
-            let _ = done.send(());
-        });
-    match spawned {
-        // A dropped sender (a panic while removing) also means it is over.
-        Ok(_) => {
-            let _ = removed.await;
-        }
-        // No thread to be had: removed here, as before.
-        Err(err) => {
-            log::debug!("no thread for removing uprobes ({err}); removing them here");
-        }
-    }
+    crate::probes::remove_then(links, move || {
+        let _ = done.send(());
+    });
+    // A dropped sender (a panic while removing) also means it is over.
+    let _ = removed.await;
 }

@@ -9,9 +9,10 @@
 //! that index. The loop drains the one ring and routes each record by slot,
 //! then by kind, to the target's own families, span tables, goroutine table
 //! and export pipeline (with the target's own resource). A target that
-//! exits is stopped and flushed alone; its uprobes are removed on a thread
-//! of their own (the kernel takes about 0.1 s for each, which the other
-//! targets must not wait for), and its slot is handed out again only once
+//! exits is stopped and flushed alone; its uprobes are removed on the
+//! process's removal thread (the kernel takes about 0.1 s for each, which
+//! the other targets must not wait for, and a removal holds up any attach
+//! meanwhile, so removals pause while a target attaches), and its slot is handed out again only once
 //! they are all gone and what they wrote is drained: a record with a slot
 //! always belongs to the target that slot names.
 //!
@@ -191,7 +192,7 @@ impl SharedObject {
 }
 
 /// The uprobes [`Probes`] took out since the last look: a stopped target's,
-/// removed together on a thread of their own.
+/// removed together on the process's removal thread.
 type Detached = Rc<RefCell<Vec<DetachedLink>>>;
 
 /// (slot, generation) of a target, both ends.
@@ -622,6 +623,7 @@ impl Hub {
         release: Release,
     ) -> Result<ExitWatch, SessionError> {
         let pid = target.pid;
+        let _attaching = crate::probes::attaching();
         for family in families.iter_mut() {
             family
                 .attach(&mut self.probes, target)
@@ -644,31 +646,24 @@ impl Hub {
         self.remove_detached(slot as u32, generation);
     }
 
-    /// Removes the uprobes taken out since the last call on a thread of
-    /// their own (the kernel takes about 0.1 s for each; several targets'
-    /// go at once), then reports `(slot, generation)` as detached.
+    /// Removes the uprobes taken out since the last call on the process's
+    /// removal thread (the kernel takes about 0.1 s for each; they wait
+    /// while a target attaches, `probes::remove_then`), then reports
+    /// `(slot, generation)` as detached.
     fn remove_detached(&mut self, slot: u32, generation: u64) {
         let links = std::mem::take(&mut *self.detached.borrow_mut());
         let reaped = self.reaped.0.clone();
         let count = links.len();
-        let removed = std::thread::Builder::new()
-            .name(format!("detach-{slot}"))
-            .spawn(move || {
-                let started = Instant::now();
-                drop(links);
-                if count > 0 {
-                    log::info!(
-                        "slot {slot} of the shared object free again: {count} uprobes removed in {:.1} s",
-                        started.elapsed().as_secs_f64()
-                    );
-                }
-                let _ = reaped.send((slot, generation));
-            });
-        if let Err(err) = removed {
-            // The links went with the closure: removed here, at once.
-            log::debug!("removing {count} uprobes on this thread: {err}");
-            let _ = self.reaped.0.send((slot, generation));
-        }
+        let queued = Instant::now();
+        crate::probes::remove_then(links, move || {
+            if count > 0 {
+                log::info!(
+                    "slot {slot} of the shared object free again: {count} uprobes removed in {:.1} s",
+                    queued.elapsed().as_secs_f64()
+                );
+            }
+            let _ = reaped.send((slot, generation));
+        });
     }
 
     fn stop_all(&mut self, signal: &'static str) {
