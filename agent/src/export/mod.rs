@@ -15,6 +15,7 @@ mod console;
 mod jsonl;
 mod otlp_json;
 mod span_buffers;
+mod span_data;
 mod stall;
 mod streams;
 pub mod tls;
@@ -36,7 +37,6 @@ use opentelemetry_proto::{
     tonic::{
         collector::trace::v1::ExportTraceServiceRequest,
         common::v1::InstrumentationScope as ProtoScope, resource::v1::Resource as ProtoResource,
-        trace::v1::Span as ProtoSpan,
     },
     transform::common::tonic::ResourceAttributesWithSchema,
 };
@@ -196,7 +196,7 @@ impl SpanSender {
         };
         EncodedSpan {
             scope,
-            bytes: ProtoSpan::from(span).encode_to_vec(),
+            bytes: span_data::encode(&span),
         }
     }
 

@@ -21,9 +21,10 @@
 
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
+pub(crate) const VARINT: u8 = 0;
+pub(crate) const FIXED64: u8 = 1;
 const LEN: u8 = 2;
+pub(crate) const FIXED32: u8 = 5;
 
 /// One-byte tags of an attribute's frame: `Span.attributes` (9),
 /// `KeyValue.key` (1), `KeyValue.value` (2), `AnyValue.string_value` (1),
@@ -34,7 +35,7 @@ const VALUE_TAG: u8 = 2 << 3 | LEN;
 const STRING_TAG: u8 = 1 << 3 | LEN;
 const INT_TAG: u8 = 3 << 3 | VARINT;
 
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push((v as u8) | 0x80);
         v >>= 7;
@@ -46,7 +47,7 @@ fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn put_tag(buf: &mut Vec<u8>, field: u32, wire: u8) {
+pub(crate) fn put_tag(buf: &mut Vec<u8>, field: u32, wire: u8) {
     put_varint(buf, (u64::from(field) << 3) | u64::from(wire));
 }
 
@@ -87,7 +88,7 @@ pub struct SpanWriter<'a> {
 }
 
 /// OTLP `Span.SpanKind` values.
-fn kind_value(kind: &SpanKind) -> u64 {
+pub(crate) fn kind_value(kind: &SpanKind) -> u64 {
     match kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
@@ -241,7 +242,7 @@ impl<'a> SpanWriter<'a> {
 
     /// Span flags: W3C trace flags (sampled) in the low byte.
     pub fn flags(&mut self, flags: u32) -> &mut Self {
-        put_tag(self.buf, 16, 5);
+        put_tag(self.buf, 16, FIXED32);
         self.buf.extend_from_slice(&flags.to_le_bytes());
         self
     }
