@@ -193,11 +193,19 @@ impl FlightCapture {
             self.dropped_dumps += 1;
             return None;
         }
+        let max = self.options.max_dump_bytes;
         let open = self.open.entry(key).or_insert_with(|| Open {
             slot: header.target,
             goid: header.goid,
             tid: header.tid,
             variant: header.site,
+            // Address space for the largest dump kept, not memory: pages
+            // are only backed as the bytes arrive. A buffer grown by
+            // doubling instead stopped the reader for the copy and the
+            // page faults of each doubling (tens of ms at 32 MiB) while
+            // the target went on writing: a 64 MiB dump overflowed the
+            // 16 MiB ring under load.
+            bytes: Vec::with_capacity(max),
             ..Open::default()
         });
         open.last_ktime = header.ktime_ns;
@@ -352,7 +360,13 @@ impl FlightCapture {
             write_error: end.is_some_and(|e| e.err_itab != 0),
             complete: open.problems.is_empty(),
             problems: open.problems,
-            bytes: open.bytes,
+            bytes: {
+                let mut bytes = open.bytes;
+                // The address space left over goes back (a large buffer is
+                // its own mapping: shrinking it moves nothing).
+                bytes.shrink_to_fit();
+                bytes
+            },
         }
     }
 

@@ -1,6 +1,6 @@
 //! Two threads off the async runtime: one drains `FLIGHT_RING` and
-//! reassembles dumps (at normal priority, so the ring never waits on a
-//! decode), one saves each dump and decodes it into spans at the lowest CPU
+//! reassembles dumps (at a raised priority, so the ring never waits on a
+//! decode nor on the target's own busy threads), one saves each dump and decodes it into spans at the lowest CPU
 //! priority (nice 19): decoding a 10 MiB dump takes about 300 ms of CPU,
 //! which the traced program should not have to share.
 
@@ -191,21 +191,34 @@ fn handle(
     stats.spans += spans;
 }
 
+/// Sets this thread's nice value (where the kernel refuses, it stays as
+/// it was: said at debug level).
+fn set_nice(nice: i32, what: &str) {
+    // SAFETY: setpriority on this thread's own id (PRIO_PROCESS with a tid
+    // sets one thread's nice value on Linux); no memory is passed.
+    let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if ret != 0 {
+        log::debug!(
+            "cannot set the {what}'s nice value to {nice}: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// The reader's nice value: a dump is written as fast as the target can
+/// copy it, and the ring holds 16 MiB of it; a reader that
+/// waits for a CPU behind the target's busy threads lets a large dump
+/// overflow the ring (seen with 64 MiB dumps of a target keeping both cores
+/// busy). Draining is a copy, cheap next to writing the dump.
+const READER_NICE: i32 = -10;
+
 /// The decoder thread: saves and decodes each dump, at the lowest priority.
 fn decode(
     pending: mpsc::Receiver<CompletedDump>,
     config: ReaderConfig,
     mut sink: impl FnMut(SpanData),
 ) -> ReaderStats {
-    // SAFETY: setpriority on this thread's own id (PRIO_PROCESS with a tid
-    // sets one thread's nice value on Linux); no memory is passed.
-    let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
-    if ret != 0 {
-        log::debug!(
-            "cannot lower the dump decoder's priority: {}",
-            io::Error::last_os_error()
-        );
-    }
+    set_nice(19, "dump decoder");
     let mut stats = ReaderStats::default();
     for dump in pending {
         handle(&dump, &config, &mut sink, &mut stats);
@@ -221,6 +234,7 @@ fn run(
     commands: mpsc::Receiver<Command>,
     stop: &AtomicBool,
 ) -> ReaderStats {
+    set_nice(READER_NICE, "flight-recorder reader");
     let mut capture = FlightCapture::new(options);
     let mut stats = ReaderStats::default();
     let mut last_expire = WallClock::monotonic_now_ns();
