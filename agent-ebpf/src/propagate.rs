@@ -362,6 +362,32 @@ pub fn adopt_traceparent(cookie: u64, goid: u64, value: &[u8; 56], len: u32) -> 
     true
 }
 
+/// An incoming `tracestate` `value` (`len` bytes in all) in this CPU's
+/// scratch, to be copied into a map before the program ends; `None` for a
+/// value longer than [`TRACESTATE_MAX`] (counted) or an empty one.
+#[inline(always)]
+pub(crate) fn staged_tracestate(
+    value: &[u8; TRACESTATE_CAP],
+    len: u32,
+) -> Option<&'static mut TraceState> {
+    if len == 0 || len as usize > TRACESTATE_MAX {
+        stat(STAT_TRACESTATE_SKIPPED);
+        return None;
+    }
+    let state = TRACESTATE_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value; filled and copied into the map before the
+    // calling program ends (uprobe programs run with migration off).
+    let state = unsafe { &mut *state };
+    state.len = len;
+    state._pad = 0;
+    let mut i = 0;
+    while i < TRACESTATE_MAX {
+        state.value[i] = value[i];
+        i += 1;
+    }
+    Some(state)
+}
+
 /// A server span's request carries `tracestate` `value` (`len` bytes in
 /// all) after a `traceparent` the kernel adopted: kept to send on with the
 /// requests made under the span. A value longer than [`TRACESTATE_MAX`] is
@@ -385,23 +411,9 @@ pub fn keep_tracestate(cookie: u64, goid: u64, value: &[u8; TRACESTATE_CAP], len
     if ctx.adopted == 0 || ctx.depth != 0 {
         return;
     }
-    if len == 0 || len as usize > TRACESTATE_MAX {
-        stat(STAT_TRACESTATE_SKIPPED);
-        return;
-    }
-    let Some(state) = TRACESTATE_SCRATCH.get_ptr_mut(0) else {
+    let Some(state) = staged_tracestate(value, len) else {
         return;
     };
-    // SAFETY: this CPU's value; filled and copied into the map before this
-    // program ends (uprobe programs run with migration off).
-    let state = unsafe { &mut *state };
-    state.len = len;
-    state._pad = 0;
-    let mut i = 0;
-    while i < TRACESTATE_MAX {
-        state.value[i] = value[i];
-        i += 1;
-    }
     let key = u64::from_le_bytes(ctx.span_id);
     if TRACESTATE.insert(&key, state, BPF_ANY as u64).is_err() {
         stat(STAT_MAP_FULL);

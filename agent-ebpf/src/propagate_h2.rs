@@ -72,8 +72,8 @@ use aya_ebpf::{
 use crate::{
     go::{Reg, goid, read_field, reg},
     propagate::{
-        GO_CONTEXT, GoKey, HEX, REQUEST_CONTEXT, TRACESTATE, TRACESTATE_SCRATCH, config, fresh,
-        hex_byte, new_context, new_span_id, parse_traceparent, sampled, stat, tgid, write_ids,
+        GO_CONTEXT, GoKey, HEX, REQUEST_CONTEXT, TRACESTATE, config, fresh, hex_byte, new_context,
+        new_span_id, parse_traceparent, sampled, staged_tracestate, stat, tgid, write_ids,
     },
     record::cookie,
 };
@@ -661,23 +661,9 @@ pub fn incoming(cookie: u64, transport: u64, stream_id: u32, value: &[u8; 56], l
 /// HTTP). A value longer than [`TRACESTATE_MAX`] is not (counted).
 #[inline(always)]
 pub fn incoming_state(transport: u64, stream_id: u32, value: &[u8; TRACESTATE_CAP], len: u32) {
-    if len == 0 || len as usize > TRACESTATE_MAX {
-        stat(STAT_TRACESTATE_SKIPPED);
-        return;
-    }
-    let Some(state) = TRACESTATE_SCRATCH.get_ptr_mut(0) else {
+    let Some(state) = staged_tracestate(value, len) else {
         return;
     };
-    // SAFETY: this CPU's value; filled and copied into the map before this
-    // program ends (uprobe programs run with migration off).
-    let state = unsafe { &mut *state };
-    state.len = len;
-    state._pad = 0;
-    let mut i = 0;
-    while i < TRACESTATE_MAX {
-        state.value[i] = value[i];
-        i += 1;
-    }
     let key = IncomingKey {
         tgid: tgid(),
         stream_id,
