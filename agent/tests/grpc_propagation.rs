@@ -34,7 +34,7 @@ use support::{
     fixture::{self, Running, start_httpserver_with},
     http_client::Connection,
     otlp::{FlatSpan, Receiver, hex},
-    propagation::{context, id, number_before, parent, stop},
+    propagation::{answer_field, context, id, number_before, parent, stop},
 };
 
 /// What the start line says on this host about gRPC.
@@ -95,12 +95,7 @@ fn seen(front: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Seen {
     let (status, body) = Connection::open(front).request_with("GET", path, headers, b"");
     let body = String::from_utf8(body).expect("text");
     assert_eq!(status, 200, "{body}");
-    let field = |key: &str| {
-        body.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
-            .unwrap_or_else(|| panic!("no {key} in {body:?}"))
-            .to_owned()
-    };
+    let field = |key: &str| answer_field(&body, key);
     Seen {
         hop: field("hop"),
         leaf: field("leaf"),

@@ -28,7 +28,7 @@ use support::{
     fixture::{self, Running, start_httpserver_with},
     http_client::Connection,
     otlp::{Receiver, hex},
-    propagation::{context, find, id, number_before, parent, stop},
+    propagation::{answer_field, context, find, id, number_before, parent, stop},
 };
 
 /// What the start line says on this host about h2c.
@@ -81,12 +81,7 @@ fn seen(front: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Seen {
     let (status, body) = Connection::open(front).request_with("GET", path, headers, b"");
     let body = String::from_utf8(body).expect("text");
     assert_eq!(status, 200, "{body}");
-    let field = |key: &str| {
-        body.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
-            .unwrap_or_else(|| panic!("no {key} in {body:?}"))
-            .to_owned()
-    };
+    let field = |key: &str| answer_field(&body, key);
     Seen {
         work: field("work"),
         leaf: field("leaf"),

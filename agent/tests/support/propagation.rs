@@ -99,3 +99,12 @@ pub fn find<'a>(
     );
     found[0]
 }
+
+/// The value of the `key: value` line of a fixture's answer `body` (panics
+/// naming the key when there is none).
+pub fn answer_field(body: &str, key: &str) -> String {
+    body.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+        .unwrap_or_else(|| panic!("no {key} in {body:?}"))
+        .to_owned()
+}
