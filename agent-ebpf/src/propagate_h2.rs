@@ -1002,11 +1002,7 @@ fn append(
         stat(STAT_PUSH_FAILED);
         return H2_FIELD_LEN as u32;
     }
-    let mut length = [0u8; 72];
-    length[0] = (new_len >> 16) as u8;
-    length[1] = (new_len >> 8) as u8;
-    length[2] = new_len as u8;
-    if !write::<3>(ctx, off, &length) {
+    if !write_frame_len(ctx, off, new_len) {
         stat(STAT_PUSH_FAILED);
         return H2_FIELD_LEN as u32;
     }
@@ -1071,11 +1067,7 @@ fn append_state(ctx: &SkMsgContext, s: &mut FieldScratch, frame: u32, at: u32, k
         }
         return false;
     }
-    let mut length = [0u8; 72];
-    length[0] = (new_len >> 16) as u8;
-    length[1] = (new_len >> 8) as u8;
-    length[2] = new_len as u8;
-    if !write::<3>(ctx, frame, &length) {
+    if !write_frame_len(ctx, frame, new_len) {
         stat(STAT_PUSH_FAILED);
         return false;
     }
@@ -1153,6 +1145,16 @@ fn write_state(ctx: &SkMsgContext, at: u32, s: &FieldScratch) -> bool {
         i += 1;
     }
     true
+}
+
+/// Writes `len` as the 24-bit payload length of the frame at `at`.
+#[inline(always)]
+fn write_frame_len(ctx: &SkMsgContext, at: u32, len: u32) -> bool {
+    let mut bytes = [0u8; 72];
+    bytes[0] = (len >> 16) as u8;
+    bytes[1] = (len >> 8) as u8;
+    bytes[2] = len as u8;
+    write::<3>(ctx, at, &bytes)
 }
 
 /// Writes the first `N` bytes of `bytes` at `at` of the message.
