@@ -13,10 +13,23 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry::{Array, KeyValue, StringValue, Value, trace::Status};
-use opentelemetry_sdk::trace::SpanData;
+use std::borrow::Cow;
+use std::time::Duration;
 
-use super::wire::{FIXED32, FIXED64, VARINT, put_len_field, put_nested, put_tag, put_varint};
+use opentelemetry::{
+    Array, InstrumentationScope, KeyValue, StringValue, Value,
+    trace::{Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+};
+use opentelemetry_proto::tonic::{
+    common::v1::{AnyValue, KeyValue as ProtoKeyValue, any_value},
+    trace::v1::{Span as ProtoSpan, status::StatusCode},
+};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use prost::Message as _;
+
+use super::wire::{
+    AttrField, FIXED32, FIXED64, VARINT, put_len_field, put_nested, put_tag, put_varint,
+};
 
 /// `Span.flags`: the W3C flags, and whether the parent's remoteness is known
 /// (always) and is remote (`SpanFlags` in trace.proto).
@@ -93,6 +106,14 @@ fn attributes<'a>(buf: &mut Vec<u8>, field: u32, kvs: impl IntoIterator<Item = &
     }
 }
 
+/// `kvs` as attribute frames of `field`, for copying into messages written
+/// directly (attributes every span of a batch carries, say).
+pub fn encode_attributes(kvs: &[KeyValue], field: AttrField) -> Vec<u8> {
+    let mut buf = Vec::new();
+    attributes(&mut buf, field.number(), kvs);
+    buf
+}
+
 /// `span` as an encoded OTLP `Span` message.
 pub fn encode(span: &SpanData) -> Vec<u8> {
     let mut buf = Vec::with_capacity(256);
@@ -152,6 +173,163 @@ pub fn encode(span: &SpanData) -> Vec<u8> {
     put_tag(b, 16, FIXED32);
     b.extend_from_slice(&flags.to_le_bytes());
     buf
+}
+
+/// An encoded OTLP `Span` message as the SDK's `SpanData`, under `scope`:
+/// the inverse of [`encode`], for tests and tools that inspect spans the
+/// agent writes directly.
+pub fn decode(bytes: &[u8], scope: InstrumentationScope) -> Result<SpanData, prost::DecodeError> {
+    let span = ProtoSpan::decode(bytes)?;
+    let trace_id = TraceId::from_bytes(fixed(&span.trace_id));
+    let id = |b: &[u8]| SpanId::from_bytes(fixed(b));
+    let flags = span.flags;
+    let context = SpanContext::new(
+        trace_id,
+        id(&span.span_id),
+        TraceFlags::new(flags as u8),
+        false,
+        span.trace_state.parse().unwrap_or_default(),
+    );
+    let mut events = SpanEvents::default();
+    events.events = span
+        .events
+        .into_iter()
+        .map(|e| {
+            Event::new(
+                e.name,
+                time(e.time_unix_nano),
+                values(e.attributes),
+                e.dropped_attributes_count,
+            )
+        })
+        .collect();
+    events.dropped_count = span.dropped_events_count;
+    let mut links = SpanLinks::default();
+    links.links = span
+        .links
+        .into_iter()
+        .map(|l| {
+            let state: TraceState = l.trace_state.parse().unwrap_or_default();
+            let context = SpanContext::new(
+                TraceId::from_bytes(fixed(&l.trace_id)),
+                id(&l.span_id),
+                TraceFlags::new(l.flags as u8),
+                l.flags & IS_REMOTE != 0,
+                state,
+            );
+            Link::new(context, values(l.attributes), l.dropped_attributes_count)
+        })
+        .collect();
+    links.dropped_count = span.dropped_links_count;
+    let status = match span.status {
+        Some(s) if s.code == StatusCode::Ok as i32 => Status::Ok,
+        Some(s) if s.code == StatusCode::Error as i32 => Status::error(s.message),
+        _ => Status::Unset,
+    };
+    Ok(SpanData {
+        span_context: context,
+        parent_span_id: if span.parent_span_id.is_empty() {
+            SpanId::INVALID
+        } else {
+            id(&span.parent_span_id)
+        },
+        parent_span_is_remote: flags & IS_REMOTE != 0,
+        span_kind: match span.kind {
+            2 => SpanKind::Server,
+            3 => SpanKind::Client,
+            4 => SpanKind::Producer,
+            5 => SpanKind::Consumer,
+            _ => SpanKind::Internal,
+        },
+        name: Cow::Owned(span.name),
+        start_time: time(span.start_time_unix_nano),
+        end_time: time(span.end_time_unix_nano),
+        attributes: values(span.attributes),
+        dropped_attributes_count: span.dropped_attributes_count,
+        events,
+        links,
+        status,
+        instrumentation_scope: scope,
+    })
+}
+
+/// An ID's bytes; zeros where the length is wrong.
+fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
+    b.try_into().unwrap_or([0; N])
+}
+
+fn time(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+fn values(kvs: Vec<ProtoKeyValue>) -> Vec<KeyValue> {
+    kvs.into_iter()
+        .map(|kv| KeyValue::new(kv.key, value(kv.value)))
+        .collect()
+}
+
+/// An `AnyValue` as an attribute value. An array takes the kind of its
+/// first element (an empty one is an empty array of strings); kinds the
+/// SDK has no attribute value for (bytes, maps, mixed arrays) become their
+/// debug text.
+fn value(v: Option<AnyValue>) -> Value {
+    use any_value::Value as V;
+    match v.and_then(|v| v.value) {
+        None => Value::from(""),
+        Some(V::StringValue(s)) => Value::from(s),
+        Some(V::BoolValue(b)) => Value::Bool(b),
+        Some(V::IntValue(i)) => Value::I64(i),
+        Some(V::DoubleValue(f)) => Value::F64(f),
+        Some(V::ArrayValue(a)) => {
+            let items: Vec<Option<V>> = a.values.into_iter().map(|v| v.value).collect();
+            let all = |f: fn(&V) -> bool| items.iter().all(|v| v.as_ref().is_some_and(f));
+            let array = if all(|v| matches!(v, V::StringValue(_))) {
+                Array::String(
+                    items
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            Some(V::StringValue(s)) => Some(StringValue::from(s)),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            } else if all(|v| matches!(v, V::IntValue(_))) {
+                Array::I64(
+                    items
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            Some(V::IntValue(i)) => Some(i),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            } else if all(|v| matches!(v, V::BoolValue(_))) {
+                Array::Bool(
+                    items
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            Some(V::BoolValue(b)) => Some(b),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            } else if all(|v| matches!(v, V::DoubleValue(_))) {
+                Array::F64(
+                    items
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            Some(V::DoubleValue(f)) => Some(f),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            } else {
+                return Value::from(format!("{items:?}"));
+            };
+            Value::Array(array)
+        }
+        Some(other) => Value::from(format!("{other:?}")),
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +424,21 @@ mod tests {
         assert_eq!(ours, theirs);
         // Byte for byte, too: the same fields in the same order.
         assert_eq!(bytes, theirs.encode_to_vec());
+    }
+
+    #[test]
+    fn decoding_gives_back_the_span() {
+        for status in [
+            Status::Unset,
+            Status::Ok,
+            Status::error("deadline exceeded"),
+        ] {
+            let original = span(SpanKind::Client, status, true);
+            let decoded = decode(&encode(&original), original.instrumentation_scope.clone())
+                .expect("a Span message");
+            assert_eq!(decoded, original);
+        }
+        assert!(decode(b"\x0a\xff", InstrumentationScope::default()).is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 
 pub(crate) const VARINT: u8 = 0;
 pub(crate) const FIXED64: u8 = 1;
-const LEN: u8 = 2;
+pub(crate) const LEN: u8 = 2;
 pub(crate) const FIXED32: u8 = 5;
 
 /// One-byte tags of an attribute's frame: `Span.attributes` (9),
@@ -43,7 +43,7 @@ pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
-fn varint_len(v: u64) -> usize {
+pub(crate) fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
@@ -59,7 +59,7 @@ pub fn put_len_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
 }
 
 /// Size of a length-delimited field (tag < 16) with a payload of `len` bytes.
-fn len_field_size(len: usize) -> usize {
+pub(crate) fn len_field_size(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 
@@ -75,9 +75,116 @@ pub fn put_nested(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>
     if len < 0x80 {
         buf[at] = len as u8;
     } else {
-        let mut prefix = Vec::with_capacity(10);
-        put_varint(&mut prefix, len as u64);
-        buf.splice(at..=at, prefix);
+        let mut prefix = [0u8; 10];
+        let (mut v, mut n) = (len as u64, 0);
+        while v >= 0x80 {
+            prefix[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        prefix[n] = v as u8;
+        buf.splice(at..=at, prefix[..=n].iter().copied());
+    }
+}
+
+/// The repeated `KeyValue` field an attribute is written as: its one-byte
+/// tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttrField(u8);
+
+impl AttrField {
+    /// `Span.attributes`.
+    pub const SPAN: Self = Self(KV_TAG);
+    /// `Span.Event.attributes`.
+    pub const EVENT: Self = Self(3 << 3 | LEN);
+
+    /// The field's number.
+    pub fn number(self) -> u32 {
+        u32::from(self.0 >> 3)
+    }
+}
+
+/// The frame of an attribute up to its `AnyValue`'s payload, which the
+/// caller writes next and which is `any` bytes long: no length is guessed,
+/// so nothing is moved afterwards.
+fn kv_head(buf: &mut Vec<u8>, field: AttrField, key: &str, any: usize) {
+    // KeyValue { key = 1, value = 2: AnyValue }
+    let kv = len_field_size(key.len()) + len_field_size(any);
+    if kv < 0x80 {
+        // Every length under 128: each prefix is one byte, written in a
+        // few copies with room for the rest.
+        buf.reserve(2 + kv);
+        buf.extend_from_slice(&[field.0, kv as u8, KEY_TAG, key.len() as u8]);
+        buf.extend_from_slice(key.as_bytes());
+        buf.extend_from_slice(&[VALUE_TAG, any as u8]);
+        return;
+    }
+    buf.push(field.0);
+    put_varint(buf, kv as u64);
+    put_len_field(buf, 1, key.as_bytes());
+    buf.push(VALUE_TAG);
+    put_varint(buf, any as u64);
+}
+
+/// A string attribute.
+pub fn attr_str(buf: &mut Vec<u8>, field: AttrField, key: &str, value: &str) {
+    // AnyValue { string_value = 1 }
+    kv_head(buf, field, key, len_field_size(value.len()));
+    buf.push(STRING_TAG);
+    put_varint(buf, value.len() as u64);
+    buf.extend_from_slice(value.as_bytes());
+}
+
+/// An integer attribute.
+pub fn attr_int(buf: &mut Vec<u8>, field: AttrField, key: &str, value: i64) {
+    // AnyValue { int_value = 3 }
+    kv_head(buf, field, key, 1 + varint_len(value as u64));
+    buf.push(INT_TAG);
+    put_varint(buf, value as u64);
+}
+
+/// A boolean attribute.
+pub fn attr_bool(buf: &mut Vec<u8>, field: AttrField, key: &str, value: bool) {
+    // AnyValue { bool_value = 2 }
+    kv_head(buf, field, key, 2);
+    buf.extend_from_slice(&[2 << 3 | VARINT, u8::from(value)]);
+}
+
+/// An array-of-strings attribute.
+pub fn attr_str_array<S: AsRef<str>>(buf: &mut Vec<u8>, field: AttrField, key: &str, values: &[S]) {
+    // AnyValue { array_value = 5: ArrayValue { values = 1: AnyValue {
+    // string_value = 1 } } }
+    let array: usize = values
+        .iter()
+        .map(|v| len_field_size(len_field_size(v.as_ref().len())))
+        .sum();
+    kv_head(buf, field, key, len_field_size(array));
+    buf.push(5 << 3 | LEN);
+    put_varint(buf, array as u64);
+    for v in values {
+        let v = v.as_ref().as_bytes();
+        buf.push(1 << 3 | LEN);
+        put_varint(buf, len_field_size(v.len()) as u64);
+        put_len_field(buf, 1, v);
+    }
+}
+
+/// An array-of-integers attribute.
+pub fn attr_int_array(buf: &mut Vec<u8>, field: AttrField, key: &str, values: &[i64]) {
+    // AnyValue { array_value = 5: ArrayValue { values = 1: AnyValue {
+    // int_value = 3 } } }
+    let array: usize = values
+        .iter()
+        .map(|v| len_field_size(1 + varint_len(*v as u64)))
+        .sum();
+    kv_head(buf, field, key, len_field_size(array));
+    buf.push(5 << 3 | LEN);
+    put_varint(buf, array as u64);
+    for v in values {
+        buf.push(1 << 3 | LEN);
+        put_varint(buf, (1 + varint_len(*v as u64)) as u64);
+        buf.push(INT_TAG);
+        put_varint(buf, *v as u64);
     }
 }
 
@@ -144,87 +251,27 @@ impl<'a> SpanWriter<'a> {
         self
     }
 
-    /// The frame of an attribute whose lengths all fit in one byte, up to
-    /// its `AnyValue`'s payload: `kv` is the `KeyValue`'s length, `any` the
-    /// `AnyValue`'s. Written in a few copies, with room for the rest.
-    fn short_kv_head(&mut self, kv: usize, key: &str, any: usize) {
-        self.buf.reserve(2 + kv);
-        self.buf
-            .extend_from_slice(&[KV_TAG, kv as u8, KEY_TAG, key.len() as u8]);
-        self.buf.extend_from_slice(key.as_bytes());
-        self.buf.extend_from_slice(&[VALUE_TAG, any as u8]);
-    }
-
     /// A string attribute.
     pub fn attr_str(&mut self, key: &str, value: &str) -> &mut Self {
-        // KeyValue { key = 1, value = 2: AnyValue { string_value = 1 } }
-        // With every length under 128, each length prefix is one byte.
-        let kv = key.len() + value.len() + 6;
-        if kv < 0x80 {
-            self.short_kv_head(kv, key, value.len() + 2);
-            self.buf.extend_from_slice(&[STRING_TAG, value.len() as u8]);
-            self.buf.extend_from_slice(value.as_bytes());
-            return self;
-        }
-        let any = len_field_size(value.len());
-        let kv = len_field_size(key.len()) + len_field_size(any);
-        put_tag(self.buf, 9, LEN);
-        put_varint(self.buf, kv as u64);
-        put_len_field(self.buf, 1, key.as_bytes());
-        put_tag(self.buf, 2, LEN);
-        put_varint(self.buf, any as u64);
-        put_len_field(self.buf, 1, value.as_bytes());
+        attr_str(self.buf, AttrField::SPAN, key, value);
         self
     }
 
     /// An integer attribute.
     pub fn attr_int(&mut self, key: &str, value: i64) -> &mut Self {
-        // KeyValue { key = 1, value = 2: AnyValue { int_value = 3 } }
-        let any = 1 + varint_len(value as u64);
-        let kv = len_field_size(key.len()) + len_field_size(any);
-        if kv < 0x80 {
-            self.short_kv_head(kv, key, any);
-            self.buf.push(INT_TAG);
-            put_varint(self.buf, value as u64);
-            return self;
-        }
-        put_tag(self.buf, 9, LEN);
-        put_varint(self.buf, kv as u64);
-        put_len_field(self.buf, 1, key.as_bytes());
-        put_tag(self.buf, 2, LEN);
-        put_varint(self.buf, any as u64);
-        put_tag(self.buf, 3, VARINT);
-        put_varint(self.buf, value as u64);
+        attr_int(self.buf, AttrField::SPAN, key, value);
         self
     }
 
     /// A boolean attribute.
     pub fn attr_bool(&mut self, key: &str, value: bool) -> &mut Self {
-        // KeyValue { key = 1, value = 2: AnyValue { bool_value = 2 } }
-        put_nested(self.buf, 9, |kv| {
-            put_len_field(kv, 1, key.as_bytes());
-            put_nested(kv, 2, |any| {
-                put_tag(any, 2, VARINT);
-                put_varint(any, u64::from(value));
-            });
-        });
+        attr_bool(self.buf, AttrField::SPAN, key, value);
         self
     }
 
     /// An array-of-strings attribute (`AnyValue.array_value`).
     pub fn attr_str_array(&mut self, key: &str, values: &[&str]) -> &mut Self {
-        // KeyValue { key = 1, value = 2: AnyValue { array_value = 5:
-        // ArrayValue { values = 1: AnyValue { string_value = 1 } } } }
-        put_nested(self.buf, 9, |kv| {
-            put_len_field(kv, 1, key.as_bytes());
-            put_nested(kv, 2, |any| {
-                put_nested(any, 5, |array| {
-                    for value in values {
-                        put_nested(array, 1, |v| put_len_field(v, 1, value.as_bytes()));
-                    }
-                });
-            });
-        });
+        attr_str_array(self.buf, AttrField::SPAN, key, values);
         self
     }
 
@@ -361,11 +408,83 @@ mod tests {
     }
 
     #[test]
+    fn attributes_of_spans_and_events_decode_with_prost() {
+        use opentelemetry_proto::tonic::{
+            common::v1::{AnyValue, ArrayValue},
+            trace::v1::span::Event,
+        };
+        let long = "y".repeat(200);
+        let frames = ["main.f (/a.go:1)".to_owned(), "z".repeat(150)];
+        let write = |b: &mut Vec<u8>, field: AttrField| {
+            attr_str(b, field, "s", "v");
+            attr_str(b, field, &long, &long);
+            attr_int(b, field, "i", -3);
+            attr_bool(b, field, "yes", true);
+            attr_bool(b, field, "no", false);
+            attr_str_array(b, field, "frames", &frames);
+            attr_int_array(b, field, "ids", &[1, 300, -1]);
+            attr_int_array(b, field, "none", &[]);
+        };
+        let string = |s: &str| AnyValue {
+            value: Some(Value::StringValue(s.to_owned())),
+        };
+        let int = |i: i64| AnyValue {
+            value: Some(Value::IntValue(i)),
+        };
+        let expected: Vec<(String, Value)> = vec![
+            ("s".into(), Value::StringValue("v".into())),
+            (long.clone(), Value::StringValue(long.clone())),
+            ("i".into(), Value::IntValue(-3)),
+            ("yes".into(), Value::BoolValue(true)),
+            ("no".into(), Value::BoolValue(false)),
+            (
+                "frames".into(),
+                Value::ArrayValue(ArrayValue {
+                    values: frames.iter().map(|f| string(f)).collect(),
+                }),
+            ),
+            (
+                "ids".into(),
+                Value::ArrayValue(ArrayValue {
+                    values: vec![int(1), int(300), int(-1)],
+                }),
+            ),
+            (
+                "none".into(),
+                Value::ArrayValue(ArrayValue { values: vec![] }),
+            ),
+        ];
+        let pairs = |kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+            kvs.iter()
+                .map(|kv| {
+                    let v = kv.value.clone().and_then(|v| v.value).expect("a value");
+                    (kv.key.clone(), v)
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut span = Vec::new();
+        write(&mut span, AttrField::SPAN);
+        let decoded = Span::decode(span.as_slice()).expect("valid Span");
+        assert_eq!(pairs(&decoded.attributes), expected);
+        let mut event = Vec::new();
+        write(&mut event, AttrField::EVENT);
+        let decoded = Event::decode(event.as_slice()).expect("valid Event");
+        assert_eq!(pairs(&decoded.attributes), expected);
+    }
+
+    #[test]
     fn nested_fields_longer_than_a_byte() {
         let mut buf = Vec::new();
         put_nested(&mut buf, 15, |b| put_len_field(b, 2, &[b'e'; 200]));
         let status =
             opentelemetry_proto::tonic::trace::v1::Status::decode(&buf[3..]).expect("status");
         assert_eq!(status.message.len(), 200);
+        // Three length bytes.
+        let mut buf = vec![7];
+        put_nested(&mut buf, 15, |b| put_len_field(b, 2, &[b'e'; 20_000]));
+        assert_eq!(buf[0], 7);
+        let status =
+            opentelemetry_proto::tonic::trace::v1::Status::decode(&buf[5..]).expect("status");
+        assert_eq!(status.message.len(), 20_000);
     }
 }
