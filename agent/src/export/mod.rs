@@ -52,6 +52,7 @@ pub use config::{BatchSettings, ConfigError, ExportConfig, OtlpConfig, OtlpProto
 pub use console::{ConsoleExporter, render};
 pub use jsonl::JsonlExporter;
 pub use span_buffers::{recycle_span_buffer, span_buffer};
+pub use span_data::{decode as decode_span, encode_attributes};
 use streams::Stream;
 pub use streams::StreamCounts;
 
@@ -166,6 +167,8 @@ pub struct SpanSender {
     /// Shown every span sent with [`SpanSender::send_encoded`], once set
     /// ([`SpanSender::watch`]).
     watch: Arc<std::sync::OnceLock<SpanWatch>>,
+    /// Room for the spans of chunks in the queue.
+    bulk: Arc<BulkRoom>,
 }
 
 /// Looks at each encoded span the live families send (`--dump-on-slow`).
@@ -200,14 +203,14 @@ impl SpanSender {
         }
     }
 
-    fn accepted(&self, result: bool) {
-        self.stream.accepted(result);
+    fn accepted(&self, result: bool, spans: u64) {
+        self.stream.accepted(result, spans);
         let counter = if result {
             &self.stats.queued
         } else {
             &self.stats.dropped_queue_full
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(spans, Ordering::Relaxed);
     }
 
     /// Queues an encoded span; never blocks. A full queue drops it, counted.
@@ -221,9 +224,9 @@ impl SpanSender {
         }
         let queued = Queued {
             stream: self.stream.clone(),
-            span,
+            spans: QueuedSpans::One(span),
         };
-        self.accepted(self.tx.try_send(queued).is_ok());
+        self.accepted(self.tx.try_send(queued).is_ok(), 1);
     }
 
     /// A sender into the same pipeline whose spans go under `resource`
@@ -281,19 +284,124 @@ impl SpanSender {
     /// (decoding a file), where dropping would lose what a wait can keep.
     /// Must not be called from async code.
     pub fn send_blocking(&self, span: SpanData) {
+        self.send_encoded_blocking(self.encode(span));
+    }
+
+    /// Queues an encoded span, waiting for room (see [`Self::send_blocking`]).
+    /// Unlike [`Self::send_encoded`], the span is not a live family's: it is
+    /// not kept for joins nor watched.
+    pub fn send_encoded_blocking(&self, span: EncodedSpan) {
         let span = Queued {
             stream: self.stream.clone(),
-            span: self.encode(span),
+            spans: QueuedSpans::One(span),
         };
-        self.accepted(self.tx.blocking_send(span).is_ok());
+        self.accepted(self.tx.blocking_send(span).is_ok(), 1);
+    }
+
+    /// Queues encoded spans as one item, waiting for room (see
+    /// [`Self::send_encoded_blocking`]): for a producer of many spans at
+    /// once (a flight-recorder dump's 150,000), which woke the pipeline's
+    /// task once per span when it sent them one by one (a quarter of its
+    /// CPU time, measured). The queue still holds at most its capacity in
+    /// spans: a chunk waits until its spans fit ([`BulkRoom`]).
+    pub fn send_encoded_many_blocking(&self, spans: Vec<EncodedSpan>) {
+        let n = spans.len();
+        if n == 0 {
+            return;
+        }
+        if !self.bulk.take(n, || self.tx.is_closed()) {
+            self.accepted(false, n as u64);
+            return;
+        }
+        let item = Queued {
+            stream: self.stream.clone(),
+            spans: QueuedSpans::Many(spans),
+        };
+        let sent = self.tx.blocking_send(item).is_ok();
+        if !sent {
+            self.bulk.give(n);
+        }
+        self.accepted(sent, n as u64);
     }
 }
 
-/// A span in the queue, with the stream it belongs to.
+/// Spans in the queue, with the stream they belong to.
 #[derive(Debug)]
 struct Queued {
     stream: Arc<Stream>,
-    span: EncodedSpan,
+    spans: QueuedSpans,
+}
+
+/// One span (a live family's), or a chunk of a bulk producer's.
+#[derive(Debug)]
+enum QueuedSpans {
+    One(EncodedSpan),
+    Many(Vec<EncodedSpan>),
+}
+
+impl QueuedSpans {
+    fn len(&self) -> usize {
+        match self {
+            QueuedSpans::One(_) => 1,
+            QueuedSpans::Many(spans) => spans.len(),
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, EncodedSpan> {
+        match self {
+            QueuedSpans::One(span) => std::slice::from_ref(span).iter(),
+            QueuedSpans::Many(spans) => spans.iter(),
+        }
+    }
+}
+
+/// Room in the queue for the spans of chunks
+/// ([`SpanSender::send_encoded_many_blocking`]): a chunk takes one slot of
+/// the channel but its spans are counted here, so that chunks never hold
+/// more spans than the queue's capacity.
+#[derive(Debug)]
+struct BulkRoom {
+    capacity: usize,
+    used: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl BulkRoom {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            used: Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits until `n` more spans fit (a chunk larger than the capacity
+    /// goes alone), then counts them; `false` once `closed` says the
+    /// pipeline is gone.
+    fn take(&self, n: usize, closed: impl Fn() -> bool) -> bool {
+        let Ok(mut used) = self.used.lock() else {
+            return false;
+        };
+        while *used > 0 && *used + n > self.capacity {
+            if closed() {
+                return false;
+            }
+            used = match self.freed.wait_timeout(used, Duration::from_millis(100)) {
+                Ok((used, _)) => used,
+                Err(_) => return false,
+            };
+        }
+        *used += n;
+        true
+    }
+
+    /// `n` spans left the queue.
+    fn give(&self, n: usize) {
+        if let Ok(mut used) = self.used.lock() {
+            *used = used.saturating_sub(n);
+        }
+        self.freed.notify_all();
+    }
 }
 
 /// One batch, encoded once for every sink.
@@ -505,7 +613,11 @@ impl Pipeline {
             sink_txs.push((sink_tx, counters.clone()));
             sink_stats.push(counters);
         }
-        tasks.insert(0, tokio::spawn(run_batcher(rx, sink_txs, batch, stop_rx)));
+        let bulk = Arc::new(BulkRoom::new(batch.queue_capacity));
+        tasks.insert(
+            0,
+            tokio::spawn(run_batcher(rx, bulk.clone(), sink_txs, batch, stop_rx)),
+        );
         Ok(Self {
             sender: SpanSender {
                 tx,
@@ -515,6 +627,7 @@ impl Pipeline {
                 scopes: Arc::default(),
                 recent: Arc::default(),
                 watch: Arc::default(),
+                bulk,
             },
             stats,
             sink_stats,
@@ -616,8 +729,8 @@ fn encode_batch(spans: &[Queued]) -> (Bytes, Vec<(Arc<Stream>, u64)>) {
             .iter_mut()
             .find(|(stream, _)| Arc::ptr_eq(stream, &queued.stream))
         {
-            Some((_, list)) => list.push(&queued.span),
-            None => streams.push((&queued.stream, vec![&queued.span])),
+            Some((_, list)) => list.extend(queued.spans.iter()),
+            None => streams.push((&queued.stream, queued.spans.iter().collect())),
         }
     }
     let mut body = Vec::new();
@@ -644,11 +757,14 @@ fn encode_batch(spans: &[Queued]) -> (Bytes, Vec<(Arc<Stream>, u64)>) {
 /// Collects spans into batches and hands each encoded batch to every sink.
 async fn run_batcher(
     mut rx: mpsc::Receiver<Queued>,
+    bulk: Arc<BulkRoom>,
     sinks: Vec<(mpsc::Sender<Arc<Batch>>, Arc<SinkStats>)>,
     config: BatchConfig,
     stopping: watch::Receiver<bool>,
 ) {
-    let mut spans = Vec::with_capacity(config.max_batch);
+    let mut spans: Vec<Queued> = Vec::with_capacity(config.max_batch);
+    // Spans in `spans` (a chunk is one item of many spans).
+    let count = |spans: &[Queued]| spans.iter().map(|q| q.spans.len()).sum::<usize>();
     loop {
         spans.clear();
         if rx.recv_many(&mut spans, config.max_batch).await == 0 {
@@ -656,25 +772,35 @@ async fn run_batcher(
         }
         let deadline = Instant::now() + config.max_delay;
         let mut closed = false;
-        while spans.len() < config.max_batch && !*stopping.borrow() {
-            let room = config.max_batch - spans.len();
+        let mut n = count(&spans);
+        while n < config.max_batch && !*stopping.borrow() {
+            let room = config.max_batch - n;
+            let before = spans.len();
             match tokio::time::timeout_at(deadline, rx.recv_many(&mut spans, room)).await {
                 Ok(0) => {
                     closed = true;
                     break;
                 }
-                Ok(_) => {}
+                Ok(_) => n += count(&spans[before..]),
                 Err(_) => break,
             }
         }
         let (body, streams) = encode_batch(&spans);
         let batch = Arc::new(Batch {
             body,
-            spans: spans.len() as u64,
+            spans: n as u64,
             streams,
         });
         for queued in spans.drain(..) {
-            recycle_span_buffer(queued.span.bytes);
+            match queued.spans {
+                QueuedSpans::One(span) => recycle_span_buffer(span.bytes),
+                QueuedSpans::Many(chunk) => {
+                    bulk.give(chunk.len());
+                    chunk
+                        .into_iter()
+                        .for_each(|span| recycle_span_buffer(span.bytes));
+                }
+            }
         }
         for (tx, counters) in &sinks {
             if tx.try_send(batch.clone()).is_err() {

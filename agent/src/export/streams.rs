@@ -35,13 +35,13 @@ impl Stream {
         }
     }
 
-    pub(super) fn accepted(&self, accepted: bool) {
+    pub(super) fn accepted(&self, accepted: bool, spans: u64) {
         let counter = if accepted {
             &self.queued
         } else {
             &self.dropped_queue_full
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(spans, Ordering::Relaxed);
     }
 
     /// Sink `sink` delivered (or failed) `spans` of this stream.
