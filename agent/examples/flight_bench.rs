@@ -246,7 +246,7 @@ fn run(pid: u32, addr: SocketAddr, dumps: usize, min_bytes: usize) -> anyhow::Re
                     };
                     let captured = WallClock::monotonic_now_ns();
                     let mut spans = 0u64;
-                    let res = flight::dump_to_spans(&dump, &opts, &mut |_| spans += 1);
+                    let res = flight::dump_to_spans(&dump, &opts, &mut |b| spans += b.len() as u64);
                     let done = WallClock::monotonic_now_ns();
                     let _ = tx.send((
                         captured,

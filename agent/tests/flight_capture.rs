@@ -309,7 +309,7 @@ fn destinations(binary: &Path, header: &[u8]) {
         &dump,
         &DumpSpanOptions::default(),
         Some(&save_dir),
-        &mut |_| spans += 1,
+        &mut |batch| spans += batch.len() as u64,
     )
     .expect("handle dump");
     let saved = outcome.saved.expect("saved");
@@ -464,8 +464,10 @@ fn reader_thread_saves_and_decodes_dumps() {
             save_dir: Some(save_dir.clone()),
             ..flight::ReaderConfig::default()
         },
-        move |s| {
-            let _ = tx.send(s);
+        move |batch: Vec<agent::gotrace::TraceSpan>| {
+            for s in batch {
+                let _ = tx.send(s);
+            }
         },
     )
     .expect("spawn reader");
@@ -491,7 +493,7 @@ fn reader_thread_saves_and_decodes_dumps() {
     assert_eq!(std::fs::read(&saved).expect("saved"), body);
     let mut received = Vec::new();
     while let Ok(s) = spans.recv_timeout(Duration::from_secs(2)) {
-        received.push(s);
+        received.push(s.to_span_data().expect("a valid Span message"));
     }
     let stats = reader.stop();
     assert_eq!(stats.dumps, 1, "{stats:?}");
@@ -567,8 +569,14 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 /// whose begin fell outside the window), the same logs.
 fn check_spans(dump: &CompletedDump, saved: &Path) -> BTreeMap<String, usize> {
     let mut spans = Vec::new();
-    let summary = flight::dump_to_spans(dump, &DumpSpanOptions::default(), &mut |s| spans.push(s))
-        .expect("dump decodes");
+    let summary = flight::dump_to_spans(dump, &DumpSpanOptions::default(), &mut |batch| {
+        spans.extend(
+            batch
+                .iter()
+                .map(|s| s.to_span_data().expect("a valid Span message")),
+        );
+    })
+    .expect("dump decodes");
     assert!(summary.tasks > 0, "{summary:?}");
     for s in &spans {
         assert_eq!(attr_str(s, "flight_recorder.dump.id"), dump.id);

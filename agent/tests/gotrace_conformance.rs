@@ -509,8 +509,14 @@ fn our_tasks(trace: &[u8], name: &str, window: (i64, i64), offset: i64) -> Vec<S
         ..gotrace::SpanOptions::default()
     };
     let mut spans: Vec<SpanData> = Vec::new();
-    gotrace::trace_to_spans(trace, &opts, &mut |s| spans.push(s))
-        .unwrap_or_else(|e| panic!("{name}: spans: {e}"));
+    gotrace::trace_to_spans(trace, &opts, &mut |batch| {
+        spans.extend(
+            batch
+                .iter()
+                .map(|s| s.to_span_data().expect("a valid Span message")),
+        );
+    })
+    .unwrap_or_else(|e| panic!("{name}: spans: {e}"));
     let ns = |t: std::time::SystemTime| -> i64 {
         t.duration_since(std::time::UNIX_EPOCH)
             .expect("after the epoch")

@@ -26,8 +26,14 @@ fn generate(program: &str, toolchain: Option<&str>) -> Vec<u8> {
 
 fn spans_of(trace: &[u8], opts: &SpanOptions) -> (Vec<SpanData>, SpanSummary) {
     let mut spans = Vec::new();
-    let summary =
-        gotrace::trace_to_spans(trace, opts, &mut |s| spans.push(s)).expect("trace_to_spans");
+    let summary = gotrace::trace_to_spans(trace, opts, &mut |batch| {
+        spans.extend(
+            batch
+                .iter()
+                .map(|s| s.to_span_data().expect("a valid Span message")),
+        );
+    })
+    .expect("trace_to_spans");
     assert_eq!(summary.spans as usize, spans.len());
     (spans, summary)
 }
@@ -475,7 +481,7 @@ fn corrupt_input_is_an_error_not_a_panic() {
     let (o, _) = opts(4, None);
     for cut in [20, trace.len() / 2, trace.len() - 3] {
         let mut n = 0;
-        let err = gotrace::trace_to_spans(&trace[..cut], &o, &mut |_| n += 1)
+        let err = gotrace::trace_to_spans(&trace[..cut], &o, &mut |b| n += b.len())
             .expect_err("truncated trace");
         assert!(err.offset().is_some(), "{err}");
     }

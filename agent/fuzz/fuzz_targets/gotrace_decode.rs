@@ -24,7 +24,11 @@ fuzz_target!(|data: &[u8]| {
     let dumped = gotrace::dump_events(data, &mut stream_out);
     let opts = gotrace::SpanOptions::default();
     let mut spans = 0u64;
-    let mapped = gotrace::trace_to_spans(data, &opts, &mut |_| spans += 1);
+    let mapped = gotrace::trace_to_spans(data, &opts, &mut |batch| {
+        // Whatever the input, each span is a valid OTLP message.
+        assert!(batch.iter().all(|s| s.to_span_data().is_ok()));
+        spans += batch.len();
+    });
     // Both walk the same event stream: they fail or succeed together.
     assert_eq!(dumped.is_ok(), mapped.is_ok());
     if let Err(e) = &mapped {

@@ -46,8 +46,13 @@ pub async fn decode_file(
     tokio::task::spawn_blocking(move || {
         gotrace::Reader::from_file(file)
             .and_then(|reader| {
-                gotrace::reader_to_spans(reader, &options, &mut |span| {
-                    sender.send_blocking(span);
+                gotrace::reader_to_spans(reader, &options, &mut |batch| {
+                    sender.send_encoded_many_blocking(
+                        batch
+                            .into_iter()
+                            .map(gotrace::TraceSpan::into_encoded)
+                            .collect(),
+                    );
                 })
             })
             .with_context(|| format!("{display}: not a valid Go execution trace"))

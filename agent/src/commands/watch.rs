@@ -82,8 +82,13 @@ fn decode_one(path: &PathBuf, sender: &agent::export::SpanSender) {
         ..SpanOptions::default()
     };
     let result = gotrace::Reader::from_file(file).and_then(|reader| {
-        gotrace::reader_to_spans(reader, &options, &mut |span| {
-            sender.send_blocking(span);
+        gotrace::reader_to_spans(reader, &options, &mut |batch| {
+            sender.send_encoded_many_blocking(
+                batch
+                    .into_iter()
+                    .map(gotrace::TraceSpan::into_encoded)
+                    .collect(),
+            );
         })
     });
     match result {

@@ -17,6 +17,7 @@ use crate::{
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
+    gotrace::TraceSpan,
     instrument::Category,
     probes::{KernelStats, LoadOptions, Probes},
     spans::Sampler,
@@ -137,12 +138,15 @@ impl Family for Flight {
                 },
                 ..ReaderConfig::default()
             },
-            move |span| {
-                if sampler.should_sample(span.span_context.trace_id(), None) {
-                    sender.send_blocking(span);
-                } else {
-                    sampled_out.fetch_add(1, Ordering::Relaxed);
-                }
+            move |batch: Vec<TraceSpan>| {
+                let before = batch.len();
+                let sampled: Vec<_> = batch
+                    .into_iter()
+                    .filter(|span| sampler.should_sample(span.trace_id, None))
+                    .map(TraceSpan::into_encoded)
+                    .collect();
+                sampled_out.fetch_add((before - sampled.len()) as u64, Ordering::Relaxed);
+                sender.send_encoded_many_blocking(sampled);
             },
         )
         .map_err(|err| format!("cannot start the flight-recorder reader: {err}"))?;

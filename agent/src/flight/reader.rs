@@ -16,8 +16,8 @@ use std::{
     thread,
 };
 
+use crate::gotrace::TraceSpan;
 use aya::maps::{MapData, RingBuf};
-use opentelemetry_sdk::trace::SpanData;
 
 use super::{
     CaptureOptions, CompletedDump, DumpSpanOptions, FlightAttachment, FlightCapture, handle_dump,
@@ -82,11 +82,11 @@ impl std::fmt::Debug for Command {
 
 impl FlightReader {
     /// Starts the thread over `ring` ([`super::take_ring_buffer`]). Every
-    /// span goes to `sink` (e.g. `move |s| sender.send_blocking(s)`).
+    /// span goes to `sink` (e.g. `move |batch| sender.send_encoded_many_blocking(..)`).
     pub fn spawn(
         ring: RingBuf<MapData>,
         config: ReaderConfig,
-        sink: impl FnMut(SpanData) + Send + 'static,
+        sink: impl FnMut(Vec<TraceSpan>) + Send + 'static,
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (commands, rx) = mpsc::channel();
@@ -153,7 +153,7 @@ impl Drop for FlightReader {
 fn handle(
     dump: &CompletedDump,
     config: &ReaderConfig,
-    sink: &mut dyn FnMut(SpanData),
+    sink: &mut dyn FnMut(Vec<TraceSpan>),
     stats: &mut ReaderStats,
 ) {
     stats.dumps += 1;
@@ -163,9 +163,9 @@ fn handle(
         stats.incomplete += 1;
     }
     let mut spans = 0;
-    let mut count = |s: SpanData| {
-        spans += 1;
-        sink(s);
+    let mut count = |batch: Vec<TraceSpan>| {
+        spans += batch.len() as u64;
+        sink(batch);
     };
     match handle_dump(dump, &config.spans, config.save_dir.as_deref(), &mut count) {
         Ok(outcome) => {
@@ -216,7 +216,7 @@ const READER_NICE: i32 = -10;
 fn decode(
     pending: mpsc::Receiver<CompletedDump>,
     config: ReaderConfig,
-    mut sink: impl FnMut(SpanData),
+    mut sink: impl FnMut(Vec<TraceSpan>),
 ) -> ReaderStats {
     set_nice(19, "dump decoder");
     let mut stats = ReaderStats::default();

@@ -51,21 +51,55 @@ pub struct Interval {
 /// The agent's spans of one process, by goroutine, sorted by start.
 #[derive(Debug, Default, Clone)]
 pub struct JoinIndex {
-    by_goroutine: IdMap<i64, Vec<Interval>>,
+    by_goroutine: IdMap<i64, Track>,
     spans: usize,
+}
+
+/// One goroutine's spans, sorted by start, with their times in Unix ns
+/// beside them (a lookup compares integers in two dense arrays) and how far
+/// the spans up to each reach: a lookup between requests stops at once
+/// instead of scanning back.
+#[derive(Debug, Default, Clone)]
+struct Track {
+    intervals: Vec<Interval>,
+    start: Vec<u64>,
+    end: Vec<u64>,
+    /// `reach[i]`: the latest end of `intervals[..=i]`.
+    reach: Vec<u64>,
+}
+
+/// A time as Unix ns (0 before the epoch).
+pub(crate) fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl JoinIndex {
     /// Adds a span open on goroutine `goid`.
     pub fn add(&mut self, goid: i64, interval: Interval) {
-        self.by_goroutine.entry(goid).or_default().push(interval);
+        self.by_goroutine
+            .entry(goid)
+            .or_default()
+            .intervals
+            .push(interval);
         self.spans += 1;
     }
 
     /// Sorts the intervals; call once after the last [`add`](Self::add).
     pub fn finish(mut self) -> Self {
-        for v in self.by_goroutine.values_mut() {
-            v.sort_by_key(|i| i.start);
+        for track in self.by_goroutine.values_mut() {
+            track.intervals.sort_by_key(|i| i.start);
+            track.start = track.intervals.iter().map(|i| unix_ns(i.start)).collect();
+            track.end = track.intervals.iter().map(|i| unix_ns(i.end)).collect();
+            let mut reach = 0;
+            track.reach = track
+                .end
+                .iter()
+                .map(|e| {
+                    reach = reach.max(*e);
+                    reach
+                })
+                .collect();
         }
         self
     }
@@ -87,19 +121,29 @@ impl JoinIndex {
 
     /// The innermost span open on `goid` at `t`, whole.
     pub fn interval_at(&self, goid: i64, t: SystemTime) -> Option<&Interval> {
-        let list = self.by_goroutine.get(&goid)?;
-        let n = list.partition_point(|i| i.start <= t);
-        list[..n]
-            .iter()
-            .rev()
-            .take(MAX_SCAN_BACK)
-            .find(|i| i.end >= t)
+        self.by_goroutine.get(&goid)?.at(unix_ns(t))
     }
-
     /// Whether any span was open on `goid` (a cheap test before a
     /// lookup by time).
     pub fn has_goroutine(&self, goid: i64) -> bool {
         self.by_goroutine.contains_key(&goid)
+    }
+}
+
+impl Track {
+    /// The innermost interval open at `t` (Unix ns).
+    fn at(&self, t: u64) -> Option<&Interval> {
+        let n = self.start.partition_point(|s| *s <= t);
+        for i in (n.saturating_sub(MAX_SCAN_BACK)..n).rev() {
+            if self.reach[i] < t {
+                // None of the spans begun so far is still open.
+                return None;
+            }
+            if self.end[i] >= t {
+                return self.intervals.get(i);
+            }
+        }
+        None
     }
 }
 
@@ -320,11 +364,12 @@ struct Inherited {
     /// The goroutine the span is open on.
     owner: i64,
     depth: u8,
-    since: SystemTime,
+    /// Unix ns.
+    since: u64,
 }
 
 /// The join state of one decoding: the index and the spans goroutines
-/// inherited when the trace shows their creation.
+/// inherited when the trace shows their creation. Times are Unix ns.
 #[derive(Debug)]
 pub(crate) struct Joiner<'a> {
     index: &'a JoinIndex,
@@ -341,7 +386,7 @@ impl<'a> Joiner<'a> {
 
     /// The agent's span `goid` is in at `t`: its own innermost open span,
     /// else the one it inherited (within [`INHERIT_TTL`]).
-    pub(crate) fn parent(&self, goid: i64, t: SystemTime) -> Option<(TraceId, SpanId)> {
+    pub(crate) fn parent(&self, goid: i64, t: u64) -> Option<(TraceId, SpanId)> {
         self.lookup(goid, t)
             .map(|(p, _, _)| (p.trace_id, p.span_id))
     }
@@ -350,24 +395,24 @@ impl<'a> Joiner<'a> {
     /// whole (its interval says when the request began and ended), with
     /// the goroutine it is open on (`goid`, or the creator it inherited it
     /// from).
-    pub(crate) fn request(&self, goid: i64, t: SystemTime) -> Option<(Interval, i64)> {
-        if !self.index.has_goroutine(goid) && !self.inherited.contains_key(&goid) {
-            return None;
-        }
+    pub(crate) fn request(&self, goid: i64, t: u64) -> Option<(Interval, i64)> {
         self.lookup(goid, t).map(|(p, _, owner)| (p, owner))
     }
 
-    fn lookup(&self, goid: i64, t: SystemTime) -> Option<(Interval, u8, i64)> {
-        if let Some(p) = self.index.interval_at(goid, t) {
+    fn lookup(&self, goid: i64, t: u64) -> Option<(Interval, u8, i64)> {
+        if let Some(p) = self.index.by_goroutine.get(&goid).and_then(|tr| tr.at(t)) {
             return Some((*p, 0, goid));
         }
+        if self.inherited.is_empty() {
+            return None;
+        }
         let inh = self.inherited.get(&goid)?;
-        let age = t.duration_since(inh.since).unwrap_or_default();
-        (age <= INHERIT_TTL).then_some((inh.parent, inh.depth, inh.owner))
+        let age = t.saturating_sub(inh.since);
+        (age <= INHERIT_TTL.as_nanos() as u64).then_some((inh.parent, inh.depth, inh.owner))
     }
 
     /// Goroutine `child` was created by `creator` at `t`.
-    pub(crate) fn spawned(&mut self, creator: i64, child: i64, t: SystemTime) {
+    pub(crate) fn spawned(&mut self, creator: i64, child: i64, t: u64) {
         if let Some((parent, depth, owner)) = self.lookup(creator, t)
             && depth < MAX_INHERIT_DEPTH
         {
@@ -390,6 +435,10 @@ mod tests {
 
     fn at(ms: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    fn ms(ms: u64) -> u64 {
+        ms * 1_000_000
     }
 
     fn iv(start: u64, end: u64, n: u8) -> Interval {
@@ -418,18 +467,18 @@ mod tests {
         assert_eq!(idx.open_at(8, at(110)), None);
 
         let mut j = Joiner::new(&idx);
-        j.spawned(7, 9, at(150)); // go f() inside the request
-        assert_eq!(j.parent(9, at(160)), id(1));
-        assert_eq!(j.parent(9, at(150 + 31_000)), None);
-        j.spawned(7, 10, at(250)); // between requests: nothing to inherit
-        assert_eq!(j.parent(10, at(260)), None);
+        j.spawned(7, 9, ms(150)); // go f() inside the request
+        assert_eq!(j.parent(9, ms(160)), id(1));
+        assert_eq!(j.parent(9, ms(150 + 31_000)), None);
+        j.spawned(7, 10, ms(250)); // between requests: nothing to inherit
+        assert_eq!(j.parent(10, ms(260)), None);
         // Depth-limited chains.
         let mut g = 9;
         for child in 20..30 {
-            j.spawned(g, child, at(160));
+            j.spawned(g, child, ms(160));
             g = child;
         }
-        assert!(j.parent(22, at(170)).is_some());
-        assert_eq!(j.parent(23, at(170)), None);
+        assert!(j.parent(22, ms(170)).is_some());
+        assert_eq!(j.parent(23, ms(170)), None);
     }
 }

@@ -12,8 +12,8 @@
 //! - [`dump_events`] / [`dump_reader`] print the event stream in a stable
 //!   text form, one event per line (`agent decode --dump events`).
 //! - [`trace_to_spans`] / [`reader_to_spans`] turn tasks, regions, logs and
-//!   runtime ranges into [`SpanData`](opentelemetry_sdk::trace::SpanData)
-//!   (see the `spans` module docs for the mapping); with
+//!   runtime ranges into spans, each written as OTLP bytes ([`TraceSpan`];
+//!   see the `spans` module docs for the mapping); with
 //!   [`SpanOptions::join`], tasks join the agent's own spans of the process
 //!   ([`join`]).
 //! - [`watch`] yields new `*.trace` files in a directory once complete.
@@ -56,7 +56,7 @@ pub use join::{JoinError, JoinIndex, LiveSpans, RecentSpans};
 pub use reader::{ReadStats, Reader};
 pub use spans::{
     ENDED_TASKS_KEPT, HELD_EVENTS_MAX, HELD_TASKS_MAX, MAX_EVENTS_PER_SPAN, PERIOD_MIN_DEFAULT,
-    SpanOptions, SpanSummary, reader_to_spans, trace_to_spans,
+    SPAN_BATCH, SpanOptions, SpanSummary, TraceSpan, reader_to_spans, scope, trace_to_spans,
 };
 
 /// No thread (Go's `NoThread`).

@@ -72,17 +72,22 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::Read;
-use std::sync::Arc;
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use opentelemetry::trace::{
-    Event as OtelEvent, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::SpanData;
+
+use crate::export::wire::{
+    AttrField, FIXED32, FIXED64, LEN, VARINT, attr_bool, attr_int, attr_int_array, attr_str,
+    attr_str_array, put_len_field, put_tag, put_varint,
 };
-use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use crate::export::{EncodedSpan, decode_span, encode_attributes, encode_scope};
 
 use super::event::{Event, EventKind, Resource, Stack};
-use super::join::{Interval, JoinIndex, Joiner};
+use super::join::{Interval, JoinIndex, Joiner, unix_ns};
 use super::{DecodeError, IdMap, NO_GOROUTINE, NO_TASK, Reader, goroutine_state};
 
 /// Span events kept per span; more are counted as dropped.
@@ -164,6 +169,38 @@ pub struct SpanSummary {
     pub breakdowns: u64,
 }
 
+/// One span of a decoded trace: its OTLP `Span` message, encoded (scope
+/// [`scope`]), and its trace ID (for sampling without decoding it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSpan {
+    pub trace_id: TraceId,
+    pub bytes: Vec<u8>,
+}
+
+impl TraceSpan {
+    /// The span as the SDK's `SpanData` (for tests and tools that inspect
+    /// spans; the export path sends [`Self::bytes`] as they are).
+    pub fn to_span_data(&self) -> Result<SpanData, prost::DecodeError> {
+        decode_span(&self.bytes, scope())
+    }
+
+    /// The span as the export pipeline takes it, under [`scope`].
+    pub fn into_encoded(self) -> EncodedSpan {
+        static SCOPE: OnceLock<Arc<[u8]>> = OnceLock::new();
+        EncodedSpan {
+            scope: Arc::clone(SCOPE.get_or_init(|| encode_scope(&scope()))),
+            bytes: self.bytes,
+        }
+    }
+}
+
+/// The instrumentation scope of the spans decoded from traces.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("agent.gotrace")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
 /// Decodes a trace and hands every span to `sink`. The mapping:
 ///
 /// - Each task is a span; a child task is a child span of its parent task. A
@@ -191,15 +228,18 @@ pub struct SpanSummary {
 ///   trace has keeps its exact time. A task known only by reference (a
 ///   child's parent ID, a region, a log) is exported once, truncated on both
 ///   sides.
-/// - Times are converted to wall clock with the clock snapshot of the
-///   generation the event is in.
 /// - Times: wall clock from the generation's clock snapshot (Go 1.25+); for
 ///   older traces the first event is anchored to
 ///   [`SpanOptions::anchor_wall_time`] (default: now) and every span carries
 ///   `go.trace.time.approximate = true`.
 ///
-/// Spans are handed over as they end, except tasks, held after their end
-/// (see above) and handed over when evicted or at the end of the trace.
+/// Spans are handed over as they end, in batches of [`SPAN_BATCH`], except
+/// tasks, held after their end (see above) and handed over when evicted or
+/// at the end of the trace. On a decoding error, the spans that ended
+/// before it are handed over, then the error is returned.
+/// Each is written as OTLP bytes as it is built (attributes as they are
+/// known, a stack's and the options' attributes encoded once and copied):
+/// about 150,000 spans come out of a 10 MiB flight-recorder dump.
 ///
 /// Memory: open spans are kept until they end; events per span are capped
 /// ([`MAX_EVENTS_PER_SPAN`]), held ended tasks are bounded, and the table of
@@ -207,7 +247,7 @@ pub struct SpanSummary {
 pub fn trace_to_spans(
     input: impl Read,
     opts: &SpanOptions,
-    sink: &mut dyn FnMut(SpanData),
+    sink: &mut dyn FnMut(Vec<TraceSpan>),
 ) -> Result<SpanSummary, DecodeError> {
     reader_to_spans(Reader::new(input)?, opts, sink)
 }
@@ -217,17 +257,32 @@ pub fn trace_to_spans(
 pub fn reader_to_spans<R: Read>(
     mut r: Reader<R>,
     opts: &SpanOptions,
-    sink: &mut dyn FnMut(SpanData),
+    sink: &mut dyn FnMut(Vec<TraceSpan>),
 ) -> Result<SpanSummary, DecodeError> {
     let joiner = opts.join.as_deref().map(Joiner::new);
     let mut m = Mapper::new(opts, sink, joiner);
-    while let Some(e) = r.read_event()? {
-        m.summary.events += 1;
-        m.event(&e);
+    let read = loop {
+        match r.read_event() {
+            Ok(Some(e)) => {
+                m.summary.events += 1;
+                m.event(&e);
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    if read.is_ok() {
+        m.finish();
     }
-    m.finish();
-    Ok(m.summary)
+    // The spans that ended before an error are handed over too.
+    m.hand_over();
+    read.map(|()| m.summary)
 }
+
+/// Spans handed to the sink at once (the last batch of a trace may be
+/// shorter): one hand-over, and one wakeup of the export pipeline, per
+/// batch rather than per span.
+pub const SPAN_BATCH: usize = 256;
 
 /// Generates span and trace IDs (SplitMix64 from a random seed).
 struct Ids(u64);
@@ -281,22 +336,40 @@ impl Kind {
     }
 }
 
-/// A span begun and not yet exported.
+/// A span begun and not yet exported. Its attributes and events are OTLP
+/// bytes already (`Span.attributes`, `Span.events` fields).
 struct Open {
     trace_id: TraceId,
     span_id: SpanId,
     parent: SpanId,
     name: String,
     kind: Kind,
-    /// Wall-clock start, converted with the clock of its own generation.
-    start: SystemTime,
+    /// Wall-clock start (Unix ns), converted with the clock of its own
+    /// generation.
+    start: u64,
     begin_missing: bool,
     goroutine: i64,
-    attrs: Vec<KeyValue>,
-    events: Vec<OtelEvent>,
+    attrs: Vec<u8>,
+    events: Vec<u8>,
+    event_count: usize,
     dropped_events: u32,
     /// A task's goroutine's time, broken down (tasks only, once any).
     sched: Option<Box<SchedTimes>>,
+}
+
+impl Open {
+    /// Adds an encoded `Span.Event` message, within [`MAX_EVENTS_PER_SPAN`].
+    fn add_event(&mut self, event: &[u8]) {
+        if self.event_count < MAX_EVENTS_PER_SPAN {
+            if self.events.capacity() == 0 {
+                self.events.reserve(EVENTS_ROOM.max(event.len() + 4));
+            }
+            put_len_field(&mut self.events, 11, event);
+            self.event_count += 1;
+        } else {
+            self.dropped_events = self.dropped_events.saturating_add(1);
+        }
+    }
 }
 
 /// The time a task's goroutine (the one that began it) spent, while the
@@ -322,26 +395,30 @@ impl SchedTimes {
         }
     }
 
-    fn attributes(&self, out: &mut Vec<KeyValue>) {
+    fn attributes(&self, out: &mut Vec<u8>) {
+        let f = AttrField::SPAN;
         if self.wait_ns > 0 {
-            out.push(KeyValue::new("go.sched.wait_ns", self.wait_ns));
+            attr_int(out, f, "go.sched.wait_ns", self.wait_ns);
         }
         if self.syscall_ns > 0 {
-            out.push(KeyValue::new("go.syscall.ns", self.syscall_ns));
+            attr_int(out, f, "go.syscall.ns", self.syscall_ns);
         }
         if self.assist_ns > 0 {
-            out.push(KeyValue::new("go.gc.assist_ns", self.assist_ns));
+            attr_int(out, f, "go.gc.assist_ns", self.assist_ns);
         }
         let total: i64 = self.block_ns.iter().map(|(_, n)| n).sum();
         if total > 0 {
-            out.push(KeyValue::new("go.block.ns", total));
+            attr_int(out, f, "go.block.ns", total);
+            let mut key = String::new();
             for (reason, n) in &self.block_ns {
-                let key = if reason.is_empty() {
-                    "go.block.ns.unknown".to_string()
+                key.clear();
+                key.push_str("go.block.ns.");
+                if reason.is_empty() {
+                    key.push_str("unknown");
                 } else {
-                    format!("go.block.ns.{}", reason.replace(' ', "_"))
-                };
-                out.push(KeyValue::new(key, *n));
+                    key.extend(reason.chars().map(|c| if c == ' ' { '_' } else { c }));
+                }
+                attr_int(out, f, &key, *n);
             }
         }
     }
@@ -369,7 +446,7 @@ struct PeriodDetail {
     request: Interval,
     owner: i64,
     /// The goroutine's stack when the period began.
-    stack: Vec<KeyValue>,
+    stack: Option<Rc<StackAttrs>>,
 }
 
 /// A joined request's goroutine time, summed over its goroutines.
@@ -382,11 +459,24 @@ struct RequestTimes {
     summed: u64,
 }
 
+impl RequestTimes {
+    fn new(request: Interval, owner: i64) -> Self {
+        RequestTimes {
+            request,
+            owner,
+            sched: SchedTimes::default(),
+            goroutines: Vec::new(),
+            exported: 0,
+            summed: 0,
+        }
+    }
+}
+
 /// An ended task held for late logs.
 struct Held {
     id: u64,
     span: Open,
-    end: SystemTime,
+    end: u64,
 }
 
 struct OpenRegion {
@@ -395,38 +485,68 @@ struct OpenRegion {
     span: Open,
 }
 
-/// Converts trace time to wall time.
+/// A stack's attributes (`code.function.name`, `code.file.path`,
+/// `code.line.number`, `code.stacktrace.frames`), encoded once per stack
+/// and generation, as span attributes and as event attributes.
+struct StackAttrs {
+    span: Vec<u8>,
+    event: Vec<u8>,
+}
+
+/// Converts trace time to wall time (Unix ns).
 #[derive(Debug, Clone, Copy)]
 struct Clock {
     trace: i64,
-    wall: SystemTime,
+    wall: i64,
 }
 
 impl Clock {
-    fn wall(&self, t: i64) -> SystemTime {
-        let d = t.wrapping_sub(self.trace);
-        if d >= 0 {
-            self.wall
-                .checked_add(Duration::from_nanos(d as u64))
-                .unwrap_or(self.wall)
-        } else {
-            self.wall
-                .checked_sub(Duration::from_nanos(d.unsigned_abs()))
-                .unwrap_or(self.wall)
-        }
+    fn wall(&self, t: i64) -> u64 {
+        self.wall.saturating_add(t.wrapping_sub(self.trace)).max(0) as u64
     }
+}
+
+fn system_time(ns: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+/// Bytes [`Mapper::emit`] writes beyond the span's name, the options'
+/// attributes, its events and its scheduling sums: ids, kind, times, flags,
+/// and the attributes it adds (most spans: more only grows the buffer).
+const EMIT_ROOM: usize = 128;
+/// Bytes of a task's scheduling sums, most tasks.
+const SCHED_ROOM: usize = 192;
+/// A span's buffer, as it opens: its attributes so far and room for those
+/// added before it ends (a task's ID and parent ID, say) and for what
+/// [`Mapper::emit`] writes, so that the buffer rarely grows.
+const SPAN_ROOM: usize = EMIT_ROOM + 96;
+/// The first allocation of a span's events: most spans with any have a
+/// few.
+const EVENTS_ROOM: usize = 1024;
+
+/// `Span.flags`: sampled, and the parent known not to be remote
+/// (`SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`).
+const SPAN_FLAGS: u32 = 0x01 | 0x100;
+
+fn lossy(b: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(b)
 }
 
 struct Mapper<'a> {
     opts: &'a SpanOptions,
-    sink: &'a mut dyn FnMut(SpanData),
+    sink: &'a mut dyn FnMut(Vec<TraceSpan>),
+    /// Spans not yet handed to the sink (up to [`SPAN_BATCH`]).
+    out: Vec<TraceSpan>,
     ids: Ids,
-    scope: InstrumentationScope,
+    /// [`SpanOptions::extra_attributes`], encoded once.
+    extra: Vec<u8>,
+    /// A span event being written.
+    scratch: Vec<u8>,
     clock: Option<Clock>,
     approximate: bool,
     first_time: Option<i64>,
     /// Wall-clock time of the first event (the clock of its generation).
-    first_wall: SystemTime,
+    first_wall: u64,
     last_time: i64,
     tasks: IdMap<u64, Open>,
     ended_tasks: IdMap<u64, (TraceId, SpanId)>,
@@ -448,32 +568,28 @@ struct Mapper<'a> {
     requests: IdMap<u64, RequestTimes>,
     /// Attributes derived from each stack of the current generation (stack
     /// IDs are per generation; cleared at each Sync).
-    stack_cache: IdMap<u64, Vec<KeyValue>>,
+    stack_cache: IdMap<u64, Rc<StackAttrs>>,
     summary: SpanSummary,
     joiner: Option<Joiner<'a>>,
-}
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 impl<'a> Mapper<'a> {
     fn new(
         opts: &'a SpanOptions,
-        sink: &'a mut dyn FnMut(SpanData),
+        sink: &'a mut dyn FnMut(Vec<TraceSpan>),
         joiner: Option<Joiner<'a>>,
     ) -> Self {
         Mapper {
             opts,
             sink,
+            out: Vec::with_capacity(SPAN_BATCH),
             ids: Ids(rand::random::<u64>()),
-            scope: InstrumentationScope::builder("agent.gotrace")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
+            extra: encode_attributes(&opts.extra_attributes, AttrField::SPAN),
+            scratch: Vec::with_capacity(512),
             clock: None,
             approximate: false,
             first_time: None,
-            first_wall: SystemTime::UNIX_EPOCH,
+            first_wall: 0,
             last_time: 0,
             tasks: IdMap::default(),
             ended_tasks: IdMap::default(),
@@ -492,10 +608,10 @@ impl<'a> Mapper<'a> {
         }
     }
 
-    fn wall(&self, t: i64) -> SystemTime {
+    fn wall(&self, t: i64) -> u64 {
         match self.clock {
             Some(c) => c.wall(t),
-            None => SystemTime::UNIX_EPOCH,
+            None => 0,
         }
     }
 
@@ -529,11 +645,11 @@ impl<'a> Mapper<'a> {
         let Some(s) = e.sync() else { return };
         if let Some(c) = s.clock_snapshot {
             let wall = if c.wall_sec >= 0 {
-                SystemTime::UNIX_EPOCH
-                    + Duration::from_secs(c.wall_sec as u64)
-                    + Duration::from_nanos(c.wall_nsec as u64)
+                c.wall_sec
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(c.wall_nsec)
             } else {
-                SystemTime::UNIX_EPOCH
+                0
             };
             self.clock = Some(Clock {
                 trace: c.trace,
@@ -541,52 +657,55 @@ impl<'a> Mapper<'a> {
             });
             self.approximate = false;
         } else if self.clock.is_none() {
+            let anchor = self.opts.anchor_wall_time.unwrap_or_else(SystemTime::now);
             self.clock = Some(Clock {
                 trace: e.time(),
-                wall: self.opts.anchor_wall_time.unwrap_or_else(SystemTime::now),
+                wall: i64::try_from(unix_ns(anchor)).unwrap_or(i64::MAX),
             });
             self.approximate = true;
             self.summary.approximate_time = true;
         }
     }
 
-    fn stack_attrs(&mut self, st: &Stack<'_>, out: &mut Vec<KeyValue>) {
+    /// The attributes of stack `st` (none for no stack), from the cache.
+    fn stack_attrs(&mut self, st: &Stack<'_>) -> Option<Rc<StackAttrs>> {
         let id = st.id();
         if id == 0 {
-            return;
+            return None;
         }
         if let Some(cached) = self.stack_cache.get(&id) {
-            out.extend(cached.iter().cloned());
-            return;
+            return Some(Rc::clone(cached));
         }
-        let mut attrs = Vec::with_capacity(4);
+        let mut attrs = StackAttrs {
+            span: Vec::new(),
+            event: Vec::new(),
+        };
         let mut frames = st.frames();
         if let Some(top) = frames.next() {
-            let s = |b: &[u8]| Value::from(Arc::<str>::from(lossy(b)));
-            attrs.push(KeyValue::new("code.function.name", s(top.func)));
-            attrs.push(KeyValue::new("code.file.path", s(top.file)));
-            attrs.push(KeyValue::new("code.line.number", top.line as i64));
-            if self.opts.max_frames > 0 {
-                let list: Vec<StringValue> = std::iter::once(top)
+            let list: Vec<String> = if self.opts.max_frames > 0 {
+                std::iter::once(top)
                     .chain(frames)
                     .take(self.opts.max_frames)
-                    .map(|f| {
-                        StringValue::from(Arc::<str>::from(format!(
-                            "{} ({}:{})",
-                            lossy(f.func),
-                            lossy(f.file),
-                            f.line
-                        )))
-                    })
-                    .collect();
-                attrs.push(KeyValue::new(
-                    "code.stacktrace.frames",
-                    Value::Array(Array::String(list)),
-                ));
+                    .map(|f| format!("{} ({}:{})", lossy(f.func), lossy(f.file), f.line))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for (out, field) in [
+                (&mut attrs.span, AttrField::SPAN),
+                (&mut attrs.event, AttrField::EVENT),
+            ] {
+                attr_str(out, field, "code.function.name", &lossy(top.func));
+                attr_str(out, field, "code.file.path", &lossy(top.file));
+                attr_int(out, field, "code.line.number", top.line as i64);
+                if self.opts.max_frames > 0 {
+                    attr_str_array(out, field, "code.stacktrace.frames", &list);
+                }
             }
         }
-        out.extend(attrs.iter().cloned());
-        self.stack_cache.insert(id, attrs);
+        let attrs = Rc::new(attrs);
+        self.stack_cache.insert(id, Rc::clone(&attrs));
+        Some(attrs)
     }
 
     fn open(
@@ -601,9 +720,23 @@ impl<'a> Mapper<'a> {
             Some((t, s)) => (t, s),
             None => (self.ids.trace(), SpanId::INVALID),
         };
-        let mut attrs = Vec::with_capacity(8);
-        if !begin_missing {
-            self.stack_attrs(&e.stack(), &mut attrs);
+        // The span's bytes begin with its attributes: room for the rest
+        // of it, so that emitting it rarely grows the buffer.
+        let stack = if begin_missing {
+            None
+        } else {
+            self.stack_attrs(&e.stack())
+        };
+        let sched = if kind == Kind::Task { SCHED_ROOM } else { 0 };
+        let mut attrs = Vec::with_capacity(
+            SPAN_ROOM
+                + sched
+                + name.len()
+                + self.extra.len()
+                + stack.as_ref().map_or(0, |s| s.span.len()),
+        );
+        if let Some(stack) = stack {
+            attrs.extend_from_slice(&stack.span);
         }
         Open {
             trace_id,
@@ -620,37 +753,14 @@ impl<'a> Mapper<'a> {
             goroutine: e.goroutine(),
             attrs,
             events: Vec::new(),
+            event_count: 0,
             dropped_events: 0,
             sched: None,
         }
     }
 
-    fn emit(&mut self, mut o: Open, end: SystemTime, end_missing: bool) {
-        let mut attrs = std::mem::take(&mut o.attrs);
-        attrs.push(KeyValue::new("goroutine.id", o.goroutine));
-        attrs.push(KeyValue::new("trace.event.kind", o.kind.as_str()));
-        if o.begin_missing || end_missing {
-            attrs.push(KeyValue::new("go.trace.truncated", true));
-            attrs.push(KeyValue::new(
-                "go.trace.truncated.side",
-                match (o.begin_missing, end_missing) {
-                    (true, true) => "both",
-                    (true, false) => "begin",
-                    _ => "end",
-                },
-            ));
-            self.summary.truncated += 1;
-        }
-        if self.approximate {
-            attrs.push(KeyValue::new("go.trace.time.approximate", true));
-        }
-        attrs.extend(self.opts.extra_attributes.iter().cloned());
-        if let Some(s) = o.sched.take() {
-            s.attributes(&mut attrs);
-        }
-        let mut events = SpanEvents::default();
-        events.events = o.events;
-        events.dropped_count = o.dropped_events;
+    /// Writes `o` as an OTLP `Span` message and hands it to the sink.
+    fn emit(&mut self, o: Open, end: u64, end_missing: bool) {
         match o.kind {
             Kind::Task => self.summary.tasks += 1,
             Kind::Region => self.summary.regions += 1,
@@ -660,35 +770,68 @@ impl<'a> Mapper<'a> {
         }
         self.summary.spans += 1;
         let end = end.max(o.start);
-        let span = SpanData {
-            span_context: SpanContext::new(
-                o.trace_id,
-                o.span_id,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: o.parent,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Internal,
-            name: Cow::Owned(o.name),
-            start_time: o.start,
-            end_time: end,
-            attributes: attrs,
-            dropped_attributes_count: 0,
-            events,
-            links: SpanLinks::default(),
-            status: Status::Unset,
-            instrumentation_scope: self.scope.clone(),
-        };
-        (self.sink)(span);
+        // The attributes so far come first (fields may come in any order),
+        // then the rest: no copy of what is written already.
+        let mut b = o.attrs;
+        let sched = if o.sched.is_some() { SCHED_ROOM } else { 0 };
+        b.reserve(EMIT_ROOM + sched + o.name.len() + self.extra.len() + o.events.len());
+        put_len_field(&mut b, 1, &o.trace_id.to_bytes());
+        put_len_field(&mut b, 2, &o.span_id.to_bytes());
+        if o.parent != SpanId::INVALID {
+            put_len_field(&mut b, 4, &o.parent.to_bytes());
+        }
+        if !o.name.is_empty() {
+            put_len_field(&mut b, 5, o.name.as_bytes());
+        }
+        put_tag(&mut b, 6, VARINT);
+        put_varint(&mut b, 1); // SPAN_KIND_INTERNAL
+        put_tag(&mut b, 7, FIXED64);
+        b.extend_from_slice(&o.start.to_le_bytes());
+        put_tag(&mut b, 8, FIXED64);
+        b.extend_from_slice(&end.to_le_bytes());
+        let f = AttrField::SPAN;
+        attr_int(&mut b, f, "goroutine.id", o.goroutine);
+        attr_str(&mut b, f, "trace.event.kind", o.kind.as_str());
+        if o.begin_missing || end_missing {
+            attr_bool(&mut b, f, "go.trace.truncated", true);
+            let side = match (o.begin_missing, end_missing) {
+                (true, true) => "both",
+                (true, false) => "begin",
+                _ => "end",
+            };
+            attr_str(&mut b, f, "go.trace.truncated.side", side);
+            self.summary.truncated += 1;
+        }
+        if self.approximate {
+            attr_bool(&mut b, f, "go.trace.time.approximate", true);
+        }
+        b.extend_from_slice(&self.extra);
+        if let Some(s) = &o.sched {
+            s.attributes(&mut b);
+        }
+        b.extend_from_slice(&o.events);
+        if o.dropped_events > 0 {
+            put_tag(&mut b, 12, VARINT);
+            put_varint(&mut b, u64::from(o.dropped_events));
+        }
+        // Status unset: an empty message, as the SDK's conversion writes it.
+        b.extend_from_slice(&[15 << 3 | LEN, 0]);
+        put_tag(&mut b, 16, FIXED32);
+        b.extend_from_slice(&SPAN_FLAGS.to_le_bytes());
+        self.out.push(TraceSpan {
+            trace_id: o.trace_id,
+            bytes: b,
+        });
+        if self.out.len() >= SPAN_BATCH {
+            self.hand_over();
+        }
     }
 
-    fn add_event(o: &mut Open, ev: OtelEvent) {
-        if o.events.len() < MAX_EVENTS_PER_SPAN {
-            o.events.push(ev);
-        } else {
-            o.dropped_events = o.dropped_events.saturating_add(1);
+    /// Hands the spans written so far to the sink.
+    fn hand_over(&mut self) {
+        if !self.out.is_empty() {
+            let batch = std::mem::replace(&mut self.out, Vec::with_capacity(SPAN_BATCH));
+            (self.sink)(batch);
         }
     }
 
@@ -704,7 +847,7 @@ impl<'a> Mapper<'a> {
         if typ.is_empty() {
             format!("task {id}")
         } else {
-            lossy(typ)
+            lossy(typ).into_owned()
         }
     }
 
@@ -722,7 +865,7 @@ impl<'a> Mapper<'a> {
         }
         let mut o = self.open(Kind::Task, Self::task_name(&[], id), None, e, true);
         o.goroutine = NO_GOROUTINE;
-        o.attrs.push(KeyValue::new("go.task.id", id as i64));
+        attr_int(&mut o.attrs, AttrField::SPAN, "go.task.id", id as i64);
         let ids = (o.trace_id, o.span_id);
         self.tasks.insert(id, o);
         Some(ids)
@@ -735,10 +878,14 @@ impl<'a> Mapper<'a> {
             None => self.joined_parent(e.goroutine(), e),
         };
         let mut o = self.open(Kind::Task, Self::task_name(t.typ, t.id), parent, e, false);
-        o.attrs.push(KeyValue::new("go.task.id", t.id as i64));
+        attr_int(&mut o.attrs, AttrField::SPAN, "go.task.id", t.id as i64);
         if t.parent != NO_TASK {
-            o.attrs
-                .push(KeyValue::new("go.task.parent_id", t.parent as i64));
+            attr_int(
+                &mut o.attrs,
+                AttrField::SPAN,
+                "go.task.parent_id",
+                t.parent as i64,
+            );
         }
         if let Some(old) = self.tasks.remove(&t.id) {
             // A placeholder made by a reference that came first: the task
@@ -748,8 +895,9 @@ impl<'a> Mapper<'a> {
             o.span_id = old.span_id;
             o.parent = old.parent;
             let mut events = old.events;
-            events.append(&mut o.events);
+            events.extend_from_slice(&o.events);
             o.events = events;
+            o.event_count += old.event_count;
             o.dropped_events = old.dropped_events;
         }
         self.tasks.insert(t.id, o);
@@ -774,18 +922,22 @@ impl<'a> Mapper<'a> {
             None => {
                 let parent = self.task_span(t.parent, e);
                 let mut o = self.open(Kind::Task, Self::task_name(t.typ, t.id), parent, e, true);
-                o.attrs.push(KeyValue::new("go.task.id", t.id as i64));
+                attr_int(&mut o.attrs, AttrField::SPAN, "go.task.id", t.id as i64);
                 o
             }
         };
         if o.begin_missing && !t.typ.is_empty() && o.name == Self::task_name(&[], t.id) {
-            o.name = lossy(t.typ);
+            o.name = lossy(t.typ).into_owned();
         }
         if o.goroutine == NO_GOROUTINE || o.begin_missing {
             o.goroutine = e.goroutine();
         } else if o.goroutine != e.goroutine() {
-            o.attrs
-                .push(KeyValue::new("go.task.end.goroutine.id", e.goroutine()));
+            attr_int(
+                &mut o.attrs,
+                AttrField::SPAN,
+                "go.task.end.goroutine.id",
+                e.goroutine(),
+            );
         }
         if let Some(list) = self.g_tasks.get_mut(&o.goroutine)
             && let Some(i) = list.iter().rposition(|x| *x == t.id)
@@ -798,8 +950,8 @@ impl<'a> Mapper<'a> {
 
     /// Holds an ended task for logs that come after its end; exports the
     /// oldest held tasks beyond the bounds.
-    fn hold(&mut self, id: u64, span: Open, end: SystemTime) {
-        self.held_events += span.events.len();
+    fn hold(&mut self, id: u64, span: Open, end: u64) {
+        self.held_events += span.event_count;
         self.held.push_back(Held { id, span, end });
         self.bound_held();
     }
@@ -809,7 +961,7 @@ impl<'a> Mapper<'a> {
             let Some(h) = self.held.pop_front() else {
                 break;
             };
-            self.held_events -= h.span.events.len();
+            self.held_events -= h.span.event_count;
             self.emit(h.span, h.end, false);
         }
     }
@@ -844,8 +996,8 @@ impl<'a> Mapper<'a> {
             Some(p) => Some(p),
             None => self.joined_parent(g, e),
         };
-        let mut o = self.open(Kind::Region, lossy(r.typ), parent, e, false);
-        o.attrs.push(KeyValue::new("go.task.id", r.task as i64));
+        let mut o = self.open(Kind::Region, lossy(r.typ).into_owned(), parent, e, false);
+        attr_int(&mut o.attrs, AttrField::SPAN, "go.task.id", r.task as i64);
         self.regions.entry(g).or_default().push(OpenRegion {
             task: r.task,
             name: r.typ.to_vec(),
@@ -870,58 +1022,89 @@ impl<'a> Mapper<'a> {
         // Began before the trace: parent is the task (regions still open
         // on this goroutine began later, so they are inside it).
         let parent = self.task_span(r.task, e);
-        let mut o = self.open(Kind::Region, lossy(r.typ), parent, e, true);
-        o.attrs.push(KeyValue::new("go.task.id", r.task as i64));
+        let mut o = self.open(Kind::Region, lossy(r.typ).into_owned(), parent, e, true);
+        attr_int(&mut o.attrs, AttrField::SPAN, "go.task.id", r.task as i64);
         self.emit(o, self.wall(e.time()), false);
+    }
+
+    /// Starts a span event in the scratch buffer: its time and name; the
+    /// caller adds its attributes (`AttrField::EVENT`).
+    fn start_event(&mut self, time: u64, name: &str) -> Vec<u8> {
+        let mut ev = std::mem::take(&mut self.scratch);
+        ev.clear();
+        put_tag(&mut ev, 1, FIXED64);
+        ev.extend_from_slice(&time.to_le_bytes());
+        if !name.is_empty() {
+            put_len_field(&mut ev, 2, name.as_bytes());
+        }
+        ev
     }
 
     fn log(&mut self, e: &Event<'_>) {
         let Some(l) = e.log() else { return };
         let g = e.goroutine();
-        let mut attrs = vec![
-            KeyValue::new("go.log.category", lossy(l.category)),
-            KeyValue::new("go.log.message", lossy(l.message)),
-            KeyValue::new("goroutine.id", g),
-        ];
-        if l.task != super::BACKGROUND_TASK && l.task != NO_TASK {
-            attrs.push(KeyValue::new("go.task.id", l.task as i64));
-        }
-        self.stack_attrs(&e.stack(), &mut attrs);
         let name = if l.category.is_empty() {
-            "log".to_string()
+            Cow::Borrowed("log")
         } else {
             lossy(l.category)
         };
-        let ev = OtelEvent::new(name, self.wall(e.time()), attrs, 0);
+        let mut ev = self.start_event(self.wall(e.time()), &name);
+        let f = AttrField::EVENT;
+        attr_str(&mut ev, f, "go.log.category", &lossy(l.category));
+        attr_str(&mut ev, f, "go.log.message", &lossy(l.message));
+        attr_int(&mut ev, f, "goroutine.id", g);
+        if l.task != super::BACKGROUND_TASK && l.task != NO_TASK {
+            attr_int(&mut ev, f, "go.task.id", l.task as i64);
+        }
+        if let Some(stack) = self.stack_attrs(&e.stack()) {
+            ev.extend_from_slice(&stack.event);
+        }
+        self.attach_log(g, l.task, &ev, e);
+        self.scratch = ev;
+    }
+
+    /// Attaches an encoded log event: to the goroutine's innermost region
+    /// of the log's task, else to the task (open, or ended and held).
+    fn attach_log(&mut self, g: i64, task: u64, ev: &[u8], e: &Event<'_>) {
         let in_region = self
             .regions
             .get(&g)
             .and_then(|v| v.last())
-            .is_some_and(|r| r.task == l.task || l.task == super::BACKGROUND_TASK);
+            .is_some_and(|r| r.task == task || task == super::BACKGROUND_TASK);
         if in_region {
             if let Some(r) = self.regions.get_mut(&g).and_then(|v| v.last_mut()) {
-                Self::add_event(&mut r.span, ev);
+                r.span.add_event(ev);
                 self.summary.logs += 1;
             }
             return;
         }
-        if self.task_span(l.task, e).is_some() {
-            if let Some(o) = self.tasks.get_mut(&l.task) {
-                Self::add_event(o, ev);
+        if self.task_span(task, e).is_some() {
+            if let Some(o) = self.tasks.get_mut(&task) {
+                o.add_event(ev);
                 self.summary.logs += 1;
                 return;
             }
-            if let Some(h) = self.held.iter_mut().rev().find(|h| h.id == l.task) {
+            if let Some(h) = self.held.iter_mut().rev().find(|h| h.id == task) {
                 // A log after its task's end (Go attributes it to the task).
-                let before = h.span.events.len();
-                Self::add_event(&mut h.span, ev);
-                self.held_events += h.span.events.len() - before;
+                let before = h.span.event_count;
+                h.span.add_event(ev);
+                self.held_events += h.span.event_count - before;
                 self.summary.logs += 1;
                 self.bound_held();
                 return;
             }
         }
         self.summary.unattached_logs += 1;
+    }
+
+    /// Whether goroutine `g` has a context (region or task) for events.
+    fn has_context(&self, g: i64) -> bool {
+        self.regions.get(&g).is_some_and(|v| !v.is_empty())
+            || self
+                .g_tasks
+                .get(&g)
+                .and_then(|v| v.last())
+                .is_some_and(|id| self.tasks.contains_key(id))
     }
 
     fn transition(&mut self, e: &Event<'_>) {
@@ -942,31 +1125,39 @@ impl<'a> Mapper<'a> {
             }
         }
         self.sched_period(g, &s, e.time(), e.goroutine());
-        let (name, reason) =
-            if s.to == goroutine_state::WAITING && s.from == goroutine_state::RUNNING {
-                let reason = lossy(s.reason);
-                self.block_reason.insert(g, reason.clone());
-                ("goroutine.block", reason)
-            } else if s.from == goroutine_state::WAITING && s.to == goroutine_state::RUNNABLE {
-                let reason = self.block_reason.remove(&g).unwrap_or_default();
-                ("goroutine.unblock", reason)
-            } else {
-                return;
-            };
-        let wall = self.wall(e.time());
-        let mut attrs = vec![
-            KeyValue::new("goroutine.id", g),
-            KeyValue::new("go.block.reason", reason),
-        ];
-        if name == "goroutine.unblock" {
-            attrs.push(KeyValue::new("go.unblocked_by.goroutine.id", e.goroutine()));
+        let blocked = s.to == goroutine_state::WAITING && s.from == goroutine_state::RUNNING;
+        let reason = if blocked {
+            let reason = self.block_reason.entry(g).or_default();
+            reason.clear();
+            reason.push_str(&lossy(s.reason));
+            Cow::Borrowed("")
+        } else if s.from == goroutine_state::WAITING && s.to == goroutine_state::RUNNABLE {
+            Cow::Owned(self.block_reason.remove(&g).unwrap_or_default())
+        } else {
+            return;
+        };
+        if !self.has_context(g) {
+            return;
+        }
+        let (name, reason) = if blocked {
+            ("goroutine.block", lossy(s.reason))
+        } else {
+            ("goroutine.unblock", reason)
+        };
+        let mut ev = self.start_event(self.wall(e.time()), name);
+        let f = AttrField::EVENT;
+        attr_int(&mut ev, f, "goroutine.id", g);
+        attr_str(&mut ev, f, "go.block.reason", &reason);
+        if !blocked {
+            attr_int(&mut ev, f, "go.unblocked_by.goroutine.id", e.goroutine());
         } else if let Some(top) = s.stack.frames().next() {
-            attrs.push(KeyValue::new("code.function.name", lossy(top.func)));
-            attrs.push(KeyValue::new("code.line.number", top.line as i64));
+            attr_str(&mut ev, f, "code.function.name", &lossy(top.func));
+            attr_int(&mut ev, f, "code.line.number", top.line as i64);
         }
         if let Some(o) = self.context_of(g) {
-            Self::add_event(o, OtelEvent::new(name, wall, attrs, 0));
+            o.add_event(&ev);
         }
+        self.scratch = ev;
     }
 
     /// The innermost task goroutine `g` began and has not ended.
@@ -990,7 +1181,7 @@ impl<'a> Mapper<'a> {
             let detail = self.period_detail(g, t, &s.stack);
             if detail.is_some() || self.task_of(g).is_some() {
                 let reason = if s.to == WAITING {
-                    lossy(s.reason)
+                    lossy(s.reason).into_owned()
                 } else {
                     String::new()
                 };
@@ -1015,19 +1206,17 @@ impl<'a> Mapper<'a> {
     fn period_detail(&mut self, g: i64, t: i64, stack: &Stack<'_>) -> Option<Box<PeriodDetail>> {
         let wall = self.wall(t);
         let (request, owner) = self.joiner.as_ref()?.request(g, wall)?;
-        if wall > request.end {
+        if system_time(wall) > request.end {
             return None;
         }
         let parent = self
             .context_ids(g)
             .unwrap_or((request.trace_id, request.span_id));
-        let mut attrs = Vec::new();
-        self.stack_attrs(stack, &mut attrs);
         Some(Box::new(PeriodDetail {
             parent,
             request,
             owner,
-            stack: attrs,
+            stack: self.stack_attrs(stack),
         }))
     }
 
@@ -1045,14 +1234,10 @@ impl<'a> Mapper<'a> {
         }
         let Some(detail) = p.detail else { return };
         let key = u64::from_be_bytes(detail.request.span_id.to_bytes());
-        let req = self.requests.entry(key).or_insert_with(|| RequestTimes {
-            request: detail.request,
-            owner: detail.owner,
-            sched: SchedTimes::default(),
-            goroutines: Vec::new(),
-            exported: 0,
-            summed: 0,
-        });
+        let req = self
+            .requests
+            .entry(key)
+            .or_insert_with(|| RequestTimes::new(detail.request, detail.owner));
         req.sched.add(p.state, &p.reason, d);
         if !req.goroutines.contains(&g) {
             req.goroutines.push(g);
@@ -1069,13 +1254,16 @@ impl<'a> Mapper<'a> {
             _ if p.reason.is_empty() => ("blocked".to_string(), "blocked"),
             _ => (format!("blocked: {}", p.reason), "blocked"),
         };
-        let mut attrs = detail.stack;
-        attrs.push(KeyValue::new("go.period.state", state));
+        let stack = detail.stack.as_deref().map_or(&[][..], |s| &s.span[..]);
+        let mut attrs = Vec::with_capacity(SPAN_ROOM + 64 + stack.len() + self.extra.len());
+        attrs.extend_from_slice(stack);
+        let f = AttrField::SPAN;
+        attr_str(&mut attrs, f, "go.period.state", state);
         if state == "blocked" {
-            attrs.push(KeyValue::new("go.block.reason", p.reason));
+            attr_str(&mut attrs, f, "go.block.reason", &p.reason);
         }
         if let Some(by) = by.filter(|b| *b != NO_GOROUTINE) {
-            attrs.push(KeyValue::new("go.unblocked_by.goroutine.id", by));
+            attr_int(&mut attrs, f, "go.unblocked_by.goroutine.id", by);
         }
         let o = Open {
             trace_id: detail.parent.0,
@@ -1088,6 +1276,7 @@ impl<'a> Mapper<'a> {
             goroutine: g,
             attrs,
             events: Vec::new(),
+            event_count: 0,
             dropped_events: 0,
             sched: None,
         };
@@ -1112,17 +1301,15 @@ impl<'a> Mapper<'a> {
         let (first, last) = (self.first_wall, self.wall(self.last_time));
         for mut r in reqs {
             r.goroutines.sort_unstable();
-            let begin_missing = r.request.start < first;
-            let end_missing = r.request.end > last;
-            let mut attrs = vec![
-                KeyValue::new("go.goroutines", r.goroutines.len() as i64),
-                KeyValue::new(
-                    "go.goroutine.ids",
-                    Value::Array(Array::I64(r.goroutines.clone())),
-                ),
-                KeyValue::new("go.periods.exported", r.exported as i64),
-                KeyValue::new("go.periods.summed", r.summed as i64),
-            ];
+            let (start, end) = (unix_ns(r.request.start), unix_ns(r.request.end));
+            let begin_missing = start < first;
+            let end_missing = end > last;
+            let mut attrs = Vec::with_capacity(SPAN_ROOM + 256 + self.extra.len());
+            let f = AttrField::SPAN;
+            attr_int(&mut attrs, f, "go.goroutines", r.goroutines.len() as i64);
+            attr_int_array(&mut attrs, f, "go.goroutine.ids", &r.goroutines);
+            attr_int(&mut attrs, f, "go.periods.exported", r.exported as i64);
+            attr_int(&mut attrs, f, "go.periods.summed", r.summed as i64);
             r.sched.attributes(&mut attrs);
             let o = Open {
                 trace_id: r.request.trace_id,
@@ -1130,15 +1317,16 @@ impl<'a> Mapper<'a> {
                 parent: r.request.span_id,
                 name: "goroutine time".to_string(),
                 kind: Kind::Breakdown,
-                start: r.request.start.max(first),
+                start: start.max(first),
                 begin_missing,
                 goroutine: r.owner,
                 attrs,
                 events: Vec::new(),
+                event_count: 0,
                 dropped_events: 0,
                 sched: None,
             };
-            self.emit(o, r.request.end.min(last), end_missing);
+            self.emit(o, end.min(last), end_missing);
         }
     }
 
@@ -1158,12 +1346,12 @@ impl<'a> Mapper<'a> {
             },
             _ => None,
         };
-        let mut o = self.open(Kind::Range, lossy(&r.name), parent, e, active);
+        let mut o = self.open(Kind::Range, lossy(&r.name).into_owned(), parent, e, active);
         if let Resource::Goroutine(g) = r.scope {
             o.goroutine = g;
         }
         match r.scope {
-            Resource::Proc(p) => o.attrs.push(KeyValue::new("go.proc.id", p)),
+            Resource::Proc(p) => attr_int(&mut o.attrs, AttrField::SPAN, "go.proc.id", p),
             Resource::Goroutine(_) | Resource::None | Resource::Thread(_) => {}
         }
         self.ranges.push((key, o));
@@ -1172,11 +1360,6 @@ impl<'a> Mapper<'a> {
     fn range_end(&mut self, e: &Event<'_>) {
         let Some(r) = e.range() else { return };
         let key = (r.name.to_vec(), r.scope);
-        let attrs: Vec<KeyValue> = e
-            .range_attributes()
-            .into_iter()
-            .map(|(k, v)| KeyValue::new(format!("go.gc.{}", k.replace(' ', "_")), v as i64))
-            .collect();
         let mut o = match self.ranges.iter().position(|(k, _)| *k == key) {
             Some(i) => self.ranges.swap_remove(i).1,
             None => {
@@ -1184,31 +1367,30 @@ impl<'a> Mapper<'a> {
                     Resource::Goroutine(g) => self.context_ids(g),
                     _ => None,
                 };
-                self.open(Kind::Range, lossy(&r.name), parent, e, true)
+                self.open(Kind::Range, lossy(&r.name).into_owned(), parent, e, true)
             }
         };
-        o.attrs.extend(attrs);
+        for (k, v) in e.range_attributes() {
+            let key = format!("go.gc.{}", k.replace(' ', "_"));
+            attr_int(&mut o.attrs, AttrField::SPAN, &key, v as i64);
+        }
         if let Resource::Goroutine(g) = r.scope
             && r.name.as_ref() == b"GC mark assist"
             && !o.begin_missing
         {
             let end = self.wall(e.time());
-            let d = end.duration_since(o.start).unwrap_or_default().as_nanos() as i64;
+            let d = end.saturating_sub(o.start) as i64;
             if let Some(task) = self.task_of(g) {
                 task.sched.get_or_insert_with(Box::default).assist_ns += d;
             }
             if let Some((request, owner)) = self.joiner.as_ref().and_then(|j| j.request(g, end))
-                && o.start <= request.end
+                && system_time(o.start) <= request.end
             {
                 let key = u64::from_be_bytes(request.span_id.to_bytes());
-                let req = self.requests.entry(key).or_insert_with(|| RequestTimes {
-                    request,
-                    owner,
-                    sched: SchedTimes::default(),
-                    goroutines: Vec::new(),
-                    exported: 0,
-                    summed: 0,
-                });
+                let req = self
+                    .requests
+                    .entry(key)
+                    .or_insert_with(|| RequestTimes::new(request, owner));
                 req.sched.assist_ns += d;
                 if !req.goroutines.contains(&g) {
                     req.goroutines.push(g);
