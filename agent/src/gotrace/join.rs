@@ -51,7 +51,11 @@ pub struct Interval {
 /// The agent's spans of one process, by goroutine, sorted by start.
 #[derive(Debug, Default, Clone)]
 pub struct JoinIndex {
-    by_goroutine: IdMap<i64, Track>,
+    /// Index into `tracks`: a small entry, so that the table of a few
+    /// tens of thousands of goroutines stays in cache (a lookup per
+    /// goroutine state change of a decoded trace).
+    by_goroutine: IdMap<i64, u32>,
+    tracks: Vec<Track>,
     spans: usize,
 }
 
@@ -77,17 +81,24 @@ pub(crate) fn unix_ns(t: SystemTime) -> u64 {
 impl JoinIndex {
     /// Adds a span open on goroutine `goid`.
     pub fn add(&mut self, goid: i64, interval: Interval) {
-        self.by_goroutine
-            .entry(goid)
-            .or_default()
-            .intervals
-            .push(interval);
-        self.spans += 1;
+        let next = u32::try_from(self.tracks.len()).unwrap_or(u32::MAX);
+        let i = *self.by_goroutine.entry(goid).or_insert(next);
+        if i == next {
+            self.tracks.push(Track::default());
+        }
+        if let Some(track) = self.tracks.get_mut(i as usize) {
+            track.intervals.push(interval);
+            self.spans += 1;
+        }
+    }
+
+    fn track(&self, goid: i64) -> Option<&Track> {
+        self.tracks.get(*self.by_goroutine.get(&goid)? as usize)
     }
 
     /// Sorts the intervals; call once after the last [`add`](Self::add).
     pub fn finish(mut self) -> Self {
-        for track in self.by_goroutine.values_mut() {
+        for track in &mut self.tracks {
             track.intervals.sort_by_key(|i| i.start);
             track.start = track.intervals.iter().map(|i| unix_ns(i.start)).collect();
             track.end = track.intervals.iter().map(|i| unix_ns(i.end)).collect();
@@ -121,7 +132,7 @@ impl JoinIndex {
 
     /// The innermost span open on `goid` at `t`, whole.
     pub fn interval_at(&self, goid: i64, t: SystemTime) -> Option<&Interval> {
-        self.by_goroutine.get(&goid)?.at(unix_ns(t))
+        self.track(goid)?.at(unix_ns(t))
     }
     /// Whether any span was open on `goid` (a cheap test before a
     /// lookup by time).
@@ -133,7 +144,28 @@ impl JoinIndex {
 impl Track {
     /// The innermost interval open at `t` (Unix ns).
     fn at(&self, t: u64) -> Option<&Interval> {
-        let n = self.start.partition_point(|s| *s <= t);
+        self.at_from(t, &mut 0)
+    }
+
+    /// [`Self::at`], starting from `hint`, the spans begun by the last
+    /// lookup's time (and left at this one's): a decoded trace looks a
+    /// goroutine up at times that mostly increase, a few spans apart.
+    fn at_from(&self, t: u64, hint: &mut u32) -> Option<&Interval> {
+        let mut n = (*hint as usize).min(self.start.len());
+        if n > 0 && self.start[n - 1] > t {
+            n = self.start.partition_point(|s| *s <= t);
+        } else {
+            let mut steps = 0;
+            while n < self.start.len() && self.start[n] <= t {
+                n += 1;
+                steps += 1;
+                if steps == 8 {
+                    n = self.start.partition_point(|s| *s <= t);
+                    break;
+                }
+            }
+        }
+        *hint = u32::try_from(n).unwrap_or(u32::MAX);
         for i in (n.saturating_sub(MAX_SCAN_BACK)..n).rev() {
             if self.reach[i] < t {
                 // None of the spans begun so far is still open.
@@ -374,19 +406,28 @@ struct Inherited {
 pub(crate) struct Joiner<'a> {
     index: &'a JoinIndex,
     inherited: IdMap<i64, Inherited>,
+    /// Per goroutine of the trace: its track in the index ([`NO_TRACK`]:
+    /// none) and where its last lookup left off. The index's own table
+    /// holds every goroutine of the agent's recent spans; this one only
+    /// those the trace looks up, again and again.
+    cursors: IdMap<i64, (u32, u32)>,
 }
+
+/// A goroutine without spans in the index.
+const NO_TRACK: u32 = u32::MAX;
 
 impl<'a> Joiner<'a> {
     pub(crate) fn new(index: &'a JoinIndex) -> Self {
         Joiner {
             index,
             inherited: IdMap::default(),
+            cursors: IdMap::default(),
         }
     }
 
     /// The agent's span `goid` is in at `t`: its own innermost open span,
     /// else the one it inherited (within [`INHERIT_TTL`]).
-    pub(crate) fn parent(&self, goid: i64, t: u64) -> Option<(TraceId, SpanId)> {
+    pub(crate) fn parent(&mut self, goid: i64, t: u64) -> Option<(TraceId, SpanId)> {
         self.lookup(goid, t)
             .map(|(p, _, _)| (p.trace_id, p.span_id))
     }
@@ -395,12 +436,21 @@ impl<'a> Joiner<'a> {
     /// whole (its interval says when the request began and ended), with
     /// the goroutine it is open on (`goid`, or the creator it inherited it
     /// from).
-    pub(crate) fn request(&self, goid: i64, t: u64) -> Option<(Interval, i64)> {
+    pub(crate) fn request(&mut self, goid: i64, t: u64) -> Option<(Interval, i64)> {
         self.lookup(goid, t).map(|(p, _, owner)| (p, owner))
     }
 
-    fn lookup(&self, goid: i64, t: u64) -> Option<(Interval, u8, i64)> {
-        if let Some(p) = self.index.by_goroutine.get(&goid).and_then(|tr| tr.at(t)) {
+    fn lookup(&mut self, goid: i64, t: u64) -> Option<(Interval, u8, i64)> {
+        let index = self.index;
+        let (track, hint) = self.cursors.entry(goid).or_insert_with(|| {
+            let track = index.by_goroutine.get(&goid).copied().unwrap_or(NO_TRACK);
+            (track, 0)
+        });
+        if let Some(p) = index
+            .tracks
+            .get(*track as usize)
+            .and_then(|tr| tr.at_from(t, hint))
+        {
             return Some((*p, 0, goid));
         }
         if self.inherited.is_empty() {
@@ -480,5 +530,33 @@ mod tests {
         }
         assert!(j.parent(22, ms(170)).is_some());
         assert_eq!(j.parent(23, ms(170)), None);
+    }
+
+    #[test]
+    fn lookups_from_a_cursor_agree_with_a_search_in_any_order() {
+        // A goroutine serving requests back to back, some with a query
+        // inside, and one long span the others nest in.
+        let mut idx = JoinIndex::default();
+        idx.add(7, iv(0, 100_000, 1));
+        for k in 0..300u64 {
+            let start = 10 + k * 300;
+            idx.add(7, iv(start, start + 200, (k % 200 + 2) as u8));
+            if k % 3 == 0 {
+                idx.add(7, iv(start + 50, start + 60, 250));
+            }
+        }
+        let idx = idx.finish();
+        let mut j = Joiner::new(&idx);
+        let mut times: Vec<u64> = (0..2000).map(|i| i * 53 % 100_500).collect();
+        let ascending = {
+            let mut t = times.clone();
+            t.sort_unstable();
+            t
+        };
+        times.extend(ascending.iter().rev());
+        times.extend(ascending);
+        for t in times {
+            assert_eq!(j.parent(7, ms(t)), idx.open_at(7, at(t)), "at {t} ms");
+        }
     }
 }

@@ -479,6 +479,30 @@ struct Held {
     end: u64,
 }
 
+/// What the mapping follows of one goroutine.
+#[derive(Default)]
+struct GoroutineState {
+    /// Open regions, innermost last.
+    regions: Vec<OpenRegion>,
+    /// Tasks it began and has not ended, innermost last.
+    tasks: Vec<u64>,
+    /// Its current not-running period, while it has a task or is in a
+    /// joined request: since when, in which state.
+    period: Option<Period>,
+    /// Why it blocked, while it is blocked in a region or task (for the
+    /// `goroutine.unblock` event).
+    block_reason: Option<String>,
+}
+
+impl GoroutineState {
+    fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+            && self.tasks.is_empty()
+            && self.period.is_none()
+            && self.block_reason.is_none()
+    }
+}
+
 struct OpenRegion {
     task: u64,
     name: Vec<u8>,
@@ -555,15 +579,11 @@ struct Mapper<'a> {
     /// from the newest; a deque keeps task ends cheap, which are many).
     held: VecDeque<Held>,
     held_events: usize,
-    /// Open regions per goroutine, innermost last.
-    regions: IdMap<i64, Vec<OpenRegion>>,
-    /// Tasks begun on each goroutine and not yet ended, innermost last.
-    g_tasks: IdMap<i64, Vec<u64>>,
+    /// Per goroutine: its open regions, tasks, current period (one table:
+    /// a goroutine's state change, the most frequent event by far, looks
+    /// it up once or twice).
+    goroutines: IdMap<i64, GoroutineState>,
     ranges: Vec<((Vec<u8>, Resource), Open)>,
-    block_reason: IdMap<i64, String>,
-    /// Goroutines with a task, or in a joined request, not running: since
-    /// when, in which state.
-    periods: IdMap<i64, Period>,
     /// Joined requests' goroutine time, by the request's span ID.
     requests: IdMap<u64, RequestTimes>,
     /// Attributes derived from each stack of the current generation (stack
@@ -596,11 +616,8 @@ impl<'a> Mapper<'a> {
             ended_order: VecDeque::new(),
             held: VecDeque::new(),
             held_events: 0,
-            regions: IdMap::default(),
-            g_tasks: IdMap::default(),
+            goroutines: IdMap::default(),
             ranges: Vec::new(),
-            block_reason: IdMap::default(),
-            periods: IdMap::default(),
             requests: IdMap::default(),
             stack_cache: IdMap::default(),
             summary: SpanSummary::default(),
@@ -838,7 +855,7 @@ impl<'a> Mapper<'a> {
     /// The agent's span goroutine `g` is in at the event, if joining.
     fn joined_parent(&mut self, g: i64, e: &Event<'_>) -> Option<(TraceId, SpanId)> {
         let t = self.wall(e.time());
-        let p = self.joiner.as_ref()?.parent(g, t)?;
+        let p = self.joiner.as_mut()?.parent(g, t)?;
         self.summary.joined += 1;
         Some(p)
     }
@@ -901,7 +918,11 @@ impl<'a> Mapper<'a> {
             o.dropped_events = old.dropped_events;
         }
         self.tasks.insert(t.id, o);
-        self.g_tasks.entry(e.goroutine()).or_default().push(t.id);
+        self.goroutines
+            .entry(e.goroutine())
+            .or_default()
+            .tasks
+            .push(t.id);
     }
 
     fn remember_ended(&mut self, id: u64, ids: (TraceId, SpanId)) {
@@ -939,7 +960,7 @@ impl<'a> Mapper<'a> {
                 e.goroutine(),
             );
         }
-        if let Some(list) = self.g_tasks.get_mut(&o.goroutine)
+        if let Some(list) = self.goroutines.get_mut(&o.goroutine).map(|s| &mut s.tasks)
             && let Some(i) = list.iter().rposition(|x| *x == t.id)
         {
             list.remove(i);
@@ -969,11 +990,17 @@ impl<'a> Mapper<'a> {
     /// The goroutine's current context: its innermost region, else the
     /// innermost task it began.
     fn context_of(&mut self, g: i64) -> Option<&mut Open> {
-        if let Some(r) = self.regions.get_mut(&g).and_then(|v| v.last_mut()) {
-            return Some(&mut r.span);
+        let state = self.goroutines.get_mut(&g)?;
+        if !state.regions.is_empty() {
+            return state.regions.last_mut().map(|r| &mut r.span);
         }
-        let id = *self.g_tasks.get(&g)?.last()?;
+        let id = *state.tasks.last()?;
         self.tasks.get_mut(&id)
+    }
+
+    /// Goroutine `g`'s innermost open region.
+    fn region_of(&self, g: i64) -> Option<&OpenRegion> {
+        self.goroutines.get(&g)?.regions.last()
     }
 
     fn context_ids(&mut self, g: i64) -> Option<(TraceId, SpanId)> {
@@ -981,7 +1008,7 @@ impl<'a> Mapper<'a> {
     }
 
     fn region_parent(&mut self, g: i64, task: u64, e: &Event<'_>) -> Option<(TraceId, SpanId)> {
-        if let Some(r) = self.regions.get(&g).and_then(|v| v.last())
+        if let Some(r) = self.region_of(g)
             && (r.task == task || task == super::BACKGROUND_TASK)
         {
             return Some((r.span.trace_id, r.span.span_id));
@@ -998,23 +1025,25 @@ impl<'a> Mapper<'a> {
         };
         let mut o = self.open(Kind::Region, lossy(r.typ).into_owned(), parent, e, false);
         attr_int(&mut o.attrs, AttrField::SPAN, "go.task.id", r.task as i64);
-        self.regions.entry(g).or_default().push(OpenRegion {
-            task: r.task,
-            name: r.typ.to_vec(),
-            span: o,
-        });
+        self.goroutines
+            .entry(g)
+            .or_default()
+            .regions
+            .push(OpenRegion {
+                task: r.task,
+                name: r.typ.to_vec(),
+                span: o,
+            });
     }
 
     fn region_end(&mut self, e: &Event<'_>) {
         let Some(r) = e.region() else { return };
         let g = e.goroutine();
         let matched = self
-            .regions
-            .get(&g)
-            .and_then(|v| v.last())
+            .region_of(g)
             .is_some_and(|top| top.task == r.task && top.name == r.typ);
         if matched {
-            if let Some(top) = self.regions.get_mut(&g).and_then(|v| v.pop()) {
+            if let Some(top) = self.goroutines.get_mut(&g).and_then(|s| s.regions.pop()) {
                 self.emit(top.span, self.wall(e.time()), false);
             }
             return;
@@ -1067,12 +1096,14 @@ impl<'a> Mapper<'a> {
     /// of the log's task, else to the task (open, or ended and held).
     fn attach_log(&mut self, g: i64, task: u64, ev: &[u8], e: &Event<'_>) {
         let in_region = self
-            .regions
-            .get(&g)
-            .and_then(|v| v.last())
+            .region_of(g)
             .is_some_and(|r| r.task == task || task == super::BACKGROUND_TASK);
         if in_region {
-            if let Some(r) = self.regions.get_mut(&g).and_then(|v| v.last_mut()) {
+            if let Some(r) = self
+                .goroutines
+                .get_mut(&g)
+                .and_then(|s| s.regions.last_mut())
+            {
                 r.span.add_event(ev);
                 self.summary.logs += 1;
             }
@@ -1099,12 +1130,9 @@ impl<'a> Mapper<'a> {
 
     /// Whether goroutine `g` has a context (region or task) for events.
     fn has_context(&self, g: i64) -> bool {
-        self.regions.get(&g).is_some_and(|v| !v.is_empty())
-            || self
-                .g_tasks
-                .get(&g)
-                .and_then(|v| v.last())
-                .is_some_and(|id| self.tasks.contains_key(id))
+        self.goroutines.get(&g).is_some_and(|s| {
+            !s.regions.is_empty() || s.tasks.last().is_some_and(|id| self.tasks.contains_key(id))
+        })
     }
 
     fn transition(&mut self, e: &Event<'_>) {
@@ -1125,20 +1153,39 @@ impl<'a> Mapper<'a> {
             }
         }
         self.sched_period(g, &s, e.time(), e.goroutine());
+        if s.to == goroutine_state::NOT_EXIST
+            && self
+                .goroutines
+                .get(&g)
+                .is_some_and(GoroutineState::is_empty)
+        {
+            self.goroutines.remove(&g);
+            return;
+        }
         let blocked = s.to == goroutine_state::WAITING && s.from == goroutine_state::RUNNING;
         let reason = if blocked {
-            let reason = self.block_reason.entry(g).or_default();
-            reason.clear();
-            reason.push_str(&lossy(s.reason));
+            // Only a goroutine blocked in a region or task is followed (it
+            // cannot gain one while blocked).
+            if !self.has_context(g) {
+                return;
+            }
+            if let Some(state) = self.goroutines.get_mut(&g) {
+                state.block_reason = Some(lossy(s.reason).into_owned());
+            }
             Cow::Borrowed("")
         } else if s.from == goroutine_state::WAITING && s.to == goroutine_state::RUNNABLE {
-            Cow::Owned(self.block_reason.remove(&g).unwrap_or_default())
+            let reason = self
+                .goroutines
+                .get_mut(&g)
+                .and_then(|s| s.block_reason.take())
+                .unwrap_or_default();
+            if !self.has_context(g) {
+                return;
+            }
+            Cow::Owned(reason)
         } else {
             return;
         };
-        if !self.has_context(g) {
-            return;
-        }
         let (name, reason) = if blocked {
             ("goroutine.block", lossy(s.reason))
         } else {
@@ -1162,7 +1209,7 @@ impl<'a> Mapper<'a> {
 
     /// The innermost task goroutine `g` began and has not ended.
     fn task_of(&mut self, g: i64) -> Option<&mut Open> {
-        let id = *self.g_tasks.get(&g)?.last()?;
+        let id = *self.goroutines.get(&g)?.tasks.last()?;
         self.tasks.get_mut(&id)
     }
 
@@ -1172,7 +1219,7 @@ impl<'a> Mapper<'a> {
     fn sched_period(&mut self, g: i64, s: &super::event::StateTransition<'_>, t: i64, by: i64) {
         use goroutine_state::{RUNNABLE, SYSCALL, UNDETERMINED, WAITING};
         if matches!(s.from, RUNNABLE | WAITING | SYSCALL)
-            && let Some(p) = self.periods.remove(&g)
+            && let Some(p) = self.goroutines.get_mut(&g).and_then(|s| s.period.take())
         {
             let by = (p.state == WAITING && s.to == RUNNABLE).then_some(by);
             self.end_period(g, p, t, by, false);
@@ -1185,16 +1232,13 @@ impl<'a> Mapper<'a> {
                 } else {
                     String::new()
                 };
-                self.periods.insert(
-                    g,
-                    Period {
-                        state: s.to,
-                        since: t,
-                        reason,
-                        begin_missing: s.from == UNDETERMINED,
-                        detail,
-                    },
-                );
+                self.goroutines.entry(g).or_default().period = Some(Period {
+                    state: s.to,
+                    since: t,
+                    reason,
+                    begin_missing: s.from == UNDETERMINED,
+                    detail,
+                });
             }
         }
     }
@@ -1205,7 +1249,7 @@ impl<'a> Mapper<'a> {
     /// ends).
     fn period_detail(&mut self, g: i64, t: i64, stack: &Stack<'_>) -> Option<Box<PeriodDetail>> {
         let wall = self.wall(t);
-        let (request, owner) = self.joiner.as_ref()?.request(g, wall)?;
+        let (request, owner) = self.joiner.as_mut()?.request(g, wall)?;
         if system_time(wall) > request.end {
             return None;
         }
@@ -1288,8 +1332,9 @@ impl<'a> Mapper<'a> {
     /// over the part of it the trace covers, with its goroutines' sums.
     fn finish_requests(&mut self) {
         let mut open: Vec<(i64, Period)> = self
-            .periods
-            .drain()
+            .goroutines
+            .iter_mut()
+            .filter_map(|(g, s)| Some((*g, s.period.take()?)))
             .filter(|(_, p)| p.detail.is_some())
             .collect();
         open.sort_by_key(|(g, _)| *g);
@@ -1383,7 +1428,7 @@ impl<'a> Mapper<'a> {
             if let Some(task) = self.task_of(g) {
                 task.sched.get_or_insert_with(Box::default).assist_ns += d;
             }
-            if let Some((request, owner)) = self.joiner.as_ref().and_then(|j| j.request(g, end))
+            if let Some((request, owner)) = self.joiner.as_mut().and_then(|j| j.request(g, end))
                 && system_time(o.start) <= request.end
             {
                 let key = u64::from_be_bytes(request.span_id.to_bytes());
@@ -1403,10 +1448,15 @@ impl<'a> Mapper<'a> {
     fn finish(&mut self) {
         self.finish_requests();
         let end = self.wall(self.last_time);
-        let mut gs: Vec<i64> = self.regions.keys().copied().collect();
+        let mut gs: Vec<i64> = self
+            .goroutines
+            .iter()
+            .filter(|(_, s)| !s.regions.is_empty())
+            .map(|(g, _)| *g)
+            .collect();
         gs.sort_unstable();
         for g in gs {
-            while let Some(r) = self.regions.get_mut(&g).and_then(|v| v.pop()) {
+            while let Some(r) = self.goroutines.get_mut(&g).and_then(|s| s.regions.pop()) {
                 self.emit(r.span, end, true);
             }
         }
