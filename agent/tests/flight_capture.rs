@@ -464,9 +464,9 @@ fn reader_thread_saves_and_decodes_dumps() {
             save_dir: Some(save_dir.clone()),
             ..flight::ReaderConfig::default()
         },
-        move |batch: Vec<agent::gotrace::TraceSpan>| {
-            for s in batch {
-                let _ = tx.send(s);
+        move |batch: agent::gotrace::SpanBatch| {
+            for s in batch.iter() {
+                let _ = tx.send(s.to_span_data().expect("a valid Span message"));
             }
         },
     )
@@ -493,7 +493,7 @@ fn reader_thread_saves_and_decodes_dumps() {
     assert_eq!(std::fs::read(&saved).expect("saved"), body);
     let mut received = Vec::new();
     while let Ok(s) = spans.recv_timeout(Duration::from_secs(2)) {
-        received.push(s.to_span_data().expect("a valid Span message"));
+        received.push(s);
     }
     let stats = reader.stop();
     assert_eq!(stats.dumps, 1, "{stats:?}");

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let mapped = gotrace::trace_to_spans(data, &opts, &mut |batch| {
         // Whatever the input, each span is a valid OTLP message.
         assert!(batch.iter().all(|s| s.to_span_data().is_ok()));
-        spans += batch.len();
+        spans += batch.len() as u64;
     });
     // Both walk the same event stream: they fail or succeed together.
     assert_eq!(dumped.is_ok(), mapped.is_ok());

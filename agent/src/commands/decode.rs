@@ -47,12 +47,7 @@ pub async fn decode_file(
         gotrace::Reader::from_file(file)
             .and_then(|reader| {
                 gotrace::reader_to_spans(reader, &options, &mut |batch| {
-                    sender.send_encoded_many_blocking(
-                        batch
-                            .into_iter()
-                            .map(gotrace::TraceSpan::into_encoded)
-                            .collect(),
-                    );
+                    sender.send_chunk_blocking(batch.into_chunk());
                 })
             })
             .with_context(|| format!("{display}: not a valid Go execution trace"))

@@ -83,12 +83,7 @@ fn decode_one(path: &PathBuf, sender: &agent::export::SpanSender) {
     };
     let result = gotrace::Reader::from_file(file).and_then(|reader| {
         gotrace::reader_to_spans(reader, &options, &mut |batch| {
-            sender.send_encoded_many_blocking(
-                batch
-                    .into_iter()
-                    .map(gotrace::TraceSpan::into_encoded)
-                    .collect(),
-            );
+            sender.send_chunk_blocking(batch.into_chunk());
         })
     });
     match result {

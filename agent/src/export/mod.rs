@@ -64,6 +64,34 @@ pub struct EncodedSpan {
     pub bytes: Vec<u8>,
 }
 
+/// Encoded spans of one scope, back to back in one buffer: a bulk
+/// producer's chunk ([`SpanSender::send_chunk_blocking`]).
+#[derive(Clone, Debug, Default)]
+pub struct SpanChunk {
+    pub scope: Arc<[u8]>,
+    /// The `Span` messages.
+    pub bytes: Vec<u8>,
+    /// Where each span's message ends in `bytes`.
+    pub ends: Vec<u32>,
+}
+
+impl SpanChunk {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Each span's message.
+    fn spans(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |end| {
+            let end = *end as usize;
+            let span = self.bytes.get(start..end).unwrap_or_default();
+            start = end;
+            span
+        })
+    }
+}
+
 /// Encodes an `InstrumentationScope` message.
 pub fn encode_scope(scope: &InstrumentationScope) -> Arc<[u8]> {
     ProtoScope {
@@ -298,14 +326,14 @@ impl SpanSender {
         self.accepted(self.tx.blocking_send(span).is_ok(), 1);
     }
 
-    /// Queues encoded spans as one item, waiting for room (see
+    /// Queues a chunk of encoded spans as one item, waiting for room (see
     /// [`Self::send_encoded_blocking`]): for a producer of many spans at
     /// once (a flight-recorder dump's 150,000), which woke the pipeline's
     /// task once per span when it sent them one by one (a quarter of its
     /// CPU time, measured). The queue still holds at most its capacity in
     /// spans: a chunk waits until its spans fit ([`BulkRoom`]).
-    pub fn send_encoded_many_blocking(&self, spans: Vec<EncodedSpan>) {
-        let n = spans.len();
+    pub fn send_chunk_blocking(&self, chunk: SpanChunk) {
+        let n = chunk.len();
         if n == 0 {
             return;
         }
@@ -315,7 +343,7 @@ impl SpanSender {
         }
         let item = Queued {
             stream: self.stream.clone(),
-            spans: QueuedSpans::Many(spans),
+            spans: QueuedSpans::Chunk(chunk),
         };
         let sent = self.tx.blocking_send(item).is_ok();
         if !sent {
@@ -336,21 +364,22 @@ struct Queued {
 #[derive(Debug)]
 enum QueuedSpans {
     One(EncodedSpan),
-    Many(Vec<EncodedSpan>),
+    Chunk(SpanChunk),
 }
 
 impl QueuedSpans {
     fn len(&self) -> usize {
         match self {
             QueuedSpans::One(_) => 1,
-            QueuedSpans::Many(spans) => spans.len(),
+            QueuedSpans::Chunk(chunk) => chunk.len(),
         }
     }
 
-    fn iter(&self) -> std::slice::Iter<'_, EncodedSpan> {
+    /// Each span, with its scope.
+    fn each<'a>(&'a self, mut f: impl FnMut(&'a [u8], &'a [u8])) {
         match self {
-            QueuedSpans::One(span) => std::slice::from_ref(span).iter(),
-            QueuedSpans::Many(spans) => spans.iter(),
+            QueuedSpans::One(span) => f(&span.scope, &span.bytes),
+            QueuedSpans::Chunk(chunk) => chunk.spans().for_each(|span| f(&chunk.scope, span)),
         }
     }
 }
@@ -722,25 +751,32 @@ fn snapshot(stats: &QueueStats, sinks: &[Arc<SinkStats>]) -> ExportSnapshot {
 /// Encodes a batch of spans into one request body: a `ResourceSpans` per
 /// stream (a message's repeated fields concatenate), its spans grouped by
 /// scope. Returns the body and how many spans each stream has in it.
+/// Spans as (encoded scope, encoded span).
+type ScopedSpans<'a> = Vec<(&'a [u8], &'a [u8])>;
+
 fn encode_batch(spans: &[Queued]) -> (Bytes, Vec<(Arc<Stream>, u64)>) {
-    let mut streams: Vec<(&Arc<Stream>, Vec<&EncodedSpan>)> = Vec::new();
+    let mut streams: Vec<(&Arc<Stream>, ScopedSpans<'_>)> = Vec::new();
     for queued in spans {
-        match streams
-            .iter_mut()
-            .find(|(stream, _)| Arc::ptr_eq(stream, &queued.stream))
+        let at = match streams
+            .iter()
+            .position(|(stream, _)| Arc::ptr_eq(stream, &queued.stream))
         {
-            Some((_, list)) => list.extend(queued.spans.iter()),
-            None => streams.push((&queued.stream, queued.spans.iter().collect())),
-        }
+            Some(at) => at,
+            None => {
+                streams.push((&queued.stream, Vec::new()));
+                streams.len() - 1
+            }
+        };
+        let list = &mut streams[at].1;
+        queued.spans.each(|scope, span| list.push((scope, span)));
     }
     let mut body = Vec::new();
     for (stream, spans) in &streams {
         let mut scopes: Vec<(&[u8], Vec<&[u8]>)> = Vec::new();
-        for span in spans {
-            let scope: &[u8] = &span.scope;
-            match scopes.iter_mut().find(|(s, _)| *s == scope) {
-                Some((_, list)) => list.push(&span.bytes),
-                None => scopes.push((scope, vec![&span.bytes])),
+        for (scope, span) in spans {
+            match scopes.iter_mut().find(|(s, _)| s == scope) {
+                Some((_, list)) => list.push(span),
+                None => scopes.push((scope, vec![span])),
             }
         }
         let grouped: Vec<(&[u8], &[&[u8]])> =
@@ -794,12 +830,7 @@ async fn run_batcher(
         for queued in spans.drain(..) {
             match queued.spans {
                 QueuedSpans::One(span) => recycle_span_buffer(span.bytes),
-                QueuedSpans::Many(chunk) => {
-                    bulk.give(chunk.len());
-                    chunk
-                        .into_iter()
-                        .for_each(|span| recycle_span_buffer(span.bytes));
-                }
+                QueuedSpans::Chunk(chunk) => bulk.give(chunk.len()),
             }
         }
         for (tx, counters) in &sinks {

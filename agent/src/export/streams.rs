@@ -194,4 +194,90 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn chunks_are_exported_whole_and_counted_within_the_queue_capacity() {
+        use crate::export::{SpanChunk, wire::SpanWriter};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("spans.jsonl");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let scope =
+            super::super::encode_scope(&opentelemetry::InstrumentationScope::builder("t").build());
+        let chunk = |names: &[String]| {
+            let mut c = SpanChunk {
+                scope: scope.clone(),
+                ..SpanChunk::default()
+            };
+            for name in names {
+                SpanWriter::new(&mut c.bytes).name(&[name]);
+                c.ends.push(c.bytes.len() as u32);
+            }
+            c
+        };
+        let total = runtime.block_on(async {
+            let config = ExportConfig {
+                outputs: vec![Output::Jsonl(Some(path.clone()))],
+                batch: BatchSettings::default(),
+            };
+            // A queue of 4 spans: chunks of 3 wait for room, and one of 6,
+            // larger than the queue, goes alone.
+            let pipeline = Pipeline::start(
+                &config,
+                &resource(1),
+                BatchConfig {
+                    max_delay: Duration::from_millis(5),
+                    queue_capacity: 4,
+                    max_batch: 4,
+                    ..BatchConfig::default()
+                },
+            )
+            .expect("pipeline");
+            let sender = pipeline.sender();
+            let chunks: Vec<SpanChunk> = (0..20)
+                .map(|c| {
+                    let n = if c == 7 { 6 } else { 3 };
+                    chunk(&(0..n).map(|i| format!("{c}.{i}")).collect::<Vec<_>>())
+                })
+                .collect();
+            let producer = std::thread::spawn(move || {
+                for c in chunks {
+                    sender.send_chunk_blocking(c);
+                }
+            });
+            tokio::task::spawn_blocking(move || producer.join())
+                .await
+                .expect("join")
+                .expect("producer");
+            pipeline.shutdown(Duration::from_secs(5)).await
+        });
+        let spans = 19 * 3 + 6;
+        assert_eq!((total.queued, total.exported), (spans, spans));
+        assert_eq!(total.dropped(), 0);
+        let text = std::fs::read_to_string(&path).expect("jsonl");
+        let names: Vec<String> = text
+            .lines()
+            .flat_map(|line| {
+                let request: serde_json::Value = serde_json::from_str(line).expect("json");
+                request["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .expect("spans")
+                    .iter()
+                    .map(|s| s["name"].as_str().expect("name").to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let expected: Vec<String> = (0..20)
+            .flat_map(|c| {
+                let n = if c == 7 { 6 } else { 3 };
+                (0..n).map(move |i| format!("{c}.{i}"))
+            })
+            .collect();
+        // All of them, in order, each chunk whole.
+        assert_eq!(names, expected);
+    }
 }

@@ -17,7 +17,7 @@ use crate::{
     family::{
         BadRecord, Counter, Family, FamilyEntry, FamilyError, Plan, PlanContext, RecordContext,
     },
-    gotrace::TraceSpan,
+    gotrace::SpanBatch,
     instrument::Category,
     probes::{KernelStats, LoadOptions, Probes},
     spans::Sampler,
@@ -138,15 +138,11 @@ impl Family for Flight {
                 },
                 ..ReaderConfig::default()
             },
-            move |batch: Vec<TraceSpan>| {
+            move |mut batch: SpanBatch| {
                 let before = batch.len();
-                let sampled: Vec<_> = batch
-                    .into_iter()
-                    .filter(|span| sampler.should_sample(span.trace_id, None))
-                    .map(TraceSpan::into_encoded)
-                    .collect();
-                sampled_out.fetch_add((before - sampled.len()) as u64, Ordering::Relaxed);
-                sender.send_encoded_many_blocking(sampled);
+                batch.retain(|trace_id| sampler.should_sample(trace_id, None));
+                sampled_out.fetch_add((before - batch.len()) as u64, Ordering::Relaxed);
+                sender.send_chunk_blocking(batch.into_chunk());
             },
         )
         .map_err(|err| format!("cannot start the flight-recorder reader: {err}"))?;

@@ -16,7 +16,7 @@ use std::{
     thread,
 };
 
-use crate::gotrace::TraceSpan;
+use crate::gotrace::SpanBatch;
 use aya::maps::{MapData, RingBuf};
 
 use super::{
@@ -82,11 +82,11 @@ impl std::fmt::Debug for Command {
 
 impl FlightReader {
     /// Starts the thread over `ring` ([`super::take_ring_buffer`]). Every
-    /// span goes to `sink` (e.g. `move |batch| sender.send_encoded_many_blocking(..)`).
+    /// span goes to `sink` (e.g. `move |batch| sender.send_chunk_blocking(batch.into_chunk())`).
     pub fn spawn(
         ring: RingBuf<MapData>,
         config: ReaderConfig,
-        sink: impl FnMut(Vec<TraceSpan>) + Send + 'static,
+        sink: impl FnMut(SpanBatch) + Send + 'static,
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (commands, rx) = mpsc::channel();
@@ -153,7 +153,7 @@ impl Drop for FlightReader {
 fn handle(
     dump: &CompletedDump,
     config: &ReaderConfig,
-    sink: &mut dyn FnMut(Vec<TraceSpan>),
+    sink: &mut dyn FnMut(SpanBatch),
     stats: &mut ReaderStats,
 ) {
     stats.dumps += 1;
@@ -163,7 +163,7 @@ fn handle(
         stats.incomplete += 1;
     }
     let mut spans = 0;
-    let mut count = |batch: Vec<TraceSpan>| {
+    let mut count = |batch: SpanBatch| {
         spans += batch.len() as u64;
         sink(batch);
     };
@@ -216,7 +216,7 @@ const READER_NICE: i32 = -10;
 fn decode(
     pending: mpsc::Receiver<CompletedDump>,
     config: ReaderConfig,
-    mut sink: impl FnMut(Vec<TraceSpan>),
+    mut sink: impl FnMut(SpanBatch),
 ) -> ReaderStats {
     set_nice(19, "dump decoder");
     let mut stats = ReaderStats::default();

@@ -14,7 +14,7 @@ use opentelemetry::{KeyValue, StringValue, Value};
 use super::{CompletedDump, FlightError};
 use crate::{
     clock::WallClock,
-    gotrace::{RecentSpans, SpanOptions, SpanSummary, TraceSpan, trace_to_spans},
+    gotrace::{RecentSpans, SpanBatch, SpanOptions, SpanSummary, trace_to_spans},
 };
 
 /// Options for [`dump_to_spans`].
@@ -104,7 +104,7 @@ pub fn dump_attributes(dump: &CompletedDump, clock: &WallClock) -> Vec<KeyValue>
 pub fn dump_to_spans(
     dump: &CompletedDump,
     options: &DumpSpanOptions,
-    sink: &mut dyn FnMut(Vec<TraceSpan>),
+    sink: &mut dyn FnMut(SpanBatch),
 ) -> Result<SpanSummary, FlightError> {
     let mut extra = dump_attributes(dump, &options.clock);
     extra.extend(options.extra_attributes.iter().cloned());
@@ -218,7 +218,7 @@ pub fn handle_dump(
     dump: &CompletedDump,
     options: &DumpSpanOptions,
     save_dir: Option<&Path>,
-    sink: &mut dyn FnMut(Vec<TraceSpan>),
+    sink: &mut dyn FnMut(SpanBatch),
 ) -> Result<DumpOutcome, FlightError> {
     let saved = match save_dir {
         Some(dir) => Some(save_dump(dir, dump, &options.clock)?),

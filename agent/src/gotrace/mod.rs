@@ -56,7 +56,8 @@ pub use join::{JoinError, JoinIndex, LiveSpans, RecentSpans};
 pub use reader::{ReadStats, Reader};
 pub use spans::{
     ENDED_TASKS_KEPT, HELD_EVENTS_MAX, HELD_TASKS_MAX, MAX_EVENTS_PER_SPAN, PERIOD_MIN_DEFAULT,
-    SPAN_BATCH, SpanOptions, SpanSummary, TraceSpan, reader_to_spans, scope, trace_to_spans,
+    SPAN_BATCH, SpanBatch, SpanOptions, SpanSummary, TraceSpan, reader_to_spans, scope,
+    trace_to_spans,
 };
 
 /// No thread (Go's `NoThread`).
