@@ -385,7 +385,7 @@ impl QueuedSpans {
 }
 
 /// Room in the queue for the spans of chunks
-/// ([`SpanSender::send_encoded_many_blocking`]): a chunk takes one slot of
+/// ([`SpanSender::send_chunk_blocking`]): a chunk takes one slot of
 /// the channel but its spans are counted here, so that chunks never hold
 /// more spans than the queue's capacity.
 #[derive(Debug)]
