@@ -29,7 +29,7 @@
 //! let att = flight::attach(&mut probes, &target, slot, &plan)?;
 //! let ring = flight::take_ring_buffer(&mut probes)?;   // once per object
 //! let reader = FlightReader::spawn(ring, ReaderConfig { save_dir, ..Default::default() },
-//!                                  move |span| sender.send_blocking(span))?;
+//!                                  move |batch| sender.send_chunk_blocking(batch.into_chunk()))?;
 //! reader.watch(&att);
 //! // at exit: att.detach(&mut probes)?; let stats = reader.stop();
 //! ```

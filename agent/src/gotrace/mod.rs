@@ -12,8 +12,9 @@
 //! - [`dump_events`] / [`dump_reader`] print the event stream in a stable
 //!   text form, one event per line (`agent decode --dump events`).
 //! - [`trace_to_spans`] / [`reader_to_spans`] turn tasks, regions, logs and
-//!   runtime ranges into spans, each written as OTLP bytes ([`TraceSpan`];
-//!   see the `spans` module docs for the mapping); with
+//!   runtime ranges into spans, each written as OTLP bytes and handed over
+//!   256 at a time ([`SpanBatch`]; see the `spans` module docs for the
+//!   mapping); with
 //!   [`SpanOptions::join`], tasks join the agent's own spans of the process
 //!   ([`join`]).
 //! - [`watch`] yields new `*.trace` files in a directory once complete.
