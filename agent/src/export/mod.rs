@@ -80,6 +80,24 @@ impl SpanChunk {
         self.ends.len()
     }
 
+    /// The chunk as chunks of at most `max` spans (at least one).
+    fn split(self, max: usize) -> Vec<SpanChunk> {
+        let max = max.max(1);
+        let mut parts = Vec::with_capacity(self.len().div_ceil(max));
+        let mut start = 0usize;
+        for ends in self.ends.chunks(max) {
+            let end = ends.last().map_or(start, |e| *e as usize);
+            let base = start as u32;
+            parts.push(SpanChunk {
+                scope: self.scope.clone(),
+                bytes: self.bytes.get(start..end).unwrap_or_default().to_vec(),
+                ends: ends.iter().map(|e| e - base).collect(),
+            });
+            start = end;
+        }
+        parts
+    }
+
     /// Each span's message.
     fn spans(&self) -> impl Iterator<Item = &[u8]> {
         let mut start = 0;
@@ -197,6 +215,8 @@ pub struct SpanSender {
     watch: Arc<std::sync::OnceLock<SpanWatch>>,
     /// Room for the spans of chunks in the queue.
     bulk: Arc<BulkRoom>,
+    /// The most spans of a chunk queued as one item: a batch's.
+    max_chunk: usize,
 }
 
 /// Looks at each encoded span the live families send (`--dump-on-slow`).
@@ -333,6 +353,14 @@ impl SpanSender {
     /// CPU time, measured). The queue still holds at most its capacity in
     /// spans: a chunk waits until its spans fit ([`BulkRoom`]).
     pub fn send_chunk_blocking(&self, chunk: SpanChunk) {
+        if chunk.len() > self.max_chunk {
+            // A batch holds at most `max_batch` spans, and a chunk is not
+            // split between batches.
+            for part in chunk.split(self.max_chunk) {
+                self.send_chunk_blocking(part);
+            }
+            return;
+        }
         let n = chunk.len();
         if n == 0 {
             return;
@@ -643,6 +671,7 @@ impl Pipeline {
             sink_stats.push(counters);
         }
         let bulk = Arc::new(BulkRoom::new(batch.queue_capacity));
+        let max_batch = batch.max_batch.max(1);
         tasks.insert(
             0,
             tokio::spawn(run_batcher(rx, bulk.clone(), sink_txs, batch, stop_rx)),
@@ -657,6 +686,7 @@ impl Pipeline {
                 recent: Arc::default(),
                 watch: Arc::default(),
                 bulk,
+                max_chunk: max_batch,
             },
             stats,
             sink_stats,
@@ -799,17 +829,21 @@ async fn run_batcher(
     stopping: watch::Receiver<bool>,
 ) {
     let mut spans: Vec<Queued> = Vec::with_capacity(config.max_batch);
-    // Spans in `spans` (a chunk is one item of many spans).
+    // Items received beyond a batch's `max_batch` spans (a chunk is one
+    // item of many spans): the next batch begins with them.
+    let mut carried: Vec<Queued> = Vec::new();
+    let mut closed = false;
+    // Spans in `spans`.
     let count = |spans: &[Queued]| spans.iter().map(|q| q.spans.len()).sum::<usize>();
     loop {
         spans.clear();
-        if rx.recv_many(&mut spans, config.max_batch).await == 0 {
+        spans.append(&mut carried);
+        if spans.is_empty() && (closed || rx.recv_many(&mut spans, config.max_batch).await == 0) {
             break;
         }
         let deadline = Instant::now() + config.max_delay;
-        let mut closed = false;
         let mut n = count(&spans);
-        while n < config.max_batch && !*stopping.borrow() {
+        while n < config.max_batch && !closed && !*stopping.borrow() {
             let room = config.max_batch - n;
             let before = spans.len();
             match tokio::time::timeout_at(deadline, rx.recv_many(&mut spans, room)).await {
@@ -820,6 +854,17 @@ async fn run_batcher(
                 Ok(_) => n += count(&spans[before..]),
                 Err(_) => break,
             }
+        }
+        // At most `max_batch` spans (each item holds at most that many:
+        // senders split larger chunks); the rest waits for the next batch.
+        let mut kept = 0;
+        if let Some(at) = spans.iter().position(|q| {
+            kept += q.spans.len();
+            kept > config.max_batch
+        }) {
+            let at = at.max(1);
+            carried.extend(spans.drain(at..));
+            n = count(&spans);
         }
         let (body, streams) = encode_batch(&spans);
         let batch = Arc::new(Batch {
@@ -838,9 +883,6 @@ async fn run_batcher(
                 counters.failed.fetch_add(batch.spans, Ordering::Relaxed);
                 batch.exported(counters.index, false);
             }
-        }
-        if closed {
-            break;
         }
     }
 }

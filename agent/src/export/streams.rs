@@ -224,8 +224,8 @@ mod tests {
                 outputs: vec![Output::Jsonl(Some(path.clone()))],
                 batch: BatchSettings::default(),
             };
-            // A queue of 4 spans: chunks of 3 wait for room, and one of 6,
-            // larger than the queue, goes alone.
+            // A queue of 4 spans and batches of 4: chunks of 3 wait for
+            // room, and one of 6, larger than either, goes in two parts.
             let pipeline = Pipeline::start(
                 &config,
                 &resource(1),
@@ -259,6 +259,15 @@ mod tests {
         assert_eq!((total.queued, total.exported), (spans, spans));
         assert_eq!(total.dropped(), 0);
         let text = std::fs::read_to_string(&path).expect("jsonl");
+        // No request holds more than a batch's 4 spans: chunks are split
+        // (the one of 6) and not broken across batches otherwise.
+        for line in text.lines() {
+            let request: serde_json::Value = serde_json::from_str(line).expect("json");
+            let n = request["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .map_or(0, Vec::len);
+            assert!((1..=4).contains(&n), "{n} spans in one request");
+        }
         let names: Vec<String> = text
             .lines()
             .flat_map(|line| {
