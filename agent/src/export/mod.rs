@@ -100,14 +100,20 @@ impl SpanChunk {
 
     /// Each span's message.
     fn spans(&self) -> impl Iterator<Item = &[u8]> {
-        let mut start = 0;
-        self.ends.iter().map(move |end| {
-            let end = *end as usize;
-            let span = self.bytes.get(start..end).unwrap_or_default();
-            start = end;
-            span
-        })
+        messages(&self.bytes, &self.ends)
     }
+}
+
+/// The messages laid back to back in `bytes`, each ending where `ends`
+/// says (a [`SpanChunk`]'s layout).
+pub fn messages<'a>(bytes: &'a [u8], ends: &'a [u32]) -> impl Iterator<Item = &'a [u8]> {
+    let mut start = 0;
+    ends.iter().map(move |end| {
+        let end = *end as usize;
+        let message = bytes.get(start..end).unwrap_or_default();
+        start = end;
+        message
+    })
 }
 
 /// Encodes an `InstrumentationScope` message.
@@ -328,27 +334,10 @@ impl SpanSender {
         self.send_encoded(self.encode(span));
     }
 
-    /// Queues a span, waiting for room: for producers that are not real time
-    /// (decoding a file), where dropping would lose what a wait can keep.
-    /// Must not be called from async code.
-    pub fn send_blocking(&self, span: SpanData) {
-        self.send_encoded_blocking(self.encode(span));
-    }
-
-    /// Queues an encoded span, waiting for room (see [`Self::send_blocking`]).
-    /// Unlike [`Self::send_encoded`], the span is not a live family's: it is
-    /// not kept for joins nor watched.
-    pub fn send_encoded_blocking(&self, span: EncodedSpan) {
-        let span = Queued {
-            stream: self.stream.clone(),
-            spans: QueuedSpans::One(span),
-        };
-        self.accepted(self.tx.blocking_send(span).is_ok(), 1);
-    }
-
-    /// Queues a chunk of encoded spans as one item, waiting for room (see
-    /// [`Self::send_encoded_blocking`]): for a producer of many spans at
-    /// once (a flight-recorder dump's 150,000), which woke the pipeline's
+    /// Queues a chunk of encoded spans as one item, waiting for room: for
+    /// producers that are not real time (decoding a file or a dump), where
+    /// dropping would lose what a wait can keep; not from async code. For a
+    /// producer of many spans at once (a flight-recorder dump's 150,000), which woke the pipeline's
     /// task once per span when it sent them one by one (a quarter of its
     /// CPU time, measured). The queue still holds at most its capacity in
     /// spans: a chunk waits until its spans fit ([`BulkRoom`]).

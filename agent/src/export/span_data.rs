@@ -282,47 +282,30 @@ fn value(v: Option<AnyValue>) -> Value {
         Some(V::DoubleValue(f)) => Value::F64(f),
         Some(V::ArrayValue(a)) => {
             let items: Vec<Option<V>> = a.values.into_iter().map(|v| v.value).collect();
-            let all = |f: fn(&V) -> bool| items.iter().all(|v| v.as_ref().is_some_and(f));
-            let array = if all(|v| matches!(v, V::StringValue(_))) {
-                Array::String(
-                    items
-                        .into_iter()
-                        .filter_map(|v| match v {
-                            Some(V::StringValue(s)) => Some(StringValue::from(s)),
-                            _ => None,
-                        })
-                        .collect(),
-                )
-            } else if all(|v| matches!(v, V::IntValue(_))) {
-                Array::I64(
-                    items
-                        .into_iter()
-                        .filter_map(|v| match v {
-                            Some(V::IntValue(i)) => Some(i),
-                            _ => None,
-                        })
-                        .collect(),
-                )
-            } else if all(|v| matches!(v, V::BoolValue(_))) {
-                Array::Bool(
-                    items
-                        .into_iter()
-                        .filter_map(|v| match v {
-                            Some(V::BoolValue(b)) => Some(b),
-                            _ => None,
-                        })
-                        .collect(),
-                )
-            } else if all(|v| matches!(v, V::DoubleValue(_))) {
-                Array::F64(
-                    items
-                        .into_iter()
-                        .filter_map(|v| match v {
-                            Some(V::DoubleValue(f)) => Some(f),
-                            _ => None,
-                        })
-                        .collect(),
-                )
+            // The array as all values of one kind, if they are.
+            fn all<T>(items: &[Option<V>], kind: impl Fn(&V) -> Option<T>) -> Option<Vec<T>> {
+                items.iter().map(|v| v.as_ref().and_then(&kind)).collect()
+            }
+            let array = if let Some(v) = all(&items, |v| match v {
+                V::StringValue(s) => Some(StringValue::from(s.clone())),
+                _ => None,
+            }) {
+                Array::String(v)
+            } else if let Some(v) = all(&items, |v| match v {
+                V::IntValue(i) => Some(*i),
+                _ => None,
+            }) {
+                Array::I64(v)
+            } else if let Some(v) = all(&items, |v| match v {
+                V::BoolValue(b) => Some(*b),
+                _ => None,
+            }) {
+                Array::Bool(v)
+            } else if let Some(v) = all(&items, |v| match v {
+                V::DoubleValue(f) => Some(*f),
+                _ => None,
+            }) {
+                Array::F64(v)
             } else {
                 return Value::from(format!("{items:?}"));
             };

@@ -123,6 +123,16 @@ mod tests {
             .build()
     }
 
+    /// A pipeline of process 1 writing JSONL to `path` (on the current
+    /// runtime).
+    fn jsonl_pipeline(path: &std::path::Path, batch: BatchConfig) -> Pipeline {
+        let config = ExportConfig {
+            outputs: vec![Output::Jsonl(Some(path.to_owned()))],
+            batch: BatchSettings::default(),
+        };
+        Pipeline::start(&config, &resource(1), batch).expect("pipeline")
+    }
+
     #[test]
     fn each_stream_is_a_resource_of_its_own_and_counted_apart() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -132,19 +142,13 @@ mod tests {
             .build()
             .expect("runtime");
         let (a, b, total) = runtime.block_on(async {
-            let config = ExportConfig {
-                outputs: vec![Output::Jsonl(Some(path.clone()))],
-                batch: BatchSettings::default(),
-            };
-            let pipeline = Pipeline::start(
-                &config,
-                &resource(1),
+            let pipeline = jsonl_pipeline(
+                &path,
                 BatchConfig {
                     max_delay: Duration::from_millis(10),
                     ..BatchConfig::default()
                 },
-            )
-            .expect("pipeline");
+            );
             let a = pipeline.sender().for_resource(&resource(2));
             let b = pipeline.sender().for_resource(&resource(3));
             let span = || EncodedSpan {
@@ -220,23 +224,17 @@ mod tests {
             c
         };
         let total = runtime.block_on(async {
-            let config = ExportConfig {
-                outputs: vec![Output::Jsonl(Some(path.clone()))],
-                batch: BatchSettings::default(),
-            };
             // A queue of 4 spans and batches of 4: chunks of 3 wait for
             // room, and one of 6, larger than either, goes in two parts.
-            let pipeline = Pipeline::start(
-                &config,
-                &resource(1),
+            let pipeline = jsonl_pipeline(
+                &path,
                 BatchConfig {
                     max_delay: Duration::from_millis(5),
                     queue_capacity: 4,
                     max_batch: 4,
                     ..BatchConfig::default()
                 },
-            )
-            .expect("pipeline");
+            );
             let sender = pipeline.sender();
             let chunks: Vec<SpanChunk> = (0..20)
                 .map(|c| {

@@ -43,7 +43,7 @@ pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
-pub(crate) fn varint_len(v: u64) -> usize {
+fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
@@ -59,7 +59,7 @@ pub fn put_len_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
 }
 
 /// Size of a length-delimited field (tag < 16) with a payload of `len` bytes.
-pub(crate) fn len_field_size(len: usize) -> usize {
+fn len_field_size(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 

@@ -134,11 +134,6 @@ impl JoinIndex {
     pub fn interval_at(&self, goid: i64, t: SystemTime) -> Option<&Interval> {
         self.track(goid)?.at(unix_ns(t))
     }
-    /// Whether any span was open on `goid` (a cheap test before a
-    /// lookup by time).
-    pub fn has_goroutine(&self, goid: i64) -> bool {
-        self.by_goroutine.contains_key(&goid)
-    }
 }
 
 impl Track {

@@ -84,7 +84,7 @@ use crate::export::wire::{
     AttrField, FIXED32, FIXED64, LEN, VARINT, attr_bool, attr_int, attr_int_array, attr_str,
     attr_str_array, put_len_field, put_tag, put_varint,
 };
-use crate::export::{SpanChunk, decode_span, encode_attributes, encode_scope};
+use crate::export::{SpanChunk, decode_span, encode_attributes, encode_scope, messages};
 
 use super::event::{Event, EventKind, Resource, Stack};
 use super::join::{Interval, JoinIndex, Joiner, unix_ns};
@@ -177,8 +177,10 @@ pub struct SpanSummary {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpanBatch {
     bytes: Vec<u8>,
-    /// Per span, its trace ID and where its message ends in `bytes`.
-    spans: Vec<(TraceId, u32)>,
+    /// Where each span's message ends in `bytes` (a [`SpanChunk`]'s layout).
+    ends: Vec<u32>,
+    /// Each span's trace ID.
+    trace_ids: Vec<TraceId>,
 }
 
 /// One span of a [`SpanBatch`].
@@ -201,49 +203,55 @@ impl SpanBatch {
     fn with_capacity(spans: usize, bytes: usize) -> Self {
         SpanBatch {
             bytes: Vec::with_capacity(bytes),
-            spans: Vec::with_capacity(spans),
+            ends: Vec::with_capacity(spans),
+            trace_ids: Vec::with_capacity(spans),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.ends.is_empty()
+    }
+
+    /// Adds the span whose message `bytes` ends with.
+    fn push_end(&mut self, trace_id: TraceId) {
+        self.ends
+            .push(u32::try_from(self.bytes.len()).unwrap_or(u32::MAX));
+        self.trace_ids.push(trace_id);
     }
 
     /// The spans, in the order they ended.
     pub fn iter(&self) -> impl Iterator<Item = TraceSpan<'_>> {
-        let mut start = 0;
-        self.spans.iter().map(move |(trace_id, end)| {
-            let end = *end as usize;
-            let span = TraceSpan {
+        self.trace_ids
+            .iter()
+            .zip(messages(&self.bytes, &self.ends))
+            .map(|(trace_id, bytes)| TraceSpan {
                 trace_id: *trace_id,
-                bytes: self.bytes.get(start..end).unwrap_or_default(),
-            };
-            start = end;
-            span
-        })
+                bytes,
+            })
     }
 
     /// Keeps the spans whose trace `keep` says yes to (a sampler).
     pub fn retain(&mut self, mut keep: impl FnMut(TraceId) -> bool) {
         let (mut read, mut write) = (0usize, 0usize);
         let mut kept = 0;
-        for i in 0..self.spans.len() {
-            let (trace_id, end) = self.spans[i];
-            let end = end as usize;
+        for i in 0..self.ends.len() {
+            let (trace_id, end) = (self.trace_ids[i], self.ends[i] as usize);
             if keep(trace_id) {
                 self.bytes.copy_within(read..end, write);
                 write += end - read;
-                self.spans[kept] = (trace_id, write as u32);
+                self.ends[kept] = write as u32;
+                self.trace_ids[kept] = trace_id;
                 kept += 1;
             }
             read = end;
         }
         self.bytes.truncate(write);
-        self.spans.truncate(kept);
+        self.ends.truncate(kept);
+        self.trace_ids.truncate(kept);
     }
 
     /// The batch as the export pipeline takes it, under [`scope`].
@@ -252,7 +260,7 @@ impl SpanBatch {
         SpanChunk {
             scope: Arc::clone(SCOPE.get_or_init(|| encode_scope(&scope()))),
             bytes: self.bytes,
-            ends: self.spans.into_iter().map(|(_, end)| end).collect(),
+            ends: self.ends,
         }
     }
 }
@@ -911,8 +919,7 @@ impl<'a> Mapper<'a> {
         b.extend_from_slice(&[15 << 3 | LEN, 0]);
         put_tag(b, 16, FIXED32);
         b.extend_from_slice(&SPAN_FLAGS.to_le_bytes());
-        let end_at = u32::try_from(b.len()).unwrap_or(u32::MAX);
-        self.out.spans.push((o.trace_id, end_at));
+        self.out.push_end(o.trace_id);
         self.recycle(o.attrs);
         self.recycle(o.events);
         if self.out.len() >= SPAN_BATCH || self.out.bytes.len() >= BATCH_BYTES_MAX {
@@ -1262,16 +1269,17 @@ impl<'a> Mapper<'a> {
             return;
         }
         let blocked = s.to == goroutine_state::WAITING && s.from == goroutine_state::RUNNING;
-        let reason = if blocked {
+        let (name, reason) = if blocked {
             // Only a goroutine blocked in a region or task is followed (it
             // cannot gain one while blocked).
             if !self.has_context(g) {
                 return;
             }
+            let reason = lossy(s.reason);
             if let Some(state) = self.goroutines.get_mut(&g) {
-                state.block_reason = Some(lossy(s.reason).into_owned());
+                state.block_reason = Some(reason.clone().into_owned());
             }
-            Cow::Borrowed("")
+            ("goroutine.block", reason)
         } else if s.from == goroutine_state::WAITING && s.to == goroutine_state::RUNNABLE {
             let reason = self
                 .goroutines
@@ -1281,14 +1289,9 @@ impl<'a> Mapper<'a> {
             if !self.has_context(g) {
                 return;
             }
-            Cow::Owned(reason)
+            ("goroutine.unblock", Cow::Owned(reason))
         } else {
             return;
-        };
-        let (name, reason) = if blocked {
-            ("goroutine.block", lossy(s.reason))
-        } else {
-            ("goroutine.unblock", reason)
         };
         let mut ev = self.start_event(self.wall(e.time()), name);
         let f = AttrField::EVENT;
@@ -1581,8 +1584,7 @@ mod tests {
         let mut b = SpanBatch::default();
         for (id, bytes) in spans {
             b.bytes.extend_from_slice(bytes);
-            b.spans
-                .push((TraceId::from_bytes([*id; 16]), b.bytes.len() as u32));
+            b.push_end(TraceId::from_bytes([*id; 16]));
         }
         b
     }
